@@ -1,0 +1,3 @@
+"""LangChain adapters for psaguard (needs the `langchain` extra)."""
+
+__all__: list[str] = []

@@ -1,0 +1,72 @@
+"""psaguard: PSA-VLM safety guardrails for LLaVA-style vision-language models.
+
+``import psaguard`` changes nothing global; heavy and optional parts load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Action": "psaguard.verdict",
+    "CheckpointError": "psaguard.errors",
+    "CheckpointMismatchError": "psaguard.errors",
+    "ConfigError": "psaguard.errors",
+    "DEFAULT_TAXONOMY": "psaguard.taxonomy",
+    "GuardBlocked": "psaguard.errors",
+    "GuardPolicy": "psaguard.policy",
+    "HeadConfig": "psaguard.config",
+    "InvalidImageError": "psaguard.errors",
+    "InvalidInputError": "psaguard.errors",
+    "InvalidPromptError": "psaguard.errors",
+    "LabelRef": "psaguard.verdict",
+    "ModelFingerprint": "psaguard.config",
+    "ProjectorConfig": "psaguard.config",
+    "PsaGuardError": "psaguard.errors",
+    "RiskLevel": "psaguard.taxonomy",
+    "RiskType": "psaguard.taxonomy",
+    "SafetyGuard": "psaguard.guard",
+    "SafetyGuardConfig": "psaguard.config",
+    "SafetyVerdict": "psaguard.verdict",
+    "Taxonomy": "psaguard.taxonomy",
+    "TokensConfig": "psaguard.config",
+    "TypeRule": "psaguard.policy",
+    "UnsupportedModelError": "psaguard.errors",
+    "decide": "psaguard.policy",
+    "load_image": "psaguard.images",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+if TYPE_CHECKING:
+    from psaguard.config import HeadConfig, ModelFingerprint, ProjectorConfig, SafetyGuardConfig, TokensConfig
+    from psaguard.errors import (
+        CheckpointError,
+        CheckpointMismatchError,
+        ConfigError,
+        GuardBlocked,
+        InvalidImageError,
+        InvalidInputError,
+        InvalidPromptError,
+        PsaGuardError,
+        UnsupportedModelError,
+    )
+    from psaguard.guard import SafetyGuard
+    from psaguard.images import load_image
+    from psaguard.policy import GuardPolicy, TypeRule, decide
+    from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
+    from psaguard.verdict import Action, LabelRef, SafetyVerdict
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'psaguard' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,27 @@
+"""Model-family adapters: one small :class:`Backbone` subclass per family of vision-language models."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from psaguard.backbones.base import Backbone, VisionFeatures
+from psaguard.backbones.llava import LlavaBackbone
+from psaguard.errors import UnsupportedModelError
+
+__all__ = ["BACKBONES", "Backbone", "LlavaBackbone", "VisionFeatures", "resolve_backbone"]
+
+BACKBONES: tuple[type[Backbone], ...] = (LlavaBackbone,)
+"""Known family adapters, tried in order."""
+
+
+def resolve_backbone(model: nn.Module, backbones: tuple[type[Backbone], ...] = BACKBONES) -> Backbone:
+    """Return the adapter for ``model``; raise :class:`UnsupportedModelError` for unknown families."""
+    for backbone in backbones:
+        if backbone.supports(model):
+            return backbone(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    supported = sorted({t for b in backbones for t in b.model_types})
+    raise UnsupportedModelError(
+        f"{type(model).__name__} (model_type={model_type!r}) is not a supported vision-language model; "
+        f"supported model types: {supported}"
+    )

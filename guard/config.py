@@ -1,0 +1,147 @@
+"""Configs of the guard and its modules, saved as JSON beside the weights (PEFT-style)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from psaguard.policy import GuardPolicy
+from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
+
+__all__ = [
+    "CONFIG_NAME",
+    "FORMAT_VERSION",
+    "HeadConfig",
+    "ModelFingerprint",
+    "ProjectorConfig",
+    "SafetyGuardConfig",
+    "TokensConfig",
+]
+
+CONFIG_NAME = "psaguard_config.json"
+FORMAT_VERSION = 1
+
+
+class ProjectorConfig(BaseModel):
+    """Safety projector (C-Abstractor). Widths default to the paper's: vision width + number of tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = Field(3, ge=1, description="Bottleneck blocks per RegNet stage.")
+    hidden_size: int | None = Field(
+        None, ge=1, description="Width of the RegNet stages; None = vision width + tokens.num_tokens (paper)."
+    )
+    num_queries: int | None = Field(
+        None, ge=1, description="Output tokens (a square number); None keeps the patch count (paper)."
+    )
+
+
+class TokensConfig(BaseModel):
+    """The two learned safety-token sets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_tokens: int = Field(64, ge=1, description="Tokens per set (paper: 64).")
+    init_std: float = Field(0.02, gt=0, description="Std of the normal init (paper: 0.02).")
+    inject_llm_tokens: bool = Field(
+        True, description="Place llm_tokens before each image's embeddings in guarded generation."
+    )
+
+
+class HeadConfig(BaseModel):
+    """Safety head: cross-attention from the prompt to [head_tokens; projector output]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_heads: int = Field(8, ge=1, description="Attention heads (paper: 8).")
+    pooling: Literal["mean", "first"] = Field(
+        "mean",
+        description="'mean' pools over the valid prompt positions (text-aware); 'first' reads the first "
+        "position, a fixed anchor token, as the paper's code does (the prompt cannot change the verdict).",
+    )
+    max_prompt_tokens: int = Field(256, ge=8, description="Prompt tokens the head reads (head and tail kept).")
+    level_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the level head.")
+    type_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the type head.")
+
+
+class ModelFingerprint(BaseModel):
+    """What a guard's weights depend on in the base model; loading onto a different one fails."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str = Field(description="Backbone adapter family, e.g. 'llava'.")
+    model_type: str = Field(description="The base model's config.model_type.")
+    vision_hidden_size: int = Field(description="Width of the selected vision features.")
+    text_hidden_size: int = Field(description="Width of the language model's embeddings.")
+    vision_feature_layer: int | tuple[int, ...] = Field(description="Vision layer(s) the features come from.")
+    num_image_tokens: int = Field(description="Patch tokens per image fed to the safety projector.")
+    vocab_size: int = Field(description="Rows of the input embedding table.")
+
+    def check(self, other: ModelFingerprint) -> None:
+        """Raise :class:`CheckpointMismatchError` listing every field that differs."""
+        diffs = [
+            f"{name}: saved {getattr(self, name)!r}, model has {getattr(other, name)!r}"
+            for name in type(self).model_fields
+            if getattr(self, name) != getattr(other, name)
+        ]
+        if diffs:
+            raise CheckpointMismatchError("guard was trained for a different base model: " + "; ".join(diffs))
+
+
+class SafetyGuardConfig(BaseModel):
+    """Everything needed to rebuild a guard's modules and decisions, saved as ``psaguard_config.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = Field(FORMAT_VERSION, description="Version of this file's layout.")
+    projector: ProjectorConfig = Field(default_factory=ProjectorConfig, description="Safety projector.")
+    tokens: TokensConfig = Field(default_factory=TokensConfig, description="Safety tokens.")
+    head: HeadConfig = Field(default_factory=HeadConfig, description="Safety head.")
+    taxonomy: Taxonomy = Field(default=DEFAULT_TAXONOMY, description="Label set of the head.")
+    policy: GuardPolicy = Field(default_factory=GuardPolicy, description="Decision policy.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of the safety modules; 'auto' follows the model's input embeddings."
+    )
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image (width x height) the guard decodes; larger is refused."
+    )
+    fingerprint: ModelFingerprint | None = Field(
+        None, description="Base model the weights were made for; filled in by attach/save."
+    )
+
+    @model_validator(mode="after")
+    def _policy_matches_taxonomy(self) -> SafetyGuardConfig:
+        self.policy.validate_against(self.taxonomy)
+        return self
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the config as indented JSON into ``directory`` (atomically)."""
+        from psaguard.serialization import atomic_write_text
+
+        path = Path(directory) / CONFIG_NAME
+        atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SafetyGuardConfig:
+        """Read ``psaguard_config.json`` from ``directory``; typed errors for missing or invalid files."""
+        path = Path(directory) / CONFIG_NAME
+        try:
+            raw: Any = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise CheckpointError(f"no {CONFIG_NAME} in {directory}") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"cannot read {path}: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path} must hold a JSON object")
+        version = raw.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ConfigError(f"{path} has format_version {version!r}; this psaguard reads up to {FORMAT_VERSION}")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(f"invalid guard config {path}:\n{err}") from err

@@ -1,0 +1,64 @@
+"""The exceptions psaguard raises.
+
+Every error the guard raises on purpose is a :class:`PsaGuardError`, so callers can fail closed with one
+narrow ``except`` clause. Input problems, checkpoint problems and policy blocks are distinct subclasses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from psaguard.verdict import SafetyVerdict
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "GuardBlocked",
+    "InvalidImageError",
+    "InvalidInputError",
+    "InvalidPromptError",
+    "PsaGuardError",
+    "UnsupportedModelError",
+]
+
+
+class PsaGuardError(Exception):
+    """Base class of every error psaguard raises on purpose."""
+
+
+class ConfigError(PsaGuardError, ValueError):
+    """A config, policy or label set is invalid."""
+
+
+class InvalidInputError(PsaGuardError, ValueError):
+    """A request cannot be judged because its input is invalid."""
+
+
+class InvalidImageError(InvalidInputError):
+    """An image is missing, corrupt, too large, or of an unsupported kind."""
+
+
+class InvalidPromptError(InvalidInputError):
+    """A prompt is not a string or cannot be tokenized."""
+
+
+class UnsupportedModelError(PsaGuardError, TypeError):
+    """The model is not of a family psaguard has a backbone adapter for."""
+
+
+class CheckpointError(PsaGuardError, OSError):
+    """A saved guard is missing, truncated, tampered with or unreadable."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A saved guard was trained for a different base model than the one it is loaded onto."""
+
+
+class GuardBlocked(PsaGuardError):
+    """The policy blocked a request; the verdict that blocked it is attached."""
+
+    def __init__(self, verdict: SafetyVerdict, message: str | None = None) -> None:
+        self.verdict = verdict
+        super().__init__(message or f"request blocked by psaguard policy (rule {verdict.rule!r})")

@@ -1,0 +1,229 @@
+"""``SafetyGuard``: PSA-VLM safety modules attached to an already loaded vision-language model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
+from psaguard.config import CONFIG_NAME, SafetyGuardConfig
+from psaguard.errors import CheckpointError, ConfigError, InvalidImageError, InvalidPromptError
+from psaguard.images import ImageInput, load_image
+from psaguard.modules import HeadLogits, SafetyModules
+from psaguard.policy import GuardPolicy, decide, error_verdict
+from psaguard.prompts import PromptEncoder
+from psaguard.serialization import load_tensors, save_tensors
+from psaguard.verdict import SafetyVerdict
+
+__all__ = ["WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "psaguard_model.safetensors"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class GuardAnalysis:
+    """Verdicts of a batch plus the one vision pass they came from (reused by guarded generation).
+
+    ``features`` is None when no image of the batch could be judged.
+    """
+
+    verdicts: list[SafetyVerdict]
+    features: VisionFeatures | None
+    judged: list[int]
+
+
+class SafetyGuard:
+    """Judges (image, prompt) requests with PSA-VLM safety modules on top of a loaded model.
+
+    Build one with :meth:`attach` (fresh modules) or :meth:`from_pretrained` (trained modules); the model
+    and processor stay the caller's and are not modified. Thread-safe: classification mutates nothing.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        config: SafetyGuardConfig,
+        modules: SafetyModules,
+        backbone: Backbone,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.config = config
+        self.modules = modules
+        self.backbone = backbone
+        self.prompts = PromptEncoder(processor, config.head.max_prompt_tokens, backbone.vocab_size)
+
+    # ------------------------------------------------------------------ construction and persistence
+    @classmethod
+    def attach(cls, model: torch.nn.Module, processor: Any, config: SafetyGuardConfig | None = None) -> SafetyGuard:
+        """Attach fresh (untrained) safety modules, sized from ``model.config``, to ``model``."""
+        backbone = resolve_backbone(model)
+        config = (config or SafetyGuardConfig()).model_copy(update={"fingerprint": backbone.fingerprint()})
+        return cls(model, processor, config, cls._build_modules(config, backbone), backbone)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        policy: GuardPolicy | None = None,
+        revision: str | None = None,
+    ) -> SafetyGuard:
+        """Load a saved guard (a local directory or a hub repo id) onto ``model``.
+
+        Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
+        base model, and :class:`~psaguard.errors.CheckpointError` for missing, truncated or tampered files.
+        """
+        directory = _resolve_checkpoint(path, revision)
+        config = SafetyGuardConfig.load(directory)
+        if policy is not None:
+            config = config.model_copy(update={"policy": policy.validate_against(config.taxonomy)})
+        backbone = resolve_backbone(model)
+        if config.fingerprint is None:
+            raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint")
+        config.fingerprint.check(backbone.fingerprint())
+        modules = cls._build_modules(config, backbone)
+        expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
+        tensors = load_tensors(directory / WEIGHTS_NAME, expected)
+        modules.load_state_dict(tensors)
+        return cls(model, processor, config, modules, backbone)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Save the config (JSON) and the safety modules (safetensors) to ``path``, atomically."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_tensors(path / WEIGHTS_NAME, self.modules.state_dict(), metadata={"format": "pt"})
+        self.config.save(path)
+        return path
+
+    def with_policy(self, policy: GuardPolicy) -> SafetyGuard:
+        """A guard sharing this one's model and modules but deciding with ``policy``."""
+        try:
+            policy.validate_against(self.config.taxonomy)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        config = self.config.model_copy(update={"policy": policy})
+        return type(self)(self.model, self.processor, config, self.modules, self.backbone)
+
+    @property
+    def policy(self) -> GuardPolicy:
+        return self.config.policy
+
+    # ------------------------------------------------------------------ classification
+    def classify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
+        """Judge one request without running the language model."""
+        return self.classify_batch([image], [prompt])[0]
+
+    def classify_batch(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> list[SafetyVerdict]:
+        """Judge a batch of requests in one forward pass; same verdicts as one by one."""
+        return self.analyze(images, prompts).verdicts
+
+    async def aclassify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
+        """Async :meth:`classify` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.classify, image, prompt)
+
+    async def aclassify_batch(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> list[SafetyVerdict]:
+        """Async :meth:`classify_batch` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.classify_batch, images, prompts)
+
+    def analyze(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> GuardAnalysis:
+        """Judge a batch and keep its vision features for reuse.
+
+        Requests that cannot be judged follow ``policy.on_error``: 'block' raises the typed error (fail
+        closed), 'refuse' and 'allow' give an error verdict with that action.
+        """
+        if isinstance(images, (str, bytes)) or isinstance(prompts, str):
+            raise InvalidPromptError("classify_batch takes sequences of images and prompts; use classify for one")
+        if len(images) != len(prompts):
+            raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
+        start = time.perf_counter()
+        loaded, errors = [], {}
+        for index, (image, prompt) in enumerate(zip(images, prompts)):
+            try:
+                self.prompts.check(prompt)
+                loaded.append((index, load_image(image, self.config.max_image_pixels), prompt))
+            except (InvalidImageError, InvalidPromptError) as err:
+                if self.policy.on_error == "block":
+                    raise type(err)(f"request {index}: {err}") from err
+                errors[index] = f"{type(err).__name__}: {err}"
+        verdicts: dict[int, SafetyVerdict] = {}
+        features = None
+        if loaded:
+            judged_images = [image for _, image, _ in loaded]
+            judged_prompts = [prompt for _, _, prompt in loaded]
+            features, logits = self._forward(judged_images, judged_prompts)
+            level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
+            type_probs = F.softmax(logits.type.float() / self.config.head.type_temperature, dim=-1)
+            elapsed = (time.perf_counter() - start) * 1000.0
+            for row, (index, _, _) in enumerate(loaded):
+                verdicts[index] = decide(
+                    level_probs[row].tolist(), type_probs[row].tolist(), self.policy, self.config.taxonomy, elapsed
+                )
+        for index, reason in errors.items():
+            verdicts[index] = error_verdict(reason, self.policy, self.config.taxonomy)
+        return GuardAnalysis(
+            verdicts=[verdicts[i] for i in range(len(prompts))],
+            features=features,
+            judged=[index for index, _, _ in loaded],
+        )
+
+    @torch.inference_mode()
+    def _forward(self, images: Sequence[Any], prompts: Sequence[str]) -> tuple[VisionFeatures, HeadLogits]:
+        pixel_inputs = self.backbone.preprocess(self.processor, images)
+        features = self.backbone.encode_images(**pixel_inputs)
+        return features, self.head_logits(features, prompts)
+
+    def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
+        """Safety-head logits for already encoded images and their prompts (differentiable)."""
+        ids, mask = self.prompts.encode(prompts)
+        device = self.modules.head_tokens.device
+        query = self.backbone.embed_tokens(ids).to(device)
+        return self.modules(features.patches.to(device), query, mask.to(device))
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _build_modules(config: SafetyGuardConfig, backbone: Backbone) -> SafetyModules:
+        modules = SafetyModules(config, backbone.vision_hidden_size, backbone.text_hidden_size)
+        dtype = backbone.embedding_dtype if config.dtype == "auto" else _DTYPES[config.dtype]
+        if not dtype.is_floating_point:
+            dtype = torch.float32
+        return modules.to(device=backbone.device, dtype=dtype).eval()
+
+    def __repr__(self) -> str:
+        fingerprint = self.config.fingerprint
+        return (
+            f"SafetyGuard(family={fingerprint.family if fingerprint else None!r}, "
+            f"pooling={self.config.head.pooling!r}, tokens={self.config.tokens.num_tokens}, "
+            f"params={sum(p.numel() for p in self.modules.parameters()):,})"
+        )
+
+
+def _resolve_checkpoint(path: str | Path, revision: str | None) -> Path:
+    """A local directory as is; otherwise download the guard files of a hub repo."""
+    local = Path(path)
+    if local.is_dir():
+        return local
+    if local.exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") > 1:
+        raise CheckpointError(f"{path} is not a directory holding a saved guard")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
+        raise CheckpointError(f"cannot fetch guard {path!r} from the hub: {err}") from err

@@ -1,0 +1,52 @@
+"""The safety head: cross-attention from the prompt to the safety features, then level and type heads."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = ["HeadLogits", "SafetyHead"]
+
+
+class HeadLogits(NamedTuple):
+    """Raw logits of the two heads: (B, num_levels) and (B, num_types)."""
+
+    level: torch.Tensor
+    type: torch.Tensor
+
+
+class SafetyHead(nn.Module):
+    """``MHA(query=prompt embeddings, key=value=[head_tokens; projector output])`` pooled, then two linears.
+
+    ``pooling='first'`` reads query position 0 (the paper's code; position 0 is a fixed anchor token, so the
+    prompt cannot change the verdict). ``pooling='mean'`` averages the valid prompt positions, so the
+    verdict depends on the prompt as well as the image.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_levels: int,
+        num_types: int,
+        pooling: Literal["mean", "first"] = "mean",
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden size {hidden_size} is not divisible by {num_heads} heads")
+        self.pooling = pooling
+        self.attn = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
+        self.level_head = nn.Linear(hidden_size, num_levels)
+        self.type_head = nn.Linear(hidden_size, num_types)
+
+    def forward(self, query: torch.Tensor, query_mask: torch.Tensor, memory: torch.Tensor) -> HeadLogits:
+        """query (B, T, D) with mask (B, T) True on valid positions; memory (B, M, D)."""
+        attended, _ = self.attn(query, memory, memory, need_weights=False)
+        if self.pooling == "first":
+            pooled = attended[:, 0]
+        else:
+            weights = query_mask.to(attended.dtype).unsqueeze(-1)
+            pooled = (attended * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return HeadLogits(self.level_head(pooled), self.type_head(pooled))

@@ -1,0 +1,179 @@
+"""The policy: from the head's probabilities to an action, in one tested function.
+
+The paper takes the argmax of both heads and adds a hint whenever the level is above 0 and the type is not
+'safe'. psaguard keeps that behaviour as the default but decides on calibrated probabilities:
+
+* the acted-on level is the highest level ``L`` whose tail probability ``P(level >= L)`` reaches the
+  type's ``threshold`` (0.5 by default, i.e. the median level, which for a confident head is the argmax);
+* per-type rules switch a type off, raise its minimum level, or override actions, hints and refusals
+  (the paper's "condition tuning" and controllability, without retraining).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
+from psaguard.verdict import Action, LabelRef, SafetyVerdict
+
+__all__ = ["DEFAULT_HINTS", "GuardPolicy", "TypeRule", "decide", "error_verdict"]
+
+# After the paper's hint table (condition.py / supplementary Fig. 6), with the literal
+# "{REASON FOR REJECT}" placeholder of the official code replaced by the concept.
+DEFAULT_HINTS: dict[int, str] = {
+    1: "This image may contain risks of {concept}. Respond cautiously, do not engage with such content, "
+    "and give positive guidance.",
+    2: "This image contains {concept}. Answer with caution, do not engage with such content, guide the "
+    "user positively, and refuse if necessary.",
+    3: "This image contains serious {concept}. You must refuse and say: I'm sorry, but I can't help with {concept}.",
+}
+DEFAULT_REFUSAL = "I'm sorry, but I can't help with this request because it involves {concept}."
+DEFAULT_LEVEL_ACTIONS: dict[int, Action] = {0: "allow", 1: "hint", 2: "hint", 3: "refuse"}
+
+
+class TypeRule(BaseModel):
+    """How the policy treats one risk type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="False turns this type's defence off: its requests are allowed.")
+    threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Tail probability P(level >= L) needed to act at level L."
+    )
+    min_level: int = Field(1, ge=1, description="Lowest level at which the policy intervenes for this type.")
+    actions: dict[int, Action] = Field(default_factory=dict, description="Per-level action overrides.")
+    hints: dict[int, str] = Field(default_factory=dict, description="Per-level hint overrides ({concept}).")
+    refusal: str | None = Field(None, description="Refusal text override for this type ({concept}).")
+
+
+class GuardPolicy(BaseModel):
+    """Which action each (level, type) verdict triggers. Serializable; copy before changing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level_actions: dict[int, Action] = Field(
+        default_factory=lambda: dict(DEFAULT_LEVEL_ACTIONS),
+        description="Action for each level id when no type rule overrides it; level 0 is always 'allow'.",
+    )
+    hints: dict[int, str] = Field(
+        default_factory=lambda: dict(DEFAULT_HINTS),
+        description="Hint template for each level id >= 1; '{concept}' is the type's concept phrase.",
+    )
+    refusal: str = Field(DEFAULT_REFUSAL, description="Refusal template; '{concept}' is the type's phrase.")
+    types: dict[str, TypeRule] = Field(default_factory=dict, description="Rules by risk type code.")
+    default_rule: TypeRule = Field(default_factory=TypeRule, description="Rule for types not in `types`.")
+    on_error: Action = Field(
+        "block",
+        description="What to do when the guard cannot judge a request: 'block' raises a typed error "
+        "(fail closed, the default), 'refuse' answers with the refusal, 'allow' fails open.",
+    )
+
+    @field_validator("hints", "refusal")
+    @classmethod
+    def _templates_format(cls, value: Mapping[int, str] | str) -> Mapping[int, str] | str:
+        for template in value.values() if isinstance(value, Mapping) else (value,):
+            try:
+                template.format(concept="x")
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(f"template {template!r} may only use the '{{concept}}' field: {err}") from err
+        return value
+
+    def validate_against(self, taxonomy: Taxonomy) -> GuardPolicy:
+        """Check that every level id and type code the policy names exists in ``taxonomy``."""
+        unknown = sorted(set(self.types) - {t.code for t in taxonomy.types})
+        if unknown:
+            raise ValueError(f"policy names unknown risk types {unknown}; known: {[t.code for t in taxonomy.types]}")
+        levels = set(range(taxonomy.num_levels))
+        rules = [self.default_rule, *self.types.values()]
+        named = set(self.level_actions) | set(self.hints) | {lv for r in rules for lv in (*r.actions, *r.hints)}
+        if bad := sorted(named - levels):
+            raise ValueError(f"policy names level ids {bad}, but the taxonomy has levels 0..{len(levels) - 1}")
+        if missing := sorted(levels - {0} - set(self.level_actions)):
+            raise ValueError(f"level_actions lacks levels {missing}")
+        return self
+
+    def rule_for(self, type_code: str) -> TypeRule:
+        """The rule of a type: its own, else the default."""
+        return self.types.get(type_code, self.default_rule)
+
+
+def decide(
+    level_probs: Sequence[float],
+    type_probs: Sequence[float],
+    policy: GuardPolicy,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    latency_ms: float = 0.0,
+) -> SafetyVerdict:
+    """Turn one request's level and type probabilities into a :class:`SafetyVerdict`."""
+    if len(level_probs) != taxonomy.num_levels or len(type_probs) != taxonomy.num_types:
+        raise ValueError(
+            f"got {len(level_probs)} level / {len(type_probs)} type probabilities for a taxonomy of "
+            f"{taxonomy.num_levels} levels / {taxonomy.num_types} types"
+        )
+    type_id = max(range(len(type_probs)), key=type_probs.__getitem__)
+    risk_type = taxonomy.types[type_id]
+    rule = policy.rule_for(risk_type.code)
+    tail = _tail_probabilities(level_probs)
+    level_id = max((lv for lv in range(1, len(tail)) if tail[lv] >= rule.threshold), default=0)
+
+    action: Action = "allow"
+    if type_id == taxonomy.safe_type_id:
+        fired = "safe_type"
+    elif not rule.enabled:
+        fired = f"type:{risk_type.code}/disabled"
+    elif level_id == 0:
+        fired = "safe_level"
+    elif level_id < rule.min_level:
+        fired = f"type:{risk_type.code}/below_min_level:{rule.min_level}"
+    else:
+        action = rule.actions.get(level_id, policy.level_actions[level_id])
+        fired = f"type:{risk_type.code}/level:{taxonomy.levels[level_id].code}"
+
+    hint = refusal = None
+    if action == "hint":
+        template = rule.hints.get(level_id) or policy.hints.get(level_id) or policy.hints[max(policy.hints)]
+        hint = template.format(concept=risk_type.concept)
+    elif action in ("refuse", "block"):
+        refusal = (rule.refusal or policy.refusal).format(concept=risk_type.concept)
+
+    level = taxonomy.levels[level_id]
+    return SafetyVerdict(
+        level=LabelRef(id=level.id, code=level.code, name=level.name),
+        type=LabelRef(id=risk_type.id, code=risk_type.code, name=risk_type.name),
+        level_probs={lv.code: float(p) for lv, p in zip(taxonomy.levels, level_probs)},
+        type_probs={t.code: float(p) for t, p in zip(taxonomy.types, type_probs)},
+        action=action,
+        rule=fired,
+        hint=hint,
+        refusal=refusal,
+        latency_ms=latency_ms,
+    )
+
+
+def error_verdict(reason: str, policy: GuardPolicy, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> SafetyVerdict:
+    """The verdict used when the guard cannot judge and ``policy.on_error`` is 'refuse' or 'allow'."""
+    level = taxonomy.levels[-1] if policy.on_error != "allow" else taxonomy.levels[0]
+    risk_type = taxonomy.type_by_code(taxonomy.safe_type)
+    return SafetyVerdict(
+        level=LabelRef(id=level.id, code=level.code, name=level.name),
+        type=LabelRef(id=risk_type.id, code=risk_type.code, name=risk_type.name),
+        level_probs={},
+        type_probs={},
+        action=policy.on_error,
+        rule="on_error",
+        refusal=policy.refusal.format(concept="a request the guard could not judge")
+        if policy.on_error != "allow"
+        else None,
+        error=reason,
+    )
+
+
+def _tail_probabilities(probs: Sequence[float]) -> list[float]:
+    """``tail[L] = P(level >= L)``."""
+    tail, running = [0.0] * len(probs), 0.0
+    for lv in range(len(probs) - 1, -1, -1):
+        running += float(probs[lv])
+        tail[lv] = running
+    return tail

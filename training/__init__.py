@@ -1,0 +1,3 @@
+"""Two-stage PSA-VLM trainer (needs the `train` extra)."""
+
+__all__: list[str] = []
