@@ -1,11 +1,17 @@
-"""Loading request images safely: many input kinds, typed errors, a pixel limit, no global state."""
+"""Loading request images safely: many input kinds, one typed error, size limits checked before decoding.
+
+Every input ends as an RGB PIL image or an :class:`~psaguard.errors.InvalidImageError` saying why; see
+docs/security.md for the outcome of each kind of hostile input. Nothing global is changed: PIL's
+``MAX_IMAGE_PIXELS`` and the process-wide warnings filters are left alone (``warnings.catch_warnings`` is not
+thread-safe), because the limits are checked here, from the header, before any pixel is decoded.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
-import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -14,132 +20,207 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from psaguard.errors import InvalidImageError
 
-__all__ = ["ImageInput", "load_image"]
+__all__ = ["ALLOWED_FORMATS", "MAX_ASPECT_RATIO", "MAX_IMAGE_BYTES", "ImageInput", "load_image"]
 
 ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 """What the guard accepts as an image: a PIL image, a file path, encoded bytes, or an HxW[xC] array."""
 
-_MAX_FILE_BYTES = 64 * 1024 * 1024  # encoded size limit; a decoded size limit is max_pixels
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""Largest encoded file read; the decoded size is bounded separately by ``max_pixels``."""
+
+MAX_ASPECT_RATIO = 100.0
+"""Longest side over shortest side. Processors resize the short side up to their input size, so a 1xN strip
+of few pixels would become a huge array there (a 400000x1 image took 4 GB and 29 s in the tiny model)."""
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
+"""Formats decoded from bytes and paths. Others are refused: EPS would run Ghostscript, and rarer parsers are
+attack surface a guard does not need. MPO (multi-picture JPEG from phones) opens through the JPEG plugin."""
+
+# What Pillow and numpy raise on hostile data: Pillow documents OSError/SyntaxError/ValueError for bad files,
+# its parsers also leak struct.error, EOFError, IndexError and KeyError on truncated tables; MemoryError
+# covers an allocation the limits did not foresee. Anything else is a bug and propagates.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    MemoryError,
+    struct.error,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # only raised when the application turned this warning into an error
+)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-def load_image(source: ImageInput, max_pixels: int = 40_000_000) -> Image.Image:
+def load_image(
+    source: ImageInput,
+    max_pixels: int = 40_000_000,
+    *,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+) -> Image.Image:
     """Return ``source`` as an RGB PIL image, or raise :class:`InvalidImageError` saying why.
 
-    The pixel count is checked from the header before any pixel is decoded (decompression bombs), animated
-    images give their first frame, EXIF orientation is applied, and transparency is flattened onto white.
-    PIL's global ``MAX_IMAGE_PIXELS`` is left untouched.
+    Size limits (pixels, aspect ratio, encoded bytes) are checked from the header before any pixel is
+    decoded. Only :data:`ALLOWED_FORMATS` are decoded from bytes and paths. Animated and multi-page files
+    give their first frame (a PIL image the caller passes gives the frame it is on, as a processor would
+    read it), EXIF orientation is applied, and transparency is composited onto white as Hugging Face
+    processors do. A PIL image the caller passes is never modified.
+
+    Args:
+        source: A PIL image, a path to a file, the encoded bytes of a file, or an HxW, HxWx1, HxWx3 or
+            HxWx4 array (uint8; uint16 as 16-bit; other integers within 0..255; bool; floats within 0..1).
+        max_pixels: Largest ``width * height`` accepted.
+        max_bytes: Largest encoded file accepted.
+        max_aspect_ratio: Largest ratio of the long side to the short side accepted.
     """
-    image = _open(source)
-    try:
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise InvalidImageError(f"image has no pixels ({width}x{height})")
-        if width * height > max_pixels:
-            raise InvalidImageError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if getattr(image, "is_animated", False):
-                image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
-    except InvalidImageError:
-        raise
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        MemoryError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        struct.error,
-    ) as err:
-        raise InvalidImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
-
-
-def _open(source: Any) -> Image.Image:
+    limits = _Limits(max_pixels, max_bytes, max_aspect_ratio)
     if isinstance(source, Image.Image):
-        return source
+        limits.check_size(source.size)
+        return _decode(source, limits)
     if isinstance(source, np.ndarray):
-        return _from_array(source)
+        return _to_rgb(_from_array(source, limits))
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if not data:
-            raise InvalidImageError("image bytes are empty")
-        if len(data) > _MAX_FILE_BYTES:
-            raise InvalidImageError(f"encoded image of {len(data)} bytes exceeds {_MAX_FILE_BYTES} bytes")
-        return _open_stream(io.BytesIO(data), "bytes")
+        data = _bytes_of(source, limits)
+        return _decode(_open_bytes(data, "image bytes", limits), limits)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as err:
-            raise InvalidImageError(f"cannot read image file {path}: {err}") from err
-        if not path.is_file():
-            raise InvalidImageError(f"{path} is not a file")
-        if size == 0:
-            raise InvalidImageError(f"image file {path} is empty")
-        if size > _MAX_FILE_BYTES:
-            raise InvalidImageError(f"image file {path} of {size} bytes exceeds {_MAX_FILE_BYTES} bytes")
-        return _open_stream(io.BytesIO(path.read_bytes()), str(path))
+        return _decode(_open_bytes(_read_file(path, limits), str(path), limits), limits)
     raise InvalidImageError(
         f"unsupported image input of type {type(source).__name__}; pass a PIL image, path, bytes or array"
     )
 
 
-def _open_stream(stream: io.BytesIO, name: str) -> Image.Image:
+class _Limits:
+    def __init__(self, max_pixels: int, max_bytes: int, max_aspect_ratio: float) -> None:
+        self.max_pixels, self.max_bytes, self.max_aspect_ratio = max_pixels, max_bytes, max_aspect_ratio
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        width, height = size
+        if width <= 0 or height <= 0:
+            raise InvalidImageError(f"image has no pixels ({width}x{height})")
+        if width * height > self.max_pixels:
+            raise InvalidImageError(f"image of {width}x{height} pixels exceeds the limit of {self.max_pixels} pixels")
+        if max(width, height) > self.max_aspect_ratio * min(width, height):
+            raise InvalidImageError(
+                f"image of {width}x{height} pixels exceeds the aspect-ratio limit of {self.max_aspect_ratio:g}:1"
+            )
+
+    def check_bytes(self, size: int, name: str) -> None:
+        if size == 0:
+            raise InvalidImageError(f"{name} is empty")
+        if size > self.max_bytes:
+            raise InvalidImageError(f"{name} of {size} bytes exceeds the limit of {self.max_bytes} bytes")
+
+
+def _bytes_of(source: bytes | bytearray | memoryview, limits: _Limits) -> bytes:
+    size = source.nbytes if isinstance(source, memoryview) else len(source)
+    limits.check_bytes(size, "image bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(stream)
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as err:
-        raise InvalidImageError(f"{name} is not a readable image: {err}") from err
+        return source.tobytes() if isinstance(source, memoryview) else bytes(source)
+    except (TypeError, ValueError) as err:  # e.g. a released memoryview
+        raise InvalidImageError(f"cannot read image bytes: {err}") from err
 
 
-def _from_array(array: np.ndarray) -> Image.Image:
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise InvalidImageError(f"array image must be HxW, HxWx1, HxWx3 or HxWx4; got shape {array.shape}")
-    if array.size == 0:
-        raise InvalidImageError(f"array image is empty (shape {array.shape})")
-    if array.dtype == np.uint8:
-        data = array
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise InvalidImageError("float array image holds NaN or infinite values")
-        data = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        top = 1.0 if array.dtype == np.bool_ else float(np.iinfo(array.dtype).max)
-        data = _scale_to_uint8(array.astype(np.float64), top)
-    else:
-        raise InvalidImageError(f"unsupported array dtype {array.dtype}")
-    return Image.fromarray(np.ascontiguousarray(data))
+def _read_file(path: Path, limits: _Limits) -> bytes:
+    """Read a regular file without following it into FIFOs or devices (which could block forever)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise InvalidImageError(f"cannot open image file {str(path)[:200]!r}: {err}") from err
+    try:
+        info = os.fstat(fd)  # of the opened file: no race with a path swapped after the check
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidImageError(f"{path} is not a regular file")
+        limits.check_bytes(info.st_size, f"image file {path}")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limits.max_bytes + 1)
+    except OSError as err:
+        raise InvalidImageError(f"cannot read image file {path}: {err}") from err
+    finally:
+        os.close(fd)
+    limits.check_bytes(len(data), f"image file {path}")  # it may have changed since fstat
+    return data
+
+
+def _open_bytes(data: bytes, name: str, limits: _Limits) -> Image.Image:
+    """Parse the header only; the pixel limits are checked before :func:`_decode` decodes anything."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError as err:
+        raise InvalidImageError(
+            f"{name} is not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})"
+        ) from err
+    except _DECODE_ERRORS as err:
+        raise InvalidImageError(f"{name} is not a readable image: {type(err).__name__}: {err}") from err
+    limits.check_size(image.size)
+    return image
+
+
+def _decode(image: Image.Image, limits: _Limits) -> Image.Image:
+    try:
+        image.load()
+        # The decoded size can differ from the header's (GIF frames larger than the screen).
+        limits.check_size(image.size)
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except InvalidImageError:
+        raise
+    except _DECODE_ERRORS as err:
+        raise InvalidImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        return Image.fromarray(_scale_to_uint8(array, top)).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    """RGB without modifying ``image``: high-bit-depth samples scaled, transparency composited onto white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode in _SIXTEEN_BIT or mode == "I":
+        # 'I' holds 16-bit sources (PPM, some TIFFs) in Pillow; wider values are clipped to 16 bits.
+        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
+        return Image.fromarray((samples // 257).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        samples = np.asarray(image)
+        if not np.isfinite(samples).all():
+            raise InvalidImageError("float image holds NaN or infinite values")
+        # Pillow's own F -> L convention: samples are 0..255, clipped.
+        return Image.fromarray(np.clip(samples, 0.0, 255.0).round().astype(np.uint8)).convert("RGB")
+    if mode in _ALPHA_MODES or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
-def _scale_to_uint8(array: np.ndarray, top: float) -> np.ndarray:
-    return (np.clip(array, 0.0, top) / top * 255.0).round().astype(np.uint8)
+def _from_array(array: np.ndarray, limits: _Limits) -> Image.Image:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise InvalidImageError(f"array image must be HxW, HxWx1, HxWx3 or HxWx4; got shape {array.shape}")
+    limits.check_size((array.shape[1], array.shape[0]))
+    kind = array.dtype.kind
+    if kind == "b":
+        data = array.astype(np.uint8) * np.uint8(255)
+    elif array.dtype == np.uint8:
+        data = array
+    elif kind == "u" and array.dtype.itemsize == 2:
+        data = (array // 257).astype(np.uint8)
+    elif kind in "iu":
+        if array.min() < 0 or array.max() > 255:
+            raise InvalidImageError(
+                f"{array.dtype} array image must hold values in 0..255 (got {array.min()}..{array.max()}); "
+                "pass uint8, uint16, or floats in 0..1"
+            )
+        data = array.astype(np.uint8)
+    elif kind == "f":
+        if not np.isfinite(array).all():
+            raise InvalidImageError("float array image holds NaN or infinite values")
+        if array.min() < 0.0 or array.max() > 1.0:
+            raise InvalidImageError(f"float array image must hold values in 0..1 (got {array.min()}..{array.max()})")
+        data = (array.astype(np.float32) * 255.0).round().astype(np.uint8)
+    else:
+        raise InvalidImageError(f"unsupported array dtype {array.dtype}; pass uint8, uint16, bool or floats in 0..1")
+    return Image.fromarray(np.ascontiguousarray(data))

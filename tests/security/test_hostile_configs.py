@@ -1,0 +1,138 @@
+"""Fuzzing configs and policies: anything accepted works for every verdict, anything else is a precise error."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from psaguard.config import CONFIG_NAME, SafetyGuardConfig
+from psaguard.errors import CheckpointError, ConfigError
+from psaguard.policy import GuardPolicy, decide
+from psaguard.taxonomy import DEFAULT_TAXONOMY
+from psaguard.verdict import SafetyVerdict
+
+FUZZ = settings.get_profile(f"psaguard-{os.environ.get('PSAGUARD_FUZZ', 'ci')}")
+
+ACTIONS = st.sampled_from(["allow", "hint", "refuse", "block", "warn", ""])
+LEVEL = st.integers(-1, 5)
+TEMPLATE = st.one_of(st.sampled_from(["{concept}", "careful: {concept}", "{0}", "{other}", "{", "}", ""]), st.text())
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
+
+type_rules = st.fixed_dictionaries(
+    {},
+    optional={
+        "enabled": st.one_of(st.booleans(), json_scalars),
+        "threshold": st.one_of(st.floats(-0.5, 1.5), json_scalars),
+        "min_level": st.one_of(LEVEL, json_scalars),
+        "actions": st.dictionaries(LEVEL, ACTIONS, max_size=3),
+        "hints": st.dictionaries(LEVEL, TEMPLATE, max_size=3),
+        "refusal": st.one_of(st.none(), TEMPLATE),
+        "unknown_key": json_scalars,
+    },
+)
+policies = st.fixed_dictionaries(
+    {},
+    optional={
+        "level_actions": st.dictionaries(LEVEL, ACTIONS, max_size=5),
+        "hints": st.dictionaries(LEVEL, TEMPLATE, max_size=4),
+        "refusal": TEMPLATE,
+        "types": st.dictionaries(st.sampled_from(["privacy", "illegal", "safe", "nope", "Privacy"]), type_rules, max_size=3),
+        "default_rule": type_rules,
+        "on_error": ACTIONS,
+        "on_eror": ACTIONS,
+    },
+)
+probabilities = st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8).map(lambda ws: [w / (sum(ws) or 1.0) for w in ws])
+
+
+def _policy_or_none(raw: dict) -> GuardPolicy | None:
+    try:
+        return GuardPolicy.model_validate(raw).validate_against(DEFAULT_TAXONOMY)
+    except ValidationError as err:
+        assert err.errors()  # pydantic names the field and the reason
+        return None
+    except ConfigError as err:
+        assert str(err)
+        return None
+
+
+@FUZZ
+@given(raw=policies, level=st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4), kind=st.integers(0, 6))
+def test_accepted_policies_decide_every_verdict(raw: dict, level: list[float], kind: int) -> None:
+    policy = _policy_or_none(raw)
+    if policy is None:
+        return
+    total = sum(level) or 1.0
+    level_probs = [p / total for p in level]
+    type_probs = [0.9 if i == kind else 0.1 / 6 for i in range(7)]
+    verdict = decide(level_probs, type_probs, policy, DEFAULT_TAXONOMY)
+    assert isinstance(verdict, SafetyVerdict)
+    assert (verdict.hint is not None) == (verdict.action == "hint")
+    assert GuardPolicy.model_validate_json(policy.model_dump_json()) == policy
+
+
+@FUZZ
+@given(raw=policies)
+def test_on_error_is_a_failure_action(raw: dict) -> None:
+    policy = _policy_or_none(raw)
+    if policy is not None:
+        assert policy.on_error in ("block", "refuse", "allow")
+
+
+@FUZZ
+@given(
+    raw=st.fixed_dictionaries(
+        {},
+        optional={
+            "format_version": st.one_of(st.integers(-1, 3), json_scalars),
+            "head": st.fixed_dictionaries(
+                {},
+                optional={
+                    "num_heads": st.one_of(st.integers(-2, 16), json_scalars),
+                    "pooling": st.sampled_from(["mean", "first", "max", ""]),
+                    "max_prompt_tokens": st.one_of(st.integers(-5, 600), json_scalars),
+                    "level_temperature": st.one_of(st.floats(allow_nan=True), json_scalars),
+                    "typo": json_scalars,
+                },
+            ),
+            "tokens": st.fixed_dictionaries({}, optional={"num_tokens": st.integers(-1, 100), "init_std": st.floats()}),
+            "max_image_pixels": st.one_of(st.integers(-5, 10**9), json_scalars),
+            "dtype": st.sampled_from(["auto", "float32", "int8", "float64"]),
+            "policy": policies,
+            "extra": json_scalars,
+        },
+    )
+)
+def test_guard_configs_load_or_raise_config_error(tmp_path_factory: pytest.TempPathFactory, raw: dict) -> None:
+    directory = tmp_path_factory.mktemp("cfg")
+    (directory / CONFIG_NAME).write_text(json.dumps(raw))
+    try:
+        config = SafetyGuardConfig.load(directory)
+    except ConfigError as err:
+        assert str(err)
+        return
+    config.save(directory)
+    assert SafetyGuardConfig.load(directory) == config
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_config_files_of_any_bytes_raise_typed_errors(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    directory = tmp_path_factory.mktemp("cfg")
+    (directory / CONFIG_NAME).write_bytes(data)
+    try:
+        SafetyGuardConfig.load(directory)
+    except (ConfigError, CheckpointError) as err:
+        assert str(err)
+
+
+def test_deeply_nested_config_json_is_a_typed_error(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_NAME).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises((ConfigError, CheckpointError)):
+        SafetyGuardConfig.load(tmp_path)
