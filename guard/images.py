@@ -151,9 +151,7 @@ def _open_bytes(data: bytes, name: str, limits: _Limits) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except UnidentifiedImageError as err:
-        raise InvalidImageError(
-            f"{name} is not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})"
-        ) from err
+        raise InvalidImageError(f"{name} is not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})") from err
     except _DECODE_ERRORS as err:
         raise InvalidImageError(f"{name} is not a readable image: {type(err).__name__}: {err}") from err
     limits.check_size(image.size)

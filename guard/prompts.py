@@ -1,9 +1,20 @@
-"""Turning prompts into the safety head's query: token ids with an anchor, truncation and padding."""
+"""Turning prompts into the safety head's query: token ids with an anchor, truncation and padding.
+
+Two rules make the query unspoofable and thread-safe:
+
+* prompt text is tokenized with special tokens *split* (``<image>``, ``</s>``, chat markers become plain
+  text pieces), and any special id that still appears is dropped, so a prompt cannot inject control tokens;
+* the encoder tokenizes with its own private copy of the tokenizer's backend, configured once. The
+  processor's tokenizer is shared with the application and Hugging Face switches its
+  ``encode_special_tokens`` flag on every call, so sharing it would let a concurrent guard call split the
+  application's real ``<image>`` token, or let the application's call hand the guard a real one.
+"""
 
 from __future__ import annotations
 
+import logging
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,36 +23,53 @@ from psaguard.errors import InvalidPromptError
 
 __all__ = ["MAX_PROMPT_CHARS", "PromptEncoder", "clean_prompt"]
 
+logger = logging.getLogger(__name__)
+
 MAX_PROMPT_CHARS = 100_000
-"""Longest prompt the guard tokenizes; longer prompts are refused rather than silently cut."""
+"""Longest prompt (in characters) the guard accepts; longer prompts are refused with InvalidPromptError."""
+
+_WINDOW_CHARS_PER_TOKEN = 64
+"""Characters tokenized at each end of a long prompt per kept token: bounds tokenization cost, since only
+the head and the tail tokens are kept; no token of a real vocabulary is this long."""
+
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 
 
 def clean_prompt(prompt: str) -> str:
-    """Drop control and format characters (keeping newlines and tabs as spaces) so they cannot hide text."""
+    """NFKC-normalize and drop control, format, surrogate, private-use and unassigned characters.
+
+    Zero-width and bidi characters cannot then split a word the head should see ("b\\u200bomb"), and
+    compatibility forms (fullwidth letters, ligatures) read as their plain letters. Newlines and tabs
+    become spaces.
+    """
+    text = unicodedata.normalize("NFKC", "".join(ch for ch in prompt if not 0xD800 <= ord(ch) <= 0xDFFF))
     return "".join(
         " " if ch in "\n\r\t" else ch
-        for ch in prompt
-        if ch in "\n\r\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+        for ch in text
+        if ch in "\n\r\t" or unicodedata.category(ch) not in _DROPPED_CATEGORIES
     )
 
 
 class PromptEncoder:
     """Encodes prompts as the head's query: ``[anchor] + prompt tokens``, right-padded.
 
-    Special tokens spelled in the prompt (``<image>``, chat markers) are tokenized as plain text, so a
-    prompt cannot inject them. Prompts longer than ``max_tokens`` keep their head and their tail, where
-    instructions usually sit. Position 0 is always the anchor (BOS, else pad), which 'first' pooling reads.
+    Prompts longer than ``max_tokens`` keep their first and last tokens (about half each): instructions
+    usually sit at the ends, and the middle of a very long prompt is NOT judged (see docs/security.md).
+    Position 0 is always the anchor (BOS, else pad), which 'first' pooling reads. Thread-safe.
     """
 
     def __init__(self, processor: Any, max_tokens: int, vocab_size: int) -> None:
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = getattr(processor, "tokenizer", processor)
         self.max_tokens = max_tokens
         self.vocab_size = vocab_size
-        anchor = self.tokenizer.bos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else anchor
+        anchor = tokenizer.bos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else anchor
         self.anchor_id = anchor if anchor is not None else self.pad_id
         if self.anchor_id is None:
             raise InvalidPromptError("the tokenizer has neither a BOS nor a pad token to anchor the query")
+        self.unk_id = tokenizer.unk_token_id
+        self._special_ids = frozenset(tokenizer.all_special_ids) - {self.unk_id}
+        self._encode = _private_encoder(tokenizer)
 
     @staticmethod
     def check(prompt: object) -> None:
@@ -54,11 +82,19 @@ class PromptEncoder:
     def token_ids(self, prompt: str) -> list[int]:
         """The query ids of one prompt, anchor first, truncated to ``max_tokens``."""
         self.check(prompt)
-        ids = self.tokenizer(clean_prompt(prompt), add_special_tokens=False, split_special_tokens=True)["input_ids"]
         budget = self.max_tokens - 1
+        head = budget // 2
+        text = clean_prompt(prompt)
+        window = budget * _WINDOW_CHARS_PER_TOKEN
+        if len(text) > 2 * window:
+            # Only head and tail tokens are kept, so only the ends need tokenizing (bounded cost).
+            ids = self._encode(text[:window])[:head] + self._encode(text[-window:])[-(budget - head) :]
+        else:
+            ids = self._encode(text)
         if len(ids) > budget:
-            head = budget // 2
+            logger.debug("prompt of %d tokens truncated to its first %d and last %d", len(ids), head, budget - head)
             ids = ids[:head] + ids[len(ids) - (budget - head) :]
+        ids = [i for i in ids if i not in self._special_ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise InvalidPromptError(f"tokenizer produced ids {bad[:5]} outside the model's vocabulary")
@@ -74,3 +110,18 @@ class PromptEncoder:
             ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = True
         return ids, mask
+
+
+def _private_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    """``text -> ids`` with special tokens split, never touching the shared tokenizer's state."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        from tokenizers import Tokenizer
+
+        private = Tokenizer.from_str(backend.to_str())
+        private.encode_special_tokens = True
+        private.no_truncation()
+        private.no_padding()
+        return lambda text: private.encode(text, add_special_tokens=False).ids
+    # Python (slow) tokenizers take the flag per call; they keep no per-call state to race on.
+    return lambda text: tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]

@@ -42,7 +42,9 @@ policies = st.fixed_dictionaries(
         "level_actions": st.dictionaries(LEVEL, ACTIONS, max_size=5),
         "hints": st.dictionaries(LEVEL, TEMPLATE, max_size=4),
         "refusal": TEMPLATE,
-        "types": st.dictionaries(st.sampled_from(["privacy", "illegal", "safe", "nope", "Privacy"]), type_rules, max_size=3),
+        "types": st.dictionaries(
+            st.sampled_from(["privacy", "illegal", "safe", "nope", "Privacy"]), type_rules, max_size=3
+        ),
         "default_rule": type_rules,
         "on_error": ACTIONS,
         "on_eror": ACTIONS,
