@@ -155,3 +155,28 @@ def test_prompt_spelling_the_image_token_is_plain_text(guard, images):
     # "<image>" in a prompt must not become the image placeholder id in the head's query.
     ids, _ = guard.prompts.encode(["<image> <image> what"])
     assert guard.backbone.image_token_id not in ids.tolist()[0]
+
+
+def test_modules_follow_the_model_dtype(tiny_processor, images):
+    model = build_tiny_llava(processor=tiny_processor).to(torch.bfloat16)
+    guard = SafetyGuard.attach(model, tiny_processor)
+    assert guard.modules.head_tokens.dtype == torch.bfloat16
+    verdict = guard.classify(images[0], PROMPTS[0])
+    assert sum(verdict.type_probs.values()) == pytest.approx(1.0, abs=1e-4)  # softmax taken in float32
+
+
+def test_custom_taxonomy_sizes_the_heads(tiny_model, tiny_processor, images):
+    from psaguard import RiskLevel, RiskType, Taxonomy
+
+    taxonomy = Taxonomy(
+        levels=(RiskLevel(id=0, code="ok", name="OK"), RiskLevel(id=1, code="stop", name="Stop")),
+        types=(
+            RiskType(id=0, code="spam", name="Spam", concept="spam"),
+            RiskType(id=1, code="clean", name="Clean"),
+        ),
+        safe_type="clean",
+    )
+    config = SafetyGuardConfig(taxonomy=taxonomy, policy=GuardPolicy(level_actions={1: "refuse"}, hints={1: "{concept}"}))
+    guard = SafetyGuard.attach(tiny_model, tiny_processor, config)
+    assert guard.modules.head.level_head.out_features == 2 and guard.modules.head.type_head.out_features == 2
+    assert set(guard.classify(images[0], PROMPTS[0]).type_probs) == {"spam", "clean"}
