@@ -14,7 +14,9 @@ def test_demo_runs_offline_and_prints_verdicts(capsys):
 def test_classify_prints_the_verdict_as_json(tiny_dir, tiny_model, tiny_processor, tmp_path, images, capsys):
     SafetyGuard.attach(tiny_model, tiny_processor).save_pretrained(tmp_path / "guard")
     images[0].save(tmp_path / "x.png")
-    code = main(["classify", "--guard", str(tmp_path / "guard"), "--model", str(tiny_dir), str(tmp_path / "x.png"), "hi"])
+    code = main(
+        ["classify", "--guard", str(tmp_path / "guard"), "--model", str(tiny_dir), str(tmp_path / "x.png"), "hi"]
+    )
     assert code == 0
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["action"] in ("allow", "hint", "refuse", "block")
@@ -22,7 +24,9 @@ def test_classify_prints_the_verdict_as_json(tiny_dir, tiny_model, tiny_processo
 
 def test_classify_reports_typed_errors_with_exit_code_2(tiny_dir, tmp_path, capsys):
     (tmp_path / "x.png").write_bytes(b"not an image")
-    code = main(["classify", "--guard", str(tmp_path / "none"), "--model", str(tiny_dir), str(tmp_path / "x.png"), "hi"])
+    code = main(
+        ["classify", "--guard", str(tmp_path / "none"), "--model", str(tiny_dir), str(tmp_path / "x.png"), "hi"]
+    )
     assert code == 2
     assert "CheckpointError" in capsys.readouterr().err
 

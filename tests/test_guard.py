@@ -176,7 +176,9 @@ def test_custom_taxonomy_sizes_the_heads(tiny_model, tiny_processor, images):
         ),
         safe_type="clean",
     )
-    config = SafetyGuardConfig(taxonomy=taxonomy, policy=GuardPolicy(level_actions={1: "refuse"}, hints={1: "{concept}"}))
+    config = SafetyGuardConfig(
+        taxonomy=taxonomy, policy=GuardPolicy(level_actions={1: "refuse"}, hints={1: "{concept}"})
+    )
     guard = SafetyGuard.attach(tiny_model, tiny_processor, config)
     assert guard.modules.head.level_head.out_features == 2 and guard.modules.head.type_head.out_features == 2
     assert set(guard.classify(images[0], PROMPTS[0]).type_probs) == {"spam", "clean"}

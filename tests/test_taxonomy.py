@@ -5,9 +5,20 @@ from psaguard import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
 
 
 def test_default_taxonomy_is_the_papers():
-    assert [lv.name for lv in DEFAULT_TAXONOMY.levels] == ["Safe to answer", "Answer carefully", "Answer or reject", "Reject"]
+    assert [lv.name for lv in DEFAULT_TAXONOMY.levels] == [
+        "Safe to answer",
+        "Answer carefully",
+        "Answer or reject",
+        "Reject",
+    ]
     assert [t.code for t in DEFAULT_TAXONOMY.types] == [
-        "politics", "illegal", "insults", "fairness", "privacy", "misleading", "safe",
+        "politics",
+        "illegal",
+        "insults",
+        "fairness",
+        "privacy",
+        "misleading",
+        "safe",
     ]
     assert DEFAULT_TAXONOMY.safe_type_id == 6
     assert DEFAULT_TAXONOMY.type_by_code("privacy").mlcommons == ("prv",)
