@@ -24,6 +24,7 @@ __all__ = [
 
 CONFIG_NAME = "psaguard_config.json"
 FORMAT_VERSION = 1
+_MAX_CONFIG_BYTES = 1024 * 1024  # a real config is a few KB; bounds memory on a hostile file
 
 
 class ProjectorConfig(BaseModel):
@@ -131,11 +132,16 @@ class SafetyGuardConfig(BaseModel):
         """Read ``psaguard_config.json`` from ``directory``; typed errors for missing or invalid files."""
         path = Path(directory) / CONFIG_NAME
         try:
-            raw: Any = json.loads(path.read_text(encoding="utf-8"))
+            with path.open("rb") as handle:
+                data = handle.read(_MAX_CONFIG_BYTES + 1)
+            if len(data) > _MAX_CONFIG_BYTES:
+                raise CheckpointError(f"{path} is larger than {_MAX_CONFIG_BYTES} bytes; not a guard config")
+            raw: Any = json.loads(data.decode("utf-8"))
         except FileNotFoundError as err:
             raise CheckpointError(f"no {CONFIG_NAME} in {directory}") from err
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"cannot read {path}: {err}") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            # RecursionError: deeply nested JSON ("[[[[...") exhausts the parser's stack.
+            raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {err}") from err
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a JSON object")
         version = raw.get("format_version", FORMAT_VERSION)

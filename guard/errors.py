@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointMismatchError",
     "ConfigError",
     "GuardBlocked",
+    "GuardInternalError",
     "InvalidImageError",
     "InvalidInputError",
     "InvalidPromptError",
@@ -54,6 +55,14 @@ class CheckpointError(PsaGuardError, OSError):
 
 class CheckpointMismatchError(CheckpointError):
     """A saved guard was trained for a different base model than the one it is loaded onto."""
+
+
+class GuardInternalError(PsaGuardError, RuntimeError):
+    """The guard failed while judging (an error in its forward pass, non-finite scores) and could not judge.
+
+    Raised when ``policy.on_error`` is 'block' (the default), so an internal failure refuses the request
+    instead of letting it through; the original error is chained as ``__cause__``.
+    """
 
 
 class GuardBlocked(PsaGuardError):

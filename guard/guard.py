@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
-from psaguard.errors import CheckpointError, ConfigError, InvalidImageError, InvalidPromptError
+from psaguard.errors import CheckpointError, ConfigError, GuardInternalError, InvalidImageError, InvalidPromptError
 from psaguard.images import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import GuardPolicy, decide, error_verdict
@@ -145,7 +145,11 @@ class SafetyGuard:
         """Judge a batch and keep its vision features for reuse.
 
         Requests that cannot be judged follow ``policy.on_error``: 'block' raises the typed error (fail
-        closed), 'refuse' and 'allow' give an error verdict with that action.
+        closed), 'refuse' and 'allow' give an error verdict with that action. That covers bad inputs
+        (:class:`InvalidImageError`, :class:`InvalidPromptError`) and internal failures: a ``RuntimeError``
+        in the forward pass (device errors, out of memory) or non-finite scores (a tampered or diverged
+        head), raised as :class:`GuardInternalError`. ``judged`` lists the requests whose rows are in
+        ``features``, in order.
         """
         if isinstance(images, (str, bytes)) or isinstance(prompts, str):
             raise InvalidPromptError("classify_batch takes sequences of images and prompts; use classify for one")
@@ -155,7 +159,7 @@ class SafetyGuard:
         loaded, errors = [], {}
         for index, (image, prompt) in enumerate(zip(images, prompts)):
             try:
-                self.prompts.check(prompt)
+                self.prompts.token_ids(prompt)  # validates fully, so a bad prompt fails alone
                 loaded.append((index, load_image(image, self.config.max_image_pixels), prompt))
             except (InvalidImageError, InvalidPromptError) as err:
                 if self.policy.on_error == "block":
@@ -164,13 +168,23 @@ class SafetyGuard:
         verdicts: dict[int, SafetyVerdict] = {}
         features = None
         if loaded:
-            judged_images = [image for _, image, _ in loaded]
-            judged_prompts = [prompt for _, _, prompt in loaded]
-            features, logits = self._forward(judged_images, judged_prompts)
-            level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
-            type_probs = F.softmax(logits.type.float() / self.config.head.type_temperature, dim=-1)
+            try:
+                features, level_probs, type_probs = self._probabilities(
+                    [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded]
+                )
+            except GuardInternalError as err:
+                if self.policy.on_error == "block":
+                    raise
+                errors.update({index: str(err) for index, _, _ in loaded})
+                loaded = []
             elapsed = (time.perf_counter() - start) * 1000.0
             for row, (index, _, _) in enumerate(loaded):
+                if not (level_probs[row].isfinite().all() and type_probs[row].isfinite().all()):
+                    err = GuardInternalError(f"request {index}: the safety head produced non-finite scores")
+                    if self.policy.on_error == "block":
+                        raise err
+                    errors[index] = str(err)
+                    continue
                 verdicts[index] = decide(
                     level_probs[row].tolist(), type_probs[row].tolist(), self.policy, self.config.taxonomy, elapsed
                 )
@@ -181,6 +195,19 @@ class SafetyGuard:
             features=features,
             judged=[index for index, _, _ in loaded],
         )
+
+    def _probabilities(
+        self, images: Sequence[Any], prompts: Sequence[str]
+    ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor]:
+        """Forward pass and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
+        try:
+            features, logits = self._forward(images, prompts)
+        except RuntimeError as err:  # torch raises RuntimeError (and OutOfMemoryError, a subclass) for all of these
+            logger.warning("guard forward pass failed: %s: %s", type(err).__name__, err)
+            raise GuardInternalError(f"the guard failed while judging: {type(err).__name__}: {err}") from err
+        level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
+        type_probs = F.softmax(logits.type.float() / self.config.head.type_temperature, dim=-1)
+        return features, level_probs, type_probs
 
     @torch.inference_mode()
     def _forward(self, images: Sequence[Any], prompts: Sequence[str]) -> tuple[VisionFeatures, HeadLogits]:

@@ -13,7 +13,7 @@ import os
 import stat
 import struct
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

@@ -11,14 +11,17 @@ The paper takes the argmax of both heads and adds a hint whenever the level is a
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from psaguard.errors import ConfigError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.verdict import Action, LabelRef, SafetyVerdict
 
-__all__ = ["DEFAULT_HINTS", "GuardPolicy", "TypeRule", "decide", "error_verdict"]
+__all__ = ["DEFAULT_HINTS", "ErrorAction", "GuardPolicy", "TypeRule", "decide", "error_verdict"]
 
 # After the paper's hint table (condition.py / supplementary Fig. 6), with the literal
 # "{REASON FOR REJECT}" placeholder of the official code replaced by the concept.
@@ -31,6 +34,23 @@ DEFAULT_HINTS: dict[int, str] = {
 }
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with this request because it involves {concept}."
 DEFAULT_LEVEL_ACTIONS: dict[int, Action] = {0: "allow", 1: "hint", 2: "hint", 3: "refuse"}
+
+ErrorAction = Literal["block", "refuse", "allow"]
+"""What to do when the guard cannot judge: raise (fail closed), refuse, or let the request through."""
+
+
+def _check_template(template: str) -> None:
+    """Templates may only use the bare ``{concept}`` field: ``{concept.attr}`` or ``{0}`` would fail (or
+    walk object attributes) at the moment a verdict is produced, not when the policy is loaded."""
+    if not template.strip():
+        raise ValueError("templates must not be empty: an empty hint or refusal says nothing")
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ValueError(f"template {template!r} is not a valid format string: {err}") from err
+    for _, name, spec, _ in fields:
+        if name is not None and (name != "concept" or "{" in (spec or "")):
+            raise ValueError(f"template {template!r} may only use the '{{concept}}' field, not {{{name}}}")
 
 
 class TypeRule(BaseModel):
@@ -64,7 +84,7 @@ class GuardPolicy(BaseModel):
     refusal: str = Field(DEFAULT_REFUSAL, description="Refusal template; '{concept}' is the type's phrase.")
     types: dict[str, TypeRule] = Field(default_factory=dict, description="Rules by risk type code.")
     default_rule: TypeRule = Field(default_factory=TypeRule, description="Rule for types not in `types`.")
-    on_error: Action = Field(
+    on_error: ErrorAction = Field(
         "block",
         description="What to do when the guard cannot judge a request: 'block' raises a typed error "
         "(fail closed, the default), 'refuse' answers with the refusal, 'allow' fails open.",
@@ -74,24 +94,40 @@ class GuardPolicy(BaseModel):
     @classmethod
     def _templates_format(cls, value: Mapping[int, str] | str) -> Mapping[int, str] | str:
         for template in value.values() if isinstance(value, Mapping) else (value,):
-            try:
-                template.format(concept="x")
-            except (KeyError, IndexError, ValueError) as err:
-                raise ValueError(f"template {template!r} may only use the '{{concept}}' field: {err}") from err
+            _check_template(template)
         return value
 
     def validate_against(self, taxonomy: Taxonomy) -> GuardPolicy:
-        """Check that every level id and type code the policy names exists in ``taxonomy``."""
+        """Check the policy against ``taxonomy``; raise :class:`ConfigError` naming the first problem.
+
+        Every type code and level id must exist, every level above 0 needs an action, level 0 is always
+        'allow', each rule's ``min_level`` must be a level, and every 'hint' action needs a hint template.
+        """
         unknown = sorted(set(self.types) - {t.code for t in taxonomy.types})
         if unknown:
-            raise ValueError(f"policy names unknown risk types {unknown}; known: {[t.code for t in taxonomy.types]}")
+            raise ConfigError(f"policy names unknown risk types {unknown}; known: {[t.code for t in taxonomy.types]}")
         levels = set(range(taxonomy.num_levels))
-        rules = [self.default_rule, *self.types.values()]
-        named = set(self.level_actions) | set(self.hints) | {lv for r in rules for lv in (*r.actions, *r.hints)}
+        rules = {"default_rule": self.default_rule, **{f"types.{code}": rule for code, rule in self.types.items()}}
+        named = set(self.level_actions) | set(self.hints)
+        named |= {lv for r in rules.values() for lv in (*r.actions, *r.hints)}
         if bad := sorted(named - levels):
-            raise ValueError(f"policy names level ids {bad}, but the taxonomy has levels 0..{len(levels) - 1}")
+            raise ConfigError(f"policy names level ids {bad}, but the taxonomy has levels 0..{len(levels) - 1}")
         if missing := sorted(levels - {0} - set(self.level_actions)):
-            raise ValueError(f"level_actions lacks levels {missing}")
+            raise ConfigError(f"level_actions lacks levels {missing}")
+        for where, actions in (
+            ("level_actions", self.level_actions),
+            *((f"{n}.actions", r.actions) for n, r in rules.items()),
+        ):
+            if actions.get(0, "allow") != "allow":
+                raise ConfigError(f"{where} sets level 0 to {actions[0]!r}; level 0 means safe and is always 'allow'")
+        for name, rule in rules.items():
+            if rule.min_level >= taxonomy.num_levels:
+                top = taxonomy.num_levels - 1
+                raise ConfigError(f"{name}.min_level is {rule.min_level}, but the highest level is {top}")
+            for level in range(1, taxonomy.num_levels):
+                action = rule.actions.get(level, self.level_actions[level])
+                if action == "hint" and not (rule.hints.get(level) or self.hints):
+                    raise ConfigError(f"{name} gives level {level} a 'hint' action but no hint template exists")
         return self
 
     def rule_for(self, type_code: str) -> TypeRule:

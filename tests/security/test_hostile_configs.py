@@ -21,7 +21,11 @@ FUZZ = settings.get_profile(f"psaguard-{os.environ.get('PSAGUARD_FUZZ', 'ci')}")
 
 ACTIONS = st.sampled_from(["allow", "hint", "refuse", "block", "warn", ""])
 LEVEL = st.integers(-1, 5)
-TEMPLATE = st.one_of(st.sampled_from(["{concept}", "careful: {concept}", "{0}", "{other}", "{", "}", ""]), st.text())
+TEMPLATE = st.one_of(
+    st.sampled_from(["{concept}", "careful: {concept}", "{0}", "{other}", "{", "}", "", " "]),
+    st.sampled_from(["{concept.nope}", "{concept:{x}}", "{concept.upper}", "{concept!r}"]),
+    st.text(),
+)
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=8))
 
 type_rules = st.fixed_dictionaries(
