@@ -1,0 +1,144 @@
+"""Set-up and wrap-up both stages share: accelerator, base model, data, and the files written at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from psaguard.errors import ConfigError
+from psaguard.guard import SafetyGuard
+from psaguard.serialization import atomic_write_text
+from psaguard.taxonomy import Taxonomy
+from psaguard.training.checkpoint import TrainState
+from psaguard.training.collate import Collator
+from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig
+from psaguard.training.data import DatasetReport, Example, balance_safe, read_jsonl
+from psaguard.training.quant import build_bnb_config
+
+__all__ = [
+    "build_collator",
+    "final_evaluation",
+    "load_data",
+    "load_model",
+    "load_model_from",
+    "make_accelerator",
+    "trainable_summary",
+    "write_run_files",
+]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def make_accelerator(cfg: TrainConfig) -> Any:
+    """An ``accelerate.Accelerator`` for ``cfg``; the loop places tensors itself (4-bit models cannot move)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, device_placement=False)
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def load_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]:
+    """The frozen base model (4-bit language model if ``cfg.quant`` says so) on ``device``, and its processor."""
+    return load_model_from(cfg.model, cfg.processor, cfg.quant, cfg.model_dtype, device)
+
+
+def load_model_from(
+    model_id: str, processor_id: str | None, quant_cfg: QuantConfig, model_dtype: str, device: torch.device
+) -> tuple[nn.Module, Any]:
+    """:func:`load_model` from explicit settings (``model_dtype`` 'auto' = bfloat16 on CUDA, else float32)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    quant = build_bnb_config(quant_cfg)
+    dtype = _DTYPES.get(model_dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": str(device)})
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
+        processor = AutoProcessor.from_pretrained(processor_id or model_id)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load model {model_id!r}: {err}") from err
+    if quant is None:
+        model.to(device)
+    model.requires_grad_(False)
+    model.eval()
+    return model, processor
+
+
+def load_data(
+    cfg: TrainConfig, taxonomy: Taxonomy
+) -> tuple[list[Example], list[Example] | None, dict[str, DatasetReport]]:
+    """Training examples (balanced when ``cfg.num_safe`` is set), evaluation examples, and the read reports."""
+    train, train_report = read_jsonl(
+        cfg.train_data, image_root=cfg.image_root, taxonomy=taxonomy, skip_invalid=cfg.skip_invalid_rows
+    )
+    reports = {"train": train_report}
+    if cfg.num_safe is not None:
+        before = len(train)
+        train = balance_safe(train, cfg.num_safe, cfg.seed, taxonomy)
+        logger.info("balanced training data: %d of %d examples (num_safe=%d)", len(train), before, cfg.num_safe)
+    evaluation = None
+    if cfg.eval_data is not None:
+        evaluation, reports["eval"] = read_jsonl(
+            cfg.eval_data, image_root=cfg.image_root, taxonomy=taxonomy, skip_invalid=cfg.skip_invalid_rows
+        )
+    return train, evaluation, reports
+
+
+def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
+    """The collator of ``guard``'s model, with the backbone's image preprocessing."""
+    backbone = guard.backbone
+    return Collator(
+        guard.processor,
+        backbone.image_token_id,
+        partial(backbone.preprocess, guard.processor),
+        cfg.max_length,
+        guard.config.max_image_pixels,
+    )
+
+
+def write_run_files(cfg: TrainConfig, state: TrainState, reports: dict[str, DatasetReport]) -> None:
+    """The config, data reports, metric history and (if enabled) plots, into ``cfg.output_dir``."""
+    out = cfg.output_dir
+    atomic_write_text(out / CONFIG_FILE_NAME, cfg.model_dump_json(indent=2) + "\n")
+    atomic_write_text(
+        out / "data_report.json",
+        json.dumps({name: report.model_dump() for name, report in reports.items()}, indent=2) + "\n",
+    )
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in state.history))
+    if cfg.plots:
+        from psaguard.training.plots import plot_history
+
+        plot_history(state.history, out / "plots" / "curves.png")
+
+
+def trainable_summary(module: nn.Module) -> str:
+    """'N of M parameters trainable' for logs."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return f"{trainable:,} of {sum(p.numel() for p in module.parameters()):,} parameters trainable"
+
+
+def final_evaluation(guard: SafetyGuard, examples: list[Example] | None, cfg: TrainConfig) -> None:
+    """Evaluate the trained guard's head on ``examples`` and write the report and plots to ``output_dir/eval``."""
+    if not examples:
+        return
+    from psaguard.training.evaluate import evaluate_guard, write_report
+
+    guard.modules.eval()
+    report = evaluate_guard(guard, examples, batch_size=cfg.eval_batch_size or cfg.batch_size)
+    write_report(report, cfg.output_dir / "eval", plots=cfg.plots)
+    logger.info(
+        "final evaluation: level accuracy %.3f, type accuracy %.3f, risk F1 %.3f",
+        report.level.accuracy,
+        report.type.accuracy,
+        report.detection.f1,
+    )
