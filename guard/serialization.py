@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from psaguard.errors import CheckpointError
 
-__all__ = ["atomic_write", "atomic_write_text", "load_tensors", "save_tensors"]
+__all__ = ["CHECKSUM_KEY", "atomic_write", "atomic_write_text", "load_tensors", "save_tensors", "tensors_digest"]
+
+CHECKSUM_KEY = "psaguard_sha256"
+"""safetensors metadata key holding :func:`tensors_digest` of the file's tensors, checked on load.
+
+safetensors validates its header but not the tensor bytes, so without it a flipped bit in the weights loads
+silently. It detects corruption and naive tampering, not a deliberate forger (who can recompute it)."""
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -44,7 +51,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
     """Save tensors as safetensors, atomically, detached and contiguous on the CPU."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    metadata = {**(metadata or {}), CHECKSUM_KEY: tensors_digest(cpu)}
     return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_tensors(
@@ -55,9 +73,17 @@ def load_tensors(
     if not path.is_file():
         raise CheckpointError(f"missing weights file {path}")
     try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"corrupt or truncated weights file {path}: {err}") from err
+    saved = metadata.get(CHECKSUM_KEY)
+    if saved is not None and saved != tensors_digest(tensors):
+        raise CheckpointError(f"weights in {path} do not match their checksum: the file is corrupt or was modified")
+    nonfinite = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
+    if nonfinite:
+        raise CheckpointError(f"weights in {path} hold NaN or infinite values: {nonfinite[:5]}")
     if expected is not None:
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
