@@ -17,7 +17,7 @@ def requests_(images):
     rng = np.random.default_rng(1)
     arrays = [rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(4)]
     sources = [*images, *arrays, Image.new("LA", (30, 20))]
-    return [(sources[i % len(sources)], PROMPTS[i % len(PROMPTS)]) for i in range(32)]
+    return [(sources[i % len(sources)], PROMPTS[i % len(PROMPTS)]) for i in range(16)]
 
 
 def test_classify_from_16_threads_matches_serial(guard, requests_) -> None:
