@@ -219,7 +219,7 @@ def read_jsonl(
 def _parse_line(line: str, root: Path, taxonomy: Taxonomy, check_images: bool, path: str, number: int) -> Example:
     try:
         raw = json.loads(line)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the stack
         raise DatasetError(f"not valid JSON: {err}") from err
     if not isinstance(raw, dict):
         raise DatasetError(f"expected a JSON object, got {type(raw).__name__}")
