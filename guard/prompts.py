@@ -60,6 +60,8 @@ class PromptEncoder:
 
     def __init__(self, processor: Any, max_tokens: int, vocab_size: int) -> None:
         tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer
+        """The processor's (shared) tokenizer, for its special-token ids; encoding never goes through it."""
         self.max_tokens = max_tokens
         self.vocab_size = vocab_size
         anchor = tokenizer.bos_token_id

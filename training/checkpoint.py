@@ -104,7 +104,7 @@ def save_checkpoint(
         payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         atomic_write(staging / _OPTIMIZER, lambda tmp: torch.save(payload, tmp))
         atomic_write_text(staging / _STATE, state.model_dump_json(indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
+        _remove(final)
         os.replace(staging, final)
     barrier()
     return final
@@ -150,7 +150,21 @@ def prune_checkpoints(root: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints."""
     done = sorted(p for p in root.iterdir() if p.name.startswith(_PREFIX))
     for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+
+
+def _remove(directory: Path) -> None:
+    """Delete a checkpoint so that a crash midway never leaves a torn ``step-*`` directory behind.
+
+    ``rmtree`` deletes file by file; killed in between, it left ``state.json`` without the weights, which
+    looks complete. Renaming first is atomic: the checkpoint is either whole or gone from the listing.
+    """
+    if not directory.exists():
+        return
+    trash = directory.with_name(f".{directory.name}.deleting")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(directory, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _rng_name(rank: int) -> str:
