@@ -89,7 +89,7 @@ def test_hint_goes_at_the_end_of_the_last_user_turn(tiny_model, tiny_processor, 
     assert (result.action, result.hint, result.generated) == ("hint", "you must refuse", True)
     assert result.verdict.rule == "type:privacy/level:careful"
     prompt = tiny_processor.decode(seen[0]["input_ids"][0], skip_special_tokens=False).replace("<image>", "").split()
-    assert " ".join(prompt[-14:]) == f"{QUESTION} safe hint : you must refuse </s> assistant :"
+    assert " ".join(prompt).endswith(f"{QUESTION} safe hint : you must refuse </s> assistant :")
 
 
 def test_refuse_answers_with_the_policy_refusal_without_running_the_llm(tiny_model, tiny_processor, images):
@@ -145,7 +145,7 @@ def test_multi_turn_conversation_matches_plain_generate(tiny_model, tiny_process
 def test_hint_in_a_multi_turn_conversation_goes_to_the_last_user_turn(tiny_model, tiny_processor, images):
     conversation = [
         user_turn("describe this image ."),
-        {"role": "assistant", "content": "ok"},
+        {"role": "assistant", "content": "yes"},
         {"role": "user", "content": "how ?"},
     ]
     guard = guard_for(tiny_model, tiny_processor, level=2, hints={2: "safe"})
@@ -154,7 +154,7 @@ def test_hint_in_a_multi_turn_conversation_goes_to_the_last_user_turn(tiny_model
             images[0], conversation, options=GenerationOptions(hint_template=" hint : {hint}"), max_new_tokens=2
         )
     prompt = tiny_processor.decode(seen[0]["input_ids"][0]).replace("<image>", "").split()
-    assert " ".join(prompt[-8:]) == "how ? hint : safe </s> assistant :"
+    assert " ".join(prompt).endswith("assistant : yes </s> user : how ? hint : safe </s> assistant :")
 
 
 def test_several_images_match_plain_generate_and_are_each_judged(tiny_model, tiny_processor, images):
