@@ -12,8 +12,9 @@ from generation_helpers import (
     user_turn,
 )
 
-from psaguard import GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError, TypeRule
+from psaguard import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError, TypeRule
 from psaguard.generation import GenerationOptions, worst_verdict
+from psaguard.tiny import build_tiny_processor
 
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
 
@@ -314,3 +315,10 @@ def test_guarded_generation_on_a_4bit_language_model(tiny_dir, tiny_processor, i
     assert result.generated and outputs[0][0, -3:].tolist() == expected
     hinted = guard_for(model, tiny_processor, inject=True, level=1).generate(images[0], QUESTION, max_new_tokens=2)
     assert hinted.generated and hinted.action == "hint" and hinted.completion_tokens > 0
+
+
+def test_processor_without_chat_template_gives_a_typed_error(tiny_model, images):
+    processor = build_tiny_processor()
+    processor.chat_template = None
+    with pytest.raises(ConfigError, match="chat template"):
+        guard_for(tiny_model, processor, level=0).generate(images[0], QUESTION, max_new_tokens=2)
