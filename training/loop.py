@@ -100,6 +100,9 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
             batch_size=cfg.batch_size,
             collate_fn=task.collate,
             num_workers=cfg.num_workers,
+            # Its own generator: creating the iterator would otherwise draw from the global RNG, and a resumed
+            # run creates one where an uninterrupted run does not (dropout would then differ).
+            generator=torch.Generator().manual_seed(cfg.seed + state.epoch),
         )
         batches = iter(loader)
         while state.step < total:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -18,11 +20,15 @@ from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
 from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig
 from psaguard.training.data import DatasetReport, Example, balance_safe, read_jsonl
+from psaguard.training.loop import TrainTask
 from psaguard.training.quant import build_bnb_config
 
 __all__ = [
+    "StageSetup",
     "build_collator",
+    "enable_checkpointing",
     "final_evaluation",
+    "finish",
     "load_data",
     "load_model",
     "load_model_from",
@@ -32,6 +38,16 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSetup:
+    """A stage ready to run: the loop's task, the guard being trained, and how the data was read."""
+
+    task: TrainTask
+    guard: SafetyGuard
+    reports: dict[str, DatasetReport]
+
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,7 +64,23 @@ def make_accelerator(cfg: TrainConfig) -> Any:
 
 def load_model(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Any]:
     """The frozen base model (4-bit language model if ``cfg.quant`` says so) on ``device``, and its processor."""
-    return load_model_from(cfg.model, cfg.processor, cfg.quant, cfg.model_dtype, device)
+    model, processor = load_model_from(cfg.model, cfg.processor, cfg.quant, cfg.model_dtype, device)
+    for module in model.modules():
+        # On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer for a faster kernel the first time it runs
+        # in eval mode without grad, and that kernel has no backward: after the first evaluation, gradients
+        # through the frozen 4-bit model would be silently wrong. Training keeps the differentiable path.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model, processor
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing (works although the model's inputs do not require grad)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5 renamed it; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def load_model_from(
@@ -106,6 +138,12 @@ def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
     )
 
 
+def finish(setup: StageSetup, cfg: TrainConfig, state: TrainState) -> None:
+    """Write the run files and the final evaluation (call on the main process only)."""
+    write_run_files(cfg, state, setup.reports)
+    final_evaluation(setup.guard, setup.task.eval_set, cfg)
+
+
 def write_run_files(cfg: TrainConfig, state: TrainState, reports: dict[str, DatasetReport]) -> None:
     """The config, data reports, metric history and (if enabled) plots, into ``cfg.output_dir``."""
     out = cfg.output_dir
@@ -127,7 +165,7 @@ def trainable_summary(module: nn.Module) -> str:
     return f"{trainable:,} of {sum(p.numel() for p in module.parameters()):,} parameters trainable"
 
 
-def final_evaluation(guard: SafetyGuard, examples: list[Example] | None, cfg: TrainConfig) -> None:
+def final_evaluation(guard: SafetyGuard, examples: Sequence[Example] | None, cfg: TrainConfig) -> None:
     """Evaluate the trained guard's head on ``examples`` and write the report and plots to ``output_dir/eval``."""
     if not examples:
         return
