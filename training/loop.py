@@ -66,7 +66,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         list(trainable.values()), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
     )
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total)
-    objective = accelerator.prepare(task.objective)  # DDP across processes, autocast for bf16
+    objective = accelerator.prepare(task.objective)  # DDP when there are several processes
     data = DataPosition(
         num_examples=len(task.train_set),
         batch_size=cfg.batch_size,
@@ -111,7 +111,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
                 batch = next(batches).to(accelerator.device)
                 # Gradients are all-reduced once per optimizer step, on the last micro-batch.
                 sync = accelerator.no_sync(objective) if micro < cfg.grad_accum - 1 else nullcontext()
-                with sync:
+                with sync, _autocast(cfg, accelerator.device):
                     out = objective(batch)
                     accelerator.backward(out.loss / cfg.grad_accum)
                 meter.add(out)
@@ -211,11 +211,18 @@ def evaluate_objective(
     shard = list(examples)[accelerator.process_index :: accelerator.num_processes]
     size = cfg.eval_batch_size or cfg.batch_size
     for start in range(0, len(shard), size):
-        meter.add(objective(collate(shard[start : start + size]).to(accelerator.device)))
+        with _autocast(cfg, accelerator.device):
+            meter.add(objective(collate(shard[start : start + size]).to(accelerator.device)))
     record = meter.flush(accelerator)
     record.pop("samples_per_s")
     record.pop("gpu_mem_gib", None)
     return {f"eval_{key}": value for key, value in record.items()}
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    # Autocast here rather than through accelerate's mixed_precision, which is process-global and cannot
+    # change between two runs in one process.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
 
 
 class _Meter:

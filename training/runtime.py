@@ -53,11 +53,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
-    """An ``accelerate.Accelerator`` for ``cfg``; the loop places tensors itself (4-bit models cannot move)."""
+    """An ``accelerate.Accelerator`` for ``cfg``, and seeded RNGs.
+
+    The loop places tensors itself (a 4-bit model cannot be moved) and autocasts itself (``mixed_precision``).
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision, device_placement=False)
+    accelerator = Accelerator(cpu=cfg.cpu, device_placement=False)
     set_seed(cfg.seed)
     return accelerator
 
@@ -93,7 +96,9 @@ def load_model_from(
     dtype = _DTYPES.get(model_dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quant is not None:
-        kwargs.update(quantization_config=quant, device_map={"": str(device)})
+        # A 4-bit model is placed while loading; an index is the form every transformers version accepts.
+        target = torch.cuda.current_device() if device.type == "cuda" and device.index is None else str(device)
+        kwargs.update(quantization_config=quant, device_map={"": target})
     try:
         model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs)
         processor = AutoProcessor.from_pretrained(processor_id or model_id)
