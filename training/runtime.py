@@ -12,14 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from psaguard.errors import ConfigError
+from psaguard.errors import ConfigError, DatasetError
 from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
-from psaguard.taxonomy import Taxonomy
 from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
 from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig
-from psaguard.training.data import DatasetReport, Example, balance_safe, read_jsonl
+from psaguard.training.data import MAX_REPORTED_ERRORS, DatasetReport, Example, balance_safe, read_jsonl
 from psaguard.training.loop import TrainTask
 from psaguard.training.quant import build_bnb_config
 
@@ -112,23 +111,53 @@ def load_model_from(
 
 
 def load_data(
-    cfg: TrainConfig, taxonomy: Taxonomy
+    cfg: TrainConfig, guard: SafetyGuard, collate: Collator
 ) -> tuple[list[Example], list[Example] | None, dict[str, DatasetReport]]:
-    """Training examples (balanced when ``cfg.num_safe`` is set), evaluation examples, and the read reports."""
-    train, train_report = read_jsonl(
-        cfg.train_data, image_root=cfg.image_root, taxonomy=taxonomy, skip_invalid=cfg.skip_invalid_rows
-    )
-    reports = {"train": train_report}
-    if cfg.num_safe is not None:
-        before = len(train)
-        train = balance_safe(train, cfg.num_safe, cfg.seed, taxonomy)
-        logger.info("balanced training data: %d of %d examples (num_safe=%d)", len(train), before, cfg.num_safe)
-    evaluation = None
-    if cfg.eval_data is not None:
-        evaluation, reports["eval"] = read_jsonl(
-            cfg.eval_data, image_root=cfg.image_root, taxonomy=taxonomy, skip_invalid=cfg.skip_invalid_rows
+    """Training examples (balanced when ``cfg.num_safe`` is set), evaluation examples, and the read reports.
+
+    Every example is also tokenized once, so that template and length problems surface before training
+    (as errors, or as skipped rows with ``cfg.skip_invalid_rows``).
+    """
+    files = {"train": cfg.train_data, "eval": cfg.eval_data}
+    examples: dict[str, list[Example]] = {}
+    reports: dict[str, DatasetReport] = {}
+    for split, path in files.items():
+        if path is None:
+            continue
+        rows, report = read_jsonl(
+            path, image_root=cfg.image_root, taxonomy=guard.config.taxonomy, skip_invalid=cfg.skip_invalid_rows
         )
-    return train, evaluation, reports
+        examples[split], reports[split] = _encodable(rows, report, collate, cfg.skip_invalid_rows)
+    train = examples["train"]
+    if cfg.num_safe is not None:
+        train = balance_safe(train, cfg.num_safe, cfg.seed, guard.config.taxonomy)
+        logger.info(
+            "balanced training data: %d of %d examples (num_safe=%d)", len(train), len(examples["train"]), cfg.num_safe
+        )
+    return train, examples.get("eval"), reports
+
+
+def _encodable(
+    examples: list[Example], report: DatasetReport, collate: Collator, skip: bool
+) -> tuple[list[Example], DatasetReport]:
+    kept, errors = [], []
+    for example in examples:
+        try:
+            collate.encode(example)
+        except DatasetError as err:
+            if not skip:
+                raise
+            errors.append(str(err))
+            continue
+        kept.append(example)
+    if not kept:
+        raise DatasetError("no example fits the chat template and max_length", report.path)
+    update = {
+        "kept": len(kept),
+        "skipped": report.skipped + len(errors),
+        "errors": [*report.errors, *errors][:MAX_REPORTED_ERRORS],
+    }
+    return kept, report.model_copy(update=update)
 
 
 def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:

@@ -62,9 +62,8 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
         guard.modules.llm_tokens.requires_grad_(False)  # nothing would train them
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    train_set, eval_set, reports = load_data(cfg, guard.config.taxonomy)
     collate = build_collator(guard, cfg)
-    collate.check([*train_set, *(eval_set or [])])
+    train_set, eval_set, reports = load_data(cfg, guard, collate)
     objective = GuardObjective(guard, model, lm_weight=cfg.lm_loss_weight, head_weight=cfg.head_loss_weight)
     logger.info("stage I: %s", trainable_summary(objective))
     task = TrainTask(objective, train_set, eval_set, collate, save_result=guard.save_pretrained)

@@ -51,9 +51,8 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     guard = SafetyGuard.from_pretrained(cfg.guard, model, processor, load_adapter=False)
     guard.modules.requires_grad_(False).eval()
     adapted = attach_lora(model, cfg)
-    train_set, eval_set, reports = load_data(cfg, guard.config.taxonomy)
     collate = build_collator(guard, cfg)
-    collate.check([*train_set, *(eval_set or [])])
+    train_set, eval_set, reports = load_data(cfg, guard, collate)
     objective = GuardObjective(guard, adapted, lm_weight=1.0, head_weight=0.0)
     logger.info("stage II: %s", trainable_summary(objective))
 

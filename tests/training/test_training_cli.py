@@ -58,25 +58,21 @@ def test_both_stages_and_eval_run_from_the_command_line(
         assert (report_dir / f"{name}.png").stat().st_size > 0
 
 
-def test_bad_training_data_fails_with_the_file_and_line(
+def test_bad_rows_stop_training_with_file_and_line_or_are_skipped_and_reported(
     stage1_settings: dict[str, Any], toy_data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    good = toy_data["train"].read_text().splitlines()[0]
+    lines = toy_data["train"].read_text().splitlines()
+    misspelt = lines[1][:-1] + ', "sefe_level": 1}'
+    too_long = json.dumps({**json.loads(lines[2]), "prompt": "what " * 300})
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(f'{good}\n{good[:-1]}, "sefe_level": 1}}\n')
-    config = write_yaml(tmp_path / "s1.yaml", stage1_settings)
-    assert (
-        run(
-            "train",
-            "stage1",
-            "--config",
-            str(config),
-            "--set",
-            f"train_data={bad}",
-            "--set",
-            "image_root=" + str(toy_data["train"].parent),
-        )
-        == 1
-    )
+    bad.write_text("\n".join([lines[0], misspelt, *lines[3:8], too_long]) + "\n")
+    settings = {**stage1_settings, "train_data": str(bad), "image_root": str(toy_data["train"].parent)}
+    config = write_yaml(tmp_path / "s1.yaml", {**settings, "max_length": 256})
+    assert run("train", "stage1", "--config", str(config)) == 1
     error = capsys.readouterr().err
     assert f"{bad}:2:" in error and "sefe_level" in error
+
+    assert run("train", "stage1", "--config", str(config), "--set", "skip_invalid_rows=true") == 0
+    report = json.loads((Path(settings["output_dir"]) / "data_report.json").read_text())["train"]
+    assert (report["rows"], report["kept"], report["skipped"]) == (8, 6, 2)
+    assert [e.split(": ")[0] for e in report["errors"]] == [f"{bad}:2", f"{bad}:8"]

@@ -69,7 +69,7 @@ def test_eos_is_appended_when_the_template_does_not_end_answers_with_it(image_pa
 
 def test_an_example_cut_before_its_answer_is_a_dataset_error_naming_its_line(tiny_processor, image_path) -> None:
     with pytest.raises(DatasetError, match=r"d\.jsonl:7: .*max_length"):
-        collator(tiny_processor, max_length=16).check([example(image_path, ("what " * 20, "a red square"))])
+        collator(tiny_processor, max_length=16).encode(example(image_path, ("what " * 20, "a red square")))
 
 
 def test_llm_tokens_then_patches_replace_the_placeholder_and_get_lm_gradients(tiny_model) -> None:
