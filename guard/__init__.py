@@ -12,14 +12,19 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Action": "psaguard.verdict",
+    "AsyncGuardedStream": "psaguard.streaming",
     "CheckpointError": "psaguard.errors",
     "CheckpointMismatchError": "psaguard.errors",
     "ConfigError": "psaguard.errors",
     "DEFAULT_TAXONOMY": "psaguard.taxonomy",
     "DatasetError": "psaguard.errors",
+    "GenerationOptions": "psaguard.generation",
     "GuardBlocked": "psaguard.errors",
     "GuardInternalError": "psaguard.errors",
     "GuardPolicy": "psaguard.policy",
+    "GuardedGeneration": "psaguard.generation",
+    "GuardedModel": "psaguard.wrapped",
+    "GuardedStream": "psaguard.streaming",
     "HeadConfig": "psaguard.config",
     "InvalidImageError": "psaguard.errors",
     "InvalidInputError": "psaguard.errors",
@@ -58,11 +63,14 @@ if TYPE_CHECKING:
         PsaGuardError,
         UnsupportedModelError,
     )
+    from psaguard.generation import GenerationOptions, GuardedGeneration
     from psaguard.guard import SafetyGuard
     from psaguard.images import load_image
     from psaguard.policy import GuardPolicy, TypeRule, decide
+    from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
     from psaguard.verdict import Action, LabelRef, SafetyVerdict
+    from psaguard.wrapped import GuardedModel
 
 
 def __getattr__(name: str) -> Any:

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 # Attributes apps commonly read from the model they generate with; everything else stays on `.model`, so
 # nothing unguarded (forward, __call__) is reachable through the wrapper by accident.
-_DELEGATED = frozenset({"config", "generation_config", "device", "dtype", "name_or_path", "can_generate", "eval"})
+_DELEGATED = frozenset({"config", "generation_config", "device", "dtype", "name_or_path", "can_generate"})
 
 # Rendered in place of the user's text to find where a chat template's generation prompt starts.
 _SENTINEL = "PSAGUARDSENTINEL"
@@ -94,6 +94,11 @@ class GuardedModel:
         if name in _DELEGATED:
             return getattr(self.model, name)
         raise AttributeError(f"GuardedModel guards generate() only; use .model.{name} on the plain model")
+
+    def eval(self) -> GuardedModel:
+        """Put the model in eval mode; returns the wrapper (not the plain model), so chained calls stay guarded."""
+        self.model.eval()
+        return self
 
     def __repr__(self) -> str:
         return f"GuardedModel({type(self.model).__name__}, {self.guard!r})"

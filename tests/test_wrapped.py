@@ -70,6 +70,7 @@ def test_wrapped_model_keeps_model_attributes_but_no_unguarded_forward(tiny_mode
     guarded = guard_for(tiny_model, tiny_processor).wrap(tiny_model)
     assert guarded.config is tiny_model.config and guarded.device == tiny_model.device
     assert guarded.generation_config is tiny_model.generation_config
+    assert guarded.eval() is guarded  # chaining must not unwrap the model
     with pytest.raises(AttributeError, match="guards generate"):
         guarded.forward  # noqa: B018
     with pytest.raises(InvalidInputError):

@@ -64,7 +64,7 @@ class TrainState(BaseModel):
     total_steps: int = Field(description="Optimizer steps the run makes in all.")
     steps_per_epoch: int = Field(description="Optimizer steps per pass over the data.")
     data: DataPosition = Field(description="What the data order depends on.")
-    history: list[dict[str, float]] = Field(default_factory=list, description="Logged metrics, one dict a line.")
+    history: list[dict[str, int | float]] = Field(default_factory=list, description="Logged metrics, one dict a line.")
 
     @property
     def epoch(self) -> int:

@@ -99,11 +99,6 @@ class Collator:
             prompts=[e.prompt for e in examples],
         )
 
-    def check(self, examples: Sequence[Example]) -> None:
-        """Tokenize every example once so that template and length problems stop a run before it starts."""
-        for example in examples:
-            self.encode(example)
-
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         """(input ids, labels) of one example; the answers are labelled, everything else is -100."""
         messages = _messages(example)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import ConfigError
@@ -97,7 +97,7 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip (paper: 1.0).")
     max_length: int = Field(2048, ge=16, description="Text tokens per example (image tokens not counted).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations of the model in backward.")
-    mixed_precision: Literal["no", "bf16"] = Field("no", description="Autocast of the forward pass (accelerate).")
+    mixed_precision: Literal["no", "bf16"] = Field("no", description="bf16 autocast of the forward passes.")
     seed: int = Field(256, description="Seed of initialisation, shuffling and dropout (paper: 256).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size of evaluation; None = batch_size.")
@@ -122,6 +122,12 @@ class Stage1Config(TrainConfig):
         "float32", description="Dtype the safety modules are trained (and saved) in."
     )
     num_safe: int | None = Field(3000, ge=0, description="All risky examples + this many safe ones (paper: 3000).")
+
+    @model_validator(mode="after")
+    def _has_a_loss(self) -> Stage1Config:
+        if self.lm_loss_weight == 0 and self.head_loss_weight == 0:
+            raise ValueError("lm_loss_weight and head_loss_weight are both 0: nothing would be trained")
+        return self
 
 
 class Stage2Config(TrainConfig):

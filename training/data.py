@@ -26,7 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from psaguard.errors import DatasetError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
-__all__ = ["IMAGE_PLACEHOLDER", "DatasetReport", "Example", "SampleRow", "Turn", "balance_safe", "read_jsonl"]
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "MAX_REPORTED_ERRORS",
+    "DatasetReport",
+    "Example",
+    "SampleRow",
+    "Turn",
+    "balance_safe",
+    "read_jsonl",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +45,8 @@ IMAGE_PLACEHOLDER = "<image>"
 _SPLIT = "<split>"  # the paper's way of putting two images side by side: "a.jpg<split>b.jpg"
 _USER_ROLES = ("USER", "human", "user")
 _ASSISTANT_ROLES = ("ASSISTANT", "gpt", "assistant")
-_MAX_REPORTED_ERRORS = 100
+MAX_REPORTED_ERRORS = 100
+"""Skipped rows whose reasons a :class:`DatasetReport` lists (all are counted)."""
 
 
 class Turn(BaseModel):
@@ -209,7 +219,7 @@ def read_jsonl(
         rows=rows,
         kept=len(examples),
         skipped=len(errors),
-        errors=errors[:_MAX_REPORTED_ERRORS],
+        errors=errors[:MAX_REPORTED_ERRORS],
         level_counts=_counts(taxonomy.levels[e.level].code for e in examples),
         type_counts=_counts(taxonomy.types[e.type].code for e in examples),
     )

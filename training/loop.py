@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from psaguard.training.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from psaguard.training.collate import Collator
+from psaguard.training.collate import Batch, Collator
 from psaguard.training.config import TrainConfig
 from psaguard.training.data import Example
 from psaguard.training.objective import GuardObjective, StepOutput
@@ -66,7 +66,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         list(trainable.values()), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
     )
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total)
-    objective = accelerator.prepare(task.objective)  # DDP across processes, autocast for bf16
+    objective = accelerator.prepare(task.objective)  # DDP when there are several processes
     data = DataPosition(
         num_examples=len(task.train_set),
         batch_size=cfg.batch_size,
@@ -93,36 +93,16 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     )
     meter = _Meter()
     while state.step < total:
-        order = epoch_order(len(task.train_set), state.epoch, cfg.seed, rank, world)
-        order = order[state.step_in_epoch * per_step : steps_per_epoch * per_step]
-        loader = DataLoader(
-            [task.train_set[i] for i in order],
-            batch_size=cfg.batch_size,
-            collate_fn=task.collate,
-            num_workers=cfg.num_workers,
-        )
-        batches = iter(loader)
+        batches = _epoch_batches(task, cfg, state, rank, world)
         while state.step < total:
-            objective.train()
-            for micro in range(cfg.grad_accum):
-                batch = next(batches).to(accelerator.device)
-                # Gradients are all-reduced once per optimizer step, on the last micro-batch.
-                sync = accelerator.no_sync(objective) if micro < cfg.grad_accum - 1 else nullcontext()
-                with sync:
-                    out = objective(batch)
-                    accelerator.backward(out.loss / cfg.grad_accum)
-                meter.add(out)
-            grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = _train_step(objective, batches, trainable, optimizer, scheduler, meter, cfg, accelerator)
             state.step += 1
             progress.update(1)
             epoch_done = state.step_in_epoch == 0
             if state.step % cfg.log_every == 0 or state.step == total:
                 record = meter.flush(accelerator)
                 record.update(step=state.step, epoch=state.step / steps_per_epoch, lr=scheduler.get_last_lr()[0])
-                record["grad_norm"] = float(grad_norm)
+                record["grad_norm"] = grad_norm
                 state.history.append(record)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", head_acc=f"{record['level_acc']:.3f}")
                 logger.info(_format(record, total))
@@ -154,6 +134,50 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         task.save_result(cfg.output_dir)
     accelerator.wait_for_everyone()
     return state
+
+
+def _epoch_batches(task: TrainTask, cfg: TrainConfig, state: TrainState, rank: int, world: int) -> Iterator[Batch]:
+    """The rest of the current epoch's batches for this process, from the state's position on."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    order = epoch_order(len(task.train_set), state.epoch, cfg.seed, rank, world)
+    order = order[state.step_in_epoch * per_step : state.steps_per_epoch * per_step]
+    loader = DataLoader(
+        [task.train_set[i] for i in order],
+        batch_size=cfg.batch_size,
+        collate_fn=task.collate,
+        num_workers=cfg.num_workers,
+        # Its own generator: creating the iterator would otherwise draw from the global RNG, and a resumed
+        # run creates one where an uninterrupted run does not (dropout would then differ).
+        generator=torch.Generator().manual_seed(cfg.seed + state.epoch),
+    )
+    return iter(loader)
+
+
+def _train_step(
+    objective: torch.nn.Module,
+    batches: Iterator[Batch],
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    meter: _Meter,
+    cfg: TrainConfig,
+    accelerator: Any,
+) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the gradient norm before clipping."""
+    objective.train()
+    for micro in range(cfg.grad_accum):
+        batch = next(batches).to(accelerator.device)
+        # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+        sync = accelerator.no_sync(objective) if micro < cfg.grad_accum - 1 else nullcontext()
+        with sync, _autocast(cfg, accelerator.device):
+            out = objective(batch)
+            accelerator.backward(out.loss / cfg.grad_accum)
+        meter.add(out)
+    grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
 
 
 def _resume(
@@ -208,11 +232,18 @@ def evaluate_objective(
     shard = list(examples)[accelerator.process_index :: accelerator.num_processes]
     size = cfg.eval_batch_size or cfg.batch_size
     for start in range(0, len(shard), size):
-        meter.add(objective(collate(shard[start : start + size]).to(accelerator.device)))
+        with _autocast(cfg, accelerator.device):
+            meter.add(objective(collate(shard[start : start + size]).to(accelerator.device)))
     record = meter.flush(accelerator)
     record.pop("samples_per_s")
     record.pop("gpu_mem_gib", None)
     return {f"eval_{key}": value for key, value in record.items()}
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    # Autocast here rather than through accelerate's mixed_precision, which is process-global and cannot
+    # change between two runs in one process.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
 
 
 class _Meter:

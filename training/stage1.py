@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,16 +18,17 @@ from psaguard.training.config import Stage1Config
 from psaguard.training.loop import TrainTask, run_training
 from psaguard.training.objective import GuardObjective
 from psaguard.training.runtime import (
+    StageSetup,
     build_collator,
-    final_evaluation,
+    enable_checkpointing,
+    finish,
     load_data,
     load_model,
     make_accelerator,
     trainable_summary,
-    write_run_files,
 )
 
-__all__ = ["train_stage1"]
+__all__ = ["build_stage1", "train_stage1"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,15 @@ def train_stage1(cfg: Stage1Config, *, resume: bool = False) -> Path:
     and ends exactly where an uninterrupted run would have.
     """
     accelerator = make_accelerator(cfg)
+    setup = build_stage1(cfg, accelerator)
+    state = run_training(setup.task, cfg, accelerator, resume=resume)
+    if accelerator.is_main_process:
+        finish(setup, cfg, state)
+    return cfg.output_dir
+
+
+def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
+    """Load the model, attach (or load) the guard, freeze all but the safety modules, and read the data."""
     model, processor = load_model(cfg, accelerator.device)
     if cfg.init_guard is not None:
         guard = SafetyGuard.from_pretrained(cfg.init_guard, model, processor, load_adapter=False)
@@ -50,15 +61,10 @@ def train_stage1(cfg: Stage1Config, *, resume: bool = False) -> Path:
     if cfg.lm_loss_weight == 0 or not guard.config.tokens.inject_llm_tokens:
         guard.modules.llm_tokens.requires_grad_(False)  # nothing would train them
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    train_set, eval_set, reports = load_data(cfg, guard.config.taxonomy)
+        enable_checkpointing(model)
     collate = build_collator(guard, cfg)
-    collate.check([*train_set, *(eval_set or [])])
+    train_set, eval_set, reports = load_data(cfg, guard, collate)
     objective = GuardObjective(guard, model, lm_weight=cfg.lm_loss_weight, head_weight=cfg.head_loss_weight)
     logger.info("stage I: %s", trainable_summary(objective))
     task = TrainTask(objective, train_set, eval_set, collate, save_result=guard.save_pretrained)
-    state = run_training(task, cfg, accelerator, resume=resume)
-    if accelerator.is_main_process:
-        write_run_files(cfg, state, reports)
-        final_evaluation(guard, eval_set, cfg)
-    return cfg.output_dir
+    return StageSetup(task=task, guard=guard, reports=reports)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -19,16 +20,17 @@ from psaguard.training.loop import TrainTask, run_training
 from psaguard.training.objective import GuardObjective
 from psaguard.training.quant import build_lora_config
 from psaguard.training.runtime import (
+    StageSetup,
     build_collator,
-    final_evaluation,
+    enable_checkpointing,
+    finish,
     load_data,
     load_model,
     make_accelerator,
     trainable_summary,
-    write_run_files,
 )
 
-__all__ = ["attach_lora", "train_stage2"]
+__all__ = ["attach_lora", "build_stage2", "train_stage2"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +38,21 @@ logger = logging.getLogger(__name__)
 def train_stage2(cfg: Stage2Config, *, resume: bool = False) -> Path:
     """Run Stage II as configured and return the output directory (guard + ``adapter/``)."""
     accelerator = make_accelerator(cfg)
+    setup = build_stage2(cfg, accelerator)
+    state = run_training(setup.task, cfg, accelerator, resume=resume)
+    if accelerator.is_main_process:
+        finish(setup, cfg, state)
+    return cfg.output_dir
+
+
+def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
+    """Load the model and the Stage I guard (frozen), add LoRA adapters, and read the data."""
     model, processor = load_model(cfg, accelerator.device)
     guard = SafetyGuard.from_pretrained(cfg.guard, model, processor, load_adapter=False)
     guard.modules.requires_grad_(False).eval()
     adapted = attach_lora(model, cfg)
-    train_set, eval_set, reports = load_data(cfg, guard.config.taxonomy)
     collate = build_collator(guard, cfg)
-    collate.check([*train_set, *(eval_set or [])])
+    train_set, eval_set, reports = load_data(cfg, guard, collate)
     objective = GuardObjective(guard, adapted, lm_weight=1.0, head_weight=0.0)
     logger.info("stage II: %s", trainable_summary(objective))
 
@@ -50,13 +60,8 @@ def train_stage2(cfg: Stage2Config, *, resume: bool = False) -> Path:
         guard.save_pretrained(out)
         adapted.save_pretrained(out / ADAPTER_NAME)
 
-    state = run_training(
-        TrainTask(objective, train_set, eval_set, collate, save_result), cfg, accelerator, resume=resume
-    )
-    if accelerator.is_main_process:
-        write_run_files(cfg, state, reports)
-        final_evaluation(guard, eval_set, cfg)
-    return cfg.output_dir
+    task = TrainTask(objective, train_set, eval_set, collate, save_result)
+    return StageSetup(task=task, guard=guard, reports=reports)
 
 
 def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
@@ -66,11 +71,9 @@ def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    checkpointing = {"use_reentrant": False}  # re-entrant checkpointing needs inputs that require grad
     if cfg.quant.load_in_4bit:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing
-        )
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        # Casts the unquantized weights to float32 for stable training; checkpointing is enabled below.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     return get_peft_model(model, build_lora_config(cfg.lora))
