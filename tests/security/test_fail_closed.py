@@ -73,3 +73,12 @@ def test_one_bad_request_does_not_change_the_others(guard, images) -> None:
     assert mixed[1].action == "refuse" and mixed[1].error
     assert mixed[0].level_probs == pytest.approx(clean[0].level_probs, abs=1e-5)
     assert mixed[2].level_probs == pytest.approx(clean[1].level_probs, abs=1e-5)
+
+
+def test_guarded_generation_fails_closed_on_internal_errors(guard, images, monkeypatch) -> None:
+    monkeypatch.setattr(guard.backbone, "encode_images", _broken_forward)
+    with pytest.raises(GuardInternalError):
+        guard.generate(images[0], "what is this", max_new_tokens=2)
+    refusing = guard.with_policy(GuardPolicy(on_error="refuse"))
+    result = refusing.generate(images[0], "what is this", max_new_tokens=2)
+    assert (result.action, result.generated) == ("refuse", False) and result.text
