@@ -174,6 +174,11 @@ def _decode(image: Image.Image, limits: _Limits) -> Image.Image:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB without modifying ``image``: high-bit-depth samples scaled, transparency composited onto white."""
     mode = image.mode
+    if mode in _ALPHA_MODES or image.info.get("transparency") is not None:
+        # Also colour-keyed RGB/L/P images (PNG tRNS), as Hugging Face's convert_to_rgb does.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
     if mode == "RGB":
         return image.copy()
     if mode in _SIXTEEN_BIT or mode == "I":
@@ -186,10 +191,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             raise InvalidImageError("float image holds NaN or infinite values")
         # Pillow's own F -> L convention: samples are 0..255, clipped.
         return Image.fromarray(np.clip(samples, 0.0, 255.0).round().astype(np.uint8)).convert("RGB")
-    if mode in _ALPHA_MODES or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 

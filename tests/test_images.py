@@ -111,6 +111,12 @@ def test_transparency_is_composited_onto_white_like_hf_processors() -> None:
     assert np.asarray(load_image(hidden)).max(axis=(0, 1)).tolist() == [255, 255, 255]
 
 
+def test_colour_keyed_rgb_png_is_composited_too() -> None:
+    keyed = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(keyed, "PNG", transparency=(10, 20, 30))
+    assert np.asarray(load_image(keyed.getvalue()))[0, 0].tolist() == [255, 255, 255]
+
+
 def test_animated_gif_gives_its_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), color) for color in ("red", "blue", "green")]
     data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10)
