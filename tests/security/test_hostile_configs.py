@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -59,13 +59,17 @@ probabilities = st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8).map(lambda
 
 def _policy_or_none(raw: dict) -> GuardPolicy | None:
     try:
-        return GuardPolicy.model_validate(raw).validate_against(DEFAULT_TAXONOMY)
+        policy = GuardPolicy.model_validate(raw).validate_against(DEFAULT_TAXONOMY)
     except ValidationError as err:
         assert err.errors()  # pydantic names the field and the reason
+        event("policy rejected by pydantic")
         return None
     except ConfigError as err:
         assert str(err)
+        event("policy rejected by validate_against")
         return None
+    event("policy accepted")
+    return policy
 
 
 @FUZZ
@@ -122,7 +126,9 @@ def test_guard_configs_load_or_raise_config_error(tmp_path_factory: pytest.TempP
         config = SafetyGuardConfig.load(directory)
     except ConfigError as err:
         assert str(err)
+        event("config rejected")
         return
+    event("config accepted")
     config.save(directory)
     assert SafetyGuardConfig.load(directory) == config
 
