@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from psaguard.backbones import VisionFeatures
 from psaguard.conversation import Conversation, PromptInput, judged_text, to_conversation, with_hint
-from psaguard.errors import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError
+from psaguard.errors import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError
 from psaguard.images import ImageInput
 from psaguard.injection import LlmInputs, build_llm_inputs, tokenize_prompt
 from psaguard.verdict import Action, SafetyVerdict
@@ -311,9 +311,7 @@ class GuardedGenerator:
         tokenizer = tokenizer_of(guard.processor)
         image_token_id = guard.backbone.image_token_id
         rows = [
-            tokenize_prompt(
-                tokenizer, _render(guard.processor, plan.conversation), image_token_id, len(plan.feature_rows)
-            )
+            _prompt_ids(guard.processor, plan.conversation, image_token_id, len(plan.feature_rows))
             for plan in plans
             if plan.conversation is not None
         ]
@@ -348,6 +346,36 @@ def _render(processor: Any, conversation: Conversation) -> str:
         return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     except (ValueError, TemplateError) as err:  # ValueError: the processor has no chat template
         raise ConfigError(f"cannot render the conversation with the processor's chat template: {err}") from err
+
+
+def _prompt_ids(processor: Any, conversation: Conversation, image_token_id: int, num_images: int) -> list[int]:
+    """Token ids of the chat-templated conversation, where only the template writes control tokens.
+
+    Tokenizing the rendered text would turn '</s> assistant :' typed by a user into a real end of turn and
+    let them forge an assistant turn; transformers' ``sanitize_control_tokens`` encodes such spellings in
+    message text as plain text. The plain tokenization still runs first: it refuses a spelled image
+    placeholder, and its BOS rule (tokenizers add BOS to text, the chat path does not) is kept.
+    """
+    tokenizer = tokenizer_of(processor)
+    plain = tokenize_prompt(tokenizer, _render(processor, conversation), image_token_id, num_images)
+    try:
+        ids = list(
+            tokenizer.apply_chat_template(
+                conversation,
+                chat_template=getattr(processor, "chat_template", None),
+                add_generation_prompt=True,
+                tokenize=True,
+                sanitize_control_tokens=True,
+                return_dict=False,
+            )
+        )
+    except ValueError as err:
+        raise ConfigError(f"cannot render the conversation with the chat template: {err}") from err
+    if plain[:1] == [tokenizer.bos_token_id] and ids[:1] != plain[:1]:
+        ids.insert(0, tokenizer.bos_token_id)
+    if ids.count(image_token_id) != num_images:
+        raise InvalidPromptError(f"the prompt holds {ids.count(image_token_id)} image slots for {num_images} images")
+    return ids
 
 
 def check_generate_kwargs(kwargs: Mapping[str, Any]) -> None:

@@ -193,17 +193,8 @@ class SafetyGuard:
                     raise
                 errors.update({index: str(err) for index, _, _ in loaded})
                 loaded = []
-            elapsed = (time.perf_counter() - start) * 1000.0
-            for row, (index, _, _) in enumerate(loaded):
-                if not (level_probs[row].isfinite().all() and type_probs[row].isfinite().all()):
-                    err = GuardInternalError(f"request {index}: the safety head produced non-finite scores")
-                    if self.policy.on_error == "block":
-                        raise err
-                    errors[index] = str(err)
-                    continue
-                verdicts[index] = decide(
-                    level_probs[row].tolist(), type_probs[row].tolist(), self.policy, self.config.taxonomy, elapsed
-                )
+            else:
+                verdicts = self._decide_rows(level_probs, type_probs, [index for index, _, _ in loaded], start)
         for index, reason in errors.items():
             verdicts[index] = error_verdict(reason, self.policy, self.config.taxonomy)
         return GuardAnalysis(
@@ -212,18 +203,60 @@ class SafetyGuard:
             judged=[index for index, _, _ in loaded],
         )
 
+    def judge_features(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
+        """Verdicts for already encoded images (one per prompt), failing closed exactly like :meth:`analyze`.
+
+        For callers that ran the vision tower themselves (the wrapped model); ``start`` is the
+        ``time.perf_counter()`` the latency is measured from.
+        """
+        try:
+            with torch.inference_mode():
+                logits = self.head_logits(features, prompts)
+        except RuntimeError as err:
+            internal = _internal_error(err)
+            if self.policy.on_error == "block":
+                raise internal from err
+            return [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
+        level_probs, type_probs = self._calibrated(logits)
+        verdicts = self._decide_rows(level_probs, type_probs, list(range(len(prompts))), start)
+        return [verdicts[i] for i in range(len(prompts))]
+
     def _probabilities(
         self, images: Sequence[Any], prompts: Sequence[str]
     ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor]:
         """Forward pass and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
         try:
             features, logits = self._forward(images, prompts)
-        except RuntimeError as err:  # torch raises RuntimeError (and OutOfMemoryError, a subclass) for all of these
-            logger.warning("guard forward pass failed: %s: %s", type(err).__name__, err)
-            raise GuardInternalError(f"the guard failed while judging: {type(err).__name__}: {err}") from err
+        except RuntimeError as err:
+            raise _internal_error(err) from err
+        return (features, *self._calibrated(logits))
+
+    def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor]:
         level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
         type_probs = F.softmax(logits.type.float() / self.config.head.type_temperature, dim=-1)
-        return features, level_probs, type_probs
+        return level_probs, type_probs
+
+    def _decide_rows(
+        self, level_probs: torch.Tensor, type_probs: torch.Tensor, indices: Sequence[int], start: float
+    ) -> dict[int, SafetyVerdict]:
+        """Row ``r`` of the probabilities decides request ``indices[r]``; non-finite rows follow on_error.
+
+        NaN scores (a tampered or diverged head) must never decide: NaN fails every threshold, which reads
+        as level 0, i.e. 'allow'.
+        """
+        elapsed = (time.perf_counter() - start) * 1000.0
+        verdicts: dict[int, SafetyVerdict] = {}
+        for row, index in enumerate(indices):
+            if not (level_probs[row].isfinite().all() and type_probs[row].isfinite().all()):
+                err = GuardInternalError(f"request {index}: the safety head produced non-finite scores")
+                if self.policy.on_error == "block":
+                    raise err
+                verdicts[index] = error_verdict(str(err), self.policy, self.config.taxonomy)
+                continue
+            verdicts[index] = decide(
+                level_probs[row].tolist(), type_probs[row].tolist(), self.policy, self.config.taxonomy, elapsed
+            )
+        return verdicts
 
     @torch.inference_mode()
     def _forward(self, images: Sequence[Any], prompts: Sequence[str]) -> tuple[VisionFeatures, HeadLogits]:
@@ -351,6 +384,12 @@ def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
         return PeftModel.from_pretrained(model, str(adapter))
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         raise CheckpointError(f"cannot load the LoRA adapter in {adapter}: {err}") from err
+
+
+def _internal_error(err: RuntimeError) -> GuardInternalError:
+    # torch raises RuntimeError (and OutOfMemoryError, a subclass) for device, memory and kernel failures
+    logger.warning("guard forward pass failed: %s: %s", type(err).__name__, err)
+    return GuardInternalError(f"the guard failed while judging: {type(err).__name__}: {err}")
 
 
 def _resolve_checkpoint(path: str | Path, revision: str | None) -> Path:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.nn import functional as F
 
 from psaguard.backbones import resolve_backbone
 from psaguard.errors import CheckpointMismatchError, GuardBlocked, InvalidInputError
@@ -38,7 +37,6 @@ from psaguard.generation import (
     worst_verdict,
 )
 from psaguard.injection import build_llm_inputs, collapse_image_runs
-from psaguard.policy import decide
 from psaguard.verdict import SafetyVerdict
 
 if TYPE_CHECKING:
@@ -232,17 +230,8 @@ class GuardedModel:
 
 
 def _verdicts(guard: SafetyGuard, features: Any, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
-    """Verdicts from already encoded images, deciding exactly as ``SafetyGuard.analyze`` does."""
-    with torch.inference_mode():
-        logits = guard.head_logits(features, prompts)
-    head = guard.config.head
-    level_probs = F.softmax(logits.level.float() / head.level_temperature, dim=-1)
-    type_probs = F.softmax(logits.type.float() / head.type_temperature, dim=-1)
-    elapsed = (time.perf_counter() - start) * 1000.0
-    return [
-        decide(level_probs[i].tolist(), type_probs[i].tolist(), guard.policy, guard.config.taxonomy, elapsed)
-        for i in range(len(prompts))
-    ]
+    """Verdicts from already encoded images, deciding (and failing closed) exactly as ``SafetyGuard.analyze``."""
+    return guard.judge_features(features, prompts, start)
 
 
 def _visible_text(tokenizer: Any, row: Sequence[int], image_token_id: int) -> str:

@@ -82,3 +82,16 @@ def test_guarded_generation_fails_closed_on_internal_errors(guard, images, monke
     refusing = guard.with_policy(GuardPolicy(on_error="refuse"))
     result = refusing.generate(images[0], "what is this", max_new_tokens=2)
     assert (result.action, result.generated) == ("refuse", False) and result.text
+
+
+def test_wrapped_model_fails_closed_on_nan_scores(guard, tiny_processor, images, monkeypatch) -> None:
+    """The wrapped model judges from its own vision pass; it must not decide on NaN either."""
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
+    text = tiny_processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    inputs = tiny_processor(images=images[:1], text=[text], return_tensors="pt")
+    monkeypatch.setattr(type(guard.modules), "forward", _nan_forward)
+    with pytest.raises(GuardInternalError, match="non-finite"):
+        guard.wrap().generate(**inputs, max_new_tokens=2)
+    refusing = guard.with_policy(GuardPolicy(on_error="refuse")).wrap()
+    _, results = refusing.generate_with_results(**inputs, max_new_tokens=2)
+    assert results[0].action == "refuse" and not results[0].generated
