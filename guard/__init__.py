@@ -26,6 +26,7 @@ _EXPORTS = {
     "ModelFingerprint": "psaguard.config",
     "ProjectorConfig": "psaguard.config",
     "PsaGuardError": "psaguard.errors",
+    "RemoteImageError": "psaguard.errors",
     "RiskLevel": "psaguard.taxonomy",
     "RiskType": "psaguard.taxonomy",
     "SafetyGuard": "psaguard.guard",
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
         InvalidInputError,
         InvalidPromptError,
         PsaGuardError,
+        RemoteImageError,
         UnsupportedModelError,
     )
     from psaguard.guard import SafetyGuard

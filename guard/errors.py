@@ -20,6 +20,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidPromptError",
     "PsaGuardError",
+    "RemoteImageError",
     "UnsupportedModelError",
 ]
 
@@ -38,6 +39,10 @@ class InvalidInputError(PsaGuardError, ValueError):
 
 class InvalidImageError(InvalidInputError):
     """An image is missing, corrupt, too large, or of an unsupported kind."""
+
+
+class RemoteImageError(InvalidImageError):
+    """An image is given by a remote URL; psaguard fetches nothing, so the caller must download it."""
 
 
 class InvalidPromptError(InvalidInputError):
