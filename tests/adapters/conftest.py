@@ -74,7 +74,9 @@ class RecordingChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "recording"
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
         self.calls.append(list(messages))
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content="answer"))])
 
@@ -96,4 +98,3 @@ def saved_image(tmp_path, images) -> str:
     path = tmp_path / "picture.png"
     images[1].save(path)
     return str(path)
-

@@ -79,7 +79,10 @@ def test_messages_give_images_in_order_all_user_text_and_a_chat_conversation(ima
     assert isinstance(request.images[0], bytes) and str(request.images[1]) == saved_image
     assert request.prompt == "what is in this picture ?\nand this one ?"
     assert [m["role"] for m in request.conversation] == ["system", "user", "assistant", "user"]
-    assert request.conversation[1]["content"] == [{"type": "image"}, {"type": "text", "text": "what is in this picture ?"}]
+    assert request.conversation[1]["content"] == [
+        {"type": "image"},
+        {"type": "text", "text": "what is in this picture ?"},
+    ]
     assert request.conversation[3]["content"][1] == {"type": "image"}
 
 
