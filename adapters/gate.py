@@ -33,7 +33,17 @@ from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
 from psaguard.verdict import SafetyVerdict
 
-__all__ = ["GuardedRunnable", "OnBlock", "apply_hint", "exit_for", "guarded", "refusal_message", "replace_risky"]
+__all__ = [
+    "GuardedRunnable",
+    "OnBlock",
+    "apply_hint",
+    "exit_for",
+    "guarded",
+    "hinted_system_message",
+    "refusal_message",
+    "refusal_text",
+    "replace_risky",
+]
 
 OnBlock = Literal["end", "error", "replace"]
 """How a refused or blocked request ends: a refusal message, an exception, or replaced content."""
@@ -62,7 +72,7 @@ class GuardedRunnable(RunnableSerializable[Any, Any]):
         if exit_ == "error":
             raise GuardBlocked(verdict)
         if exit_ == "replace":
-            return "pass", replace_risky(value, _refusal_text(verdict))
+            return "pass", replace_risky(value, refusal_text(verdict))
         return "end", refusal_message(verdict)
 
     # ------------------------------------------------------------------ invoke / batch
@@ -213,7 +223,7 @@ def exit_for(verdict: SafetyVerdict, on_block: OnBlock | None) -> OnBlock:
 def refusal_message(verdict: SafetyVerdict) -> AIMessage:
     """The ``AIMessage`` a stopped request ends with; the verdict is in ``response_metadata['psaguard']``."""
     return AIMessage(
-        content=_refusal_text(verdict),
+        content=refusal_text(verdict),
         response_metadata={"psaguard": verdict_metadata(verdict, generated=False)},
     )
 
@@ -224,16 +234,19 @@ def apply_hint(value: Any, hint: str) -> Any:
         return {**value, "prompt": f"{hint}\n\n{value['prompt']}"}
     messages = _as_messages(value)
     if messages and isinstance(messages[0], SystemMessage):
-        system = messages[0]
-        content = (
-            f"{hint}\n\n{system.content}"
-            if isinstance(system.content, str)
-            else [{"type": "text", "text": hint}, *system.content]
-        )
-        messages = [system.model_copy(update={"content": content}), *messages[1:]]
+        messages = [hinted_system_message(messages[0], hint), *messages[1:]]
     else:
-        messages = [SystemMessage(content=hint), *messages]
+        messages = [hinted_system_message(None, hint), *messages]
     return ChatPromptValue(messages=messages) if isinstance(value, PromptValue) else messages
+
+
+def hinted_system_message(system: SystemMessage | None, hint: str) -> SystemMessage:
+    """``system`` with ``hint`` in front (a new system message holding the hint when there is none)."""
+    if system is None:
+        return SystemMessage(content=hint)
+    if isinstance(system.content, str):
+        return system.model_copy(update={"content": f"{hint}\n\n{system.content}"})
+    return system.model_copy(update={"content": [{"type": "text", "text": hint}, *system.content]})
 
 
 def replace_risky(value: Any, notice: str) -> Any:
@@ -263,7 +276,8 @@ def _has_image(message: BaseMessage) -> bool:
     )
 
 
-def _refusal_text(verdict: SafetyVerdict) -> str:
+def refusal_text(verdict: SafetyVerdict) -> str:
+    """The text a stopped request ends with: the policy's refusal."""
     return verdict.refusal or "I'm sorry, but I can't help with this request."
 
 
