@@ -104,7 +104,8 @@ async def test_async_paths_match_the_sync_ones(make_guard, recorder, image_messa
     refused = guarded(recorder, make_guard("refuse"))
     results = await refused.abatch([_request(image_message_content), "text only"])
     assert "personal privacy" in results[0].content and results[1].content == "answer"
-    assert [c.content async for c in refused.astream(_request(image_message_content))][0].startswith("I'm sorry")
+    refusal = [c.content async for c in refused.astream(_request(image_message_content))]
+    assert len(refusal) == 1 and refusal[0].startswith("I'm sorry")
     with pytest.raises(GuardBlocked):
         await guarded(recorder, make_guard("block")).ainvoke(_request(image_message_content))
 

@@ -9,9 +9,9 @@ from psaguard import GuardBlocked
 
 pytest.importorskip("langchain.agents", reason="the agent middleware needs the langchain v1 package")
 
-from langchain.agents import create_agent  # noqa: E402
+from langchain.agents import create_agent
 
-from psaguard.adapters import VERDICT_EVENT, PsaGuardMiddleware  # noqa: E402
+from psaguard.adapters import VERDICT_EVENT, PsaGuardMiddleware
 
 
 def _agent(recorder, guard, **options):
