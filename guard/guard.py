@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
@@ -16,12 +16,18 @@ from torch.nn import functional as F
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.errors import CheckpointError, ConfigError, InvalidImageError, InvalidPromptError
+from psaguard.generation import GenerationOptions, GuardedGeneration, GuardedGenerator, ImagesInput
 from psaguard.images import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import GuardPolicy, decide, error_verdict
 from psaguard.prompts import PromptEncoder
 from psaguard.serialization import load_tensors, save_tensors
 from psaguard.verdict import SafetyVerdict
+
+if TYPE_CHECKING:
+    from psaguard.conversation import PromptInput
+    from psaguard.streaming import AsyncGuardedStream, GuardedStream
+    from psaguard.wrapped import GuardedModel
 
 __all__ = ["WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
 
@@ -194,6 +200,90 @@ class SafetyGuard:
         device = self.modules.head_tokens.device
         query = self.backbone.embed_tokens(ids).to(device)
         return self.modules(features.patches.to(device), query, mask.to(device))
+
+    # ------------------------------------------------------------------ guarded generation (psaguard.generation)
+    def generate(
+        self,
+        image: ImagesInput,
+        prompt: PromptInput,
+        *,
+        options: GenerationOptions | None = None,
+        **generate_kwargs: Any,
+    ) -> GuardedGeneration:
+        """Judge ``image`` (one or a list) with ``prompt`` (a string or a chat conversation), then answer per policy.
+
+        ``generate_kwargs`` go to ``model.generate``. Raises :class:`~psaguard.errors.GuardBlocked` for 'block'.
+        """
+        return GuardedGenerator(self, options).generate(image, prompt, **generate_kwargs)
+
+    def generate_batch(
+        self,
+        images: Sequence[ImagesInput],
+        prompts: Sequence[PromptInput],
+        *,
+        options: GenerationOptions | None = None,
+        return_blocked: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[GuardedGeneration]:
+        """:meth:`generate` for a batch: one vision pass and one ``model.generate`` call for all requests."""
+        return GuardedGenerator(self, options).generate_batch(
+            images, prompts, return_blocked=return_blocked, **generate_kwargs
+        )
+
+    async def agenerate(
+        self,
+        image: ImagesInput,
+        prompt: PromptInput,
+        *,
+        options: GenerationOptions | None = None,
+        **generate_kwargs: Any,
+    ) -> GuardedGeneration:
+        """Async :meth:`generate` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.generate, image, prompt, options=options, **generate_kwargs)
+
+    async def agenerate_batch(
+        self,
+        images: Sequence[ImagesInput],
+        prompts: Sequence[PromptInput],
+        *,
+        options: GenerationOptions | None = None,
+        return_blocked: bool = False,
+        **generate_kwargs: Any,
+    ) -> list[GuardedGeneration]:
+        """Async :meth:`generate_batch` (runs in a worker thread)."""
+        return await asyncio.to_thread(
+            self.generate_batch, images, prompts, options=options, return_blocked=return_blocked, **generate_kwargs
+        )
+
+    def stream(
+        self,
+        image: ImagesInput,
+        prompt: PromptInput,
+        *,
+        options: GenerationOptions | None = None,
+        **generate_kwargs: Any,
+    ) -> GuardedStream:
+        """Judge now, then iterate the answer's text chunks (see :class:`~psaguard.streaming.GuardedStream`)."""
+        return GuardedGenerator(self, options).stream(image, prompt, **generate_kwargs)
+
+    def astream(
+        self,
+        image: ImagesInput,
+        prompt: PromptInput,
+        *,
+        options: GenerationOptions | None = None,
+        **generate_kwargs: Any,
+    ) -> AsyncGuardedStream:
+        """Async :meth:`stream`: ``async for chunk in guard.astream(...)``."""
+        from psaguard.streaming import AsyncGuardedStream
+
+        return AsyncGuardedStream(GuardedGenerator(self, options), image, prompt, generate_kwargs)
+
+    def wrap(self, model: torch.nn.Module | None = None, *, options: GenerationOptions | None = None) -> GuardedModel:
+        """A drop-in stand-in for ``model`` (default: the guard's) whose ``generate`` is guarded."""
+        from psaguard.wrapped import GuardedModel
+
+        return GuardedModel(self, model, options=options)
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -1,0 +1,126 @@
+"""Building the language model's input for guarded generation: image slots, safety tokens, padding.
+
+Each image is one placeholder token in a prompt row. :func:`build_llm_inputs` widens it into a run of
+``N + P`` placeholder ids (``N`` = ``llm_tokens``, ``P`` = the model's image embeddings) and pairs the
+row with ``cat(llm_tokens, image_embeds)`` per image, so the model scatters both into those positions, as
+the paper places its LLM-side safety tokens right before each image's embeddings. The vision features come
+from the guard's one vision pass and are handed to ``generate`` as ``mm_encoder_outputs``, so the model
+never runs its vision tower again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from psaguard.errors import InvalidInputError, InvalidPromptError
+
+__all__ = ["LlmInputs", "build_llm_inputs", "collapse_image_runs", "tokenize_prompt"]
+
+
+@dataclass(frozen=True)
+class LlmInputs:
+    """A left-padded batch ready for ``model.generate(**inputs.generate_kwargs())``."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    image_features: list[torch.Tensor]
+    prompt_lengths: list[int]
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``generate``: ids, mask and the precomputed image features."""
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=self.image_features)},
+        }
+
+
+def tokenize_prompt(tokenizer: Any, text: str, image_token_id: int, num_images: int) -> list[int]:
+    """Token ids of a rendered prompt holding exactly one image placeholder per image.
+
+    Tokenized like the model's processor tokenizes its text (special tokens added by the tokenizer's own
+    rules). A count mismatch means the prompt text spells the placeholder itself, which would shift every
+    image, so it is refused.
+    """
+    ids = list(tokenizer(text)["input_ids"])
+    found = ids.count(image_token_id)
+    if found != num_images:
+        raise InvalidPromptError(
+            f"the rendered prompt holds {found} image placeholders for {num_images} images; prompt text must "
+            "not spell the image token"
+        )
+    return ids
+
+
+def collapse_image_runs(ids: Sequence[int], image_token_id: int, tokens_per_image: int) -> list[int]:
+    """Turn each image's run of ``tokens_per_image`` placeholders (processor output) into one placeholder."""
+    collapsed: list[int] = []
+    run = 0
+    for token in [*ids, None]:
+        if token == image_token_id:
+            run += 1
+            continue
+        if run:
+            if run % tokens_per_image:
+                raise InvalidInputError(
+                    f"found a run of {run} image tokens, not a multiple of {tokens_per_image} tokens per image"
+                )
+            collapsed.extend([image_token_id] * (run // tokens_per_image))
+            run = 0
+        if token is not None:
+            collapsed.append(token)
+    return collapsed
+
+
+def build_llm_inputs(
+    rows: Sequence[Sequence[int]],
+    image_embeds: Sequence[torch.Tensor],
+    *,
+    image_token_id: int,
+    pad_token_id: int,
+    llm_tokens: torch.Tensor | None,
+    device: torch.device | str = "cpu",
+) -> LlmInputs:
+    """Expand image placeholders and pair them with ``[llm_tokens; image_embeds]``, left-padding the rows.
+
+    Args:
+        rows: Prompt token ids, one placeholder per image, images in order across rows.
+        image_embeds: One ``(P, D)`` tensor per image, from the model's own projector.
+        image_token_id: The model's image placeholder id.
+        pad_token_id: Id used for left padding (masked out).
+        llm_tokens: ``(1, N, D)`` safety tokens placed before each image's embeddings, or None for none.
+        device: Where the id and mask tensors go.
+    """
+    if sum(row.count(image_token_id) for row in map(list, rows)) != len(image_embeds):
+        raise InvalidInputError(f"{len(image_embeds)} image embeddings do not match the placeholders in the rows")
+    prefix = None if llm_tokens is None else llm_tokens.reshape(-1, llm_tokens.shape[-1])
+    features = [emb if prefix is None else torch.cat([prefix.to(emb.device, emb.dtype), emb]) for emb in image_embeds]
+    expanded: list[list[int]] = []
+    image_index = 0
+    for row in rows:
+        out: list[int] = []
+        for token in row:
+            if token == image_token_id:
+                out.extend([image_token_id] * len(features[image_index]))
+                image_index += 1
+            else:
+                out.append(token)
+        expanded.append(out)
+    width = max(len(row) for row in expanded)
+    input_ids = torch.full((len(expanded), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(expanded), width), dtype=torch.long)
+    for i, row in enumerate(expanded):
+        # Left padding: decoder-only generation appends new tokens on the right of every row.
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return LlmInputs(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        image_features=features,
+        prompt_lengths=[len(row) for row in expanded],
+    )

@@ -1,0 +1,139 @@
+"""Streaming guarded answers: the verdict first, then text chunks from a transformers streamer.
+
+The request is judged before a stream object exists, so nothing can be streamed before the verdict: a
+blocked request raises at ``guard.stream(...)`` and a refused one streams its refusal text as one chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import TextIteratorStreamer
+
+from psaguard.verdict import Action, SafetyVerdict
+
+if TYPE_CHECKING:
+    from psaguard.conversation import PromptInput
+    from psaguard.generation import GuardedGeneration, GuardedGenerator, ImagesInput, PreparedBatch
+
+__all__ = ["AsyncGuardedStream", "GuardedStream"]
+
+_DONE = object()
+
+
+class GuardedStream(Iterator[str]):
+    """Text chunks of one guarded answer. ``verdict``, ``action`` and ``hint`` are set before the first chunk;
+    ``result`` (a :class:`~psaguard.generation.GuardedGeneration`) once the stream is exhausted.
+
+    Generation starts on the first ``next()`` and runs in a background thread feeding a
+    ``TextIteratorStreamer``; an error there is raised from the iterator.
+    """
+
+    def __init__(
+        self, generator: GuardedGenerator, prepared: PreparedBatch, start: float, generate_kwargs: dict[str, Any]
+    ) -> None:
+        plan = prepared.plans[0]
+        self.verdict: SafetyVerdict = plan.verdict
+        self.verdicts: list[SafetyVerdict] = plan.verdicts
+        self.action: Action = plan.action
+        self.hint: str | None = plan.hint
+        self._generator = generator
+        self._prepared = prepared
+        self._start = start
+        self._kwargs = generate_kwargs
+        self._chunks: Iterator[str] | None = None
+        self._result: GuardedGeneration | None = None
+
+    def __iter__(self) -> GuardedStream:
+        return self
+
+    def __next__(self) -> str:
+        if self._chunks is None:
+            self._chunks = self._run()
+        return next(self._chunks)
+
+    @property
+    def result(self) -> GuardedGeneration:
+        """The full result; available once every chunk has been consumed."""
+        if self._result is None:
+            raise RuntimeError("the stream has not finished; consume it before reading .result")
+        return self._result
+
+    def _run(self) -> Iterator[str]:
+        prepared, generator = self._prepared, self._generator
+        if prepared.inputs is None:  # refused: the answer is the policy's text, the model does not run
+            if prepared.plans[0].text:
+                yield prepared.plans[0].text
+            self._result = generator.finish(prepared, None, self._start, self._kwargs)[0]
+            return
+        from psaguard.generation import tokenizer_of
+
+        streamer = TextIteratorStreamer(
+            tokenizer_of(generator.guard.processor), skip_prompt=True, skip_special_tokens=True
+        )
+        outcome: dict[str, Any] = {}
+        inputs = prepared.inputs
+
+        def produce() -> None:
+            try:
+                with torch.inference_mode():  # thread-local, so entered inside the worker thread
+                    outcome["sequences"] = generator.guard.model.generate(
+                        **inputs.generate_kwargs(), **self._kwargs, streamer=streamer
+                    )
+            except BaseException as err:  # re-raised in the consumer; end() unblocks it
+                outcome["error"] = err
+                streamer.end()
+
+        worker = threading.Thread(target=produce, name="psaguard-stream", daemon=True)
+        worker.start()
+        for chunk in streamer:
+            if chunk:
+                yield chunk
+        worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        self._result = generator.finish(prepared, outcome["sequences"], self._start, self._kwargs)[0]
+
+
+class AsyncGuardedStream(AsyncIterator[str]):
+    """Async :class:`GuardedStream`: judging and each chunk run in worker threads, off the event loop.
+
+    ``await stream.start()`` judges the request and returns the deciding verdict (raising
+    :class:`~psaguard.errors.GuardBlocked` for a blocked one); iterating starts it implicitly.
+    """
+
+    def __init__(
+        self, generator: GuardedGenerator, image: ImagesInput, prompt: PromptInput, generate_kwargs: dict[str, Any]
+    ) -> None:
+        self._generator = generator
+        self._request = (image, prompt)
+        self._kwargs = generate_kwargs
+        self._stream: GuardedStream | None = None
+
+    async def start(self) -> SafetyVerdict:
+        """Judge the request (once) and return the deciding verdict."""
+        if self._stream is None:
+            image, prompt = self._request
+            self._stream = await asyncio.to_thread(self._generator.stream, image, prompt, **self._kwargs)
+        return self._stream.verdict
+
+    @property
+    def stream(self) -> GuardedStream:
+        """The underlying synchronous stream (verdict, action, hint, result); after :meth:`start`."""
+        if self._stream is None:
+            raise RuntimeError("await start() or begin iterating first")
+        return self._stream
+
+    def __aiter__(self) -> AsyncGuardedStream:
+        return self
+
+    async def __anext__(self) -> str:
+        await self.start()
+        chunk = await asyncio.to_thread(next, self.stream, _DONE)
+        if chunk is _DONE:
+            raise StopAsyncIteration
+        return chunk

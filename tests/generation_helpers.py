@@ -1,0 +1,98 @@
+"""Helpers shared by the guarded-generation tests: forcing verdicts, counting calls, plain references."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
+
+QUESTION = "what is in this image ?"
+
+
+def guard_for(model: Any, processor: Any, *, inject: bool = True, level: int = 0, type_code: str = "privacy", **policy):
+    """A fresh guard whose head always predicts ``(level, type_code)``, deciding with ``GuardPolicy(**policy)``."""
+    torch.manual_seed(0)
+    config = SafetyGuardConfig(tokens=TokensConfig(inject_llm_tokens=inject), policy=GuardPolicy(**policy))
+    guard = SafetyGuard.attach(model, processor, config)
+    head = guard.modules.head
+    type_id = guard.config.taxonomy.type_by_code(type_code).id
+    with torch.no_grad():  # biases far larger than the random weights' logits pin the verdict
+        head.level_head.bias.fill_(-40.0)
+        head.level_head.bias[level] = 40.0
+        head.type_head.bias.fill_(-40.0)
+        head.type_head.bias[type_id] = 40.0
+    return guard
+
+
+@contextmanager
+def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Count forward calls of ``module`` inside the block."""
+    calls: list[int] = []
+    handle = module.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def capture_llm_inputs(model: Any) -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Record the first (prefill) call's input_ids and the language model's inputs_embeds."""
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def on_llava(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if kwargs.get("input_ids") is not None and cache is not None and cache.get_seq_length() == 0:
+            seen.append({"input_ids": kwargs["input_ids"].clone()})
+
+    def on_lm(module, args, kwargs):
+        if seen and "inputs_embeds" not in seen[-1]:
+            seen[-1]["inputs_embeds"] = kwargs["inputs_embeds"].detach().clone()
+
+    handles = [
+        model.model.register_forward_pre_hook(on_llava, with_kwargs=True),
+        model.model.language_model.register_forward_pre_hook(on_lm, with_kwargs=True),
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def spy_generate(model: Any) -> Iterator[list[torch.Tensor]]:
+    """Record what ``model.generate`` returns (guarded results carry text; tests compare token ids)."""
+    outputs: list[torch.Tensor] = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        outputs.append(out)
+        return out
+
+    model.generate = spy
+    try:
+        yield outputs
+    finally:
+        del model.generate  # back to the class method
+
+
+def plain_generate(model: Any, processor: Any, images: list, conversation: list, **kwargs) -> list[int]:
+    """New token ids of the unguarded model on the same chat prompt (the reference)."""
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    inputs = processor(images=images, text=text, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, **kwargs)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def user_turn(text: str, num_images: int = 1) -> dict:
+    return {
+        "role": "user",
+        "content": [*({"type": "image"} for _ in range(num_images)), {"type": "text", "text": text}],
+    }
