@@ -17,8 +17,9 @@ from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field
 
 from psaguard.adapters.messages import GuardRequest, request_from_input
-from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, most_severe, text_only_verdict, verdict_metadata
+from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import InvalidInputError
+from psaguard.generation import worst_verdict
 from psaguard.guard import SafetyGuard
 from psaguard.verdict import SafetyVerdict
 
@@ -173,7 +174,7 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
         for request in requests:
             count = len(request.images)
             if count:
-                verdicts.append(most_severe(flat[start : start + count]))
+                verdicts.append(worst_verdict(flat[start : start + count]))
             else:
                 verdicts.append(text_only_verdict(self.guard, self.on_text_only))
             start += count

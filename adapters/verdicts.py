@@ -1,38 +1,22 @@
-"""Verdict helpers shared by the adapters: one verdict per request, text-only requests, event payloads."""
+"""Verdict helpers shared by the adapters: text-only requests and the verdict summary of events and metadata."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from psaguard.guard import SafetyGuard
-from psaguard.verdict import Action, LabelRef, SafetyVerdict
+from psaguard.verdict import LabelRef, SafetyVerdict
 
-__all__ = [
-    "ACTION_SEVERITY",
-    "VERDICT_EVENT",
-    "TextOnlyAction",
-    "most_severe",
-    "text_only_verdict",
-    "verdict_metadata",
-]
+__all__ = ["NO_IMAGE_RULE", "VERDICT_EVENT", "TextOnlyAction", "text_only_verdict", "verdict_metadata"]
 
 VERDICT_EVENT = "psaguard_verdict"
 """Name of the custom callback event every adapter dispatches with a verdict."""
-
-ACTION_SEVERITY: dict[Action, int] = {"allow": 0, "hint": 1, "refuse": 2, "block": 3}
 
 TextOnlyAction = Literal["allow", "refuse", "block"]
 """What to do with a request that holds no image (the PSA-VLM head judges images, so it cannot judge it)."""
 
 NO_IMAGE_RULE = "no_image"
-
-
-def most_severe(verdicts: Sequence[SafetyVerdict]) -> SafetyVerdict:
-    """The deciding verdict of a multi-image request: strongest action, then highest level."""
-    if not verdicts:
-        raise ValueError("most_severe needs at least one verdict")
-    return max(verdicts, key=lambda v: (ACTION_SEVERITY[v.action], v.level.id))
+"""The rule of verdicts for requests without an image."""
 
 
 def text_only_verdict(guard: SafetyGuard, action: TextOnlyAction) -> SafetyVerdict:

@@ -119,7 +119,8 @@ async def test_verdict_is_traced_as_event_and_in_stream_metadata(make_guard, ima
     from langchain_core.callbacks import AsyncCallbackHandler
 
     class EventLog(AsyncCallbackHandler):
-        events: list = []
+        def __init__(self) -> None:
+            self.events: list = []
 
         async def on_custom_event(self, name, data, **kwargs) -> None:
             self.events.append((name, data))
@@ -134,3 +135,17 @@ async def test_verdict_is_traced_as_event_and_in_stream_metadata(make_guard, ima
     events = [e async for e in chat.astream_events(_messages(image_message_content), version="v2")]
     (end,) = [e for e in events if e["event"] == "on_chat_model_end"]
     assert end["data"]["output"].response_metadata["psaguard"]["rule"] == "type:privacy/level:reject"
+
+
+def test_chat_model_and_guard_runnable_judge_a_conversation_alike(guard, image_message_content, saved_image):
+    from psaguard.adapters import GuardRunnable
+
+    conversation = [
+        HumanMessage(content=image_message_content),
+        AIMessage(content="a picture"),
+        HumanMessage(content=[{"type": "image", "url": saved_image}, {"type": "text", "text": "and this one ?"}]),
+    ]
+    verdict = GuardRunnable(guard, on_text_only="allow").invoke(conversation)
+    meta = _chat(guard, on_block="end").invoke(conversation).response_metadata["psaguard"]
+    assert meta["rule"] == verdict.rule and meta["action"] == verdict.action
+    assert meta["verdict"]["level_probs"] == pytest.approx(verdict.level_probs, abs=1e-5)

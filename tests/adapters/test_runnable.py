@@ -48,6 +48,15 @@ def test_verdict_of_a_message_equals_classify_on_the_same_request(guard, images,
     assert verdict.level_probs == pytest.approx(direct.level_probs, abs=1e-5)
 
 
+def test_several_images_give_the_worst_of_their_verdicts(guard, images):
+    from psaguard.generation import worst_verdict
+
+    singles = guard.classify_batch(images, ["compare them"] * 3)
+    verdict = GuardRunnable(guard).invoke({"image": images, "prompt": "compare them"})
+    assert verdict.rule == worst_verdict(singles).rule
+    assert verdict.level_probs == pytest.approx(worst_verdict(singles).level_probs, abs=1e-5)
+
+
 def test_several_images_give_the_most_severe_verdict(make_guard, images):
     # The same forced guard gives every image the same verdict; the deciding one carries the forced rule.
     verdict = GuardRunnable(make_guard("refuse")).invoke({"image": images[:2], "prompt": "compare them"})
