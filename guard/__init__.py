@@ -12,12 +12,17 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Action": "psaguard.verdict",
+    "AsyncGuardedStream": "psaguard.streaming",
     "CheckpointError": "psaguard.errors",
     "CheckpointMismatchError": "psaguard.errors",
     "ConfigError": "psaguard.errors",
     "DEFAULT_TAXONOMY": "psaguard.taxonomy",
+    "GenerationOptions": "psaguard.generation",
     "GuardBlocked": "psaguard.errors",
     "GuardPolicy": "psaguard.policy",
+    "GuardedGeneration": "psaguard.generation",
+    "GuardedModel": "psaguard.wrapped",
+    "GuardedStream": "psaguard.streaming",
     "HeadConfig": "psaguard.config",
     "InvalidImageError": "psaguard.errors",
     "InvalidInputError": "psaguard.errors",
@@ -56,11 +61,14 @@ if TYPE_CHECKING:
         RemoteImageError,
         UnsupportedModelError,
     )
+    from psaguard.generation import GenerationOptions, GuardedGeneration
     from psaguard.guard import SafetyGuard
     from psaguard.images import load_image
     from psaguard.policy import GuardPolicy, TypeRule, decide
+    from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
     from psaguard.verdict import Action, LabelRef, SafetyVerdict
+    from psaguard.wrapped import GuardedModel
 
 
 def __getattr__(name: str) -> Any:

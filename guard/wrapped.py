@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,6 +28,7 @@ from psaguard.errors import CheckpointMismatchError, GuardBlocked, InvalidInputE
 from psaguard.generation import (
     GenerationOptions,
     GuardedGeneration,
+    Resolution,
     check_generate_kwargs,
     eos_token_ids,
     pad_token_id,
@@ -48,11 +50,22 @@ logger = logging.getLogger(__name__)
 
 # Attributes apps commonly read from the model they generate with; everything else stays on `.model`, so
 # nothing unguarded (forward, __call__) is reachable through the wrapper by accident.
-_DELEGATED = frozenset({"config", "generation_config", "device", "dtype", "name_or_path", "can_generate", "eval"})
+_DELEGATED = frozenset({"config", "generation_config", "device", "dtype", "name_or_path", "can_generate"})
 
 # Rendered in place of the user's text to find where a chat template's generation prompt starts.
 _SENTINEL = "PSAGUARDSENTINEL"
 _MAX_SUFFIX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One judged row: its prompt ids (one placeholder per image, hint spliced in), images and decision."""
+
+    tokens: list[int]
+    images: list[int]
+    verdicts: list[SafetyVerdict]
+    verdict: SafetyVerdict
+    resolution: Resolution
 
 
 class GuardedModel:
@@ -81,6 +94,11 @@ class GuardedModel:
         if name in _DELEGATED:
             return getattr(self.model, name)
         raise AttributeError(f"GuardedModel guards generate() only; use .model.{name} on the plain model")
+
+    def eval(self) -> GuardedModel:
+        """Put the model in eval mode; returns the wrapper (not the plain model), so chained calls stay guarded."""
+        self.model.eval()
+        return self
 
     def __repr__(self) -> str:
         return f"GuardedModel({type(self.model).__name__}, {self.guard!r})"
@@ -113,6 +131,40 @@ class GuardedModel:
             logger.debug("no pixel_values: nothing for the image guard to judge, generating unguarded")
             with torch.inference_mode():
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs), []
+        rows, image_embeds = self._judge(input_ids, attention_mask, pixel_values, start)
+        generated = self._generate(rows, image_embeds, generate_kwargs)
+        tokenizer = tokenizer_of(self.guard.processor)
+        eos_ids = eos_token_ids(self.model, generate_kwargs)
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else sorted(eos_ids)[:1]
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        answers, results = [], []
+        for index, row in enumerate(rows):
+            if index in generated:
+                tokens, prompt_tokens = generated[index]
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+            else:
+                text, prompt_tokens = row.resolution.text, 0
+                tokens = [*tokenizer(text, add_special_tokens=False)["input_ids"], *eos]
+            answers.append(tokens)
+            results.append(
+                GuardedGeneration(
+                    text=text,
+                    verdict=row.verdict,
+                    verdicts=row.verdicts,
+                    action=row.verdict.action,
+                    hint=row.resolution.hint,
+                    generated=index in generated,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=len(tokens) if index in generated else 0,
+                    latency_ms=latency_ms,
+                )
+            )
+        return _join(input_ids, answers, pad_token_id(tokenizer, self.model)), results
+
+    def _judge(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, start: float
+    ) -> tuple[list[_Row], list[torch.Tensor]]:
+        """One vision pass: verdicts per image, the deciding one per row, and the images' LLM embeddings."""
         guard = self.guard
         tokenizer = tokenizer_of(guard.processor)
         image_token_id = guard.backbone.image_token_id
@@ -120,74 +172,55 @@ class GuardedModel:
             features = guard.backbone.encode_images(pixel_values=pixel_values)
             image_embeds = list(guard.backbone.project(features))
         per_image = image_embeds[0].shape[0]
-        rows = [
+        token_rows = [
             collapse_image_runs(ids[mask.bool()].tolist(), image_token_id, per_image)
             for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())
         ]
-        counts = [row.count(image_token_id) for row in rows]
+        counts = [row.count(image_token_id) for row in token_rows]
         if sum(counts) != len(image_embeds):
             raise InvalidInputError(f"input_ids hold {sum(counts)} images but pixel_values {len(image_embeds)}")
-        owners = [row_index for row_index, count in enumerate(counts) for _ in range(count)]
-        prompts = [_visible_text(tokenizer, rows[owner], image_token_id) for owner in owners]
-        verdicts = _verdicts(guard, features, prompts, start)
-
         if 0 in counts:
             raise InvalidInputError(f"row {counts.index(0)} has no image; batch text-only requests separately")
-
-        decided: list[tuple[list[SafetyVerdict], SafetyVerdict]] = []
-        llm_rows, llm_images, fixed = [], [], {}
-        for index, row in enumerate(rows):
-            row_verdicts = [v for v, owner in zip(verdicts, owners) if owner == index]
+        owners = [index for index, count in enumerate(counts) for _ in range(count)]
+        prompts = [_visible_text(tokenizer, token_rows[owner], image_token_id) for owner in owners]
+        verdicts = _verdicts(guard, features, prompts, start)
+        rows = []
+        for index, token_row in enumerate(token_rows):
+            images = [i for i, owner in enumerate(owners) if owner == index]
+            row_verdicts = [verdicts[i] for i in images]
             verdict = worst_verdict(row_verdicts)
             if verdict.action == "block":
                 raise GuardBlocked(verdict, f"row {index} blocked by psaguard policy (rule {verdict.rule!r})")
-            decided.append((row_verdicts, verdict))
             resolution = resolve_action(verdict, self.options)
-            if resolution.runs_model:
-                llm_rows.append((index, self._with_hint(tokenizer, row, resolution.hint), resolution.hint))
-                llm_images.extend(image_embeds[i] for i, owner in enumerate(owners) if owner == index)
-            else:
-                fixed[index] = tokenizer(resolution.text, add_special_tokens=False)["input_ids"]
+            rows.append(
+                _Row(self._with_hint(tokenizer, token_row, resolution.hint), images, row_verdicts, verdict, resolution)
+            )
+        return rows, image_embeds
 
+    def _generate(
+        self, rows: list[_Row], image_embeds: list[torch.Tensor], generate_kwargs: dict[str, Any]
+    ) -> dict[int, tuple[list[int], int]]:
+        """Run the model once for the rows that may be answered: ``{row: (answer ids, prompt positions)}``."""
+        answerable = [index for index, row in enumerate(rows) if row.resolution.runs_model]
+        if not answerable:
+            return {}
+        guard = self.guard
+        inputs = build_llm_inputs(
+            [rows[index].tokens for index in answerable],
+            [image_embeds[i] for index in answerable for i in rows[index].images],
+            image_token_id=guard.backbone.image_token_id,
+            pad_token_id=pad_token_id(tokenizer_of(guard.processor), self.model),
+            llm_tokens=guard.modules.llm_tokens.detach() if guard.config.tokens.inject_llm_tokens else None,
+            device=guard.backbone.device,
+        )
+        with torch.inference_mode():
+            sequences = self.model.generate(**inputs.generate_kwargs(), **generate_kwargs)
+        width = inputs.input_ids.shape[1]
         eos_ids = eos_token_ids(self.model, generate_kwargs)
-        answers: dict[int, tuple[list[int], int, bool]] = {}
-        if llm_rows:
-            inputs = build_llm_inputs(
-                [row for _, row, _ in llm_rows],
-                llm_images,
-                image_token_id=image_token_id,
-                pad_token_id=pad_token_id(tokenizer, self.model),
-                llm_tokens=guard.modules.llm_tokens.detach() if guard.config.tokens.inject_llm_tokens else None,
-                device=guard.backbone.device,
-            )
-            with torch.inference_mode():
-                sequences = self.model.generate(**inputs.generate_kwargs(), **generate_kwargs)
-            width = inputs.input_ids.shape[1]
-            for position, (index, _, _) in enumerate(llm_rows):
-                new = until_eos(sequences[position, width:].tolist(), eos_ids)
-                answers[index] = (new, inputs.prompt_lengths[position], True)
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else sorted(eos_ids)[:1]
-        for index, tokens in fixed.items():
-            answers[index] = ([*tokens, *eos], 0, False)
-
-        hints = {index: hint for index, _, hint in llm_rows}
-        latency_ms = (time.perf_counter() - start) * 1000.0
-        results = [
-            GuardedGeneration(
-                text=tokenizer.decode(answers[index][0], skip_special_tokens=True),
-                verdict=verdict,
-                verdicts=row_verdicts,
-                action=verdict.action,
-                hint=hints.get(index),
-                generated=answers[index][2],
-                prompt_tokens=answers[index][1],
-                completion_tokens=len(answers[index][0]) if answers[index][2] else 0,
-                latency_ms=latency_ms,
-            )
-            for index, (row_verdicts, verdict) in enumerate(decided)
-        ]
-        pad = pad_token_id(tokenizer, self.model)
-        return _join(input_ids, [answers[i][0] for i in range(len(rows))], pad), results
+        return {
+            index: (until_eos(sequences[position, width:].tolist(), eos_ids), inputs.prompt_lengths[position])
+            for position, index in enumerate(answerable)
+        }
 
     def _with_hint(self, tokenizer: Any, row: list[int], hint: str | None) -> list[int]:
         """Splice the hint's tokens in before the chat template's generation prompt (end of the user turn)."""

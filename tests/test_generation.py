@@ -89,7 +89,7 @@ def test_hint_goes_at_the_end_of_the_last_user_turn(tiny_model, tiny_processor, 
     assert (result.action, result.hint, result.generated) == ("hint", "you must refuse", True)
     assert result.verdict.rule == "type:privacy/level:careful"
     prompt = tiny_processor.decode(seen[0]["input_ids"][0], skip_special_tokens=False).replace("<image>", "").split()
-    assert " ".join(prompt[-14:]) == f"{QUESTION} safe hint : you must refuse </s> assistant :"
+    assert " ".join(prompt).endswith(f"{QUESTION} safe hint : you must refuse </s> assistant :")
 
 
 def test_refuse_answers_with_the_policy_refusal_without_running_the_llm(tiny_model, tiny_processor, images):
@@ -145,7 +145,7 @@ def test_multi_turn_conversation_matches_plain_generate(tiny_model, tiny_process
 def test_hint_in_a_multi_turn_conversation_goes_to_the_last_user_turn(tiny_model, tiny_processor, images):
     conversation = [
         user_turn("describe this image ."),
-        {"role": "assistant", "content": "ok"},
+        {"role": "assistant", "content": "yes"},
         {"role": "user", "content": "how ?"},
     ]
     guard = guard_for(tiny_model, tiny_processor, level=2, hints={2: "safe"})
@@ -154,7 +154,7 @@ def test_hint_in_a_multi_turn_conversation_goes_to_the_last_user_turn(tiny_model
             images[0], conversation, options=GenerationOptions(hint_template=" hint : {hint}"), max_new_tokens=2
         )
     prompt = tiny_processor.decode(seen[0]["input_ids"][0]).replace("<image>", "").split()
-    assert " ".join(prompt[-8:]) == "how ? hint : safe </s> assistant :"
+    assert " ".join(prompt).endswith("assistant : yes </s> user : how ? hint : safe </s> assistant :")
 
 
 def test_several_images_match_plain_generate_and_are_each_judged(tiny_model, tiny_processor, images):
@@ -254,6 +254,8 @@ async def test_agenerate_matches_generate(tiny_model, tiny_processor, images):
         guard.agenerate(images[0], QUESTION, **GREEDY), guard.agenerate(images[1], QUESTION, **GREEDY)
     )
     assert [r.text for r in results] == [guard.generate(image, QUESTION, **GREEDY).text for image in images[:2]]
+    batch = await guard.agenerate_batch(images[:2], [QUESTION, QUESTION], **GREEDY)
+    assert [r.text for r in batch] == [r.text for r in results]
 
 
 def test_stream_knows_the_verdict_before_the_llm_runs(tiny_model, tiny_processor, images):
@@ -305,9 +307,10 @@ def test_guarded_generation_on_a_4bit_language_model(tiny_dir, tiny_processor, i
     model = LlavaForConditionalGeneration.from_pretrained(tiny_dir, quantization_config=quant).eval()
     assert isinstance(model.model.language_model.layers[0].mlp.up_proj, bnb.nn.Linear4bit)
     guard = guard_for(model, tiny_processor, inject=False, level=0)
+    short = {"max_new_tokens": 3, "do_sample": False}  # bitsandbytes' CPU 4-bit kernels are slow
     with spy_generate(model) as outputs:
-        result = guard.generate(images[0], QUESTION, **GREEDY)
-    expected = plain_generate(model, tiny_processor, [images[0]], [user_turn(QUESTION)], **GREEDY)
-    assert result.generated and outputs[0][0, -GREEDY["max_new_tokens"] :].tolist() == expected
-    hinted = guard_for(model, tiny_processor, inject=True, level=1).generate(images[0], QUESTION, max_new_tokens=3)
+        result = guard.generate(images[0], QUESTION, **short)
+    expected = plain_generate(model, tiny_processor, [images[0]], [user_turn(QUESTION)], **short)
+    assert result.generated and outputs[0][0, -3:].tolist() == expected
+    hinted = guard_for(model, tiny_processor, inject=True, level=1).generate(images[0], QUESTION, max_new_tokens=2)
     assert hinted.generated and hinted.action == "hint" and hinted.completion_tokens > 0
