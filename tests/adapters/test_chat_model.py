@@ -67,7 +67,8 @@ def test_blocked_requests_raise_or_end_as_chosen(make_guard, image_message_conte
 
 
 def test_stream_equals_invoke_and_carries_the_verdict(make_guard, image_message_content):
-    chat = _chat(make_guard("hint"))
+    guard = make_guard("hint")
+    chat = _chat(guard)
     reply = chat.invoke(_messages(image_message_content))
     chunks = list(chat.stream(_messages(image_message_content)))
     assert len(chunks) > 2
@@ -75,6 +76,10 @@ def test_stream_equals_invoke_and_carries_the_verdict(make_guard, image_message_
     streamed = _joined(chunks)
     assert streamed.content.strip() == reply.content.strip()
     assert streamed.usage_metadata == reply.usage_metadata
+    # streaming=True answers invoke() through the stream, with the same result.
+    assert _chat(guard, streaming=True).invoke(_messages(image_message_content)).content.strip() == (
+        reply.content.strip()
+    )
     refused = list(_chat(make_guard("refuse")).stream(_messages(image_message_content)))
     assert "personal privacy" in _joined(refused).content
 
@@ -149,3 +154,11 @@ def test_chat_model_and_guard_runnable_judge_a_conversation_alike(guard, image_m
     meta = _chat(guard, on_block="end").invoke(conversation).response_metadata["psaguard"]
     assert meta["rule"] == verdict.rule and meta["action"] == verdict.action
     assert meta["verdict"]["level_probs"] == pytest.approx(verdict.level_probs, abs=1e-5)
+
+
+def test_from_pretrained_loads_model_processor_and_saved_guard(make_guard, tiny_dir, tmp_path, image_message_content):
+    saved = make_guard("refuse").save_pretrained(tmp_path / "guard")
+    chat = GuardedChatModel.from_pretrained(tiny_dir, saved, max_tokens=MAX_TOKENS)
+    reply = chat.invoke(_messages(image_message_content))
+    assert reply.response_metadata["psaguard"]["rule"] == "type:privacy/level:reject"
+    assert chat.guard.model is not None and chat.guard.model.training is False
