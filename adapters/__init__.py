@@ -43,10 +43,8 @@ def __getattr__(name: str) -> Any:
         top = (err.name or "").split(".")[0]
         if top not in ("langchain_core", "langchain", "langgraph"):
             raise
-        raise ImportError(
-            f"psaguard.adapters.{name} needs the {top.replace('_', '-')} package: "
-            "pip install 'psaguard[langchain]' (the agent middleware also needs 'langchain>=1.0')"
-        ) from err
+        hint = "pip install 'psaguard[langchain]'" if top == "langchain_core" else "pip install 'langchain>=1.0'"
+        raise ImportError(f"psaguard.adapters.{name} needs the {top.replace('_', '-')} package: {hint}") from err
 
 
 def __dir__() -> list[str]:
