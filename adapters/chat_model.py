@@ -31,7 +31,7 @@ from psaguard.adapters.plain import plain_generate, plain_stream
 from psaguard.adapters.stops import StopBuffer, StopOnStrings, truncate_at_stop
 from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import GuardBlocked
-from psaguard.generation import GenerationOptions
+from psaguard.generation import GenerationOptions, GuardedGeneration
 from psaguard.guard import SafetyGuard
 from psaguard.policy import GuardPolicy
 from psaguard.verdict import Action, SafetyVerdict
@@ -244,19 +244,10 @@ class GuardedChatModel(BaseChatModel):
             result = self.guard.generate(
                 list(request.images), list(request.conversation), options=self.options, **generate_kwargs
             )
-        except GuardBlocked as err:
+        except GuardBlocked as err:  # action 'block': the model did not run
             return self._stopped(err.verdict)
-        if result.action in ("refuse", "block"):
-            return self._stopped(result.verdict, text=result.text)
-        return _Outcome(
-            verdict=result.verdict,
-            action=result.action,
-            hint=result.hint,
-            generated=result.generated,
-            text=result.text,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-        )
+        self._raise_if_error_exit(result.verdict)
+        return _outcome_of(result)
 
     def _start_stream(
         self, request: GuardRequest, generate_kwargs: dict[str, Any]
@@ -271,22 +262,10 @@ class GuardedChatModel(BaseChatModel):
         except GuardBlocked as err:
             stopped = self._stopped(err.verdict)
             return stopped, iter([stopped.text]), lambda: stopped
-        if stream.action in ("refuse", "block"):
-            stopped = self._stopped(stream.verdict)
-            return stopped, iter([stopped.text]), lambda: stopped
-        started = _Outcome(verdict=stream.verdict, action=stream.action, hint=stream.hint, generated=True)
-
-        def finished() -> _Outcome:
-            result = stream.result
-            return started.model_copy(
-                update={
-                    "text": result.text,
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                }
-            )
-
-        return started, stream, finished
+        self._raise_if_error_exit(stream.verdict)
+        # A refused request streams its refusal as one chunk (or, with refuse_with="hint", a generated answer).
+        started = _Outcome(verdict=stream.verdict, action=stream.action, hint=stream.hint)
+        return started, stream, lambda: _outcome_of(stream.result)
 
     def _text_only(
         self, request: GuardRequest, generate_kwargs: dict[str, Any], *, stream: bool
@@ -309,13 +288,18 @@ class GuardedChatModel(BaseChatModel):
         outcome = started.model_copy(update=answer.model_dump())
         return outcome, iter([outcome.text]), lambda: outcome
 
-    def _stopped(self, verdict: SafetyVerdict, text: str | None = None) -> _Outcome:
-        """The outcome of a refused or blocked request: raise or end with the refusal, as configured."""
-        exit_ = self.on_block or ("error" if verdict.action == "block" else "end")
-        if exit_ == "error":
-            raise GuardBlocked(verdict)
-        refusal = text or verdict.refusal or "I'm sorry, but I can't help with this request."
+    def _stopped(self, verdict: SafetyVerdict) -> _Outcome:
+        """The outcome of a request the model does not answer: raise or end with the refusal, as configured."""
+        self._raise_if_error_exit(verdict)
+        refusal = verdict.refusal or "I'm sorry, but I can't help with this request."
         return _Outcome(verdict=verdict, action=verdict.action, text=refusal)
+
+    def _raise_if_error_exit(self, verdict: SafetyVerdict) -> None:
+        """Raise GuardBlocked when a refused/blocked verdict must end in an error (``on_block``, else policy)."""
+        if verdict.action not in ("refuse", "block"):
+            return
+        if (self.on_block or ("error" if verdict.action == "block" else "end")) == "error":
+            raise GuardBlocked(verdict)
 
     # ------------------------------------------------------------------ helpers
     def _stops(self, stop: list[str] | None) -> list[str]:
@@ -352,6 +336,18 @@ class GuardedChatModel(BaseChatModel):
             return "content_filter"
         limit = call_kwargs.get("max_tokens", self.max_tokens)
         return "length" if not stopped and limit is not None and outcome.completion_tokens >= limit else "stop"
+
+
+def _outcome_of(result: GuardedGeneration) -> _Outcome:
+    return _Outcome(
+        verdict=result.verdict,
+        action=result.action,
+        hint=result.hint,
+        generated=result.generated,
+        text=result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> UsageMetadata:

@@ -55,6 +55,18 @@ def test_refused_requests_get_the_refusal_without_running_the_model(make_guard, 
         _chat(guard, on_block="error").invoke(_messages(image_message_content))
 
 
+def test_refusals_answered_by_the_model_keep_its_answer(make_guard, image_message_content):
+    from psaguard.generation import GenerationOptions
+
+    chat = _chat(make_guard("refuse"), options=GenerationOptions(refuse_with="hint"))
+    reply = chat.invoke(_messages(image_message_content))
+    meta = reply.response_metadata["psaguard"]
+    assert meta["action"] == "refuse" and meta["generated"] is True
+    assert reply.usage_metadata["output_tokens"] > 0 and reply.response_metadata["finish_reason"] != "content_filter"
+    streamed = _joined(list(chat.stream(_messages(image_message_content))))
+    assert streamed.content.strip() == reply.content.strip()
+
+
 def test_blocked_requests_raise_or_end_as_chosen(make_guard, image_message_content):
     guard = make_guard("block")
     with pytest.raises(GuardBlocked) as caught:
