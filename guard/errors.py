@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMismatchError",
     "ConfigError",
+    "DatasetError",
     "GuardBlocked",
     "InvalidImageError",
     "InvalidInputError",
@@ -47,6 +48,16 @@ class RemoteImageError(InvalidImageError):
 
 class InvalidPromptError(InvalidInputError):
     """A prompt is not a string or cannot be tokenized."""
+
+
+class DatasetError(InvalidInputError):
+    """A training or evaluation data file holds an invalid row; ``path`` and ``line`` say where."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}: " if path is not None and line is not None else f"{path}: " if path else ""
+        super().__init__(where + message)
 
 
 class UnsupportedModelError(PsaGuardError, TypeError):

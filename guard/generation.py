@@ -234,6 +234,7 @@ class GuardedGenerator:
             verdicts = [analysis.verdicts[i] for i in flat_ids]
             rows = [judged_row[i] for i in flat_ids if i in judged_row]
             plan = self._plan(index, conversation, verdicts, rows if len(rows) == len(flat_ids) else None)
+            logger.debug("request %d: %s by rule %s", index, plan.action, plan.verdict.rule)
             if plan.action == "block" and not return_blocked:
                 raise GuardBlocked(plan.verdict, _blocked_message(index, len(images), plan.verdict))
             plans.append(plan)
@@ -340,9 +341,12 @@ def _as_image_list(entry: ImagesInput) -> list[ImageInput]:
 
 
 def _render(processor: Any, conversation: Conversation) -> str:
+    # jinja2 is an optional dependency of transformers, needed (and asked for by transformers) only here.
+    from jinja2 import TemplateError
+
     try:
         return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    except ValueError as err:  # transformers raises ValueError when no chat template is set
+    except (ValueError, TemplateError) as err:  # ValueError: the processor has no chat template
         raise ConfigError(f"cannot render the conversation with the processor's chat template: {err}") from err
 
 

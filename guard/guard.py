@@ -29,11 +29,13 @@ if TYPE_CHECKING:
     from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.wrapped import GuardedModel
 
-__all__ = ["WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
+__all__ = ["ADAPTER_NAME", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "psaguard_model.safetensors"
+ADAPTER_NAME = "adapter"
+"""Subfolder of a guard directory holding a Stage II LoRA adapter in PEFT's format."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -89,8 +91,13 @@ class SafetyGuard:
         *,
         policy: GuardPolicy | None = None,
         revision: str | None = None,
+        load_adapter: bool = True,
     ) -> SafetyGuard:
         """Load a saved guard (a local directory or a hub repo id) onto ``model``.
+
+        If the guard has a Stage II LoRA adapter (``adapter/``) and ``load_adapter`` is True, the guard's
+        model becomes ``PeftModel.from_pretrained(model, <dir>/adapter)``; PEFT injects the adapter into
+        ``model`` in place, so pass ``load_adapter=False`` to leave ``model`` untouched.
 
         Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
         base model, and :class:`~psaguard.errors.CheckpointError` for missing, truncated or tampered files.
@@ -107,6 +114,9 @@ class SafetyGuard:
         expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected)
         modules.load_state_dict(tensors)
+        adapter = directory / ADAPTER_NAME
+        if load_adapter and (adapter / "adapter_config.json").is_file():
+            model = _load_adapter(model, adapter)
         return cls(model, processor, config, modules, backbone)
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -303,6 +313,19 @@ class SafetyGuard:
         )
 
 
+def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
+    """``model`` wrapped with the PEFT adapter saved in ``adapter``."""
+    try:
+        from peft import PeftModel
+    except ImportError as err:
+        raise CheckpointError(f"{adapter} holds a LoRA adapter; install peft (psaguard[train]) to load it") from err
+    logger.info("loading LoRA adapter %s into the model", adapter)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"cannot load the LoRA adapter in {adapter}: {err}") from err
+
+
 def _resolve_checkpoint(path: str | Path, revision: str | None) -> Path:
     """A local directory as is; otherwise download the guard files of a hub repo."""
     local = Path(path)
@@ -314,6 +337,10 @@ def _resolve_checkpoint(path: str | Path, revision: str | None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(str(path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+        return Path(
+            snapshot_download(
+                str(path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_NAME}/*"]
+            )
+        )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         raise CheckpointError(f"cannot fetch guard {path!r} from the hub: {err}") from err

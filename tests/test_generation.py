@@ -12,8 +12,9 @@ from generation_helpers import (
     user_turn,
 )
 
-from psaguard import GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError, TypeRule
+from psaguard import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError, TypeRule
 from psaguard.generation import GenerationOptions, worst_verdict
+from psaguard.tiny import build_tiny_processor
 
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
 
@@ -258,41 +259,6 @@ async def test_agenerate_matches_generate(tiny_model, tiny_processor, images):
     assert [r.text for r in batch] == [r.text for r in results]
 
 
-def test_stream_knows_the_verdict_before_the_llm_runs(tiny_model, tiny_processor, images):
-    guard = guard_for(tiny_model, tiny_processor, level=1)
-    with count_calls(tiny_model.model.language_model) as calls:
-        stream = guard.stream(images[0], QUESTION, max_new_tokens=6)
-        assert stream.verdict.action == "hint" and stream.hint and calls == []
-        chunks = list(stream)
-    assert calls and chunks
-    assert (
-        "".join(chunks).strip()
-        == stream.result.text.strip()
-        == guard.generate(images[0], QUESTION, **GREEDY).text.strip()
-    )
-    assert stream.result.completion_tokens > 0
-
-
-def test_stream_of_a_blocked_or_refused_request(tiny_model, tiny_processor, images):
-    blocked = guard_for(tiny_model, tiny_processor, level=3, level_actions={1: "hint", 2: "hint", 3: "block"})
-    with pytest.raises(GuardBlocked):
-        blocked.stream(images[0], QUESTION)
-    refused = guard_for(tiny_model, tiny_processor, level=3, refusal="no {concept} .")
-    stream = refused.stream(images[0], QUESTION)
-    assert list(stream) == ["no personal privacy ."] and not stream.result.generated
-
-
-async def test_astream_yields_the_same_text(tiny_model, tiny_processor, images):
-    guard = guard_for(tiny_model, tiny_processor, level=0)
-    stream = guard.astream(images[0], QUESTION, max_new_tokens=6)
-    assert (await stream.start()).action == "allow"
-    chunks = [chunk async for chunk in stream]
-    assert "".join(chunks).strip() == guard.generate(images[0], QUESTION, **GREEDY).text.strip()
-    blocked = guard_for(tiny_model, tiny_processor, level=3, level_actions={1: "hint", 2: "hint", 3: "block"})
-    with pytest.raises(GuardBlocked):
-        [chunk async for chunk in blocked.astream(images[0], QUESTION)]
-
-
 # ---------------------------------------------------------------------------------------------- 4-bit
 def test_guarded_generation_on_a_4bit_language_model(tiny_dir, tiny_processor, images):
     bnb = pytest.importorskip("bitsandbytes")
@@ -314,3 +280,10 @@ def test_guarded_generation_on_a_4bit_language_model(tiny_dir, tiny_processor, i
     assert result.generated and outputs[0][0, -3:].tolist() == expected
     hinted = guard_for(model, tiny_processor, inject=True, level=1).generate(images[0], QUESTION, max_new_tokens=2)
     assert hinted.generated and hinted.action == "hint" and hinted.completion_tokens > 0
+
+
+def test_processor_without_chat_template_gives_a_typed_error(tiny_model, images):
+    processor = build_tiny_processor()
+    processor.chat_template = None
+    with pytest.raises(ConfigError, match="chat template"):
+        guard_for(tiny_model, processor, level=0).generate(images[0], QUESTION, max_new_tokens=2)

@@ -1,3 +1,51 @@
-"""Two-stage PSA-VLM trainer (needs the `train` extra)."""
+"""Two-stage PSA-VLM trainer (needs the ``train`` extra: peft, bitsandbytes, accelerate, matplotlib, pyyaml).
 
-__all__: list[str] = []
+Stage I trains the safety modules on a frozen model; Stage II adds LoRA to the language model. Both read
+validated JSONL data, run one shared loop with resumable checkpoints, and write metrics and plots.
+Importing this package loads none of the heavy dependencies; they load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DatasetReport": "psaguard.training.data",
+    "EvalReport": "psaguard.training.evaluate",
+    "Example": "psaguard.training.data",
+    "LoraSettings": "psaguard.training.config",
+    "QuantConfig": "psaguard.training.config",
+    "SampleRow": "psaguard.training.data",
+    "Stage1Config": "psaguard.training.config",
+    "Stage2Config": "psaguard.training.config",
+    "balance_safe": "psaguard.training.data",
+    "build_bnb_config": "psaguard.training.quant",
+    "build_lora_config": "psaguard.training.quant",
+    "evaluate_guard": "psaguard.training.evaluate",
+    "load_config": "psaguard.training.config",
+    "read_jsonl": "psaguard.training.data",
+    "train_stage1": "psaguard.training.stage1",
+    "train_stage2": "psaguard.training.stage2",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from psaguard.training.config import LoraSettings, QuantConfig, Stage1Config, Stage2Config, load_config
+    from psaguard.training.data import DatasetReport, Example, SampleRow, balance_safe, read_jsonl
+    from psaguard.training.evaluate import EvalReport, evaluate_guard
+    from psaguard.training.quant import build_bnb_config, build_lora_config
+    from psaguard.training.stage1 import train_stage1
+    from psaguard.training.stage2 import train_stage2
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'psaguard.training' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,82 @@
+"""The ``psaguard`` command line: ``demo``, ``classify``, and the subcommands of installed extensions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from psaguard.errors import PsaGuardError
+
+__all__ = ["build_parser", "main"]
+
+# Modules that may add subcommands through `register(subparsers)`; skipped when not importable
+# (e.g. the training extra is not installed).
+_EXTENSIONS = ("psaguard.training.cli", "psaguard.training.world.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available subcommand."""
+    parser = argparse.ArgumentParser(prog="psaguard", description="PSA-VLM safety guardrails for LLaVA models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+
+    demo = subparsers.add_parser("demo", help="guard a tiny built-in model and classify generated images")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the tiny model and images")
+    demo.set_defaults(func=_run_demo)
+
+    classify = subparsers.add_parser("classify", help="judge one (image, prompt) request; prints JSON")
+    classify.add_argument("--guard", required=True, help="saved guard directory (or hub id)")
+    classify.add_argument("--model", required=True, help="base model directory (or hub id)")
+    classify.add_argument("image", help="image file")
+    classify.add_argument("prompt", help="the user's prompt")
+    classify.set_defaults(func=_run_classify)
+
+    for name in _EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            logging.getLogger(__name__).debug("subcommands of %s unavailable: %s", name, err)
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a psaguard error)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except PsaGuardError as err:
+        print(f"psaguard: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from psaguard.demo import run_demo
+
+    run_demo(seed=args.seed)
+    return 0
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from psaguard.guard import SafetyGuard
+
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
+        processor = AutoProcessor.from_pretrained(args.model)
+    except OSError as err:
+        print(f"psaguard: error: cannot load model {args.model!r}: {err}", file=sys.stderr)
+        return 2
+    guard = SafetyGuard.from_pretrained(args.guard, model=model, processor=processor)
+    print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+import json
+
+from psaguard.cli import build_parser, main
+from psaguard.guard import SafetyGuard
+
+
+def test_demo_runs_offline_and_prints_verdicts(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "saved and reloaded: same verdict = True" in out
+    assert out.count("action=") == 3
+
+
+def test_classify_prints_the_verdict_as_json(tiny_dir, tiny_model, tiny_processor, tmp_path, images, capsys):
+    SafetyGuard.attach(tiny_model, tiny_processor).save_pretrained(tmp_path / "guard")
+    images[0].save(tmp_path / "x.png")
+    code = main(
+        ["classify", "--guard", str(tmp_path / "guard"), "--model", str(tiny_dir), str(tmp_path / "x.png"), "hi"]
+    )
+    assert code == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["action"] in ("allow", "hint", "refuse", "block")
+
+
+def test_classify_reports_typed_errors_with_exit_code_2(tiny_dir, tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    code = main(
+        ["classify", "--guard", str(tmp_path / "none"), "--model", str(tiny_dir), str(tmp_path / "x.png"), "hi"]
+    )
+    assert code == 2
+    assert "CheckpointError" in capsys.readouterr().err
+
+
+def test_parser_lists_core_subcommands():
+    choices = build_parser()._subparsers._group_actions[0].choices
+    assert {"demo", "classify"} <= set(choices)

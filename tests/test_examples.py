@@ -1,0 +1,33 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(name: str, timeout: int = 300) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_classify_standalone_prints_a_verdict():
+    out = run_example("classify_standalone.py")
+    start = out.index("{")
+    end = out.index("\n}\n") + 2
+    verdict = json.loads(out[start:end])
+    assert set(verdict) >= {"level", "type", "level_probs", "type_probs", "action", "rule", "flagged"}
+    assert "with that type disabled: allow" in out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_example_is_covered(name):
+    tests = Path(__file__).read_text() + "".join(p.read_text() for p in Path(__file__).parent.rglob("test_*.py"))
+    assert f'"{name}"' in tests, f"examples/{name} is not run by any test"

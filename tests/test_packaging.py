@@ -1,0 +1,55 @@
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _declared_packages() -> list[str]:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+
+
+def test_every_source_folder_is_a_declared_package():
+    declared = set(_declared_packages())
+    roots = {"guard": "psaguard", "adapters": "psaguard.adapters", "training": "psaguard.training"}
+    found = set()
+    for folder, package in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *relative)))
+    assert found == declared
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    return next(out.glob("psaguard-*.whl"))
+
+
+def test_wheel_contains_every_subpackage_and_the_type_marker(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in _declared_packages():
+        assert f"{package.replace('.', '/')}/__init__.py" in names, package
+    assert "psaguard/py.typed" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_import_has_no_global_side_effects():
+    code = (
+        "import sys, logging, warnings, PIL.Image as I, torch, transformers, transformers.models.llava;"
+        " before = (I.MAX_IMAGE_PIXELS, len(warnings.filters),"
+        " logging.getLogger().level); import psaguard; psaguard.SafetyGuard;"
+        " after = (I.MAX_IMAGE_PIXELS, len(warnings.filters), logging.getLogger().level);"
+        " assert before == after, (before, after); assert 'langchain_core' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

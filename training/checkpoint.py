@@ -1,0 +1,186 @@
+"""Resumable checkpoints: trainable weights, optimizer, scheduler, RNG states and the data position.
+
+A checkpoint is a directory ``step-00000040`` under ``<output_dir>/checkpoints``. It is filled under a
+temporary name and renamed into place, so a crash leaves either a complete checkpoint or none; the
+newest complete one is what ``--resume`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import safe_open
+
+from psaguard.errors import CheckpointError
+from psaguard.serialization import atomic_write, atomic_write_text, load_tensors, save_tensors
+
+__all__ = [
+    "DataPosition",
+    "TrainState",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "restore_rng",
+    "rng_tensors",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+_PREFIX = "step-"
+_STATE = "state.json"
+_WEIGHTS = "trainable.safetensors"
+_OPTIMIZER = "optimizer.pt"
+
+
+class DataPosition(BaseModel):
+    """What the data order depends on; a resumed run must see the same, or it cannot continue exactly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_examples: int = Field(description="Training examples after balancing.")
+    batch_size: int = Field(description="Per-device micro-batch size.")
+    grad_accum: int = Field(description="Micro-batches per optimizer step.")
+    world_size: int = Field(description="Number of processes.")
+    seed: int = Field(description="Shuffling seed.")
+
+
+class TrainState(BaseModel):
+    """Progress of a run: optimizer steps done, where in the data, and the metrics so far."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int = Field(0, description="Optimizer steps done.")
+    total_steps: int = Field(description="Optimizer steps the run makes in all.")
+    steps_per_epoch: int = Field(description="Optimizer steps per pass over the data.")
+    data: DataPosition = Field(description="What the data order depends on.")
+    history: list[dict[str, int | float]] = Field(default_factory=list, description="Logged metrics, one dict a line.")
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    @property
+    def step_in_epoch(self) -> int:
+        return self.step % self.steps_per_epoch
+
+
+def save_checkpoint(
+    root: Path,
+    state: TrainState,
+    trainable: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    rank: int = 0,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
+    """Write a complete checkpoint of ``state.step`` under ``root`` and return its directory.
+
+    Every process calls this: each saves its own RNG states, process 0 everything else (the weights and
+    optimizer states are the same on all processes). ``barrier`` synchronises the processes.
+    """
+    final = root / f"{_PREFIX}{state.step:08d}"
+    staging = root / f".{final.name}.tmp"
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier()
+    tensors, meta = rng_tensors()
+    save_tensors(staging / _rng_name(rank), tensors, metadata=meta)
+    barrier()
+    if rank == 0:
+        save_tensors(staging / _WEIGHTS, trainable)
+        payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        atomic_write(staging / _OPTIMIZER, lambda tmp: torch.save(payload, tmp))
+        atomic_write_text(staging / _STATE, state.model_dump_json(indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+    barrier()
+    return final
+
+
+def load_checkpoint(
+    path: Path,
+    trainable: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    rank: int = 0,
+) -> TrainState:
+    """Restore weights (in place), optimizer, scheduler and RNG from ``path``; return the saved state."""
+    try:
+        state = TrainState.model_validate_json((path / _STATE).read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as err:
+        raise CheckpointError(f"cannot read checkpoint state {path / _STATE}: {err}") from err
+    expected = {name: (t.shape, t.dtype) for name, t in trainable.items()}
+    tensors = load_tensors(path / _WEIGHTS, expected)
+    with torch.no_grad():
+        for name, tensor in trainable.items():
+            tensor.copy_(tensors[name])
+    try:
+        payload = torch.load(path / _OPTIMIZER, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"cannot restore optimizer state from {path / _OPTIMIZER}: {err}") from err
+    restore_rng(path / _rng_name(rank))
+    return state
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint under ``root``, or None."""
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / _STATE).is_file()]
+    return max(done, key=lambda p: p.name, default=None)
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints."""
+    done = sorted(p for p in root.iterdir() if p.name.startswith(_PREFIX))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_name(rank: int) -> str:
+    return f"rng-{rank}.safetensors"
+
+
+def rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The states of torch (CPU and CUDA), numpy and Python's ``random`` as tensors plus string metadata."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    tensors = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "python": torch.tensor(internal, dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    meta = {"numpy": json.dumps([kind, pos, has_gauss, gauss]), "python": json.dumps([version, gauss_next])}
+    return tensors, meta
+
+
+def restore_rng(path: Path) -> None:
+    """Set every RNG back to the states saved by :func:`rng_tensors` in ``path``."""
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as handle:
+        meta: dict[str, Any] = handle.metadata() or {}
+    kind, pos, has_gauss, gauss = json.loads(meta["numpy"])
+    version, gauss_next = json.loads(meta["python"])
+    torch.set_rng_state(tensors["torch"])
+    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate((version, tuple(tensors["python"].tolist()), gauss_next))
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(tensors["cuda"]))

@@ -1,0 +1,138 @@
+"""``psaguard train`` and ``psaguard eval``: subcommands registered into the main CLI.
+
+psaguard train stage1 --config train.yaml [--resume] [--set lr=1e-4 --set quant.load_in_4bit=true]
+psaguard eval --guard out/stage1 --data test.jsonl [--model llava-dir] [--out out/eval]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from psaguard.errors import PsaGuardError
+
+__all__ = ["register", "run_eval", "run_train"]
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` and ``eval`` subcommands; each sets ``func(args) -> exit code``."""
+    train = subparsers.add_parser(
+        "train", help="train a guard (stage1: safety modules; stage2: LoRA)", description=run_train.__doc__
+    )
+    train.add_argument("stage", choices=("stage1", "stage2"), help="which stage to run")
+    train.add_argument("--config", type=Path, help="YAML or JSON stage config")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted for nested keys), e.g. --set lr=1e-4; repeatable",
+    )
+    _add_log_level(train)
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "eval", help="evaluate a guard's safety head on labelled JSONL data", description=run_eval.__doc__
+    )
+    evaluate.add_argument("--guard", type=Path, required=True, help="guard directory")
+    evaluate.add_argument("--data", type=Path, required=True, help="JSONL test data")
+    evaluate.add_argument("--model", help="base model; default: the one recorded in the guard's training config")
+    evaluate.add_argument("--image-root", type=Path, help="directory image paths are relative to")
+    evaluate.add_argument("--out", type=Path, help="report directory (default: <guard>/eval)")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
+    evaluate.add_argument("--skip-invalid", action="store_true", help="skip and count invalid rows")
+    evaluate.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
+    evaluate.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    evaluate.add_argument("--no-plots", action="store_true", help="write the JSON report only")
+    _add_log_level(evaluate)
+    evaluate.set_defaults(func=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train a guard with a stage config (YAML/JSON) and overrides."""
+    _configure_logging(args.log_level)
+    from psaguard.training.config import Stage1Config, Stage2Config, load_config
+
+    try:
+        if args.stage == "stage1":
+            from psaguard.training.stage1 import train_stage1
+
+            out = train_stage1(load_config(Stage1Config, args.config, args.overrides), resume=args.resume)
+        else:
+            from psaguard.training.stage2 import train_stage2
+
+            out = train_stage2(load_config(Stage2Config, args.config, args.overrides), resume=args.resume)
+    except PsaGuardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"saved {args.stage} result to {out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Evaluate a guard's safety head: per-class precision/recall/F1/FPR, confusion matrices, calibration."""
+    _configure_logging(args.log_level)
+    from psaguard.training.data import read_jsonl
+    from psaguard.training.evaluate import evaluate_guard, write_report
+
+    try:
+        model_id = args.model or _recorded_model(args.guard)
+        model, processor = _load(model_id, args.load_in_4bit, args.cpu)
+        from psaguard.guard import SafetyGuard
+
+        guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False)
+        examples, dataset = read_jsonl(
+            args.data, image_root=args.image_root, taxonomy=guard.config.taxonomy, skip_invalid=args.skip_invalid
+        )
+        report = evaluate_guard(guard, examples, batch_size=args.batch_size, dataset=dataset)
+        out = args.out or args.guard / "eval"
+        write_report(report, out, plots=not args.no_plots)
+    except PsaGuardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    summary = {
+        "examples": report.examples,
+        "level_accuracy": round(report.level.accuracy, 4),
+        "type_accuracy": round(report.type.accuracy, 4),
+        "risk_f1": round(report.detection.f1, 4),
+        "risk_fpr": round(report.detection.fpr, 4),
+        "report": str(out / "eval.json"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _recorded_model(guard_dir: Path) -> str:
+    from psaguard.errors import ConfigError
+    from psaguard.training.config import CONFIG_FILE_NAME
+
+    path = guard_dir / CONFIG_FILE_NAME
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["model"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"pass --model: no base model recorded in {path} ({err})") from err
+
+
+def _load(model_id: str, load_in_4bit: bool, cpu: bool):
+    import torch
+
+    from psaguard.training.config import QuantConfig
+    from psaguard.training.runtime import load_model_from
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
+    return load_model_from(model_id, None, QuantConfig(load_in_4bit=load_in_4bit), "auto", device)
+
+
+def _add_log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,178 @@
+"""From examples to a training batch: chat template, standard SFT label masking, images, labels.
+
+Each example becomes the processor's chat-template text with one image placeholder token, tokenized
+once. Labels are -100 everywhere except on the assistant answers (teacher forcing), found by character
+offsets so that the masking does not depend on how the template spells its turns. The image placeholder
+is expanded later, by :func:`psaguard.training.inputs.build_llm_inputs`, once the number of image
+embeddings (safety tokens + patches) is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from PIL import Image
+
+from psaguard.errors import InvalidImageError
+from psaguard.images import load_image
+from psaguard.training.data import Example
+
+__all__ = ["IGNORE_INDEX", "Batch", "Collator", "combine_images", "load_example_image"]
+
+IGNORE_INDEX = -100
+"""Label of positions without loss (prompt, image, padding); the default of PyTorch's cross-entropy."""
+
+
+@dataclass
+class Batch:
+    """A padded (right-padded) training batch with one image per example."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor
+    level: torch.Tensor
+    type: torch.Tensor
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def to(self, device: torch.device | str) -> Batch:
+        """A copy with every tensor on ``device``."""
+        moved = {
+            f.name: value.to(device) if isinstance(value := getattr(self, f.name), torch.Tensor) else value
+            for f in fields(self)
+        }
+        return Batch(**moved)
+
+
+class Collator:
+    """Turns a list of :class:`Example` into a :class:`Batch`.
+
+    Args:
+        processor: The model's processor (tokenizer with a chat template, image processor).
+        image_token_id: Id of the image placeholder token in the language model's input.
+        preprocess: Maps a list of RGB images to ``{"pixel_values": ...}`` (the backbone's preprocessing).
+        max_length: Text tokens kept per example; longer examples lose the end of their answer.
+        max_image_pixels: Largest image decoded.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        image_token_id: int,
+        preprocess: Callable[[list[Image.Image]], dict[str, torch.Tensor]],
+        max_length: int = 2048,
+        max_image_pixels: int = 40_000_000,
+    ) -> None:
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.image_token_id = image_token_id
+        self.preprocess = preprocess
+        self.max_length = max_length
+        self.max_image_pixels = max_image_pixels
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+
+    def __call__(self, examples: Sequence[Example]) -> Batch:
+        encoded = [self.encode(example) for example in examples]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, (ids, row_labels) in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(ids)] = torch.tensor(row_labels)
+            attention_mask[row, : len(ids)] = 1
+        images = [load_example_image(example, self.max_image_pixels) for example in examples]
+        return Batch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels,
+            pixel_values=self.preprocess(images)["pixel_values"],
+            level=torch.tensor([e.level for e in examples], dtype=torch.long),
+            type=torch.tensor([e.type for e in examples], dtype=torch.long),
+            prompts=[e.prompt for e in examples],
+        )
+
+    def encode(self, example: Example) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of one example; the answers are labelled, everything else is -100."""
+        messages = _messages(example)
+        full = self._render(messages, add_generation_prompt=False)
+        spans = []
+        for turn in range(len(example.turns)):
+            start = self._render(messages[: 2 * turn + 1], add_generation_prompt=True)
+            end = self._render(messages[: 2 * turn + 2], add_generation_prompt=False)
+            if not (full.startswith(end) and end.startswith(start)):
+                # Masking by character offsets needs each turn's text to extend the previous one.
+                raise example.error("the chat template does not render the conversation turn by turn")
+            spans.append((len(start), len(end)))
+        encoding = self.tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        labels = [
+            token if stop > begin and any(lo <= begin < hi for lo, hi in spans) else IGNORE_INDEX
+            for token, (begin, stop) in zip(ids, encoding["offset_mapping"])
+        ]
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and eos not in labels[_last_labelled_run(labels) :]:
+            # Templates such as llava-1.5's end the answer without EOS; without it the model never learns to stop.
+            ids.append(eos)
+            labels.append(eos)
+        if ids.count(self.image_token_id) != 1:
+            raise example.error(
+                f"the chat template produced {ids.count(self.image_token_id)} image placeholders instead of 1"
+            )
+        if ids.index(self.image_token_id) >= self.max_length:
+            raise example.error(f"the image placeholder lies beyond max_length={self.max_length} tokens")
+        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        if all(label == IGNORE_INDEX for label in labels):
+            raise example.error(f"no answer token is left within max_length={self.max_length}")
+        return ids, labels
+
+    def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _messages(example: Example) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for index, (user, assistant) in enumerate(example.turns):
+        content: list[dict[str, str]] = [{"type": "image"}] if index == 0 else []
+        content.append({"type": "text", "text": user})
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": assistant}]})
+    return messages
+
+
+def _last_labelled_run(labels: list[int]) -> int:
+    """Start index of the last run of labelled positions."""
+    index = len(labels)
+    while index > 0 and labels[index - 1] == IGNORE_INDEX:
+        index -= 1
+    while index > 0 and labels[index - 1] != IGNORE_INDEX:
+        index -= 1
+    return index
+
+
+def load_example_image(example: Example, max_pixels: int = 40_000_000) -> Image.Image:
+    """The example's image; several are placed side by side, as the paper does with '<split>'."""
+    try:
+        images = [load_image(path, max_pixels) for path in example.images]
+    except InvalidImageError as err:
+        raise example.error(str(err)) from err
+    return combine_images(images)
+
+
+def combine_images(images: Sequence[Image.Image]) -> Image.Image:
+    """One image, or several pasted side by side on a white canvas (top-aligned)."""
+    if len(images) == 1:
+        return images[0]
+    canvas = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
+    left = 0
+    for image in images:
+        canvas.paste(image, (left, 0))
+        left += image.width
+    return canvas

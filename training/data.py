@@ -1,0 +1,285 @@
+"""Training and evaluation data: a validated JSONL row schema, the reader, and class balancing.
+
+One JSON object a line, in either of two shapes::
+
+    {"image": "a.png", "prompt": "What is shown?", "response": "...", "safe_level": 3, "safe_type": "privacy"}
+    {"image": "a.png", "conversations": [{"from": "USER", "value": "<image>\\nWhat is shown?"},
+                                         {"from": "ASSISTANT", "value": "..."}], "safe_level": 3, "safe_type": 4}
+
+The second is the paper's format. Every row is validated; a bad row raises :class:`DatasetError` naming
+the file and line, or, with ``skip_invalid=True``, is skipped and counted in the :class:`DatasetReport`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+
+from psaguard.errors import DatasetError
+from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
+
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "MAX_REPORTED_ERRORS",
+    "DatasetReport",
+    "Example",
+    "SampleRow",
+    "Turn",
+    "balance_safe",
+    "read_jsonl",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PLACEHOLDER = "<image>"
+"""Marks the image in the paper's conversations; not allowed in plain ``prompt`` rows."""
+
+_SPLIT = "<split>"  # the paper's way of putting two images side by side: "a.jpg<split>b.jpg"
+_USER_ROLES = ("USER", "human", "user")
+_ASSISTANT_ROLES = ("ASSISTANT", "gpt", "assistant")
+MAX_REPORTED_ERRORS = 100
+"""Skipped rows whose reasons a :class:`DatasetReport` lists (all are counted)."""
+
+
+class Turn(BaseModel):
+    """One turn of a conversation in the paper's (LLaVA) format."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    role: Literal["USER", "human", "user", "ASSISTANT", "gpt", "assistant"] = Field(
+        alias="from", description="Who speaks: USER/human/user or ASSISTANT/gpt/assistant."
+    )
+    value: StrictStr = Field(description="The text; the first user turn holds the '<image>' placeholder once.")
+
+    @property
+    def is_user(self) -> bool:
+        return self.role in _USER_ROLES
+
+
+class SampleRow(BaseModel):
+    """One JSONL row as written on disk (before labels are resolved against a taxonomy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr | None = Field(None, description="Optional sample id, kept for reports.")
+    image: StrictStr | list[StrictStr] = Field(
+        description="Image path(s) relative to the image root; several are placed side by side "
+        "(the paper's 'a.jpg<split>b.jpg' is read the same way)."
+    )
+    prompt: StrictStr | None = Field(None, description="User text without '<image>'; needs 'response'.")
+    response: StrictStr | None = Field(None, description="Target answer when 'prompt' is used.")
+    conversations: list[Turn] | None = Field(
+        None, description="Paper format: alternating user/assistant turns, starting with the user."
+    )
+    safe_level: StrictInt = Field(ge=0, description="Risk level id (0 = safe to answer).")
+    safe_type: StrictInt | StrictStr = Field(description="Risk type id or taxonomy code, e.g. 4 or 'privacy'.")
+    meta: dict[str, Any] | None = Field(None, description="Free-form metadata, ignored by training.")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> SampleRow:
+        if not self.image_paths or any(not p.strip() for p in self.image_paths):
+            raise ValueError("'image' must name at least one non-empty path")
+        if (self.prompt is None) == (self.conversations is None):
+            raise ValueError("give exactly one of 'prompt' (with 'response') or 'conversations'")
+        if self.prompt is not None:
+            if self.response is None or not self.response.strip():
+                raise ValueError("'prompt' rows need a non-empty 'response'")
+            if IMAGE_PLACEHOLDER in self.prompt:
+                raise ValueError("'prompt' must not contain '<image>'; the image is placed by the chat template")
+            if not self.prompt.strip():
+                raise ValueError("'prompt' is empty")
+        else:
+            if self.response is not None:
+                raise ValueError("'response' is only used with 'prompt'; put the answer in 'conversations'")
+            _check_conversation(self.conversations or [])
+        return self
+
+    @property
+    def image_paths(self) -> list[str]:
+        paths = [self.image] if isinstance(self.image, str) else list(self.image)
+        return [part for path in paths for part in path.split(_SPLIT)]
+
+    def turns(self) -> tuple[tuple[str, str], ...]:
+        """(user, assistant) pairs, with the image placeholder removed from the user text."""
+        if self.prompt is not None:
+            return ((self.prompt.strip(), (self.response or "").strip()),)
+        turns = self.conversations or []
+        return tuple((_strip_placeholder(turns[i].value), turns[i + 1].value.strip()) for i in range(0, len(turns), 2))
+
+
+def _check_conversation(turns: Sequence[Turn]) -> None:
+    if len(turns) < 2 or len(turns) % 2:
+        raise ValueError("'conversations' needs user/assistant pairs")
+    for index, turn in enumerate(turns):
+        if turn.is_user != (index % 2 == 0):
+            raise ValueError(f"turn {index} should be from the {'user' if index % 2 == 0 else 'assistant'}")
+        if not turn.value.strip() or (turn.is_user and not _strip_placeholder(turn.value)):
+            raise ValueError(f"turn {index} has no text")
+    placeholders = [turn.value.count(IMAGE_PLACEHOLDER) for turn in turns]
+    if placeholders[0] != 1 or sum(placeholders) != 1:
+        raise ValueError("'<image>' must appear exactly once, in the first user turn")
+
+
+def _strip_placeholder(text: str) -> str:
+    return text.replace(IMAGE_PLACEHOLDER, " ").strip()
+
+
+@dataclass(frozen=True)
+class Example:
+    """A validated sample with resolved paths and label ids.
+
+    ``turns`` are (user, assistant) pairs; the image belongs to the first user turn, whose text is also
+    the safety head's query (:attr:`prompt`). ``path`` and ``line`` say where the row came from.
+    """
+
+    images: tuple[Path, ...]
+    turns: tuple[tuple[str, str], ...]
+    level: int
+    type: int
+    path: str
+    line: int
+    id: str | None = None
+
+    @property
+    def prompt(self) -> str:
+        return self.turns[0][0]
+
+    def error(self, message: str) -> DatasetError:
+        """A :class:`DatasetError` about this example, naming its file and line."""
+        return DatasetError(message, self.path, self.line)
+
+
+class DatasetReport(BaseModel):
+    """What reading a JSONL file kept and skipped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="The file read.")
+    rows: int = Field(description="Non-blank lines read.")
+    kept: int = Field(description="Valid rows turned into examples.")
+    skipped: int = Field(0, description="Invalid rows skipped (only with skip_invalid).")
+    errors: list[str] = Field(default_factory=list, description="'file:line: reason' of skipped rows (first 100).")
+    level_counts: dict[str, int] = Field(default_factory=dict, description="Kept examples per level code.")
+    type_counts: dict[str, int] = Field(default_factory=dict, description="Kept examples per type code.")
+
+
+def read_jsonl(
+    path: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    skip_invalid: bool = False,
+    check_images: bool = True,
+) -> tuple[list[Example], DatasetReport]:
+    """Read and validate a JSONL file.
+
+    Args:
+        path: The JSONL file.
+        image_root: Directory image paths are relative to; defaults to the file's directory.
+        taxonomy: Label set that ``safe_level`` and ``safe_type`` must belong to.
+        skip_invalid: Skip bad rows (counted in the report) instead of raising.
+        check_images: Check that every image file exists.
+
+    Raises:
+        DatasetError: A row is invalid (naming file and line), or the file is unreadable or has no valid row.
+    """
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DatasetError(f"cannot read data file: {err}", str(path)) from err
+    examples: list[Example] = []
+    errors: list[str] = []
+    rows = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        rows += 1
+        try:
+            examples.append(_parse_line(line, root, taxonomy, check_images, str(path), number))
+        except DatasetError as err:
+            if not skip_invalid:
+                raise DatasetError(str(err), str(path), number) from err
+            errors.append(f"{path}:{number}: {err}")
+    if errors:
+        logger.warning("%s: skipped %d invalid rows of %d (first: %s)", path, len(errors), rows, errors[0])
+    if not examples:
+        raise DatasetError("no valid rows", str(path))
+    report = DatasetReport(
+        path=str(path),
+        rows=rows,
+        kept=len(examples),
+        skipped=len(errors),
+        errors=errors[:MAX_REPORTED_ERRORS],
+        level_counts=_counts(taxonomy.levels[e.level].code for e in examples),
+        type_counts=_counts(taxonomy.types[e.type].code for e in examples),
+    )
+    return examples, report
+
+
+def _parse_line(line: str, root: Path, taxonomy: Taxonomy, check_images: bool, path: str, number: int) -> Example:
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise DatasetError(f"expected a JSON object, got {type(raw).__name__}")
+    try:
+        row = SampleRow.model_validate(raw)
+    except ValidationError as err:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in err.errors())
+        raise DatasetError(reasons) from err
+    if row.safe_level >= taxonomy.num_levels:
+        raise DatasetError(f"safe_level {row.safe_level} is not a level id (0..{taxonomy.num_levels - 1})")
+    images = tuple(root / p for p in row.image_paths)
+    if check_images:
+        missing = [str(p) for p in images if not p.is_file()]
+        if missing:
+            raise DatasetError(f"image file not found: {', '.join(missing)}")
+    return Example(
+        images=images,
+        turns=row.turns(),
+        level=row.safe_level,
+        type=_type_id(row.safe_type, taxonomy),
+        path=path,
+        line=number,
+        id=row.id,
+    )
+
+
+def _type_id(value: int | str, taxonomy: Taxonomy) -> int:
+    if isinstance(value, str):
+        try:
+            return taxonomy.type_by_code(value).id
+        except KeyError as err:
+            raise DatasetError(str(err.args[0])) from err
+    if not 0 <= value < taxonomy.num_types:
+        raise DatasetError(f"safe_type {value} is not a type id (0..{taxonomy.num_types - 1})")
+    return value
+
+
+def _counts(codes: Any) -> dict[str, int]:
+    return dict(sorted(Counter(codes).items()))
+
+
+def balance_safe(
+    examples: Sequence[Example], num_safe: int, seed: int, taxonomy: Taxonomy = DEFAULT_TAXONOMY
+) -> list[Example]:
+    """All risky examples plus ``num_safe`` safe ones drawn at random (the paper's Stage I balancing).
+
+    'Safe' means the taxonomy's safe type (the paper's clean data). The file order is kept, so the result
+    depends only on the data and ``seed``.
+    """
+    safe_id = taxonomy.safe_type_id
+    safe = [i for i, e in enumerate(examples) if e.type == safe_id]
+    chosen = set(safe) if num_safe >= len(safe) else set(random.Random(seed).sample(safe, num_safe))
+    return [e for i, e in enumerate(examples) if e.type != safe_id or i in chosen]

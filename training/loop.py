@@ -1,0 +1,290 @@
+"""The training loop both stages share: visible, nanoGPT style, with accelerate for devices and DDP.
+
+Per optimizer step: ``grad_accum`` micro-batches forward and backward, clip, AdamW step, linear
+warmup/decay. Every ``log_every`` steps a log line; after every epoch an evaluation; every
+``checkpoint_every`` steps a resumable checkpoint. The data order of each epoch is a seeded permutation,
+so the position in the data is just the step count and a resumed run sees exactly the batches an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from psaguard.errors import CheckpointError, ConfigError
+from psaguard.training.checkpoint import (
+    DataPosition,
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from psaguard.training.collate import Batch, Collator
+from psaguard.training.config import TrainConfig
+from psaguard.training.data import Example
+from psaguard.training.objective import GuardObjective, StepOutput
+
+__all__ = ["TrainTask", "epoch_order", "evaluate_objective", "linear_schedule", "run_training"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainTask:
+    """What a stage hands the loop: the objective, the data, and how to save the result."""
+
+    objective: GuardObjective
+    train_set: Sequence[Example]
+    eval_set: Sequence[Example] | None
+    collate: Collator
+    save_result: Callable[[Path], None]
+
+
+def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume: bool = False) -> TrainState:
+    """Train ``task.objective``'s trainable parameters; return the final state (with the metric history)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps_per_epoch = len(task.train_set) // world // per_step
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{len(task.train_set)} training examples do not fill one optimizer step "
+            f"(batch_size x grad_accum x processes = {per_step * world})"
+        )
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    trainable = {name: p for name, p in task.objective.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(
+        list(trainable.values()), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
+    )
+    scheduler = linear_schedule(optimizer, cfg.warmup_steps, total)
+    objective = accelerator.prepare(task.objective)  # DDP when there are several processes
+    data = DataPosition(
+        num_examples=len(task.train_set),
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        world_size=world,
+        seed=cfg.seed,
+    )
+    state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch, data=data)
+    checkpoints = cfg.output_dir / "checkpoints"
+    if resume:
+        state = _resume(checkpoints, state, trainable, optimizer, scheduler, rank)
+    logger.info(
+        "training %s parameters (%s tensors) for %d steps, %d per epoch, %d examples per step",
+        f"{sum(p.numel() for p in trainable.values()):,}",
+        len(trainable),
+        total,
+        steps_per_epoch,
+        per_step * world,
+    )
+    from tqdm.auto import tqdm
+
+    progress = tqdm(
+        total=total, initial=state.step, disable=not (cfg.progress_bar and accelerator.is_main_process), unit="step"
+    )
+    meter = _Meter()
+    while state.step < total:
+        batches = _epoch_batches(task, cfg, state, rank, world)
+        while state.step < total:
+            grad_norm = _train_step(objective, batches, trainable, optimizer, scheduler, meter, cfg, accelerator)
+            state.step += 1
+            progress.update(1)
+            epoch_done = state.step_in_epoch == 0
+            if state.step % cfg.log_every == 0 or state.step == total:
+                record = meter.flush(accelerator)
+                record.update(step=state.step, epoch=state.step / steps_per_epoch, lr=scheduler.get_last_lr()[0])
+                record["grad_norm"] = grad_norm
+                state.history.append(record)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", head_acc=f"{record['level_acc']:.3f}")
+                logger.info(_format(record, total))
+            if task.eval_set and (epoch_done or state.step == total):
+                record = evaluate_objective(objective, task.eval_set, task.collate, cfg, accelerator)
+                record.update(step=state.step, epoch=state.step / steps_per_epoch)
+                state.history.append(record)
+                logger.info(_format(record, total))
+                meter.restart_clock()
+            if state.step % cfg.checkpoint_every == 0 and state.step < total:
+                path = save_checkpoint(
+                    checkpoints,
+                    state,
+                    trainable,
+                    optimizer,
+                    scheduler,
+                    rank=rank,
+                    barrier=accelerator.wait_for_everyone,
+                )
+                if accelerator.is_main_process:
+                    prune_checkpoints(checkpoints, cfg.keep_checkpoints)
+                logger.info("saved checkpoint %s", path)
+                meter.restart_clock()
+            if epoch_done:
+                break
+    progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        task.save_result(cfg.output_dir)
+    accelerator.wait_for_everyone()
+    return state
+
+
+def _epoch_batches(task: TrainTask, cfg: TrainConfig, state: TrainState, rank: int, world: int) -> Iterator[Batch]:
+    """The rest of the current epoch's batches for this process, from the state's position on."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    order = epoch_order(len(task.train_set), state.epoch, cfg.seed, rank, world)
+    order = order[state.step_in_epoch * per_step : state.steps_per_epoch * per_step]
+    loader = DataLoader(
+        [task.train_set[i] for i in order],
+        batch_size=cfg.batch_size,
+        collate_fn=task.collate,
+        num_workers=cfg.num_workers,
+        # Its own generator: creating the iterator would otherwise draw from the global RNG, and a resumed
+        # run creates one where an uninterrupted run does not (dropout would then differ).
+        generator=torch.Generator().manual_seed(cfg.seed + state.epoch),
+    )
+    return iter(loader)
+
+
+def _train_step(
+    objective: torch.nn.Module,
+    batches: Iterator[Batch],
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    meter: _Meter,
+    cfg: TrainConfig,
+    accelerator: Any,
+) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the gradient norm before clipping."""
+    objective.train()
+    for micro in range(cfg.grad_accum):
+        batch = next(batches).to(accelerator.device)
+        # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+        sync = accelerator.no_sync(objective) if micro < cfg.grad_accum - 1 else nullcontext()
+        with sync, _autocast(cfg, accelerator.device):
+            out = objective(batch)
+            accelerator.backward(out.loss / cfg.grad_accum)
+        meter.add(out)
+    grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def _resume(
+    checkpoints: Path,
+    fresh: TrainState,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rank: int,
+) -> TrainState:
+    path = latest_checkpoint(checkpoints)
+    if path is None:
+        raise CheckpointError(f"--resume: no checkpoint under {checkpoints}")
+    state = load_checkpoint(path, trainable, optimizer, scheduler, rank=rank)
+    if state.data != fresh.data or state.total_steps != fresh.total_steps:
+        raise CheckpointError(
+            f"{path} was written by a run with different data or schedule "
+            f"(saved {state.data}, {state.total_steps} steps; now {fresh.data}, {fresh.total_steps} steps)"
+        )
+    logger.info("resumed from %s at step %d of %d", path, state.step, state.total_steps)
+    return state
+
+
+def linear_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 to the peak over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_order(num_examples: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:
+    """This process's share of a seeded permutation of the data (as ``DistributedSampler`` with drop_last)."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    usable = num_examples - num_examples % world_size
+    return order[rank:usable:world_size]
+
+
+@torch.no_grad()
+def evaluate_objective(
+    objective: torch.nn.Module, examples: Sequence[Example], collate: Collator, cfg: TrainConfig, accelerator: Any
+) -> dict[str, float]:
+    """Mean losses and head accuracies over ``examples`` (each process takes every world_size-th one)."""
+    objective.eval()
+    meter = _Meter()
+    shard = list(examples)[accelerator.process_index :: accelerator.num_processes]
+    size = cfg.eval_batch_size or cfg.batch_size
+    for start in range(0, len(shard), size):
+        with _autocast(cfg, accelerator.device):
+            meter.add(objective(collate(shard[start : start + size]).to(accelerator.device)))
+    record = meter.flush(accelerator)
+    record.pop("samples_per_s")
+    record.pop("gpu_mem_gib", None)
+    return {f"eval_{key}": value for key, value in record.items()}
+
+
+def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    # Autocast here rather than through accelerate's mixed_precision, which is process-global and cannot
+    # change between two runs in one process.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
+
+
+class _Meter:
+    """Sums over a window of micro-batches, averaged (across processes too) when flushed."""
+
+    # loss, lm_loss, head_loss (per-micro-batch means), level hits, type hits, examples, micro-batches
+    _FIELDS = 7
+
+    def __init__(self) -> None:
+        self.sums = torch.zeros(self._FIELDS, dtype=torch.float64)
+        self.restart_clock()
+
+    def restart_clock(self) -> None:
+        self.started = time.perf_counter()
+
+    def add(self, out: StepOutput) -> None:
+        values = (out.loss, out.lm_loss, out.head_loss, out.level_correct, out.type_correct, out.count, 1)
+        self.sums += torch.tensor(
+            [float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in values], dtype=torch.float64
+        )
+
+    def flush(self, accelerator: Any) -> dict[str, float]:
+        totals = accelerator.reduce(self.sums.to(accelerator.device), reduction="sum").cpu()
+        loss, lm, head, level, kind, count, batches = totals.tolist()
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        batches, count = max(batches, 1.0), max(count, 1.0)
+        record = {
+            "loss": loss / batches,
+            "lm_loss": lm / batches,
+            "head_loss": head / batches,
+            "level_acc": level / count,
+            "type_acc": kind / count,
+            "samples_per_s": count / elapsed,
+        }
+        if torch.cuda.is_available():
+            record["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.sums.zero_()
+        self.restart_clock()
+        return record
+
+
+def _format(record: dict[str, float], total: int) -> str:
+    rest = (f"{key} {value:.4g}" for key, value in record.items() if key != "step")
+    return " | ".join([f"step {int(record['step'])}/{total}", *rest])

@@ -1,0 +1,93 @@
+"""The training objective of both stages: LM loss + lambda * (CE(level) + CE(type)).
+
+One ``nn.Module`` holds the base model and the safety modules so that accelerate can wrap it (DDP) and
+checkpoints can name its trainable parameters. The vision tower and the model's own projector run under
+``no_grad``: they are frozen in both stages and their activations are not needed for backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from psaguard.guard import SafetyGuard
+from psaguard.training.collate import Batch
+from psaguard.training.inputs import build_llm_inputs, image_embeddings
+
+__all__ = ["GuardObjective", "StepOutput"]
+
+
+@dataclass
+class StepOutput:
+    """Losses of one batch (``loss`` is what backward runs on) and the head's hits, for logging."""
+
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    head_loss: torch.Tensor
+    level_correct: torch.Tensor
+    type_correct: torch.Tensor
+    count: int
+
+
+class GuardObjective(nn.Module):
+    """Computes a batch's losses for a guard and its model.
+
+    Args:
+        guard: The guard; its model and modules become submodules of this one.
+        model: The module to call for the LM loss (the guard's model, or a PEFT wrapper of it).
+        lm_weight: Weight of the LM loss; 0 skips the language model entirely.
+        head_weight: lambda, the weight of the head's cross-entropies; 0 still computes them (no grad).
+    """
+
+    def __init__(self, guard: SafetyGuard, model: nn.Module, lm_weight: float, head_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.safety = guard.modules
+        self.guard = guard
+        self.lm_weight = lm_weight
+        self.head_weight = head_weight
+        self.inject_llm_tokens = guard.config.tokens.inject_llm_tokens
+        tokenizer = guard.prompts.tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def forward(self, batch: Batch) -> StepOutput:
+        backbone = self.guard.backbone
+        with torch.no_grad():
+            features = backbone.encode_images(batch.pixel_values)
+            projected = backbone.project(features) if self.lm_weight > 0 else None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.head_weight > 0):
+            logits = self.guard.head_logits(features, batch.prompts)
+            level = batch.level.to(logits.level.device)
+            kind = batch.type.to(logits.type.device)
+            head_loss = F.cross_entropy(logits.level.float(), level) + F.cross_entropy(logits.type.float(), kind)
+        lm_loss = head_loss.new_zeros(())
+        if projected is not None:
+            lm_loss = self._lm_loss(batch, projected)
+        loss = self.lm_weight * lm_loss + (self.head_weight * head_loss if self.head_weight > 0 else 0.0)
+        return StepOutput(
+            loss=loss,
+            lm_loss=lm_loss.detach(),
+            head_loss=head_loss.detach(),
+            level_correct=(logits.level.argmax(-1) == level).sum().detach(),
+            type_correct=(logits.type.argmax(-1) == kind).sum().detach(),
+            count=len(batch),
+        )
+
+    def _lm_loss(self, batch: Batch, projected: torch.Tensor) -> torch.Tensor:
+        embed = self.guard.model.get_input_embeddings()
+        images = projected
+        if self.inject_llm_tokens:
+            images = image_embeddings(self.safety.llm_tokens, projected, embed.weight.dtype)
+        inputs = build_llm_inputs(
+            batch.input_ids,
+            batch.attention_mask,
+            batch.labels,
+            images,
+            embed,
+            self.guard.backbone.image_token_id,
+            self.pad_id,
+        )
+        return self.model(**inputs, use_cache=False).loss.float()

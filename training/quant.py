@@ -1,0 +1,50 @@
+"""Pure builders of the bitsandbytes and LoRA configs, from the stage configs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from psaguard.training.config import LoraSettings, QuantConfig
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+
+__all__ = ["build_bnb_config", "build_lora_config"]
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def build_bnb_config(cfg: QuantConfig) -> BitsAndBytesConfig | None:
+    """The ``BitsAndBytesConfig`` for ``cfg``, or None when the model is not quantized.
+
+    Only the language model is quantized: the vision tower, the model's projector and ``lm_head`` stay in
+    full precision (``skip_modules`` must be full module names, e.g. ``model.vision_tower``).
+    """
+    if not cfg.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quant_type,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=_DTYPES[cfg.compute_dtype],
+        llm_int8_skip_modules=list(cfg.skip_modules),
+    )
+
+
+def build_lora_config(cfg: LoraSettings) -> LoraConfig:
+    """The PEFT ``LoraConfig`` for ``cfg`` (causal-LM task, adapters on ``cfg.target_modules``)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        bias=cfg.bias,
+        task_type="CAUSAL_LM",
+    )

@@ -1,0 +1,70 @@
+"""Stage I: train the safety modules (projector, head_tokens, llm_tokens, head) on a frozen model.
+
+Loss = LM loss + lambda * (CE(level) + CE(type)). The head's cross-entropies train the projector, the
+head and ``head_tokens``; the LM loss, through the frozen (optionally 4-bit) language model, trains
+``llm_tokens`` only. The result is a guard directory (``psaguard_config.json`` + weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psaguard.guard import SafetyGuard
+from psaguard.training.config import Stage1Config
+from psaguard.training.loop import TrainTask, run_training
+from psaguard.training.objective import GuardObjective
+from psaguard.training.runtime import (
+    StageSetup,
+    build_collator,
+    enable_checkpointing,
+    finish,
+    load_data,
+    load_model,
+    make_accelerator,
+    trainable_summary,
+)
+
+__all__ = ["build_stage1", "train_stage1"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def train_stage1(cfg: Stage1Config, *, resume: bool = False) -> Path:
+    """Run Stage I as configured and return the output directory, which holds the trained guard.
+
+    With ``resume=True`` the run continues from the newest checkpoint in ``cfg.output_dir/checkpoints``
+    and ends exactly where an uninterrupted run would have.
+    """
+    accelerator = make_accelerator(cfg)
+    setup = build_stage1(cfg, accelerator)
+    state = run_training(setup.task, cfg, accelerator, resume=resume)
+    if accelerator.is_main_process:
+        finish(setup, cfg, state)
+    return cfg.output_dir
+
+
+def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
+    """Load the model, attach (or load) the guard, freeze all but the safety modules, and read the data."""
+    model, processor = load_model(cfg, accelerator.device)
+    if cfg.init_guard is not None:
+        guard = SafetyGuard.from_pretrained(cfg.init_guard, model, processor, load_adapter=False)
+    else:
+        guard = SafetyGuard.attach(model, processor, cfg.guard)
+    # Trainable modules keep full-precision weights by default (as master weights would), whatever the model's dtype.
+    guard.modules.to(dtype=_DTYPES[cfg.modules_dtype]).requires_grad_(True)
+    if cfg.lm_loss_weight == 0 or not guard.config.tokens.inject_llm_tokens:
+        guard.modules.llm_tokens.requires_grad_(False)  # nothing would train them
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    collate = build_collator(guard, cfg)
+    train_set, eval_set, reports = load_data(cfg, guard, collate)
+    objective = GuardObjective(guard, model, lm_weight=cfg.lm_loss_weight, head_weight=cfg.head_loss_weight)
+    logger.info("stage I: %s", trainable_summary(objective))
+    task = TrainTask(objective, train_set, eval_set, collate, save_result=guard.save_pretrained)
+    return StageSetup(task=task, guard=guard, reports=reports)

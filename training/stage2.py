@@ -1,0 +1,79 @@
+"""Stage II: LoRA on the language model (QLoRA: 4-bit NF4 base) with the Stage I guard frozen; LM loss.
+
+The LLM input is the same as in guarded generation (``llm_tokens`` before the image embeddings), so the
+adapter learns to answer with the trained safety tokens in place. The output directory holds the guard
+(copied from Stage I) and the adapter in PEFT's format in ``adapter/``; ``SafetyGuard.from_pretrained``
+loads both, and ``PeftModel.from_pretrained(model, out / "adapter")`` loads the adapter alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from psaguard.guard import ADAPTER_NAME, SafetyGuard
+from psaguard.training.config import Stage2Config
+from psaguard.training.loop import TrainTask, run_training
+from psaguard.training.objective import GuardObjective
+from psaguard.training.quant import build_lora_config
+from psaguard.training.runtime import (
+    StageSetup,
+    build_collator,
+    enable_checkpointing,
+    finish,
+    load_data,
+    load_model,
+    make_accelerator,
+    trainable_summary,
+)
+
+__all__ = ["attach_lora", "build_stage2", "train_stage2"]
+
+logger = logging.getLogger(__name__)
+
+
+def train_stage2(cfg: Stage2Config, *, resume: bool = False) -> Path:
+    """Run Stage II as configured and return the output directory (guard + ``adapter/``)."""
+    accelerator = make_accelerator(cfg)
+    setup = build_stage2(cfg, accelerator)
+    state = run_training(setup.task, cfg, accelerator, resume=resume)
+    if accelerator.is_main_process:
+        finish(setup, cfg, state)
+    return cfg.output_dir
+
+
+def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
+    """Load the model and the Stage I guard (frozen), add LoRA adapters, and read the data."""
+    model, processor = load_model(cfg, accelerator.device)
+    guard = SafetyGuard.from_pretrained(cfg.guard, model, processor, load_adapter=False)
+    guard.modules.requires_grad_(False).eval()
+    adapted = attach_lora(model, cfg)
+    collate = build_collator(guard, cfg)
+    train_set, eval_set, reports = load_data(cfg, guard, collate)
+    objective = GuardObjective(guard, adapted, lm_weight=1.0, head_weight=0.0)
+    logger.info("stage II: %s", trainable_summary(objective))
+
+    def save_result(out: Path) -> None:
+        guard.save_pretrained(out)
+        adapted.save_pretrained(out / ADAPTER_NAME)
+
+    task = TrainTask(objective, train_set, eval_set, collate, save_result)
+    return StageSetup(task=task, guard=guard, reports=reports)
+
+
+def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters (after the k-bit preparation QLoRA needs); returns the PeftModel.
+
+    PEFT injects the adapters into ``model`` in place; only the adapter weights are trainable.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.quant.load_in_4bit:
+        # Casts the unquantized weights to float32 for stable training; checkpointing is enabled below.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    return get_peft_model(model, build_lora_config(cfg.lora))
