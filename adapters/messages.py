@@ -23,6 +23,7 @@ from langchain_core.messages.utils import convert_to_messages
 from langchain_core.prompt_values import PromptValue
 from pydantic import BaseModel, ConfigDict, Field
 
+from psaguard.conversation import judged_text
 from psaguard.errors import InvalidImageError, InvalidInputError, RemoteImageError
 
 __all__ = [
@@ -101,7 +102,8 @@ def request_from_messages(messages: Sequence[BaseMessage], *, allow_local_files:
             elif (text := _block_text(block)) is not None:
                 parts.append({"type": "text", "text": text})
         conversation.append({"role": _role(message), "content": parts})
-    return GuardRequest(images=tuple(images), prompt=_user_text(messages), conversation=tuple(conversation))
+    # The same text guarded generation judges, so every adapter gives the same verdict for the same messages.
+    return GuardRequest(images=tuple(images), prompt=judged_text(conversation), conversation=tuple(conversation))
 
 
 def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | None:
@@ -163,17 +165,6 @@ def _role(message: BaseMessage) -> str:
         if isinstance(message, cls):
             return role
     return getattr(message, "role", None) or message.type
-
-
-def _user_text(messages: Sequence[BaseMessage]) -> str:
-    """Every user turn's text, in order (the text guarded generation judges too): a request split over
-    several turns is judged as a whole."""
-    texts = [
-        " ".join(t for b in _blocks(m.content) if (t := _block_text(b)))
-        for m in messages
-        if isinstance(m, HumanMessage)
-    ]
-    return "\n".join(text for text in texts if text)
 
 
 def _from_base64(data: Any) -> bytes:

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, SystemMessage
 from langchain_core.prompts import ChatPromptTemplate
 
 from psaguard import InvalidImageError, InvalidInputError, RemoteImageError, load_image
@@ -102,6 +102,8 @@ def test_dicts_strings_prompt_values_and_tuples_are_accepted(images, png_b64):
     assert len(from_template.images) == 1 and from_template.prompt == "what ?"
 
     assert request_from_input([("human", "hi"), ("ai", "yo")]).prompt == "hi"
+    generic = request_from_messages([ChatMessage(role="user", content="a"), ChatMessage(role="critic", content="b")])
+    assert generic.prompt == "a" and [m["role"] for m in generic.conversation] == ["user", "critic"]
 
 
 def test_unsupported_inputs_raise_invalid_input():
