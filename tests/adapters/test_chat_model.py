@@ -174,3 +174,20 @@ def test_from_pretrained_loads_model_processor_and_saved_guard(make_guard, tiny_
     reply = chat.invoke(_messages(image_message_content))
     assert reply.response_metadata["psaguard"]["rule"] == "type:privacy/level:reject"
     assert chat.guard.model is not None and chat.guard.model.training is False
+
+
+@pytest.mark.gpu
+def test_chat_model_runs_on_cuda(tiny_dir, image_message_content):
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from psaguard import SafetyGuard
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_dir).to("cuda").eval()
+    chat = _chat(SafetyGuard.attach(model, AutoProcessor.from_pretrained(tiny_dir)), on_block="end")
+    reply = chat.invoke(_messages(image_message_content))
+    assert reply.response_metadata["psaguard"]["action"] in ("allow", "hint", "refuse", "block")
+    text_only = chat.invoke("describe a red circle")
+    assert text_only.response_metadata["psaguard"]["rule"] == "no_image"
+    assert _joined(list(chat.stream("describe a red circle"))).content.strip() == text_only.content.strip()
+    assert next(chat.guard.modules.parameters()).device.type == torch.device("cuda").type
