@@ -33,6 +33,7 @@ _EXPORTS = {
     "ModelFingerprint": "psaguard.config",
     "ProjectorConfig": "psaguard.config",
     "PsaGuardError": "psaguard.errors",
+    "RemoteImageError": "psaguard.errors",
     "RiskLevel": "psaguard.taxonomy",
     "RiskType": "psaguard.taxonomy",
     "SafetyGuard": "psaguard.guard",
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         InvalidInputError,
         InvalidPromptError,
         PsaGuardError,
+        RemoteImageError,
         UnsupportedModelError,
     )
     from psaguard.generation import GenerationOptions, GuardedGeneration

@@ -22,6 +22,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidPromptError",
     "PsaGuardError",
+    "RemoteImageError",
     "UnsupportedModelError",
 ]
 
@@ -40,6 +41,10 @@ class InvalidInputError(PsaGuardError, ValueError):
 
 class InvalidImageError(InvalidInputError):
     """An image is missing, corrupt, too large, or of an unsupported kind."""
+
+
+class RemoteImageError(InvalidImageError):
+    """An image is given by a remote URL; psaguard fetches nothing, so the caller must download it."""
 
 
 class InvalidPromptError(InvalidInputError):

@@ -1,0 +1,288 @@
+"""``guarded(runnable, guard)``: the guard in front of any LangChain chat model or chain.
+
+Risky requests never reach the wrapped runnable. What happens to them mirrors LangChain's moderation
+middleware (``exit_behavior``):
+
+* ``"end"``: return an ``AIMessage`` holding the policy's refusal, without calling the runnable;
+* ``"error"``: raise :class:`~psaguard.errors.GuardBlocked` (the verdict is attached);
+* ``"replace"``: replace the risky user content (text and images) with the refusal notice and call the
+  runnable on that, so it can answer in its own words.
+
+By default (``on_block=None``) the policy decides: action ``refuse`` ends with the refusal and ``block``
+raises. Action ``hint`` prepends the hint to the system message (inserting one if needed); ``allow``
+passes the input through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, Literal
+
+from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages.utils import convert_to_messages
+from langchain_core.prompt_values import ChatPromptValue, PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import patch_config
+from pydantic import ConfigDict, Field
+
+from psaguard.adapters.messages import IMAGE_BLOCK_TYPES
+from psaguard.adapters.runnable import GuardRunnable
+from psaguard.adapters.verdicts import TextOnlyAction, verdict_metadata
+from psaguard.errors import GuardBlocked
+from psaguard.guard import SafetyGuard
+from psaguard.verdict import SafetyVerdict
+
+__all__ = [
+    "GuardedRunnable",
+    "OnBlock",
+    "apply_hint",
+    "exit_for",
+    "guarded",
+    "hinted_system_message",
+    "refusal_message",
+    "refusal_text",
+    "replace_risky",
+]
+
+OnBlock = Literal["end", "error", "replace"]
+"""How a refused or blocked request ends: a refusal message, an exception, or replaced content."""
+
+_Route = tuple[Literal["pass", "end"], Any]
+
+
+class GuardedRunnable(RunnableSerializable[Any, Any]):
+    """Runs ``bound`` only on requests the guard lets through; see :func:`guarded`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    bound: Runnable[Any, Any] = Field(description="The chat model or chain that answers allowed requests.")
+    guard_runnable: GuardRunnable = Field(description="Judges each request before `bound` sees it.")
+    on_block: OnBlock | None = Field(
+        None, description="Exit for refused/blocked requests; None follows the policy (refuse->end, block->error)."
+    )
+
+    def route(self, value: Any, verdict: SafetyVerdict) -> _Route:
+        """Where a judged request goes: ``("pass", input for bound)`` or ``("end", final output)``."""
+        if verdict.action == "allow":
+            return "pass", value
+        if verdict.action == "hint":
+            return "pass", apply_hint(value, verdict.hint or "")
+        exit_ = exit_for(verdict, self.on_block)
+        if exit_ == "error":
+            raise GuardBlocked(verdict)
+        if exit_ == "replace":
+            return "pass", replace_risky(value, refusal_text(verdict))
+        return "end", refusal_message(verdict)
+
+    # ------------------------------------------------------------------ invoke / batch
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._call_with_config(self._invoke, input, config, **kwargs)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        return self._batch_with_config(self._batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        return await self._abatch_with_config(
+            self._abatch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
+
+    # ------------------------------------------------------------------ streaming (nothing before the verdict)
+    def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
+        yield from self._transform_stream_with_config(iter([input]), self._stream, config, **kwargs)
+
+    async def astream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> AsyncIterator[Any]:
+        async def single() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self._atransform_stream_with_config(single(), self._astream, config, **kwargs):
+            yield chunk
+
+    # ------------------------------------------------------------------ internals
+    def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kw: Any) -> Any:
+        child = patch_config(config, callbacks=run_manager.get_child())
+        where, routed = self.route(value, self.guard_runnable.invoke(value, child))
+        return routed if where == "end" else self.bound.invoke(routed, child, **kw)
+
+    async def _ainvoke(
+        self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **kw: Any
+    ) -> Any:
+        child = patch_config(config, callbacks=run_manager.get_child())
+        where, routed = self.route(value, await self.guard_runnable.ainvoke(value, child))
+        return routed if where == "end" else await self.bound.ainvoke(routed, child, **kw)
+
+    def _stream(self, values: Iterator[Any], config: RunnableConfig, **kw: Any) -> Iterator[Any]:
+        value = _single(values)
+        where, routed = self.route(value, self.guard_runnable.invoke(value, config))
+        if where == "end":
+            yield AIMessageChunk(content=routed.content, response_metadata=routed.response_metadata)
+            return
+        yield from self.bound.stream(routed, config, **kw)
+
+    async def _astream(self, values: AsyncIterator[Any], config: RunnableConfig, **kw: Any) -> AsyncIterator[Any]:
+        items = [value async for value in values]
+        value = _single(iter(items))
+        where, routed = self.route(value, await self.guard_runnable.ainvoke(value, config))
+        if where == "end":
+            yield AIMessageChunk(content=routed.content, response_metadata=routed.response_metadata)
+            return
+        async for chunk in self.bound.astream(routed, config, **kw):
+            yield chunk
+
+    def _batch(self, inputs: list[Any], config: list[RunnableConfig], **kw: Any) -> list[Any]:
+        # The guard judges all inputs in one pass; `bound` gets one batch of the requests that pass.
+        verdicts = self.guard_runnable.batch(inputs, config, return_exceptions=True)
+        results, passing = self._route_all(inputs, verdicts)
+        if passing:
+            values, configs = [v for _, v in passing], [config[i] for i, _ in passing]
+            outputs = self.bound.batch(values, configs, return_exceptions=True, **kw)
+            for (i, _), output in zip(passing, outputs):
+                results[i] = output
+        return results
+
+    async def _abatch(self, inputs: list[Any], config: list[RunnableConfig], **kw: Any) -> list[Any]:
+        verdicts = await self.guard_runnable.abatch(inputs, config, return_exceptions=True)
+        results, passing = self._route_all(inputs, verdicts)
+        if passing:
+            values, configs = [v for _, v in passing], [config[i] for i, _ in passing]
+            outputs = await self.bound.abatch(values, configs, return_exceptions=True, **kw)
+            for (i, _), output in zip(passing, outputs):
+                results[i] = output
+        return results
+
+    def _route_all(self, inputs: list[Any], verdicts: list[Any]) -> tuple[list[Any], list[tuple[int, Any]]]:
+        results: list[Any] = [None] * len(inputs)
+        passing: list[tuple[int, Any]] = []
+        for i, (value, verdict) in enumerate(zip(inputs, verdicts)):
+            if isinstance(verdict, Exception):
+                results[i] = verdict
+                continue
+            try:
+                where, routed = self.route(value, verdict)
+            except GuardBlocked as err:
+                results[i] = err
+                continue
+            if where == "end":
+                results[i] = routed
+            else:
+                passing.append((i, routed))
+        return results, passing
+
+
+def guarded(
+    runnable: Runnable[Any, Any],
+    guard: SafetyGuard,
+    *,
+    on_block: OnBlock | None = None,
+    on_text_only: TextOnlyAction = "allow",
+    allow_local_files: bool = True,
+) -> GuardedRunnable:
+    """Put ``guard`` in front of ``runnable`` (any chat model or chain, local or hosted).
+
+    Args:
+        runnable: What answers allowed requests; it receives the input (hinted or replaced when the
+            policy says so): chat messages, a ``PromptValue``, a string, or a ``{"image", "prompt"}`` dict.
+        guard: The guard that judges every request first.
+        on_block: ``"end"`` (refusal ``AIMessage``), ``"error"`` (raise ``GuardBlocked``) or ``"replace"``
+            (answer on the refusal notice instead of the risky content); None follows the policy.
+        on_text_only: Action for requests without an image, which the guard cannot judge.
+        allow_local_files: Read images given as local paths or ``file://`` URLs.
+
+    Example:
+        >>> chain = prompt | guarded(ChatOpenAI(model="gpt-4o"), guard) | StrOutputParser()
+    """
+    judge = GuardRunnable(guard, on_text_only=on_text_only, allow_local_files=allow_local_files)
+    return GuardedRunnable(bound=runnable, guard_runnable=judge, on_block=on_block)
+
+
+# ---------------------------------------------------------------------------------------------- exits
+def exit_for(verdict: SafetyVerdict, on_block: OnBlock | None) -> OnBlock:
+    """The exit of a refused or blocked verdict: the caller's choice, else the policy's action."""
+    if on_block is not None:
+        return on_block
+    return "error" if verdict.action == "block" else "end"
+
+
+def refusal_message(verdict: SafetyVerdict) -> AIMessage:
+    """The ``AIMessage`` a stopped request ends with; the verdict is in ``response_metadata['psaguard']``."""
+    return AIMessage(
+        content=refusal_text(verdict),
+        response_metadata={"psaguard": verdict_metadata(verdict, generated=False)},
+    )
+
+
+def apply_hint(value: Any, hint: str) -> Any:
+    """``value`` with ``hint`` prepended to its system message (dict inputs: to the prompt)."""
+    if isinstance(value, Mapping) and "prompt" in value:
+        return {**value, "prompt": f"{hint}\n\n{value['prompt']}"}
+    messages = _as_messages(value)
+    if messages and isinstance(messages[0], SystemMessage):
+        messages = [hinted_system_message(messages[0], hint), *messages[1:]]
+    else:
+        messages = [hinted_system_message(None, hint), *messages]
+    return ChatPromptValue(messages=messages) if isinstance(value, PromptValue) else messages
+
+
+def hinted_system_message(system: SystemMessage | None, hint: str) -> SystemMessage:
+    """``system`` with ``hint`` in front (a new system message holding the hint when there is none)."""
+    if system is None:
+        return SystemMessage(content=hint)
+    if isinstance(system.content, str):
+        return system.model_copy(update={"content": f"{hint}\n\n{system.content}"})
+    return system.model_copy(update={"content": [{"type": "text", "text": hint}, *system.content]})
+
+
+def replace_risky(value: Any, notice: str) -> Any:
+    """``value`` with its images removed and its latest user text replaced by ``notice``."""
+    if isinstance(value, Mapping) and "prompt" in value:
+        return {**value, "image": None, "prompt": notice}
+    messages = _as_messages(value)
+    last_user = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None)
+    replaced = [
+        message.model_copy(update={"content": notice}) if i == last_user or _has_image(message) else message
+        for i, message in enumerate(messages)
+    ]
+    return ChatPromptValue(messages=replaced) if isinstance(value, PromptValue) else replaced
+
+
+def _as_messages(value: Any) -> list[BaseMessage]:
+    if isinstance(value, PromptValue):
+        return value.to_messages()
+    if isinstance(value, str):
+        return [HumanMessage(content=value)]
+    return convert_to_messages(value)
+
+
+def _has_image(message: BaseMessage) -> bool:
+    return not isinstance(message.content, str) and any(
+        isinstance(block, Mapping) and block.get("type") in IMAGE_BLOCK_TYPES for block in message.content
+    )
+
+
+def refusal_text(verdict: SafetyVerdict) -> str:
+    """The text a stopped request ends with: the policy's refusal."""
+    return verdict.refusal or "I'm sorry, but I can't help with this request."
+
+
+def _single(values: Iterator[Any]) -> Any:
+    items = list(values)
+    if len(items) != 1:
+        raise ValueError(f"a guarded runnable streams one input at a time, got {len(items)}")
+    return items[0]

@@ -1,0 +1,200 @@
+"""From LangChain inputs (messages, prompt values, dicts) to what the guard judges.
+
+Image content blocks are decoded without any network access: base64 data URLs and base64 blocks become
+bytes, ``file://`` URLs and plain paths become local paths, and remote (``http(s)://``) URLs or provider
+file ids raise :class:`~psaguard.errors.RemoteImageError` so that nothing reaches a model unjudged (fail
+closed). Both the v1 standard blocks (``{"type": "image", "base64" | "url": ...}``), the older
+``source_type`` blocks and OpenAI-style ``{"type": "image_url", "image_url": {"url": ...}}`` are read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.utils import convert_to_messages
+from langchain_core.prompt_values import PromptValue
+from pydantic import BaseModel, ConfigDict, Field
+
+from psaguard.conversation import judged_text
+from psaguard.errors import InvalidImageError, InvalidInputError, RemoteImageError
+
+__all__ = [
+    "IMAGE_BLOCK_TYPES",
+    "GuardRequest",
+    "decode_image_block",
+    "request_from_input",
+    "request_from_messages",
+]
+
+IMAGE_BLOCK_TYPES = frozenset({"image", "image_url"})
+"""Content block types that hold an image."""
+
+# Media the guard cannot judge: letting them through unjudged would fail open.
+_UNJUDGEABLE_BLOCKS = frozenset({"audio", "input_audio", "video", "file"})
+_DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.DOTALL)
+_ROLES: dict[type[BaseMessage], str] = {
+    HumanMessage: "user",
+    AIMessage: "assistant",
+    SystemMessage: "system",
+    ToolMessage: "tool",
+}
+
+
+class GuardRequest(BaseModel):
+    """One request as the guard sees it: its images, the text it judges them with, and the conversation.
+
+    ``conversation`` is a Hugging Face chat conversation whose ``{"type": "image"}`` parts stand for
+    ``images`` in order, ready for a processor's chat template.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    images: tuple[Any, ...] = Field((), description="Decoded images (bytes, paths or PIL images), in order.")
+    prompt: str = Field("", description="Text the guard judges the images with: all user turns' text.")
+    conversation: tuple[dict[str, Any], ...] = Field(
+        (), description="HF chat conversation with {'type': 'image'} placeholders for `images`."
+    )
+
+
+def request_from_input(value: Any, *, allow_local_files: bool = True) -> GuardRequest:
+    """Build a :class:`GuardRequest` from any input a guarded LangChain runnable accepts.
+
+    Accepted: a dict ``{"image": one image or a list, "prompt": str}``, a string, a ``PromptValue``, or a
+    sequence of messages (``BaseMessage``, ``(role, content)`` tuples or message dicts).
+    """
+    if isinstance(value, Mapping) and "prompt" in value:
+        return _request_from_dict(value)
+    if isinstance(value, str):
+        return request_from_messages([HumanMessage(content=value)], allow_local_files=allow_local_files)
+    if isinstance(value, PromptValue):
+        return request_from_messages(value.to_messages(), allow_local_files=allow_local_files)
+    if isinstance(value, Sequence):
+        try:
+            messages = convert_to_messages(value)
+        except (ValueError, TypeError, NotImplementedError) as err:
+            raise InvalidInputError(f"cannot read the input as chat messages: {err}") from err
+        return request_from_messages(messages, allow_local_files=allow_local_files)
+    raise InvalidInputError(
+        f"unsupported guard input of type {type(value).__name__}; pass a dict with 'image' and 'prompt', "
+        "a string, a PromptValue or a list of messages"
+    )
+
+
+def request_from_messages(messages: Sequence[BaseMessage], *, allow_local_files: bool = True) -> GuardRequest:
+    """Collect the images of every message and the text of every user message."""
+    images: list[Any] = []
+    conversation: list[dict[str, Any]] = []
+    for message in messages:
+        parts: list[dict[str, Any]] = []
+        for block in _blocks(message.content):
+            image = decode_image_block(block, allow_local_files=allow_local_files)
+            if image is not None:
+                images.append(image)
+                parts.append({"type": "image"})
+            elif (text := _block_text(block)) is not None:
+                parts.append({"type": "text", "text": text})
+        conversation.append({"role": _role(message), "content": parts})
+    # The same text guarded generation judges, so every adapter gives the same verdict for the same messages.
+    return GuardRequest(images=tuple(images), prompt=judged_text(conversation), conversation=tuple(conversation))
+
+
+def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | None:
+    """The image a content block holds (bytes or a path), or None when the block is not an image.
+
+    Raises :class:`~psaguard.errors.RemoteImageError` for remote URLs and provider file ids,
+    :class:`~psaguard.errors.InvalidImageError` for malformed image blocks, and
+    :class:`~psaguard.errors.InvalidInputError` for audio, video or file blocks the guard cannot judge.
+    """
+    if not isinstance(block, Mapping):
+        return None
+    kind = block.get("type")
+    if kind in _UNJUDGEABLE_BLOCKS:
+        raise InvalidInputError(f"the guard cannot judge {kind!r} content blocks; remove them or judge them elsewhere")
+    if kind == "image_url":
+        target = block.get("image_url")
+        url = target.get("url") if isinstance(target, Mapping) else target
+        return _from_url(url, allow_local_files)
+    if kind != "image":
+        return None
+    if "base64" in block:
+        return _from_base64(block["base64"])
+    if block.get("source_type") == "base64" and "data" in block:
+        return _from_base64(block["data"])
+    if "url" in block:
+        return _from_url(block["url"], allow_local_files)
+    if "file_id" in block or block.get("source_type") == "id":
+        raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
+    raise InvalidImageError(f"image block has no 'base64' or 'url' field: keys {sorted(block)}")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _request_from_dict(value: Mapping[str, Any]) -> GuardRequest:
+    prompt = value["prompt"]
+    if not isinstance(prompt, str):
+        raise InvalidInputError(f"'prompt' must be a string, got {type(prompt).__name__}")
+    image = value.get("image")
+    images = tuple(image) if isinstance(image, (list, tuple)) else (() if image is None else (image,))
+    content = [*({"type": "image"} for _ in images), {"type": "text", "text": prompt}]
+    return GuardRequest(images=images, prompt=prompt, conversation=({"role": "user", "content": content},))
+
+
+def _blocks(content: str | list[Any]) -> list[Any]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    return list(content)
+
+
+def _block_text(block: Any) -> str | None:
+    if isinstance(block, str):
+        return block
+    if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
+        return block["text"]
+    return None
+
+
+def _role(message: BaseMessage) -> str:
+    for cls, role in _ROLES.items():
+        if isinstance(message, cls):
+            return role
+    return getattr(message, "role", None) or message.type
+
+
+def _from_base64(data: Any) -> bytes:
+    if not isinstance(data, str):
+        raise InvalidImageError(f"base64 image data must be a string, got {type(data).__name__}")
+    try:
+        return base64.b64decode("".join(data.split()), validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise InvalidImageError(f"image block holds invalid base64 data: {err}") from err
+
+
+def _from_url(url: Any, allow_local_files: bool) -> bytes | Path:
+    if not isinstance(url, str) or not url:
+        raise InvalidImageError(f"image URL must be a non-empty string, got {url!r}")
+    if url.startswith("data:"):
+        match = _DATA_URL.match(url)
+        if match is None:
+            raise InvalidImageError("image data URL is not base64-encoded (expected 'data:<mime>;base64,...')")
+        return _from_base64(match["data"])
+    parsed = urlparse(url)
+    # One-letter schemes are Windows drive letters ("C:\\x.png"), i.e. plain paths.
+    if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
+        raise RemoteImageError(
+            f"image URL {url[:80]!r} is remote; psaguard fetches nothing, so download it and pass the bytes "
+            "(base64 data URL) instead"
+        )
+    if not allow_local_files:
+        raise InvalidImageError("local image files are not allowed here (allow_local_files=False)")
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise RemoteImageError(f"file URL {url[:80]!r} names a remote host")
+        return Path(url2pathname(parsed.path))
+    return Path(url)

@@ -1,0 +1,90 @@
+"""Unguarded generation for requests without an image, which the image-based guard cannot judge.
+
+:class:`~psaguard.adapters.chat_model.GuardedChatModel` uses this only when the caller allowed text-only
+requests (``on_text_only="allow"``): the conversation is rendered with the processor's chat template and
+the language model answers it directly, with no safety tokens (the paper's modules are image-conditioned).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import TextIteratorStreamer
+
+from psaguard.errors import ConfigError, InvalidPromptError
+from psaguard.guard import SafetyGuard
+
+__all__ = ["PlainAnswer", "plain_generate", "plain_stream"]
+
+
+class PlainAnswer(BaseModel):
+    """The answer to a text-only request and its token counts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    text: str = Field(description="Generated text, special tokens removed.")
+    prompt_tokens: int = Field(ge=0, description="Tokens of the rendered prompt.")
+    completion_tokens: int = Field(ge=0, description="Generated tokens, up to and including the first EOS.")
+
+
+def plain_generate(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **generate_kwargs: Any) -> PlainAnswer:
+    """Answer a text-only conversation with the guard's model."""
+    tokenizer, inputs = _inputs(guard, conversation)
+    with torch.inference_mode():
+        sequences = guard.model.generate(**inputs, **generate_kwargs)
+    width = inputs["input_ids"].shape[1]
+    new = _until_eos(sequences[0, width:].tolist(), guard.model.generation_config.eos_token_id)
+    return PlainAnswer(
+        text=tokenizer.decode(new, skip_special_tokens=True), prompt_tokens=width, completion_tokens=len(new)
+    )
+
+
+def plain_stream(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **generate_kwargs: Any) -> Iterator[str]:
+    """Stream the answer to a text-only conversation; generation runs in a background thread."""
+    tokenizer, inputs = _inputs(guard, conversation)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with torch.inference_mode():  # thread-local, so entered inside the worker
+                guard.model.generate(**inputs, **generate_kwargs, streamer=streamer)
+        except BaseException as err:  # re-raised in the consumer; end() unblocks it
+            failure.append(err)
+            streamer.end()
+
+    worker = threading.Thread(target=produce, name="psaguard-plain-stream", daemon=True)
+    worker.start()
+    for chunk in streamer:
+        if chunk:
+            yield chunk
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+def _inputs(guard: SafetyGuard, conversation: Sequence[dict[str, Any]]) -> tuple[Any, dict[str, torch.Tensor]]:
+    tokenizer = getattr(guard.processor, "tokenizer", guard.processor)
+    try:
+        text = guard.processor.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+    except ValueError as err:  # transformers raises ValueError when no chat template is set
+        raise ConfigError(f"cannot render the conversation with the processor's chat template: {err}") from err
+    # A text-only prompt spelling the image placeholder would make the model expect image features it lacks.
+    encoded = tokenizer(text, return_tensors="pt")
+    image_token_id = getattr(guard.model.config, "image_token_id", None)
+    if image_token_id is not None and bool((encoded["input_ids"] == image_token_id).any()):
+        raise InvalidPromptError("a text-only prompt must not spell the image token")
+    device = guard.backbone.device
+    return tokenizer, {name: tensor.to(device) for name, tensor in encoded.items() if name != "token_type_ids"}
+
+
+def _until_eos(tokens: list[int], eos: int | list[int] | None) -> list[int]:
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return tokens[: position + 1]
+    return tokens

@@ -1,0 +1,204 @@
+"""``GuardRunnable``: the guard as a LangChain Runnable from a request to its :class:`SafetyVerdict`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForChainRun,
+    CallbackManagerForChainRun,
+    adispatch_custom_event,
+    dispatch_custom_event,
+)
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import patch_config
+from pydantic import ConfigDict, Field
+
+from psaguard.adapters.messages import GuardRequest, request_from_input
+from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
+from psaguard.errors import InvalidInputError
+from psaguard.generation import worst_verdict
+from psaguard.guard import SafetyGuard
+from psaguard.verdict import SafetyVerdict
+
+__all__ = ["GuardRunnable"]
+
+logger = logging.getLogger(__name__)
+
+
+class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
+    """Judges a request with a :class:`~psaguard.guard.SafetyGuard`; the output is the verdict.
+
+    The input is a dict ``{"image": ..., "prompt": ...}``, a string, a ``PromptValue`` or chat messages with
+    image content blocks (see :mod:`psaguard.adapters.messages`). A request with several images gets the
+    most severe of their verdicts. ``batch`` / ``abatch`` judge all images of all inputs in one forward
+    pass. Every verdict is also sent as the custom callback event ``"psaguard_verdict"``, so tracing shows
+    which policy rule fired.
+
+    Example:
+        >>> verdict = GuardRunnable(guard).invoke({"image": "cat.png", "prompt": "Describe it."})
+        >>> verdict.action, verdict.rule
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    guard: SafetyGuard = Field(description="The guard that judges requests.")
+    on_text_only: TextOnlyAction = Field(
+        "allow", description="Action for requests without an image, which the image-based guard cannot judge."
+    )
+    allow_local_files: bool = Field(
+        True, description="Read images given as local paths or file:// URLs; turn off for untrusted input."
+    )
+
+    def __init__(self, guard: SafetyGuard | None = None, /, **kwargs: Any) -> None:
+        if guard is not None:
+            kwargs["guard"] = guard
+        super().__init__(**kwargs)
+
+    @property
+    def OutputType(self) -> type[SafetyVerdict]:
+        return SafetyVerdict
+
+    # ------------------------------------------------------------------ Runnable interface
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> SafetyVerdict:
+        return self._call_with_config(self._judge_one, input, config, run_type="chain")
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> SafetyVerdict:
+        return await self._acall_with_config(self._ajudge_one, input, config, run_type="chain")
+
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[SafetyVerdict]:
+        return self._batch_with_config(
+            self._judge_many, inputs, config, return_exceptions=return_exceptions, run_type="chain"
+        )
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[SafetyVerdict]:
+        return await self._abatch_with_config(
+            self._ajudge_many, inputs, config, return_exceptions=return_exceptions, run_type="chain"
+        )
+
+    # ------------------------------------------------------------------ judging (sync)
+    def judge(self, requests: Sequence[GuardRequest]) -> list[SafetyVerdict]:
+        """Verdicts of parsed requests, all their images in one batch; no callbacks."""
+        pairs = [(image, request.prompt) for request in requests for image in request.images]
+        flat = self.guard.classify_batch([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else []
+        return self._regroup(requests, flat)
+
+    def _judge_one(self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> SafetyVerdict:
+        verdict = self.judge([self._parse(input)])[0]
+        dispatch_custom_event(VERDICT_EVENT, verdict_metadata(verdict), config=_child(config, run_manager))
+        return verdict
+
+    def _judge_many(
+        self, inputs: list[Any], run_manager: list[CallbackManagerForChainRun], config: list[RunnableConfig]
+    ) -> list[SafetyVerdict | Exception]:
+        results = self._parse_all(inputs)
+        valid = [i for i, r in enumerate(results) if isinstance(r, GuardRequest)]
+        try:
+            verdicts = self.judge([results[i] for i in valid])
+        except InvalidInputError:
+            # One bad image fails the whole batched pass (fail closed); judge one by one to pin it down.
+            verdicts = [_or_error(self.judge, results[i]) for i in valid]
+        for i, verdict in zip(valid, verdicts):
+            results[i] = verdict
+            if isinstance(verdict, SafetyVerdict):
+                dispatch_custom_event(VERDICT_EVENT, verdict_metadata(verdict), config=config[i])
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ judging (async)
+    async def ajudge(self, requests: Sequence[GuardRequest]) -> list[SafetyVerdict]:
+        """Async :meth:`judge` (the forward pass runs in a worker thread)."""
+        pairs = [(image, request.prompt) for request in requests for image in request.images]
+        flat = await self.guard.aclassify_batch([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else []
+        return self._regroup(requests, flat)
+
+    async def _ajudge_one(
+        self,
+        input: Any,
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+    ) -> SafetyVerdict:
+        verdict = (await self.ajudge([self._parse(input)]))[0]
+        await adispatch_custom_event(VERDICT_EVENT, verdict_metadata(verdict), config=_child(config, run_manager))
+        return verdict
+
+    async def _ajudge_many(
+        self, inputs: list[Any], run_manager: list[AsyncCallbackManagerForChainRun], config: list[RunnableConfig]
+    ) -> list[SafetyVerdict | Exception]:
+        results = self._parse_all(inputs)
+        valid = [i for i, r in enumerate(results) if isinstance(r, GuardRequest)]
+        try:
+            verdicts = await self.ajudge([results[i] for i in valid])
+        except InvalidInputError:
+            verdicts = [await _aor_error(self.ajudge, results[i]) for i in valid]
+        for i, verdict in zip(valid, verdicts):
+            results[i] = verdict
+            if isinstance(verdict, SafetyVerdict):
+                await adispatch_custom_event(VERDICT_EVENT, verdict_metadata(verdict), config=config[i])
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ helpers
+    def _parse(self, value: Any) -> GuardRequest:
+        return (
+            value
+            if isinstance(value, GuardRequest)
+            else request_from_input(value, allow_local_files=self.allow_local_files)
+        )
+
+    def _parse_all(self, inputs: list[Any]) -> list[GuardRequest | Exception]:
+        results: list[GuardRequest | Exception] = []
+        for value in inputs:
+            try:
+                results.append(self._parse(value))
+            except InvalidInputError as err:
+                results.append(err)
+        return results
+
+    def _regroup(self, requests: Sequence[GuardRequest], flat: Sequence[SafetyVerdict]) -> list[SafetyVerdict]:
+        verdicts, start = [], 0
+        for request in requests:
+            count = len(request.images)
+            if count:
+                verdicts.append(worst_verdict(flat[start : start + count]))
+            else:
+                verdicts.append(text_only_verdict(self.guard, self.on_text_only))
+            start += count
+        for verdict in verdicts:
+            logger.debug("psaguard verdict: action=%s rule=%s", verdict.action, verdict.rule)
+        return verdicts
+
+
+def _child(
+    config: RunnableConfig, run_manager: CallbackManagerForChainRun | AsyncCallbackManagerForChainRun
+) -> RunnableConfig:
+    """The config of this run's children, which custom events need to name their parent run."""
+    return patch_config(config, callbacks=run_manager.get_child())
+
+
+def _or_error(judge: Any, request: GuardRequest) -> SafetyVerdict | Exception:
+    try:
+        return judge([request])[0]
+    except InvalidInputError as err:
+        return err
+
+
+async def _aor_error(ajudge: Any, request: GuardRequest) -> SafetyVerdict | Exception:
+    try:
+        return (await ajudge([request]))[0]
+    except InvalidInputError as err:
+        return err
