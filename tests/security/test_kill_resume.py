@@ -17,7 +17,7 @@ from PIL import Image
 
 pytest.importorskip("psaguard.training.stage1")
 # Several fresh processes (torch import, model load, training): ~1 min even on an idle 2-core machine.
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
+pytestmark = [pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
 
 from psaguard.serialization import load_tensors  # noqa: E402
 
