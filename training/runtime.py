@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
 from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig
 from psaguard.training.data import MAX_REPORTED_ERRORS, DatasetReport, Example, balance_safe, read_jsonl
-from psaguard.training.loop import TrainTask
+from psaguard.training.loop import TrainTask, run_training
 from psaguard.training.quant import build_bnb_config
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "load_model",
     "load_model_from",
     "make_accelerator",
+    "run_stage",
     "trainable_summary",
     "write_run_files",
 ]
@@ -214,3 +216,13 @@ def final_evaluation(guard: SafetyGuard, examples: Sequence[Example] | None, cfg
         report.type.accuracy,
         report.detection.f1,
     )
+
+
+def run_stage(build: Callable[[Any, Any], StageSetup], cfg: TrainConfig, *, resume: bool = False) -> Path:
+    """Build a stage with ``build(cfg, accelerator)``, train it, save its outputs, return the output directory."""
+    accelerator = make_accelerator(cfg)
+    setup = build(cfg, accelerator)
+    state = run_training(setup.task, cfg, accelerator, resume=resume)
+    if accelerator.is_main_process:
+        finish(setup, cfg, state)
+    return cfg.output_dir

@@ -15,16 +15,15 @@ import torch
 
 from psaguard.guard import SafetyGuard
 from psaguard.training.config import Stage1Config
-from psaguard.training.loop import TrainTask, run_training
+from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
 from psaguard.training.runtime import (
     StageSetup,
     build_collator,
     enable_checkpointing,
-    finish,
     load_data,
     load_model,
-    make_accelerator,
+    run_stage,
     trainable_summary,
 )
 
@@ -41,12 +40,7 @@ def train_stage1(cfg: Stage1Config, *, resume: bool = False) -> Path:
     With ``resume=True`` the run continues from the newest checkpoint in ``cfg.output_dir/checkpoints``
     and ends exactly where an uninterrupted run would have.
     """
-    accelerator = make_accelerator(cfg)
-    setup = build_stage1(cfg, accelerator)
-    state = run_training(setup.task, cfg, accelerator, resume=resume)
-    if accelerator.is_main_process:
-        finish(setup, cfg, state)
-    return cfg.output_dir
+    return run_stage(build_stage1, cfg, resume=resume)
 
 
 def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:

@@ -16,17 +16,16 @@ from torch import nn
 
 from psaguard.guard import ADAPTER_NAME, SafetyGuard
 from psaguard.training.config import Stage2Config
-from psaguard.training.loop import TrainTask, run_training
+from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
 from psaguard.training.quant import build_lora_config
 from psaguard.training.runtime import (
     StageSetup,
     build_collator,
     enable_checkpointing,
-    finish,
     load_data,
     load_model,
-    make_accelerator,
+    run_stage,
     trainable_summary,
 )
 
@@ -37,12 +36,7 @@ logger = logging.getLogger(__name__)
 
 def train_stage2(cfg: Stage2Config, *, resume: bool = False) -> Path:
     """Run Stage II as configured and return the output directory (guard + ``adapter/``)."""
-    accelerator = make_accelerator(cfg)
-    setup = build_stage2(cfg, accelerator)
-    state = run_training(setup.task, cfg, accelerator, resume=resume)
-    if accelerator.is_main_process:
-        finish(setup, cfg, state)
-    return cfg.output_dir
+    return run_stage(build_stage2, cfg, resume=resume)
 
 
 def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
