@@ -254,6 +254,15 @@ def _attack(rng: np.random.Generator, index: int, scenes: list[Scene], draft: _D
     return scenes, draft
 
 
+def _choose_kind(rng: np.random.Generator, weights: dict[str, float], room: int, one_row: bool) -> Kind:
+    """A group kind by weight, among those whose rows still fit in ``room`` (joint groups write three)."""
+    kinds = [k for k, w in weights.items() if w > 0 and (one_row or _GROUP_ROWS[k] <= room)]
+    if not kinds:  # only joint groups are weighted and fewer than three rows remain
+        return "benign"
+    p = np.array([weights[k] for k in kinds], dtype=float)
+    return kinds[int(rng.choice(len(kinds), p=p / p.sum()))]  # type: ignore[return-value]
+
+
 def _split_rows(spec: WorldSpec, split: str, n_rows: int) -> list[tuple[WorldRow, Scene]]:
     """The rows of one split, each with the scene its image shows (twins share a scene and a file)."""
     train_like = split in ("train", "val")
@@ -264,21 +273,15 @@ def _split_rows(spec: WorldSpec, split: str, n_rows: int) -> list[tuple[WorldRow
         heldout_allowed=not train_like,
     )
     weights = spec.mix.model_dump()
-    if split == "attack":
-        weights = {**weights, "benign": 0.0}
+    if split == "attack":  # attacks only make sense on risky requests
+        weights["benign"] = 0.0
         if sum(weights.values()) <= 0:
-            weights = {**weights, "image_risk": 1.0}
+            weights["image_risk"] = 1.0
     out: list[tuple[WorldRow, Scene]] = []
     group = 0
     while len(out) < n_rows:
         rng = np.random.default_rng([spec.seed, SPLITS.index(split), group])
-        kinds = [k for k, w in weights.items() if w > 0 and _GROUP_ROWS[k] <= n_rows - len(out)]
-        if split == "attack":
-            kinds = [k for k in kinds if k != "benign"]
-        if not kinds:  # only joint groups are weighted and fewer than three rows remain
-            kinds = ["benign"]
-        p = np.array([weights[k] for k in kinds], dtype=float)
-        kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))] if p.sum() > 0 else kinds[0]
+        kind = _choose_kind(rng, weights, n_rows - len(out), one_row=split == "attack")
         scenes, drafts = _GROUPS[kind](rng, pool)
         if split == "attack":
             drafts = drafts[:1]
