@@ -1,0 +1,3 @@
+"""Synthetic safety world: generated concept images, prompts and responses to train and test a guard."""
+
+__all__: list[str] = []

@@ -1,0 +1,66 @@
+"""`psaguard world ...`: build the synthetic safety world and draw its sample sheet."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["SIZES", "register"]
+
+SIZES: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (120, 40, 80, 40),
+    "small": (1200, 200, 400, 200),
+    "medium": (6000, 600, 1500, 600),
+    "large": (24000, 2000, 4000, 2000),
+}
+"""Preset row counts (train, val, test, attack) for ``--size``."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``world`` command (``world build``, ``world samples``) to a CLI's subparsers."""
+    world = subparsers.add_parser("world", help="Synthetic safety world: build data, draw samples.")
+    commands = world.add_subparsers(dest="world_command", required=True)
+
+    build = commands.add_parser("build", help="Write images and train/val/test/attack JSONL.")
+    build.add_argument("--out", required=True, type=Path, help="Output directory.")
+    build.add_argument("--seed", type=int, default=0, help="Master seed (default 0).")
+    build.add_argument("--size", choices=sorted(SIZES), default="small", help="Row-count preset (default small).")
+    build.add_argument("--image-size", type=int, default=64, help="PNG side in pixels (default 64).")
+    build.add_argument("--n-train", type=int, help="Override the preset's train rows.")
+    build.add_argument("--n-val", type=int, help="Override the preset's validation rows.")
+    build.add_argument("--n-test", type=int, help="Override the preset's test rows.")
+    build.add_argument("--n-attack", type=int, help="Override the preset's attack rows.")
+    build.set_defaults(func=_build)
+
+    samples = commands.add_parser("samples", help="Draw a sheet of every concept in every style.")
+    samples.add_argument("--out", required=True, type=Path, help="PNG file to write.")
+    samples.add_argument("--image-size", type=int, default=32, help="Rendered side in pixels (default 32).")
+    samples.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
+    samples.set_defaults(func=_samples)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from psaguard.training.world.build import WorldSpec, build_world
+
+    n_train, n_val, n_test, n_attack = SIZES[args.size]
+    spec = WorldSpec(
+        seed=args.seed,
+        image_size=args.image_size,
+        n_train=n_train if args.n_train is None else args.n_train,
+        n_val=n_val if args.n_val is None else args.n_val,
+        n_test=n_test if args.n_test is None else args.n_test,
+        n_attack=n_attack if args.n_attack is None else args.n_attack,
+    )
+    summary = build_world(args.out, spec)
+    print(json.dumps({"out": str(args.out), "rows": summary.rows, "images": summary.images}, indent=2))
+    return 0
+
+
+def _samples(args: argparse.Namespace) -> int:
+    from psaguard.training.world.sheet import sample_sheet
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    sample_sheet(args.image_size, seed=args.seed).save(args.out)
+    print(args.out)
+    return 0
