@@ -1,4 +1,4 @@
-"""`psaguard world ...`: build the synthetic safety world and draw its sample sheet."""
+"""`psaguard world ...`: build the synthetic safety world, draw its sample sheet, run the experiment."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``world`` command (``world build``, ``world samples``) to a CLI's subparsers."""
-    world = subparsers.add_parser("world", help="Synthetic safety world: build data, draw samples.")
+    """Add the ``world`` command (``world build``, ``world samples``, ``world run``) to a CLI's subparsers."""
+    world = subparsers.add_parser("world", help="Synthetic safety world: build data, draw samples, run the experiment.")
     commands = world.add_subparsers(dest="world_command", required=True)
 
     build = commands.add_parser("build", help="Write images and train/val/test/attack JSONL.")
@@ -38,6 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     samples.add_argument("--image-size", type=int, default=32, help="Rendered side in pixels (default 32).")
     samples.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
     samples.set_defaults(func=_samples)
+
+    run = commands.add_parser("run", help="Build a world, train a base VLM and a guard on it, write the report.")
+    run.add_argument("--out", required=True, type=Path, help="Output directory (world, models, report/).")
+    run.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu", help="Size preset (default cpu).")
+    run.add_argument("--seed", type=int, default=0, help="Seed of the world and of every run (default 0).")
+    run.add_argument("--report-dir", type=Path, help="Also write the report (markdown + PNGs) here.")
+    run.add_argument("--export-demo", type=Path, help="Also export the trained model and guard as demo assets here.")
+    run.set_defaults(func=_run)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -63,4 +71,20 @@ def _samples(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     sample_sheet(args.image_size, seed=args.seed).save(args.out)
     print(args.out)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from psaguard.training.world.experiment import ExperimentSpec, run_experiment
+    from psaguard.training.world.report import write_report
+
+    spec = ExperimentSpec.from_preset(args.preset, seed=args.seed)
+    result = run_experiment(spec, args.out)
+    if args.report_dir is not None:
+        write_report(result.metrics, args.report_dir, title=f"Synthetic world report ({args.preset} preset)")
+    if args.export_demo is not None:
+        from psaguard.training.world.demo_assets import export_demo_assets
+
+        export_demo_assets(result.base_dir, result.guard_dir, args.out / "world", args.export_demo, result.correct_ids)
+    print(result.report.read_text())
     return 0
