@@ -217,7 +217,12 @@ def _harmful(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_
 
 
 def _joint(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
-    rule = JOINT_RULES[int(rng.integers(len(JOINT_RULES)))]
+    # Trigger first, then one of its rules: several rules share 'person', and picking rules uniformly
+    # would make person images the most common safe image by far.
+    triggers = sorted({j.trigger for j in JOINT_RULES})
+    trigger_noun = triggers[int(rng.integers(len(triggers)))]
+    rules = [j for j in JOINT_RULES if j.trigger == trigger_noun]
+    rule = rules[int(rng.integers(len(rules)))]
     k = pool.paraphrase(rng, rule.id, len(rule.clauses))
     trigger = sample_safe_scene(rng, pool.styles, noun=rule.trigger)
     q = pool.question(rng, trigger)

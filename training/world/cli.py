@@ -18,7 +18,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``world`` command (``world build``, ``world samples``, ``world run``) to a CLI's subparsers."""
+    """Add the ``world`` command (``build``, ``base``, ``samples``, ``run``) to a CLI's subparsers."""
     world = subparsers.add_parser("world", help="Synthetic safety world: build data, draw samples, run the experiment.")
     commands = world.add_subparsers(dest="world_command", required=True)
 
@@ -32,6 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--n-test", type=int, help="Override the preset's test rows.")
     build.add_argument("--n-attack", type=int, help="Override the preset's attack rows.")
     build.set_defaults(func=_build)
+
+    base = commands.add_parser("base", help="Teach a tiny base VLM the safe VQA of a built world; save it.")
+    base.add_argument("--world", required=True, type=Path, help="A directory written by 'world build'.")
+    base.add_argument("--out", required=True, type=Path, help="Where to save the model and processor.")
+    base.add_argument("--steps", type=int, default=None, help="VQA fine-tuning steps (default: the config's).")
+    base.add_argument("--vision-steps", type=int, default=None, help="Vision pre-training steps (default: config's).")
+    base.add_argument("--eval-rows", type=int, default=None, help="Most safe rows evaluated per set (default 400).")
+    base.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
+    base.set_defaults(func=_base)
 
     samples = commands.add_parser("samples", help="Draw a sheet of every concept in every style.")
     samples.add_argument("--out", required=True, type=Path, help="PNG file to write.")
@@ -62,6 +71,22 @@ def _build(args: argparse.Namespace) -> int:
     )
     summary = build_world(args.out, spec)
     print(json.dumps({"out": str(args.out), "rows": summary.rows, "images": summary.images}, indent=2))
+    return 0
+
+
+def _base(args: argparse.Namespace) -> int:
+    from psaguard.training.world.base_model import BaseVlmConfig, teach_base_vlm
+
+    overrides = {
+        k: v
+        for k, v in (("steps", args.steps), ("vision_steps", args.vision_steps), ("eval_rows", args.eval_rows))
+        if v is not None
+    }
+    model, processor, result = teach_base_vlm(args.world, BaseVlmConfig(seed=args.seed, **overrides))
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    (args.out / "base_vlm.json").write_text(result.model_dump_json(indent=2))
+    print(result.model_dump_json(indent=2))
     return 0
 
 

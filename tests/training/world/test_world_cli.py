@@ -38,3 +38,31 @@ def test_world_samples_draws_a_sheet_of_distinct_cells(tmp_path):
     cells = [sheet.crop((84 + c * 100, 18 + r * 100, 84 + c * 100 + 96, 18 + r * 100 + 96)).tobytes()
              for r in range(8) for c in range(12)]  # fmt: skip
     assert len(set(cells)) == len(cells)
+
+
+def test_world_base_saves_a_loadable_model_and_its_scores(small_world, tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    out = tmp_path / "base"
+    args = _parser().parse_args(
+        [
+            "world",
+            "base",
+            "--world",
+            str(small_world),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--vision-steps",
+            "2",
+            "--eval-rows",
+            "8",
+        ]
+    )
+    assert args.func(args) == 0
+    result = json.loads((out / "base_vlm.json").read_text())
+    assert result["sft"]["steps"] == 2 and 0.0 <= result["vqa_test"] <= 1.0
+    assert LlavaForConditionalGeneration.from_pretrained(out).config.vision_config.patch_size == 8
+    tokenizer = AutoProcessor.from_pretrained(out).tokenizer
+    assert tokenizer.convert_tokens_to_ids("spiral") != tokenizer.unk_token_id
