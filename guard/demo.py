@@ -69,6 +69,7 @@ def run_demo(seed: int = 0) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         guard.save_pretrained(f"{tmp}/guard")
         reloaded = SafetyGuard.from_pretrained(f"{tmp}/guard", model=model, processor=processor)
-        again = reloaded.classify(requests[0][1], requests[0][2])
-    print(f"\nsaved and reloaded: same verdict = {again.type_probs == verdicts[0].type_probs}")
+        again = reloaded.classify_batch([image for _, image, _ in requests], [prompt for _, _, prompt in requests])
+    same = all(a.type_probs == v.type_probs and a.level_probs == v.level_probs for a, v in zip(again, verdicts))
+    print(f"\nsaved and reloaded: same verdict = {same}")
     print("\nfirst verdict as JSON:\n" + verdicts[0].model_dump_json(indent=2))

@@ -129,7 +129,7 @@ PRESETS: dict[str, Any] = {
         "base": {"steps": 400, "batch_size": 32, "lr": 3e-3, "warmup": 20, "seed": seed},
         "num_tokens": 16,
         "token_init_std": 1.0,
-        "stage1": {"steps": 900, "batch_size": 16, "lr": 1e-2, "warmup": 20},
+        "stage1": {"steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
         "stage1_lm_weight": 0.0,
         "stage2": {"steps": 60, "batch_size": 16, "lr": 1e-3, "warmup": 5},
     },
@@ -158,7 +158,9 @@ class ExperimentResult(BaseModel):
     base_dir: Path = Field(description="The trained tiny base VLM (model + processor).")
     guard_dir: Path = Field(description="The Stage II guard (guard + LoRA adapter).")
     base_loss: tuple[float, float] = Field(description="Base VQA fine-tuning loss, first and last 10 steps.")
-    stage1_loss: tuple[float, float] = Field(description="Stage I training loss, first and last logged.")
+    stage1_loss: tuple[float, float] = Field(
+        description="Stage I head loss (CE level + CE type) of the mean-pooling run, first and last logged."
+    )
     correct_ids: set[str] = Field(description="Test rows whose guarded answer equals the target response.")
 
 
@@ -177,9 +179,9 @@ def _stage_kwargs(stage: StageSettings, seed: int) -> dict[str, Any]:
     }
 
 
-def _losses(run_dir: Path) -> tuple[float, float]:
+def _losses(run_dir: Path, key: str = "head_loss") -> tuple[float, float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r["loss"] for r in records if "loss" in r and not any(k.startswith("eval") for k in r)]
+    train = [r[key] for r in records if key in r and not any(k.startswith("eval") for k in r)]
     return train[0], train[-1]
 
 
@@ -325,7 +327,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
             "image size": spec.world.image_size,
             "base vision pre-training probe accuracy": f"{probe:.3f}",
             "base SFT loss first -> last": f"{sft.first_loss:.3f} -> {sft.last_loss:.3f} ({sft.steps} steps)",
-            "stage I loss first -> last (mean)": f"{stage1_loss[0]:.3f} -> {stage1_loss[1]:.3f}",
+            "stage I head loss first -> last (mean)": f"{stage1_loss[0]:.3f} -> {stage1_loss[1]:.3f}",
             "stage I / II steps": f"{spec.stage1.steps} / {spec.stage2.steps}",
             "stage II": f"{'QLoRA (NF4)' if spec.qlora else 'LoRA (fp32)'} r={spec.lora_r}",
             "safety tokens": spec.num_tokens,
