@@ -24,7 +24,7 @@ def test_encoded_rows_supervise_only_the_response(small_world):
 
 
 def test_a_few_sft_steps_lower_the_loss_and_accuracy_is_measured(small_world):
-    config = BaseVlmConfig(text_hidden=64, steps=25, batch_size=8, lr=2e-3, warmup=3)
+    config = BaseVlmConfig(text_hidden=64, steps=30, batch_size=4, lr=3e-3, warmup=2)
     model, processor = build_base_vlm(config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows = read_rows(small_world, "train")[:80]
