@@ -54,7 +54,7 @@ def run_demo(seed: int = 0) -> None:
     print(f"{guard}  (trained on the synthetic safety world: psaguard world run)")
     print(
         "The examples are test rows picked among those it answered acceptably; on the whole test split it is\n"
-        "far from the project's goals (head macro-F1 0.31): see docs/world_report.md.\n"
+        "far from the project's goals (head macro-F1 0.41): see docs/world_report.md.\n"
     )
     examples = _examples()
     requests = [(kind, image, prompt) for kind, image, prompt, _ in examples]

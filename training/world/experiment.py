@@ -126,7 +126,7 @@ PRESETS: dict[str, Any] = {
     # A few minutes on a 2-core CPU.
     "cpu": lambda seed: {
         "world": _world(seed, (1200, 100, 400, 200)),
-        "base": {"steps": 400, "batch_size": 32, "lr": 3e-3, "warmup": 20, "seed": seed},
+        "base": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup": 20, "seed": seed},  # 1500 vision steps
         "num_tokens": 16,
         "token_init_std": 1.0,
         "stage1": {"steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
