@@ -136,7 +136,7 @@ PRESETS: dict[str, Any] = {
     # Larger world and longer runs for a GPU (untested: no GPU was available when it was written).
     "gpu": lambda seed: {
         "world": _world(seed, (6000, 600, 1500, 600)),
-        "base": {"text_hidden": 256, "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup": 50, "seed": seed},
+        "base": {"text_hidden": 256, "steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup": 50, "seed": seed},
         "num_tokens": 16,
         "stage1": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "warmup": 50},
         "stage2": {"steps": 200, "batch_size": 32, "lr": 5e-4, "warmup": 20},
