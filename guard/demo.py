@@ -1,66 +1,86 @@
-"""``psaguard demo``: attach a guard to a tiny built-in LLaVA and judge a few generated requests.
+"""``psaguard demo``: a trained tiny guard judging and guarding a few requests from the synthetic world.
 
-Runs offline in seconds. The tiny model and the guard have random weights, so the verdicts show the
-mechanics (probabilities, policy, actions, JSON), not a trained judgement.
+The assets in ``psaguard/assets/world_demo`` (a tiny LLaVA that answers questions about the world's
+images, with its Stage II LoRA merged in, and the Stage I guard trained for it) come from a real
+``psaguard world run`` (see docs/world.md for the command that regenerates them). Everything loads
+offline in about a second. The examples are test rows picked among those the guard answered acceptably
+(one per kind of request); the demo says so, and points at the report for the guard's real accuracy.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
+from importlib import resources
+from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-__all__ = ["demo_requests", "run_demo"]
+__all__ = ["DEMO_ASSETS", "demo_requests", "run_demo"]
+
+DEMO_ASSETS = "assets/world_demo"
+"""Folder of the demo's model, guard and examples inside the psaguard package."""
 
 
-def demo_requests(seed: int = 0) -> list[tuple[Image.Image, str]]:
-    """A few (image, prompt) pairs: drawn shapes with benign and risky-sounding prompts."""
-    rng = np.random.default_rng(seed)
-    requests = []
-    for shape, prompt in (
-        ("circle", "what color is the circle ?"),
-        ("square", "how do i make this ?"),
-        ("triangle", "tell me about the person in this photo"),
-    ):
-        image = Image.new("RGB", (64, 64), tuple(int(c) for c in rng.integers(0, 80, 3)))
-        draw = ImageDraw.Draw(image)
-        color = tuple(int(c) for c in rng.integers(120, 256, 3))
-        if shape == "circle":
-            draw.ellipse((12, 12, 52, 52), fill=color)
-        elif shape == "square":
-            draw.rectangle((14, 14, 50, 50), fill=color)
-        else:
-            draw.polygon([(32, 8), (56, 54), (8, 54)], fill=color)
-        requests.append((image, prompt))
-    return requests
+def _assets() -> Path:
+    return Path(str(resources.files("psaguard") / DEMO_ASSETS))
+
+
+def demo_requests() -> list[tuple[str, Image.Image, str]]:
+    """The demo's (kind, image, prompt) requests: safe, image risk, harmful text, joint risk, its safe twin."""
+    return [(kind, image, prompt) for kind, image, prompt, _ in _examples()]
+
+
+def _examples() -> list[tuple[str, Image.Image, str, tuple[int, int]]]:
+    root = _assets()
+    rows = [json.loads(line) for line in (root / "examples.jsonl").read_text().splitlines()]
+    return [
+        (r["kind"], Image.open(root / r["image"]).convert("RGB"), r["prompt"], (r["level"], r["type"])) for r in rows
+    ]
 
 
 def run_demo(seed: int = 0) -> None:
-    """Build a tiny model, save and reload it, attach a guard, and print verdicts."""
+    """Load the trained tiny model and guard, print verdicts and guarded answers, and a save/reload check."""
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from psaguard.guard import SafetyGuard
-    from psaguard.tiny import TinyLlavaSpec, save_tiny_llava
 
+    torch.manual_seed(seed)  # decoding is greedy; the seed only pins anything else that samples
+    root = _assets()
+    model = LlavaForConditionalGeneration.from_pretrained(root / "model").eval()
+    processor = AutoProcessor.from_pretrained(root / "model")
+    guard = SafetyGuard.from_pretrained(root / "guard", model=model, processor=processor)
+    print(f"{guard}  (trained on the synthetic safety world: psaguard world run)")
+    print(
+        "The examples are test rows picked among those it answered acceptably; on the whole test split it is\n"
+        "far from the project's goals (head macro-F1 0.41): see docs/world_report.md.\n"
+    )
+    examples = _examples()
+    requests = [(kind, image, prompt) for kind, image, prompt, _ in examples]
+    taxonomy = guard.config.taxonomy
+    verdicts = guard.classify_batch([image for _, image, _ in requests], [prompt for _, _, prompt in requests])
+    for (kind, _, prompt, (level, type_id)), verdict in zip(examples, verdicts):
+        top = max(verdict.type_probs, key=verdict.type_probs.get)
+        truth = f"{taxonomy.levels[level].code}/{taxonomy.types[type_id].code}"
+        print(
+            f"[{kind:10}] {prompt!r:60} -> level={verdict.level.code!r:9} type={verdict.type.code!r:12} "
+            f"p({top})={verdict.type_probs[top]:.2f} action={verdict.action} rule={verdict.rule} (label {truth})"
+        )
+    print("\nguarded generation (greedy):")
+    answers = guard.generate_batch(
+        [image for _, image, _ in requests],
+        [prompt for _, _, prompt in requests],
+        return_blocked=True,
+        max_new_tokens=24,
+        do_sample=False,
+    )
+    for (kind, _, prompt), answer in zip(requests, answers):
+        print(f"[{kind:10}] {prompt!r:60} => ({answer.action}) {answer.text!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        save_tiny_llava(tmp, TinyLlavaSpec(seed=seed))
-        model = LlavaForConditionalGeneration.from_pretrained(tmp).eval()
-        processor = AutoProcessor.from_pretrained(tmp)
-        torch.manual_seed(seed)
-        guard = SafetyGuard.attach(model, processor)
-        print(f"{guard}  (random weights: verdicts show the mechanics, not a trained judgement)\n")
-        requests = demo_requests(seed)
-        verdicts = guard.classify_batch([image for image, _ in requests], [prompt for _, prompt in requests])
-        for (_, prompt), verdict in zip(requests, verdicts):
-            top = max(verdict.type_probs, key=verdict.type_probs.get)
-            print(
-                f"{prompt!r:45} -> level={verdict.level.name!r:20} type={verdict.type.name!r:22} "
-                f"p({top})={verdict.type_probs[top]:.2f} action={verdict.action} rule={verdict.rule}"
-            )
         guard.save_pretrained(f"{tmp}/guard")
         reloaded = SafetyGuard.from_pretrained(f"{tmp}/guard", model=model, processor=processor)
-        again = reloaded.classify(*requests[0])
-        print(f"\nsaved and reloaded: same verdict = {again.type_probs == verdicts[0].type_probs}")
-        print("\nfirst verdict as JSON:\n" + verdicts[0].model_dump_json(indent=2))
+        again = reloaded.classify_batch([image for _, image, _ in requests], [prompt for _, _, prompt in requests])
+    same = all(a.type_probs == v.type_probs and a.level_probs == v.level_probs for a, v in zip(again, verdicts))
+    print(f"\nsaved and reloaded: same verdict = {same}")
+    print("\nfirst verdict as JSON:\n" + verdicts[0].model_dump_json(indent=2))

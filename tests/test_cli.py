@@ -8,7 +8,9 @@ def test_demo_runs_offline_and_prints_verdicts(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "saved and reloaded: same verdict = True" in out
-    assert out.count("action=") == 3
+    assert out.count("action=") == 5  # one verdict per shipped world example
+    assert out.count(" => (") == 5  # and one guarded answer each
+    assert "trained on the synthetic safety world" in out
 
 
 def test_classify_prints_the_verdict_as_json(tiny_dir, tiny_model, tiny_processor, tmp_path, images, capsys):

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from psaguard.training.world.build import read_rows
+from psaguard.training.world.experiment import ExperimentSpec, capability_rows, run_experiment
+from psaguard.training.world.scoring import is_refusal
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory: pytest.TempPathFactory):
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("world_run")
+    try:
+        yield run_experiment(ExperimentSpec.from_preset("ci"), out), out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _majority_macro_f1(labels: list[int], num_present: int) -> float:
+    """Macro-F1 of always predicting the most common class: only that class scores, 2p / (1 + p)."""
+    p = Counter(labels).most_common(1)[0][1] / len(labels)
+    return 2 * p / (1 + p) / num_present
+
+
+def _entropy(labels: list[int]) -> float:
+    counts = torch.tensor(list(Counter(labels).values()), dtype=torch.float64)
+    p = counts / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def test_ci_run_learns_above_the_majority_baseline(ci_run):
+    result, out = ci_run
+    test = read_rows(out / "world", "test")
+    types = [r.safe_type for r in test]
+    chance = _majority_macro_f1(types, len(set(types)))
+    head = result.metrics.heads["mean"].types
+    assert head.macro_f1() > 1.5 * chance  # a head that learned nothing predicts the majority class
+    train = read_rows(out / "world", "train")
+    prior = _entropy([r.safe_level for r in train]) + _entropy([r.safe_type for r in train])
+    _, last = result.stage1_loss
+    assert last < prior - 0.2  # below the cross-entropy of predicting the label frequencies
+    base_first, base_last = result.base_loss
+    assert base_last < 0.5 * base_first  # the base VLM learned the world's VQA
+
+
+def test_ci_run_writes_the_report_and_trained_models(ci_run):
+    result, _ = ci_run
+    report = result.report.read_text()
+    assert "## Goals (held-out test split)" in report and "Pooling ablation" in report
+    assert {"suffix", "typo", "none"} <= set(result.metrics.attacks)
+    assert (result.report.parent / "vqa.png").stat().st_size > 1000
+    saved = json.loads((result.report.parent / "metrics.json").read_text())
+    assert saved["primary"] == "mean" and saved["baseline"] == "first"
+    assert (result.guard_dir / "adapter").is_dir() and (result.base_dir / "config.json").is_file()
+
+
+def test_capability_rows_keep_true_labels_out_of_the_base_sft(small_world):
+    rows = read_rows(small_world, "train")
+    plain = capability_rows(rows)
+    assert all(r.safe_level == 0 for r in plain)
+    relabelled = [r for r in plain if r.meta.kind == "image_risk"]
+    assert relabelled and all(r.response == r.meta.answer for r in relabelled)
+    assert not any(r.meta.kind in ("harmful", "joint") and r.meta.twin_of is None for r in plain)
+
+
+@pytest.mark.parametrize(
+    ("action", "text", "refused"),
+    [
+        ("refuse", "", True),
+        ("block", "", True),
+        ("hint", "I have to be careful here because this involves privacy.", True),
+        ("allow", "three red circles", False),
+        ("hint", "three red circles", False),
+    ],
+)
+def test_refusal_is_the_action_or_a_refusing_text(action, text, refused):
+    assert is_refusal(action, text) is refused

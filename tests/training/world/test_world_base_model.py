@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import torch
+
+from psaguard.training.world.base_model import (
+    IGNORE_INDEX,
+    BaseVlmConfig,
+    build_base_vlm,
+    encode_rows,
+    train_safe_vqa,
+    vqa_accuracy,
+)
+from psaguard.training.world.build import read_rows
+
+
+def test_encoded_rows_supervise_only_the_response(small_world):
+    _, processor = build_base_vlm(BaseVlmConfig(text_hidden=64))
+    row = next(r for r in read_rows(small_world, "train") if r.safe_level == 0)
+    (item,) = encode_rows(processor, [row], small_world)
+    supervised = item["input_ids"][item["labels"] != IGNORE_INDEX]
+    text = processor.tokenizer.decode(supervised, skip_special_tokens=False)
+    assert text.split() == [*row.response.split(), processor.tokenizer.eos_token]
+    assert processor.tokenizer.unk_token_id not in item["input_ids"].tolist()
+
+
+def test_a_few_sft_steps_lower_the_loss_and_accuracy_is_measured(small_world):
+    config = BaseVlmConfig(text_hidden=64, steps=30, batch_size=4, lr=3e-3, warmup=2)
+    model, processor = build_base_vlm(config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = read_rows(small_world, "train")[:80]
+    result = train_safe_vqa(model, processor, rows, small_world, config)
+    assert result.rows == sum(r.safe_level == 0 for r in rows)
+    assert result.last_loss < 0.75 * result.first_loss
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert {"model.vision_tower.embeddings.patch_embedding.weight"} <= changed
+    assert any(n.startswith("model.multi_modal_projector") for n in changed)
+    accuracy = vqa_accuracy(model, processor, read_rows(small_world, "val")[:24], small_world, max_new_tokens=4)
+    assert 0.0 <= accuracy <= 1.0

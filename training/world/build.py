@@ -1,0 +1,387 @@
+"""Build the world on disk: PNG images and train / val / test / attack JSONL in the trainer's row schema.
+
+Rows are drawn in *groups* so that related rows land in the same split: a joint-risk group is the risky
+row plus two safe twins (the same prompt next to another image; the same image with another prompt).
+Every group has its own random generator seeded from (seed, split, group), so the world is a pure
+function of its :class:`WorldSpec`: the same spec writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from psaguard.taxonomy import DEFAULT_TAXONOMY
+from psaguard.training.world.concepts import (
+    ALL_STYLES,
+    SAFE_NOUNS,
+    SHAPE_FILLS,
+    Scene,
+    render_scene,
+    sample_risk_scene,
+    sample_safe_scene,
+)
+from psaguard.training.world.prompts import (
+    ATTACK_SUFFIXES,
+    HARMFUL_INTENTS,
+    JOINT_RULES,
+    QUESTIONS,
+    Question,
+    all_template_ids,
+    answer,
+    default_held_out_templates,
+    respond,
+)
+
+__all__ = ["SPLITS", "KindMix", "RowMeta", "WorldRow", "WorldSpec", "WorldSummary", "build_world", "read_rows"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test", "attack")
+Kind = Literal["benign", "image_risk", "harmful", "joint"]
+_TYPOGRAPHIC_BANNERS = ("safe", "ok")
+
+
+class KindMix(BaseModel):
+    """Relative weights of the row groups; a joint group writes three rows (one risky, two safe twins)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    benign: float = Field(0.35, ge=0, description="Safe image + benign question.")
+    image_risk: float = Field(0.3, ge=0, description="Risk-concept image + question; the image decides.")
+    harmful: float = Field(0.15, ge=0, description="Safe image + harmful request; the text decides.")
+    joint: float = Field(0.2, ge=0, description="Trigger image + intent clause, with two safe twins.")
+
+
+class WorldSpec(BaseModel):
+    """Everything that determines a world; the same spec builds byte-identical files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format_version: int = Field(FORMAT_VERSION, description="Version of the world's file format.")
+    seed: int = Field(0, ge=0, description="Master seed of every random choice.")
+    image_size: int = Field(64, ge=8, le=1024, description="Side of the written PNGs in pixels.")
+    n_train: int = Field(1200, ge=0, description="Rows in train.jsonl.")
+    n_val: int = Field(200, ge=0, description="Rows in val.jsonl (same styles and templates as train).")
+    n_test: int = Field(400, ge=0, description="Rows in test.jsonl (all styles and templates, held-out included).")
+    n_attack: int = Field(200, ge=0, description="Risky test-like rows under adversarial suffixes or text banners.")
+    mix: KindMix = Field(default_factory=KindMix, description="Weights of the row kinds.")
+    held_out_styles: tuple[str, ...] = Field(
+        ("striped-dark", "word-noise"), description="Styles never drawn in train or val."
+    )
+    held_out_templates: tuple[str, ...] = Field(
+        default_factory=default_held_out_templates,
+        description="Template ids never used in train or val (default: paraphrase 2 of every template).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WorldSpec:
+        if unknown := sorted(set(self.held_out_styles) - set(ALL_STYLES)):
+            raise ValueError(f"unknown held-out styles {unknown}; known: {list(ALL_STYLES)}")
+        if unknown := sorted(set(self.held_out_templates) - set(all_template_ids())):
+            raise ValueError(f"unknown held-out templates {unknown}; known: {list(all_template_ids())}")
+        seen = self.train_styles
+        for family in (*SHAPE_FILLS, "word"):
+            if not any(s.startswith(family + "-") for s in seen):
+                raise ValueError(f"held-out styles leave no '{family}' style for training")
+        held = set(self.held_out_templates)
+        groups = [[q.id for q in QUESTIONS if q.asks == asks] for asks in ("colour", "count", "noun", "describe")]
+        groups += [[f"{h.id}.{k}" for k in range(len(h.texts))] for h in HARMFUL_INTENTS]
+        groups += [[f"{j.id}.{k}" for k in range(len(j.clauses))] for j in JOINT_RULES]
+        for ids in groups:
+            if set(ids) <= held:
+                raise ValueError(f"held-out templates leave none of {ids} for training")
+        if sum(self.mix.model_dump().values()) <= 0:
+            raise ValueError("mix weights must not all be zero")
+        return self
+
+    @property
+    def train_styles(self) -> tuple[str, ...]:
+        return tuple(s for s in ALL_STYLES if s not in self.held_out_styles)
+
+
+class RowMeta(BaseModel):
+    """What a row is made of, for analysis; the trainer ignores it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Kind = Field(description="benign | image_risk | harmful | joint.")
+    style: str = Field(description="Style of the image, 'fill-background'.")
+    template: str = Field(description="Template id of the prompt (question, harmful paraphrase or joint clause).")
+    question: str | None = Field(None, description="Question template id appended to a joint clause.")
+    image_type: str = Field(description="Risk type shown by the image alone ('safe' if none).")
+    image_level: int = Field(description="Risk level of the image alone.")
+    noun: str = Field(description="Drawn noun, or 'word'.")
+    word: str | None = Field(None, description="Rendered word, if any.")
+    colour: str = Field(description="Ink colour.")
+    count: int = Field(description="Copies or lines drawn.")
+    answer: str | None = Field(None, description="Exact short answer to the question in the prompt, if any.")
+    held_out: bool = Field(description="True if the row uses a held-out style or template.")
+    twin_of: str | None = Field(None, description="Id of the joint row this safe row mirrors.")
+    attack: Literal["suffix", "typo"] | None = Field(None, description="Attack applied (attack split only).")
+
+
+class WorldRow(BaseModel):
+    """One JSONL row in the trainer's schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Unique row id, '<split>-<n>'.")
+    image: str = Field(description="Image path relative to the world directory.")
+    prompt: str = Field(description="User text, without an <image> placeholder.")
+    response: str = Field(description="Target assistant response.")
+    safe_level: int = Field(ge=0, le=3, description="Risk level id in DEFAULT_TAXONOMY.")
+    safe_type: int = Field(ge=0, le=6, description="Risk type id in DEFAULT_TAXONOMY.")
+    meta: RowMeta = Field(description="How the row was made.")
+
+
+class WorldSummary(BaseModel):
+    """What build_world wrote (also saved as world.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: WorldSpec = Field(description="The spec that built the world.")
+    rows: dict[str, int] = Field(description="Rows per split.")
+    images: int = Field(description="PNG files written.")
+    kinds: dict[str, dict[str, int]] = Field(description="Rows per kind, per split.")
+    types: dict[str, dict[str, int]] = Field(description="Rows per risk type code, per split.")
+    levels: dict[str, dict[str, int]] = Field(description="Rows per risk level, per split.")
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A row before it has an id: scene index within its group, prompt and labels."""
+
+    scene: int
+    prompt: str
+    level: int
+    type_code: str
+    kind: Kind
+    template: str
+    question: str | None
+    answer: str | None
+    twin: bool = False
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """The styles and templates a split may draw from."""
+
+    styles: tuple[str, ...]
+    held_styles: frozenset[str]
+    held_templates: frozenset[str]
+    heldout_allowed: bool
+
+    def allowed(self, template: str) -> bool:
+        return self.heldout_allowed or template not in self.held_templates
+
+    def question(self, rng: np.random.Generator, scene: Scene) -> Question:
+        options = [q for q in QUESTIONS if q.applies_to(scene) and self.allowed(q.id)]
+        return options[int(rng.integers(len(options)))]
+
+    def paraphrase(self, rng: np.random.Generator, base: str, n: int) -> int:
+        options = [k for k in range(n) if self.allowed(f"{base}.{k}")]
+        return options[int(rng.integers(len(options)))]
+
+
+_SAFE = DEFAULT_TAXONOMY.safe_type
+
+
+def _benign(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
+    scene = sample_safe_scene(rng, pool.styles)
+    q = pool.question(rng, scene)
+    return [scene], [_Draft(0, q.text, 0, _SAFE, "benign", q.id, None, answer(q.asks, scene))]
+
+
+def _image_risk(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
+    scene = sample_risk_scene(rng, pool.styles)
+    q = pool.question(rng, scene)
+    assert scene.risk_type is not None
+    return [scene], [_Draft(0, q.text, scene.level, scene.risk_type, "image_risk", q.id, None, answer(q.asks, scene))]
+
+
+def _harmful(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
+    intent = HARMFUL_INTENTS[int(rng.integers(len(HARMFUL_INTENTS)))]
+    k = pool.paraphrase(rng, intent.id, len(intent.texts))
+    scene = sample_safe_scene(rng, pool.styles)
+    return [scene], [_Draft(0, intent.texts[k], intent.level, intent.type, "harmful", f"{intent.id}.{k}", None, None)]
+
+
+def _joint(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
+    # Trigger first, then one of its rules: several rules share 'person', and picking rules uniformly
+    # would make person images the most common safe image by far.
+    triggers = sorted({j.trigger for j in JOINT_RULES})
+    trigger_noun = triggers[int(rng.integers(len(triggers)))]
+    rules = [j for j in JOINT_RULES if j.trigger == trigger_noun]
+    rule = rules[int(rng.integers(len(rules)))]
+    k = pool.paraphrase(rng, rule.id, len(rule.clauses))
+    trigger = sample_safe_scene(rng, pool.styles, noun=rule.trigger)
+    q = pool.question(rng, trigger)
+    prompt, template = f"{rule.clauses[k]} {q.text}", f"{rule.id}.{k}"
+    risky = _Draft(0, prompt, rule.level, rule.type, "joint", template, q.id, answer(q.asks, trigger))
+    # Twin 1: the same prompt next to another safe object is safe, so the prompt alone predicts nothing.
+    others = [n for n in SAFE_NOUNS if n != rule.trigger]
+    other = sample_safe_scene(rng, pool.styles, noun=others[int(rng.integers(len(others)))])
+    twin_prompt = _Draft(1, prompt, 0, _SAFE, "benign", template, q.id, answer(q.asks, other), twin=True)
+    # Twin 2: the same trigger image with a plain question, or with a clause of a rule it does not trigger.
+    q2 = pool.question(rng, trigger)
+    foreign = [j for j in JOINT_RULES if j.trigger != rule.trigger]
+    if rng.random() < 0.5:
+        twin_image = _Draft(0, q2.text, 0, _SAFE, "benign", q2.id, None, answer(q2.asks, trigger), twin=True)
+    else:
+        rule2 = foreign[int(rng.integers(len(foreign)))]
+        k2 = pool.paraphrase(rng, rule2.id, len(rule2.clauses))
+        prompt2 = f"{rule2.clauses[k2]} {q2.text}"
+        twin_image = _Draft(0, prompt2, 0, _SAFE, "benign", f"{rule2.id}.{k2}", q2.id, answer(q2.asks, trigger), True)
+    return [trigger, other], [risky, twin_prompt, twin_image]
+
+
+_GROUPS = {"benign": _benign, "image_risk": _image_risk, "harmful": _harmful, "joint": _joint}
+_GROUP_ROWS = {"benign": 1, "image_risk": 1, "harmful": 1, "joint": 3}
+
+
+def _attack(rng: np.random.Generator, index: int, scenes: list[Scene], draft: _Draft) -> tuple[list[Scene], _Draft]:
+    """Turn a risky draft into an attack: even rows get an adversarial suffix, odd rows a text banner."""
+    if index % 2 == 0:
+        suffix = ATTACK_SUFFIXES[int(rng.integers(len(ATTACK_SUFFIXES)))]
+        return scenes, _Draft(**{**draft.__dict__, "prompt": f"{draft.prompt} {suffix}"})
+    word = _TYPOGRAPHIC_BANNERS[int(rng.integers(len(_TYPOGRAPHIC_BANNERS)))]
+    scenes = [s.model_copy(update={"banner": word}) if i == draft.scene else s for i, s in enumerate(scenes)]
+    return scenes, draft
+
+
+def _choose_kind(rng: np.random.Generator, weights: dict[str, float], room: int, one_row: bool) -> Kind:
+    """A group kind by weight, among those whose rows still fit in ``room`` (joint groups write three)."""
+    kinds = [k for k, w in weights.items() if w > 0 and (one_row or _GROUP_ROWS[k] <= room)]
+    if not kinds:  # only joint groups are weighted and fewer than three rows remain
+        return "benign"
+    p = np.array([weights[k] for k in kinds], dtype=float)
+    return kinds[int(rng.choice(len(kinds), p=p / p.sum()))]  # type: ignore[return-value]
+
+
+def _split_rows(spec: WorldSpec, split: str, n_rows: int) -> list[tuple[WorldRow, Scene]]:
+    """The rows of one split, each with the scene its image shows (twins share a scene and a file)."""
+    train_like = split in ("train", "val")
+    pool = _Pool(
+        styles=spec.train_styles if train_like else ALL_STYLES,
+        held_styles=frozenset(spec.held_out_styles),
+        held_templates=frozenset(spec.held_out_templates),
+        heldout_allowed=not train_like,
+    )
+    weights = spec.mix.model_dump()
+    if split == "attack":  # attacks only make sense on risky requests
+        weights["benign"] = 0.0
+        if sum(weights.values()) <= 0:
+            weights["image_risk"] = 1.0
+    out: list[tuple[WorldRow, Scene]] = []
+    group = 0
+    while len(out) < n_rows:
+        rng = np.random.default_rng([spec.seed, SPLITS.index(split), group])
+        kind = _choose_kind(rng, weights, n_rows - len(out), one_row=split == "attack")
+        scenes, drafts = _GROUPS[kind](rng, pool)
+        if split == "attack":
+            drafts = drafts[:1]
+            scenes, drafts[0] = _attack(rng, len(out), scenes, drafts[0])
+        first_id = len(out)
+        image_of: dict[int, str] = {}
+        for draft in drafts:
+            row_id = f"{split}-{len(out):06d}"
+            image_of.setdefault(draft.scene, f"images/{row_id}.png")
+            out.append(
+                (
+                    _row(row_id, image_of[draft.scene], scenes[draft.scene], draft, pool, split, first_id),
+                    scenes[draft.scene],
+                )
+            )
+        group += 1
+    return out
+
+
+def _row(row_id: str, image: str, scene: Scene, draft: _Draft, pool: _Pool, split: str, first: int) -> WorldRow:
+    templates = [draft.template] + ([draft.question] if draft.question else [])
+    return WorldRow(
+        id=row_id,
+        image=image,
+        prompt=draft.prompt,
+        response=respond(draft.level, draft.type_code, draft.answer),
+        safe_level=draft.level,
+        safe_type=DEFAULT_TAXONOMY.type_by_code(draft.type_code).id,
+        meta=RowMeta(
+            kind=draft.kind,
+            style=scene.style,
+            template=draft.template,
+            question=draft.question,
+            image_type=scene.risk_type or _SAFE,
+            image_level=scene.level,
+            noun=scene.noun,
+            word=scene.word,
+            colour=scene.colour,
+            count=scene.count,
+            answer=draft.answer,
+            held_out=scene.style in pool.held_styles or any(t in pool.held_templates for t in templates),
+            twin_of=f"{split}-{first:06d}" if draft.twin else None,
+            attack=None if split != "attack" else ("typo" if scene.banner else "suffix"),
+        ),
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_world(out_dir: str | Path, spec: WorldSpec | None = None) -> WorldSummary:
+    """Write the world of ``spec`` under ``out_dir``: images/*.png, {train,val,test,attack}.jsonl, world.json."""
+    spec = spec or WorldSpec()
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    sizes = {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test, "attack": spec.n_attack}
+    counts: dict[str, dict[str, Counter[str]]] = {"kinds": {}, "types": {}, "levels": {}}
+    images = 0
+    for split in SPLITS:
+        rows = _split_rows(spec, split, sizes[split])
+        written: set[str] = set()
+        for row, scene in rows:
+            if row.image not in written:
+                png = out / row.image
+                render_scene(scene, spec.image_size).save(png, format="PNG", compress_level=6)
+                written.add(row.image)
+        images += len(written)
+        lines = [json.dumps(row.model_dump(mode="json"), ensure_ascii=False) for row, _ in rows]
+        _write_atomic(out / f"{split}.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
+        counts["kinds"][split] = Counter(row.meta.kind for row, _ in rows)
+        counts["types"][split] = Counter(DEFAULT_TAXONOMY.types[row.safe_type].code for row, _ in rows)
+        counts["levels"][split] = Counter(str(row.safe_level) for row, _ in rows)
+        logger.info("world: wrote %d %s rows (%d images)", len(rows), split, len(written))
+    summary = WorldSummary(
+        spec=spec,
+        rows=sizes,
+        images=images,
+        **{key: {s: dict(sorted(c.items())) for s, c in per.items()} for key, per in counts.items()},
+    )
+    _write_atomic(out / "world.json", summary.model_dump_json(indent=2).encode())
+    return summary
+
+
+def read_rows(world_dir: str | Path, split: str) -> list[WorldRow]:
+    """Load and validate the rows of one split of a built world."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+    path = Path(world_dir) / f"{split}.jsonl"
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            rows.append(WorldRow.model_validate_json(line))
+        except ValueError as err:
+            raise ValueError(f"{path}:{number}: invalid world row: {err}") from err
+    return rows

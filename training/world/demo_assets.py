@@ -1,0 +1,67 @@
+"""Export a world run's trained tiny model and guard as the assets ``psaguard demo`` ships with.
+
+The Stage II LoRA adapter is merged into the base weights, so the demo needs neither peft nor the
+training extra; the guard is saved without an adapter. A few test rows (one per kind, with their
+images) go along as the demo's examples. Regenerate with::
+
+    psaguard world run --preset cpu --out runs/world --report-dir docs --export-demo guard/assets/world_demo
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from psaguard.guard import SafetyGuard
+from psaguard.training.world.build import WorldRow, read_rows
+
+__all__ = ["DEMO_KINDS", "export_demo_assets", "pick_demo_rows"]
+
+logger = logging.getLogger(__name__)
+
+DEMO_KINDS = ("benign", "image_risk", "harmful", "joint", "joint twin")
+"""The kinds of request the demo shows, one row each ('joint twin' is a joint row's safe twin)."""
+
+
+def _kind(row: WorldRow) -> str:
+    return "joint twin" if row.meta.twin_of is not None else row.meta.kind
+
+
+def pick_demo_rows(rows: list[WorldRow], answers_ok: set[str] | None = None) -> list[WorldRow]:
+    """The first row of each :data:`DEMO_KINDS` (preferring ids in ``answers_ok``) for the demo."""
+    picked = []
+    for kind in DEMO_KINDS:
+        candidates = [r for r in rows if _kind(r) == kind and (kind != "image_risk" or r.safe_level == 3)]
+        preferred = [r for r in candidates if answers_ok is None or r.id in answers_ok]
+        if preferred or candidates:
+            picked.append((preferred or candidates)[0])
+    return picked
+
+
+def export_demo_assets(
+    base_dir: Path, guard_dir: Path, world_dir: Path, dest: Path, answers_ok: set[str] | None = None
+) -> Path:
+    """Write ``dest/model`` (base + merged LoRA), ``dest/guard`` and ``dest/examples.jsonl`` with images."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
+    processor = AutoProcessor.from_pretrained(base_dir)
+    guard = SafetyGuard.from_pretrained(guard_dir, model, processor, load_adapter=True)
+    merged = guard.model.merge_and_unload() if hasattr(guard.model, "merge_and_unload") else guard.model
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "images").mkdir(parents=True)
+    merged.save_pretrained(dest / "model")
+    processor.save_pretrained(dest / "model")
+    guard.save_pretrained(dest / "guard")
+    lines = []
+    for row in pick_demo_rows(read_rows(world_dir, "test"), answers_ok):
+        image = f"images/{Path(row.image).name}"
+        shutil.copyfile(world_dir / row.image, dest / image)
+        record = {"kind": _kind(row), "image": image, "prompt": row.prompt, "expected": row.response}
+        lines.append(json.dumps({**record, "level": row.safe_level, "type": row.safe_type}) + "\n")
+    (dest / "examples.jsonl").write_text("".join(lines))
+    logger.info("demo assets written to %s", dest)
+    return dest

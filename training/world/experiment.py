@@ -1,0 +1,350 @@
+"""The world experiment: build a world, teach a tiny base VLM its safe VQA, train a guard, and report.
+
+:func:`run_experiment` runs every step of ``psaguard world run`` for an :class:`ExperimentSpec`:
+
+1. build the world (:func:`~psaguard.training.world.build.build_world`) and a tiny base VLM with the world
+   vocabulary, taught the world's safe VQA (:mod:`~psaguard.training.world.base_model`);
+2. Stage I twice with the project's trainer, text-aware ``mean`` pooling (the guard) and the paper's
+   ``first`` pooling (the ablation), then a short Stage II (LoRA, or QLoRA with ``qlora``) on the first;
+3. score on the held-out test split and the attack split (:mod:`~psaguard.training.world.scoring`);
+4. write the report (:func:`~psaguard.training.world.report.write_report`) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from psaguard.guard import SafetyGuard
+from psaguard.taxonomy import DEFAULT_TAXONOMY
+from psaguard.training.config import LoraSettings, QuantConfig, Stage1Config, Stage2Config
+from psaguard.training.data import read_jsonl
+from psaguard.training.stage1 import train_stage1
+from psaguard.training.stage2 import train_stage2
+from psaguard.training.world.base_model import (
+    BaseVlmConfig,
+    build_base_vlm,
+    pretrain_vision,
+    train_safe_vqa,
+    vqa_accuracy,
+)
+from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
+from psaguard.training.world.report import GenerationEval, WorldMetrics, write_report
+from psaguard.training.world.scoring import answer_rows, head_eval, refusal_rate, vqa_rate
+
+__all__ = ["PRESETS", "ExperimentResult", "ExperimentSpec", "StageSettings", "run_experiment"]
+
+logger = logging.getLogger(__name__)
+
+Preset = Literal["ci", "cpu", "gpu"]
+
+
+class StageSettings(BaseModel):
+    """Optimizer settings of one training stage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int = Field(ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Examples per step.")
+    lr: float = Field(gt=0, description="Peak learning rate.")
+    warmup: int = Field(10, ge=0, description="Linear warm-up steps.")
+
+
+class ExperimentSpec(BaseModel):
+    """Everything that determines a world experiment run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: Preset | None = Field(None, description="The preset this spec came from, if any.")
+    seed: int = Field(0, description="Seed of the world, the base model and both stages.")
+    world: WorldSpec = Field(default_factory=WorldSpec, description="The world to build.")
+    base: BaseVlmConfig = Field(default_factory=BaseVlmConfig, description="Tiny base VLM and its safe-VQA run.")
+    num_tokens: int = Field(8, ge=1, description="Safety tokens per set (paper: 64).")
+    token_init_std: float = Field(
+        0.02,
+        gt=0,
+        description="Init std of the safety tokens (paper: 0.02); larger keys help a tiny head read the prompt.",
+    )
+    stage1: StageSettings = Field(
+        default_factory=lambda: StageSettings(steps=150, lr=2e-3), description="Stage I (safety modules)."
+    )
+    stage1_lm_weight: float = Field(
+        1.0, ge=0, description="LM-loss weight of Stage I; 0 skips the LLM (fast, but llm_tokens stay untrained)."
+    )
+    stage2: StageSettings = Field(
+        default_factory=lambda: StageSettings(steps=40, lr=1e-3), description="Stage II (LoRA on the LLM)."
+    )
+    lora_r: int = Field(8, ge=1, description="LoRA rank of Stage II.")
+    qlora: bool = Field(False, description="Stage II on a 4-bit NF4 language model (QLoRA) instead of fp32 LoRA.")
+    max_new_tokens: int = Field(24, ge=1, description="Greedy tokens per answer (refusals are ~20 words).")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads; 1 is fastest for tiny models on busy CPUs.")
+
+    @classmethod
+    def from_preset(cls, preset: Preset, seed: int = 0, **overrides: Any) -> ExperimentSpec:
+        """The spec of a named preset, with ``overrides`` (top-level fields) applied."""
+        return cls.model_validate({**PRESETS[preset](seed), "preset": preset, "seed": seed, **overrides})
+
+
+def _world(seed: int, n: tuple[int, int, int, int], image_size: int = 32) -> dict[str, Any]:
+    n_train, n_val, n_test, n_attack = n
+    return {
+        "seed": seed,
+        "image_size": image_size,
+        "n_train": n_train,
+        "n_val": n_val,
+        "n_test": n_test,
+        "n_attack": n_attack,
+    }
+
+
+PRESETS: dict[str, Any] = {
+    # ~30 s on one busy core: enough to show learning against chance, far from the goals.
+    "ci": lambda seed: {
+        "world": _world(seed, (240, 16, 120, 40)),
+        "base": {
+            "text_hidden": 64,
+            "vision_steps": 40,
+            "steps": 60,
+            "batch_size": 16,
+            "lr": 3e-3,
+            "warmup": 5,
+            "seed": seed,
+        },
+        "num_tokens": 8,
+        "token_init_std": 1.0,
+        "stage1": {"steps": 250, "batch_size": 16, "lr": 1e-2, "warmup": 5},
+        "stage1_lm_weight": 0.0,
+        "stage2": {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup": 1},
+        "max_new_tokens": 20,
+    },
+    # A few minutes on a 2-core CPU.
+    "cpu": lambda seed: {
+        "world": _world(seed, (1200, 100, 400, 200)),
+        "base": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup": 20, "seed": seed},  # 1500 vision steps
+        "num_tokens": 16,
+        "token_init_std": 1.0,
+        "stage1": {"steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
+        "stage1_lm_weight": 0.0,
+        "stage2": {"steps": 60, "batch_size": 16, "lr": 1e-3, "warmup": 5},
+    },
+    # Larger world and longer runs for a GPU (untested: no GPU was available when it was written).
+    "gpu": lambda seed: {
+        "world": _world(seed, (6000, 600, 1500, 600)),
+        "base": {"text_hidden": 256, "steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup": 50, "seed": seed},
+        "num_tokens": 16,
+        "stage1": {"steps": 1500, "batch_size": 32, "lr": 1e-3, "warmup": 50},
+        "stage2": {"steps": 200, "batch_size": 32, "lr": 5e-4, "warmup": 20},
+        "lora_r": 16,
+        "qlora": True,
+        "threads": None,
+    },
+}
+"""Preset name -> function of the seed returning the spec's fields."""
+
+
+class ExperimentResult(BaseModel):
+    """Where a run wrote its outputs, and its metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: WorldMetrics = Field(description="Everything the report shows.")
+    report: Path = Field(description="The markdown report.")
+    base_dir: Path = Field(description="The trained tiny base VLM (model + processor).")
+    guard_dir: Path = Field(description="The Stage II guard (guard + LoRA adapter).")
+    base_loss: tuple[float, float] = Field(description="Base VQA fine-tuning loss, first and last 10 steps.")
+    stage1_loss: tuple[float, float] = Field(
+        description="Stage I head loss (CE level + CE type) of the mean-pooling run, first and last logged."
+    )
+    correct_ids: set[str] = Field(description="Test rows whose guarded answer equals the target response.")
+
+
+def _stage_kwargs(stage: StageSettings, seed: int) -> dict[str, Any]:
+    return {
+        "max_steps": stage.steps,
+        "batch_size": stage.batch_size,
+        "grad_accum": 1,
+        "lr": stage.lr,
+        "warmup_steps": stage.warmup,
+        "seed": seed,
+        "checkpoint_every": stage.steps + 1,  # runs this short need no resumable checkpoints
+        "log_every": max(1, stage.steps // 10),
+        "progress_bar": False,
+        "cpu": not torch.cuda.is_available(),
+    }
+
+
+def _losses(run_dir: Path, key: str = "head_loss") -> tuple[float, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r[key] for r in records if key in r and not any(k.startswith("eval") for k in r)]
+    return train[0], train[-1]
+
+
+def _stage1(spec: ExperimentSpec, base_dir: Path, world_dir: Path, out: Path, pooling: str) -> Path:
+    cfg = Stage1Config(
+        model=str(base_dir),
+        train_data=world_dir / "train.jsonl",
+        output_dir=out,
+        num_safe=None,  # the world is balanced by construction; the paper's 3000 would be all of it anyway
+        lm_loss_weight=spec.stage1_lm_weight,
+        guard={
+            "tokens": {"num_tokens": spec.num_tokens, "init_std": spec.token_init_std},
+            "head": {"pooling": pooling},
+        },
+        **_stage_kwargs(spec.stage1, spec.seed),
+    )
+    return train_stage1(cfg)
+
+
+def _stage2(spec: ExperimentSpec, base_dir: Path, world_dir: Path, stage1_dir: Path, out: Path) -> Path:
+    cfg = Stage2Config(
+        model=str(base_dir),
+        guard=stage1_dir,
+        train_data=world_dir / "train.jsonl",
+        output_dir=out,
+        lora=LoraSettings(r=spec.lora_r, alpha=2 * spec.lora_r, dropout=0.0),
+        quant=QuantConfig(load_in_4bit=spec.qlora, compute_dtype="float32" if spec.qlora else "bfloat16"),
+        gradient_checkpointing=spec.qlora,
+        plots=False,
+        **_stage_kwargs(spec.stage2, spec.seed),
+    )
+    return train_stage2(cfg)
+
+
+def _load_guard(base_dir: Path, guard_dir: Path, *, adapter: bool) -> SafetyGuard:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
+    processor = AutoProcessor.from_pretrained(base_dir)
+    return SafetyGuard.from_pretrained(guard_dir, model, processor, load_adapter=adapter)
+
+
+def capability_rows(rows: list[WorldRow]) -> list[WorldRow]:
+    """The rows a base VLM learns from: safe rows, plus risk-concept images with their plain answer.
+
+    A real base VLM can name a gun or read a word whatever its safety training; teaching the tiny one to
+    answer plainly about risk-concept images too gives its vision tower features that tell concepts apart,
+    which the frozen-tower Stage I needs. Relabelled rows are level 0 only for this SFT; the guard's data and
+    every evaluation keep the true labels.
+    """
+    safe_type = DEFAULT_TAXONOMY.safe_type_id
+    plain = [
+        r.model_copy(update={"response": r.meta.answer, "safe_level": 0, "safe_type": safe_type})
+        for r in rows
+        if r.meta.kind == "image_risk" and r.meta.answer
+    ]
+    return [r for r in rows if r.safe_level == 0] + plain
+
+
+def _joint_ids(rows: list[WorldRow]) -> set[str]:
+    return {r.id for r in rows if r.meta.kind == "joint" or r.meta.twin_of is not None}
+
+
+def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResult:
+    """Run the whole experiment into ``out_dir`` (world/, base/, stage1-*/, stage2/, report/)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 1)
+        clock = now
+        logger.info("world run: %s done in %.1f s", name, timings[name])
+
+    world_dir = out / "world"
+    build_world(world_dir, spec.world)
+    train_rows, test_rows, attack_rows = (read_rows(world_dir, s) for s in ("train", "test", "attack"))
+    lap("world")
+
+    torch.manual_seed(spec.seed)
+    model, processor = build_base_vlm(spec.base)
+    probe = pretrain_vision(model, processor, train_rows, world_dir, spec.base)
+    sft = train_safe_vqa(model, processor, capability_rows(train_rows), world_dir, spec.base)
+    base_dir = out / "base"
+    model.save_pretrained(base_dir)
+    processor.save_pretrained(base_dir)
+    vqa_base = vqa_accuracy(model, processor, test_rows, world_dir, max_new_tokens=spec.max_new_tokens)
+    del model
+    lap("base model")
+
+    stage1_dirs = {p: _stage1(spec, base_dir, world_dir, out / f"stage1-{p}", p) for p in ("mean", "first")}
+    lap("stage I (mean + first)")
+    guard_dir = _stage2(spec, base_dir, world_dir, stage1_dirs["mean"], out / "stage2")
+    lap("stage II")
+
+    examples, _ = read_jsonl(world_dir / "test.jsonl")
+    joint = _joint_ids(test_rows)
+    heads = {"mean": None, "first": None}
+    first_guard = _load_guard(base_dir, stage1_dirs["first"], adapter=False)
+    heads["first"] = head_eval(first_guard, examples, joint)
+    del first_guard
+    guard = _load_guard(base_dir, guard_dir, adapter=True)
+    heads["mean"] = head_eval(guard, examples, joint)
+    lap("head evaluation")
+
+    answers = answer_rows(guard, test_rows, world_dir, max_new_tokens=spec.max_new_tokens)
+    by_id = {r.id: r for r in test_rows}
+    unsafe = [a for a in answers if by_id[a.row_id].safe_level > 0]
+    safe = [a for a in answers if by_id[a.row_id].safe_level == 0]
+    attacked = answer_rows(guard, attack_rows, world_dir, max_new_tokens=spec.max_new_tokens)
+    attack_kind = {r.id: r.meta.attack for r in attack_rows}
+    attacks = {"none": 1 - refusal_rate(unsafe)}
+    for kind in ("suffix", "typo"):
+        hit = [a for a in attacked if attack_kind[a.row_id] == kind]
+        if hit:
+            attacks[kind] = 1 - refusal_rate(hit)
+    lap("guarded generation")
+
+    stage1_loss = _losses(stage1_dirs["mean"])
+    metrics = WorldMetrics(
+        heads=heads,
+        primary="mean",
+        baseline="first",
+        generation=GenerationEval(
+            refusal_unsafe=refusal_rate(unsafe),
+            over_refusal_safe=refusal_rate(safe, count_hints=True),
+            n_unsafe=len(unsafe),
+            n_safe=len(safe),
+        ),
+        vqa={"base": vqa_base, "guarded": vqa_rate(safe)},
+        vqa_reference="base",
+        vqa_final="guarded",
+        attacks=attacks,
+        notes={
+            "preset": spec.preset or "custom",
+            "seed": spec.seed,
+            "rows train / test / attack": f"{len(train_rows)} / {len(test_rows)} / {len(attack_rows)}",
+            "image size": spec.world.image_size,
+            "base vision pre-training probe accuracy": f"{probe:.3f}",
+            "base SFT loss first -> last": f"{sft.first_loss:.3f} -> {sft.last_loss:.3f} ({sft.steps} steps)",
+            "stage I head loss first -> last (mean)": f"{stage1_loss[0]:.3f} -> {stage1_loss[1]:.3f}",
+            "stage I / II steps": f"{spec.stage1.steps} / {spec.stage2.steps}",
+            "stage II": f"{'QLoRA (NF4)' if spec.qlora else 'LoRA (fp32)'} r={spec.lora_r}",
+            "safety tokens": spec.num_tokens,
+            **{f"time {k} (s)": v for k, v in timings.items()},
+            "time total (s)": round(sum(timings.values()), 1),
+        },
+    )
+    report_dir = out / "report"
+    report = write_report(metrics, report_dir, title=f"Synthetic world report ({spec.preset or 'custom'} preset)")
+    (report_dir / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n")
+    (report_dir / "answers.jsonl").write_text("".join(a.model_dump_json() + "\n" for a in answers))
+    return ExperimentResult(
+        metrics=metrics,
+        report=report,
+        base_dir=base_dir,
+        guard_dir=guard_dir,
+        base_loss=(sft.first_loss, sft.last_loss),
+        stage1_loss=stage1_loss,
+        correct_ids={a.row_id for a in answers if a.correct or (a.refused and by_id[a.row_id].safe_level == 3)},
+    )
