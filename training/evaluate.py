@@ -19,6 +19,7 @@ from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
 from psaguard.training.collate import load_example_image
 from psaguard.training.data import DatasetReport, Example
+from psaguard.training.metrics import binary_rates
 
 __all__ = [
     "ClassMetrics",
@@ -149,7 +150,7 @@ def head_report(labels: Sequence[int], probs: np.ndarray, codes: Sequence[str], 
         fp = int(confusion[:, index].sum()) - tp
         fn = int(confusion[index].sum()) - tp
         tn = int(confusion.sum()) - tp - fp - fn
-        precision, recall, f1, fpr = _rates(tp, fp, tn, fn)
+        precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
         classes.append(
             ClassMetrics(
                 code=code,
@@ -178,16 +179,8 @@ def detection_metrics(risky: Sequence[bool], flagged: Sequence[bool]) -> Detecti
     truth, pred = np.asarray(risky, dtype=bool), np.asarray(flagged, dtype=bool)
     tp, fp = int((truth & pred).sum()), int((~truth & pred).sum())
     tn, fn = int((~truth & ~pred).sum()), int((truth & ~pred).sum())
-    precision, recall, f1, fpr = _rates(tp, fp, tn, fn)
+    precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
     return DetectionMetrics(tp=tp, fp=fp, tn=tn, fn=fn, precision=precision, recall=recall, f1=f1, fpr=fpr)
-
-
-def _rates(tp: int, fp: int, tn: int, fn: int) -> tuple[float, float, float, float]:
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    fpr = fp / (fp + tn) if fp + tn else 0.0
-    return precision, recall, f1, fpr
 
 
 def _calibration(confidence: np.ndarray, correct: np.ndarray, bins: int) -> tuple[list[ReliabilityBin], float]:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from psaguard.training.metrics import binary_rates
+
 __all__ = ["GOALS", "ClassScores", "ConfusionMatrix", "GenerationEval", "HeadEval", "WorldMetrics", "write_report"]
 
 GOALS = {
@@ -66,10 +68,7 @@ class ConfusionMatrix(BaseModel):
             fn = sum(self.counts[k]) - tp
             fp = sum(row[k] for row in self.counts) - tp
             tn = self.total - tp - fn - fp
-            precision = tp / (tp + fp) if tp + fp else 0.0
-            recall = tp / (tp + fn) if tp + fn else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            fpr = fp / (fp + tn) if fp + tn else 0.0
+            precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
             out.append(ClassScores(label=label, support=tp + fn, precision=precision, recall=recall, f1=f1, fpr=fpr))
         return out
 
