@@ -316,7 +316,7 @@ class GuardedGenerator:
             if plan.conversation is not None
         ]
         feature_rows = [row for plan in plans for row in plan.feature_rows]
-        subset = VisionFeatures(patches=features.patches[feature_rows], selected=features.selected[feature_rows])
+        subset = features.subset(feature_rows)
         with torch.inference_mode():
             image_embeds = list(guard.backbone.project(subset))
         llm_tokens = guard.modules.llm_tokens.detach() if guard.config.tokens.inject_llm_tokens else None

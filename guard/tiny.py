@@ -2,19 +2,29 @@
 
 No weights can be downloaded in tests, demos or CI, so psaguard builds its own small
 ``LlavaForConditionalGeneration`` and ``LlavaProcessor`` (a word-level tokenizer and a CLIP image
-processor) in a few seconds on the CPU. Layer widths are multiples of 64 so that bitsandbytes' 4-bit
-kernels run on them, also on the CPU.
+processor) in a few seconds on the CPU, and a LLaVA-NeXT pair (``LlavaNextForConditionalGeneration``,
+``LlavaNextProcessor`` with any-resolution tiles) from the same sizes. Layer widths are multiples of 64
+so that bitsandbytes' 4-bit kernels run on them, also on the CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["TinyLlavaSpec", "build_tiny_llava", "build_tiny_processor", "save_tiny_llava"]
+__all__ = [
+    "TINY_GRID_PINPOINTS",
+    "TinyLlavaSpec",
+    "build_tiny_llava",
+    "build_tiny_llava_next",
+    "build_tiny_llava_next_processor",
+    "build_tiny_processor",
+    "save_tiny_llava",
+    "save_tiny_llava_next",
+]
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 
@@ -25,6 +35,9 @@ BASE_WORDS = tuple(
     "circle square triangle star word text say read sorry can't cannot help with that request because "
     "involves yes no please answer question safe careful hint you must refuse".split()
 )
+
+# LLaVA-NeXT tile layouts (height, width) in pixels: square, tall and wide, each a multiple of image_size.
+TINY_GRID_PINPOINTS: tuple[tuple[int, int], ...] = ((32, 32), (64, 32), (32, 64))
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -59,29 +72,16 @@ class TinyLlavaSpec(BaseModel):
 
 def build_tiny_processor(spec: TinyLlavaSpec | None = None):  # -> LlavaProcessor
     """Build a ``LlavaProcessor`` with a word-level tokenizer and a CLIP image processor."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     spec = spec or TinyLlavaSpec()
-    words = _vocabulary(spec.extra_words)
-    backend = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
-    )
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": spec.image_size},
         crop_size={"height": spec.image_size, "width": spec.image_size},
     )
     return LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=tokenizer,
+        tokenizer=_tiny_tokenizer(spec),
         patch_size=spec.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
@@ -91,46 +91,67 @@ def build_tiny_processor(spec: TinyLlavaSpec | None = None):  # -> LlavaProcesso
 
 def build_tiny_llava(spec: TinyLlavaSpec | None = None, processor=None):  # -> LlavaForConditionalGeneration
     """Build a tiny ``LlavaForConditionalGeneration`` with random weights, sized by ``spec``."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     spec = spec or TinyLlavaSpec()
     processor = processor or build_tiny_processor(spec)
     tok = processor.tokenizer
-    vocab_size = _round_up(len(tok), 64)
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden,
-    )
-    text = LlamaConfig(
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        vocab_size=vocab_size,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
     config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
+        vision_config=_vision_config(spec),
+        text_config=_text_config(spec, tok),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy="default",
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(spec.seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model.eval()
+    return _ready(LlavaForConditionalGeneration(config), tok)
+
+
+def build_tiny_llava_next_processor(
+    spec: TinyLlavaSpec | None = None, grid_pinpoints: Sequence[Sequence[int]] = TINY_GRID_PINPOINTS
+):  # -> LlavaNextProcessor
+    """Build a ``LlavaNextProcessor``: the tiny tokenizer and an any-resolution image processor."""
+    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    spec = spec or TinyLlavaSpec()
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        image_grid_pinpoints=[list(p) for p in grid_pinpoints],
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=_tiny_tokenizer(spec),
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_llava_next(
+    spec: TinyLlavaSpec | None = None,
+    processor=None,
+    grid_pinpoints: Sequence[Sequence[int]] = TINY_GRID_PINPOINTS,
+):  # -> LlavaNextForConditionalGeneration
+    """Build a tiny ``LlavaNextForConditionalGeneration`` with random weights, sized by ``spec``."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    spec = spec or TinyLlavaSpec()
+    processor = processor or build_tiny_llava_next_processor(spec, grid_pinpoints)
+    tok = processor.tokenizer
+    config = LlavaNextConfig(
+        vision_config=_vision_config(spec),
+        text_config=_text_config(spec, tok),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[list(p) for p in grid_pinpoints],
+        vision_feature_layer=spec.vision_feature_layer,
+        vision_feature_select_strategy="default",
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    return _ready(LlavaNextForConditionalGeneration(config), tok)
 
 
 def save_tiny_llava(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
@@ -141,6 +162,70 @@ def save_tiny_llava(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def save_tiny_llava_next(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
+    """Build a tiny LLaVA-NeXT model and processor and save both to ``path`` in Hugging Face format."""
+    path = Path(path)
+    processor = build_tiny_llava_next_processor(spec)
+    model = build_tiny_llava_next(spec, processor)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _tiny_tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab=_vocabulary(spec.extra_words), unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+    )
+
+
+def _vision_config(spec: TinyLlavaSpec):  # -> CLIPVisionConfig
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 2,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+    )
+
+
+def _text_config(spec: TinyLlavaSpec, tok):  # -> LlamaConfig
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        vocab_size=_round_up(len(tok), 64),
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
+def _ready(model, tok):
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model.eval()
 
 
 def _vocabulary(extra: Iterable[str]) -> dict[str, int]:

@@ -6,11 +6,12 @@ from torch import nn
 
 from psaguard.backbones.base import Backbone, VisionFeatures
 from psaguard.backbones.llava import LlavaBackbone
+from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.errors import UnsupportedModelError
 
-__all__ = ["BACKBONES", "Backbone", "LlavaBackbone", "VisionFeatures", "resolve_backbone"]
+__all__ = ["BACKBONES", "Backbone", "LlavaBackbone", "LlavaNextBackbone", "VisionFeatures", "resolve_backbone"]
 
-BACKBONES: tuple[type[Backbone], ...] = (LlavaBackbone,)
+BACKBONES: tuple[type[Backbone], ...] = (LlavaBackbone, LlavaNextBackbone)
 """Known family adapters, tried in order."""
 
 

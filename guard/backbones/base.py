@@ -21,11 +21,29 @@ class VisionFeatures:
     """One vision pass over a batch of images.
 
     ``patches`` (B, N, C) lie on a square grid and feed the safety projector; ``selected`` are the features
-    exactly as the model's own projector expects them (its layer and selection strategy).
+    exactly as the model's own projector expects them (its layer and selection strategy). Families that
+    split an image into tiles (LLaVA-NeXT) stack every image's tiles in ``selected`` (sum of ``tiles``, N, C)
+    and say how in ``tiles`` and ``image_sizes``; single-view families leave both None.
     """
 
     patches: torch.Tensor
     selected: torch.Tensor
+    tiles: tuple[int, ...] | None = None
+    image_sizes: torch.Tensor | None = None
+
+    def subset(self, rows: Sequence[int]) -> VisionFeatures:
+        """The features of images ``rows`` only, in that order."""
+        rows = list(rows)
+        if self.tiles is None:
+            return VisionFeatures(patches=self.patches[rows], selected=self.selected[rows])
+        starts = [sum(self.tiles[:i]) for i in range(len(self.tiles))]
+        pieces = [self.selected[starts[r] : starts[r] + self.tiles[r]] for r in rows]
+        return VisionFeatures(
+            patches=self.patches[rows],
+            selected=torch.cat(pieces) if pieces else self.selected[:0],
+            tiles=tuple(self.tiles[r] for r in rows),
+            image_sizes=None if self.image_sizes is None else self.image_sizes[rows],
+        )
 
 
 class Backbone(ABC):
@@ -81,8 +99,8 @@ class Backbone(ABC):
         """Run the vision tower once and select features."""
 
     @abstractmethod
-    def project(self, features: VisionFeatures) -> torch.Tensor:
-        """The model's own image embeddings for its language model: (B, N_llm, D)."""
+    def project(self, features: VisionFeatures) -> torch.Tensor | list[torch.Tensor]:
+        """The model's own image embeddings for its language model: (B, N_llm, D), or one (L_i, D) per image."""
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input token embeddings of the language model."""
