@@ -7,8 +7,9 @@ Importing this package loads none of the heavy dependencies; they load on first 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from psaguard._lazy import lazy_exports
 
 _EXPORTS = {
     "DatasetReport": "psaguard.training.data",
@@ -40,12 +41,4 @@ if TYPE_CHECKING:
     from psaguard.training.stage2 import train_stage2
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'psaguard.training' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

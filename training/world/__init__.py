@@ -6,8 +6,9 @@ for the base model and the report).
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from psaguard._lazy import lazy_exports
 
 _EXPORTS = {
     "BaseVlmConfig": "psaguard.training.world.base_model",
@@ -33,12 +34,4 @@ if TYPE_CHECKING:
     from psaguard.training.world.vocabulary import world_vocabulary
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'psaguard.training.world' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
