@@ -156,19 +156,18 @@ def build_tiny_llava_next(
 
 def save_tiny_llava(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
     """Build a tiny model and processor and save both to ``path`` in Hugging Face format."""
-    path = Path(path)
     processor = build_tiny_processor(spec)
-    model = build_tiny_llava(spec, processor)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return _save(path, build_tiny_llava(spec, processor), processor)
 
 
 def save_tiny_llava_next(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
     """Build a tiny LLaVA-NeXT model and processor and save both to ``path`` in Hugging Face format."""
-    path = Path(path)
     processor = build_tiny_llava_next_processor(spec)
-    model = build_tiny_llava_next(spec, processor)
+    return _save(path, build_tiny_llava_next(spec, processor), processor)
+
+
+def _save(path: str | Path, model, processor) -> Path:
+    path = Path(path)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
