@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from psaguard import SafetyGuard, SafetyGuardConfig
-from psaguard.training.collate import Batch, Collator
+from psaguard.training.collate import IGNORE_INDEX, Batch, Collator
 from psaguard.training.config import QuantConfig
 from psaguard.training.data import Example
 from psaguard.training.objective import GuardObjective
@@ -83,3 +83,22 @@ def test_lm_loss_through_a_4bit_language_model_is_unchanged(tiny_dir: Path, tiny
     model.requires_grad_(False)
     objective = objective_for(model, processor, inject=True)
     assert_pinned(objective, tiny_batch, "nf4")
+
+
+def test_the_model_sees_right_padded_rows_with_only_the_answers_labelled(
+    tiny_model, tiny_processor, tiny_batch: Batch
+) -> None:
+    model = copy.deepcopy(tiny_model).requires_grad_(False)
+    objective = objective_for(model, tiny_processor, inject=True)
+    seen: dict[str, torch.Tensor] = {}
+    model.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    objective(tiny_batch)
+    mask, labels, ids = seen["attention_mask"], seen["labels"], seen["input_ids"]
+    slots = 4 + objective.guard.backbone.num_patches  # the placeholder becomes llm_tokens + patches
+    assert mask.shape == (2, tiny_batch.input_ids.shape[1] - 1 + slots)
+    assert torch.equal(mask.sum(1), tiny_batch.attention_mask.sum(1) - 1 + slots)
+    assert torch.equal(mask, mask.sort(dim=1, descending=True).values)  # right padding: real tokens first
+    image_id = objective.guard.backbone.image_token_id
+    assert (ids == image_id).sum(1).tolist() == [slots, slots]
+    assert labels[(ids == image_id) | (mask == 0)].eq(IGNORE_INDEX).all()
+    assert labels[labels != IGNORE_INDEX].tolist() == tiny_batch.labels[tiny_batch.labels != IGNORE_INDEX].tolist()
