@@ -194,7 +194,7 @@ class GuardedGenerator:
         sequences = None
         if prepared.inputs is not None:
             with torch.inference_mode():
-                sequences = self.guard.model.generate(**prepared.inputs.generate_kwargs(), **generate_kwargs)
+                sequences = self.guard.model.generate(**prepared.inputs.model_kwargs(), **generate_kwargs)
         return self.finish(prepared, sequences, start, generate_kwargs)
 
     def stream(self, image: ImagesInput, prompt: PromptInput, **generate_kwargs: Any) -> GuardedStream:

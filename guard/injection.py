@@ -1,43 +1,50 @@
-"""Building the language model's input for guarded generation: image slots, safety tokens, padding.
+"""Building the language model's input, for guarded generation and for training: image slots, safety tokens.
 
 Each image is one placeholder token in a prompt row. :func:`build_llm_inputs` widens it into a run of
 ``N + P`` placeholder ids (``N`` = ``llm_tokens``, ``P`` = the model's image embeddings) and pairs the
 row with ``cat(llm_tokens, image_embeds)`` per image, so the model scatters both into those positions, as
-the paper places its LLM-side safety tokens right before each image's embeddings. The vision features come
-from the guard's one vision pass and are handed to ``generate`` as ``mm_encoder_outputs``, so the model
-never runs its vision tower again.
+the paper places its LLM-side safety tokens right before each image's embeddings (§2.3). The features are
+handed to the model as ``mm_encoder_outputs``: in generation they come from the guard's one vision pass,
+so the model never runs its vision tower again; in training the scatter keeps the graph, so the LM loss
+reaches ``llm_tokens`` (their only training signal).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from psaguard.errors import InvalidInputError, InvalidPromptError
 
-__all__ = ["LlmInputs", "build_llm_inputs", "collapse_image_runs", "tokenize_prompt"]
+__all__ = ["IGNORE_INDEX", "LlmInputs", "build_llm_inputs", "collapse_image_runs", "tokenize_prompt"]
+
+
+IGNORE_INDEX = -100
+"""Label of positions without loss (prompt, image, padding); the default of PyTorch's cross-entropy."""
 
 
 @dataclass(frozen=True)
 class LlmInputs:
-    """A left-padded batch ready for ``model.generate(**inputs.generate_kwargs())``."""
+    """A padded batch ready for ``model(**inputs.model_kwargs())`` or ``model.generate(...)``."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     image_features: list[torch.Tensor]
     prompt_lengths: list[int]
+    labels: torch.Tensor | None = None
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``generate``: ids, mask and the precomputed image features."""
-        return {
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``forward`` or ``generate``: ids, mask, the image features (and labels)."""
+        kwargs = {
             "input_ids": self.input_ids,
             "attention_mask": self.attention_mask,
             "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=self.image_features)},
         }
+        return kwargs if self.labels is None else {**kwargs, "labels": self.labels}
 
 
 def tokenize_prompt(tokenizer: Any, text: str, image_token_id: int, num_images: int) -> list[int]:
@@ -84,43 +91,57 @@ def build_llm_inputs(
     image_token_id: int,
     pad_token_id: int,
     llm_tokens: torch.Tensor | None,
+    labels: Sequence[Sequence[int]] | None = None,
+    padding_side: Literal["left", "right"] = "left",
     device: torch.device | str = "cpu",
 ) -> LlmInputs:
-    """Expand image placeholders and pair them with ``[llm_tokens; image_embeds]``, left-padding the rows.
+    """Expand image placeholders and pair them with ``[llm_tokens; image_embeds]``, padding the rows.
+
+    Generation and training both build the model's input here, so the safety tokens sit where the model
+    was trained to see them. Gradients flow from the features into ``llm_tokens`` and ``image_embeds``.
 
     Args:
         rows: Prompt token ids, one placeholder per image, images in order across rows.
         image_embeds: One ``(P, D)`` tensor per image, from the model's own projector.
         image_token_id: The model's image placeholder id.
-        pad_token_id: Id used for left padding (masked out).
+        pad_token_id: Id used for padding (masked out).
         llm_tokens: ``(1, N, D)`` safety tokens placed before each image's embeddings, or None for none.
-        device: Where the id and mask tensors go.
+        labels: Per-row labels aligned with ``rows`` (training); image slots and padding get -100.
+        padding_side: "left" for generation (new tokens are appended on the right of every row), "right"
+            for training.
+        device: Where the id, mask and label tensors go.
     """
     if sum(row.count(image_token_id) for row in map(list, rows)) != len(image_embeds):
         raise InvalidInputError(f"{len(image_embeds)} image embeddings do not match the placeholders in the rows")
     prefix = None if llm_tokens is None else llm_tokens.reshape(-1, llm_tokens.shape[-1])
     features = [emb if prefix is None else torch.cat([prefix.to(emb.device, emb.dtype), emb]) for emb in image_embeds]
+    slots = iter(len(feature) for feature in features)
     expanded: list[list[int]] = []
-    image_index = 0
-    for row in rows:
-        out: list[int] = []
-        for token in row:
-            if token == image_token_id:
-                out.extend([image_token_id] * len(features[image_index]))
-                image_index += 1
-            else:
-                out.append(token)
-        expanded.append(out)
-    width = max(len(row) for row in expanded)
-    input_ids = torch.full((len(expanded), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(expanded), width), dtype=torch.long)
-    for i, row in enumerate(expanded):
-        # Left padding: decoder-only generation appends new tokens on the right of every row.
-        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, width - len(row) :] = 1
+    targets: list[list[int]] = []
+    # Without labels the ids stand in for them, and the labels built from them are dropped.
+    for row, row_labels in zip(rows, rows if labels is None else labels, strict=True):
+        ids: list[int] = []
+        row_targets: list[int] = []
+        for token, label in zip(row, row_labels, strict=True):
+            width = next(slots) if token == image_token_id else 1
+            ids.extend([token] * width)
+            row_targets.extend([IGNORE_INDEX if token == image_token_id else label] * width)
+        expanded.append(ids)
+        targets.append(row_targets)
     return LlmInputs(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
+        input_ids=_pad(expanded, pad_token_id, padding_side).to(device),
+        attention_mask=_pad([[1] * len(row) for row in expanded], 0, padding_side).to(device),
         image_features=features,
         prompt_lengths=[len(row) for row in expanded],
+        labels=None if labels is None else _pad(targets, IGNORE_INDEX, padding_side).to(device),
     )
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int, side: Literal["left", "right"]) -> torch.Tensor:
+    """A (len(rows), longest row) long tensor of the rows, filled with ``value`` on ``side``."""
+    width = max(len(row) for row in rows)
+    padded = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        start = width - len(row) if side == "left" else 0
+        padded[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
+    return padded

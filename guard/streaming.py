@@ -82,7 +82,7 @@ class GuardedStream(Iterator[str]):
             try:
                 with torch.inference_mode():  # thread-local, so entered inside the worker thread
                     outcome["sequences"] = generator.guard.model.generate(
-                        **inputs.generate_kwargs(), **self._kwargs, streamer=streamer
+                        **inputs.model_kwargs(), **self._kwargs, streamer=streamer
                     )
             except BaseException as err:  # re-raised in the consumer; end() unblocks it
                 outcome["error"] = err

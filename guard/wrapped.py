@@ -212,7 +212,7 @@ class GuardedModel:
             device=guard.backbone.device,
         )
         with torch.inference_mode():
-            sequences = self.model.generate(**inputs.generate_kwargs(), **generate_kwargs)
+            sequences = self.model.generate(**inputs.model_kwargs(), **generate_kwargs)
         width = inputs.input_ids.shape[1]
         eos_ids = eos_token_ids(self.model, generate_kwargs)
         return {

@@ -1,8 +1,10 @@
+import copy
+
 import pytest
 import torch
 
 from psaguard import InvalidInputError
-from psaguard.injection import build_llm_inputs, collapse_image_runs
+from psaguard.injection import IGNORE_INDEX, build_llm_inputs, collapse_image_runs
 
 IMG, PAD = 9, 0
 
@@ -25,7 +27,7 @@ def test_each_placeholder_becomes_llm_tokens_then_image_embeddings_left_padded()
     assert (inputs.input_ids[1] == IMG).sum() == 10 and inputs.attention_mask[1].all()
     for feature, embed in zip(inputs.image_features, embeds):
         assert torch.equal(feature, torch.cat([llm_tokens[0], embed]))
-    kwargs = inputs.generate_kwargs()
+    kwargs = inputs.model_kwargs()
     assert kwargs["mm_encoder_outputs"]["image"].pooler_output is inputs.image_features
 
 
@@ -34,3 +36,40 @@ def test_without_llm_tokens_the_slots_are_only_the_image_embeddings():
     assert inputs.input_ids.tolist() == [[IMG, IMG, IMG, 1]]
     with pytest.raises(InvalidInputError):
         build_llm_inputs([[IMG, IMG]], [torch.ones(3, 4)], image_token_id=IMG, pad_token_id=PAD, llm_tokens=None)
+
+
+def test_training_rows_are_right_padded_with_image_slots_and_padding_unlabelled():
+    llm_tokens = torch.full((1, 2, 4), 7.0)
+    inputs = build_llm_inputs(
+        [[1, IMG, 6, 7], [1, IMG, 8]],
+        [torch.ones(3, 4), torch.zeros(3, 4)],
+        image_token_id=IMG,
+        pad_token_id=PAD,
+        llm_tokens=llm_tokens,
+        labels=[[IGNORE_INDEX, IGNORE_INDEX, 6, 7], [IGNORE_INDEX, IGNORE_INDEX, 8]],
+        padding_side="right",
+    )
+    assert inputs.input_ids.tolist() == [[1, *[IMG] * 5, 6, 7], [1, *[IMG] * 5, 8, PAD]]
+    assert inputs.attention_mask.tolist() == [[1] * 8, [1] * 7 + [0]]
+    assert inputs.labels.tolist() == [[IGNORE_INDEX] * 6 + [6, 7], [IGNORE_INDEX] * 6 + [8, IGNORE_INDEX]]
+    assert torch.equal(inputs.model_kwargs()["labels"], inputs.labels)
+
+
+def test_the_lm_loss_reaches_llm_tokens_through_the_models_own_image_path(tiny_model):
+    model = copy.deepcopy(tiny_model).requires_grad_(False)  # the fixture is shared: leave its grads alone
+    image_id = model.config.image_token_id
+    llm_tokens = torch.randn(1, 2, 64, requires_grad=True)
+    inputs = build_llm_inputs(
+        [[1, 5, image_id, 6, 7]],
+        [torch.randn(16, 64)],
+        image_token_id=image_id,
+        pad_token_id=PAD,
+        llm_tokens=llm_tokens,
+        labels=[[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 6, 7]],
+        padding_side="right",
+    )
+    out = model(**inputs.model_kwargs())
+    embeds = out.image_hidden_states  # what the model scattered into the 2 + 16 image slots
+    torch.testing.assert_close(embeds[:2], llm_tokens[0])
+    out.loss.backward()
+    assert llm_tokens.grad is not None and llm_tokens.grad.abs().sum() > 0

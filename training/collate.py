@@ -3,8 +3,8 @@
 Each example becomes the processor's chat-template text with one image placeholder token, tokenized
 once. Labels are -100 everywhere except on the assistant answers (teacher forcing), found by character
 offsets so that the masking does not depend on how the template spells its turns. The image placeholder
-is expanded later, by :func:`psaguard.training.inputs.build_llm_inputs`, once the number of image
-embeddings (safety tokens + patches) is known.
+is expanded later, by :func:`psaguard.injection.build_llm_inputs` (shared with guarded generation), once
+the number of image embeddings (safety tokens + patches) is known.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from PIL import Image
 
 from psaguard.errors import InvalidImageError
 from psaguard.images import load_image
+from psaguard.injection import IGNORE_INDEX
 from psaguard.training.data import Example
 
 __all__ = ["IGNORE_INDEX", "Batch", "Collator", "combine_images", "load_example_image"]
-
-IGNORE_INDEX = -100
-"""Label of positions without loss (prompt, image, padding); the default of PyTorch's cross-entropy."""
 
 
 @dataclass

@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from psaguard.guard import SafetyGuard
+from psaguard.injection import build_llm_inputs
 from psaguard.training.collate import Batch
-from psaguard.training.inputs import build_llm_inputs, image_embeddings
 
 __all__ = ["GuardObjective", "StepOutput"]
 
@@ -77,17 +77,20 @@ class GuardObjective(nn.Module):
         )
 
     def _lm_loss(self, batch: Batch, projected: torch.Tensor) -> torch.Tensor:
-        embed = self.guard.model.get_input_embeddings()
-        images = projected
-        if self.inject_llm_tokens:
-            images = image_embeddings(self.safety.llm_tokens, projected, embed.weight.dtype)
+        # The same placement as guarded generation, so llm_tokens are trained where they are used.
         inputs = build_llm_inputs(
-            batch.input_ids,
-            batch.attention_mask,
-            batch.labels,
-            images,
-            embed,
-            self.guard.backbone.image_token_id,
-            self.pad_id,
+            _unpadded(batch.input_ids, batch.attention_mask),
+            list(projected),
+            image_token_id=self.guard.backbone.image_token_id,
+            pad_token_id=self.pad_id,
+            llm_tokens=self.safety.llm_tokens if self.inject_llm_tokens else None,
+            labels=_unpadded(batch.labels, batch.attention_mask),
+            padding_side="right",  # as the collator pads: every row's positions start at 0
+            device=self.guard.backbone.device,
         )
-        return self.model(**inputs, use_cache=False).loss.float()
+        return self.model(**inputs.model_kwargs(), use_cache=False).loss.float()
+
+
+def _unpadded(rows: torch.Tensor, attention_mask: torch.Tensor) -> list[list[int]]:
+    """The real (unmasked) positions of each row of a padded batch."""
+    return [row[mask.bool()].tolist() for row, mask in zip(rows.cpu(), attention_mask.cpu())]

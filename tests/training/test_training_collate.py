@@ -1,19 +1,16 @@
-"""Collation (SFT masking on the answers only) and the LLM input with the safety tokens in place."""
+"""Collation: SFT masking on the answers only, one image placeholder per example, right padding."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from psaguard.errors import DatasetError
 from psaguard.tiny import build_tiny_processor
 from psaguard.training.collate import IGNORE_INDEX, Collator
 from psaguard.training.data import Example
-from psaguard.training.inputs import build_llm_inputs, image_embeddings
 
 
 @pytest.fixture
@@ -70,26 +67,3 @@ def test_eos_is_appended_when_the_template_does_not_end_answers_with_it(image_pa
 def test_an_example_cut_before_its_answer_is_a_dataset_error_naming_its_line(tiny_processor, image_path) -> None:
     with pytest.raises(DatasetError, match=r"d\.jsonl:7: .*max_length"):
         collator(tiny_processor, max_length=16).encode(example(image_path, ("what " * 20, "a red square")))
-
-
-def test_llm_tokens_then_patches_replace_the_placeholder_and_get_lm_gradients(tiny_model) -> None:
-    tiny_model = copy.deepcopy(tiny_model).requires_grad_(False)  # the fixture is shared: leave its grads alone
-    embed = tiny_model.get_input_embeddings()
-    image_id, pad = tiny_model.config.image_token_id, 0
-    ids = torch.tensor([[1, 5, image_id, 6, 7], [1, image_id, 8, 0, 0]])
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    labels = torch.tensor([[-100, -100, -100, 6, 7], [-100, -100, 8, -100, -100]])
-    llm_tokens = torch.randn(1, 2, 64, requires_grad=True)
-    patches = torch.randn(2, 3, 64)
-    images = image_embeddings(llm_tokens, patches, embed.weight.dtype)
-    out = build_llm_inputs(ids, mask, labels, images, embed, image_id, pad)
-    embeds = out["inputs_embeds"]
-    assert embeds.shape == (2, 9, 64)
-    torch.testing.assert_close(embeds[0, 2:4], llm_tokens[0])
-    torch.testing.assert_close(embeds[0, 4:7], patches[0])
-    torch.testing.assert_close(embeds[1, 1:3], llm_tokens[0])
-    torch.testing.assert_close(embeds[0, 7], embed.weight[6])
-    assert out["labels"].tolist() == [[-100, -100] + [-100] * 5 + [6, 7], [-100] * 6 + [8, -100, -100]]
-    assert out["attention_mask"].tolist() == [[1] * 9, [1] * 7 + [0, 0]]
-    tiny_model(**out).loss.backward()
-    assert llm_tokens.grad is not None and llm_tokens.grad.abs().sum() > 0
