@@ -11,6 +11,8 @@ This is the training-side twin of the guarded-generation injection; both must pl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
@@ -20,17 +22,19 @@ from psaguard.training.collate import IGNORE_INDEX
 __all__ = ["build_llm_inputs", "image_embeddings"]
 
 
-def image_embeddings(llm_tokens: torch.Tensor, projected: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[llm_tokens ; projected]`` per image: (num_images, T + N, D) in the language model's dtype."""
-    tokens = llm_tokens.expand(len(projected), -1, -1)
-    return torch.cat([tokens.to(dtype), projected.to(dtype)], dim=1)
+def image_embeddings(
+    llm_tokens: torch.Tensor, projected: torch.Tensor | Sequence[torch.Tensor], dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """``[llm_tokens ; projected_i]`` per image: one (T + N_i, D) tensor each, in the language model's dtype."""
+    tokens = llm_tokens.reshape(-1, llm_tokens.shape[-1]).to(dtype)
+    return [torch.cat([tokens, image.to(dtype)]) for image in projected]
 
 
 def build_llm_inputs(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor | None,
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     embed: nn.Module,
     image_token_id: int,
     pad_id: int,
@@ -41,12 +45,13 @@ def build_llm_inputs(
         input_ids: (B, T) right-padded ids; each image is one run of ``image_token_id`` (any length).
         attention_mask: (B, T), 1 on real tokens.
         labels: (B, T) or None; image positions get -100.
-        images: (num_images, N, D) embeddings, in the order the runs appear (row by row).
+        images: One (N_i, D) embedding per image (or a (num_images, N, D) tensor), in the order the runs
+            appear (row by row); N_i differs between images in any-resolution families (LLaVA-NeXT).
         embed: The language model's input embedding.
         image_token_id: Id of the placeholder.
         pad_id: Id used for padding rows that end up shorter.
     """
-    num_images, per_image = images.shape[:2]
+    lengths = iter([len(image) for image in images])
     rows_ids, rows_mask, rows_labels = [], [], []
     for row in range(len(input_ids)):
         length = int(attention_mask[row].sum())  # right padding: real tokens first
@@ -55,6 +60,9 @@ def build_llm_inputs(
         pieces_ids, pieces_mask, pieces_labels = [], [], []
         for start, stop, is_image in _runs(ids == image_token_id):
             if is_image:
+                per_image = next(lengths, None)
+                if per_image is None:
+                    raise ValueError(f"the batch has more image runs than its {len(images)} images")
                 pieces_ids.append(ids.new_full((per_image,), image_token_id))
                 pieces_mask.append(mask.new_ones(per_image))
                 pieces_labels.append(ids.new_full((per_image,), IGNORE_INDEX))
@@ -67,11 +75,12 @@ def build_llm_inputs(
         rows_labels.append(torch.cat(pieces_labels))
     ids = pad_sequence(rows_ids, batch_first=True, padding_value=pad_id)
     image_positions = ids == image_token_id
-    if int(image_positions.sum()) != num_images * per_image:
-        raise ValueError(f"the batch has {int(image_positions.sum()) // per_image} image runs for {num_images} images")
+    if next(lengths, None) is not None:
+        raise ValueError(f"the batch has fewer image runs than its {len(images)} images")
+    flat = torch.cat(list(images))
     embeds = embed(ids.to(embed.weight.device))
     mask3d = image_positions.to(embeds.device).unsqueeze(-1).expand_as(embeds)
-    embeds = embeds.masked_scatter(mask3d, images.to(embeds.device, embeds.dtype))
+    embeds = embeds.masked_scatter(mask3d, flat.to(embeds.device, embeds.dtype))
     out = {
         "inputs_embeds": embeds,
         "attention_mask": pad_sequence(rows_mask, batch_first=True, padding_value=0).to(embeds.device),
