@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from psaguard.backbones import resolve_backbone
+from psaguard.backbones import BACKBONES, resolve_backbone
 from psaguard.errors import CheckpointMismatchError, GuardBlocked, InvalidInputError
 from psaguard.generation import (
     GenerationOptions,
@@ -166,7 +166,13 @@ class GuardedModel:
 
     def _pop_image_inputs(self, generate_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Take the family's image tensors besides ``pixel_values`` (processor outputs) out of ``generate_kwargs``."""
-        popped = {name: generate_kwargs.pop(name, None) for name in self.guard.backbone.image_input_names}
+        backbone = self.guard.backbone
+        foreign = sorted({name for b in BACKBONES for name in b.image_input_names} - set(backbone.image_input_names))
+        if stray := [name for name in foreign if generate_kwargs.get(name) is not None]:
+            raise InvalidInputError(
+                f"{stray} come from another model family's processor; {backbone.family!r} models do not take them"
+            )
+        popped = {name: generate_kwargs.pop(name, None) for name in backbone.image_input_names}
         return {name: value for name, value in popped.items() if value is not None}
 
     def _judge(

@@ -168,3 +168,9 @@ def test_next_inputs_without_image_sizes_are_refused_by_name(next_model, next_pr
     inputs.pop("image_sizes")
     with pytest.raises(InvalidInputError, match="image_sizes"):
         guard_for(next_model, next_processor).wrap().generate(**inputs, **GREEDY)
+
+
+def test_inputs_of_another_familys_processor_are_refused_by_family(tiny_model, tiny_processor, images):
+    inputs = _inputs(tiny_processor, images[:1], [QUESTION])
+    with pytest.raises(InvalidInputError, match=r"\['image_sizes'\] come from another model family's processor"):
+        guard_for(tiny_model, tiny_processor).wrap().generate(**inputs, image_sizes=torch.tensor([[32, 32]]))
