@@ -64,24 +64,49 @@ def tokenize_prompt(tokenizer: Any, text: str, image_token_id: int, num_images: 
     return ids
 
 
-def collapse_image_runs(ids: Sequence[int], image_token_id: int, tokens_per_image: int) -> list[int]:
-    """Turn each image's run of ``tokens_per_image`` placeholders (processor output) into one placeholder."""
-    collapsed: list[int] = []
-    run = 0
-    for token in [*ids, None]:
-        if token == image_token_id:
-            run += 1
-            continue
-        if run:
-            if run % tokens_per_image:
-                raise InvalidInputError(
-                    f"found a run of {run} image tokens, not a multiple of {tokens_per_image} tokens per image"
-                )
-            collapsed.extend([image_token_id] * (run // tokens_per_image))
-            run = 0
-        if token is not None:
-            collapsed.append(token)
+def collapse_image_runs(
+    rows: Sequence[Sequence[int]], image_token_id: int, image_lengths: Sequence[int]
+) -> list[list[int]]:
+    """Turn each image's run of placeholders (processor output) back into one placeholder per image.
+
+    A processor writes ``image_lengths[i]`` placeholders for image ``i`` (images in order across the rows;
+    lengths differ between images in any-resolution families), and a row's adjacent images form one run.
+    Every run must hold exactly the next images, and every image must be used; otherwise the ids and the
+    images do not belong together.
+    """
+    collapsed: list[list[int]] = []
+    image = 0
+    for ids in rows:
+        out: list[int] = []
+        run = 0
+        for token in [*ids, None]:
+            if token == image_token_id:
+                run += 1
+                continue
+            if run:
+                count = _images_in_run(run, image_lengths, image)
+                out.extend([image_token_id] * count)
+                image, run = image + count, 0
+            if token is not None:
+                out.append(token)
+        collapsed.append(out)
+    if image != len(image_lengths):
+        raise InvalidInputError(f"input_ids hold {image} images but pixel_values {len(image_lengths)}")
     return collapsed
+
+
+def _images_in_run(run: int, image_lengths: Sequence[int], first: int) -> int:
+    """How many images, from ``first`` on, fill a run of ``run`` placeholders exactly."""
+    count, left = 0, run
+    while left > 0 and first + count < len(image_lengths):
+        left -= image_lengths[first + count]
+        count += 1
+    if left != 0:
+        raise InvalidInputError(
+            f"a run of {run} image tokens does not match the token counts of the next images "
+            f"{list(image_lengths[first : first + count])}: input_ids and pixel_values do not belong together"
+        )
+    return count
 
 
 def build_llm_inputs(

@@ -6,10 +6,12 @@ Existing app code keeps its processor call and changes one line::
     ids = model.generate(**processor(images=image, text=chat, return_tensors="pt"), max_new_tokens=64)
 
 Each row's images are judged with the row's text, from the ``pixel_values`` the app already computed (one
-vision pass, reused for the answer). Rows come back as ``input_ids`` + answer tokens, like the plain
-model's: an allowed or hinted row holds the generated tokens, a refused row the refusal text's tokens, and
-a blocked row raises :class:`~psaguard.errors.GuardBlocked`. Requests without ``pixel_values`` have no
-image to judge and go to the model unchanged. Only ``generate`` is guarded; ``.model`` is the plain model.
+vision pass, reused for the answer); the other image tensors the family's processor returns (the backbone's
+``image_input_names``, e.g. LLaVA-NeXT's ``image_sizes``) go to that vision pass too. Rows come back as
+``input_ids`` + answer tokens, like the plain model's: an allowed or hinted row holds the generated tokens,
+a refused row the refusal text's tokens, and a blocked row raises :class:`~psaguard.errors.GuardBlocked`.
+Requests without ``pixel_values`` have no image to judge and go to the model unchanged. Only ``generate`` is
+guarded; ``.model`` is the plain model.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from psaguard.backbones import resolve_backbone
+from psaguard.backbones import BACKBONES, resolve_backbone
 from psaguard.errors import CheckpointMismatchError, GuardBlocked, InvalidInputError
 from psaguard.generation import (
     GenerationOptions,
@@ -120,16 +122,19 @@ class GuardedModel:
     ) -> tuple[torch.Tensor, list[GuardedGeneration]]:
         """:meth:`generate` plus one :class:`GuardedGeneration` per row (verdicts, action, decoded answer)."""
         start = time.perf_counter()
+        image_inputs = self._pop_image_inputs(generate_kwargs)
         check_generate_kwargs(generate_kwargs)
         if input_ids is None:
             raise InvalidInputError("GuardedModel.generate needs input_ids (inputs_embeds cannot be judged)")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if pixel_values is None and image_inputs:
+            raise InvalidInputError(f"got {sorted(image_inputs)} but no pixel_values")
         if pixel_values is None:
             logger.debug("no pixel_values: nothing for the image guard to judge, generating unguarded")
             with torch.inference_mode():
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs), []
-        rows, image_embeds = self._judge(input_ids, attention_mask, pixel_values, start)
+        rows, image_embeds = self._judge(input_ids, attention_mask, pixel_values, image_inputs, start)
         generated = self._generate(rows, image_embeds, generate_kwargs)
         tokenizer = tokenizer_of(self.guard.processor)
         eos_ids = eos_token_ids(self.model, generate_kwargs)
@@ -159,24 +164,39 @@ class GuardedModel:
             )
         return _join(input_ids, answers, pad_token_id(tokenizer, self.model)), results
 
+    def _pop_image_inputs(self, generate_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Take the family's image tensors besides ``pixel_values`` (processor outputs) out of ``generate_kwargs``."""
+        backbone = self.guard.backbone
+        foreign = sorted({name for b in BACKBONES for name in b.image_input_names} - set(backbone.image_input_names))
+        if stray := [name for name in foreign if generate_kwargs.get(name) is not None]:
+            raise InvalidInputError(
+                f"{stray} come from another model family's processor; {backbone.family!r} models do not take them"
+            )
+        popped = {name: generate_kwargs.pop(name, None) for name in backbone.image_input_names}
+        return {name: value for name, value in popped.items() if value is not None}
+
     def _judge(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, start: float
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_inputs: dict[str, torch.Tensor],
+        start: float,
     ) -> tuple[list[_Row], list[torch.Tensor]]:
         """One vision pass: verdicts per image, the deciding one per row, and the images' LLM embeddings."""
         guard = self.guard
         tokenizer = tokenizer_of(guard.processor)
         image_token_id = guard.backbone.image_token_id
         with torch.inference_mode():
-            features = guard.backbone.encode_images(pixel_values=pixel_values)
+            features = guard.backbone.encode_images(pixel_values, **image_inputs)
             image_embeds = list(guard.backbone.project(features))
-        per_image = image_embeds[0].shape[0]
-        token_rows = [
-            collapse_image_runs(ids[mask.bool()].tolist(), image_token_id, per_image)
-            for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())
-        ]
+        # The processor wrote as many placeholders per image as the model has embeddings for it.
+        token_rows = collapse_image_runs(
+            [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())],
+            image_token_id,
+            [len(embeds) for embeds in image_embeds],
+        )
         counts = [row.count(image_token_id) for row in token_rows]
-        if sum(counts) != len(image_embeds):
-            raise InvalidInputError(f"input_ids hold {sum(counts)} images but pixel_values {len(image_embeds)}")
         if 0 in counts:
             raise InvalidInputError(f"row {counts.index(0)} has no image; batch text-only requests separately")
         owners = [index for index, count in enumerate(counts) for _ in range(count)]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psaguard.tiny import save_tiny_llava
+from psaguard.tiny import save_tiny_llava, save_tiny_llava_next
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,3 +58,30 @@ def images() -> list[Image.Image]:
     """Three different RGB images of different sizes."""
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((32, 32), (40, 56), (64, 48))]
+
+
+@pytest.fixture(scope="session")
+def next_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny LLaVA-NeXT model + processor (any-resolution tiles) saved in Hugging Face format."""
+    return save_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"))
+
+
+@pytest.fixture(scope="session")
+def next_model(next_dir):
+    from transformers import LlavaNextForConditionalGeneration
+
+    return LlavaNextForConditionalGeneration.from_pretrained(next_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def next_processor(next_dir):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(next_dir)
+
+
+@pytest.fixture
+def shaped_images() -> list[Image.Image]:
+    """Square, wide and tall images: each picks a different LLaVA-NeXT tile layout."""
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((32, 32), (40, 80), (80, 40))]

@@ -46,8 +46,9 @@ def capture_llm_inputs(model: Any) -> Iterator[list[dict[str, torch.Tensor]]]:
 
     def on_llava(module, args, kwargs):
         cache = kwargs.get("past_key_values")
-        if kwargs.get("input_ids") is not None and cache is not None and cache.get_seq_length() == 0:
-            seen.append({"input_ids": kwargs["input_ids"].clone()})
+        input_ids = kwargs.get("input_ids", args[0] if args else None)  # LLaVA-NeXT passes it positionally
+        if input_ids is not None and cache is not None and cache.get_seq_length() == 0:
+            seen.append({"input_ids": input_ids.clone()})
 
     def on_lm(module, args, kwargs):
         if seen and "inputs_embeds" not in seen[-1]:

@@ -10,9 +10,19 @@ IMG, PAD = 9, 0
 
 
 def test_processor_runs_collapse_to_one_placeholder_per_image():
-    assert collapse_image_runs([1, IMG, IMG, IMG, IMG, 2, IMG, IMG], IMG, 2) == [1, IMG, IMG, 2, IMG]
-    with pytest.raises(InvalidInputError):
-        collapse_image_runs([1, IMG, IMG, IMG], IMG, 2)
+    assert collapse_image_runs([[1, IMG, IMG, IMG, IMG, 2, IMG, IMG]], IMG, [2, 2, 2]) == [[1, IMG, IMG, 2, IMG]]
+    with pytest.raises(InvalidInputError, match="do not belong together"):
+        collapse_image_runs([[1, IMG, IMG, IMG]], IMG, [2, 2])
+
+
+def test_runs_of_images_with_different_lengths_collapse_across_rows_in_order():
+    # Any-resolution families: 2 + 3 placeholders for two adjacent images, then 1 in the next row.
+    rows = [[1, IMG, IMG, IMG, IMG, IMG, 2], [IMG, 3]]
+    assert collapse_image_runs(rows, IMG, [2, 3, 1]) == [[1, IMG, IMG, 2], [IMG, 3]]
+    with pytest.raises(InvalidInputError, match="do not belong together"):
+        collapse_image_runs(rows, IMG, [3, 3])  # same total, other split
+    with pytest.raises(InvalidInputError, match="3 images but pixel_values 4"):
+        collapse_image_runs(rows, IMG, [2, 3, 1, 1])
 
 
 def test_each_placeholder_becomes_llm_tokens_then_image_embeddings_left_padded():

@@ -10,7 +10,7 @@ the number of image embeddings (safety tokens + patches) is known.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -26,7 +26,11 @@ __all__ = ["IGNORE_INDEX", "Batch", "Collator", "combine_images", "load_example_
 
 @dataclass
 class Batch:
-    """A padded (right-padded) training batch with one image per example."""
+    """A padded (right-padded) training batch with one image per example.
+
+    ``image_inputs`` holds what the backbone's preprocessing returns besides ``pixel_values`` (its
+    ``image_input_names``, e.g. LLaVA-NeXT's ``image_sizes``); the vision pass takes both.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -35,6 +39,7 @@ class Batch:
     level: torch.Tensor
     type: torch.Tensor
     prompts: list[str]
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -45,6 +50,7 @@ class Batch:
             f.name: value.to(device) if isinstance(value := getattr(self, f.name), torch.Tensor) else value
             for f in fields(self)
         }
+        moved["image_inputs"] = {name: tensor.to(device) for name, tensor in self.image_inputs.items()}
         return Batch(**moved)
 
 
@@ -54,7 +60,8 @@ class Collator:
     Args:
         processor: The model's processor (tokenizer with a chat template, image processor).
         image_token_id: Id of the image placeholder token in the language model's input.
-        preprocess: Maps a list of RGB images to ``{"pixel_values": ...}`` (the backbone's preprocessing).
+        preprocess: Maps a list of RGB images to ``{"pixel_values": ..., **image_inputs}`` (the backbone's
+            preprocessing; LLaVA-NeXT adds ``image_sizes``).
         max_length: Text tokens kept per example; longer examples lose the end of their answer.
         max_image_pixels: Largest image decoded.
     """
@@ -87,14 +94,16 @@ class Collator:
             labels[row, : len(ids)] = torch.tensor(row_labels)
             attention_mask[row, : len(ids)] = 1
         images = [load_example_image(example, self.max_image_pixels) for example in examples]
+        pixels = dict(self.preprocess(images))
         return Batch(
             input_ids=input_ids,
             attention_mask=attention_mask,
             labels=labels,
-            pixel_values=self.preprocess(images)["pixel_values"],
+            pixel_values=pixels.pop("pixel_values"),
             level=torch.tensor([e.level for e in examples], dtype=torch.long),
             type=torch.tensor([e.type for e in examples], dtype=torch.long),
             prompts=[e.prompt for e in examples],
+            image_inputs=pixels,
         )
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:

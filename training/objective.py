@@ -56,7 +56,7 @@ class GuardObjective(nn.Module):
     def forward(self, batch: Batch) -> StepOutput:
         backbone = self.guard.backbone
         with torch.no_grad():
-            features = backbone.encode_images(batch.pixel_values)
+            features = backbone.encode_images(batch.pixel_values, **batch.image_inputs)
             projected = backbone.project(features) if self.lm_weight > 0 else None
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.head_weight > 0):
             logits = self.guard.head_logits(features, batch.prompts)

@@ -56,6 +56,12 @@ class Backbone(ABC):
 
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
+    image_input_names: ClassVar[tuple[str, ...]] = ()
+    """Tensors besides ``pixel_values`` that :meth:`preprocess` returns and :meth:`encode_images` needs.
+
+    They come out of the family's processor beside ``pixel_values`` (LLaVA-NeXT: ``image_sizes``), so code
+    that receives processor outputs (the wrapped model, the trainer) knows what to route to the vision pass.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

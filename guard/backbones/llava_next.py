@@ -29,6 +29,7 @@ class LlavaNextBackbone(LlavaBackbone):
 
     family = "llava_next"
     model_types = ("llava_next",)
+    image_input_names = ("image_sizes",)
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         image_processor = getattr(processor, "image_processor", processor)
