@@ -76,7 +76,7 @@ class GuardObjective(nn.Module):
             count=len(batch),
         )
 
-    def _lm_loss(self, batch: Batch, projected: torch.Tensor) -> torch.Tensor:
+    def _lm_loss(self, batch: Batch, projected: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         # The same placement as guarded generation, so llm_tokens are trained where they are used.
         inputs = build_llm_inputs(
             _unpadded(batch.input_ids, batch.attention_mask),
