@@ -15,12 +15,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
 
 from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
-from psaguard.training.world.build import WorldRow, read_rows
+from psaguard.training.world.build import SPLITS, WorldRow, WorldSpec, read_rows, read_summary
+from psaguard.training.world.concepts import (
+    COLOURS,
+    RISK_CONCEPTS,
+    SAFE_NOUNS,
+    SAFE_WORDS,
+    Scene,
+    render_scene,
+    sample_risk_scene,
+    sample_safe_scene,
+)
 from psaguard.training.world.vocabulary import split_words, world_vocabulary
 
 __all__ = [
@@ -32,6 +44,7 @@ __all__ = [
     "pretrain_vision",
     "teach_base_vlm",
     "train_safe_vqa",
+    "vision_corpus",
     "vqa_accuracy",
 ]
 
@@ -49,9 +62,14 @@ class BaseVlmConfig(BaseModel):
     patch_size: int = Field(8, description="ViT patch side; 32 / 8 gives 16 image tokens, quick on a CPU.")
     text_hidden: int = Field(128, description="Language model width (multiple of 64).")
     text_layers: int = Field(2, description="Language model depth.")
-    vision_hidden: int = Field(64, description="Vision tower width.")
-    vision_steps: int = Field(1500, ge=0, description="Steps of vision pre-training (stands in for CLIP's).")
-    vision_lr: float = Field(3e-3, gt=0, description="Learning rate of vision pre-training.")
+    vision_hidden: int = Field(128, description="Vision tower width.")
+    vision_layers: int = Field(4, ge=2, description="Vision tower depth (the projector reads the second to last).")
+    vision_corpus: int = Field(
+        20_000, ge=1, description="Fresh images drawn for vision pre-training (training styles)."
+    )
+    vision_steps: int = Field(3000, ge=0, description="Steps of vision pre-training (stands in for CLIP's).")
+    vision_batch: int = Field(64, ge=1, description="Images per vision pre-training step.")
+    vision_lr: float = Field(3e-3, gt=0, description="Peak learning rate of vision pre-training (cosine decay).")
     steps: int = Field(500, ge=1, description="Optimizer steps of the VQA fine-tuning.")
     batch_size: int = Field(32, ge=1, description="Rows per step.")
     # 3e-3 makes the tiny language model ignore the image (attention collapses); 1e-3 does not.
@@ -59,6 +77,7 @@ class BaseVlmConfig(BaseModel):
     warmup: int = Field(20, ge=0, description="Warm-up steps.")
     seed: int = Field(0, description="Seed of the weights and of the batch order.")
     eval_rows: int = Field(400, ge=1, description="Most safe rows evaluated per set in teach_base_vlm.")
+    progress_bar: bool = Field(True, description="Show a progress bar during vision pre-training.")
 
     def tiny_spec(self) -> TinyLlavaSpec:
         return TinyLlavaSpec(
@@ -68,6 +87,7 @@ class BaseVlmConfig(BaseModel):
             text_layers=self.text_layers,
             intermediate=2 * self.text_hidden,
             vision_hidden=self.vision_hidden,
+            vision_layers=self.vision_layers,
             extra_words=world_vocabulary(),
             seed=self.seed,
         )
@@ -93,57 +113,83 @@ def build_base_vlm(config: BaseVlmConfig | None = None) -> tuple[Any, Any]:
     return build_tiny_llava(spec, processor), processor
 
 
-def _attribute_labels(rows: Sequence[WorldRow]) -> torch.Tensor:
-    """(N, 3) class ids of (subject, colour, count) for vision pre-training."""
-    subjects = sorted({r.meta.word or r.meta.noun for r in rows})
-    colours = sorted({r.meta.colour for r in rows})
-    return torch.tensor(
-        [[subjects.index(r.meta.word or r.meta.noun), colours.index(r.meta.colour), r.meta.count - 1] for r in rows]
-    )
+_SUBJECTS: tuple[str, ...] = tuple(
+    sorted({*SAFE_NOUNS, *SAFE_WORDS, *(w for c in RISK_CONCEPTS.values() for w in (c.noun, c.word))})
+)
+_VISION_EVAL_IMAGES = 512
 
 
-def pretrain_vision(
-    model: Any, processor: Any, rows: Sequence[WorldRow], world_dir: str | Path, config: BaseVlmConfig | None = None
-) -> float:
+def vision_corpus(world: WorldSpec, n: int, stream: int = 0) -> list[Scene]:
+    """``n`` fresh scenes of the world, half of them risk concepts, for vision pre-training.
+
+    Stands in for the web-scale data CLIP learns to see from: it is labelled with generic attributes only
+    (subject, colour, count; no safety labels), drawn from its own random stream (``stream`` picks one; the
+    world's splits never share it) and only in the world's training styles, so held-out styles stay unseen
+    by every part of the experiment.
+    """
+    rng = np.random.default_rng([world.seed, len(SPLITS) + 1, stream])
+    styles = world.train_styles
+    return [sample_risk_scene(rng, styles) if rng.random() < 0.5 else sample_safe_scene(rng, styles) for _ in range(n)]
+
+
+def _attributes(scenes: Sequence[Scene]) -> torch.Tensor:
+    """(N, 3) class ids of (subject, colour, count)."""
+    colours = list(COLOURS)
+    labels = [[_SUBJECTS.index(s.subject), colours.index(s.colour), s.count - 1] for s in scenes]
+    return torch.tensor(labels, dtype=torch.long).reshape(len(scenes), 3)
+
+
+def _pixels(processor: Any, scenes: Sequence[Scene], size: int) -> torch.Tensor:
+    return processor.image_processor([render_scene(s, size) for s in scenes], return_tensors="pt")["pixel_values"]
+
+
+def pretrain_vision(model: Any, processor: Any, world: WorldSpec, config: BaseVlmConfig | None = None) -> float:
     """Pre-train the vision tower to see the world: classify subject, colour and count from its features.
 
     Real LLaVA starts from a pre-trained CLIP; a random tiny tower is not one, and learning to see only
     through the language model's loss is slow. Linear probes on the mean of the patch features that the
-    projector reads (the configured feature layer) make those features carry what the VQA asks about.
-    Returns the probes' final accuracy on the training rows. The probes are thrown away.
+    projector reads (the configured feature layer) make those features carry what the VQA and the guard ask
+    about; :func:`vision_corpus` draws ``config.vision_corpus`` fresh images for it, so the tower learns
+    concepts rather than memorising the few training images. Returns the probes' mean accuracy on images
+    it never trained on. The probes are thrown away.
     """
     config = config or BaseVlmConfig()
     if config.vision_steps == 0:
         return 0.0
-    unique = list({r.image: r for r in rows}.values())
-    labels = _attribute_labels(unique)
-    images = [Image.open(Path(world_dir) / r.image).convert("RGB") for r in unique]
-    pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    scenes, fresh_scenes = vision_corpus(world, config.vision_corpus), vision_corpus(world, _VISION_EVAL_IMAGES, 1)
+    pixels, labels = _pixels(processor, scenes, config.image_size), _attributes(scenes)
+    fresh, fresh_labels = _pixels(processor, fresh_scenes, config.image_size), _attributes(fresh_scenes)
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
     width = tower.config.hidden_size
-    probes = torch.nn.ModuleList(torch.nn.Linear(width, int(labels[:, k].max()) + 1) for k in range(3))
+    sizes = (len(_SUBJECTS), len(COLOURS), 3)
+    probes = torch.nn.ModuleList(torch.nn.Linear(width, k) for k in sizes)
     params = [*tower.parameters(), *probes.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.01)
+    warmup = min(100, config.vision_steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, config.vision_steps))
     generator = torch.Generator().manual_seed(config.seed)
     tower.train()
 
     def features(batch: torch.Tensor) -> torch.Tensor:
         return tower(batch, output_hidden_states=True).hidden_states[layer][:, 1:].mean(dim=1)
 
-    for _ in range(config.vision_steps):
-        idx = torch.randint(len(unique), (min(config.batch_size * 2, len(unique)),), generator=generator)
+    for _ in tqdm(range(config.vision_steps), desc="vision pre-training", disable=not config.progress_bar):
+        idx = torch.randint(len(scenes), (min(config.vision_batch, len(scenes)),), generator=generator)
         pooled = features(pixels[idx])
         loss = sum(torch.nn.functional.cross_entropy(p(pooled), labels[idx, k]) for k, p in enumerate(probes))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        schedule.step()
     tower.eval()
     with torch.no_grad():
-        pooled = features(pixels)
-        accuracy = torch.stack([p(pooled).argmax(-1) == labels[:, k] for k, p in enumerate(probes)]).float().mean()
-    logger.info("vision pre-training: probe accuracy %.3f after %d steps", accuracy, config.vision_steps)
-    return float(accuracy)
+        pooled = features(fresh)
+        hits = torch.stack([p(pooled).argmax(-1) == fresh_labels[:, k] for k, p in enumerate(probes)])
+    accuracy = float(hits.float().mean())
+    logger.info("vision pre-training: probe accuracy %.3f on fresh images", accuracy)
+    return accuracy
 
 
 def _chat(processor: Any, prompt: str) -> str:
@@ -182,19 +228,27 @@ def _collate(items: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str,
 def train_safe_vqa(
     model: Any, processor: Any, rows: Sequence[WorldRow], world_dir: str | Path, config: BaseVlmConfig | None = None
 ) -> SftResult:
-    """Teach ``model`` the safe rows (level 0) of ``rows`` with plain SFT; the model is trained in place."""
+    """Teach ``model`` the safe rows (level 0) of ``rows`` with plain SFT; the model is trained in place.
+
+    The vision tower stays frozen, as in LLaVA's own fine-tuning: a few thousand rows would teach it to
+    memorise their images instead of seeing concepts (measured: fresh-image subject accuracy falls).
+    """
     config = config or BaseVlmConfig()
     safe = [r for r in rows if r.safe_level == 0]
     if not safe:
         raise ValueError("no safe rows to train on")
     data = encode_rows(processor, safe, world_dir)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+    tower = model.model.vision_tower
+    tower.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.warmup, config.steps))
     pad_id = processor.tokenizer.pad_token_id
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
+    tower.eval()
     order = torch.randperm(len(data), generator=generator)
     cursor = 0
     for step in range(config.steps):
@@ -205,13 +259,14 @@ def train_safe_vqa(
         loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
         if step % 50 == 0:
             logger.info("base vqa step %d loss %.4f", step, losses[-1])
     model.eval()
+    tower.requires_grad_(True)
     return SftResult(
         steps=config.steps,
         rows=len(safe),
@@ -221,11 +276,11 @@ def train_safe_vqa(
     )
 
 
-def _lr_factor(step: int, config: BaseVlmConfig) -> float:
+def _lr_factor(step: int, warmup: int, steps: int) -> float:
     """Linear warm-up, then cosine decay to 5 % of the peak."""
-    if step < config.warmup:
-        return (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -260,7 +315,7 @@ class BaseVlmResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     config: BaseVlmConfig = Field(description="The run's settings.")
-    vision_probe_accuracy: float = Field(description="Mean probe accuracy after vision pre-training.")
+    vision_probe_accuracy: float = Field(description="Mean probe accuracy on fresh images after vision pre-training.")
     sft: SftResult = Field(description="The VQA fine-tuning run.")
     vqa_train: float = Field(description="Exact-match accuracy on (up to eval_rows) safe training rows.")
     vqa_test_seen: float = Field(description="Accuracy on safe test rows with training styles and templates.")
@@ -276,7 +331,7 @@ def teach_base_vlm(world_dir: str | Path, config: BaseVlmConfig | None = None) -
     train, test = read_rows(world_dir, "train"), read_rows(world_dir, "test")
     model, processor = build_base_vlm(config)
     start = time.perf_counter()
-    probe = pretrain_vision(model, processor, train, world_dir, config)
+    probe = pretrain_vision(model, processor, read_summary(world_dir).spec, config)
     sft = train_safe_vqa(model, processor, train, world_dir, config)
     seconds = time.perf_counter() - start
     n = config.eval_rows

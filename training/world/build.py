@@ -41,7 +41,17 @@ from psaguard.training.world.prompts import (
     respond,
 )
 
-__all__ = ["SPLITS", "KindMix", "RowMeta", "WorldRow", "WorldSpec", "WorldSummary", "build_world", "read_rows"]
+__all__ = [
+    "SPLITS",
+    "KindMix",
+    "RowMeta",
+    "WorldRow",
+    "WorldSpec",
+    "WorldSummary",
+    "build_world",
+    "read_rows",
+    "read_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -385,3 +395,12 @@ def read_rows(world_dir: str | Path, split: str) -> list[WorldRow]:
         except ValueError as err:
             raise ValueError(f"{path}:{number}: invalid world row: {err}") from err
     return rows
+
+
+def read_summary(world_dir: str | Path) -> WorldSummary:
+    """Load the ``world.json`` of a built world (its spec and counts)."""
+    path = Path(world_dir) / "world.json"
+    try:
+        return WorldSummary.model_validate_json(path.read_bytes())
+    except ValueError as err:
+        raise ValueError(f"{path}: invalid world summary: {err}") from err

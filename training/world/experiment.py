@@ -109,6 +109,9 @@ PRESETS: dict[str, Any] = {
         "world": _world(seed, (240, 16, 120, 40)),
         "base": {
             "text_hidden": 64,
+            "vision_hidden": 64,
+            "vision_layers": 2,
+            "vision_corpus": 600,
             "vision_steps": 40,
             "steps": 60,
             "batch_size": 16,
@@ -126,7 +129,7 @@ PRESETS: dict[str, Any] = {
     # A few minutes on a 2-core CPU.
     "cpu": lambda seed: {
         "world": _world(seed, (1200, 100, 400, 200)),
-        "base": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup": 20, "seed": seed},  # 1500 vision steps
+        "base": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup": 20, "seed": seed},
         "num_tokens": 16,
         "token_init_std": 1.0,
         "stage1": {"steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
@@ -268,7 +271,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
 
     torch.manual_seed(spec.seed)
     model, processor = build_base_vlm(spec.base)
-    probe = pretrain_vision(model, processor, train_rows, world_dir, spec.base)
+    probe = pretrain_vision(model, processor, spec.world, spec.base)
     sft = train_safe_vqa(model, processor, capability_rows(train_rows), world_dir, spec.base)
     base_dir = out / "base"
     model.save_pretrained(base_dir)

@@ -7,10 +7,12 @@ from psaguard.training.world.base_model import (
     BaseVlmConfig,
     build_base_vlm,
     encode_rows,
+    pretrain_vision,
     train_safe_vqa,
+    vision_corpus,
     vqa_accuracy,
 )
-from psaguard.training.world.build import read_rows
+from psaguard.training.world.build import read_rows, read_summary
 
 
 def test_encoded_rows_supervise_only_the_response(small_world):
@@ -32,7 +34,26 @@ def test_a_few_sft_steps_lower_the_loss_and_accuracy_is_measured(small_world):
     assert result.rows == sum(r.safe_level == 0 for r in rows)
     assert result.last_loss < 0.75 * result.first_loss
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
-    assert {"model.vision_tower.embeddings.patch_embedding.weight"} <= changed
+    assert not any(n.startswith("model.vision_tower.") for n in changed)  # frozen, as in LLaVA's fine-tuning
     assert any(n.startswith("model.multi_modal_projector") for n in changed)
+    assert all(p.requires_grad for p in model.parameters())
     accuracy = vqa_accuracy(model, processor, read_rows(small_world, "val")[:24], small_world, max_new_tokens=4)
     assert 0.0 <= accuracy <= 1.0
+
+
+def test_vision_corpus_is_seeded_and_keeps_held_out_styles_unseen(small_spec):
+    scenes = vision_corpus(small_spec, 300)
+    assert scenes == vision_corpus(small_spec, 300)
+    assert scenes != vision_corpus(small_spec, 300, stream=1)
+    assert {s.style for s in scenes} <= set(small_spec.train_styles)
+    assert 0.35 < sum(s.risk_type is not None for s in scenes) / len(scenes) < 0.65
+
+
+def test_vision_pretraining_beats_chance_on_fresh_images(small_world):
+    config = BaseVlmConfig(
+        text_hidden=64, vision_hidden=64, vision_layers=2, vision_corpus=256, vision_steps=60, progress_bar=False
+    )
+    model, processor = build_base_vlm(config)
+    accuracy = pretrain_vision(model, processor, read_summary(small_world).spec, config)
+    # Mean of the subject (29 classes), colour (6) and count (3) probes: chance is about 0.18.
+    assert accuracy > 0.4
