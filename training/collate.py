@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from psaguard.conversation import with_hint
 from psaguard.errors import InvalidImageError
 from psaguard.images import load_image
 from psaguard.injection import IGNORE_INDEX
@@ -64,6 +65,9 @@ class Collator:
             preprocessing; LLaVA-NeXT adds ``image_sizes``).
         max_length: Text tokens kept per example; longer examples lose the end of their answer.
         max_image_pixels: Largest image decoded.
+        hint: Maps an example to the safety hint appended to its last user turn (or None), e.g.
+            :func:`psaguard.training.hints.label_hinter`; the batch's ``prompts`` (what the head reads) stay
+            without it.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class Collator:
         preprocess: Callable[[list[Image.Image]], dict[str, torch.Tensor]],
         max_length: int = 2048,
         max_image_pixels: int = 40_000_000,
+        hint: Callable[[Example], str | None] | None = None,
     ) -> None:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -80,6 +85,7 @@ class Collator:
         self.preprocess = preprocess
         self.max_length = max_length
         self.max_image_pixels = max_image_pixels
+        self.hint = hint
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
 
@@ -109,6 +115,8 @@ class Collator:
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         """(input ids, labels) of one example; the answers are labelled, everything else is -100."""
         messages = _messages(example)
+        if self.hint is not None and (hint := self.hint(example)):
+            messages = with_hint(messages, hint)
         full = self._render(messages, add_generation_prompt=False)
         spans = []
         for turn in range(len(example.turns)):

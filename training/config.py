@@ -108,6 +108,11 @@ class TrainConfig(BaseModel):
         None, ge=0, description="Balance the data: all risky examples + this many safe ones; None keeps all."
     )
     progress_bar: bool = Field(True, description="Show a tqdm progress bar.")
+    train_with_hints: bool = Field(
+        True,
+        description="Append to each row the safety hint guarded generation would add for its labels, so the LLM "
+        "learns to follow hints (the paper uses hints at inference only).",
+    )
     plots: bool = Field(True, description="Write PNG plots of the curves at the end.")
 
 

@@ -20,6 +20,7 @@ from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
 from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig
 from psaguard.training.data import MAX_REPORTED_ERRORS, DatasetReport, Example, balance_safe, read_jsonl
+from psaguard.training.hints import label_hinter
 from psaguard.training.loop import TrainTask, run_training
 from psaguard.training.quant import build_bnb_config
 
@@ -171,6 +172,7 @@ def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
         partial(backbone.preprocess, guard.processor),
         cfg.max_length,
         guard.config.max_image_pixels,
+        hint=label_hinter(guard.policy, guard.config.taxonomy) if cfg.train_with_hints else None,
     )
 
 

@@ -67,3 +67,33 @@ def test_eos_is_appended_when_the_template_does_not_end_answers_with_it(image_pa
 def test_an_example_cut_before_its_answer_is_a_dataset_error_naming_its_line(tiny_processor, image_path) -> None:
     with pytest.raises(DatasetError, match=r"d\.jsonl:7: .*max_length"):
         collator(tiny_processor, max_length=16).encode(example(image_path, ("what " * 20, "a red square")))
+
+
+def test_a_hint_goes_to_the_last_user_turn_unlabelled_and_the_head_never_reads_it(
+    tiny_processor, image_path: Path
+) -> None:
+    image_id = tiny_processor.tokenizer.convert_tokens_to_ids("<image>")
+    preprocess = lambda images: tiny_processor.image_processor(images, return_tensors="pt")  # noqa: E731
+    rows = [example(image_path, ("what is this ?", "a"), ("describe it", "red square"))]
+    plain = Collator(tiny_processor, image_id, preprocess)(rows)
+    hinted = Collator(tiny_processor, image_id, preprocess, hint=lambda e: " red image")(rows)
+    assert hinted.prompts == plain.prompts == ["what is this ?"]
+    text = " ".join(tiny_processor.tokenizer.convert_ids_to_tokens(hinted.input_ids[0].tolist()))
+    assert "what is this ? </s>" in text and "describe it red image </s> assistant : red square" in text
+    assert labelled_text(tiny_processor, hinted.input_ids[0].tolist(), hinted.labels[0].tolist()) == labelled_text(
+        tiny_processor, plain.input_ids[0].tolist(), plain.labels[0].tolist()
+    )
+
+
+def test_label_hints_are_the_hints_guarded_generation_adds(tiny_processor) -> None:
+    from psaguard.generation import GenerationOptions
+    from psaguard.policy import GuardPolicy
+    from psaguard.taxonomy import DEFAULT_TAXONOMY
+    from psaguard.training.hints import label_hint
+
+    policy, options = GuardPolicy(), GenerationOptions()
+    privacy = DEFAULT_TAXONOMY.type_by_code("privacy").id
+    hint = label_hint(2, privacy, policy, DEFAULT_TAXONOMY, options)
+    assert hint is not None and hint.startswith("\nSafe Hint: ") and "privacy" in hint.lower()
+    assert label_hint(0, DEFAULT_TAXONOMY.safe_type_id, policy, DEFAULT_TAXONOMY, options) is None
+    assert label_hint(3, privacy, policy, DEFAULT_TAXONOMY, options) is None  # refused without running the LLM
