@@ -57,6 +57,12 @@ def load_encoder_only(
     embedding_key = _embedding_key(reader, config)
     tensors = reader.read([*tower_keys.values(), embedding_key])
     weight = tensors.pop(embedding_key)
+    text = config.text_config
+    if tuple(weight.shape) != (text.vocab_size, text.hidden_size):
+        raise CheckpointError(
+            f"input embeddings {embedding_key} of {reader.directory} are {tuple(weight.shape)}, but the config "
+            f"says ({text.vocab_size}, {text.hidden_size})"
+        )
     dtype = dtype or weight.dtype
     tower = _build_tower(meta_tower, config, {name: tensors[key] for name, key in tower_keys.items()}, dtype)
     embed_tokens = nn.Embedding.from_pretrained(weight.to(dtype), freeze=True)
