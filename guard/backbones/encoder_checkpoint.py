@@ -118,11 +118,17 @@ def _tower_keys(reader: CheckpointReader, meta_tower: nn.Module) -> dict[str, st
 
 
 def _embedding_key(reader: CheckpointReader, config: Any) -> str:
+    found = [key for key in _EMBEDDING_KEYS if key in reader.weight_map]
     tied = bool(getattr(config.text_config, "tie_word_embeddings", False) or config.tie_word_embeddings)
-    for key in (*_EMBEDDING_KEYS, *(_TIED_KEYS if tied else ())):
-        if key in reader.weight_map:
-            return key
-    raise CheckpointError(f"checkpoint {reader.directory} has no input embeddings (looked for {list(_EMBEDDING_KEYS)})")
+    if not found and tied:
+        found = [key for key in _TIED_KEYS if key in reader.weight_map][:1]
+    if len(found) > 1:
+        raise CheckpointError(f"checkpoint {reader.directory} holds the input embeddings twice: {found}")
+    if not found:
+        raise CheckpointError(
+            f"checkpoint {reader.directory} has no input embeddings (looked for {list(_EMBEDDING_KEYS)})"
+        )
+    return found[0]
 
 
 def _build_tower(

@@ -149,10 +149,8 @@ def test_dtype_and_device_are_applied(tiny_dir):
         ({"drop": [EMBEDDING]}, "no input embeddings"),
         ({"replace": {EMBEDDING: torch.zeros(7, 64)}}, r"are \(7, 64\)"),
         ({"replace": {"vision_tower.pre_layrnorm.weight": torch.zeros(3)}}, "do not match"),
-        (
-            {"replace": {"vision_tower.vision_model.pre_layrnorm.weight": torch.zeros(64)}},
-            "twice",
-        ),
+        ({"replace": {"vision_tower.vision_model.pre_layrnorm.weight": torch.zeros(64)}}, "twice"),
+        ({"replace": {"model.language_model.embed_tokens.weight": torch.zeros(128, 64)}}, "embeddings twice"),
     ],
 )
 def test_broken_checkpoints_raise_checkpoint_error(tiny_dir, tmp_path, change, message):
@@ -180,3 +178,11 @@ def test_a_checkpoint_without_safetensors_is_refused(tiny_dir, tmp_path):
     (path / SAFE_WEIGHTS_NAME).rename(path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match=r"no model\.safetensors"):
         load_encoder_only(path)
+
+
+def test_tied_embeddings_are_read_from_the_output_head_when_only_it_was_saved(tiny_dir, tiny_model, tmp_path):
+    path = rewrite(tiny_dir, tmp_path / "tied", drop=[EMBEDDING])
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    model = load_encoder_only(path)
+    assert torch.equal(model.embed_tokens.weight, tiny_model.lm_head.weight)
