@@ -172,3 +172,18 @@ def test_an_adapter_on_the_language_model_is_skipped_and_one_on_the_tower_refuse
 def test_a_missing_guard_fails_before_the_model_is_read(tmp_path):
     with pytest.raises(CheckpointError, match=r"psaguard_config\.json"):
         SafetyGuard.from_pretrained_classifier(tmp_path, tmp_path / "no-such-model")
+
+
+def test_the_cli_classifies_with_only_the_encoder_and_prints_the_full_models_verdict(
+    trained_dir, tiny_dir, images, tmp_path, capsys
+):
+    from psaguard.cli import main
+
+    images[0].save(tmp_path / "x.png")
+    args = ["classify", "--guard", str(trained_dir), "--model", str(tiny_dir), str(tmp_path / "x.png"), PROMPTS[0]]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main([*args[:5], "--classifier-only", *args[5:]]) == 0
+    classifier = json.loads(capsys.readouterr().out)
+    assert classifier["action"] == full["action"]
+    assert classifier["level_probs"] == pytest.approx(full["level_probs"], abs=1e-5)
