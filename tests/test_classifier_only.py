@@ -187,3 +187,31 @@ def test_the_cli_classifies_with_only_the_encoder_and_prints_the_full_models_ver
     classifier = json.loads(capsys.readouterr().out)
     assert classifier["action"] == full["action"]
     assert classifier["level_probs"] == pytest.approx(full["level_probs"], abs=1e-5)
+
+
+def test_a_classifier_only_guard_gates_a_hosted_model_in_langchain(trained_dir, tiny_dir, images):
+    pytest.importorskip("langchain_core")
+    from langchain_core.runnables import RunnableLambda
+
+    from psaguard.adapters import guarded
+
+    calls = []
+    hosted = RunnableLambda(lambda request: calls.append(request) or "hosted answer")
+    classifier = SafetyGuard.from_pretrained_classifier(trained_dir, tiny_dir)
+    request = {"image": images[0], "prompt": PROMPTS[0]}
+    lenient = classifier.with_policy(GuardPolicy(level_actions={1: "allow", 2: "allow", 3: "allow"}))
+    assert guarded(hosted, lenient).invoke(request) == "hosted answer"
+    strict = classifier.with_policy(GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"}))
+    refusal = guarded(hosted, strict).invoke(request)
+    assert "hosted answer" not in str(refusal)
+    assert len(calls) == 1
+
+
+@pytest.mark.gpu
+def test_a_classifier_only_guard_runs_on_cuda(trained_guard, trained_dir, tiny_dir, images):
+    classifier = SafetyGuard.from_pretrained_classifier(trained_dir, tiny_dir, device="cuda")
+    assert classifier.modules.head_tokens.device.type == "cuda"
+    assert classifier.backbone.device.type == "cuda"
+    # cuDNN convolutions (the patch embedding) may use TF32 on the GPU: compare loosely.
+    for want, got in zip(trained_guard.classify_batch(images, PROMPTS), classifier.classify_batch(images, PROMPTS)):
+        assert got.level_probs == pytest.approx(want.level_probs, abs=1e-3)
