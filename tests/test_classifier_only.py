@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from generation_helpers import count_calls
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
@@ -103,9 +104,11 @@ def test_generation_methods_raise_a_typed_error(trained_dir, tiny_dir, images):
         lambda: classifier.model.generate(input_ids=torch.ones(1, 3, dtype=torch.long)),
         lambda: classifier.with_policy(GuardPolicy()).generate(images[0], PROMPTS[0]),
     ]
-    for call in calls:
-        with pytest.raises(GenerationUnavailableError, match="classifier-only"):
-            call()
+    with count_calls(classifier.model.vision_tower) as tower_calls:
+        for call in calls:
+            with pytest.raises(GenerationUnavailableError, match="classifier-only"):
+                call()
+    assert tower_calls == []  # refused before judging anything
     assert issubclass(GenerationUnavailableError, UnsupportedModelError)
 
 
@@ -201,7 +204,9 @@ def test_a_classifier_only_guard_gates_a_hosted_model_in_langchain(trained_dir, 
     request = {"image": images[0], "prompt": PROMPTS[0]}
     lenient = classifier.with_policy(GuardPolicy(level_actions={1: "allow", 2: "allow", 3: "allow"}))
     assert guarded(hosted, lenient).invoke(request) == "hosted answer"
-    strict = classifier.with_policy(GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"}))
+    strict_policy = GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"})
+    strict = SafetyGuard.from_pretrained_classifier(trained_dir, tiny_dir, policy=strict_policy)
+    assert strict.policy == strict_policy
     refusal = guarded(hosted, strict).invoke(request)
     assert "hosted answer" not in str(refusal)
     assert len(calls) == 1
