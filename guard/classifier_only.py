@@ -15,6 +15,7 @@ import torch
 
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
 from psaguard.backbones.encoder_only import EncoderOnlyModel
+from psaguard.config import ModelFingerprint
 from psaguard.errors import CheckpointError
 
 __all__ = ["check_adapter_leaves_verdicts", "load_classifier_parts"]
@@ -33,12 +34,14 @@ def load_classifier_parts(
     revision: str | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    fingerprint: ModelFingerprint | None = None,
 ) -> tuple[EncoderOnlyModel, Any]:
     """The classifier-only model of ``model_path`` and its processor (``processor`` if given, else loaded).
 
-    Raises :class:`~psaguard.errors.CheckpointError` when the processor cannot be loaded.
+    ``fingerprint`` (the guard's) is checked before any weight is read. Raises
+    :class:`~psaguard.errors.CheckpointError` when the processor cannot be loaded.
     """
-    model = load_encoder_only(model_path, revision=revision, dtype=dtype, device=device)
+    model = load_encoder_only(model_path, revision=revision, dtype=dtype, device=device, fingerprint=fingerprint)
     if processor is None:
         from transformers import AutoProcessor
 

@@ -150,10 +150,11 @@ class SafetyGuard:
         from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 
         directory = _resolve_checkpoint(path, revision)
-        SafetyGuardConfig.load(directory)  # a bad guard fails before any base-model weight is read
+        # A bad or mismatched guard fails before any base-model weight is read (or fetched).
+        fingerprint = SafetyGuardConfig.load(directory).fingerprint
         check_adapter_leaves_verdicts(directory / ADAPTER_NAME)
         model, processor = load_classifier_parts(
-            model_path, processor, revision=model_revision, dtype=dtype, device=device
+            model_path, processor, revision=model_revision, dtype=dtype, device=device, fingerprint=fingerprint
         )
         return cls.from_pretrained(directory, model, processor, policy=policy, load_adapter=False)
 

@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from psaguard.backbones.base import Backbone
 from psaguard.backbones.encoder_only import ENCODER_ONLY_BACKBONES, EncoderOnlyModel
 from psaguard.checkpoint_reader import MODEL_CONFIG_NAME, CheckpointReader
+from psaguard.config import ModelFingerprint
 from psaguard.errors import CheckpointError, UnsupportedModelError
 
 __all__ = ["load_encoder_only", "load_model_config"]
@@ -35,6 +37,7 @@ def load_encoder_only(
     revision: str | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
+    fingerprint: ModelFingerprint | None = None,
 ) -> EncoderOnlyModel:
     """The vision tower and input embeddings of the LLaVA checkpoint at ``path``; no other tensor is read.
 
@@ -45,14 +48,19 @@ def load_encoder_only(
         revision: hub revision (branch, tag or commit) of a repo id.
         dtype: dtype of the loaded parts; None keeps the checkpoint's (as ``dtype="auto"`` in transformers).
         device: where to put them (default: the CPU).
+        fingerprint: if given, checked against the checkpoint's config before any tensor is read, so a guard
+            made for another model fails without fetching shards.
 
     Raises:
         UnsupportedModelError: the config is not of a LLaVA family psaguard has a classifier-only adapter for.
+        CheckpointMismatchError: ``fingerprint`` differs from the checkpoint's.
         CheckpointError: config or weights are missing, unreadable, or of the wrong shapes.
     """
     reader = CheckpointReader.open(path, revision)
     config = load_model_config(reader.directory)
     meta_tower = _meta_tower(config)
+    if fingerprint is not None:
+        fingerprint.check(_meta_model(config, meta_tower).fingerprint())
     tower_keys = _tower_keys(reader, meta_tower)
     embedding_key = _embedding_key(reader, config)
     tensors = reader.read([*tower_keys.values(), embedding_key])
@@ -156,6 +164,15 @@ def _meta_tower(config: Any) -> nn.Module:
 
     with torch.device("meta"):
         return AutoModel.from_config(config.vision_config)
+
+
+def _meta_model(config: Any, meta_tower: nn.Module) -> Backbone:
+    """The adapter of a weightless stand-in for the model: everything :meth:`Backbone.fingerprint` reads."""
+    from psaguard.backbones import resolve_backbone
+
+    text = config.text_config
+    embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, device="meta")
+    return resolve_backbone(EncoderOnlyModel(config, meta_tower, embed_tokens), ENCODER_ONLY_BACKBONES)
 
 
 def _count(module: nn.Module) -> int:
