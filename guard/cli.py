@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify = subparsers.add_parser("classify", help="judge one (image, prompt) request; prints JSON")
     classify.add_argument("--guard", required=True, help="saved guard directory (or hub id)")
     classify.add_argument("--model", required=True, help="base model directory (or hub id)")
+    classify.add_argument(
+        "--classifier-only",
+        action="store_true",
+        help="read only the vision tower and token embeddings of --model (safetensors), not its language model",
+    )
     classify.add_argument("image", help="image file")
     classify.add_argument("prompt", help="the user's prompt")
     classify.set_defaults(func=_run_classify)
@@ -67,6 +72,10 @@ def _run_classify(args: argparse.Namespace) -> int:
 
     from psaguard.guard import SafetyGuard
 
+    if args.classifier_only:
+        guard = SafetyGuard.from_pretrained_classifier(args.guard, args.model)
+        print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
+        return 0
     try:
         model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
         processor = AutoProcessor.from_pretrained(args.model)

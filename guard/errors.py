@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointMismatchError",
     "ConfigError",
     "DatasetError",
+    "GenerationUnavailableError",
     "GuardBlocked",
     "GuardInternalError",
     "InvalidImageError",
@@ -63,6 +64,10 @@ class DatasetError(InvalidInputError):
 
 class UnsupportedModelError(PsaGuardError, TypeError):
     """The model is not of a family psaguard has a backbone adapter for."""
+
+
+class GenerationUnavailableError(UnsupportedModelError):
+    """The guard holds no language model (classifier-only mode), so it can classify but not generate."""
 
 
 class CheckpointError(PsaGuardError, OSError):

@@ -167,6 +167,7 @@ class GuardedGenerator:
     """Runs guarded generation for one guard (see the module docstring). Stateless between calls."""
 
     def __init__(self, guard: SafetyGuard, options: GenerationOptions | None = None) -> None:
+        guard.backbone.check_can_generate()  # a classifier-only guard fails here, before judging anything
         self.guard = guard
         self.options = options or GenerationOptions()
 

@@ -119,6 +119,45 @@ class SafetyGuard:
             model = _load_adapter(model, adapter)
         return cls(model, processor, config, modules, backbone)
 
+    @classmethod
+    def from_pretrained_classifier(
+        cls,
+        path: str | Path,
+        model_path: str | Path,
+        processor: Any | None = None,
+        *,
+        policy: GuardPolicy | None = None,
+        revision: str | None = None,
+        model_revision: str | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> SafetyGuard:
+        """Load a saved guard for classification only, reading just the vision tower and token embeddings.
+
+        ``model_path`` is the base model's checkpoint (a ``save_pretrained`` directory in safetensors,
+        possibly sharded, or a hub repo id, of which only the config, index, processor files and the shards
+        holding those tensors are fetched). The guard judges exactly as one loaded onto the full model with
+        :meth:`from_pretrained`, so it can front a VLM served elsewhere; ``generate``, ``stream`` and
+        ``wrap()`` raise :class:`~psaguard.errors.GenerationUnavailableError` (``wrap(full_model)`` works).
+        ``processor`` defaults to the one saved with the base model; ``dtype`` (default: the checkpoint's)
+        and ``device`` (default: CPU) place the loaded parts. A Stage II LoRA adapter is not loaded, and a
+        guard whose adapter changes the vision tower or embeddings is refused.
+
+        Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
+        base model, :class:`~psaguard.errors.UnsupportedModelError` for a non-LLaVA checkpoint, and
+        :class:`~psaguard.errors.CheckpointError` for missing or unreadable files.
+        """
+        from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
+
+        directory = _resolve_checkpoint(path, revision)
+        # A bad or mismatched guard fails before any base-model weight is read (or fetched).
+        fingerprint = SafetyGuardConfig.load(directory).fingerprint
+        check_adapter_leaves_verdicts(directory / ADAPTER_NAME)
+        model, processor = load_classifier_parts(
+            model_path, processor, revision=model_revision, dtype=dtype, device=device, fingerprint=fingerprint
+        )
+        return cls.from_pretrained(directory, model, processor, policy=policy, load_adapter=False)
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Save the config (JSON) and the safety modules (safetensors) to ``path``, atomically."""
         path = Path(path)

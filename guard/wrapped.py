@@ -85,6 +85,7 @@ class GuardedModel:
             elif backbone.fingerprint() != guard.backbone.fingerprint():
                 raise CheckpointMismatchError("the model to wrap differs from the guard's model")
             guard = type(guard)(model, guard.processor, guard.config, guard.modules, backbone)
+        guard.backbone.check_can_generate()  # wrapping a classifier-only guard's own (LLM-less) model
         self.guard = guard
         self.model = guard.model
         self.options = options or GenerationOptions()

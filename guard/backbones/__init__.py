@@ -5,13 +5,32 @@ from __future__ import annotations
 from torch import nn
 
 from psaguard.backbones.base import Backbone, VisionFeatures
+from psaguard.backbones.encoder_only import (
+    ENCODER_ONLY_BACKBONES,
+    EncoderOnlyLlavaBackbone,
+    EncoderOnlyLlavaNextBackbone,
+    EncoderOnlyModel,
+)
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.errors import UnsupportedModelError
 
-__all__ = ["BACKBONES", "Backbone", "LlavaBackbone", "LlavaNextBackbone", "VisionFeatures", "resolve_backbone"]
+__all__ = [
+    "BACKBONES",
+    "ENCODER_ONLY_BACKBONES",
+    "Backbone",
+    "EncoderOnlyLlavaBackbone",
+    "EncoderOnlyLlavaNextBackbone",
+    "EncoderOnlyModel",
+    "LlavaBackbone",
+    "LlavaNextBackbone",
+    "VisionFeatures",
+    "resolve_backbone",
+]
 
-BACKBONES: tuple[type[Backbone], ...] = (LlavaBackbone, LlavaNextBackbone)
+# Classifier-only adapters come first: an EncoderOnlyModel carries its full model's config.model_type, so
+# the full-model adapters would claim it too.
+BACKBONES: tuple[type[Backbone], ...] = (*ENCODER_ONLY_BACKBONES, LlavaBackbone, LlavaNextBackbone)
 """Known family adapters, tried in order."""
 
 

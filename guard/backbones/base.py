@@ -104,6 +104,14 @@ class Backbone(ABC):
     def encode_images(self, pixel_values: torch.Tensor, **image_kwargs: torch.Tensor) -> VisionFeatures:
         """Run the vision tower once and select features."""
 
+    def check_can_generate(self) -> None:
+        """Raise :class:`~psaguard.errors.GenerationUnavailableError` if the model cannot generate.
+
+        Full models can; classifier-only adapters (:mod:`psaguard.backbones.encoder_only`) hold no language
+        model, and guarded generation checks this before judging anything.
+        """
+        return None  # a full model generates; classifier-only adapters override this to raise
+
     @abstractmethod
     def project(self, features: VisionFeatures) -> torch.Tensor | list[torch.Tensor]:
         """The model's own image embeddings for its language model: (B, N_llm, D), or one (L_i, D) per image."""

@@ -1,0 +1,76 @@
+"""What a classifier-only guard loads next to the full model, for the tiny model and at LLaVA-1.5-7B shapes.
+
+    python benchmarks/classifier_only_footprint.py
+
+The tiny model is saved and loaded for real (parameters, bytes, load time). The 7B shapes are counted on
+the meta device (no weights, no download): the full ``LlavaForConditionalGeneration`` against its CLIP
+ViT-L/336 vision tower plus the 32064 x 4096 token-embedding table (llava-hf/llava-1.5-7b-hf's vocabulary).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+from torch import nn
+from transformers import AutoModel, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from psaguard.backbones.encoder_checkpoint import load_encoder_only
+from psaguard.tiny import save_tiny_llava
+
+BYTES_FP16 = 2
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def size(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def tiny() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_tiny_llava(tmp)
+        start = time.perf_counter()
+        full = LlavaForConditionalGeneration.from_pretrained(path)
+        full_s = time.perf_counter() - start
+        start = time.perf_counter()
+        encoder = load_encoder_only(path)
+        encoder_s = time.perf_counter() - start
+    print("tiny LLaVA (float32, saved and loaded):")
+    for name, module, seconds in (("full model", full, full_s), ("classifier-only", encoder, encoder_s)):
+        print(f"  {name:<16}{count(module):>13,} params {size(module) / 1024:>9.1f} KiB  load {seconds * 1000:.0f} ms")
+    print(f"  ratio             {count(encoder) / count(full):.1%}")
+
+
+def llava_7b_shapes() -> None:
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    text = LlamaConfig(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32064
+    )
+    with torch.device("meta"):
+        full = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text))
+        tower = AutoModel.from_config(vision)
+    embeddings = text.vocab_size * text.hidden_size
+    encoder = count(tower) + embeddings
+    print("LLaVA-1.5-7B shapes (meta device, sizes in float16):")
+    print(f"  full model        {count(full):>13,} params {count(full) * BYTES_FP16 / 2**30:>6.2f} GiB")
+    print(f"  vision tower      {count(tower):>13,} params {count(tower) * BYTES_FP16 / 2**30:>6.2f} GiB")
+    print(f"  token embeddings  {embeddings:>13,} params {embeddings * BYTES_FP16 / 2**30:>6.2f} GiB")
+    print(f"  classifier-only   {encoder:>13,} params {encoder * BYTES_FP16 / 2**30:>6.2f} GiB")
+    print(f"  ratio             {encoder / count(full):.1%}")
+
+
+if __name__ == "__main__":
+    tiny()
+    llava_7b_shapes()

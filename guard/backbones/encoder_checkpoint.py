@@ -1,0 +1,179 @@
+"""Build an :class:`EncoderOnlyModel` from a saved LLaVA checkpoint, reading only the tensors it needs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from psaguard.backbones.base import Backbone
+from psaguard.backbones.encoder_only import ENCODER_ONLY_BACKBONES, EncoderOnlyModel
+from psaguard.checkpoint_reader import MODEL_CONFIG_NAME, CheckpointReader
+from psaguard.config import ModelFingerprint
+from psaguard.errors import CheckpointError, UnsupportedModelError
+
+__all__ = ["load_encoder_only", "load_model_config"]
+
+logger = logging.getLogger(__name__)
+
+# Where a LLaVA checkpoint keeps the two parts. transformers 5 writes the legacy layout (`vision_tower.*`,
+# `language_model.model.embed_tokens.weight`) and reads it and the layout transformers 4.5x wrote
+# (`model.vision_tower.*`, `model.language_model.embed_tokens.weight`); older hub checkpoints also nest the
+# CLIP tower's weights under `vision_model.`, which transformers 5's CLIPVisionModel no longer has.
+_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
+_TOWER_NESTING = "vision_model."
+_EMBEDDING_KEYS = ("model.language_model.embed_tokens.weight", "language_model.model.embed_tokens.weight")
+# With tie_word_embeddings, save_pretrained may keep only the output head of the tied pair.
+_TIED_KEYS = ("lm_head.weight", "language_model.lm_head.weight")
+
+
+def load_encoder_only(
+    path: str | Path,
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    fingerprint: ModelFingerprint | None = None,
+) -> EncoderOnlyModel:
+    """The vision tower and input embeddings of the LLaVA checkpoint at ``path``; no other tensor is read.
+
+    Args:
+        path: a directory written by ``save_pretrained`` (safetensors, one file or sharded with an index),
+            or a hub repo id; a hub checkpoint fetches only its config, index and the shards holding these
+            tensors.
+        revision: hub revision (branch, tag or commit) of a repo id.
+        dtype: dtype of the loaded parts; None keeps the checkpoint's (as ``dtype="auto"`` in transformers).
+        device: where to put them (default: the CPU).
+        fingerprint: if given, checked against the checkpoint's config before any tensor is read, so a guard
+            made for another model fails without fetching shards.
+
+    Raises:
+        UnsupportedModelError: the config is not of a LLaVA family psaguard has a classifier-only adapter for.
+        CheckpointMismatchError: ``fingerprint`` differs from the checkpoint's.
+        CheckpointError: config or weights are missing, unreadable, or of the wrong shapes.
+    """
+    reader = CheckpointReader.open(path, revision)
+    config = load_model_config(reader.directory)
+    meta_tower = _meta_tower(config)
+    if fingerprint is not None:
+        fingerprint.check(_meta_model(config, meta_tower).fingerprint())
+    tower_keys = _tower_keys(reader, meta_tower)
+    embedding_key = _embedding_key(reader, config)
+    tensors = reader.read([*tower_keys.values(), embedding_key])
+    weight = tensors.pop(embedding_key)
+    text = config.text_config
+    if tuple(weight.shape) != (text.vocab_size, text.hidden_size):
+        raise CheckpointError(
+            f"input embeddings {embedding_key} of {reader.directory} are {tuple(weight.shape)}, but the config "
+            f"says ({text.vocab_size}, {text.hidden_size})"
+        )
+    dtype = dtype or weight.dtype
+    tower = _build_tower(meta_tower, config, {name: tensors[key] for name, key in tower_keys.items()}, dtype)
+    embed_tokens = nn.Embedding.from_pretrained(weight.to(dtype), freeze=True)
+    model = EncoderOnlyModel(config, tower, embed_tokens).eval().requires_grad_(False)
+    logger.info("loaded %s parameters (vision tower + token embeddings) of %s", f"{_count(model):,}", reader.directory)
+    return model.to(device) if device is not None else model
+
+
+def load_model_config(directory: Path) -> Any:
+    """The checkpoint's transformers config, if it is of a family with a classifier-only adapter."""
+    from transformers import AutoConfig
+
+    if not (directory / MODEL_CONFIG_NAME).is_file():
+        raise CheckpointError(f"no {MODEL_CONFIG_NAME} in {directory}")
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except ValueError as err:  # transformers raises ValueError for an unknown or missing model_type
+        raise UnsupportedModelError(f"{directory / MODEL_CONFIG_NAME} is not a supported model config: {err}") from err
+    except OSError as err:
+        raise CheckpointError(f"cannot read {directory / MODEL_CONFIG_NAME}: {err}") from err
+    supported = sorted({t for b in ENCODER_ONLY_BACKBONES for t in b.model_types})
+    if config.model_type not in supported or getattr(config, "vision_config", None) is None:
+        raise UnsupportedModelError(
+            f"{directory} holds a {config.model_type!r} model; classifier-only mode supports model types {supported}"
+        )
+    return config
+
+
+def _tower_keys(reader: CheckpointReader, meta_tower: nn.Module) -> dict[str, str]:
+    """Vision-tower parameter and buffer name -> checkpoint key, for every tensor the tower saves."""
+    expected = meta_tower.state_dict()
+    mapping, missing = {}, []
+    for name in expected:
+        bare = name.removeprefix(_TOWER_NESTING)
+        found = [
+            key
+            for prefix in _TOWER_PREFIXES
+            for key in (prefix + bare, prefix + _TOWER_NESTING + bare)
+            if key in reader.weight_map
+        ]
+        if len(found) > 1:  # two copies of one weight: which the model would use is unclear, so refuse
+            raise CheckpointError(f"checkpoint {reader.directory} holds vision tower weight {name!r} twice: {found}")
+        if found:
+            mapping[name] = found[0]
+        else:
+            missing.append(name)
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {reader.directory} lacks {len(missing)} vision tower tensors, e.g. {missing[:3]} "
+            f"(looked under {list(_TOWER_PREFIXES)})"
+        )
+    return mapping
+
+
+def _embedding_key(reader: CheckpointReader, config: Any) -> str:
+    found = [key for key in _EMBEDDING_KEYS if key in reader.weight_map]
+    tied = bool(getattr(config.text_config, "tie_word_embeddings", False) or config.tie_word_embeddings)
+    if not found and tied:
+        found = [key for key in _TIED_KEYS if key in reader.weight_map][:1]
+    if len(found) > 1:
+        raise CheckpointError(f"checkpoint {reader.directory} holds the input embeddings twice: {found}")
+    if not found:
+        raise CheckpointError(
+            f"checkpoint {reader.directory} has no input embeddings (looked for {list(_EMBEDDING_KEYS)})"
+        )
+    return found[0]
+
+
+def _build_tower(
+    meta_tower: nn.Module, config: Any, state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype
+) -> nn.Module:
+    """The tower as the full model builds it (``AutoModel.from_config``), with exactly ``state_dict`` loaded."""
+    expected = {name: tuple(t.shape) for name, t in meta_tower.state_dict().items()}
+    wrong = [f"{n}: {tuple(t.shape)} != {expected[n]}" for n, t in state_dict.items() if tuple(t.shape) != expected[n]]
+    if wrong:
+        raise CheckpointError(f"vision tower weights do not match config.vision_config: {wrong[:3]}")
+    # from_pretrained(None, config=..., state_dict=...) builds on the meta device and fills non-persistent
+    # buffers (CLIP's position_ids) as a normal load does, without a random init of every weight first.
+    tower, info = type(meta_tower).from_pretrained(
+        None, config=config.vision_config, state_dict=dict(state_dict), dtype=dtype, output_loading_info=True
+    )
+    problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
+    if problems or info.get("error_msgs"):
+        raise CheckpointError(f"vision tower did not load cleanly: {problems or info['error_msgs']}")
+    return tower
+
+
+def _meta_tower(config: Any) -> nn.Module:
+    """The vision tower on the meta device: its class, parameter names and shapes, no memory."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        return AutoModel.from_config(config.vision_config)
+
+
+def _meta_model(config: Any, meta_tower: nn.Module) -> Backbone:
+    """The adapter of a weightless stand-in for the model: everything :meth:`Backbone.fingerprint` reads."""
+    from psaguard.backbones import resolve_backbone
+
+    text = config.text_config
+    embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, device="meta")
+    return resolve_backbone(EncoderOnlyModel(config, meta_tower, embed_tokens), ENCODER_ONLY_BACKBONES)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

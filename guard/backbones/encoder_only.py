@@ -1,0 +1,88 @@
+"""Classifier-only backbones: a LLaVA model's vision tower and token embeddings, without its language model.
+
+The guard's classification reads only these two parts of the model (the vision features feed the safety
+projector, the prompt's token embeddings feed the safety head), so a guard built on an
+:class:`EncoderOnlyModel` judges requests exactly as one built on the full model while holding a small
+fraction of its weights: it can front a vision-language model served elsewhere. It cannot generate.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from torch import nn
+
+from psaguard.backbones.base import Backbone, VisionFeatures
+from psaguard.backbones.llava import LlavaBackbone
+from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.errors import GenerationUnavailableError
+
+__all__ = [
+    "ENCODER_ONLY_BACKBONES",
+    "EncoderOnlyLlavaBackbone",
+    "EncoderOnlyLlavaNextBackbone",
+    "EncoderOnlyModel",
+]
+
+
+def _cannot_generate(config: Any) -> GenerationUnavailableError:
+    return GenerationUnavailableError(
+        f"this guard is classifier-only: it loaded the vision tower and token embeddings of a "
+        f"{config.model_type!r} model but no projector or language model, so it can classify but not generate; "
+        "load the full model for guarded generation (SafetyGuard.from_pretrained, or guard.wrap(full_model))"
+    )
+
+
+class EncoderOnlyModel(nn.Module):
+    """The vision tower and input-embedding table of a LLaVA-family model, under the full model's ``config``.
+
+    Build it with :func:`psaguard.backbones.encoder_checkpoint.load_encoder_only`. ``generate`` and
+    ``forward`` raise :class:`~psaguard.errors.GenerationUnavailableError`.
+    """
+
+    def __init__(self, config: Any, vision_tower: nn.Module, embed_tokens: nn.Embedding) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_tower = vision_tower
+        self.embed_tokens = embed_tokens
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The language model's input-embedding table (as on a ``PreTrainedModel``)."""
+        return self.embed_tokens
+
+    def forward(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise _cannot_generate(self.config)
+
+    def generate(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Always raises :class:`~psaguard.errors.GenerationUnavailableError`: there is no language model."""
+        raise _cannot_generate(self.config)
+
+
+class _EncoderOnly(Backbone):
+    """What a classifier-only adapter changes in its family's adapter: dispatch, and no generation.
+
+    The family adapter reads the tower as ``model.vision_tower`` (an :class:`EncoderOnlyModel` has no
+    ``.model``) and the embeddings through ``get_input_embeddings``, so encoding and sizes are inherited.
+    """
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return isinstance(model, EncoderOnlyModel) and super().supports(model)
+
+    def check_can_generate(self) -> NoReturn:
+        raise _cannot_generate(self.model.config)
+
+    def project(self, features: VisionFeatures) -> NoReturn:
+        raise _cannot_generate(self.model.config)
+
+
+class EncoderOnlyLlavaBackbone(_EncoderOnly, LlavaBackbone):
+    """LLaVA-1.5 without projector and language model; fingerprints as ``'llava'``, like the full model."""
+
+
+class EncoderOnlyLlavaNextBackbone(_EncoderOnly, LlavaNextBackbone):
+    """LLaVA-NeXT without projector and language model; fingerprints as ``'llava_next'``, like the full model."""
+
+
+ENCODER_ONLY_BACKBONES: tuple[type[Backbone], ...] = (EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone)
+"""Classifier-only adapters; listed before the full-model ones in :data:`psaguard.backbones.BACKBONES`."""
