@@ -80,3 +80,20 @@ def test_capability_rows_keep_true_labels_out_of_the_base_sft(small_world):
 )
 def test_refusal_is_the_action_or_a_refusing_text(action, text, refused):
     assert is_refusal(action, text) is refused
+
+
+def test_the_gpu_recipe_runs_end_to_end_when_shrunk(tmp_path):
+    """The gpu preset (wide tower, head-only Stage I, QLoRA Stage II) on a CPU, every count shrunk."""
+    fields = ExperimentSpec.from_preset("gpu").model_dump()
+    fields["world"].update(n_train=240, n_val=16, n_test=80, n_attack=20)
+    fields["base"].update(vision_corpus=300, vision_steps=10, steps=10, text_hidden=64, vision_hidden=64)
+    fields["stage1"].update(steps=10)
+    fields["stage2"].update(steps=3, batch_size=4)
+    threads = torch.get_num_threads()
+    try:
+        result = run_experiment(ExperimentSpec.model_validate({**fields, "threads": 1}), tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.metrics.notes["stage II"] == "QLoRA (NF4) r=16"
+    assert (result.guard_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert result.report.is_file() and 0.0 <= result.metrics.heads["mean"].types.macro_f1() <= 1.0
