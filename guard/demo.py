@@ -31,6 +31,19 @@ def demo_requests() -> list[tuple[str, Image.Image, str]]:
     return [(kind, image, prompt) for kind, image, prompt, _ in _examples()]
 
 
+def _headline(root: Path) -> str:
+    """The run's test-split numbers, as written by ``psaguard world run --export-demo``."""
+    path = root / "headline.json"
+    if not path.is_file():
+        return "numbers in the report"
+    numbers = json.loads(path.read_text())
+    parts = [f"head type macro-F1 {numbers['type_macro_f1']:.2f}"]
+    if "refusal_unsafe" in numbers:
+        parts.append(f"refusal on unsafe {numbers['refusal_unsafe']:.0%}")
+        parts.append(f"over-refusal on safe {numbers['over_refusal_safe']:.0%}")
+    return ", ".join(parts)
+
+
 def _examples() -> list[tuple[str, Image.Image, str, tuple[int, int]]]:
     root = _assets()
     rows = [json.loads(line) for line in (root / "examples.jsonl").read_text().splitlines()]
@@ -54,7 +67,7 @@ def run_demo(seed: int = 0) -> None:
     print(f"{guard}  (trained on the synthetic safety world: psaguard world run)")
     print(
         "The examples are test rows picked among those it answered acceptably; on the whole test split it is\n"
-        "far from the project's goals (head macro-F1 0.41): see docs/world_report.md.\n"
+        f"far from the project's goals ({_headline(root)}): see docs/world_report.md.\n"
     )
     examples = _examples()
     requests = [(kind, image, prompt) for kind, image, prompt, _ in examples]

@@ -110,6 +110,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.export_demo is not None:
         from psaguard.training.world.demo_assets import export_demo_assets
 
-        export_demo_assets(result.base_dir, result.guard_dir, args.out / "world", args.export_demo, result.correct_ids)
+        export_demo_assets(
+            result.base_dir,
+            result.guard_dir,
+            args.out / "world",
+            args.export_demo,
+            result.correct_ids,
+            headline=result.metrics.headline(),
+        )
     print(result.report.read_text())
     return 0

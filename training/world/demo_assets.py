@@ -41,9 +41,18 @@ def pick_demo_rows(rows: list[WorldRow], answers_ok: set[str] | None = None) -> 
 
 
 def export_demo_assets(
-    base_dir: Path, guard_dir: Path, world_dir: Path, dest: Path, answers_ok: set[str] | None = None
+    base_dir: Path,
+    guard_dir: Path,
+    world_dir: Path,
+    dest: Path,
+    answers_ok: set[str] | None = None,
+    headline: dict[str, float] | None = None,
 ) -> Path:
-    """Write ``dest/model`` (base + merged LoRA), ``dest/guard`` and ``dest/examples.jsonl`` with images."""
+    """Write ``dest/model`` (base + merged LoRA), ``dest/guard`` and ``dest/examples.jsonl`` with images.
+
+    ``headline`` (e.g. :meth:`WorldMetrics.headline`) goes to ``dest/headline.json``, so the demo quotes the
+    run's own test-split numbers.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
@@ -63,5 +72,7 @@ def export_demo_assets(
         record = {"kind": _kind(row), "image": image, "prompt": row.prompt, "expected": row.response}
         lines.append(json.dumps({**record, "level": row.safe_level, "type": row.safe_type}) + "\n")
     (dest / "examples.jsonl").write_text("".join(lines))
+    if headline is not None:
+        (dest / "headline.json").write_text(json.dumps(headline, indent=2) + "\n")
     logger.info("demo assets written to %s", dest)
     return dest

@@ -119,6 +119,14 @@ class WorldMetrics(BaseModel):
     )
     notes: dict[str, str | float | int] = Field(default_factory=dict, description="Sizes, timings, settings.")
 
+    def headline(self) -> dict[str, float]:
+        """The numbers a one-line summary quotes: head type macro-F1, refusal and over-refusal."""
+        numbers = {"type_macro_f1": round(self.heads[self.primary].types.macro_f1(), 3)}
+        if self.generation is not None:
+            numbers["refusal_unsafe"] = round(self.generation.refusal_unsafe, 3)
+            numbers["over_refusal_safe"] = round(self.generation.over_refusal_safe, 3)
+        return numbers
+
     @model_validator(mode="after")
     def _check(self) -> WorldMetrics:
         for name in (self.primary, self.baseline):

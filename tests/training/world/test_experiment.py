@@ -97,3 +97,20 @@ def test_the_gpu_recipe_runs_end_to_end_when_shrunk(tmp_path):
     assert result.metrics.notes["stage II"] == "QLoRA (NF4) r=16"
     assert (result.guard_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert result.report.is_file() and 0.0 <= result.metrics.heads["mean"].types.macro_f1() <= 1.0
+
+
+def test_demo_assets_hold_model_guard_examples_and_the_runs_numbers(ci_run, tmp_path):
+    from psaguard.demo import _headline
+    from psaguard.training.world.demo_assets import export_demo_assets
+
+    result, out = ci_run
+    headline = result.metrics.headline()
+    dest = export_demo_assets(
+        result.base_dir, result.guard_dir, out / "world", tmp_path / "demo", result.correct_ids, headline=headline
+    )
+    assert (dest / "model" / "config.json").is_file() and (dest / "guard" / "psaguard_config.json").is_file()
+    examples = [json.loads(line) for line in (dest / "examples.jsonl").read_text().splitlines()]
+    assert examples and all((dest / e["image"]).is_file() for e in examples)
+    assert json.loads((dest / "headline.json").read_text()) == headline
+    assert set(headline) == {"type_macro_f1", "refusal_unsafe", "over_refusal_safe"}
+    assert f"head type macro-F1 {headline['type_macro_f1']:.2f}" in _headline(dest)
