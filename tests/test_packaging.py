@@ -44,6 +44,16 @@ def test_wheel_contains_every_subpackage_and_the_type_marker(wheel):
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+def test_wheel_carries_every_demo_asset(wheel):
+    """`psaguard demo` runs from an installed wheel: every file of the embedded assets is packaged."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assets = ROOT / "guard" / "assets" / "world_demo"
+    files = [p for p in assets.rglob("*") if p.is_file()]
+    assert any(p.name == "headline.json" for p in files)
+    for path in files:
+        assert f"psaguard/assets/world_demo/{path.relative_to(assets).as_posix()}" in names, path
+
+
 def test_import_has_no_global_side_effects():
     code = (
         "import sys, logging, warnings, PIL.Image as I, torch, transformers, transformers.models.llava;"
