@@ -13,8 +13,9 @@ import tempfile
 import time
 
 import torch
+from shapes import llava_15_7b_config
 from torch import nn
-from transformers import AutoModel, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import AutoModel, LlavaForConditionalGeneration
 
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
 from psaguard.tiny import save_tiny_llava
@@ -46,20 +47,10 @@ def tiny() -> None:
 
 
 def llava_7b_shapes() -> None:
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32064
-    )
+    config = llava_15_7b_config()
+    vision, text = config.vision_config, config.text_config
     with torch.device("meta"):
-        full = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text))
+        full = LlavaForConditionalGeneration(config)
         tower = AutoModel.from_config(vision)
     embeddings = text.vocab_size * text.hidden_size
     encoder = count(tower) + embeddings

@@ -17,24 +17,17 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from shapes import llava_15_7b_config
+from transformers import LlavaForConditionalGeneration
 
 from psaguard import SafetyGuard
 from psaguard.backbones import LlavaBackbone
-from psaguard.tiny import TinyLlavaSpec, build_tiny_processor
+from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 SHAPES = {
     "tiny": TinyLlavaSpec(),
-    "llava-1.5-7b": TinyLlavaSpec(
-        image_size=336,
-        patch_size=14,
-        vision_hidden=1024,
-        vision_layers=24,
-        text_hidden=4096,
-        text_layers=32,
-        intermediate=11008,
-        heads=32,
-    ),
+    # The processor's image side and patch; the model itself is benchmarks/shapes.py's.
+    "llava-1.5-7b": TinyLlavaSpec(image_size=336, patch_size=14),
 }
 PROMPT = "what is shown in this image ? describe the colour and the shape please"
 
@@ -55,32 +48,6 @@ def timeit(fn: Callable[[], object], device: torch.device, repeats: int, warmup:
     return statistics.median(times)
 
 
-def build_config(spec: TinyLlavaSpec, vocab_size: int, image_token_id: int) -> LlavaConfig:
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 4 if spec.vision_hidden > 64 else 128,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=max(spec.heads // 2, 4),
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-    )
-    text = LlamaConfig(
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        vocab_size=vocab_size,
-    )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=image_token_id,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="tiny")
@@ -95,8 +62,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     processor = build_tiny_processor(spec)
-    vocab = 32064 if args.shapes != "tiny" else 128
-    config = build_config(spec, vocab, processor.tokenizer.convert_tokens_to_ids("<image>"))
+    if args.shapes == "tiny":
+        config = build_tiny_llava(spec, processor).config
+    else:
+        config = llava_15_7b_config(processor.tokenizer.convert_tokens_to_ids("<image>"))
+    layers = config.text_config.num_hidden_layers
     if not full:  # one decoder layer stands for all of them (prefill scales linearly in depth)
         config.text_config.num_hidden_layers = 1
     with torch.device(device):
@@ -107,7 +77,6 @@ def main() -> None:
 
     image = Image.new("RGB", (spec.image_size, spec.image_size), (200, 30, 30))
     pixels = backbone.preprocess(processor, [image])["pixel_values"].to(device)
-    layers = spec.text_layers
 
     with torch.inference_mode():
         features = backbone.encode_images(pixels)

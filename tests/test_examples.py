@@ -1,21 +1,14 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_runner import run_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def run_example(name: str, timeout: int = 300) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+def run_example(name: str) -> str:
+    return run_script("examples", name)
 
 
 def test_classify_standalone_prints_a_verdict():
