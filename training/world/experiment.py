@@ -36,7 +36,7 @@ from psaguard.training.world.base_model import (
 )
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
 from psaguard.training.world.report import GenerationEval, WorldMetrics, write_report
-from psaguard.training.world.scoring import answer_rows, head_eval, refusal_rate, vqa_rate
+from psaguard.training.world.scoring import answer_rows, head_eval, refusal_rate, threshold_sweep, vqa_rate
 
 __all__ = ["PRESETS", "ExperimentResult", "ExperimentSpec", "StageSettings", "run_experiment"]
 
@@ -314,6 +314,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
     del first_guard
     guard = _load_guard(base_dir, guard_dir, adapter=True)
     heads["mean"] = head_eval(guard, examples, joint)
+    sweep = threshold_sweep(guard, test_rows, world_dir)
     lap("head evaluation")
 
     answers = answer_rows(guard, test_rows, world_dir, max_new_tokens=spec.max_new_tokens)
@@ -344,6 +345,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
         vqa_reference="base",
         vqa_final="guarded",
         attacks=attacks,
+        threshold_sweep=sweep,
         notes={
             "preset": spec.preset or "custom",
             "seed": spec.seed,

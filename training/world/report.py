@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from psaguard.training.metrics import binary_rates
 
-__all__ = ["GOALS", "ClassScores", "ConfusionMatrix", "GenerationEval", "HeadEval", "WorldMetrics", "write_report"]
+__all__ = [
+    "GOALS",
+    "ClassScores",
+    "ConfusionMatrix",
+    "GenerationEval",
+    "HeadEval",
+    "SweepPoint",
+    "WorldMetrics",
+    "write_report",
+]
 
 GOALS = {
     "macro_f1": 0.97,
@@ -102,6 +111,16 @@ class GenerationEval(BaseModel):
     n_safe: int = Field(ge=0, description="Safe requests evaluated.")
 
 
+class SweepPoint(BaseModel):
+    """Where the policy acts at one level threshold: the shares of unsafe and of safe requests it flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(gt=0, le=1, description="Level threshold of every policy rule.")
+    flagged_unsafe: float = Field(ge=0, le=1, description="Unsafe requests given any action but 'allow'.")
+    flagged_safe: float = Field(ge=0, le=1, description="Safe requests given any action but 'allow'.")
+
+
 class WorldMetrics(BaseModel):
     """Everything the world report shows; produced by the world experiment."""
 
@@ -116,6 +135,9 @@ class WorldMetrics(BaseModel):
     vqa_final: str | None = Field(None, description="The stage compared with the reference (default: the last).")
     attacks: dict[str, float] = Field(
         default_factory=dict, description="Attack success rate (risky requests let through) per attack, with 'none'."
+    )
+    threshold_sweep: list[SweepPoint] = Field(
+        default_factory=list, description="The head's trade-off over policy thresholds, on the test split."
     )
     notes: dict[str, str | float | int] = Field(default_factory=dict, description="Sizes, timings, settings.")
 
@@ -236,6 +258,31 @@ def _plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, li
     plt.close(fig)
 
 
+def _plot_sweep(points: list[SweepPoint], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([p.flagged_safe for p in points], [p.flagged_unsafe for p in points], marker="o")
+    for p in points:
+        ax.annotate(
+            f"{p.threshold:g}",
+            (p.flagged_safe, p.flagged_unsafe),
+            fontsize=7,
+            xytext=(3, -9),
+            textcoords="offset points",
+        )
+    ax.axvline(GOALS["over_refusal_safe"], color="grey", linestyle=":", linewidth=1)
+    ax.axhline(GOALS["refusal_unsafe"], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="flagged safe (over-refusal bound)", ylabel="flagged unsafe")
+    ax.set_title("Policy threshold trade-off (goals dotted)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str = "Synthetic world report") -> Path:
     """Write ``world_report.md`` and its PNG plots into ``out_dir``; returns the markdown path."""
     m = metrics if isinstance(metrics, WorldMetrics) else WorldMetrics.model_validate(metrics)
@@ -277,6 +324,15 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
         rates = {"refusal (unsafe)": g.refusal_unsafe, "over-refusal (safe)": g.over_refusal_safe}
         _plot_bars(rates, "Refusals", "rate", out / "refusals.png")
         md += ["", "![refusals](refusals.png)"]
+
+    if m.threshold_sweep:
+        _plot_sweep(m.threshold_sweep, out / "threshold_sweep.png")
+        md += ["", "## Policy threshold (the head's trade-off)", ""]
+        md += ["Share of test requests the policy acts on (hint, refuse or block) as every rule's level threshold"]
+        md += ["varies; the default is 0.5. Generation can only refuse what the head flags.", ""]
+        md += ["| threshold | flagged unsafe | flagged safe |", "|---:|---:|---:|"]
+        md += [f"| {p.threshold:.2f} | {p.flagged_unsafe:.1%} | {p.flagged_safe:.1%} |" for p in m.threshold_sweep]
+        md += ["", "![threshold sweep](threshold_sweep.png)"]
 
     if m.vqa:
         _plot_bars(dict(m.vqa), "VQA exact-match accuracy (safe test rows)", "accuracy", out / "vqa.png")

@@ -28,6 +28,10 @@ def _metrics() -> dict:
         "generation": {"refusal_unsafe": 0.96, "over_refusal_safe": 0.05, "n_unsafe": 20, "n_safe": 20},
         "vqa": {"base": 0.9, "stage2": 0.89},
         "attacks": {"none": 0.04, "suffix": 0.1, "typo": 0.2},
+        "threshold_sweep": [
+            {"threshold": 0.3, "flagged_unsafe": 0.97, "flagged_safe": 0.2},
+            {"threshold": 0.5, "flagged_unsafe": 0.9, "flagged_safe": 0.1},
+        ],
         "notes": {"seconds": 12.5},
     }
 
@@ -53,6 +57,7 @@ def test_report_writes_markdown_with_goals_tables_and_real_plots(tmp_path):
     assert "Joint-risk F1: mean - first | >= 20 F1 points | +77.8 points | yes" in text
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert "pooling_ablation.png" in pngs and "confusion_first_joint.png" in pngs and "attacks.png" in pngs
+    assert "threshold_sweep.png" in pngs and "| 0.30 | 97.0% | 20.0% |" in text
     for name in pngs:
         assert f"]({name})" in text
         with Image.open(tmp_path / name) as im:
