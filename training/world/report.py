@@ -266,12 +266,13 @@ def _plot_sweep(points: list[SweepPoint], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([p.flagged_safe for p in points], [p.flagged_unsafe for p in points], marker="o")
-    for p in points:
+    ends = {points[0].threshold, points[-1].threshold, 0.5}  # the range and the default; the rest would crowd
+    for p in (p for p in points if p.threshold in ends):
         ax.annotate(
-            f"{p.threshold:g}",
+            f"t={p.threshold:g}",
             (p.flagged_safe, p.flagged_unsafe),
-            fontsize=7,
-            xytext=(3, -9),
+            fontsize=8,
+            xytext=(6, -4),
             textcoords="offset points",
         )
     ax.axvline(GOALS["over_refusal_safe"], color="grey", linestyle=":", linewidth=1)
@@ -329,7 +330,8 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
         _plot_sweep(m.threshold_sweep, out / "threshold_sweep.png")
         md += ["", "## Policy threshold (the head's trade-off)", ""]
         md += ["Share of test requests the policy acts on (hint, refuse or block) as every rule's level threshold"]
-        md += ["varies; the default is 0.5. Generation can only refuse what the head flags.", ""]
+        md += ["varies; the default is 0.5. Refusal on unsafe can exceed the flagged share: the model also cautions"]
+        md += ["on some requests it was allowed to answer.", ""]
         md += ["| threshold | flagged unsafe | flagged safe |", "|---:|---:|---:|"]
         md += [f"| {p.threshold:.2f} | {p.flagged_unsafe:.1%} | {p.flagged_safe:.1%} |" for p in m.threshold_sweep]
         md += ["", "![threshold sweep](threshold_sweep.png)"]
