@@ -19,7 +19,7 @@ from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
 from psaguard.training.collate import load_example_image
 from psaguard.training.data import DatasetReport, Example
-from psaguard.training.metrics import binary_rates
+from psaguard.training.metrics import binary_rates, one_vs_rest
 
 __all__ = [
     "ClassMetrics",
@@ -145,11 +145,7 @@ def head_report(labels: Sequence[int], probs: np.ndarray, codes: Sequence[str], 
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels_arr, predicted), 1)
     classes = []
-    for index, code in enumerate(codes):
-        tp = int(confusion[index, index])
-        fp = int(confusion[:, index].sum()) - tp
-        fn = int(confusion[index].sum()) - tp
-        tn = int(confusion.sum()) - tp - fp - fn
+    for code, (tp, fp, tn, fn) in zip(codes, one_vs_rest(confusion.tolist())):
         precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
         classes.append(
             ClassMetrics(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["binary_rates"]
+from collections.abc import Sequence
+
+__all__ = ["binary_rates", "one_vs_rest"]
 
 
 def binary_rates(tp: int, fp: int, tn: int, fn: int) -> tuple[float, float, float, float]:
@@ -12,3 +14,15 @@ def binary_rates(tp: int, fp: int, tn: int, fn: int) -> tuple[float, float, floa
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     fpr = fp / (fp + tn) if fp + tn else 0.0
     return precision, recall, f1, fpr
+
+
+def one_vs_rest(confusion: Sequence[Sequence[int]]) -> list[tuple[int, int, int, int]]:
+    """(TP, FP, TN, FN) of each class of a square ``confusion[true][predicted]`` matrix, in class order."""
+    total = sum(sum(row) for row in confusion)
+    counts = []
+    for k, row in enumerate(confusion):
+        tp = int(row[k])
+        fn = int(sum(row)) - tp
+        fp = int(sum(other[k] for other in confusion)) - tp
+        counts.append((tp, fp, total - tp - fp - fn, fn))
+    return counts

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from psaguard.training.metrics import binary_rates
+from psaguard.training.metrics import binary_rates, one_vs_rest
 
 __all__ = [
     "GOALS",
@@ -72,11 +72,7 @@ class ConfusionMatrix(BaseModel):
     def scores(self) -> list[ClassScores]:
         """Per-class precision, recall, F1 and false-positive rate."""
         out = []
-        for k, label in enumerate(self.labels):
-            tp = self.counts[k][k]
-            fn = sum(self.counts[k]) - tp
-            fp = sum(row[k] for row in self.counts) - tp
-            tn = self.total - tp - fn - fp
+        for label, (tp, fp, tn, fn) in zip(self.labels, one_vs_rest(self.counts)):
             precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
             out.append(ClassScores(label=label, support=tp + fn, precision=precision, recall=recall, f1=f1, fpr=fpr))
         return out
