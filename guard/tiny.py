@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,18 +76,7 @@ def build_tiny_processor(spec: TinyLlavaSpec | None = None):  # -> LlavaProcesso
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
     spec = spec or TinyLlavaSpec()
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": spec.image_size},
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=_tiny_tokenizer(spec),
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return LlavaProcessor(image_processor=CLIPImageProcessorPil(**_image_sizes(spec)), **_processor_parts(spec))
 
 
 def build_tiny_llava(spec: TinyLlavaSpec | None = None, processor=None):  # -> LlavaForConditionalGeneration
@@ -116,18 +106,9 @@ def build_tiny_llava_next_processor(
 
     spec = spec or TinyLlavaSpec()
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": spec.image_size},
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-        image_grid_pinpoints=[list(p) for p in grid_pinpoints],
+        **_image_sizes(spec), image_grid_pinpoints=[list(p) for p in grid_pinpoints]
     )
-    return LlavaNextProcessor(
-        image_processor=image_processor,
-        tokenizer=_tiny_tokenizer(spec),
-        patch_size=spec.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
-    )
+    return LlavaNextProcessor(image_processor=image_processor, **_processor_parts(spec))
 
 
 def build_tiny_llava_next(
@@ -171,6 +152,25 @@ def _save(path: str | Path, model, processor) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def _image_sizes(spec: TinyLlavaSpec) -> dict[str, dict[str, int]]:
+    """Image-processor sizes: shortest edge resized to, then centre-cropped to, ``spec.image_size``."""
+    return {
+        "size": {"shortest_edge": spec.image_size},
+        "crop_size": {"height": spec.image_size, "width": spec.image_size},
+    }
+
+
+def _processor_parts(spec: TinyLlavaSpec) -> dict[str, Any]:
+    """What both tiny processor families share: tokenizer, patch size, feature strategy, chat template."""
+    return {
+        "tokenizer": _tiny_tokenizer(spec),
+        "patch_size": spec.patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,
+        "chat_template": CHAT_TEMPLATE,
+    }
 
 
 def _tiny_tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
