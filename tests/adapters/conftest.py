@@ -43,6 +43,7 @@ def make_guard(tiny_model, tiny_processor) -> Callable[[Action], SafetyGuard]:
 
     def make(action: Action) -> SafetyGuard:
         policy = GuardPolicy(level_actions={1: "hint", 2: "hint", 3: action})
+        torch.manual_seed(0)  # the random llm_tokens shape the answers: the same whatever ran before
         guard = SafetyGuard.attach(tiny_model, tiny_processor, SafetyGuardConfig(policy=policy))
         return force_verdict(guard, 0, "safe") if action == "allow" else force_verdict(guard, 3, "privacy")
 
