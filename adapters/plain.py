@@ -7,16 +7,15 @@ the language model answers it directly, with no safety tokens (the paper's modul
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from transformers import TextIteratorStreamer
 
 from psaguard.errors import ConfigError, InvalidPromptError
 from psaguard.guard import SafetyGuard
+from psaguard.streaming import stream_text
 
 __all__ = ["PlainAnswer", "plain_generate", "plain_stream"]
 
@@ -46,25 +45,7 @@ def plain_generate(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], *
 def plain_stream(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **generate_kwargs: Any) -> Iterator[str]:
     """Stream the answer to a text-only conversation; generation runs in a background thread."""
     tokenizer, inputs = _inputs(guard, conversation)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            with torch.inference_mode():  # thread-local, so entered inside the worker
-                guard.model.generate(**inputs, **generate_kwargs, streamer=streamer)
-        except BaseException as err:  # re-raised in the consumer; end() unblocks it
-            failure.append(err)
-            streamer.end()
-
-    worker = threading.Thread(target=produce, name="psaguard-plain-stream", daemon=True)
-    worker.start()
-    for chunk in streamer:
-        if chunk:
-            yield chunk
-    worker.join()
-    if failure:
-        raise failure[0]
+    yield from stream_text(guard.model, tokenizer, inputs, generate_kwargs, thread_name="psaguard-plain-stream")
 
 
 def _inputs(guard: SafetyGuard, conversation: Sequence[dict[str, Any]]) -> tuple[Any, dict[str, torch.Tensor]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,9 +20,43 @@ if TYPE_CHECKING:
     from psaguard.conversation import PromptInput
     from psaguard.generation import GuardedGeneration, GuardedGenerator, ImagesInput, PreparedBatch
 
-__all__ = ["AsyncGuardedStream", "GuardedStream"]
+__all__ = ["AsyncGuardedStream", "GuardedStream", "stream_text"]
 
 _DONE = object()
+
+
+def stream_text(
+    model: Any,
+    tokenizer: Any,
+    inputs: dict[str, Any],
+    generate_kwargs: dict[str, Any],
+    thread_name: str = "psaguard-stream",
+) -> Generator[str, None, Any]:
+    """Yield the non-empty text chunks of ``model.generate(**inputs, **generate_kwargs)``; return its sequences.
+
+    Generation runs in a daemon thread feeding a ``TextIteratorStreamer`` (prompt and special tokens
+    skipped); an exception there is re-raised here once the streamer has been unblocked.
+    """
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    outcome: dict[str, Any] = {}
+
+    def produce() -> None:
+        try:
+            with torch.inference_mode():  # thread-local, so entered inside the worker thread
+                outcome["sequences"] = model.generate(**inputs, **generate_kwargs, streamer=streamer)
+        except BaseException as err:  # re-raised in the consumer; end() unblocks it
+            outcome["error"] = err
+            streamer.end()
+
+    worker = threading.Thread(target=produce, name=thread_name, daemon=True)
+    worker.start()
+    for chunk in streamer:
+        if chunk:
+            yield chunk
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["sequences"]
 
 
 class GuardedStream(Iterator[str]):
@@ -72,31 +106,15 @@ class GuardedStream(Iterator[str]):
             return
         from psaguard.generation import tokenizer_of
 
-        streamer = TextIteratorStreamer(
-            tokenizer_of(generator.guard.processor), skip_prompt=True, skip_special_tokens=True
-        )
-        outcome: dict[str, Any] = {}
         inputs = prepared.inputs
-
-        def produce() -> None:
-            try:
-                with torch.inference_mode():  # thread-local, so entered inside the worker thread
-                    outcome["sequences"] = generator.guard.model.generate(
-                        **inputs.model_kwargs(), **self._kwargs, streamer=streamer
-                    )
-            except BaseException as err:  # re-raised in the consumer; end() unblocks it
-                outcome["error"] = err
-                streamer.end()
-
-        worker = threading.Thread(target=produce, name="psaguard-stream", daemon=True)
-        worker.start()
-        for chunk in streamer:
-            if chunk:
-                yield chunk
-        worker.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        self._result = generator.finish(prepared, outcome["sequences"], self._start, self._kwargs)[0]
+        sequences = yield from stream_text(
+            generator.guard.model,
+            tokenizer_of(generator.guard.processor),
+            inputs.model_kwargs(),
+            self._kwargs,
+            thread_name="psaguard-stream",
+        )
+        self._result = generator.finish(prepared, sequences, self._start, self._kwargs)[0]
 
 
 class AsyncGuardedStream(AsyncIterator[str]):
