@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.errors import ConfigError, InvalidPromptError
+from psaguard.generation import eos_token_ids, tokenizer_of, until_eos
 from psaguard.guard import SafetyGuard
 from psaguard.streaming import stream_text
 
@@ -36,7 +37,7 @@ def plain_generate(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], *
     with torch.inference_mode():
         sequences = guard.model.generate(**inputs, **generate_kwargs)
     width = inputs["input_ids"].shape[1]
-    new = _until_eos(sequences[0, width:].tolist(), guard.model.generation_config.eos_token_id)
+    new = until_eos(sequences[0, width:].tolist(), eos_token_ids(guard.model, {}))
     return PlainAnswer(
         text=tokenizer.decode(new, skip_special_tokens=True), prompt_tokens=width, completion_tokens=len(new)
     )
@@ -49,7 +50,7 @@ def plain_stream(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **g
 
 
 def _inputs(guard: SafetyGuard, conversation: Sequence[dict[str, Any]]) -> tuple[Any, dict[str, torch.Tensor]]:
-    tokenizer = getattr(guard.processor, "tokenizer", guard.processor)
+    tokenizer = tokenizer_of(guard.processor)
     try:
         text = guard.processor.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
     except ValueError as err:  # transformers raises ValueError when no chat template is set
@@ -61,11 +62,3 @@ def _inputs(guard: SafetyGuard, conversation: Sequence[dict[str, Any]]) -> tuple
         raise InvalidPromptError("a text-only prompt must not spell the image token")
     device = guard.backbone.device
     return tokenizer, {name: tensor.to(device) for name, tensor in encoded.items() if name != "token_type_ids"}
-
-
-def _until_eos(tokens: list[int], eos: int | list[int] | None) -> list[int]:
-    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-    for position, token in enumerate(tokens):
-        if token in eos_ids:
-            return tokens[: position + 1]
-    return tokens
