@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.wrapped import GuardedModel
 
-__all__ = ["ADAPTER_NAME", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
+__all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ WEIGHTS_NAME = "psaguard_model.safetensors"
 ADAPTER_NAME = "adapter"
 """Subfolder of a guard directory holding a Stage II LoRA adapter in PEFT's format."""
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""dtype names used by configs -> torch dtypes."""
 
 
 @dataclass(frozen=True)
@@ -398,7 +399,7 @@ class SafetyGuard:
     @staticmethod
     def _build_modules(config: SafetyGuardConfig, backbone: Backbone) -> SafetyModules:
         modules = SafetyModules(config, backbone.vision_hidden_size, backbone.text_hidden_size)
-        dtype = backbone.embedding_dtype if config.dtype == "auto" else _DTYPES[config.dtype]
+        dtype = backbone.embedding_dtype if config.dtype == "auto" else TORCH_DTYPES[config.dtype]
         if not dtype.is_floating_point:
             dtype = torch.float32
         return modules.to(device=backbone.device, dtype=dtype).eval()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
+from psaguard.guard import TORCH_DTYPES
 from psaguard.training.config import LoraSettings, QuantConfig
 
 if TYPE_CHECKING:
@@ -13,8 +12,6 @@ if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig
 
 __all__ = ["build_bnb_config", "build_lora_config"]
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def build_bnb_config(cfg: QuantConfig) -> BitsAndBytesConfig | None:
@@ -31,7 +28,7 @@ def build_bnb_config(cfg: QuantConfig) -> BitsAndBytesConfig | None:
         load_in_4bit=True,
         bnb_4bit_quant_type=cfg.quant_type,
         bnb_4bit_use_double_quant=cfg.double_quant,
-        bnb_4bit_compute_dtype=_DTYPES[cfg.compute_dtype],
+        bnb_4bit_compute_dtype=TORCH_DTYPES[cfg.compute_dtype],
         llm_int8_skip_modules=list(cfg.skip_modules),
     )
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from psaguard.errors import ConfigError, DatasetError
-from psaguard.guard import SafetyGuard
+from psaguard.guard import TORCH_DTYPES, SafetyGuard
 from psaguard.serialization import atomic_write_text
 from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
@@ -49,9 +49,6 @@ class StageSetup:
     task: TrainTask
     guard: SafetyGuard
     reports: dict[str, DatasetReport]
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def make_accelerator(cfg: TrainConfig) -> Any:
@@ -95,7 +92,7 @@ def load_model_from(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     quant = build_bnb_config(quant_cfg)
-    dtype = _DTYPES.get(model_dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = TORCH_DTYPES.get(model_dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quant is not None:
         # A 4-bit model is placed while loading; an index is the form every transformers version accepts.

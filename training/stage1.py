@@ -11,9 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from psaguard.guard import SafetyGuard
+from psaguard.guard import TORCH_DTYPES, SafetyGuard
 from psaguard.training.config import Stage1Config
 from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
@@ -30,8 +28,6 @@ from psaguard.training.runtime import (
 __all__ = ["build_stage1", "train_stage1"]
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def train_stage1(cfg: Stage1Config, *, resume: bool = False) -> Path:
@@ -51,7 +47,7 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
     else:
         guard = SafetyGuard.attach(model, processor, cfg.guard)
     # Trainable modules keep full-precision weights by default (as master weights would), whatever the model's dtype.
-    guard.modules.to(dtype=_DTYPES[cfg.modules_dtype]).requires_grad_(True)
+    guard.modules.to(dtype=TORCH_DTYPES[cfg.modules_dtype]).requires_grad_(True)
     if cfg.lm_loss_weight == 0 or not guard.config.tokens.inject_llm_tokens:
         guard.modules.llm_tokens.requires_grad_(False)  # nothing would train them
     if cfg.gradient_checkpointing:
