@@ -21,6 +21,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from psaguard.injection import IGNORE_INDEX
 from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 from psaguard.training.world.build import SPLITS, WorldRow, WorldSpec, read_rows, read_summary
 from psaguard.training.world.concepts import (
@@ -49,8 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class BaseVlmConfig(BaseModel):
