@@ -17,7 +17,12 @@ from pathlib import Path
 from psaguard.guard import SafetyGuard
 from psaguard.training.world.build import WorldRow, read_rows
 
-__all__ = ["DEMO_KINDS", "export_demo_assets", "pick_demo_rows"]
+__all__ = [
+    "DEMO_KINDS",
+    "export_demo_assets",
+    "load_trained_guard",
+    "pick_demo_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +45,15 @@ def pick_demo_rows(rows: list[WorldRow], answers_ok: set[str] | None = None) -> 
     return picked
 
 
+def load_trained_guard(base_dir: Path, guard_dir: Path, *, adapter: bool) -> SafetyGuard:
+    """The guard saved in ``guard_dir`` on the base VLM saved in ``base_dir`` (with its LoRA if ``adapter``)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
+    processor = AutoProcessor.from_pretrained(base_dir)
+    return SafetyGuard.from_pretrained(guard_dir, model, processor, load_adapter=adapter)
+
+
 def export_demo_assets(
     base_dir: Path,
     guard_dir: Path,
@@ -53,11 +67,8 @@ def export_demo_assets(
     ``headline`` (e.g. :meth:`WorldMetrics.headline`) goes to ``dest/headline.json``, so the demo quotes the
     run's own test-split numbers.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
-    processor = AutoProcessor.from_pretrained(base_dir)
-    guard = SafetyGuard.from_pretrained(guard_dir, model, processor, load_adapter=True)
+    guard = load_trained_guard(base_dir, guard_dir, adapter=True)
+    processor = guard.processor
     merged = guard.model.merge_and_unload() if hasattr(guard.model, "merge_and_unload") else guard.model
     if dest.exists():
         shutil.rmtree(dest)

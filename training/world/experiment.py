@@ -21,7 +21,6 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from psaguard.guard import SafetyGuard
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.config import LoraSettings, QuantConfig, Stage1Config, Stage2Config
 from psaguard.training.data import read_jsonl
@@ -35,6 +34,7 @@ from psaguard.training.world.base_model import (
     vqa_accuracy,
 )
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
+from psaguard.training.world.demo_assets import load_trained_guard
 from psaguard.training.world.report import GenerationEval, WorldMetrics, write_report
 from psaguard.training.world.scoring import answer_rows, head_eval, refusal_rate, threshold_sweep, vqa_rate
 
@@ -240,14 +240,6 @@ def _stage2(spec: ExperimentSpec, base_dir: Path, world_dir: Path, stage1_dir: P
     return train_stage2(cfg)
 
 
-def _load_guard(base_dir: Path, guard_dir: Path, *, adapter: bool) -> SafetyGuard:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    model = AutoModelForImageTextToText.from_pretrained(base_dir).eval()
-    processor = AutoProcessor.from_pretrained(base_dir)
-    return SafetyGuard.from_pretrained(guard_dir, model, processor, load_adapter=adapter)
-
-
 def capability_rows(rows: list[WorldRow]) -> list[WorldRow]:
     """The rows a base VLM learns from: safe rows, plus risk-concept images with their plain answer.
 
@@ -309,10 +301,10 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
     examples, _ = read_jsonl(world_dir / "test.jsonl")
     joint = _joint_ids(test_rows)
     heads = {"mean": None, "first": None}
-    first_guard = _load_guard(base_dir, stage1_dirs["first"], adapter=False)
+    first_guard = load_trained_guard(base_dir, stage1_dirs["first"], adapter=False)
     heads["first"] = head_eval(first_guard, examples, joint)
     del first_guard
-    guard = _load_guard(base_dir, guard_dir, adapter=True)
+    guard = load_trained_guard(base_dir, guard_dir, adapter=True)
     heads["mean"] = head_eval(guard, examples, joint)
     sweep = threshold_sweep(guard, test_rows, world_dir)
     lap("head evaluation")
