@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from transformers import Cache
 
 from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
 
@@ -41,21 +42,28 @@ def count_calls(module: torch.nn.Module) -> Iterator[list[int]]:
 
 @contextmanager
 def capture_llm_inputs(model: Any) -> Iterator[list[dict[str, torch.Tensor]]]:
-    """Record the first (prefill) call's input_ids and the language model's inputs_embeds."""
-    seen: list[dict[str, torch.Tensor]] = []
+    """Record each generate call's prefill: the multimodal model's input_ids and the language model's inputs_embeds.
 
-    def on_llava(module, args, kwargs):
-        cache = kwargs.get("past_key_values")
+    Observed with forward pre-hooks on public modules, not through a keyword name: transformers renames
+    private arguments between minor releases (5.24 passes the cache as ``cache=`` instead of
+    ``past_key_values=``). A prefill is the language-model call that no cache of earlier positions precedes,
+    whatever keyword carries the cache.
+    """
+    seen: list[dict[str, torch.Tensor]] = []
+    last_ids: list[torch.Tensor] = []
+
+    def on_multimodal(module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)  # LLaVA-NeXT passes it positionally
-        if input_ids is not None and cache is not None and cache.get_seq_length() == 0:
-            seen.append({"input_ids": input_ids.clone()})
+        if input_ids is not None:
+            last_ids[:] = [input_ids]
 
     def on_lm(module, args, kwargs):
-        if seen and "inputs_embeds" not in seen[-1]:
-            seen[-1]["inputs_embeds"] = kwargs["inputs_embeds"].detach().clone()
+        caches = [value for value in kwargs.values() if isinstance(value, Cache)]
+        if last_ids and all(cache.get_seq_length() == 0 for cache in caches):
+            seen.append({"input_ids": last_ids[0].clone(), "inputs_embeds": kwargs["inputs_embeds"].detach().clone()})
 
     handles = [
-        model.model.register_forward_pre_hook(on_llava, with_kwargs=True),
+        model.model.register_forward_pre_hook(on_multimodal, with_kwargs=True),
         model.model.language_model.register_forward_pre_hook(on_lm, with_kwargs=True),
     ]
     try:

@@ -78,8 +78,16 @@ def test_the_lm_loss_reaches_llm_tokens_through_the_models_own_image_path(tiny_m
         labels=[[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 6, 7]],
         padding_side="right",
     )
-    out = model(**inputs.model_kwargs())
-    embeds = out.image_hidden_states  # what the model scattered into the 2 + 16 image slots
-    torch.testing.assert_close(embeds[:2], llm_tokens[0])
+    seen = []
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    try:
+        out = model(**inputs.model_kwargs())
+    finally:
+        handle.remove()
+    slots = inputs.input_ids[0] == image_id  # what the model scattered into the 2 + 16 image slots
+    assert slots.sum() == 18
+    torch.testing.assert_close(seen[0][0, slots][:2], llm_tokens[0])
     out.loss.backward()
     assert llm_tokens.grad is not None and llm_tokens.grad.abs().sum() > 0
