@@ -49,6 +49,7 @@ class Classifier:
     """
 
     def __init__(self, backbone: Backbone, processor: Any, config: SafetyGuardConfig, modules: SafetyModules) -> None:
+        backbone.check_processor(processor)  # ProcessorError for a missing processor or one of another family
         self.backbone = backbone
         self.processor = processor
         self.config = config

@@ -40,17 +40,23 @@ BASE_WORDS = tuple(
 # LLaVA-NeXT tile layouts (height, width) in pixels: square, tall and wide, each a multiple of image_size.
 TINY_GRID_PINPOINTS: tuple[tuple[int, int], ...] = ((32, 32), (64, 32), (32, 64))
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'] }} : "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    " </s> "
-    "{% endfor %}"
-    "{% if add_generation_prompt %}assistant : {% endif %}"
-)
+
+def chat_template(image_token: str = "<image>") -> str:
+    """The tiny models' chat template, writing ``image_token`` once per image part."""
+    return (
+        "{% for message in messages %}"
+        "{{ message['role'] }} : "
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}" + image_token + " {% elif part['type'] == 'text' %}{{ part['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}"
+        " </s> "
+        "{% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 
 class TinyLlavaSpec(BaseModel):
@@ -173,13 +179,14 @@ def _processor_parts(spec: TinyLlavaSpec) -> dict[str, Any]:
     }
 
 
-def _tiny_tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
+def _tiny_tokenizer(spec: TinyLlavaSpec, image_tokens: Sequence[str] = ()):  # -> PreTrainedTokenizerFast
+    """The word-level tokenizer; ``image_tokens`` are a family's extra special image tokens ([IMG], ...)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.WordLevel(vocab=_vocabulary(spec.extra_words), unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
         bos_token="<s>",
@@ -188,6 +195,9 @@ def _tiny_tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
         extra_special_tokens={"image_token": "<image>"},
         padding_side="left",
     )
+    if image_tokens:  # special tokens: matched whole, never split, never produced from prompt text
+        tokenizer.add_special_tokens({"additional_special_tokens": list(image_tokens)})
+    return tokenizer
 
 
 def _vision_config(spec: TinyLlavaSpec):  # -> CLIPVisionConfig

@@ -12,10 +12,13 @@ from psaguard.backbones.encoder_only import (
     ENCODER_ONLY_BACKBONES,
     EncoderOnlyLlavaBackbone,
     EncoderOnlyLlavaNextBackbone,
+    EncoderOnlyLlavaPixtralBackbone,
     EncoderOnlyModel,
 )
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.backbones.llava_onevision import LlavaOnevisionBackbone
+from psaguard.backbones.llava_pixtral import LlavaPixtralBackbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
     BackboneRegistry,
@@ -23,6 +26,7 @@ from psaguard.backbones.registry import (
     registered_backbones,
     resolve_backbone,
 )
+from psaguard.backbones.vipllava import VipLlavaBackbone
 
 __all__ = [
     "ADAPTERS_DOC",
@@ -31,9 +35,13 @@ __all__ = [
     "BackboneRegistry",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
+    "EncoderOnlyLlavaPixtralBackbone",
     "EncoderOnlyModel",
     "LlavaBackbone",
     "LlavaNextBackbone",
+    "LlavaOnevisionBackbone",
+    "LlavaPixtralBackbone",
+    "VipLlavaBackbone",
     "VisionFeatures",
     "pool_to_square_grid",
     "register_backbone",

@@ -15,6 +15,7 @@ from torch import nn
 from psaguard.backbones.base import Backbone, VisionFeatures
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.backbones.llava_pixtral import LlavaPixtralBackbone
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import GenerationUnavailableError
 
@@ -22,6 +23,7 @@ __all__ = [
     "ENCODER_ONLY_BACKBONES",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
+    "EncoderOnlyLlavaPixtralBackbone",
     "EncoderOnlyModel",
 ]
 
@@ -87,6 +89,15 @@ class EncoderOnlyLlavaNextBackbone(_EncoderOnly, LlavaNextBackbone):
     """LLaVA-NeXT without projector and language model; fingerprints as ``'llava_next'``, like the full model."""
 
 
-ENCODER_ONLY_BACKBONES: tuple[type[Backbone], ...] = (EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone)
+@register_backbone
+class EncoderOnlyLlavaPixtralBackbone(_EncoderOnly, LlavaPixtralBackbone):
+    """A Pixtral-tower LLaVA without projector and language model; fingerprints as ``'llava_pixtral'``."""
+
+
+ENCODER_ONLY_BACKBONES: tuple[type[Backbone], ...] = (
+    EncoderOnlyLlavaPixtralBackbone,  # before EncoderOnlyLlavaBackbone: both claim model_type 'llava'
+    EncoderOnlyLlavaBackbone,
+    EncoderOnlyLlavaNextBackbone,
+)
 """Classifier-only adapters. Registered after the full-model ones, so they are tried first: an
 EncoderOnlyModel carries its full model's ``config.model_type``, which the full-model adapters claim too."""
