@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from psaguard.errors import PsaGuardError
+from psaguard.extras import install_hint
+from psaguard.logs import logging_for_command
 
 __all__ = ["build_parser", "main"]
 
@@ -50,13 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for a psaguard error)."""
+    """Run the command line; returns the exit code (2 for a psaguard error or a missing extra)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = getattr(args, "log_level", None) or ("INFO" if args.verbose else "WARNING")
     try:
-        return int(args.func(args) or 0)
+        with logging_for_command(level):
+            return int(args.func(args) or 0)
     except PsaGuardError as err:
         print(f"psaguard: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        hint = install_hint(err)
+        if hint is None:
+            raise
+        print(f"psaguard: error: {hint}", file=sys.stderr)
         return 2
 
 
