@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     subparsers = parser.add_subparsers(dest="command", required=True)
 
-    demo = subparsers.add_parser("demo", help="guard a tiny built-in model and classify generated images")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the tiny model and images")
+    demo = subparsers.add_parser(
+        "demo", help="judge and answer the shipped example requests with the tiny trained demo model and guard"
+    )
     demo.set_defaults(func=_run_demo)
 
     classify = subparsers.add_parser("classify", help="judge one (image, prompt) request; prints JSON")
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from psaguard.demo import run_demo
 
-    run_demo(seed=args.seed)
+    run_demo()
     return 0
 
 

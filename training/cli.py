@@ -99,15 +99,7 @@ def run_eval(args: argparse.Namespace) -> int:
     except PsaGuardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    summary = {
-        "examples": report.examples,
-        "level_accuracy": round(report.level.accuracy, 4),
-        "type_accuracy": round(report.type.accuracy, 4),
-        "risk_f1": round(report.detection.f1, 4),
-        "risk_fpr": round(report.detection.fpr, 4),
-        "report": str(out / "eval.json"),
-    }
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({**report.headline(), "report": str(out / "eval.json")}, indent=2))
     return 0
 
 
