@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from psaguard.backbones import VisionFeatures
+from psaguard.backbones import VisionFeatures, registered_backbones
 from psaguard.conversation import Conversation, PromptInput, judged_text, to_conversation, with_hint
 from psaguard.errors import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError
 from psaguard.images import ImageInput
@@ -58,10 +58,9 @@ ImagesInput = Union[ImageInput, Sequence[ImageInput]]
 ACTION_SEVERITY: dict[str, int] = {"allow": 0, "hint": 1, "refuse": 2, "block": 3}
 """How strongly each action intervenes; the most severe verdict of a request's images decides."""
 
-# Set by the guard itself; a caller passing them would bypass the one vision pass or the injection.
-_RESERVED_KWARGS = frozenset(
-    {"input_ids", "attention_mask", "pixel_values", "inputs_embeds", "mm_encoder_outputs", "image_sizes"}
-)
+# Set by the guard itself; a caller passing them would bypass the one vision pass or the injection. The
+# family adapters add the image inputs of their processors (reserved_kwargs()).
+_RESERVED_KWARGS = frozenset({"input_ids", "attention_mask", "pixel_values", "inputs_embeds", "mm_encoder_outputs"})
 
 
 class GenerationOptions(BaseModel):
@@ -310,21 +309,20 @@ class GuardedGenerator:
         if features is None:  # unreachable: a plan that runs the model has all its images judged
             raise InvalidImageError("no image features to generate from")
         tokenizer = tokenizer_of(guard.processor)
-        image_token_id = guard.backbone.image_token_id
         rows = [
-            _prompt_ids(guard.processor, plan.conversation, image_token_id, len(plan.feature_rows))
+            _prompt_ids(guard.processor, plan.conversation, guard.backbone.placeholder_token_id, len(plan.feature_rows))
             for plan in plans
             if plan.conversation is not None
         ]
         feature_rows = [row for plan in plans for row in plan.feature_rows]
         subset = features.subset(feature_rows)
         with torch.inference_mode():
-            image_embeds = list(guard.backbone.project(subset))
+            image_embeds = guard.backbone.project(subset)
         llm_tokens = guard.modules.llm_tokens.detach() if guard.config.tokens.inject_llm_tokens else None
         return build_llm_inputs(
             rows,
             image_embeds,
-            image_token_id=image_token_id,
+            layout=guard.backbone.image_layout(subset, image_embeds),
             pad_token_id=pad_token_id(tokenizer, guard.model),
             llm_tokens=llm_tokens,
             device=guard.backbone.device,
@@ -381,12 +379,22 @@ def _prompt_ids(processor: Any, conversation: Conversation, image_token_id: int,
 
 def check_generate_kwargs(kwargs: Mapping[str, Any]) -> None:
     """Refuse ``generate`` arguments the guard sets itself or whose output it cannot represent."""
-    if reserved := sorted(_RESERVED_KWARGS & set(kwargs)):
+    if reserved := sorted(reserved_kwargs() & set(kwargs)):
         raise InvalidInputError(f"{reserved} are set by the guard; pass images and prompts instead")
     if kwargs.get("num_return_sequences", 1) != 1:
         raise InvalidInputError("guarded generation returns one answer per request (num_return_sequences=1)")
     if kwargs.get("return_dict_in_generate"):
         raise InvalidInputError("guarded generation returns GuardedGeneration objects; drop return_dict_in_generate")
+
+
+def reserved_kwargs() -> frozenset[str]:
+    """``generate`` arguments only the guard sets: ids, masks, pixels and every registered family's image inputs."""
+    family_inputs = {
+        name
+        for adapter in registered_backbones()
+        for name in (*adapter.image_input_names, *adapter.derived_input_names)
+    }
+    return _RESERVED_KWARGS | family_inputs
 
 
 def _blocked_message(index: int, batch_size: int, verdict: SafetyVerdict) -> str:

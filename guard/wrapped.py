@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from psaguard.backbones import BACKBONES, resolve_backbone
+from psaguard.backbones import VisionFeatures, registered_backbones, resolve_backbone
 from psaguard.errors import CheckpointMismatchError, GuardBlocked, InvalidInputError
 from psaguard.generation import (
     GenerationOptions,
@@ -135,8 +135,8 @@ class GuardedModel:
             logger.debug("no pixel_values: nothing for the image guard to judge, generating unguarded")
             with torch.inference_mode():
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs), []
-        rows, image_embeds = self._judge(input_ids, attention_mask, pixel_values, image_inputs, start)
-        generated = self._generate(rows, image_embeds, generate_kwargs)
+        rows, features, image_embeds = self._judge(input_ids, attention_mask, pixel_values, image_inputs, start)
+        generated = self._generate(rows, features, image_embeds, generate_kwargs)
         tokenizer = tokenizer_of(self.guard.processor)
         eos_ids = eos_token_ids(self.model, generate_kwargs)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else sorted(eos_ids)[:1]
@@ -168,12 +168,17 @@ class GuardedModel:
     def _pop_image_inputs(self, generate_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Take the family's image tensors besides ``pixel_values`` (processor outputs) out of ``generate_kwargs``."""
         backbone = self.guard.backbone
-        foreign = sorted({name for b in BACKBONES for name in b.image_input_names} - set(backbone.image_input_names))
+        own = {*backbone.image_input_names, *backbone.derived_input_names}
+        foreign = sorted(
+            {n for b in registered_backbones() for n in (*b.image_input_names, *b.derived_input_names)} - own
+        )
         if stray := [name for name in foreign if generate_kwargs.get(name) is not None]:
             raise InvalidInputError(
                 f"{stray} come from another model family's processor; {backbone.family!r} models do not take them"
             )
         popped = {name: generate_kwargs.pop(name, None) for name in backbone.image_input_names}
+        for name in backbone.derived_input_names:  # rebuilt for the guarded input
+            generate_kwargs.pop(name, None)
         return {name: value for name, value in popped.items() if value is not None}
 
     def _judge(
@@ -183,19 +188,18 @@ class GuardedModel:
         pixel_values: torch.Tensor,
         image_inputs: dict[str, torch.Tensor],
         start: float,
-    ) -> tuple[list[_Row], list[torch.Tensor]]:
+    ) -> tuple[list[_Row], VisionFeatures, list[torch.Tensor]]:
         """One vision pass: verdicts per image, the deciding one per row, and the images' LLM embeddings."""
         guard = self.guard
         tokenizer = tokenizer_of(guard.processor)
-        image_token_id = guard.backbone.image_token_id
+        image_token_id = guard.backbone.placeholder_token_id
         with torch.inference_mode():
             features = guard.backbone.encode_images(pixel_values, **image_inputs)
-            image_embeds = list(guard.backbone.project(features))
-        # The processor wrote as many placeholders per image as the model has embeddings for it.
+            image_embeds = guard.backbone.project(features)
+        # The processor wrote each image's run as the adapter does: one image token per embedding.
         token_rows = collapse_image_runs(
             [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())],
-            image_token_id,
-            [len(embeds) for embeds in image_embeds],
+            guard.backbone.image_layout(features, image_embeds),
         )
         counts = [row.count(image_token_id) for row in token_rows]
         if 0 in counts:
@@ -214,20 +218,26 @@ class GuardedModel:
             rows.append(
                 _Row(self._with_hint(tokenizer, token_row, resolution.hint), images, row_verdicts, verdict, resolution)
             )
-        return rows, image_embeds
+        return rows, features, image_embeds
 
     def _generate(
-        self, rows: list[_Row], image_embeds: list[torch.Tensor], generate_kwargs: dict[str, Any]
+        self,
+        rows: list[_Row],
+        features: VisionFeatures,
+        image_embeds: list[torch.Tensor],
+        generate_kwargs: dict[str, Any],
     ) -> dict[int, tuple[list[int], int]]:
         """Run the model once for the rows that may be answered: ``{row: (answer ids, prompt positions)}``."""
         answerable = [index for index, row in enumerate(rows) if row.resolution.runs_model]
         if not answerable:
             return {}
         guard = self.guard
+        images = [i for index in answerable for i in rows[index].images]
+        embeds = [image_embeds[i] for i in images]
         inputs = build_llm_inputs(
             [rows[index].tokens for index in answerable],
-            [image_embeds[i] for index in answerable for i in rows[index].images],
-            image_token_id=guard.backbone.image_token_id,
+            embeds,
+            layout=guard.backbone.image_layout(features.subset(images), embeds),
             pad_token_id=pad_token_id(tokenizer_of(guard.processor), self.model),
             llm_tokens=guard.modules.llm_tokens.detach() if guard.config.tokens.inject_llm_tokens else None,
             device=guard.backbone.device,

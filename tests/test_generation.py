@@ -63,7 +63,7 @@ def test_llm_tokens_add_exactly_n_positions_before_each_image(tiny_model, tiny_p
     ids, embeds = seen["input_ids"][0], seen["inputs_embeds"][0]
     llm_tokens = guard.modules.llm_tokens[0].detach()
     features = guard.backbone.encode_images(**guard.backbone.preprocess(tiny_processor, images[:2]))
-    image_embeds = guard.backbone.project(features).detach()
+    image_embeds = torch.stack(guard.backbone.project(features)).detach()
     slot = num_tokens + image_embeds.shape[1]
     positions = (ids == guard.backbone.image_token_id).nonzero().flatten()
     assert len(positions) == 2 * slot

@@ -12,6 +12,7 @@ from torch import nn
 
 from psaguard.backbones.base import Backbone
 from psaguard.backbones.encoder_only import ENCODER_ONLY_BACKBONES, EncoderOnlyModel
+from psaguard.backbones.registry import resolve_backbone
 from psaguard.checkpoint_reader import MODEL_CONFIG_NAME, CheckpointReader
 from psaguard.config import ModelFingerprint
 from psaguard.errors import CheckpointError, UnsupportedModelError
@@ -168,8 +169,6 @@ def _meta_tower(config: Any) -> nn.Module:
 
 def _meta_model(config: Any, meta_tower: nn.Module) -> Backbone:
     """The adapter of a weightless stand-in for the model: everything :meth:`Backbone.fingerprint` reads."""
-    from psaguard.backbones import resolve_backbone
-
     text = config.text_config
     embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, device="meta")
     return resolve_backbone(EncoderOnlyModel(config, meta_tower, embed_tokens), ENCODER_ONLY_BACKBONES)

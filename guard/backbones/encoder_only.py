@@ -15,6 +15,7 @@ from torch import nn
 from psaguard.backbones.base import Backbone, VisionFeatures
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.backbones.registry import register_backbone
 from psaguard.errors import GenerationUnavailableError
 
 __all__ = [
@@ -70,19 +71,22 @@ class _EncoderOnly(Backbone):
         return isinstance(model, EncoderOnlyModel) and super().supports(model)
 
     def check_can_generate(self) -> NoReturn:
-        raise _cannot_generate(self.model.config)
+        raise _cannot_generate(self.config)
 
     def project(self, features: VisionFeatures) -> NoReturn:
-        raise _cannot_generate(self.model.config)
+        raise _cannot_generate(self.config)
 
 
+@register_backbone
 class EncoderOnlyLlavaBackbone(_EncoderOnly, LlavaBackbone):
     """LLaVA-1.5 without projector and language model; fingerprints as ``'llava'``, like the full model."""
 
 
+@register_backbone
 class EncoderOnlyLlavaNextBackbone(_EncoderOnly, LlavaNextBackbone):
     """LLaVA-NeXT without projector and language model; fingerprints as ``'llava_next'``, like the full model."""
 
 
 ENCODER_ONLY_BACKBONES: tuple[type[Backbone], ...] = (EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone)
-"""Classifier-only adapters; listed before the full-model ones in :data:`psaguard.backbones.BACKBONES`."""
+"""Classifier-only adapters. Registered after the full-model ones, so they are tried first: an
+EncoderOnlyModel carries its full model's ``config.model_type``, which the full-model adapters claim too."""

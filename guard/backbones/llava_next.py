@@ -14,12 +14,14 @@ import torch
 from PIL import Image
 
 from psaguard.backbones.base import VisionFeatures
-from psaguard.backbones.llava import LlavaBackbone
-from psaguard.errors import InvalidInputError
+from psaguard.backbones.llava import LlavaBackbone, image_processor_outputs
+from psaguard.backbones.registry import register_backbone
+from psaguard.errors import InvalidInputError, ProcessorError
 
 __all__ = ["LlavaNextBackbone"]
 
 
+@register_backbone
 class LlavaNextBackbone(LlavaBackbone):
     """Hugging Face LLaVA-NeXT: CLIP-style tower over tiles, ``multi_modal_projector``, ``image_newline``.
 
@@ -32,10 +34,15 @@ class LlavaNextBackbone(LlavaBackbone):
     image_input_names = ("image_sizes",)
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        image_processor = getattr(processor, "image_processor", processor)
-        out = image_processor(images=list(images), return_tensors="pt")
+        out = image_processor_outputs(processor, images, self.family)
         # pixel_values: (B, max tiles, 3, H, W), zero-padded past each image's own tile count.
-        return {"pixel_values": out["pixel_values"], "image_sizes": torch.as_tensor(out["image_sizes"])}
+        pixel_values = torch.as_tensor(out["pixel_values"])
+        if pixel_values.dim() != 5 or out.get("image_sizes") is None:
+            raise ProcessorError(
+                f"the processor gives pixel_values {tuple(pixel_values.shape)} without tiles and image_sizes, but a "
+                f"{self.family!r} model takes any-resolution tiles: the processor belongs to another model"
+            )
+        return {"pixel_values": pixel_values, "image_sizes": torch.as_tensor(out["image_sizes"])}
 
     def encode_images(self, pixel_values: torch.Tensor, **image_kwargs: torch.Tensor) -> VisionFeatures:
         image_sizes = image_kwargs.get("image_sizes")
@@ -61,7 +68,7 @@ class LlavaNextBackbone(LlavaBackbone):
         """One ``(L_i, D)`` tensor per image: projected tiles, unpadded and packed with ``image_newline``."""
         if features.tiles is None or features.image_sizes is None:
             raise InvalidInputError("LLaVA-NeXT features must carry tiles and image_sizes")
-        projected = super().project(features)
+        projected = self._project(features.selected)
         per_image = list(torch.split(projected, list(features.tiles), dim=0))
         packed, _ = self._parts.pack_image_features(
             per_image,
@@ -76,7 +83,7 @@ class LlavaNextBackbone(LlavaBackbone):
         # change nothing global (tests/test_packaging.py).
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-        config = self.model.config
+        config = self.config
         return [
             image_size_to_num_patches(
                 image_size=size, grid_pinpoints=config.image_grid_pinpoints, patch_size=config.vision_config.image_size
