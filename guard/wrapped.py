@@ -84,6 +84,7 @@ class GuardedModel:
                 guard.config.fingerprint.check(backbone.fingerprint())
             elif backbone.fingerprint() != guard.backbone.fingerprint():
                 raise CheckpointMismatchError("the model to wrap differs from the guard's model")
+            backbone.check_processor(guard.processor)
             guard = type(guard)(model, guard.processor, guard.config, guard.modules, backbone)
         guard.backbone.check_can_generate()  # wrapping a classifier-only guard's own (LLM-less) model
         self.guard = guard
@@ -135,6 +136,7 @@ class GuardedModel:
             logger.debug("no pixel_values: nothing for the image guard to judge, generating unguarded")
             with torch.inference_mode():
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs), []
+        image_inputs = {**self.guard.backbone.image_inputs_from_ids(input_ids, attention_mask), **image_inputs}
         rows, features, image_embeds = self._judge(input_ids, attention_mask, pixel_values, image_inputs, start)
         generated = self._generate(rows, features, image_embeds, generate_kwargs)
         tokenizer = tokenizer_of(self.guard.processor)
