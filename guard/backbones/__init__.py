@@ -7,6 +7,7 @@ registration first). docs/adapters.md describes how to write and register one.
 
 from __future__ import annotations
 
+from psaguard.backbones.aya_vision import AyaVisionBackbone
 from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
 from psaguard.backbones.encoder_only import (
     ENCODER_ONLY_BACKBONES,
@@ -14,8 +15,10 @@ from psaguard.backbones.encoder_only import (
     EncoderOnlyLlavaNextBackbone,
     EncoderOnlyModel,
 )
+from psaguard.backbones.internvl import InternVLBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.backbones.mistral3 import Mistral3Backbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
     BackboneRegistry,
@@ -27,13 +30,16 @@ from psaguard.backbones.registry import (
 __all__ = [
     "ADAPTERS_DOC",
     "ENCODER_ONLY_BACKBONES",
+    "AyaVisionBackbone",
     "Backbone",
     "BackboneRegistry",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
     "EncoderOnlyModel",
+    "InternVLBackbone",
     "LlavaBackbone",
     "LlavaNextBackbone",
+    "Mistral3Backbone",
     "VisionFeatures",
     "pool_to_square_grid",
     "register_backbone",
