@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from psaguard.backbones.base import VisionFeatures
+from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.backbones.tiled import TiledBackbone
 from psaguard.errors import ProcessorError
 
-__all__ = ["AyaVisionBackbone"]
+__all__ = ["AyaVisionBackbone", "EncoderOnlyAyaVisionBackbone"]
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,8 @@ class AyaVisionBackbone(TiledBackbone):
                 run += [*ids.tile_marker(index), *patches]
             runs.append([*run, ids.end])
         return runs
+
+
+@register_backbone
+class EncoderOnlyAyaVisionBackbone(EncoderOnlyBackbone, AyaVisionBackbone):
+    """Classifier-only: the tower and token embeddings alone; fingerprints as ``'aya_vision'``, like the full model."""

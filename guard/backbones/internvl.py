@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from psaguard.backbones.base import VisionFeatures
+from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.backbones.tiled import TiledBackbone
 
-__all__ = ["InternVLBackbone"]
+__all__ = ["EncoderOnlyInternVLBackbone", "InternVLBackbone"]
 
 
 @register_backbone
@@ -60,3 +61,8 @@ class InternVLBackbone(TiledBackbone):
         """``<img>``, one ``<IMG_CONTEXT>`` per embedding, ``</img>``."""
         start, end = self._read_ids()
         return [[start, *[self.image_token_id] * len(embeds), end] for embeds in image_embeds]
+
+
+@register_backbone
+class EncoderOnlyInternVLBackbone(EncoderOnlyBackbone, InternVLBackbone):
+    """Classifier-only: the tower and token embeddings alone; fingerprints as ``'internvl'``, like the full model."""

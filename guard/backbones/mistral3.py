@@ -18,11 +18,12 @@ from PIL import Image
 from torch import nn
 
 from psaguard.backbones.base import VisionFeatures, pool_to_square_grid
+from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import LlavaBackbone, image_processor_outputs, special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
 
-__all__ = ["Mistral3Backbone"]
+__all__ = ["EncoderOnlyMistral3Backbone", "Mistral3Backbone"]
 
 
 @register_backbone
@@ -116,3 +117,8 @@ class Mistral3Backbone(LlavaBackbone):
 
     def _merged_grids(self, features: VisionFeatures) -> list[tuple[int, int]]:
         return [(int(h) // self._step, int(w) // self._step) for h, w in features.image_sizes]
+
+
+@register_backbone
+class EncoderOnlyMistral3Backbone(EncoderOnlyBackbone, Mistral3Backbone):
+    """Classifier-only: the tower and token embeddings alone; fingerprints as ``'mistral3'``, like the full model."""
