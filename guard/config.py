@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.policy import GuardPolicy
+from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 __all__ = [
@@ -126,8 +127,6 @@ class SafetyGuardConfig(BaseModel):
 
     def save(self, directory: str | Path) -> Path:
         """Write the config as indented JSON into ``directory`` (atomically)."""
-        from psaguard.serialization import atomic_write_text
-
         path = Path(directory) / CONFIG_NAME
         atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
         return path
