@@ -108,16 +108,11 @@ class GuardedGenerator:
         if len(images) != len(prompts):
             raise InvalidInputError(f"got {len(images)} image entries but {len(prompts)} prompts")
         request_images = [_as_image_list(entry) for entry in images]
-        backbone = self.classifier.backbone
-        if not backbone.multi_image_requests and any(len(imgs) > 1 for imgs in request_images):
-            raise InvalidInputError(
-                f"guarded generation on {backbone.family!r} models takes one image per request (the model treats "
-                "the images of a multi-image sample differently); use guard.wrap(model) with the processor's output"
-            )
         conversations = [to_conversation(p, len(imgs)) for p, imgs in zip(prompts, request_images)]
         flat_images = [image for imgs in request_images for image in imgs]
         flat_prompts = [judged_text(conv) for conv, imgs in zip(conversations, request_images) for _ in imgs]
-        analysis = self.classifier.analyze(flat_images, flat_prompts)
+        owners = [index for index, imgs in enumerate(request_images) for _ in imgs]
+        analysis = self.classifier.analyze(flat_images, flat_prompts, owners)
         judged_row = {flat: row for row, flat in enumerate(analysis.judged)}
         requests, offset = [], 0
         for index, (conversation, imgs) in enumerate(zip(conversations, request_images)):

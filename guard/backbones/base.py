@@ -114,9 +114,6 @@ class Backbone(ABC):
     They come out of the family's processor beside ``pixel_values`` (LLaVA-NeXT: ``image_sizes``), so code
     that receives processor outputs (the wrapped model, the trainer) knows what to route to the vision pass.
     """
-    multi_image_requests: ClassVar[bool] = True
-    """Whether guarded ``generate`` may put several images in one request (False where the model treats the
-    images of a multi-image sample differently from single images and the guard cannot reproduce it)."""
     derived_input_names: ClassVar[tuple[str, ...]] = ()
     """Processor outputs the guard rebuilds itself for the guarded input (e.g. ``token_type_ids``), so the
     wrapped model drops them from the caller's arguments instead of passing stale copies to ``generate``."""
@@ -182,6 +179,17 @@ class Backbone(ABC):
         Raise :class:`~psaguard.errors.ProcessorError` when ``processor`` is not of this family.
         """
 
+    def preprocess_requests(
+        self, processor: Any, images: Sequence[Image.Image], images_per_request: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`preprocess` for images grouped into requests (``images_per_request`` counts them, in order).
+
+        Guarded generation preprocesses this way, so families whose processors treat the images of a
+        multi-image sample differently (LLaVA-OneVision does not tile them) see them as the model does.
+        Default: the grouping changes nothing.
+        """
+        return self.preprocess(processor, images)
+
     @abstractmethod
     def encode_images(self, pixel_values: torch.Tensor, **image_kwargs: torch.Tensor) -> VisionFeatures:
         """Run the vision tower once and select features."""
@@ -206,12 +214,32 @@ class Backbone(ABC):
                 f"the processor's tokenizer has {len(tokenizer)} tokens but the model embeds {self.vocab_size}: "
                 "it belongs to another model"
             )
+        self.read_processor(processor)
         token = tokenizer.convert_ids_to_tokens(self.placeholder_token_id)
         if token is None or token == getattr(tokenizer, "unk_token", None):
             raise ProcessorError(
                 f"the processor's tokenizer has no image placeholder token (id {self.placeholder_token_id})"
             )
         self.preprocess(processor, [Image.new("RGB", _PROBE_SIZE)])
+
+    def read_processor(self, processor: Any) -> None:
+        """Take from the model's processor what the model's config does not record.
+
+        Some families' configs name only the image token, while the processor also writes wrapper or
+        row-break tokens (or the chat template another placeholder) whose ids only its tokenizer knows.
+        :meth:`check_processor` calls this before anything reads those ids, and the guard checks every
+        processor it pairs with a model. Default: nothing to read.
+        """
+        return None
+
+    def image_inputs_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image inputs that a processor records only in the prompt, read back from its ``input_ids``.
+
+        Tiling processors that return the tiles of all images stacked, without the count per image, write
+        that count into each image's run instead; the drop-in wrapper (which receives the processor's output)
+        recovers it here for :meth:`encode_images`. Inputs the caller passes take precedence. Default: none.
+        """
+        return {}
 
     # ------------------------------------------------------------------ the language model's input
     def check_can_generate(self) -> None:

@@ -34,7 +34,10 @@ class LlavaNextBackbone(LlavaBackbone):
     image_input_names = ("image_sizes",)
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        out = image_processor_outputs(processor, images, self.family)
+        return self._checked(image_processor_outputs(processor, images, self.family))
+
+    def _checked(self, out: Any) -> dict[str, torch.Tensor]:
+        """``pixel_values`` and ``image_sizes`` of an image processor's output; ProcessorError if it has no tiles."""
         # pixel_values: (B, max tiles, 3, H, W), zero-padded past each image's own tile count.
         pixel_values = torch.as_tensor(out["pixel_values"])
         if pixel_values.dim() != 5 or out.get("image_sizes") is None:

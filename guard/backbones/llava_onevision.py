@@ -2,21 +2,26 @@
 
 The tiling is LLaVA-NeXT's (the parent adapter) with two differences the model makes: packed tiles are
 pooled down when they exceed ``vision_aspect_ratio`` (``anyres_max_N``), and images of a multi-image sample
-are not tiled (the processor's ``batch_num_images`` says which). The guard's own requests are tiled as
-single images, so guarded ``generate`` takes one image per request; ``wrap()`` follows the processor.
+are not tiled (the processor's ``batch_num_images`` says which). The guard classifies every image alone
+(tiled; the safety projector reads the base tile either way) and, for a multi-image request, keeps only
+each image's base tile for the answer (:meth:`LlavaOnevisionBackbone.request_features`), as the model's
+processor does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
+from PIL import Image
 
+from psaguard.backbones.encoder_only import EncoderOnlyBackbone
+from psaguard.backbones.llava import image_processor_outputs
 from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["LlavaOnevisionBackbone"]
+__all__ = ["EncoderOnlyLlavaOnevisionBackbone", "LlavaOnevisionBackbone"]
 
 
 @register_backbone
@@ -26,11 +31,18 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     family = "llava_onevision"
     model_types = ("llava_onevision",)
     image_input_names = ("image_sizes", "batch_num_images")
-    multi_image_requests: ClassVar[bool] = False
 
-    def preprocess(self, processor, images):  # type: ignore[no-untyped-def]
-        inputs = super().preprocess(processor, images)
-        return {**inputs, "batch_num_images": torch.ones(len(images), dtype=torch.long)}  # each image alone
+    def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        return self.preprocess_requests(processor, images, [1] * len(images))  # each image alone: tiled
+
+    def preprocess_requests(
+        self, processor: Any, images: Sequence[Image.Image], images_per_request: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """Images grouped as the model's processor groups a batch: a multi-image request's images untiled."""
+        starts = [sum(images_per_request[:i]) for i in range(len(images_per_request))]
+        nested = [list(images[start : start + count]) for start, count in zip(starts, images_per_request)]
+        inputs = self._checked(image_processor_outputs(processor, nested, self.family))
+        return {**inputs, "batch_num_images": torch.as_tensor(list(images_per_request), dtype=torch.long)}
 
     def _pack(self, per_image: list[torch.Tensor], image_sizes: torch.Tensor) -> list[torch.Tensor]:
         packed, _ = self._parts.pack_image_features(
@@ -58,3 +70,8 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
             else 1
             for size, tiled in zip(image_sizes, alone)
         ]
+
+
+@register_backbone
+class EncoderOnlyLlavaOnevisionBackbone(EncoderOnlyBackbone, LlavaOnevisionBackbone):
+    """Classifier-only: the SigLIP tower and token embeddings; fingerprints as ``'llava_onevision'``."""

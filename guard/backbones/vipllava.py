@@ -1,7 +1,7 @@
 """VipLLaVA family: ``VipLlavaForConditionalGeneration`` (features of several CLIP layers, layer-normed projector).
 
 Feature selection is LLaVA-1.5's with several layers and the CLS token always dropped; the model's forward
-takes precomputed image features as one ``(B, N, D)`` tensor rather than a list.
+takes precomputed image features as one tensor rather than a list (:func:`~psaguard.injection.features_as_tensor`).
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.registry import register_backbone
-from psaguard.errors import InvalidInputError
+from psaguard.injection import features_as_tensor
 
-__all__ = ["VipLlavaBackbone"]
+__all__ = ["EncoderOnlyVipLlavaBackbone", "VipLlavaBackbone"]
 
 
 @register_backbone
@@ -28,12 +28,12 @@ class VipLlavaBackbone(LlavaBackbone):
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__(model)
-        self._strategy = "default"  # VipLLaVA always drops CLS from every selected layer
+        self._strategy = "default"  # VipLLaVA always drops CLS from every selected layer (its config names none)
 
     def model_image_inputs(self, image_features: Sequence[torch.Tensor], input_ids: torch.Tensor) -> dict[str, Any]:
-        """One stacked ``(B, N, D)`` tensor, as ``VipLlavaModel.forward`` scatters it (every image has N rows)."""
-        lengths = {len(features) for features in image_features}
-        if len(lengths) > 1:
-            raise InvalidInputError(f"VipLLaVA images must all have the same number of embeddings, got {lengths}")
-        stacked = torch.stack(list(image_features)) if image_features else torch.empty(0)
-        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=stacked)}}
+        return features_as_tensor(image_features, input_ids)
+
+
+@register_backbone
+class EncoderOnlyVipLlavaBackbone(EncoderOnlyBackbone, VipLlavaBackbone):
+    """Classifier-only: the CLIP tower and token embeddings; fingerprints as ``'vipllava'``."""
