@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
+from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
@@ -328,6 +328,13 @@ class SafetyGuard:
 
 def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
     """``model`` wrapped with the PEFT adapter saved in ``adapter``."""
+    if unwrap_model(model) is not model:
+        # PEFT would nest the wrappers, find none of the adapter's keys and load nothing (only a warning).
+        raise CheckpointError(
+            f"{adapter} holds the guard's Stage II LoRA adapter, and the model is already wrapped (PEFT); pass the "
+            "bare model (model.get_base_model(), or merge_and_unload() to keep your adapter's effect), or "
+            "load_adapter=False to keep your adapters and skip the guard's"
+        )
     try:
         from peft import PeftModel
     except ImportError as err:
