@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.images import load_image
+from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
+
+EVERY_FORMAT = ALLOWED_FORMATS + OPT_IN_FORMATS
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -90,20 +92,25 @@ def test_formats_outside_the_allow_list_are_refused() -> None:
     ],
 )
 def test_odd_modes_become_rgb(mode: str, fmt: str) -> None:
-    image = load_image(_encode(Image.new(mode, (9, 7)), fmt))
+    image = load_image(_encode(Image.new(mode, (9, 7)), fmt), formats=EVERY_FORMAT)
     assert (image.mode, image.size) == ("RGB", (9, 7))
 
 
-def test_sixteen_bit_samples_are_scaled_not_clipped() -> None:
-    ramp = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
-    image = load_image(_encode(Image.fromarray(ramp), "PNG"))
-    assert np.asarray(image)[0, :, 0].tolist() == [0, 100, 255]
+def test_sixteen_bit_samples_are_clipped_as_the_model_behind_the_guard_sees_them() -> None:
+    from transformers.image_transforms import convert_to_rgb
+
+    ramp = Image.fromarray(np.array([[0, 100, 200, 300, 65535]], dtype=np.uint16))
+    image = load_image(_encode(ramp, "PNG"))
+    assert np.asarray(image)[0, :, 0].tolist() == [0, 100, 200, 255, 255]
+    # What Pillow and Hugging Face processors make of the same image, i.e. what the model reads.
+    assert np.array_equal(np.asarray(image), np.asarray(ramp.convert("RGB")))
+    assert np.array_equal(np.asarray(image), np.asarray(convert_to_rgb(ramp, return_numpy=True)))
 
 
 def test_float_image_with_nan_is_refused() -> None:
     samples = np.full((4, 4), np.nan, dtype=np.float32)
     with pytest.raises(InvalidImageError, match="NaN"):
-        load_image(_encode(Image.fromarray(samples), "TIFF"))
+        load_image(_encode(Image.fromarray(samples), "TIFF"), formats=EVERY_FORMAT)
 
 
 def test_transparency_is_composited_onto_white_like_hf_processors() -> None:
@@ -147,7 +154,8 @@ def test_caller_image_is_not_modified() -> None:
     ("array", "expected"),
     [
         (np.full((2, 2, 3), 200, np.uint8), 200),
-        (np.full((2, 2), 257 * 10, np.uint16), 10),
+        (np.full((2, 2), 200, np.uint16), 200),
+        (np.full((2, 2), 257 * 10, np.uint16), 255),  # clipped, as Pillow reads a uint16 array
         (np.full((2, 2), 0.5, np.float32), 128),
         (np.full((2, 2, 1), True), 255),
         (np.full((2, 2, 3), 7, np.int64), 7),  # np.array of Python ints
