@@ -26,6 +26,7 @@ from psaguard.conversation import Conversation, PromptInput, judged_text, to_con
 from psaguard.errors import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError
 from psaguard.images import ImageInput
 from psaguard.injection import LlmInputs, build_llm_inputs, tokenize_prompt
+from psaguard.policy import check_template
 from psaguard.verdict import Action, SafetyVerdict
 
 if TYPE_CHECKING:
@@ -87,12 +88,7 @@ class GenerationOptions(BaseModel):
     @field_validator("hint_template", "refusal_hint")
     @classmethod
     def _one_field(cls, template: str, info: Any) -> str:
-        name = "hint" if info.field_name == "hint_template" else "refusal"
-        try:
-            template.format(**{name: "x"})
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"template {template!r} may only use the '{{{name}}}' field: {err}") from err
-        return template
+        return check_template(template, "hint" if info.field_name == "hint_template" else "refusal")
 
 
 class GuardedGeneration(BaseModel):

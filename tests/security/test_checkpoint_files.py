@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from psaguard import SafetyGuard
+from psaguard import GuardPolicy, SafetyGuard
 from psaguard.config import CONFIG_NAME
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.guard import WEIGHTS_NAME
-from psaguard.serialization import atomic_write, load_tensors, save_tensors
+from psaguard.serialization import atomic_write, load_tensors, read_metadata, save_tensors
 
 
 @pytest.fixture
@@ -22,8 +24,19 @@ def saved(guard, tmp_path: Path) -> Path:
     return guard.save_pretrained(tmp_path / "guard")
 
 
-def _load(path: Path, guard: SafetyGuard) -> SafetyGuard:
-    return SafetyGuard.from_pretrained(path, guard.model, guard.processor)
+def _load(path: Path, guard: SafetyGuard, **kwargs) -> SafetyGuard:
+    return SafetyGuard.from_pretrained(path, guard.model, guard.processor, **kwargs)
+
+
+def _resave(saved: Path, tensors: dict) -> None:
+    """Save changed tensors with a fresh checksum and the recorded config digest: only the tensors are bad."""
+    save_tensors(saved / WEIGHTS_NAME, tensors, metadata=read_metadata(saved / WEIGHTS_NAME))
+
+
+def _edit_config(saved: Path, edit) -> None:
+    config = json.loads((saved / CONFIG_NAME).read_text())
+    edit(config)
+    (saved / CONFIG_NAME).write_text(json.dumps(config))
 
 
 def test_round_trip_gives_the_same_verdicts(saved: Path, guard, images) -> None:
@@ -56,7 +69,7 @@ def test_wrong_shapes_extra_and_missing_keys_are_named(saved: Path, guard) -> No
     tensors["head_tokens"] = torch.zeros(1, 3, 3)
     tensors["backdoor"] = torch.zeros(1)
     del tensors["llm_tokens"]
-    save_tensors(saved / WEIGHTS_NAME, tensors)
+    _resave(saved, tensors)
     with pytest.raises(CheckpointError, match=r"missing \['llm_tokens'\].*unexpected \['backdoor'\].*head_tokens"):
         _load(saved, guard)
 
@@ -64,7 +77,7 @@ def test_wrong_shapes_extra_and_missing_keys_are_named(saved: Path, guard) -> No
 def test_non_finite_weights_are_refused(saved: Path, guard) -> None:
     tensors = load_tensors(saved / WEIGHTS_NAME)
     tensors["head_tokens"][0, 0, 0] = float("nan")
-    save_tensors(saved / WEIGHTS_NAME, tensors)  # a valid file with a fresh checksum: only the values are bad
+    _resave(saved, tensors)  # a valid file with a fresh checksum: only the values are bad
     with pytest.raises(CheckpointError, match="NaN"):
         _load(saved, guard)
 
@@ -76,7 +89,7 @@ def test_labels_that_do_not_match_the_head_are_refused(saved: Path, guard) -> No
     config["policy"]["level_actions"]["4"] = "block"
     (saved / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="wrong shapes"):
-        _load(saved, guard)
+        _load(saved, guard, accept_edited_config=True)
 
 
 def test_mismatched_base_model_and_bad_config_are_typed(saved: Path, guard) -> None:
@@ -84,12 +97,89 @@ def test_mismatched_base_model_and_bad_config_are_typed(saved: Path, guard) -> N
     config["fingerprint"]["vocab_size"] += 1
     (saved / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(CheckpointMismatchError, match="vocab_size"):
-        _load(saved, guard)
+        _load(saved, guard, accept_edited_config=True)
     config["fingerprint"]["vocab_size"] -= 1
     config["policy"]["types"] = {"nsfw": {}}
     (saved / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="nsfw"):
+        _load(saved, guard, accept_edited_config=True)
+
+
+def test_weights_resaved_without_their_checksum_are_refused_unless_allowed(saved: Path, guard, images) -> None:
+    # The red-team's attack: neuter the type head and re-save with plain safetensors, which drops the metadata.
+    tensors = load_tensors(saved / WEIGHTS_NAME)
+    tensors["head.type_head.weight"].zero_()
+    tensors["head.type_head.bias"].zero_()
+    tensors["head.type_head.bias"][guard.config.taxonomy.safe_type_id] = 50.0
+    save_file(tensors, str(saved / WEIGHTS_NAME))
+    with pytest.raises(CheckpointError, match="allow_unverified"):
         _load(saved, guard)
+    neutered = _load(saved, guard, allow_unverified=True)  # the explicit opt-in still works
+    assert neutered.classify(images[0], "hi").action == "allow"
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c["policy"]["default_rule"].update(enabled=False),
+        lambda c: c["policy"]["level_actions"].update({"1": "allow", "2": "allow", "3": "allow"}),
+        lambda c: c["policy"]["default_rule"].update(threshold=1.0),
+        lambda c: c["head"].update(level_temperature=1000.0),
+    ],
+)
+def test_a_config_edited_after_saving_is_reported(saved: Path, guard, edit) -> None:
+    _edit_config(saved, edit)
+    with pytest.raises(CheckpointError, match="changed after the guard was saved"):
+        _load(saved, guard)
+
+
+def test_an_edited_policy_is_accepted_only_explicitly_and_resaving_records_it(saved: Path, guard, tmp_path) -> None:
+    _edit_config(saved, lambda c: c["policy"]["default_rule"].update(threshold=0.9))
+    edited = _load(saved, guard, accept_edited_config=True)
+    assert edited.policy.default_rule.threshold == 0.9
+    resaved = edited.save_pretrained(tmp_path / "resaved")
+    assert _load(resaved, guard).policy.default_rule.threshold == 0.9  # no flag needed any more
+    # Without editing any file: pass the policy, then save.
+    policy = GuardPolicy(default_rule={"threshold": 0.7})
+    assert _load(resaved, guard, policy=policy).save_pretrained(tmp_path / "third") is not None
+    assert _load(tmp_path / "third", guard).policy.default_rule.threshold == 0.7
+
+
+def test_a_config_without_a_recorded_digest_is_refused_unless_allowed(saved: Path, guard) -> None:
+    tensors = load_tensors(saved / WEIGHTS_NAME)
+    save_tensors(saved / WEIGHTS_NAME, tensors, metadata={"format": "pt"})  # checksum, but no config digest
+    with pytest.raises(CheckpointError, match="records no digest"):
+        _load(saved, guard)
+    assert _load(saved, guard, allow_unverified=True) is not None
+
+
+def test_duplicate_json_keys_are_refused(saved: Path, guard) -> None:
+    text = (saved / CONFIG_NAME).read_text()
+    # The red-team's '"enabled": true, "enabled": false': the last value would silently win.
+    (saved / CONFIG_NAME).write_text(text.replace('"enabled": true', '"enabled": true, "enabled": false', 1))
+    with pytest.raises(CheckpointError, match="duplicate key 'enabled'"):
+        _load(saved, guard, accept_edited_config=True)
+
+
+def test_a_fifo_as_config_is_refused_without_blocking(saved: Path, guard) -> None:
+    (saved / CONFIG_NAME).unlink()
+    os.mkfifo(saved / CONFIG_NAME)
+    outcome: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            _load(saved, guard)
+        except CheckpointError as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    if worker.is_alive():  # unblock the reader so the thread can end
+        with open(saved / CONFIG_NAME, "wb"):
+            pass
+        pytest.fail("loading a FIFO config blocked")
+    assert outcome and "not a regular file" in str(outcome[0])
 
 
 class _Exploit:
