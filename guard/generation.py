@@ -367,6 +367,8 @@ def _prompt_ids(processor: Any, conversation: Conversation, image_token_id: int,
             )
         )
     except ValueError as err:
+        if "Can't sanitize" in str(err):  # the text spells a control token (e.g. '<unk>') only it can produce
+            raise InvalidPromptError(f"the prompt cannot be encoded as plain text: {err}") from err
         raise ConfigError(f"cannot render the conversation with the chat template: {err}") from err
     if plain[:1] == [tokenizer.bos_token_id] and ids[:1] != plain[:1]:
         ids.insert(0, tokenizer.bos_token_id)
