@@ -237,3 +237,44 @@ def test_loading_from_16_threads_matches_serial() -> None:
     serial = [load_image(s).tobytes() for s in sources]
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(lambda s: load_image(s).tobytes(), sources)) == serial
+
+
+class _BrokenPath:
+    def __fspath__(self) -> str:
+        raise RuntimeError("no path today")
+
+
+def _with_transparency(value: object) -> Image.Image:
+    image = Image.new("RGB", (4, 4))
+    image.info["transparency"] = value
+    return image
+
+
+def _released() -> memoryview:
+    view = memoryview(b"\x89PNG\r\n\x1a\n")
+    view.release()
+    return view
+
+
+@pytest.mark.parametrize(
+    "source",
+    [_released(), _BrokenPath(), *(_with_transparency(v) for v in ("x", (1, 2, 3, 4, 5), 1e9, object()))],
+    ids=["released-memoryview", "pathlike-raising", "tr-str", "tr-tuple", "tr-float", "tr-object"],
+)
+def test_broken_caller_objects_are_typed_errors(source: object) -> None:
+    with pytest.raises(InvalidImageError):
+        load_image(source)  # type: ignore[arg-type]
+
+
+def test_premultiplied_la_images_are_accepted_like_la() -> None:
+    la = Image.new("LA", (4, 4), (100, 255))
+    assert np.array_equal(np.asarray(load_image(la.convert("La"))), np.asarray(load_image(la)))
+
+
+def test_plain_ppm_and_bigtiff_are_refused_with_a_reason_binary_ppm_is_read() -> None:
+    with pytest.raises(InvalidImageError, match="plain"):
+        load_image(b"P3\n1 1\n255\n1 2 3\n", formats=EVERY_FORMAT)
+    with pytest.raises(InvalidImageError, match="BigTIFF"):
+        load_image(b"II+\x00" + b"\x00" * 20, formats=EVERY_FORMAT)
+    binary = _encode(Image.new("L", (8, 8), 9), "PPM")
+    assert np.asarray(load_image(binary, formats=EVERY_FORMAT))[0, 0, 0] == 9
