@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
+from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.errors import CheckpointError, ConfigError, GuardInternalError, InvalidImageError, InvalidPromptError
@@ -439,10 +440,12 @@ def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
         from peft import PeftModel
     except ImportError as err:
         raise CheckpointError(f"{adapter} holds a LoRA adapter; install peft (psaguard[train]) to load it") from err
+    check_adapter_files(adapter)
     logger.info("loading LoRA adapter %s into the model", adapter)
     try:
         return PeftModel.from_pretrained(model, str(adapter))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    # TypeError: a config value of a type PEFT did not expect, past the checks of check_adapter_files.
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot load the LoRA adapter in {adapter}: {err}") from err
 
 

@@ -17,6 +17,7 @@ from psaguard.config import CONFIG_NAME
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.guard import WEIGHTS_NAME
 from psaguard.serialization import atomic_write, load_tensors, read_metadata, save_tensors
+from psaguard.tiny import build_tiny_llava
 
 
 @pytest.fixture
@@ -217,3 +218,39 @@ def test_crash_during_save_leaves_the_old_file(tmp_path: Path) -> None:
         atomic_write(target, crash)
     assert torch.equal(load_tensors(target)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["weights.safetensors"]  # no temp file left behind
+
+
+@pytest.fixture
+def saved_with_adapter(guard, tmp_path: Path) -> Path:
+    peft = pytest.importorskip("peft")
+    fresh = build_tiny_llava(processor=guard.processor)  # PEFT injects into the model it wraps
+    lora = peft.get_peft_model(fresh, peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    saved = guard.save_pretrained(tmp_path / "guard")
+    lora.save_pretrained(saved / "adapter")
+    return saved
+
+
+def test_a_safetensors_adapter_loads(saved_with_adapter: Path, guard) -> None:
+    from psaguard.tiny import build_tiny_llava
+
+    loaded = SafetyGuard.from_pretrained(
+        saved_with_adapter, build_tiny_llava(processor=guard.processor), guard.processor
+    )
+    assert type(loaded.model).__name__ == "PeftModel"
+
+
+def test_a_planted_pickled_adapter_is_never_unpickled(saved_with_adapter: Path, guard, monkeypatch) -> None:
+    monkeypatch.chdir(saved_with_adapter)
+    (saved_with_adapter / "adapter" / "adapter_model.safetensors").unlink()
+    torch.save({"w": _Exploit()}, saved_with_adapter / "adapter" / "adapter_model.bin")
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        _load(saved_with_adapter, guard)
+    assert not (saved_with_adapter / "PWNED").exists()
+
+
+@pytest.mark.parametrize("edit", [{"r": "x"}, {"lora_dropout": "high"}, {"target_modules": 3}, {"peft_type": None}])
+def test_badly_typed_adapter_configs_are_checkpoint_errors(saved_with_adapter: Path, guard, edit: dict) -> None:
+    path = saved_with_adapter / "adapter" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(CheckpointError, match="adapter config"):
+        _load(saved_with_adapter, guard)
