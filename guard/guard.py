@@ -206,7 +206,10 @@ class SafetyGuard:
         return self.classify_batch([image], [prompt])[0]
 
     def classify_batch(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> list[SafetyVerdict]:
-        """Judge a batch of requests in one forward pass; same verdicts as one by one."""
+        """Judge a batch of requests in one forward pass; same verdicts as one by one.
+
+        Probabilities match single :meth:`classify` calls within 1e-6 (a padded batch reorders float32 sums).
+        """
         return self.analyze(images, prompts).verdicts
 
     async def aclassify(self, image: ImageInput, prompt: str) -> SafetyVerdict:

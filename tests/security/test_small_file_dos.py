@@ -6,6 +6,7 @@ pre-checks they took 2-90 s and up to 2 GB each.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -68,3 +69,17 @@ def test_files_at_the_caps_are_decided_within_the_bounds(name: str) -> None:
 def test_opt_in_formats_are_refused_by_default(name: str) -> None:
     with pytest.raises(InvalidImageError, match=r"accepted format|refused"):
         load_image(HOSTILE_FILES[name]())
+
+
+async def test_hostile_files_do_not_eat_the_guards_capacity(guard, images) -> None:
+    # The red-team's scenario: after eight 1 MiB PBM requests timed out, a benign aclassify took 34 s,
+    # because abandoned decodes kept running in their threads. Now every one ends within the bound.
+    hostile = [HOSTILE_FILES["pbm_comments_1mib"]()] * 8 + [HOSTILE_FILES["jpeg_20000_empty_scans"]()] * 2
+    start = time.process_time()  # CPU of every thread of the process
+    outcomes = await asyncio.gather(
+        *(asyncio.wait_for(guard.aclassify(data, "hi"), timeout=30) for data in hostile), return_exceptions=True
+    )
+    assert all(isinstance(outcome, InvalidImageError) for outcome in outcomes)
+    verdict = await asyncio.wait_for(guard.aclassify(images[0], "hi"), timeout=30)
+    assert verdict.error is None
+    assert time.process_time() - start < CPU_LIMIT_S * (len(hostile) + 1)
