@@ -62,6 +62,11 @@ def to_conversation(prompt: PromptInput, num_images: int) -> Conversation:
     conversation = [_checked_message(index, message) for index, message in enumerate(prompt)]
     if not any(message["role"] == "user" for message in conversation):
         raise InvalidPromptError("the conversation has no user message")
+    if conversation[-1]["role"] == "assistant":
+        raise InvalidPromptError(
+            "the conversation ends with an assistant turn; guarded generation answers a user or tool turn "
+            "(a trailing assistant turn would come after the safety hint)"
+        )
     found = count_image_parts(conversation)
     if found != num_images:
         raise InvalidPromptError(f"the conversation has {found} image parts but {num_images} images were given")
@@ -105,10 +110,15 @@ def check_text(text: str, what: str) -> None:
 def with_hint(conversation: Conversation, hint_text: str) -> Conversation:
     """A copy of ``conversation`` with ``hint_text`` appended to its last turn (paper: after the question).
 
-    The last turn, whatever its role, so that no turn the model reads comes after the real hint.
+    The last turn whatever its role, so that no turn the model reads comes after the real hint; trailing
+    assistant turns are a training example's answers, so the hint goes to the turn before them (guarded
+    generation refuses a conversation that ends with an assistant turn, see :func:`to_conversation`).
     """
     hinted = [_copy_message(message) for message in conversation]
-    last = hinted[-1]
+    index = len(hinted) - 1
+    while index > 0 and hinted[index]["role"] == "assistant":
+        index -= 1
+    last = hinted[index]
     content = last["content"]
     if isinstance(content, str):
         last["content"] = content + hint_text
