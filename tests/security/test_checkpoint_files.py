@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import threading
 from pathlib import Path
 
 import pytest
 import torch
+from fifo_helpers import error_without_blocking
 from safetensors.torch import save_file
 
 from psaguard import GuardPolicy, SafetyGuard
@@ -165,22 +165,8 @@ def test_duplicate_json_keys_are_refused(saved: Path, guard) -> None:
 def test_a_fifo_as_config_is_refused_without_blocking(saved: Path, guard) -> None:
     (saved / CONFIG_NAME).unlink()
     os.mkfifo(saved / CONFIG_NAME)
-    outcome: list[BaseException] = []
-
-    def load() -> None:
-        try:
-            _load(saved, guard)
-        except CheckpointError as err:
-            outcome.append(err)
-
-    worker = threading.Thread(target=load, daemon=True)
-    worker.start()
-    worker.join(timeout=10)
-    if worker.is_alive():  # unblock the reader so the thread can end
-        with open(saved / CONFIG_NAME, "wb"):
-            pass
-        pytest.fail("loading a FIFO config blocked")
-    assert outcome and "not a regular file" in str(outcome[0])
+    error = error_without_blocking(lambda: _load(saved, guard), saved / CONFIG_NAME, CheckpointError)
+    assert "not a regular file" in str(error)
 
 
 class _Exploit:
