@@ -7,17 +7,31 @@ pre-checks they took 2-90 s and up to 2 GB each.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pytest
-from hostile_files import AT_THE_CAPS, HOSTILE_FILES
+from hostile_files import (
+    AT_THE_CAPS,
+    HOSTILE_FILES,
+    gif_extensions,
+    jpeg_app_markers,
+    jpeg_fill,
+    jpeg_progressive_scans,
+    png_chunks,
+    webp_chunks,
+)
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
+from psaguard import image_checks as caps
 from psaguard.errors import InvalidImageError
 from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
 
+FUZZ = settings.get_profile(f"psaguard-{os.environ.get('PSAGUARD_FUZZ', 'ci')}")
 CPU_LIMIT_S = 1.0
 MEMORY_LIMIT_MIB = 512
 EVERY_FORMAT = ALLOWED_FORMATS + OPT_IN_FORMATS
@@ -83,3 +97,23 @@ async def test_hostile_files_do_not_eat_the_guards_capacity(guard, images) -> No
     verdict = await asyncio.wait_for(guard.aclassify(images[0], "hi"), timeout=30)
     assert verdict.error is None
     assert time.process_time() - start < CPU_LIMIT_S * (len(hostile) + 1)
+
+
+FLOODS: dict[str, tuple[Callable[[int], bytes], int]] = {
+    "png_chunks": (png_chunks, caps.MAX_PNG_CHUNKS),
+    "jpeg_markers": (lambda n: jpeg_app_markers(4 * n), caps.MAX_JPEG_MARKERS),
+    "jpeg_fill": (jpeg_fill, caps.MAX_JPEG_SKIPPED_BYTES),
+    "jpeg_scans": (lambda n: jpeg_progressive_scans(n, side=64), caps.MAX_JPEG_SCANS),
+    "gif_subblocks": (gif_extensions, caps.MAX_GIF_SUBBLOCKS),
+    "webp_chunks": (webp_chunks, caps.MAX_WEBP_CHUNKS),
+}
+
+
+@FUZZ
+@given(kind=st.sampled_from(sorted(FLOODS)), fraction=st.floats(0.0, 2.0))
+def test_element_floods_around_the_caps_are_decided_within_the_bounds(kind: str, fraction: float) -> None:
+    build, cap = FLOODS[kind]
+    data = build(int(cap * fraction))
+    event(f"{kind} {'over' if fraction * cap > cap else 'within'} the cap")
+    with _bounded(), suppress(InvalidImageError):
+        assert load_image(data).mode == "RGB"
