@@ -67,7 +67,7 @@ class GuardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     images: tuple[Any, ...] = Field((), description="Decoded images (bytes, paths or PIL images), in order.")
-    prompt: str = Field("", description="Text the guard judges the images with: all user turns' text.")
+    prompt: str = Field("", description="Text the guard judges the images with: the text of every turn.")
     conversation: tuple[dict[str, Any], ...] = Field(
         (), description="HF chat conversation with {'type': 'image'} placeholders for `images`."
     )
@@ -98,7 +98,7 @@ def request_from_input(value: Any, *, allow_local_files: bool = True) -> GuardRe
 
 
 def request_from_messages(messages: Sequence[BaseMessage], *, allow_local_files: bool = True) -> GuardRequest:
-    """Collect the images of every message and the text of every user message."""
+    """Collect the images and the text of every message (the model reads every turn)."""
     images: list[Any] = []
     conversation: list[dict[str, Any]] = []
     for message in messages:

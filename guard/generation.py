@@ -2,7 +2,7 @@
 
 :class:`GuardedGenerator` is what ``SafetyGuard.generate`` / ``generate_batch`` / ``stream`` run:
 
-1. every image of a request is judged with the request's user text (``guard.analyze``; one vision pass);
+1. every image of a request is judged with the text of the request's turns (``guard.analyze``; one vision pass);
 2. the worst verdict decides (actions order allow < hint < refuse < block, ties by level);
 3. allow and hint run the language model on the chat-templated prompt (a hint is appended to the last user
    turn, as the paper's "Safe Hint"), with ``llm_tokens`` placed before each image's embeddings; refuse
@@ -72,7 +72,7 @@ class GenerationOptions(BaseModel):
 
     hint_template: str = Field(
         "\nSafe Hint: {hint}",
-        description="Appended to the last user turn's text for 'hint' actions; '{hint}' is the verdict's hint "
+        description="Appended to the last turn's text for 'hint' actions; '{hint}' is the verdict's hint "
         "(the paper's 'Safe Hint:' line).",
     )
     refuse_with: Literal["text", "hint"] = Field(
