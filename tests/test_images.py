@@ -278,3 +278,14 @@ def test_plain_ppm_and_bigtiff_are_refused_with_a_reason_binary_ppm_is_read() ->
         load_image(b"II+\x00" + b"\x00" * 20, formats=EVERY_FORMAT)
     binary = _encode(Image.new("L", (8, 8), 9), "PPM")
     assert np.asarray(load_image(binary, formats=EVERY_FORMAT))[0, 0, 0] == 9
+
+
+def test_binary_ppm_headers_padded_with_comments_are_refused_when_ppm_is_enabled() -> None:
+    # Pillow reads header comments a byte at a time; the header must fit in MAX_PPM_HEADER_BYTES.
+    start = time.process_time()
+    with pytest.raises(InvalidImageError, match="header bytes"):
+        load_image(b"P4\n" + b"#\n" * 600_000 + b"8 8\n" + bytes(8), formats=EVERY_FORMAT)
+    with pytest.raises(InvalidImageError, match="header bytes"):
+        load_image(b"P5\n# a comment that never ends" + b"x" * 100_000, formats=EVERY_FORMAT)
+    assert time.process_time() - start < 1.0
+    assert load_image(b"P5\n# short comment\n2 1\n255\n\x00\xff", formats=EVERY_FORMAT).size == (2, 1)
