@@ -39,7 +39,9 @@ def test_multimodal_input_gets_the_guards_verdict(local_server, local_guard, req
     risky = 1 - expected.level_probs["safe"]
     for code, probability in expected.type_probs.items():
         if code != "safe":
-            assert scores[OPENAI_CATEGORIES.get(code, f"psaguard/{code}")] == pytest.approx(probability * risky, abs=1e-5)
+            assert scores[OPENAI_CATEGORIES.get(code, f"psaguard/{code}")] == pytest.approx(
+                probability * risky, abs=1e-5
+            )
 
 
 def test_refused_request_is_flagged_under_openais_illicit_category(local_server, requests_by_kind):
