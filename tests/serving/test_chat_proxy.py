@@ -124,7 +124,9 @@ def test_allowed_request_is_forwarded_byte_for_byte_in_its_fields(echo_proxy, re
 def test_unreachable_upstream_is_a_502_after_judging(classifier_guard, requests_by_kind):
     config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5)
     image, prompt = requests_by_kind["benign"]
-    with BackgroundServer(create_app(classifier_guard, config)) as server:
-        with pytest.raises(openai.InternalServerError) as caught:
-            ask(server, image, prompt)
+    with (
+        BackgroundServer(create_app(classifier_guard, config)) as server,
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        ask(server, image, prompt)
     assert caught.value.status_code == 502 and caught.value.code == "upstream_unavailable"

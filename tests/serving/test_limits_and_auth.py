@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import httpx
 import numpy as np
@@ -107,8 +108,10 @@ def test_graceful_shutdown_answers_the_requests_in_flight(local_guard, requests_
     server = BackgroundServer(create_app(local_guard, config)).start()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(post, server, "/v1/moderations", body, None) for _ in range(4)]
-        while not server.server.server_state.tasks:  # wait until the requests are in flight
-            pass
+        deadline = time.monotonic() + 30
+        while len(server.server.server_state.tasks) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until all four requests are in flight
+        assert len(server.server.server_state.tasks) == 4
         server.stop()  # should_exit: no new connections, in-flight requests finish
         responses = [future.result(timeout=60) for future in futures]
     assert [r.status_code for r in responses] == [200] * 4
