@@ -4,8 +4,9 @@
     python benchmarks/serve_batching.py --shapes llava-1.5-7b --device cuda --dtype bfloat16
 
 For each mode (batching off = ``max_batch 1``; on = ``--max-batch`` / ``--max-wait-ms``) a server runs on
-127.0.0.1 in this process and closed-loop clients (each sends its next request when the last is answered)
-post ``/v1/moderations`` requests with one image and a prompt, at each client count. Random weights give
+127.0.0.1 in this process, and closed-loop clients in a second process (so that they do not share the
+server's interpreter lock; each sends its next request when the last is answered) post ``/v1/moderations``
+requests with one image and a prompt, at each client count. Random weights give
 valid timings. At 7B shapes the language model has one decoder layer: classification never runs it.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import base64
 import io
+import multiprocessing
 import statistics
 import time
 
@@ -83,7 +85,12 @@ async def load(base: str, clients: int, total: int, bodies: list[dict]) -> tuple
     async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as http:
         start = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        return time.perf_counter() - start, latencies
+    return time.perf_counter() - start, latencies
+
+
+def run_load(base: str, clients: int, total: int, bodies: list[dict]) -> tuple[float, list[float]]:
+    """:func:`load` in a fresh event loop (the entry point of the client process)."""
+    return asyncio.run(load(base, clients, total, bodies))
 
 
 def batch_counts(base: str) -> tuple[float, float]:
@@ -96,22 +103,30 @@ def batch_counts(base: str) -> tuple[float, float]:
     return values.get("psaguard_batch_size_sum", 0.0), values.get("psaguard_batch_size_count", 0.0)
 
 
-def measure(guard: SafetyGuard, batching: BatchingConfig, levels: list[int], args, bodies) -> dict[int, dict]:
+def measure(servers: dict[str, str], clients: int, args, bodies, pool) -> dict[str, dict[str, float]]:
+    """Throughput, p50/p95 latency (ms) and mean batch size of each server at one client count.
+
+    The servers take turns for ``args.rounds`` rounds, so a shared machine's changing load falls on both
+    modes alike; each mode's numbers pool all its rounds.
+    """
+    total = max(args.requests, clients * args.per_client)
+    walls = {name: 0.0 for name in servers}
+    latencies: dict[str, list[float]] = {name: [] for name in servers}
+    before = {name: batch_counts(base) for name, base in servers.items()}
+    for _ in range(args.rounds):
+        for name, base in servers.items():
+            wall, times = pool.apply(run_load, (base, clients, total, bodies))
+            walls[name] += wall
+            latencies[name] += times
     rows = {}
-    with BackgroundServer(create_app(guard, ServeConfig(batching=batching))) as server:
-        asyncio.run(load(server.root_url, 2, 4, bodies))  # warm-up
-        for clients in levels:
-            total = max(args.requests, clients * args.per_client)
-            before = batch_counts(server.root_url)
-            wall, latencies = asyncio.run(load(server.root_url, clients, total, bodies))
-            after = batch_counts(server.root_url)
-            cuts = statistics.quantiles(latencies, n=20, method="inclusive")
-            rows[clients] = {
-                "rps": total / wall,
-                "p50": statistics.median(latencies) * 1000,
-                "p95": cuts[18] * 1000,
-                "batch": (after[0] - before[0]) / max(after[1] - before[1], 1.0),
-            }
+    for name, base in servers.items():
+        judged, calls = (after - first for after, first in zip(batch_counts(base), before[name]))
+        rows[name] = {
+            "rps": total * args.rounds / walls[name],
+            "p50": statistics.median(latencies[name]) * 1000,
+            "p95": statistics.quantiles(latencies[name], n=20, method="inclusive")[18] * 1000,
+            "batch": judged / max(calls, 1.0),
+        }
     return rows
 
 
@@ -123,6 +138,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128], help="concurrent client counts")
     parser.add_argument("--requests", type=int, default=128, help="requests per client count, at least")
     parser.add_argument("--per-client", type=int, default=4, help="requests per client, at least")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each mode takes at each client count")
     parser.add_argument("--max-batch", type=int, default=32, help="max batch with batching on")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="max wait with batching on")
     parser.add_argument("--image-side", type=int, default=64, help="side of the random request images, in pixels")
@@ -132,20 +148,26 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     guard = build_guard(args.shapes, args.device, getattr(torch, args.dtype))
     bodies = request_bodies(16, args.image_side)
-    off = measure(guard, BatchingConfig(max_batch=1, max_wait_ms=0), args.clients, args, bodies)
-    on = measure(
-        guard, BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms), args.clients, args, bodies
-    )
+    batching_on = BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    off_app = create_app(guard, ServeConfig(batching=BatchingConfig(max_batch=1, max_wait_ms=0)))
+    on_app = create_app(guard, ServeConfig(batching=batching_on))
+    rows = {}
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(1) as pool, BackgroundServer(off_app) as s_off, BackgroundServer(on_app) as s_on:
+        for server in (s_off, s_on):
+            pool.apply(run_load, (server.root_url, 2, 8, bodies))  # warm-up
+        for clients in args.clients:  # both servers share the guard and run at once
+            rows[clients] = measure({"off": s_off.root_url, "on": s_on.root_url}, clients, args, bodies, pool)
     print(
         f"shapes={args.shapes} device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
-        f"batching on: max_batch={args.max_batch} max_wait_ms={args.max_wait_ms:g}"
+        f"batching on: max_batch={args.max_batch} max_wait_ms={args.max_wait_ms:g} rounds={args.rounds}"
     )
     print(
         f"{'clients':>7} | {'req/s off':>9} {'req/s on':>9} {'speedup':>7} | {'p50 off':>8} {'p50 on':>8} | "
         f"{'p95 off':>8} {'p95 on':>8} | {'mean batch on':>13}"
     )
     for clients in args.clients:
-        a, b = off[clients], on[clients]
+        a, b = rows[clients]["off"], rows[clients]["on"]
         print(
             f"{clients:>7} | {a['rps']:9.1f} {b['rps']:9.1f} {b['rps'] / a['rps']:7.2f} | {a['p50']:8.1f} "
             f"{b['p50']:8.1f} | {a['p95']:8.1f} {b['p95']:8.1f} | {b['batch']:13.1f}"

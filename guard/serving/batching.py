@@ -1,8 +1,9 @@
 """Dynamic batching: concurrent classification requests coalesce into one ``guard.classify_batch`` call.
 
 One worker task takes the first queued request, waits up to ``max_wait_ms`` for more (up to ``max_batch``),
-and judges them in one forward pass in a worker thread; batches run one at a time, so the model is never
-used by two batches at once. A psaguard error of one request (bad input, or a failure under
+and judges them in one forward pass in the batcher's own thread; batches run one at a time, so the model is
+never used by two batches at once, and they never wait behind other work in asyncio's shared thread pool
+(where the server decodes images). A psaguard error of one request (bad input, or a failure under
 ``on_error="block"``) would fail the whole ``classify_batch`` call, so the batch is then judged again one
 request at a time and only the failing request gets the error. Stopping drains the queue first.
 """
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -58,6 +60,7 @@ class DynamicBatcher:
         self._metrics = metrics
         self._queue: asyncio.Queue[_Item | None] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
 
     @property
@@ -67,6 +70,7 @@ class DynamicBatcher:
     async def start(self) -> None:
         """Start the worker task in the running event loop."""
         self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="psaguard-classify")
         self._worker = asyncio.create_task(self._work(), name="psaguard-batcher")
         self._accepting = True
 
@@ -76,6 +80,8 @@ class DynamicBatcher:
         if self._queue is not None and self._worker is not None:
             await self._queue.put(None)
             await self._worker
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     async def classify(self, image: Image.Image, prompt: str) -> SafetyVerdict:
         """The verdict of one request, judged with whichever requests are queued with it."""
@@ -128,8 +134,8 @@ class DynamicBatcher:
             self._metrics.observe("queue", started - item.queued)
         self._metrics.batch_size.observe(len(batch))
         try:
-            verdicts = await asyncio.to_thread(
-                self._classify_batch, [item.image for item in batch], [item.prompt for item in batch]
+            verdicts = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._classify_batch, [item.image for item in batch], [item.prompt for item in batch]
             )
         except PsaGuardError as err:
             if len(batch) == 1:

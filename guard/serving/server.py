@@ -28,15 +28,17 @@ GRACEFUL_SHUTDOWN_S = 30.0
 """How long a stopping server waits for requests in flight before it closes their connections."""
 
 
-def load_guard(guard_dir: str | Path, model: str | Path, *, classifier_only: bool) -> SafetyGuard:
+def load_guard(
+    guard_dir: str | Path, model: str | Path, *, classifier_only: bool, device: str | None = None
+) -> SafetyGuard:
     """The guard in ``guard_dir`` on the base model ``model`` (its vision tower and embeddings only when
-    ``classifier_only``, for proxy mode)."""
+    ``classifier_only``, for proxy mode), on ``device`` (default: CPU)."""
     if classifier_only:
-        return SafetyGuard.from_pretrained_classifier(guard_dir, model)
+        return SafetyGuard.from_pretrained_classifier(guard_dir, model, device=device)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
-        vlm = AutoModelForImageTextToText.from_pretrained(model).eval()
+        vlm = AutoModelForImageTextToText.from_pretrained(model).to(device or "cpu").eval()
         processor = AutoProcessor.from_pretrained(model)
     except OSError as err:
         raise ConfigError(f"cannot load model {str(model)!r}: {err}") from err

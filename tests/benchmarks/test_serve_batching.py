@@ -9,7 +9,19 @@ pytest.importorskip("fastapi")
 
 
 def test_serve_batching_prints_batching_off_and_on_per_client_count() -> None:
-    out = run_script("benchmarks", "serve_batching.py", "--clients", "1", "4", "--requests", "8", "--per-client", "2")
+    out = run_script(
+        "benchmarks",
+        "serve_batching.py",
+        "--clients",
+        "1",
+        "4",
+        "--requests",
+        "8",
+        "--per-client",
+        "2",
+        "--rounds",
+        "1",
+    )
     rows = [line.split("|") for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert [int(row[0]) for row in rows] == [1, 4]
     for row in rows:
