@@ -33,12 +33,16 @@ from psaguard.serving.completions import (
     sse_done,
 )
 from psaguard.serving.judging import Judge
-from psaguard.serving.protocol import ChatRequest, api_error_from, error_body, verdict_headers
+from psaguard.serving.protocol import ApiError, ChatRequest, api_error_from, error_body, verdict_headers
 from psaguard.verdict import Action, SafetyVerdict
 
-__all__ = ["LocalChat"]
+__all__ = ["UNSUPPORTED_LOCAL_FIELDS", "LocalChat"]
 
 _END = object()
+
+UNSUPPORTED_LOCAL_FIELDS = frozenset({"tools", "functions", "tool_choice", "response_format", "logprobs", "audio"})
+"""Chat request fields local mode cannot honour; a request setting one gets a 400 rather than an answer that
+silently ignores it (proxy mode forwards them)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,14 @@ class LocalChat:
 
     async def complete(self, request: ChatRequest, raw: dict[str, Any]) -> Response:
         """The completion (or its event stream) for ``request``; a blocked request is a 400 with the verdict."""
+        unsupported = sorted(name for name in UNSUPPORTED_LOCAL_FIELDS if raw.get(name) not in (None, False, []))
+        if unsupported:
+            raise ApiError(
+                400,
+                f"local mode does not support {', '.join(unsupported)}",
+                code="unsupported_parameter",
+                param=unsupported[0],
+            )
         prompt = chat_prompt(request, self.limits)
         images = await self.judge.load_images(prompt.images, "messages.image_url")
         kwargs = generation_kwargs(request, self.limits)

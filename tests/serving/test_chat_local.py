@@ -93,3 +93,23 @@ def test_refused_text_only_stream_is_a_normal_stream_with_content_filter(blockin
     assert chunks[0].psaguard["rule"] == "no_image"
     assert "sorry" in "".join(c.choices[0].delta.content or "" for c in chunks).lower()
     assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+
+def test_fields_local_mode_cannot_honour_are_refused(local_server):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(local_server).chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "hi"}], tools=[tool]
+        )
+    assert caught.value.code == "unsupported_parameter" and caught.value.param == "tools"
+
+
+@pytest.mark.parametrize("with_image", [True, False])
+def test_classifier_only_guard_without_upstream_serves_moderations_only(classifier_guard, requests_by_kind, with_image):
+    image, prompt = requests_by_kind["benign"]
+    message = image_message(image, prompt) if with_image else {"role": "user", "content": prompt}
+    with BackgroundServer(create_app(classifier_guard)) as server:
+        assert client(server).moderations.create(input=prompt).results[0].psaguard["rule"] == "no_image"
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(server).chat.completions.create(model="demo", messages=[message])
+    assert caught.value.code == "generation_unavailable"
