@@ -33,6 +33,8 @@ from psaguard.serving import BackgroundServer, BatchingConfig, ServeConfig, crea
 from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 SHAPES = {"tiny": TinyLlavaSpec(), "llava-1.5-7b": TinyLlavaSpec(image_size=336, patch_size=14)}
+# Connections stay open while a closed-loop client waits out a loaded server (uvicorn's default is 5 s).
+SERVER = {"timeout_keep_alive": 120}
 PROMPTS = ("what is shown in this image ?", "describe the colour and the shape please", "is this safe to share ?")
 
 
@@ -153,7 +155,11 @@ def main() -> None:
     on_app = create_app(guard, ServeConfig(batching=batching_on))
     rows = {}
     spawn = multiprocessing.get_context("spawn")
-    with spawn.Pool(1) as pool, BackgroundServer(off_app) as s_off, BackgroundServer(on_app) as s_on:
+    with (
+        spawn.Pool(1) as pool,
+        BackgroundServer(off_app, **SERVER) as s_off,
+        BackgroundServer(on_app, **SERVER) as s_on,
+    ):
         for server in (s_off, s_on):
             pool.apply(run_load, (server.root_url, 2, 8, bodies))  # warm-up
         for clients in args.clients:  # both servers share the guard and run at once

@@ -20,6 +20,7 @@ import httpx
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from psaguard.errors import ConfigError, GuardBlocked, PsaGuardError
@@ -191,11 +192,16 @@ async def _read_json(request: Request, state: ServeState) -> dict[str, Any]:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit}", code="body_too_large")
     chunks, size = [], 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
-        chunks.append(part)
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+            chunks.append(part)
+    except ClientDisconnect as err:  # nobody is left to answer; end the request without judging it
+        raise ApiError(
+            400, "the client disconnected before sending the whole body", code="client_disconnected"
+        ) from err
     try:
         body = json.loads(b"".join(chunks))
     except ValueError as err:

@@ -54,15 +54,17 @@ def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **uvicor
 
 class BackgroundServer:
     """``with BackgroundServer(app) as server:`` serves ``app`` at ``server.base_url`` (127.0.0.1, a free port)
-    in a daemon thread; leaving the block shuts it down gracefully and waits for the thread."""
+    in a daemon thread; leaving the block shuts it down gracefully and waits for the thread. Other keyword
+    arguments go to ``uvicorn.Config``."""
 
-    def __init__(self, app: FastAPI, *, startup_timeout_s: float = 30.0, log_level: str = "warning") -> None:
+    def __init__(
+        self, app: FastAPI, *, startup_timeout_s: float = 30.0, log_level: str = "warning", **uvicorn_options: Any
+    ) -> None:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(
-            app, log_level=log_level, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on", access_log=False
-        )
+        options = {"timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, "access_log": False, **uvicorn_options}
+        config = uvicorn.Config(app, log_level=log_level, lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name=f"psaguard-serve-{self.port}", daemon=True)
         self._startup_timeout_s = startup_timeout_s
