@@ -12,6 +12,7 @@ from importlib import resources
 
 from psaguard.demo import DEMO_ASSETS
 from psaguard.errors import ConfigError
+from psaguard.extras import require_extra
 
 __all__ = ["UPSTREAM_API_KEY_ENV", "register"]
 
@@ -68,6 +69,7 @@ def _paths(args: argparse.Namespace) -> tuple[str, str, bool]:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    require_extra("serve")  # a missing fastapi/uvicorn is a one-line install hint, before any model loads
     from pydantic import ValidationError
 
     from psaguard.serving.app import create_app
