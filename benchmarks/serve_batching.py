@@ -33,8 +33,6 @@ from psaguard.serving import BackgroundServer, BatchingConfig, ServeConfig, crea
 from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 SHAPES = {"tiny": TinyLlavaSpec(), "llava-1.5-7b": TinyLlavaSpec(image_size=336, patch_size=14)}
-# Connections stay open while a closed-loop client waits out a loaded server (uvicorn's default is 5 s).
-SERVER = {"timeout_keep_alive": 120}
 PROMPTS = ("what is shown in this image ?", "describe the colour and the shape please", "is this safe to share ?")
 
 
@@ -157,8 +155,8 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")
     with (
         spawn.Pool(1) as pool,
-        BackgroundServer(off_app, **SERVER) as s_off,
-        BackgroundServer(on_app, **SERVER) as s_on,
+        BackgroundServer(off_app) as s_off,
+        BackgroundServer(on_app) as s_on,
     ):
         for server in (s_off, s_on):
             pool.apply(run_load, (server.root_url, 2, 8, bodies))  # warm-up

@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 30.0
 """How long a stopping server waits for requests in flight before it closes their connections."""
 
+KEEP_ALIVE_S = 75.0
+"""Idle keep-alive connections close after this (uvicorn's default, 5 s, dropped connections of clients
+waiting on a loaded server in the batching benchmark; 75 s is nginx's default)."""
+
 
 def load_guard(
     guard_dir: str | Path, model: str | Path, *, classifier_only: bool, device: str | None = None
@@ -49,7 +53,8 @@ def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **uvicor
     """Serve ``app`` until SIGINT/SIGTERM; stopping lets requests in flight finish (up to 30 s)."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: reachable from other machines; set API keys (see docs/serving.md)", host)
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **uvicorn_kwargs)
+    options = {"timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, "timeout_keep_alive": KEEP_ALIVE_S, **uvicorn_kwargs}
+    uvicorn.run(app, host=host, port=port, **options)
 
 
 class BackgroundServer:
@@ -63,7 +68,12 @@ class BackgroundServer:
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
-        options = {"timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, "access_log": False, **uvicorn_options}
+        options = {
+            "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+            "timeout_keep_alive": KEEP_ALIVE_S,
+            "access_log": False,
+            **uvicorn_options,
+        }
         config = uvicorn.Config(app, log_level=log_level, lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name=f"psaguard-serve-{self.port}", daemon=True)
