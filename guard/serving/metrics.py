@@ -34,7 +34,8 @@ class ServeMetrics:
         self.stage_seconds = Histogram(
             "psaguard_stage_seconds",
             "Latency of each stage: decode (images), queue (wait for a batch), classify (the batch's forward "
-            "pass), generate (local mode), upstream (proxy mode), total (the whole request).",
+            "pass), generate (local mode), upstream (proxy mode), total (until the response starts: the whole "
+            "request unless streamed).",
             ("stage",),
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
 from script_runner import run_script
-
-pytest.importorskip("fastapi")
 
 
 def test_serve_batching_prints_batching_off_and_on_per_client_count() -> None:

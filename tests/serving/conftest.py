@@ -1,4 +1,7 @@
-"""Servers for the serving tests: the shipped demo guard and tiny model, served on 127.0.0.1 on free ports."""
+"""Servers for the serving tests: the shipped demo guard and tiny model, served on 127.0.0.1 on free ports.
+
+The serving tests need the ``serve`` extra and the ``openai`` client, both in the ``dev`` extra.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,9 @@ import base64
 import io
 from importlib import resources
 
+import openai
 import pytest
 from PIL import Image
-
-pytest.importorskip("fastapi")
-pytest.importorskip("openai")
 
 from psaguard.demo import DEMO_ASSETS, demo_requests
 from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
@@ -21,6 +22,11 @@ def data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def openai_client(server: BackgroundServer, api_key: str = "unused") -> openai.OpenAI:
+    """The official client pointed at ``server`` (no retries, so every failure shows)."""
+    return openai.OpenAI(base_url=server.base_url, api_key=api_key, max_retries=0, timeout=120)
 
 
 def image_message(image: Image.Image, text: str) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import image_message
+from conftest import image_message, openai_client
 
 from psaguard.policy import GuardPolicy
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
@@ -12,12 +12,8 @@ from psaguard.serving import BackgroundServer, ServeConfig, create_app
 MAX_TOKENS = 12
 
 
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
 def chat(server, image, prompt, **kwargs):
-    return client(server).chat.completions.with_raw_response.create(
+    return openai_client(server).chat.completions.with_raw_response.create(
         model="demo", messages=[image_message(image, prompt)], max_tokens=MAX_TOKENS, **kwargs
     )
 
@@ -46,7 +42,7 @@ def test_completion_is_the_guards_generation_with_its_verdict(local_server, loca
 def test_stream_sends_the_verdict_first_and_the_same_text(local_server, local_guard, requests_by_kind, kind):
     image, prompt = requests_by_kind[kind]
     expected = local_guard.generate([image], prompt, max_new_tokens=MAX_TOKENS, do_sample=False)
-    with client(local_server).chat.completions.with_streaming_response.create(
+    with openai_client(local_server).chat.completions.with_streaming_response.create(
         model="demo", messages=[image_message(image, prompt)], max_tokens=MAX_TOKENS, stream=True
     ) as response:
         assert response.headers["x-psaguard-action"] == expected.action
@@ -60,7 +56,7 @@ def test_stream_sends_the_verdict_first_and_the_same_text(local_server, local_gu
 
 
 def test_text_only_chat_follows_the_text_only_policy(local_server):
-    answer = client(local_server).chat.completions.create(
+    answer = openai_client(local_server).chat.completions.create(
         model="demo", messages=[{"role": "user", "content": "what is the colour ?"}], max_tokens=4
     )
     assert answer.psaguard["rule"] == "no_image" and answer.psaguard["action"] == "allow"
@@ -86,7 +82,7 @@ def test_blocked_request_is_a_400_carrying_the_verdict(blocking_server, requests
 
 
 def test_refused_text_only_stream_is_a_normal_stream_with_content_filter(blocking_server):
-    stream = client(blocking_server).chat.completions.create(
+    stream = openai_client(blocking_server).chat.completions.create(
         model="demo", messages=[{"role": "user", "content": "hello"}], stream=True
     )
     chunks = list(stream)
@@ -98,7 +94,7 @@ def test_refused_text_only_stream_is_a_normal_stream_with_content_filter(blockin
 def test_fields_local_mode_cannot_honour_are_refused(local_server):
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     with pytest.raises(openai.BadRequestError) as caught:
-        client(local_server).chat.completions.create(
+        openai_client(local_server).chat.completions.create(
             model="demo", messages=[{"role": "user", "content": "hi"}], tools=[tool]
         )
     assert caught.value.code == "unsupported_parameter" and caught.value.param == "tools"
@@ -109,7 +105,7 @@ def test_classifier_only_guard_without_upstream_serves_moderations_only(classifi
     image, prompt = requests_by_kind["benign"]
     message = image_message(image, prompt) if with_image else {"role": "user", "content": prompt}
     with BackgroundServer(create_app(classifier_guard)) as server:
-        assert client(server).moderations.create(input=prompt).results[0].psaguard["rule"] == "no_image"
+        assert openai_client(server).moderations.create(input=prompt).results[0].psaguard["rule"] == "no_image"
         with pytest.raises(openai.BadRequestError) as caught:
-            client(server).chat.completions.create(model="demo", messages=[message])
+            openai_client(server).chat.completions.create(model="demo", messages=[message])
     assert caught.value.code == "generation_unavailable"

@@ -10,7 +10,7 @@ import json
 
 import openai
 import pytest
-from conftest import image_message
+from conftest import image_message, openai_client
 from fastapi import FastAPI, Request
 
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
@@ -18,12 +18,8 @@ from psaguard.serving import BackgroundServer, ServeConfig, create_app
 MAX_TOKENS = 12
 
 
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=120)
-
-
 def ask(server, image, prompt, **kwargs):
-    return client(server).chat.completions.with_raw_response.create(
+    return openai_client(server).chat.completions.with_raw_response.create(
         model="demo", messages=[image_message(image, prompt)], max_tokens=MAX_TOKENS, **kwargs
     )
 
@@ -51,7 +47,7 @@ def test_upstream_stream_is_passed_through_chunk_by_chunk(proxy_server, local_se
 
     def stream(server):
         return list(
-            client(server).chat.completions.create(
+            openai_client(server).chat.completions.create(
                 model="demo", messages=[image_message(image, prompt)], max_tokens=MAX_TOKENS, stream=True
             )
         )
@@ -65,7 +61,9 @@ def test_upstream_stream_is_passed_through_chunk_by_chunk(proxy_server, local_se
 def test_refused_stream_is_answered_by_the_proxy(proxy_server, requests_by_kind):
     image, prompt = requests_by_kind["harmful"]
     chunks = list(
-        client(proxy_server).chat.completions.create(model="demo", messages=[image_message(image, prompt)], stream=True)
+        openai_client(proxy_server).chat.completions.create(
+            model="demo", messages=[image_message(image, prompt)], stream=True
+        )
     )
     assert chunks[0].psaguard["action"] == "refuse" and chunks[-1].choices[0].finish_reason == "content_filter"
 
@@ -117,7 +115,7 @@ def test_hint_is_appended_to_the_last_user_turn_and_the_rest_forwarded_unchanged
 def test_allowed_request_is_forwarded_byte_for_byte_in_its_fields(echo_proxy, requests_by_kind):
     image, prompt = requests_by_kind["benign"]
     message = image_message(image, prompt)
-    answer = client(echo_proxy).chat.completions.create(model="demo", messages=[message], max_tokens=3)
+    answer = openai_client(echo_proxy).chat.completions.create(model="demo", messages=[message], max_tokens=3)
     assert json.loads(answer.choices[0].message.content) == {"model": "demo", "messages": [message], "max_tokens": 3}
 
 

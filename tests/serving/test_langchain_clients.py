@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import pytest
 from conftest import image_message
-
-pytest.importorskip("langchain_openai")
-pytest.importorskip("langchain.agents")
-
 from langchain.agents import create_agent
 from langchain_core.output_parsers import StrOutputParser
 from langchain_openai import ChatOpenAI

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import data_url
+from conftest import data_url, openai_client
 
 from psaguard.serving.moderation import OPENAI_CATEGORIES
-
-
-def client(server, **kwargs) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=60, **kwargs)
 
 
 def parts(image, text) -> list[dict]:
@@ -21,7 +17,7 @@ def parts(image, text) -> list[dict]:
 def test_multimodal_input_gets_the_guards_verdict(local_server, local_guard, requests_by_kind, kind):
     image, prompt = requests_by_kind[kind]
     expected = local_guard.classify(image, prompt)
-    response = client(local_server).moderations.create(model="demo", input=parts(image, prompt))
+    response = openai_client(local_server).moderations.create(model="demo", input=parts(image, prompt))
     assert response.model == "demo" and response.id.startswith("modr-")
     (result,) = response.results
     verdict = result.psaguard
@@ -46,13 +42,13 @@ def test_multimodal_input_gets_the_guards_verdict(local_server, local_guard, req
 
 def test_refused_request_is_flagged_under_openais_illicit_category(local_server, requests_by_kind):
     image, prompt = requests_by_kind["harmful"]  # the demo guard judges it illegal/reject -> refuse
-    (result,) = client(local_server).moderations.create(input=parts(image, prompt)).results
+    (result,) = openai_client(local_server).moderations.create(input=parts(image, prompt)).results
     assert result.flagged and result.categories.illicit is True
     assert result.psaguard["refusal"]
 
 
 def test_text_without_image_follows_the_text_only_policy(local_server):
-    response = client(local_server).moderations.create(input=["hello there", "how are you"])
+    response = openai_client(local_server).moderations.create(input=["hello there", "how are you"])
     assert len(response.results) == 2
     for result in response.results:
         assert result.flagged is False
@@ -63,7 +59,7 @@ def test_text_without_image_follows_the_text_only_policy(local_server):
 def test_remote_image_url_is_refused_without_an_allow_list(local_server):
     remote = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/a.png"}}]
     with pytest.raises(openai.BadRequestError) as caught:
-        client(local_server).moderations.create(input=remote)
+        openai_client(local_server).moderations.create(input=remote)
     assert caught.value.code == "remote_image_refused"
     assert caught.value.body["type"] == "invalid_request_error"
 
@@ -71,5 +67,5 @@ def test_remote_image_url_is_refused_without_an_allow_list(local_server):
 def test_corrupt_image_is_a_400_naming_the_part(local_server):
     bad = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     with pytest.raises(openai.BadRequestError) as caught:
-        client(local_server).moderations.create(input=bad)
+        openai_client(local_server).moderations.create(input=bad)
     assert caught.value.code == "invalid_image" and "input[0].image_url[0]" in caught.value.message
