@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import openai
 import pytest
 from conftest import data_url, openai_client
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse, Response
 
+from psaguard.serving import BackgroundServer, ServeConfig, create_app
 from psaguard.serving.moderation import OPENAI_CATEGORIES
 
 
@@ -69,3 +74,34 @@ def test_corrupt_image_is_a_400_naming_the_part(local_server):
     with pytest.raises(openai.BadRequestError) as caught:
         openai_client(local_server).moderations.create(input=bad)
     assert caught.value.code == "invalid_image" and "input[0].image_url[0]" in caught.value.message
+
+
+@pytest.fixture(scope="module")
+def image_host(requests_by_kind):
+    """A loopback web server with one PNG and redirects."""
+    image, _ = requests_by_kind["harmful"]
+    png = base64.b64decode(data_url(image).split(",", 1)[1])
+    app = FastAPI()
+    app.get("/img.png")(lambda: Response(png, media_type="image/png"))
+    app.get("/redirect")(lambda: RedirectResponse("/img.png"))
+    app.get("/img-redirect")(lambda: RedirectResponse("/redirect"))
+    with BackgroundServer(app) as server:
+        yield server
+
+
+def test_remote_images_are_fetched_only_under_an_allowed_prefix(local_guard, requests_by_kind, image_host):
+    image, prompt = requests_by_kind["harmful"]
+    config = ServeConfig(image_url_allowlist=(image_host.root_url + "/img",))
+    with BackgroundServer(create_app(local_guard, config)) as server:
+
+        def moderate(path: str):
+            url = image_host.root_url + path
+            remote = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+            return openai_client(server).moderations.create(input=remote).results[0]
+
+        assert moderate("/img.png").psaguard["rule"] == local_guard.classify(image, prompt).rule
+        # outside the prefix: refused unfetched; inside it but redirecting: not followed
+        for path, code in (("/redirect", "remote_image_refused"), ("/img-redirect", "invalid_image")):
+            with pytest.raises(openai.BadRequestError) as caught:
+                moderate(path)
+            assert caught.value.code == code
