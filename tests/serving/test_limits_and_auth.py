@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 from conftest import data_url
 from PIL import Image
 
@@ -127,3 +128,16 @@ def test_api_keys_come_from_a_file_and_the_environment(tmp_path, monkeypatch):
     assert not keys.allows("Bearer " + "d" * 16) and not keys.allows("Basic " + "a" * 16) and not keys.allows(None)
     assert "a" * 16 not in repr(keys)
     assert ApiKeys().allows(None)
+
+
+def test_a_guard_that_cannot_judge_fails_closed_with_500(guard, images):
+    with torch.no_grad():
+        for parameter in guard.modules.parameters():  # a diverged head: every score is NaN
+            parameter.fill_(float("nan"))
+    body = {"input": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": data_url(images[0])}}]}
+    with BackgroundServer(create_app(guard)) as server:
+        response = post(server, "/v1/moderations", body, key=None)
+        chat = post(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": body["input"]}]}, None)
+    assert "results" not in response.json()
+    openai_error(response, 500, "guard_internal_error")
+    assert chat.status_code == 500 and "choices" not in chat.json()
