@@ -93,14 +93,18 @@ def run_load(base: str, clients: int, total: int, bodies: list[dict]) -> tuple[f
     return asyncio.run(load(base, clients, total, bodies))
 
 
-def batch_counts(base: str) -> tuple[float, float]:
-    """(requests judged, classify_batch calls) so far, from the server's metrics."""
+def batch_counts(base: str) -> tuple[float, float, float]:
+    """(requests judged, classify_batch calls, seconds in classify_batch) so far, from the server's metrics."""
     values = {
-        sample.name: sample.value
+        (sample.name, sample.labels.get("stage")): sample.value
         for family in text_string_to_metric_families(httpx.get(base + "/metrics").text)
         for sample in family.samples
     }
-    return values.get("psaguard_batch_size_sum", 0.0), values.get("psaguard_batch_size_count", 0.0)
+    return (
+        values.get(("psaguard_batch_size_sum", None), 0.0),
+        values.get(("psaguard_batch_size_count", None), 0.0),
+        values.get(("psaguard_stage_seconds_sum", "classify"), 0.0),
+    )
 
 
 def measure(servers: dict[str, str], clients: int, args, bodies, pool) -> dict[str, dict[str, float]]:
@@ -120,12 +124,13 @@ def measure(servers: dict[str, str], clients: int, args, bodies, pool) -> dict[s
             latencies[name] += times
     rows = {}
     for name, base in servers.items():
-        judged, calls = (after - first for after, first in zip(batch_counts(base), before[name]))
+        judged, calls, seconds = (after - first for after, first in zip(batch_counts(base), before[name]))
         rows[name] = {
             "rps": total * args.rounds / walls[name],
             "p50": statistics.median(latencies[name]) * 1000,
             "p95": statistics.quantiles(latencies[name], n=20, method="inclusive")[18] * 1000,
             "batch": judged / max(calls, 1.0),
+            "model": seconds * 1000 / max(judged, 1.0),
         }
     return rows
 
@@ -168,15 +173,19 @@ def main() -> None:
     )
     print(
         f"{'clients':>7} | {'req/s off':>9} {'req/s on':>9} {'speedup':>7} | {'p50 off':>8} {'p50 on':>8} | "
-        f"{'p95 off':>8} {'p95 on':>8} | {'mean batch on':>13}"
+        f"{'p95 off':>8} {'p95 on':>8} | {'mean batch on':>13} | {'model off':>9} {'model on':>8}"
     )
     for clients in args.clients:
         a, b = rows[clients]["off"], rows[clients]["on"]
         print(
             f"{clients:>7} | {a['rps']:9.1f} {b['rps']:9.1f} {b['rps'] / a['rps']:7.2f} | {a['p50']:8.1f} "
-            f"{b['p50']:8.1f} | {a['p95']:8.1f} {b['p95']:8.1f} | {b['batch']:13.1f}"
+            f"{b['p50']:8.1f} | {a['p95']:8.1f} {b['p95']:8.1f} | {b['batch']:13.1f} | {a['model']:9.2f} "
+            f"{b['model']:8.2f}"
         )
-    print("latencies in ms; speedup = req/s on / req/s off")
+    print(
+        "latencies in ms; speedup = req/s on / req/s off; model = ms of classify_batch per request (the "
+        "server's psaguard_stage_seconds{stage=classify} over the requests judged)"
+    )
 
 
 if __name__ == "__main__":
