@@ -168,6 +168,14 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         param = ".".join(str(part) for part in first["loc"]) or None
         return _error_response(state, ApiError(400, f"invalid request: {param}: {first['msg']}", param=param))
 
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, err: Exception) -> Response:
+        # Not an input problem: nothing was judged or answered, so the request fails closed.
+        logger.exception("unexpected error on %s", request.url.path)
+        return _error_response(
+            state, ApiError(500, f"internal error: {type(err).__name__}", type="server_error", code="internal_error")
+        )
+
     @app.exception_handler(PsaGuardError)
     async def on_guard_error(request: Request, err: PsaGuardError) -> Response:
         if isinstance(err, GuardBlocked):

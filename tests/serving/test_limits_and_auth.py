@@ -141,3 +141,18 @@ def test_a_guard_that_cannot_judge_fails_closed_with_500(guard, images):
     assert "results" not in response.json()
     openai_error(response, 500, "guard_internal_error")
     assert chat.status_code == 500 and "choices" not in chat.json()
+
+
+def test_an_unexpected_error_is_a_500_in_openais_shape(local_guard, requests_by_kind):
+    broken = local_guard.with_policy(local_guard.policy)  # a guard of its own, to break
+
+    def classify_batch(images, prompts):
+        raise ValueError("a bug")
+
+    broken.classify_batch = classify_batch
+    image, prompt = requests_by_kind["benign"]
+    body = {"input": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}
+    with BackgroundServer(create_app(broken), log_level="critical") as server:
+        response = post(server, "/v1/moderations", body, key=None)
+    error = openai_error(response, 500, "internal_error")
+    assert error["type"] == "server_error" and "a bug" not in error["message"]  # no internals leak
