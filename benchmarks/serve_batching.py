@@ -107,6 +107,28 @@ def batch_counts(base: str) -> tuple[float, float, float]:
     )
 
 
+def model_alone(guard: SafetyGuard, bodies: list[dict], sizes: list[int], repeats: int = 5) -> dict[int, float]:
+    """Median ms per request of ``guard.classify_batch`` called directly (no server), at each batch size."""
+    items = [_decoded(body) for body in bodies]
+    result = {}
+    for size in sizes:
+        batch = [items[i % len(items)] for i in range(size)]
+        guard.classify_batch([image for image, _ in batch], [prompt for _, prompt in batch])  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            guard.classify_batch([image for image, _ in batch], [prompt for _, prompt in batch])
+            times.append(time.perf_counter() - start)
+        result[size] = statistics.median(times) * 1000 / size
+    return result
+
+
+def _decoded(body: dict) -> tuple[Image.Image, str]:
+    text, image = body["input"]
+    data = base64.b64decode(image["image_url"]["url"].split(",", 1)[1])
+    return Image.open(io.BytesIO(data)).convert("RGB"), text["text"]
+
+
 def measure(servers: dict[str, str], clients: int, args, bodies, pool) -> dict[str, dict[str, float]]:
     """Throughput, p50/p95 latency (ms) and mean batch size of each server at one client count.
 
@@ -182,6 +204,11 @@ def main() -> None:
             f"{b['p50']:8.1f} | {a['p95']:8.1f} {b['p95']:8.1f} | {b['batch']:13.1f} | {a['model']:9.2f} "
             f"{b['model']:8.2f}"
         )
+    alone = model_alone(guard, bodies, sorted({1, 4, args.max_batch}))
+    print(
+        "classify_batch alone (no server), ms per request: "
+        + ", ".join(f"batch {n}: {ms:.2f}" for n, ms in alone.items())
+    )
     print(
         "latencies in ms; speedup = req/s on / req/s off; model = ms of classify_batch per request (the "
         "server's psaguard_stage_seconds{stage=classify} over the requests judged)"
