@@ -5,36 +5,13 @@ The serving tests need the ``serve`` extra and the ``openai`` client, both in th
 
 from __future__ import annotations
 
-import base64
-import io
 from importlib import resources
 
-import openai
 import pytest
 from PIL import Image
 
 from psaguard.demo import DEMO_ASSETS, demo_requests
 from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
-
-
-def data_url(image: Image.Image) -> str:
-    """``image`` as a PNG data URL, as OpenAI clients send images."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def openai_client(server: BackgroundServer, api_key: str = "unused") -> openai.OpenAI:
-    """The official client pointed at ``server`` (no retries, so every failure shows)."""
-    return openai.OpenAI(base_url=server.base_url, api_key=api_key, max_retries=0, timeout=120)
-
-
-def image_message(image: Image.Image, text: str) -> dict:
-    """One OpenAI user message with an image part and a text part."""
-    return {
-        "role": "user",
-        "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}, {"type": "text", "text": text}],
-    }
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import image_message, openai_client
+from serving_helpers import image_message, openai_client
 
 from psaguard.policy import GuardPolicy
 from psaguard.serving import BackgroundServer, ServeConfig, create_app

@@ -10,8 +10,8 @@ import json
 
 import openai
 import pytest
-from conftest import image_message, openai_client
 from fastapi import FastAPI, Request
+from serving_helpers import image_message, openai_client
 
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
 

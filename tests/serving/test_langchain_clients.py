@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import image_message
 from langchain.agents import create_agent
 from langchain_core.output_parsers import StrOutputParser
 from langchain_openai import ChatOpenAI
 from langchain_openai.middleware import OpenAIModerationMiddleware
 from openai import OpenAI
+from serving_helpers import image_message
 
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
 

@@ -10,8 +10,8 @@ import numpy as np
 import openai
 import pytest
 import torch
-from conftest import data_url
 from PIL import Image
+from serving_helpers import data_url
 
 from psaguard.serving import ApiKeys, BackgroundServer, BatchingConfig, LimitsConfig, ServeConfig, create_app
 from psaguard.serving.auth import load_api_keys

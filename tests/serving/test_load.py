@@ -7,8 +7,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from conftest import data_url
 from prometheus_client.parser import text_string_to_metric_families
+from serving_helpers import data_url
 
 from psaguard.serving import BackgroundServer, BatchingConfig, ServeConfig, create_app
 

@@ -6,9 +6,9 @@ import base64
 
 import openai
 import pytest
-from conftest import data_url, openai_client
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse, Response
+from serving_helpers import data_url, openai_client
 
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
 from psaguard.serving.moderation import OPENAI_CATEGORIES

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-
 import openai
 import pytest
-from conftest import image_message
+from serving_helpers import free_port, image_message
 
 pytest.importorskip("ray.serve")
 
@@ -17,12 +15,6 @@ from psaguard.serving import ServeConfig
 from psaguard.serving.ray_serve import ReplicaSpec, build_application
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

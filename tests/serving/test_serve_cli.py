@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import image_message
+from serving_helpers import free_port, image_message
 
 from psaguard.cli import main
 
@@ -31,12 +30,6 @@ from psaguard.cli import main
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_demo_server_answers_the_openai_client_and_stops_on_sigterm(requests_by_kind, tmp_path):
