@@ -75,7 +75,9 @@ def create_app(
         max_queue=config.batching.max_queue,
         metrics=metrics,
     )
-    loader = ImageLoader(config.limits, guard.config.max_image_pixels, config.image_url_allowlist)
+    loader = ImageLoader(
+        config.limits, guard.config.max_image_pixels, config.image_url_allowlist, formats=guard.config.image_formats
+    )
     judge = Judge(guard, config, batcher, loader, metrics)
     state = ServeState(guard, config, api_keys or ApiKeys(), metrics, batcher, judge)
 

@@ -18,7 +18,7 @@ import httpx
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.images import load_image
+from psaguard.images import ALLOWED_FORMATS, ImageFormat, load_image
 from psaguard.serving.config import LimitsConfig
 from psaguard.serving.protocol import ApiError, ContentPart, ImageUrl, ImageUrlPart, TextPart
 
@@ -69,7 +69,8 @@ def check_text(text: str, limits: LimitsConfig, param: str) -> None:
 
 
 class ImageLoader:
-    """Turns image references into decoded images; remote ones only under an allow-listed prefix."""
+    """Turns image references into decoded images (with the guard's pixel limit and formats); remote ones only
+    under an allow-listed prefix."""
 
     def __init__(
         self,
@@ -77,9 +78,11 @@ class ImageLoader:
         max_pixels: int,
         allowlist: Sequence[str] = (),
         client: httpx.AsyncClient | None = None,
+        formats: Sequence[ImageFormat] = ALLOWED_FORMATS,
     ) -> None:
         self.limits = limits
         self.max_pixels = max_pixels
+        self.formats = tuple(formats)
         self.allowlist = tuple(allowlist)
         self.client = client
 
@@ -87,7 +90,9 @@ class ImageLoader:
         """The decoded image, or a 400 saying why not."""
         data = await self._bytes(ref.url, param)
         try:
-            return await asyncio.to_thread(load_image, data, self.max_pixels, max_bytes=self.limits.max_image_bytes)
+            return await asyncio.to_thread(
+                load_image, data, self.max_pixels, max_bytes=self.limits.max_image_bytes, formats=self.formats
+            )
         except InvalidImageError as err:
             raise ApiError(400, f"{param}: {err}", code="invalid_image", param=param) from err
 

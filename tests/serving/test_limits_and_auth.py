@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import io
 import time
 
 import httpx
@@ -156,3 +158,13 @@ def test_an_unexpected_error_is_a_500_in_openais_shape(local_guard, requests_by_
         response = post(server, "/v1/moderations", body, key=None)
     error = openai_error(response, 500, "internal_error")
     assert error["type"] == "server_error" and "a bug" not in error["message"]  # no internals leak
+
+
+def test_images_decode_with_the_guards_formats(strict_server, requests_by_kind):
+    image, _ = requests_by_kind["benign"]
+    buffer = io.BytesIO()
+    image.convert("RGB").resize((8, 8)).save(buffer, format="BMP")  # BMP is opt-in in the guard's config
+    url = "data:image/bmp;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = {"input": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": url}}]}
+    error = openai_error(post(strict_server, "/v1/moderations", body), 400, "invalid_image")
+    assert "(BMP: not enabled)" in error["message"]
