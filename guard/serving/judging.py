@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from PIL import Image
 
 from psaguard.adapters.verdicts import text_only_verdict
-from psaguard.generation import worst_verdict
 from psaguard.guard import SafetyGuard
+from psaguard.policy import worst_verdict
 from psaguard.serving.batching import DynamicBatcher
 from psaguard.serving.config import ServeConfig
 from psaguard.serving.inputs import ImageLoader

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from psaguard.conversation import judged_text, with_hint
 from psaguard.errors import GuardBlocked
-from psaguard.generation import GenerationOptions
+from psaguard.policy import GenerationOptions
 from psaguard.serving.completions import REFUSAL_FINISH_REASON, chat_prompt, completion, refusal_events
 from psaguard.serving.judging import Judge
 from psaguard.serving.protocol import ApiError, ChatRequest, api_error_from, verdict_headers
