@@ -2,17 +2,23 @@
 
 Loss = LM loss + lambda * (CE(level) + CE(type)). The head's cross-entropies train the projector, the
 head and ``head_tokens``; the LM loss, through the frozen (optionally 4-bit) language model, trains
-``llm_tokens`` only. The result is a guard directory (``psaguard_config.json`` + weights).
+``llm_tokens`` only. The result is a guard directory (``psaguard_config.json`` + weights). With eval data
+the saved guard is the best evaluated step (keep-best), its heads' temperatures fitted on the eval split
+(:mod:`psaguard.training.calibration`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from psaguard.guard import TORCH_DTYPES, SafetyGuard
+from psaguard.training.calibration import CalibrationResult, calibrate_guard
 from psaguard.training.config import Stage1Config
+from psaguard.training.data import Example
+from psaguard.training.diagnostics import label_entropy, warn_untrained_llm_tokens
 from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
 from psaguard.training.runtime import (
@@ -25,7 +31,7 @@ from psaguard.training.runtime import (
     trainable_summary,
 )
 
-__all__ = ["build_stage1", "train_stage1"]
+__all__ = ["build_stage1", "calibrate_in_place", "train_stage1"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +56,37 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
     guard.modules.to(dtype=TORCH_DTYPES[cfg.modules_dtype]).requires_grad_(True)
     if cfg.lm_loss_weight == 0 or not guard.config.tokens.inject_llm_tokens:
         guard.modules.llm_tokens.requires_grad_(False)  # nothing would train them
+    warn_untrained_llm_tokens(guard.config.tokens.inject_llm_tokens, cfg.lm_loss_weight, cfg.init_guard is not None)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
     objective = GuardObjective(guard, model, lm_weight=cfg.lm_loss_weight, head_weight=cfg.head_loss_weight)
     logger.info("stage I: %s", trainable_summary(objective))
-    task = TrainTask(objective, train_set, eval_set, collate, save_result=guard.save_pretrained)
+    # A head that only learned the label frequencies has this loss (ln 4 + ln 7 on balanced default labels).
+    chance = label_entropy(e.level for e in train_set) + label_entropy(e.type for e in train_set)
+
+    def save_result(out: Path) -> None:
+        if cfg.calibrate and eval_set and cfg.head_loss_weight > 0:
+            calibrate_in_place(guard, eval_set, cfg.eval_batch_size or cfg.batch_size)
+        guard.save_pretrained(out)
+
+    task = TrainTask(objective, train_set, eval_set, collate, save_result=save_result, chance_head_loss=chance)
     return StageSetup(task=task, guard=guard, reports=reports)
+
+
+def calibrate_in_place(guard: SafetyGuard, examples: Sequence[Example], batch_size: int) -> CalibrationResult:
+    """Fit the temperatures of the guard this stage trains (and owns) on ``examples``, and log the fit."""
+    guard.config, result = calibrate_guard(guard, examples, batch_size)
+    for name, head in (("level", result.level), ("type", result.type)):
+        logger.info(
+            "calibrated the %s head on %d eval examples: temperature %.3f, NLL %.3f -> %.3f, ECE %.3f -> %.3f",
+            name,
+            result.examples,
+            head.temperature,
+            head.nll_before,
+            head.nll_after,
+            head.ece_before,
+            head.ece_after,
+        )
+    return result

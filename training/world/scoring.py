@@ -24,11 +24,12 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.guard import SafetyGuard
-from psaguard.policy import GuardPolicy, decide
 from psaguard.training.data import Example
 from psaguard.training.evaluate import HeadReport, evaluate_guard
+from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint
+from psaguard.training.sweep import threshold_sweep as sweep_verdicts
 from psaguard.training.world.build import WorldRow
-from psaguard.training.world.report import ConfusionMatrix, HeadEval, SweepPoint
+from psaguard.training.world.report import ConfusionMatrix, HeadEval
 from psaguard.training.world.vocabulary import split_words
 
 __all__ = [
@@ -84,9 +85,6 @@ def head_eval(guard: SafetyGuard, examples: Sequence[Example], joint_ids: set[st
     )
 
 
-DEFAULT_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-
-
 def threshold_sweep(
     guard: SafetyGuard,
     rows: Sequence[WorldRow],
@@ -96,38 +94,15 @@ def threshold_sweep(
 ) -> list[SweepPoint]:
     """Shares of unsafe and safe ``rows`` the guard's policy acts on, with every rule's level threshold set to t.
 
-    One head pass; each threshold re-decides the stored probabilities with :func:`psaguard.policy.decide`,
-    so the points are exactly what ``guard.with_policy(...)`` would do.
+    One head pass; :func:`psaguard.training.sweep.threshold_sweep` re-decides the stored probabilities.
     """
     verdicts = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         images = [Image.open(Path(world_dir) / r.image).convert("RGB") for r in chunk]
         verdicts += guard.classify_batch(images, [r.prompt for r in chunk])
-    taxonomy = guard.config.taxonomy
     unsafe = [r.safe_level > 0 for r in rows]
-    points = []
-    for t in thresholds:
-        policy = _with_threshold(guard.policy, t)
-        flagged = [
-            decide(list(v.level_probs.values()), list(v.type_probs.values()), policy, taxonomy).action != "allow"
-            for v in verdicts
-        ]
-        hits = [f for f, u in zip(flagged, unsafe) if u], [f for f, u in zip(flagged, unsafe) if not u]
-        points.append(
-            SweepPoint(
-                threshold=t,
-                flagged_unsafe=sum(hits[0]) / max(1, len(hits[0])),
-                flagged_safe=sum(hits[1]) / max(1, len(hits[1])),
-            )
-        )
-    return points
-
-
-def _with_threshold(policy: GuardPolicy, threshold: float) -> GuardPolicy:
-    rules = {code: rule.model_copy(update={"threshold": threshold}) for code, rule in policy.types.items()}
-    default = policy.default_rule.model_copy(update={"threshold": threshold})
-    return policy.model_copy(update={"types": rules, "default_rule": default})
+    return sweep_verdicts(verdicts, unsafe, guard.policy, guard.config.taxonomy, thresholds)
 
 
 def answer_rows(
