@@ -126,19 +126,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
                 meter.restart_clock()
             if state.step % cfg.checkpoint_every == 0 and state.step < total and state.stop_reason is None:
                 best_weights = keep.weights if keep is not None else None
-                path = save_checkpoint(
-                    checkpoints,
-                    state,
-                    trainable,
-                    optimizer,
-                    scheduler,
-                    rank=rank,
-                    barrier=accelerator.wait_for_everyone,
-                    best_weights=best_weights,
-                )
-                if accelerator.is_main_process:
-                    prune_checkpoints(checkpoints, cfg.keep_checkpoints)
-                logger.info("saved checkpoint %s", path)
+                _checkpoint(checkpoints, state, trainable, optimizer, scheduler, cfg, accelerator, best_weights)
                 meter.restart_clock()
             if epoch_done or state.stop_reason is not None:
                 break
@@ -149,6 +137,31 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         task.save_result(cfg.output_dir)
     accelerator.wait_for_everyone()
     return state
+
+
+def _checkpoint(
+    checkpoints: Path,
+    state: TrainState,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    accelerator: Any,
+    best_weights: dict[str, torch.Tensor] | None,
+) -> None:
+    path = save_checkpoint(
+        checkpoints,
+        state,
+        trainable,
+        optimizer,
+        scheduler,
+        rank=accelerator.process_index,
+        barrier=accelerator.wait_for_everyone,
+        best_weights=best_weights,
+    )
+    if accelerator.is_main_process:
+        prune_checkpoints(checkpoints, cfg.keep_checkpoints)
+    logger.info("saved checkpoint %s", path)
 
 
 def _keeps_best(task: TrainTask, cfg: TrainConfig) -> bool:

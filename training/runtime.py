@@ -233,9 +233,14 @@ def final_evaluation(guard: SafetyGuard, examples: Sequence[Example] | None, cfg
     report = evaluate_guard(guard, examples, batch_size=cfg.eval_batch_size or cfg.batch_size)
     write_report(report, cfg.output_dir / "eval", plots=cfg.plots)
     logger.info(
-        "final evaluation: level accuracy %.3f, type accuracy %.3f, risk F1 %.3f",
+        "final evaluation: level accuracy %.3f (macro-F1 %.3f, ECE %.3f), type accuracy %.3f (macro-F1 %.3f, "
+        "ECE %.3f), risk F1 %.3f",
         report.level.accuracy,
+        report.level.macro_f1,
+        report.level.ece,
         report.type.accuracy,
+        report.type.macro_f1,
+        report.type.ece,
         report.detection.f1,
     )
 

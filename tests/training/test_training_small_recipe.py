@@ -88,6 +88,8 @@ def test_stage2_small_recipe_lowers_the_eval_lm_loss(
     assert min(evals) < 0.5 * train[0], (train[0], evals)
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert "lm_head" in json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["best"]["metric"] == "lm_loss" and summary["best"]["value"] == min(evals)
 
 
 @pytest.mark.slow

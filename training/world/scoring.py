@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.guard import SafetyGuard
 from psaguard.training.data import Example
-from psaguard.training.evaluate import HeadReport, evaluate_guard
-from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint
+from psaguard.training.evaluate import EvalReport, HeadReport, evaluate_guard
+from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_for_recall
 from psaguard.training.sweep import threshold_sweep as sweep_verdicts
 from psaguard.training.world.build import WorldRow
 from psaguard.training.world.report import ConfusionMatrix, HeadEval
@@ -37,6 +37,7 @@ __all__ = [
     "REFUSAL_MARKERS",
     "GuardedAnswer",
     "answer_rows",
+    "calibration_notes",
     "head_eval",
     "is_refusal",
     "refusal_rate",
@@ -70,9 +71,12 @@ def _confusion(report: HeadReport, codes: Sequence[str]) -> ConfusionMatrix:
     return ConfusionMatrix(labels=tuple(codes), counts=report.confusion)
 
 
-def head_eval(guard: SafetyGuard, examples: Sequence[Example], joint_ids: set[str]) -> HeadEval:
-    """Confusion matrices of the guard's heads on ``examples``, and on the joint rows and their twins."""
-    report = evaluate_guard(guard, examples)
+def head_eval(
+    guard: SafetyGuard, examples: Sequence[Example], joint_ids: set[str], report: EvalReport | None = None
+) -> HeadEval:
+    """Confusion matrices of the guard's heads on ``examples`` (``report``, if already evaluated), and on the
+    joint rows and their twins."""
+    report = report or evaluate_guard(guard, examples)
     joint = [e for e in examples if e.id in joint_ids]
     joint_types = None
     if joint:
@@ -140,3 +144,16 @@ def refusal_rate(answers: Sequence[GuardedAnswer], *, count_hints: bool = False)
 def vqa_rate(answers: Sequence[GuardedAnswer]) -> float:
     """Share of answers equal to their target word for word."""
     return sum(a.correct for a in answers) / len(answers) if answers else 0.0
+
+
+def calibration_notes(report: EvalReport, sweep: Sequence[SweepPoint], recall: float = 0.9) -> dict[str, str]:
+    """Report notes: macro-F1, temperatures, ECE before and after calibration, and the threshold for ``recall``."""
+    point = threshold_for_recall(sweep, recall)
+    chosen = "none reaches it" if point is None else f"t = {point.threshold:g}: flagged safe {point.flagged_safe:.1%}"
+    return {
+        "test macro-F1 level / type": f"{report.level.macro_f1:.3f} / {report.type.macro_f1:.3f}",
+        "temperatures level / type (fitted on val)": f"{report.level.temperature:.3f} / {report.type.temperature:.3f}",
+        "test ECE level: raw -> calibrated": f"{report.level.ece_uncalibrated or 0:.3f} -> {report.level.ece:.3f}",
+        "test ECE type: raw -> calibrated": f"{report.type.ece_uncalibrated or 0:.3f} -> {report.type.ece:.3f}",
+        f"highest threshold flagging >= {recall:.0%} of unsafe": chosen,
+    }
