@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from psaguard.errors import PsaGuardError
+from psaguard.extras import require_extra
+from psaguard.logs import add_log_level_option
 
 __all__ = ["register", "run_calibrate", "run_eval", "run_train"]
 
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config key (dotted for nested keys), e.g. --set lr=1e-4; repeatable",
     )
-    _add_log_level(train)
+    add_log_level_option(train)
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -45,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_guard_data_args(evaluate)
     evaluate.add_argument("--out", type=Path, help="report directory (default: <guard>/eval)")
     evaluate.add_argument("--no-plots", action="store_true", help="write the JSON report only")
-    _add_log_level(evaluate)
+    add_log_level_option(evaluate)
     evaluate.set_defaults(func=run_eval)
 
     calibrate = subparsers.add_parser(
@@ -54,13 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=run_calibrate.__doc__,
     )
     _add_guard_data_args(calibrate)
-    _add_log_level(calibrate)
+    add_log_level_option(calibrate)
     calibrate.set_defaults(func=run_calibrate)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a guard with a stage config (YAML/JSON) and overrides."""
-    _configure_logging(args.log_level)
+    require_extra("train")
     from psaguard.training.config import Stage1Config, Stage2Config, load_config
 
     try:
@@ -83,7 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a guard's safety head: per-class precision/recall/F1/FPR, confusion matrices, calibration
     (ECE and reliability diagrams of the raw and the temperature-scaled probabilities) and the policy-threshold
     sweep (share of risky and of safe rows acted on at each threshold)."""
-    _configure_logging(args.log_level)
+    require_extra("train")
     from psaguard.training.evaluate import evaluate_guard, write_report
     from psaguard.training.sweep import threshold_for_recall
 
@@ -96,26 +98,11 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     point = threshold_for_recall(report.threshold_sweep, 0.9)
+    sweep = {f"{p.threshold:g}": [round(p.flagged_unsafe, 4), round(p.flagged_safe, 4)] for p in report.threshold_sweep}
     summary = {
-        "examples": report.examples,
-        "level_accuracy": round(report.level.accuracy, 4),
-        "type_accuracy": round(report.type.accuracy, 4),
-        "level_macro_f1": round(report.level.macro_f1, 4),
-        "type_macro_f1": round(report.type.macro_f1, 4),
-        "risk_f1": round(report.detection.f1, 4),
-        "risk_fpr": round(report.detection.fpr, 4),
-        "level_ece_uncalibrated / calibrated": [
-            round(report.level.ece_uncalibrated or 0.0, 4),
-            round(report.level.ece, 4),
-        ],
-        "type_ece_uncalibrated / calibrated": [
-            round(report.type.ece_uncalibrated or 0.0, 4),
-            round(report.type.ece, 4),
-        ],
-        "threshold_sweep (t: flagged risky, flagged safe)": {
-            f"{p.threshold:g}": [round(p.flagged_unsafe, 4), round(p.flagged_safe, 4)] for p in report.threshold_sweep
-        },
-        "threshold flagging >= 90% of risky": None if point is None else point.threshold,
+        **report.headline(),
+        "threshold_sweep (t: flagged risky, flagged safe)": sweep,
+        "highest threshold flagging >= 90% of risky": None if point is None else point.threshold,
         "report": str(out / "eval.json"),
     }
     print(json.dumps(summary, indent=2))
@@ -125,7 +112,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     """Fit the level and type heads' softmax temperatures of a saved guard on labelled data (temperature
     scaling, by negative log-likelihood) and write them into the guard's psaguard_config.json."""
-    _configure_logging(args.log_level)
+    require_extra("train")
     from psaguard.training.calibration import calibrate_guard
 
     try:
@@ -183,11 +170,3 @@ def _load(model_id: str, load_in_4bit: bool, cpu: bool):
 
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     return load_model_from(model_id, None, QuantConfig(load_in_4bit=load_in_4bit), "auto", device)
-
-
-def _add_log_level(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -103,6 +103,27 @@ class EvalReport(BaseModel):
     type_codes: list[str] = Field(description="Type codes, in id order.")
     dataset: DatasetReport | None = Field(None, description="How the data file was read, if from a file.")
 
+    def headline(self) -> dict[str, float | int]:
+        """The numbers a console summary quotes, rounded to 4 places: macro-F1, flagged recall and FPR, ECE
+        (with the guard's temperatures, and of the raw logits when measured)."""
+        numbers = {
+            "type_macro_f1": self.type.macro_f1,
+            "level_macro_f1": self.level.macro_f1,
+            "flagged_recall_unsafe": self.detection.recall,
+            "flagged_fpr_safe": self.detection.fpr,
+            "type_ece": self.type.ece,
+            "level_ece": self.level.ece,
+            **({"type_ece_uncalibrated": self.type.ece_uncalibrated} if self.type.ece_uncalibrated is not None else {}),
+            **(
+                {"level_ece_uncalibrated": self.level.ece_uncalibrated}
+                if self.level.ece_uncalibrated is not None
+                else {}
+            ),
+            "type_accuracy": self.type.accuracy,
+            "level_accuracy": self.level.accuracy,
+        }
+        return {"examples": self.examples, **{key: round(value, 4) for key, value in numbers.items()}}
+
 
 def evaluate_guard(
     guard: SafetyGuard,
