@@ -57,6 +57,10 @@ def test_calibrate_then_eval_lowers_the_ece_on_held_out_rows(overfit_guard, caps
     from psaguard.cli import main
 
     guard_dir, data = overfit_guard
+    missing = str(guard_dir / "missing.jsonl")
+    assert main(["calibrate", "--guard", str(guard_dir), "--data", missing, "--cpu"]) == 1
+    assert "cannot read data file" in capsys.readouterr().err
+    assert SafetyGuardConfig.load(guard_dir).head.level_temperature == 1.0  # nothing written on error
     assert main(["calibrate", "--guard", str(guard_dir), "--data", str(data["val"]), "--cpu"]) == 0
     fit = json.loads(capsys.readouterr().out)
     head = SafetyGuardConfig.load(guard_dir).head
