@@ -44,7 +44,7 @@ def overfit_guard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
         f"train_data={data['train']}",
         f"output_dir={root / 'stage1'}",
         "lr=1e-2",
-        "max_steps=150",
+        "max_steps=100",
         "calibrate=false",
         "progress_bar=false",
         "plots=false",
