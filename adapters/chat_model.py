@@ -31,9 +31,9 @@ from psaguard.adapters.plain import plain_generate, plain_stream
 from psaguard.adapters.stops import StopBuffer, StopOnStrings, truncate_at_stop
 from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import GuardBlocked
-from psaguard.generation import GenerationOptions, GuardedGeneration
+from psaguard.generation import GuardedGeneration
 from psaguard.guard import SafetyGuard
-from psaguard.policy import GuardPolicy
+from psaguard.policy import GenerationOptions, GuardPolicy, refusal_text
 from psaguard.verdict import Action, SafetyVerdict
 
 __all__ = ["GuardedChatModel"]
@@ -59,7 +59,7 @@ class GuardedChatModel(BaseChatModel):
     """Chat model answering with a local LLaVA model behind a psaguard guard.
 
     Messages may hold text and image content blocks (see :mod:`psaguard.adapters.messages`); images are
-    judged with the text of every user turn. Requests without an image cannot be judged by the
+    judged with the text of every turn. Requests without an image cannot be judged by the
     image-based guard and follow ``on_text_only``.
 
     Example:
@@ -291,8 +291,7 @@ class GuardedChatModel(BaseChatModel):
     def _stopped(self, verdict: SafetyVerdict) -> _Outcome:
         """The outcome of a request the model does not answer: raise or end with the refusal, as configured."""
         self._raise_if_error_exit(verdict)
-        refusal = verdict.refusal or "I'm sorry, but I can't help with this request."
-        return _Outcome(verdict=verdict, action=verdict.action, text=refusal)
+        return _Outcome(verdict=verdict, action=verdict.action, text=refusal_text(verdict))
 
     def _raise_if_error_exit(self, verdict: SafetyVerdict) -> None:
         """Raise GuardBlocked when a refused/blocked verdict must end in an error (``on_block``, else policy)."""

@@ -171,7 +171,7 @@ def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
     backbone = guard.backbone
     return Collator(
         guard.processor,
-        backbone.image_token_id,
+        backbone.placeholder_token_id,
         partial(backbone.preprocess, guard.processor),
         cfg.max_length,
         guard.config.max_image_pixels,
