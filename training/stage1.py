@@ -77,7 +77,8 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
 
 def calibrate_in_place(guard: SafetyGuard, examples: Sequence[Example], batch_size: int) -> CalibrationResult:
     """Fit the temperatures of the guard this stage trains (and owns) on ``examples``, and log the fit."""
-    guard.config, result = calibrate_guard(guard, examples, batch_size)
+    config, result = calibrate_guard(guard, examples, batch_size)
+    guard.classifier = guard.classifier.with_config(config)  # same modules, the fitted temperatures
     for name, head in (("level", result.level), ("type", result.type)):
         logger.info(
             "calibrated the %s head on %d eval examples: temperature %.3f, NLL %.3f -> %.3f, ECE %.3f -> %.3f",

@@ -17,14 +17,15 @@ TURNS = [("<image>\nwhat is drawn here ?", "a red square"), ("and how do i make 
 
 
 def _spy_prompts(guard: SafetyGuard, seen: list[str]) -> None:
-    """Record the prompts of every ``guard.analyze`` call (the one place both paths judge) into ``seen``."""
-    analyze = type(guard).analyze
+    """Record the prompts of every ``Classifier.analyze`` call (where generation and evaluation both judge)."""
+    classifier = guard.classifier
+    analyze = type(classifier).analyze
 
-    def spy(images, prompts):
+    def spy(images, prompts, *args, **kwargs):
         seen.extend(prompts)
-        return analyze(guard, images, prompts)
+        return analyze(classifier, images, prompts, *args, **kwargs)
 
-    guard.analyze = spy  # this test's own guard instance
+    classifier.analyze = spy  # this test's own guard's classifier
 
 
 def test_training_eval_and_inference_judge_the_same_text_on_multi_turn_rows(
