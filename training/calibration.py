@@ -9,6 +9,7 @@ the confidence does. The fitted ``T`` of the level and type heads go into ``Head
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -27,12 +28,15 @@ __all__ = [
     "CalibrationResult",
     "HeadCalibration",
     "ReliabilityBin",
+    "apply_calibration",
     "calibrate_guard",
     "fit_temperature",
     "nll",
     "reliability",
     "softmax",
 ]
+
+logger = logging.getLogger(__name__)
 
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
@@ -152,8 +156,8 @@ def calibrate_guard(
 ) -> tuple[SafetyGuardConfig, CalibrationResult]:
     """Fit both heads' temperatures on ``examples``; return the guard's config with them, and the fit.
 
-    The guard itself is not changed; save the returned config (``config.save(directory)``) or build a
-    guard with it.
+    The guard itself is not changed; :func:`apply_calibration` switches a guard to the returned config, and
+    ``save_pretrained`` then saves it (the weights record the config's digest, so save both).
     """
     predictions = predict(guard, examples, batch_size)
     result = CalibrationResult(
@@ -165,3 +169,25 @@ def calibrate_guard(
         update={"level_temperature": result.level.temperature, "type_temperature": result.type.temperature}
     )
     return guard.config.model_copy(update={"head": head}), result
+
+
+def apply_calibration(guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 16) -> CalibrationResult:
+    """Fit ``guard``'s temperatures on ``examples`` and switch ``guard`` to them (same modules); log the fit.
+
+    For a guard its caller owns (the trainer's, or one loaded to be re-saved): ``guard.save_pretrained``
+    afterwards writes the config with the temperatures and the weights with that config's digest.
+    """
+    config, result = calibrate_guard(guard, examples, batch_size)
+    guard.classifier = guard.classifier.with_config(config)
+    for name, head in (("level", result.level), ("type", result.type)):
+        logger.info(
+            "calibrated the %s head on %d examples: temperature %.3f, NLL %.3f -> %.3f, ECE %.3f -> %.3f",
+            name,
+            result.examples,
+            head.temperature,
+            head.nll_before,
+            head.nll_after,
+            head.ece_before,
+            head.ece_after,
+        )
+    return result

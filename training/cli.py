@@ -111,14 +111,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Fit the level and type heads' softmax temperatures of a saved guard on labelled data (temperature
-    scaling, by negative log-likelihood) and write them into the guard's psaguard_config.json."""
+    scaling, by negative log-likelihood) and save the guard again with them (config and weights; a Stage II
+    adapter/ beside them is left as it is)."""
     require_extra("train")
-    from psaguard.training.calibration import calibrate_guard
+    from psaguard.training.calibration import apply_calibration
 
     try:
         guard, examples, _ = _guard_and_data(args)
-        config, result = calibrate_guard(guard, examples, batch_size=args.batch_size)
-        config.save(args.guard)
+        result = apply_calibration(guard, examples, batch_size=args.batch_size)
+        guard.save_pretrained(args.guard)  # the config and the weights that record its digest
     except PsaGuardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -10,14 +10,12 @@ the saved guard is the best evaluated step (keep-best), its heads' temperatures 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from psaguard.guard import TORCH_DTYPES, SafetyGuard
-from psaguard.training.calibration import CalibrationResult, calibrate_guard
+from psaguard.training.calibration import apply_calibration
 from psaguard.training.config import Stage1Config
-from psaguard.training.data import Example
 from psaguard.training.diagnostics import label_entropy, warn_untrained_llm_tokens
 from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
@@ -31,7 +29,7 @@ from psaguard.training.runtime import (
     trainable_summary,
 )
 
-__all__ = ["build_stage1", "calibrate_in_place", "train_stage1"]
+__all__ = ["build_stage1", "train_stage1"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,26 +66,8 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
 
     def save_result(out: Path) -> None:
         if cfg.calibrate and eval_set and cfg.head_loss_weight > 0:
-            calibrate_in_place(guard, eval_set, cfg.eval_batch_size or cfg.batch_size)
+            apply_calibration(guard, eval_set, cfg.eval_batch_size or cfg.batch_size)
         guard.save_pretrained(out)
 
     task = TrainTask(objective, train_set, eval_set, collate, save_result=save_result, chance_head_loss=chance)
     return StageSetup(task=task, guard=guard, reports=reports)
-
-
-def calibrate_in_place(guard: SafetyGuard, examples: Sequence[Example], batch_size: int) -> CalibrationResult:
-    """Fit the temperatures of the guard this stage trains (and owns) on ``examples``, and log the fit."""
-    config, result = calibrate_guard(guard, examples, batch_size)
-    guard.classifier = guard.classifier.with_config(config)  # same modules, the fitted temperatures
-    for name, head in (("level", result.level), ("type", result.type)):
-        logger.info(
-            "calibrated the %s head on %d eval examples: temperature %.3f, NLL %.3f -> %.3f, ECE %.3f -> %.3f",
-            name,
-            result.examples,
-            head.temperature,
-            head.nll_before,
-            head.nll_after,
-            head.ece_before,
-            head.ece_after,
-        )
-    return result
