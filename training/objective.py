@@ -31,6 +31,8 @@ class StepOutput:
     level_correct: torch.Tensor
     type_correct: torch.Tensor
     count: int
+    level_pred: torch.Tensor
+    type_pred: torch.Tensor
 
 
 class GuardObjective(nn.Module):
@@ -68,13 +70,16 @@ class GuardObjective(nn.Module):
         if projected is not None:
             lm_loss = self._lm_loss(batch, features, projected)
         loss = self.lm_weight * lm_loss + (self.head_weight * head_loss if self.head_weight > 0 else 0.0)
+        level_pred, type_pred = logits.level.argmax(-1).detach(), logits.type.argmax(-1).detach()
         return StepOutput(
             loss=loss,
             lm_loss=lm_loss.detach(),
             head_loss=head_loss.detach(),
-            level_correct=(logits.level.argmax(-1) == level).sum().detach(),
-            type_correct=(logits.type.argmax(-1) == kind).sum().detach(),
+            level_correct=(level_pred == level).sum(),
+            type_correct=(type_pred == kind).sum(),
             count=len(batch),
+            level_pred=level_pred,
+            type_pred=type_pred,
         )
 
     def _lm_loss(self, batch: Batch, features: VisionFeatures, projected: list[torch.Tensor]) -> torch.Tensor:
