@@ -28,6 +28,7 @@ __all__ = [
     "build_llm_inputs",
     "collapse_image_runs",
     "features_as_list",
+    "features_as_tensor",
     "tokenize_prompt",
 ]
 
@@ -42,6 +43,16 @@ ModelImageInputs = Callable[[Sequence[torch.Tensor], torch.Tensor], dict[str, An
 def features_as_list(image_features: Sequence[torch.Tensor], input_ids: torch.Tensor) -> dict[str, Any]:
     """Precomputed image features as LLaVA-style models take them: a list in ``mm_encoder_outputs``."""
     return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(image_features))}}
+
+
+def features_as_tensor(image_features: Sequence[torch.Tensor], input_ids: torch.Tensor) -> dict[str, Any]:
+    """Precomputed image features as models that scatter one tensor take them: ``(1, sum L_i, D)``.
+
+    Such models fill their image positions from the flattened features in order, so
+    images of different lengths travel concatenated.
+    """
+    stacked = torch.cat(list(image_features)).unsqueeze(0)
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=stacked)}}
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class GuardedModel:
             logger.debug("no pixel_values: nothing for the image guard to judge, generating unguarded")
             with torch.inference_mode():
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs), []
+        image_inputs = {**self.classifier.backbone.image_inputs_from_ids(input_ids, attention_mask), **image_inputs}
         plan = self._plan(input_ids, attention_mask, pixel_values, image_inputs, start)
         sequences = plan.generate(generate_kwargs)
         answers = plan.answers(sequences, generate_kwargs)

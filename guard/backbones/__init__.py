@@ -7,15 +7,20 @@ registration first). docs/adapters.md describes how to write and register one.
 
 from __future__ import annotations
 
+from psaguard.backbones.aya_vision import AyaVisionBackbone, EncoderOnlyAyaVisionBackbone
 from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
 from psaguard.backbones.encoder_only import (
     ENCODER_ONLY_BACKBONES,
+    EncoderOnlyBackbone,
     EncoderOnlyLlavaBackbone,
     EncoderOnlyLlavaNextBackbone,
     EncoderOnlyModel,
+    encoder_only_backbones,
 )
+from psaguard.backbones.internvl import EncoderOnlyInternVLBackbone, InternVLBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.backbones.mistral3 import EncoderOnlyMistral3Backbone, Mistral3Backbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
     BackboneRegistry,
@@ -27,14 +32,22 @@ from psaguard.backbones.registry import (
 __all__ = [
     "ADAPTERS_DOC",
     "ENCODER_ONLY_BACKBONES",
+    "AyaVisionBackbone",
     "Backbone",
     "BackboneRegistry",
+    "EncoderOnlyAyaVisionBackbone",
+    "EncoderOnlyBackbone",
+    "EncoderOnlyInternVLBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
+    "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
+    "InternVLBackbone",
     "LlavaBackbone",
     "LlavaNextBackbone",
+    "Mistral3Backbone",
     "VisionFeatures",
+    "encoder_only_backbones",
     "pool_to_square_grid",
     "register_backbone",
     "registered_backbones",

@@ -203,12 +203,32 @@ class Backbone(ABC):
                 f"the processor's tokenizer has {len(tokenizer)} tokens but the model embeds {self.vocab_size}: "
                 "it belongs to another model"
             )
+        self.read_processor(processor)
         token = tokenizer.convert_ids_to_tokens(self.placeholder_token_id)
         if token is None or token == getattr(tokenizer, "unk_token", None):
             raise ProcessorError(
                 f"the processor's tokenizer has no image placeholder token (id {self.placeholder_token_id})"
             )
         self.preprocess(processor, [Image.new("RGB", _PROBE_SIZE)])
+
+    def read_processor(self, processor: Any) -> None:
+        """Take from the model's processor what the model's config does not record.
+
+        Some families' configs name only the image token, while the processor also writes wrapper or
+        row-break tokens (or the chat template another placeholder) whose ids only its tokenizer knows.
+        :meth:`check_processor` calls this before anything reads those ids, and the guard checks every
+        processor it pairs with a model. Default: nothing to read.
+        """
+        return None
+
+    def image_inputs_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image inputs that a processor records only in the prompt, read back from its ``input_ids``.
+
+        Tiling processors that return the tiles of all images stacked, without the count per image, write
+        that count into each image's run instead; the drop-in wrapper (which receives the processor's output)
+        recovers it here for :meth:`encode_images`. Inputs the caller passes take precedence. Default: none.
+        """
+        return {}
 
     # ------------------------------------------------------------------ the language model's input
     def check_can_generate(self) -> None:

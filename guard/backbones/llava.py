@@ -14,20 +14,31 @@ from psaguard.backbones.base import Backbone, VisionFeatures
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import ProcessorError
 
-__all__ = ["LlavaBackbone", "image_processor_outputs"]
+__all__ = ["LlavaBackbone", "image_processor_outputs", "special_token_id"]
 
 
-def image_processor_outputs(processor: Any, images: Sequence[Image.Image], family: str) -> Any:
-    """Run the processor's image processor on ``images``; :class:`ProcessorError` if it has none or fails."""
+def image_processor_outputs(processor: Any, images: Sequence[Image.Image], family: str, **kwargs: Any) -> Any:
+    """Run the processor's image processor on ``images``; :class:`ProcessorError` if it has none or fails.
+
+    ``kwargs`` are the settings the family's processor passes its image processor on every call.
+    """
     image_processor = getattr(processor, "image_processor", processor)
     if not callable(image_processor):
         raise ProcessorError(
             f"{type(processor).__name__} has no image processor; pass the {family!r} model's processor"
         )
     try:
-        return image_processor(images=list(images), return_tensors="pt")
+        return image_processor(images=list(images), return_tensors="pt", **kwargs)
     except (TypeError, ValueError, KeyError) as err:
         raise ProcessorError(f"the processor cannot prepare images for a {family!r} model: {err}") from err
+
+
+def special_token_id(tokenizer: Any, text: str, family: str) -> int:
+    """The id of a special token a family's processor writes; :class:`ProcessorError` if the tokenizer lacks it."""
+    token_id = tokenizer.convert_tokens_to_ids(text)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise ProcessorError(f"the processor's tokenizer lacks {text!r}: it is not a {family!r} processor")
+    return token_id
 
 
 @register_backbone
@@ -47,8 +58,9 @@ class LlavaBackbone(Backbone):
         vision = config.vision_config
         num_layers = 1 if isinstance(self._layer, int) else len(self._layer)
         self._vision_hidden = vision.hidden_size * num_layers
-        self._image_side = vision.image_size
-        grid = vision.image_size // vision.patch_size
+        # Some towers' configs give (height, width) pairs; these models' tiles are square.
+        self._image_side = _side(vision.image_size)
+        grid = self._image_side // _side(vision.patch_size)
         self._num_patches = grid * grid
 
     @property
@@ -113,3 +125,7 @@ class LlavaBackbone(Backbone):
         projector = self._parts.multi_modal_projector
         param = next(projector.parameters())
         return projector(selected.to(param.device, param.dtype))
+
+
+def _side(size: int | Sequence[int]) -> int:
+    return size if isinstance(size, int) else int(size[0])
