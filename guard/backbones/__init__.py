@@ -17,6 +17,7 @@ from psaguard.backbones.encoder_only import (
     EncoderOnlyModel,
     encoder_only_backbones,
 )
+from psaguard.backbones.gemma3 import EncoderOnlyGemma3Backbone, Gemma3Backbone
 from psaguard.backbones.internvl import EncoderOnlyInternVLBackbone, InternVLBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
@@ -37,11 +38,13 @@ __all__ = [
     "BackboneRegistry",
     "EncoderOnlyAyaVisionBackbone",
     "EncoderOnlyBackbone",
+    "EncoderOnlyGemma3Backbone",
     "EncoderOnlyInternVLBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
     "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
+    "Gemma3Backbone",
     "InternVLBackbone",
     "LlavaBackbone",
     "LlavaNextBackbone",

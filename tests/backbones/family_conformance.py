@@ -163,7 +163,9 @@ class FamilyConformance:
     def test_wrap_generates_exactly_what_the_model_does_on_its_processor_output(self, family: TinyFamily) -> None:
         guard = guard_for(family.model, family.processor, inject=False, level=0)
         text = family.processor.apply_chat_template([user_turn(QUESTION)], add_generation_prompt=True)
-        inputs = family.processor(images=shaped_images()[:2], text=[text, text], return_tensors="pt", padding=True)
+        # One list of images per prompt: processors that nest images read a flat list as one sample.
+        images = [[image] for image in shaped_images()[:2]]
+        inputs = family.processor(images=images, text=[text, text], return_tensors="pt", padding=True)
         with torch.inference_mode():
             expected = family.model.generate(**inputs, **GREEDY)
         guarded, results = guard.wrap().generate_with_results(**inputs, **GREEDY)
