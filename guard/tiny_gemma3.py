@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from psaguard.tiny import (
     TinyLlavaSpec,
     init_tiny_model,
@@ -52,8 +54,9 @@ def build_tiny_gemma3_processor(spec: TinyLlavaSpec | None = None):  # -> Gemma3
 def build_tiny_gemma3(spec: TinyLlavaSpec | None = None, processor=None):  # -> Gemma3ForConditionalGeneration
     """A tiny ``Gemma3ForConditionalGeneration`` with random weights, sized by ``spec``.
 
-    Embeddings are untied (Gemma 3 ties them by default): tied, a random tiny model only repeats its last
-    prompt token, and tests comparing generations would compare nothing.
+    Embeddings are untied (Gemma 3 ties them by default) and the image projection is random (Gemma 3
+    starts it at zero): otherwise a random tiny model only repeats its last prompt token or ignores the
+    image, and tests comparing generations would compare nothing.
     """
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
 
@@ -88,7 +91,14 @@ def build_tiny_gemma3(spec: TinyLlavaSpec | None = None, processor=None):  # -> 
         eoi_token_index=ids(GEMMA3_TOKENS["eoi_token"]),
         tie_word_embeddings=False,
     )
-    return init_tiny_model(Gemma3ForConditionalGeneration, config, tok, spec.seed)
+    model = init_tiny_model(Gemma3ForConditionalGeneration, config, tok, spec.seed)
+    # Gemma 3 initializes its image projection to zeros: every image would embed alike and the answer
+    # would not depend on it. A seeded random projection (own generator: the global RNG stays put).
+    projection = model.model.multi_modal_projector.mm_input_projection_weight
+    generator = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        projection.copy_(torch.randn(projection.shape, generator=generator) * config.initializer_range * 10)
+    return model
 
 
 def save_tiny_gemma3(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
