@@ -46,12 +46,15 @@ class VisionFeatures:
     take several rows of ``selected`` (LLaVA-NeXT's tiles, a Pixtral tower's variable patch counts) stack
     every image's rows in ``selected`` and say how many per image in ``tiles`` (and the image sizes in
     ``image_sizes``); single-view families leave both None (row ``i`` of ``selected`` is image ``i``).
+    Families whose image run spells out each image's tile grid record it in ``tile_grids`` ((rows, columns)
+    per image).
     """
 
     patches: torch.Tensor
     selected: torch.Tensor
     tiles: tuple[int, ...] | None = None
     image_sizes: torch.Tensor | None = None
+    tile_grids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -68,6 +71,7 @@ class VisionFeatures:
             selected=torch.cat(pieces) if pieces else self.selected[:0],
             tiles=tuple(self.tiles[r] for r in rows),
             image_sizes=None if self.image_sizes is None else self.image_sizes[rows],
+            tile_grids=None if self.tile_grids is None else self.tile_grids[rows],
         )
 
 
