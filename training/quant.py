@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from psaguard.guard import TORCH_DTYPES
-from psaguard.training.config import LoraSettings, QuantConfig
+from psaguard.training.config import LoraSettings, QuantConfig, llm_linear_pattern
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -33,15 +33,19 @@ def build_bnb_config(cfg: QuantConfig) -> BitsAndBytesConfig | None:
     )
 
 
-def build_lora_config(cfg: LoraSettings) -> LoraConfig:
-    """The PEFT ``LoraConfig`` for ``cfg`` (causal-LM task, adapters on ``cfg.target_modules``)."""
+def build_lora_config(cfg: LoraSettings, language_model_name: str = "language_model") -> LoraConfig:
+    """The PEFT ``LoraConfig`` for ``cfg`` (causal-LM task, adapters on ``cfg.target_modules``).
+
+    Without ``target_modules`` the adapters go on the projections of the module ``language_model_name``
+    (the family adapter's :attr:`~psaguard.backbones.Backbone.language_model_name`).
+    """
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
+        target_modules=cfg.target_modules or llm_linear_pattern(language_model_name),
         bias=cfg.bias,
         task_type="CAUSAL_LM",
     )

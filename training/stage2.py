@@ -44,7 +44,7 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     model, processor = load_model(cfg, accelerator.device)
     guard = SafetyGuard.from_pretrained(cfg.guard, model, processor, load_adapter=False)
     guard.modules.requires_grad_(False).eval()
-    adapted = attach_lora(model, cfg)
+    adapted = attach_lora(model, cfg, guard.backbone.language_model_name)
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
     objective = GuardObjective(guard, adapted, lm_weight=1.0, head_weight=0.0)
@@ -58,8 +58,10 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     return StageSetup(task=task, guard=guard, reports=reports)
 
 
-def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
+def attach_lora(model: nn.Module, cfg: Stage2Config, language_model_name: str = "language_model") -> nn.Module:
     """Wrap ``model`` with fresh LoRA adapters (after the k-bit preparation QLoRA needs); returns the PeftModel.
+
+    Unless ``cfg.lora.target_modules`` says otherwise, they go into the module ``language_model_name`` only.
 
     PEFT injects the adapters into ``model`` in place; only the adapter weights are trainable.
     """
@@ -70,4 +72,4 @@ def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    return get_peft_model(model, build_lora_config(cfg.lora))
+    return get_peft_model(model, build_lora_config(cfg.lora, language_model_name))

@@ -121,6 +121,9 @@ class Backbone(ABC):
     derived_input_names: ClassVar[tuple[str, ...]] = ()
     """Processor outputs the guard rebuilds itself for the guarded input (e.g. ``token_type_ids``), so the
     wrapped model drops them from the caller's arguments instead of passing stale copies to ``generate``."""
+    language_model_name: ClassVar[str] = "language_model"
+    """Name of the module holding the language model in the model's module tree (``model.<name>``): Stage II
+    puts its LoRA adapters into the projections under it and nowhere else."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
