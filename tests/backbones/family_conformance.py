@@ -299,5 +299,5 @@ class FamilyConformance:
 
         changed = {n for n, t in adapted.state_dict().items() if not torch.equal(before[n], t)}
         assert changed and changed == {n for n in before if ".lora_" in n}
-        assert all(".language_model." in n for n in changed)
+        assert all(f".{family.adapter.language_model_name}." in n for n in changed)
         assert all(torch.isfinite(torch.tensor(r["lm_loss"])) for r in state.history if "lm_loss" in r)
