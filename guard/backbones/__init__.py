@@ -18,6 +18,12 @@ from psaguard.backbones.encoder_only import (
     encoder_only_backbones,
 )
 from psaguard.backbones.gemma3 import EncoderOnlyGemma3Backbone, Gemma3Backbone
+from psaguard.backbones.idefics3 import (
+    EncoderOnlyIdefics3Backbone,
+    EncoderOnlySmolVLMBackbone,
+    Idefics3Backbone,
+    SmolVLMBackbone,
+)
 from psaguard.backbones.internvl import EncoderOnlyInternVLBackbone, InternVLBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
@@ -39,16 +45,20 @@ __all__ = [
     "EncoderOnlyAyaVisionBackbone",
     "EncoderOnlyBackbone",
     "EncoderOnlyGemma3Backbone",
+    "EncoderOnlyIdefics3Backbone",
     "EncoderOnlyInternVLBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
     "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
+    "EncoderOnlySmolVLMBackbone",
     "Gemma3Backbone",
+    "Idefics3Backbone",
     "InternVLBackbone",
     "LlavaBackbone",
     "LlavaNextBackbone",
     "Mistral3Backbone",
+    "SmolVLMBackbone",
     "VisionFeatures",
     "encoder_only_backbones",
     "pool_to_square_grid",
