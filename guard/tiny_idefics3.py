@@ -7,13 +7,18 @@ a global view; the processor writes ``<fake_token_around_image><row_i_col_j>`` +
 ``<fake_token_around_image><global-img>`` + image tokens + ``<fake_token_around_image>`` for the global view.
 The processors read a flat list of images as one sample; nest them per prompt. The row/column tags and
 ``<global-img>`` are added to the tiny tokenizer as special tokens, as the real tokenizers have them.
-SmolVLM's processor also takes a video processor, which needs torchvision; the tiny one is built without
-(images only).
+``SmolVLMProcessor`` also requires a video processor (which needs torchvision, and ``num2words`` for
+video prompts), so :class:`TinySmolVLMProcessor` is SmolVLM's processor without the video part: the same
+image handling and run text, images only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from transformers import SmolVLMProcessor
+from transformers.processing_utils import ProcessorMixin
 
 from psaguard.tiny import (
     TinyLlavaSpec,
@@ -26,6 +31,7 @@ from psaguard.tiny import (
 
 __all__ = [
     "IDEFICS3_TAGS",
+    "TinySmolVLMProcessor",
     "build_tiny_idefics3",
     "build_tiny_idefics3_processor",
     "build_tiny_smolvlm",
@@ -44,6 +50,35 @@ IDEFICS3_TAGS = (
 """Special tokens the processors write around image tokens (and at the end of a turn)."""
 
 _SCALE_FACTOR = 2  # pixel shuffle: 2 x 2 patches per image token
+
+
+class TinySmolVLMProcessor(SmolVLMProcessor):
+    """``SmolVLMProcessor`` for images only: no video processor (torchvision) and no ``num2words``.
+
+    Args:
+        image_processor: a ``SmolVLMImageProcessorPil``.
+        tokenizer: a tokenizer that knows ``<image>``, ``<fake_token_around_image>``, ``<global-img>`` and the
+            ``<row_i_col_j>`` tags.
+        image_seq_len: image tokens per tile (the model's pixel-shuffled patch count).
+        chat_template: the chat template; an image renders as ``<image>``.
+    """
+
+    def __init__(
+        self, image_processor: Any, tokenizer: Any, image_seq_len: int = 169, chat_template: str | None = None
+    ) -> None:
+        # The attributes SmolVLMProcessor.__init__ sets, without its video processor and num2words check.
+        self.fake_image_token = getattr(tokenizer, "fake_image_token", "<fake_token_around_image>")
+        self.image_token = getattr(tokenizer, "image_token", "<image>")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.end_of_utterance_token = getattr(tokenizer, "end_of_utterance_token", "<end_of_utterance>")
+        self.global_image_token = getattr(tokenizer, "global_image_token", "<global-img>")
+        self.image_seq_len = image_seq_len
+        self.video_token = getattr(tokenizer, "video_token", "<video>")
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    def apply_chat_template(self, conversation: Any, chat_template: str | None = None, **kwargs: Any) -> Any:
+        """The generic chat template rendering (SmolVLM's own only adds its video processor's frame settings)."""
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
 
 def _tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
@@ -73,15 +108,14 @@ def build_tiny_idefics3_processor(spec: TinyLlavaSpec | None = None):  # -> Idef
     )
 
 
-def build_tiny_smolvlm_processor(spec: TinyLlavaSpec | None = None):  # -> SmolVLMProcessor
-    """``SmolVLMProcessor`` (images only: its video processor needs torchvision) over the tiny tokenizer."""
-    from transformers import SmolVLMImageProcessorPil, SmolVLMProcessor
+def build_tiny_smolvlm_processor(spec: TinyLlavaSpec | None = None) -> TinySmolVLMProcessor:
+    """:class:`TinySmolVLMProcessor` over the tiny tokenizer and tiles of ``spec.image_size`` pixels."""
+    from transformers import SmolVLMImageProcessorPil
 
     spec = spec or TinyLlavaSpec()
-    return SmolVLMProcessor(
+    return TinySmolVLMProcessor(
         image_processor=SmolVLMImageProcessorPil(**_image_processor_kwargs(spec)),
         tokenizer=_tokenizer(spec),
-        video_processor=None,
         image_seq_len=_image_seq_len(spec),
         chat_template=tiny_chat_template("<image>"),
     )

@@ -9,6 +9,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from psaguard.tiny import TinyLlavaSpec
 from psaguard.tiny_aya_vision import build_tiny_aya_vision, build_tiny_aya_vision_processor, save_tiny_aya_vision
 from psaguard.tiny_gemma3 import build_tiny_gemma3, save_tiny_gemma3
+from psaguard.tiny_idefics3 import (
+    TinySmolVLMProcessor,
+    build_tiny_idefics3,
+    build_tiny_smolvlm,
+    save_tiny_idefics3,
+    save_tiny_smolvlm,
+)
 from psaguard.tiny_internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
 from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3, save_tiny_mistral3
 
@@ -18,6 +25,8 @@ FAMILIES = {
     "internvl": (save_tiny_internvl, TinyInternVLProcessor, build_tiny_internvl),
     "aya_vision": (save_tiny_aya_vision, AutoProcessor, build_tiny_aya_vision),
     "gemma3": (save_tiny_gemma3, AutoProcessor, build_tiny_gemma3),
+    "idefics3": (save_tiny_idefics3, AutoProcessor, build_tiny_idefics3),
+    "smolvlm": (save_tiny_smolvlm, TinySmolVLMProcessor, build_tiny_smolvlm),
 }
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
@@ -69,7 +78,9 @@ def test_a_padded_batch_of_different_sizes_generates_as_singles(saved, images):
     assert _generate(model, processor, [[image] for image in images[1:]], [text, text]) == singles
 
 
-@pytest.mark.parametrize("build", [build_tiny_mistral3, build_tiny_internvl, build_tiny_aya_vision, build_tiny_gemma3])
+@pytest.mark.parametrize(
+    "build", [build_tiny_mistral3, build_tiny_internvl, build_tiny_aya_vision, build_tiny_gemma3, build_tiny_idefics3]
+)
 def test_building_leaves_the_global_random_state_alone(build):
     state = torch.random.get_rng_state()
     build(TinyLlavaSpec(seed=3))
