@@ -49,6 +49,7 @@ class Classifier:
     """
 
     def __init__(self, backbone: Backbone, processor: Any, config: SafetyGuardConfig, modules: SafetyModules) -> None:
+        backbone.check_processor(processor)  # ProcessorError for a missing processor or one of another family
         self.backbone = backbone
         self.processor = processor
         self.config = config
@@ -80,11 +81,16 @@ class Classifier:
             self.config.fingerprint.check(backbone.fingerprint())
         elif backbone.fingerprint() != self.backbone.fingerprint():
             raise CheckpointMismatchError("the model differs from the guard's model")
-        backbone.check_processor(self.processor)
+        backbone.check_processor(self.processor)  # and reads from it what the new adapter needs
         return Classifier(backbone, self.processor, self.config, self.modules)
 
     # ------------------------------------------------------------------ judging
-    def analyze(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> GuardAnalysis:
+    def analyze(
+        self,
+        images: Sequence[ImageInput],
+        prompts: Sequence[str],
+        requests: Sequence[int] | None = None,
+    ) -> GuardAnalysis:
         """Judge a batch and keep its vision features for reuse.
 
         Requests that cannot be judged follow ``policy.on_error``: 'block' raises the typed error (fail
@@ -92,12 +98,15 @@ class Classifier:
         (:class:`InvalidImageError`, :class:`InvalidPromptError`) and internal failures: a ``RuntimeError``
         in the forward pass (device errors, out of memory) or non-finite scores (a tampered or diverged
         head), raised as :class:`GuardInternalError`. ``judged`` lists the requests whose rows are in
-        ``features``, in order.
+        ``features``, in order. ``requests`` (guarded generation) says which request each image belongs
+        to, so the backbone preprocesses the images of a multi-image request together.
         """
         if isinstance(images, (str, bytes)) or isinstance(prompts, str):
             raise InvalidPromptError("classify_batch takes sequences of images and prompts; use classify for one")
         if len(images) != len(prompts):
             raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
+        if requests is not None and len(requests) != len(images):
+            raise InvalidPromptError(f"got {len(requests)} request indices for {len(images)} images")
         start = time.perf_counter()
         loaded, errors = [], {}
         for index, (image, prompt) in enumerate(zip(images, prompts)):
@@ -112,8 +121,9 @@ class Classifier:
         features = None
         if loaded:
             try:
+                grouping = None if requests is None else _group_sizes([requests[index] for index, _, _ in loaded])
                 features, level_probs, type_probs = self._probabilities(
-                    [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded]
+                    [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded], grouping
                 )
             except GuardInternalError as err:
                 if self.policy.on_error == "block":
@@ -157,18 +167,23 @@ class Classifier:
 
     # ------------------------------------------------------------------ helpers
     def _probabilities(
-        self, images: Sequence[Any], prompts: Sequence[str]
+        self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
     ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor]:
         """Forward pass and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
         try:
-            features, logits = self._forward(images, prompts)
+            features, logits = self._forward(images, prompts, grouping)
         except RuntimeError as err:
             raise _internal_error(err) from err
         return (features, *self._calibrated(logits))
 
     @torch.inference_mode()
-    def _forward(self, images: Sequence[Any], prompts: Sequence[str]) -> tuple[VisionFeatures, HeadLogits]:
-        pixel_inputs = self.backbone.preprocess(self.processor, images)
+    def _forward(
+        self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
+    ) -> tuple[VisionFeatures, HeadLogits]:
+        if grouping is None:
+            pixel_inputs = self.backbone.preprocess(self.processor, images)
+        else:
+            pixel_inputs = self.backbone.preprocess_requests(self.processor, images, grouping)
         features = self.backbone.encode_images(**pixel_inputs)
         return features, self.head_logits(features, prompts)
 
@@ -198,6 +213,17 @@ class Classifier:
                 level_probs[row].tolist(), type_probs[row].tolist(), self.policy, self.config.taxonomy, elapsed
             )
         return verdicts
+
+
+def _group_sizes(requests: Sequence[int]) -> list[int]:
+    """Sizes of the runs of equal request indices: ``[0, 0, 1, 2, 2] -> [2, 1, 2]``."""
+    sizes: list[int] = []
+    for position, request in enumerate(requests):
+        if position and request == requests[position - 1]:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+    return sizes
 
 
 def _internal_error(err: RuntimeError) -> GuardInternalError:

@@ -111,7 +111,8 @@ class GuardedGenerator:
         conversations = [to_conversation(p, len(imgs)) for p, imgs in zip(prompts, request_images)]
         flat_images = [image for imgs in request_images for image in imgs]
         flat_prompts = [judged_text(conv) for conv, imgs in zip(conversations, request_images) for _ in imgs]
-        analysis = self.classifier.analyze(flat_images, flat_prompts)
+        owners = [index for index, imgs in enumerate(request_images) for _ in imgs]
+        analysis = self.classifier.analyze(flat_images, flat_prompts, owners)
         judged_row = {flat: row for row, flat in enumerate(analysis.judged)}
         requests, offset = [], 0
         for index, (conversation, imgs) in enumerate(zip(conversations, request_images)):

@@ -57,6 +57,7 @@ class SafetyGuard:
     ) -> None:
         if backbone is None or backbone.model is not model:
             backbone = resolve_backbone(model)
+            backbone.check_processor(processor)  # and reads from it what the adapter needs
         self.classifier = Classifier(backbone, processor, config, modules)
         """What judges: the backbone, the safety modules and the prompt encoder (everything below the facade)."""
 
@@ -90,7 +91,7 @@ class SafetyGuard:
     def attach(cls, model: torch.nn.Module, processor: Any, config: SafetyGuardConfig | None = None) -> SafetyGuard:
         """Attach fresh (untrained) safety modules, sized from ``model.config``, to ``model``."""
         backbone = resolve_backbone(model)
-        backbone.check_processor(processor)
+        backbone.check_processor(processor)  # before any module is built
         config = (config or SafetyGuardConfig()).model_copy(update={"fingerprint": backbone.fingerprint()})
         return cls(model, processor, config, cls._build_modules(config, backbone), backbone)
 
@@ -122,7 +123,7 @@ class SafetyGuard:
         if config.fingerprint is None:
             raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint")
         config.fingerprint.check(backbone.fingerprint())
-        backbone.check_processor(processor)
+        backbone.check_processor(processor)  # before any weight is read
         modules = cls._build_modules(config, backbone)
         expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected)

@@ -177,8 +177,8 @@ class GenerationPlan:
         if features is None:  # unreachable: a plan that runs the model has all its images judged
             raise InvalidImageError("no image features to generate from")
         requests = [self.requests[i] for i in self.answering]
-        subset = features.subset([row for request in requests for row in request.images])
         backbone = classifier.backbone
+        subset = features.subset([row for request in requests for row in request.images])
         with torch.inference_mode():
             image_embeds = backbone.project(subset)
         inject = classifier.config.tokens.inject_llm_tokens

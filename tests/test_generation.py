@@ -172,8 +172,8 @@ def test_the_worst_image_verdict_decides(tiny_model, tiny_processor, images, mon
     guard = guard_for(tiny_model, tiny_processor, level=1)
     original = guard.classifier.analyze
 
-    def second_image_refused(flat_images, prompts):
-        analysis = original(flat_images, prompts)
+    def second_image_refused(flat_images, prompts, *requests):
+        analysis = original(flat_images, prompts, *requests)
         refused = analysis.verdicts[1].model_copy(update={"action": "refuse", "refusal": "no .", "hint": None})
         analysis.verdicts[1] = refused
         return analysis
@@ -226,8 +226,8 @@ def test_batch_with_different_actions_runs_the_llm_once_for_the_answerable(tiny_
     original = guard.classifier.analyze
     actions = ["allow", "hint", "refuse", "block"]
 
-    def per_request(flat_images, prompts):
-        analysis = original(flat_images, prompts)
+    def per_request(flat_images, prompts, *requests):
+        analysis = original(flat_images, prompts, *requests)
         for i, action in enumerate(actions):
             extra = {"hint": "safe"} if action == "hint" else {"refusal": "no ."} if action != "allow" else {}
             analysis.verdicts[i] = analysis.verdicts[i].model_copy(update={"action": action, **extra})

@@ -27,6 +27,8 @@ from psaguard.backbones.idefics3 import (
 from psaguard.backbones.internvl import EncoderOnlyInternVLBackbone, InternVLBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.backbones.llava_onevision import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone
+from psaguard.backbones.llava_pixtral import EncoderOnlyLlavaPixtralBackbone, LlavaPixtralBackbone
 from psaguard.backbones.mistral3 import EncoderOnlyMistral3Backbone, Mistral3Backbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
@@ -35,6 +37,7 @@ from psaguard.backbones.registry import (
     registered_backbones,
     resolve_backbone,
 )
+from psaguard.backbones.vipllava import EncoderOnlyVipLlavaBackbone, VipLlavaBackbone
 
 __all__ = [
     "ADAPTERS_DOC",
@@ -49,16 +52,22 @@ __all__ = [
     "EncoderOnlyInternVLBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
+    "EncoderOnlyLlavaOnevisionBackbone",
+    "EncoderOnlyLlavaPixtralBackbone",
     "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
     "EncoderOnlySmolVLMBackbone",
+    "EncoderOnlyVipLlavaBackbone",
     "Gemma3Backbone",
     "Idefics3Backbone",
     "InternVLBackbone",
     "LlavaBackbone",
     "LlavaNextBackbone",
+    "LlavaOnevisionBackbone",
+    "LlavaPixtralBackbone",
     "Mistral3Backbone",
     "SmolVLMBackbone",
+    "VipLlavaBackbone",
     "VisionFeatures",
     "encoder_only_backbones",
     "pool_to_square_grid",

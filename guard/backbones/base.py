@@ -186,6 +186,17 @@ class Backbone(ABC):
         Raise :class:`~psaguard.errors.ProcessorError` when ``processor`` is not of this family.
         """
 
+    def preprocess_requests(
+        self, processor: Any, images: Sequence[Image.Image], images_per_request: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`preprocess` for images grouped into requests (``images_per_request`` counts them, in order).
+
+        Guarded generation preprocesses this way, so families whose processors treat the images of a
+        multi-image sample differently (LLaVA-OneVision does not tile them) see them as the model does.
+        Default: the grouping changes nothing.
+        """
+        return self.preprocess(processor, images)
+
     @abstractmethod
     def encode_images(self, pixel_values: torch.Tensor, **image_kwargs: torch.Tensor) -> VisionFeatures:
         """Run the vision tower once and select features."""

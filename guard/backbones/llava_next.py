@@ -7,7 +7,7 @@ grid a LLaVA-1.5 guard sees; the model's own projector sees every tile, packed a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -34,7 +34,10 @@ class LlavaNextBackbone(LlavaBackbone):
     image_input_names = ("image_sizes",)
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        out = image_processor_outputs(processor, images, self.family)
+        return self._checked(image_processor_outputs(processor, images, self.family))
+
+    def _checked(self, out: Any) -> dict[str, torch.Tensor]:
+        """``pixel_values`` and ``image_sizes`` of an image processor's output; ProcessorError if it has no tiles."""
         # pixel_values: (B, max tiles, 3, H, W), zero-padded past each image's own tile count.
         pixel_values = torch.as_tensor(out["pixel_values"])
         if pixel_values.dim() != 5 or out.get("image_sizes") is None:
@@ -50,7 +53,7 @@ class LlavaNextBackbone(LlavaBackbone):
             raise InvalidInputError(
                 "LLaVA-NeXT needs pixel_values (B, tiles, 3, H, W) and image_sizes from its image processor"
             )
-        tiles = self._tiles_per_image(image_sizes)
+        tiles = self._tiles_per_image(image_sizes, image_kwargs)
         if len(tiles) != pixel_values.shape[0] or max(tiles) > pixel_values.shape[1]:
             raise InvalidInputError(f"image_sizes imply {tiles} tiles for pixel_values {tuple(pixel_values.shape)}")
         # Drop the padding tiles first so the tower runs once, over real tiles only (as the model does).
@@ -70,15 +73,19 @@ class LlavaNextBackbone(LlavaBackbone):
             raise InvalidInputError("LLaVA-NeXT features must carry tiles and image_sizes")
         projected = self._project(features.selected)
         per_image = list(torch.split(projected, list(features.tiles), dim=0))
+        return self._pack(per_image, features.image_sizes)
+
+    def _pack(self, per_image: list[torch.Tensor], image_sizes: torch.Tensor) -> list[torch.Tensor]:
+        """The model's own unpadding and ``image_newline`` packing of each image's projected tiles."""
         packed, _ = self._parts.pack_image_features(
             per_image,
-            features.image_sizes,
+            image_sizes,
             vision_feature_select_strategy=self._strategy,
             image_newline=self._parts.image_newline,
         )
-        return packed
+        return list(packed)
 
-    def _tiles_per_image(self, image_sizes: torch.Tensor) -> list[int]:
+    def _tiles_per_image(self, image_sizes: torch.Tensor, image_kwargs: Mapping[str, torch.Tensor]) -> list[int]:
         # Imported here: importing the modeling module adds warning filters, and `import psaguard` must
         # change nothing global (tests/test_packaging.py).
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches

@@ -46,10 +46,14 @@ class Mistral3Backbone(LlavaBackbone):
         self._strategy = "full"  # Pixtral has no CLS token to drop, and Mistral3 configs name no strategy
         vision = self.config.vision_config
         self._patch = vision.patch_size
-        self._step = vision.patch_size * self.config.spatial_merge_size  # pixels per merged patch (one [IMG])
+        self._step = vision.patch_size * self._merge_size()  # pixels per merged patch (one [IMG])
         self._grid_side = min(vision.image_size // vision.patch_size, self.max_grid_side)
         self._num_patches = self._grid_side**2
         self._break_end: tuple[int, int] | None = None
+
+    def _merge_size(self) -> int:
+        """Patches merged per side into one embedding by the model's projector."""
+        return self.config.spatial_merge_size
 
     def read_processor(self, processor: Any) -> None:
         """The ids of the row-break and end-of-image tokens (the config records only ``[IMG]``)."""

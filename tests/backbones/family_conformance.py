@@ -280,6 +280,8 @@ class FamilyConformance:
     def test_stage2_qlora_adapts_only_the_language_model(
         self, family: TinyFamily, dataset: Path, tmp_path, single_thread, auto_loadable
     ) -> None:
+        from peft import PeftModel
+
         from psaguard.training.config import Stage2Config
         from psaguard.training.loop import run_training
         from psaguard.training.runtime import make_accelerator
@@ -301,3 +303,8 @@ class FamilyConformance:
         assert changed and changed == {n for n in before if ".lora_" in n}
         assert all(f".{family.adapter.language_model_name}." in n for n in changed)
         assert all(torch.isfinite(torch.tensor(r["lm_loss"])) for r in state.history if "lm_loss" in r)
+        loaded = SafetyGuard.from_pretrained(
+            cfg.output_dir, AutoModelForImageTextToText.from_pretrained(family.path), family.processor
+        )
+        assert isinstance(loaded.model, PeftModel)  # the LoRA loads with the guard, on the full model
+        assert loaded.generate(shaped_images()[1], QUESTION, max_new_tokens=2, min_new_tokens=2).generated

@@ -1,0 +1,37 @@
+"""The VipLLaVA adapter: several CLIP layers, features handed over as one tensor, the shared bar."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from family_conformance import FamilyConformance, TinyFamily, shaped_images
+from transformers import LlavaProcessor
+
+from psaguard import ProcessorError, SafetyGuard
+from psaguard.backbones import EncoderOnlyVipLlavaBackbone, VipLlavaBackbone, resolve_backbone
+from psaguard.tiny_families import save_tiny_vipllava
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> TinyFamily:
+    path = save_tiny_vipllava(tmp_path_factory.mktemp("vipllava"))
+    return TinyFamily.load(path, LlavaProcessor, VipLlavaBackbone, EncoderOnlyVipLlavaBackbone)
+
+
+class TestVipLlava(FamilyConformance):
+    """Everything every family adapter does, on the tiny VipLLaVA."""
+
+    def test_a_processor_of_another_family_is_refused(self, family: TinyFamily, next_processor) -> None:
+        # VipLLaVA checkpoints ship LLaVA's own processor, so another family here is LLaVA-NeXT's.
+        with pytest.raises(ProcessorError):
+            SafetyGuard.attach(family.model, next_processor)
+
+
+def test_project_matches_the_models_own_image_features(family):
+    backbone = resolve_backbone(family.model)
+    inputs = backbone.preprocess(family.processor, shaped_images())
+    with torch.inference_mode():
+        ours = backbone.project(backbone.encode_images(**inputs))
+        theirs = family.model.model.get_image_features(**inputs).pooler_output
+    assert torch.equal(torch.stack(ours), theirs)
+    assert backbone.vision_hidden_size == 2 * family.model.config.vision_config.hidden_size  # two layers
