@@ -162,10 +162,8 @@ def _build_tower(
 
 def _meta_tower(config: Any) -> nn.Module:
     """The vision tower on the meta device: its class, parameter names and shapes, no memory."""
-    from transformers import AutoModel
-
     with torch.device("meta"):
-        return AutoModel.from_config(config.vision_config)
+        return _adapter_for(config).tower_from_config(config.vision_config)
 
 
 def _meta_model(config: Any, meta_tower: nn.Module) -> Backbone:

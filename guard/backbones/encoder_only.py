@@ -81,6 +81,17 @@ class EncoderOnlyBackbone(Backbone):
     """Checkpoint keys of the language model's input-embedding table, in either layout."""
 
     @classmethod
+    def tower_from_config(cls, vision_config: Any) -> nn.Module:
+        """The family's vision tower built from ``vision_config`` as the full model builds it (random or meta).
+
+        Default: ``transformers.AutoModel.from_config``; families whose tower class AutoModel does not map
+        override this.
+        """
+        from transformers import AutoModel
+
+        return AutoModel.from_config(vision_config)
+
+    @classmethod
     def supports(cls, model: nn.Module) -> bool:
         return isinstance(model, EncoderOnlyModel) and super().supports(model)
 
