@@ -30,6 +30,7 @@ from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.llava_onevision import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone
 from psaguard.backbones.llava_pixtral import EncoderOnlyLlavaPixtralBackbone, LlavaPixtralBackbone
 from psaguard.backbones.mistral3 import EncoderOnlyMistral3Backbone, Mistral3Backbone
+from psaguard.backbones.qwen2_vl import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
     BackboneRegistry,
@@ -56,6 +57,7 @@ __all__ = [
     "EncoderOnlyLlavaPixtralBackbone",
     "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
+    "EncoderOnlyQwen2VLBackbone",
     "EncoderOnlySmolVLMBackbone",
     "EncoderOnlyVipLlavaBackbone",
     "Gemma3Backbone",
@@ -66,6 +68,7 @@ __all__ = [
     "LlavaOnevisionBackbone",
     "LlavaPixtralBackbone",
     "Mistral3Backbone",
+    "Qwen2VLBackbone",
     "SmolVLMBackbone",
     "VipLlavaBackbone",
     "VisionFeatures",

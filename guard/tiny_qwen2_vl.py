@@ -1,0 +1,132 @@
+"""A tiny Qwen2-VL (ViT over native-resolution patches, 2 x 2 patch merger, Qwen2 LLM with M-RoPE), and its processor.
+
+``Qwen2VLProcessor`` requires a video processor, which needs torchvision, so :class:`TinyQwen2VLProcessor` is
+Qwen2-VL's processor without the video part: ``Qwen2VLImageProcessorPil`` (resize to multiples of
+``patch_size * merge_size`` within a pixel budget, patches flattened in 2 x 2 merge blocks, ``image_grid_thw``
+per image) and the same text handling (``<|image_pad|>`` repeated once per merged patch, ``mm_token_type_ids``
+marking them). The chat template writes ``<|vision_start|><|image_pad|><|vision_end|>`` per image, as
+Qwen2-VL's does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import Qwen2VLProcessor
+from transformers.processing_utils import ProcessorMixin
+
+from psaguard.tiny import (
+    TinyLlavaSpec,
+    init_tiny_model,
+    save_pretrained_pair,
+    tiny_chat_template,
+    tiny_text_config,
+    tiny_tokenizer,
+)
+
+__all__ = [
+    "QWEN2_VL_TOKENS",
+    "TinyQwen2VLProcessor",
+    "build_tiny_qwen2_vl",
+    "build_tiny_qwen2_vl_processor",
+    "save_tiny_qwen2_vl",
+]
+
+QWEN2_VL_TOKENS = {
+    "image_token": "<|image_pad|>",
+    "video_token": "<|video_pad|>",
+    "vision_start_token": "<|vision_start|>",
+    "vision_end_token": "<|vision_end|>",
+}
+"""Qwen2-VL's vision tokens, by the tokenizer attribute names its processor reads."""
+
+_MERGE = 2  # the patch merger's 2 x 2 blocks: one <|image_pad|> per block
+
+
+class TinyQwen2VLProcessor(Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` for images only: no video processor (which needs torchvision).
+
+    Args:
+        image_processor: a ``Qwen2VLImageProcessorPil``.
+        tokenizer: a tokenizer that knows Qwen2-VL's vision tokens (:data:`QWEN2_VL_TOKENS`).
+        chat_template: the chat template; an image renders as ``<|vision_start|><|image_pad|><|vision_end|>``.
+    """
+
+    def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
+        # The attributes Qwen2VLProcessor.__init__ sets, without its video processor.
+        self.image_token = tokenizer.image_token
+        self.video_token = tokenizer.video_token
+        self.image_token_id = tokenizer.image_token_id
+        self.video_token_id = tokenizer.video_token_id
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+def build_tiny_qwen2_vl_processor(spec: TinyLlavaSpec | None = None) -> TinyQwen2VLProcessor:
+    """:class:`TinyQwen2VLProcessor` over the tiny tokenizer: images of ``4 x 4`` to ``8 x 8`` merged patches."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    spec = spec or TinyLlavaSpec()
+    unit = spec.patch_size * _MERGE
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=spec.patch_size,
+        merge_size=_MERGE,
+        temporal_patch_size=2,
+        size={"shortest_edge": (4 * unit) ** 2, "longest_edge": (8 * unit) ** 2},
+    )
+    placeholder = "".join(QWEN2_VL_TOKENS[k] for k in ("vision_start_token", "image_token", "vision_end_token"))
+    return TinyQwen2VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tiny_tokenizer(spec, QWEN2_VL_TOKENS),
+        chat_template=tiny_chat_template(placeholder),
+    )
+
+
+def build_tiny_qwen2_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -> Qwen2VLForConditionalGeneration
+    """A tiny ``Qwen2VLForConditionalGeneration`` with random weights, sized by ``spec``."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    spec = spec or TinyLlavaSpec()
+    processor = processor or build_tiny_qwen2_vl_processor(spec)
+    tok = processor.tokenizer
+    head_dim = spec.text_hidden // spec.heads
+    text = tiny_text_config(
+        spec,
+        tok,
+        "qwen2_vl_text",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        vision_config={
+            "depth": spec.vision_layers,
+            "embed_dim": spec.vision_hidden,
+            "hidden_size": spec.text_hidden,
+            "num_heads": spec.heads,
+            "mlp_ratio": 2,
+            "patch_size": spec.patch_size,
+            "spatial_merge_size": _MERGE,
+            "temporal_patch_size": 2,
+        },
+        text_config=text,
+        image_token_id=ids(QWEN2_VL_TOKENS["image_token"]),
+        video_token_id=ids(QWEN2_VL_TOKENS["video_token"]),
+        vision_start_token_id=ids(QWEN2_VL_TOKENS["vision_start_token"]),
+        vision_end_token_id=ids(QWEN2_VL_TOKENS["vision_end_token"]),
+        tie_word_embeddings=False,
+    )
+    # Seed offset: drawn from spec.seed itself (0 by default), the random model answers one of the test
+    # images with a single repeated token, which would make comparisons of its answers weak.
+    return init_tiny_model(Qwen2VLForConditionalGeneration, config, tok, spec.seed + 1)
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Rotary frequencies per (temporal, height, width) axis, summing to ``head_dim / 2`` (Qwen2-VL: 16, 24, 24)."""
+    half = head_dim // 2
+    return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+
+
+def save_tiny_qwen2_vl(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
+    """Build a tiny Qwen2-VL and its processor and save both to ``path``."""
+    processor = build_tiny_qwen2_vl_processor(spec)
+    return save_pretrained_pair(path, build_tiny_qwen2_vl(spec, processor), processor)
