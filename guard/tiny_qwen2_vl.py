@@ -1,11 +1,12 @@
-"""A tiny Qwen2-VL (ViT over native-resolution patches, 2 x 2 patch merger, Qwen2 LLM with M-RoPE), and its processor.
+"""Tiny Qwen2-VL and Qwen2.5-VL (native-resolution ViT, 2 x 2 patch merger, M-RoPE LLM) and their processors.
 
-``Qwen2VLProcessor`` requires a video processor, which needs torchvision, so :class:`TinyQwen2VLProcessor` is
-Qwen2-VL's processor without the video part: ``Qwen2VLImageProcessorPil`` (resize to multiples of
-``patch_size * merge_size`` within a pixel budget, patches flattened in 2 x 2 merge blocks, ``image_grid_thw``
-per image) and the same text handling (``<|image_pad|>`` repeated once per merged patch, ``mm_token_type_ids``
-marking them). The chat template writes ``<|vision_start|><|image_pad|><|vision_end|>`` per image, as
-Qwen2-VL's does.
+Qwen2.5-VL's tower adds window attention (patches regrouped by window inside the tower). Both processors
+require a video processor, which needs torchvision, so :class:`TinyQwen2VLProcessor` and
+:class:`TinyQwen2_5_VLProcessor` are the families' processors without the video part:
+``Qwen2VLImageProcessorPil`` (resize to multiples of ``patch_size * merge_size`` within a pixel budget,
+patches flattened in 2 x 2 merge blocks, ``image_grid_thw`` per image) and the same text handling
+(``<|image_pad|>`` repeated once per merged patch, ``mm_token_type_ids`` marking them). The chat
+template writes ``<|vision_start|><|image_pad|><|vision_end|>`` per image, as Qwen2-VL's does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen2VLProcessor
+from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from psaguard.tiny import (
@@ -28,8 +29,12 @@ from psaguard.tiny import (
 __all__ = [
     "QWEN2_VL_TOKENS",
     "TinyQwen2VLProcessor",
+    "TinyQwen2_5_VLProcessor",
+    "build_tiny_qwen2_5_vl",
+    "build_tiny_qwen2_5_vl_processor",
     "build_tiny_qwen2_vl",
     "build_tiny_qwen2_vl_processor",
+    "save_tiny_qwen2_5_vl",
     "save_tiny_qwen2_vl",
 ]
 
@@ -54,15 +59,28 @@ class TinyQwen2VLProcessor(Qwen2VLProcessor):
     """
 
     def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
-        # The attributes Qwen2VLProcessor.__init__ sets, without its video processor.
-        self.image_token = tokenizer.image_token
-        self.video_token = tokenizer.video_token
-        self.image_token_id = tokenizer.image_token_id
-        self.video_token_id = tokenizer.video_token_id
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+        _init_images_only(self, image_processor, tokenizer, chat_template)
 
 
-def build_tiny_qwen2_vl_processor(spec: TinyLlavaSpec | None = None) -> TinyQwen2VLProcessor:
+class TinyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` for images only; arguments as :class:`TinyQwen2VLProcessor`'s."""
+
+    def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
+        _init_images_only(self, image_processor, tokenizer, chat_template)
+
+
+def _init_images_only(processor: ProcessorMixin, image_processor: Any, tokenizer: Any, chat_template: str | None):
+    """The attributes the Qwen-VL processors' ``__init__`` set, without their video processor."""
+    processor.image_token = tokenizer.image_token
+    processor.video_token = tokenizer.video_token
+    processor.image_token_id = tokenizer.image_token_id
+    processor.video_token_id = tokenizer.video_token_id
+    ProcessorMixin.__init__(processor, image_processor, tokenizer, chat_template=chat_template)
+
+
+def build_tiny_qwen2_vl_processor(
+    spec: TinyLlavaSpec | None = None, processor_class: type = TinyQwen2VLProcessor
+) -> TinyQwen2VLProcessor:
     """:class:`TinyQwen2VLProcessor` over the tiny tokenizer: images of ``4 x 4`` to ``8 x 8`` merged patches."""
     from transformers import Qwen2VLImageProcessorPil
 
@@ -75,7 +93,7 @@ def build_tiny_qwen2_vl_processor(spec: TinyLlavaSpec | None = None) -> TinyQwen
         size={"shortest_edge": (4 * unit) ** 2, "longest_edge": (8 * unit) ** 2},
     )
     placeholder = "".join(QWEN2_VL_TOKENS[k] for k in ("vision_start_token", "image_token", "vision_end_token"))
-    return TinyQwen2VLProcessor(
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tiny_tokenizer(spec, QWEN2_VL_TOKENS),
         chat_template=tiny_chat_template(placeholder),
@@ -118,6 +136,55 @@ def build_tiny_qwen2_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -
     # Seed offset: drawn from spec.seed itself (0 by default), the random model answers one of the test
     # images with a single repeated token, which would make comparisons of its answers weak.
     return init_tiny_model(Qwen2VLForConditionalGeneration, config, tok, spec.seed + 1)
+
+
+def build_tiny_qwen2_5_vl_processor(spec: TinyLlavaSpec | None = None) -> TinyQwen2_5_VLProcessor:
+    """:class:`TinyQwen2_5_VLProcessor`: Qwen2.5-VL uses Qwen2-VL's image processor and placeholder layout."""
+    return build_tiny_qwen2_vl_processor(spec, TinyQwen2_5_VLProcessor)  # type: ignore[return-value]
+
+
+def build_tiny_qwen2_5_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -> Qwen2_5_VLForConditionalGeneration
+    """A tiny ``Qwen2_5_VLForConditionalGeneration``: windows of 2 x 2 merged patches, the last block global."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    spec = spec or TinyLlavaSpec()
+    processor = processor or build_tiny_qwen2_5_vl_processor(spec)
+    tok = processor.tokenizer
+    head_dim = spec.text_hidden // spec.heads
+    text = tiny_text_config(
+        spec,
+        tok,
+        "qwen2_5_vl_text",
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        vision_config={
+            "depth": spec.vision_layers,
+            "hidden_size": spec.vision_hidden,
+            "out_hidden_size": spec.text_hidden,
+            "intermediate_size": spec.vision_hidden * 2,
+            "num_heads": spec.heads,
+            "patch_size": spec.patch_size,
+            "spatial_merge_size": _MERGE,
+            "temporal_patch_size": 2,
+            "window_size": 2 * _MERGE * spec.patch_size,
+            "fullatt_block_indexes": [spec.vision_layers - 1],
+        },
+        text_config=text,
+        image_token_id=ids(QWEN2_VL_TOKENS["image_token"]),
+        video_token_id=ids(QWEN2_VL_TOKENS["video_token"]),
+        vision_start_token_id=ids(QWEN2_VL_TOKENS["vision_start_token"]),
+        vision_end_token_id=ids(QWEN2_VL_TOKENS["vision_end_token"]),
+        tie_word_embeddings=False,
+    )
+    return init_tiny_model(Qwen2_5_VLForConditionalGeneration, config, tok, spec.seed)
+
+
+def save_tiny_qwen2_5_vl(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
+    """Build a tiny Qwen2.5-VL and its processor and save both to ``path``."""
+    processor = build_tiny_qwen2_5_vl_processor(spec)
+    return save_pretrained_pair(path, build_tiny_qwen2_5_vl(spec, processor), processor)
 
 
 def _mrope_section(head_dim: int) -> list[int]:

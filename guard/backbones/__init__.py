@@ -30,6 +30,7 @@ from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.llava_onevision import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone
 from psaguard.backbones.llava_pixtral import EncoderOnlyLlavaPixtralBackbone, LlavaPixtralBackbone
 from psaguard.backbones.mistral3 import EncoderOnlyMistral3Backbone, Mistral3Backbone
+from psaguard.backbones.qwen2_5_vl import EncoderOnlyQwen2_5_VLBackbone, Qwen2_5_VLBackbone
 from psaguard.backbones.qwen2_vl import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
@@ -58,6 +59,7 @@ __all__ = [
     "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
     "EncoderOnlyQwen2VLBackbone",
+    "EncoderOnlyQwen2_5_VLBackbone",
     "EncoderOnlySmolVLMBackbone",
     "EncoderOnlyVipLlavaBackbone",
     "Gemma3Backbone",
@@ -69,6 +71,7 @@ __all__ = [
     "LlavaPixtralBackbone",
     "Mistral3Backbone",
     "Qwen2VLBackbone",
+    "Qwen2_5_VLBackbone",
     "SmolVLMBackbone",
     "VipLlavaBackbone",
     "VisionFeatures",

@@ -18,7 +18,14 @@ from psaguard.tiny_idefics3 import (
 )
 from psaguard.tiny_internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
 from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3, save_tiny_mistral3
-from psaguard.tiny_qwen2_vl import TinyQwen2VLProcessor, build_tiny_qwen2_vl, save_tiny_qwen2_vl
+from psaguard.tiny_qwen2_vl import (
+    TinyQwen2_5_VLProcessor,
+    TinyQwen2VLProcessor,
+    build_tiny_qwen2_5_vl,
+    build_tiny_qwen2_vl,
+    save_tiny_qwen2_5_vl,
+    save_tiny_qwen2_vl,
+)
 
 # (save, processor class that loads the saved processor, model builder)
 FAMILIES = {
@@ -29,6 +36,7 @@ FAMILIES = {
     "idefics3": (save_tiny_idefics3, AutoProcessor, build_tiny_idefics3),
     "smolvlm": (save_tiny_smolvlm, TinySmolVLMProcessor, build_tiny_smolvlm),
     "qwen2_vl": (save_tiny_qwen2_vl, TinyQwen2VLProcessor, build_tiny_qwen2_vl),
+    "qwen2_5_vl": (save_tiny_qwen2_5_vl, TinyQwen2_5_VLProcessor, build_tiny_qwen2_5_vl),
 }
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
