@@ -181,11 +181,12 @@ def chat_token_ids(processor: Any, conversation: Conversation, placeholder_id: i
 
 
 def reserved_kwargs() -> frozenset[str]:
-    """``generate`` arguments only the guard sets: ids, masks, pixels and every registered family's image inputs."""
+    """``generate`` arguments only the guard sets (ids, masks, pixels, every registered family's image inputs)
+    or that it refuses (inputs a family's guard cannot judge, such as videos)."""
     family_inputs = {
         name
         for adapter in registered_backbones()
-        for name in (*adapter.image_input_names, *adapter.derived_input_names)
+        for name in (*adapter.image_input_names, *adapter.derived_input_names, *adapter.unjudged_input_names)
     }
     return _RESERVED_KWARGS | family_inputs
 

@@ -34,6 +34,7 @@ __all__ = [
     "tiny_chat_template",
     "tiny_text_config",
     "tiny_tokenizer",
+    "tiny_vision_sizes",
 ]
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -216,15 +217,19 @@ def tiny_tokenizer(spec: TinyLlavaSpec, named_tokens: Mapping[str, str] | None =
 def _vision_config(spec: TinyLlavaSpec):  # -> CLIPVisionConfig
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden,
-    )
+    return CLIPVisionConfig(**tiny_vision_sizes(spec), projection_dim=spec.vision_hidden)
+
+
+def tiny_vision_sizes(spec: TinyLlavaSpec) -> dict[str, int]:
+    """The vision tower's sizes from ``spec``, as the keyword arguments every ViT-style vision config takes."""
+    return {
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": spec.vision_hidden * 2,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.heads,
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+    }
 
 
 def tiny_text_config(spec: TinyLlavaSpec, tok, model_type: str = "llama", **overrides: Any):  # -> PreTrainedConfig

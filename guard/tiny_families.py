@@ -30,6 +30,7 @@ from psaguard.tiny import (
     tiny_chat_template,
     tiny_text_config,
     tiny_tokenizer,
+    tiny_vision_sizes,
 )
 from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3_processor
 
@@ -74,17 +75,6 @@ class TinyOnevisionProcessor(LlavaOnevisionProcessor):
         )
 
 
-def _vision_kwargs(spec: TinyLlavaSpec) -> dict[str, int]:
-    return {
-        "hidden_size": spec.vision_hidden,
-        "intermediate_size": spec.vision_hidden * 2,
-        "num_hidden_layers": spec.vision_layers,
-        "num_attention_heads": spec.heads,
-        "image_size": spec.image_size,
-        "patch_size": spec.patch_size,
-    }
-
-
 def build_tiny_vipllava(spec: TinyLlavaSpec | None = None) -> tuple[Any, Any]:
     """A tiny ``VipLlavaForConditionalGeneration`` (features of two CLIP layers) and its ``LlavaProcessor``."""
     from transformers import CLIPVisionConfig, VipLlavaConfig, VipLlavaForConditionalGeneration
@@ -93,7 +83,7 @@ def build_tiny_vipllava(spec: TinyLlavaSpec | None = None) -> tuple[Any, Any]:
     processor = build_tiny_processor(spec)
     tok = processor.tokenizer
     config = VipLlavaConfig(
-        vision_config=CLIPVisionConfig(**_vision_kwargs(spec), projection_dim=spec.vision_hidden),
+        vision_config=CLIPVisionConfig(**tiny_vision_sizes(spec), projection_dim=spec.vision_hidden),
         text_config=tiny_text_config(spec, tok),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=[-2, -1],
@@ -125,7 +115,7 @@ def build_tiny_llava_onevision(spec: TinyLlavaSpec | None = None) -> tuple[Any, 
         chat_template=tiny_chat_template(),
     )
     config = LlavaOnevisionConfig(
-        vision_config=SiglipVisionConfig(**_vision_kwargs(spec)),
+        vision_config=SiglipVisionConfig(**tiny_vision_sizes(spec)),
         text_config=tiny_text_config(spec, tok, "qwen2"),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
@@ -148,7 +138,7 @@ def build_tiny_llava_pixtral(spec: TinyLlavaSpec | None = None) -> tuple[Any, Ti
     spec = spec or TinyLlavaSpec()
     processor = build_tiny_mistral3_processor(spec, spatial_merge_size=1)
     tok = processor.tokenizer
-    vision = PixtralVisionConfig(**_vision_kwargs(spec), head_dim=spec.vision_hidden // spec.heads)
+    vision = PixtralVisionConfig(**tiny_vision_sizes(spec), head_dim=spec.vision_hidden // spec.heads)
     config = LlavaConfig(
         vision_config=vision,
         text_config=tiny_text_config(spec, tok),

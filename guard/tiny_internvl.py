@@ -25,6 +25,7 @@ from psaguard.tiny import (
     tiny_chat_template,
     tiny_text_config,
     tiny_tokenizer,
+    tiny_vision_sizes,
 )
 
 __all__ = [
@@ -103,14 +104,7 @@ def build_tiny_internvl(
     spec = spec or TinyLlavaSpec()
     processor = processor or build_tiny_internvl_processor(spec)
     tok = processor.tokenizer
-    vision = InternVLVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-    )
+    vision = InternVLVisionConfig(**tiny_vision_sizes(spec))
     config = InternVLConfig(
         vision_config=vision,
         text_config=tiny_text_config(spec, tok, "qwen2"),

@@ -22,6 +22,7 @@ from psaguard.tiny import (
     tiny_chat_template,
     tiny_text_config,
     tiny_tokenizer,
+    tiny_vision_sizes,
 )
 
 __all__ = [
@@ -122,15 +123,7 @@ def build_tiny_mistral3(
     spec = spec or TinyLlavaSpec()
     processor = processor or build_tiny_mistral3_processor(spec)
     tok = processor.tokenizer
-    vision = PixtralVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.heads,
-        head_dim=spec.vision_hidden // spec.heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-    )
+    vision = PixtralVisionConfig(**tiny_vision_sizes(spec), head_dim=spec.vision_hidden // spec.heads)
     config = Mistral3Config(
         vision_config=vision,
         text_config=tiny_text_config(spec, tok, "mistral"),

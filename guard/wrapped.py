@@ -126,6 +126,8 @@ class GuardedModel:
     def _pop_image_inputs(self, generate_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Take the family's image tensors besides ``pixel_values`` (processor outputs) out of ``generate_kwargs``."""
         backbone = self.classifier.backbone
+        if unjudged := [name for name in backbone.unjudged_input_names if generate_kwargs.get(name) is not None]:
+            raise InvalidInputError(f"{unjudged} cannot be judged by the image guard; send images only")
         own = {*backbone.image_input_names, *backbone.derived_input_names}
         every = {n for b in registered_backbones() for n in (*b.image_input_names, *b.derived_input_names)}
         if stray := [name for name in sorted(every - own) if generate_kwargs.get(name) is not None]:

@@ -9,6 +9,7 @@ placeholder is not the model's image token, and the markers are plain text in th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -46,8 +47,8 @@ class AyaVisionBackbone(TiledBackbone):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        factor = self.config.downsample_factor
-        self._tile_tokens = self._num_patches // (factor * factor)
+        # The projector's pixel shuffle merges factor x factor patches of the tile's square grid into one token.
+        self._tile_tokens = (math.isqrt(self._num_patches) // self.config.downsample_factor) ** 2
 
     @property
     def tokens_per_tile(self) -> int:

@@ -118,6 +118,9 @@ class Backbone(ABC):
     They come out of the family's processor beside ``pixel_values`` (LLaVA-NeXT: ``image_sizes``), so code
     that receives processor outputs (the wrapped model, the trainer) knows what to route to the vision pass.
     """
+    unjudged_input_names: ClassVar[tuple[str, ...]] = ()
+    """Model inputs the guard cannot judge (e.g. videos); a guarded call carrying one is refused, since the
+    model would otherwise see them unchecked."""
     derived_input_names: ClassVar[tuple[str, ...]] = ()
     """Processor outputs the guard rebuilds itself for the guarded input (e.g. ``token_type_ids``), so the
     wrapped model drops them from the caller's arguments instead of passing stale copies to ``generate``."""

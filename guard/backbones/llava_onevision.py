@@ -31,6 +31,7 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     family = "llava_onevision"
     model_types = ("llava_onevision",)
     image_input_names = ("image_sizes", "batch_num_images")
+    unjudged_input_names = ("pixel_values_videos", "image_sizes_videos")  # the PSA-VLM head judges images
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         return self.preprocess_requests(processor, images, [1] * len(images))  # each image alone: tiled

@@ -28,7 +28,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from psaguard import CheckpointMismatchError, GenerationUnavailableError, ProcessorError, SafetyGuard, SafetyGuardConfig
-from psaguard.backbones import Backbone
+from psaguard.backbones import Backbone, resolve_backbone
 
 PROMPTS = ["what is in this image ?", "describe the picture", "how many circle are there ?"]
 # min_new_tokens keeps EOS away so the comparison covers every step, not just an early stop.
@@ -53,6 +53,12 @@ class TinyFamily:
     ) -> TinyFamily:
         model = AutoModelForImageTextToText.from_pretrained(path).eval()
         return cls(path, model, processor_class.from_pretrained(path), processor_class, adapter, encoder_only)
+
+    def backbone(self) -> Backbone:
+        """The model's adapter, having read the processor (as a guard's is)."""
+        backbone = resolve_backbone(self.model)
+        backbone.check_processor(self.processor)
+        return backbone
 
 
 def shaped_images() -> list[Image.Image]:

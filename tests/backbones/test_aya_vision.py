@@ -23,14 +23,8 @@ class TestAyaVision(FamilyConformance):
     """Everything every family adapter does, on the tiny Aya Vision."""
 
 
-def _backbone(family: TinyFamily) -> AyaVisionBackbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def test_project_matches_the_models_own_image_features(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images())
     config = family.model.config
     with torch.inference_mode():
@@ -45,7 +39,7 @@ def test_project_matches_the_models_own_image_features(family):
 
 
 def test_the_template_placeholder_is_not_the_models_image_token(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     tokenizer = family.processor.tokenizer
     assert backbone.placeholder_token_id == tokenizer.convert_tokens_to_ids("<image>")
     assert backbone.image_token_id == tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>")
@@ -54,7 +48,7 @@ def test_the_template_placeholder_is_not_the_models_image_token(family):
 
 
 def test_runs_mark_each_crop_and_the_global_view(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()[2:4]))
     runs = backbone.image_runs(features, backbone.project(features))
     tokens = family.processor.tokenizer.convert_ids_to_tokens(runs[1])  # 24 x 64 px: 3 crops and the global view
@@ -64,7 +58,7 @@ def test_runs_mark_each_crop_and_the_global_view(family):
 
 
 def test_tile_counts_are_read_back_from_the_processors_ids(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     text = family.processor.apply_chat_template([user_turn(QUESTION, num_images=2)], add_generation_prompt=True)
     inputs = family.processor(images=shaped_images()[:2], text=[text], return_tensors="pt")
     assert "num_patches" not in inputs

@@ -23,12 +23,6 @@ class TestInternVL(FamilyConformance):
     """Everything every family adapter does, on the tiny InternVL."""
 
 
-def _backbone(family: TinyFamily) -> InternVLBackbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def _model_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     config = model.config
     return model.model.get_image_features(
@@ -51,7 +45,7 @@ def test_project_matches_the_models_own_image_features(family, layer):
 
 
 def test_the_safety_grid_is_each_images_global_view(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images())
     # A square image is one tile; the others are 2 x 2 (or 3 x 1) tiles and a thumbnail.
     assert inputs["num_patches"].tolist() == [1, 5, 5, 4]
@@ -61,7 +55,7 @@ def test_the_safety_grid_is_each_images_global_view(family):
 
 
 def test_runs_wrap_every_tile_of_an_image_in_img_tags(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()[:2]))
     runs = backbone.image_runs(features, backbone.project(features))
     start, context, end = family.processor.tokenizer.convert_tokens_to_ids(["<img>", "<IMG_CONTEXT>", "</img>"])
@@ -69,7 +63,7 @@ def test_runs_wrap_every_tile_of_an_image_in_img_tags(family):
 
 
 def test_tile_counts_are_read_back_from_the_processors_ids(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     text = family.processor.apply_chat_template([user_turn(QUESTION, num_images=2)], add_generation_prompt=True)
     inputs = family.processor(images=shaped_images()[:2], text=[text], return_tensors="pt")
     assert "num_patches" not in inputs  # the processor does not return it
@@ -82,7 +76,7 @@ def test_tile_counts_are_read_back_from_the_processors_ids(family):
 
 
 def test_tile_counts_that_do_not_add_up_are_refused(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images()[:2])
     with pytest.raises(InvalidInputError, match="add up"):
         backbone.encode_images(inputs["pixel_values"], num_patches=torch.tensor([1, 2]))

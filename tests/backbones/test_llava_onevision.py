@@ -51,3 +51,17 @@ def test_images_of_a_multi_image_request_are_seen_untiled_as_the_model_sees_them
     assert features.tiles == (1, 1)
     assert all(t.shape[0] == backbone.num_patches + 1 for t in ours)  # one view + image_newline
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_videos_the_guard_cannot_judge_are_refused_not_passed_through(family):
+    from psaguard import InvalidInputError, SafetyGuard
+
+    guard = SafetyGuard.attach(family.model, family.processor)
+    image = shaped_images()[0]
+    text = family.processor.apply_chat_template([user_turn(QUESTION)], add_generation_prompt=True)
+    inputs = family.processor(images=[image], text=[text], return_tensors="pt")
+    video = torch.zeros(1, 2, 3, 32, 32)
+    with pytest.raises(InvalidInputError, match="pixel_values_videos"):
+        guard.wrap().generate(**inputs, pixel_values_videos=video, max_new_tokens=2)
+    with pytest.raises(InvalidInputError, match="pixel_values_videos"):
+        guard.generate(image, QUESTION, pixel_values_videos=video, max_new_tokens=2)

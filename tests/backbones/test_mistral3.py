@@ -21,14 +21,8 @@ class TestMistral3(FamilyConformance):
     """Everything every family adapter does, on the tiny Mistral3."""
 
 
-def _backbone(family: TinyFamily) -> Mistral3Backbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def test_project_matches_the_models_own_image_features(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images())
     with torch.inference_mode():
         ours = backbone.project(backbone.encode_images(**inputs))
@@ -38,7 +32,7 @@ def test_project_matches_the_models_own_image_features(family):
 
 
 def test_native_grids_are_pooled_onto_the_square_safety_grid(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images())
     # (height, width) resized to multiples of 8 px, longer side 32: 4 px patches.
     assert inputs["image_sizes"].tolist() == [[32, 32], [24, 32], [32, 24], [16, 32]]
@@ -50,7 +44,7 @@ def test_native_grids_are_pooled_onto_the_square_safety_grid(family):
 
 
 def test_image_runs_are_the_processors_rows_with_breaks(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()[3:]))
     run = backbone.image_runs(features, backbone.project(features))[0]
     img, brk, end = family.processor.tokenizer.convert_tokens_to_ids(["[IMG]", "[IMG_BREAK]", "[IMG_END]"])
@@ -66,7 +60,7 @@ def test_a_processor_without_the_break_tokens_is_refused(family, tiny_processor)
 
 
 def test_image_sizes_that_do_not_fit_the_pixels_are_refused(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images()[:2])
     with pytest.raises(InvalidInputError):
         backbone.encode_images(inputs["pixel_values"])

@@ -1,4 +1,5 @@
-"""The tiny Mistral3, InternVL and Aya Vision builders: saved, reloaded offline, they generate from their processors."""
+"""The tiny Mistral3, InternVL and Aya Vision builders (psaguard.tiny_mistral3, tiny_internvl, tiny_aya_vision): saved,
+reloaded offline, they generate from their own processors."""
 
 from __future__ import annotations
 
