@@ -20,6 +20,7 @@ from psaguard.tiny import (
     tiny_chat_template,
     tiny_text_config,
     tiny_tokenizer,
+    tiny_vision_sizes,
 )
 
 __all__ = ["GEMMA3_TOKENS", "build_tiny_gemma3", "build_tiny_gemma3_processor", "save_tiny_gemma3"]
@@ -63,15 +64,7 @@ def build_tiny_gemma3(spec: TinyLlavaSpec | None = None, processor=None):  # -> 
     spec = spec or TinyLlavaSpec()
     processor = processor or build_tiny_gemma3_processor(spec)
     tok = processor.tokenizer
-    vision = SiglipVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        vision_use_head=False,
-    )
+    vision = SiglipVisionConfig(**tiny_vision_sizes(spec), vision_use_head=False)
     text = tiny_text_config(
         spec,
         tok,

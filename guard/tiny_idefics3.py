@@ -27,6 +27,7 @@ from psaguard.tiny import (
     tiny_chat_template,
     tiny_text_config,
     tiny_tokenizer,
+    tiny_vision_sizes,
 )
 
 __all__ = [
@@ -122,16 +123,8 @@ def build_tiny_smolvlm_processor(spec: TinyLlavaSpec | None = None) -> TinySmolV
 
 
 def _config(config_class, vision_config_class, spec: TinyLlavaSpec, tok):
-    vision = vision_config_class(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-    )
     return config_class(
-        vision_config=vision,
+        vision_config=vision_config_class(**tiny_vision_sizes(spec)),
         text_config=tiny_text_config(spec, tok),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=_SCALE_FACTOR,

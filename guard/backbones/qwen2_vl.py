@@ -73,6 +73,7 @@ class Qwen2VLBackbone(Backbone):
     model_types = ("qwen2_vl",)
     image_input_names = ("image_grid_thw",)
     derived_input_names = ("mm_token_type_ids",)
+    unjudged_input_names = ("pixel_values_videos", "video_grid_thw")
     safety_grid_side: ClassVar[int] = 24
     """Side of the square grid the safety projector sees (every image's patch grid is pooled onto it)."""
 
