@@ -1,8 +1,9 @@
-"""Tiny Qwen2-VL and Qwen2.5-VL (native-resolution ViT, 2 x 2 patch merger, M-RoPE LLM) and their processors.
+"""Tiny Qwen2-VL, Qwen2.5-VL and Qwen3-VL (native-resolution ViT, 2 x 2 patch merger, M-RoPE LLM) and processors.
 
-Qwen2.5-VL's tower adds window attention (patches regrouped by window inside the tower). Both processors
-require a video processor, which needs torchvision, so :class:`TinyQwen2VLProcessor` and
-:class:`TinyQwen2_5_VLProcessor` are the families' processors without the video part:
+Qwen2.5-VL's tower adds window attention (patches regrouped by window inside the tower), Qwen3-VL DeepStack
+features (intermediate tower blocks added to early LLM layers). The processors require a video processor,
+which needs torchvision, so :class:`TinyQwen2VLProcessor`, :class:`TinyQwen2_5_VLProcessor` and
+:class:`TinyQwen3VLProcessor` are the families' processors without the video part:
 ``Qwen2VLImageProcessorPil`` (resize to multiples of ``patch_size * merge_size`` within a pixel budget,
 patches flattened in 2 x 2 merge blocks, ``image_grid_thw`` per image) and the same text handling
 (``<|image_pad|>`` repeated once per merged patch, ``mm_token_type_ids`` marking them). The chat
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
+from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from psaguard.tiny import (
@@ -30,12 +31,16 @@ __all__ = [
     "QWEN2_VL_TOKENS",
     "TinyQwen2VLProcessor",
     "TinyQwen2_5_VLProcessor",
+    "TinyQwen3VLProcessor",
     "build_tiny_qwen2_5_vl",
     "build_tiny_qwen2_5_vl_processor",
     "build_tiny_qwen2_vl",
     "build_tiny_qwen2_vl_processor",
+    "build_tiny_qwen3_vl",
+    "build_tiny_qwen3_vl_processor",
     "save_tiny_qwen2_5_vl",
     "save_tiny_qwen2_vl",
+    "save_tiny_qwen3_vl",
 ]
 
 QWEN2_VL_TOKENS = {
@@ -67,6 +72,17 @@ class TinyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
 
     def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
         _init_images_only(self, image_processor, tokenizer, chat_template)
+
+
+class TinyQwen3VLProcessor(Qwen3VLProcessor):
+    """``Qwen3VLProcessor`` for images only; arguments as :class:`TinyQwen2VLProcessor`'s."""
+
+    def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
+        _init_images_only(self, image_processor, tokenizer, chat_template)
+        self.vision_start_token = tokenizer.vision_start_token
+        self.vision_end_token = tokenizer.vision_end_token
+        self.vision_start_token_id = tokenizer.vision_start_token_id
+        self.vision_end_token_id = tokenizer.vision_end_token_id
 
 
 def _init_images_only(processor: ProcessorMixin, image_processor: Any, tokenizer: Any, chat_template: str | None):
@@ -185,6 +201,61 @@ def save_tiny_qwen2_5_vl(path: str | Path, spec: TinyLlavaSpec | None = None) ->
     """Build a tiny Qwen2.5-VL and its processor and save both to ``path``."""
     processor = build_tiny_qwen2_5_vl_processor(spec)
     return save_pretrained_pair(path, build_tiny_qwen2_5_vl(spec, processor), processor)
+
+
+def build_tiny_qwen3_vl_processor(spec: TinyLlavaSpec | None = None) -> TinyQwen3VLProcessor:
+    """:class:`TinyQwen3VLProcessor`: Qwen3-VL uses Qwen2-VL's image processor and placeholder layout."""
+    return build_tiny_qwen2_vl_processor(spec, TinyQwen3VLProcessor)  # type: ignore[return-value]
+
+
+def build_tiny_qwen3_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -> Qwen3VLForConditionalGeneration
+    """A tiny ``Qwen3VLForConditionalGeneration``: DeepStack from the first vision block into the first LLM layer."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    spec = spec or TinyLlavaSpec()
+    processor = processor or build_tiny_qwen3_vl_processor(spec)
+    tok = processor.tokenizer
+    head_dim = spec.text_hidden // spec.heads
+    text = tiny_text_config(
+        spec,
+        tok,
+        "qwen3_vl_text",
+        head_dim=head_dim,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": _mrope_section(head_dim),
+            "mrope_interleaved": True,
+        },
+    )
+    ids = tok.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        vision_config={
+            "depth": spec.vision_layers,
+            "hidden_size": spec.vision_hidden,
+            "out_hidden_size": spec.text_hidden,
+            "intermediate_size": spec.vision_hidden * 2,
+            "num_heads": spec.heads,
+            "patch_size": spec.patch_size,
+            "spatial_merge_size": _MERGE,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0],
+        },
+        text_config=text,
+        image_token_id=ids(QWEN2_VL_TOKENS["image_token"]),
+        video_token_id=ids(QWEN2_VL_TOKENS["video_token"]),
+        vision_start_token_id=ids(QWEN2_VL_TOKENS["vision_start_token"]),
+        vision_end_token_id=ids(QWEN2_VL_TOKENS["vision_end_token"]),
+        tie_word_embeddings=False,
+    )
+    return init_tiny_model(Qwen3VLForConditionalGeneration, config, tok, spec.seed)
+
+
+def save_tiny_qwen3_vl(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
+    """Build a tiny Qwen3-VL and its processor and save both to ``path``."""
+    processor = build_tiny_qwen3_vl_processor(spec)
+    return save_pretrained_pair(path, build_tiny_qwen3_vl(spec, processor), processor)
 
 
 def _mrope_section(head_dim: int) -> list[int]:

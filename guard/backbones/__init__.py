@@ -32,6 +32,7 @@ from psaguard.backbones.llava_pixtral import EncoderOnlyLlavaPixtralBackbone, Ll
 from psaguard.backbones.mistral3 import EncoderOnlyMistral3Backbone, Mistral3Backbone
 from psaguard.backbones.qwen2_5_vl import EncoderOnlyQwen2_5_VLBackbone, Qwen2_5_VLBackbone
 from psaguard.backbones.qwen2_vl import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
+from psaguard.backbones.qwen3_vl import EncoderOnlyQwen3VLBackbone, Qwen3VLBackbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
     BackboneRegistry,
@@ -60,6 +61,7 @@ __all__ = [
     "EncoderOnlyModel",
     "EncoderOnlyQwen2VLBackbone",
     "EncoderOnlyQwen2_5_VLBackbone",
+    "EncoderOnlyQwen3VLBackbone",
     "EncoderOnlySmolVLMBackbone",
     "EncoderOnlyVipLlavaBackbone",
     "Gemma3Backbone",
@@ -72,6 +74,7 @@ __all__ = [
     "Mistral3Backbone",
     "Qwen2VLBackbone",
     "Qwen2_5_VLBackbone",
+    "Qwen3VLBackbone",
     "SmolVLMBackbone",
     "VipLlavaBackbone",
     "VisionFeatures",

@@ -121,13 +121,13 @@ class Qwen2VLBackbone(Backbone):
         self._check_grids(pixel_values, grids)
         tower = self.vision_tower
         param = next(tower.parameters())
-        hidden = self._unmerged(tower, pixel_values.to(param.device, param.dtype), grids.to(param.device))
+        hidden, selected = self._tower_pass(tower, pixel_values.to(param.device, param.dtype), grids.to(param.device))
         counts = [int(g.prod()) for g in grids]
         patches = [
             pool_to_square_grid(self._patch_grid(chunk, grid), self.safety_grid_side)
             for chunk, grid in zip(torch.split(hidden, counts), grids.tolist())
         ]
-        return VisionFeatures(patches=torch.stack(patches), selected=hidden, tiles=tuple(counts), image_sizes=grids)
+        return VisionFeatures(patches=torch.stack(patches), selected=selected, tiles=tuple(counts), image_sizes=grids)
 
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
         """The merger's embeddings, one ``(t * h * w / merge^2, D)`` tensor per image."""
@@ -135,7 +135,7 @@ class Qwen2VLBackbone(Backbone):
             raise InvalidInputError(f"{self.family} features must carry the patch count per image")
         merger = self.vision_tower.merger
         param = next(merger.parameters())
-        merged = merger(features.selected.to(param.device, param.dtype))
+        merged = merger(self._last_hidden(features.selected).to(param.device, param.dtype))
         return list(torch.split(merged, [n // self._merge**2 for n in features.tiles]))
 
     # ------------------------------------------------------------------ the language model's input
@@ -148,13 +148,14 @@ class Qwen2VLBackbone(Backbone):
             image_token_id=layout.image_token_id,
             runs=layout.runs,
             placeholder_id=layout.placeholder_id,
-            model_inputs=partial(self._model_inputs, features.image_sizes),
+            model_inputs=partial(self._model_inputs, features),
         )
 
     def _model_inputs(
-        self, grids: torch.Tensor, image_features: Sequence[torch.Tensor], input_ids: torch.Tensor
+        self, features: VisionFeatures, image_features: Sequence[torch.Tensor], input_ids: torch.Tensor
     ) -> dict[str, Any]:
         """The features, ``image_grid_thw`` and ``mm_token_type_ids`` (safety tokens typed as text)."""
+        grids = features.image_sizes
         grid_lengths = [int(g.prod()) // self._merge**2 for g in grids]
         types = mrope_token_types(input_ids, self.image_token_id, [len(f) for f in image_features], grid_lengths)
         return {
@@ -164,6 +165,17 @@ class Qwen2VLBackbone(Backbone):
         }
 
     # ------------------------------------------------------------------ helpers
+    def _tower_pass(
+        self, tower: nn.Module, pixel_values: torch.Tensor, grids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden state before the merger, what :meth:`project` reads), in the processor's patch order."""
+        hidden = self._unmerged(tower, pixel_values, grids)
+        return hidden, hidden
+
+    def _last_hidden(self, selected: torch.Tensor) -> torch.Tensor:
+        """The merger's input inside ``VisionFeatures.selected``."""
+        return selected
+
     def _unmerged(self, tower: nn.Module, pixel_values: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """The tower's last hidden state before the merger, in the processor's (merge-block) patch order."""
         return tower(pixel_values, grid_thw=grids, return_dict=True).last_hidden_state

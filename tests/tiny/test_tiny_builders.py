@@ -22,10 +22,13 @@ from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3, sa
 from psaguard.tiny_qwen2_vl import (
     TinyQwen2_5_VLProcessor,
     TinyQwen2VLProcessor,
+    TinyQwen3VLProcessor,
     build_tiny_qwen2_5_vl,
     build_tiny_qwen2_vl,
+    build_tiny_qwen3_vl,
     save_tiny_qwen2_5_vl,
     save_tiny_qwen2_vl,
+    save_tiny_qwen3_vl,
 )
 
 # (save, processor class that loads the saved processor, model builder)
@@ -38,6 +41,7 @@ FAMILIES = {
     "smolvlm": (save_tiny_smolvlm, TinySmolVLMProcessor, build_tiny_smolvlm),
     "qwen2_vl": (save_tiny_qwen2_vl, TinyQwen2VLProcessor, build_tiny_qwen2_vl),
     "qwen2_5_vl": (save_tiny_qwen2_5_vl, TinyQwen2_5_VLProcessor, build_tiny_qwen2_5_vl),
+    "qwen3_vl": (save_tiny_qwen3_vl, TinyQwen3VLProcessor, build_tiny_qwen3_vl),
 }
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
