@@ -23,6 +23,8 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
 )
@@ -129,12 +131,44 @@ def qwen2_5_vl_3b() -> tuple[type, Qwen2_5_VLConfig]:
     return Qwen2_5_VLForConditionalGeneration, config
 
 
+def qwen3_vl_2b() -> tuple[type, Qwen3VLConfig]:
+    """Qwen/Qwen3-VL-2B-Instruct: ViT (24 blocks, 1024 wide, 16 px patches, deepstack 5/11/17), Qwen3 1.7B."""
+    vision = {
+        "depth": 24,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_heads": 16,
+        "out_hidden_size": 2048,
+        "patch_size": 16,
+        "num_position_embeddings": 2304,
+        "deepstack_visual_indexes": [5, 11, 17],
+    }
+    text = {
+        "hidden_size": 2048,
+        "intermediate_size": 6144,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5000000.0,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    }
+    config = Qwen3VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=True)
+    return Qwen3VLForConditionalGeneration, config
+
+
 FAMILIES: dict[str, Callable[[], tuple[type, object]]] = {
     "gemma-3-4b": gemma3_4b,
     "smolvlm-256m": smolvlm_256m,
     "idefics3-8b": idefics3_8b,
     "qwen2-vl-2b": qwen2_vl_2b,
     "qwen2.5-vl-3b": qwen2_5_vl_3b,
+    "qwen3-vl-2b": qwen3_vl_2b,
 }
 
 
