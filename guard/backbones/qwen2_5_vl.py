@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.vision_utils import get_vision_window_index
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.qwen2_vl import Qwen2VLBackbone
@@ -34,6 +33,10 @@ class Qwen2_5_VLBackbone(Qwen2VLBackbone):
 
     def _unmerged(self, tower: nn.Module, pixel_values: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """The last hidden state in the processor's patch order: the tower's window order undone."""
+        # Imported here: importing transformers' vision utilities installs warning filters (psaguard's
+        # import has no global side effects).
+        from transformers.vision_utils import get_vision_window_index
+
         hidden = tower(pixel_values, grid_thw=grids, return_dict=True).last_hidden_state
         window_index, _ = get_vision_window_index(
             grids,

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
 from psaguard.backbones.base import VisionFeatures
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
@@ -56,6 +55,9 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         self, features: VisionFeatures, image_features: Sequence[torch.Tensor], input_ids: torch.Tensor
     ) -> dict[str, Any]:
         """Qwen2-VL's inputs, with each deepstack layer's features per image (zero rows for the safety tokens)."""
+        # Imported here: importing the model module installs warning filters (psaguard's import has none).
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
         inputs = super()._model_inputs(features, image_features, input_ids)
         width = self.vision_hidden_size
         tower = self.vision_tower
