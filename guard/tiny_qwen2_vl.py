@@ -38,6 +38,8 @@ __all__ = [
     "build_tiny_qwen2_vl_processor",
     "build_tiny_qwen3_vl",
     "build_tiny_qwen3_vl_processor",
+    "init_images_only_processor",
+    "mrope_section_for",
     "save_tiny_qwen2_5_vl",
     "save_tiny_qwen2_vl",
     "save_tiny_qwen3_vl",
@@ -64,29 +66,31 @@ class TinyQwen2VLProcessor(Qwen2VLProcessor):
     """
 
     def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
-        _init_images_only(self, image_processor, tokenizer, chat_template)
+        init_images_only_processor(self, image_processor, tokenizer, chat_template)
 
 
 class TinyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` for images only; arguments as :class:`TinyQwen2VLProcessor`'s."""
 
     def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
-        _init_images_only(self, image_processor, tokenizer, chat_template)
+        init_images_only_processor(self, image_processor, tokenizer, chat_template)
 
 
 class TinyQwen3VLProcessor(Qwen3VLProcessor):
     """``Qwen3VLProcessor`` for images only; arguments as :class:`TinyQwen2VLProcessor`'s."""
 
     def __init__(self, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> None:
-        _init_images_only(self, image_processor, tokenizer, chat_template)
+        init_images_only_processor(self, image_processor, tokenizer, chat_template)
         self.vision_start_token = tokenizer.vision_start_token
         self.vision_end_token = tokenizer.vision_end_token
         self.vision_start_token_id = tokenizer.vision_start_token_id
         self.vision_end_token_id = tokenizer.vision_end_token_id
 
 
-def _init_images_only(processor: ProcessorMixin, image_processor: Any, tokenizer: Any, chat_template: str | None):
-    """The attributes the Qwen-VL processors' ``__init__`` set, without their video processor."""
+def init_images_only_processor(
+    processor: ProcessorMixin, image_processor: Any, tokenizer: Any, chat_template: str | None
+) -> None:
+    """The attributes the Qwen-VL (and GLM-4V) processors' ``__init__`` set, without their video processor."""
     processor.image_token = tokenizer.image_token
     processor.video_token = tokenizer.video_token
     processor.image_token_id = tokenizer.image_token_id
@@ -128,7 +132,7 @@ def build_tiny_qwen2_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -
         spec,
         tok,
         "qwen2_vl_text",
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section_for(head_dim)},
     )
     ids = tok.convert_tokens_to_ids
     config = Qwen2VLConfig(
@@ -171,7 +175,7 @@ def build_tiny_qwen2_5_vl(spec: TinyLlavaSpec | None = None, processor=None):  #
         spec,
         tok,
         "qwen2_5_vl_text",
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section_for(head_dim)},
     )
     ids = tok.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
@@ -224,7 +228,7 @@ def build_tiny_qwen3_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -
         rope_parameters={
             "rope_type": "default",
             "rope_theta": 10000.0,
-            "mrope_section": _mrope_section(head_dim),
+            "mrope_section": mrope_section_for(head_dim),
             "mrope_interleaved": True,
         },
     )
@@ -258,7 +262,7 @@ def save_tiny_qwen3_vl(path: str | Path, spec: TinyLlavaSpec | None = None) -> P
     return save_pretrained_pair(path, build_tiny_qwen3_vl(spec, processor), processor)
 
 
-def _mrope_section(head_dim: int) -> list[int]:
+def mrope_section_for(head_dim: int) -> list[int]:
     """Rotary frequencies per (temporal, height, width) axis, summing to ``head_dim / 2`` (Qwen2-VL: 16, 24, 24)."""
     half = head_dim // 2
     return [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]

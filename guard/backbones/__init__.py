@@ -18,6 +18,7 @@ from psaguard.backbones.encoder_only import (
     encoder_only_backbones,
 )
 from psaguard.backbones.gemma3 import EncoderOnlyGemma3Backbone, Gemma3Backbone
+from psaguard.backbones.glm4v import EncoderOnlyGlm4vBackbone, Glm4vBackbone
 from psaguard.backbones.idefics3 import (
     EncoderOnlyIdefics3Backbone,
     EncoderOnlySmolVLMBackbone,
@@ -51,6 +52,7 @@ __all__ = [
     "EncoderOnlyAyaVisionBackbone",
     "EncoderOnlyBackbone",
     "EncoderOnlyGemma3Backbone",
+    "EncoderOnlyGlm4vBackbone",
     "EncoderOnlyIdefics3Backbone",
     "EncoderOnlyInternVLBackbone",
     "EncoderOnlyLlavaBackbone",
@@ -65,6 +67,7 @@ __all__ = [
     "EncoderOnlySmolVLMBackbone",
     "EncoderOnlyVipLlavaBackbone",
     "Gemma3Backbone",
+    "Glm4vBackbone",
     "Idefics3Backbone",
     "InternVLBackbone",
     "LlavaBackbone",

@@ -10,6 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from psaguard.tiny import TinyLlavaSpec
 from psaguard.tiny_aya_vision import build_tiny_aya_vision, build_tiny_aya_vision_processor, save_tiny_aya_vision
 from psaguard.tiny_gemma3 import build_tiny_gemma3, save_tiny_gemma3
+from psaguard.tiny_glm4v import TinyGlm4vProcessor, build_tiny_glm4v, save_tiny_glm4v
 from psaguard.tiny_idefics3 import (
     TinySmolVLMProcessor,
     build_tiny_idefics3,
@@ -42,6 +43,7 @@ FAMILIES = {
     "qwen2_vl": (save_tiny_qwen2_vl, TinyQwen2VLProcessor, build_tiny_qwen2_vl),
     "qwen2_5_vl": (save_tiny_qwen2_5_vl, TinyQwen2_5_VLProcessor, build_tiny_qwen2_5_vl),
     "qwen3_vl": (save_tiny_qwen3_vl, TinyQwen3VLProcessor, build_tiny_qwen3_vl),
+    "glm4v": (save_tiny_glm4v, TinyGlm4vProcessor, build_tiny_glm4v),
 }
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
