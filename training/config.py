@@ -57,9 +57,10 @@ class QuantConfig(BaseModel):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="Dtype the 4-bit layers compute in."
     )
-    skip_modules: tuple[str, ...] = Field(
-        ("model.vision_tower", "model.multi_modal_projector", "lm_head"),
-        description="Full module names kept unquantized (vision tower, projector, output layer).",
+    skip_modules: tuple[str, ...] | None = Field(
+        None,
+        description="Full module names kept unquantized; None: the model family adapter's unquantized_modules "
+        "(vision tower, projector, output layer).",
     )
 
 

@@ -124,6 +124,9 @@ class Backbone(ABC):
     derived_input_names: ClassVar[tuple[str, ...]] = ()
     """Processor outputs the guard rebuilds itself for the guarded input (e.g. ``token_type_ids``), so the
     wrapped model drops them from the caller's arguments instead of passing stale copies to ``generate``."""
+    unquantized_modules: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    """Full module names that 4-bit loading (Stage II QLoRA) keeps in full precision: everything but the
+    language model (the vision tower and projector the guard reads, and the output layer)."""
     language_model_name: ClassVar[str] = "language_model"
     """Name of the module holding the language model in the model's module tree (``model.<name>``): Stage II
     puts its LoRA adapters into the projections under it and nowhere else."""
