@@ -48,6 +48,7 @@ class Idefics3Backbone(Backbone):
     model_types = ("idefics3",)
     image_input_names = ("pixel_attention_mask", "rows", "cols")
     language_model_name = "text_model"
+    unquantized_modules = ("model.vision_model", "model.connector", "lm_head")
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

@@ -74,6 +74,7 @@ class Qwen2VLBackbone(Backbone):
     image_input_names = ("image_grid_thw",)
     derived_input_names = ("mm_token_type_ids",)
     unjudged_input_names = ("pixel_values_videos", "video_grid_thw")
+    unquantized_modules = ("model.visual", "lm_head")  # the tower holds the merger
     safety_grid_side: ClassVar[int] = 24
     """Side of the square grid the safety projector sees (every image's patch grid is pooled onto it)."""
 

@@ -301,6 +301,8 @@ class FamilyConformance:
         accelerator = make_accelerator(cfg)
         setup = build_stage2(cfg, accelerator)
         adapted = setup.task.objective.model
+        quantized = [name for name, module in adapted.named_modules() if type(module).__name__ == "Linear4bit"]
+        assert quantized and all(f".{family.adapter.language_model_name}." in name for name in quantized)
         before = {n: t.detach().clone() for n, t in adapted.state_dict().items()}
 
         state = run_training(setup.task, cfg, accelerator)
