@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import (
     Gemma3Config,
+    Glm4vConfig,
+    Glm4vForConditionalGeneration,
     Gemma3ForConditionalGeneration,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
@@ -162,6 +164,11 @@ def qwen3_vl_2b() -> tuple[type, Qwen3VLConfig]:
     return Qwen3VLForConditionalGeneration, config
 
 
+def glm4v_9b() -> tuple[type, Glm4vConfig]:
+    """zai-org/GLM-4.1V-9B-Thinking: transformers' Glm4vConfig defaults are this release's sizes."""
+    return Glm4vForConditionalGeneration, Glm4vConfig()
+
+
 FAMILIES: dict[str, Callable[[], tuple[type, object]]] = {
     "gemma-3-4b": gemma3_4b,
     "smolvlm-256m": smolvlm_256m,
@@ -169,6 +176,7 @@ FAMILIES: dict[str, Callable[[], tuple[type, object]]] = {
     "qwen2-vl-2b": qwen2_vl_2b,
     "qwen2.5-vl-3b": qwen2_5_vl_3b,
     "qwen3-vl-2b": qwen3_vl_2b,
+    "glm-4.1v-9b": glm4v_9b,
 }
 
 
