@@ -81,7 +81,6 @@ class Classifier:
             self.config.fingerprint.check(backbone.fingerprint())
         elif backbone.fingerprint() != self.backbone.fingerprint():
             raise CheckpointMismatchError("the model differs from the guard's model")
-        backbone.check_processor(self.processor)  # and reads from it what the new adapter needs
         return Classifier(backbone, self.processor, self.config, self.modules)
 
     # ------------------------------------------------------------------ judging

@@ -10,7 +10,9 @@
    answers with the policy's refusal text without running the model (or, with ``refuse_with="hint"``,
    generates with a refusal hint); block raises :class:`~psaguard.errors.GuardBlocked`.
 
-The plan and the language-model input are :mod:`psaguard.plan`'s, shared with the drop-in wrapper.
+The plan and the language-model input are :mod:`psaguard.plan`'s, shared with the drop-in wrapper. Names
+that lived here before the request path was split (the decisions, now in :mod:`psaguard.policy`; the
+tokenizer rules, now in :mod:`psaguard.tokenization`) are still importable from this module.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from psaguard.injection import tokenize_prompt
 from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.policy import ACTION_SEVERITY, GenerationOptions, Resolution, resolve_action, worst_verdict
 from psaguard.streaming import GuardedStream
-from psaguard.tokenization import render_chat, tokenizer_of
+from psaguard.tokenization import eos_token_ids, pad_token_id, render_chat, tokenizer_of, until_eos
 
 __all__ = [
     "ACTION_SEVERITY",
@@ -41,8 +43,12 @@ __all__ = [
     "Resolution",
     "chat_token_ids",
     "check_generate_kwargs",
+    "eos_token_ids",
+    "pad_token_id",
     "reserved_kwargs",
     "resolve_action",
+    "tokenizer_of",
+    "until_eos",
     "worst_verdict",
 ]
 

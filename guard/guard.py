@@ -57,7 +57,6 @@ class SafetyGuard:
     ) -> None:
         if backbone is None or backbone.model is not model:
             backbone = resolve_backbone(model)
-            backbone.check_processor(processor)  # and reads from it what the adapter needs
         self.classifier = Classifier(backbone, processor, config, modules)
         """What judges: the backbone, the safety modules and the prompt encoder (everything below the facade)."""
 

@@ -61,6 +61,20 @@ class TinyFamily:
         return backbone
 
 
+def projections(family: TinyFamily) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The adapter's ``project`` and the model's own ``get_image_features`` on the same preprocessed images,
+    one ``(L_i, D)`` tensor per image each (for families whose ``get_image_features`` takes those inputs)."""
+    from psaguard.backbones import resolve_backbone
+
+    backbone = resolve_backbone(family.model)
+    backbone.check_processor(family.processor)
+    inputs = backbone.preprocess(family.processor, shaped_images())
+    with torch.inference_mode():
+        ours = backbone.project(backbone.encode_images(**inputs))
+        theirs = family.model.model.get_image_features(**inputs).pooler_output
+    return ours, [t.reshape(-1, t.shape[-1]) for t in theirs]
+
+
 def shaped_images() -> list[Image.Image]:
     rng = np.random.default_rng(2)
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from family_conformance import FamilyConformance, TinyFamily, shaped_images
+from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
 from generation_helpers import QUESTION, user_turn
 
 from psaguard.backbones import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone, resolve_backbone
@@ -26,11 +26,7 @@ def test_the_language_model_is_qwen2(family):
 
 
 def test_project_matches_the_models_own_image_features(family):
-    backbone = resolve_backbone(family.model)
-    inputs = backbone.preprocess(family.processor, shaped_images())
-    with torch.inference_mode():
-        ours = backbone.project(backbone.encode_images(**inputs))
-        theirs = family.model.model.get_image_features(**inputs).pooler_output
+    ours, theirs = projections(family)
     assert [t.shape for t in ours] == [t.shape for t in theirs]
     assert len({len(t) for t in ours}) > 1  # aspect ratios give different lengths
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
