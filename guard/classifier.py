@@ -111,7 +111,8 @@ class Classifier:
         for index, (image, prompt) in enumerate(zip(images, prompts)):
             try:
                 self.prompts.token_ids(prompt)  # validates fully, so a bad prompt fails alone
-                loaded.append((index, load_image(image, self.config.max_image_pixels), prompt))
+                decoded = load_image(image, self.config.max_image_pixels, formats=self.config.image_formats)
+                loaded.append((index, decoded, prompt))
             except (InvalidImageError, InvalidPromptError) as err:
                 if self.policy.on_error == "block":
                     raise type(err)(f"request {index}: {err}") from err

@@ -2,7 +2,8 @@
 
 :class:`GuardedGenerator` is what ``SafetyGuard.generate`` / ``generate_batch`` / ``stream`` run:
 
-1. every image of a request is judged with the request's user text (``Classifier.analyze``; one vision pass);
+1. every image of a request is judged with the text of the request's turns (``Classifier.analyze``; one vision
+   pass);
 2. the worst verdict decides (actions order allow < hint < refuse < block, ties by level; see
    :mod:`psaguard.policy`);
 3. allow and hint run the language model on the chat-templated prompt (a hint is appended to the last user
@@ -178,6 +179,8 @@ def chat_token_ids(processor: Any, conversation: Conversation, placeholder_id: i
             )
         )
     except ValueError as err:
+        if "Can't sanitize" in str(err):  # the text spells a control token (e.g. '<unk>') only it can produce
+            raise InvalidPromptError(f"the prompt cannot be encoded as plain text: {err}") from err
         raise ConfigError(f"cannot render the conversation with the chat template: {err}") from err
     if plain[:1] == [tokenizer.bos_token_id] and ids[:1] != plain[:1]:
         ids.insert(0, tokenizer.bos_token_id)

@@ -32,6 +32,7 @@ __all__ = [
     "Resolution",
     "TypeRule",
     "blocked_message",
+    "check_template",
     "decide",
     "error_verdict",
     "fixed_verdict",
@@ -56,18 +57,34 @@ ErrorAction = Literal["block", "refuse", "allow"]
 """What to do when the guard cannot judge: raise (fail closed), refuse, or let the request through."""
 
 
-def _check_template(template: str) -> None:
-    """Templates may only use the bare ``{concept}`` field: ``{concept.attr}`` or ``{0}`` would fail (or
-    walk object attributes) at the moment a verdict is produced, not when the policy is loaded."""
+def check_template(template: str, field: str) -> str:
+    """Return ``template`` if it uses only the plain ``{field}`` replacement field; else raise ``ValueError``.
+
+    Checked once, when a policy or options object is built, so that formatting a verdict's text can never
+    fail or misbehave later: ``{concept.attr}`` and ``{hint.__class__.__mro__}`` walk object attributes,
+    ``{0}`` fails, ``{concept:d}`` and ``{concept!z}`` raise on every verdict, and ``{concept:>1000000000}``
+    allocates a gigabyte per verdict. Empty templates say nothing and are refused too.
+    """
     if not template.strip():
         raise ValueError("templates must not be empty: an empty hint or refusal says nothing")
     try:
         fields = list(string.Formatter().parse(template))
     except ValueError as err:
         raise ValueError(f"template {template!r} is not a valid format string: {err}") from err
-    for _, name, spec, _ in fields:
-        if name is not None and (name != "concept" or "{" in (spec or "")):
-            raise ValueError(f"template {template!r} may only use the '{{concept}}' field, not {{{name}}}")
+    for _, name, spec, conversion in fields:
+        if name is not None and (name != field or spec or conversion is not None):
+            raise ValueError(
+                f"template {template[:80]!r} may only use the plain '{{{field}}}' field "
+                "(no attributes, indexes, conversions or format specs)"
+            )
+    return template
+
+
+def _checked_templates(value: Mapping[int, str] | str | None) -> Mapping[int, str] | str | None:
+    templates = () if value is None else value.values() if isinstance(value, Mapping) else (value,)
+    for template in templates:
+        check_template(template, "concept")
+    return value
 
 
 class TypeRule(BaseModel):
@@ -83,6 +100,11 @@ class TypeRule(BaseModel):
     actions: dict[int, Action] = Field(default_factory=dict, description="Per-level action overrides.")
     hints: dict[int, str] = Field(default_factory=dict, description="Per-level hint overrides ({concept}).")
     refusal: str | None = Field(None, description="Refusal text override for this type ({concept}).")
+
+    @field_validator("hints", "refusal")
+    @classmethod
+    def _templates_format(cls, value: Mapping[int, str] | str | None) -> Mapping[int, str] | str | None:
+        return _checked_templates(value)
 
 
 class GuardPolicy(BaseModel):
@@ -110,9 +132,7 @@ class GuardPolicy(BaseModel):
     @field_validator("hints", "refusal")
     @classmethod
     def _templates_format(cls, value: Mapping[int, str] | str) -> Mapping[int, str] | str:
-        for template in value.values() if isinstance(value, Mapping) else (value,):
-            _check_template(template)
-        return value
+        return _checked_templates(value)
 
     def validate_against(self, taxonomy: Taxonomy) -> GuardPolicy:
         """Check the policy against ``taxonomy``; raise :class:`ConfigError` naming the first problem.
@@ -288,7 +308,7 @@ class GenerationOptions(BaseModel):
 
     hint_template: str = Field(
         "\nSafe Hint: {hint}",
-        description="Appended to the last user turn's text for 'hint' actions; '{hint}' is the verdict's hint "
+        description="Appended to the last turn's text for 'hint' actions; '{hint}' is the verdict's hint "
         "(the paper's 'Safe Hint:' line).",
     )
     refuse_with: Literal["text", "hint"] = Field(
@@ -304,12 +324,7 @@ class GenerationOptions(BaseModel):
     @field_validator("hint_template", "refusal_hint")
     @classmethod
     def _one_field(cls, template: str, info: Any) -> str:
-        name = "hint" if info.field_name == "hint_template" else "refusal"
-        try:
-            template.format(**{name: "x"})
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"template {template!r} may only use the '{{{name}}}' field: {err}") from err
-        return template
+        return check_template(template, "hint" if info.field_name == "hint_template" else "refusal")
 
     def hint_text(self, hint: str) -> str:
         """The text inserted into the prompt for a hint."""

@@ -73,3 +73,18 @@ def test_a_guard_saved_on_the_wrapped_model_loads_on_the_bare_one_and_not_on_ano
     )
     with pytest.raises(CheckpointMismatchError, match="family"):
         SafetyGuard.from_pretrained(path, next_model, next_processor)
+
+
+def test_a_guards_own_lora_is_not_stacked_silently_onto_a_wrapped_model(wrapped, tiny_model, tiny_processor, tmp_path):
+    from psaguard import CheckpointError
+
+    torch.manual_seed(0)
+    path = SafetyGuard.attach(tiny_model, tiny_processor).save_pretrained(tmp_path / "guard")
+    config = peft.LoraConfig(r=4, target_modules=LORA_ON_LLM)
+    peft.get_peft_model(copy.deepcopy(tiny_model), config).save_pretrained(path / "adapter")
+    with pytest.raises(CheckpointError, match="already wrapped"):
+        SafetyGuard.from_pretrained(path, wrapped, tiny_processor)
+    kept = SafetyGuard.from_pretrained(path, wrapped, tiny_processor, load_adapter=False)
+    assert kept.model is wrapped
+    loaded = SafetyGuard.from_pretrained(path, copy.deepcopy(tiny_model), tiny_processor)
+    assert isinstance(loaded.model, peft.PeftModel)
