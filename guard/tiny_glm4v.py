@@ -13,15 +13,13 @@ from typing import Any
 
 from transformers import Glm4vProcessor
 
-from psaguard.tiny import (
-    TinyLlavaSpec,
-    init_tiny_model,
-    save_pretrained_pair,
-    tiny_chat_template,
-    tiny_text_config,
-    tiny_tokenizer,
+from psaguard.tiny import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_vision_sizes
+from psaguard.tiny_qwen2_vl import (
+    init_images_only_processor,
+    mrope_section_for,
+    tiny_grid_config,
+    tiny_grid_processor,
 )
-from psaguard.tiny_qwen2_vl import init_images_only_processor, mrope_section_for
 
 __all__ = ["GLM4V_TOKENS", "TinyGlm4vProcessor", "build_tiny_glm4v", "build_tiny_glm4v_processor", "save_tiny_glm4v"]
 
@@ -34,8 +32,6 @@ GLM4V_TOKENS = {
     "video_end_token": "<|end_of_video|>",
 }
 """GLM-4V's vision tokens, by tokenizer attribute name."""
-
-_MERGE = 2
 
 
 class TinyGlm4vProcessor(Glm4vProcessor):
@@ -57,20 +53,8 @@ def build_tiny_glm4v_processor(spec: TinyLlavaSpec | None = None) -> TinyGlm4vPr
     """:class:`TinyGlm4vProcessor` over the tiny tokenizer: images of ``4 x 4`` to ``8 x 8`` merged patches."""
     from transformers import Glm4vImageProcessorPil
 
-    spec = spec or TinyLlavaSpec()
-    unit = spec.patch_size * _MERGE
-    image_processor = Glm4vImageProcessorPil(
-        patch_size=spec.patch_size,
-        merge_size=_MERGE,
-        temporal_patch_size=2,
-        size={"shortest_edge": (4 * unit) ** 2, "longest_edge": (8 * unit) ** 2},
-    )
-    placeholder = "".join(GLM4V_TOKENS[k] for k in ("image_start_token", "image_token", "image_end_token"))
-    return TinyGlm4vProcessor(
-        image_processor=image_processor,
-        tokenizer=tiny_tokenizer(spec, GLM4V_TOKENS),
-        chat_template=tiny_chat_template(placeholder),
-    )
+    placeholder = ("image_start_token", "image_token", "image_end_token")
+    return tiny_grid_processor(spec, TinyGlm4vProcessor, Glm4vImageProcessorPil, GLM4V_TOKENS, placeholder)
 
 
 def build_tiny_glm4v(spec: TinyLlavaSpec | None = None, processor=None):  # -> Glm4vForConditionalGeneration
@@ -78,41 +62,23 @@ def build_tiny_glm4v(spec: TinyLlavaSpec | None = None, processor=None):  # -> G
     from transformers import Glm4vConfig, Glm4vForConditionalGeneration
 
     spec = spec or TinyLlavaSpec()
-    processor = processor or build_tiny_glm4v_processor(spec)
-    tok = processor.tokenizer
-    head_dim = spec.text_hidden // spec.heads
-    text = tiny_text_config(
+    tok = (processor or build_tiny_glm4v_processor(spec)).tokenizer
+    vision = {
+        **tiny_vision_sizes(spec),
+        "out_hidden_size": spec.text_hidden,
+    }
+    vision.pop("num_hidden_layers")
+    vision.pop("num_attention_heads")
+    rotary = spec.text_hidden // spec.heads // 2  # half the head dims rotate
+    config = tiny_grid_config(
+        Glm4vConfig,
         spec,
         tok,
         "glm4v_text",
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": mrope_section_for(head_dim // 2),  # half the head dims rotate
-            "partial_rotary_factor": 0.5,
-        },
-    )
-    ids = tok.convert_tokens_to_ids
-    config = Glm4vConfig(
-        vision_config={
-            "depth": spec.vision_layers,
-            "hidden_size": spec.vision_hidden,
-            "intermediate_size": spec.vision_hidden * 2,
-            "num_heads": spec.heads,
-            "image_size": spec.image_size,
-            "patch_size": spec.patch_size,
-            "spatial_merge_size": _MERGE,
-            "temporal_patch_size": 2,
-            "out_hidden_size": spec.text_hidden,
-        },
-        text_config=text,
-        image_token_id=ids(GLM4V_TOKENS["image_token"]),
-        video_token_id=ids(GLM4V_TOKENS["video_token"]),
-        image_start_token_id=ids(GLM4V_TOKENS["image_start_token"]),
-        image_end_token_id=ids(GLM4V_TOKENS["image_end_token"]),
-        video_start_token_id=ids(GLM4V_TOKENS["video_start_token"]),
-        video_end_token_id=ids(GLM4V_TOKENS["video_end_token"]),
-        tie_word_embeddings=False,
+        vision,
+        GLM4V_TOKENS,
+        mrope_section=mrope_section_for(rotary),
+        partial_rotary_factor=0.5,
     )
     # Seed offset: at seeds 0 to 2 the random GLM-4 language model answers the test images with one token
     # repeated (mostly end of turn), which would make comparisons of its answers weak.

@@ -43,6 +43,8 @@ __all__ = [
     "save_tiny_qwen2_5_vl",
     "save_tiny_qwen2_vl",
     "save_tiny_qwen3_vl",
+    "tiny_grid_config",
+    "tiny_grid_processor",
 ]
 
 QWEN2_VL_TOKENS = {
@@ -104,20 +106,72 @@ def build_tiny_qwen2_vl_processor(
     """:class:`TinyQwen2VLProcessor` over the tiny tokenizer: images of ``4 x 4`` to ``8 x 8`` merged patches."""
     from transformers import Qwen2VLImageProcessorPil
 
+    placeholder = ("vision_start_token", "image_token", "vision_end_token")
+    return tiny_grid_processor(spec, processor_class, Qwen2VLImageProcessorPil, QWEN2_VL_TOKENS, placeholder)
+
+
+def tiny_grid_processor(
+    spec: TinyLlavaSpec | None,
+    processor_class: type,
+    image_processor_class: type,
+    tokens: dict[str, str],
+    placeholder: tuple[str, ...],
+) -> Any:
+    """A processor of a Qwen2-VL-style family: patches in 2 x 2 merge blocks, 4 x 4 to 8 x 8 merged patches.
+
+    ``tokens`` are the family's vision tokens (tokenizer attribute -> text); an image renders as the
+    concatenation of the ``placeholder`` tokens.
+    """
     spec = spec or TinyLlavaSpec()
     unit = spec.patch_size * _MERGE
-    image_processor = Qwen2VLImageProcessorPil(
+    image_processor = image_processor_class(
         patch_size=spec.patch_size,
         merge_size=_MERGE,
         temporal_patch_size=2,
         size={"shortest_edge": (4 * unit) ** 2, "longest_edge": (8 * unit) ** 2},
     )
-    placeholder = "".join(QWEN2_VL_TOKENS[k] for k in ("vision_start_token", "image_token", "vision_end_token"))
     return processor_class(
         image_processor=image_processor,
-        tokenizer=tiny_tokenizer(spec, QWEN2_VL_TOKENS),
-        chat_template=tiny_chat_template(placeholder),
+        tokenizer=tiny_tokenizer(spec, tokens),
+        chat_template=tiny_chat_template("".join(tokens[k] for k in placeholder)),
     )
+
+
+def tiny_grid_config(
+    config_class: type,
+    spec: TinyLlavaSpec,
+    tok: Any,
+    text_type: str,
+    vision: dict[str, Any],
+    tokens: dict[str, str] = QWEN2_VL_TOKENS,
+    **rope: Any,
+) -> Any:
+    """The config of a tiny Qwen-VL-style model: a 2 x 2 merging tower with ``vision`` sizes, an M-RoPE LLM.
+
+    ``tokens`` (tokenizer attribute -> text) become the config's ``<attribute>_id`` fields; ``rope`` updates
+    the language model's rope parameters.
+    """
+    head_dim = spec.text_hidden // spec.heads
+    rope_parameters = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section_for(head_dim)}
+    text = tiny_text_config(spec, tok, text_type, head_dim=head_dim, rope_parameters={**rope_parameters, **rope})
+    tower = {
+        "depth": spec.vision_layers,
+        "num_heads": spec.heads,
+        "patch_size": spec.patch_size,
+        "spatial_merge_size": _MERGE,
+        "temporal_patch_size": 2,
+    }
+    ids = {f"{name}_id": tok.convert_tokens_to_ids(text) for name, text in tokens.items()}
+    return config_class(vision_config={**tower, **vision}, text_config=text, tie_word_embeddings=False, **ids)
+
+
+def _vit_sizes(spec: TinyLlavaSpec) -> dict[str, int]:
+    """The tower widths of Qwen2.5-VL and Qwen3-VL (``hidden_size`` is the tower's, ``out_hidden_size`` the LLM's)."""
+    return {
+        "hidden_size": spec.vision_hidden,
+        "out_hidden_size": spec.text_hidden,
+        "intermediate_size": spec.vision_hidden * 2,
+    }
 
 
 def build_tiny_qwen2_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -> Qwen2VLForConditionalGeneration
@@ -125,34 +179,9 @@ def build_tiny_qwen2_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     spec = spec or TinyLlavaSpec()
-    processor = processor or build_tiny_qwen2_vl_processor(spec)
-    tok = processor.tokenizer
-    head_dim = spec.text_hidden // spec.heads
-    text = tiny_text_config(
-        spec,
-        tok,
-        "qwen2_vl_text",
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section_for(head_dim)},
-    )
-    ids = tok.convert_tokens_to_ids
-    config = Qwen2VLConfig(
-        vision_config={
-            "depth": spec.vision_layers,
-            "embed_dim": spec.vision_hidden,
-            "hidden_size": spec.text_hidden,
-            "num_heads": spec.heads,
-            "mlp_ratio": 2,
-            "patch_size": spec.patch_size,
-            "spatial_merge_size": _MERGE,
-            "temporal_patch_size": 2,
-        },
-        text_config=text,
-        image_token_id=ids(QWEN2_VL_TOKENS["image_token"]),
-        video_token_id=ids(QWEN2_VL_TOKENS["video_token"]),
-        vision_start_token_id=ids(QWEN2_VL_TOKENS["vision_start_token"]),
-        vision_end_token_id=ids(QWEN2_VL_TOKENS["vision_end_token"]),
-        tie_word_embeddings=False,
-    )
+    tok = (processor or build_tiny_qwen2_vl_processor(spec)).tokenizer
+    vision = {"embed_dim": spec.vision_hidden, "hidden_size": spec.text_hidden, "mlp_ratio": 2}
+    config = tiny_grid_config(Qwen2VLConfig, spec, tok, "qwen2_vl_text", vision)
     # Seed offset: drawn from spec.seed itself (0 by default), the random model answers one of the test
     # images with a single repeated token, which would make comparisons of its answers weak.
     return init_tiny_model(Qwen2VLForConditionalGeneration, config, tok, spec.seed + 1)
@@ -168,36 +197,13 @@ def build_tiny_qwen2_5_vl(spec: TinyLlavaSpec | None = None, processor=None):  #
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     spec = spec or TinyLlavaSpec()
-    processor = processor or build_tiny_qwen2_5_vl_processor(spec)
-    tok = processor.tokenizer
-    head_dim = spec.text_hidden // spec.heads
-    text = tiny_text_config(
-        spec,
-        tok,
-        "qwen2_5_vl_text",
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section_for(head_dim)},
-    )
-    ids = tok.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        vision_config={
-            "depth": spec.vision_layers,
-            "hidden_size": spec.vision_hidden,
-            "out_hidden_size": spec.text_hidden,
-            "intermediate_size": spec.vision_hidden * 2,
-            "num_heads": spec.heads,
-            "patch_size": spec.patch_size,
-            "spatial_merge_size": _MERGE,
-            "temporal_patch_size": 2,
-            "window_size": 2 * _MERGE * spec.patch_size,
-            "fullatt_block_indexes": [spec.vision_layers - 1],
-        },
-        text_config=text,
-        image_token_id=ids(QWEN2_VL_TOKENS["image_token"]),
-        video_token_id=ids(QWEN2_VL_TOKENS["video_token"]),
-        vision_start_token_id=ids(QWEN2_VL_TOKENS["vision_start_token"]),
-        vision_end_token_id=ids(QWEN2_VL_TOKENS["vision_end_token"]),
-        tie_word_embeddings=False,
-    )
+    tok = (processor or build_tiny_qwen2_5_vl_processor(spec)).tokenizer
+    vision = {
+        **_vit_sizes(spec),
+        "window_size": 2 * _MERGE * spec.patch_size,
+        "fullatt_block_indexes": [spec.vision_layers - 1],
+    }
+    config = tiny_grid_config(Qwen2_5_VLConfig, spec, tok, "qwen2_5_vl_text", vision)
     return init_tiny_model(Qwen2_5_VLForConditionalGeneration, config, tok, spec.seed)
 
 
@@ -217,42 +223,9 @@ def build_tiny_qwen3_vl(spec: TinyLlavaSpec | None = None, processor=None):  # -
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     spec = spec or TinyLlavaSpec()
-    processor = processor or build_tiny_qwen3_vl_processor(spec)
-    tok = processor.tokenizer
-    head_dim = spec.text_hidden // spec.heads
-    text = tiny_text_config(
-        spec,
-        tok,
-        "qwen3_vl_text",
-        head_dim=head_dim,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": mrope_section_for(head_dim),
-            "mrope_interleaved": True,
-        },
-    )
-    ids = tok.convert_tokens_to_ids
-    config = Qwen3VLConfig(
-        vision_config={
-            "depth": spec.vision_layers,
-            "hidden_size": spec.vision_hidden,
-            "out_hidden_size": spec.text_hidden,
-            "intermediate_size": spec.vision_hidden * 2,
-            "num_heads": spec.heads,
-            "patch_size": spec.patch_size,
-            "spatial_merge_size": _MERGE,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 64,
-            "deepstack_visual_indexes": [0],
-        },
-        text_config=text,
-        image_token_id=ids(QWEN2_VL_TOKENS["image_token"]),
-        video_token_id=ids(QWEN2_VL_TOKENS["video_token"]),
-        vision_start_token_id=ids(QWEN2_VL_TOKENS["vision_start_token"]),
-        vision_end_token_id=ids(QWEN2_VL_TOKENS["vision_end_token"]),
-        tie_word_embeddings=False,
-    )
+    tok = (processor or build_tiny_qwen3_vl_processor(spec)).tokenizer
+    vision = {**_vit_sizes(spec), "num_position_embeddings": 64, "deepstack_visual_indexes": [0]}
+    config = tiny_grid_config(Qwen3VLConfig, spec, tok, "qwen3_vl_text", vision, mrope_interleaved=True)
     return init_tiny_model(Qwen3VLForConditionalGeneration, config, tok, spec.seed)
 
 

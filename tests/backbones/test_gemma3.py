@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from family_conformance import FamilyConformance, TinyFamily, shaped_images
+from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
 from generation_helpers import QUESTION, guard_for, user_turn
 from transformers import AutoProcessor
 
@@ -24,31 +24,21 @@ class TestGemma3(FamilyConformance):
     """Everything every family adapter does, on the tiny Gemma 3."""
 
 
-def _backbone(family: TinyFamily) -> Gemma3Backbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def test_project_matches_the_models_own_image_features(family):
-    backbone = _backbone(family)
-    inputs = backbone.preprocess(family.processor, shaped_images())
-    with torch.inference_mode():
-        ours = backbone.project(backbone.encode_images(**inputs))
-        theirs = family.model.model.get_image_features(**inputs).pooler_output
+    ours, theirs = projections(family)
     assert [t.shape for t in ours] == [t.shape for t in theirs]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, theirs))
 
 
 def test_the_safety_projector_sees_the_towers_full_patch_grid(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()))
     assert features.patches.shape == (4, 64, backbone.vision_hidden_size)  # 32 px / 4 px patches = 8 x 8
     assert [len(e) for e in backbone.project(features)] == [family.model.config.mm_tokens_per_image] * 4
 
 
 def test_the_run_is_the_processors_image_sequence(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()[:1]))
     run = backbone.image_runs(features, backbone.project(features))[0]
     tokenizer = family.processor.tokenizer

@@ -22,14 +22,8 @@ class TestIdefics3(FamilyConformance):
     """Everything every family adapter does, on the tiny Idefics3."""
 
 
-def _backbone(family: TinyFamily) -> Idefics3Backbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def test_project_matches_the_models_own_image_features(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     images = shaped_images()
     ours = []
     with torch.inference_mode():
@@ -44,7 +38,7 @@ def test_project_matches_the_models_own_image_features(family):
 
 
 def test_the_safety_projector_sees_each_images_global_view(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images())
     features = backbone.encode_images(**inputs)
     # 2 x 2 tiles + the global view, except the very wide 24 x 64 image: 1 x 2 tiles + global.
@@ -57,7 +51,7 @@ def test_the_safety_projector_sees_each_images_global_view(family):
 
 
 def test_the_run_is_the_processors_text_with_tile_tags(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()[3:]))
     run = backbone.image_runs(features, backbone.project(features))[0]
     tokens = family.processor.tokenizer.convert_ids_to_tokens(run)
@@ -67,7 +61,7 @@ def test_the_run_is_the_processors_text_with_tile_tags(family):
 
 
 def test_tile_grids_are_read_back_from_the_processors_ids(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     processor = family.processor
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "what ?"}]}],
@@ -79,7 +73,7 @@ def test_tile_grids_are_read_back_from_the_processors_ids(family):
 
 
 def test_tile_grids_that_do_not_fit_the_pixels_are_refused(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images()[:1])
     with pytest.raises(InvalidInputError, match="rows/cols"):
         backbone.encode_images(inputs["pixel_values"], rows=torch.tensor([1]), cols=torch.tensor([1]))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from family_conformance import FamilyConformance, TinyFamily, shaped_images
+from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
 
-from psaguard.backbones import EncoderOnlyQwen2_5_VLBackbone, Qwen2_5_VLBackbone, resolve_backbone
+from psaguard.backbones import EncoderOnlyQwen2_5_VLBackbone, Qwen2_5_VLBackbone
 from psaguard.tiny_qwen2_vl import TinyQwen2_5_VLProcessor, save_tiny_qwen2_5_vl
 
 
@@ -20,25 +20,15 @@ class TestQwen2_5_VL(FamilyConformance):
     """Everything every family adapter does, on the tiny Qwen2.5-VL."""
 
 
-def _backbone(family: TinyFamily) -> Qwen2_5_VLBackbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def test_project_matches_the_models_own_image_features(family):
-    backbone = _backbone(family)
-    inputs = backbone.preprocess(family.processor, shaped_images())
-    with torch.inference_mode():
-        ours = backbone.project(backbone.encode_images(**inputs))
-        theirs = family.model.model.get_image_features(**inputs).pooler_output
+    ours, theirs = projections(family)
     assert [t.shape for t in ours] == [t.shape for t in theirs]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, theirs))
 
 
 def test_the_towers_window_order_is_undone(family):
     """The tower's last hidden state is in window order; the adapter's selected features are in processor order."""
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images()[1:2])  # 10 x 14 patches: several windows
     tower = family.model.model.visual
     with torch.inference_mode():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from family_conformance import FamilyConformance, TinyFamily, shaped_images
+from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
 from generation_helpers import QUESTION, guard_for, user_turn
 
-from psaguard.backbones import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone, resolve_backbone
+from psaguard.backbones import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
 from psaguard.errors import InvalidInputError
 from psaguard.generation import chat_token_ids
 from psaguard.injection import build_llm_inputs
@@ -24,24 +24,14 @@ class TestQwen2VL(FamilyConformance):
     """Everything every family adapter does, on the tiny Qwen2-VL."""
 
 
-def _backbone(family: TinyFamily) -> Qwen2VLBackbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def test_project_matches_the_models_own_image_features(family):
-    backbone = _backbone(family)
-    inputs = backbone.preprocess(family.processor, shaped_images())
-    with torch.inference_mode():
-        ours = backbone.project(backbone.encode_images(**inputs))
-        theirs = family.model.model.get_image_features(**inputs).pooler_output
+    ours, theirs = projections(family)
     assert [t.shape for t in ours] == [t.shape for t in theirs]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours, theirs))
 
 
 def test_the_safety_grid_is_the_images_patch_grid_in_raster_order_pooled(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     image = shaped_images()[1]  # 40 x 56 px -> a 10 x 14 patch grid
     inputs = backbone.preprocess(family.processor, [image])
     assert inputs["image_grid_thw"].tolist() == [[1, 10, 14]]
@@ -138,7 +128,7 @@ def test_the_lm_loss_trains_the_safety_tokens_under_m_rope(family):
 
 
 def test_grids_that_do_not_fit_the_pixels_are_refused(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images()[:1])
     with pytest.raises(InvalidInputError, match="image_grid_thw"):
         backbone.encode_images(inputs["pixel_values"], image_grid_thw=torch.tensor([[1, 6, 8]]))

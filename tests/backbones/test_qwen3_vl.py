@@ -7,7 +7,7 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, shaped_images
 from generation_helpers import QUESTION, guard_for, user_turn
 
-from psaguard.backbones import EncoderOnlyQwen3VLBackbone, Qwen3VLBackbone, resolve_backbone
+from psaguard.backbones import EncoderOnlyQwen3VLBackbone, Qwen3VLBackbone
 from psaguard.generation import chat_token_ids
 from psaguard.injection import build_llm_inputs
 from psaguard.tiny_qwen2_vl import TinyQwen3VLProcessor, save_tiny_qwen3_vl
@@ -23,14 +23,8 @@ class TestQwen3VL(FamilyConformance):
     """Everything every family adapter does, on the tiny Qwen3-VL."""
 
 
-def _backbone(family: TinyFamily) -> Qwen3VLBackbone:
-    backbone = resolve_backbone(family.model)
-    backbone.check_processor(family.processor)
-    return backbone
-
-
 def test_embeddings_and_deepstack_features_match_the_models_own(family):
-    backbone = _backbone(family)
+    backbone = family.backbone()
     images = shaped_images()
     inputs = backbone.preprocess(family.processor, images)
     row = chat_token_ids(family.processor, [user_turn(QUESTION, 4)], backbone.placeholder_token_id, 4)
