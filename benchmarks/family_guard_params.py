@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from transformers import (
     Gemma3Config,
+    Gemma3ForConditionalGeneration,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
-    Gemma3ForConditionalGeneration,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Qwen2_5_VLConfig,
