@@ -31,8 +31,8 @@ from psaguard.adapters.plain import plain_generate, plain_stream
 from psaguard.adapters.stops import StopBuffer, StopOnStrings, truncate_at_stop
 from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import GuardBlocked
-from psaguard.generation import GuardedGeneration
 from psaguard.guard import SafetyGuard
+from psaguard.plan import GuardedGeneration
 from psaguard.policy import GenerationOptions, GuardPolicy, refusal_text
 from psaguard.verdict import Action, SafetyVerdict
 
