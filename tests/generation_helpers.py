@@ -10,6 +10,7 @@ import torch
 from transformers import Cache
 
 from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
+from psaguard.backbones import resolve_backbone
 
 QUESTION = "what is in this image ?"
 
@@ -64,7 +65,9 @@ def capture_llm_inputs(model: Any) -> Iterator[list[dict[str, torch.Tensor]]]:
 
     handles = [
         model.model.register_forward_pre_hook(on_multimodal, with_kwargs=True),
-        model.model.language_model.register_forward_pre_hook(on_lm, with_kwargs=True),
+        getattr(model.model, resolve_backbone(model).language_model_name).register_forward_pre_hook(
+            on_lm, with_kwargs=True
+        ),
     ]
     try:
         yield seen

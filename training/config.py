@@ -9,6 +9,7 @@ settings are psaguard's addition for single-GPU use; the paper trains in bf16.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,14 +28,21 @@ __all__ = [
     "Stage2Config",
     "TrainConfig",
     "apply_overrides",
+    "llm_linear_pattern",
     "load_config",
 ]
 
 CONFIG_FILE_NAME = "training_config.json"
 """Name of the copy of the config written into a stage's output directory."""
 
-LLM_LINEAR_PATTERN = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-"""Every attention and MLP projection of a Llama-style language model, and nothing in the vision tower."""
+
+def llm_linear_pattern(language_model_name: str = "language_model") -> str:
+    """Every attention and MLP projection under the module ``language_model_name``, nothing in the vision tower."""
+    return rf".*{re.escape(language_model_name)}.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+LLM_LINEAR_PATTERN = llm_linear_pattern()
+"""The LoRA targets of models that keep their language model in ``language_model`` (most families)."""
 
 Config = TypeVar("Config", bound="TrainConfig")
 
@@ -50,9 +58,10 @@ class QuantConfig(BaseModel):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="Dtype the 4-bit layers compute in."
     )
-    skip_modules: tuple[str, ...] = Field(
-        ("model.vision_tower", "model.multi_modal_projector", "lm_head"),
-        description="Full module names kept unquantized (vision tower, projector, output layer).",
+    skip_modules: tuple[str, ...] | None = Field(
+        None,
+        description="Full module names kept unquantized; None: the model family adapter's unquantized_modules "
+        "(vision tower, projector, output layer).",
     )
 
 
@@ -64,8 +73,10 @@ class LoraSettings(BaseModel):
     r: int = Field(256, ge=1, description="Rank (paper: 256).")
     alpha: int = Field(16, ge=1, description="Scaling numerator; the update is scaled by alpha / r (paper: 16).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input (paper: 0.05).")
-    target_modules: str = Field(
-        LLM_LINEAR_PATTERN, description="Regex (full match) of the module names that get adapters."
+    target_modules: str | None = Field(
+        None,
+        description="Regex (full match) of the module names that get adapters; None: every attention and MLP "
+        "projection of the language model, wherever the model's family adapter says it lives.",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
 

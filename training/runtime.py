@@ -23,7 +23,7 @@ from psaguard.training.data import MAX_REPORTED_ERRORS, DatasetReport, Example, 
 from psaguard.training.diagnostics import count_unknown_tokens, warn_unknown_tokens
 from psaguard.training.hints import label_hinter
 from psaguard.training.loop import TrainTask, run_training
-from psaguard.training.quant import build_bnb_config
+from psaguard.training.quant import build_bnb_config, unquantized_modules_for
 
 __all__ = [
     "RUN_SUMMARY_NAME",
@@ -94,7 +94,7 @@ def load_model_from(
     """:func:`load_model` from explicit settings (``model_dtype`` 'auto' = bfloat16 on CUDA, else float32)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    quant = build_bnb_config(quant_cfg)
+    quant = build_bnb_config(quant_cfg, _family_skip_modules(model_id) if quant_cfg.load_in_4bit else ())
     dtype = TORCH_DTYPES.get(model_dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quant is not None:
@@ -253,3 +253,14 @@ def run_stage(build: Callable[[Any, Any], StageSetup], cfg: TrainConfig, *, resu
     if accelerator.is_main_process:
         finish(setup, cfg, state)
     return cfg.output_dir
+
+
+def _family_skip_modules(model_id: str) -> tuple[str, ...]:
+    """What 4-bit loading keeps in full precision for the model at ``model_id``, from its family adapter."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(model_id).model_type
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the config of model {model_id!r}: {err}") from err
+    return unquantized_modules_for(model_type)

@@ -22,7 +22,7 @@ from psaguard.training.data import Example
 from psaguard.training.diagnostics import warn_frozen_untrained_lm_head
 from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
-from psaguard.training.quant import build_lora_config
+from psaguard.training.quant import build_lora_config, lora_target_modules
 from psaguard.training.runtime import (
     StageSetup,
     build_collator,
@@ -50,8 +50,9 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     guard.modules.requires_grad_(False).eval()
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
-    warn_frozen_untrained_lm_head(model, cfg.lora.target_modules, answer_token_ids(collate, train_set))
-    adapted = attach_lora(model, cfg)
+    targets = lora_target_modules(cfg.lora, guard.backbone.language_model_name)
+    warn_frozen_untrained_lm_head(model, targets, answer_token_ids(collate, train_set))
+    adapted = attach_lora(model, cfg, guard.backbone.language_model_name)
     objective = GuardObjective(guard, adapted, lm_weight=1.0, head_weight=0.0)
     logger.info("stage II: %s", trainable_summary(objective))
 
@@ -63,8 +64,10 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     return StageSetup(task=task, guard=guard, reports=reports)
 
 
-def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
+def attach_lora(model: nn.Module, cfg: Stage2Config, language_model_name: str = "language_model") -> nn.Module:
     """Wrap ``model`` with fresh LoRA adapters (after the k-bit preparation QLoRA needs); returns the PeftModel.
+
+    Unless ``cfg.lora.target_modules`` says otherwise, they go into the module ``language_model_name`` only.
 
     PEFT injects the adapters into ``model`` in place; only the adapter weights are trainable.
     """
@@ -75,7 +78,7 @@ def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    return get_peft_model(model, build_lora_config(cfg.lora))
+    return get_peft_model(model, build_lora_config(cfg.lora, language_model_name))
 
 
 def answer_token_ids(collate: Collator, examples: Sequence[Example], limit: int = 512) -> set[int]:

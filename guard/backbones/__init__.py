@@ -17,12 +17,23 @@ from psaguard.backbones.encoder_only import (
     EncoderOnlyModel,
     encoder_only_backbones,
 )
+from psaguard.backbones.gemma3 import EncoderOnlyGemma3Backbone, Gemma3Backbone
+from psaguard.backbones.glm4v import EncoderOnlyGlm4vBackbone, Glm4vBackbone
+from psaguard.backbones.idefics3 import (
+    EncoderOnlyIdefics3Backbone,
+    EncoderOnlySmolVLMBackbone,
+    Idefics3Backbone,
+    SmolVLMBackbone,
+)
 from psaguard.backbones.internvl import EncoderOnlyInternVLBackbone, InternVLBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.llava_onevision import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone
 from psaguard.backbones.llava_pixtral import EncoderOnlyLlavaPixtralBackbone, LlavaPixtralBackbone
 from psaguard.backbones.mistral3 import EncoderOnlyMistral3Backbone, Mistral3Backbone
+from psaguard.backbones.qwen2_5_vl import EncoderOnlyQwen2_5_VLBackbone, Qwen2_5_VLBackbone
+from psaguard.backbones.qwen2_vl import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
+from psaguard.backbones.qwen3_vl import EncoderOnlyQwen3VLBackbone, Qwen3VLBackbone
 from psaguard.backbones.registry import (
     ADAPTERS_DOC,
     BackboneRegistry,
@@ -40,6 +51,9 @@ __all__ = [
     "BackboneRegistry",
     "EncoderOnlyAyaVisionBackbone",
     "EncoderOnlyBackbone",
+    "EncoderOnlyGemma3Backbone",
+    "EncoderOnlyGlm4vBackbone",
+    "EncoderOnlyIdefics3Backbone",
     "EncoderOnlyInternVLBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
@@ -47,13 +61,24 @@ __all__ = [
     "EncoderOnlyLlavaPixtralBackbone",
     "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
+    "EncoderOnlyQwen2VLBackbone",
+    "EncoderOnlyQwen2_5_VLBackbone",
+    "EncoderOnlyQwen3VLBackbone",
+    "EncoderOnlySmolVLMBackbone",
     "EncoderOnlyVipLlavaBackbone",
+    "Gemma3Backbone",
+    "Glm4vBackbone",
+    "Idefics3Backbone",
     "InternVLBackbone",
     "LlavaBackbone",
     "LlavaNextBackbone",
     "LlavaOnevisionBackbone",
     "LlavaPixtralBackbone",
     "Mistral3Backbone",
+    "Qwen2VLBackbone",
+    "Qwen2_5_VLBackbone",
+    "Qwen3VLBackbone",
+    "SmolVLMBackbone",
     "VipLlavaBackbone",
     "VisionFeatures",
     "encoder_only_backbones",

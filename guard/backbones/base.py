@@ -46,12 +46,15 @@ class VisionFeatures:
     take several rows of ``selected`` (LLaVA-NeXT's tiles, a Pixtral tower's variable patch counts) stack
     every image's rows in ``selected`` and say how many per image in ``tiles`` (and the image sizes in
     ``image_sizes``); single-view families leave both None (row ``i`` of ``selected`` is image ``i``).
+    Families whose image run spells out each image's tile grid record it in ``tile_grids`` ((rows, columns)
+    per image).
     """
 
     patches: torch.Tensor
     selected: torch.Tensor
     tiles: tuple[int, ...] | None = None
     image_sizes: torch.Tensor | None = None
+    tile_grids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -68,6 +71,7 @@ class VisionFeatures:
             selected=torch.cat(pieces) if pieces else self.selected[:0],
             tiles=tuple(self.tiles[r] for r in rows),
             image_sizes=None if self.image_sizes is None else self.image_sizes[rows],
+            tile_grids=None if self.tile_grids is None else self.tile_grids[rows],
         )
 
 
@@ -120,6 +124,12 @@ class Backbone(ABC):
     derived_input_names: ClassVar[tuple[str, ...]] = ()
     """Processor outputs the guard rebuilds itself for the guarded input (e.g. ``token_type_ids``), so the
     wrapped model drops them from the caller's arguments instead of passing stale copies to ``generate``."""
+    unquantized_modules: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    """Full module names that 4-bit loading (Stage II QLoRA) keeps in full precision: everything but the
+    language model (the vision tower and projector the guard reads, and the output layer)."""
+    language_model_name: ClassVar[str] = "language_model"
+    """Name of the module holding the language model in the model's module tree (``model.<name>``): Stage II
+    puts its LoRA adapters into the projections under it and nowhere else."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from psaguard.backbones.base import Backbone
-from psaguard.backbones.encoder_only import EncoderOnlyModel, encoder_only_backbones
+from psaguard.backbones.encoder_only import EncoderOnlyBackbone, EncoderOnlyModel, encoder_only_backbones
 from psaguard.backbones.registry import resolve_backbone
 from psaguard.checkpoint_reader import MODEL_CONFIG_NAME, CheckpointReader
 from psaguard.config import ModelFingerprint
@@ -21,13 +21,10 @@ __all__ = ["load_encoder_only", "load_model_config"]
 
 logger = logging.getLogger(__name__)
 
-# Where a LLaVA checkpoint keeps the two parts. transformers 5 writes the legacy layout (`vision_tower.*`,
-# `language_model.model.embed_tokens.weight`) and reads it and the layout transformers 4.5x wrote
-# (`model.vision_tower.*`, `model.language_model.embed_tokens.weight`); older hub checkpoints also nest the
-# CLIP tower's weights under `vision_model.`, which transformers 5's CLIPVisionModel no longer has.
-_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
+# Where a checkpoint keeps the two parts is the classifier-only adapter's (EncoderOnlyBackbone's
+# tower_checkpoint_prefixes and embedding_checkpoint_keys); older hub checkpoints also nest the CLIP tower's
+# weights under `vision_model.`, which transformers 5's CLIPVisionModel no longer has.
 _TOWER_NESTING = "vision_model."
-_EMBEDDING_KEYS = ("model.language_model.embed_tokens.weight", "language_model.model.embed_tokens.weight")
 # With tie_word_embeddings, save_pretrained may keep only the output head of the tied pair.
 _TIED_KEYS = ("lm_head.weight", "language_model.lm_head.weight")
 
@@ -62,8 +59,9 @@ def load_encoder_only(
     meta_tower = _meta_tower(config)
     if fingerprint is not None:
         fingerprint.check(_meta_model(config, meta_tower).fingerprint())
-    tower_keys = _tower_keys(reader, meta_tower)
-    embedding_key = _embedding_key(reader, config)
+    adapter = _adapter_for(config)
+    tower_keys = _tower_keys(reader, meta_tower, adapter.tower_checkpoint_prefixes)
+    embedding_key = _embedding_key(reader, config, adapter.embedding_checkpoint_keys)
     tensors = reader.read([*tower_keys.values(), embedding_key])
     weight = tensors.pop(embedding_key)
     text = config.text_config
@@ -100,7 +98,12 @@ def load_model_config(directory: Path) -> Any:
     return config
 
 
-def _tower_keys(reader: CheckpointReader, meta_tower: nn.Module) -> dict[str, str]:
+def _adapter_for(config: Any) -> type[EncoderOnlyBackbone]:
+    """The classifier-only adapter of the checkpoint's family (load_model_config checked there is one)."""
+    return next(a for a in encoder_only_backbones() if config.model_type in a.model_types)
+
+
+def _tower_keys(reader: CheckpointReader, meta_tower: nn.Module, prefixes: tuple[str, ...]) -> dict[str, str]:
     """Vision-tower parameter and buffer name -> checkpoint key, for every tensor the tower saves."""
     expected = meta_tower.state_dict()
     mapping, missing = {}, []
@@ -108,7 +111,7 @@ def _tower_keys(reader: CheckpointReader, meta_tower: nn.Module) -> dict[str, st
         bare = name.removeprefix(_TOWER_NESTING)
         found = [
             key
-            for prefix in _TOWER_PREFIXES
+            for prefix in prefixes
             for key in (prefix + bare, prefix + _TOWER_NESTING + bare)
             if key in reader.weight_map
         ]
@@ -121,22 +124,20 @@ def _tower_keys(reader: CheckpointReader, meta_tower: nn.Module) -> dict[str, st
     if missing:
         raise CheckpointError(
             f"checkpoint {reader.directory} lacks {len(missing)} vision tower tensors, e.g. {missing[:3]} "
-            f"(looked under {list(_TOWER_PREFIXES)})"
+            f"(looked under {list(prefixes)})"
         )
     return mapping
 
 
-def _embedding_key(reader: CheckpointReader, config: Any) -> str:
-    found = [key for key in _EMBEDDING_KEYS if key in reader.weight_map]
+def _embedding_key(reader: CheckpointReader, config: Any, keys: tuple[str, ...]) -> str:
+    found = [key for key in keys if key in reader.weight_map]
     tied = bool(getattr(config.text_config, "tie_word_embeddings", False) or config.tie_word_embeddings)
     if not found and tied:
         found = [key for key in _TIED_KEYS if key in reader.weight_map][:1]
     if len(found) > 1:
         raise CheckpointError(f"checkpoint {reader.directory} holds the input embeddings twice: {found}")
     if not found:
-        raise CheckpointError(
-            f"checkpoint {reader.directory} has no input embeddings (looked for {list(_EMBEDDING_KEYS)})"
-        )
+        raise CheckpointError(f"checkpoint {reader.directory} has no input embeddings (looked for {list(keys)})")
     return found[0]
 
 
@@ -161,10 +162,8 @@ def _build_tower(
 
 def _meta_tower(config: Any) -> nn.Module:
     """The vision tower on the meta device: its class, parameter names and shapes, no memory."""
-    from transformers import AutoModel
-
     with torch.device("meta"):
-        return AutoModel.from_config(config.vision_config)
+        return _adapter_for(config).tower_from_config(config.vision_config)
 
 
 def _meta_model(config: Any, meta_tower: nn.Module) -> Backbone:

@@ -8,7 +8,7 @@ fraction of its weights: it can front a vision-language model served elsewhere. 
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from torch import nn
 
@@ -69,6 +69,27 @@ class EncoderOnlyBackbone(Backbone):
     A family gets classifier-only mode by registering ``class EncoderOnlyX(EncoderOnlyBackbone, XBackbone)``
     after its full adapter ``XBackbone`` (so that it is tried first).
     """
+
+    tower_checkpoint_prefixes: ClassVar[tuple[str, ...]] = ("model.vision_tower.", "vision_tower.")
+    """Where the family's checkpoints keep the vision tower's tensors. LLaVA-style: transformers 5 writes the
+    legacy layout (``vision_tower.*``) and reads it and the layout transformers 4.5x wrote
+    (``model.vision_tower.*``)."""
+    embedding_checkpoint_keys: ClassVar[tuple[str, ...]] = (
+        "model.language_model.embed_tokens.weight",
+        "language_model.model.embed_tokens.weight",
+    )
+    """Checkpoint keys of the language model's input-embedding table, in either layout."""
+
+    @classmethod
+    def tower_from_config(cls, vision_config: Any) -> nn.Module:
+        """The family's vision tower built from ``vision_config`` as the full model builds it (random or meta).
+
+        Default: ``transformers.AutoModel.from_config``; families whose tower class AutoModel does not map
+        override this.
+        """
+        from transformers import AutoModel
+
+        return AutoModel.from_config(vision_config)
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:

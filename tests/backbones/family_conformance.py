@@ -183,7 +183,9 @@ class FamilyConformance:
     def test_wrap_generates_exactly_what_the_model_does_on_its_processor_output(self, family: TinyFamily) -> None:
         guard = guard_for(family.model, family.processor, inject=False, level=0)
         text = family.processor.apply_chat_template([user_turn(QUESTION)], add_generation_prompt=True)
-        inputs = family.processor(images=shaped_images()[:2], text=[text, text], return_tensors="pt", padding=True)
+        # One list of images per prompt: processors that nest images read a flat list as one sample.
+        images = [[image] for image in shaped_images()[:2]]
+        inputs = family.processor(images=images, text=[text, text], return_tensors="pt", padding=True)
         with torch.inference_mode():
             expected = family.model.generate(**inputs, **GREEDY)
         guarded, results = guard.wrap().generate_with_results(**inputs, **GREEDY)
@@ -313,13 +315,15 @@ class FamilyConformance:
         accelerator = make_accelerator(cfg)
         setup = build_stage2(cfg, accelerator)
         adapted = setup.task.objective.model
+        quantized = [name for name, module in adapted.named_modules() if type(module).__name__ == "Linear4bit"]
+        assert quantized and all(f".{family.adapter.language_model_name}." in name for name in quantized)
         before = {n: t.detach().clone() for n, t in adapted.state_dict().items()}
 
         state = run_training(setup.task, cfg, accelerator)
 
         changed = {n for n, t in adapted.state_dict().items() if not torch.equal(before[n], t)}
         assert changed and changed == {n for n in before if ".lora_" in n}
-        assert all(".language_model." in n for n in changed)
+        assert all(f".{family.adapter.language_model_name}." in n for n in changed)
         assert all(torch.isfinite(torch.tensor(r["lm_loss"])) for r in state.history if "lm_loss" in r)
         loaded = SafetyGuard.from_pretrained(
             cfg.output_dir, AutoModelForImageTextToText.from_pretrained(family.path), family.processor

@@ -9,14 +9,41 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from psaguard.tiny import TinyLlavaSpec
 from psaguard.tiny_aya_vision import build_tiny_aya_vision, build_tiny_aya_vision_processor, save_tiny_aya_vision
+from psaguard.tiny_gemma3 import build_tiny_gemma3, save_tiny_gemma3
+from psaguard.tiny_glm4v import TinyGlm4vProcessor, build_tiny_glm4v, save_tiny_glm4v
+from psaguard.tiny_idefics3 import (
+    TinySmolVLMProcessor,
+    build_tiny_idefics3,
+    build_tiny_smolvlm,
+    save_tiny_idefics3,
+    save_tiny_smolvlm,
+)
 from psaguard.tiny_internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
 from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3, save_tiny_mistral3
+from psaguard.tiny_qwen2_vl import (
+    TinyQwen2_5_VLProcessor,
+    TinyQwen2VLProcessor,
+    TinyQwen3VLProcessor,
+    build_tiny_qwen2_5_vl,
+    build_tiny_qwen2_vl,
+    build_tiny_qwen3_vl,
+    save_tiny_qwen2_5_vl,
+    save_tiny_qwen2_vl,
+    save_tiny_qwen3_vl,
+)
 
 # (save, processor class that loads the saved processor, model builder)
 FAMILIES = {
     "mistral3": (save_tiny_mistral3, TinyPixtralProcessor, build_tiny_mistral3),
     "internvl": (save_tiny_internvl, TinyInternVLProcessor, build_tiny_internvl),
     "aya_vision": (save_tiny_aya_vision, AutoProcessor, build_tiny_aya_vision),
+    "gemma3": (save_tiny_gemma3, AutoProcessor, build_tiny_gemma3),
+    "idefics3": (save_tiny_idefics3, AutoProcessor, build_tiny_idefics3),
+    "smolvlm": (save_tiny_smolvlm, TinySmolVLMProcessor, build_tiny_smolvlm),
+    "qwen2_vl": (save_tiny_qwen2_vl, TinyQwen2VLProcessor, build_tiny_qwen2_vl),
+    "qwen2_5_vl": (save_tiny_qwen2_5_vl, TinyQwen2_5_VLProcessor, build_tiny_qwen2_5_vl),
+    "qwen3_vl": (save_tiny_qwen3_vl, TinyQwen3VLProcessor, build_tiny_qwen3_vl),
+    "glm4v": (save_tiny_glm4v, TinyGlm4vProcessor, build_tiny_glm4v),
 }
 CONVERSATION = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
@@ -64,10 +91,13 @@ def test_a_padded_batch_of_different_sizes_generates_as_singles(saved, images):
     processor = processor_class.from_pretrained(path)
     text = processor.apply_chat_template(CONVERSATION, add_generation_prompt=True)
     singles = [_generate(model, processor, [image], [text])[0] for image in images[1:]]
-    assert _generate(model, processor, images[1:], [text, text]) == singles
+    # One list of images per prompt: processors that nest images read a flat list as one sample.
+    assert _generate(model, processor, [[image] for image in images[1:]], [text, text]) == singles
 
 
-@pytest.mark.parametrize("build", [build_tiny_mistral3, build_tiny_internvl, build_tiny_aya_vision])
+@pytest.mark.parametrize(
+    "build", [build_tiny_mistral3, build_tiny_internvl, build_tiny_aya_vision, build_tiny_gemma3, build_tiny_idefics3]
+)
 def test_building_leaves_the_global_random_state_alone(build):
     state = torch.random.get_rng_state()
     build(TinyLlavaSpec(seed=3))

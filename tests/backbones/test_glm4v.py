@@ -1,0 +1,34 @@
+"""The GLM-4V adapter: per-patch features taken before the tower's downsampling tail, the shared bar."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from family_conformance import FamilyConformance, TinyFamily, shaped_images
+
+from psaguard.backbones import EncoderOnlyGlm4vBackbone, Glm4vBackbone, resolve_backbone
+from psaguard.tiny_glm4v import TinyGlm4vProcessor, save_tiny_glm4v
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> TinyFamily:
+    path = save_tiny_glm4v(tmp_path_factory.mktemp("glm4v"))
+    return TinyFamily.load(path, TinyGlm4vProcessor, Glm4vBackbone, EncoderOnlyGlm4vBackbone)
+
+
+class TestGlm4v(FamilyConformance):
+    """Everything every family adapter does, on the tiny GLM-4V."""
+
+
+def test_project_matches_the_models_own_image_features(family):
+    backbone = resolve_backbone(family.model)
+    backbone.check_processor(family.processor)
+    inputs = backbone.preprocess(family.processor, shaped_images())
+    with torch.inference_mode():
+        features = backbone.encode_images(**inputs)
+        ours = backbone.project(features)
+        theirs = family.model.model.get_image_features(**inputs).pooler_output
+    assert features.selected.shape[-1] == backbone.vision_hidden_size  # per patch, before the downsample
+    assert features.selected.shape[0] == int(inputs["image_grid_thw"].prod(-1).sum())
+    assert [t.shape for t in ours] == [t.shape for t in theirs]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, theirs))
