@@ -33,54 +33,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from machine import describe_machine
-from measure import Runs, matmul_tflops, peak_rss_bytes, round_robin, rss_bytes
+from measure import Runs, into_anonymous_memory, matmul_tflops, peak_rss_bytes, reset_peak_rss, round_robin, rss_bytes
 from PIL import Image
-from random_checkpoint import checkpoint_bytes, write_random_checkpoint
-from shapes import llava_15_7b_config
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-from psaguard import GuardPolicy, SafetyGuard
-from psaguard.classifier_only import load_classifier_parts
-from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
-
-PROMPT = "what is shown in this image ? describe the colour and the shape please"
-# What a Llama Guard-style guard model is asked. Kept short, so that the separate guard's cost is a lower
-# bound: real templates list the whole hazard taxonomy, a few hundred tokens more.
-GUARD_PROMPT = (
-    "task : check if there is unsafe content in the user message with the image according to our safety "
-    f"policy . user : {PROMPT} . provide your safety assessment : say safe or unsafe , and if unsafe the "
-    "violated categories ."
+from workload import (
+    ALLOW_ALL,
+    GUARD_DIR,
+    GUARD_PROMPT,
+    PROMPT,
+    chat_text,
+    images,
+    plain_generate,
+    random_checkpoint_bytes,
+    write_workload,
 )
-ALLOW_ALL = GuardPolicy(level_actions={1: "allow", 2: "allow", 3: "allow"})
-GUARD_DIR = "guard"
-IMAGE_SIDES = (640, 480)  # a typical photo (COCO's size), resized and cropped by the processor
+
+from psaguard import SafetyGuard
+
 BATCH = 4
 GiB = 2**30
-
-
-# ---------------------------------------------------------------------------------------------- shapes
-def _processor(tiny: bool):  # -> LlavaProcessor
-    return build_tiny_processor(TinyLlavaSpec() if tiny else TinyLlavaSpec(image_size=336, patch_size=14))
-
-
-def _model_config(tiny: bool, processor: Any):  # -> LlavaConfig
-    if tiny:
-        return build_tiny_llava(processor=processor).config
-    tok = processor.tokenizer
-    config = llava_15_7b_config(tok.convert_tokens_to_ids("<image>"))
-    for part in (config, config.text_config):  # the word-level tokenizer's special tokens, for generate
-        part.pad_token_id, part.bos_token_id, part.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
-    return config
-
-
-def _images(count: int) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    width, height = IMAGE_SIDES
-    return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(count)]
+CPU = torch.device("cpu")
 
 
 def _timed(load: Callable[[], Any]) -> tuple[Any, float]:
@@ -92,19 +67,7 @@ def _timed(load: Callable[[], Any]) -> tuple[Any, float]:
 # ---------------------------------------------------------------------------------------------- workers
 def build(args: argparse.Namespace) -> dict[str, Any]:
     """Write the random checkpoint, its processor and a trained-shape guard into ``args.checkpoint``."""
-    directory = Path(args.checkpoint)
-    processor = _processor(args.tiny)
-    config = _model_config(args.tiny, processor)
-    shard = 64 * 1024 if args.tiny else 2 * GiB  # several shards at tiny shapes too
-    _, seconds = _timed(
-        lambda: write_random_checkpoint(
-            LlavaForConditionalGeneration, config, directory, torch.bfloat16, shard_bytes=shard
-        )
-    )
-    processor.save_pretrained(directory)
-    # The guard is sized from the classifier-only parts: all it reads of the model.
-    model, processor = load_classifier_parts(directory, processor)
-    SafetyGuard.attach(model, processor).save_pretrained(directory / GUARD_DIR)
+    _, seconds = _timed(lambda: write_workload(Path(args.checkpoint), args.tiny))
     return {"write_s": seconds, "peak_rss": peak_rss_bytes()}
 
 
@@ -115,12 +78,14 @@ def classifier_only(args: argparse.Namespace) -> dict[str, Any]:
     guard, load_s = _timed(
         lambda: SafetyGuard.from_pretrained_classifier(directory / GUARD_DIR, directory, dtype=torch.bfloat16)
     )
-    loaded_rss = rss_bytes()
-    images = _images(BATCH)
+    into_anonymous_memory(guard.model)
+    load_peak_rss, loaded_rss = peak_rss_bytes(), rss_bytes()
+    reset_peak_rss()
+    pool = images(BATCH)
     runs = round_robin(
         {
-            "classify_b1": lambda: guard.classify(images[0], PROMPT),
-            f"classify_b{BATCH}": lambda: guard.classify_batch(images, [PROMPT] * BATCH),
+            "classify_b1": lambda: guard.classify(pool[0], PROMPT),
+            f"classify_b{BATCH}": lambda: guard.classify_batch(pool, [PROMPT] * BATCH),
         },
         args.classify_repeats,
     )
@@ -128,10 +93,11 @@ def classifier_only(args: argparse.Namespace) -> dict[str, Any]:
         "load_s": load_s,
         "idle_rss": idle_rss,
         "loaded_rss": loaded_rss,
+        "load_peak_rss": load_peak_rss,
         **{name: list(r.values) for name, r in runs.items()},
-        **_parts(guard, images[0]),
-        "classify_flops": _flops(lambda: guard.classify(images[0], PROMPT)),
-        "matmul_tflops": list(matmul_tflops(torch.bfloat16, torch.device("cpu")).values),
+        **_parts(guard, pool[0]),
+        "classify_flops": _flops(lambda: guard.classify(pool[0], PROMPT)),
+        "matmul_tflops": list(matmul_tflops(torch.bfloat16, CPU).values),
         "peak_rss": peak_rss_bytes(),
     }
 
@@ -166,25 +132,20 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
     model, load_s = _timed(lambda: LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.bfloat16))
     processor = AutoProcessor.from_pretrained(directory)
     guard = SafetyGuard.from_pretrained(directory / GUARD_DIR, model.eval(), processor, policy=ALLOW_ALL)
-    loaded_rss = rss_bytes()
-    image = _images(1)[0]
+    into_anonymous_memory(model)
+    load_peak_rss, loaded_rss = peak_rss_bytes(), rss_bytes()
+    reset_peak_rss()
+    image = images(1)[0]
 
     def generate(prompt: str, tokens: int) -> Callable[[], object]:
-        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-
-        def run() -> None:
-            inputs = processor(images=image, text=text, return_tensors="pt")
-            with torch.inference_mode():
-                model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
-
-        return run
+        return plain_generate(model, processor, prompt, [image], tokens, CPU)
 
     def guarded(tokens: int) -> Callable[[], object]:
         return lambda: guard.generate(image, PROMPT, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
 
     n, g = args.new_tokens, args.guard_tokens
-    # Warm-ups decode 2 tokens: every kernel runs once without paying a whole answer.
+    # One warm-up answer of 2 tokens runs every kernel of the three generating variants (same model, same
+    # kinds of shapes) without paying three whole answers on a slow CPU.
     runs = round_robin(
         {
             "classify_b1": lambda: guard.classify(image, PROMPT),
@@ -193,16 +154,13 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
             "separate_guard": generate(GUARD_PROMPT, g),
         },
         args.repeats,
-        warmups={
-            "plain_generate": generate(PROMPT, 2),
-            "guarded_generate": guarded(2),
-            "separate_guard": generate(GUARD_PROMPT, 2),
-        },
+        warmups={"plain_generate": generate(PROMPT, 2), "guarded_generate": None, "separate_guard": None},
     )
     return {
         "load_s": load_s,
         "idle_rss": idle_rss,
         "loaded_rss": loaded_rss,
+        "load_peak_rss": load_peak_rss,
         **{name: list(r.values) for name, r in runs.items()},
         "prompt_tokens": _input_length(processor, PROMPT),
         "guard_prompt_tokens": _input_length(processor, GUARD_PROMPT),
@@ -212,9 +170,8 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
 
 def _input_length(processor: Any, prompt: str) -> int:
     """Tokens the language model prefills for ``prompt`` with one image (image tokens included)."""
-    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-    return int(processor(images=_images(1)[0], text=text, return_tensors="pt")["input_ids"].shape[1])
+    inputs = processor(images=images(1)[0], text=chat_text(processor, prompt), return_tensors="pt")
+    return int(inputs["input_ids"].shape[1])
 
 
 WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -243,12 +200,15 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 
 
 def _check_disk(directory: Path, tiny: bool) -> None:
-    processor = _processor(tiny)
-    with torch.device("meta"):
-        need = checkpoint_bytes(LlavaForConditionalGeneration(_model_config(tiny, processor)).to(torch.bfloat16))
-    free = shutil.disk_usage(directory).free
+    need, free = random_checkpoint_bytes(tiny), shutil.disk_usage(directory).free
     if free < need * 1.1 + GiB:
         raise SystemExit(f"{directory} has {free / GiB:.1f} GiB free; the checkpoint needs {need / GiB:.1f} GiB")
+
+
+def _save(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Write what was measured so far to ``--json`` (a long run that fails later keeps its first parts)."""
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,9 +222,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if owned:
             results["build"] = _spawn(args, "build")
-        classifier = [_spawn(args, "classifier") for _ in range(args.load_repeats)]
-        results["classifier_only"] = classifier
-        results["full"] = _spawn(args, "full")
+            _save(args, results)
+        if "classifier" in args.modes:
+            results["classifier_only"] = []
+            for _ in range(args.load_repeats):
+                results["classifier_only"].append(_spawn(args, "classifier"))
+                _save(args, results)
+        if "full" in args.modes:
+            results["full"] = _spawn(args, "full")
     finally:
         if owned and not args.keep:
             shutil.rmtree(args.checkpoint, ignore_errors=True)
@@ -277,84 +242,111 @@ def _runs(values: list[float]) -> Runs:
     return Runs(values=tuple(values))
 
 
-def _row(name: str, runs: Runs, unit: float = 1.0, fmt: str = "{:.3f}") -> str:
-    cells = [fmt.format(v * unit) for v in (runs.median, runs.low, runs.high)]
+def _pooled(loads: list[dict[str, Any]], key: str) -> Runs:
+    """The runs of ``key`` over every classifier-only process."""
+    return _runs([value for load in loads for value in load[key]])
+
+
+def _row(name: str, runs: Runs) -> str:
+    cells = [f"{v:.3f}" for v in (runs.median, runs.low, runs.high)]
     return f"| {name} | {' | '.join(cells)} | {len(runs.values)} |"
 
 
 def summarise(results: dict[str, Any]) -> dict[str, float]:
-    """The ratios the run is for, from the raw numbers."""
-    loads = results["classifier_only"]
-    only = {key: sum((_runs(r[key]) for r in loads), Runs(values=())) for key in ("classify_b1", f"classify_b{BATCH}")}
-    full = {
-        key: _runs(results["full"][key])
-        for key in ("classify_b1", "plain_generate", "guarded_generate", "separate_guard")
-    }
-    b1, batch = only["classify_b1"].median, only[f"classify_b{BATCH}"].median
-    peak_flops = _runs(loads[0]["matmul_tflops"]).median * 1e12
-    return {
-        "separate_guard / classifier-only classify (latency, batch 1)": full["separate_guard"].median / b1,
-        f"classify throughput at batch {BATCH} / separate guard throughput": BATCH
-        / batch
-        * full["separate_guard"].median,
-        "separate_guard / full-model classify (latency, batch 1)": full["separate_guard"].median
-        / full["classify_b1"].median,
-        "full-model classify / classifier-only classify": full["classify_b1"].median / b1,
-        "guarded / plain generate": full["guarded_generate"].median / full["plain_generate"].median,
-        "classifier-only peak RSS / full-model peak RSS": max(r["peak_rss"] for r in loads)
-        / results["full"]["peak_rss"],
-        "classify FLOP rate / bf16 matmul rate (batch 1)": loads[0]["classify_flops"] / b1 / peak_flops,
-        f"classify FLOP rate / bf16 matmul rate (batch {BATCH})": BATCH
-        * loads[0]["classify_flops"]
-        / batch
-        / peak_flops,
-    }
+    """The ratios the run is for, from the raw numbers (those of the modes that ran)."""
+    loads, full = results.get("classifier_only"), results.get("full")
+    ratios: dict[str, float] = {}
+    if loads:
+        b1, batch = _pooled(loads, "classify_b1").median, _pooled(loads, f"classify_b{BATCH}").median
+        peak = _runs(loads[0]["matmul_tflops"]).median * 1e12
+        ratios["classify FLOP rate / bf16 matmul rate, batch 1"] = loads[0]["classify_flops"] / b1 / peak
+        ratios[f"classify FLOP rate / bf16 matmul rate, batch {BATCH}"] = (
+            BATCH * loads[0]["classify_flops"] / batch / peak
+        )
+    if full:
+        median = {key: _runs(full[key]).median for key in ("classify_b1", "plain_generate", "guarded_generate")}
+        guard = _runs(full["separate_guard"]).median
+        ratios["separate guard / full-model classify (latency, batch 1)"] = guard / median["classify_b1"]
+        ratios["guarded / plain generate"] = median["guarded_generate"] / median["plain_generate"]
+    if loads and full:
+        ratios["separate guard / classifier-only classify (latency, batch 1)"] = guard / b1
+        ratios[f"classify throughput at batch {BATCH} / separate guard throughput"] = BATCH / batch * guard
+        ratios["full-model classify / classifier-only classify"] = median["classify_b1"] / b1
+        ratios["classifier-only peak RSS / full-model peak RSS"] = max(r["peak_rss"] for r in loads) / full["peak_rss"]
+    return ratios
 
 
-def report(results: dict[str, Any], args: argparse.Namespace) -> str:
-    """Markdown tables of the measurements and the ratios."""
-    loads, full = results["classifier_only"], results["full"]
-    machine = results["machine_before"]
-    only = {key: sum((_runs(r[key]) for r in loads), Runs(values=())) for key in ("classify_b1", f"classify_b{BATCH}")}
-    lines = [
-        f"{'tiny' if args.tiny else 'LLaVA-1.5-7B'} shapes, bf16, CPU {machine['cpu']} ({machine['cores']} cores, "
-        f"{machine['memory_gib']:.0f} GiB), torch threads {args.threads}, torch {machine['torch']}, "
-        f"transformers {machine['transformers']}, {machine['date_utc']} UTC; load average before "
-        f"{_load(results['machine_before'])}, after {_load(results['machine_after'])}",
-        "",
-        "| measurement (seconds) | median | min | max | runs |",
-        "| --- | ---: | ---: | ---: | ---: |",
+def _classifier_lines(loads: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Rows of the time table, and the note on classify's parts and FLOPs."""
+    batch = _pooled(loads, f"classify_b{BATCH}")
+    rows = [
         _row("classifier-only load", _runs([r["load_s"] for r in loads])),
-        _row("classifier-only classify, batch 1", only["classify_b1"]),
-        _row(f"classifier-only classify_batch, batch {BATCH}", only[f"classify_b{BATCH}"]),
+        _row("classifier-only classify, batch 1", _pooled(loads, "classify_b1")),
+        _row(f"classifier-only classify_batch, batch {BATCH}", batch),
+    ]
+    first = loads[0]
+    note = [
+        f"classify parts (median of 3, s): preprocess {first['preprocess_s']:.3f}, vision tower "
+        f"{first['vision_tower_s']:.3f}, safety modules {first['safety_modules_s']:.3f}; one classify is "
+        f"{first['classify_flops'] / 1e9:.1f} GFLOP; bf16 matmul here {_runs(first['matmul_tflops']).median:.3f} "
+        f"TFLOP/s; classify at batch {BATCH}: {BATCH / batch.median:.2f} images/s",
+    ]
+    return rows, note
+
+
+def _full_lines(full: dict[str, Any], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    rows = [
         _row("full model load (from_pretrained + guard)", _runs([full["load_s"]])),
         _row("full model + guard: classify, batch 1", _runs(full["classify_b1"])),
         _row(f"plain generate, {args.new_tokens} tokens", _runs(full["plain_generate"])),
         _row(f"guarded generate, {args.new_tokens} tokens", _runs(full["guarded_generate"])),
         _row(f"separate guard model: prefill + {args.guard_tokens} tokens", _runs(full["separate_guard"])),
-        "",
-        f"classify parts (median of 3, s): preprocess {loads[0]['preprocess_s']:.3f}, vision tower "
-        f"{loads[0]['vision_tower_s']:.3f}, safety modules {loads[0]['safety_modules_s']:.3f}; one classify is "
-        f"{loads[0]['classify_flops'] / 1e9:.1f} GFLOP; bf16 matmul here {_runs(loads[0]['matmul_tflops']).median:.3f} "
-        f"TFLOP/s; classify at batch {BATCH}: {BATCH / only[f'classify_b{BATCH}'].median:.2f} images/s",
-        f"prefill lengths: user prompt {full['prompt_tokens']} tokens, separate guard's prompt "
-        f"{full['guard_prompt_tokens']} tokens (image tokens included)",
-        "",
-        "| peak RSS (GiB) | after imports | after load | peak |",
-        "| --- | ---: | ---: | ---: |",
-        *(
-            f"| classifier-only, process {i + 1} | {r['idle_rss'] / GiB:.2f} | {r['loaded_rss'] / GiB:.2f} | "
-            f"{r['peak_rss'] / GiB:.2f} |"
-            for i, r in enumerate(loads)
-        ),
-        f"| full model + guard | {full['idle_rss'] / GiB:.2f} | {full['loaded_rss'] / GiB:.2f} | "
-        f"{full['peak_rss'] / GiB:.2f} |",
-        "",
-        "| ratio | value |",
-        "| --- | ---: |",
-        *(f"| {name} | {value:.3f} |" for name, value in summarise(results).items()),
     ]
-    return "\n".join(lines)
+    note = [
+        f"prefill lengths: user prompt {full['prompt_tokens']} tokens, separate guard's prompt "
+        f"{full['guard_prompt_tokens']} tokens (image tokens included)"
+    ]
+    return rows, note
+
+
+def _memory_row(name: str, result: dict[str, Any]) -> str:
+    cells = (result[key] / GiB for key in ("idle_rss", "load_peak_rss", "loaded_rss", "peak_rss"))
+    return f"| {name} | {' | '.join(f'{v:.2f}' for v in cells)} |"
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    """Markdown tables of the measurements and the ratios."""
+    loads, full = results.get("classifier_only", []), results.get("full")
+    machine = results["machine_before"]
+    rows, notes = [], []
+    for part_rows, part_notes in ([_classifier_lines(loads)] if loads else []) + (
+        [_full_lines(full, args)] if full else []
+    ):
+        rows, notes = rows + part_rows, notes + part_notes
+    memory = [_memory_row(f"classifier-only, process {i + 1}", r) for i, r in enumerate(loads)]
+    memory += [_memory_row("full model + guard", full)] if full else []
+    return "\n".join(
+        [
+            f"{'tiny' if args.tiny else 'LLaVA-1.5-7B'} shapes, bf16, CPU {machine['cpu']} ({machine['cores']} "
+            f"cores, {machine['memory_gib']:.0f} GiB), torch threads {args.threads}, torch {machine['torch']}, "
+            f"transformers {machine['transformers']}, {machine['date_utc']} UTC; load average before "
+            f"{_load(results['machine_before'])}, after {_load(results['machine_after'])}",
+            "",
+            "| measurement (seconds) | median | min | max | runs |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            *notes,
+            "",
+            "| RSS (GiB) | after imports | peak while loading | after load | peak while measuring |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *memory,
+            "",
+            "| ratio | value |",
+            "| --- | ---: |",
+            *(f"| {name} | {value:.3f} |" for name, value in summarise(results).items()),
+        ]
+    )
 
 
 def _load(machine: dict[str, Any]) -> str:
@@ -375,6 +367,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", help="where the temporary checkpoint goes (default: the temp dir)")
     parser.add_argument("--checkpoint", type=Path, help="reuse a checkpoint written by an earlier --keep run")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint (prints where)")
+    parser.add_argument(
+        "--modes", nargs="+", choices=["classifier", "full"], default=["classifier", "full"], help="what to measure"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -392,8 +387,7 @@ def main() -> None:
     print(report(results, args))
     if args.keep:
         print(f"checkpoint kept in {args.checkpoint}")
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
+    _save(args, results)
 
 
 if __name__ == "__main__":

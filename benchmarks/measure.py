@@ -16,7 +16,16 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Runs", "matmul_tflops", "peak_rss_bytes", "round_robin", "rss_bytes", "time_call"]
+__all__ = [
+    "Runs",
+    "into_anonymous_memory",
+    "matmul_tflops",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "round_robin",
+    "rss_bytes",
+    "time_call",
+]
 
 
 class Runs(BaseModel):
@@ -68,11 +77,17 @@ def round_robin(
     variants: Mapping[str, Callable[[], object]],
     repeats: int,
     device: torch.device | None = None,
-    warmups: Mapping[str, Callable[[], object]] | None = None,
+    warmups: Mapping[str, Callable[[], object] | None] | None = None,
 ) -> dict[str, Runs]:
-    """Time each variant ``repeats`` times, in turn, after one warm-up call each (``warmups`` or the variant)."""
+    """Time each variant ``repeats`` times, in turn, after one warm-up call each.
+
+    ``warmups`` replaces a variant's warm-up by a cheaper call, or by none (None), e.g. where an earlier
+    warm-up already ran the same kernels.
+    """
     for name, run in variants.items():
-        (warmups or {}).get(name, run)()
+        warmup = (warmups or {}).get(name, run)
+        if warmup is not None:
+            warmup()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, run in variants.items():
@@ -94,6 +109,29 @@ def peak_rss_bytes() -> int:
     """The process's peak resident set size so far (Linux VmHWM; ru_maxrss elsewhere)."""
     kib = _status_kib("VmHWM")
     return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS count at the current RSS (Linux ``clear_refs``); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def into_anonymous_memory(module: torch.nn.Module) -> None:
+    """Copy every tensor of ``module`` that is backed by a memory-mapped checkpoint into ordinary memory.
+
+    ``from_pretrained`` and ``safe_open`` leave CPU weights as views of the mapped safetensors files. Those
+    pages are evictable cache: when another process on a shared machine needs memory, the kernel drops
+    them and the next forward pass reads the weights from disk again, so timings measure the disk. Copies
+    in anonymous memory stay resident (one tensor at a time, so the peak grows by one tensor at most).
+    """
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()
 
 
 def rss_bytes() -> int:
