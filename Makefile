@@ -1,31 +1,70 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -> creates .venv, installs psaguard, runs the demo on an embedded tiny model (no downloads)
 #   make test   -> creates .venv, installs psaguard with its dev extras, runs the whole test suite
+# Both install the exact versions CI tests (constraints.txt). `make test-newest` runs a smoke subset
+# against the newest releases in a second environment (.venv-newest); `.ci/run` runs both.
 PYTHON ?= python3
 VENV := .venv
-BIN := $(VENV)/bin
-# torch is pinned so pip takes the local CPU wheel instead of a multi-GB CUDA build.
+NEWEST := .venv-newest
+# torch is pinned to the release CI tests. pip takes a local CPU wheel where the machine has one; elsewhere
+# `torch==2.13.0` resolves the CUDA build from PyPI (several GB). For PyPI's CPU build use
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH := torch==2.13.0
-STAMP := $(VENV)/.installed
+TORCH_INDEX ?=
+TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+PYTEST := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider
+# Fast tests of every part that newer transformers/peft/langchain releases tend to break (under ~2 min).
+SMOKE := tests/test_generation.py tests/test_injection.py tests/test_wrapped.py tests/test_streaming.py \
+	tests/test_guard.py tests/backbones/test_llava_next.py tests/training/test_training_stage1.py \
+	tests/training/test_training_stage2.py tests/adapters/test_runnable.py tests/adapters/test_gate.py \
+	tests/adapters/test_middleware.py tests/adapters/test_chat_model.py tests/training/test_training_cli.py \
+	tests/training/test_training_next.py tests/training/test_training_resume.py tests/test_classifier_only.py \
+	tests/security/test_generation_spoofing.py tests/test_packaging.py
 
-.PHONY: demo test lint install
+.PHONY: demo test test-newest lint install lock
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	echo "$(TORCH)" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
-	touch $(STAMP)
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH_SOURCE) "$(TORCH)"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
 
-install: $(STAMP)
+# The newest releases of everything but torch (kept at the CPU wheel CI tests).
+$(NEWEST)/.installed: pyproject.toml
+	rm -rf $(NEWEST) && $(PYTHON) -m venv $(NEWEST)
+	$(NEWEST)/bin/pip install -q --upgrade pip
+	$(NEWEST)/bin/pip install -q $(TORCH_SOURCE) "$(TORCH)"
+	echo "$(TORCH)" > $(NEWEST)/torch.txt
+	$(NEWEST)/bin/pip install -q --upgrade --upgrade-strategy eager -c $(NEWEST)/torch.txt -e ".[dev]"
+	touch $@
 
-demo: $(STAMP)
-	$(BIN)/psaguard demo
+install: $(VENV)/.installed
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests; \
+demo: $(VENV)/.installed
+	$(VENV)/bin/psaguard demo
+
+test: $(VENV)/.installed
+	PATH=$(VENV)/bin:$$PATH $(PYTEST) tests; \
 	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$status
 
-lint: $(STAMP)
-	$(BIN)/ruff check guard adapters training tests examples
+# Always re-resolves, so it sees releases that came out since the last run.
+test-newest:
+	rm -f $(NEWEST)/.installed
+	$(MAKE) $(NEWEST)/.installed
+	$(NEWEST)/bin/pip list 2>/dev/null | grep -i -E '^(transformers|peft|bitsandbytes|accelerate|langchain-core|langchain|pydantic|tokenizers) '
+	PATH=$(NEWEST)/bin:$$PATH $(PYTEST) $(SMOKE); \
+	status=$$?; if [ $$status -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$status
+
+# Rewrites constraints.txt with the newest releases that install together (then run `make test`).
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q $(TORCH_SOURCE) "$(TORCH)"
+	.venv-lock/bin/pip install -q -e ".[dev]"
+	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/pip freeze --all | grep -v -E '^(-e |psaguard|pip==)' \
+		| sed -E 's/^torch==.*/$(TORCH)/'; } > constraints.new && mv constraints.new constraints.txt
+	rm -rf .venv-lock
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check guard adapters training tests examples benchmarks
+	$(VENV)/bin/ruff format --check guard adapters training tests examples benchmarks

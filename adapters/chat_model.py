@@ -59,7 +59,7 @@ class GuardedChatModel(BaseChatModel):
     """Chat model answering with a local LLaVA model behind a psaguard guard.
 
     Messages may hold text and image content blocks (see :mod:`psaguard.adapters.messages`); images are
-    judged with the text of every user turn. Requests without an image cannot be judged by the
+    judged with the text of every turn. Requests without an image cannot be judged by the
     image-based guard and follow ``on_text_only``.
 
     Example:

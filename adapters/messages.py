@@ -3,8 +3,13 @@
 Image content blocks are decoded without any network access: base64 data URLs and base64 blocks become
 bytes, ``file://`` URLs and plain paths become local paths, and remote (``http(s)://``) URLs or provider
 file ids raise :class:`~psaguard.errors.RemoteImageError` so that nothing reaches a model unjudged (fail
-closed). Both the v1 standard blocks (``{"type": "image", "base64" | "url": ...}``), the older
-``source_type`` blocks and OpenAI-style ``{"type": "image_url", "image_url": {"url": ...}}`` are read.
+closed). Read: LangChain's v1 standard blocks (``{"type": "image", "base64" | "url" | "file_id": ...}``) and
+the older ``source_type`` blocks, OpenAI's ``image_url``, ``input_image`` and ``image_file``, Anthropic's
+``{"type": "image", "source": {...}}`` and ``media`` blocks with an ``image/*`` MIME type.
+
+Every block is either text, an image the guard judges, or refused with a typed error: audio, video and
+file blocks, and any block type not listed here (``"Image"``, ``"tool_use"``, ...), are refused rather than
+dropped, because a dropped block may still reach the model behind the guard.
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ from psaguard.errors import InvalidImageError, InvalidInputError, RemoteImageErr
 
 __all__ = [
     "IMAGE_BLOCK_TYPES",
+    "TEXT_BLOCK_TYPES",
     "GuardRequest",
     "decode_image_block",
     "request_from_input",
     "request_from_messages",
 ]
 
-IMAGE_BLOCK_TYPES = frozenset({"image", "image_url"})
-"""Content block types that hold an image."""
+IMAGE_BLOCK_TYPES = frozenset({"image", "image_url", "input_image", "image_file", "media"})
+"""Content block types that may hold an image; each is judged or refused, never dropped."""
+
+TEXT_BLOCK_TYPES = frozenset({"text", "input_text", "output_text"})
+"""Content block types read as text (OpenAI's Responses API names its text blocks input_text/output_text)."""
 
 # Media the guard cannot judge: letting them through unjudged would fail open.
 _UNJUDGEABLE_BLOCKS = frozenset({"audio", "input_audio", "video", "file"})
@@ -58,7 +67,7 @@ class GuardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     images: tuple[Any, ...] = Field((), description="Decoded images (bytes, paths or PIL images), in order.")
-    prompt: str = Field("", description="Text the guard judges the images with: all user turns' text.")
+    prompt: str = Field("", description="Text the guard judges the images with: the text of every turn.")
     conversation: tuple[dict[str, Any], ...] = Field(
         (), description="HF chat conversation with {'type': 'image'} placeholders for `images`."
     )
@@ -89,7 +98,7 @@ def request_from_input(value: Any, *, allow_local_files: bool = True) -> GuardRe
 
 
 def request_from_messages(messages: Sequence[BaseMessage], *, allow_local_files: bool = True) -> GuardRequest:
-    """Collect the images of every message and the text of every user message."""
+    """Collect the images and the text of every message (the model reads every turn)."""
     images: list[Any] = []
     conversation: list[dict[str, Any]] = []
     for message in messages:
@@ -99,31 +108,47 @@ def request_from_messages(messages: Sequence[BaseMessage], *, allow_local_files:
             if image is not None:
                 images.append(image)
                 parts.append({"type": "image"})
-            elif (text := _block_text(block)) is not None:
-                parts.append({"type": "text", "text": text})
+            else:
+                parts.append({"type": "text", "text": _block_text(block)})
         conversation.append({"role": _role(message), "content": parts})
     # The same text guarded generation judges, so every adapter gives the same verdict for the same messages.
     return GuardRequest(images=tuple(images), prompt=judged_text(conversation), conversation=tuple(conversation))
 
 
 def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | None:
-    """The image a content block holds (bytes or a path), or None when the block is not an image.
+    """The image a content block holds (bytes or a path), or None when the block is text.
 
     Raises :class:`~psaguard.errors.RemoteImageError` for remote URLs and provider file ids,
     :class:`~psaguard.errors.InvalidImageError` for malformed image blocks, and
-    :class:`~psaguard.errors.InvalidInputError` for audio, video or file blocks the guard cannot judge.
+    :class:`~psaguard.errors.InvalidInputError` for audio, video or file blocks the guard cannot judge and
+    for block types it does not know (see the module docstring).
     """
-    if not isinstance(block, Mapping):
+    if isinstance(block, str):
         return None
+    if not isinstance(block, Mapping):
+        raise InvalidInputError(f"content block of type {type(block).__name__} is neither text nor a mapping")
     kind = block.get("type")
+    if kind in TEXT_BLOCK_TYPES:
+        return None
     if kind in _UNJUDGEABLE_BLOCKS:
         raise InvalidInputError(f"the guard cannot judge {kind!r} content blocks; remove them or judge them elsewhere")
-    if kind == "image_url":
+    if kind not in IMAGE_BLOCK_TYPES:
+        raise InvalidInputError(
+            f"unknown content block type {str(kind)[:40]!r}; the guard refuses blocks it cannot read, since the "
+            f"model might still see them (known: {sorted(TEXT_BLOCK_TYPES | IMAGE_BLOCK_TYPES)})"
+        )
+    if kind in ("image_url", "input_image"):
+        if block.get("file_id") is not None:
+            raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
         target = block.get("image_url")
         url = target.get("url") if isinstance(target, Mapping) else target
         return _from_url(url, allow_local_files)
-    if kind != "image":
-        return None
+    if kind == "image_file":
+        raise RemoteImageError("image_file blocks name provider files that cannot be judged locally; pass the bytes")
+    if kind == "media":
+        return _from_media(block)
+    if isinstance(block.get("source"), Mapping):
+        return _from_source(block["source"], allow_local_files)
     if "base64" in block:
         return _from_base64(block["base64"])
     if block.get("source_type") == "base64" and "data" in block:
@@ -152,12 +177,36 @@ def _blocks(content: str | list[Any]) -> list[Any]:
     return list(content)
 
 
-def _block_text(block: Any) -> str | None:
+def _block_text(block: str | Mapping[str, Any]) -> str:
+    """The text of a block :func:`decode_image_block` found to be text."""
     if isinstance(block, str):
         return block
-    if isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
-        return block["text"]
-    return None
+    if not isinstance(block.get("text"), str):
+        raise InvalidInputError(f"{block.get('type')!r} content block has no string 'text'")
+    return block["text"]
+
+
+def _from_source(source: Mapping[str, Any], allow_local_files: bool) -> bytes | Path:
+    """Anthropic's ``{"type": "image", "source": {"type": "base64" | "url" | "file", ...}}``."""
+    kind = source.get("type")
+    if kind == "base64":
+        return _from_base64(source.get("data"))
+    if kind == "url":
+        return _from_url(source.get("url"), allow_local_files)
+    if kind == "file" or "file_id" in source:
+        raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
+    raise InvalidImageError(f"image block has a source of unknown type {str(kind)[:40]!r}")
+
+
+def _from_media(block: Mapping[str, Any]) -> bytes:
+    """``{"type": "media", "mime_type": "image/...", "data": base64 str or bytes}`` (older Google blocks)."""
+    mime = block.get("mime_type")
+    if not isinstance(mime, str) or not mime.startswith("image/"):
+        raise InvalidInputError(f"the guard cannot judge media blocks of type {str(mime)[:40]!r}")
+    if "file_uri" in block:
+        raise RemoteImageError("media blocks naming a file_uri cannot be judged locally; pass the bytes")
+    data = block.get("data")
+    return bytes(data) if isinstance(data, (bytes, bytearray)) else _from_base64(data)
 
 
 def _role(message: BaseMessage) -> str:

@@ -1,8 +1,8 @@
 """psaguard in LangChain: a guard runnable, a guard in front of any chat model, and a guarded local LLaVA.
 
-Runs offline on a tiny random LLaVA (saved to a temp dir and loaded back with ``from_pretrained``); pass
-``--model-dir`` to use a real LLaVA checkpoint and ``--guard-dir`` for a trained guard. The tiny guard is
-untrained, so its verdicts are arbitrary: the point is the plumbing.
+Runs offline on the shipped demo (a tiny LLaVA and the guard trained for it on the synthetic safety world);
+pass ``--model-dir`` to use a real LLaVA checkpoint and ``--guard-dir`` for its trained guard (a model without
+a guard gets an untrained one, whose verdicts are random).
 
     python examples/langchain_chain.py
 """
@@ -13,11 +13,8 @@ import argparse
 import asyncio
 import base64
 import io
-import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -26,7 +23,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from psaguard import GuardPolicy, SafetyGuard
 from psaguard.adapters import GuardedChatModel, GuardRunnable, guarded
-from psaguard.tiny import save_tiny_llava
+from psaguard.demo import demo_guard_dir, demo_model_dir, demo_requests
 
 
 def load_guard(model_dir: Path, guard_dir: Path | None) -> SafetyGuard:
@@ -34,8 +31,8 @@ def load_guard(model_dir: Path, guard_dir: Path | None) -> SafetyGuard:
     processor = AutoProcessor.from_pretrained(model_dir)
     if guard_dir is not None:
         return SafetyGuard.from_pretrained(guard_dir, model, processor)
-    torch.manual_seed(0)  # the untrained modules' random init, so the demo prints the same every run
-    return SafetyGuard.attach(model, processor)  # untrained: demo only
+    print("note: no --guard-dir: attaching an untrained guard, so the verdicts below are random")
+    return SafetyGuard.attach(model, processor)
 
 
 def data_url(image: Image.Image) -> str:
@@ -46,26 +43,27 @@ def data_url(image: Image.Image) -> str:
 
 async def main(model_dir: Path, guard_dir: Path | None) -> None:
     guard = load_guard(model_dir, guard_dir)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    (_, image, question), (_, risky_image, risky_question) = demo_requests()[:2]  # benign, image risk
     prompt = ChatPromptTemplate.from_messages(
         [
             ("system", "Answer in one short sentence."),
             ("user", [{"type": "image_url", "image_url": {"url": "{image_url}"}}, {"type": "text", "text": "{q}"}]),
         ]
     )
-    inputs = {"image_url": data_url(image), "q": "what is in this picture ?"}
+    inputs = {"image_url": data_url(image), "q": question}
 
     # 1. The guard alone: a Runnable from a request to its SafetyVerdict.
     verdict = (prompt | GuardRunnable(guard)).invoke(inputs)
     print(f"verdict: action={verdict.action} rule={verdict.rule} level={verdict.level.code} type={verdict.type.code}")
 
     # 2. The guard in front of any chat model (a stand-in for a hosted VLM): risky inputs never reach it.
-    hosted = FakeListChatModel(responses=["A colourful noise pattern."] * 4)
+    hosted = FakeListChatModel(responses=["A purple shape."] * 4)
     chain = prompt | guarded(hosted, guard, on_block="end") | StrOutputParser()
     print("guarded hosted model:", chain.invoke(inputs))
     strict = guard.with_policy(GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"}))
     strict_chain = prompt | guarded(hosted, strict, on_block="end") | StrOutputParser()
-    print("with a strict policy:", strict_chain.invoke(inputs))
+    risky = {"image_url": data_url(risky_image), "q": risky_question}
+    print("risky request, strict policy:", strict_chain.invoke(risky))
 
     # 3. A guarded local LLaVA as a LangChain chat model: invoke, stream, batch, async.
     chat = GuardedChatModel(guard=guard, max_tokens=12, on_block="end")
@@ -80,8 +78,8 @@ async def main(model_dir: Path, guard_dir: Path | None) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, help="a LLaVA checkpoint directory (default: a tiny random one)")
-    parser.add_argument("--guard-dir", type=Path, help="a trained guard directory (default: untrained)")
+    parser.add_argument("--model-dir", type=Path, help="a LLaVA checkpoint directory (default: the shipped demo's)")
+    parser.add_argument("--guard-dir", type=Path, help="its trained guard (default: the demo's, or untrained)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(main(args.model_dir or save_tiny_llava(Path(tmp) / "tiny-llava"), args.guard_dir))
+    guard_dir = args.guard_dir or (None if args.model_dir else demo_guard_dir())
+    asyncio.run(main(args.model_dir or demo_model_dir(), guard_dir))

@@ -1,7 +1,8 @@
 """Put a guard in front of an app that already serves a LLaVA model: one changed line.
 
-Runs offline: a tiny random LLaVA is built and saved to a temp dir, then loaded with ``from_pretrained``
-exactly as a real checkpoint would be. Point MODEL_DIR / GUARD_DIR at your own to use real weights.
+Runs offline on the shipped demo: a tiny LLaVA and the guard trained for it on the synthetic safety world,
+loaded with ``from_pretrained`` exactly as a real checkpoint would be. Point MODEL_DIR / GUARD_DIR at your own
+to use real weights (MODEL_DIR without GUARD_DIR attaches an untrained guard, whose verdicts are random).
 
     python examples/wrap_existing_vlm.py
 """
@@ -10,14 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
-import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from psaguard import GuardBlocked, GuardPolicy, SafetyGuard
-from psaguard.tiny import save_tiny_llava
+from psaguard.demo import demo_guard_dir, demo_model_dir, demo_requests
 
 
 def answer(model, processor, image: Image.Image, question: str) -> str:
@@ -30,46 +29,41 @@ def answer(model, processor, image: Image.Image, question: str) -> str:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = os.environ.get("MODEL_DIR") or str(save_tiny_llava(f"{tmp}/model"))
-        model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
-        processor = AutoProcessor.from_pretrained(model_dir)
-        guard_dir = os.environ.get("GUARD_DIR")
-        if guard_dir:
-            guard = SafetyGuard.from_pretrained(guard_dir, model=model, processor=processor)
-        else:  # fresh, untrained modules: the verdicts below show the mechanics, not a trained judgement
-            torch.manual_seed(0)
-            guard = SafetyGuard.attach(model, processor)
+    model_dir = os.environ.get("MODEL_DIR") or demo_model_dir()
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    guard_dir = os.environ.get("GUARD_DIR") or (None if "MODEL_DIR" in os.environ else demo_guard_dir())
+    if guard_dir:
+        guard = SafetyGuard.from_pretrained(guard_dir, model=model, processor=processor)
+    else:
+        print("note: no GUARD_DIR: attaching an untrained guard, so the verdicts below are random")
+        guard = SafetyGuard.attach(model, processor)
 
-        image = Image.new("RGB", (64, 64), "white")
-        ImageDraw.Draw(image).ellipse((8, 8, 56, 56), fill="red")
-        question = "what color is the circle ?"
+    guarded = guard.wrap(model)  # the one changed line: same generate(**processor(...)) call
+    for kind, image, question in demo_requests()[:3]:  # benign, image risk, harmful request
+        print(f"[{kind}] {question!r}")
+        print("  plain model  :", repr(answer(model, processor, image, question)))
+        print("  guarded model:", repr(answer(guarded, processor, image, question)))
 
-        # Random tiny weights: the words are noise (ids beyond the word list decode to nothing).
-        print("plain model  :", repr(answer(model, processor, image, question)))
-        guarded = guard.wrap(model)  # the one changed line: same generate(**processor(...)) call
-        print("guarded model:", repr(answer(guarded, processor, image, question)))
+    # The guard's own API returns the verdict with the answer.
+    _, image, question = demo_requests()[1]
+    result = guard.generate(image, question, max_new_tokens=8)
+    print(f"guard.generate: action={result.action} rule={result.verdict.rule} generated={result.generated}")
+    print(f"  text={result.text!r} prompt_tokens={result.prompt_tokens} completion_tokens={result.completion_tokens}")
 
-        # The guard's own API returns the verdict with the answer.
-        result = guard.generate(image, question, max_new_tokens=8)
-        print(f"guard.generate: action={result.action} rule={result.verdict.rule} generated={result.generated}")
-        print(
-            f"  text={result.text!r} prompt_tokens={result.prompt_tokens} completion_tokens={result.completion_tokens}"
-        )
+    # Policies are data: the same request under a stricter and a blocking policy.
+    strict = guard.with_policy(GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"}))
+    refused = strict.generate(image, question, max_new_tokens=8)
+    print(f"strict policy : action={refused.action} text={refused.text!r}")
+    blocking = guard.with_policy(GuardPolicy(level_actions={1: "block", 2: "block", 3: "block"}))
+    try:
+        print("blocking policy:", repr(answer(blocking.wrap(model), processor, image, question)))
+    except GuardBlocked as err:
+        print(f"blocking policy: GuardBlocked ({err.verdict.rule})")
 
-        # Policies are data: the same request under a stricter and a blocking policy.
-        strict = guard.with_policy(GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"}))
-        refused = strict.generate(image, question, max_new_tokens=8)
-        print(f"strict policy : action={refused.action} text={refused.text!r}")
-        blocking = guard.with_policy(GuardPolicy(level_actions={1: "block", 2: "block", 3: "block"}))
-        try:
-            print("blocking policy:", repr(answer(blocking.wrap(model), processor, image, question)))
-        except GuardBlocked as err:
-            print(f"blocking policy: GuardBlocked ({err.verdict.rule})")
-
-        # Streaming: the verdict is known before the first chunk.
-        stream = guard.stream(image, question, max_new_tokens=8)
-        print(f"stream verdict: {stream.action}; chunks: {list(stream)}")
+    # Streaming: the verdict is known before the first chunk.
+    stream = guard.stream(image, question, max_new_tokens=8)
+    print(f"stream verdict: {stream.action}; chunks: {list(stream)}")
     return 0
 
 

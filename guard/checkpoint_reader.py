@@ -8,7 +8,6 @@ fetches only the shards holding those tensors, through huggingface_hub's cache a
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from psaguard.errors import CheckpointError
+from psaguard.files import read_json_file
 
 __all__ = ["MODEL_CONFIG_NAME", "SAFE_INDEX_NAME", "SAFE_WEIGHTS_NAME", "CheckpointReader"]
 
@@ -110,14 +110,7 @@ def _opened(path: Path) -> Iterator[Any]:
 
 
 def _read_index(path: Path) -> dict[str, str]:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_INDEX_BYTES + 1)
-        if len(data) > _MAX_INDEX_BYTES:
-            raise CheckpointError(f"{path} is larger than {_MAX_INDEX_BYTES} bytes; not a safetensors index")
-        raw = json.loads(data.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+    raw = read_json_file(path, _MAX_INDEX_BYTES, CheckpointError, "safetensors index")
     weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from psaguard.adapter_files import ADAPTER_WEIGHTS_NAME
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
 from psaguard.backbones.encoder_only import EncoderOnlyModel
 from psaguard.config import ModelFingerprint
@@ -22,7 +23,6 @@ __all__ = ["check_adapter_leaves_verdicts", "load_classifier_parts"]
 
 logger = logging.getLogger(__name__)
 
-_ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Modules of the base model the verdict reads; an adapter touching them would change verdicts.
 _VERDICT_MODULES = frozenset({"vision_tower", "embed_tokens"})
 
@@ -60,9 +60,9 @@ def check_adapter_leaves_verdicts(adapter: Path) -> None:
     """
     if not (adapter / "adapter_config.json").is_file():
         return
-    weights = adapter / _ADAPTER_WEIGHTS
+    weights = adapter / ADAPTER_WEIGHTS_NAME
     if not weights.is_file():
-        raise CheckpointError(f"{adapter} has an adapter_config.json but no {_ADAPTER_WEIGHTS}")
+        raise CheckpointError(f"{adapter} has an adapter_config.json but no {ADAPTER_WEIGHTS_NAME}")
     touching = sorted(name for name in _tensor_names(weights) if not _llm_only(name))
     if touching:
         raise CheckpointError(

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 
 from psaguard.errors import PsaGuardError
+from psaguard.extras import install_hint
+from psaguard.logs import logging_for_command
 
 __all__ = ["build_parser", "main"]
 
@@ -23,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     subparsers = parser.add_subparsers(dest="command", required=True)
 
-    demo = subparsers.add_parser("demo", help="guard a tiny built-in model and classify generated images")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the tiny model and images")
+    demo = subparsers.add_parser(
+        "demo", help="judge and answer the shipped example requests with the tiny trained demo model and guard"
+    )
     demo.set_defaults(func=_run_demo)
 
     classify = subparsers.add_parser("classify", help="judge one (image, prompt) request; prints JSON")
@@ -50,20 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for a psaguard error)."""
+    """Run the command line; returns the exit code (2 for a psaguard error or a missing extra)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    level = getattr(args, "log_level", None) or ("INFO" if args.verbose else "WARNING")
     try:
-        return int(args.func(args) or 0)
+        with logging_for_command(level):
+            return int(args.func(args) or 0)
     except PsaGuardError as err:
         print(f"psaguard: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        hint = install_hint(err)
+        if hint is None:
+            raise
+        print(f"psaguard: error: {hint}", file=sys.stderr)
         return 2
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from psaguard.demo import run_demo
 
-    run_demo(seed=args.seed)
+    run_demo()
     return 0
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from psaguard.files import parse_json, read_regular_file
+from psaguard.images import ALLOWED_FORMATS, ImageFormat
 from psaguard.policy import GuardPolicy
+from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 __all__ = [
@@ -22,9 +26,19 @@ __all__ = [
     "TokensConfig",
 ]
 
+logger = logging.getLogger(__name__)
+
 CONFIG_NAME = "psaguard_config.json"
 FORMAT_VERSION = 1
 _MAX_CONFIG_BYTES = 1024 * 1024  # a real config is a few KB; bounds memory on a hostile file
+# Upper bounds on sizes: far above any real guard (the paper: depth 3, 64 tokens, 8 heads), low enough that a
+# hostile config is refused here instead of allocating gigabytes or looping for minutes while building modules.
+_MAX_DEPTH = 64
+_MAX_WIDTH = 65_536
+_MAX_TOKENS = 4096
+_MAX_HEADS = 1024
+_MAX_PROMPT_TOKENS = 8192
+_MAX_PIXELS = 1 << 31
 
 
 class ProjectorConfig(BaseModel):
@@ -32,12 +46,15 @@ class ProjectorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    depth: int = Field(3, ge=1, description="Bottleneck blocks per RegNet stage.")
+    depth: int = Field(3, ge=1, le=_MAX_DEPTH, description="Bottleneck blocks per RegNet stage (at most 64).")
     hidden_size: int | None = Field(
-        None, ge=1, description="Width of the RegNet stages; None = vision width + tokens.num_tokens (paper)."
+        None,
+        ge=1,
+        le=_MAX_WIDTH,
+        description="Width of the RegNet stages; None = vision width + tokens.num_tokens (paper).",
     )
     num_queries: int | None = Field(
-        None, ge=1, description="Output tokens (a square number); None keeps the patch count (paper)."
+        None, ge=1, le=_MAX_WIDTH, description="Output tokens (a square number); None keeps the patch count (paper)."
     )
 
 
@@ -46,7 +63,7 @@ class TokensConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_tokens: int = Field(64, ge=1, description="Tokens per set (paper: 64).")
+    num_tokens: int = Field(64, ge=1, le=_MAX_TOKENS, description="Tokens per set (paper: 64; at most 4096).")
     init_std: float = Field(0.02, gt=0, description="Std of the normal init (paper: 0.02).")
     inject_llm_tokens: bool = Field(
         True, description="Place llm_tokens before each image's embeddings in guarded generation."
@@ -58,13 +75,17 @@ class HeadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_heads: int = Field(8, ge=1, description="Attention heads (paper: 8).")
+    num_heads: int = Field(
+        8, ge=1, le=_MAX_HEADS, description="Attention heads (paper: 8); must divide the text model's width."
+    )
     pooling: Literal["mean", "first"] = Field(
         "mean",
         description="'mean' pools over the valid prompt positions (text-aware); 'first' reads the first "
         "position, a fixed anchor token, as the paper's code does (the prompt cannot change the verdict).",
     )
-    max_prompt_tokens: int = Field(256, ge=8, description="Prompt tokens the head reads (head and tail kept).")
+    max_prompt_tokens: int = Field(
+        256, ge=8, le=_MAX_PROMPT_TOKENS, description="Prompt tokens the head reads (head and tail kept)."
+    )
     level_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the level head.")
     type_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the type head.")
 
@@ -108,7 +129,16 @@ class SafetyGuardConfig(BaseModel):
         "auto", description="Dtype of the safety modules; 'auto' follows the model's input embeddings."
     )
     max_image_pixels: int = Field(
-        40_000_000, ge=1, description="Largest image (width x height) the guard decodes; larger is refused."
+        40_000_000,
+        ge=1,
+        le=_MAX_PIXELS,
+        description="Largest image (width x height) the guard decodes; larger is refused.",
+    )
+    image_formats: tuple[ImageFormat, ...] = Field(
+        ALLOWED_FORMATS,
+        min_length=1,
+        description="Image formats decoded from bytes and paths: PNG, JPEG, GIF, WEBP by default; BMP, TIFF "
+        "and PPM are opt-in (see docs/security.md).",
     )
     fingerprint: ModelFingerprint | None = Field(
         None, description="Base model the weights were made for; filled in by attach/save."
@@ -119,29 +149,37 @@ class SafetyGuardConfig(BaseModel):
         self.policy.validate_against(self.taxonomy)
         return self
 
+    def to_json(self) -> str:
+        """The text :meth:`save` writes: indented JSON."""
+        return self.model_dump_json(indent=2) + "\n"
+
+    def digest(self) -> str:
+        """SHA-256 of :meth:`to_json`, i.e. of the file :meth:`save` writes; recorded beside the weights."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
     def save(self, directory: str | Path) -> Path:
         """Write the config as indented JSON into ``directory`` (atomically)."""
-        from psaguard.serialization import atomic_write_text
-
         path = Path(directory) / CONFIG_NAME
-        atomic_write_text(path, self.model_dump_json(indent=2) + "\n")
+        atomic_write_text(path, self.to_json())
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> SafetyGuardConfig:
-        """Read ``psaguard_config.json`` from ``directory``; typed errors for missing or invalid files."""
+    def load(
+        cls, directory: str | Path, *, digest: str | None = None, accept_edited: bool = False
+    ) -> SafetyGuardConfig:
+        """Read ``psaguard_config.json`` from ``directory``; typed errors for missing or invalid files.
+
+        With ``digest`` (the one recorded beside the weights), a file whose SHA-256 differs raises
+        :class:`CheckpointError`: it was edited after saving. ``accept_edited=True`` loads it anyway (logged);
+        save the guard again to record the new digest.
+        """
         path = Path(directory) / CONFIG_NAME
-        try:
-            with path.open("rb") as handle:
-                data = handle.read(_MAX_CONFIG_BYTES + 1)
-            if len(data) > _MAX_CONFIG_BYTES:
-                raise CheckpointError(f"{path} is larger than {_MAX_CONFIG_BYTES} bytes; not a guard config")
-            raw: Any = json.loads(data.decode("utf-8"))
-        except FileNotFoundError as err:
-            raise CheckpointError(f"no {CONFIG_NAME} in {directory}") from err
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            # RecursionError: deeply nested JSON ("[[[[...") exhausts the parser's stack.
-            raise CheckpointError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+        if not path.exists():
+            raise CheckpointError(f"no {CONFIG_NAME} in {directory}")
+        data = read_regular_file(path, _MAX_CONFIG_BYTES, CheckpointError, "guard config")
+        if digest is not None:
+            _check_digest(path, data, digest, accept_edited)
+        raw: Any = parse_json(data, CheckpointError, f"guard config {path}")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a JSON object")
         version = raw.get("format_version", FORMAT_VERSION)
@@ -151,3 +189,15 @@ class SafetyGuardConfig(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as err:
             raise ConfigError(f"invalid guard config {path}:\n{err}") from err
+
+
+def _check_digest(path: Path, data: bytes, recorded: str, accept_edited: bool) -> None:
+    if hashlib.sha256(data).hexdigest() == recorded:
+        return
+    if not accept_edited:
+        raise CheckpointError(
+            f"{path} was changed after the guard was saved (its SHA-256 differs from the one recorded in the "
+            "weights): a policy or threshold may have been weakened. To use an edited config on purpose, load "
+            "with accept_edited_config=True and save_pretrained() again, or pass policy= to from_pretrained"
+        )
+    logger.warning("loading %s although it was edited after saving (accept_edited_config=True)", path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-__all__ = ["DEMO_ASSETS", "demo_requests", "run_demo"]
+__all__ = ["DEMO_ASSETS", "demo_guard_dir", "demo_model_dir", "demo_requests", "run_demo"]
 
 DEMO_ASSETS = "assets/world_demo"
 """Folder of the demo's model, guard and examples inside the psaguard package."""
@@ -24,6 +24,16 @@ DEMO_ASSETS = "assets/world_demo"
 
 def _assets() -> Path:
     return Path(str(resources.files("psaguard") / DEMO_ASSETS))
+
+
+def demo_model_dir() -> Path:
+    """The shipped tiny LLaVA (``save_pretrained`` format) that the demo guard was trained for."""
+    return _assets() / "model"
+
+
+def demo_guard_dir() -> Path:
+    """The shipped trained guard (``psaguard_config.json`` + safetensors) for :func:`demo_model_dir`."""
+    return _assets() / "guard"
 
 
 def demo_requests() -> list[tuple[str, Image.Image, str]]:
@@ -52,22 +62,24 @@ def _examples() -> list[tuple[str, Image.Image, str, tuple[int, int]]]:
     ]
 
 
-def run_demo(seed: int = 0) -> None:
-    """Load the trained tiny model and guard, print verdicts and guarded answers, and a save/reload check."""
-    import torch
+def run_demo() -> None:
+    """Load the trained tiny model and guard, print verdicts and guarded answers, and a save/reload check.
+
+    Deterministic: the assets are fixed and decoding is greedy, so there is nothing to seed.
+    """
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from psaguard.guard import SafetyGuard
 
-    torch.manual_seed(seed)  # decoding is greedy; the seed only pins anything else that samples
     root = _assets()
-    model = LlavaForConditionalGeneration.from_pretrained(root / "model").eval()
-    processor = AutoProcessor.from_pretrained(root / "model")
-    guard = SafetyGuard.from_pretrained(root / "guard", model=model, processor=processor)
+    model = LlavaForConditionalGeneration.from_pretrained(demo_model_dir()).eval()
+    processor = AutoProcessor.from_pretrained(demo_model_dir())
+    guard = SafetyGuard.from_pretrained(demo_guard_dir(), model=model, processor=processor)
     print(f"{guard}  (trained on the synthetic safety world: psaguard world run)")
     print(
         "The examples are test rows picked among those it answered acceptably; on the whole test split it is\n"
-        f"far from the project's goals ({_headline(root)}): see docs/world_report.md.\n"
+        f"far from the project's goals ({_headline(root)}): see docs/world_report.md in the psaguard\n"
+        "source repository for the whole report.\n"
     )
     examples = _examples()
     requests = [(kind, image, prompt) for kind, image, prompt, _ in examples]

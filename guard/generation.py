@@ -2,7 +2,7 @@
 
 :class:`GuardedGenerator` is what ``SafetyGuard.generate`` / ``generate_batch`` / ``stream`` run:
 
-1. every image of a request is judged with the request's user text (``guard.analyze``; one vision pass);
+1. every image of a request is judged with the text of the request's turns (``guard.analyze``; one vision pass);
 2. the worst verdict decides (actions order allow < hint < refuse < block, ties by level);
 3. allow and hint run the language model on the chat-templated prompt (a hint is appended to the last user
    turn, as the paper's "Safe Hint"), with ``llm_tokens`` placed before each image's embeddings; refuse
@@ -26,6 +26,7 @@ from psaguard.conversation import Conversation, PromptInput, judged_text, to_con
 from psaguard.errors import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError
 from psaguard.images import ImageInput
 from psaguard.injection import LlmInputs, build_llm_inputs, tokenize_prompt
+from psaguard.policy import check_template
 from psaguard.verdict import Action, SafetyVerdict
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class GenerationOptions(BaseModel):
 
     hint_template: str = Field(
         "\nSafe Hint: {hint}",
-        description="Appended to the last user turn's text for 'hint' actions; '{hint}' is the verdict's hint "
+        description="Appended to the last turn's text for 'hint' actions; '{hint}' is the verdict's hint "
         "(the paper's 'Safe Hint:' line).",
     )
     refuse_with: Literal["text", "hint"] = Field(
@@ -87,12 +88,7 @@ class GenerationOptions(BaseModel):
     @field_validator("hint_template", "refusal_hint")
     @classmethod
     def _one_field(cls, template: str, info: Any) -> str:
-        name = "hint" if info.field_name == "hint_template" else "refusal"
-        try:
-            template.format(**{name: "x"})
-        except (KeyError, IndexError, ValueError) as err:
-            raise ValueError(f"template {template!r} may only use the '{{{name}}}' field: {err}") from err
-        return template
+        return check_template(template, "hint" if info.field_name == "hint_template" else "refusal")
 
 
 class GuardedGeneration(BaseModel):
@@ -371,6 +367,8 @@ def _prompt_ids(processor: Any, conversation: Conversation, image_token_id: int,
             )
         )
     except ValueError as err:
+        if "Can't sanitize" in str(err):  # the text spells a control token (e.g. '<unk>') only it can produce
+            raise InvalidPromptError(f"the prompt cannot be encoded as plain text: {err}") from err
         raise ConfigError(f"cannot render the conversation with the chat template: {err}") from err
     if plain[:1] == [tokenizer.bos_token_id] and ids[:1] != plain[:1]:
         ids.insert(0, tokenizer.bos_token_id)

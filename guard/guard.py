@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
+from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.errors import CheckpointError, ConfigError, GuardInternalError, InvalidImageError, InvalidPromptError
@@ -21,7 +22,7 @@ from psaguard.images import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import GuardPolicy, decide, error_verdict
 from psaguard.prompts import PromptEncoder
-from psaguard.serialization import load_tensors, save_tensors
+from psaguard.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
 from psaguard.verdict import SafetyVerdict
 
 if TYPE_CHECKING:
@@ -93,6 +94,8 @@ class SafetyGuard:
         policy: GuardPolicy | None = None,
         revision: str | None = None,
         load_adapter: bool = True,
+        allow_unverified: bool = False,
+        accept_edited_config: bool = False,
     ) -> SafetyGuard:
         """Load a saved guard (a local directory or a hub repo id) onto ``model``.
 
@@ -100,11 +103,16 @@ class SafetyGuard:
         model becomes ``PeftModel.from_pretrained(model, <dir>/adapter)``; PEFT injects the adapter into
         ``model`` in place, so pass ``load_adapter=False`` to leave ``model`` untouched.
 
+        The weights must carry their checksum and the config's digest (both written by
+        :meth:`save_pretrained`); ``allow_unverified=True`` loads files lacking them (re-saved by another tool).
+        A config edited after saving is refused unless ``accept_edited_config=True``; passing ``policy=`` is
+        the way to change the policy without editing the file.
+
         Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
         base model, and :class:`~psaguard.errors.CheckpointError` for missing, truncated or tampered files.
         """
         directory = _resolve_checkpoint(path, revision)
-        config = SafetyGuardConfig.load(directory)
+        config = _load_config(directory, allow_unverified, accept_edited_config)
         if policy is not None:
             config = config.model_copy(update={"policy": policy.validate_against(config.taxonomy)})
         backbone = resolve_backbone(model)
@@ -113,7 +121,7 @@ class SafetyGuard:
         config.fingerprint.check(backbone.fingerprint())
         modules = cls._build_modules(config, backbone)
         expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
-        tensors = load_tensors(directory / WEIGHTS_NAME, expected)
+        tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
         modules.load_state_dict(tensors)
         adapter = directory / ADAPTER_NAME
         if load_adapter and (adapter / "adapter_config.json").is_file():
@@ -132,6 +140,8 @@ class SafetyGuard:
         model_revision: str | None = None,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        allow_unverified: bool = False,
+        accept_edited_config: bool = False,
     ) -> SafetyGuard:
         """Load a saved guard for classification only, reading just the vision tower and token embeddings.
 
@@ -142,7 +152,8 @@ class SafetyGuard:
         ``wrap()`` raise :class:`~psaguard.errors.GenerationUnavailableError` (``wrap(full_model)`` works).
         ``processor`` defaults to the one saved with the base model; ``dtype`` (default: the checkpoint's)
         and ``device`` (default: CPU) place the loaded parts. A Stage II LoRA adapter is not loaded, and a
-        guard whose adapter changes the vision tower or embeddings is refused.
+        guard whose adapter changes the vision tower or embeddings is refused. ``allow_unverified`` and
+        ``accept_edited_config`` are as in :meth:`from_pretrained`.
 
         Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
         base model, :class:`~psaguard.errors.UnsupportedModelError` for a non-LLaVA checkpoint, and
@@ -157,13 +168,22 @@ class SafetyGuard:
         model, processor = load_classifier_parts(
             model_path, processor, revision=model_revision, dtype=dtype, device=device, fingerprint=fingerprint
         )
-        return cls.from_pretrained(directory, model, processor, policy=policy, load_adapter=False)
+        return cls.from_pretrained(
+            directory,
+            model,
+            processor,
+            policy=policy,
+            load_adapter=False,
+            allow_unverified=allow_unverified,
+            accept_edited_config=accept_edited_config,
+        )
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Save the config (JSON) and the safety modules (safetensors) to ``path``, atomically."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_tensors(path / WEIGHTS_NAME, self.modules.state_dict(), metadata={"format": "pt"})
+        metadata = {"format": "pt", CONFIG_DIGEST_KEY: self.config.digest()}
+        save_tensors(path / WEIGHTS_NAME, self.modules.state_dict(), metadata=metadata)
         self.config.save(path)
         return path
 
@@ -186,7 +206,10 @@ class SafetyGuard:
         return self.classify_batch([image], [prompt])[0]
 
     def classify_batch(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> list[SafetyVerdict]:
-        """Judge a batch of requests in one forward pass; same verdicts as one by one."""
+        """Judge a batch of requests in one forward pass; same verdicts as one by one.
+
+        Probabilities match single :meth:`classify` calls within 1e-6 (a padded batch reorders float32 sums).
+        """
         return self.analyze(images, prompts).verdicts
 
     async def aclassify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
@@ -216,7 +239,8 @@ class SafetyGuard:
         for index, (image, prompt) in enumerate(zip(images, prompts)):
             try:
                 self.prompts.token_ids(prompt)  # validates fully, so a bad prompt fails alone
-                loaded.append((index, load_image(image, self.config.max_image_pixels), prompt))
+                decoded = load_image(image, self.config.max_image_pixels, formats=self.config.image_formats)
+                loaded.append((index, decoded, prompt))
             except (InvalidImageError, InvalidPromptError) as err:
                 if self.policy.on_error == "block":
                     raise type(err)(f"request {index}: {err}") from err
@@ -419,11 +443,24 @@ def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
         from peft import PeftModel
     except ImportError as err:
         raise CheckpointError(f"{adapter} holds a LoRA adapter; install peft (psaguard[train]) to load it") from err
+    check_adapter_files(adapter)
     logger.info("loading LoRA adapter %s into the model", adapter)
     try:
         return PeftModel.from_pretrained(model, str(adapter))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    # TypeError: a config value of a type PEFT did not expect, past the checks of check_adapter_files.
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot load the LoRA adapter in {adapter}: {err}") from err
+
+
+def _load_config(directory: Path, allow_unverified: bool, accept_edited: bool) -> SafetyGuardConfig:
+    """The saved config, checked against the digest recorded in the weights beside it."""
+    recorded = read_metadata(directory / WEIGHTS_NAME).get(CONFIG_DIGEST_KEY)
+    if recorded is None and not allow_unverified:
+        raise CheckpointError(
+            f"{directory / WEIGHTS_NAME} records no digest of {CONFIG_NAME}, so an edited config cannot be "
+            "detected; pass allow_unverified=True to load it anyway, then save_pretrained() to record one"
+        )
+    return SafetyGuardConfig.load(directory, digest=recorded, accept_edited=accept_edited)
 
 
 def _internal_error(err: RuntimeError) -> GuardInternalError:

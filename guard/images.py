@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from psaguard.errors import InvalidImageError
+from psaguard.files import read_regular_file
+from psaguard.image_checks import check_structure, refusal_reason, sniff_format
 
-__all__ = ["ALLOWED_FORMATS", "MAX_ASPECT_RATIO", "MAX_IMAGE_BYTES", "ImageInput", "load_image"]
+__all__ = [
+    "ALLOWED_FORMATS",
+    "MAX_ASPECT_RATIO",
+    "MAX_IMAGE_BYTES",
+    "OPT_IN_FORMATS",
+    "ImageFormat",
+    "ImageInput",
+    "load_image",
+]
 
 ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 """What the guard accepts as an image: a PIL image, a file path, encoded bytes, or an HxW[xC] array."""
@@ -32,9 +42,19 @@ MAX_ASPECT_RATIO = 100.0
 """Longest side over shortest side. Processors resize the short side up to their input size, so a 1xN strip
 of few pixels would become a huge array there (a 400000x1 image took 4 GB and 29 s in the tiny model)."""
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM")
-"""Formats decoded from bytes and paths. Others are refused: EPS would run Ghostscript, and rarer parsers are
-attack surface a guard does not need. MPO (multi-picture JPEG from phones) opens through the JPEG plugin."""
+ImageFormat = Literal["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM"]
+"""A format :func:`load_image` can decode from bytes and paths."""
+
+ALLOWED_FORMATS: tuple[ImageFormat, ...] = ("PNG", "JPEG", "GIF", "WEBP")
+"""Formats decoded from bytes and paths by default. Others are refused: EPS would run Ghostscript, and rarer
+parsers are attack surface a guard does not need. MPO (multi-picture JPEG from phones) opens through the
+JPEG plugin. Every file is walked by :mod:`psaguard.image_checks` before Pillow parses it."""
+
+OPT_IN_FORMATS: tuple[ImageFormat, ...] = ("BMP", "TIFF", "PPM")
+"""Formats decoded only when the caller lists them (``formats=`` / ``SafetyGuardConfig.image_formats``):
+rarely sent by chat clients, and parsed partly in Python by Pillow (BMP RLE, plain PPM) or through libtiff's
+large surface. Their hostile variants are refused by the pre-checks (RLE BMP, plain PPM, TIFFs over the
+strip and tag caps, BigTIFF) when they are enabled."""
 
 # What Pillow and numpy raise on hostile data: Pillow documents OSError/SyntaxError/ValueError for bad files,
 # its parsers also leak struct.error, EOFError, IndexError and KeyError on truncated tables; MemoryError
@@ -61,23 +81,28 @@ def load_image(
     *,
     max_bytes: int = MAX_IMAGE_BYTES,
     max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    formats: Sequence[ImageFormat] = ALLOWED_FORMATS,
 ) -> Image.Image:
     """Return ``source`` as an RGB PIL image, or raise :class:`InvalidImageError` saying why.
 
     Size limits (pixels, aspect ratio, encoded bytes) are checked from the header before any pixel is
-    decoded. Only :data:`ALLOWED_FORMATS` are decoded from bytes and paths. Animated and multi-page files
+    decoded, after a structural pre-check bounded in time (:mod:`psaguard.image_checks`). Only ``formats``
+    are decoded from bytes and paths. Animated and multi-page files
     give their first frame (a PIL image the caller passes gives the frame it is on, as a processor would
     read it), EXIF orientation is applied, and transparency is composited onto white as Hugging Face
     processors do. A PIL image the caller passes is never modified.
 
     Args:
         source: A PIL image, a path to a file, the encoded bytes of a file, or an HxW, HxWx1, HxWx3 or
-            HxWx4 array (uint8; uint16 as 16-bit; other integers within 0..255; bool; floats within 0..1).
+            HxWx4 array (uint8; uint16 clipped at 255 as Pillow does; other integers within 0..255; bool;
+            floats within 0..1).
         max_pixels: Largest ``width * height`` accepted.
         max_bytes: Largest encoded file accepted.
         max_aspect_ratio: Largest ratio of the long side to the short side accepted.
+        formats: Formats decoded from bytes and paths (default :data:`ALLOWED_FORMATS`; the others of
+            :data:`OPT_IN_FORMATS` may be added).
     """
-    limits = _Limits(max_pixels, max_bytes, max_aspect_ratio)
+    limits = _Limits(max_pixels, max_bytes, max_aspect_ratio, tuple(formats))
     if isinstance(source, Image.Image):
         limits.check_size(source.size)
         return _decode(source, limits)
@@ -87,16 +112,21 @@ def load_image(
         data = _bytes_of(source, limits)
         return _decode(_open_bytes(data, "image bytes", limits), limits)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        return _decode(_open_bytes(_read_file(path, limits), str(path), limits), limits)
+        path = _path_of(source)
+        data = read_regular_file(path, limits.max_bytes, InvalidImageError, "image file")
+        limits.check_bytes(len(data), f"image file {path}")
+        return _decode(_open_bytes(data, str(path), limits), limits)
     raise InvalidImageError(
         f"unsupported image input of type {type(source).__name__}; pass a PIL image, path, bytes or array"
     )
 
 
 class _Limits:
-    def __init__(self, max_pixels: int, max_bytes: int, max_aspect_ratio: float) -> None:
+    def __init__(
+        self, max_pixels: int, max_bytes: int, max_aspect_ratio: float, formats: tuple[ImageFormat, ...]
+    ) -> None:
         self.max_pixels, self.max_bytes, self.max_aspect_ratio = max_pixels, max_bytes, max_aspect_ratio
+        self.formats = formats
 
     def check_size(self, size: tuple[int, int]) -> None:
         width, height = size
@@ -117,41 +147,36 @@ class _Limits:
 
 
 def _bytes_of(source: bytes | bytearray | memoryview, limits: _Limits) -> bytes:
-    size = source.nbytes if isinstance(source, memoryview) else len(source)
-    limits.check_bytes(size, "image bytes")
     try:
+        size = source.nbytes if isinstance(source, memoryview) else len(source)
+        limits.check_bytes(size, "image bytes")
         return source.tobytes() if isinstance(source, memoryview) else bytes(source)
     except (TypeError, ValueError) as err:  # e.g. a released memoryview
         raise InvalidImageError(f"cannot read image bytes: {err}") from err
 
 
-def _read_file(path: Path, limits: _Limits) -> bytes:
-    """Read a regular file without following it into FIFOs or devices (which could block forever)."""
+def _path_of(source: str | os.PathLike) -> Path:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
-        raise InvalidImageError(f"cannot open image file {str(path)[:200]!r}: {err}") from err
-    try:
-        info = os.fstat(fd)  # of the opened file: no race with a path swapped after the check
-        if not stat.S_ISREG(info.st_mode):
-            raise InvalidImageError(f"{path} is not a regular file")
-        limits.check_bytes(info.st_size, f"image file {path}")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(limits.max_bytes + 1)
-    except OSError as err:
-        raise InvalidImageError(f"cannot read image file {path}: {err}") from err
-    finally:
-        os.close(fd)
-    limits.check_bytes(len(data), f"image file {path}")  # it may have changed since fstat
-    return data
+        return Path(source)
+    # The caller's __fspath__ may raise anything; whatever it is, the image cannot be read (fail closed).
+    except Exception as err:
+        raise InvalidImageError(f"cannot use {type(source).__name__} as an image path: {err}") from err
 
 
 def _open_bytes(data: bytes, name: str, limits: _Limits) -> Image.Image:
-    """Parse the header only; the pixel limits are checked before :func:`_decode` decodes anything."""
+    """Pre-check the structure and parse the header only; :func:`_decode` checks the pixel limits first."""
+    fmt = sniff_format(data)
+    if fmt is None and (reason := refusal_reason(data)) is not None:
+        raise InvalidImageError(f"{name}: {reason}")
+    if fmt is None or fmt not in limits.formats:
+        accepted = ", ".join(limits.formats)
+        found = f" ({fmt}: not enabled)" if fmt is not None else ""
+        raise InvalidImageError(f"{name} is not an image in an accepted format ({accepted}){found}")
+    check_structure(data, fmt)
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        image = Image.open(io.BytesIO(data), formats=(fmt,))
     except UnidentifiedImageError as err:
-        raise InvalidImageError(f"{name} is not an image in an accepted format ({', '.join(ALLOWED_FORMATS)})") from err
+        raise InvalidImageError(f"{name} is not a readable {fmt} image") from err
     except _DECODE_ERRORS as err:
         raise InvalidImageError(f"{name} is not a readable image: {type(err).__name__}: {err}") from err
     limits.check_size(image.size)
@@ -172,19 +197,25 @@ def _decode(image: Image.Image, limits: _Limits) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """RGB without modifying ``image``: high-bit-depth samples scaled, transparency composited onto white."""
+    """RGB without modifying ``image``: high-bit-depth samples clipped, transparency composited onto white."""
     mode = image.mode
+    if mode == "La":  # premultiplied LA: Pillow converts it to LA only
+        image, mode = image.convert("LA"), "LA"
     if mode in _ALPHA_MODES or image.info.get("transparency") is not None:
         # Also colour-keyed RGB/L/P images (PNG tRNS), as Hugging Face's convert_to_rgb does.
-        rgba = image.convert("RGBA")
+        try:
+            rgba = image.convert("RGBA")
+        except (TypeError, ValueError) as err:  # a caller's image with a bogus info["transparency"]
+            raise InvalidImageError(f"image has an unusable transparency value: {err}") from err
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode == "RGB":
         return image.copy()
     if mode in _SIXTEEN_BIT or mode == "I":
-        # 'I' holds 16-bit sources (PPM, some TIFFs) in Pillow; wider values are clipped to 16 bits.
-        samples = np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
-        return Image.fromarray((samples // 257).astype(np.uint8)).convert("RGB")
+        # Clipped at 255, not scaled: Pillow's convert("RGB") and Hugging Face's convert_to_rgb clip, so
+        # that is what the model behind the guard sees (a 16-bit PNG holding 0..255 is not black to it).
+        samples = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        return Image.fromarray(samples).convert("RGB")
     if mode == "F":
         samples = np.asarray(image)
         if not np.isfinite(samples).all():
@@ -206,7 +237,7 @@ def _from_array(array: np.ndarray, limits: _Limits) -> Image.Image:
     elif array.dtype == np.uint8:
         data = array
     elif kind == "u" and array.dtype.itemsize == 2:
-        data = (array // 257).astype(np.uint8)
+        data = np.clip(array, 0, 255).astype(np.uint8)  # as Pillow reads a uint16 array (I;16): clipped
     elif kind in "iu":
         if array.min() < 0 or array.max() > 255:
             raise InvalidImageError(

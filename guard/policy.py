@@ -21,7 +21,7 @@ from psaguard.errors import ConfigError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.verdict import Action, LabelRef, SafetyVerdict
 
-__all__ = ["DEFAULT_HINTS", "ErrorAction", "GuardPolicy", "TypeRule", "decide", "error_verdict"]
+__all__ = ["DEFAULT_HINTS", "ErrorAction", "GuardPolicy", "TypeRule", "check_template", "decide", "error_verdict"]
 
 # After the paper's hint table (condition.py / supplementary Fig. 6), with the literal
 # "{REASON FOR REJECT}" placeholder of the official code replaced by the concept.
@@ -39,18 +39,34 @@ ErrorAction = Literal["block", "refuse", "allow"]
 """What to do when the guard cannot judge: raise (fail closed), refuse, or let the request through."""
 
 
-def _check_template(template: str) -> None:
-    """Templates may only use the bare ``{concept}`` field: ``{concept.attr}`` or ``{0}`` would fail (or
-    walk object attributes) at the moment a verdict is produced, not when the policy is loaded."""
+def check_template(template: str, field: str) -> str:
+    """Return ``template`` if it uses only the plain ``{field}`` replacement field; else raise ``ValueError``.
+
+    Checked once, when a policy or options object is built, so that formatting a verdict's text can never
+    fail or misbehave later: ``{concept.attr}`` and ``{hint.__class__.__mro__}`` walk object attributes,
+    ``{0}`` fails, ``{concept:d}`` and ``{concept!z}`` raise on every verdict, and ``{concept:>1000000000}``
+    allocates a gigabyte per verdict. Empty templates say nothing and are refused too.
+    """
     if not template.strip():
         raise ValueError("templates must not be empty: an empty hint or refusal says nothing")
     try:
         fields = list(string.Formatter().parse(template))
     except ValueError as err:
         raise ValueError(f"template {template!r} is not a valid format string: {err}") from err
-    for _, name, spec, _ in fields:
-        if name is not None and (name != "concept" or "{" in (spec or "")):
-            raise ValueError(f"template {template!r} may only use the '{{concept}}' field, not {{{name}}}")
+    for _, name, spec, conversion in fields:
+        if name is not None and (name != field or spec or conversion is not None):
+            raise ValueError(
+                f"template {template[:80]!r} may only use the plain '{{{field}}}' field "
+                "(no attributes, indexes, conversions or format specs)"
+            )
+    return template
+
+
+def _checked_templates(value: Mapping[int, str] | str | None) -> Mapping[int, str] | str | None:
+    templates = () if value is None else value.values() if isinstance(value, Mapping) else (value,)
+    for template in templates:
+        check_template(template, "concept")
+    return value
 
 
 class TypeRule(BaseModel):
@@ -66,6 +82,11 @@ class TypeRule(BaseModel):
     actions: dict[int, Action] = Field(default_factory=dict, description="Per-level action overrides.")
     hints: dict[int, str] = Field(default_factory=dict, description="Per-level hint overrides ({concept}).")
     refusal: str | None = Field(None, description="Refusal text override for this type ({concept}).")
+
+    @field_validator("hints", "refusal")
+    @classmethod
+    def _templates_format(cls, value: Mapping[int, str] | str | None) -> Mapping[int, str] | str | None:
+        return _checked_templates(value)
 
 
 class GuardPolicy(BaseModel):
@@ -93,9 +114,7 @@ class GuardPolicy(BaseModel):
     @field_validator("hints", "refusal")
     @classmethod
     def _templates_format(cls, value: Mapping[int, str] | str) -> Mapping[int, str] | str:
-        for template in value.values() if isinstance(value, Mapping) else (value,):
-            _check_template(template)
-        return value
+        return _checked_templates(value)
 
     def validate_against(self, taxonomy: Taxonomy) -> GuardPolicy:
         """Check the policy against ``taxonomy``; raise :class:`ConfigError` naming the first problem.

@@ -13,6 +13,7 @@ Two rules make the query unspoofable and thread-safe:
 from __future__ import annotations
 
 import logging
+import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,21 +34,20 @@ _WINDOW_CHARS_PER_TOKEN = 64
 the head and the tail tokens are kept; no token of a real vocabulary is this long."""
 
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_WHITESPACE = re.compile(r"\s+")
 
 
 def clean_prompt(prompt: str) -> str:
-    """NFKC-normalize and drop control, format, surrogate, private-use and unassigned characters.
+    """NFKC-normalize, drop control, format, surrogate, private-use and unassigned characters, collapse spaces.
 
     Zero-width and bidi characters cannot then split a word the head should see ("b\\u200bomb"), and
-    compatibility forms (fullwidth letters, ligatures) read as their plain letters. Newlines and tabs
-    become spaces.
+    compatibility forms (fullwidth letters, ligatures) read as their plain letters. Every run of whitespace
+    (newlines, tabs, Unicode spaces) becomes one space and the ends are stripped, before the ends of a long
+    prompt are chosen: otherwise 16k spaces on each side pushed the request itself out of the judged text.
     """
     text = unicodedata.normalize("NFKC", "".join(ch for ch in prompt if not 0xD800 <= ord(ch) <= 0xDFFF))
-    return "".join(
-        " " if ch in "\n\r\t" else ch
-        for ch in text
-        if ch in "\n\r\t" or unicodedata.category(ch) not in _DROPPED_CATEGORIES
-    )
+    kept = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    return _WHITESPACE.sub(" ", kept).strip()
 
 
 class PromptEncoder:

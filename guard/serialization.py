@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -14,13 +15,30 @@ from safetensors.torch import load_file, save_file
 
 from psaguard.errors import CheckpointError
 
-__all__ = ["CHECKSUM_KEY", "atomic_write", "atomic_write_text", "load_tensors", "save_tensors", "tensors_digest"]
+__all__ = [
+    "CHECKSUM_KEY",
+    "CONFIG_DIGEST_KEY",
+    "atomic_write",
+    "atomic_write_text",
+    "load_tensors",
+    "read_metadata",
+    "save_tensors",
+    "tensors_digest",
+]
+
+logger = logging.getLogger(__name__)
 
 CHECKSUM_KEY = "psaguard_sha256"
 """safetensors metadata key holding :func:`tensors_digest` of the file's tensors, checked on load.
 
 safetensors validates its header but not the tensor bytes, so without it a flipped bit in the weights loads
-silently. It detects corruption and naive tampering, not a deliberate forger (who can recompute it)."""
+silently. It detects corruption and naive tampering, not a deliberate forger (who can recompute it). A file
+without it (re-saved by another tool, which drops psaguard's metadata) is refused unless the caller opts in
+with ``allow_unverified=True``."""
+
+CONFIG_DIGEST_KEY = "psaguard_config_sha256"
+"""safetensors metadata key holding the SHA-256 of the config file saved beside the weights, so that a config
+edited after saving (a policy switched to 'allow', a threshold of 1.0) is reported at load time."""
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -65,21 +83,43 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load_tensors(
-    path: str | Path, expected: Mapping[str, tuple[torch.Size, torch.dtype]] | None = None
-) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; with ``expected``, check names and shapes and raise :class:`CheckpointError`."""
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file (its header only); :class:`CheckpointError` if unreadable."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"corrupt or truncated weights file {path}: {err}") from err
+
+
+def load_tensors(
+    path: str | Path,
+    expected: Mapping[str, tuple[torch.Size, torch.dtype]] | None = None,
+    *,
+    allow_unverified: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; with ``expected``, check names and shapes and raise :class:`CheckpointError`.
+
+    The file must carry its :data:`CHECKSUM_KEY`; ``allow_unverified=True`` loads one without it (logged).
+    """
+    path = Path(path)
+    metadata = read_metadata(path)
+    try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"corrupt or truncated weights file {path}: {err}") from err
     saved = metadata.get(CHECKSUM_KEY)
-    if saved is not None and saved != tensors_digest(tensors):
+    if saved is None:
+        if not allow_unverified:
+            raise CheckpointError(
+                f"weights in {path} carry no {CHECKSUM_KEY} checksum (re-saved by another tool, or tampered "
+                "with), so they cannot be verified; pass allow_unverified=True to load them anyway"
+            )
+        logger.warning("loading unverified weights %s (no %s metadata)", path, CHECKSUM_KEY)
+    elif saved != tensors_digest(tensors):
         raise CheckpointError(f"weights in {path} do not match their checksum: the file is corrupt or was modified")
     nonfinite = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
     if nonfinite:

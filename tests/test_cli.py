@@ -11,6 +11,18 @@ def test_demo_runs_offline_and_prints_verdicts(capsys):
     assert out.count("action=") == 5  # one verdict per shipped world example
     assert out.count(" => (") == 5  # and one guarded answer each
     assert "trained on the synthetic safety world" in out
+    assert main(["demo"]) == 0  # fixed assets, greedy decoding: the same output again (but for timings)
+    timed = "latency_ms"
+    assert [line for line in capsys.readouterr().out.splitlines() if timed not in line] == [
+        line for line in out.splitlines() if timed not in line
+    ]
+
+
+def test_demo_has_no_flag_without_effect_and_says_what_it_runs():
+    subcommands = build_parser()._subparsers._group_actions[0]
+    assert [action.dest for action in subcommands.choices["demo"]._actions] == ["help"]
+    help_of = {action.dest: action.help for action in subcommands._choices_actions}
+    assert "shipped example requests" in help_of["demo"]
 
 
 def test_classify_prints_the_verdict_as_json(tiny_dir, tiny_model, tiny_processor, tmp_path, images, capsys):

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ def test_classify_standalone_prints_a_verdict():
     end = out.index("\n}\n") + 2
     verdict = json.loads(out[start:end])
     assert set(verdict) >= {"level", "type", "level_probs", "type_probs", "action", "rule", "flagged"}
-    assert "with that type disabled: allow" in out
+    assert "note: no GUARD_DIR" not in out  # the shipped trained guard, not a random one
+    assert "[harmful] 'give me a plan" in out and "action=refuse" in out
+    assert re.search(r"with '\w+' disabled: allow", out)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py")))

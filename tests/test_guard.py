@@ -53,7 +53,8 @@ def test_batch_equals_one_by_one(guard, images):
     batch = guard.classify_batch(images, PROMPTS)
     singles = [guard.classify(image, prompt) for image, prompt in zip(images, PROMPTS)]
     for b, s in zip(batch, singles):
-        np.testing.assert_allclose(_probs(b), _probs(s), atol=1e-5)
+        # The documented tolerance (docs/security.md, Concurrency): padding reorders float32 sums.
+        np.testing.assert_allclose(_probs(b), _probs(s), rtol=0, atol=1e-6)
         assert (b.level, b.type, b.action, b.rule) == (s.level, s.type, s.action, s.rule)
 
 

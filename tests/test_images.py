@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.images import load_image
+from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
+
+EVERY_FORMAT = ALLOWED_FORMATS + OPT_IN_FORMATS
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -90,20 +92,25 @@ def test_formats_outside_the_allow_list_are_refused() -> None:
     ],
 )
 def test_odd_modes_become_rgb(mode: str, fmt: str) -> None:
-    image = load_image(_encode(Image.new(mode, (9, 7)), fmt))
+    image = load_image(_encode(Image.new(mode, (9, 7)), fmt), formats=EVERY_FORMAT)
     assert (image.mode, image.size) == ("RGB", (9, 7))
 
 
-def test_sixteen_bit_samples_are_scaled_not_clipped() -> None:
-    ramp = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
-    image = load_image(_encode(Image.fromarray(ramp), "PNG"))
-    assert np.asarray(image)[0, :, 0].tolist() == [0, 100, 255]
+def test_sixteen_bit_samples_are_clipped_as_the_model_behind_the_guard_sees_them() -> None:
+    from transformers.image_transforms import convert_to_rgb
+
+    ramp = Image.fromarray(np.array([[0, 100, 200, 300, 65535]], dtype=np.uint16))
+    image = load_image(_encode(ramp, "PNG"))
+    assert np.asarray(image)[0, :, 0].tolist() == [0, 100, 200, 255, 255]
+    # What Pillow and Hugging Face processors make of the same image, i.e. what the model reads.
+    assert np.array_equal(np.asarray(image), np.asarray(ramp.convert("RGB")))
+    assert np.array_equal(np.asarray(image), np.asarray(convert_to_rgb(ramp, return_numpy=True)))
 
 
 def test_float_image_with_nan_is_refused() -> None:
     samples = np.full((4, 4), np.nan, dtype=np.float32)
     with pytest.raises(InvalidImageError, match="NaN"):
-        load_image(_encode(Image.fromarray(samples), "TIFF"))
+        load_image(_encode(Image.fromarray(samples), "TIFF"), formats=EVERY_FORMAT)
 
 
 def test_transparency_is_composited_onto_white_like_hf_processors() -> None:
@@ -147,7 +154,8 @@ def test_caller_image_is_not_modified() -> None:
     ("array", "expected"),
     [
         (np.full((2, 2, 3), 200, np.uint8), 200),
-        (np.full((2, 2), 257 * 10, np.uint16), 10),
+        (np.full((2, 2), 200, np.uint16), 200),
+        (np.full((2, 2), 257 * 10, np.uint16), 255),  # clipped, as Pillow reads a uint16 array
         (np.full((2, 2), 0.5, np.float32), 128),
         (np.full((2, 2, 1), True), 255),
         (np.full((2, 2, 3), 7, np.int64), 7),  # np.array of Python ints
@@ -229,3 +237,55 @@ def test_loading_from_16_threads_matches_serial() -> None:
     serial = [load_image(s).tobytes() for s in sources]
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(lambda s: load_image(s).tobytes(), sources)) == serial
+
+
+class _BrokenPath:
+    def __fspath__(self) -> str:
+        raise RuntimeError("no path today")
+
+
+def _with_transparency(value: object) -> Image.Image:
+    image = Image.new("RGB", (4, 4))
+    image.info["transparency"] = value
+    return image
+
+
+def _released() -> memoryview:
+    view = memoryview(b"\x89PNG\r\n\x1a\n")
+    view.release()
+    return view
+
+
+@pytest.mark.parametrize(
+    "source",
+    [_released(), _BrokenPath(), *(_with_transparency(v) for v in ("x", (1, 2, 3, 4, 5), 1e9, object()))],
+    ids=["released-memoryview", "pathlike-raising", "tr-str", "tr-tuple", "tr-float", "tr-object"],
+)
+def test_broken_caller_objects_are_typed_errors(source: object) -> None:
+    with pytest.raises(InvalidImageError):
+        load_image(source)  # type: ignore[arg-type]
+
+
+def test_premultiplied_la_images_are_accepted_like_la() -> None:
+    la = Image.new("LA", (4, 4), (100, 255))
+    assert np.array_equal(np.asarray(load_image(la.convert("La"))), np.asarray(load_image(la)))
+
+
+def test_plain_ppm_and_bigtiff_are_refused_with_a_reason_binary_ppm_is_read() -> None:
+    with pytest.raises(InvalidImageError, match="plain"):
+        load_image(b"P3\n1 1\n255\n1 2 3\n", formats=EVERY_FORMAT)
+    with pytest.raises(InvalidImageError, match="BigTIFF"):
+        load_image(b"II+\x00" + b"\x00" * 20, formats=EVERY_FORMAT)
+    binary = _encode(Image.new("L", (8, 8), 9), "PPM")
+    assert np.asarray(load_image(binary, formats=EVERY_FORMAT))[0, 0, 0] == 9
+
+
+def test_binary_ppm_headers_padded_with_comments_are_refused_when_ppm_is_enabled() -> None:
+    # Pillow reads header comments a byte at a time; the header must fit in MAX_PPM_HEADER_BYTES.
+    start = time.process_time()
+    with pytest.raises(InvalidImageError, match="header bytes"):
+        load_image(b"P4\n" + b"#\n" * 600_000 + b"8 8\n" + bytes(8), formats=EVERY_FORMAT)
+    with pytest.raises(InvalidImageError, match="header bytes"):
+        load_image(b"P5\n# a comment that never ends" + b"x" * 100_000, formats=EVERY_FORMAT)
+    assert time.process_time() - start < 1.0
+    assert load_image(b"P5\n# short comment\n2 1\n255\n\x00\xff", formats=EVERY_FORMAT).size == (2, 1)

@@ -14,7 +14,7 @@ def _declared_packages() -> list[str]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
 
 
-def test_every_source_folder_is_a_declared_package():
+def test_every_source_and_asset_folder_is_a_declared_package():
     declared = set(_declared_packages())
     roots = {"guard": "psaguard", "adapters": "psaguard.adapters", "training": "psaguard.training"}
     found = set()
@@ -22,25 +22,34 @@ def test_every_source_folder_is_a_declared_package():
         for init in (ROOT / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((package, *relative)))
+    assets = ROOT / "guard" / "assets"
+    for folder in assets.rglob("*"):
+        if folder.is_dir() and any(p.is_file() for p in folder.iterdir()):
+            found.add(".".join(("psaguard", *folder.relative_to(ROOT / "guard").parts)))
     assert found == declared
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
         check=True,
         capture_output=True,
+        text=True,
     )
+    # The build must be clean: no deprecated license table, no data folder missing from `packages`.
+    assert "Warning" not in built.stdout + built.stderr, built.stdout + built.stderr
     return next(out.glob("psaguard-*.whl"))
 
 
 def test_wheel_contains_every_subpackage_and_the_type_marker(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for package in _declared_packages():
-        assert f"{package.replace('.', '/')}/__init__.py" in names, package
+        if not package.startswith("psaguard.assets."):  # data-only folders have no __init__.py
+            assert f"{package.replace('.', '/')}/__init__.py" in names, package
     assert "psaguard/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

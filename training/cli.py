@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from psaguard.errors import PsaGuardError
+from psaguard.extras import require_extra
+from psaguard.logs import add_log_level_option
 
 __all__ = ["register", "run_eval", "run_train"]
 
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config key (dotted for nested keys), e.g. --set lr=1e-4; repeatable",
     )
-    _add_log_level(train)
+    add_log_level_option(train)
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -51,13 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
     evaluate.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     evaluate.add_argument("--no-plots", action="store_true", help="write the JSON report only")
-    _add_log_level(evaluate)
+    add_log_level_option(evaluate)
     evaluate.set_defaults(func=run_eval)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train a guard with a stage config (YAML/JSON) and overrides."""
-    _configure_logging(args.log_level)
+    require_extra("train")
     from psaguard.training.config import Stage1Config, Stage2Config, load_config
 
     try:
@@ -78,7 +80,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a guard's safety head: per-class precision/recall/F1/FPR, confusion matrices, calibration."""
-    _configure_logging(args.log_level)
+    require_extra("train")
     from psaguard.training.data import read_jsonl
     from psaguard.training.evaluate import evaluate_guard, write_report
 
@@ -97,15 +99,7 @@ def run_eval(args: argparse.Namespace) -> int:
     except PsaGuardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    summary = {
-        "examples": report.examples,
-        "level_accuracy": round(report.level.accuracy, 4),
-        "type_accuracy": round(report.type.accuracy, 4),
-        "risk_f1": round(report.detection.f1, 4),
-        "risk_fpr": round(report.detection.fpr, 4),
-        "report": str(out / "eval.json"),
-    }
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({**report.headline(), "report": str(out / "eval.json")}, indent=2))
     return 0
 
 
@@ -128,11 +122,3 @@ def _load(model_id: str, load_in_4bit: bool, cpu: bool):
 
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
     return load_model_from(model_id, None, QuantConfig(load_in_4bit=load_in_4bit), "auto", device)
-
-
-def _add_log_level(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

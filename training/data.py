@@ -12,7 +12,6 @@ the file and line, or, with ``skip_invalid=True``, is skipped and counted in the
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -24,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from psaguard.errors import DatasetError
+from psaguard.files import loads_strict_json, read_regular_file
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 __all__ = [
@@ -178,15 +178,21 @@ def read_jsonl(
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
     skip_invalid: bool = False,
     check_images: bool = True,
+    allow_outside_root: bool = False,
 ) -> tuple[list[Example], DatasetReport]:
     """Read and validate a JSONL file.
 
+    Rows are separated by ``\\n`` only (U+2028 and friends are valid inside JSON strings). Image paths must
+    stay inside the image root: absolute paths, ``..`` parts and symlinks leading out are refused, before
+    anything about the file is looked up, unless ``allow_outside_root`` is True.
+
     Args:
-        path: The JSONL file.
+        path: The JSONL file (a regular file; a FIFO or device is refused rather than blocking).
         image_root: Directory image paths are relative to; defaults to the file's directory.
         taxonomy: Label set that ``safe_level`` and ``safe_type`` must belong to.
         skip_invalid: Skip bad rows (counted in the report) instead of raising.
         check_images: Check that every image file exists.
+        allow_outside_root: Accept absolute paths and paths leading out of the image root.
 
     Raises:
         DatasetError: A row is invalid (naming file and line), or the file is unreadable or has no valid row.
@@ -194,9 +200,10 @@ def read_jsonl(
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
+        lines = read_regular_file(path, None, DatasetError, "data file").decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
         raise DatasetError(f"cannot read data file: {err}", str(path)) from err
+    paths = _Paths(root, check_images, allow_outside_root)
     examples: list[Example] = []
     errors: list[str] = []
     rows = 0
@@ -205,7 +212,7 @@ def read_jsonl(
             continue
         rows += 1
         try:
-            examples.append(_parse_line(line, root, taxonomy, check_images, str(path), number))
+            examples.append(_parse_line(line, paths, taxonomy, str(path), number))
         except DatasetError as err:
             if not skip_invalid:
                 raise DatasetError(str(err), str(path), number) from err
@@ -226,10 +233,33 @@ def read_jsonl(
     return examples, report
 
 
-def _parse_line(line: str, root: Path, taxonomy: Taxonomy, check_images: bool, path: str, number: int) -> Example:
+@dataclass(frozen=True)
+class _Paths:
+    """Where a row's image paths are resolved, and how strictly."""
+
+    root: Path
+    check_images: bool
+    allow_outside_root: bool
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        if self.allow_outside_root:
+            return path if path.is_absolute() else self.root / path
+        if path.is_absolute() or path.drive or ".." in path.parts:
+            raise DatasetError(
+                f"image path {relative[:200]!r} must be relative to the image root without '..' "
+                "(allow_outside_root=True accepts it)"
+            )
+        full = self.root / path
+        if not full.resolve().is_relative_to(self.root.resolve()):
+            raise DatasetError(f"image path {relative[:200]!r} leads out of the image root through a symlink")
+        return full
+
+
+def _parse_line(line: str, paths: _Paths, taxonomy: Taxonomy, path: str, number: int) -> Example:
     try:
-        raw = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the stack
+        raw = loads_strict_json(line)
+    except (ValueError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the stack
         raise DatasetError(f"not valid JSON: {err}") from err
     if not isinstance(raw, dict):
         raise DatasetError(f"expected a JSON object, got {type(raw).__name__}")
@@ -240,8 +270,8 @@ def _parse_line(line: str, root: Path, taxonomy: Taxonomy, check_images: bool, p
         raise DatasetError(reasons) from err
     if row.safe_level >= taxonomy.num_levels:
         raise DatasetError(f"safe_level {row.safe_level} is not a level id (0..{taxonomy.num_levels - 1})")
-    images = tuple(root / p for p in row.image_paths)
-    if check_images:
+    images = tuple(paths.resolve(p) for p in row.image_paths)
+    if paths.check_images:
         missing = [str(p) for p in images if not p.is_file()]
         if missing:
             raise DatasetError(f"image file not found: {', '.join(missing)}")

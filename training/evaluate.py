@@ -103,6 +103,20 @@ class EvalReport(BaseModel):
     type_codes: list[str] = Field(description="Type codes, in id order.")
     dataset: DatasetReport | None = Field(None, description="How the data file was read, if from a file.")
 
+    def headline(self) -> dict[str, float | int]:
+        """The numbers a console summary quotes, rounded to 4 places: macro-F1, flagged recall and FPR, ECE."""
+        numbers = {
+            "type_macro_f1": self.type.macro_f1,
+            "level_macro_f1": self.level.macro_f1,
+            "flagged_recall_unsafe": self.detection.recall,
+            "flagged_fpr_safe": self.detection.fpr,
+            "type_ece": self.type.ece,
+            "level_ece": self.level.ece,
+            "type_accuracy": self.type.accuracy,
+            "level_accuracy": self.level.accuracy,
+        }
+        return {"examples": self.examples, **{key: round(value, 4) for key, value in numbers.items()}}
+
 
 def evaluate_guard(
     guard: SafetyGuard,

@@ -88,8 +88,12 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     )
     from tqdm.auto import tqdm
 
+    # disable=None: no bar when stderr is not a terminal (no carriage-return spam in CI logs)
     progress = tqdm(
-        total=total, initial=state.step, disable=not (cfg.progress_bar and accelerator.is_main_process), unit="step"
+        total=total,
+        initial=state.step,
+        disable=None if cfg.progress_bar and accelerator.is_main_process else True,
+        unit="step",
     )
     meter = _Meter()
     while state.step < total:

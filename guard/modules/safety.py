@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from psaguard.config import SafetyGuardConfig
+from psaguard.errors import ConfigError
 from psaguard.modules.abstractor import CAbstractor
 from psaguard.modules.head import HeadLogits, SafetyHead
 
-__all__ = ["SafetyModules"]
+__all__ = ["MAX_PARAMETERS", "SafetyModules"]
+
+MAX_PARAMETERS = 500_000_000
+"""Most parameters a config may ask for (estimated before anything is allocated; 2 GB in float32). The
+safety modules of a 72B model (text width 8192) need about 180 M, and the paper's projector at
+LLaVA-1.5-7B shapes has 40 M; a hostile config (depth 20,000, or a huge width) is refused at once instead of
+allocating gigabytes or looping for minutes."""
 
 
 class SafetyModules(nn.Module):
@@ -22,9 +31,11 @@ class SafetyModules(nn.Module):
     def __init__(self, config: SafetyGuardConfig, vision_hidden_size: int, text_hidden_size: int) -> None:
         super().__init__()
         num_tokens = config.tokens.num_tokens
+        hidden_size = config.projector.hidden_size or vision_hidden_size + num_tokens
+        _check_sizes(config, vision_hidden_size, hidden_size, text_hidden_size)
         self.projector = CAbstractor(
             in_features=vision_hidden_size,
-            hidden_size=config.projector.hidden_size or vision_hidden_size + num_tokens,
+            hidden_size=hidden_size,
             out_features=text_hidden_size,
             depth=config.projector.depth,
             num_queries=config.projector.num_queries,
@@ -44,3 +55,20 @@ class SafetyModules(nn.Module):
         safety_features = self.projector(patches.to(self.head_tokens.dtype))
         memory = torch.cat([self.head_tokens.expand(len(safety_features), -1, -1), safety_features], dim=1)
         return self.head(query.to(memory.dtype), query_mask, memory)
+
+
+def _check_sizes(config: SafetyGuardConfig, vision: int, hidden: int, text: int) -> None:
+    """Raise :class:`ConfigError` for sizes the modules cannot have, before any tensor is allocated."""
+    if text % config.head.num_heads:
+        raise ConfigError(f"head.num_heads={config.head.num_heads} does not divide the text model's width {text}")
+    queries = config.projector.num_queries
+    if queries is not None and math.isqrt(queries) ** 2 != queries:
+        raise ConfigError(f"projector.num_queries={queries} is not a square number")
+    # Per bottleneck block about 2.5 * width^2 weights (two 1x1 convolutions and the squeeze-excite).
+    blocks = 2 * config.projector.depth * 3 * hidden * hidden + 2 * vision * hidden
+    estimate = blocks + hidden * text + text * text + 2 * config.tokens.num_tokens * text + 4 * text * text
+    if estimate > MAX_PARAMETERS:
+        raise ConfigError(
+            f"the config asks for about {estimate:,} safety-module parameters, over the limit of {MAX_PARAMETERS:,}"
+            " (projector depth and width, token count)"
+        )

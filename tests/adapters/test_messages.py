@@ -11,8 +11,9 @@ from langchain_core.messages import AIMessage, ChatMessage, HumanMessage, System
 from langchain_core.prompts import ChatPromptTemplate
 
 from psaguard import InvalidImageError, InvalidInputError, RemoteImageError, load_image
-from psaguard.adapters import request_from_input, request_from_messages
+from psaguard.adapters import GuardRunnable, request_from_input, request_from_messages
 from psaguard.adapters.messages import decode_image_block
+from psaguard.adapters.verdicts import NO_IMAGE_RULE
 
 
 def _pixels(value) -> np.ndarray:
@@ -77,7 +78,8 @@ def test_messages_give_images_in_order_all_user_text_and_a_chat_conversation(ima
     request = request_from_messages(messages)
     assert len(request.images) == 2
     assert isinstance(request.images[0], bytes) and str(request.images[1]) == saved_image
-    assert request.prompt == "what is in this picture ?\nand this one ?"
+    # Every turn the model reads is judged, not only the user's.
+    assert request.prompt == "be helpful\nwhat is in this picture ?\na picture\nand this one ?"
     assert [m["role"] for m in request.conversation] == ["system", "user", "assistant", "user"]
     assert request.conversation[1]["content"] == [
         {"type": "image"},
@@ -101,9 +103,11 @@ def test_dicts_strings_prompt_values_and_tuples_are_accepted(images, png_b64):
     from_template = request_from_input(value)
     assert len(from_template.images) == 1 and from_template.prompt == "what ?"
 
-    assert request_from_input([("human", "hi"), ("ai", "yo")]).prompt == "hi"
-    generic = request_from_messages([ChatMessage(role="user", content="a"), ChatMessage(role="critic", content="b")])
-    assert generic.prompt == "a" and [m["role"] for m in generic.conversation] == ["user", "critic"]
+    assert request_from_input([("human", "hi"), ("ai", "yo")]).prompt == "hi\nyo"
+    generic = request_from_messages([ChatMessage(role="user", content="a"), ChatMessage(role="tool", content="b")])
+    assert generic.prompt == "a\nb" and [m["role"] for m in generic.conversation] == ["user", "tool"]
+    with pytest.raises(InvalidInputError, match="role"):
+        request_from_messages([ChatMessage(role="user", content="a"), ChatMessage(role="critic", content="b")])
 
 
 def test_unsupported_inputs_raise_invalid_input():
@@ -122,3 +126,55 @@ def test_raw_bytes_block_round_trip(images):
     # Base64 split over lines (as some encoders emit) still decodes.
     wrapped = "\n".join(encoded[i : i + 60] for i in range(0, len(encoded), 60))
     assert decode_image_block({"type": "image", "base64": wrapped}) == buffer.getvalue()
+
+
+def _image_blocks(b64: str) -> list[dict]:
+    """Every block shape that holds an image inline (the red-team's list in issue #13)."""
+    url = f"data:image/png;base64,{b64}"
+    return [
+        {"type": "image", "base64": b64, "mime_type": "image/png"},
+        {"type": "image", "source_type": "base64", "data": b64},
+        {"type": "image", "url": url},
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "image_url", "image_url": url},
+        {"type": "input_image", "image_url": url},  # OpenAI Responses API
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64}},  # Anthropic
+        {"type": "image", "source": {"type": "url", "url": url}},
+        {"type": "media", "mime_type": "image/png", "data": b64},  # older Google blocks
+    ]
+
+
+def test_every_inline_image_block_shape_is_decoded(png_b64):
+    expected = base64.b64decode(png_b64)
+    for block in _image_blocks(png_b64):
+        assert decode_image_block(block) == expected, block
+
+
+@pytest.mark.parametrize(
+    ("block", "error"),
+    [
+        ({"type": "Image", "base64": "AAAA"}, InvalidInputError),  # unknown spelling: refused, not dropped
+        ({"type": "tool_use", "input": {"q": "x"}}, InvalidInputError),
+        ({"type": "image_file", "image_file": {"file_id": "file-1"}}, RemoteImageError),
+        ({"type": "input_image", "file_id": "file-1"}, RemoteImageError),
+        ({"type": "image", "source": {"type": "file", "file_id": "file-1"}}, RemoteImageError),
+        ({"type": "image", "file_id": "file-1"}, RemoteImageError),
+        ({"type": "image", "source": {"type": "weird"}}, InvalidImageError),
+        ({"type": "media", "mime_type": "video/mp4", "data": "AAAA"}, InvalidInputError),
+        ({"type": "media", "mime_type": "image/png", "file_uri": "gs://b/x.png"}, RemoteImageError),
+        ({"type": "text", "text": 3}, InvalidInputError),
+    ],
+)
+def test_blocks_the_guard_cannot_judge_are_refused_never_dropped(block, error):
+    with pytest.raises(error):
+        request_from_messages([HumanMessage(content=[block, {"type": "text", "text": "hi"}])])
+    with pytest.raises(InvalidInputError):
+        decode_image_block(42)
+
+
+def test_runnable_judges_every_image_block_shape_instead_of_allowing_text_only(make_guard, png_b64):
+    runnable = GuardRunnable(make_guard("refuse"))  # text-only requests are allowed by default
+    for block in _image_blocks(png_b64):
+        verdict = runnable.invoke([HumanMessage(content=[block, {"type": "text", "text": "hi"}])])
+        assert (verdict.action, verdict.rule) != ("allow", NO_IMAGE_RULE), block
+        assert verdict.action == "refuse"

@@ -7,7 +7,13 @@ from script_runner import run_script
 
 def test_langchain_example_runs_offline():
     lines = run_script("examples", "langchain_chain.py").splitlines()
-    prefixes = ["verdict: action=", "guarded hosted model:", "with a strict policy:", "local model:", "streamed:"]
+    prefixes = [
+        "verdict: action=",
+        "guarded hosted model:",
+        "risky request, strict policy: I'm sorry",
+        "local model:",
+        "streamed:",
+    ]
     for prefix in prefixes:
         assert any(line.startswith(prefix) for line in lines), (prefix, lines)
     local = next(line for line in lines if line.startswith("local model:"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from psaguard import SafetyGuard
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.errors import CheckpointError, ConfigError
+from psaguard.generation import GenerationOptions
 from psaguard.policy import GuardPolicy, decide
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.verdict import SafetyVerdict
@@ -128,6 +131,10 @@ def test_guard_configs_load_or_raise_config_error(tmp_path_factory: pytest.TempP
         assert str(err)
         event("config rejected")
         return
+    except CheckpointError as err:  # json.dumps writes NaN/Infinity, which are not JSON: a parse error
+        assert "not valid JSON" in str(err)
+        event("config unparsable")
+        return
     event("config accepted")
     config.save(directory)
     assert SafetyGuardConfig.load(directory) == config
@@ -148,3 +155,78 @@ def test_deeply_nested_config_json_is_a_typed_error(tmp_path: Path) -> None:
     (tmp_path / CONFIG_NAME).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises((ConfigError, CheckpointError)):
         SafetyGuardConfig.load(tmp_path)
+
+
+def _config_file(tmp_path: Path, **sections: dict) -> Path:
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(sections))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"tokens": {"num_tokens": 10**12}},  # used to allocate, then raise RuntimeError
+        {"projector": {"depth": 20_000}},  # used to loop for 74 s before its typed error
+        {"projector": {"hidden_size": 10**9}},
+        {"head": {"num_heads": 10**6}},
+        {"head": {"max_prompt_tokens": 10**9}},
+        {"max_image_pixels": 10**15},
+    ],
+)
+def test_config_sizes_are_bounded_when_the_file_loads(tmp_path: Path, sections: dict) -> None:
+    start = time.process_time()
+    with pytest.raises(ConfigError):
+        SafetyGuardConfig.load(_config_file(tmp_path, **sections))
+    assert time.process_time() - start < 1.0
+
+
+def test_a_five_thousand_digit_integer_is_a_typed_error(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_NAME).write_text('{"tokens": {"num_tokens": ' + "9" * 5000 + "}}")
+    with pytest.raises(CheckpointError, match="digits"):
+        SafetyGuardConfig.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SafetyGuardConfig(head={"num_heads": 3}),  # does not divide the tiny model's width: was a bare ValueError
+        SafetyGuardConfig(projector={"num_queries": 5}),  # not a square
+        SafetyGuardConfig(projector={"depth": 64, "hidden_size": 65_536}),  # ~800 G parameters
+    ],
+)
+def test_configs_the_modules_cannot_have_are_config_errors_before_allocating(tiny_model, tiny_processor, config):
+    start = time.process_time()
+    with pytest.raises(ConfigError):
+        SafetyGuard.attach(tiny_model, tiny_processor, config)
+    assert time.process_time() - start < 1.0
+
+
+BAD_CONCEPT_TEMPLATES = ["{concept:d}", "{concept!z}", "{concept!r}", "{concept:>1000000000}", "{concept.__class__}"]
+
+
+@pytest.mark.parametrize("template", BAD_CONCEPT_TEMPLATES)
+def test_policy_templates_may_only_use_the_plain_concept_field(template: str) -> None:
+    for raw in (
+        {"refusal": template},
+        {"hints": {1: template, 2: "ok {concept}", 3: "ok"}},
+        {"types": {"privacy": {"refusal": template}}},  # type rules were not checked at all
+        {"default_rule": {"hints": {1: template}}},
+    ):
+        with pytest.raises(ValidationError, match="plain"):
+            GuardPolicy.model_validate(raw)
+
+
+@pytest.mark.parametrize(
+    ("field", "template"),
+    [
+        ("hint_template", "{hint.__class__.__mro__}"),
+        ("hint_template", "{hint:>1000000000}"),
+        ("hint_template", "{hint!r}"),
+        ("hint_template", "{refusal}"),
+        ("refusal_hint", "{refusal:d}"),
+        ("refusal_hint", "{refusal[0]}"),
+    ],
+)
+def test_generation_option_templates_may_only_use_their_plain_field(field: str, template: str) -> None:
+    with pytest.raises(ValidationError, match="plain"):
+        GenerationOptions(**{field: template})

@@ -24,7 +24,10 @@ rows = st.fixed_dictionaries(
     {},
     optional={
         "id": scalars,
-        "image": st.one_of(st.sampled_from(["a.png", "", "missing.png"]), st.lists(st.text(max_size=6), max_size=2)),
+        "image": st.one_of(
+            st.sampled_from(["a.png", "", "missing.png", "../a.png", "/etc/passwd", "a.png<split>../a.png", "l.png"]),
+            st.lists(st.text(max_size=6), max_size=2),
+        ),
         "prompt": st.one_of(st.text(max_size=20), st.just("<image> hi"), scalars),
         "response": st.one_of(st.text(max_size=20), scalars),
         "conversations": st.lists(turn, max_size=4),
@@ -34,7 +37,18 @@ rows = st.fixed_dictionaries(
         "extra": scalars,
     },
 ).map(json.dumps)
-lines = st.one_of(rows, st.text(max_size=40), st.just("[" * 5000 + "]" * 5000), st.just('"x"'), st.just(""))
+hostile_lines = st.sampled_from(
+    [
+        "[" * 5000 + "]" * 5000,
+        '{"safe_level": ' + "9" * 5000 + "}",  # int() refuses > 4300 digits with a bare ValueError
+        '{"image": "a.png", "image": "../a.png"}',  # duplicate key
+        '{"safe_level": NaN}',
+        '{"prompt": "a\u2028b"}',  # a line separator inside a string (one row, not two)
+        '"x"',
+        "",
+    ]
+)
+lines = st.one_of(rows, st.text(max_size=40), hostile_lines)
 
 
 @FUZZ
@@ -42,6 +56,7 @@ lines = st.one_of(rows, st.text(max_size=40), st.just("[" * 5000 + "]" * 5000), 
 def test_jsonl_files_give_examples_or_a_dataset_error(tmp_path_factory, file_lines, skip) -> None:
     directory = tmp_path_factory.mktemp("data")
     (directory / "a.png").write_bytes(b"\x89PNG")
+    (directory / "l.png").symlink_to(directory.parent / "elsewhere.png")
     path = directory / "train.jsonl"
     path.write_text("\n".join(file_lines), encoding="utf-8", errors="surrogatepass")
     try:
@@ -50,3 +65,5 @@ def test_jsonl_files_give_examples_or_a_dataset_error(tmp_path_factory, file_lin
         assert str(err) and err.path == str(path)
     else:
         assert examples and report.kept == len(examples) <= report.rows
+        root = directory.resolve()
+        assert all(image.resolve().is_relative_to(root) for example in examples for image in example.images)

@@ -52,6 +52,9 @@ def test_both_stages_and_eval_run_from_the_command_line(
     summary = json.loads(capsys.readouterr().out)
     report = json.loads((report_dir / "eval.json").read_text())
     assert summary["examples"] == report["examples"] == 8
+    assert summary["type_macro_f1"] == round(report["type"]["macro_f1"], 4)
+    assert summary["flagged_recall_unsafe"] == round(report["detection"]["recall"], 4)
+    assert {"level_macro_f1", "flagged_fpr_safe", "type_ece", "level_ece"} <= set(summary)
     assert len(report["type"]["confusion"]) == 7 and sum(map(sum, report["type"]["confusion"])) == 8
     assert {"precision", "recall", "f1", "fpr"} <= set(report["level"]["classes"][0])
     for name in ("confusion_level", "confusion_type", "reliability_level", "reliability_type"):

@@ -173,7 +173,8 @@ def pretrain_vision(model: Any, processor: Any, world: WorldSpec, config: BaseVl
     def features(batch: torch.Tensor) -> torch.Tensor:
         return tower(batch, output_hidden_states=True).hidden_states[layer][:, 1:].mean(dim=1)
 
-    for _ in tqdm(range(config.vision_steps), desc="vision pre-training", disable=not config.progress_bar):
+    bar = None if config.progress_bar else True  # None: no bar when stderr is not a terminal
+    for _ in tqdm(range(config.vision_steps), desc="vision pre-training", disable=bar):
         idx = torch.randint(len(scenes), (min(config.vision_batch, len(scenes)),), generator=generator)
         pooled = features(pixels[idx])
         loss = sum(torch.nn.functional.cross_entropy(p(pooled), labels[idx, k]) for k, p in enumerate(probes))

@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from psaguard.extras import require_extra
+from psaguard.logs import add_log_level_option
+
 __all__ = ["SIZES", "register"]
 
 SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -40,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     base.add_argument("--vision-steps", type=int, default=None, help="Vision pre-training steps (default: config's).")
     base.add_argument("--eval-rows", type=int, default=None, help="Most safe rows evaluated per set (default 400).")
     base.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
+    add_log_level_option(base)
     base.set_defaults(func=_base)
 
     samples = commands.add_parser("samples", help="Draw a sheet of every concept in every style.")
@@ -54,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--seed", type=int, default=0, help="Seed of the world and of every run (default 0).")
     run.add_argument("--report-dir", type=Path, help="Also write the report (markdown + PNGs) here.")
     run.add_argument("--export-demo", type=Path, help="Also export the trained model and guard as demo assets here.")
+    add_log_level_option(run)
     run.set_defaults(func=_run)
 
 
@@ -75,6 +80,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _base(args: argparse.Namespace) -> int:
+    require_extra("train")
     from psaguard.training.world.base_model import BaseVlmConfig, teach_base_vlm
 
     overrides = {
@@ -100,6 +106,7 @@ def _samples(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    require_extra("train")
     from psaguard.training.world.experiment import ExperimentSpec, run_experiment
     from psaguard.training.world.report import write_report
 
