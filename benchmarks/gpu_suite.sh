@@ -5,7 +5,9 @@
 #
 # On a fresh GPU machine that reaches no registry, the Python packages its image lacks travel as wheels in
 # the git-ignored .whl/ folder of this checkout (docs/benchmarks.md says how to download them); they are
-# installed into /tmp/site, and psaguard itself from this checkout, without touching the image's torch.
+# installed into /tmp/site, without touching the image's torch. psaguard itself is linked into /tmp/site
+# from this checkout in its installed layout (pyproject's package-dir: psaguard = guard/, with adapters/ and
+# training/ inside), so nothing is built there.
 # Where psaguard already imports (a developer's .venv), nothing is installed. Everything the run writes goes
 # under $OUT (default runs/gpu_suite): suite.log, pytest_gpu.txt, tables.md, raw.json.
 set -euo pipefail
@@ -20,8 +22,10 @@ if ! "$PYTHON" -c "import psaguard" 2>/dev/null; then
     if compgen -G ".whl/*.whl" >/dev/null; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl
     fi
-    # psaguard from this checkout; its dependencies are the image's or the carried wheels above.
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade --target "$SITE" .
+    mkdir -p "$SITE/psaguard"
+    ln -sfn "$PWD"/guard/* "$SITE/psaguard/"
+    ln -sfn "$PWD/adapters" "$SITE/psaguard/adapters"
+    ln -sfn "$PWD/training" "$SITE/psaguard/training"
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 "$PYTHON" -c "import torch, transformers, psaguard; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
