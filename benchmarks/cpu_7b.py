@@ -272,7 +272,9 @@ def summarise(results: dict[str, Any]) -> dict[str, float]:
         ratios["separate guard / classifier-only classify (latency, batch 1)"] = guard / b1
         ratios[f"classify throughput at batch {BATCH} / separate guard throughput"] = BATCH / batch * guard
         ratios["full-model classify / classifier-only classify"] = median["classify_b1"] / b1
-        ratios["classifier-only peak RSS / full-model peak RSS"] = max(r["peak_rss"] for r in loads) / full["peak_rss"]
+        ratios["classifier-only peak RSS / full-model peak RSS (while measuring)"] = (
+            max(r["peak_rss"] for r in loads) / full["peak_rss"]
+        )
     return ratios
 
 
