@@ -61,7 +61,7 @@ lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install -q $(TORCH_SOURCE) "$(TORCH)"
 	.venv-lock/bin/pip install -q -e ".[dev]"
-	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/pip freeze --all | grep -v -E '^(-e |psaguard|pip==)' \
+	{ sed -n '1,2p' constraints.txt; .venv-lock/bin/pip freeze --all | grep -v -E '^(-e |#|psaguard|pip==)' \
 		| sed -E 's/^torch==.*/$(TORCH)/'; } > constraints.new && mv constraints.new constraints.txt
 	rm -rf .venv-lock
 

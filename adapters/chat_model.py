@@ -31,9 +31,9 @@ from psaguard.adapters.plain import plain_generate, plain_stream
 from psaguard.adapters.stops import StopBuffer, StopOnStrings, truncate_at_stop
 from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import GuardBlocked
-from psaguard.generation import GenerationOptions, GuardedGeneration
 from psaguard.guard import SafetyGuard
-from psaguard.policy import GuardPolicy
+from psaguard.plan import GuardedGeneration
+from psaguard.policy import GenerationOptions, GuardPolicy, refusal_text
 from psaguard.verdict import Action, SafetyVerdict
 
 __all__ = ["GuardedChatModel"]
@@ -291,8 +291,7 @@ class GuardedChatModel(BaseChatModel):
     def _stopped(self, verdict: SafetyVerdict) -> _Outcome:
         """The outcome of a request the model does not answer: raise or end with the refusal, as configured."""
         self._raise_if_error_exit(verdict)
-        refusal = verdict.refusal or "I'm sorry, but I can't help with this request."
-        return _Outcome(verdict=verdict, action=verdict.action, text=refusal)
+        return _Outcome(verdict=verdict, action=verdict.action, text=refusal_text(verdict))
 
     def _raise_if_error_exit(self, verdict: SafetyVerdict) -> None:
         """Raise GuardBlocked when a refused/blocked verdict must end in an error (``on_block``, else policy)."""

@@ -31,6 +31,7 @@ from psaguard.adapters.runnable import GuardRunnable
 from psaguard.adapters.verdicts import TextOnlyAction, verdict_metadata
 from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
+from psaguard.policy import refusal_text
 from psaguard.verdict import SafetyVerdict
 
 __all__ = [
@@ -274,11 +275,6 @@ def _has_image(message: BaseMessage) -> bool:
     return not isinstance(message.content, str) and any(
         isinstance(block, Mapping) and block.get("type") in IMAGE_BLOCK_TYPES for block in message.content
     )
-
-
-def refusal_text(verdict: SafetyVerdict) -> str:
-    """The text a stopped request ends with: the policy's refusal."""
-    return verdict.refusal or "I'm sorry, but I can't help with this request."
 
 
 def _single(values: Iterator[Any]) -> Any:

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from psaguard.errors import ConfigError, InvalidPromptError
-from psaguard.generation import eos_token_ids, tokenizer_of, until_eos
+from psaguard.errors import InvalidPromptError
 from psaguard.guard import SafetyGuard
 from psaguard.streaming import stream_text
+from psaguard.tokenization import eos_token_ids, render_chat, tokenizer_of, until_eos
 
 __all__ = ["PlainAnswer", "plain_generate", "plain_stream"]
 
@@ -51,14 +51,11 @@ def plain_stream(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **g
 
 def _inputs(guard: SafetyGuard, conversation: Sequence[dict[str, Any]]) -> tuple[Any, dict[str, torch.Tensor]]:
     tokenizer = tokenizer_of(guard.processor)
-    try:
-        text = guard.processor.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
-    except ValueError as err:  # transformers raises ValueError when no chat template is set
-        raise ConfigError(f"cannot render the conversation with the processor's chat template: {err}") from err
+    text = render_chat(guard.processor, list(conversation))
     # A text-only prompt spelling the image placeholder would make the model expect image features it lacks.
     encoded = tokenizer(text, return_tensors="pt")
-    image_token_id = getattr(guard.model.config, "image_token_id", None)
-    if image_token_id is not None and bool((encoded["input_ids"] == image_token_id).any()):
+    image_ids = torch.tensor([guard.backbone.image_token_id, guard.backbone.placeholder_token_id])
+    if bool(torch.isin(encoded["input_ids"], image_ids).any()):
         raise InvalidPromptError("a text-only prompt must not spell the image token")
     device = guard.backbone.device
     return tokenizer, {name: tensor.to(device) for name, tensor in encoded.items() if name != "token_type_ids"}

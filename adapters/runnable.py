@@ -19,8 +19,8 @@ from pydantic import ConfigDict, Field
 from psaguard.adapters.messages import GuardRequest, request_from_input
 from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import InvalidInputError
-from psaguard.generation import worst_verdict
 from psaguard.guard import SafetyGuard
+from psaguard.policy import worst_verdict
 from psaguard.verdict import SafetyVerdict
 
 __all__ = ["GuardRunnable"]

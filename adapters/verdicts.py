@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from psaguard.guard import SafetyGuard
-from psaguard.verdict import LabelRef, SafetyVerdict
+from psaguard.policy import fixed_verdict
+from psaguard.verdict import SafetyVerdict
 
 __all__ = ["NO_IMAGE_RULE", "VERDICT_EVENT", "TextOnlyAction", "text_only_verdict", "verdict_metadata"]
 
@@ -21,20 +22,8 @@ NO_IMAGE_RULE = "no_image"
 
 def text_only_verdict(guard: SafetyGuard, action: TextOnlyAction) -> SafetyVerdict:
     """The verdict of a request without images, with the action the caller chose for such requests."""
-    taxonomy = guard.config.taxonomy
-    level = taxonomy.levels[0]
-    risk_type = taxonomy.type_by_code(taxonomy.safe_type)
-    refusal = None
-    if action != "allow":
-        refusal = guard.policy.refusal.format(concept="content the image guard cannot check")
-    return SafetyVerdict(
-        level=LabelRef(id=level.id, code=level.code, name=level.name),
-        type=LabelRef(id=risk_type.id, code=risk_type.code, name=risk_type.name),
-        level_probs={},
-        type_probs={},
-        action=action,
-        rule=NO_IMAGE_RULE,
-        refusal=refusal,
+    return fixed_verdict(
+        action, NO_IMAGE_RULE, guard.policy, guard.config.taxonomy, concept="content the image guard cannot check"
     )
 
 

@@ -19,12 +19,12 @@ _EXPORTS = {
     "ConfigError": "psaguard.errors",
     "DEFAULT_TAXONOMY": "psaguard.taxonomy",
     "DatasetError": "psaguard.errors",
-    "GenerationOptions": "psaguard.generation",
+    "GenerationOptions": "psaguard.policy",
     "GenerationUnavailableError": "psaguard.errors",
     "GuardBlocked": "psaguard.errors",
     "GuardInternalError": "psaguard.errors",
     "GuardPolicy": "psaguard.policy",
-    "GuardedGeneration": "psaguard.generation",
+    "GuardedGeneration": "psaguard.plan",
     "GuardedModel": "psaguard.wrapped",
     "GuardedStream": "psaguard.streaming",
     "HeadConfig": "psaguard.config",
@@ -34,6 +34,7 @@ _EXPORTS = {
     "LabelRef": "psaguard.verdict",
     "ModelFingerprint": "psaguard.config",
     "ProjectorConfig": "psaguard.config",
+    "ProcessorError": "psaguard.errors",
     "PsaGuardError": "psaguard.errors",
     "RemoteImageError": "psaguard.errors",
     "RiskLevel": "psaguard.taxonomy",
@@ -64,14 +65,15 @@ if TYPE_CHECKING:
         InvalidImageError,
         InvalidInputError,
         InvalidPromptError,
+        ProcessorError,
         PsaGuardError,
         RemoteImageError,
         UnsupportedModelError,
     )
-    from psaguard.generation import GenerationOptions, GuardedGeneration
     from psaguard.guard import SafetyGuard
     from psaguard.images import load_image
-    from psaguard.policy import GuardPolicy, TypeRule, decide
+    from psaguard.plan import GuardedGeneration
+    from psaguard.policy import GenerationOptions, GuardPolicy, TypeRule, decide
     from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
     from psaguard.verdict import Action, LabelRef, SafetyVerdict

@@ -102,13 +102,18 @@ class ModelFingerprint(BaseModel):
     vision_feature_layer: int | tuple[int, ...] = Field(description="Vision layer(s) the features come from.")
     num_image_tokens: int = Field(description="Patch tokens per image fed to the safety projector.")
     vocab_size: int = Field(description="Rows of the input embedding table.")
+    patch_grid: tuple[int, int] | None = Field(
+        None,
+        description="(rows, columns) of the patch grid the safety projector sees, after the adapter resampled "
+        "the tower's grid; None in files written before it was recorded (then not compared).",
+    )
 
     def check(self, other: ModelFingerprint) -> None:
         """Raise :class:`CheckpointMismatchError` listing every field that differs."""
         diffs = [
             f"{name}: saved {getattr(self, name)!r}, model has {getattr(other, name)!r}"
             for name in type(self).model_fields
-            if getattr(self, name) != getattr(other, name)
+            if getattr(self, name) != getattr(other, name) and getattr(self, name) is not None
         ]
         if diffs:
             raise CheckpointMismatchError("guard was trained for a different base model: " + "; ".join(diffs))

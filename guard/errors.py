@@ -22,6 +22,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidInputError",
     "InvalidPromptError",
+    "ProcessorError",
     "PsaGuardError",
     "RemoteImageError",
     "UnsupportedModelError",
@@ -64,6 +65,10 @@ class DatasetError(InvalidInputError):
 
 class UnsupportedModelError(PsaGuardError, TypeError):
     """The model is not of a family psaguard has a backbone adapter for."""
+
+
+class ProcessorError(ConfigError):
+    """The processor is missing or does not belong to the model's family (wrong tokenizer or image processor)."""
 
 
 class GenerationUnavailableError(UnsupportedModelError):

@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from psaguard.adapter_files import check_adapter_files
-from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
+from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
+from psaguard.classifier import Classifier, GuardAnalysis
+from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
-from psaguard.errors import CheckpointError, ConfigError, GuardInternalError, InvalidImageError, InvalidPromptError
-from psaguard.generation import GenerationOptions, GuardedGeneration, GuardedGenerator, ImagesInput
-from psaguard.images import ImageInput, load_image
+from psaguard.conversation import PromptInput
+from psaguard.errors import CheckpointError, ConfigError
+from psaguard.generation import GuardedGenerator, ImagesInput
+from psaguard.images import ImageInput
 from psaguard.modules import HeadLogits, SafetyModules
-from psaguard.policy import GuardPolicy, decide, error_verdict
+from psaguard.plan import GuardedGeneration
+from psaguard.policy import GenerationOptions, GuardPolicy
 from psaguard.prompts import PromptEncoder
 from psaguard.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
+from psaguard.streaming import AsyncGuardedStream, GuardedStream
 from psaguard.verdict import SafetyVerdict
-
-if TYPE_CHECKING:
-    from psaguard.conversation import PromptInput
-    from psaguard.streaming import AsyncGuardedStream, GuardedStream
-    from psaguard.wrapped import GuardedModel
+from psaguard.wrapped import GuardedModel
 
 __all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
 
@@ -40,18 +39,6 @@ ADAPTER_NAME = "adapter"
 
 TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """dtype names used by configs -> torch dtypes."""
-
-
-@dataclass(frozen=True)
-class GuardAnalysis:
-    """Verdicts of a batch plus the one vision pass they came from (reused by guarded generation).
-
-    ``features`` is None when no image of the batch could be judged.
-    """
-
-    verdicts: list[SafetyVerdict]
-    features: VisionFeatures | None
-    judged: list[int]
 
 
 class SafetyGuard:
@@ -67,20 +54,44 @@ class SafetyGuard:
         processor: Any,
         config: SafetyGuardConfig,
         modules: SafetyModules,
-        backbone: Backbone,
+        backbone: Backbone | None = None,
     ) -> None:
-        self.model = model
-        self.processor = processor
-        self.config = config
-        self.modules = modules
-        self.backbone = backbone
-        self.prompts = PromptEncoder(processor, config.head.max_prompt_tokens, backbone.vocab_size)
+        if backbone is None or backbone.model is not model:
+            backbone = resolve_backbone(model)
+        self.classifier = Classifier(backbone, processor, config, modules)
+        """What judges: the backbone, the safety modules and the prompt encoder (everything below the facade)."""
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model the guard generates with (as given, or wrapped with the guard's LoRA adapter)."""
+        return self.classifier.model
+
+    @property
+    def processor(self) -> Any:
+        return self.classifier.processor
+
+    @property
+    def config(self) -> SafetyGuardConfig:
+        return self.classifier.config
+
+    @property
+    def modules(self) -> SafetyModules:
+        return self.classifier.modules
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.classifier.backbone
+
+    @property
+    def prompts(self) -> PromptEncoder:
+        return self.classifier.prompts
 
     # ------------------------------------------------------------------ construction and persistence
     @classmethod
     def attach(cls, model: torch.nn.Module, processor: Any, config: SafetyGuardConfig | None = None) -> SafetyGuard:
         """Attach fresh (untrained) safety modules, sized from ``model.config``, to ``model``."""
         backbone = resolve_backbone(model)
+        backbone.check_processor(processor)  # before any module is built
         config = (config or SafetyGuardConfig()).model_copy(update={"fingerprint": backbone.fingerprint()})
         return cls(model, processor, config, cls._build_modules(config, backbone), backbone)
 
@@ -119,6 +130,7 @@ class SafetyGuard:
         if config.fingerprint is None:
             raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint")
         config.fingerprint.check(backbone.fingerprint())
+        backbone.check_processor(processor)  # before any weight is read
         modules = cls._build_modules(config, backbone)
         expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
@@ -159,8 +171,6 @@ class SafetyGuard:
         base model, :class:`~psaguard.errors.UnsupportedModelError` for a non-LLaVA checkpoint, and
         :class:`~psaguard.errors.CheckpointError` for missing or unreadable files.
         """
-        from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
-
         directory = _resolve_checkpoint(path, revision)
         # A bad or mismatched guard fails before any base-model weight is read (or fetched).
         fingerprint = SafetyGuardConfig.load(directory).fingerprint
@@ -221,119 +231,20 @@ class SafetyGuard:
         return await asyncio.to_thread(self.classify_batch, images, prompts)
 
     def analyze(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> GuardAnalysis:
-        """Judge a batch and keep its vision features for reuse.
+        """Judge a batch and keep its vision features for reuse (see :meth:`Classifier.analyze`).
 
         Requests that cannot be judged follow ``policy.on_error``: 'block' raises the typed error (fail
-        closed), 'refuse' and 'allow' give an error verdict with that action. That covers bad inputs
-        (:class:`InvalidImageError`, :class:`InvalidPromptError`) and internal failures: a ``RuntimeError``
-        in the forward pass (device errors, out of memory) or non-finite scores (a tampered or diverged
-        head), raised as :class:`GuardInternalError`. ``judged`` lists the requests whose rows are in
-        ``features``, in order.
+        closed), 'refuse' and 'allow' give an error verdict with that action.
         """
-        if isinstance(images, (str, bytes)) or isinstance(prompts, str):
-            raise InvalidPromptError("classify_batch takes sequences of images and prompts; use classify for one")
-        if len(images) != len(prompts):
-            raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
-        start = time.perf_counter()
-        loaded, errors = [], {}
-        for index, (image, prompt) in enumerate(zip(images, prompts)):
-            try:
-                self.prompts.token_ids(prompt)  # validates fully, so a bad prompt fails alone
-                decoded = load_image(image, self.config.max_image_pixels, formats=self.config.image_formats)
-                loaded.append((index, decoded, prompt))
-            except (InvalidImageError, InvalidPromptError) as err:
-                if self.policy.on_error == "block":
-                    raise type(err)(f"request {index}: {err}") from err
-                errors[index] = f"{type(err).__name__}: {err}"
-        verdicts: dict[int, SafetyVerdict] = {}
-        features = None
-        if loaded:
-            try:
-                features, level_probs, type_probs = self._probabilities(
-                    [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded]
-                )
-            except GuardInternalError as err:
-                if self.policy.on_error == "block":
-                    raise
-                errors.update({index: str(err) for index, _, _ in loaded})
-                loaded = []
-            else:
-                verdicts = self._decide_rows(level_probs, type_probs, [index for index, _, _ in loaded], start)
-        for index, reason in errors.items():
-            verdicts[index] = error_verdict(reason, self.policy, self.config.taxonomy)
-        return GuardAnalysis(
-            verdicts=[verdicts[i] for i in range(len(prompts))],
-            features=features,
-            judged=[index for index, _, _ in loaded],
-        )
+        return self.classifier.analyze(images, prompts)
 
     def judge_features(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
-        """Verdicts for already encoded images (one per prompt), failing closed exactly like :meth:`analyze`.
-
-        For callers that ran the vision tower themselves (the wrapped model); ``start`` is the
-        ``time.perf_counter()`` the latency is measured from.
-        """
-        try:
-            with torch.inference_mode():
-                logits = self.head_logits(features, prompts)
-        except RuntimeError as err:
-            internal = _internal_error(err)
-            if self.policy.on_error == "block":
-                raise internal from err
-            return [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
-        level_probs, type_probs = self._calibrated(logits)
-        verdicts = self._decide_rows(level_probs, type_probs, list(range(len(prompts))), start)
-        return [verdicts[i] for i in range(len(prompts))]
-
-    def _probabilities(
-        self, images: Sequence[Any], prompts: Sequence[str]
-    ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor]:
-        """Forward pass and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
-        try:
-            features, logits = self._forward(images, prompts)
-        except RuntimeError as err:
-            raise _internal_error(err) from err
-        return (features, *self._calibrated(logits))
-
-    def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor]:
-        level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
-        type_probs = F.softmax(logits.type.float() / self.config.head.type_temperature, dim=-1)
-        return level_probs, type_probs
-
-    def _decide_rows(
-        self, level_probs: torch.Tensor, type_probs: torch.Tensor, indices: Sequence[int], start: float
-    ) -> dict[int, SafetyVerdict]:
-        """Row ``r`` of the probabilities decides request ``indices[r]``; non-finite rows follow on_error.
-
-        NaN scores (a tampered or diverged head) must never decide: NaN fails every threshold, which reads
-        as level 0, i.e. 'allow'.
-        """
-        elapsed = (time.perf_counter() - start) * 1000.0
-        verdicts: dict[int, SafetyVerdict] = {}
-        for row, index in enumerate(indices):
-            if not (level_probs[row].isfinite().all() and type_probs[row].isfinite().all()):
-                err = GuardInternalError(f"request {index}: the safety head produced non-finite scores")
-                if self.policy.on_error == "block":
-                    raise err
-                verdicts[index] = error_verdict(str(err), self.policy, self.config.taxonomy)
-                continue
-            verdicts[index] = decide(
-                level_probs[row].tolist(), type_probs[row].tolist(), self.policy, self.config.taxonomy, elapsed
-            )
-        return verdicts
-
-    @torch.inference_mode()
-    def _forward(self, images: Sequence[Any], prompts: Sequence[str]) -> tuple[VisionFeatures, HeadLogits]:
-        pixel_inputs = self.backbone.preprocess(self.processor, images)
-        features = self.backbone.encode_images(**pixel_inputs)
-        return features, self.head_logits(features, prompts)
+        """Verdicts for already encoded images (one per prompt), failing closed exactly like :meth:`analyze`."""
+        return self.classifier.judge(features, prompts, start)
 
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
         """Safety-head logits for already encoded images and their prompts (differentiable)."""
-        ids, mask = self.prompts.encode(prompts)
-        device = self.modules.head_tokens.device
-        query = self.backbone.embed_tokens(ids).to(device)
-        return self.modules(features.patches.to(device), query, mask.to(device))
+        return self.classifier.head_logits(features, prompts)
 
     # ------------------------------------------------------------------ guarded generation (psaguard.generation)
     def generate(
@@ -348,7 +259,7 @@ class SafetyGuard:
 
         ``generate_kwargs`` go to ``model.generate``. Raises :class:`~psaguard.errors.GuardBlocked` for 'block'.
         """
-        return GuardedGenerator(self, options).generate(image, prompt, **generate_kwargs)
+        return self._generator(options).generate(image, prompt, **generate_kwargs)
 
     def generate_batch(
         self,
@@ -360,7 +271,7 @@ class SafetyGuard:
         **generate_kwargs: Any,
     ) -> list[GuardedGeneration]:
         """:meth:`generate` for a batch: one vision pass and one ``model.generate`` call for all requests."""
-        return GuardedGenerator(self, options).generate_batch(
+        return self._generator(options).generate_batch(
             images, prompts, return_blocked=return_blocked, **generate_kwargs
         )
 
@@ -398,7 +309,7 @@ class SafetyGuard:
         **generate_kwargs: Any,
     ) -> GuardedStream:
         """Judge now, then iterate the answer's text chunks (see :class:`~psaguard.streaming.GuardedStream`)."""
-        return GuardedGenerator(self, options).stream(image, prompt, **generate_kwargs)
+        return self._generator(options).stream(image, prompt, **generate_kwargs)
 
     def astream(
         self,
@@ -409,17 +320,17 @@ class SafetyGuard:
         **generate_kwargs: Any,
     ) -> AsyncGuardedStream:
         """Async :meth:`stream`: ``async for chunk in guard.astream(...)``."""
-        from psaguard.streaming import AsyncGuardedStream
-
-        return AsyncGuardedStream(GuardedGenerator(self, options), image, prompt, generate_kwargs)
+        generator = self._generator(options)
+        return AsyncGuardedStream(partial(generator.stream, image, prompt, **generate_kwargs))
 
     def wrap(self, model: torch.nn.Module | None = None, *, options: GenerationOptions | None = None) -> GuardedModel:
         """A drop-in stand-in for ``model`` (default: the guard's) whose ``generate`` is guarded."""
-        from psaguard.wrapped import GuardedModel
-
-        return GuardedModel(self, model, options=options)
+        return GuardedModel(self.classifier, model, options=options)
 
     # ------------------------------------------------------------------ helpers
+    def _generator(self, options: GenerationOptions | None) -> GuardedGenerator:
+        return GuardedGenerator(self.classifier, options)
+
     @staticmethod
     def _build_modules(config: SafetyGuardConfig, backbone: Backbone) -> SafetyModules:
         modules = SafetyModules(config, backbone.vision_hidden_size, backbone.text_hidden_size)
@@ -439,6 +350,13 @@ class SafetyGuard:
 
 def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
     """``model`` wrapped with the PEFT adapter saved in ``adapter``."""
+    if unwrap_model(model) is not model:
+        # PEFT would nest the wrappers, find none of the adapter's keys and load nothing (only a warning).
+        raise CheckpointError(
+            f"{adapter} holds the guard's Stage II LoRA adapter, and the model is already wrapped (PEFT); pass the "
+            "bare model (model.get_base_model(), or merge_and_unload() to keep your adapter's effect), or "
+            "load_adapter=False to keep your adapters and skip the guard's"
+        )
     try:
         from peft import PeftModel
     except ImportError as err:
@@ -461,12 +379,6 @@ def _load_config(directory: Path, allow_unverified: bool, accept_edited: bool) -
             "detected; pass allow_unverified=True to load it anyway, then save_pretrained() to record one"
         )
     return SafetyGuardConfig.load(directory, digest=recorded, accept_edited=accept_edited)
-
-
-def _internal_error(err: RuntimeError) -> GuardInternalError:
-    # torch raises RuntimeError (and OutOfMemoryError, a subclass) for device, memory and kernel failures
-    logger.warning("guard forward pass failed: %s: %s", type(err).__name__, err)
-    return GuardInternalError(f"the guard failed while judging: {type(err).__name__}: {err}")
 
 
 def _resolve_checkpoint(path: str | Path, revision: str | None) -> Path:

@@ -1,18 +1,19 @@
-"""Building the language model's input, for guarded generation and for training: image slots, safety tokens.
+"""Building the language model's input, for guarded generation and for training: image runs, safety tokens.
 
-Each image is one placeholder token in a prompt row. :func:`build_llm_inputs` widens it into a run of
-``N + P`` placeholder ids (``N`` = ``llm_tokens``, ``P`` = the model's image embeddings) and pairs the
-row with ``cat(llm_tokens, image_embeds)`` per image, so the model scatters both into those positions, as
-the paper places its LLM-side safety tokens right before each image's embeddings (§2.3). The features are
-handed to the model as ``mm_encoder_outputs``: in generation they come from the guard's one vision pass,
-so the model never runs its vision tower again; in training the scatter keeps the graph, so the LM loss
-reaches ``llm_tokens`` (their only training signal).
+Each image is one placeholder token in a prompt row. :func:`build_llm_inputs` replaces it with the image's
+run (an :class:`ImageLayout` from the family adapter: ``P`` image tokens, plus the wrapper or row-break
+tokens of families that have them), widened by ``N`` more image tokens for the ``llm_tokens``, and pairs
+the row with ``cat(llm_tokens, image_embeds)`` per image, so the model scatters both into those positions,
+as the paper places its LLM-side safety tokens right before each image's embeddings (§2.3). The features
+reach the model through the adapter's ``model_inputs`` (for LLaVA-style models ``mm_encoder_outputs``): in
+generation they come from the guard's one vision pass, so the model never runs its vision tower again; in
+training the scatter keeps the graph, so the LM loss reaches ``llm_tokens`` (their only training signal).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -20,11 +21,63 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from psaguard.errors import InvalidInputError, InvalidPromptError
 
-__all__ = ["IGNORE_INDEX", "LlmInputs", "build_llm_inputs", "collapse_image_runs", "tokenize_prompt"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ImageLayout",
+    "LlmInputs",
+    "build_llm_inputs",
+    "collapse_image_runs",
+    "features_as_list",
+    "features_as_tensor",
+    "tokenize_prompt",
+]
 
 
 IGNORE_INDEX = -100
 """Label of positions without loss (prompt, image, padding); the default of PyTorch's cross-entropy."""
+
+ModelImageInputs = Callable[[Sequence[torch.Tensor], torch.Tensor], dict[str, Any]]
+"""``(one (L_i, D) feature tensor per image, padded input_ids) -> model keyword arguments``."""
+
+
+def features_as_list(image_features: Sequence[torch.Tensor], input_ids: torch.Tensor) -> dict[str, Any]:
+    """Precomputed image features as LLaVA-style models take them: a list in ``mm_encoder_outputs``."""
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=list(image_features))}}
+
+
+def features_as_tensor(image_features: Sequence[torch.Tensor], input_ids: torch.Tensor) -> dict[str, Any]:
+    """Precomputed image features as models that scatter one tensor take them: ``(1, sum L_i, D)``.
+
+    Such models fill their image positions from the flattened features in order, so
+    images of different lengths travel concatenated.
+    """
+    stacked = torch.cat(list(image_features)).unsqueeze(0)
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=stacked)}}
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How a batch's images sit in the language model's input (given by the family adapter).
+
+    ``runs[i]`` are image ``i``'s token ids as the model's processor writes them, holding one
+    ``image_token_id`` per image embedding; each ``placeholder_id`` in a prompt row stands for the next
+    image; ``model_inputs`` hands the features to the model.
+    """
+
+    image_token_id: int
+    runs: Sequence[Sequence[int]]
+    placeholder_id: int | None = None
+    model_inputs: ModelImageInputs = field(default=features_as_list)
+
+    @property
+    def placeholder(self) -> int:
+        """The placeholder id (the image token unless the family's template writes another)."""
+        return self.image_token_id if self.placeholder_id is None else self.placeholder_id
+
+    @classmethod
+    def plain(cls, image_token_id: int, image_lengths: Sequence[int]) -> ImageLayout:
+        """The LLaVA layout: each image is a run of ``image_lengths[i]`` image tokens."""
+        return cls(image_token_id=image_token_id, runs=[[image_token_id] * n for n in image_lengths])
 
 
 @dataclass(frozen=True)
@@ -36,14 +89,11 @@ class LlmInputs:
     image_features: list[torch.Tensor]
     prompt_lengths: list[int]
     labels: torch.Tensor | None = None
+    image_inputs: dict[str, Any] = field(default_factory=dict)
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``forward`` or ``generate``: ids, mask, the image features (and labels)."""
-        kwargs = {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=self.image_features)},
-        }
+        """Keyword arguments for ``forward`` or ``generate``: ids, mask, the image inputs (and labels)."""
+        kwargs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **self.image_inputs}
         return kwargs if self.labels is None else {**kwargs, "labels": self.labels}
 
 
@@ -64,83 +114,80 @@ def tokenize_prompt(tokenizer: Any, text: str, image_token_id: int, num_images: 
     return ids
 
 
-def collapse_image_runs(
-    rows: Sequence[Sequence[int]], image_token_id: int, image_lengths: Sequence[int]
-) -> list[list[int]]:
-    """Turn each image's run of placeholders (processor output) back into one placeholder per image.
+def collapse_image_runs(rows: Sequence[Sequence[int]], layout: ImageLayout) -> list[list[int]]:
+    """Turn each image's run (processor output) back into one placeholder per image.
 
-    A processor writes ``image_lengths[i]`` placeholders for image ``i`` (images in order across the rows;
-    lengths differ between images in any-resolution families), and a row's adjacent images form one run.
-    Every run must hold exactly the next images, and every image must be used; otherwise the ids and the
-    images do not belong together.
+    A processor writes ``layout.runs[i]`` for image ``i`` (images in order across the rows; lengths differ
+    between images in any-resolution families). Every image token must lie in exactly the next image's
+    run, and every image must be used; otherwise the ids and the images do not belong together.
     """
     collapsed: list[list[int]] = []
     image = 0
-    for ids in rows:
+    for row in rows:
+        ids = list(row)
         out: list[int] = []
-        run = 0
-        for token in [*ids, None]:
-            if token == image_token_id:
-                run += 1
+        position = 0
+        while position < len(ids):
+            run = list(layout.runs[image]) if image < len(layout.runs) else None
+            if run and ids[position : position + len(run)] == run:
+                out.append(layout.placeholder)
+                position += len(run)
+                image += 1
                 continue
-            if run:
-                count = _images_in_run(run, image_lengths, image)
-                out.extend([image_token_id] * count)
-                image, run = image + count, 0
-            if token is not None:
-                out.append(token)
+            if ids[position] == layout.image_token_id:
+                expected = f"{len(run)} tokens of image {image}" if run else "no more images"
+                raise InvalidInputError(
+                    f"image tokens at position {position} do not match the run of the next image ({expected}): "
+                    "input_ids and pixel_values do not belong together"
+                )
+            out.append(ids[position])
+            position += 1
         collapsed.append(out)
-    if image != len(image_lengths):
-        raise InvalidInputError(f"input_ids hold {image} images but pixel_values {len(image_lengths)}")
+    if image != len(layout.runs):
+        raise InvalidInputError(f"input_ids hold {image} images but pixel_values {len(layout.runs)}")
     return collapsed
-
-
-def _images_in_run(run: int, image_lengths: Sequence[int], first: int) -> int:
-    """How many images, from ``first`` on, fill a run of ``run`` placeholders exactly."""
-    count, left = 0, run
-    while left > 0 and first + count < len(image_lengths):
-        left -= image_lengths[first + count]
-        count += 1
-    if left != 0:
-        raise InvalidInputError(
-            f"a run of {run} image tokens does not match the token counts of the next images "
-            f"{list(image_lengths[first : first + count])}: input_ids and pixel_values do not belong together"
-        )
-    return count
 
 
 def build_llm_inputs(
     rows: Sequence[Sequence[int]],
     image_embeds: Sequence[torch.Tensor],
     *,
-    image_token_id: int,
+    layout: ImageLayout,
     pad_token_id: int,
     llm_tokens: torch.Tensor | None,
     labels: Sequence[Sequence[int]] | None = None,
     padding_side: Literal["left", "right"] = "left",
     device: torch.device | str = "cpu",
 ) -> LlmInputs:
-    """Expand image placeholders and pair them with ``[llm_tokens; image_embeds]``, padding the rows.
+    """Replace image placeholders by their runs and pair them with ``[llm_tokens; image_embeds]``, padding the rows.
 
     Generation and training both build the model's input here, so the safety tokens sit where the model
     was trained to see them. Gradients flow from the features into ``llm_tokens`` and ``image_embeds``.
 
     Args:
-        rows: Prompt token ids, one placeholder per image, images in order across rows.
+        rows: Prompt token ids, one ``layout.placeholder`` per image, images in order across rows.
         image_embeds: One ``(P, D)`` tensor per image, from the model's own projector.
-        image_token_id: The model's image placeholder id.
+        layout: The images' runs and how the model takes the features (the family adapter's
+            ``image_layout``).
         pad_token_id: Id used for padding (masked out).
         llm_tokens: ``(1, N, D)`` safety tokens placed before each image's embeddings, or None for none.
-        labels: Per-row labels aligned with ``rows`` (training); image slots and padding get -100.
+        labels: Per-row labels aligned with ``rows`` (training); image runs and padding get -100.
         padding_side: "left" for generation (new tokens are appended on the right of every row), "right"
             for training.
         device: Where the id, mask and label tensors go.
     """
-    if sum(row.count(image_token_id) for row in map(list, rows)) != len(image_embeds):
-        raise InvalidInputError(f"{len(image_embeds)} image embeddings do not match the placeholders in the rows")
+    placeholder = layout.placeholder
+    if sum(list(row).count(placeholder) for row in rows) != len(image_embeds) or len(layout.runs) != len(image_embeds):
+        raise InvalidInputError(
+            f"{len(image_embeds)} image embeddings and {len(layout.runs)} image runs do not match the placeholders "
+            "in the rows"
+        )
     prefix = None if llm_tokens is None else llm_tokens.reshape(-1, llm_tokens.shape[-1])
     features = [emb if prefix is None else torch.cat([prefix.to(emb.device, emb.dtype), emb]) for emb in image_embeds]
-    slots = iter(len(feature) for feature in features)
+    runs = iter(
+        _widened(run, embeds, layout.image_token_id, 0 if prefix is None else len(prefix))
+        for run, embeds in zip(layout.runs, image_embeds)
+    )
     expanded: list[list[int]] = []
     targets: list[list[int]] = []
     # Without labels the ids stand in for them, and the labels built from them are dropped.
@@ -148,18 +195,35 @@ def build_llm_inputs(
         ids: list[int] = []
         row_targets: list[int] = []
         for token, label in zip(row, row_labels, strict=True):
-            width = next(slots) if token == image_token_id else 1
-            ids.extend([token] * width)
-            row_targets.extend([IGNORE_INDEX if token == image_token_id else label] * width)
+            if token == placeholder:
+                run = next(runs)
+                ids.extend(run)
+                row_targets.extend([IGNORE_INDEX] * len(run))
+            else:
+                ids.append(token)
+                row_targets.append(label)
         expanded.append(ids)
         targets.append(row_targets)
+    input_ids = _pad(expanded, pad_token_id, padding_side).to(device)
     return LlmInputs(
-        input_ids=_pad(expanded, pad_token_id, padding_side).to(device),
+        input_ids=input_ids,
         attention_mask=_pad([[1] * len(row) for row in expanded], 0, padding_side).to(device),
         image_features=features,
         prompt_lengths=[len(row) for row in expanded],
         labels=None if labels is None else _pad(targets, IGNORE_INDEX, padding_side).to(device),
+        image_inputs=layout.model_inputs(features, input_ids),
     )
+
+
+def _widened(run: Sequence[int], embeds: torch.Tensor, image_token_id: int, extra: int) -> list[int]:
+    """``run`` with ``extra`` image tokens inserted before its first image token (the safety tokens' slots)."""
+    run = list(run)
+    if run.count(image_token_id) != len(embeds):
+        raise InvalidInputError(
+            f"an image run holds {run.count(image_token_id)} image tokens for {len(embeds)} embeddings"
+        )
+    first = run.index(image_token_id) if image_token_id in run else len(run)
+    return [*run[:first], *[image_token_id] * extra, *run[first:]]
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, side: Literal["left", "right"]) -> torch.Tensor:

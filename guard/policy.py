@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,7 +22,24 @@ from psaguard.errors import ConfigError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.verdict import Action, LabelRef, SafetyVerdict
 
-__all__ = ["DEFAULT_HINTS", "ErrorAction", "GuardPolicy", "TypeRule", "check_template", "decide", "error_verdict"]
+__all__ = [
+    "ACTION_SEVERITY",
+    "DEFAULT_HINTS",
+    "FALLBACK_REFUSAL",
+    "ErrorAction",
+    "GenerationOptions",
+    "GuardPolicy",
+    "Resolution",
+    "TypeRule",
+    "blocked_message",
+    "check_template",
+    "decide",
+    "error_verdict",
+    "fixed_verdict",
+    "refusal_text",
+    "resolve_action",
+    "worst_verdict",
+]
 
 # After the paper's hint table (condition.py / supplementary Fig. 6), with the literal
 # "{REASON FOR REJECT}" placeholder of the official code replaced by the concept.
@@ -209,19 +227,43 @@ def decide(
 
 def error_verdict(reason: str, policy: GuardPolicy, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> SafetyVerdict:
     """The verdict used when the guard cannot judge and ``policy.on_error`` is 'refuse' or 'allow'."""
-    level = taxonomy.levels[-1] if policy.on_error != "allow" else taxonomy.levels[0]
+    return fixed_verdict(
+        policy.on_error,
+        "on_error",
+        policy,
+        taxonomy,
+        level_id=taxonomy.num_levels - 1 if policy.on_error != "allow" else 0,
+        concept="a request the guard could not judge",
+        error=reason,
+    )
+
+
+def fixed_verdict(
+    action: Action,
+    rule: str,
+    policy: GuardPolicy,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+    *,
+    level_id: int = 0,
+    concept: str = "this request",
+    error: str | None = None,
+) -> SafetyVerdict:
+    """A verdict the head did not produce (no probabilities): errors, requests without an image.
+
+    The type is the taxonomy's safe type; a refusing or blocking action carries the policy's refusal for
+    ``concept``.
+    """
+    level = taxonomy.levels[level_id]
     risk_type = taxonomy.type_by_code(taxonomy.safe_type)
     return SafetyVerdict(
         level=LabelRef(id=level.id, code=level.code, name=level.name),
         type=LabelRef(id=risk_type.id, code=risk_type.code, name=risk_type.name),
         level_probs={},
         type_probs={},
-        action=policy.on_error,
-        rule="on_error",
-        refusal=policy.refusal.format(concept="a request the guard could not judge")
-        if policy.on_error != "allow"
-        else None,
-        error=reason,
+        action=action,
+        rule=rule,
+        refusal=policy.refusal.format(concept=concept) if action in ("refuse", "block") else None,
+        error=error,
     )
 
 
@@ -232,3 +274,79 @@ def _tail_probabilities(probs: Sequence[float]) -> list[float]:
         running += float(probs[lv])
         tail[lv] = running
     return tail
+
+
+# ---------------------------------------------------------------------- from verdicts to what generation does
+ACTION_SEVERITY: dict[str, int] = {"allow": 0, "hint": 1, "refuse": 2, "block": 3}
+"""How strongly each action intervenes; the most severe verdict of a request's images decides."""
+
+FALLBACK_REFUSAL = "I'm sorry, but I can't help with this request."
+"""What a stopped request ends with when its verdict carries no refusal text."""
+
+
+def worst_verdict(verdicts: Sequence[SafetyVerdict]) -> SafetyVerdict:
+    """The verdict that decides a multi-image request: most severe action, then highest level; first on ties."""
+    if not verdicts:
+        raise ValueError("no verdicts to choose from")
+    return max(verdicts, key=lambda v: (ACTION_SEVERITY[v.action], v.level.id))
+
+
+def refusal_text(verdict: SafetyVerdict) -> str:
+    """The text a stopped (refused or blocked) request ends with: the verdict's refusal, else the fallback."""
+    return verdict.refusal or FALLBACK_REFUSAL
+
+
+def blocked_message(verdict: SafetyVerdict, where: str = "request") -> str:
+    """The message of :class:`~psaguard.errors.GuardBlocked` for a blocked request (``where``: which one)."""
+    return f"{where} blocked by psaguard policy (rule {verdict.rule!r})"
+
+
+class GenerationOptions(BaseModel):
+    """How guarded generation words hints and refusals."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hint_template: str = Field(
+        "\nSafe Hint: {hint}",
+        description="Appended to the last turn's text for 'hint' actions; '{hint}' is the verdict's hint "
+        "(the paper's 'Safe Hint:' line).",
+    )
+    refuse_with: Literal["text", "hint"] = Field(
+        "text",
+        description="'text' answers 'refuse' verdicts with the policy's refusal text without running the "
+        "model; 'hint' runs the model with `refusal_hint` as the safety hint.",
+    )
+    refusal_hint: str = Field(
+        "You must refuse and say: {refusal}",
+        description="Hint used for 'refuse' verdicts when refuse_with='hint'; '{refusal}' is the refusal text.",
+    )
+
+    @field_validator("hint_template", "refusal_hint")
+    @classmethod
+    def _one_field(cls, template: str, info: Any) -> str:
+        return check_template(template, "hint" if info.field_name == "hint_template" else "refusal")
+
+    def hint_text(self, hint: str) -> str:
+        """The text inserted into the prompt for a hint."""
+        return self.hint_template.format(hint=hint)
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How one deciding verdict is answered: with or without the model, and with which hint."""
+
+    runs_model: bool
+    hint: str | None
+    text: str  # the answer when the model does not run
+
+
+def resolve_action(verdict: SafetyVerdict, options: GenerationOptions, *, can_generate: bool = True) -> Resolution:
+    """Map a deciding verdict's action to what generation does (block is raised by the caller)."""
+    refusal = verdict.refusal or ""
+    if verdict.action == "allow":
+        return Resolution(runs_model=True, hint=None, text="")
+    if verdict.action == "hint":
+        return Resolution(runs_model=True, hint=verdict.hint, text="")
+    if verdict.action == "refuse" and options.refuse_with == "hint" and can_generate:
+        return Resolution(runs_model=True, hint=options.refusal_hint.format(refusal=refusal), text="")
+    return Resolution(runs_model=False, hint=None, text="" if verdict.action == "block" else refusal)

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from typing import Any
 
 import torch
 from transformers import TextIteratorStreamer
 
+from psaguard.plan import GenerationPlan, GuardedGeneration
 from psaguard.verdict import Action, SafetyVerdict
-
-if TYPE_CHECKING:
-    from psaguard.conversation import PromptInput
-    from psaguard.generation import GuardedGeneration, GuardedGenerator, ImagesInput, PreparedBatch
 
 __all__ = ["AsyncGuardedStream", "GuardedStream", "stream_text"]
 
@@ -61,22 +58,19 @@ def stream_text(
 
 class GuardedStream(Iterator[str]):
     """Text chunks of one guarded answer. ``verdict``, ``action`` and ``hint`` are set before the first chunk;
-    ``result`` (a :class:`~psaguard.generation.GuardedGeneration`) once the stream is exhausted.
+    ``result`` (a :class:`~psaguard.plan.GuardedGeneration`) once the stream is exhausted.
 
     Generation starts on the first ``next()`` and runs in a background thread feeding a
     ``TextIteratorStreamer``; an error there is raised from the iterator.
     """
 
-    def __init__(
-        self, generator: GuardedGenerator, prepared: PreparedBatch, start: float, generate_kwargs: dict[str, Any]
-    ) -> None:
-        plan = prepared.plans[0]
-        self.verdict: SafetyVerdict = plan.verdict
-        self.verdicts: list[SafetyVerdict] = plan.verdicts
-        self.action: Action = plan.action
-        self.hint: str | None = plan.hint
-        self._generator = generator
-        self._prepared = prepared
+    def __init__(self, plan: GenerationPlan, start: float, generate_kwargs: dict[str, Any]) -> None:
+        request = plan.requests[0]
+        self.verdict: SafetyVerdict = request.verdict
+        self.verdicts: list[SafetyVerdict] = request.verdicts
+        self.action: Action = request.action
+        self.hint: str | None = request.hint
+        self._plan = plan
         self._start = start
         self._kwargs = generate_kwargs
         self._chunks: Iterator[str] | None = None
@@ -98,23 +92,16 @@ class GuardedStream(Iterator[str]):
         return self._result
 
     def _run(self) -> Iterator[str]:
-        prepared, generator = self._prepared, self._generator
-        if prepared.inputs is None:  # refused: the answer is the policy's text, the model does not run
-            if prepared.plans[0].text:
-                yield prepared.plans[0].text
-            self._result = generator.finish(prepared, None, self._start, self._kwargs)[0]
+        plan = self._plan
+        if plan.inputs is None:  # refused: the answer is the policy's text, the model does not run
+            if plan.requests[0].text:
+                yield plan.requests[0].text
+            self._result = plan.results(None, self._start, self._kwargs)[0]
             return
-        from psaguard.generation import tokenizer_of
-
-        inputs = prepared.inputs
         sequences = yield from stream_text(
-            generator.guard.model,
-            tokenizer_of(generator.guard.processor),
-            inputs.model_kwargs(),
-            self._kwargs,
-            thread_name="psaguard-stream",
+            plan.model, plan.tokenizer, plan.inputs.model_kwargs(), self._kwargs, thread_name="psaguard-stream"
         )
-        self._result = generator.finish(prepared, sequences, self._start, self._kwargs)[0]
+        self._result = plan.results(sequences, self._start, self._kwargs)[0]
 
 
 class AsyncGuardedStream(AsyncIterator[str]):
@@ -124,19 +111,14 @@ class AsyncGuardedStream(AsyncIterator[str]):
     :class:`~psaguard.errors.GuardBlocked` for a blocked one); iterating starts it implicitly.
     """
 
-    def __init__(
-        self, generator: GuardedGenerator, image: ImagesInput, prompt: PromptInput, generate_kwargs: dict[str, Any]
-    ) -> None:
-        self._generator = generator
-        self._request = (image, prompt)
-        self._kwargs = generate_kwargs
+    def __init__(self, open_stream: Callable[[], GuardedStream]) -> None:
+        self._open_stream = open_stream
         self._stream: GuardedStream | None = None
 
     async def start(self) -> SafetyVerdict:
         """Judge the request (once) and return the deciding verdict."""
         if self._stream is None:
-            image, prompt = self._request
-            self._stream = await asyncio.to_thread(self._generator.stream, image, prompt, **self._kwargs)
+            self._stream = await asyncio.to_thread(self._open_stream)
         return self._stream.verdict
 
     @property

@@ -5,11 +5,15 @@ No weights can be downloaded in tests, demos or CI, so psaguard builds its own s
 processor) in a few seconds on the CPU, and a LLaVA-NeXT pair (``LlavaNextForConditionalGeneration``,
 ``LlavaNextProcessor`` with any-resolution tiles) from the same sizes. Layer widths are multiples of 64
 so that bitsandbytes' 4-bit kernels run on them, also on the CPU.
+
+Other families' tiny pairs live in one module each (:mod:`psaguard.tiny_mistral3`,
+:mod:`psaguard.tiny_internvl`, :mod:`psaguard.tiny_aya_vision`) and share the tokenizer, chat template,
+text config and seeded init defined here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,14 @@ __all__ = [
     "build_tiny_llava_next",
     "build_tiny_llava_next_processor",
     "build_tiny_processor",
+    "init_tiny_model",
+    "save_pretrained_pair",
     "save_tiny_llava",
     "save_tiny_llava_next",
+    "tiny_chat_template",
+    "tiny_text_config",
+    "tiny_tokenizer",
+    "tiny_vision_sizes",
 ]
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -40,17 +50,24 @@ BASE_WORDS = tuple(
 # LLaVA-NeXT tile layouts (height, width) in pixels: square, tall and wide, each a multiple of image_size.
 TINY_GRID_PINPOINTS: tuple[tuple[int, int], ...] = ((32, 32), (64, 32), (32, 64))
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'] }} : "
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<image> {% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    " </s> "
-    "{% endfor %}"
-    "{% if add_generation_prompt %}assistant : {% endif %}"
-)
+
+def tiny_chat_template(image_placeholder: str = "<image>") -> str:
+    """The tiny models' chat template; an image part renders as ``image_placeholder`` and a space."""
+    return (
+        "{% for message in messages %}"
+        "{{ message['role'] }} : "
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        f"{{% if part['type'] == 'image' %}}{image_placeholder} "
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}"
+        " </s> "
+        "{% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}"
+    )
+
+
+CHAT_TEMPLATE = tiny_chat_template()
 
 
 class TinyLlavaSpec(BaseModel):
@@ -88,7 +105,7 @@ def build_tiny_llava(spec: TinyLlavaSpec | None = None, processor=None):  # -> L
     tok = processor.tokenizer
     config = LlavaConfig(
         vision_config=_vision_config(spec),
-        text_config=_text_config(spec, tok),
+        text_config=tiny_text_config(spec, tok),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy="default",
@@ -124,7 +141,7 @@ def build_tiny_llava_next(
     tok = processor.tokenizer
     config = LlavaNextConfig(
         vision_config=_vision_config(spec),
-        text_config=_text_config(spec, tok),
+        text_config=tiny_text_config(spec, tok),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         image_grid_pinpoints=[list(p) for p in grid_pinpoints],
         vision_feature_layer=spec.vision_feature_layer,
@@ -138,16 +155,17 @@ def build_tiny_llava_next(
 def save_tiny_llava(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
     """Build a tiny model and processor and save both to ``path`` in Hugging Face format."""
     processor = build_tiny_processor(spec)
-    return _save(path, build_tiny_llava(spec, processor), processor)
+    return save_pretrained_pair(path, build_tiny_llava(spec, processor), processor)
 
 
 def save_tiny_llava_next(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
     """Build a tiny LLaVA-NeXT model and processor and save both to ``path`` in Hugging Face format."""
     processor = build_tiny_llava_next_processor(spec)
-    return _save(path, build_tiny_llava_next(spec, processor), processor)
+    return save_pretrained_pair(path, build_tiny_llava_next(spec, processor), processor)
 
 
-def _save(path: str | Path, model, processor) -> Path:
+def save_pretrained_pair(path: str | Path, model, processor) -> Path:
+    """Save ``model`` and ``processor`` side by side in ``path`` (Hugging Face format); return the path."""
     path = Path(path)
     model.save_pretrained(path)
     processor.save_pretrained(path)
@@ -165,7 +183,7 @@ def _image_sizes(spec: TinyLlavaSpec) -> dict[str, dict[str, int]]:
 def _processor_parts(spec: TinyLlavaSpec) -> dict[str, Any]:
     """What both tiny processor families share: tokenizer, patch size, feature strategy, chat template."""
     return {
-        "tokenizer": _tiny_tokenizer(spec),
+        "tokenizer": tiny_tokenizer(spec),
         "patch_size": spec.patch_size,
         "vision_feature_select_strategy": "default",
         "num_additional_image_tokens": 1,
@@ -173,7 +191,13 @@ def _processor_parts(spec: TinyLlavaSpec) -> dict[str, Any]:
     }
 
 
-def _tiny_tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
+def tiny_tokenizer(spec: TinyLlavaSpec, named_tokens: Mapping[str, str] | None = None):  # -> PreTrainedTokenizerFast
+    """A word-level tokenizer over the tiny vocabulary plus ``spec.extra_words``.
+
+    ``named_tokens`` are special tokens the tokenizer exposes as attributes (``tokenizer.image_token`` and
+    ``tokenizer.image_token_id`` for ``{"image_token": "<image>"}``, the default); tokens not in the
+    vocabulary are appended to it. Special tokens are matched before the pre-tokenizer splits punctuation.
+    """
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -185,7 +209,7 @@ def _tiny_tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=dict(named_tokens or {"image_token": "<image>"}),
         padding_side="left",
     )
 
@@ -193,21 +217,27 @@ def _tiny_tokenizer(spec: TinyLlavaSpec):  # -> PreTrainedTokenizerFast
 def _vision_config(spec: TinyLlavaSpec):  # -> CLIPVisionConfig
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_hidden_layers=spec.vision_layers,
-        num_attention_heads=spec.heads,
-        image_size=spec.image_size,
-        patch_size=spec.patch_size,
-        projection_dim=spec.vision_hidden,
-    )
+    return CLIPVisionConfig(**tiny_vision_sizes(spec), projection_dim=spec.vision_hidden)
 
 
-def _text_config(spec: TinyLlavaSpec, tok):  # -> LlamaConfig
-    from transformers import LlamaConfig
+def tiny_vision_sizes(spec: TinyLlavaSpec) -> dict[str, int]:
+    """The vision tower's sizes from ``spec``, as the keyword arguments every ViT-style vision config takes."""
+    return {
+        "hidden_size": spec.vision_hidden,
+        "intermediate_size": spec.vision_hidden * 2,
+        "num_hidden_layers": spec.vision_layers,
+        "num_attention_heads": spec.heads,
+        "image_size": spec.image_size,
+        "patch_size": spec.patch_size,
+    }
 
-    return LlamaConfig(
+
+def tiny_text_config(spec: TinyLlavaSpec, tok, model_type: str = "llama", **overrides: Any):  # -> PreTrainedConfig
+    """The language model's config of ``model_type`` (Llama by default) at the spec's sizes, for ``tok``."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        model_type,
         hidden_size=spec.text_hidden,
         intermediate_size=spec.intermediate,
         num_hidden_layers=spec.text_layers,
@@ -218,7 +248,19 @@ def _text_config(spec: TinyLlavaSpec, tok):  # -> LlamaConfig
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        **overrides,
     )
+
+
+def init_tiny_model(model_class: type, config: Any, tok, seed: int):  # -> PreTrainedModel
+    """``model_class(config)`` with random weights drawn from ``seed``, in eval mode, generating with ``tok``'s ids.
+
+    The global random state is forked, so building a model leaves the caller's RNG where it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    return _ready(model, tok)
 
 
 def _ready(model, tok):

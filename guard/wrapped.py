@@ -18,31 +18,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from psaguard.backbones import BACKBONES, resolve_backbone
-from psaguard.errors import CheckpointMismatchError, GuardBlocked, InvalidInputError
-from psaguard.generation import (
-    GenerationOptions,
-    GuardedGeneration,
-    Resolution,
-    check_generate_kwargs,
-    eos_token_ids,
-    pad_token_id,
-    resolve_action,
-    tokenizer_of,
-    until_eos,
-    worst_verdict,
-)
-from psaguard.injection import build_llm_inputs, collapse_image_runs
-from psaguard.verdict import SafetyVerdict
-
-if TYPE_CHECKING:
-    from psaguard.guard import SafetyGuard
+from psaguard.backbones import registered_backbones
+from psaguard.classifier import Classifier
+from psaguard.errors import InvalidInputError
+from psaguard.generation import check_generate_kwargs
+from psaguard.injection import collapse_image_runs
+from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
+from psaguard.policy import GenerationOptions
+from psaguard.tokenization import eos_token_ids, pad_token_id, tokenizer_of
 
 __all__ = ["GuardedModel"]
 
@@ -57,39 +44,26 @@ _SENTINEL = "PSAGUARDSENTINEL"
 _MAX_SUFFIX_TOKENS = 64
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One judged row: its prompt ids (one placeholder per image, hint spliced in), images and decision."""
-
-    tokens: list[int]
-    images: list[int]
-    verdicts: list[SafetyVerdict]
-    verdict: SafetyVerdict
-    resolution: Resolution
-
-
 class GuardedModel:
-    """A vision-language model whose ``generate(**processor(...))`` goes through a :class:`SafetyGuard`.
+    """A vision-language model whose ``generate(**processor(...))`` goes through a guard's classifier.
 
     Build it with ``guard.wrap(model)``. ``model`` defaults to the guard's own; another instance must
     have the same architecture (same fingerprint), e.g. the same checkpoint loaded in 4-bit.
     """
 
     def __init__(
-        self, guard: SafetyGuard, model: torch.nn.Module | None = None, *, options: GenerationOptions | None = None
+        self,
+        classifier: Classifier,
+        model: torch.nn.Module | None = None,
+        *,
+        options: GenerationOptions | None = None,
     ) -> None:
-        if model is not None and model is not guard.model:
-            backbone = resolve_backbone(model)
-            if guard.config.fingerprint is not None:
-                guard.config.fingerprint.check(backbone.fingerprint())
-            elif backbone.fingerprint() != guard.backbone.fingerprint():
-                raise CheckpointMismatchError("the model to wrap differs from the guard's model")
-            guard = type(guard)(model, guard.processor, guard.config, guard.modules, backbone)
-        guard.backbone.check_can_generate()  # wrapping a classifier-only guard's own (LLM-less) model
-        self.guard = guard
-        self.model = guard.model
+        classifier = classifier if model is None else classifier.for_model(model)
+        classifier.backbone.check_can_generate()  # wrapping a classifier-only guard's own (LLM-less) model
+        self.classifier = classifier
+        self.model = classifier.model
         self.options = options or GenerationOptions()
-        self._generation_suffix = _generation_suffix(guard.processor)
+        self._generation_suffix = _generation_suffix(classifier.processor)
 
     def __getattr__(self, name: str) -> Any:
         if name in _DELEGATED:
@@ -102,7 +76,7 @@ class GuardedModel:
         return self
 
     def __repr__(self) -> str:
-        return f"GuardedModel({type(self.model).__name__}, {self.guard!r})"
+        return f"GuardedModel({type(self.model).__name__}, family={self.classifier.backbone.family!r})"
 
     def generate(
         self,
@@ -135,127 +109,82 @@ class GuardedModel:
             logger.debug("no pixel_values: nothing for the image guard to judge, generating unguarded")
             with torch.inference_mode():
                 return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs), []
-        rows, image_embeds = self._judge(input_ids, attention_mask, pixel_values, image_inputs, start)
-        generated = self._generate(rows, image_embeds, generate_kwargs)
-        tokenizer = tokenizer_of(self.guard.processor)
+        image_inputs = {**self.classifier.backbone.image_inputs_from_ids(input_ids, attention_mask), **image_inputs}
+        plan = self._plan(input_ids, attention_mask, pixel_values, image_inputs, start)
+        sequences = plan.generate(generate_kwargs)
+        answers = plan.answers(sequences, generate_kwargs)
+        results = plan.results(sequences, start, generate_kwargs)
+        tokenizer = plan.tokenizer
         eos_ids = eos_token_ids(self.model, generate_kwargs)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else sorted(eos_ids)[:1]
-        latency_ms = (time.perf_counter() - start) * 1000.0
-        answers, results = [], []
-        for index, row in enumerate(rows):
-            if index in generated:
-                tokens, prompt_tokens = generated[index]
-                text = tokenizer.decode(tokens, skip_special_tokens=True)
-            else:
-                text, prompt_tokens = row.resolution.text, 0
-                tokens = [*tokenizer(text, add_special_tokens=False)["input_ids"], *eos]
-            answers.append(tokens)
-            results.append(
-                GuardedGeneration(
-                    text=text,
-                    verdict=row.verdict,
-                    verdicts=row.verdicts,
-                    action=row.verdict.action,
-                    hint=row.resolution.hint,
-                    generated=index in generated,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=len(tokens) if index in generated else 0,
-                    latency_ms=latency_ms,
-                )
-            )
-        return _join(input_ids, answers, pad_token_id(tokenizer, self.model)), results
+        rows = [
+            answers[index] if index in answers else [*tokenizer(r.text, add_special_tokens=False)["input_ids"], *eos]
+            for index, r in enumerate(results)
+        ]
+        return _join(input_ids, rows, pad_token_id(tokenizer, self.model)), results
 
     def _pop_image_inputs(self, generate_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Take the family's image tensors besides ``pixel_values`` (processor outputs) out of ``generate_kwargs``."""
-        backbone = self.guard.backbone
-        foreign = sorted({name for b in BACKBONES for name in b.image_input_names} - set(backbone.image_input_names))
-        if stray := [name for name in foreign if generate_kwargs.get(name) is not None]:
+        backbone = self.classifier.backbone
+        if unjudged := [name for name in backbone.unjudged_input_names if generate_kwargs.get(name) is not None]:
+            raise InvalidInputError(f"{unjudged} cannot be judged by the image guard; send images only")
+        own = {*backbone.image_input_names, *backbone.derived_input_names}
+        every = {n for b in registered_backbones() for n in (*b.image_input_names, *b.derived_input_names)}
+        if stray := [name for name in sorted(every - own) if generate_kwargs.get(name) is not None]:
             raise InvalidInputError(
                 f"{stray} come from another model family's processor; {backbone.family!r} models do not take them"
             )
         popped = {name: generate_kwargs.pop(name, None) for name in backbone.image_input_names}
+        for name in backbone.derived_input_names:  # rebuilt for the guarded input
+            generate_kwargs.pop(name, None)
         return {name: value for name, value in popped.items() if value is not None}
 
-    def _judge(
+    def _plan(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         image_inputs: dict[str, torch.Tensor],
         start: float,
-    ) -> tuple[list[_Row], list[torch.Tensor]]:
-        """One vision pass: verdicts per image, the deciding one per row, and the images' LLM embeddings."""
-        guard = self.guard
-        tokenizer = tokenizer_of(guard.processor)
-        image_token_id = guard.backbone.image_token_id
+    ) -> GenerationPlan:
+        """One vision pass: verdicts per image, the plan of each row, and the rows' prompt ids (hint spliced in)."""
+        classifier = self.classifier
+        backbone = classifier.backbone
+        tokenizer = tokenizer_of(classifier.processor)
         with torch.inference_mode():
-            features = guard.backbone.encode_images(pixel_values, **image_inputs)
-            image_embeds = list(guard.backbone.project(features))
-        # The processor wrote as many placeholders per image as the model has embeddings for it.
+            features = backbone.encode_images(pixel_values, **image_inputs)
+            image_embeds = backbone.project(features)
+        # The processor wrote each image's run as the adapter does: one image token per embedding.
         token_rows = collapse_image_runs(
             [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())],
-            image_token_id,
-            [len(embeds) for embeds in image_embeds],
+            backbone.image_layout(features, image_embeds),
         )
-        counts = [row.count(image_token_id) for row in token_rows]
+        placeholder = backbone.placeholder_token_id
+        counts = [row.count(placeholder) for row in token_rows]
         if 0 in counts:
             raise InvalidInputError(f"row {counts.index(0)} has no image; batch text-only requests separately")
         owners = [index for index, count in enumerate(counts) for _ in range(count)]
-        prompts = [_visible_text(tokenizer, token_rows[owner], image_token_id) for owner in owners]
-        verdicts = _verdicts(guard, features, prompts, start)
-        rows = []
+        prompts = [_visible_text(tokenizer, token_rows[owner], placeholder) for owner in owners]
+        verdicts = classifier.judge(features, prompts, start)
+        requests = []
         for index, token_row in enumerate(token_rows):
             images = [i for i, owner in enumerate(owners) if owner == index]
-            row_verdicts = [verdicts[i] for i in images]
-            verdict = worst_verdict(row_verdicts)
-            if verdict.action == "block":
-                raise GuardBlocked(verdict, f"row {index} blocked by psaguard policy (rule {verdict.rule!r})")
-            resolution = resolve_action(verdict, self.options)
-            rows.append(
-                _Row(self._with_hint(tokenizer, token_row, resolution.hint), images, row_verdicts, verdict, resolution)
-            )
-        return rows, image_embeds
+            request = plan_request([verdicts[i] for i in images], images, self.options, where=f"row {index}")
+            if request.runs_model:
+                request = request.with_tokens(self._with_hint(tokenizer, token_row, request))
+            requests.append(request)
+        return GenerationPlan(classifier, requests, features)
 
-    def _generate(
-        self, rows: list[_Row], image_embeds: list[torch.Tensor], generate_kwargs: dict[str, Any]
-    ) -> dict[int, tuple[list[int], int]]:
-        """Run the model once for the rows that may be answered: ``{row: (answer ids, prompt positions)}``."""
-        answerable = [index for index, row in enumerate(rows) if row.resolution.runs_model]
-        if not answerable:
-            return {}
-        guard = self.guard
-        inputs = build_llm_inputs(
-            [rows[index].tokens for index in answerable],
-            [image_embeds[i] for index in answerable for i in rows[index].images],
-            image_token_id=guard.backbone.image_token_id,
-            pad_token_id=pad_token_id(tokenizer_of(guard.processor), self.model),
-            llm_tokens=guard.modules.llm_tokens.detach() if guard.config.tokens.inject_llm_tokens else None,
-            device=guard.backbone.device,
-        )
-        with torch.inference_mode():
-            sequences = self.model.generate(**inputs.model_kwargs(), **generate_kwargs)
-        width = inputs.input_ids.shape[1]
-        eos_ids = eos_token_ids(self.model, generate_kwargs)
-        return {
-            index: (until_eos(sequences[position, width:].tolist(), eos_ids), inputs.prompt_lengths[position])
-            for position, index in enumerate(answerable)
-        }
-
-    def _with_hint(self, tokenizer: Any, row: list[int], hint: str | None) -> list[int]:
+    def _with_hint(self, tokenizer: Any, row: list[int], request: RequestPlan) -> list[int]:
         """Splice the hint's tokens in before the chat template's generation prompt (end of the user turn)."""
-        if hint is None:
+        if request.hint is None:
             return row
-        hint_ids = tokenizer(self.options.hint_template.format(hint=hint), add_special_tokens=False)["input_ids"]
+        hint_ids = tokenizer(self.options.hint_text(request.hint), add_special_tokens=False)["input_ids"]
         position = _suffix_start(tokenizer, row, self._generation_suffix)
         return [*row[:position], *hint_ids, *row[position:]]
 
 
-def _verdicts(guard: SafetyGuard, features: Any, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
-    """Verdicts from already encoded images, deciding (and failing closed) exactly as ``SafetyGuard.analyze``."""
-    return guard.judge_features(features, prompts, start)
-
-
-def _visible_text(tokenizer: Any, row: Sequence[int], image_token_id: int) -> str:
+def _visible_text(tokenizer: Any, row: list[int], image_token_id: int) -> str:
     """The row's text as the head reads it: special tokens and image placeholders dropped."""
     return tokenizer.decode([t for t in row if t != image_token_id], skip_special_tokens=True).strip()
 

@@ -63,7 +63,7 @@ def test_llm_tokens_add_exactly_n_positions_before_each_image(tiny_model, tiny_p
     ids, embeds = seen["input_ids"][0], seen["inputs_embeds"][0]
     llm_tokens = guard.modules.llm_tokens[0].detach()
     features = guard.backbone.encode_images(**guard.backbone.preprocess(tiny_processor, images[:2]))
-    image_embeds = guard.backbone.project(features).detach()
+    image_embeds = torch.stack(guard.backbone.project(features)).detach()
     slot = num_tokens + image_embeds.shape[1]
     positions = (ids == guard.backbone.image_token_id).nonzero().flatten()
     assert len(positions) == 2 * slot
@@ -170,15 +170,15 @@ def test_several_images_match_plain_generate_and_are_each_judged(tiny_model, tin
 
 def test_the_worst_image_verdict_decides(tiny_model, tiny_processor, images, monkeypatch):
     guard = guard_for(tiny_model, tiny_processor, level=1)
-    original = guard.analyze
+    original = guard.classifier.analyze
 
-    def second_image_refused(flat_images, prompts):
-        analysis = original(flat_images, prompts)
+    def second_image_refused(flat_images, prompts, *requests):
+        analysis = original(flat_images, prompts, *requests)
         refused = analysis.verdicts[1].model_copy(update={"action": "refuse", "refusal": "no .", "hint": None})
         analysis.verdicts[1] = refused
         return analysis
 
-    monkeypatch.setattr(guard, "analyze", second_image_refused)
+    monkeypatch.setattr(guard.classifier, "analyze", second_image_refused)
     result = guard.generate(images[:2], QUESTION, max_new_tokens=2)
     assert [v.action for v in result.verdicts] == ["hint", "refuse"]
     assert result.verdict is result.verdicts[1] and result.action == "refuse" and result.text == "no ."
@@ -223,17 +223,17 @@ def test_unreadable_image_follows_on_error(tiny_model, tiny_processor, images):
 # ---------------------------------------------------------------------------------------------- batches
 def test_batch_with_different_actions_runs_the_llm_once_for_the_answerable(tiny_model, tiny_processor, images):
     guard = guard_for(tiny_model, tiny_processor, inject=False, level=0)
-    original = guard.analyze
+    original = guard.classifier.analyze
     actions = ["allow", "hint", "refuse", "block"]
 
-    def per_request(flat_images, prompts):
-        analysis = original(flat_images, prompts)
+    def per_request(flat_images, prompts, *requests):
+        analysis = original(flat_images, prompts, *requests)
         for i, action in enumerate(actions):
             extra = {"hint": "safe"} if action == "hint" else {"refusal": "no ."} if action != "allow" else {}
             analysis.verdicts[i] = analysis.verdicts[i].model_copy(update={"action": action, **extra})
         return analysis
 
-    guard.analyze = per_request
+    guard.classifier.analyze = per_request
     batch_images = [images[0], images[1], images[2], images[0]]
     with count_calls(guard.backbone.vision_tower) as tower, spy_generate(tiny_model) as outputs:
         with pytest.raises(GuardBlocked, match="request 3"):

@@ -23,11 +23,13 @@ from safetensors.torch import safe_open
 
 from psaguard.errors import CheckpointError
 from psaguard.serialization import atomic_write, atomic_write_text, load_tensors, save_tensors
+from psaguard.training.keep_best import BestStep
 
 __all__ = [
     "DataPosition",
     "TrainState",
     "latest_checkpoint",
+    "load_best_weights",
     "load_checkpoint",
     "prune_checkpoints",
     "restore_rng",
@@ -41,6 +43,7 @@ _PREFIX = "step-"
 _STATE = "state.json"
 _WEIGHTS = "trainable.safetensors"
 _OPTIMIZER = "optimizer.pt"
+_BEST = "best.safetensors"
 
 
 class DataPosition(BaseModel):
@@ -65,6 +68,8 @@ class TrainState(BaseModel):
     steps_per_epoch: int = Field(description="Optimizer steps per pass over the data.")
     data: DataPosition = Field(description="What the data order depends on.")
     history: list[dict[str, int | float]] = Field(default_factory=list, description="Logged metrics, one dict a line.")
+    best: BestStep | None = Field(None, description="The best evaluation so far (keep-best), if any.")
+    stop_reason: str | None = Field(None, description="Why the run stopped before total_steps, if it did.")
 
     @property
     def epoch(self) -> int:
@@ -84,11 +89,13 @@ def save_checkpoint(
     *,
     rank: int = 0,
     barrier: Callable[[], None] = lambda: None,
+    best_weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint of ``state.step`` under ``root`` and return its directory.
 
     Every process calls this: each saves its own RNG states, process 0 everything else (the weights and
     optimizer states are the same on all processes). ``barrier`` synchronises the processes.
+    ``best_weights`` (the keep-best snapshot) is saved beside the current weights.
     """
     final = root / f"{_PREFIX}{state.step:08d}"
     staging = root / f".{final.name}.tmp"
@@ -101,6 +108,8 @@ def save_checkpoint(
     barrier()
     if rank == 0:
         save_tensors(staging / _WEIGHTS, trainable)
+        if best_weights is not None:
+            save_tensors(staging / _BEST, best_weights)
         payload = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         atomic_write(staging / _OPTIMIZER, lambda tmp: torch.save(payload, tmp))
         atomic_write_text(staging / _STATE, state.model_dump_json(indent=2) + "\n")
@@ -136,6 +145,13 @@ def load_checkpoint(
         raise CheckpointError(f"cannot restore optimizer state from {path / _OPTIMIZER}: {err}") from err
     restore_rng(path / _rng_name(rank))
     return state
+
+
+def load_best_weights(path: Path, trainable: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The keep-best snapshot saved in checkpoint ``path`` (checked against ``trainable``), or None."""
+    if not (path / _BEST).is_file():
+        return None
+    return load_tensors(path / _BEST, {name: (t.shape, t.dtype) for name, t in trainable.items()})
 
 
 def latest_checkpoint(root: Path) -> Path | None:

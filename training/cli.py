@@ -1,7 +1,8 @@
-"""``psaguard train`` and ``psaguard eval``: subcommands registered into the main CLI.
+"""``psaguard train``, ``psaguard eval`` and ``psaguard calibrate``: subcommands registered into the main CLI.
 
 psaguard train stage1 --config train.yaml [--resume] [--set lr=1e-4 --set quant.load_in_4bit=true]
 psaguard eval --guard out/stage1 --data test.jsonl [--model llava-dir] [--out out/eval]
+psaguard calibrate --guard out/stage1 --data val.jsonl [--model llava-dir]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from psaguard.errors import PsaGuardError
 from psaguard.extras import require_extra
 from psaguard.logs import add_log_level_option
 
-__all__ = ["register", "run_eval", "run_train"]
+__all__ = ["register", "run_calibrate", "run_eval", "run_train"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +44,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
         "eval", help="evaluate a guard's safety head on labelled JSONL data", description=run_eval.__doc__
     )
-    evaluate.add_argument("--guard", type=Path, required=True, help="guard directory")
-    evaluate.add_argument("--data", type=Path, required=True, help="JSONL test data")
-    evaluate.add_argument("--model", help="base model; default: the one recorded in the guard's training config")
-    evaluate.add_argument("--image-root", type=Path, help="directory image paths are relative to")
+    _add_guard_data_args(evaluate)
     evaluate.add_argument("--out", type=Path, help="report directory (default: <guard>/eval)")
-    evaluate.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
-    evaluate.add_argument("--skip-invalid", action="store_true", help="skip and count invalid rows")
-    evaluate.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
-    evaluate.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     evaluate.add_argument("--no-plots", action="store_true", help="write the JSON report only")
     add_log_level_option(evaluate)
     evaluate.set_defaults(func=run_eval)
+
+    calibrate = subparsers.add_parser(
+        "calibrate",
+        help="fit a guard's head temperatures on labelled JSONL data (updates its config)",
+        description=run_calibrate.__doc__,
+    )
+    _add_guard_data_args(calibrate)
+    add_log_level_option(calibrate)
+    calibrate.set_defaults(func=run_calibrate)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -79,28 +82,74 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate a guard's safety head: per-class precision/recall/F1/FPR, confusion matrices, calibration."""
+    """Evaluate a guard's safety head: per-class precision/recall/F1/FPR, confusion matrices, calibration
+    (ECE and reliability diagrams of the raw and the temperature-scaled probabilities) and the policy-threshold
+    sweep (share of risky and of safe rows acted on at each threshold)."""
     require_extra("train")
-    from psaguard.training.data import read_jsonl
     from psaguard.training.evaluate import evaluate_guard, write_report
+    from psaguard.training.sweep import threshold_for_recall
 
     try:
-        model_id = args.model or _recorded_model(args.guard)
-        model, processor = _load(model_id, args.load_in_4bit, args.cpu)
-        from psaguard.guard import SafetyGuard
-
-        guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False)
-        examples, dataset = read_jsonl(
-            args.data, image_root=args.image_root, taxonomy=guard.config.taxonomy, skip_invalid=args.skip_invalid
-        )
+        guard, examples, dataset = _guard_and_data(args)
         report = evaluate_guard(guard, examples, batch_size=args.batch_size, dataset=dataset)
         out = args.out or args.guard / "eval"
         write_report(report, out, plots=not args.no_plots)
     except PsaGuardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(json.dumps({**report.headline(), "report": str(out / "eval.json")}, indent=2))
+    point = threshold_for_recall(report.threshold_sweep, 0.9)
+    sweep = {f"{p.threshold:g}": [round(p.flagged_unsafe, 4), round(p.flagged_safe, 4)] for p in report.threshold_sweep}
+    summary = {
+        **report.headline(),
+        "threshold_sweep (t: flagged risky, flagged safe)": sweep,
+        "highest threshold flagging >= 90% of risky": None if point is None else point.threshold,
+        "report": str(out / "eval.json"),
+    }
+    print(json.dumps(summary, indent=2))
     return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Fit the level and type heads' softmax temperatures of a saved guard on labelled data (temperature
+    scaling, by negative log-likelihood) and save the guard again with them (config and weights; a Stage II
+    adapter/ beside them is left as it is)."""
+    require_extra("train")
+    from psaguard.training.calibration import apply_calibration
+
+    try:
+        guard, examples, _ = _guard_and_data(args)
+        result = apply_calibration(guard, examples, batch_size=args.batch_size)
+        guard.save_pretrained(args.guard)  # the config and the weights that record its digest
+    except PsaGuardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({**result.model_dump(), "guard": str(args.guard)}, indent=2))
+    return 0
+
+
+def _guard_and_data(args: argparse.Namespace):
+    """The guard of ``--guard`` on its base model, and the examples of ``--data``."""
+    from psaguard.guard import SafetyGuard
+    from psaguard.training.data import read_jsonl
+
+    model_id = args.model or _recorded_model(args.guard)
+    model, processor = _load(model_id, args.load_in_4bit, args.cpu)
+    guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False)
+    examples, dataset = read_jsonl(
+        args.data, image_root=args.image_root, taxonomy=guard.config.taxonomy, skip_invalid=args.skip_invalid
+    )
+    return guard, examples, dataset
+
+
+def _add_guard_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--guard", type=Path, required=True, help="guard directory")
+    parser.add_argument("--data", type=Path, required=True, help="labelled JSONL data")
+    parser.add_argument("--model", help="base model; default: the one recorded in the guard's training config")
+    parser.add_argument("--image-root", type=Path, help="directory image paths are relative to")
+    parser.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
+    parser.add_argument("--skip-invalid", action="store_true", help="skip and count invalid rows")
+    parser.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
 
 
 def _recorded_model(guard_dir: Path) -> str:

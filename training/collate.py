@@ -114,7 +114,7 @@ class Collator:
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:
         """(input ids, labels) of one example; the answers are labelled, everything else is -100."""
-        messages = _messages(example)
+        messages = example.messages()
         if self.hint is not None and (hint := self.hint(example)):
             messages = with_hint(messages, hint)
         full = self._render(messages, add_generation_prompt=False)
@@ -150,16 +150,6 @@ class Collator:
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def _messages(example: Example) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    for index, (user, assistant) in enumerate(example.turns):
-        content: list[dict[str, str]] = [{"type": "image"}] if index == 0 else []
-        content.append({"type": "text", "text": user})
-        messages.append({"role": "user", "content": content})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": assistant}]})
-    return messages
 
 
 def _last_labelled_run(labels: list[int]) -> int:

@@ -20,6 +20,7 @@ from psaguard.errors import ConfigError
 __all__ = [
     "CONFIG_FILE_NAME",
     "LLM_LINEAR_PATTERN",
+    "EarlyStopping",
     "LoraSettings",
     "QuantConfig",
     "Stage1Config",
@@ -69,6 +70,29 @@ class LoraSettings(BaseModel):
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
 
 
+StopMetric = Literal["auto", "head_loss", "macro_f1", "lm_loss", "loss"]
+
+
+class EarlyStopping(BaseModel):
+    """Keep-best and early stopping on the evaluation split (only when ``eval_data`` is given)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(
+        True, description="Save the best evaluated step instead of the last, and stop when it stops improving."
+    )
+    metric: StopMetric = Field(
+        "auto",
+        description="What 'best' means: eval head_loss, macro_f1 (mean of both heads, higher is better), "
+        "lm_loss or total loss; 'auto' = head_loss in Stage I (lm_loss if the head is not trained), "
+        "lm_loss in Stage II.",
+    )
+    patience: int | None = Field(
+        5, ge=1, description="Evaluations without improvement before the run stops; None = never stop early."
+    )
+    min_delta: float = Field(0.0, ge=0, description="Smallest change of the metric that counts as improvement.")
+
+
 class TrainConfig(BaseModel):
     """Settings shared by both stages."""
 
@@ -101,6 +125,21 @@ class TrainConfig(BaseModel):
     seed: int = Field(256, description="Seed of initialisation, shuffling and dropout (paper: 256).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     eval_batch_size: int | None = Field(None, ge=1, description="Batch size of evaluation; None = batch_size.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Optimizer steps between evaluations; None = after every epoch (and at the end)."
+    )
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="Keep-best and early stopping on eval_data."
+    )
+    max_unknown_token_rate: float = Field(
+        0.01, ge=0, le=1, description="Warn when more of the training text's tokens than this are the unk token."
+    )
+    chance_check_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Share of the steps after which a head loss still at chance (the label entropy) is warned about.",
+    )
     log_every: int = Field(10, ge=1, description="Optimizer steps between log lines.")
     checkpoint_every: int = Field(500, ge=1, description="Optimizer steps between resumable checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
@@ -115,6 +154,11 @@ class TrainConfig(BaseModel):
     )
     plots: bool = Field(True, description="Write PNG plots of the curves at the end.")
 
+    @property
+    def stop_metric(self) -> str:
+        """The early-stopping metric with 'auto' resolved (the stages refine 'auto')."""
+        return "loss" if self.early_stopping.metric == "auto" else self.early_stopping.metric
+
 
 class Stage1Config(TrainConfig):
     """Stage I: train the safety modules (projector, both token sets, head); the base model is frozen."""
@@ -128,11 +172,22 @@ class Stage1Config(TrainConfig):
     )
     num_safe: int | None = Field(3000, ge=0, description="All risky examples + this many safe ones (paper: 3000).")
 
+    calibrate: bool = Field(
+        True, description="Fit the heads' softmax temperatures on eval_data at the end (needs eval_data)."
+    )
+
     @model_validator(mode="after")
     def _has_a_loss(self) -> Stage1Config:
         if self.lm_loss_weight == 0 and self.head_loss_weight == 0:
             raise ValueError("lm_loss_weight and head_loss_weight are both 0: nothing would be trained")
         return self
+
+    @property
+    def stop_metric(self) -> str:
+        """The early-stopping metric with 'auto' resolved."""
+        if self.early_stopping.metric != "auto":
+            return self.early_stopping.metric
+        return "head_loss" if self.head_loss_weight > 0 else "lm_loss"
 
 
 class Stage2Config(TrainConfig):
@@ -145,6 +200,20 @@ class Stage2Config(TrainConfig):
     )
     gradient_checkpointing: bool = Field(True, description="Recompute activations of the model in backward.")
     warmup_steps: int = Field(300, ge=0, description="Linear warmup steps (paper: 300).")
+
+    @model_validator(mode="after")
+    def _lm_metric(self) -> Stage2Config:
+        if self.early_stopping.metric in ("head_loss", "macro_f1"):
+            raise ValueError(
+                f"early_stopping.metric {self.early_stopping.metric!r}: Stage II does not train the head; "
+                "use 'lm_loss' (or 'auto')"
+            )
+        return self
+
+    @property
+    def stop_metric(self) -> str:
+        """The early-stopping metric with 'auto' resolved."""
+        return "lm_loss" if self.early_stopping.metric == "auto" else self.early_stopping.metric
 
 
 def load_config(cls: type[Config], path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
+from psaguard.conversation import Conversation, judged_text
 from psaguard.errors import DatasetError
 from psaguard.files import loads_strict_json, read_regular_file
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
@@ -33,6 +34,7 @@ __all__ = [
     "Example",
     "SampleRow",
     "Turn",
+    "UnknownTokens",
     "balance_safe",
     "read_jsonl",
 ]
@@ -136,8 +138,9 @@ def _strip_placeholder(text: str) -> str:
 class Example:
     """A validated sample with resolved paths and label ids.
 
-    ``turns`` are (user, assistant) pairs; the image belongs to the first user turn, whose text is also
-    the safety head's query (:attr:`prompt`). ``path`` and ``line`` say where the row came from.
+    ``turns`` are (user, assistant) pairs; the image belongs to the first user turn. The safety head's
+    query (:attr:`prompt`) is what the guard judges at inference for the same request. ``path`` and
+    ``line`` say where the row came from.
     """
 
     images: tuple[Path, ...]
@@ -148,13 +151,41 @@ class Example:
     line: int
     id: str | None = None
 
+    def messages(self) -> Conversation:
+        """The row as a chat conversation: user and assistant messages, the image part in the first user turn."""
+        messages: Conversation = []
+        for index, (user, assistant) in enumerate(self.turns):
+            content: list[dict[str, str]] = [{"type": "image"}] if index == 0 else []
+            content.append({"type": "text", "text": user})
+            messages.append({"role": "user", "content": content})
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": assistant}]})
+        return messages
+
+    def request(self) -> Conversation:
+        """The conversation a guarded request for this row holds: everything before the last answer."""
+        return self.messages()[:-1]
+
     @property
     def prompt(self) -> str:
-        return self.turns[0][0]
+        """The safety head's query: :func:`psaguard.conversation.judged_text` of :meth:`request`, as at inference."""
+        return judged_text(self.request())
 
     def error(self, message: str) -> DatasetError:
         """A :class:`DatasetError` about this example, naming its file and line."""
         return DatasetError(message, self.path, self.line)
+
+
+class UnknownTokens(BaseModel):
+    """How much of a file's text the tokenizer maps to its unknown token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens: int = Field(description="Tokens of the user and assistant text (no special tokens).")
+    unknown: int = Field(description="Of those, tokens equal to the tokenizer's unk token.")
+    rate: float = Field(description="unknown / tokens.")
+    words: dict[str, int] = Field(
+        default_factory=dict, description="Most frequent whitespace words that contain an unknown token, with counts."
+    )
 
 
 class DatasetReport(BaseModel):
@@ -169,6 +200,9 @@ class DatasetReport(BaseModel):
     errors: list[str] = Field(default_factory=list, description="'file:line: reason' of skipped rows (first 100).")
     level_counts: dict[str, int] = Field(default_factory=dict, description="Kept examples per level code.")
     type_counts: dict[str, int] = Field(default_factory=dict, description="Kept examples per type code.")
+    unknown_tokens: UnknownTokens | None = Field(
+        None, description="Unknown-token count of the text (by the trainer; None if not counted or no unk token)."
+    )
 
 
 def read_jsonl(

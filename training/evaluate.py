@@ -3,6 +3,8 @@
 Predictions are the argmax of each head's probabilities (with the guard's temperatures). Detection
 metrics score the policy's decision: a request counts as risky when its label has a level above 0 and
 a type other than the safe type (the paper's intervention rule), and as flagged when the verdict is.
+Calibration is reported twice, for the raw logits (T = 1) and with the guard's temperatures, and the
+policy-threshold sweep shows the share of risky and safe rows acted on at each threshold.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
-from psaguard.training.collate import load_example_image
+from psaguard.training.calibration import ReliabilityBin, reliability, softmax
 from psaguard.training.data import DatasetReport, Example
-from psaguard.training.metrics import binary_rates, one_vs_rest
+from psaguard.training.metrics import binary_rates, confusion_matrix, macro_f1_of, one_vs_rest
+from psaguard.training.predict import predict
+from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_sweep
 
 __all__ = [
     "ClassMetrics",
@@ -50,18 +54,6 @@ class ClassMetrics(BaseModel):
     fpr: float = Field(description="False-positive rate FP / (FP + TN).")
 
 
-class ReliabilityBin(BaseModel):
-    """Examples whose top probability falls in [lower, upper)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    lower: float = Field(description="Lower edge of the confidence bin.")
-    upper: float = Field(description="Upper edge of the confidence bin.")
-    count: int = Field(description="Examples in the bin.")
-    confidence: float = Field(description="Mean top probability in the bin (0 when empty).")
-    accuracy: float = Field(description="Fraction of correct argmax predictions in the bin (0 when empty).")
-
-
 class HeadReport(BaseModel):
     """Metrics of one head (level or type)."""
 
@@ -71,8 +63,13 @@ class HeadReport(BaseModel):
     macro_f1: float = Field(description="Mean F1 over the classes that occur in labels or predictions.")
     classes: list[ClassMetrics] = Field(description="Per-class metrics, in class-id order.")
     confusion: list[list[int]] = Field(description="confusion[true][predicted] counts.")
-    ece: float = Field(description="Expected calibration error of the top probability.")
-    reliability: list[ReliabilityBin] = Field(description="Reliability diagram bins.")
+    ece: float = Field(description="Expected calibration error of the top probability (guard's temperature).")
+    reliability: list[ReliabilityBin] = Field(description="Reliability diagram bins (guard's temperature).")
+    temperature: float = Field(1.0, description="The guard's softmax temperature of this head.")
+    ece_uncalibrated: float | None = Field(None, description="ECE of the raw logits (temperature 1).")
+    reliability_uncalibrated: list[ReliabilityBin] | None = Field(
+        None, description="Reliability diagram bins of the raw logits (temperature 1)."
+    )
 
 
 class DetectionMetrics(BaseModel):
@@ -99,12 +96,16 @@ class EvalReport(BaseModel):
     level: HeadReport = Field(description="Level head.")
     type: HeadReport = Field(description="Type head.")
     detection: DetectionMetrics = Field(description="Risky-vs-safe detection by the policy.")
+    threshold_sweep: list[SweepPoint] = Field(
+        default_factory=list, description="Shares of risky and safe rows flagged at each policy level threshold."
+    )
     level_codes: list[str] = Field(description="Level codes, in id order.")
     type_codes: list[str] = Field(description="Type codes, in id order.")
     dataset: DatasetReport | None = Field(None, description="How the data file was read, if from a file.")
 
     def headline(self) -> dict[str, float | int]:
-        """The numbers a console summary quotes, rounded to 4 places: macro-F1, flagged recall and FPR, ECE."""
+        """The numbers a console summary quotes, rounded to 4 places: macro-F1, flagged recall and FPR, ECE
+        (with the guard's temperatures, and of the raw logits when measured)."""
         numbers = {
             "type_macro_f1": self.type.macro_f1,
             "level_macro_f1": self.level.macro_f1,
@@ -112,6 +113,12 @@ class EvalReport(BaseModel):
             "flagged_fpr_safe": self.detection.fpr,
             "type_ece": self.type.ece,
             "level_ece": self.level.ece,
+            **({"type_ece_uncalibrated": self.type.ece_uncalibrated} if self.type.ece_uncalibrated is not None else {}),
+            **(
+                {"level_ece_uncalibrated": self.level.ece_uncalibrated}
+                if self.level.ece_uncalibrated is not None
+                else {}
+            ),
             "type_accuracy": self.type.accuracy,
             "level_accuracy": self.level.accuracy,
         }
@@ -125,41 +132,46 @@ def evaluate_guard(
     batch_size: int = 16,
     bins: int = 10,
     dataset: DatasetReport | None = None,
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
 ) -> EvalReport:
-    """Classify every example with ``guard`` (image + first user turn) and score the head and the policy."""
+    """Classify every example with ``guard`` (image + judged text) and score the head and the policy."""
     taxonomy = guard.config.taxonomy
-    level_probs, type_probs, flagged = [], [], []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
-        for verdict in guard.classify_batch(images, [e.prompt for e in chunk]):
-            level_probs.append([verdict.level_probs[lv.code] for lv in taxonomy.levels])
-            type_probs.append([verdict.type_probs[t.code] for t in taxonomy.types])
-            flagged.append(verdict.flagged)
+    predictions = predict(guard, examples, batch_size)
     safe_type = taxonomy.safe_type_id
     risky = [e.level > 0 and e.type != safe_type for e in examples]
     level_codes = [lv.code for lv in taxonomy.levels]
     type_codes = [t.code for t in taxonomy.types]
+    level = head_report([e.level for e in examples], predictions.probs("level"), level_codes, bins)
+    kind = head_report([e.type for e in examples], predictions.probs("type"), type_codes, bins)
     return EvalReport(
         examples=len(examples),
-        level=head_report([e.level for e in examples], np.asarray(level_probs), level_codes, bins),
-        type=head_report([e.type for e in examples], np.asarray(type_probs), type_codes, bins),
-        detection=detection_metrics(risky, flagged),
+        level=_with_uncalibrated(level, predictions.level_logits, [e.level for e in examples], guard, "level", bins),
+        type=_with_uncalibrated(kind, predictions.type_logits, [e.type for e in examples], guard, "type", bins),
+        detection=detection_metrics(risky, predictions.flagged),
+        threshold_sweep=threshold_sweep(predictions.verdicts, risky, guard.policy, taxonomy, thresholds),
         level_codes=level_codes,
         type_codes=type_codes,
         dataset=dataset,
     )
 
 
+def _with_uncalibrated(
+    report: HeadReport, logits: np.ndarray, labels: Sequence[int], guard: SafetyGuard, head: str, bins: int
+) -> HeadReport:
+    """``report`` plus the head's temperature and the calibration of its raw logits."""
+    bins_raw, ece_raw = reliability(softmax(logits), labels, bins)
+    temperature = getattr(guard.config.head, f"{head}_temperature")
+    update = {"temperature": temperature, "ece_uncalibrated": ece_raw, "reliability_uncalibrated": bins_raw}
+    return report.model_copy(update=update)
+
+
 def head_report(labels: Sequence[int], probs: np.ndarray, codes: Sequence[str], bins: int = 10) -> HeadReport:
     """Metrics of one head from true labels (N,) and predicted probabilities (N, C)."""
     labels_arr = np.asarray(labels, dtype=np.int64)
     predicted = probs.argmax(axis=1)
-    num_classes = len(codes)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels_arr, predicted), 1)
+    confusion = confusion_matrix(labels_arr.tolist(), predicted.tolist(), len(codes))
     classes = []
-    for code, (tp, fp, tn, fn) in zip(codes, one_vs_rest(confusion.tolist())):
+    for code, (tp, fp, tn, fn) in zip(codes, one_vs_rest(confusion)):
         precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
         classes.append(
             ClassMetrics(
@@ -172,15 +184,14 @@ def head_report(labels: Sequence[int], probs: np.ndarray, codes: Sequence[str], 
                 fpr=fpr,
             )
         )
-    present = [c.f1 for c in classes if c.support or c.predicted]
-    reliability, ece = _calibration(probs.max(axis=1), predicted == labels_arr, bins)
+    bins_cal, ece = reliability(probs, labels_arr, bins)
     return HeadReport(
         accuracy=float((predicted == labels_arr).mean()) if len(labels_arr) else 0.0,
-        macro_f1=float(np.mean(present)) if present else 0.0,
+        macro_f1=macro_f1_of(confusion),
         classes=classes,
-        confusion=confusion.tolist(),
+        confusion=confusion,
         ece=ece,
-        reliability=reliability,
+        reliability=bins_cal,
     )
 
 
@@ -193,37 +204,26 @@ def detection_metrics(risky: Sequence[bool], flagged: Sequence[bool]) -> Detecti
     return DetectionMetrics(tp=tp, fp=fp, tn=tn, fn=fn, precision=precision, recall=recall, f1=f1, fpr=fpr)
 
 
-def _calibration(confidence: np.ndarray, correct: np.ndarray, bins: int) -> tuple[list[ReliabilityBin], float]:
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    # The top bin is closed so that a confidence of exactly 1.0 is counted.
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=False), 0, bins - 1)
-    result, ece = [], 0.0
-    for index in range(bins):
-        members = which == index
-        count = int(members.sum())
-        conf = float(confidence[members].mean()) if count else 0.0
-        acc = float(correct[members].mean()) if count else 0.0
-        ece += count / max(len(confidence), 1) * abs(acc - conf)
-        result.append(
-            ReliabilityBin(
-                lower=float(edges[index]), upper=float(edges[index + 1]), count=count, confidence=conf, accuracy=acc
-            )
-        )
-    return result, ece
-
-
 def write_report(report: EvalReport, directory: str | Path, *, plots: bool = True) -> list[Path]:
     """Write ``eval.json`` and (with ``plots``) confusion-matrix and reliability PNGs; return the paths."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = [atomic_write_text(directory / "eval.json", json.dumps(report.model_dump(), indent=2) + "\n")]
     if plots:
-        from psaguard.training.plots import plot_confusion, plot_reliability
+        from psaguard.training.plots import plot_confusion, plot_reliability, plot_sweep
 
         for name, head, codes in (
             ("level", report.level, report.level_codes),
             ("type", report.type, report.type_codes),
         ):
             written.append(plot_confusion(head.confusion, codes, directory / f"confusion_{name}.png", f"{name} head"))
-            written.append(plot_reliability(head.reliability, directory / f"reliability_{name}.png", f"{name} head"))
+            written.append(
+                plot_reliability(
+                    head.reliability,
+                    directory / f"reliability_{name}.png",
+                    f"{name} head",
+                    before=head.reliability_uncalibrated if head.temperature != 1.0 else None,
+                )
+            )
+        written.append(plot_sweep(report.threshold_sweep, directory / "threshold_sweep.png"))
     return written

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from psaguard.generation import GenerationOptions, resolve_action
-from psaguard.policy import GuardPolicy, decide
+from psaguard.policy import GenerationOptions, GuardPolicy, decide, resolve_action
 from psaguard.taxonomy import Taxonomy
 from psaguard.training.data import Example
 

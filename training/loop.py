@@ -25,6 +25,7 @@ from psaguard.training.checkpoint import (
     DataPosition,
     TrainState,
     latest_checkpoint,
+    load_best_weights,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -32,6 +33,9 @@ from psaguard.training.checkpoint import (
 from psaguard.training.collate import Batch, Collator
 from psaguard.training.config import TrainConfig
 from psaguard.training.data import Example
+from psaguard.training.diagnostics import ChanceCheck, warn_schedule
+from psaguard.training.keep_best import KeepBest
+from psaguard.training.metrics import macro_f1
 from psaguard.training.objective import GuardObjective, StepOutput
 
 __all__ = ["TrainTask", "epoch_order", "evaluate_objective", "linear_schedule", "run_training"]
@@ -48,10 +52,17 @@ class TrainTask:
     eval_set: Sequence[Example] | None
     collate: Collator
     save_result: Callable[[Path], None]
+    chance_head_loss: float | None = None
+    """Head loss of a constant prediction of the label frequencies; a loss still there is warned about."""
 
 
 def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume: bool = False) -> TrainState:
-    """Train ``task.objective``'s trainable parameters; return the final state (with the metric history)."""
+    """Train ``task.objective``'s trainable parameters; return the final state (with the metric history).
+
+    With an eval set and ``cfg.early_stopping.enabled``, the weights left in the objective at the end (and
+    saved) are those of the best evaluated step, and the run stops after ``patience`` evaluations without
+    improvement.
+    """
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = len(task.train_set) // world // per_step
@@ -76,8 +87,10 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     )
     state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch, data=data)
     checkpoints = cfg.output_dir / "checkpoints"
+    keep = KeepBest(cfg.early_stopping, cfg.stop_metric, trainable) if _keeps_best(task, cfg) else None
     if resume:
-        state = _resume(checkpoints, state, trainable, optimizer, scheduler, rank)
+        state, keep = _resume(checkpoints, state, trainable, optimizer, scheduler, rank, keep)
+    warn_schedule(cfg.warmup_steps, total)
     logger.info(
         "training %s parameters (%s tensors) for %d steps, %d per epoch, %d examples per step",
         f"{sum(p.numel() for p in trainable.values()):,}",
@@ -96,7 +109,8 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         unit="step",
     )
     meter = _Meter()
-    while state.step < total:
+    chance = ChanceCheck(task.chance_head_loss, total, cfg.chance_check_share)
+    while state.step < total and state.stop_reason is None:
         batches = _epoch_batches(task, cfg, state, rank, world)
         while state.step < total:
             grad_norm = _train_step(objective, batches, trainable, optimizer, scheduler, meter, cfg, accelerator)
@@ -110,34 +124,99 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
                 state.history.append(record)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", head_acc=f"{record['level_acc']:.3f}")
                 logger.info(_format(record, total))
-            if task.eval_set and (epoch_done or state.step == total):
-                record = evaluate_objective(objective, task.eval_set, task.collate, cfg, accelerator)
-                record.update(step=state.step, epoch=state.step / steps_per_epoch)
-                state.history.append(record)
-                logger.info(_format(record, total))
+                chance.check(record)
+            if task.eval_set and _eval_due(cfg, state, epoch_done):
+                _evaluate(task, objective, cfg, accelerator, state, keep)
                 meter.restart_clock()
-            if state.step % cfg.checkpoint_every == 0 and state.step < total:
-                path = save_checkpoint(
-                    checkpoints,
-                    state,
-                    trainable,
-                    optimizer,
-                    scheduler,
-                    rank=rank,
-                    barrier=accelerator.wait_for_everyone,
-                )
-                if accelerator.is_main_process:
-                    prune_checkpoints(checkpoints, cfg.keep_checkpoints)
-                logger.info("saved checkpoint %s", path)
+            if state.step % cfg.checkpoint_every == 0 and state.step < total and state.stop_reason is None:
+                best_weights = keep.weights if keep is not None else None
+                _checkpoint(checkpoints, state, trainable, optimizer, scheduler, cfg, accelerator, best_weights)
                 meter.restart_clock()
-            if epoch_done:
+            if epoch_done or state.stop_reason is not None:
                 break
     progress.close()
+    _restore_best(keep, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         task.save_result(cfg.output_dir)
     accelerator.wait_for_everyone()
     return state
+
+
+def _checkpoint(
+    checkpoints: Path,
+    state: TrainState,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    accelerator: Any,
+    best_weights: dict[str, torch.Tensor] | None,
+) -> None:
+    path = save_checkpoint(
+        checkpoints,
+        state,
+        trainable,
+        optimizer,
+        scheduler,
+        rank=accelerator.process_index,
+        barrier=accelerator.wait_for_everyone,
+        best_weights=best_weights,
+    )
+    if accelerator.is_main_process:
+        prune_checkpoints(checkpoints, cfg.keep_checkpoints)
+    logger.info("saved checkpoint %s", path)
+
+
+def _keeps_best(task: TrainTask, cfg: TrainConfig) -> bool:
+    return bool(task.eval_set) and cfg.early_stopping.enabled
+
+
+def _eval_due(cfg: TrainConfig, state: TrainState, epoch_done: bool) -> bool:
+    if state.step == state.total_steps:
+        return True
+    return state.step % cfg.eval_every == 0 if cfg.eval_every is not None else epoch_done
+
+
+def _evaluate(
+    task: TrainTask,
+    objective: torch.nn.Module,
+    cfg: TrainConfig,
+    accelerator: Any,
+    state: TrainState,
+    keep: KeepBest | None,
+) -> None:
+    """Evaluate, log, and (with keep-best) update the best step; sets ``state.stop_reason`` to stop early."""
+    assert task.eval_set is not None
+    record = evaluate_objective(objective, task.eval_set, task.collate, cfg, accelerator)
+    record.update(step=state.step, epoch=state.step / state.steps_per_epoch)
+    state.history.append(record)
+    logger.info(_format(record, state.total_steps))
+    if keep is None:
+        return
+    if keep.update(record, state.step):
+        logger.info("new best eval_%s %.4g at step %d", keep.metric, record[f"eval_{keep.metric}"], state.step)
+    state.best = keep.best
+    if keep.should_stop and state.step < state.total_steps:
+        state.stop_reason = keep.stop_reason()
+        logger.info("early stopping at step %d of %d: %s", state.step, state.total_steps, state.stop_reason)
+
+
+def _restore_best(keep: KeepBest | None, state: TrainState) -> None:
+    """Put the best step's weights back and say which step the result is, and why the run ended."""
+    ended = state.stop_reason or f"all {state.total_steps} steps done"
+    if keep is None or keep.best is None:
+        logger.info("training ended at step %d (%s); the result is the last step", state.step, ended)
+        return
+    keep.restore()
+    logger.info(
+        "training ended at step %d (%s); the result is the best step %d (eval_%s %.4g)",
+        state.step,
+        ended,
+        keep.best.step,
+        keep.metric,
+        keep.best.value,
+    )
 
 
 def _epoch_batches(task: TrainTask, cfg: TrainConfig, state: TrainState, rank: int, world: int) -> Iterator[Batch]:
@@ -191,7 +270,8 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
-) -> TrainState:
+    keep: KeepBest | None,
+) -> tuple[TrainState, KeepBest | None]:
     path = latest_checkpoint(checkpoints)
     if path is None:
         raise CheckpointError(f"--resume: no checkpoint under {checkpoints}")
@@ -201,8 +281,11 @@ def _resume(
             f"{path} was written by a run with different data or schedule "
             f"(saved {state.data}, {state.total_steps} steps; now {fresh.data}, {fresh.total_steps} steps)"
         )
+    if keep is not None and state.best is not None and state.best.metric == keep.metric:
+        keep = KeepBest(keep.settings, keep.metric, trainable, state.best, load_best_weights(path, trainable))
+    state.best = keep.best if keep is not None else None
     logger.info("resumed from %s at step %d of %d", path, state.step, state.total_steps)
-    return state
+    return state, keep
 
 
 def linear_schedule(
@@ -230,17 +313,32 @@ def epoch_order(num_examples: int, epoch: int, seed: int, rank: int, world_size:
 def evaluate_objective(
     objective: torch.nn.Module, examples: Sequence[Example], collate: Collator, cfg: TrainConfig, accelerator: Any
 ) -> dict[str, float]:
-    """Mean losses and head accuracies over ``examples`` (each process takes every world_size-th one)."""
+    """Mean losses, head accuracies and macro-F1 over ``examples`` (each process takes every world_size-th one).
+
+    ``eval_macro_f1`` is the mean of the level and type heads' macro-F1 (``eval_level_macro_f1``,
+    ``eval_type_macro_f1``), over the classes that occur in the labels or the predictions.
+    """
     objective.eval()
     meter = _Meter()
     shard = list(examples)[accelerator.process_index :: accelerator.num_processes]
     size = cfg.eval_batch_size or cfg.batch_size
+    pairs: list[torch.Tensor] = []  # rows of (level label, level prediction, type label, type prediction)
     for start in range(0, len(shard), size):
+        batch = collate(shard[start : start + size])
         with _autocast(cfg, accelerator.device):
-            meter.add(objective(collate(shard[start : start + size]).to(accelerator.device)))
+            out = objective(batch.to(accelerator.device))
+        meter.add(out)
+        pairs.append(torch.stack([batch.level, out.level_pred.cpu(), batch.type, out.type_pred.cpu()], dim=1))
     record = meter.flush(accelerator)
     record.pop("samples_per_s")
     record.pop("gpu_mem_gib", None)
+    local = torch.cat(pairs) if pairs else torch.empty((0, 4), dtype=torch.long)
+    padded = accelerator.pad_across_processes(local.to(accelerator.device), dim=0, pad_index=-1)
+    rows = accelerator.gather(padded).cpu()
+    rows = rows[rows[:, 0] >= 0].tolist()
+    record["level_macro_f1"] = macro_f1([r[0] for r in rows], [r[1] for r in rows])
+    record["type_macro_f1"] = macro_f1([r[2] for r in rows], [r[3] for r in rows])
+    record["macro_f1"] = (record["level_macro_f1"] + record["type_macro_f1"]) / 2
     return {f"eval_{key}": value for key, value in record.items()}
 
 

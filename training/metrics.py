@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["binary_rates", "one_vs_rest"]
+__all__ = ["binary_rates", "confusion_matrix", "macro_f1", "macro_f1_of", "one_vs_rest"]
 
 
 def binary_rates(tp: int, fp: int, tn: int, fn: int) -> tuple[float, float, float, float]:
@@ -26,3 +26,23 @@ def one_vs_rest(confusion: Sequence[Sequence[int]]) -> list[tuple[int, int, int,
         fp = int(sum(other[k] for other in confusion)) - tp
         counts.append((tp, fp, total - tp - fp - fn, fn))
     return counts
+
+
+def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], num_classes: int) -> list[list[int]]:
+    """``confusion[true][predicted]`` counts of ``num_classes`` classes."""
+    confusion = [[0] * num_classes for _ in range(num_classes)]
+    for truth, guess in zip(labels, predicted):
+        confusion[truth][guess] += 1
+    return confusion
+
+
+def macro_f1_of(confusion: Sequence[Sequence[int]]) -> float:
+    """Mean one-vs-rest F1 over the classes that occur in the labels or the predictions (0 when none does)."""
+    scores = [binary_rates(*counts)[2] for counts in one_vs_rest(confusion) if counts[0] + counts[1] + counts[3]]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def macro_f1(labels: Sequence[int], predicted: Sequence[int]) -> float:
+    """:func:`macro_f1_of` the confusion matrix of ``labels`` and ``predicted`` class ids."""
+    num_classes = max([*labels, *predicted], default=-1) + 1
+    return macro_f1_of(confusion_matrix(labels, predicted, num_classes))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from psaguard.backbones import VisionFeatures
 from psaguard.guard import SafetyGuard
 from psaguard.injection import build_llm_inputs
 from psaguard.training.collate import Batch
@@ -30,6 +31,8 @@ class StepOutput:
     level_correct: torch.Tensor
     type_correct: torch.Tensor
     count: int
+    level_pred: torch.Tensor
+    type_pred: torch.Tensor
 
 
 class GuardObjective(nn.Module):
@@ -65,23 +68,26 @@ class GuardObjective(nn.Module):
             head_loss = F.cross_entropy(logits.level.float(), level) + F.cross_entropy(logits.type.float(), kind)
         lm_loss = head_loss.new_zeros(())
         if projected is not None:
-            lm_loss = self._lm_loss(batch, projected)
+            lm_loss = self._lm_loss(batch, features, projected)
         loss = self.lm_weight * lm_loss + (self.head_weight * head_loss if self.head_weight > 0 else 0.0)
+        level_pred, type_pred = logits.level.argmax(-1).detach(), logits.type.argmax(-1).detach()
         return StepOutput(
             loss=loss,
             lm_loss=lm_loss.detach(),
             head_loss=head_loss.detach(),
-            level_correct=(logits.level.argmax(-1) == level).sum().detach(),
-            type_correct=(logits.type.argmax(-1) == kind).sum().detach(),
+            level_correct=(level_pred == level).sum(),
+            type_correct=(type_pred == kind).sum(),
             count=len(batch),
+            level_pred=level_pred,
+            type_pred=type_pred,
         )
 
-    def _lm_loss(self, batch: Batch, projected: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def _lm_loss(self, batch: Batch, features: VisionFeatures, projected: list[torch.Tensor]) -> torch.Tensor:
         # The same placement as guarded generation, so llm_tokens are trained where they are used.
         inputs = build_llm_inputs(
             _unpadded(batch.input_ids, batch.attention_mask),
-            list(projected),
-            image_token_id=self.guard.backbone.image_token_id,
+            projected,
+            layout=self.guard.backbone.image_layout(features, projected),
             pad_token_id=self.pad_id,
             llm_tokens=self.safety.llm_tokens if self.inject_llm_tokens else None,
             labels=_unpadded(batch.labels, batch.attention_mask),

@@ -15,9 +15,10 @@ from psaguard.serialization import atomic_write
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from psaguard.training.evaluate import ReliabilityBin
+    from psaguard.training.calibration import ReliabilityBin
+    from psaguard.training.sweep import SweepPoint
 
-__all__ = ["plot_confusion", "plot_history", "plot_reliability"]
+__all__ = ["plot_confusion", "plot_history", "plot_reliability", "plot_sweep"]
 
 
 def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Path:
@@ -59,11 +60,28 @@ def plot_confusion(matrix: Sequence[Sequence[int]], codes: Sequence[str], path: 
     return _save(figure, path)
 
 
-def plot_reliability(bins: Sequence[ReliabilityBin], path: str | Path, title: str) -> Path:
-    """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
+def plot_reliability(
+    bins: Sequence[ReliabilityBin], path: str | Path, title: str, before: Sequence[ReliabilityBin] | None = None
+) -> Path:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration.
+
+    With ``before`` (the bins of the uncalibrated logits) both are drawn: before as an outline, after filled.
+    """
     figure = _figure(5, 5)
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    if before is not None:
+        raw = [b for b in before if b.count]
+        axes.bar(
+            [(b.lower + b.upper) / 2 for b in raw],
+            [b.accuracy for b in raw],
+            width=[b.upper - b.lower for b in raw],
+            fill=False,
+            edgecolor="darkorange",
+            linewidth=1.5,
+            label="accuracy, uncalibrated",
+        )
+        axes.plot([b.confidence for b in raw], [b.accuracy for b in raw], "x", color="darkorange")
     filled = [b for b in bins if b.count]
     axes.bar(
         [(b.lower + b.upper) / 2 for b in filled],
@@ -71,11 +89,34 @@ def plot_reliability(bins: Sequence[ReliabilityBin], path: str | Path, title: st
         width=[b.upper - b.lower for b in filled],
         edgecolor="black",
         alpha=0.7,
-        label="accuracy",
+        label="accuracy" if before is None else "accuracy, calibrated",
     )
     axes.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o", color="red", label="bin mean")
     axes.set(xlabel="confidence", ylabel="accuracy", title=f"reliability: {title}", xlim=(0, 1), ylim=(0, 1))
     axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_sweep(points: Sequence[SweepPoint], path: str | Path, goals: tuple[float, float] | None = None) -> Path:
+    """Flagged unsafe against flagged safe as the policy threshold varies (goals, if given, dotted)."""
+    figure = _figure(4.5, 4)
+    axes = figure.subplots()
+    axes.plot([p.flagged_safe for p in points], [p.flagged_unsafe for p in points], marker="o")
+    if points:
+        ends = {points[0].threshold, points[-1].threshold, 0.5}  # the range and the default; the rest would crowd
+        for p in (p for p in points if p.threshold in ends):
+            axes.annotate(
+                f"t={p.threshold:g}",
+                (p.flagged_safe, p.flagged_unsafe),
+                fontsize=8,
+                xytext=(6, -4),
+                textcoords="offset points",
+            )
+    if goals is not None:
+        axes.axvline(goals[0], color="grey", linestyle=":", linewidth=1)
+        axes.axhline(goals[1], color="grey", linestyle=":", linewidth=1)
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="flagged safe (over-refusal bound)", ylabel="flagged unsafe")
+    axes.set_title("Policy threshold trade-off" + (" (goals dotted)" if goals is not None else ""))
     return _save(figure, path)
 
 

@@ -20,11 +20,13 @@ from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
 from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig
 from psaguard.training.data import MAX_REPORTED_ERRORS, DatasetReport, Example, balance_safe, read_jsonl
+from psaguard.training.diagnostics import count_unknown_tokens, warn_unknown_tokens
 from psaguard.training.hints import label_hinter
 from psaguard.training.loop import TrainTask, run_training
 from psaguard.training.quant import build_bnb_config
 
 __all__ = [
+    "RUN_SUMMARY_NAME",
     "StageSetup",
     "build_collator",
     "enable_checkpointing",
@@ -35,6 +37,7 @@ __all__ = [
     "load_model_from",
     "make_accelerator",
     "run_stage",
+    "run_summary",
     "trainable_summary",
     "write_run_files",
 ]
@@ -128,6 +131,9 @@ def load_data(
             path, image_root=cfg.image_root, taxonomy=guard.config.taxonomy, skip_invalid=cfg.skip_invalid_rows
         )
         examples[split], reports[split] = _encodable(rows, report, collate, cfg.skip_invalid_rows)
+    unknown = count_unknown_tokens(collate.tokenizer, examples["train"])
+    reports["train"] = reports["train"].model_copy(update={"unknown_tokens": unknown})
+    warn_unknown_tokens(unknown, cfg.max_unknown_token_rate)
     train = examples["train"]
     if cfg.num_safe is not None:
         train = balance_safe(train, cfg.num_safe, cfg.seed, guard.config.taxonomy)
@@ -165,7 +171,7 @@ def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
     backbone = guard.backbone
     return Collator(
         guard.processor,
-        backbone.image_token_id,
+        backbone.placeholder_token_id,
         partial(backbone.preprocess, guard.processor),
         cfg.max_length,
         guard.config.max_image_pixels,
@@ -188,10 +194,27 @@ def write_run_files(cfg: TrainConfig, state: TrainState, reports: dict[str, Data
         json.dumps({name: report.model_dump() for name, report in reports.items()}, indent=2) + "\n",
     )
     atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(record) + "\n" for record in state.history))
+    atomic_write_text(out / RUN_SUMMARY_NAME, json.dumps(run_summary(state), indent=2) + "\n")
     if cfg.plots:
         from psaguard.training.plots import plot_history
 
         plot_history(state.history, out / "plots" / "curves.png")
+
+
+RUN_SUMMARY_NAME = "run_summary.json"
+"""Which step the saved result is, and why the run ended."""
+
+
+def run_summary(state: TrainState) -> dict[str, Any]:
+    """Steps run, the best evaluated step (the saved one with keep-best) and why the run ended."""
+    return {
+        "steps": state.step,
+        "total_steps": state.total_steps,
+        "stopped_early": state.stop_reason is not None,
+        "stop_reason": state.stop_reason or f"all {state.total_steps} steps done",
+        "saved_step": state.best.step if state.best is not None else state.step,
+        "best": state.best.model_dump() if state.best is not None else None,
+    }
 
 
 def trainable_summary(module: nn.Module) -> str:
@@ -210,9 +233,14 @@ def final_evaluation(guard: SafetyGuard, examples: Sequence[Example] | None, cfg
     report = evaluate_guard(guard, examples, batch_size=cfg.eval_batch_size or cfg.batch_size)
     write_report(report, cfg.output_dir / "eval", plots=cfg.plots)
     logger.info(
-        "final evaluation: level accuracy %.3f, type accuracy %.3f, risk F1 %.3f",
+        "final evaluation: level accuracy %.3f (macro-F1 %.3f, ECE %.3f), type accuracy %.3f (macro-F1 %.3f, "
+        "ECE %.3f), risk F1 %.3f",
         report.level.accuracy,
+        report.level.macro_f1,
+        report.level.ece,
         report.type.accuracy,
+        report.type.macro_f1,
+        report.type.ece,
         report.detection.f1,
     )
 

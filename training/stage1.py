@@ -2,7 +2,9 @@
 
 Loss = LM loss + lambda * (CE(level) + CE(type)). The head's cross-entropies train the projector, the
 head and ``head_tokens``; the LM loss, through the frozen (optionally 4-bit) language model, trains
-``llm_tokens`` only. The result is a guard directory (``psaguard_config.json`` + weights).
+``llm_tokens`` only. The result is a guard directory (``psaguard_config.json`` + weights). With eval data
+the saved guard is the best evaluated step (keep-best), its heads' temperatures fitted on the eval split
+(:mod:`psaguard.training.calibration`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from psaguard.guard import TORCH_DTYPES, SafetyGuard
+from psaguard.training.calibration import apply_calibration
 from psaguard.training.config import Stage1Config
+from psaguard.training.diagnostics import label_entropy, warn_untrained_llm_tokens
 from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
 from psaguard.training.runtime import (
@@ -50,11 +54,20 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
     guard.modules.to(dtype=TORCH_DTYPES[cfg.modules_dtype]).requires_grad_(True)
     if cfg.lm_loss_weight == 0 or not guard.config.tokens.inject_llm_tokens:
         guard.modules.llm_tokens.requires_grad_(False)  # nothing would train them
+    warn_untrained_llm_tokens(guard.config.tokens.inject_llm_tokens, cfg.lm_loss_weight, cfg.init_guard is not None)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
     objective = GuardObjective(guard, model, lm_weight=cfg.lm_loss_weight, head_weight=cfg.head_loss_weight)
     logger.info("stage I: %s", trainable_summary(objective))
-    task = TrainTask(objective, train_set, eval_set, collate, save_result=guard.save_pretrained)
+    # A head that only learned the label frequencies has this loss (ln 4 + ln 7 on balanced default labels).
+    chance = label_entropy(e.level for e in train_set) + label_entropy(e.type for e in train_set)
+
+    def save_result(out: Path) -> None:
+        if cfg.calibrate and eval_set and cfg.head_loss_weight > 0:
+            apply_calibration(guard, eval_set, cfg.eval_batch_size or cfg.batch_size)
+        guard.save_pretrained(out)
+
+    task = TrainTask(objective, train_set, eval_set, collate, save_result=save_result, chance_head_loss=chance)
     return StageSetup(task=task, guard=guard, reports=reports)

@@ -9,13 +9,17 @@ loads both, and ``PeftModel.from_pretrained(model, out / "adapter")`` loads the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from psaguard.guard import ADAPTER_NAME, SafetyGuard
+from psaguard.training.collate import IGNORE_INDEX, Collator
 from psaguard.training.config import Stage2Config
+from psaguard.training.data import Example
+from psaguard.training.diagnostics import warn_frozen_untrained_lm_head
 from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
 from psaguard.training.quant import build_lora_config
@@ -29,7 +33,7 @@ from psaguard.training.runtime import (
     trainable_summary,
 )
 
-__all__ = ["attach_lora", "build_stage2", "train_stage2"]
+__all__ = ["answer_token_ids", "attach_lora", "build_stage2", "train_stage2"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +48,10 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     model, processor = load_model(cfg, accelerator.device)
     guard = SafetyGuard.from_pretrained(cfg.guard, model, processor, load_adapter=False)
     guard.modules.requires_grad_(False).eval()
-    adapted = attach_lora(model, cfg)
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
+    warn_frozen_untrained_lm_head(model, cfg.lora.target_modules, answer_token_ids(collate, train_set))
+    adapted = attach_lora(model, cfg)
     objective = GuardObjective(guard, adapted, lm_weight=1.0, head_weight=0.0)
     logger.info("stage II: %s", trainable_summary(objective))
 
@@ -71,3 +76,11 @@ def attach_lora(model: nn.Module, cfg: Stage2Config) -> nn.Module:
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     return get_peft_model(model, build_lora_config(cfg.lora))
+
+
+def answer_token_ids(collate: Collator, examples: Sequence[Example], limit: int = 512) -> set[int]:
+    """Token ids the LM loss is computed on (the labelled answer tokens) in the first ``limit`` examples."""
+    ids: set[int] = set()
+    for example in examples[:limit]:
+        ids.update(label for label in collate.encode(example)[1] if label != IGNORE_INDEX)
+    return ids

@@ -1,47 +1,65 @@
-"""Model-family adapters: one small :class:`Backbone` subclass per family of vision-language models."""
+"""Model-family adapters: one small :class:`Backbone` subclass per family of vision-language models.
+
+Each adapter registers itself with :func:`register_backbone` when its module is imported; importing this
+package imports the built-in ones. :func:`resolve_backbone` picks the adapter for a model (newest
+registration first). docs/adapters.md describes how to write and register one.
+"""
 
 from __future__ import annotations
 
-from torch import nn
-
-from psaguard.backbones.base import Backbone, VisionFeatures
+from psaguard.backbones.aya_vision import AyaVisionBackbone, EncoderOnlyAyaVisionBackbone
+from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
 from psaguard.backbones.encoder_only import (
     ENCODER_ONLY_BACKBONES,
+    EncoderOnlyBackbone,
     EncoderOnlyLlavaBackbone,
     EncoderOnlyLlavaNextBackbone,
     EncoderOnlyModel,
+    encoder_only_backbones,
 )
+from psaguard.backbones.internvl import EncoderOnlyInternVLBackbone, InternVLBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
-from psaguard.errors import UnsupportedModelError
+from psaguard.backbones.llava_onevision import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone
+from psaguard.backbones.llava_pixtral import EncoderOnlyLlavaPixtralBackbone, LlavaPixtralBackbone
+from psaguard.backbones.mistral3 import EncoderOnlyMistral3Backbone, Mistral3Backbone
+from psaguard.backbones.registry import (
+    ADAPTERS_DOC,
+    BackboneRegistry,
+    register_backbone,
+    registered_backbones,
+    resolve_backbone,
+)
+from psaguard.backbones.vipllava import EncoderOnlyVipLlavaBackbone, VipLlavaBackbone
 
 __all__ = [
-    "BACKBONES",
+    "ADAPTERS_DOC",
     "ENCODER_ONLY_BACKBONES",
+    "AyaVisionBackbone",
     "Backbone",
+    "BackboneRegistry",
+    "EncoderOnlyAyaVisionBackbone",
+    "EncoderOnlyBackbone",
+    "EncoderOnlyInternVLBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
+    "EncoderOnlyLlavaOnevisionBackbone",
+    "EncoderOnlyLlavaPixtralBackbone",
+    "EncoderOnlyMistral3Backbone",
     "EncoderOnlyModel",
+    "EncoderOnlyVipLlavaBackbone",
+    "InternVLBackbone",
     "LlavaBackbone",
     "LlavaNextBackbone",
+    "LlavaOnevisionBackbone",
+    "LlavaPixtralBackbone",
+    "Mistral3Backbone",
+    "VipLlavaBackbone",
     "VisionFeatures",
+    "encoder_only_backbones",
+    "pool_to_square_grid",
+    "register_backbone",
+    "registered_backbones",
     "resolve_backbone",
+    "unwrap_model",
 ]
-
-# Classifier-only adapters come first: an EncoderOnlyModel carries its full model's config.model_type, so
-# the full-model adapters would claim it too.
-BACKBONES: tuple[type[Backbone], ...] = (*ENCODER_ONLY_BACKBONES, LlavaBackbone, LlavaNextBackbone)
-"""Known family adapters, tried in order."""
-
-
-def resolve_backbone(model: nn.Module, backbones: tuple[type[Backbone], ...] = BACKBONES) -> Backbone:
-    """Return the adapter for ``model``; raise :class:`UnsupportedModelError` for unknown families."""
-    for backbone in backbones:
-        if backbone.supports(model):
-            return backbone(model)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    supported = sorted({t for b in backbones for t in b.model_types})
-    raise UnsupportedModelError(
-        f"{type(model).__name__} (model_type={model_type!r}) is not a supported vision-language model; "
-        f"supported model types: {supported}"
-    )

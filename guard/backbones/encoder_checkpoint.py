@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from psaguard.backbones.base import Backbone
-from psaguard.backbones.encoder_only import ENCODER_ONLY_BACKBONES, EncoderOnlyModel
+from psaguard.backbones.encoder_only import EncoderOnlyModel, encoder_only_backbones
+from psaguard.backbones.registry import resolve_backbone
 from psaguard.checkpoint_reader import MODEL_CONFIG_NAME, CheckpointReader
 from psaguard.config import ModelFingerprint
 from psaguard.errors import CheckpointError, UnsupportedModelError
@@ -91,7 +92,7 @@ def load_model_config(directory: Path) -> Any:
         raise UnsupportedModelError(f"{directory / MODEL_CONFIG_NAME} is not a supported model config: {err}") from err
     except OSError as err:
         raise CheckpointError(f"cannot read {directory / MODEL_CONFIG_NAME}: {err}") from err
-    supported = sorted({t for b in ENCODER_ONLY_BACKBONES for t in b.model_types})
+    supported = sorted({t for b in encoder_only_backbones() for t in b.model_types})
     if config.model_type not in supported or getattr(config, "vision_config", None) is None:
         raise UnsupportedModelError(
             f"{directory} holds a {config.model_type!r} model; classifier-only mode supports model types {supported}"
@@ -168,11 +169,9 @@ def _meta_tower(config: Any) -> nn.Module:
 
 def _meta_model(config: Any, meta_tower: nn.Module) -> Backbone:
     """The adapter of a weightless stand-in for the model: everything :meth:`Backbone.fingerprint` reads."""
-    from psaguard.backbones import resolve_backbone
-
     text = config.text_config
     embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, device="meta")
-    return resolve_backbone(EncoderOnlyModel(config, meta_tower, embed_tokens), ENCODER_ONLY_BACKBONES)
+    return resolve_backbone(EncoderOnlyModel(config, meta_tower, embed_tokens), encoder_only_backbones())
 
 
 def _count(module: nn.Module) -> int:

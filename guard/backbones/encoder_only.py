@@ -15,13 +15,16 @@ from torch import nn
 from psaguard.backbones.base import Backbone, VisionFeatures
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
+from psaguard.backbones.registry import register_backbone, registered_backbones
 from psaguard.errors import GenerationUnavailableError
 
 __all__ = [
     "ENCODER_ONLY_BACKBONES",
+    "EncoderOnlyBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
     "EncoderOnlyModel",
+    "encoder_only_backbones",
 ]
 
 
@@ -58,11 +61,13 @@ class EncoderOnlyModel(nn.Module):
         raise _cannot_generate(self.config)
 
 
-class _EncoderOnly(Backbone):
+class EncoderOnlyBackbone(Backbone):
     """What a classifier-only adapter changes in its family's adapter: dispatch, and no generation.
 
     The family adapter reads the tower as ``model.vision_tower`` (an :class:`EncoderOnlyModel` has no
     ``.model``) and the embeddings through ``get_input_embeddings``, so encoding and sizes are inherited.
+    A family gets classifier-only mode by registering ``class EncoderOnlyX(EncoderOnlyBackbone, XBackbone)``
+    after its full adapter ``XBackbone`` (so that it is tried first).
     """
 
     @classmethod
@@ -70,19 +75,27 @@ class _EncoderOnly(Backbone):
         return isinstance(model, EncoderOnlyModel) and super().supports(model)
 
     def check_can_generate(self) -> NoReturn:
-        raise _cannot_generate(self.model.config)
+        raise _cannot_generate(self.config)
 
     def project(self, features: VisionFeatures) -> NoReturn:
-        raise _cannot_generate(self.model.config)
+        raise _cannot_generate(self.config)
 
 
-class EncoderOnlyLlavaBackbone(_EncoderOnly, LlavaBackbone):
+@register_backbone
+class EncoderOnlyLlavaBackbone(EncoderOnlyBackbone, LlavaBackbone):
     """LLaVA-1.5 without projector and language model; fingerprints as ``'llava'``, like the full model."""
 
 
-class EncoderOnlyLlavaNextBackbone(_EncoderOnly, LlavaNextBackbone):
+@register_backbone
+class EncoderOnlyLlavaNextBackbone(EncoderOnlyBackbone, LlavaNextBackbone):
     """LLaVA-NeXT without projector and language model; fingerprints as ``'llava_next'``, like the full model."""
 
 
 ENCODER_ONLY_BACKBONES: tuple[type[Backbone], ...] = (EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone)
-"""Classifier-only adapters; listed before the full-model ones in :data:`psaguard.backbones.BACKBONES`."""
+"""The built-in LLaVA classifier-only adapters. Registered after the full-model ones, so they are tried first:
+an EncoderOnlyModel carries its full model's ``config.model_type``, which the full-model adapters claim too."""
+
+
+def encoder_only_backbones() -> tuple[type[Backbone], ...]:
+    """Every registered classifier-only adapter (built in or a family's own), newest first."""
+    return tuple(adapter for adapter in registered_backbones() if issubclass(adapter, EncoderOnlyBackbone))

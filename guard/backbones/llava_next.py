@@ -7,19 +7,21 @@ grid a LLaVA-1.5 guard sees; the model's own projector sees every tile, packed a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from PIL import Image
 
 from psaguard.backbones.base import VisionFeatures
-from psaguard.backbones.llava import LlavaBackbone
-from psaguard.errors import InvalidInputError
+from psaguard.backbones.llava import LlavaBackbone, image_processor_outputs
+from psaguard.backbones.registry import register_backbone
+from psaguard.errors import InvalidInputError, ProcessorError
 
 __all__ = ["LlavaNextBackbone"]
 
 
+@register_backbone
 class LlavaNextBackbone(LlavaBackbone):
     """Hugging Face LLaVA-NeXT: CLIP-style tower over tiles, ``multi_modal_projector``, ``image_newline``.
 
@@ -32,10 +34,18 @@ class LlavaNextBackbone(LlavaBackbone):
     image_input_names = ("image_sizes",)
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        image_processor = getattr(processor, "image_processor", processor)
-        out = image_processor(images=list(images), return_tensors="pt")
+        return self._checked(image_processor_outputs(processor, images, self.family))
+
+    def _checked(self, out: Any) -> dict[str, torch.Tensor]:
+        """``pixel_values`` and ``image_sizes`` of an image processor's output; ProcessorError if it has no tiles."""
         # pixel_values: (B, max tiles, 3, H, W), zero-padded past each image's own tile count.
-        return {"pixel_values": out["pixel_values"], "image_sizes": torch.as_tensor(out["image_sizes"])}
+        pixel_values = torch.as_tensor(out["pixel_values"])
+        if pixel_values.dim() != 5 or out.get("image_sizes") is None:
+            raise ProcessorError(
+                f"the processor gives pixel_values {tuple(pixel_values.shape)} without tiles and image_sizes, but a "
+                f"{self.family!r} model takes any-resolution tiles: the processor belongs to another model"
+            )
+        return {"pixel_values": pixel_values, "image_sizes": torch.as_tensor(out["image_sizes"])}
 
     def encode_images(self, pixel_values: torch.Tensor, **image_kwargs: torch.Tensor) -> VisionFeatures:
         image_sizes = image_kwargs.get("image_sizes")
@@ -43,7 +53,7 @@ class LlavaNextBackbone(LlavaBackbone):
             raise InvalidInputError(
                 "LLaVA-NeXT needs pixel_values (B, tiles, 3, H, W) and image_sizes from its image processor"
             )
-        tiles = self._tiles_per_image(image_sizes)
+        tiles = self._tiles_per_image(image_sizes, image_kwargs)
         if len(tiles) != pixel_values.shape[0] or max(tiles) > pixel_values.shape[1]:
             raise InvalidInputError(f"image_sizes imply {tiles} tiles for pixel_values {tuple(pixel_values.shape)}")
         # Drop the padding tiles first so the tower runs once, over real tiles only (as the model does).
@@ -61,22 +71,26 @@ class LlavaNextBackbone(LlavaBackbone):
         """One ``(L_i, D)`` tensor per image: projected tiles, unpadded and packed with ``image_newline``."""
         if features.tiles is None or features.image_sizes is None:
             raise InvalidInputError("LLaVA-NeXT features must carry tiles and image_sizes")
-        projected = super().project(features)
+        projected = self._project(features.selected)
         per_image = list(torch.split(projected, list(features.tiles), dim=0))
+        return self._pack(per_image, features.image_sizes)
+
+    def _pack(self, per_image: list[torch.Tensor], image_sizes: torch.Tensor) -> list[torch.Tensor]:
+        """The model's own unpadding and ``image_newline`` packing of each image's projected tiles."""
         packed, _ = self._parts.pack_image_features(
             per_image,
-            features.image_sizes,
+            image_sizes,
             vision_feature_select_strategy=self._strategy,
             image_newline=self._parts.image_newline,
         )
-        return packed
+        return list(packed)
 
-    def _tiles_per_image(self, image_sizes: torch.Tensor) -> list[int]:
+    def _tiles_per_image(self, image_sizes: torch.Tensor, image_kwargs: Mapping[str, torch.Tensor]) -> list[int]:
         # Imported here: importing the modeling module adds warning filters, and `import psaguard` must
         # change nothing global (tests/test_packaging.py).
         from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-        config = self.model.config
+        config = self.config
         return [
             image_size_to_num_patches(
                 image_size=size, grid_pinpoints=config.image_grid_pinpoints, patch_size=config.vision_config.image_size

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from psaguard.errors import ConfigError
+
 __all__ = ["CAbstractor", "LayerNorm2d", "RegStage", "SqueezeExcite"]
 
 
@@ -94,7 +96,11 @@ class CAbstractor(nn.Module):
         batch, num_patches, channels = features.shape
         side = math.isqrt(num_patches)
         if side * side != num_patches:
-            raise ValueError(f"C-Abstractor needs a square patch grid, got {num_patches} patches")
+            # A typed error (fail closed): a family adapter must pool its grid onto the projector's square grid.
+            raise ConfigError(
+                f"C-Abstractor needs a square patch grid, got {num_patches} patches: the model family's adapter "
+                "must resample its patches (psaguard.backbones.pool_to_square_grid)"
+            )
         x = features.transpose(1, 2).reshape(batch, channels, side, side)
         x = self.s1(x)
         if self.num_queries is not None and self.num_queries != num_patches:

@@ -34,14 +34,15 @@ def labelled_text(processor, ids: list[int], labels: list[int]) -> list[str]:
     return processor.tokenizer.convert_ids_to_tokens([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
 
 
-def test_only_the_answers_are_labelled_and_the_head_reads_the_first_prompt(tiny_processor, image_path: Path) -> None:
+def test_only_the_answers_are_labelled_and_the_head_reads_the_judged_text(tiny_processor, image_path: Path) -> None:
     batch = collator(tiny_processor)(
         [
             example(image_path, ("what is this image ?", "a red square"), ("why ?", "it is red")),
             example(image_path, ("describe it", "no")),
         ]
     )
-    assert batch.prompts == ["what is this image ?", "describe it"]
+    # The head reads what the guard judges at inference: every turn of the request (all but the last answer).
+    assert batch.prompts == ["what is this image ?\na red square\nwhy ?", "describe it"]
     ids, labels, mask = batch.input_ids[0].tolist(), batch.labels[0].tolist(), batch.attention_mask[0].tolist()
     assert labelled_text(tiny_processor, ids, labels) == ["a", "red", "square", "</s>", "it", "is", "red", "</s>"]
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))  # teacher forcing: labels = ids
@@ -77,7 +78,7 @@ def test_a_hint_goes_to_the_last_user_turn_unlabelled_and_the_head_never_reads_i
     rows = [example(image_path, ("what is this ?", "a"), ("describe it", "red square"))]
     plain = Collator(tiny_processor, image_id, preprocess)(rows)
     hinted = Collator(tiny_processor, image_id, preprocess, hint=lambda e: " red image")(rows)
-    assert hinted.prompts == plain.prompts == ["what is this ?"]
+    assert hinted.prompts == plain.prompts == ["what is this ?\na\ndescribe it"]
     text = " ".join(tiny_processor.tokenizer.convert_ids_to_tokens(hinted.input_ids[0].tolist()))
     assert "what is this ? </s>" in text and "describe it red image </s> assistant : red square" in text
     assert labelled_text(tiny_processor, hinted.input_ids[0].tolist(), hinted.labels[0].tolist()) == labelled_text(

@@ -43,7 +43,8 @@ def test_reads_prompt_rows_and_the_papers_conversation_rows(data_dir: Path) -> N
     assert examples[0].turns == (("what is this ?", "a cat"),) and examples[0].type == 6
     second = examples[1]
     assert second.images == (data_dir / "a.png", data_dir / "b.png")
-    assert second.prompt == "Who is this?"
+    # Every turn of the request (all but the last answer), as the guard judges it at inference.
+    assert second.prompt == "Who is this?\nSorry, I cannot say.\nWhy not?"
     assert second.turns[1] == ("Why not?", "Privacy.")
     assert (second.level, second.type) == (2, 4)
     assert report.rows == 2 and report.kept == 2 and report.skipped == 0

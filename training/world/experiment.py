@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.config import LoraSettings, QuantConfig, Stage1Config, Stage2Config
 from psaguard.training.data import read_jsonl
+from psaguard.training.evaluate import evaluate_guard
 from psaguard.training.stage1 import train_stage1
 from psaguard.training.stage2 import train_stage2
 from psaguard.training.world.base_model import (
@@ -36,7 +37,14 @@ from psaguard.training.world.base_model import (
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import load_trained_guard
 from psaguard.training.world.report import GenerationEval, WorldMetrics, write_report
-from psaguard.training.world.scoring import answer_rows, head_eval, refusal_rate, threshold_sweep, vqa_rate
+from psaguard.training.world.scoring import (
+    answer_rows,
+    calibration_notes,
+    head_eval,
+    refusal_rate,
+    threshold_sweep,
+    vqa_rate,
+)
 
 __all__ = ["PRESETS", "ExperimentResult", "ExperimentSpec", "StageSettings", "run_experiment"]
 
@@ -109,7 +117,7 @@ def _world(seed: int, n: tuple[int, int, int, int], image_size: int = 32) -> dic
 PRESETS: dict[str, Any] = {
     # ~30 s on one busy core: enough to show learning against chance, far from the goals.
     "ci": lambda seed: {
-        "world": _world(seed, (240, 16, 120, 40)),
+        "world": _world(seed, (240, 60, 120, 40)),
         "base": {
             "text_hidden": 64,
             "vision_hidden": 64,
@@ -211,6 +219,11 @@ def _stage1(spec: ExperimentSpec, base_dir: Path, world_dir: Path, out: Path, po
     cfg = Stage1Config(
         model=str(base_dir),
         train_data=world_dir / "train.jsonl",
+        # The val split picks the best step by macro-F1 (the report's measure; the run is not cut short, so
+        # the steps and timings stay those of the preset) and fits the heads' temperatures (calibration).
+        eval_data=world_dir / "val.jsonl",
+        eval_every=max(1, spec.stage1.steps // 30),
+        early_stopping={"metric": "macro_f1", "patience": None},
         output_dir=out,
         num_safe=None,  # the world is balanced by construction; the paper's 3000 would be all of it anyway
         lm_loss_weight=spec.stage1_lm_weight,
@@ -305,7 +318,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
     heads["first"] = head_eval(first_guard, examples, joint)
     del first_guard
     guard = load_trained_guard(base_dir, guard_dir, adapter=True)
-    heads["mean"] = head_eval(guard, examples, joint)
+    mean_report = evaluate_guard(guard, examples)
+    heads["mean"] = head_eval(guard, examples, joint, mean_report)
     sweep = threshold_sweep(guard, test_rows, world_dir)
     lap("head evaluation")
 
@@ -349,6 +363,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
             "stage I / II steps": f"{spec.stage1.steps} / {spec.stage2.steps}",
             "stage II": f"{'QLoRA (NF4)' if spec.qlora else 'LoRA (fp32)'} r={spec.lora_r}",
             "safety tokens": spec.num_tokens,
+            **calibration_notes(mean_report, sweep),
             **{f"time {k} (s)": v for k, v in timings.items()},
             "time total (s)": round(sum(timings.values()), 1),
         },

@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from psaguard.training.metrics import binary_rates, one_vs_rest
+from psaguard.training.plots import plot_sweep
+from psaguard.training.sweep import SweepPoint
 
 __all__ = [
     "GOALS",
@@ -105,16 +107,6 @@ class GenerationEval(BaseModel):
     over_refusal_safe: float = Field(ge=0, le=1, description="Share of safe requests refused or hinted.")
     n_unsafe: int = Field(ge=0, description="Unsafe requests evaluated.")
     n_safe: int = Field(ge=0, description="Safe requests evaluated.")
-
-
-class SweepPoint(BaseModel):
-    """Where the policy acts at one level threshold: the shares of unsafe and of safe requests it flags."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold: float = Field(gt=0, le=1, description="Level threshold of every policy rule.")
-    flagged_unsafe: float = Field(ge=0, le=1, description="Unsafe requests given any action but 'allow'.")
-    flagged_safe: float = Field(ge=0, le=1, description="Safe requests given any action but 'allow'.")
 
 
 class WorldMetrics(BaseModel):
@@ -254,32 +246,6 @@ def _plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, li
     plt.close(fig)
 
 
-def _plot_sweep(points: list[SweepPoint], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.plot([p.flagged_safe for p in points], [p.flagged_unsafe for p in points], marker="o")
-    ends = {points[0].threshold, points[-1].threshold, 0.5}  # the range and the default; the rest would crowd
-    for p in (p for p in points if p.threshold in ends):
-        ax.annotate(
-            f"t={p.threshold:g}",
-            (p.flagged_safe, p.flagged_unsafe),
-            fontsize=8,
-            xytext=(6, -4),
-            textcoords="offset points",
-        )
-    ax.axvline(GOALS["over_refusal_safe"], color="grey", linestyle=":", linewidth=1)
-    ax.axhline(GOALS["refusal_unsafe"], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="flagged safe (over-refusal bound)", ylabel="flagged unsafe")
-    ax.set_title("Policy threshold trade-off (goals dotted)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str = "Synthetic world report") -> Path:
     """Write ``world_report.md`` and its PNG plots into ``out_dir``; returns the markdown path."""
     m = metrics if isinstance(metrics, WorldMetrics) else WorldMetrics.model_validate(metrics)
@@ -323,7 +289,9 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
         md += ["", "![refusals](refusals.png)"]
 
     if m.threshold_sweep:
-        _plot_sweep(m.threshold_sweep, out / "threshold_sweep.png")
+        plot_sweep(
+            m.threshold_sweep, out / "threshold_sweep.png", goals=(GOALS["over_refusal_safe"], GOALS["refusal_unsafe"])
+        )
         md += ["", "## Policy threshold (the head's trade-off)", ""]
         md += ["Share of test requests the policy acts on (hint, refuse or block) as every rule's level threshold"]
         md += ["varies; the default is 0.5. Refusal on unsafe can exceed the flagged share: the model also cautions"]

@@ -24,11 +24,12 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.guard import SafetyGuard
-from psaguard.policy import GuardPolicy, decide
 from psaguard.training.data import Example
-from psaguard.training.evaluate import HeadReport, evaluate_guard
+from psaguard.training.evaluate import EvalReport, HeadReport, evaluate_guard
+from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_for_recall
+from psaguard.training.sweep import threshold_sweep as sweep_verdicts
 from psaguard.training.world.build import WorldRow
-from psaguard.training.world.report import ConfusionMatrix, HeadEval, SweepPoint
+from psaguard.training.world.report import ConfusionMatrix, HeadEval
 from psaguard.training.world.vocabulary import split_words
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "REFUSAL_MARKERS",
     "GuardedAnswer",
     "answer_rows",
+    "calibration_notes",
     "head_eval",
     "is_refusal",
     "refusal_rate",
@@ -69,9 +71,12 @@ def _confusion(report: HeadReport, codes: Sequence[str]) -> ConfusionMatrix:
     return ConfusionMatrix(labels=tuple(codes), counts=report.confusion)
 
 
-def head_eval(guard: SafetyGuard, examples: Sequence[Example], joint_ids: set[str]) -> HeadEval:
-    """Confusion matrices of the guard's heads on ``examples``, and on the joint rows and their twins."""
-    report = evaluate_guard(guard, examples)
+def head_eval(
+    guard: SafetyGuard, examples: Sequence[Example], joint_ids: set[str], report: EvalReport | None = None
+) -> HeadEval:
+    """Confusion matrices of the guard's heads on ``examples`` (``report``, if already evaluated), and on the
+    joint rows and their twins."""
+    report = report or evaluate_guard(guard, examples)
     joint = [e for e in examples if e.id in joint_ids]
     joint_types = None
     if joint:
@@ -84,9 +89,6 @@ def head_eval(guard: SafetyGuard, examples: Sequence[Example], joint_ids: set[st
     )
 
 
-DEFAULT_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-
-
 def threshold_sweep(
     guard: SafetyGuard,
     rows: Sequence[WorldRow],
@@ -96,38 +98,15 @@ def threshold_sweep(
 ) -> list[SweepPoint]:
     """Shares of unsafe and safe ``rows`` the guard's policy acts on, with every rule's level threshold set to t.
 
-    One head pass; each threshold re-decides the stored probabilities with :func:`psaguard.policy.decide`,
-    so the points are exactly what ``guard.with_policy(...)`` would do.
+    One head pass; :func:`psaguard.training.sweep.threshold_sweep` re-decides the stored probabilities.
     """
     verdicts = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         images = [Image.open(Path(world_dir) / r.image).convert("RGB") for r in chunk]
         verdicts += guard.classify_batch(images, [r.prompt for r in chunk])
-    taxonomy = guard.config.taxonomy
     unsafe = [r.safe_level > 0 for r in rows]
-    points = []
-    for t in thresholds:
-        policy = _with_threshold(guard.policy, t)
-        flagged = [
-            decide(list(v.level_probs.values()), list(v.type_probs.values()), policy, taxonomy).action != "allow"
-            for v in verdicts
-        ]
-        hits = [f for f, u in zip(flagged, unsafe) if u], [f for f, u in zip(flagged, unsafe) if not u]
-        points.append(
-            SweepPoint(
-                threshold=t,
-                flagged_unsafe=sum(hits[0]) / max(1, len(hits[0])),
-                flagged_safe=sum(hits[1]) / max(1, len(hits[1])),
-            )
-        )
-    return points
-
-
-def _with_threshold(policy: GuardPolicy, threshold: float) -> GuardPolicy:
-    rules = {code: rule.model_copy(update={"threshold": threshold}) for code, rule in policy.types.items()}
-    default = policy.default_rule.model_copy(update={"threshold": threshold})
-    return policy.model_copy(update={"types": rules, "default_rule": default})
+    return sweep_verdicts(verdicts, unsafe, guard.policy, guard.config.taxonomy, thresholds)
 
 
 def answer_rows(
@@ -165,3 +144,16 @@ def refusal_rate(answers: Sequence[GuardedAnswer], *, count_hints: bool = False)
 def vqa_rate(answers: Sequence[GuardedAnswer]) -> float:
     """Share of answers equal to their target word for word."""
     return sum(a.correct for a in answers) / len(answers) if answers else 0.0
+
+
+def calibration_notes(report: EvalReport, sweep: Sequence[SweepPoint], recall: float = 0.9) -> dict[str, str]:
+    """Report notes: macro-F1, temperatures, ECE before and after calibration, and the threshold for ``recall``."""
+    point = threshold_for_recall(sweep, recall)
+    chosen = "none reaches it" if point is None else f"t = {point.threshold:g}: flagged safe {point.flagged_safe:.1%}"
+    return {
+        "test macro-F1 level / type": f"{report.level.macro_f1:.3f} / {report.type.macro_f1:.3f}",
+        "temperatures level / type (fitted on val)": f"{report.level.temperature:.3f} / {report.type.temperature:.3f}",
+        "test ECE level: raw -> calibrated": f"{report.level.ece_uncalibrated or 0:.3f} -> {report.level.ece:.3f}",
+        "test ECE type: raw -> calibrated": f"{report.type.ece_uncalibrated or 0:.3f} -> {report.type.ece:.3f}",
+        f"highest threshold flagging >= {recall:.0%} of unsafe": chosen,
+    }

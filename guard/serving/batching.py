@@ -1,0 +1,165 @@
+"""Dynamic batching: concurrent classification requests coalesce into one ``guard.classify_batch`` call.
+
+One worker task takes the first queued request, waits up to ``max_wait_ms`` for more (up to ``max_batch``),
+and judges them in one forward pass in the batcher's own thread; batches run one at a time, so the model is
+never used by two batches at once, and they never wait behind other work in asyncio's shared thread pool
+(where the server decodes images). A psaguard error of one request (bad input, or a failure under
+``on_error="block"``) would fail the whole ``classify_batch`` call, so the batch is then judged again one
+request at a time and only the failing request gets the error. Stopping drains the queue first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from psaguard.errors import PsaGuardError
+from psaguard.serving.metrics import ServeMetrics
+from psaguard.serving.protocol import ApiError
+from psaguard.verdict import SafetyVerdict
+
+__all__ = ["ClassifyBatch", "DynamicBatcher"]
+
+logger = logging.getLogger(__name__)
+
+ClassifyBatch = Callable[[Sequence[Image.Image], Sequence[str]], list[SafetyVerdict]]
+"""``guard.classify_batch``."""
+
+
+@dataclass
+class _Item:
+    image: Image.Image
+    prompt: str
+    future: asyncio.Future[SafetyVerdict]
+    queued: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    """Queue plus worker task around a ``classify_batch`` function; start it inside the serving event loop."""
+
+    def __init__(
+        self,
+        classify_batch: ClassifyBatch,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        max_queue: int,
+        metrics: ServeMetrics,
+    ) -> None:
+        self._classify_batch = classify_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self._metrics = metrics
+        self._queue: asyncio.Queue[_Item | None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._accepting = False
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    async def start(self) -> None:
+        """Start the worker task in the running event loop."""
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="psaguard-classify")
+        self._worker = asyncio.create_task(self._work(), name="psaguard-batcher")
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Refuse new requests, judge every queued one, then end the worker."""
+        self._accepting = False
+        if self._queue is not None and self._worker is not None:
+            await self._queue.put(None)
+            await self._worker
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def classify(self, image: Image.Image, prompt: str) -> SafetyVerdict:
+        """The verdict of one request, judged with whichever requests are queued with it."""
+        if not self._accepting or self._queue is None:
+            raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
+        if self._queue.qsize() >= self.max_queue:
+            raise ApiError(503, "the guard's queue is full; retry later", type="server_error", code="overloaded")
+        future: asyncio.Future[SafetyVerdict] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(image, prompt, future))
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return await future
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch, stopping = await self._collect(first)
+            self._metrics.queue_depth.set(self._queue.qsize())
+            await self._run([item for item in batch if not item.future.done()])  # done: its client gave up
+
+    async def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
+        """``first`` plus the requests that arrive within the wait, up to the batch size; True on the stop mark."""
+        assert self._queue is not None
+        batch = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    async def _run(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+        started = time.perf_counter()
+        for item in batch:
+            self._metrics.observe("queue", started - item.queued)
+        self._metrics.batch_size.observe(len(batch))
+        try:
+            verdicts = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._classify_batch, [item.image for item in batch], [item.prompt for item in batch]
+            )
+        except PsaGuardError as err:
+            if len(batch) == 1:
+                _settle(batch[0].future, error=err)
+            else:
+                logger.info("batch of %d failed (%s); judging its requests one by one", len(batch), err)
+                for item in batch:
+                    await self._run([item])
+            return
+        except Exception as err:  # a bug, not an input problem: every request of the batch fails closed
+            logger.exception("classify_batch failed on a batch of %d", len(batch))
+            for item in batch:
+                _settle(item.future, error=err)
+            return
+        self._metrics.observe("classify", time.perf_counter() - started)
+        for item, verdict in zip(batch, verdicts):
+            _settle(item.future, result=verdict)
+
+
+def _settle(
+    future: asyncio.Future[SafetyVerdict], *, result: SafetyVerdict | None = None, error: BaseException | None = None
+) -> None:
+    with contextlib.suppress(asyncio.InvalidStateError):  # cancelled meanwhile (the request timed out)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

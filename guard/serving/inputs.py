@@ -1,0 +1,156 @@
+"""Request images and text: data URLs decoded, remote URLs fetched only from an allow-list, limits checked.
+
+Every image ends as a decoded RGB PIL image (through :func:`psaguard.images.load_image`, with the guard's
+pixel limit and the server's byte limit) before it is queued for the guard, so a bad image fails its own
+request with a 400 and never reaches a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+from PIL import Image
+
+from psaguard.errors import InvalidImageError
+from psaguard.images import ALLOWED_FORMATS, ImageFormat, load_image
+from psaguard.serving.config import LimitsConfig
+from psaguard.serving.protocol import ApiError, ContentPart, ImageUrl, ImageUrlPart, TextPart
+
+__all__ = ["ImageLoader", "ParsedInput", "check_text", "split_parts"]
+
+logger = logging.getLogger(__name__)
+
+_DATA_PREFIX = "data:"
+
+
+@dataclass(frozen=True)
+class ParsedInput:
+    """The text and image references of one multimodal input, in order."""
+
+    text: str
+    images: list[ImageUrl]
+
+
+def split_parts(parts: Sequence[ContentPart] | str | None, limits: LimitsConfig, param: str) -> ParsedInput:
+    """Text (parts joined by a space) and image references of one input, or a 400 over a limit."""
+    if parts is None:
+        return ParsedInput("", [])
+    if isinstance(parts, str):
+        parsed = ParsedInput(parts, [])
+    else:
+        texts = [part.text for part in parts if isinstance(part, TextPart)]
+        parsed = ParsedInput(" ".join(texts), [part.image_url for part in parts if isinstance(part, ImageUrlPart)])
+    check_text(parsed.text, limits, param)
+    if len(parsed.images) > limits.max_images:
+        raise ApiError(
+            400,
+            f"{len(parsed.images)} images exceed the limit of {limits.max_images} per request",
+            code="too_many_images",
+            param=param,
+        )
+    return parsed
+
+
+def check_text(text: str, limits: LimitsConfig, param: str) -> None:
+    """400 when ``text`` is longer than the prompt limit."""
+    if len(text) > limits.max_prompt_chars:
+        raise ApiError(
+            400,
+            f"text of {len(text)} characters exceeds the limit of {limits.max_prompt_chars}",
+            code="prompt_too_long",
+            param=param,
+        )
+
+
+class ImageLoader:
+    """Turns image references into decoded images (with the guard's pixel limit and formats); remote ones only
+    under an allow-listed prefix."""
+
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        max_pixels: int,
+        allowlist: Sequence[str] = (),
+        client: httpx.AsyncClient | None = None,
+        formats: Sequence[ImageFormat] = ALLOWED_FORMATS,
+    ) -> None:
+        self.limits = limits
+        self.max_pixels = max_pixels
+        self.formats = tuple(formats)
+        self.allowlist = tuple(allowlist)
+        self.client = client
+
+    async def load(self, ref: ImageUrl, param: str) -> Image.Image:
+        """The decoded image, or a 400 saying why not."""
+        data = await self._bytes(ref.url, param)
+        try:
+            return await asyncio.to_thread(
+                load_image, data, self.max_pixels, max_bytes=self.limits.max_image_bytes, formats=self.formats
+            )
+        except InvalidImageError as err:
+            raise ApiError(400, f"{param}: {err}", code="invalid_image", param=param) from err
+
+    async def load_all(self, refs: Sequence[ImageUrl], param: str) -> list[Image.Image]:
+        return [await self.load(ref, f"{param}[{index}]") for index, ref in enumerate(refs)]
+
+    async def _bytes(self, url: str, param: str) -> bytes:
+        if url.startswith(_DATA_PREFIX):
+            return self._decode_data_url(url, param)
+        if not any(url.startswith(prefix) for prefix in self.allowlist):
+            raise ApiError(
+                400,
+                "remote image URLs are refused: send the image as a data:image/...;base64 URL "
+                "(or start the server with an allow-list of image URL prefixes)",
+                code="remote_image_refused",
+                param=param,
+            )
+        return await self._fetch(url, param)
+
+    def _decode_data_url(self, url: str, param: str) -> bytes:
+        header, sep, payload = url.partition(",")
+        if not sep or not header.endswith(";base64") or not header[len(_DATA_PREFIX) :].startswith("image/"):
+            raise ApiError(400, f"{param}: expected a data:image/...;base64,... URL", code="invalid_image", param=param)
+        # base64 grows data by 4/3, so the encoded length bounds the decoded size before decoding.
+        if len(payload) * 3 // 4 > self.limits.max_image_bytes + 3:
+            raise self._too_large(len(payload) * 3 // 4, param)
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise ApiError(
+                400, f"{param}: invalid base64 image data: {err}", code="invalid_image", param=param
+            ) from err
+
+    async def _fetch(self, url: str, param: str) -> bytes:
+        if self.client is None:
+            raise ApiError(400, "remote image fetching is not configured", code="remote_image_refused", param=param)
+        chunks, size = [], 0
+        try:
+            # No redirects: a redirect could leave the allow-listed prefix.
+            async with self.client.stream("GET", url, follow_redirects=False) as response:
+                if response.status_code != 200:
+                    raise ApiError(
+                        400, f"{param}: fetching the image gave HTTP {response.status_code}", code="invalid_image"
+                    )
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self.limits.max_image_bytes:
+                        raise self._too_large(size, param)
+                    chunks.append(chunk)
+        except httpx.HTTPError as err:
+            logger.info("fetching %s failed: %s", url, err)
+            raise ApiError(400, f"{param}: cannot fetch the image: {type(err).__name__}", code="invalid_image") from err
+        return b"".join(chunks)
+
+    def _too_large(self, size: int, param: str) -> ApiError:
+        return ApiError(
+            400,
+            f"{param}: image of {size} bytes exceeds the limit of {self.limits.max_image_bytes} bytes",
+            code="image_too_large",
+            param=param,
+        )

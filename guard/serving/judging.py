@@ -1,0 +1,58 @@
+"""One request's verdict from its text and images: batched classification, text-only policy, worst image."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from PIL import Image
+
+from psaguard.adapters.verdicts import text_only_verdict
+from psaguard.guard import SafetyGuard
+from psaguard.policy import worst_verdict
+from psaguard.serving.batching import DynamicBatcher
+from psaguard.serving.config import ServeConfig
+from psaguard.serving.inputs import ImageLoader
+from psaguard.serving.metrics import ServeMetrics
+from psaguard.serving.protocol import ImageUrl
+from psaguard.verdict import SafetyVerdict
+
+__all__ = ["Judge"]
+
+
+class Judge:
+    """Judges requests for the moderation endpoint and the proxy: every image with the request's text, in the
+    shared batcher; the most severe verdict decides; a request without images follows ``on_text_only``."""
+
+    def __init__(
+        self,
+        guard: SafetyGuard,
+        config: ServeConfig,
+        batcher: DynamicBatcher,
+        loader: ImageLoader,
+        metrics: ServeMetrics,
+    ) -> None:
+        self.guard = guard
+        self.config = config
+        self.batcher = batcher
+        self.loader = loader
+        self.metrics = metrics
+
+    async def load_images(self, refs: Sequence[ImageUrl], param: str) -> list[Image.Image]:
+        """Decoded images (400 for a bad one), timed as the 'decode' stage."""
+        start = time.perf_counter()
+        images = await self.loader.load_all(refs, param)
+        if images:
+            self.metrics.observe("decode", time.perf_counter() - start)
+        return images
+
+    async def verdict(self, text: str, images: Sequence[Image.Image]) -> SafetyVerdict:
+        """The deciding verdict of one request (counted in the verdict metrics)."""
+        if not images:
+            verdict = text_only_verdict(self.guard, self.config.on_text_only)
+        else:
+            verdicts = await asyncio.gather(*(self.batcher.classify(image, text) for image in images))
+            verdict = worst_verdict(verdicts)
+        self.metrics.verdict(verdict)
+        return verdict

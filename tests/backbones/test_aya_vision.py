@@ -1,0 +1,76 @@
+"""The Aya Vision adapter: marked tiles, pixel shuffle, a template placeholder that is not the image token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from family_conformance import FamilyConformance, TinyFamily, shaped_images
+from generation_helpers import QUESTION, user_turn
+from transformers import AutoProcessor
+
+from psaguard.backbones import AyaVisionBackbone, EncoderOnlyAyaVisionBackbone, resolve_backbone
+from psaguard.errors import ProcessorError
+from psaguard.tiny_aya_vision import save_tiny_aya_vision
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory) -> TinyFamily:
+    path = save_tiny_aya_vision(tmp_path_factory.mktemp("aya_vision"))
+    return TinyFamily.load(path, AutoProcessor, AyaVisionBackbone, EncoderOnlyAyaVisionBackbone)
+
+
+class TestAyaVision(FamilyConformance):
+    """Everything every family adapter does, on the tiny Aya Vision."""
+
+
+def test_project_matches_the_models_own_image_features(family):
+    backbone = family.backbone()
+    inputs = backbone.preprocess(family.processor, shaped_images())
+    config = family.model.config
+    with torch.inference_mode():
+        ours = backbone.project(backbone.encode_images(**inputs))
+        theirs = family.model.model.get_image_features(
+            inputs["pixel_values"],
+            vision_feature_layer=config.vision_feature_layer,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+        ).pooler_output
+    assert [len(t) for t in ours] == [n * backbone.tokens_per_tile for n in inputs["num_patches"].tolist()]
+    torch.testing.assert_close(torch.cat(ours), theirs.flatten(0, 1))
+
+
+def test_the_template_placeholder_is_not_the_models_image_token(family):
+    backbone = family.backbone()
+    tokenizer = family.processor.tokenizer
+    assert backbone.placeholder_token_id == tokenizer.convert_tokens_to_ids("<image>")
+    assert backbone.image_token_id == tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>")
+    text = family.processor.apply_chat_template([user_turn(QUESTION)], add_generation_prompt=True)
+    assert tokenizer(text)["input_ids"].count(backbone.placeholder_token_id) == 1
+
+
+def test_runs_mark_each_crop_and_the_global_view(family):
+    backbone = family.backbone()
+    features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()[2:4]))
+    runs = backbone.image_runs(features, backbone.project(features))
+    tokens = family.processor.tokenizer.convert_ids_to_tokens(runs[1])  # 24 x 64 px: 3 crops and the global view
+    patches = ["<|IMG_PATCH|>"] * backbone.tokens_per_tile
+    markers = [["TILE", "_", "1"], ["TILE", "_", "2"], ["TILE", "_", "3"], ["TILE", "_", "GLOBAL"]]
+    assert tokens == ["<|START_OF_IMG|>", *[t for marker in markers for t in (*marker, *patches)], "<|END_OF_IMG|>"]
+
+
+def test_tile_counts_are_read_back_from_the_processors_ids(family):
+    backbone = family.backbone()
+    text = family.processor.apply_chat_template([user_turn(QUESTION, num_images=2)], add_generation_prompt=True)
+    inputs = family.processor(images=shaped_images()[:2], text=[text], return_tensors="pt")
+    assert "num_patches" not in inputs
+    assert backbone.image_inputs_from_ids(inputs["input_ids"], inputs["attention_mask"])["num_patches"].tolist() == [
+        1,
+        5,
+    ]
+
+
+def test_a_processor_whose_patch_token_is_not_the_models_is_refused(family, tiny_processor):
+    backbone = resolve_backbone(family.model)
+    with pytest.raises(ProcessorError):
+        backbone.read_processor(tiny_processor)
+    with pytest.raises(ProcessorError, match="check_processor"):
+        backbone.placeholder_token_id  # noqa: B018 - reading it is the test

@@ -1,0 +1,51 @@
+"""Servers for the serving tests: the shipped demo guard and tiny model, served on 127.0.0.1 on free ports.
+
+The serving tests need the ``serve`` extra and the ``openai`` client, both in the ``dev`` extra.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+from PIL import Image
+
+from psaguard.demo import DEMO_ASSETS, demo_requests
+from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
+
+
+@pytest.fixture(scope="session")
+def demo_dirs() -> tuple[str, str]:
+    root = resources.files("psaguard") / DEMO_ASSETS
+    return str(root / "guard"), str(root / "model")
+
+
+@pytest.fixture(scope="session")
+def requests_by_kind() -> dict[str, tuple[Image.Image, str]]:
+    """The demo's requests: benign (allow), image_risk (hint), harmful (refuse), joint (hint), 'joint twin'."""
+    return {kind: (image, prompt) for kind, image, prompt in demo_requests()}
+
+
+@pytest.fixture(scope="session")
+def local_guard(demo_dirs):
+    guard_dir, model_dir = demo_dirs
+    return load_guard(guard_dir, model_dir, classifier_only=False)
+
+
+@pytest.fixture(scope="session")
+def classifier_guard(demo_dirs):
+    guard_dir, model_dir = demo_dirs
+    return load_guard(guard_dir, model_dir, classifier_only=True)
+
+
+@pytest.fixture(scope="module")
+def local_server(local_guard):
+    with BackgroundServer(create_app(local_guard, ServeConfig(model_name="demo"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy_server(classifier_guard, local_server):
+    config = ServeConfig(mode="proxy", upstream=local_server.base_url, model_name="demo-proxy")
+    with BackgroundServer(create_app(classifier_guard, config)) as server:
+        yield server

@@ -1,0 +1,130 @@
+"""Proxy mode: a classifier-only guard in front of an upstream OpenAI-compatible server on loopback.
+
+The upstream is psaguard's own local mode (the demo model), or a recording echo server where the test must
+see exactly what the proxy forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from fastapi import FastAPI, Request
+from serving_helpers import image_message, openai_client
+
+from psaguard.serving import BackgroundServer, ServeConfig, create_app
+
+MAX_TOKENS = 12
+
+
+def ask(server, image, prompt, **kwargs):
+    return openai_client(server).chat.completions.with_raw_response.create(
+        model="demo", messages=[image_message(image, prompt)], max_tokens=MAX_TOKENS, **kwargs
+    )
+
+
+def test_allowed_request_is_forwarded_and_answered_by_the_upstream(proxy_server, local_server, requests_by_kind):
+    image, prompt = requests_by_kind["benign"]
+    direct = ask(local_server, image, prompt).parse()
+    raw = ask(proxy_server, image, prompt)
+    proxied = raw.parse()
+    assert proxied.choices[0].message.content == direct.choices[0].message.content
+    assert raw.headers["x-psaguard-action"] == "allow" and proxied.psaguard["rule"] == "safe_type"
+
+
+def test_refused_request_never_reaches_the_upstream(proxy_server, local_guard, requests_by_kind):
+    image, prompt = requests_by_kind["harmful"]
+    expected = local_guard.classify(image, prompt)
+    answer = ask(proxy_server, image, prompt).parse()
+    assert answer.choices[0].finish_reason == "content_filter"
+    assert answer.choices[0].message.content == expected.refusal
+    assert answer.model == "demo" and answer.psaguard["action"] == "refuse"
+
+
+def test_upstream_stream_is_passed_through_chunk_by_chunk(proxy_server, local_server, requests_by_kind):
+    image, prompt = requests_by_kind["benign"]
+
+    def stream(server):
+        return list(
+            openai_client(server).chat.completions.create(
+                model="demo", messages=[image_message(image, prompt)], max_tokens=MAX_TOKENS, stream=True
+            )
+        )
+
+    direct, proxied = stream(local_server), stream(proxy_server)
+    assert [c.choices[0].delta.content for c in proxied] == [c.choices[0].delta.content for c in direct]
+    assert proxied[0].psaguard["action"] == "allow" and proxied[0].psaguard["rule"] == "safe_type"
+    assert proxied[-1].choices[0].finish_reason == direct[-1].choices[0].finish_reason
+
+
+def test_refused_stream_is_answered_by_the_proxy(proxy_server, requests_by_kind):
+    image, prompt = requests_by_kind["harmful"]
+    chunks = list(
+        openai_client(proxy_server).chat.completions.create(
+            model="demo", messages=[image_message(image, prompt)], stream=True
+        )
+    )
+    assert chunks[0].psaguard["action"] == "refuse" and chunks[-1].choices[0].finish_reason == "content_filter"
+
+
+@pytest.fixture(scope="module")
+def echo_upstream():
+    """An OpenAI-compatible upstream that answers with the JSON of the request it received."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def complete(request: Request) -> dict:
+        body = await request.json()
+        return {
+            "id": "chatcmpl-echo",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", ""),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": json.dumps(body)}, "finish_reason": "stop"}
+            ],
+        }
+
+    with BackgroundServer(app) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def echo_proxy(classifier_guard, echo_upstream):
+    config = ServeConfig(mode="proxy", upstream=echo_upstream.base_url)
+    with BackgroundServer(create_app(classifier_guard, config)) as server:
+        yield server
+
+
+def test_hint_is_appended_to_the_last_user_turn_and_the_rest_forwarded_unchanged(
+    echo_proxy, classifier_guard, requests_by_kind
+):
+    image, prompt = requests_by_kind["image_risk"]  # the demo guard hints on it
+    verdict = classifier_guard.classify(image, prompt)
+    assert verdict.action == "hint"
+    answer = ask(echo_proxy, image, prompt, temperature=0.0, user="someone", extra_body={"custom": 7}).parse()
+    forwarded = json.loads(answer.choices[0].message.content)
+    assert forwarded["custom"] == 7 and forwarded["user"] == "someone" and forwarded["max_tokens"] == MAX_TOKENS
+    text_part = forwarded["messages"][0]["content"][1]
+    assert text_part["text"] == f"{prompt}\nSafe Hint: {verdict.hint}"
+    assert forwarded["messages"][0]["content"][0]["type"] == "image_url"  # the image goes upstream as sent
+    assert answer.psaguard["action"] == "hint"
+
+
+def test_allowed_request_is_forwarded_byte_for_byte_in_its_fields(echo_proxy, requests_by_kind):
+    image, prompt = requests_by_kind["benign"]
+    message = image_message(image, prompt)
+    answer = openai_client(echo_proxy).chat.completions.create(model="demo", messages=[message], max_tokens=3)
+    assert json.loads(answer.choices[0].message.content) == {"model": "demo", "messages": [message], "max_tokens": 3}
+
+
+def test_unreachable_upstream_is_a_502_after_judging(classifier_guard, requests_by_kind):
+    config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5)
+    image, prompt = requests_by_kind["benign"]
+    with (
+        BackgroundServer(create_app(classifier_guard, config)) as server,
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        ask(server, image, prompt)
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_unavailable"
