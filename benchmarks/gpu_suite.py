@@ -220,8 +220,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace, Sizes, torch.device], dict[str
 def run_pytest(out: Path, timeout: float) -> dict[str, Any]:
     """``pytest -m gpu`` over the whole suite (tests without a GPU skip), its output in ``pytest_gpu.txt``.
 
-    A test file whose optional dependency is missing there (langchain for the adapters) fails to collect
-    and is reported, but does not stop the other GPU tests.
+    A test file whose optional dependency is missing there (langchain, the serving extras) fails to
+    collect and is reported, but does not stop the other GPU tests.
     """
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rA"]
     command += ["--continue-on-collection-errors", "tests"]
