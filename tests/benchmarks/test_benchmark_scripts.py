@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from script_runner import run_script
 
@@ -37,3 +39,63 @@ def test_family_guard_params_counts_the_released_sizes() -> None:
     assert rows["gemma-3-4b"][2] == "4,300,079,472" and rows["smolvlm-256m"][2] == "256,484,928"
     assert rows["qwen2-vl-2b"][-3:] == ["24", "x", "24"]
     assert all(int(row[3].replace(",", "")) > 0 for row in rows.values())
+
+
+def test_cpu_7b_benchmark_runs_every_mode_at_tiny_shapes(tmp_path) -> None:
+    out = run(
+        "cpu_7b.py",
+        "--tiny",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--classify-repeats",
+        "1",
+        "--load-repeats",
+        "1",
+        "--new-tokens",
+        "3",
+        "--guard-tokens",
+        "2",
+        "--workdir",
+        str(tmp_path),
+        "--json",
+        str(tmp_path / "raw.json"),
+    )
+    ratios = dict(line.strip("| ").rsplit(" | ", 1) for line in out.splitlines() if " / " in line and "|" in line)
+    assert "separate guard / classifier-only classify (latency, batch 1)" in ratios
+    assert "classifier-only peak RSS / full-model peak RSS (while measuring)" in ratios
+    assert all(float(value) > 0 for value in ratios.values()), ratios
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert len(raw["full"]["separate_guard"]) == 1 and raw["full"]["peak_rss"] > raw["full"]["idle_rss"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["raw.json"]  # the checkpoint was deleted
+
+
+def _gpu_suite(tmp_path, *skip: str) -> dict:
+    out = tmp_path / "out"
+    tables = run("gpu_suite.py", "--tiny", "--out", str(out), "--scratch", str(tmp_path), "--skip", *skip)
+    assert (out / "tables.md").read_text().strip() == tables.strip()
+    raw = json.loads((out / "raw.json").read_text())
+    problems = {
+        name: raw[name] for name in raw if isinstance(raw[name], dict) and {"error", "skipped"} & set(raw[name])
+    }
+    assert not problems, problems
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["raw.json", "tables.md", *(["pytest_gpu.txt"] * ("pytest" not in skip))]
+    )
+    return raw
+
+
+def test_gpu_suite_runs_classify_generate_and_nf4_training_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
+    raw = _gpu_suite(tmp_path, "pytest", "stage2_r256")  # r=256 runs the same code as r=16
+    assert set(raw["bf16"]["classify_batch_s"]) == {"1", "2", "4"}
+    assert all(t > 0 for times in raw["bf16"]["generate_s"].values() for t in times)
+    assert set(raw["nf4"]["generate_s"]) == {"plain_b1", "guarded_b1", "plain_b2", "guarded_b2"}
+    for stage in ("stage1", "stage2_r16"):
+        assert raw[stage]["samples_per_s"] and all(rate > 0 for rate in raw[stage]["samples_per_s"])
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_whole_with_pytest_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
+    raw = _gpu_suite(tmp_path)
+    assert raw["pytest"]["returncode"] in (0, 5), raw["pytest"]  # gpu tests skip without CUDA

@@ -1,0 +1,396 @@
+"""Classifier-only classify against a separate 7B guard model, at real LLaVA-1.5-7B shapes on the CPU.
+
+    python benchmarks/cpu_7b.py --threads 2              # ~14 GB checkpoint in a temp dir, tens of minutes
+    python benchmarks/cpu_7b.py --tiny                   # the same run at tiny shapes, seconds
+
+Writes a LLaVA-1.5-7B-shaped checkpoint with random bf16 weights (``benchmarks/shapes.py``) as sharded
+safetensors, with a guard of the trained shape (default ``SafetyGuardConfig``, random weights) beside it,
+then measures in fresh subprocesses, so that each mode's peak RSS is its own:
+
+- classifier-only (``SafetyGuard.from_pretrained_classifier``, one process per load): load time, peak
+  RSS, ``classify`` latency at batch 1 and throughput at batch 4, preprocessing included; the FLOPs of one
+  classify and this machine's dense bf16 matmul rate, for how far classify is from the CPU's limit;
+- the full model with the guard attached: ``classify``; guarded ``generate`` vs plain ``generate`` of
+  ``--new-tokens`` tokens; a **separate guard model** of the same shape doing what Llama Guard-style
+  guards do (prefill of image + prompt, ``--guard-tokens`` greedy tokens). A second 7B model would not fit
+  in memory next to the first and costs what the same weights cost, so it runs on the loaded model.
+
+The guard's policy allows everything, so guarded runs always generate. Prints a table and the ratios; with
+``--json`` also writes the raw numbers. The checkpoint is deleted afterwards unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from machine import describe_machine
+from measure import Runs, into_anonymous_memory, matmul_tflops, peak_rss_bytes, reset_peak_rss, round_robin, rss_bytes
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+from workload import (
+    ALLOW_ALL,
+    GUARD_DIR,
+    GUARD_PROMPT,
+    PROMPT,
+    chat_text,
+    images,
+    plain_generate,
+    random_checkpoint_bytes,
+    write_workload,
+)
+
+from psaguard import SafetyGuard
+
+BATCH = 4
+GiB = 2**30
+CPU = torch.device("cpu")
+
+
+def _timed(load: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    loaded = load()
+    return loaded, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def build(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the random checkpoint, its processor and a trained-shape guard into ``args.checkpoint``."""
+    _, seconds = _timed(lambda: write_workload(Path(args.checkpoint), args.tiny))
+    return {"write_s": seconds, "peak_rss": peak_rss_bytes()}
+
+
+def classifier_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Load classifier-only and time classify at batch 1 and ``BATCH`` (preprocessing included)."""
+    directory = Path(args.checkpoint)
+    idle_rss = rss_bytes()
+    guard, load_s = _timed(
+        lambda: SafetyGuard.from_pretrained_classifier(directory / GUARD_DIR, directory, dtype=torch.bfloat16)
+    )
+    into_anonymous_memory(guard.model)
+    load_peak_rss, loaded_rss = peak_rss_bytes(), rss_bytes()
+    reset_peak_rss()
+    pool = images(BATCH)
+    runs = round_robin(
+        {
+            "classify_b1": lambda: guard.classify(pool[0], PROMPT),
+            f"classify_b{BATCH}": lambda: guard.classify_batch(pool, [PROMPT] * BATCH),
+        },
+        args.classify_repeats,
+    )
+    return {
+        "load_s": load_s,
+        "idle_rss": idle_rss,
+        "loaded_rss": loaded_rss,
+        "load_peak_rss": load_peak_rss,
+        **{name: list(r.values) for name, r in runs.items()},
+        **_parts(guard, pool[0]),
+        "classify_flops": _flops(lambda: guard.classify(pool[0], PROMPT)),
+        "matmul_tflops": list(matmul_tflops(torch.bfloat16, CPU).values),
+        "peak_rss": peak_rss_bytes(),
+    }
+
+
+def _parts(guard: SafetyGuard, image: Image.Image) -> dict[str, float]:
+    """Seconds of classify's parts (median of 3): preprocessing, vision tower, safety modules."""
+    backbone = guard.backbone
+    pixels = backbone.preprocess(guard.processor, [image])
+    with torch.inference_mode():
+        features = backbone.encode_images(**pixels)
+        runs = round_robin(
+            {
+                "preprocess_s": lambda: backbone.preprocess(guard.processor, [image]),
+                "vision_tower_s": lambda: backbone.encode_images(**pixels),
+                "safety_modules_s": lambda: guard.head_logits(features, [PROMPT]),
+            },
+            3,
+        )
+    return {name: r.median for name, r in runs.items()}
+
+
+def _flops(run: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def full_model(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the whole model with the guard; classify, guarded and plain generate, a separate guard model."""
+    directory = Path(args.checkpoint)
+    idle_rss = rss_bytes()
+    model, load_s = _timed(lambda: LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.bfloat16))
+    processor = AutoProcessor.from_pretrained(directory)
+    guard = SafetyGuard.from_pretrained(directory / GUARD_DIR, model.eval(), processor, policy=ALLOW_ALL)
+    into_anonymous_memory(model)
+    load_peak_rss, loaded_rss = peak_rss_bytes(), rss_bytes()
+    reset_peak_rss()
+    image = images(1)[0]
+
+    def generate(prompt: str, tokens: int) -> Callable[[], object]:
+        return plain_generate(model, processor, prompt, [image], tokens, CPU)
+
+    def guarded(tokens: int) -> Callable[[], object]:
+        return lambda: guard.generate(image, PROMPT, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+
+    n, g = args.new_tokens, args.guard_tokens
+    # One warm-up answer of 2 tokens runs every kernel of the three generating variants (same model, same
+    # kinds of shapes) without paying three whole answers on a slow CPU.
+    runs = round_robin(
+        {
+            "classify_b1": lambda: guard.classify(image, PROMPT),
+            "plain_generate": generate(PROMPT, n),
+            "guarded_generate": guarded(n),
+            "separate_guard": generate(GUARD_PROMPT, g),
+        },
+        args.repeats,
+        warmups={"plain_generate": generate(PROMPT, 2), "guarded_generate": None, "separate_guard": None},
+    )
+    return {
+        "load_s": load_s,
+        "idle_rss": idle_rss,
+        "loaded_rss": loaded_rss,
+        "load_peak_rss": load_peak_rss,
+        **{name: list(r.values) for name, r in runs.items()},
+        "prompt_tokens": _input_length(processor, PROMPT),
+        "guard_prompt_tokens": _input_length(processor, GUARD_PROMPT),
+        "peak_rss": peak_rss_bytes(),
+    }
+
+
+def _input_length(processor: Any, prompt: str) -> int:
+    """Tokens the language model prefills for ``prompt`` with one image (image tokens included)."""
+    inputs = processor(images=images(1)[0], text=chat_text(processor, prompt), return_tensors="pt")
+    return int(inputs["input_ids"].shape[1])
+
+
+WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "build": build,
+    "classifier": classifier_only,
+    "full": full_model,
+}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _spawn(args: argparse.Namespace, role: str) -> dict[str, Any]:
+    """Run one worker in a fresh Python process (its own peak RSS) and return what it measured."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as result:
+        command = [sys.executable, __file__, "--worker", role, "--result", result.name, *_worker_args(args)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        print(f"[{time.strftime('%H:%M:%S')}] {role} ...", file=sys.stderr, flush=True)
+        subprocess.run(command, check=True, env=env)
+        return json.loads(Path(result.name).read_text())
+
+
+def _worker_args(args: argparse.Namespace) -> list[str]:
+    flags = ["--checkpoint", str(args.checkpoint), "--threads", str(args.threads)]
+    for name in ("repeats", "classify_repeats", "new_tokens", "guard_tokens"):
+        flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    return flags + (["--tiny"] if args.tiny else [])
+
+
+def _check_disk(directory: Path, tiny: bool) -> None:
+    need, free = random_checkpoint_bytes(tiny), shutil.disk_usage(directory).free
+    if free < need * 1.1 + GiB:
+        raise SystemExit(f"{directory} has {free / GiB:.1f} GiB free; the checkpoint needs {need / GiB:.1f} GiB")
+
+
+def _save(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Write what was measured so far to ``--json`` (a long run that fails later keeps its first parts)."""
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **results}, indent=2))
+
+
+def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Build (unless ``--checkpoint`` holds one), measure every mode in its own processes, clean up."""
+    owned = args.checkpoint is None
+    if owned:
+        parent = Path(args.workdir or tempfile.gettempdir())
+        _check_disk(parent, args.tiny)
+        args.checkpoint = Path(tempfile.mkdtemp(prefix="psaguard-cpu7b-", dir=parent))
+    results: dict[str, Any] = {"machine_before": describe_machine()}
+    try:
+        if owned:
+            results["build"] = _spawn(args, "build")
+            _save(args, results)
+        if "classifier" in args.modes:
+            results["classifier_only"] = []
+            for _ in range(args.load_repeats):
+                results["classifier_only"].append(_spawn(args, "classifier"))
+                _save(args, results)
+        if "full" in args.modes:
+            results["full"] = _spawn(args, "full")
+    finally:
+        if owned and not args.keep:
+            shutil.rmtree(args.checkpoint, ignore_errors=True)
+    results["machine_after"] = describe_machine()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _runs(values: list[float]) -> Runs:
+    return Runs(values=tuple(values))
+
+
+def _pooled(loads: list[dict[str, Any]], key: str) -> Runs:
+    """The runs of ``key`` over every classifier-only process."""
+    return _runs([value for load in loads for value in load[key]])
+
+
+def _row(name: str, runs: Runs) -> str:
+    cells = [f"{v:.3f}" for v in (runs.median, runs.low, runs.high)]
+    return f"| {name} | {' | '.join(cells)} | {len(runs.values)} |"
+
+
+def summarise(results: dict[str, Any]) -> dict[str, float]:
+    """The ratios the run is for, from the raw numbers (those of the modes that ran)."""
+    loads, full = results.get("classifier_only"), results.get("full")
+    ratios: dict[str, float] = {}
+    if loads:
+        b1, batch = _pooled(loads, "classify_b1").median, _pooled(loads, f"classify_b{BATCH}").median
+        peak = _runs(loads[0]["matmul_tflops"]).median * 1e12
+        ratios["classify FLOP rate / bf16 matmul rate, batch 1"] = loads[0]["classify_flops"] / b1 / peak
+        ratios[f"classify FLOP rate / bf16 matmul rate, batch {BATCH}"] = (
+            BATCH * loads[0]["classify_flops"] / batch / peak
+        )
+    if full:
+        median = {key: _runs(full[key]).median for key in ("classify_b1", "plain_generate", "guarded_generate")}
+        guard = _runs(full["separate_guard"]).median
+        ratios["separate guard / full-model classify (latency, batch 1)"] = guard / median["classify_b1"]
+        ratios["guarded / plain generate"] = median["guarded_generate"] / median["plain_generate"]
+    if loads and full:
+        ratios["separate guard / classifier-only classify (latency, batch 1)"] = guard / b1
+        ratios[f"classify throughput at batch {BATCH} / separate guard throughput"] = BATCH / batch * guard
+        ratios["full-model classify / classifier-only classify"] = median["classify_b1"] / b1
+        ratios["classifier-only peak RSS / full-model peak RSS (while measuring)"] = (
+            max(r["peak_rss"] for r in loads) / full["peak_rss"]
+        )
+    return ratios
+
+
+def _classifier_lines(loads: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Rows of the time table, and the note on classify's parts and FLOPs."""
+    batch = _pooled(loads, f"classify_b{BATCH}")
+    rows = [
+        _row("classifier-only load", _runs([r["load_s"] for r in loads])),
+        _row("classifier-only classify, batch 1", _pooled(loads, "classify_b1")),
+        _row(f"classifier-only classify_batch, batch {BATCH}", batch),
+    ]
+    first = loads[0]
+    note = [
+        f"classify parts (median of 3, s): preprocess {first['preprocess_s']:.3f}, vision tower "
+        f"{first['vision_tower_s']:.3f}, safety modules {first['safety_modules_s']:.3f}; one classify is "
+        f"{first['classify_flops'] / 1e9:.1f} GFLOP; bf16 matmul here {_runs(first['matmul_tflops']).median:.3f} "
+        f"TFLOP/s; classify at batch {BATCH}: {BATCH / batch.median:.2f} images/s",
+    ]
+    return rows, note
+
+
+def _full_lines(full: dict[str, Any], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    rows = [
+        _row("full model load (from_pretrained + guard)", _runs([full["load_s"]])),
+        _row("full model + guard: classify, batch 1", _runs(full["classify_b1"])),
+        _row(f"plain generate, {args.new_tokens} tokens", _runs(full["plain_generate"])),
+        _row(f"guarded generate, {args.new_tokens} tokens", _runs(full["guarded_generate"])),
+        _row(f"separate guard model: prefill + {args.guard_tokens} tokens", _runs(full["separate_guard"])),
+    ]
+    note = [
+        f"prefill lengths: user prompt {full['prompt_tokens']} tokens, separate guard's prompt "
+        f"{full['guard_prompt_tokens']} tokens (image tokens included)"
+    ]
+    return rows, note
+
+
+def _memory_row(name: str, result: dict[str, Any]) -> str:
+    cells = (result[key] / GiB for key in ("idle_rss", "load_peak_rss", "loaded_rss", "peak_rss"))
+    return f"| {name} | {' | '.join(f'{v:.2f}' for v in cells)} |"
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> str:
+    """Markdown tables of the measurements and the ratios."""
+    loads, full = results.get("classifier_only", []), results.get("full")
+    machine = results["machine_before"]
+    rows, notes = [], []
+    for part_rows, part_notes in ([_classifier_lines(loads)] if loads else []) + (
+        [_full_lines(full, args)] if full else []
+    ):
+        rows, notes = rows + part_rows, notes + part_notes
+    memory = [_memory_row(f"classifier-only, process {i + 1}", r) for i, r in enumerate(loads)]
+    memory += [_memory_row("full model + guard", full)] if full else []
+    return "\n".join(
+        [
+            f"{'tiny' if args.tiny else 'LLaVA-1.5-7B'} shapes, bf16, CPU {machine['cpu']} ({machine['cores']} "
+            f"cores, {machine['memory_gib']:.0f} GiB), torch threads {args.threads}, torch {machine['torch']}, "
+            f"transformers {machine['transformers']}, {machine['date_utc']} UTC; load average before "
+            f"{_load(results['machine_before'])}, after {_load(results['machine_after'])}",
+            "",
+            "| measurement (seconds) | median | min | max | runs |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            *notes,
+            "",
+            "| RSS (GiB) | after imports | peak while loading | after load | peak while measuring |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *memory,
+            "",
+            "| ratio | value |",
+            "| --- | ---: |",
+            *(f"| {name} | {value:.3f} |" for name, value in summarise(results).items()),
+        ]
+    )
+
+
+def _load(machine: dict[str, Any]) -> str:
+    load = machine.get("load_average")
+    return " / ".join(f"{v:.2f}" for v in load) if load else "n/a"
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes (seconds; what the test runs)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of every worker")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the full-model variants")
+    parser.add_argument("--classify-repeats", type=int, default=5, help="classify rounds per classifier process")
+    parser.add_argument("--load-repeats", type=int, default=3, help="classifier-only processes (one load each)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens of the plain and guarded answers")
+    parser.add_argument("--guard-tokens", type=int, default=20, help="tokens the separate guard model decodes")
+    parser.add_argument("--workdir", help="where the temporary checkpoint goes (default: the temp dir)")
+    parser.add_argument("--checkpoint", type=Path, help="reuse a checkpoint written by an earlier --keep run")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoint (prints where)")
+    parser.add_argument(
+        "--modes", nargs="+", choices=["classifier", "full"], default=["classifier", "full"], help="what to measure"
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        torch.manual_seed(0)
+        args.result.write_text(json.dumps(WORKERS[args.worker](args)))
+        return
+    results = run_all(args)
+    print(report(results, args))
+    if args.keep:
+        print(f"checkpoint kept in {args.checkpoint}")
+    _save(args, results)
+
+
+if __name__ == "__main__":
+    main()
