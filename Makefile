@@ -13,13 +13,15 @@ TORCH := torch==2.13.0
 TORCH_INDEX ?=
 TORCH_SOURCE := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 PYTEST := HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python -m pytest -q -p no:cacheprovider
-# Fast tests of every part that newer transformers/peft/langchain releases tend to break (under ~2 min).
+# Fast tests of every part that newer transformers/peft/langchain/fastapi releases tend to break (under ~2 min).
 SMOKE := tests/test_generation.py tests/test_injection.py tests/test_wrapped.py tests/test_streaming.py \
 	tests/test_guard.py tests/backbones/test_llava_next.py tests/training/test_training_stage1.py \
 	tests/training/test_training_stage2.py tests/adapters/test_runnable.py tests/adapters/test_gate.py \
 	tests/adapters/test_middleware.py tests/adapters/test_chat_model.py tests/training/test_training_cli.py \
 	tests/training/test_training_next.py tests/training/test_training_resume.py tests/test_classifier_only.py \
-	tests/security/test_generation_spoofing.py tests/test_packaging.py
+	tests/security/test_generation_spoofing.py tests/test_packaging.py tests/serving/test_moderations.py \
+	tests/serving/test_chat_local.py tests/backbones/test_llava_onevision.py tests/backbones/test_qwen2_vl.py \
+	tests/backbones/test_gemma3.py tests/backbones/test_idefics3.py tests/backbones/test_mistral3.py
 
 .PHONY: demo test test-newest lint install lock
 
