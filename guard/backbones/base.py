@@ -154,9 +154,9 @@ class Backbone(ABC):
         """The vision encoder (run once per request)."""
 
     @property
-    @abstractmethod
     def text_hidden_size(self) -> int:
-        """Width of the language model's token embeddings."""
+        """Width of the language model's token embeddings (``config.text_config.hidden_size`` by default)."""
+        return self.config.text_config.hidden_size
 
     @property
     @abstractmethod
@@ -175,9 +175,9 @@ class Backbone(ABC):
         return (side, side)
 
     @property
-    @abstractmethod
     def image_token_id(self) -> int:
-        """Token id whose positions receive image embeddings in the language model's input."""
+        """Token id whose positions receive image embeddings in the LM input (``config.image_token_id``)."""
+        return self.config.image_token_id
 
     @property
     def placeholder_token_id(self) -> int:

@@ -61,20 +61,12 @@ class Gemma3Backbone(Backbone):
         return self._parts.vision_tower
 
     @property
-    def text_hidden_size(self) -> int:
-        return self.config.text_config.hidden_size
-
-    @property
     def vision_hidden_size(self) -> int:
         return self.config.vision_config.hidden_size
 
     @property
     def num_patches(self) -> int:
         return self._num_patches
-
-    @property
-    def image_token_id(self) -> int:
-        return self.config.image_token_id
 
     @property
     def placeholder_token_id(self) -> int:

@@ -66,20 +66,12 @@ class Idefics3Backbone(Backbone):
         return self._parts.vision_model if hasattr(self._parts, "vision_model") else self._parts.vision_tower
 
     @property
-    def text_hidden_size(self) -> int:
-        return self.config.text_config.hidden_size
-
-    @property
     def vision_hidden_size(self) -> int:
         return self.config.vision_config.hidden_size
 
     @property
     def num_patches(self) -> int:
         return self._num_patches
-
-    @property
-    def image_token_id(self) -> int:
-        return self.config.image_token_id
 
     def read_processor(self, processor: Any) -> None:
         """The processor's image run per tile grid (its ``replace_image_token``), and the ids of its tags."""

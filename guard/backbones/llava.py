@@ -68,20 +68,12 @@ class LlavaBackbone(Backbone):
         return self._parts.vision_tower
 
     @property
-    def text_hidden_size(self) -> int:
-        return self.config.text_config.hidden_size
-
-    @property
     def vision_hidden_size(self) -> int:
         return self._vision_hidden
 
     @property
     def num_patches(self) -> int:
         return self._num_patches
-
-    @property
-    def image_token_id(self) -> int:
-        return self.config.image_token_id
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         pixel_values = image_processor_outputs(processor, images, self.family)["pixel_values"]

@@ -88,20 +88,12 @@ class Qwen2VLBackbone(Backbone):
         return self._parts.visual if hasattr(self._parts, "visual") else self._parts.vision_tower
 
     @property
-    def text_hidden_size(self) -> int:
-        return self.config.text_config.hidden_size
-
-    @property
     def vision_hidden_size(self) -> int:
         return self.config.vision_config.embed_dim
 
     @property
     def num_patches(self) -> int:
         return self.safety_grid_side**2
-
-    @property
-    def image_token_id(self) -> int:
-        return self.config.image_token_id
 
     # ------------------------------------------------------------------ vision
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
