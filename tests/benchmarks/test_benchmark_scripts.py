@@ -86,16 +86,18 @@ def _gpu_suite(tmp_path, *skip: str) -> dict:
     return raw
 
 
-def test_gpu_suite_runs_classify_generate_and_nf4_training_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
-    raw = _gpu_suite(tmp_path, "pytest", "stage2_r256")  # r=256 runs the same code as r=16
+def test_gpu_suite_builds_its_checkpoint_and_runs_a_section_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
+    # The driver, the checkpoint build and one section, each in its own process; the slow test runs them all.
+    raw = _gpu_suite(tmp_path, "pytest", "nf4", "stage1", "stage2_r256", "stage2_r16")
     assert set(raw["bf16"]["classify_batch_s"]) == {"1", "2", "4"}
     assert all(t > 0 for times in raw["bf16"]["generate_s"].values() for t in times)
-    assert set(raw["nf4"]["generate_s"]) == {"plain_b1", "guarded_b1", "plain_b2", "guarded_b2"}
-    for stage in ("stage1", "stage2_r16"):
-        assert raw[stage]["samples_per_s"] and all(rate > 0 for rate in raw[stage]["samples_per_s"])
+    assert {"nf4", "stage1", "stage2_r16"}.isdisjoint(raw)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # every section (NF4 generation, both training stages) and the GPU tests: minutes on a CPU
 def test_gpu_suite_runs_whole_with_pytest_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
     raw = _gpu_suite(tmp_path)
     assert raw["pytest"]["returncode"] in (0, 5), raw["pytest"]  # gpu tests skip without CUDA
+    assert set(raw["nf4"]["generate_s"]) == {"plain_b1", "guarded_b1", "plain_b2", "guarded_b2"}
+    for stage in ("stage1", "stage2_r16", "stage2_r256"):
+        assert raw[stage]["samples_per_s"] and all(rate > 0 for rate in raw[stage]["samples_per_s"])

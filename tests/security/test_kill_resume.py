@@ -111,6 +111,7 @@ def _past(step: int):
     return lambda checkpoints: _newest_step(checkpoints) >= step
 
 
+@pytest.mark.slow  # three training runs in subprocesses, two of them killed: ~30 s
 def test_sigkill_mid_checkpoint_and_mid_step_resumes_to_the_uninterrupted_weights(tiny_dir, tmp_path: Path) -> None:
     data = _dataset(tmp_path)
     straight = tmp_path / "straight"

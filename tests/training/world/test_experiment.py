@@ -33,6 +33,7 @@ def _entropy(labels: list[int]) -> float:
     return float(-(p * p.log()).sum())
 
 
+@pytest.mark.slow  # the whole `ci` world run (base SFT, both stages, report): over a minute
 def test_ci_run_learns_above_the_majority_baseline(ci_run):
     result, out = ci_run
     test = read_rows(out / "world", "test")
@@ -48,6 +49,7 @@ def test_ci_run_learns_above_the_majority_baseline(ci_run):
     assert base_last < 0.5 * base_first  # the base VLM learned the world's VQA
 
 
+@pytest.mark.slow  # the whole `ci` world run (base SFT, both stages, report): over a minute
 def test_ci_run_writes_the_report_and_trained_models(ci_run):
     result, _ = ci_run
     report = result.report.read_text()
@@ -82,6 +84,7 @@ def test_refusal_is_the_action_or_a_refusing_text(action, text, refused):
     assert is_refusal(action, text) is refused
 
 
+@pytest.mark.slow  # the gpu preset end to end, shrunk: over a minute
 def test_the_gpu_recipe_runs_end_to_end_when_shrunk(tmp_path):
     """The gpu preset (wide tower, head-only Stage I, QLoRA Stage II) on a CPU, every count shrunk."""
     fields = ExperimentSpec.from_preset("gpu").model_dump()
@@ -99,6 +102,7 @@ def test_the_gpu_recipe_runs_end_to_end_when_shrunk(tmp_path):
     assert result.report.is_file() and 0.0 <= result.metrics.heads["mean"].types.macro_f1() <= 1.0
 
 
+@pytest.mark.slow  # the whole `ci` world run (base SFT, both stages, report): over a minute
 def test_demo_assets_hold_model_guard_examples_and_the_runs_numbers(ci_run, tmp_path):
     from psaguard.demo import _headline
     from psaguard.training.world.demo_assets import export_demo_assets
