@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,10 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _kill_group(process: subprocess.Popen) -> None:
     """Kill what is left of the script's process group (its workers too), then reap the script."""
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the script and everything it started have already exited
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:  # the script and everything it started have already exited
-        pass
     process.wait()
 
 
