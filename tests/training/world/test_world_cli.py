@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 from PIL import Image
 
 from psaguard.training.world.build import read_rows
@@ -40,6 +41,7 @@ def test_world_samples_draws_a_sheet_of_distinct_cells(tmp_path):
     assert len(set(cells)) == len(cells)
 
 
+@pytest.mark.slow  # vision pretraining, SFT and scoring of a small world: tens of seconds
 def test_world_base_saves_a_loadable_model_and_its_scores(small_world, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
