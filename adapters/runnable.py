@@ -20,6 +20,7 @@ from psaguard.adapters.messages import GuardRequest, request_from_input
 from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import InvalidInputError
 from psaguard.guard import SafetyGuard
+from psaguard.images import check_image_count
 from psaguard.policy import worst_verdict
 from psaguard.verdict import SafetyVerdict
 
@@ -154,11 +155,13 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
 
     # ------------------------------------------------------------------ helpers
     def _parse(self, value: Any) -> GuardRequest:
-        return (
+        request = (
             value
             if isinstance(value, GuardRequest)
             else request_from_input(value, allow_local_files=self.allow_local_files)
         )
+        check_image_count(len(request.images), self.guard.config.max_images_per_request)
+        return request
 
     def _parse_all(self, inputs: list[Any]) -> list[GuardRequest | Exception]:
         results: list[GuardRequest | Exception] = []
