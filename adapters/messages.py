@@ -264,7 +264,8 @@ def _single_payload(block: Mapping[str, Any], where: str = "an image block") -> 
             f"{where} holds {len(found)} image payloads {found}; one is allowed, since the model could be sent "
             "a different one than the guard judged"
         )
-    if source_type is not None and found != [_SOURCE_TYPE_FIELDS.get(source_type)]:
+    expected = _SOURCE_TYPE_FIELDS.get(source_type) if isinstance(source_type, str) else None
+    if source_type is not None and found != [expected]:
         raise InvalidImageError(
             f"{where} has source_type {str(source_type)[:40]!r} but holds {found or 'no payload'}; expected "
             f"source_type 'base64' with 'data', 'url' with 'url' or 'id' with 'id'"
