@@ -34,9 +34,10 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
 
     The input is a dict ``{"image": ..., "prompt": ...}``, a string, a ``PromptValue`` or chat messages with
     image content blocks (see :mod:`psaguard.adapters.messages`). A request with several images gets the
-    most severe of their verdicts. ``batch`` / ``abatch`` judge all images of all inputs in one forward
-    pass. Every verdict is also sent as the custom callback event ``"psaguard_verdict"``, so tracing shows
-    which policy rule fired.
+    most severe of their verdicts; more than ``guard.config.max_images_per_request`` images raise
+    :class:`~psaguard.errors.InvalidInputError` before anything is judged. ``batch`` / ``abatch`` judge all
+    images of all inputs in one forward pass. Every verdict is also sent as the custom callback event
+    ``"psaguard_verdict"``, so tracing shows which policy rule fired.
 
     Example:
         >>> verdict = GuardRunnable(guard).invoke({"image": "cat.png", "prompt": "Describe it."})
