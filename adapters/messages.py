@@ -171,6 +171,8 @@ def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | N
     if not isinstance(block, Mapping):
         raise InvalidInputError(f"content block of type {type(block).__name__} is neither text nor a mapping")
     kind = block.get("type")
+    if not isinstance(kind, str):
+        raise InvalidInputError(f"content block 'type' must be a string, got {type(kind).__name__}")
     if kind in TEXT_BLOCK_TYPES:
         if payloads := _payloads(block, IMAGE_PAYLOAD_KEYS):
             raise InvalidInputError(f"{kind!r} content block also holds an image payload {payloads}; refused")
@@ -288,7 +290,9 @@ def _check_holds_no_media(kind: str, block: Mapping[str, Any]) -> None:
         elif isinstance(value, Mapping):
             mime = value.get("mime_type", value.get("media_type"))
             media_type = isinstance(mime, str) and mime.lower().startswith(_MEDIA_MIME_PREFIXES)
-            if value.get("type") in IMAGE_BLOCK_TYPES | _UNJUDGEABLE_BLOCKS or media_type or _MEDIA_KEYS & set(value):
+            inner_type = value.get("type")
+            media_block = isinstance(inner_type, str) and inner_type in IMAGE_BLOCK_TYPES | _UNJUDGEABLE_BLOCKS
+            if media_block or media_type or _MEDIA_KEYS & set(value):
                 raise InvalidInputError(f"{kind!r} content block holds media the guard cannot judge; refused")
             stack.extend((inner, depth + 1) for inner in value.values())
         elif isinstance(value, (list, tuple)):

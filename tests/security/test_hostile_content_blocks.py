@@ -41,11 +41,27 @@ PAYLOADS = {
     "file_uri": st.just("gs://bucket/x.png"),
 }
 BLOCK_TYPES = ["image", "image_url", "input_image", "media", "text", "reasoning", "tool_call", "non_standard"]
+# JSON-like values, odd ones included: what a provider payload or a hostile client may put anywhere.
+VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.sampled_from(["image/png", "base64", "url", "id", "hi", "image", DATA_URL]),
+        st.binary(max_size=4),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["type", "url", "mime_type", "value", "data", "x"]), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
 EXTRA = st.dictionaries(
-    st.sampled_from(["mime_type", "source_type", "detail", "id", "extras", "text"]),
-    st.one_of(st.none(), st.sampled_from(["image/png", "base64", "url", "id", "hi"]), st.just({"url": DATA_URL})),
+    st.sampled_from(["mime_type", "source_type", "detail", "id", "extras", "text", "value", "output"]),
+    VALUES,
     max_size=3,
 )
+KINDS = st.one_of(st.sampled_from(BLOCK_TYPES), st.sampled_from(BLOCK_TYPES).map(lambda kind: [kind]), VALUES)
 
 
 @FUZZ
@@ -65,7 +81,7 @@ def test_a_block_with_two_image_payloads_never_decodes(kind, keys, extra, data) 
 
 @FUZZ
 @given(
-    kind=st.sampled_from(BLOCK_TYPES),
+    kind=KINDS,
     keys=st.lists(st.sampled_from(IMAGE_PAYLOAD_KEYS), max_size=3, unique=True),
     extra=EXTRA,
     data=st.data(),
