@@ -7,9 +7,16 @@ closed). Read: LangChain's v1 standard blocks (``{"type": "image", "base64" | "u
 the older ``source_type`` blocks, OpenAI's ``image_url``, ``input_image`` and ``image_file``, Anthropic's
 ``{"type": "image", "source": {...}}`` and ``media`` blocks with an ``image/*`` MIME type.
 
-Every block is either text, an image the guard judges, or refused with a typed error: audio, video and
-file blocks, and any block type not listed here (``"Image"``, ``"tool_use"``, ...), are refused rather than
-dropped, because a dropped block may still reach the model behind the guard.
+Every block is either text, an image the guard judges, a LangChain v1 block that cannot show the model an
+image (tool calls, ...: passed through unjudged), or refused with a typed error: audio, video and file blocks,
+and any block type not listed here (``"Image"``, ``"tool_use"``, ...), are refused rather than dropped, because
+a dropped block may still reach the model behind the guard.
+
+A block holding more than one image payload (``base64`` and ``url``, ``source`` and ``url``, ``data`` and
+``base64``, an ``image_url`` with a second payload, ...) is refused with
+:class:`~psaguard.errors.InvalidImageError`: the guard would judge one payload while a provider's converter
+may send the model the other (langchain-core's OpenAI converter reads ``url`` before ``base64``). Text blocks
+holding an image payload are refused the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from psaguard.errors import InvalidImageError, InvalidInputError, RemoteImageErr
 
 __all__ = [
     "IMAGE_BLOCK_TYPES",
+    "IMAGE_PAYLOAD_KEYS",
+    "PASS_THROUGH_BLOCK_TYPES",
     "TEXT_BLOCK_TYPES",
     "GuardRequest",
     "decode_image_block",
@@ -43,8 +52,39 @@ __all__ = [
 IMAGE_BLOCK_TYPES = frozenset({"image", "image_url", "input_image", "image_file", "media"})
 """Content block types that may hold an image; each is judged or refused, never dropped."""
 
-TEXT_BLOCK_TYPES = frozenset({"text", "input_text", "output_text"})
-"""Content block types read as text (OpenAI's Responses API names its text blocks input_text/output_text)."""
+TEXT_BLOCK_TYPES = frozenset({"text", "input_text", "output_text", "reasoning", "refusal"})
+"""Content block types read as text and judged (OpenAI's Responses API names its text blocks input_text/output_text;
+LangChain v1 AI turns carry ``reasoning`` and ``refusal`` blocks)."""
+
+PASS_THROUGH_BLOCK_TYPES = frozenset(
+    {
+        "citation",
+        "invalid_tool_call",
+        "non_standard",
+        "server_tool_call",
+        "server_tool_call_chunk",
+        "server_tool_result",
+        "tool_call",
+        "tool_call_chunk",
+    }
+)
+"""LangChain v1 standard block types that cannot show the model an image: passed through without being judged.
+``non_standard`` and ``server_tool_result`` blocks are refused when anything inside them looks like media."""
+
+IMAGE_PAYLOAD_KEYS = ("base64", "data", "url", "source", "image_url", "file_id", "file_uri")
+"""Fields of a content block that can hold an image; an image block may set one of them, a text block none."""
+
+_KNOWN_BLOCK_TYPES = TEXT_BLOCK_TYPES | IMAGE_BLOCK_TYPES | PASS_THROUGH_BLOCK_TYPES
+# The text field of each text block type.
+_TEXT_FIELDS = {"reasoning": "reasoning", "refusal": "refusal"}
+# The field a v0 block's ``source_type`` names as its payload.
+_SOURCE_TYPE_FIELDS = {"base64": "data", "url": "url", "id": "id"}
+# Pass-through blocks holding provider payloads, searched for media; tool call arguments are text to the model.
+_SCANNED_BLOCK_TYPES = frozenset({"non_standard", "server_tool_result"})
+# Inside such a block: keys and MIME prefixes that mean media; nesting deeper than this is refused.
+_MEDIA_KEYS = frozenset({"base64", "image_url", "file_uri", "input_image", "image_file"})
+_MEDIA_MIME_PREFIXES = ("image/", "video/", "audio/")
+_MAX_NESTING = 32
 
 # Media the guard cannot judge: letting them through unjudged would fail open.
 _UNJUDGEABLE_BLOCKS = frozenset({"audio", "input_audio", "video", "file"})
@@ -108,6 +148,8 @@ def request_from_messages(messages: Sequence[BaseMessage], *, allow_local_files:
             if image is not None:
                 images.append(image)
                 parts.append({"type": "image"})
+            elif isinstance(block, Mapping) and block.get("type") in PASS_THROUGH_BLOCK_TYPES:
+                continue  # reaches a wrapped model unchanged; nothing in it is an image or judged text
             else:
                 parts.append({"type": "text", "text": _block_text(block)})
         conversation.append({"role": _role(message), "content": parts})
@@ -119,7 +161,8 @@ def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | N
     """The image a content block holds (bytes or a path), or None when the block is text.
 
     Raises :class:`~psaguard.errors.RemoteImageError` for remote URLs and provider file ids,
-    :class:`~psaguard.errors.InvalidImageError` for malformed image blocks, and
+    :class:`~psaguard.errors.InvalidImageError` for malformed image blocks and blocks holding more than one
+    image payload, and
     :class:`~psaguard.errors.InvalidInputError` for audio, video or file blocks the guard cannot judge and
     for block types it does not know (see the module docstring).
     """
@@ -128,35 +171,42 @@ def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | N
     if not isinstance(block, Mapping):
         raise InvalidInputError(f"content block of type {type(block).__name__} is neither text nor a mapping")
     kind = block.get("type")
+    if not isinstance(kind, str):
+        raise InvalidInputError(f"content block 'type' must be a string, got {type(kind).__name__}")
     if kind in TEXT_BLOCK_TYPES:
+        if payloads := _payloads(block, IMAGE_PAYLOAD_KEYS):
+            raise InvalidInputError(f"{kind!r} content block also holds an image payload {payloads}; refused")
+        return None
+    if kind in PASS_THROUGH_BLOCK_TYPES:
+        if kind in _SCANNED_BLOCK_TYPES:
+            _check_holds_no_media(kind, block)
         return None
     if kind in _UNJUDGEABLE_BLOCKS:
         raise InvalidInputError(f"the guard cannot judge {kind!r} content blocks; remove them or judge them elsewhere")
     if kind not in IMAGE_BLOCK_TYPES:
         raise InvalidInputError(
             f"unknown content block type {str(kind)[:40]!r}; the guard refuses blocks it cannot read, since the "
-            f"model might still see them (known: {sorted(TEXT_BLOCK_TYPES | IMAGE_BLOCK_TYPES)})"
+            f"model might still see them (known: {sorted(_KNOWN_BLOCK_TYPES)})"
         )
-    if kind in ("image_url", "input_image"):
-        if block.get("file_id") is not None:
-            raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
-        target = block.get("image_url")
-        url = target.get("url") if isinstance(target, Mapping) else target
-        return _from_url(url, allow_local_files)
+    payload = _single_payload(block)
     if kind == "image_file":
         raise RemoteImageError("image_file blocks name provider files that cannot be judged locally; pass the bytes")
+    if payload in ("file_id", "file_uri", "id"):
+        raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
+    if kind in ("image_url", "input_image"):
+        target = block.get("image_url")
+        if isinstance(target, Mapping):
+            _single_payload(target, where="the 'image_url' of an image block")
+            target = target.get("url")
+        return _from_url(target, allow_local_files)
     if kind == "media":
         return _from_media(block)
-    if isinstance(block.get("source"), Mapping):
+    if payload == "source":
         return _from_source(block["source"], allow_local_files)
-    if "base64" in block:
-        return _from_base64(block["base64"])
-    if block.get("source_type") == "base64" and "data" in block:
-        return _from_base64(block["data"])
-    if "url" in block:
+    if payload == "base64" or (payload == "data" and block.get("source_type") == "base64"):
+        return _from_base64(block[payload])
+    if payload == "url":
         return _from_url(block["url"], allow_local_files)
-    if "file_id" in block or block.get("source_type") == "id":
-        raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
     raise InvalidImageError(f"image block has no 'base64' or 'url' field: keys {sorted(block)}")
 
 
@@ -178,16 +228,82 @@ def _blocks(content: str | list[Any]) -> list[Any]:
 
 
 def _block_text(block: str | Mapping[str, Any]) -> str:
-    """The text of a block :func:`decode_image_block` found to be text."""
+    """The judged text of a block :func:`decode_image_block` found to hold no image ("" for tool calls ...)."""
     if isinstance(block, str):
         return block
-    if not isinstance(block.get("text"), str):
-        raise InvalidInputError(f"{block.get('type')!r} content block has no string 'text'")
-    return block["text"]
+    kind = block.get("type")
+    field = _TEXT_FIELDS.get(kind, "text")
+    text = block.get(field, "" if field != "text" else None)  # reasoning text is optional in LangChain v1
+    if not isinstance(text, str):
+        raise InvalidInputError(f"{kind!r} content block has no string {field!r}")
+    return text
 
 
-def _from_source(source: Mapping[str, Any], allow_local_files: bool) -> bytes | Path:
+def _payloads(block: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """The keys among ``keys`` that ``block`` sets (to anything but None), and image payloads in its ``extras``.
+
+    LangChain keeps a v0 block's unknown keys in ``extras`` when it converts the block to v1, so a second
+    payload may arrive there.
+    """
+    found = [key for key in keys if block.get(key) is not None]
+    extras = block.get("extras")
+    if isinstance(extras, Mapping):
+        found += [f"extras.{key}" for key in IMAGE_PAYLOAD_KEYS if extras.get(key) is not None]
+    return found
+
+
+def _single_payload(block: Mapping[str, Any], where: str = "an image block") -> str | None:
+    """The one image payload field of ``block`` (None if it has none); more than one is refused.
+
+    A provider's converter may read a different field than the guard, so a block with two payloads could be
+    judged on one image and sent with the other. A v0 block's ``source_type`` must name its one payload.
+    """
+    source_type = block.get("source_type")
+    keys = (*IMAGE_PAYLOAD_KEYS, "id") if source_type is not None else IMAGE_PAYLOAD_KEYS
+    found = _payloads(block, keys)
+    if len(found) > 1:
+        raise InvalidImageError(
+            f"{where} holds {len(found)} image payloads {found}; one is allowed, since the model could be sent "
+            "a different one than the guard judged"
+        )
+    expected = _SOURCE_TYPE_FIELDS.get(source_type) if isinstance(source_type, str) else None
+    if source_type is not None and found != [expected]:
+        raise InvalidImageError(
+            f"{where} has source_type {str(source_type)[:40]!r} but holds {found or 'no payload'}; expected "
+            f"source_type 'base64' with 'data', 'url' with 'url' or 'id' with 'id'"
+        )
+    return found[0] if found else None
+
+
+def _check_holds_no_media(kind: str, block: Mapping[str, Any]) -> None:
+    """Refuse a pass-through block with anything inside that may be media (an image the guard did not judge)."""
+    stack: list[tuple[Any, int]] = [(value, 1) for key, value in block.items() if key != "type"]
+    while stack:
+        value, depth = stack.pop()
+        if depth > _MAX_NESTING:
+            raise InvalidInputError(f"{kind!r} content block is nested deeper than {_MAX_NESTING} levels; refused")
+        if isinstance(value, str):
+            if value[:5].lower() == "data:":
+                raise InvalidInputError(f"{kind!r} content block holds a data URL the guard cannot judge; refused")
+        elif isinstance(value, (bytes, bytearray)):
+            raise InvalidInputError(f"{kind!r} content block holds raw bytes the guard cannot judge; refused")
+        elif isinstance(value, Mapping):
+            mime = value.get("mime_type", value.get("media_type"))
+            media_type = isinstance(mime, str) and mime.lower().startswith(_MEDIA_MIME_PREFIXES)
+            inner_type = value.get("type")
+            media_block = isinstance(inner_type, str) and inner_type in IMAGE_BLOCK_TYPES | _UNJUDGEABLE_BLOCKS
+            if media_block or media_type or _MEDIA_KEYS & set(value):
+                raise InvalidInputError(f"{kind!r} content block holds media the guard cannot judge; refused")
+            stack.extend((inner, depth + 1) for inner in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((inner, depth + 1) for inner in value)
+
+
+def _from_source(source: Any, allow_local_files: bool) -> bytes | Path:
     """Anthropic's ``{"type": "image", "source": {"type": "base64" | "url" | "file", ...}}``."""
+    if not isinstance(source, Mapping):
+        raise InvalidImageError(f"an image block's 'source' must be a mapping, got {type(source).__name__}")
+    _single_payload(source, where="the 'source' of an image block")
     kind = source.get("type")
     if kind == "base64":
         return _from_base64(source.get("data"))

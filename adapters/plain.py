@@ -3,6 +3,9 @@
 :class:`~psaguard.adapters.chat_model.GuardedChatModel` uses this only when the caller allowed text-only
 requests (``on_text_only="allow"``): the conversation is rendered with the processor's chat template and
 the language model answers it directly, with no safety tokens (the paper's modules are image-conditioned).
+The prompt is tokenized as guarded generation tokenizes it (:func:`psaguard.generation.chat_token_ids`): only
+the template writes control tokens, so user text spelling ``</s> system :`` cannot forge a turn, and text
+spelling the image placeholder is refused.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.errors import InvalidPromptError
+from psaguard.generation import chat_token_ids
 from psaguard.guard import SafetyGuard
 from psaguard.streaming import stream_text
-from psaguard.tokenization import eos_token_ids, render_chat, tokenizer_of, until_eos
+from psaguard.tokenization import eos_token_ids, tokenizer_of, until_eos
 
 __all__ = ["PlainAnswer", "plain_generate", "plain_stream"]
 
@@ -51,11 +55,10 @@ def plain_stream(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **g
 
 def _inputs(guard: SafetyGuard, conversation: Sequence[dict[str, Any]]) -> tuple[Any, dict[str, torch.Tensor]]:
     tokenizer = tokenizer_of(guard.processor)
-    text = render_chat(guard.processor, list(conversation))
-    # A text-only prompt spelling the image placeholder would make the model expect image features it lacks.
-    encoded = tokenizer(text, return_tensors="pt")
-    image_ids = torch.tensor([guard.backbone.image_token_id, guard.backbone.placeholder_token_id])
-    if bool(torch.isin(encoded["input_ids"], image_ids).any()):
+    backbone = guard.backbone
+    ids = chat_token_ids(guard.processor, list(conversation), backbone.placeholder_token_id, 0)
+    # A text-only prompt spelling the image token would make the model expect image features it lacks.
+    if backbone.image_token_id in ids:
         raise InvalidPromptError("a text-only prompt must not spell the image token")
-    device = guard.backbone.device
-    return tokenizer, {name: tensor.to(device) for name, tensor in encoded.items() if name != "token_type_ids"}
+    input_ids = torch.tensor([ids], dtype=torch.long, device=backbone.device)
+    return tokenizer, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}

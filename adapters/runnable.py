@@ -20,6 +20,7 @@ from psaguard.adapters.messages import GuardRequest, request_from_input
 from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
 from psaguard.errors import InvalidInputError
 from psaguard.guard import SafetyGuard
+from psaguard.images import check_image_count
 from psaguard.policy import worst_verdict
 from psaguard.verdict import SafetyVerdict
 
@@ -33,9 +34,10 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
 
     The input is a dict ``{"image": ..., "prompt": ...}``, a string, a ``PromptValue`` or chat messages with
     image content blocks (see :mod:`psaguard.adapters.messages`). A request with several images gets the
-    most severe of their verdicts. ``batch`` / ``abatch`` judge all images of all inputs in one forward
-    pass. Every verdict is also sent as the custom callback event ``"psaguard_verdict"``, so tracing shows
-    which policy rule fired.
+    most severe of their verdicts; more than ``guard.config.max_images_per_request`` images raise
+    :class:`~psaguard.errors.InvalidInputError` before anything is judged. ``batch`` / ``abatch`` judge all
+    images of all inputs in one forward pass. Every verdict is also sent as the custom callback event
+    ``"psaguard_verdict"``, so tracing shows which policy rule fired.
 
     Example:
         >>> verdict = GuardRunnable(guard).invoke({"image": "cat.png", "prompt": "Describe it."})
@@ -154,11 +156,13 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
 
     # ------------------------------------------------------------------ helpers
     def _parse(self, value: Any) -> GuardRequest:
-        return (
+        request = (
             value
             if isinstance(value, GuardRequest)
             else request_from_input(value, allow_local_files=self.allow_local_files)
         )
+        check_image_count(len(request.images), self.guard.config.max_images_per_request)
+        return request
 
     def _parse_all(self, inputs: list[Any]) -> list[GuardRequest | Exception]:
         results: list[GuardRequest | Exception] = []

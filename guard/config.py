@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.files import parse_json, read_regular_file
-from psaguard.images import ALLOWED_FORMATS, ImageFormat
+from psaguard.images import ALLOWED_FORMATS, MAX_IMAGES_PER_REQUEST, ImageFormat
 from psaguard.policy import GuardPolicy
 from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
@@ -39,6 +39,7 @@ _MAX_TOKENS = 4096
 _MAX_HEADS = 1024
 _MAX_PROMPT_TOKENS = 8192
 _MAX_PIXELS = 1 << 31
+_MAX_IMAGES = 1024
 
 
 class ProjectorConfig(BaseModel):
@@ -138,6 +139,13 @@ class SafetyGuardConfig(BaseModel):
         ge=1,
         le=_MAX_PIXELS,
         description="Largest image (width x height) the guard decodes; larger is refused.",
+    )
+    max_images_per_request: int = Field(
+        MAX_IMAGES_PER_REQUEST,
+        ge=1,
+        le=_MAX_IMAGES,
+        description="Most images in one guarded generation request or LangChain request (default 4, the "
+        "server's max_images); more is refused with InvalidInputError.",
     )
     image_formats: tuple[ImageFormat, ...] = Field(
         ALLOWED_FORMATS,

@@ -27,7 +27,7 @@ from psaguard.backbones import registered_backbones
 from psaguard.classifier import Classifier
 from psaguard.conversation import Conversation, PromptInput, judged_text, to_conversation, with_hint
 from psaguard.errors import ConfigError, InvalidInputError, InvalidPromptError
-from psaguard.images import ImageInput
+from psaguard.images import ImageInput, check_image_count
 from psaguard.injection import tokenize_prompt
 from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.policy import ACTION_SEVERITY, GenerationOptions, Resolution, resolve_action, worst_verdict
@@ -114,7 +114,8 @@ class GuardedGenerator:
             raise InvalidInputError("generate_batch takes sequences of requests; use generate for one")
         if len(images) != len(prompts):
             raise InvalidInputError(f"got {len(images)} image entries but {len(prompts)} prompts")
-        request_images = [_as_image_list(entry) for entry in images]
+        limit = self.classifier.config.max_images_per_request
+        request_images = [_as_image_list(entry, limit) for entry in images]
         conversations = [to_conversation(p, len(imgs)) for p, imgs in zip(prompts, request_images)]
         flat_images = [image for imgs in request_images for image in imgs]
         flat_prompts = [judged_text(conv) for conv, imgs in zip(conversations, request_images) for _ in imgs]
@@ -149,11 +150,12 @@ class GuardedGenerator:
         )
 
 
-def _as_image_list(entry: ImagesInput) -> list[ImageInput]:
-    """A request's images: one image, or a list/tuple of them (arrays and bytes are single images)."""
+def _as_image_list(entry: ImagesInput, limit: int) -> list[ImageInput]:
+    """A request's images: one image, or a list/tuple of at most ``limit`` (arrays and bytes are single images)."""
     images = list(entry) if isinstance(entry, (list, tuple)) else [entry]
     if not images:
         raise InvalidInputError("a request needs at least one image")
+    check_image_count(len(images), limit)
     return images
 
 

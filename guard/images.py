@@ -18,17 +18,19 @@ from typing import Literal, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from psaguard.errors import InvalidImageError
+from psaguard.errors import InvalidImageError, InvalidInputError
 from psaguard.files import read_regular_file
 from psaguard.image_checks import check_structure, refusal_reason, sniff_format
 
 __all__ = [
     "ALLOWED_FORMATS",
     "MAX_ASPECT_RATIO",
+    "MAX_IMAGES_PER_REQUEST",
     "MAX_IMAGE_BYTES",
     "OPT_IN_FORMATS",
     "ImageFormat",
     "ImageInput",
+    "check_image_count",
     "load_image",
 ]
 
@@ -37,6 +39,11 @@ ImageInput = Union[Image.Image, str, os.PathLike, bytes, bytearray, memoryview, 
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 """Largest encoded file read; the decoded size is bounded separately by ``max_pixels``."""
+
+MAX_IMAGES_PER_REQUEST = 4
+"""Most images in one request: the default of ``SafetyGuardConfig.max_images_per_request`` (guarded
+generation, the LangChain adapters) and of the server's ``LimitsConfig.max_images``. Each image costs a vision
+pass and its tokens in the language model (100 images took seconds and gigabytes on small models)."""
 
 MAX_ASPECT_RATIO = 100.0
 """Longest side over shortest side. Processors resize the short side up to their input size, so a 1xN strip
@@ -254,3 +261,11 @@ def _from_array(array: np.ndarray, limits: _Limits) -> Image.Image:
     else:
         raise InvalidImageError(f"unsupported array dtype {array.dtype}; pass uint8, uint16, bool or floats in 0..1")
     return Image.fromarray(np.ascontiguousarray(data))
+
+
+def check_image_count(count: int, limit: int, where: str = "the request") -> None:
+    """Raise :class:`InvalidInputError` when a request holds more than ``limit`` images."""
+    if count > limit:
+        raise InvalidInputError(
+            f"{where} has {count} images; the limit is {limit} per request (max_images_per_request)"
+        )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from psaguard.errors import ConfigError
+from psaguard.errors import ConfigError, ProcessorError
 
 __all__ = ["eos_token_ids", "pad_token_id", "render_chat", "tokenizer_of", "until_eos"]
 
@@ -46,7 +46,9 @@ def until_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
 
 
 def render_chat(processor: Any, conversation: Any, *, add_generation_prompt: bool = True) -> str:
-    """The conversation rendered by the processor's chat template; :class:`ConfigError` if it cannot be."""
+    """The conversation rendered by the processor's chat template; :class:`ConfigError` if it cannot be, and
+    :class:`ProcessorError` if the processor itself fails (no ``apply_chat_template``, a missing or wrong
+    tokenizer)."""
     # jinja2 is an optional dependency of transformers, needed (and asked for by transformers) only here.
     from jinja2 import TemplateError
 
@@ -54,3 +56,8 @@ def render_chat(processor: Any, conversation: Any, *, add_generation_prompt: boo
         return processor.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt, tokenize=False)
     except (ValueError, TemplateError) as err:  # ValueError: the processor has no chat template
         raise ConfigError(f"cannot render the conversation with the processor's chat template: {err}") from err
+    except (AttributeError, TypeError) as err:
+        raise ProcessorError(
+            f"the processor failed to render the conversation ({type(err).__name__}: {err}); pass the model's own "
+            "processor"
+        ) from err

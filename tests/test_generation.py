@@ -1,4 +1,5 @@
 import asyncio
+import copy
 
 import pytest
 import torch
@@ -11,10 +12,23 @@ from generation_helpers import (
     spy_generate,
     user_turn,
 )
+from pydantic import ValidationError
 
-from psaguard import ConfigError, GuardBlocked, InvalidImageError, InvalidInputError, InvalidPromptError, TypeRule
+from psaguard import (
+    ConfigError,
+    GuardBlocked,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidPromptError,
+    ProcessorError,
+    SafetyGuard,
+    SafetyGuardConfig,
+    TypeRule,
+)
 from psaguard.generation import GenerationOptions, worst_verdict
+from psaguard.images import MAX_IMAGES_PER_REQUEST
 from psaguard.tiny import build_tiny_processor
+from psaguard.tokenization import render_chat
 
 GREEDY = {"max_new_tokens": 6, "do_sample": False}
 
@@ -287,3 +301,37 @@ def test_processor_without_chat_template_gives_a_typed_error(tiny_model, images)
     processor.chat_template = None
     with pytest.raises(ConfigError, match="chat template"):
         guard_for(tiny_model, processor, level=0).generate(images[0], QUESTION, max_new_tokens=2)
+
+
+# ---------------------------------------------------------------------------------------------- bounds
+def test_requests_over_the_image_cap_are_refused_before_any_vision_pass(tiny_model, tiny_processor, images):
+    guard = guard_for(tiny_model, tiny_processor, level=0)
+    limit = guard.config.max_images_per_request
+    assert limit == MAX_IMAGES_PER_REQUEST
+    too_many = [images[0]] * (limit + 1)
+    with count_calls(guard.backbone.vision_tower) as calls:
+        with pytest.raises(InvalidInputError, match=f"{limit + 1} images; the limit is {limit}"):
+            guard.generate(too_many, QUESTION, max_new_tokens=1)
+        with pytest.raises(InvalidInputError, match="the limit is"):
+            guard.stream(too_many, QUESTION, max_new_tokens=1)
+        with pytest.raises(InvalidInputError, match="the limit is"):
+            guard.generate_batch([images[0], too_many], [QUESTION, QUESTION], max_new_tokens=1)
+    assert calls == []
+    assert guard.generate([images[0]] * limit, QUESTION, max_new_tokens=1).action == "allow"
+
+
+def test_the_image_cap_is_a_guard_config_field(tiny_model, tiny_processor, images):
+    guard = SafetyGuard.attach(tiny_model, tiny_processor, SafetyGuardConfig(max_images_per_request=1))
+    with pytest.raises(InvalidInputError, match="2 images; the limit is 1"):
+        guard.generate([images[0], images[1]], QUESTION, max_new_tokens=1)
+    with pytest.raises(ValidationError):
+        SafetyGuardConfig(max_images_per_request=0)
+
+
+def test_processor_failures_while_rendering_are_processor_errors(tiny_processor):
+    conversation = [{"role": "user", "content": [{"type": "text", "text": QUESTION}]}]
+    broken = copy.copy(tiny_processor)
+    broken.tokenizer = None  # a processor whose tokenizer went missing
+    for processor in (object(), broken):
+        with pytest.raises(ProcessorError):
+            render_chat(processor, conversation)

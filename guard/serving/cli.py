@@ -46,7 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow CORS from ORIGIN")
     serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds to judge (and answer) a request")
     serve.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, help="largest request body")
-    serve.add_argument("--max-images", type=int, default=4, help="most images in one request")
+    serve.add_argument(
+        "--max-images",
+        type=int,
+        default=None,
+        help="most images in one request (default: psaguard.images.MAX_IMAGES_PER_REQUEST)",
+    )
     serve.set_defaults(func=_run_serve)
 
 
@@ -89,7 +94,9 @@ def _run_serve(args: argparse.Namespace) -> int:
             cors_origins=tuple(args.cors_origin),
             batching=BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
             limits=LimitsConfig(
-                request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes, max_images=args.max_images
+                request_timeout_s=args.request_timeout,
+                max_body_bytes=args.max_body_bytes,
+                **({} if args.max_images is None else {"max_images": args.max_images}),
             ),
         )
     except ValidationError as err:

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from psaguard.adapters.verdicts import TextOnlyAction
-from psaguard.images import MAX_IMAGE_BYTES
+from psaguard.images import MAX_IMAGE_BYTES, MAX_IMAGES_PER_REQUEST
 
 __all__ = ["BatchingConfig", "LimitsConfig", "ServeConfig", "ServeMode"]
 
@@ -35,7 +35,9 @@ class LimitsConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body, in bytes (413 above).")
-    max_images: int = Field(4, ge=1, description="Most image parts in one moderation input or chat request.")
+    max_images: int = Field(
+        MAX_IMAGES_PER_REQUEST, ge=1, description="Most image parts in one moderation input or chat request."
+    )
     max_image_bytes: int = Field(
         MAX_IMAGE_BYTES, ge=1, description="Largest encoded image (after base64 decoding), in bytes."
     )

@@ -40,9 +40,13 @@ __all__ = [
 
 
 class ImageUrl(BaseModel):
-    """An image reference: a ``data:image/...;base64,`` URL, or a remote URL (refused unless allow-listed)."""
+    """An image reference: a ``data:image/...;base64,`` URL, or a remote URL (refused unless allow-listed).
 
-    model_config = ConfigDict(extra="allow")
+    Other fields are refused: an upstream could read a second image from one (``data``, ``base64``, ...)
+    while the guard judged ``url``, and proxy mode forwards the part as sent.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     url: str = Field(description="data: URL or http(s) URL of the image.")
     detail: str | None = Field(None, description="OpenAI's detail hint; accepted and ignored.")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from typing import Any
 
-from psaguard import GuardBlocked
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.tools import tool
+from pydantic import Field
+
+from psaguard import GuardBlocked, InvalidInputError
 
 pytest.importorskip("langchain.agents", reason="the agent middleware needs the langchain v1 package")
 
@@ -65,3 +71,75 @@ async def test_async_agent_emits_the_verdict_event(make_guard, recorder, image_m
     assert events[0]["data"]["action"] == "refuse"
     out = await agent.ainvoke({"messages": [HumanMessage(content=image_message_content)]})
     assert "personal privacy" in out["messages"][-1].content and recorder.calls == []
+
+
+class _ScriptedToolModel(BaseChatModel):
+    """Answers with the scripted AI messages in turn and records what it was sent; tools bind to itself."""
+
+    script: list[AIMessage]
+    calls: list[list[BaseMessage]] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> _ScriptedToolModel:
+        return self
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        self.calls.append(list(messages))
+        return ChatResult(generations=[ChatGeneration(message=self.script[len(self.calls) - 1])])
+
+
+@tool
+def lookup(query: str) -> str:
+    """Look something up."""
+    return f"found {query}"
+
+
+def test_agent_turns_with_v1_reasoning_and_tool_call_blocks_are_judged_or_passed_through(
+    make_guard, image_message_content, monkeypatch
+):
+    call = {"type": "tool_call", "id": "call-1", "name": "lookup", "args": {"query": "cats"}}
+    first = AIMessage(
+        content=[
+            {"type": "reasoning", "reasoning": "the user wants cats looked up"},
+            {"type": "text", "text": "let me check"},
+            call,
+            {"type": "server_tool_call", "id": "srv-1", "name": "web_search", "args": {"q": "cats"}},
+            {"type": "server_tool_result", "tool_call_id": "srv-1", "status": "success", "output": [{"url": "x"}]},
+        ],
+        tool_calls=[{"id": "call-1", "name": "lookup", "args": {"query": "cats"}}],
+    )
+    model = _ScriptedToolModel(script=[first, AIMessage(content="cats found")])
+    guard = make_guard("allow")
+    judged: list[str] = []
+    classify = guard.classify_batch
+    monkeypatch.setattr(
+        guard, "classify_batch", lambda images, prompts: (judged.extend(prompts), classify(images, prompts))[1]
+    )
+    agent = create_agent(model, tools=[lookup], middleware=[PsaGuardMiddleware(guard)])
+    out = agent.invoke({"messages": [HumanMessage(content=image_message_content)]})
+    assert out["messages"][-1].content == "cats found" and len(model.calls) == 2
+    assert model.calls[1][1].content == first.content  # the AI turn reached the model unchanged
+    assert "the user wants cats looked up" in judged[-1] and "let me check" in judged[-1]  # reasoning text is judged
+    assert "found cats" in judged[-1]  # so is the tool's answer
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "non_standard", "value": {"content": [{"type": "image", "url": "data:image/png;base64,AAAA"}]}},
+        {"type": "non_standard", "value": {"inline_data": {"mime_type": "image/png", "data": "AAAA"}}},
+        {"type": "server_tool_result", "tool_call_id": "s", "status": "success", "output": "data:image/png;base64,AA"},
+    ],
+)
+def test_pass_through_blocks_holding_media_are_refused(make_guard, image_message_content, block):
+    model = _ScriptedToolModel(script=[AIMessage(content="never")])
+    agent = create_agent(model, tools=[], middleware=[PsaGuardMiddleware(make_guard("allow"))])
+    history = [HumanMessage(content=image_message_content), AIMessage(content=[block]), HumanMessage(content="and?")]
+    with pytest.raises(InvalidInputError):
+        agent.invoke({"messages": history})
+    assert model.calls == []

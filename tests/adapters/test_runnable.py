@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from generation_helpers import count_calls
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import HumanMessage
 
-from psaguard import RemoteImageError, SafetyVerdict
-from psaguard.adapters import VERDICT_EVENT, GuardRunnable
+from psaguard import InvalidInputError, RemoteImageError, SafetyVerdict
+from psaguard.adapters import VERDICT_EVENT, GuardRunnable, guarded
 
 
 class EventLog(BaseCallbackHandler):
@@ -118,3 +119,17 @@ async def test_async_events_reach_handlers_and_astream_events(make_guard, images
     custom = [e for e in events if e["event"] == "on_custom_event"]
     assert [e["name"] for e in custom] == [VERDICT_EVENT]
     assert custom[0]["data"]["action"] == "block"
+
+
+def test_requests_over_the_guards_image_cap_are_refused_before_judging(make_guard, recorder, image_message_content):
+    guard = make_guard("allow")
+    limit = guard.config.max_images_per_request
+    content = [image_message_content[0]] * (limit + 1) + [image_message_content[1]]
+    with count_calls(guard.backbone.vision_tower) as calls:
+        with pytest.raises(InvalidInputError, match=f"{limit + 1} images; the limit is {limit}"):
+            GuardRunnable(guard).invoke([HumanMessage(content=content)])
+        with pytest.raises(InvalidInputError, match="the limit is"):
+            guarded(recorder, guard).invoke([HumanMessage(content=content)])
+    assert calls == [] and recorder.calls == []
+    allowed = [image_message_content[0]] * limit + [image_message_content[1]]
+    assert GuardRunnable(guard).invoke([HumanMessage(content=allowed)]).action == "allow"

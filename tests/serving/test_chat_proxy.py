@@ -11,7 +11,7 @@ import json
 import openai
 import pytest
 from fastapi import FastAPI, Request
-from serving_helpers import image_message, openai_client
+from serving_helpers import data_url, image_message, openai_client
 
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
 
@@ -117,6 +117,17 @@ def test_allowed_request_is_forwarded_byte_for_byte_in_its_fields(echo_proxy, re
     message = image_message(image, prompt)
     answer = openai_client(echo_proxy).chat.completions.create(model="demo", messages=[message], max_tokens=3)
     assert json.loads(answer.choices[0].message.content) == {"model": "demo", "messages": [message], "max_tokens": 3}
+
+
+@pytest.mark.parametrize("extra", ["data", "base64", "image_url", "file_id", "uri"])
+def test_an_image_url_with_a_second_payload_is_refused_before_judging(echo_proxy, requests_by_kind, extra):
+    benign, harmful = requests_by_kind["benign"][0], requests_by_kind["harmful"][0]
+    message = image_message(benign, "what is it ?")
+    # the guard would judge `url` while an upstream reading the other field would see the harmful image
+    message["content"][0]["image_url"][extra] = data_url(harmful)
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(echo_proxy).chat.completions.create(model="demo", messages=[message], max_tokens=3)
+    assert caught.value.status_code == 400  # before: judged on `url`, forwarded with both (echo answers 200)
 
 
 def test_unreachable_upstream_is_a_502_after_judging(classifier_guard, requests_by_kind):

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 from serving_helpers import data_url
 
+from psaguard import SafetyGuardConfig
+from psaguard.images import MAX_IMAGES_PER_REQUEST
 from psaguard.serving import ApiKeys, BackgroundServer, BatchingConfig, LimitsConfig, ServeConfig, create_app
 from psaguard.serving.auth import load_api_keys
 
@@ -26,6 +28,10 @@ def openai_error(response: httpx.Response, status: int, code: str) -> dict:
     error = response.json()["error"]
     assert error["code"] == code and set(error) >= {"message", "type", "param", "code"}
     return error
+
+
+def test_the_servers_image_limit_and_the_guards_share_one_default():
+    assert LimitsConfig().max_images == SafetyGuardConfig().max_images_per_request == MAX_IMAGES_PER_REQUEST
 
 
 @pytest.fixture(scope="module")
