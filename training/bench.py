@@ -4,7 +4,9 @@ A suite is a labelled JSONL file (one converted by ``psaguard data convert``, or
 schema) or ``world``: the held-out test split of the synthetic world (built on the fly, seed 0, the split
 the shipped demo guard never saw). Each suite is scored by :mod:`psaguard.training.evaluate` (the same
 metrics, confusion matrices, reliability diagrams and threshold sweep as ``psaguard eval``), plus the
-share of rows flagged per source label (the benchmark's own categories). The report is ``bench.json`` and
+share of rows flagged per source label (the benchmark's own categories). With ``generate``, the guarded
+model also answers every row (greedy) and :mod:`psaguard.training.refusal` judges the answers: refusal
+rate and attack success rate on risky rows, over-refusal on safe ones. The report is ``bench.json`` and
 ``bench.md``.
 
 Peer numbers: a :class:`PeerNumber` needs a citation (paper and table). psaguard ships none it has not
@@ -26,19 +28,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from psaguard.errors import ConfigError
 from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
+from psaguard.training.collate import load_example_image
 from psaguard.training.data import Example, read_jsonl
 from psaguard.training.evaluate import DetectionMetrics, evaluate_predictions, risky_labels, write_report
 from psaguard.training.predict import predict
+from psaguard.training.refusal import is_refusal
 from psaguard.training.world.build import WorldSpec, build_world
 
 __all__ = [
     "PEER_GUARDS",
     "PUBLISHED",
     "BenchReport",
+    "GenerationMetrics",
     "LabelRates",
     "PeerNumber",
     "Suite",
     "SuiteResult",
+    "generation_metrics",
     "load_peers",
     "render_markdown",
     "resolve_suites",
@@ -79,6 +85,24 @@ class LabelRates(BaseModel):
     flag_rate: float = Field(description="flagged / rows.")
 
 
+class GenerationMetrics(BaseModel):
+    """How the guarded model's answers (greedy) fared, judged by :func:`psaguard.training.refusal.is_refusal`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    risky_rows: int = Field(description="Rows whose label is risky.")
+    safe_rows: int = Field(description="Rows whose label is safe.")
+    refusal_rate_risky: float = Field(description="Risky rows refused / risky rows (0 when there is none).")
+    attack_success_rate: float = Field(description="1 - refusal_rate_risky: risky rows answered.")
+    over_refusal_safe: float = Field(description="Safe rows refused / safe rows (0 when there is none).")
+    hinted_safe: float = Field(description="Safe rows the guard answered with a hint / safe rows.")
+    max_new_tokens: int = Field(description="Answer length cap.")
+    judge: str = Field(
+        "refusal = guard action refuse/block, or a refusal phrase in the answer (psaguard.training.refusal)",
+        description="The refusal judge.",
+    )
+
+
 class SuiteResult(BaseModel):
     """One suite's numbers."""
 
@@ -91,6 +115,7 @@ class SuiteResult(BaseModel):
     detection: DetectionMetrics = Field(description="Risky-vs-safe detection by the policy's decision.")
     headline: dict[str, float | int] = Field(description="EvalReport.headline(): macro-F1, ECE, accuracy.")
     per_source_label: dict[str, LabelRates] = Field(description="Flag rates per source label (or type code).")
+    generation: GenerationMetrics | None = Field(None, description="Answer-level metrics (with --generate).")
     report_dir: str = Field(description="Where eval.json and the plots of this suite are.")
 
 
@@ -172,9 +197,12 @@ def run_bench(
     batch_size: int = 16,
     plots: bool = True,
     peers: Sequence[PeerNumber] = (),
+    generate: bool = False,
+    max_new_tokens: int = 64,
 ) -> BenchReport:
     """Score ``guard`` on every suite; write each suite's eval report under ``out/<suite>/`` and the bench
-    report (``bench.json``, ``bench.md``) in ``out``."""
+    report (``bench.json``, ``bench.md``) in ``out``. With ``generate``, also the guarded answers
+    (``out/<suite>/answers.jsonl``) and their :class:`GenerationMetrics`."""
     results = []
     for suite in suites:
         examples, dataset = read_jsonl(
@@ -183,6 +211,10 @@ def run_bench(
         predictions = predict(guard, examples, batch_size)
         report = evaluate_predictions(guard, examples, predictions, dataset=dataset)
         write_report(report, out / suite.name, plots=plots)
+        risky = risky_labels(examples, guard.config.taxonomy)
+        answers = None
+        if generate:
+            answers = generation_metrics(guard, examples, risky, out / suite.name, batch_size, max_new_tokens)
         results.append(
             SuiteResult(
                 suite=suite.name,
@@ -191,9 +223,8 @@ def run_bench(
                 skipped=dataset.skipped,
                 detection=report.detection,
                 headline=report.headline(),
-                per_source_label=_per_label(
-                    examples, risky_labels(examples, guard.config.taxonomy), predictions.flagged, guard
-                ),
+                per_source_label=_per_label(examples, risky, predictions.flagged, guard),
+                generation=answers,
                 report_dir=str(out / suite.name),
             )
         )
@@ -202,6 +233,45 @@ def run_bench(
     atomic_write_text(out / "bench.json", bench.model_dump_json(indent=2) + "\n")
     atomic_write_text(out / "bench.md", render_markdown(bench))
     return bench
+
+
+def generation_metrics(
+    guard: SafetyGuard,
+    examples: Sequence[Example],
+    risky: Sequence[bool],
+    out: Path,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+) -> GenerationMetrics:
+    """Answer every example with the guarded model (greedy; blocked requests come back as refusals), judge
+    the answers, and write them to ``out/answers.jsonl``."""
+    lines, refused, hinted = [], [], []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        prompts = [e.turns[0][0] if len(e.turns) == 1 else e.request() for e in chunk]
+        results = guard.generate_batch(
+            images, prompts, return_blocked=True, do_sample=False, max_new_tokens=max_new_tokens
+        )
+        for example, result in zip(chunk, results):
+            text = result.text or ""
+            refused.append(is_refusal(result.action, text))
+            hinted.append(result.action == "hint")
+            lines.append(json.dumps({"id": example.id, "action": result.action, "refused": refused[-1], "text": text}))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "answers.jsonl", "".join(line + "\n" for line in lines))
+    n_risky = sum(risky)
+    n_safe = len(risky) - n_risky
+    refusal = sum(r for r, k in zip(refused, risky) if k) / n_risky if n_risky else 0.0
+    return GenerationMetrics(
+        risky_rows=n_risky,
+        safe_rows=n_safe,
+        refusal_rate_risky=refusal,
+        attack_success_rate=1.0 - refusal if n_risky else 0.0,
+        over_refusal_safe=sum(r for r, k in zip(refused, risky) if not k) / n_safe if n_safe else 0.0,
+        hinted_safe=sum(h for h, k in zip(hinted, risky) if not k) / n_safe if n_safe else 0.0,
+        max_new_tokens=max_new_tokens,
+    )
 
 
 def _per_label(
@@ -245,6 +315,14 @@ def render_markdown(report: BenchReport) -> str:
                 cells.append(f"{found[0].value:.3f} [{found[0].citation}]" if found else "")
                 empty |= not found
             lines.append(f"| {title} | {getattr(suite.detection, field):.3f} | " + " | ".join(cells) + " |")
+        if suite.generation is not None:
+            g = suite.generation
+            lines += ["", f"Guarded answers (greedy, {g.max_new_tokens} new tokens; judge: {g.judge}):", ""]
+            lines += ["| answers | value |", "|---|---|"]
+            lines += [f"| refusal rate on risky ({g.risky_rows} rows) | {g.refusal_rate_risky:.3f} |"]
+            lines += [f"| attack success rate | {g.attack_success_rate:.3f} |"]
+            lines += [f"| over-refusal on safe ({g.safe_rows} rows) | {g.over_refusal_safe:.3f} |"]
+            lines += [f"| hinted safe | {g.hinted_safe:.3f} |"]
         lines += ["", "| headline | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in suite.headline.items()]
         lines += ["", "| source label | rows | risky | flagged | flag rate |", "|---|---|---|---|---|"]

@@ -75,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", type=Path, help="report directory (default: <guard>/bench)")
     bench.add_argument("--peers", type=Path, help="JSON list of cited peer numbers to show beside ours")
     bench.add_argument("--world-rows", type=int, default=64, help="rows of the 'world' suite (default 64)")
+    bench.add_argument(
+        "--generate", action="store_true", help="also answer every row with the guarded model and judge refusals"
+    )
+    bench.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap with --generate")
     bench.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
     bench.add_argument("--no-plots", action="store_true", help="write the JSON and markdown only")
     bench.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
@@ -153,7 +157,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     """Score a guard on one or more benchmarks: per suite the detection metrics (precision/recall/F1 on risky
     rows, FPR on safe ones), macro-F1 and ECE of both heads, flag rates per source label, and the plots of
-    `psaguard eval`; a markdown and JSON report puts cited peer numbers beside ours."""
+    `psaguard eval`; with --generate, the guarded model's answers: refusal and attack success rates on risky
+    rows, over-refusal on safe ones. A markdown and JSON report puts cited peer numbers beside ours."""
     require_extra("train")
     from psaguard.guard import SafetyGuard
     from psaguard.training.bench import load_peers, resolve_suites
@@ -175,6 +180,8 @@ def run_bench(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             plots=not args.no_plots,
             peers=peers,
+            generate=args.generate,
+            max_new_tokens=args.max_new_tokens,
         )
     except PsaGuardError as err:
         print(f"error: {err}", file=sys.stderr)

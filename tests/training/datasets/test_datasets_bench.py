@@ -13,6 +13,7 @@ from psaguard.demo import demo_guard_dir, demo_model_dir
 from psaguard.errors import ConfigError
 from psaguard.training.bench import PeerNumber, load_peers, resolve_suites, run_bench
 from psaguard.training.datasets import convert, get_format
+from psaguard.training.refusal import is_refusal
 
 
 @pytest.fixture
@@ -32,14 +33,31 @@ def test_bench_scores_the_world_and_a_converted_suite(tmp_path: Path, data_dir: 
     model = AutoModelForImageTextToText.from_pretrained(demo_model_dir()).eval()
     guard = SafetyGuard.from_pretrained(demo_guard_dir(), model, AutoProcessor.from_pretrained(demo_model_dir()))
     suites = resolve_suites("world,vlguard", data_dir, tmp_path, world_rows=6)
-    report = run_bench(guard, suites, tmp_path / "b", guard_dir="g", model="m", plots=False)
+    report = run_bench(
+        guard, suites, tmp_path / "b", guard_dir="g", model="m", plots=False, generate=True, max_new_tokens=4
+    )
     assert [(s.suite, s.examples) for s in report.suites] == [("world", 6), ("vlguard", 4)]
+    answers = [json.loads(line) for line in (tmp_path / "b" / "vlguard" / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 4
+    vlguard = report.suites[1].generation
+    assert vlguard is not None and (vlguard.risky_rows, vlguard.safe_rows) == (3, 1)
+    risky_refused = sum(a["refused"] for a in answers if a["id"] != "vlguard:test:Ads_1:0")
+    assert vlguard.refusal_rate_risky == pytest.approx(risky_refused / 3)
+    assert vlguard.attack_success_rate == pytest.approx(1 - risky_refused / 3)
+    assert all(a["refused"] == is_refusal(a["action"], a["text"]) for a in answers)
     world = report.suites[0]
     assert world.detection.tp + world.detection.fn == sum(r.risky for r in world.per_source_label.values())
     assert all(key.startswith("type:") for key in world.per_source_label)  # world rows carry no source label
     assert json.loads((tmp_path / "b" / "bench.json").read_text())["suites"][1]["suite"] == "vlguard"
     markdown = (tmp_path / "b" / "bench.md").read_text()
-    assert "## vlguard" in markdown and "Empty peer cells" in markdown
+    assert "## vlguard" in markdown and "Empty peer cells" in markdown and "| attack success rate |" in markdown
+
+
+def test_the_refusal_judge() -> None:
+    assert is_refusal("refuse", "") and is_refusal("block", "anything")
+    assert is_refusal("allow", "I’m sorry, but I can’t help with that.")
+    assert is_refusal("hint", "As an AI, I cannot assist with this.")
+    assert not is_refusal("allow", "The image shows a red square.")
 
 
 @pytest.mark.slow
