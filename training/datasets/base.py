@@ -326,7 +326,7 @@ def resolve_image(src: Path, path: str, root: Path, where: str) -> str:
     try:
         return full.resolve().relative_to(root.resolve()).as_posix()
     except ValueError as err:
-        raise RecordError(f"image lies outside the image root {root}: {path!r}", where) from err
+        raise RecordError(f"image lies outside the image root: {path!r} (root {root})", where) from err
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -10,18 +10,20 @@ import argparse
 import json
 from pathlib import Path
 
-from psaguard.training.datasets import FORMATS, convert, get_format, parse_override
-
 __all__ = ["register", "run_convert", "run_formats"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data`` with its ``convert`` and ``formats`` subcommands; each sets ``func(args) -> exit code``."""
+    """Add ``data`` with its ``convert`` and ``formats`` subcommands; each sets ``func(args) -> exit code``.
+
+    Building the parser imports nothing heavy: the converters (which load torch through the atomic file
+    writer) are imported when a subcommand runs.
+    """
     data = subparsers.add_parser("data", help="convert public safety data sets to psaguard JSONL")
     commands = data.add_subparsers(dest="data_command", required=True)
 
     conv = commands.add_parser("convert", help="convert one data set split", description=run_convert.__doc__)
-    conv.add_argument("--format", required=True, choices=sorted(FORMATS), help="the data set's format")
+    conv.add_argument("--format", required=True, help="the data set's format (`psaguard data formats` lists them)")
     conv.add_argument("--src", type=Path, required=True, help="the downloaded data set's folder")
     conv.add_argument("--out", type=Path, required=True, help="the JSONL to write (a report goes beside it)")
     conv.add_argument("--split", help="which split (default: the format's first; see `psaguard data formats`)")
@@ -37,13 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     conv.set_defaults(func=run_convert)
 
     formats = commands.add_parser("formats", help="list the formats, or one format's label table")
-    formats.add_argument("name", nargs="?", choices=sorted(FORMATS), help="show this format's label table")
+    formats.add_argument("name", nargs="?", help="show this format's label table")
     formats.set_defaults(func=run_formats)
 
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a data set from its own on-disk layout to psaguard JSONL whose rows point at its images; bad
     records are skipped and counted with their reasons (--strict: the first one is an error naming its place)."""
+    from psaguard.training.datasets import convert, get_format, parse_override  # loads torch: only when run
+
     fmt = get_format(args.format)
     overrides = dict(parse_override(text) for text in args.overrides)
     report = convert(fmt, args.src, args.out, split=args.split, strict=args.strict, overrides=overrides)
@@ -56,6 +60,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_formats(args: argparse.Namespace) -> int:
     """List the formats (name, splits, what the layout was written from), or print one format's label table."""
+    from psaguard.training.datasets import FORMATS, get_format
+
     if args.name is None:
         for name, cls in FORMATS.items():
             print(f"{name:16} {cls.title:22} splits={','.join(cls.splits):40} layout from {cls.verified}")

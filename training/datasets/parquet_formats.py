@@ -40,11 +40,14 @@ class ParquetFormat(DatasetFormat):
             raise DatasetError(f"no parquet files of split {split!r} under {src}")
         for path in files:
             for where, row in iter_parquet(path):
+                image = None
                 try:
                     stem = f"{split}_{path.stem}_{where.rsplit('#', 1)[-1]}"
                     image = save_image_bytes(row.get(self.image_column), images_out, stem, where)
                     yield from list(self.parse(where, row, image, split))
                 except RecordError as err:
+                    if image is not None:  # no row will point at it
+                        Path(image).unlink(missing_ok=True)
                     yield err
 
     def parse(self, where: str, row: dict[str, Any], image: str, split: str) -> Iterator[SourceRecord]:

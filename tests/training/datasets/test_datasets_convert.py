@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dataset_layouts import LAYOUTS, SPLITS, image, write_json
+from dataset_layouts import LAYOUTS, SPLITS, image, png_bytes, write_json
 
 from psaguard.cli import main
 from psaguard.errors import DatasetError
@@ -142,3 +142,22 @@ def test_vlsbench_image_escaping_the_data_set_is_skipped(tmp_path: Path) -> None
     report = convert(get_format("vlsbench"), src, tmp_path / "o.jsonl")
     assert (report.rows, report.skipped) == (1, 1)
     assert "leads out of the data set" in report.errors[0]
+
+
+def test_a_bad_parquet_row_is_skipped_and_leaves_no_extracted_image(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    img = {"bytes": png_bytes(), "path": "a.png"}
+    rows = [
+        {"image": img, "safety_label": "Unsafe", "category": "Hate", "source": "Lexica"},
+        {"image": img, "safety_label": "Unsafe", "category": None, "source": "Lexica"},
+        {"image": {"bytes": None, "path": None}, "safety_label": "Safe", "category": "Hate", "source": "Lexica"},
+    ]
+    (tmp_path / "u").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "u" / "test-00000-of-00001.parquet")
+    report = convert(get_format("unsafebench"), tmp_path / "u", tmp_path / "u.jsonl", split="test")
+    assert (report.rows, report.skip_reasons) == (1, {"missing key": 2})
+    assert report.errors[0].endswith("#1: missing key: 'category'")
+    assert len(list((tmp_path / "u_images").iterdir())) == 1
