@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from psaguard.errors import DatasetError
 from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
-from psaguard.training.data import MAX_REPORTED_ERRORS, SampleRow
+from psaguard.training.data import IMAGE_PLACEHOLDER, MAX_REPORTED_ERRORS, SampleRow
 
 __all__ = [
     "ConvertReport",
@@ -259,6 +259,9 @@ class _Writer:
             self.lines.append(self._line(item))
         except RecordError as err:
             if self.strict:
+                path, _, line = err.where.rpartition(":")
+                if line.isdigit():  # 'file:line' names the line; 'file#record' is kept whole in the message
+                    raise DatasetError(err.reason, path, int(line)) from err
                 raise DatasetError(f"{err.where}: {err.reason}") from err
             self.kinds[err.reason.split(":")[0]] += 1
             self.errors.append(f"{err.where}: {err.reason}")
@@ -271,7 +274,7 @@ class _Writer:
         row: dict[str, Any] = {
             "id": f"{self.fmt.name}:{record.id}",
             "image": images[0] if len(images) == 1 else images,
-            "prompt": record.prompt,
+            "prompt": record.prompt.replace(IMAGE_PLACEHOLDER, " ").strip(),  # LLaVA-style sources mark the image
             **({"response": record.response} if record.response else {}),
             "safe_level": self.taxonomy.level_by_code(target.level).id,
             "safe_type": target.type,

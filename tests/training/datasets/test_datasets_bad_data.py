@@ -79,6 +79,9 @@ def test_a_csv_without_its_columns_is_an_error_and_a_bad_line_a_skip(tmp_path: P
     csv_path.write_text(csv_path.read_text() + "ForbidQI,3,1,,empty category,x\n")
     report = convert(get_format("figstep"), tmp_path / "f", tmp_path / "o.jsonl")
     assert report.skip_reasons == {"missing key": 1} and report.errors[0].startswith(f"{csv_path}:4")
+    with pytest.raises(DatasetError, match="missing key") as caught:
+        convert(get_format("figstep"), tmp_path / "f", tmp_path / "o2.jsonl", strict=True)
+    assert (caught.value.path, caught.value.line) == (str(csv_path), 4)
     csv_path.write_text("dataset,question\nForbidQI,q\n")
     with pytest.raises(DatasetError, match="lacks the columns"):
         convert(get_format("figstep"), tmp_path / "f", tmp_path / "o.jsonl")

@@ -161,3 +161,12 @@ def test_a_bad_parquet_row_is_skipped_and_leaves_no_extracted_image(tmp_path: Pa
     assert (report.rows, report.skip_reasons) == (1, {"missing key": 2})
     assert report.errors[0].endswith("#1: missing key: 'category'")
     assert len(list((tmp_path / "u_images").iterdir())) == 1
+
+
+def test_an_image_placeholder_in_a_source_prompt_is_removed(tmp_path: Path) -> None:
+    image(tmp_path / "v" / "train" / "a.png")
+    pair = {"instruction": "<image>\nWho is this?", "response": "I can't say."}
+    item = {"id": "1", "image": "a.png", "safe": False, "harmful_category": "privacy"}
+    write_json(tmp_path / "v" / "train.json", [{**item, "harmful_subcategory": "personal data", "instr-resp": [pair]}])
+    convert(get_format("vlguard"), tmp_path / "v", tmp_path / "v.jsonl")
+    assert json.loads((tmp_path / "v.jsonl").read_text())["prompt"] == "Who is this?"
