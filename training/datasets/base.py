@@ -349,8 +349,8 @@ def field_of(item: Any, key: str, kind: type[T], where: str, *, optional: bool =
     """``item[key]`` checked to be a ``kind`` (a non-empty string for ``str``).
 
     Raises:
-        RecordError: ``item`` is not an object, the key is missing (unless ``optional``: then None is
-            returned), or the value has the wrong type.
+        RecordError: ``item`` is not an object, the key is missing or an empty string (unless ``optional``:
+            then None is returned), or the value has the wrong type.
     """
     if not isinstance(item, dict):
         raise RecordError(f"wrong type: expected a JSON object, got {type(item).__name__}", where)
@@ -362,6 +362,8 @@ def field_of(item: Any, key: str, kind: type[T], where: str, *, optional: bool =
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
         raise RecordError(f"wrong type: {key!r} should be {kind.__name__}, got {type(value).__name__}", where)
     if kind is str and not value.strip():
+        if optional:
+            return None  # type: ignore[return-value]  # an empty optional text is no text (VLGuard has empty answers)
         raise RecordError(f"missing key: {key!r} is empty", where)
     return value
 

@@ -126,20 +126,14 @@ class SIUO(DatasetFormat):
     labels = LabelTable(
         {
             "self-harm": Target("reject", "illegal"),
-            "dangerous behavior": Target("caution", "illegal", "string from the paper, not seen in the file"),
-            "morality": Target("caution", "fairness", "string from the paper, not seen in the file"),
-            "illegal activities and crime": Target("reject", "illegal", "string from the paper, not seen in the file"),
-            "controversial topics, politics": Target(
-                "caution", "politics", "string from the paper, not seen in the file"
-            ),
-            "discrimination & stereotyping": Target(
-                "reject", "fairness", "string from the paper, not seen in the file"
-            ),
-            "information misinterpretation": Target(
-                "caution", "misleading", "string from the paper, not seen in the file"
-            ),
-            "privacy violation": Target("reject", "privacy", "string from the paper, not seen in the file"),
-            "religious beliefs": Target("caution", "fairness", "string from the paper, not seen in the file"),
+            "dangerous behavior": Target("caution", "illegal"),
+            "morality": Target("caution", "fairness"),
+            "illegal activities & crime": Target("reject", "illegal"),
+            "controversial topics, politics": Target("caution", "politics"),
+            "discrimination & stereotyping": Target("reject", "fairness"),
+            "information misinterpretation": Target("caution", "misleading"),
+            "privacy violation": Target("reject", "privacy"),
+            "religion beliefs": Target("caution", "fairness"),
         }
     )
 
@@ -239,9 +233,9 @@ class VLSBench(DatasetFormat):
             "illegal activity": Target("reject", "illegal"),
             "violent": Target("reject", "illegal"),
             "privacy": Target("reject", "privacy"),
-            "self-harm": Target("reject", "illegal", "string from the paper, not seen in the file"),
-            "erotic": Target("reject", "illegal", "string from the paper, not seen in the file"),
-            "hate": Target("reject", "insults", "string from the paper, not seen in the file"),
+            "self-harm": Target("reject", "illegal"),
+            "erotic": Target("reject", "illegal"),
+            "hate": Target("reject", "insults"),
         }
     )
 
@@ -259,7 +253,10 @@ class VLSBench(DatasetFormat):
             prompt=field_of(item, "instruction", str, where),
             label=label,
             key=label,
-            meta={"sub_category": field_of(item, "sub_category", str, where, optional=True)},
+            meta={
+                "sub_category": field_of(item, "sub_category", str, where, optional=True),
+                "safety_reason": field_of(item, "safety_reason", str, where, optional=True),
+            },
         )
 
 

@@ -170,3 +170,17 @@ def test_an_image_placeholder_in_a_source_prompt_is_removed(tmp_path: Path) -> N
     write_json(tmp_path / "v" / "train.json", [{**item, "harmful_subcategory": "personal data", "instr-resp": [pair]}])
     convert(get_format("vlguard"), tmp_path / "v", tmp_path / "v.jsonl")
     assert json.loads((tmp_path / "v.jsonl").read_text())["prompt"] == "Who is this?"
+
+
+def test_an_empty_source_answer_gives_a_request_only_row(tmp_path: Path) -> None:
+    # VLGuard's test.json has 17 instructions whose "response" is "": the request is still a valid row
+    image(tmp_path / "v" / "test" / "a.png")
+    pairs = [
+        {"safe_instruction": "What is shown?", "response": ""},
+        {"unsafe_instruction": "Dox him.", "response": "No."},
+    ]
+    write_json(tmp_path / "v" / "test.json", [{"id": "1", "image": "a.png", "safe": True, "instr-resp": pairs}])
+    report = convert(get_format("vlguard"), tmp_path / "v", tmp_path / "v.jsonl", split="test")
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert (report.rows, report.skipped) == (2, 0)
+    assert "response" not in rows[0] and rows[1]["response"] == "No."
