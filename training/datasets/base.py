@@ -32,6 +32,7 @@ from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.training.data import IMAGE_PLACEHOLDER, MAX_REPORTED_ERRORS, SampleRow
 
 __all__ = [
+    "LAYOUT_SOURCES",
     "ConvertReport",
     "DatasetFormat",
     "LabelTable",
@@ -122,11 +123,20 @@ def normalize(label: str) -> str:
     return " ".join(label.strip().lower().split())
 
 
+LAYOUT_SOURCES = {
+    "repository": "checked against the data set's files",
+    "loader": "written from the data set's own loading code (the data file itself not read)",
+    "documentation": "written from documentation and memory; not checked against the files",
+}
+"""What a format's ``verified`` value means."""
+
+
 class DatasetFormat:
     """Base of the data-set formats: subclasses set the class attributes and implement :meth:`records`.
 
-    ``verified`` says what the layout was written from: 'repository' (the data set's own files were read)
-    or 'documentation' (its paper, card or README only; the layout may differ in details).
+    ``verified`` says what the layout was written from (:data:`LAYOUT_SOURCES`): 'repository' (the data
+    set's own files were read and converted), 'loader' (the code that loads it in its repository was read,
+    not the data file) or 'documentation' (its paper, card or README only; the layout may differ in details).
     """
 
     name: ClassVar[str]

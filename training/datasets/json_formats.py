@@ -48,7 +48,8 @@ class VLGuard(DatasetFormat):
     ``harmful_category``/``harmful_subcategory``, and ``instr-resp``: a list of ``{"instruction", "response"}``
     (unsafe image) or ``{"safe_instruction"|"unsafe_instruction", "response"}`` (safe image). One row per
     instruction. Hateful speech is filed under ``discrimination`` in the files (the paper calls it 'Hateful
-    Speech'); unsafe instructions on safe images carry no category in the data.
+    Speech'); unsafe instructions on safe images carry no category in the data. The images are looked for
+    in ``<split>/``, ``data/<split>/`` and ``src`` itself (the zips' inner folder name was not checked).
     """
 
     name = "vlguard"
@@ -115,7 +116,8 @@ class SIUO(DatasetFormat):
     A record: ``question_id``, ``image`` (file name), ``question``, ``category``, ``safety_warning``,
     ``reference_answer``. Every pair is safe image + safe text whose combination is unsafe, so every row
     is risky. The public file holds 167 items (the paper reports 269). ``reference_answer`` is not used as
-    the response: several are the unsafe answers the benchmark warns about (it is kept in ``meta``).
+    the response: several are the unsafe answers the benchmark warns about (it is kept in ``meta``). The
+    images (not in the repository) are looked for in ``images/``, ``data/images/`` and ``src``.
     """
 
     name = "siuo"
@@ -173,7 +175,7 @@ class MSSBench(DatasetFormat):
     title = "MSSBench"
     source = "https://huggingface.co/datasets/kzhou35/mssbench"
     splits = ("chat", "embodied")
-    verified = "repository"
+    verified = "loader"
     labels = LabelTable(
         {
             "chat/safe": SAFE,
