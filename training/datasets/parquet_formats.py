@@ -69,7 +69,9 @@ class SPAVL(ParquetFormat):
     """SPA-VL (Zhang et al., CVPR 2025): preference data, parquet with ``image``, ``question``, ``chosen``,
     ``rejected``, ``image_name``, ``class1``, ``class2``, ``class3`` (harm domain, category, subcategory).
 
-    The row's response is ``chosen`` (the preferred, safer answer); ``rejected`` goes to ``meta`` for
+    Files: ``data/train-0000N-of-00008.parquet``, ``validation/``, ``test/harm/`` and ``test/help/`` (as the
+    card's file listing shows; the columns are from the paper and not checked). The row's response is
+    ``chosen`` (the preferred, safer answer); ``rejected`` goes to ``meta`` for
     response-level checks. Every question comes from a harm category; the level is 'caution' (the data
     set mixes harmful and harmless questions within a category and labels none as safe). Labels are
     written 'class1/class2/class3'; the table keys on ``class1``.
@@ -107,9 +109,10 @@ class SPAVL(ParquetFormat):
 class BeaverTailsV(ParquetFormat):
     """BeaverTails-V (PKU-Alignment, 2025): one folder per harm category with parquet splits.
 
-    Both schemas of the repository are read. The current one has one ``response`` per row; the earlier
-    pairwise one has ``response_1``/``response_2`` with ``safer_response_id``; the safer of the two
-    becomes the response (both safety flags go to ``meta``). Common columns: ``question``, ``image``,
+    Both schemas of the repository are read. The current one has one ``response`` per row (and
+    ``is_response_safe``); the earlier pairwise one has ``response_1``/``response_2`` with
+    ``safer_response_id`` ('1'/'2', a string); the safer of the two becomes the response (the safety flags
+    go to ``meta``). Splits: ``train`` and ``evaluation``, one config folder per category. Common columns: ``question``, ``image``,
     ``category``, ``image_severity`` (kept in ``meta``). The label is ``category`` verbatim.
     """
 
@@ -117,6 +120,7 @@ class BeaverTailsV(ParquetFormat):
     title = "BeaverTails-V"
     source = "https://huggingface.co/datasets/PKU-Alignment/BeaverTails-V"
     splits = ("train", "evaluation")
+    verified = "card"
     labels = LabelTable(
         {
             "animal_abuse": Target("reject", "illegal"),
@@ -180,6 +184,7 @@ class UnsafeBench(ParquetFormat):
     title = "UnsafeBench"
     source = "https://huggingface.co/datasets/yiting/UnsafeBench"
     splits = ("train", "test")
+    verified = "card"
     labels = LabelTable(
         {
             "safe": SAFE,
