@@ -137,7 +137,8 @@ class DatasetFormat:
 
     ``verified`` says what the layout was written from (:data:`LAYOUT_SOURCES`): 'repository' (the data
     set's own files were read and converted), 'loader' (the code that loads it in its repository was read,
-    not the data file), 'card' (its Hugging Face card's declared columns and splits) or 'documentation' (its paper, card or README only; the layout may differ in details).
+    not the data file), 'card' (its Hugging Face card's declared columns and splits) or 'documentation'
+    (its paper, card or README only; the layout may differ in details).
     """
 
     name: ClassVar[str]

@@ -112,8 +112,9 @@ class BeaverTailsV(ParquetFormat):
     Both schemas of the repository are read. The current one has one ``response`` per row (and
     ``is_response_safe``); the earlier pairwise one has ``response_1``/``response_2`` with
     ``safer_response_id`` ('1'/'2', a string); the safer of the two becomes the response (the safety flags
-    go to ``meta``). Splits: ``train`` and ``evaluation``, one config folder per category. Common columns: ``question``, ``image``,
-    ``category``, ``image_severity`` (kept in ``meta``). The label is ``category`` verbatim.
+    go to ``meta``). Splits: ``train`` and ``evaluation``, one config folder per category. Common columns:
+    ``question``, ``image``, ``category``, ``image_severity`` (kept in ``meta``). The label is ``category``
+    verbatim.
     """
 
     name = "beavertails-v"
