@@ -1,13 +1,13 @@
 """``psaguard bench``: a guard's metrics benchmark by benchmark, with peers' published numbers beside them.
 
 A suite is a labelled JSONL file (one converted by ``psaguard data convert``, or any in the trainer's
-schema) or ``world``: the held-out test split of the synthetic world (built on the fly, seed 0, the split
-the shipped demo guard never saw). Each suite is scored by :mod:`psaguard.training.evaluate` (the same
-metrics, confusion matrices, reliability diagrams and threshold sweep as ``psaguard eval``), plus the
-share of rows flagged per source label (the benchmark's own categories). With ``generate``, the guarded
-model also answers every row (greedy) and :mod:`psaguard.training.refusal` judges the answers: refusal
-rate and attack success rate on risky rows, over-refusal on safe ones. The report is ``bench.json`` and
-``bench.md``.
+schema) or ``world``: the test split of the synthetic world (built on the fly with seed 0; its held-out
+styles and templates are never drawn in the world's training split). Each suite is scored by
+:mod:`psaguard.training.evaluate` (the same metrics, confusion matrices, reliability diagrams and threshold
+sweep as ``psaguard eval``), plus the share of rows flagged per source label (the benchmark's own
+categories). With ``generate``, the guarded model also answers every row (greedy) and
+:mod:`psaguard.training.refusal` judges the answers: refusal rate and attack success rate on risky rows,
+over-refusal on safe ones. The report is ``bench.json`` and ``bench.md``.
 
 Peer numbers: a :class:`PeerNumber` needs a citation (paper and table). psaguard ships none it has not
 checked against the paper (:data:`PUBLISHED` is empty); ``--peers FILE`` adds a user's own, cited numbers.
