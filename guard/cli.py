@@ -16,7 +16,12 @@ __all__ = ["build_parser", "main"]
 
 # Modules that may add subcommands through `register(subparsers)`; skipped when not importable
 # (e.g. the training extra is not installed).
-_EXTENSIONS = ("psaguard.training.cli", "psaguard.training.world.cli", "psaguard.serving.cli")
+_EXTENSIONS = (
+    "psaguard.training.cli",
+    "psaguard.training.datasets.cli",
+    "psaguard.training.world.cli",
+    "psaguard.serving.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "fastapi": "serve",
     "prometheus_client": "serve",
     "uvicorn": "serve",
+    "pyarrow": "datasets",
 }
 """Top-level module name -> the psaguard extra that installs it."""
 

@@ -3,6 +3,7 @@
 psaguard train stage1 --config train.yaml [--resume] [--set lr=1e-4 --set quant.load_in_4bit=true]
 psaguard eval --guard out/stage1 --data test.jsonl [--model llava-dir] [--out out/eval]
 psaguard calibrate --guard out/stage1 --data val.jsonl [--model llava-dir]
+psaguard bench --guard out/stage1 --suite world,vlguard,figstep [--data-dir data] [--model llava-dir]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from psaguard.errors import PsaGuardError
 from psaguard.extras import require_extra
 from psaguard.logs import add_log_level_option
 
-__all__ = ["register", "run_calibrate", "run_eval", "run_train"]
+__all__ = ["register", "run_bench", "run_calibrate", "run_eval", "run_train"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_guard_data_args(calibrate)
     add_log_level_option(calibrate)
     calibrate.set_defaults(func=run_calibrate)
+
+    bench = subparsers.add_parser(
+        "bench", help="score a guard benchmark by benchmark (markdown + JSON report)", description=run_bench.__doc__
+    )
+    bench.add_argument("--guard", type=Path, required=True, help="guard directory")
+    bench.add_argument(
+        "--suite",
+        required=True,
+        help="comma-separated suites: 'world' (synthetic test split), NAME (DATA_DIR/NAME.jsonl) or NAME=PATH.jsonl",
+    )
+    bench.add_argument("--data-dir", type=Path, default=Path("data"), help="where NAME.jsonl files are (default: data)")
+    bench.add_argument("--model", help="base model; default: the one recorded in the guard's training config")
+    bench.add_argument("--image-root", type=Path, help="directory image paths are relative to (default: each file's)")
+    bench.add_argument("--out", type=Path, help="report directory (default: <guard>/bench)")
+    bench.add_argument("--peers", type=Path, help="JSON list of cited peer numbers to show beside ours")
+    bench.add_argument("--world-rows", type=int, default=64, help="rows of the 'world' suite (default 64)")
+    bench.add_argument(
+        "--generate", action="store_true", help="also answer every row with the guarded model and judge refusals"
+    )
+    bench.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap with --generate")
+    bench.add_argument("--batch-size", type=int, default=16, help="requests per forward pass")
+    bench.add_argument("--no-plots", action="store_true", help="write the JSON and markdown only")
+    bench.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
+    bench.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    add_log_level_option(bench)
+    bench.set_defaults(func=run_bench)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -124,6 +151,46 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps({**result.model_dump(), "guard": str(args.guard)}, indent=2))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Score a guard on one or more benchmarks: per suite the detection metrics (precision/recall/F1 on risky
+    rows, FPR on safe ones), macro-F1 and ECE of both heads, flag rates per source label, and the plots of
+    `psaguard eval`; with --generate, the guarded model's answers: refusal and attack success rates on risky
+    rows, over-refusal on safe ones. A markdown and JSON report puts cited peer numbers beside ours."""
+    require_extra("train")
+    from psaguard.guard import SafetyGuard
+    from psaguard.training.bench import load_peers, resolve_suites
+    from psaguard.training.bench import run_bench as bench
+
+    try:
+        out = args.out or args.guard / "bench"
+        suites = resolve_suites(args.suite, args.data_dir, out, args.image_root, args.world_rows)
+        peers = load_peers(args.peers)
+        model_id = args.model or _recorded_model(args.guard)
+        model, processor = _load(model_id, args.load_in_4bit, args.cpu)
+        guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False)
+        report = bench(
+            guard,
+            suites,
+            out,
+            guard_dir=str(args.guard),
+            model=model_id,
+            batch_size=args.batch_size,
+            plots=not args.no_plots,
+            peers=peers,
+            generate=args.generate,
+            max_new_tokens=args.max_new_tokens,
+        )
+    except PsaGuardError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    summary = {
+        s.suite: {"examples": s.examples, **s.detection.model_dump(include={"f1", "recall", "fpr"})}
+        for s in report.suites
+    }
+    print(json.dumps({**summary, "report": str(out / "bench.md")}, indent=2))
     return 0
 
 

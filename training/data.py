@@ -6,7 +6,10 @@ One JSON object a line, in either of two shapes::
     {"image": "a.png", "conversations": [{"from": "USER", "value": "<image>\\nWhat is shown?"},
                                          {"from": "ASSISTANT", "value": "..."}], "safe_level": 3, "safe_type": 4}
 
-The second is the paper's format. Every row is validated; a bad row raises :class:`DatasetError` naming
+The second is the paper's format. A ``prompt`` row may leave out ``response``: such a request-only row (as
+converted from a benchmark, see :mod:`psaguard.training.datasets`) trains and evaluates the safety head, but
+Stage II, which learns answers, refuses it. ``source_label`` keeps a converted data set's own label verbatim
+beside the mapped ``safe_level``/``safe_type``. Every row is validated; a bad row raises :class:`DatasetError` naming
 the file and line, or, with ``skip_invalid=True``, is skipped and counted in the :class:`DatasetReport`.
 """
 
@@ -76,13 +79,18 @@ class SampleRow(BaseModel):
         description="Image path(s) relative to the image root; several are placed side by side "
         "(the paper's 'a.jpg<split>b.jpg' is read the same way)."
     )
-    prompt: StrictStr | None = Field(None, description="User text without '<image>'; needs 'response'.")
-    response: StrictStr | None = Field(None, description="Target answer when 'prompt' is used.")
+    prompt: StrictStr | None = Field(None, description="User text without '<image>'.")
+    response: StrictStr | None = Field(
+        None, description="Target answer when 'prompt' is used; None for a request-only row (no Stage II)."
+    )
     conversations: list[Turn] | None = Field(
         None, description="Paper format: alternating user/assistant turns, starting with the user."
     )
     safe_level: StrictInt = Field(ge=0, description="Risk level id (0 = safe to answer).")
     safe_type: StrictInt | StrictStr = Field(description="Risk type id or taxonomy code, e.g. 4 or 'privacy'.")
+    source_label: StrictStr | None = Field(
+        None, description="The source data set's own label, verbatim (e.g. 'deception/disinformation'); not trained on."
+    )
     meta: dict[str, Any] | None = Field(None, description="Free-form metadata, ignored by training.")
 
     @model_validator(mode="after")
@@ -92,8 +100,8 @@ class SampleRow(BaseModel):
         if (self.prompt is None) == (self.conversations is None):
             raise ValueError("give exactly one of 'prompt' (with 'response') or 'conversations'")
         if self.prompt is not None:
-            if self.response is None or not self.response.strip():
-                raise ValueError("'prompt' rows need a non-empty 'response'")
+            if self.response is not None and not self.response.strip():
+                raise ValueError("'response' is empty; leave it out for a request-only row")
             if IMAGE_PLACEHOLDER in self.prompt:
                 raise ValueError("'prompt' must not contain '<image>'; the image is placed by the chat template")
             if not self.prompt.strip():
@@ -150,6 +158,12 @@ class Example:
     path: str
     line: int
     id: str | None = None
+    source_label: str | None = None
+
+    @property
+    def has_response(self) -> bool:
+        """Whether the row carries an answer for every turn (request-only rows have none; Stage II needs it)."""
+        return all(assistant for _, assistant in self.turns)
 
     def messages(self) -> Conversation:
         """The row as a chat conversation: user and assistant messages, the image part in the first user turn."""
@@ -317,6 +331,7 @@ def _parse_line(line: str, paths: _Paths, taxonomy: Taxonomy, path: str, number:
         path=path,
         line=number,
         id=row.id,
+        source_label=row.source_label,
     )
 
 

@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
+from psaguard.taxonomy import Taxonomy
 from psaguard.training.calibration import ReliabilityBin, reliability, softmax
 from psaguard.training.data import DatasetReport, Example
 from psaguard.training.metrics import binary_rates, confusion_matrix, macro_f1_of, one_vs_rest
-from psaguard.training.predict import predict
+from psaguard.training.predict import Predictions, predict
 from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_sweep
 
 __all__ = [
@@ -33,7 +34,9 @@ __all__ = [
     "ReliabilityBin",
     "detection_metrics",
     "evaluate_guard",
+    "evaluate_predictions",
     "head_report",
+    "risky_labels",
     "write_report",
 ]
 
@@ -135,10 +138,22 @@ def evaluate_guard(
     thresholds: Sequence[float] = DEFAULT_SWEEP,
 ) -> EvalReport:
     """Classify every example with ``guard`` (image + judged text) and score the head and the policy."""
-    taxonomy = guard.config.taxonomy
     predictions = predict(guard, examples, batch_size)
-    safe_type = taxonomy.safe_type_id
-    risky = [e.level > 0 and e.type != safe_type for e in examples]
+    return evaluate_predictions(guard, examples, predictions, bins=bins, dataset=dataset, thresholds=thresholds)
+
+
+def evaluate_predictions(
+    guard: SafetyGuard,
+    examples: Sequence[Example],
+    predictions: Predictions,
+    *,
+    bins: int = 10,
+    dataset: DatasetReport | None = None,
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
+) -> EvalReport:
+    """Score ``guard``'s :func:`~psaguard.training.predict.predict` output on ``examples`` (the head and the policy)."""
+    taxonomy = guard.config.taxonomy
+    risky = risky_labels(examples, taxonomy)
     level_codes = [lv.code for lv in taxonomy.levels]
     type_codes = [t.code for t in taxonomy.types]
     level = head_report([e.level for e in examples], predictions.probs("level"), level_codes, bins)
@@ -153,6 +168,12 @@ def evaluate_guard(
         type_codes=type_codes,
         dataset=dataset,
     )
+
+
+def risky_labels(examples: Sequence[Example], taxonomy: Taxonomy) -> list[bool]:
+    """Whether each example's label calls for an intervention: a level above 0 and a type other than safe."""
+    safe_type = taxonomy.safe_type_id
+    return [e.level > 0 and e.type != safe_type for e in examples]
 
 
 def _with_uncalibrated(

@@ -130,7 +130,8 @@ def load_data(
         rows, report = read_jsonl(
             path, image_root=cfg.image_root, taxonomy=guard.config.taxonomy, skip_invalid=cfg.skip_invalid_rows
         )
-        examples[split], reports[split] = _encodable(rows, report, collate, cfg.skip_invalid_rows)
+        needs_answers = getattr(cfg, "lm_loss_weight", 1.0) > 0  # Stage II, and Stage I unless its LM loss is off
+        examples[split], reports[split] = _encodable(rows, report, collate, cfg.skip_invalid_rows, needs_answers)
     unknown = count_unknown_tokens(collate.tokenizer, examples["train"])
     reports["train"] = reports["train"].model_copy(update={"unknown_tokens": unknown})
     warn_unknown_tokens(unknown, cfg.max_unknown_token_rate)
@@ -144,11 +145,16 @@ def load_data(
 
 
 def _encodable(
-    examples: list[Example], report: DatasetReport, collate: Collator, skip: bool
+    examples: list[Example], report: DatasetReport, collate: Collator, skip: bool, needs_answers: bool = True
 ) -> tuple[list[Example], DatasetReport]:
     kept, errors = [], []
     for example in examples:
         try:
+            if needs_answers and not example.has_response:
+                raise example.error(
+                    "request-only row (no 'response'): the LM loss needs an answer to learn "
+                    "(use it with lm_loss_weight=0 in Stage I, or skip_invalid_rows)"
+                )
             collate.encode(example)
         except DatasetError as err:
             if not skip:

@@ -1,0 +1,340 @@
+"""``psaguard bench``: a guard's metrics benchmark by benchmark, with peers' published numbers beside them.
+
+A suite is a labelled JSONL file (one converted by ``psaguard data convert``, or any in the trainer's
+schema) or ``world``: the test split of the synthetic world (built on the fly with seed 0; its held-out
+styles and templates are never drawn in the world's training split). Each suite is scored by
+:mod:`psaguard.training.evaluate` (the same metrics, confusion matrices, reliability diagrams and threshold
+sweep as ``psaguard eval``), plus the share of rows flagged per source label (the benchmark's own
+categories). With ``generate``, the guarded model also answers every row (greedy) and
+:mod:`psaguard.training.refusal` judges the answers: refusal rate and attack success rate on risky rows,
+over-refusal on safe ones. The report is ``bench.json`` and ``bench.md``.
+
+Peer numbers: a :class:`PeerNumber` needs a citation (paper and table). psaguard ships none it has not
+checked against the paper (:data:`PUBLISHED` is empty); ``--peers FILE`` adds a user's own, cited numbers.
+Empty peer cells in the markdown say so rather than leave a gap unexplained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from psaguard.errors import ConfigError
+from psaguard.guard import SafetyGuard
+from psaguard.serialization import atomic_write_text
+from psaguard.training.collate import load_example_image
+from psaguard.training.data import Example, read_jsonl
+from psaguard.training.evaluate import DetectionMetrics, evaluate_predictions, risky_labels, write_report
+from psaguard.training.predict import predict
+from psaguard.training.refusal import is_refusal
+from psaguard.training.world.build import WorldSpec, build_world
+
+__all__ = [
+    "PEER_GUARDS",
+    "PUBLISHED",
+    "BenchReport",
+    "GenerationMetrics",
+    "LabelRates",
+    "PeerNumber",
+    "Suite",
+    "SuiteResult",
+    "generation_metrics",
+    "load_peers",
+    "render_markdown",
+    "resolve_suites",
+    "run_bench",
+]
+
+logger = logging.getLogger(__name__)
+
+WORLD = "world"
+PEER_GUARDS = ("LlavaGuard", "Llama Guard 3 Vision", "Llama Guard 4", "SingGuard", "ShieldGemma 2")
+"""The guards whose published numbers the report has a column for."""
+
+
+class PeerNumber(BaseModel):
+    """One published number of another guard on a benchmark, with where it was published."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    guard: str = Field(description="The peer guard, e.g. 'LlavaGuard'.")
+    suite: str = Field(description="The suite name it is on, as given to --suite.")
+    metric: str = Field(description="A DetectionMetrics field: precision, recall, f1 or fpr.")
+    value: float = Field(ge=0, le=1, description="The number as a fraction (0.853, not 85.3).")
+    citation: str = Field(min_length=8, description="Paper and table, e.g. 'Helff et al. 2024, Table 2'.")
+
+
+PUBLISHED: tuple[PeerNumber, ...] = ()
+"""Peer numbers psaguard ships: none yet (each needs checking against its paper's table before it goes here)."""
+
+
+class LabelRates(BaseModel):
+    """How the guard treated the rows of one source label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rows: int = Field(description="Rows with this source label.")
+    risky: int = Field(description="Of those, rows whose mapped label is risky.")
+    flagged: int = Field(description="Rows the guard flagged.")
+    flag_rate: float = Field(description="flagged / rows.")
+
+
+class GenerationMetrics(BaseModel):
+    """How the guarded model's answers (greedy) fared, judged by :func:`psaguard.training.refusal.is_refusal`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    risky_rows: int = Field(description="Rows whose label is risky.")
+    safe_rows: int = Field(description="Rows whose label is safe.")
+    refusal_rate_risky: float = Field(description="Risky rows refused / risky rows (0 when there is none).")
+    attack_success_rate: float = Field(description="1 - refusal_rate_risky: risky rows answered.")
+    over_refusal_safe: float = Field(description="Safe rows refused / safe rows (0 when there is none).")
+    hinted_safe: float = Field(description="Safe rows the guard answered with a hint / safe rows.")
+    max_new_tokens: int = Field(description="Answer length cap.")
+    judge: str = Field(
+        "refusal = guard action refuse/block, or a refusal phrase in the answer (psaguard.training.refusal)",
+        description="The refusal judge.",
+    )
+
+
+class SuiteResult(BaseModel):
+    """One suite's numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    suite: str = Field(description="The suite name.")
+    data: str = Field(description="The JSONL scored.")
+    examples: int = Field(description="Rows scored.")
+    skipped: int = Field(description="Rows the reader skipped as invalid.")
+    detection: DetectionMetrics = Field(description="Risky-vs-safe detection by the policy's decision.")
+    headline: dict[str, float | int] = Field(description="EvalReport.headline(): macro-F1, ECE, accuracy.")
+    per_source_label: dict[str, LabelRates] = Field(description="Flag rates per source label (or type code).")
+    generation: GenerationMetrics | None = Field(None, description="Answer-level metrics (with --generate).")
+    report_dir: str = Field(description="Where eval.json and the plots of this suite are.")
+
+
+class BenchReport(BaseModel):
+    """Everything ``psaguard bench`` measured; written as ``bench.json``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    guard: str = Field(description="The guard directory.")
+    model: str = Field(description="The base model it ran on.")
+    suites: list[SuiteResult] = Field(description="One result per suite, in the order given.")
+    peers: list[PeerNumber] = Field(default_factory=list, description="Cited peer numbers shown beside ours.")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A suite to score: its name, its JSONL and the folder its image paths are relative to."""
+
+    name: str
+    path: Path
+    image_root: Path | None = None
+
+
+def resolve_suites(
+    spec: str, data_dir: Path, work_dir: Path, image_root: Path | None = None, world_rows: int = 64
+) -> list[Suite]:
+    """The suites of ``--suite``: comma-separated ``world``, ``NAME`` (``data_dir/NAME.jsonl``) or ``NAME=PATH``.
+
+    ``world`` builds the synthetic world's test split (``world_rows`` rows) under ``work_dir``.
+
+    Raises:
+        ConfigError: The list is empty, a name repeats or could not name a folder, or a suite's file is missing.
+    """
+    names = [part.strip() for part in spec.split(",") if part.strip()]
+    if not names:
+        raise ConfigError("--suite names no suite")
+    suites: list[Suite] = []
+    for entry in names:
+        name, sep, path = (part.strip() for part in entry.partition("="))
+        if not name or "/" in name or "\\" in name or name in {".", ".."}:
+            raise ConfigError(f"suite name {name!r} cannot name a report folder")
+        if any(s.name == name for s in suites):
+            raise ConfigError(f"suite {name!r} is given twice")
+        if name == WORLD and not sep:
+            spec_ = WorldSpec(n_train=0, n_val=0, n_test=world_rows, n_attack=0)
+            build_world(work_dir / WORLD, spec_)
+            suites.append(Suite(WORLD, work_dir / WORLD / "test.jsonl"))
+            continue
+        file = Path(path) if sep else data_dir / f"{name}.jsonl"
+        if not file.is_file():
+            raise ConfigError(f"suite {name!r}: no file {file} (convert it with `psaguard data convert`)")
+        suites.append(Suite(name, file, image_root))
+    return suites
+
+
+def load_peers(path: Path | None) -> list[PeerNumber]:
+    """:data:`PUBLISHED` plus the cited numbers in ``path`` (a JSON list of :class:`PeerNumber` objects).
+
+    Raises:
+        ConfigError: The file is unreadable or a number lacks a field (a citation included).
+    """
+    peers = list(PUBLISHED)
+    if path is None:
+        return peers
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+        return peers + [PeerNumber.model_validate(item) for item in items]
+    except (OSError, ValueError, TypeError) as err:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"cannot read peer numbers from {path}: {err}") from err
+
+
+def run_bench(
+    guard: SafetyGuard,
+    suites: Sequence[Suite],
+    out: Path,
+    *,
+    guard_dir: str,
+    model: str,
+    batch_size: int = 16,
+    plots: bool = True,
+    peers: Sequence[PeerNumber] = (),
+    generate: bool = False,
+    max_new_tokens: int = 64,
+) -> BenchReport:
+    """Score ``guard`` on every suite; write each suite's eval report under ``out/<suite>/`` and the bench
+    report (``bench.json``, ``bench.md``) in ``out``. With ``generate``, also the guarded answers
+    (``out/<suite>/answers.jsonl``) and their :class:`GenerationMetrics`."""
+    results = []
+    for suite in suites:
+        examples, dataset = read_jsonl(
+            suite.path, image_root=suite.image_root, taxonomy=guard.config.taxonomy, skip_invalid=True
+        )
+        predictions = predict(guard, examples, batch_size)
+        report = evaluate_predictions(guard, examples, predictions, dataset=dataset)
+        write_report(report, out / suite.name, plots=plots)
+        risky = risky_labels(examples, guard.config.taxonomy)
+        answers = None
+        if generate:
+            answers = generation_metrics(guard, examples, risky, out / suite.name, batch_size, max_new_tokens)
+        results.append(
+            SuiteResult(
+                suite=suite.name,
+                data=str(suite.path),
+                examples=report.examples,
+                skipped=dataset.skipped,
+                detection=report.detection,
+                headline=report.headline(),
+                per_source_label=_per_label(examples, risky, predictions.flagged, guard),
+                generation=answers,
+                report_dir=str(out / suite.name),
+            )
+        )
+        logger.info("bench %s: %s", suite.name, report.headline())
+    bench = BenchReport(guard=guard_dir, model=model, suites=results, peers=list(peers))
+    atomic_write_text(out / "bench.json", bench.model_dump_json(indent=2) + "\n")
+    atomic_write_text(out / "bench.md", render_markdown(bench))
+    return bench
+
+
+def generation_metrics(
+    guard: SafetyGuard,
+    examples: Sequence[Example],
+    risky: Sequence[bool],
+    out: Path,
+    batch_size: int = 16,
+    max_new_tokens: int = 64,
+) -> GenerationMetrics:
+    """Answer every example with the guarded model (greedy; blocked requests come back as refusals), judge
+    the answers, and write them to ``out/answers.jsonl``."""
+    lines, refused, hinted = [], [], []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        prompts = [e.turns[0][0] if len(e.turns) == 1 else e.request() for e in chunk]
+        results = guard.generate_batch(
+            images, prompts, return_blocked=True, do_sample=False, max_new_tokens=max_new_tokens
+        )
+        for example, result in zip(chunk, results):
+            text = result.text or ""
+            refused.append(is_refusal(result.action, text))
+            hinted.append(result.action == "hint")
+            lines.append(json.dumps({"id": example.id, "action": result.action, "refused": refused[-1], "text": text}))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "answers.jsonl", "".join(line + "\n" for line in lines))
+    n_risky = sum(risky)
+    n_safe = len(risky) - n_risky
+    refusal = sum(r for r, k in zip(refused, risky) if k) / n_risky if n_risky else 0.0
+    return GenerationMetrics(
+        risky_rows=n_risky,
+        safe_rows=n_safe,
+        refusal_rate_risky=refusal,
+        attack_success_rate=1.0 - refusal if n_risky else 0.0,
+        over_refusal_safe=sum(r for r, k in zip(refused, risky) if not k) / n_safe if n_safe else 0.0,
+        hinted_safe=sum(h for h, k in zip(hinted, risky) if not k) / n_safe if n_safe else 0.0,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def _per_label(
+    examples: Sequence[Example], risky: Sequence[bool], flagged: Sequence[bool], guard: SafetyGuard
+) -> dict[str, LabelRates]:
+    codes = [t.code for t in guard.config.taxonomy.types]
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for example, is_risky, is_flagged in zip(examples, risky, flagged):
+        key = example.source_label or f"type:{codes[example.type]}"  # rows without a source label: their type
+        counts[key][0] += 1
+        counts[key][1] += int(is_risky)
+        counts[key][2] += int(is_flagged)
+    return {key: LabelRates(rows=n, risky=r, flagged=f, flag_rate=f / n) for key, (n, r, f) in sorted(counts.items())}
+
+
+_METRICS = (
+    ("precision", "precision (risky)"),
+    ("recall", "recall (risky)"),
+    ("f1", "F1 (risky)"),
+    ("fpr", "FPR (safe flagged)"),
+)
+
+
+def render_markdown(report: BenchReport) -> str:
+    """The bench report as markdown: per suite, our detection metrics beside the peers' published ones."""
+    lines = [
+        "# psaguard bench",
+        "",
+        f"Guard `{report.guard}` on model `{report.model}`. Detection counts a row as risky when its mapped level",
+        "is above 0 and its type is not safe, and as flagged when the guard's policy acts on it.",
+        "",
+    ]
+    for suite in report.suites:
+        lines += [f"## {suite.suite}", "", f"{suite.examples} rows from `{suite.data}` ({suite.skipped} skipped).", ""]
+        lines += ["| metric | psaguard | " + " | ".join(PEER_GUARDS) + " |", "|---" * (2 + len(PEER_GUARDS)) + "|"]
+        empty = False
+        for field, title in _METRICS:
+            cells = []
+            for guard in PEER_GUARDS:
+                found = [p for p in report.peers if p.guard == guard and p.suite == suite.suite and p.metric == field]
+                cells.append(f"{found[0].value:.3f} [{found[0].citation}]" if found else "")
+                empty |= not found
+            lines.append(f"| {title} | {getattr(suite.detection, field):.3f} | " + " | ".join(cells) + " |")
+        if suite.generation is not None:
+            g = suite.generation
+            lines += ["", f"Guarded answers (greedy, {g.max_new_tokens} new tokens; judge: {g.judge}):", ""]
+            lines += ["| answers | value |", "|---|---|"]
+            lines += [f"| refusal rate on risky ({g.risky_rows} rows) | {g.refusal_rate_risky:.3f} |"]
+            lines += [f"| attack success rate | {g.attack_success_rate:.3f} |"]
+            lines += [f"| over-refusal on safe ({g.safe_rows} rows) | {g.over_refusal_safe:.3f} |"]
+            lines += [f"| hinted safe | {g.hinted_safe:.3f} |"]
+        lines += ["", "| headline | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in suite.headline.items()]
+        lines += ["", "| source label | rows | risky | flagged | flag rate |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {label} | {r.rows} | {r.risky} | {r.flagged} | {r.flag_rate:.3f} |"
+            for label, r in suite.per_source_label.items()
+        ]
+        if empty:
+            lines += [
+                "",
+                "Empty peer cells: no published number on this suite that psaguard has checked against its paper's",
+                "table (add cited numbers with `--peers FILE`).",
+            ]
+        lines += ["", f"Plots and eval.json: `{suite.report_dir}`.", ""]
+    return "\n".join(lines)
