@@ -107,8 +107,9 @@ def parse_yaml(text: str, what: str) -> Any:
     """``text`` parsed as one YAML document within the bounds above; :class:`ConfigError` naming ``what``."""
     try:
         return yaml.load(text, Loader=_BoundedLoader)  # a SafeLoader subclass: no arbitrary objects
-    # ValueError / OverflowError: scalars the safe constructor cannot build (a 30th of February, ...).
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as err:
+    # What the safe constructors leak on malformed scalars: ValueError (a 30th of February), IndexError (an
+    # empty '!!int'), TypeError, OverflowError, KeyError.
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, IndexError, KeyError, RecursionError) as err:
         raise ConfigError(f"cannot parse {what}: {type(err).__name__}: {err}") from err
 
 

@@ -33,6 +33,8 @@ HOSTILE_YAML = {
     "20k-deep-yaml": ("a: " + "[" * 20_000 + "]" * 20_000 + "\n", "deeper"),
     "5000-digit-int": ("epochs: " + "9" * 5000 + "\n", "digits"),
     "impossible-date": ("seed: 2021-02-30\n", "cannot parse"),
+    "empty-tagged-int": ("x: !!int \n", "cannot parse"),  # PyYAML raised a bare IndexError
+    "python-object-tag": ("x: !!python/object/apply:os.system ['true']\n", "cannot parse"),
     "alias-chain-deeper-than-the-limit": (
         "".join(f"a{i}: &a{i} [*a{i - 1}]\n" if i else "a0: &a0 [1]\n" for i in range(MAX_CONFIG_DEPTH + 2)),
         "deeper",
