@@ -32,12 +32,13 @@ def test_the_fitted_image_holds_at_most_the_budget_with_its_aspect_ratio(
     columns, rows = fitted_size[0] // unit, fitted_size[1] // unit
     assert fitted_size == (columns * unit, rows * unit)  # on the processor's grid: its resize keeps it
     assert patches_after_rounding(*fitted_size, patch, unit) <= max_patches
-    scale = math.sqrt(max_patches * patch * patch / (width * height))
+    units = max_patches // (unit // patch) ** 2  # whole merge units the budget holds
+    scale = math.sqrt(units * unit * unit / (width * height))
     if min(columns, rows) > 1:  # each side is its scaled length rounded down to the grid: the aspect ratio kept
         assert width * scale - unit < fitted_size[0] <= width * scale + 1e-6
         assert height * scale - unit < fitted_size[1] <= height * scale + 1e-6
     else:  # a strip: the short side is one unit, the long one at most what is left of the budget
-        assert max(columns, rows) <= max_patches // (unit // patch) ** 2
+        assert max(columns, rows) <= units
 
 
 def _fitted_size(width: int, height: int, patch: int, unit: int, max_patches: int) -> tuple[int, int] | None:
