@@ -99,3 +99,10 @@ def test_gpu_suite_runs_classify_generate_and_nf4_training_at_tiny_shapes_on_the
 def test_gpu_suite_runs_whole_with_pytest_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
     raw = _gpu_suite(tmp_path)
     assert raw["pytest"]["returncode"] in (0, 5), raw["pytest"]  # gpu tests skip without CUDA
+
+
+def test_vision_budget_bounds_the_patches_it_classifies() -> None:
+    out = run("vision_budget.py", "--sizes", "224,448", "--budget", "128", "--repeats", "1")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("224x", "448x"))]
+    assert [(int(row[1]), int(row[2])) for row in rows] == [(256, 100), (1024, 100)]  # processor's; judged
+    assert all(float(row[3]) > 0 and float(row[5]) > 0 for row in rows)
