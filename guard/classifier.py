@@ -180,9 +180,11 @@ class Classifier:
     def preprocess(
         self, images: Sequence[Image.Image], grouping: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """The pixel inputs the guard judges (and the model then sees): decoded RGB images fitted to the vision
-        budget (``config.max_vision_patches``), then the family's preprocessing, per request when ``grouping``
-        counts the images of each request in order."""
+        """The pixel inputs the guard judges, and the model then sees, for decoded RGB ``images``.
+
+        The images are fitted to the vision budget (``config.max_vision_patches``), then preprocessed by the
+        family, per request when ``grouping`` counts the images of each request in order.
+        """
         images = self.backbone.fit_vision_budget(images, self.config.max_vision_patches)
         if grouping is None:
             return self.backbone.preprocess(self.processor, images)
