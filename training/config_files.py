@@ -110,7 +110,8 @@ def parse_yaml(text: str, what: str) -> Any:
     # What the safe constructors leak on malformed scalars: ValueError (a 30th of February), IndexError (an
     # empty '!!int'), TypeError, OverflowError, KeyError.
     except (yaml.YAMLError, ValueError, TypeError, OverflowError, IndexError, KeyError, RecursionError) as err:
-        raise ConfigError(f"cannot parse {what}: {type(err).__name__}: {err}") from err
+        reason = str(err) if isinstance(err, _LimitError) else f"{type(err).__name__}: {err}"
+        raise ConfigError(f"cannot parse {what}: {reason}") from err
 
 
 def read_config_mapping(path: Path) -> dict[str, Any]:
