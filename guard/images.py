@@ -144,11 +144,26 @@ def image_size(
     limits.check_bytes(len(data), f"image file {path}")
     image = _open_bytes(data, str(path), limits)
     width, height = image.size
+    return (height, width) if _header_orientation(image) in _TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def _header_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation found while parsing the header, or None.
+
+    Read from the EXIF block the header parse kept (JPEG APP1, WebP and PNG chunks before the pixels):
+    ``Image.getexif()`` would decode a PNG's pixels to look for an EXIF chunk after them. Such a late chunk
+    is therefore not seen here; :func:`load_image` still applies it.
+    """
+    data = image.info.get("exif")
+    if not isinstance(data, bytes) or not data:
+        return None
+    exif = Image.Exif()
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION)
+        exif.load(data)
+        orientation = exif.get(_EXIF_ORIENTATION)
     except _DECODE_ERRORS as err:
-        raise InvalidImageError(f"image file {path} has an unreadable EXIF block: {err}") from err
-    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
+        raise InvalidImageError(f"image has an unreadable EXIF block: {type(err).__name__}: {err}") from err
+    return orientation if isinstance(orientation, int) else None
 
 
 class _Limits:

@@ -168,12 +168,16 @@ def load_example_image(example: Example, max_pixels: int = 40_000_000) -> Image.
     ``max_pixels`` bounds the result: with several images, their canvas is measured from the files' headers
     before any of them is decoded (eight 6300 x 6300 PNGs of 118 KB each would otherwise decode 2.4 GB first).
     """
+    paths = example.images
     try:
-        if len(example.images) > 1:
-            sizes = [image_size(path, max_pixels) for path in example.images]
-            _check_canvas(_canvas_size(sizes), max_pixels)
-        images = [load_image(path, max_pixels) for path in example.images]
-        _check_canvas(_canvas_size([image.size for image in images]), max_pixels)  # decoded frames may differ
+        sizes = [image_size(path, max_pixels) for path in paths] if len(paths) > 1 else []
+        _check_canvas(sizes, max_pixels)
+        images: list[Image.Image] = []
+        for path in paths:
+            images.append(load_image(path, max_pixels))
+            # Decoded sizes may differ from the headers' (GIF frames, an EXIF chunk after a PNG's pixels):
+            # checked as each image arrives, so at most one image past the limit is ever decoded.
+            _check_canvas([image.size for image in images] + sizes[len(images) :], max_pixels)
     except InvalidImageError as err:
         raise example.error(str(err)) from err
     return combine_images(images)
@@ -184,8 +188,10 @@ def _canvas_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     return sum(width for width, _ in sizes), max(height for _, height in sizes)
 
 
-def _check_canvas(size: tuple[int, int], max_pixels: int) -> None:
-    width, height = size
+def _check_canvas(sizes: Sequence[tuple[int, int]], max_pixels: int) -> None:
+    if not sizes:
+        return
+    width, height = _canvas_size(sizes)
     if width * height > max_pixels:
         raise InvalidImageError(
             f"the images placed side by side make {width}x{height} pixels, over the limit of {max_pixels} pixels"
