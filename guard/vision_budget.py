@@ -53,8 +53,11 @@ def fit_patch_budget(image: Image.Image, patch: int, unit: int, max_patches: int
         return image
     units = max_patches // (unit // patch) ** 2  # merge units the budget holds
     scale = math.sqrt(units / ((width / unit) * (height / unit)))
-    columns = max(1, math.floor(width / unit * scale))
-    rows = max(1, math.floor(height / unit * scale))
-    # A side clamped up to one unit (a very long strip) leaves fewer units for the other side.
-    columns, rows = min(columns, max(1, units // rows)), min(rows, max(1, units // columns))
+    # The epsilon keeps an exact multiple (19.0 computed as 18.9999...) from losing a unit to rounding.
+    columns = max(1, math.floor(width / unit * scale + 1e-9))
+    rows = max(1, math.floor(height / unit * scale + 1e-9))
+    # A side clamped up to one unit (a very long strip) leaves fewer units for the other side; clamping one
+    # side after the other keeps columns * rows within the budget whatever the rounding did.
+    columns = max(1, min(columns, units // rows))
+    rows = max(1, min(rows, units // columns))
     return image.resize((columns * unit, rows * unit), Image.Resampling.BICUBIC, reducing_gap=3.0)
