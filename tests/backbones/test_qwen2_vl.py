@@ -8,6 +8,7 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
 from generation_helpers import QUESTION, capture_llm_inputs, guard_for, plain_generate, spy_generate, user_turn
 from PIL import Image
+from transformers import Qwen2VLImageProcessorPil
 
 from psaguard.backbones import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
 from psaguard.errors import InvalidInputError
@@ -146,11 +147,9 @@ QWEN2_VL_7B_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 12_845_056}
 
 def _processor_allowing_large_images(family) -> TinyQwen2VLProcessor:
     """The tiny processor with Qwen2-VL-7B's pixel limits: it alone would keep a 2688^2 image at full size."""
-    from transformers import Qwen2VLImageProcessorPil
-
-    spec_patch = family.model.config.vision_config.patch_size
+    patch = family.model.config.vision_config.patch_size
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=spec_patch, merge_size=2, temporal_patch_size=2, size=QWEN2_VL_7B_PIXELS
+        patch_size=patch, merge_size=2, temporal_patch_size=2, size=QWEN2_VL_7B_PIXELS
     )
     return TinyQwen2VLProcessor(image_processor, family.processor.tokenizer, family.processor.chat_template)
 
