@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
@@ -176,15 +177,24 @@ class Classifier:
             raise _internal_error(err) from err
         return (features, *self._calibrated(logits))
 
+    def preprocess(
+        self, images: Sequence[Image.Image], grouping: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The pixel inputs the guard judges, and the model then sees, for decoded RGB ``images``.
+
+        The images are fitted to the vision budget (``config.max_vision_patches``), then preprocessed by the
+        family, per request when ``grouping`` counts the images of each request in order.
+        """
+        images = self.backbone.fit_vision_budget(images, self.config.max_vision_patches)
+        if grouping is None:
+            return self.backbone.preprocess(self.processor, images)
+        return self.backbone.preprocess_requests(self.processor, images, grouping)
+
     @torch.inference_mode()
     def _forward(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
     ) -> tuple[VisionFeatures, HeadLogits]:
-        if grouping is None:
-            pixel_inputs = self.backbone.preprocess(self.processor, images)
-        else:
-            pixel_inputs = self.backbone.preprocess_requests(self.processor, images, grouping)
-        features = self.backbone.encode_images(**pixel_inputs)
+        features = self.backbone.encode_images(**self.preprocess(images, grouping))
         return features, self.head_logits(features, prompts)
 
     def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor]:

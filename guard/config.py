@@ -15,6 +15,7 @@ from psaguard.images import ALLOWED_FORMATS, MAX_IMAGES_PER_REQUEST, ImageFormat
 from psaguard.policy import GuardPolicy
 from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
+from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES, MIN_VISION_PATCHES
 
 __all__ = [
     "CONFIG_NAME",
@@ -40,6 +41,7 @@ _MAX_HEADS = 1024
 _MAX_PROMPT_TOKENS = 8192
 _MAX_PIXELS = 1 << 31
 _MAX_IMAGES = 1024
+_MAX_VISION_PATCHES = 1 << 20
 
 
 class ProjectorConfig(BaseModel):
@@ -146,6 +148,15 @@ class SafetyGuardConfig(BaseModel):
         le=_MAX_IMAGES,
         description="Most images in one guarded generation request or LangChain request (default 4, the "
         "server's max_images); more is refused with InvalidInputError.",
+    )
+    max_vision_patches: int = Field(
+        DEFAULT_MAX_VISION_PATCHES,
+        ge=MIN_VISION_PATCHES,
+        le=_MAX_VISION_PATCHES,
+        description="Most vision-tower patches per image for native-resolution families (Qwen2-VL, Qwen2.5-VL, "
+        "Qwen3-VL, GLM-4V, Mistral3, Pixtral): larger images are downscaled, aspect ratio kept, before the "
+        "model's processor, and the model sees them as the guard judged them (default 4096: 896 x 896 px at "
+        "14-px patches). Families that resize to a fixed size or tile count are bounded by their processor.",
     )
     image_formats: tuple[ImageFormat, ...] = Field(
         ALLOWED_FORMATS,

@@ -13,12 +13,21 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from psaguard.errors import PsaGuardError
 
-__all__ = ["MAX_JSON_INT_DIGITS", "loads_strict_json", "parse_json", "read_json_file", "read_regular_file"]
+__all__ = [
+    "MAX_JSON_INT_DIGITS",
+    "loads_strict_json",
+    "open_regular_file",
+    "parse_json",
+    "read_json_file",
+    "read_regular_file",
+]
 
 MAX_JSON_INT_DIGITS = 40
 """Longest integer literal accepted in JSON; every real value fits (a 128-bit integer has 39 digits)."""
@@ -33,6 +42,24 @@ def read_regular_file(path: str | Path, max_bytes: int | None, error: type[PsaGu
 
     A missing file raises ``error`` chained to its ``FileNotFoundError``.
     """
+    with open_regular_file(path, max_bytes, error, what) as handle:
+        try:
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        except OSError as err:
+            raise error(f"cannot read {what} {path}: {err}") from err
+    _check_size(len(data), max_bytes, error, f"{what} {path}")  # it may have grown since fstat
+    return data
+
+
+@contextmanager
+def open_regular_file(
+    path: str | Path, max_bytes: int | None, error: type[PsaGuardError], what: str
+) -> Iterator[BinaryIO]:
+    """A binary handle on a regular file of at most ``max_bytes`` (None: any size), else ``error`` naming ``what``.
+
+    For readers that take a file object (``torch.load``): a FIFO, a device or a directory is refused at once,
+    checked on the opened descriptor. The handle is closed when the block ends.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
@@ -42,14 +69,13 @@ def read_regular_file(path: str | Path, max_bytes: int | None, error: type[PsaGu
         if not stat.S_ISREG(info.st_mode):
             raise error(f"{what} {path} is not a regular file")
         _check_size(info.st_size, max_bytes, error, f"{what} {path}")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        handle = os.fdopen(os.dup(fd), "rb")
     except OSError as err:
         raise error(f"cannot read {what} {path}: {err}") from err
     finally:
         os.close(fd)
-    _check_size(len(data), max_bytes, error, f"{what} {path}")  # it may have grown since fstat
-    return data
+    with handle:
+        yield handle
 
 
 def _check_size(size: int, max_bytes: int | None, error: type[PsaGuardError], name: str) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "ImageFormat",
     "ImageInput",
     "check_image_count",
+    "image_size",
     "load_image",
 ]
 
@@ -79,6 +80,8 @@ _DECODE_ERRORS = (
     Image.DecompressionBombWarning,  # only raised when the application turned this warning into an error
 )
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height (as exif_transpose does)
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
@@ -126,6 +129,48 @@ def load_image(
     raise InvalidImageError(
         f"unsupported image input of type {type(source).__name__}; pass a PIL image, path, bytes or array"
     )
+
+
+def image_size(
+    source: str | os.PathLike,
+    max_pixels: int = 40_000_000,
+    *,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    formats: Sequence[ImageFormat] = ALLOWED_FORMATS,
+) -> tuple[int, int]:
+    """(width, height) of the image file at ``source`` as :func:`load_image` would return it, without decoding.
+
+    The same pre-checks and header limits as :func:`load_image` apply (:class:`InvalidImageError` otherwise),
+    and the EXIF orientation is taken into account, so callers can bound what several images add up to (a
+    canvas they are pasted on) before decoding any of them.
+    """
+    limits = _Limits(max_pixels, max_bytes, max_aspect_ratio, tuple(formats))
+    path = _path_of(source)
+    data = read_regular_file(path, limits.max_bytes, InvalidImageError, "image file")
+    limits.check_bytes(len(data), f"image file {path}")
+    image = _open_bytes(data, str(path), limits)
+    width, height = image.size
+    return (height, width) if _header_orientation(image) in _TRANSPOSING_ORIENTATIONS else (width, height)
+
+
+def _header_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation found while parsing the header, or None.
+
+    Read from the EXIF block the header parse kept (JPEG APP1, WebP and PNG chunks before the pixels):
+    ``Image.getexif()`` would decode a PNG's pixels to look for an EXIF chunk after them. Such a late chunk
+    is therefore not seen here; :func:`load_image` still applies it.
+    """
+    data = image.info.get("exif")
+    if not isinstance(data, bytes) or not data:
+        return None
+    exif = Image.Exif()
+    try:
+        exif.load(data)
+        orientation = exif.get(_EXIF_ORIENTATION)
+    except _DECODE_ERRORS as err:
+        raise InvalidImageError(f"image has an unreadable EXIF block: {type(err).__name__}: {err}") from err
+    return orientation if isinstance(orientation, int) else None
 
 
 class _Limits:

@@ -11,14 +11,28 @@ from transformers import Cache
 
 from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
 from psaguard.backbones import resolve_backbone
+from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES
 
 QUESTION = "what is in this image ?"
 
 
-def guard_for(model: Any, processor: Any, *, inject: bool = True, level: int = 0, type_code: str = "privacy", **policy):
+def guard_for(
+    model: Any,
+    processor: Any,
+    *,
+    inject: bool = True,
+    level: int = 0,
+    type_code: str = "privacy",
+    max_vision_patches: int = DEFAULT_MAX_VISION_PATCHES,
+    **policy,
+):
     """A fresh guard whose head always predicts ``(level, type_code)``, deciding with ``GuardPolicy(**policy)``."""
     torch.manual_seed(0)
-    config = SafetyGuardConfig(tokens=TokensConfig(inject_llm_tokens=inject), policy=GuardPolicy(**policy))
+    config = SafetyGuardConfig(
+        tokens=TokensConfig(inject_llm_tokens=inject),
+        policy=GuardPolicy(**policy),
+        max_vision_patches=max_vision_patches,
+    )
     guard = SafetyGuard.attach(model, processor, config)
     head = guard.modules.head
     type_id = guard.config.taxonomy.type_by_code(type_code).id

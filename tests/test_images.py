@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
+from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, image_size, load_image
 
 EVERY_FORMAT = ALLOWED_FORMATS + OPT_IN_FORMATS
 
@@ -289,3 +289,29 @@ def test_binary_ppm_headers_padded_with_comments_are_refused_when_ppm_is_enabled
         load_image(b"P5\n# a comment that never ends" + b"x" * 100_000, formats=EVERY_FORMAT)
     assert time.process_time() - start < 1.0
     assert load_image(b"P5\n# short comment\n2 1\n255\n\x00\xff", formats=EVERY_FORMAT).size == (2, 1)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_image_size_reads_the_oriented_size_without_decoding(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: width and height swap once transposed
+    path = tmp_path / f"wide.{fmt.lower()}"
+    Image.new("RGB", (40, 10), "white").save(path, format=fmt, exif=exif)
+    assert load_image(path).size == (10, 40)
+
+    def no_decoding(self):
+        raise AssertionError("image_size decoded the pixels")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(type(Image.open(path)), "load", no_decoding)
+    assert image_size(path) == (10, 40)
+
+
+def test_image_size_applies_the_header_limits(tmp_path: Path) -> None:
+    Image.new("RGB", (400, 2)).save(tmp_path / "strip.png")
+    with pytest.raises(InvalidImageError, match="aspect-ratio"):
+        image_size(tmp_path / "strip.png")
+    with pytest.raises(InvalidImageError, match="exceeds the limit"):
+        image_size(tmp_path / "strip.png", max_pixels=799, max_aspect_ratio=1000)

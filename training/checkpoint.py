@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 from collections.abc import Callable, Mapping
@@ -18,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import safe_open
 
 from psaguard.errors import CheckpointError
+from psaguard.files import loads_strict_json, open_regular_file, read_json_file
 from psaguard.serialization import atomic_write, atomic_write_text, load_tensors, save_tensors
 from psaguard.training.keep_best import BestStep
 
@@ -32,6 +34,7 @@ __all__ = [
     "load_best_weights",
     "load_checkpoint",
     "prune_checkpoints",
+    "read_state",
     "restore_rng",
     "rng_tensors",
     "save_checkpoint",
@@ -44,6 +47,23 @@ _STATE = "state.json"
 _WEIGHTS = "trainable.safetensors"
 _OPTIMIZER = "optimizer.pt"
 _BEST = "best.safetensors"
+_MAX_STATE_BYTES = 64 * 1024 * 1024  # one history line per logged step: a few MB after millions of steps
+_MAX_STEPS = 1 << 40  # far beyond any run; keeps hostile counts out of the arithmetic
+# AdamW keeps two moments per parameter: the file holds about twice the trainable bytes plus pickle framing.
+_OPTIMIZER_BYTES_PER_PARAM_BYTE = 3
+_OPTIMIZER_SLACK_BYTES = 16 * 1024 * 1024
+# What torch.load(weights_only=True) and load_state_dict raise on a hostile or mismatched file.
+_OPTIMIZER_ERRORS = (
+    OSError,
+    RuntimeError,
+    KeyError,
+    ValueError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    EOFError,
+    pickle.UnpicklingError,
+)
 
 
 class DataPosition(BaseModel):
@@ -51,10 +71,10 @@ class DataPosition(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_examples: int = Field(description="Training examples after balancing.")
-    batch_size: int = Field(description="Per-device micro-batch size.")
-    grad_accum: int = Field(description="Micro-batches per optimizer step.")
-    world_size: int = Field(description="Number of processes.")
+    num_examples: int = Field(ge=1, description="Training examples after balancing.")
+    batch_size: int = Field(ge=1, description="Per-device micro-batch size.")
+    grad_accum: int = Field(ge=1, description="Micro-batches per optimizer step.")
+    world_size: int = Field(ge=1, description="Number of processes.")
     seed: int = Field(description="Shuffling seed.")
 
 
@@ -63,13 +83,19 @@ class TrainState(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    step: int = Field(0, description="Optimizer steps done.")
-    total_steps: int = Field(description="Optimizer steps the run makes in all.")
-    steps_per_epoch: int = Field(description="Optimizer steps per pass over the data.")
+    step: int = Field(0, ge=0, le=_MAX_STEPS, description="Optimizer steps done (at most total_steps).")
+    total_steps: int = Field(ge=1, le=_MAX_STEPS, description="Optimizer steps the run makes in all.")
+    steps_per_epoch: int = Field(ge=1, le=_MAX_STEPS, description="Optimizer steps per pass over the data.")
     data: DataPosition = Field(description="What the data order depends on.")
     history: list[dict[str, int | float]] = Field(default_factory=list, description="Logged metrics, one dict a line.")
     best: BestStep | None = Field(None, description="The best evaluation so far (keep-best), if any.")
     stop_reason: str | None = Field(None, description="Why the run stopped before total_steps, if it did.")
+
+    @model_validator(mode="after")
+    def _step_within_the_run(self) -> TrainState:
+        if self.step > self.total_steps:
+            raise ValueError(f"step {self.step} is past the run's {self.total_steps} steps")
+        return self
 
     @property
     def epoch(self) -> int:
@@ -128,23 +154,34 @@ def load_checkpoint(
     rank: int = 0,
 ) -> TrainState:
     """Restore weights (in place), optimizer, scheduler and RNG from ``path``; return the saved state."""
-    try:
-        state = TrainState.model_validate_json((path / _STATE).read_text(encoding="utf-8"))
-    except (OSError, ValidationError) as err:
-        raise CheckpointError(f"cannot read checkpoint state {path / _STATE}: {err}") from err
+    state = read_state(path)
     expected = {name: (t.shape, t.dtype) for name, t in trainable.items()}
     tensors = load_tensors(path / _WEIGHTS, expected)
     with torch.no_grad():
         for name, tensor in trainable.items():
             tensor.copy_(tensors[name])
+    param_bytes = sum(t.numel() * t.element_size() for t in trainable.values())
+    max_bytes = _OPTIMIZER_BYTES_PER_PARAM_BYTE * param_bytes + _OPTIMIZER_SLACK_BYTES
     try:
-        payload = torch.load(path / _OPTIMIZER, map_location="cpu", weights_only=True)
+        with open_regular_file(path / _OPTIMIZER, max_bytes, CheckpointError, "optimizer state") as handle:
+            payload = torch.load(handle, map_location="cpu", weights_only=True)  # tensors and containers only
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
-    except (OSError, RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"cannot restore optimizer state from {path / _OPTIMIZER}: {err}") from err
+    except _OPTIMIZER_ERRORS as err:
+        raise CheckpointError(
+            f"cannot restore optimizer state from {path / _OPTIMIZER}: {type(err).__name__}: {err}"
+        ) from err
     restore_rng(path / _rng_name(rank))
     return state
+
+
+def read_state(path: Path) -> TrainState:
+    """The :class:`TrainState` of checkpoint ``path``: a bounded, strict JSON read, validated (step within the run)."""
+    raw = read_json_file(path / _STATE, _MAX_STATE_BYTES, CheckpointError, "checkpoint state")
+    try:
+        return TrainState.model_validate(raw)
+    except ValidationError as err:
+        raise CheckpointError(f"invalid checkpoint state {path / _STATE}: {err}") from err
 
 
 def load_best_weights(path: Path, trainable: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -205,12 +242,16 @@ def rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 def restore_rng(path: Path) -> None:
     """Set every RNG back to the states saved by :func:`rng_tensors` in ``path``."""
     tensors = load_tensors(path)
-    with safe_open(str(path), framework="pt") as handle:
-        meta: dict[str, Any] = handle.metadata() or {}
-    kind, pos, has_gauss, gauss = json.loads(meta["numpy"])
-    version, gauss_next = json.loads(meta["python"])
-    torch.set_rng_state(tensors["torch"])
-    np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate((version, tuple(tensors["python"].tolist()), gauss_next))
-    if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta: dict[str, Any] = handle.metadata() or {}
+        kind, pos, has_gauss, gauss = loads_strict_json(meta["numpy"])
+        version, gauss_next = loads_strict_json(meta["python"])
+        torch.set_rng_state(tensors["torch"])
+        np.random.set_state((kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate((version, tuple(tensors["python"].tolist()), gauss_next))
+        if "cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(tensors["cuda"]))
+    # The states' own setters check them: ValueError/TypeError for a malformed state, RuntimeError from torch.
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError, RecursionError, OSError) as err:
+        raise CheckpointError(f"cannot restore the RNG states in {path}: {type(err).__name__}: {err}") from err

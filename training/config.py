@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import ConfigError
+from psaguard.training.config_files import parse_yaml, read_config_mapping
 
 __all__ = [
     "CONFIG_FILE_NAME",
@@ -230,14 +231,15 @@ class Stage2Config(TrainConfig):
 def load_config(cls: type[Config], path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a stage config from a YAML or JSON file, then apply ``key=value`` overrides.
 
-    Keys may be dotted (``quant.load_in_4bit=true``); values are parsed as YAML scalars or lists.
+    Keys may be dotted (``quant.load_in_4bit=true``); values are parsed as YAML scalars or lists. The file
+    and the values are read within bounds (:mod:`psaguard.training.config_files`).
 
     Raises:
         ConfigError: The file is unreadable, a key is unknown, or a value is invalid.
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_mapping(Path(path))
+        raw = read_config_mapping(Path(path))
     raw = apply_overrides(raw, overrides or [])
     try:
         return cls.model_validate(raw)
@@ -247,18 +249,13 @@ def load_config(cls: type[Config], path: str | Path | None = None, overrides: li
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of ``raw`` with each ``dotted.key=value`` override set."""
-    import yaml
-
-    result = json.loads(json.dumps(raw, default=str))  # deep copy; the caller's dict stays as it was
+    """A copy of ``raw`` with each ``dotted.key=value`` override set; :class:`ConfigError` for anything invalid."""
+    result = _plain_copy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse the value of override {item!r}: {err}") from err
+        value = parse_yaml(text, f"the value of override {item[:200]!r}") if text.strip() else None
         *parents, leaf = key.strip().split(".")
         node = result
         for part in parents:
@@ -270,19 +267,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
-    import yaml
-
+def _plain_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``raw`` as plain JSON values (the caller's dict stays as it was)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from err
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot parse config {path}: {err}") from err
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must hold a mapping, got {type(raw).__name__}")
-    return raw
+        return json.loads(json.dumps(raw, default=str))
+    # ValueError: a circular reference or an integer too long to print; RecursionError: nested too deep.
+    except (ValueError, TypeError, RecursionError) as err:
+        raise ConfigError(f"the config cannot be copied as plain data: {type(err).__name__}: {err}") from err

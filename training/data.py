@@ -32,6 +32,7 @@ from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
+    "MAX_IMAGES_PER_ROW",
     "MAX_REPORTED_ERRORS",
     "DatasetReport",
     "Example",
@@ -52,6 +53,8 @@ _USER_ROLES = ("USER", "human", "user")
 _ASSISTANT_ROLES = ("ASSISTANT", "gpt", "assistant")
 MAX_REPORTED_ERRORS = 100
 """Skipped rows whose reasons a :class:`DatasetReport` lists (all are counted)."""
+MAX_IMAGES_PER_ROW = 16
+"""Most images one row may place side by side (the paper places two)."""
 
 
 class Turn(BaseModel):
@@ -97,6 +100,8 @@ class SampleRow(BaseModel):
     def _check_shape(self) -> SampleRow:
         if not self.image_paths or any(not p.strip() for p in self.image_paths):
             raise ValueError("'image' must name at least one non-empty path")
+        if len(self.image_paths) > MAX_IMAGES_PER_ROW:
+            raise ValueError(f"'image' names {len(self.image_paths)} images; a row places at most {MAX_IMAGES_PER_ROW}")
         if (self.prompt is None) == (self.conversations is None):
             raise ValueError("give exactly one of 'prompt' (with 'response') or 'conversations'")
         if self.prompt is not None:

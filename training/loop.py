@@ -276,10 +276,12 @@ def _resume(
     if path is None:
         raise CheckpointError(f"--resume: no checkpoint under {checkpoints}")
     state = load_checkpoint(path, trainable, optimizer, scheduler, rank=rank)
-    if state.data != fresh.data or state.total_steps != fresh.total_steps:
+    saved = (state.data, state.total_steps, state.steps_per_epoch)
+    if saved != (fresh.data, fresh.total_steps, fresh.steps_per_epoch):
         raise CheckpointError(
-            f"{path} was written by a run with different data or schedule "
-            f"(saved {state.data}, {state.total_steps} steps; now {fresh.data}, {fresh.total_steps} steps)"
+            f"{path} was written by a run with different data or schedule (saved {state.data}, "
+            f"{state.total_steps} steps, {state.steps_per_epoch} per epoch; now {fresh.data}, "
+            f"{fresh.total_steps} steps, {fresh.steps_per_epoch} per epoch)"
         )
     if keep is not None and state.best is not None and state.best.metric == keep.metric:
         keep = KeepBest(keep.settings, keep.metric, trainable, state.best, load_best_weights(path, trainable))

@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +172,11 @@ def _encodable(
 
 
 def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
-    """The collator of ``guard``'s model, with the backbone's image preprocessing."""
-    backbone = guard.backbone
+    """The collator of ``guard``'s model, with the guard's image preprocessing (vision budget, then the family's)."""
     return Collator(
         guard.processor,
-        backbone.placeholder_token_id,
-        partial(backbone.preprocess, guard.processor),
+        guard.backbone.placeholder_token_id,
+        guard.classifier.preprocess,  # within the vision budget, as the guard judges at inference
         cfg.max_length,
         guard.config.max_image_pixels,
         hint=label_hinter(guard.policy, guard.config.taxonomy) if cfg.train_with_hints else None,

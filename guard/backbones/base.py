@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from psaguard.config import ModelFingerprint
 from psaguard.errors import ProcessorError
 from psaguard.injection import ImageLayout, features_as_list
+from psaguard.vision_budget import fit_patch_budget
 
 __all__ = ["Backbone", "VisionFeatures", "pool_to_square_grid", "unwrap_model"]
 
@@ -191,6 +192,30 @@ class Backbone(ABC):
 
         Raise :class:`~psaguard.errors.ProcessorError` when ``processor`` is not of this family.
         """
+
+    @property
+    def resolution_unit(self) -> tuple[int, int] | None:
+        """(patch side, grid unit) in pixels when the processor keeps images near their own size, else None.
+
+        Native-resolution families (the tower's cost grows with the image) give the tower's patch side and
+        the unit their processor rounds image sides to (patch x merge size), and :meth:`fit_vision_budget`
+        bounds their patch count. Default None: the processor resizes every image to a fixed size or a
+        bounded number of fixed-size tiles, which bounds the cost already.
+        """
+        return None
+
+    def fit_vision_budget(self, images: Sequence[Image.Image], max_patches: int) -> list[Image.Image]:
+        """``images`` as the guard judges them: at most ``max_patches`` tower patches each.
+
+        Larger images of a native-resolution family (:attr:`resolution_unit`) are downscaled before the
+        processor, aspect ratio kept and sides on the processor's grid (which its resize then leaves as they
+        are); others are returned unchanged. Guarded generation reuses the features of this one vision pass,
+        so the model sees the images exactly as the guard judged them.
+        """
+        unit = self.resolution_unit
+        if unit is None:
+            return list(images)
+        return [fit_patch_budget(image, *unit, max_patches) for image in images]
 
     def preprocess_requests(
         self, processor: Any, images: Sequence[Image.Image], images_per_request: Sequence[int]

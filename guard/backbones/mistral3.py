@@ -55,6 +55,11 @@ class Mistral3Backbone(LlavaBackbone):
         """Patches merged per side into one embedding by the model's projector."""
         return self.config.spatial_merge_size
 
+    @property
+    def resolution_unit(self) -> tuple[int, int]:
+        """The tower's patch and the merged patch the processor rounds image sides to: images keep their size."""
+        return self._patch, self._step
+
     def read_processor(self, processor: Any) -> None:
         """The ids of the row-break and end-of-image tokens (the config records only ``[IMG]``)."""
         tokenizer = getattr(processor, "tokenizer", processor)

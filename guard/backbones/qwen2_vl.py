@@ -95,6 +95,12 @@ class Qwen2VLBackbone(Backbone):
     def num_patches(self) -> int:
         return self.safety_grid_side**2
 
+    @property
+    def resolution_unit(self) -> tuple[int, int]:
+        """The tower's patch and the processor's grid (``patch_size * merge_size``): images keep their size."""
+        patch = int(self.config.vision_config.patch_size)
+        return patch, patch * self._merge
+
     # ------------------------------------------------------------------ vision
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         out = image_processor_outputs(processor, images, self.family)

@@ -139,6 +139,18 @@ class FamilyConformance:
             guard.classify_batch(shaped_images(), [*PROMPTS, QUESTION])
         assert calls == [1]
 
+    def test_a_large_image_is_judged_within_the_vision_budget(self, family: TinyFamily) -> None:
+        """Native-resolution families: at most ``max_vision_patches`` tower patches; others: the processor's size."""
+        budget = 128
+        guard = guard_for(family.model, family.processor, max_vision_patches=budget)
+        image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+        if guard.backbone.resolution_unit is None:  # a fixed size or tile count: left to the processor
+            assert guard.backbone.fit_vision_budget([image], budget)[0] is image
+            return
+        analysis = guard.analyze([image], [QUESTION])
+        assert analysis.verdicts[0].error is None
+        assert analysis.features.tiles is not None and analysis.features.tiles[0] <= budget  # patches per image
+
     def test_a_processor_of_another_family_is_refused(self, family: TinyFamily, tiny_processor) -> None:
         with pytest.raises(ProcessorError):
             SafetyGuard.attach(family.model, tiny_processor)

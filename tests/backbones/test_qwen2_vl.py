@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
-from generation_helpers import QUESTION, guard_for, user_turn
+from generation_helpers import QUESTION, capture_llm_inputs, guard_for, plain_generate, spy_generate, user_turn
+from PIL import Image
+from transformers import Qwen2VLImageProcessorPil
 
 from psaguard.backbones import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
 from psaguard.errors import InvalidInputError
 from psaguard.generation import chat_token_ids
 from psaguard.injection import build_llm_inputs
 from psaguard.tiny_qwen2_vl import TinyQwen2VLProcessor, save_tiny_qwen2_vl
+from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES, fit_patch_budget
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +138,62 @@ def test_grids_that_do_not_fit_the_pixels_are_refused(family):
         backbone.encode_images(inputs["pixel_values"], image_grid_thw=torch.tensor([[1, 6, 8]]))
     with pytest.raises(InvalidInputError):
         backbone.encode_images(inputs["pixel_values"])
+
+
+# ---------------------------------------------------------------------------- the vision budget
+QWEN2_VL_7B_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 12_845_056}
+"""Qwen2-VL-7B-Instruct's own processor limits (min_pixels, max_pixels): up to 65,536 patches of 14 px."""
+
+
+def _processor_allowing_large_images(family) -> TinyQwen2VLProcessor:
+    """The tiny processor with Qwen2-VL-7B's pixel limits: it alone would keep a 2688^2 image at full size."""
+    patch = family.model.config.vision_config.patch_size
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch, merge_size=2, temporal_patch_size=2, size=QWEN2_VL_7B_PIXELS
+    )
+    return TinyQwen2VLProcessor(image_processor, family.processor.tokenizer, family.processor.chat_template)
+
+
+def _noise(width: int, height: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_an_image_over_the_default_budget_is_judged_within_it(family):
+    processor = _processor_allowing_large_images(family)
+    guard = guard_for(family.model, processor, level=0)
+    image = _noise(384, 256)  # 96 x 64 = 6,144 patches of 4 px at its own size
+    assert processor.image_processor(images=[image])["image_grid_thw"].tolist() == [[1, 64, 96]]
+    analysis = guard.analyze([image], [QUESTION])
+    ((t, h, w),) = analysis.features.image_sizes.tolist()
+    assert analysis.features.tiles == (t * h * w,)
+    assert t * h * w <= DEFAULT_MAX_VISION_PATCHES == guard.config.max_vision_patches
+    assert abs(w / h - 384 / 256) < 0.1  # the aspect ratio is kept
+
+
+def test_a_huge_image_is_bounded_and_the_model_generates_from_what_the_guard_judged(family):
+    processor = _processor_allowing_large_images(family)
+    budget = 256
+    guard = guard_for(family.model, processor, inject=False, level=0, max_vision_patches=budget)
+    image = _noise(2688, 1792)  # 301,056 patches of 4 px under the processor's own limits
+    patch, unit = guard.backbone.resolution_unit
+    judged = fit_patch_budget(image, patch, unit, budget)
+    analysis = guard.analyze([image], [QUESTION])
+    grid = analysis.features.image_sizes.tolist()[0]
+    assert analysis.features.tiles[0] <= budget
+    assert grid == [1, judged.height // patch, judged.width // patch]
+    greedy = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+    with spy_generate(family.model) as outputs, capture_llm_inputs(family.model) as guarded:
+        result = guard.generate(image, QUESTION, **greedy)
+    with capture_llm_inputs(family.model) as plain:
+        expected = plain_generate(family.model, processor, [judged], [user_turn(QUESTION)], **greedy)
+    assert (result.action, result.generated) == ("allow", True)
+    # The model got exactly the unguarded model's input for the judged (downscaled) image, and answered alike.
+    assert torch.equal(guarded[0]["input_ids"], plain[0]["input_ids"])
+    torch.testing.assert_close(guarded[0]["inputs_embeds"], plain[0]["inputs_embeds"])
+    assert outputs[0][0, -4:].tolist() == expected
+
+
+def test_images_within_the_budget_reach_the_processor_unchanged(family):
+    backbone = family.backbone()
+    images = shaped_images()
+    assert all(a is b for a, b in zip(backbone.fit_vision_budget(images, DEFAULT_MAX_VISION_PATCHES), images))

@@ -101,3 +101,10 @@ def test_gpu_suite_runs_whole_with_pytest_at_tiny_shapes_on_the_cpu(tmp_path) ->
     assert set(raw["nf4"]["generate_s"]) == {"plain_b1", "guarded_b1", "plain_b2", "guarded_b2"}
     for stage in ("stage1", "stage2_r16", "stage2_r256"):
         assert raw[stage]["samples_per_s"] and all(rate > 0 for rate in raw[stage]["samples_per_s"])
+
+
+def test_vision_budget_bounds_the_patches_it_classifies() -> None:
+    out = run("vision_budget.py", "--sizes", "224,448", "--budget", "128", "--repeats", "1")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("224x", "448x"))]
+    assert [(int(row[1]), int(row[2])) for row in rows] == [(256, 100), (1024, 100)]  # processor's; judged
+    assert all(float(row[3]) > 0 and float(row[5]) > 0 for row in rows)

@@ -18,6 +18,8 @@ from psaguard.errors import CheckpointError, ConfigError
 from psaguard.generation import GenerationOptions
 from psaguard.policy import GuardPolicy, decide
 from psaguard.taxonomy import DEFAULT_TAXONOMY
+from psaguard.training.checkpoint import read_state
+from psaguard.training.config import Stage1Config, load_config
 from psaguard.verdict import SafetyVerdict
 
 FUZZ = settings.get_profile(f"psaguard-{os.environ.get('PSAGUARD_FUZZ', 'ci')}")
@@ -116,6 +118,7 @@ def test_on_error_is_a_failure_action(raw: dict) -> None:
             ),
             "tokens": st.fixed_dictionaries({}, optional={"num_tokens": st.integers(-1, 100), "init_std": st.floats()}),
             "max_image_pixels": st.one_of(st.integers(-5, 10**9), json_scalars),
+            "max_vision_patches": st.one_of(st.integers(-5, 10**7), json_scalars),
             "dtype": st.sampled_from(["auto", "float32", "int8", "float64"]),
             "policy": policies,
             "extra": json_scalars,
@@ -171,6 +174,8 @@ def _config_file(tmp_path: Path, **sections: dict) -> Path:
         {"head": {"num_heads": 10**6}},
         {"head": {"max_prompt_tokens": 10**9}},
         {"max_image_pixels": 10**15},
+        {"max_vision_patches": 10**9},  # a budget that bounds nothing
+        {"max_vision_patches": 1},  # below one merge unit of any family
     ],
 )
 def test_config_sizes_are_bounded_when_the_file_loads(tmp_path: Path, sections: dict) -> None:
@@ -230,3 +235,57 @@ def test_policy_templates_may_only_use_the_plain_concept_field(template: str) ->
 def test_generation_option_templates_may_only_use_their_plain_field(field: str, template: str) -> None:
     with pytest.raises(ValidationError, match="plain"):
         GenerationOptions(**{field: template})
+
+
+# ---------------------------------------------------------------------------- training configs and resume state
+REQUIRED_TRAINING_KEYS = "model: m\ntrain_data: rows.jsonl\noutput_dir: out\n"
+YAML_PIECES = st.sampled_from(
+    [
+        *("&a ", "&b ", "*a", "*b", "[", "]", "{", "}", "x: ", "y: ", ", ", "\n", "- ", "  ", "9" * 60, "1_0", "'"),
+        *('"', "!!int ", "!!python/object:os.system ", "!!binary ", "<<: ", "2021-02-30", "~", "epochs: ", "1e999"),
+    ]
+)
+
+
+@FUZZ
+@given(text=st.lists(YAML_PIECES, max_size=80).map("".join))
+def test_training_config_texts_load_or_raise_config_errors_quickly(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    path = tmp_path_factory.mktemp("train") / "train.yaml"
+    path.write_text(REQUIRED_TRAINING_KEYS + text)
+    start = time.process_time()
+    try:
+        load_config(Stage1Config, path)
+        event("training config accepted")
+    except ConfigError as err:
+        assert str(err)
+        event("training config rejected")
+    assert time.process_time() - start < 1.0
+
+
+STEP_COUNTS = st.one_of(st.integers(-5, 20), st.integers(-(10**15), 10**15), json_scalars)
+
+
+@FUZZ
+@given(
+    state=st.fixed_dictionaries(
+        {"step": STEP_COUNTS, "total_steps": STEP_COUNTS, "steps_per_epoch": STEP_COUNTS},
+        optional={"history": st.lists(st.dictionaries(st.text(max_size=4), json_scalars, max_size=3), max_size=3)},
+    )
+)
+def test_resume_states_are_within_the_run_or_checkpoint_errors(
+    tmp_path_factory: pytest.TempPathFactory, state: dict
+) -> None:
+    directory = tmp_path_factory.mktemp("step")
+    data = {"num_examples": 8, "batch_size": 2, "grad_accum": 1, "world_size": 1, "seed": 0}
+    (directory / "state.json").write_text(json.dumps({**state, "data": data}))
+    try:
+        loaded = read_state(directory)
+    except CheckpointError as err:
+        assert str(err)
+        event("state rejected")
+        return
+    event("state accepted")
+    assert 0 <= loaded.step <= loaded.total_steps and loaded.steps_per_epoch >= 1
+    assert 0 <= loaded.step_in_epoch < loaded.steps_per_epoch

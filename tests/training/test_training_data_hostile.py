@@ -11,6 +11,7 @@ from fifo_helpers import error_without_blocking
 from PIL import Image
 
 from psaguard.errors import DatasetError
+from psaguard.training import collate
 from psaguard.training.data import read_jsonl
 
 GOOD = {"image": "a.png", "prompt": "what is this ?", "response": "a cat", "safe_level": 0, "safe_type": "safe"}
@@ -83,3 +84,40 @@ def test_a_fifo_is_refused_without_blocking(root: Path) -> None:
     fifo = root / "rows.jsonl"
     os.mkfifo(fifo)
     assert "not a regular file" in str(error_without_blocking(lambda: read_jsonl(fifo), fifo, DatasetError))
+
+
+def _split_row(root: Path, side: int, copies: int) -> Path:
+    Image.new("RGB", (side, side), "white").save(root / "big.png")  # compresses to a few KB
+    return _write(root / "rows.jsonl", [{**GOOD, "image": "<split>".join(["big.png"] * copies)}])
+
+
+def test_split_images_over_the_pixel_limit_together_are_refused_before_decoding(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each image is under the limit; side by side they are 8x over it (the 8 x 6300^2 PNGs, scaled down).
+    examples, _ = read_jsonl(_split_row(root, 300, 8))
+    decoded: list[object] = []
+    monkeypatch.setattr(collate, "load_image", lambda *args, **kwargs: decoded.append(args))
+    with pytest.raises(DatasetError, match=r"rows\.jsonl:1: .*side by side make 2400x300 pixels"):
+        collate.load_example_image(examples[0], max_pixels=300 * 300 * 2)
+    assert decoded == []
+
+
+def test_split_images_within_the_limit_are_pasted_side_by_side(root: Path) -> None:
+    examples, _ = read_jsonl(_split_row(root, 30, 3))
+    assert collate.load_example_image(examples[0], max_pixels=30 * 30 * 3).size == (90, 30)
+
+
+def test_exif_rotation_counts_in_the_canvas_before_decoding(root: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: the 40 x 10 file is 10 wide and 40 high once transposed
+    Image.new("RGB", (40, 10), "white").save(root / "tall.jpg", exif=exif)
+    examples, _ = read_jsonl(_write(root / "rows.jsonl", [{**GOOD, "image": "tall.jpg<split>tall.jpg"}]))
+    assert collate.load_example_image(examples[0]).size == (20, 40)
+    with pytest.raises(DatasetError, match="20x40"):
+        collate.load_example_image(examples[0], max_pixels=20 * 40 - 1)
+
+
+def test_a_row_naming_too_many_images_is_refused(root: Path) -> None:
+    with pytest.raises(DatasetError, match="at most 16"):
+        read_jsonl(_write(root / "rows.jsonl", [{**GOOD, "image": "<split>".join(["a.png"] * 17)}]))
