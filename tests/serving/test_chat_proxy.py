@@ -103,9 +103,9 @@ def test_hint_is_appended_to_the_last_user_turn_and_the_rest_forwarded_unchanged
     image, prompt = requests_by_kind["image_risk"]  # the demo guard hints on it
     verdict = classifier_guard.classify(image, prompt)
     assert verdict.action == "hint"
-    answer = ask(echo_proxy, image, prompt, temperature=0.0, user="someone", extra_body={"custom": 7}).parse()
+    answer = ask(echo_proxy, image, prompt, temperature=0.0, user="someone", extra_body={"top_k": 7}).parse()
     forwarded = json.loads(answer.choices[0].message.content)
-    assert forwarded["custom"] == 7 and forwarded["user"] == "someone" and forwarded["max_tokens"] == MAX_TOKENS
+    assert forwarded["top_k"] == 7 and forwarded["user"] == "someone" and forwarded["max_tokens"] == MAX_TOKENS
     text_part = forwarded["messages"][0]["content"][1]
     assert text_part["text"] == f"{prompt}\nSafe Hint: {verdict.hint}"
     assert forwarded["messages"][0]["content"][0]["type"] == "image_url"  # the image goes upstream as sent
