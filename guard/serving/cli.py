@@ -47,6 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds to judge (and answer) a request")
     serve.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, help="largest request body")
     serve.add_argument("--max-images", type=int, default=4, help="most images in one request")
+    serve.add_argument(
+        "--max-pixels-in-flight",
+        type=int,
+        default=None,
+        help="image pixels held at once before new requests get 503 (default: twice the guard's image limit)",
+    )
+    serve.add_argument(
+        "--limit-concurrency", type=int, default=512, help="connections served at once (keep below ulimit -n)"
+    )
     serve.set_defaults(func=_run_serve)
 
 
@@ -89,12 +98,16 @@ def _run_serve(args: argparse.Namespace) -> int:
             cors_origins=tuple(args.cors_origin),
             batching=BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
             limits=LimitsConfig(
-                request_timeout_s=args.request_timeout, max_body_bytes=args.max_body_bytes, max_images=args.max_images
+                request_timeout_s=args.request_timeout,
+                max_body_bytes=args.max_body_bytes,
+                max_images=args.max_images,
+                max_pixels_in_flight=args.max_pixels_in_flight,
             ),
         )
     except ValidationError as err:
         raise ConfigError(f"invalid serve option: {err}") from err
     keys = load_api_keys(args.api_key_file)
     guard = load_guard(guard_dir, model, classifier_only=classifier_only)
-    run_server(create_app(guard, config, api_keys=keys), host=args.host, port=args.port)
+    app = create_app(guard, config, api_keys=keys)
+    run_server(app, host=args.host, port=args.port, limit_concurrency=args.limit_concurrency)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import os
 import time
 
 import httpx
@@ -179,3 +180,18 @@ def test_images_decode_with_the_guards_formats(strict_server, requests_by_kind):
     body = {"input": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": url}}]}
     error = openai_error(post(strict_server, "/v1/moderations", body), 400, "invalid_image")
     assert "(BMP: not enabled)" in error["message"]
+
+
+def test_key_file_edits_are_picked_up_and_a_broken_file_fails_closed(tmp_path, monkeypatch):
+    monkeypatch.delenv("PSAGUARD_API_KEYS", raising=False)
+    path = tmp_path / "keys"
+    path.write_text("a" * 16 + "\n")
+    keys = load_api_keys(path, reload_interval_s=0.0)
+    assert keys.allows("Bearer " + "a" * 16)
+    for text, allowed in (("b" * 16 + "\n", "b"), ("", None), ("short\n", None), ("c" * 16 + "\n", "c")):
+        path.write_text(text)
+        stamp = time.time_ns() + 1_000_000_000  # a new modification time even on coarse file systems
+        os.utime(path, ns=(stamp, stamp))
+        assert [c for c in "abc" if keys.allows(f"Bearer {c * 16}")] == ([allowed] if allowed else [])
+    path.unlink()
+    assert not keys.allows("Bearer " + "c" * 16) and not keys.allows(None)
