@@ -22,7 +22,11 @@ class BatchingConfig(BaseModel):
 
     max_batch: int = Field(16, ge=1, le=1024, description="Most requests judged in one forward pass (1 = no batching).")
     max_wait_ms: float = Field(
-        5.0, ge=0.0, le=10_000.0, description="How long the first queued request waits for batch-mates, in ms."
+        5.0,
+        ge=0.0,
+        le=10_000.0,
+        description="Longest an idle worker waits for batch-mates that are already in the server decoding their "
+        "images, in ms (it never waits for requests nobody has sent).",
     )
     max_queue: int = Field(
         1024, ge=1, description="Requests waiting to be judged beyond which new ones get 503 (back-pressure)."
