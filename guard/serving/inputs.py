@@ -135,9 +135,9 @@ class ImageLoader:
         decoded (a 503 when the in-flight budget has no room)."""
         data = await self._bytes(ref.url, param)
         if ticket is not None:
-            ticket.charge(await asyncio.to_thread(header_pixels, data, self.formats), param)
-            if ticket.cancellation.cancelled:  # the request gave up while the header was read
-                raise ApiError(504, "the request was abandoned", type="server_error", code="timeout")
+            pixels = await asyncio.to_thread(header_pixels, data, self.formats)
+            if pixels <= self.max_pixels:  # a larger image is refused by load_image (400), not kept waiting (503)
+                ticket.charge(pixels, param)
         try:
             return await asyncio.to_thread(
                 load_image, data, self.max_pixels, max_bytes=self.limits.max_image_bytes, formats=self.formats
