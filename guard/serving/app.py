@@ -8,7 +8,6 @@ server shutdown (uvicorn's on SIGTERM) finishes the requests in flight.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,13 +19,14 @@ import httpx
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from psaguard.errors import ConfigError, GuardBlocked, PsaGuardError
 from psaguard.guard import SafetyGuard
+from psaguard.serving.admission import PixelBudget, Ticket
 from psaguard.serving.auth import ApiKeys
 from psaguard.serving.batching import DynamicBatcher
+from psaguard.serving.bodies import count_chat, count_moderation, read_request
 from psaguard.serving.config import ServeConfig
 from psaguard.serving.inputs import ImageLoader
 from psaguard.serving.judging import Judge
@@ -36,7 +36,7 @@ from psaguard.serving.moderation import moderate
 from psaguard.serving.protocol import ApiError, ChatRequest, ModerationRequest, api_error_from
 from psaguard.serving.proxy import ProxyChat
 
-__all__ = ["ServeState", "create_app"]
+__all__ = ["ServeState", "create_app", "pixels_in_flight"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class ServeState:
     metrics: ServeMetrics
     batcher: DynamicBatcher
     judge: Judge
+    budget: PixelBudget
     chat: LocalChat | ProxyChat | None = None
 
 
@@ -79,7 +80,8 @@ def create_app(
         config.limits, guard.config.max_image_pixels, config.image_url_allowlist, formats=guard.config.image_formats
     )
     judge = Judge(guard, config, batcher, loader, metrics)
-    state = ServeState(guard, config, api_keys or ApiKeys(), metrics, batcher, judge)
+    budget = PixelBudget(pixels_in_flight(config, guard), metrics)
+    state = ServeState(guard, config, api_keys or ApiKeys(), metrics, batcher, judge, budget)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -103,9 +105,11 @@ def create_app(
 
     app = FastAPI(title="psaguard", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.psaguard = state
-    if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_headers=["*"])
     _add_middleware(app, state)
+    if config.cors_origins:  # added last, so outermost: a browser's preflight (no key) is answered before auth
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
     _add_routes(app, state)
     return app
 
@@ -121,7 +125,10 @@ def _add_middleware(app: FastAPI, state: ServeState) -> None:
                 ApiError(401, "a valid API key is required (Authorization: Bearer <key>)", code="invalid_api_key"),
             )
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as err:  # answered here (not by Starlette's outer handler), so it is counted too
+                response = _internal_error(state, request, err)
         state.metrics.requests.labels(endpoint=_endpoint(path), status=str(response.status_code)).inc()
         state.metrics.observe("total", time.perf_counter() - start)
         return response
@@ -149,16 +156,23 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
 
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Response:
-        body = ModerationRequest.model_validate(await _read_json(request, state))
-        result = await _bounded(moderate(body, state.judge), timeout)
+        body, _ = await read_request(request, state.config.limits, ModerationRequest, count_moderation)
+        ticket = state.budget.ticket()
+        try:
+            result = await _bounded(moderate(body, state.judge, ticket), timeout, ticket)
+        finally:
+            ticket.release()
         return JSONResponse(result)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        raw = await _read_json(request, state)
-        body = ChatRequest.model_validate(raw)
+        body, raw = await read_request(request, state.config.limits, ChatRequest, count_chat)
         assert state.chat is not None  # set by the lifespan before any request is served
-        return await _bounded(state.chat.complete(body, raw), timeout)
+        ticket = state.budget.ticket()
+        try:
+            return await _bounded(state.chat.complete(body, raw, ticket), timeout, ticket)
+        finally:
+            ticket.release()
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, err: ApiError) -> Response:
@@ -172,11 +186,7 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, err: Exception) -> Response:
-        # Not an input problem: nothing was judged or answered, so the request fails closed.
-        logger.exception("unexpected error on %s", request.url.path)
-        return _error_response(
-            state, ApiError(500, f"internal error: {type(err).__name__}", type="server_error", code="internal_error")
-        )
+        return _internal_error(state, request, err)
 
     @app.exception_handler(PsaGuardError)
     async def on_guard_error(request: Request, err: PsaGuardError) -> Response:
@@ -185,40 +195,35 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
         return _error_response(state, api_error_from(err))
 
 
-async def _bounded(work: Awaitable[Any], timeout: float) -> Any:
-    """``work``'s result, or a 504 after ``timeout`` seconds: a request the guard did not judge in time is refused."""
+def pixels_in_flight(config: ServeConfig, guard: SafetyGuard) -> int:
+    """The in-flight pixel budget: the configured one (default twice the guard's image limit), never below one
+    image of the largest size the guard accepts."""
+    largest = guard.config.max_image_pixels
+    return max(config.limits.max_pixels_in_flight or 2 * largest, largest)
+
+
+async def _bounded(work: Awaitable[Any], timeout: float, ticket: Ticket) -> Any:
+    """``work``'s result, or a 504 after ``timeout`` seconds: a request the guard did not judge in time is refused.
+    A request that ends without its result (timed out, or its client left) cancels ``ticket``: model work still
+    queued for it never starts, a generation stops at its next token."""
     try:
         return await asyncio.wait_for(work, timeout)
     except asyncio.TimeoutError as err:
+        ticket.cancellation.cancel()
         raise ApiError(
             504, f"the request was not judged within {timeout:g} s", type="server_error", code="timeout"
         ) from err
+    except BaseException:
+        ticket.cancellation.cancel()
+        raise
 
 
-async def _read_json(request: Request, state: ServeState) -> dict[str, Any]:
-    """The JSON object body, read up to the body limit (413 above it, whatever Content-Length says)."""
-    limit = state.config.limits.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit}", code="body_too_large")
-    chunks, size = [], 0
-    try:
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
-            chunks.append(part)
-    except ClientDisconnect as err:  # nobody is left to answer; end the request without judging it
-        raise ApiError(
-            400, "the client disconnected before sending the whole body", code="client_disconnected"
-        ) from err
-    try:
-        body = json.loads(b"".join(chunks))
-    except ValueError as err:
-        raise ApiError(400, f"the body is not valid JSON: {err}", code="invalid_json") from err
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-    return body
+def _internal_error(state: ServeState, request: Request, err: Exception) -> Response:
+    # Not an input problem: nothing was judged or answered, so the request fails closed.
+    logger.error("unexpected error on %s", request.url.path, exc_info=err)
+    return _error_response(
+        state, ApiError(500, f"internal error: {type(err).__name__}", type="server_error", code="internal_error")
+    )
 
 
 def _error_response(state: ServeState, err: ApiError) -> Response:

@@ -1,9 +1,12 @@
 """Dynamic batching: concurrent classification requests coalesce into one ``guard.classify_batch`` call.
 
-One worker task takes the first queued request, waits up to ``max_wait_ms`` for more (up to ``max_batch``),
-and judges them in one forward pass in the batcher's own thread; batches run one at a time, so the model is
+One worker task takes the first queued request with whatever else is queued (up to ``max_batch``) and judges
+them in one forward pass in the batcher's own thread; batches run one at a time, so the model is
 never used by two batches at once, and they never wait behind other work in asyncio's shared thread pool
-(where the server decodes images). A psaguard error of one request (bad input, or a failure under
+(where the server decodes images). Requests that queued while a batch ran form the next batch at once; an
+idle worker waits up to ``max_wait_ms`` only for requests already in the server and decoding their images
+(:meth:`DynamicBatcher.expect`), so batching never holds a request back for batch-mates nobody has sent.
+A psaguard error of one request (bad input, or a failure under
 ``on_error="block"``) would fail the whole ``classify_batch`` call, so the batch is then judged again one
 request at a time and only the failing request gets the error. Stopping drains the queue first.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from psaguard.errors import PsaGuardError
+from psaguard.serving.admission import Ticket
 from psaguard.serving.metrics import ServeMetrics
 from psaguard.serving.protocol import ApiError
 from psaguard.verdict import SafetyVerdict
@@ -38,7 +42,14 @@ class _Item:
     image: Image.Image
     prompt: str
     future: asyncio.Future[SafetyVerdict]
+    ticket: Ticket | None = None
     queued: float = field(default_factory=time.perf_counter)
+
+    def done(self) -> None:
+        """The item's work is over (judged, failed or skipped): its image no longer counts as in flight."""
+        if self.ticket is not None:
+            self.ticket.release()
+            self.ticket = None
 
 
 class DynamicBatcher:
@@ -62,6 +73,8 @@ class DynamicBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._accepting = False
+        self._expected = 0
+        self._arrival: asyncio.Event | None = None
 
     @property
     def running(self) -> bool:
@@ -70,6 +83,7 @@ class DynamicBatcher:
     async def start(self) -> None:
         """Start the worker task in the running event loop."""
         self._queue = asyncio.Queue()
+        self._arrival = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="psaguard-classify")
         self._worker = asyncio.create_task(self._work(), name="psaguard-batcher")
         self._accepting = True
@@ -83,31 +97,62 @@ class DynamicBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def classify(self, image: Image.Image, prompt: str) -> SafetyVerdict:
-        """The verdict of one request, judged with whichever requests are queued with it."""
+    def expect(self, count: int) -> None:
+        """``count`` more requests (fewer when negative) are on their way to the queue, decoding their images:
+        an idle worker waits for them, up to ``max_wait_ms``, before it starts a batch."""
+        self._expected = max(0, self._expected + count)
+        self._wake()
+
+    async def classify(self, image: Image.Image, prompt: str, ticket: Ticket | None = None) -> SafetyVerdict:
+        """The verdict of one request, judged with whichever requests are queued with it; ``ticket`` (the
+        request's image charge) is held until the batch that judges it ends, even if the request gives up."""
+        return await self.submit([image], prompt, ticket)[0]
+
+    def submit(
+        self, images: Sequence[Image.Image], prompt: str, ticket: Ticket | None = None
+    ) -> list[asyncio.Future[SafetyVerdict]]:
+        """Queue every image of one request with its prompt now; the futures give their verdicts (cancelling
+        one skips its image if not yet judged)."""
         if not self._accepting or self._queue is None:
             raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
-        if self._queue.qsize() >= self.max_queue:
+        if self._queue.qsize() + len(images) > self.max_queue:
             raise ApiError(503, "the guard's queue is full; retry later", type="server_error", code="overloaded")
-        future: asyncio.Future[SafetyVerdict] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(image, prompt, future))
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[SafetyVerdict]] = []
+        for image in images:
+            futures.append(loop.create_future())
+            if ticket is not None:
+                ticket.retain()
+            self._queue.put_nowait(_Item(image, prompt, futures[-1], ticket))
         self._metrics.queue_depth.set(self._queue.qsize())
-        return await future
+        self._wake()
+        return futures
+
+    def _wake(self) -> None:
+        if self._arrival is not None:
+            self._arrival.set()
 
     async def _work(self) -> None:
         assert self._queue is not None
         stopping = False
         while not stopping:
+            # Busy: requests queued while the last batch ran; they are judged at once, never kept waiting.
+            busy = not self._queue.empty()
             first = await self._queue.get()
             if first is None:
                 break
-            batch, stopping = await self._collect(first)
+            batch, stopping = await self._collect(first, busy)
             self._metrics.queue_depth.set(self._queue.qsize())
-            await self._run([item for item in batch if not item.future.done()])  # done: its client gave up
+            for item in batch:
+                if item.future.done():  # its client gave up (timed out): no model work for it
+                    item.done()
+            await self._run([item for item in batch if not item.future.done()])
 
-    async def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
-        """``first`` plus the requests that arrive within the wait, up to the batch size; True on the stop mark."""
-        assert self._queue is not None
+    async def _collect(self, first: _Item, busy: bool) -> tuple[list[_Item], bool]:
+        """``first`` plus what is queued, up to the batch size; True on the stop mark. An idle worker (nothing
+        was queued) also waits, up to ``max_wait_ms``, for requests announced by :meth:`expect` but never for
+        requests nobody has sent: waiting then would only delay ``first``."""
+        assert self._queue is not None and self._arrival is not None
         batch = [first]
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch:
@@ -115,18 +160,27 @@ class DynamicBatcher:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if busy or self._expected == 0 or remaining <= 0:
                     break
+                self._arrival.clear()
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    await asyncio.wait_for(self._arrival.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
+                continue
             if item is None:
                 return batch, True
             batch.append(item)
         return batch, False
 
     async def _run(self, batch: list[_Item]) -> None:
+        try:
+            await self._judge(batch)
+        finally:
+            for item in batch:
+                item.done()
+
+    async def _judge(self, batch: list[_Item]) -> None:
         if not batch:
             return
         started = time.perf_counter()
@@ -143,7 +197,7 @@ class DynamicBatcher:
             else:
                 logger.info("batch of %d failed (%s); judging its requests one by one", len(batch), err)
                 for item in batch:
-                    await self._run([item])
+                    await self._judge([item])
             return
         except Exception as err:  # a bug, not an input problem: every request of the batch fails closed
             logger.exception("classify_batch failed on a batch of %d", len(batch))

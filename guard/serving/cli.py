@@ -52,6 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="most images in one request (default: psaguard.images.MAX_IMAGES_PER_REQUEST)",
     )
+    serve.add_argument(
+        "--max-pixels-in-flight",
+        type=int,
+        default=None,
+        help="image pixels held at once before new requests get 503 (default: twice the guard's image limit)",
+    )
+    serve.add_argument(
+        "--limit-concurrency", type=int, default=512, help="connections served at once (keep below ulimit -n)"
+    )
     serve.set_defaults(func=_run_serve)
 
 
@@ -97,11 +106,13 @@ def _run_serve(args: argparse.Namespace) -> int:
                 request_timeout_s=args.request_timeout,
                 max_body_bytes=args.max_body_bytes,
                 **({} if args.max_images is None else {"max_images": args.max_images}),
+                max_pixels_in_flight=args.max_pixels_in_flight,
             ),
         )
     except ValidationError as err:
         raise ConfigError(f"invalid serve option: {err}") from err
     keys = load_api_keys(args.api_key_file)
     guard = load_guard(guard_dir, model, classifier_only=classifier_only)
-    run_server(create_app(guard, config, api_keys=keys), host=args.host, port=args.port)
+    app = create_app(guard, config, api_keys=keys)
+    run_server(app, host=args.host, port=args.port, limit_concurrency=args.limit_concurrency)
     return 0

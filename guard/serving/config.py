@@ -22,7 +22,11 @@ class BatchingConfig(BaseModel):
 
     max_batch: int = Field(16, ge=1, le=1024, description="Most requests judged in one forward pass (1 = no batching).")
     max_wait_ms: float = Field(
-        5.0, ge=0.0, le=10_000.0, description="How long the first queued request waits for batch-mates, in ms."
+        5.0,
+        ge=0.0,
+        le=10_000.0,
+        description="Longest an idle worker waits for batch-mates that are already in the server decoding their "
+        "images, in ms (it never waits for requests nobody has sent).",
     )
     max_queue: int = Field(
         1024, ge=1, description="Requests waiting to be judged beyond which new ones get 503 (back-pressure)."
@@ -45,7 +49,30 @@ class LimitsConfig(BaseModel):
     max_inputs: int = Field(64, ge=1, description="Most inputs in one moderation request.")
     max_new_tokens: int = Field(512, ge=1, description="Cap on max_tokens of a local-mode chat completion.")
     request_timeout_s: float = Field(
-        60.0, gt=0.0, description="Time a request may take to be judged (and, unstreamed, answered); 504 after."
+        60.0,
+        gt=0.0,
+        description="Time a request may take to be judged (and, unstreamed, answered); 504 after. The body "
+        "must also arrive within this time (408 after), counted separately.",
+    )
+    max_messages: int = Field(256, ge=1, description="Most messages in one chat request.")
+    max_content_parts: int = Field(
+        1024, ge=1, description="Most content parts in one chat request (all messages) or moderation input."
+    )
+    max_json_items: int = Field(
+        16_384,
+        ge=64,
+        description="Most JSON containers and separators ('{', '[', ',') in a body beyond the text allowance "
+        "(max_prompt_chars), counted in the raw bytes before parsing (400 above).",
+    )
+    max_pixels_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Image pixels (decoded, queued, being judged or generated from) the server holds at once; "
+        "a request that would exceed it gets 503 with Retry-After. None: twice the guard's max_image_pixels. "
+        "Never below the guard's max_image_pixels (one image of the largest size is always admitted alone).",
+    )
+    max_sse_line_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Longest line of an upstream event stream in proxy mode (error after)."
     )
 
 

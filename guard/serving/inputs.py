@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
+from psaguard.image_checks import check_structure, sniff_format
 from psaguard.images import ALLOWED_FORMATS, ImageFormat, load_image
+from psaguard.serving.admission import Ticket
 from psaguard.serving.config import LimitsConfig
 from psaguard.serving.protocol import ApiError, ContentPart, ImageUrl, ImageUrlPart, TextPart
 
-__all__ = ["ImageLoader", "ParsedInput", "check_text", "split_parts"]
+__all__ = ["ImageLoader", "ParsedInput", "check_text", "header_pixels", "split_parts", "url_under"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +73,45 @@ def check_text(text: str, limits: LimitsConfig, param: str) -> None:
         )
 
 
+def header_pixels(data: bytes, formats: Sequence[ImageFormat]) -> int:
+    """``width * height`` from an encoded image's header, after the same structural pre-check as
+    :func:`psaguard.images.load_image`; 0 when it has none readable (``load_image`` then says why)."""
+    fmt = sniff_format(data)
+    if fmt is None or fmt not in formats:
+        return 0
+    try:
+        check_structure(data, fmt)
+        with Image.open(io.BytesIO(data), formats=(fmt,)) as image:
+            width, height = image.size
+    except Exception:  # any failure to read the header: load_image raises the typed error
+        return 0
+    return max(width, 0) * max(height, 0)
+
+
+_DOT_SEGMENTS = frozenset({".", ".."})
+_ENCODED_SEPARATORS = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)  # encoded '.', '/' and '\\'
+
+
+def url_under(url: str, prefix: str) -> bool:
+    """Whether ``url`` lies under the allow-listed ``prefix``: same scheme and host (no user info, same port),
+    the prefix's whole path segments begin the URL's, and its last (partial) segment begins the next one.
+    Paths with '.' or '..' segments, backslashes or encoded dots and slashes are never under a prefix (a client
+    or server may resolve them out of it)."""
+    try:
+        parts, allowed = urlsplit(url), urlsplit(prefix)
+    except ValueError:
+        return False
+    if (parts.scheme.lower(), parts.netloc.lower()) != (allowed.scheme.lower(), allowed.netloc.lower()):
+        return False
+    if "\\" in parts.path or _ENCODED_SEPARATORS.search(parts.path):
+        return False
+    segments = parts.path.split("/")
+    if _DOT_SEGMENTS & set(segments):
+        return False
+    *whole, partial = allowed.path.split("/")  # 'https://h/public/' ends in '' (any name under /public/)
+    return len(segments) > len(whole) and segments[: len(whole)] == whole and segments[len(whole)].startswith(partial)
+
+
 class ImageLoader:
     """Turns image references into decoded images (with the guard's pixel limit and formats); remote ones only
     under an allow-listed prefix."""
@@ -86,9 +130,14 @@ class ImageLoader:
         self.allowlist = tuple(allowlist)
         self.client = client
 
-    async def load(self, ref: ImageUrl, param: str) -> Image.Image:
-        """The decoded image, or a 400 saying why not."""
+    async def load(self, ref: ImageUrl, param: str, ticket: Ticket | None = None) -> Image.Image:
+        """The decoded image, or a 400 saying why not; charged to ``ticket`` by its header size before it is
+        decoded (a 503 when the in-flight budget has no room)."""
         data = await self._bytes(ref.url, param)
+        if ticket is not None:
+            pixels = await asyncio.to_thread(header_pixels, data, self.formats)
+            if pixels <= self.max_pixels:  # a larger image is refused by load_image (400), not kept waiting (503)
+                ticket.charge(pixels, param)
         try:
             return await asyncio.to_thread(
                 load_image, data, self.max_pixels, max_bytes=self.limits.max_image_bytes, formats=self.formats
@@ -96,13 +145,13 @@ class ImageLoader:
         except InvalidImageError as err:
             raise ApiError(400, f"{param}: {err}", code="invalid_image", param=param) from err
 
-    async def load_all(self, refs: Sequence[ImageUrl], param: str) -> list[Image.Image]:
-        return [await self.load(ref, f"{param}[{index}]") for index, ref in enumerate(refs)]
+    async def load_all(self, refs: Sequence[ImageUrl], param: str, ticket: Ticket | None = None) -> list[Image.Image]:
+        return [await self.load(ref, f"{param}[{index}]", ticket) for index, ref in enumerate(refs)]
 
     async def _bytes(self, url: str, param: str) -> bytes:
         if url.startswith(_DATA_PREFIX):
             return self._decode_data_url(url, param)
-        if not any(url.startswith(prefix) for prefix in self.allowlist):
+        if not any(url_under(url, prefix) for prefix in self.allowlist):
             raise ApiError(
                 400,
                 "remote image URLs are refused: send the image as a data:image/...;base64 URL "

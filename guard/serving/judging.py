@@ -11,6 +11,7 @@ from PIL import Image
 from psaguard.adapters.verdicts import text_only_verdict
 from psaguard.guard import SafetyGuard
 from psaguard.policy import worst_verdict
+from psaguard.serving.admission import Ticket
 from psaguard.serving.batching import DynamicBatcher
 from psaguard.serving.config import ServeConfig
 from psaguard.serving.inputs import ImageLoader
@@ -39,20 +40,29 @@ class Judge:
         self.loader = loader
         self.metrics = metrics
 
-    async def load_images(self, refs: Sequence[ImageUrl], param: str) -> list[Image.Image]:
-        """Decoded images (400 for a bad one), timed as the 'decode' stage."""
+    async def load_images(self, refs: Sequence[ImageUrl], param: str, ticket: Ticket) -> list[Image.Image]:
+        """Decoded images (400 for a bad one, 503 over the in-flight budget), charged to ``ticket``, timed as
+        the 'decode' stage."""
         start = time.perf_counter()
-        images = await self.loader.load_all(refs, param)
+        images = await self.loader.load_all(refs, param, ticket)
         if images:
             self.metrics.observe("decode", time.perf_counter() - start)
         return images
 
-    async def verdict(self, text: str, images: Sequence[Image.Image]) -> SafetyVerdict:
-        """The deciding verdict of one request (counted in the verdict metrics)."""
-        if not images:
+    async def judge(self, refs: Sequence[ImageUrl], text: str, param: str, ticket: Ticket) -> SafetyVerdict:
+        """The deciding verdict of one request (counted in the verdict metrics): its images decoded (charged to
+        ``ticket``) and judged with ``text`` in the shared batcher, or the text-only verdict without images.
+        While its images decode, the batcher knows the request is coming (an idle worker may wait for it)."""
+        if not refs:
             verdict = text_only_verdict(self.guard, self.config.on_text_only)
         else:
-            verdicts = await asyncio.gather(*(self.batcher.classify(image, text) for image in images))
-            verdict = worst_verdict(verdicts)
+            self.batcher.expect(1)
+            try:
+                images = await self.load_images(refs, param, ticket)
+                pending = self.batcher.submit(images, text, ticket)
+            finally:
+                self.batcher.expect(-1)
+            del images  # queued: the batch holds them until it is judged
+            verdict = worst_verdict(await asyncio.gather(*pending))
         self.metrics.verdict(verdict)
         return verdict

@@ -15,12 +15,14 @@ from typing import Any
 
 from PIL import Image
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from transformers import StoppingCriteriaList
 
 from psaguard.adapters.plain import plain_generate, plain_stream
 from psaguard.adapters.verdicts import text_only_verdict
 from psaguard.conversation import Conversation
 from psaguard.errors import GuardBlocked, PsaGuardError
 from psaguard.guard import SafetyGuard
+from psaguard.serving.admission import Ticket
 from psaguard.serving.completions import (
     REFUSAL_FINISH_REASON,
     chat_prompt,
@@ -63,8 +65,9 @@ class LocalChat:
         self.limits = judge.config.limits
         self._slots = asyncio.Semaphore(judge.config.max_concurrent_generations)
 
-    async def complete(self, request: ChatRequest, raw: dict[str, Any]) -> Response:
-        """The completion (or its event stream) for ``request``; a blocked request is a 400 with the verdict."""
+    async def complete(self, request: ChatRequest, raw: dict[str, Any], ticket: Ticket) -> Response:
+        """The completion (or its event stream) for ``request``; a blocked request is a 400 with the verdict.
+        Its images are charged to ``ticket`` until the generation ends; cancelling the ticket stops it."""
         unsupported = sorted(name for name in UNSUPPORTED_LOCAL_FIELDS if raw.get(name) not in (None, False, []))
         if unsupported:
             raise ApiError(
@@ -74,14 +77,19 @@ class LocalChat:
                 param=unsupported[0],
             )
         prompt = chat_prompt(request, self.limits)
-        images = await self.judge.load_images(prompt.images, "messages.image_url")
+        images = await self.judge.load_images(prompt.images, "messages.image_url", ticket)
         kwargs = generation_kwargs(request, self.limits)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([ticket.cancellation])  # ends at the next token
         model = request.model or self.judge.config.model_name
         if request.stream:
-            return await self._stream(images, prompt.conversation, kwargs, model)
-        # The generation runs to its end in its thread even if the request times out; shielding keeps its
-        # slot taken until then, so a timed-out request never lets more generations run than configured.
-        answer = await asyncio.shield(asyncio.ensure_future(self._generate(images, prompt.conversation, kwargs)))
+            return await self._stream(images, prompt.conversation, kwargs, model, ticket)
+        # A generation whose request timed out stops at its next token (the cancellation); shielding keeps its
+        # slot (and its image charge) taken until its thread has really ended, so a timed-out request never
+        # lets more generations run, or more pixels be held, than configured.
+        ticket.retain()
+        work = asyncio.ensure_future(self._generate(images, prompt.conversation, kwargs, ticket))
+        work.add_done_callback(_retrieve)
+        answer = await asyncio.shield(work)
         self.judge.metrics.verdict(answer.verdict)
         if answer.action == "refuse":
             finish = REFUSAL_FINISH_REASON
@@ -97,13 +105,20 @@ class LocalChat:
         )
         return JSONResponse(body, headers=verdict_headers(answer.verdict))
 
-    async def _generate(self, images: list[Image.Image], conversation: Conversation, kwargs: dict[str, Any]) -> _Answer:
-        async with self._slots:
-            start = time.perf_counter()
-            try:
-                return await asyncio.to_thread(self._generate_sync, images, conversation, kwargs)
-            finally:
-                self.judge.metrics.observe("generate", time.perf_counter() - start)
+    async def _generate(
+        self, images: list[Image.Image], conversation: Conversation, kwargs: dict[str, Any], ticket: Ticket
+    ) -> _Answer:
+        try:
+            async with self._slots:
+                if ticket.cancellation.cancelled:  # given up while waiting for a slot: no model work for it
+                    raise ApiError(504, "the request was abandoned", type="server_error", code="timeout")
+                start = time.perf_counter()
+                try:
+                    return await asyncio.to_thread(self._generate_sync, images, conversation, kwargs)
+                finally:
+                    self.judge.metrics.observe("generate", time.perf_counter() - start)
+        finally:
+            ticket.release()
 
     def _generate_sync(self, images: list[Image.Image], conversation: Conversation, kwargs: dict[str, Any]) -> _Answer:
         if images:
@@ -122,7 +137,12 @@ class LocalChat:
         return verdict
 
     async def _stream(
-        self, images: list[Image.Image], conversation: Conversation, kwargs: dict[str, Any], model: str
+        self,
+        images: list[Image.Image],
+        conversation: Conversation,
+        kwargs: dict[str, Any],
+        model: str,
+        ticket: Ticket,
     ) -> Response:
         if not images:
             verdict = self._text_only()
@@ -130,7 +150,8 @@ class LocalChat:
             if verdict.action == "refuse":
                 events = refusal_events(model, verdict.refusal or "", verdict)
                 return StreamingResponse(events, media_type="text/event-stream", headers=verdict_headers(verdict))
-        await self._slots.acquire()  # released when the stream ends (see _events)
+        await self._slots.acquire()  # released when the stream ends (see _events), as is the ticket
+        ticket.retain()
         try:
             if images:
                 stream = self.guard.astream(images, conversation, **kwargs)
@@ -140,13 +161,21 @@ class LocalChat:
             else:
                 action, chunks = "allow", _threaded(plain_stream(self.guard, conversation, **kwargs))
         except BaseException:
+            ticket.cancellation.cancel()
+            ticket.release()
             self._slots.release()
             raise
-        events = self._events(chunks, verdict, action, model, kwargs["max_new_tokens"])
+        events = self._events(chunks, verdict, action, model, kwargs["max_new_tokens"], ticket)
         return StreamingResponse(events, media_type="text/event-stream", headers=verdict_headers(verdict))
 
     async def _events(
-        self, chunks: AsyncIterator[str], verdict: SafetyVerdict, action: Action, model: str, max_new_tokens: int
+        self,
+        chunks: AsyncIterator[str],
+        verdict: SafetyVerdict,
+        action: Action,
+        model: str,
+        max_new_tokens: int,
+        ticket: Ticket,
     ) -> AsyncIterator[bytes]:
         stream_id, count, start = completion_id(), 0, time.perf_counter()
         try:
@@ -165,8 +194,16 @@ class LocalChat:
             yield sse(chunk(stream_id, model, finish_reason=finish))
             yield sse_done()
         finally:
+            ticket.cancellation.cancel()  # a client that left mid-stream: the generation stops at its next token
+            ticket.release()
             self._slots.release()
             self.judge.metrics.observe("generate", time.perf_counter() - start)
+
+
+def _retrieve(task: asyncio.Future[_Answer]) -> None:
+    """Consume the outcome of a generation whose request may have timed out (nobody else will)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _finish(chunks: AsyncIterator[str], max_new_tokens: int) -> str:

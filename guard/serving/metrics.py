@@ -15,7 +15,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServeMetrics:
-    """Requests, verdicts, per-stage latency, batch sizes, queue depth and errors of one server."""
+    """Requests, verdicts, per-stage latency, batch sizes, queue depth, pixels in flight and errors of one server."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -44,6 +44,9 @@ class ServeMetrics:
             "psaguard_batch_size", "Requests per classify_batch call.", buckets=_BATCH_BUCKETS, registry=self.registry
         )
         self.queue_depth = Gauge("psaguard_queue_depth", "Requests waiting for the classifier.", registry=self.registry)
+        self.pixels_in_flight = Gauge(
+            "psaguard_pixels_in_flight", "Image pixels charged to the in-flight budget.", registry=self.registry
+        )
         self.errors = Counter("psaguard_errors", "Error responses, by error code.", ("code",), registry=self.registry)
 
     def verdict(self, verdict: SafetyVerdict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from psaguard.serving.admission import Ticket
 from psaguard.serving.inputs import ParsedInput, check_text, split_parts
 from psaguard.serving.judging import Judge
 from psaguard.serving.protocol import ApiError, ModerationRequest
@@ -72,13 +73,13 @@ def _inputs(request: ModerationRequest, judge: Judge) -> list[ParsedInput]:
     return [split_parts(request.input, limits, "input")]  # one multimodal input, as OpenAI reads it
 
 
-async def moderate(request: ModerationRequest, judge: Judge) -> dict[str, Any]:
-    """The moderation response for ``request``; 4xx :class:`ApiError` for invalid or oversized input."""
+async def moderate(request: ModerationRequest, judge: Judge, ticket: Ticket) -> dict[str, Any]:
+    """The moderation response for ``request``; 4xx :class:`ApiError` for invalid or oversized input; images
+    charged to ``ticket``."""
     taxonomy = judge.guard.config.taxonomy
     results = []
     for index, item in enumerate(_inputs(request, judge)):
-        images = await judge.load_images(item.images, f"input[{index}].image_url")
-        verdict = await judge.verdict(item.text, images)
-        judged = [*(["text"] if item.text else []), "image"] if images else []  # text alone is not judged
+        verdict = await judge.judge(item.images, item.text, f"input[{index}].image_url", ticket)
+        judged = [*(["text"] if item.text else []), "image"] if item.images else []  # text alone is not judged
         results.append(moderation_result(verdict, taxonomy, judged))
     return {"id": f"modr-{uuid.uuid4().hex}", "model": request.model or judge.config.model_name, "results": results}

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from psaguard.errors import ConfigError
 from psaguard.guard import SafetyGuard
 
-__all__ = ["BackgroundServer", "load_guard", "run_server"]
+__all__ = ["LIMIT_CONCURRENCY", "BackgroundServer", "load_guard", "run_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ GRACEFUL_SHUTDOWN_S = 30.0
 KEEP_ALIVE_S = 75.0
 """Idle keep-alive connections close after this (uvicorn's default, 5 s, dropped connections of clients
 waiting on a loaded server in the batching benchmark; 75 s is nginx's default)."""
+
+
+LIMIT_CONCURRENCY = 512
+"""Connections (and requests) uvicorn serves at once before it answers new ones 503 and closes them: a bound on
+the file descriptors slow clients can hold, to keep below ``ulimit -n`` (docs/serving.md, 'Connection limits')."""
 
 
 def load_guard(
@@ -50,10 +55,16 @@ def load_guard(
 
 
 def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **uvicorn_kwargs: Any) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; stopping lets requests in flight finish (up to 30 s)."""
+    """Serve ``app`` until SIGINT/SIGTERM; stopping lets requests in flight finish (up to 30 s). At most
+    :data:`LIMIT_CONCURRENCY` connections at once unless ``limit_concurrency`` says otherwise."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: reachable from other machines; set API keys (see docs/serving.md)", host)
-    options = {"timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S, "timeout_keep_alive": KEEP_ALIVE_S, **uvicorn_kwargs}
+    options = {
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "limit_concurrency": LIMIT_CONCURRENCY,
+        **uvicorn_kwargs,
+    }
     uvicorn.run(app, host=host, port=port, **options)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -81,3 +82,21 @@ async def test_stop_judges_the_queued_requests_then_refuses_new_ones(local_guard
     assert all(task.done() and task.result().rule for task in pending)
     with pytest.raises(Exception, match="shutting down"):
         await queue.classify(image, prompt)
+
+
+async def test_an_idle_worker_waits_only_for_requests_already_on_their_way(local_guard, requests_by_kind):
+    image, prompt = requests_by_kind["benign"]
+    classify = RecordingClassifier(local_guard)
+    queue = batcher(classify, max_wait_ms=3000.0)
+    await queue.start()
+    start = time.perf_counter()
+    await queue.classify(image, prompt)  # nobody else is coming: judged at once, not after 3 s
+    alone = time.perf_counter() - start
+    queue.expect(1)  # a request decoding its images
+    first = asyncio.ensure_future(queue.classify(image, prompt))
+    await asyncio.sleep(0.2)
+    second = queue.submit([image], prompt)  # the announced request arrives
+    queue.expect(-1)
+    await asyncio.gather(first, *second)
+    await queue.stop()
+    assert alone < 1.5 and classify.sizes == [1, 2]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import os
 import time
 
 import httpx
@@ -97,13 +98,24 @@ def test_malformed_bodies_are_400s(strict_server):
     openai_error(post(strict_server, "/v1/moderations", bad_url), 400, "invalid_image")
 
 
+def slow_guard(guard, seconds: float):
+    """A guard of its own whose classify_batch takes ``seconds`` longer."""
+    slow = guard.with_policy(guard.policy)
+    classify_batch = slow.classify_batch
+
+    def delayed(images, prompts):
+        time.sleep(seconds)
+        return classify_batch(images, prompts)
+
+    slow.classify_batch = delayed
+    return slow
+
+
 def test_request_not_judged_in_time_fails_closed_with_504(local_guard, requests_by_kind):
     image, prompt = requests_by_kind["benign"]
-    config = ServeConfig(
-        batching=BatchingConfig(max_batch=8, max_wait_ms=2000), limits=LimitsConfig(request_timeout_s=0.2)
-    )
+    config = ServeConfig(limits=LimitsConfig(request_timeout_s=0.2))
     body = {"input": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}
-    with BackgroundServer(create_app(local_guard, config)) as server:
+    with BackgroundServer(create_app(slow_guard(local_guard, 1.0), config)) as server:
         response = post(server, "/v1/moderations", body, key=None)
         error = openai_error(response, 504, "timeout")
         assert "results" not in response.json() and error["type"] == "server_error"
@@ -113,8 +125,8 @@ def test_graceful_shutdown_answers_the_requests_in_flight(local_guard, requests_
     image, prompt = requests_by_kind["benign"]
     expected = local_guard.classify(image, prompt)
     body = {"input": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}
-    config = ServeConfig(batching=BatchingConfig(max_batch=64, max_wait_ms=1500))  # requests wait in the queue
-    server = BackgroundServer(create_app(local_guard, config)).start()
+    config = ServeConfig(batching=BatchingConfig(max_batch=64))
+    server = BackgroundServer(create_app(slow_guard(local_guard, 1.0), config)).start()  # requests wait in the queue
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(post, server, "/v1/moderations", body, None) for _ in range(4)]
         deadline = time.monotonic() + 30
@@ -174,3 +186,18 @@ def test_images_decode_with_the_guards_formats(strict_server, requests_by_kind):
     body = {"input": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": url}}]}
     error = openai_error(post(strict_server, "/v1/moderations", body), 400, "invalid_image")
     assert "(BMP: not enabled)" in error["message"]
+
+
+def test_key_file_edits_are_picked_up_and_a_broken_file_fails_closed(tmp_path, monkeypatch):
+    monkeypatch.delenv("PSAGUARD_API_KEYS", raising=False)
+    path = tmp_path / "keys"
+    path.write_text("a" * 16 + "\n")
+    keys = load_api_keys(path, reload_interval_s=0.0)
+    assert keys.allows("Bearer " + "a" * 16)
+    for text, allowed in (("b" * 16 + "\n", "b"), ("", None), ("short\n", None), ("c" * 16 + "\n", "c")):
+        path.write_text(text)
+        stamp = time.time_ns() + 1_000_000_000  # a new modification time even on coarse file systems
+        os.utime(path, ns=(stamp, stamp))
+        assert [c for c in "abc" if keys.allows(f"Bearer {c * 16}")] == ([allowed] if allowed else [])
+    path.unlink()
+    assert not keys.allows("Bearer " + "c" * 16) and not keys.allows(None)

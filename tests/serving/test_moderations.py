@@ -105,3 +105,17 @@ def test_remote_images_are_fetched_only_under_an_allowed_prefix(local_guard, req
             with pytest.raises(openai.BadRequestError) as caught:
                 moderate(path)
             assert caught.value.code == code
+
+
+def test_dot_segments_never_leave_an_allowed_prefix(local_guard, requests_by_kind, image_host):
+    _, prompt = requests_by_kind["harmful"]
+    config = ServeConfig(image_url_allowlist=(image_host.root_url + "/public/",))
+    with BackgroundServer(create_app(local_guard, config)) as server:
+        for path in ("/public/../img.png", "/public/%2e%2e/img.png", "/public/..%2Fimg.png", "/public/./../img.png"):
+            remote = [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {"url": image_host.root_url + path}},
+            ]
+            with pytest.raises(openai.BadRequestError) as caught:
+                openai_client(server).moderations.create(input=remote)
+            assert caught.value.code == "remote_image_refused", path
