@@ -26,14 +26,15 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import StoppingCriteriaList
 
-from psaguard.adapters.messages import GuardRequest, request_from_messages
-from psaguard.adapters.plain import plain_generate, plain_stream
+from psaguard.adapters.messages import request_from_messages
 from psaguard.adapters.stops import StopBuffer, StopOnStrings, truncate_at_stop
-from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
+from psaguard.adapters.verdicts import VERDICT_EVENT, verdict_metadata
 from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
+from psaguard.plain import plain_generate, plain_stream
 from psaguard.plan import GuardedGeneration
-from psaguard.policy import GenerationOptions, GuardPolicy, refusal_text
+from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction, refusal_text
+from psaguard.request import GuardRequest
 from psaguard.verdict import Action, SafetyVerdict
 
 __all__ = ["GuardedChatModel"]
@@ -270,7 +271,7 @@ class GuardedChatModel(BaseChatModel):
     def _text_only(
         self, request: GuardRequest, generate_kwargs: dict[str, Any], *, stream: bool
     ) -> tuple[_Outcome, Iterator[str], Callable[[], _Outcome]]:
-        verdict = text_only_verdict(self.guard, self.on_text_only)
+        verdict = self.guard.classify_requests([request], on_text_only=self.on_text_only)[0]
         if verdict.action != "allow":
             stopped = self._stopped(verdict)
             return stopped, iter([stopped.text]), lambda: stopped
@@ -279,12 +280,12 @@ class GuardedChatModel(BaseChatModel):
             pieces: list[str] = []
 
             def chunks() -> Iterator[str]:
-                for piece in plain_stream(self.guard, request.conversation, **generate_kwargs):
+                for piece in plain_stream(self.guard.classifier, request.conversation, **generate_kwargs):
                     pieces.append(piece)
                     yield piece
 
             return started, chunks(), lambda: started.model_copy(update={"text": "".join(pieces)})
-        answer = plain_generate(self.guard, request.conversation, **generate_kwargs)
+        answer = plain_generate(self.guard.classifier, request.conversation, **generate_kwargs)
         outcome = started.model_copy(update=answer.model_dump())
         return outcome, iter([outcome.text]), lambda: outcome
 

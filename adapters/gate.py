@@ -28,10 +28,10 @@ from pydantic import ConfigDict, Field
 
 from psaguard.adapters.messages import IMAGE_BLOCK_TYPES
 from psaguard.adapters.runnable import GuardRunnable
-from psaguard.adapters.verdicts import TextOnlyAction, verdict_metadata
+from psaguard.adapters.verdicts import verdict_metadata
 from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
-from psaguard.policy import refusal_text
+from psaguard.policy import TextOnlyAction, refusal_text
 from psaguard.verdict import SafetyVerdict
 
 __all__ = [

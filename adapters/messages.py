@@ -33,10 +33,10 @@ from urllib.request import url2pathname
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages.utils import convert_to_messages
 from langchain_core.prompt_values import PromptValue
-from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.conversation import judged_text
 from psaguard.errors import InvalidImageError, InvalidInputError, RemoteImageError
+from psaguard.request import GuardRequest
 
 __all__ = [
     "IMAGE_BLOCK_TYPES",
@@ -95,22 +95,6 @@ _ROLES: dict[type[BaseMessage], str] = {
     SystemMessage: "system",
     ToolMessage: "tool",
 }
-
-
-class GuardRequest(BaseModel):
-    """One request as the guard sees it: its images, the text it judges them with, and the conversation.
-
-    ``conversation`` is a Hugging Face chat conversation whose ``{"type": "image"}`` parts stand for
-    ``images`` in order, ready for a processor's chat template.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-    images: tuple[Any, ...] = Field((), description="Decoded images (bytes, paths or PIL images), in order.")
-    prompt: str = Field("", description="Text the guard judges the images with: the text of every turn.")
-    conversation: tuple[dict[str, Any], ...] = Field(
-        (), description="HF chat conversation with {'type': 'image'} placeholders for `images`."
-    )
 
 
 def request_from_input(value: Any, *, allow_local_files: bool = True) -> GuardRequest:

@@ -23,9 +23,9 @@ from psaguard.adapters.gate import (
     replace_risky,
 )
 from psaguard.adapters.runnable import GuardRunnable
-from psaguard.adapters.verdicts import TextOnlyAction
 from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
+from psaguard.policy import TextOnlyAction
 from psaguard.verdict import SafetyVerdict
 
 __all__ = ["PsaGuardMiddleware"]

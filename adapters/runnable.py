@@ -16,12 +16,13 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field
 
-from psaguard.adapters.messages import GuardRequest, request_from_input
-from psaguard.adapters.verdicts import VERDICT_EVENT, TextOnlyAction, text_only_verdict, verdict_metadata
+from psaguard.adapters.messages import request_from_input
+from psaguard.adapters.verdicts import VERDICT_EVENT, verdict_metadata
 from psaguard.errors import InvalidInputError
 from psaguard.guard import SafetyGuard
 from psaguard.images import check_image_count
-from psaguard.policy import worst_verdict
+from psaguard.policy import TextOnlyAction
+from psaguard.request import GuardRequest
 from psaguard.verdict import SafetyVerdict
 
 __all__ = ["GuardRunnable"]
@@ -97,9 +98,7 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
     # ------------------------------------------------------------------ judging (sync)
     def judge(self, requests: Sequence[GuardRequest]) -> list[SafetyVerdict]:
         """Verdicts of parsed requests, all their images in one batch; no callbacks."""
-        pairs = [(image, request.prompt) for request in requests for image in request.images]
-        flat = self.guard.classify_batch([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else []
-        return self._regroup(requests, flat)
+        return self._logged(self.guard.classify_requests(requests, on_text_only=self.on_text_only))
 
     def _judge_one(self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> SafetyVerdict:
         verdict = self.judge([self._parse(input)])[0]
@@ -125,9 +124,7 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
     # ------------------------------------------------------------------ judging (async)
     async def ajudge(self, requests: Sequence[GuardRequest]) -> list[SafetyVerdict]:
         """Async :meth:`judge` (the forward pass runs in a worker thread)."""
-        pairs = [(image, request.prompt) for request in requests for image in request.images]
-        flat = await self.guard.aclassify_batch([p[0] for p in pairs], [p[1] for p in pairs]) if pairs else []
-        return self._regroup(requests, flat)
+        return self._logged(await self.guard.aclassify_requests(requests, on_text_only=self.on_text_only))
 
     async def _ajudge_one(
         self,
@@ -173,15 +170,8 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
                 results.append(err)
         return results
 
-    def _regroup(self, requests: Sequence[GuardRequest], flat: Sequence[SafetyVerdict]) -> list[SafetyVerdict]:
-        verdicts, start = [], 0
-        for request in requests:
-            count = len(request.images)
-            if count:
-                verdicts.append(worst_verdict(flat[start : start + count]))
-            else:
-                verdicts.append(text_only_verdict(self.guard, self.on_text_only))
-            start += count
+    @staticmethod
+    def _logged(verdicts: list[SafetyVerdict]) -> list[SafetyVerdict]:
         for verdict in verdicts:
             logger.debug("psaguard verdict: action=%s rule=%s", verdict.action, verdict.rule)
         return verdicts

@@ -24,6 +24,7 @@ _EXPORTS = {
     "GuardBlocked": "psaguard.errors",
     "GuardInternalError": "psaguard.errors",
     "GuardPolicy": "psaguard.policy",
+    "GuardRequest": "psaguard.request",
     "GuardedGeneration": "psaguard.plan",
     "GuardedModel": "psaguard.wrapped",
     "GuardedStream": "psaguard.streaming",
@@ -42,6 +43,7 @@ _EXPORTS = {
     "SafetyGuard": "psaguard.guard",
     "SafetyGuardConfig": "psaguard.config",
     "SafetyVerdict": "psaguard.verdict",
+    "TextOnlyAction": "psaguard.policy",
     "Taxonomy": "psaguard.taxonomy",
     "TokensConfig": "psaguard.config",
     "TypeRule": "psaguard.policy",
@@ -73,7 +75,8 @@ if TYPE_CHECKING:
     from psaguard.guard import SafetyGuard
     from psaguard.images import load_image
     from psaguard.plan import GuardedGeneration
-    from psaguard.policy import GenerationOptions, GuardPolicy, TypeRule, decide
+    from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction, TypeRule, decide
+    from psaguard.request import GuardRequest
     from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
     from psaguard.verdict import Action, LabelRef, SafetyVerdict

@@ -22,8 +22,9 @@ from psaguard.config import SafetyGuardConfig
 from psaguard.errors import CheckpointMismatchError, GuardInternalError, InvalidImageError, InvalidPromptError
 from psaguard.images import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
-from psaguard.policy import GuardPolicy, decide, error_verdict
+from psaguard.policy import GuardPolicy, TextOnlyAction, decide, error_verdict, text_only_verdict, worst_verdict
 from psaguard.prompts import PromptEncoder
+from psaguard.request import GuardRequest, RequestJudgement
 from psaguard.verdict import SafetyVerdict
 
 __all__ = ["Classifier", "GuardAnalysis"]
@@ -140,6 +141,28 @@ class Classifier:
             features=features,
             judged=[index for index, _, _ in loaded],
         )
+
+    def judge_requests(self, requests: Sequence[GuardRequest], on_text_only: TextOnlyAction) -> RequestJudgement:
+        """Judge whole requests in one vision pass: each image with its request's text, the images of a
+        request preprocessed together; the most severe image verdict decides a request, and a request without
+        images gets ``on_text_only``. Failing closed as :meth:`analyze` does."""
+        flat = [(index, image) for index, request in enumerate(requests) for image in request.images]
+        analysis = self.analyze(
+            [image for _, image in flat], [requests[index].prompt for index, _ in flat], [index for index, _ in flat]
+        )
+        judged_row = {position: row for row, position in enumerate(analysis.judged)}
+        verdicts, image_verdicts, rows, position = [], [], [], 0
+        for request in requests:
+            positions = range(position, position + len(request.images))
+            position += len(request.images)
+            own = [analysis.verdicts[p] for p in positions]
+            image_verdicts.append(own)
+            rows.append([judged_row[p] for p in positions] if all(p in judged_row for p in positions) else None)
+            if own:
+                verdicts.append(worst_verdict(own))
+            else:
+                verdicts.append(text_only_verdict(on_text_only, self.policy, self.config.taxonomy))
+        return RequestJudgement(verdicts, image_verdicts, rows, analysis.features)
 
     def judge(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
         """Verdicts for already encoded images (one per prompt), failing closed exactly like :meth:`analyze`.

@@ -25,12 +25,13 @@ from typing import Any, Union
 
 from psaguard.backbones import registered_backbones
 from psaguard.classifier import Classifier
-from psaguard.conversation import Conversation, PromptInput, judged_text, to_conversation, with_hint
+from psaguard.conversation import Conversation, PromptInput, with_hint
 from psaguard.errors import ConfigError, InvalidInputError, InvalidPromptError
 from psaguard.images import ImageInput, check_image_count
 from psaguard.injection import tokenize_prompt
 from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.policy import ACTION_SEVERITY, GenerationOptions, Resolution, resolve_action, worst_verdict
+from psaguard.request import GuardRequest
 from psaguard.streaming import GuardedStream
 from psaguard.tokenization import eos_token_ids, pad_token_id, render_chat, tokenizer_of, until_eos
 
@@ -116,30 +117,23 @@ class GuardedGenerator:
             raise InvalidInputError(f"got {len(images)} image entries but {len(prompts)} prompts")
         limit = self.classifier.config.max_images_per_request
         request_images = [_as_image_list(entry, limit) for entry in images]
-        conversations = [to_conversation(p, len(imgs)) for p, imgs in zip(prompts, request_images)]
-        flat_images = [image for imgs in request_images for image in imgs]
-        flat_prompts = [judged_text(conv) for conv, imgs in zip(conversations, request_images) for _ in imgs]
-        owners = [index for index, imgs in enumerate(request_images) for _ in imgs]
-        analysis = self.classifier.analyze(flat_images, flat_prompts, owners)
-        judged_row = {flat: row for row, flat in enumerate(analysis.judged)}
-        requests, offset = [], 0
-        for index, (conversation, imgs) in enumerate(zip(conversations, request_images)):
-            flat_ids = list(range(offset, offset + len(imgs)))
-            offset += len(imgs)
-            rows = [judged_row[i] for i in flat_ids if i in judged_row]
+        batch = [GuardRequest.of(imgs, prompt) for imgs, prompt in zip(request_images, prompts)]
+        judgement = self.classifier.judge_requests(batch, on_text_only="block")  # every request has an image
+        requests = []
+        for index, request in enumerate(batch):
             where = f"request {index}" if len(images) > 1 else "request"
-            request = plan_request(
-                [analysis.verdicts[i] for i in flat_ids],
-                rows if len(rows) == len(flat_ids) else None,
+            plan = plan_request(
+                judgement.image_verdicts[index],
+                judgement.rows[index],
                 self.options,
                 where=where,
                 return_blocked=return_blocked,
             )
-            logger.debug("request %d: %s by rule %s", index, request.action, request.verdict.rule)
-            if request.runs_model:
-                request = request.with_tokens(self._prompt_ids(conversation, request))
-            requests.append(request)
-        return GenerationPlan(self.classifier, requests, analysis.features)
+            logger.debug("request %d: %s by rule %s", index, plan.action, plan.verdict.rule)
+            if plan.runs_model:
+                plan = plan.with_tokens(self._prompt_ids(list(request.conversation), plan))
+            requests.append(plan)
+        return GenerationPlan(self.classifier, requests, judgement.features)
 
     def _prompt_ids(self, conversation: Conversation, request: RequestPlan) -> list[int]:
         if request.hint is not None:

@@ -22,8 +22,9 @@ from psaguard.generation import GuardedGenerator, ImagesInput
 from psaguard.images import ImageInput
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.plan import GuardedGeneration
-from psaguard.policy import GenerationOptions, GuardPolicy
+from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction
 from psaguard.prompts import PromptEncoder
+from psaguard.request import GuardRequest
 from psaguard.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
 from psaguard.streaming import AsyncGuardedStream, GuardedStream
 from psaguard.verdict import SafetyVerdict
@@ -222,6 +223,23 @@ class SafetyGuard:
         """
         return self.analyze(images, prompts).verdicts
 
+    def classify_requests(
+        self, requests: Sequence[GuardRequest], *, on_text_only: TextOnlyAction = "block"
+    ) -> list[SafetyVerdict]:
+        """Judge whole requests (several images, a conversation) in one forward pass: a request's verdict is
+        the most severe of its images'; one without images gets ``on_text_only`` (fail closed by default).
+
+        Build requests with ``GuardRequest.of(images, prompt_or_conversation)``. Guarded generation, the
+        LangChain adapters and the server judge through this, so a request gets the same verdict on every path.
+        """
+        return self.classifier.judge_requests(requests, on_text_only).verdicts
+
+    async def aclassify_requests(
+        self, requests: Sequence[GuardRequest], *, on_text_only: TextOnlyAction = "block"
+    ) -> list[SafetyVerdict]:
+        """Async :meth:`classify_requests` (runs in a worker thread)."""
+        return await asyncio.to_thread(partial(self.classify_requests, on_text_only=on_text_only), requests)
+
     async def aclassify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
         """Async :meth:`classify` (runs in a worker thread)."""
         return await asyncio.to_thread(self.classify, image, prompt)
@@ -237,10 +255,6 @@ class SafetyGuard:
         closed), 'refuse' and 'allow' give an error verdict with that action.
         """
         return self.classifier.analyze(images, prompts)
-
-    def judge_features(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
-        """Verdicts for already encoded images (one per prompt), failing closed exactly like :meth:`analyze`."""
-        return self.classifier.judge(features, prompts, start)
 
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
         """Safety-head logits for already encoded images and their prompts (differentiable)."""

@@ -26,10 +26,12 @@ __all__ = [
     "ACTION_SEVERITY",
     "DEFAULT_HINTS",
     "FALLBACK_REFUSAL",
+    "NO_IMAGE_RULE",
     "ErrorAction",
     "GenerationOptions",
     "GuardPolicy",
     "Resolution",
+    "TextOnlyAction",
     "TypeRule",
     "blocked_message",
     "check_template",
@@ -38,6 +40,7 @@ __all__ = [
     "fixed_verdict",
     "refusal_text",
     "resolve_action",
+    "text_only_verdict",
     "worst_verdict",
 ]
 
@@ -350,3 +353,17 @@ def resolve_action(verdict: SafetyVerdict, options: GenerationOptions, *, can_ge
     if verdict.action == "refuse" and options.refuse_with == "hint" and can_generate:
         return Resolution(runs_model=True, hint=options.refusal_hint.format(refusal=refusal), text="")
     return Resolution(runs_model=False, hint=None, text="" if verdict.action == "block" else refusal)
+
+
+TextOnlyAction = Literal["allow", "refuse", "block"]
+"""What to do with a request that holds no image (the PSA-VLM head judges images, so it cannot judge it)."""
+
+NO_IMAGE_RULE = "no_image"
+"""The rule of verdicts for requests without an image."""
+
+
+def text_only_verdict(
+    action: TextOnlyAction, policy: GuardPolicy, taxonomy: Taxonomy = DEFAULT_TAXONOMY
+) -> SafetyVerdict:
+    """The verdict of a request without images: the action the caller chose for such requests."""
+    return fixed_verdict(action, NO_IMAGE_RULE, policy, taxonomy, concept="content the image guard cannot check")

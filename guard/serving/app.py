@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -70,7 +71,7 @@ def create_app(
         raise ConfigError("proxy mode needs an upstream URL")
     metrics = metrics or ServeMetrics()
     batcher = DynamicBatcher(
-        guard.classify_batch,
+        partial(guard.classify_requests, on_text_only=config.on_text_only),
         max_batch=config.batching.max_batch,
         max_wait_ms=config.batching.max_wait_ms,
         max_queue=config.batching.max_queue,

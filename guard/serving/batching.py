@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent classification requests coalesce into one ``guard.classify_batch`` call.
+"""Dynamic batching: concurrent requests coalesce into one ``guard.classify_requests`` call.
 
 One worker task takes the first queued request with whatever else is queued (up to ``max_batch``) and judges
 them in one forward pass in the batcher's own thread; batches run one at a time, so the model is
@@ -6,8 +6,9 @@ never used by two batches at once, and they never wait behind other work in asyn
 (where the server decodes images). Requests that queued while a batch ran form the next batch at once; an
 idle worker waits up to ``max_wait_ms`` only for requests already in the server and decoding their images
 (:meth:`DynamicBatcher.expect`), so batching never holds a request back for batch-mates nobody has sent.
+Each item is a whole request (its images are judged together, as on every other path).
 A psaguard error of one request (bad input, or a failure under
-``on_error="block"``) would fail the whole ``classify_batch`` call, so the batch is then judged again one
+``on_error="block"``) would fail the whole ``classify_requests`` call, so the batch is then judged again one
 request at a time and only the failing request gets the error. Stopping drains the queue first.
 """
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from psaguard.errors import PsaGuardError
+from psaguard.request import GuardRequest
 from psaguard.serving.admission import Ticket
 from psaguard.serving.metrics import ServeMetrics
 from psaguard.serving.protocol import ApiError
@@ -33,38 +35,37 @@ __all__ = ["ClassifyBatch", "DynamicBatcher"]
 
 logger = logging.getLogger(__name__)
 
-ClassifyBatch = Callable[[Sequence[Image.Image], Sequence[str]], list[SafetyVerdict]]
-"""``guard.classify_batch``."""
+ClassifyBatch = Callable[[Sequence[GuardRequest]], list[SafetyVerdict]]
+"""``guard.classify_requests`` (with the server's ``on_text_only``)."""
 
 
 @dataclass
 class _Item:
-    image: Image.Image
-    prompt: str
+    request: GuardRequest
     future: asyncio.Future[SafetyVerdict]
     ticket: Ticket | None = None
     queued: float = field(default_factory=time.perf_counter)
 
     def done(self) -> None:
-        """The item's work is over (judged, failed or skipped): its image no longer counts as in flight."""
+        """The item's work is over (judged, failed or skipped): its images no longer count as in flight."""
         if self.ticket is not None:
             self.ticket.release()
             self.ticket = None
 
 
 class DynamicBatcher:
-    """Queue plus worker task around a ``classify_batch`` function; start it inside the serving event loop."""
+    """Queue plus worker task around a ``classify_requests`` function; start it inside the serving event loop."""
 
     def __init__(
         self,
-        classify_batch: ClassifyBatch,
+        classify_requests: ClassifyBatch,
         *,
         max_batch: int,
         max_wait_ms: float,
         max_queue: int,
         metrics: ServeMetrics,
     ) -> None:
-        self._classify_batch = classify_batch
+        self._classify_batch = classify_requests
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -104,29 +105,24 @@ class DynamicBatcher:
         self._wake()
 
     async def classify(self, image: Image.Image, prompt: str, ticket: Ticket | None = None) -> SafetyVerdict:
-        """The verdict of one request, judged with whichever requests are queued with it; ``ticket`` (the
-        request's image charge) is held until the batch that judges it ends, even if the request gives up."""
-        return await self.submit([image], prompt, ticket)[0]
+        """The verdict of a one-image request (see :meth:`submit`)."""
+        return await self.submit(GuardRequest(images=(image,), prompt=prompt), ticket)
 
-    def submit(
-        self, images: Sequence[Image.Image], prompt: str, ticket: Ticket | None = None
-    ) -> list[asyncio.Future[SafetyVerdict]]:
-        """Queue every image of one request with its prompt now; the futures give their verdicts (cancelling
-        one skips its image if not yet judged)."""
+    def submit(self, request: GuardRequest, ticket: Ticket | None = None) -> asyncio.Future[SafetyVerdict]:
+        """Queue one request now; the future gives its verdict, judged with whichever requests are queued with
+        it (cancelling it skips the request if not yet judged). ``ticket`` (the request's image charge) is
+        held until the batch that judges it ends, even if the request gives up."""
         if not self._accepting or self._queue is None:
             raise ApiError(503, "the server is shutting down", type="server_error", code="shutting_down")
-        if self._queue.qsize() + len(images) > self.max_queue:
+        if self._queue.qsize() + 1 > self.max_queue:
             raise ApiError(503, "the guard's queue is full; retry later", type="server_error", code="overloaded")
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[SafetyVerdict]] = []
-        for image in images:
-            futures.append(loop.create_future())
-            if ticket is not None:
-                ticket.retain()
-            self._queue.put_nowait(_Item(image, prompt, futures[-1], ticket))
+        future: asyncio.Future[SafetyVerdict] = asyncio.get_running_loop().create_future()
+        if ticket is not None:
+            ticket.retain()
+        self._queue.put_nowait(_Item(request, future, ticket))
         self._metrics.queue_depth.set(self._queue.qsize())
         self._wake()
-        return futures
+        return future
 
     def _wake(self) -> None:
         if self._arrival is not None:
@@ -189,7 +185,7 @@ class DynamicBatcher:
         self._metrics.batch_size.observe(len(batch))
         try:
             verdicts = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._classify_batch, [item.image for item in batch], [item.prompt for item in batch]
+                self._executor, self._classify_batch, [item.request for item in batch]
             )
         except PsaGuardError as err:
             if len(batch) == 1:
@@ -200,7 +196,7 @@ class DynamicBatcher:
                     await self._judge([item])
             return
         except Exception as err:  # a bug, not an input problem: every request of the batch fails closed
-            logger.exception("classify_batch failed on a batch of %d", len(batch))
+            logger.exception("classify_requests failed on a batch of %d", len(batch))
             for item in batch:
                 _settle(item.future, error=err)
             return

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--api-key-file", help="file of accepted bearer keys, one a line (also: $PSAGUARD_API_KEYS)")
-    serve.add_argument("--max-batch", type=int, default=16, help="most requests per classify_batch (1: off)")
+    serve.add_argument("--max-batch", type=int, default=16, help="most requests judged in one forward pass (1: off)")
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for batch-mates")
     serve.add_argument("--model-name", default="psaguard", help="model name in responses when a request names none")
     serve.add_argument(

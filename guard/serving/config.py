@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from psaguard.adapters.verdicts import TextOnlyAction
 from psaguard.images import MAX_IMAGE_BYTES, MAX_IMAGES_PER_REQUEST
+from psaguard.policy import TextOnlyAction
 
 __all__ = ["BatchingConfig", "LimitsConfig", "ServeConfig", "ServeMode"]
 
@@ -16,7 +16,7 @@ ServeMode = Literal["local", "proxy"]
 
 
 class BatchingConfig(BaseModel):
-    """How concurrent classification requests coalesce into one ``classify_batch`` call."""
+    """How concurrent classification requests coalesce into one ``classify_requests`` call."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,16 +1,16 @@
-"""One request's verdict from its text and images: batched classification, text-only policy, worst image."""
+"""One request's verdict: its images decoded and judged as one request in the shared batcher (the classifier's
+request judge applies the worst-verdict and text-only rules)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 
 from PIL import Image
 
-from psaguard.adapters.verdicts import text_only_verdict
 from psaguard.guard import SafetyGuard
-from psaguard.policy import worst_verdict
+from psaguard.policy import text_only_verdict
+from psaguard.request import GuardRequest
 from psaguard.serving.admission import Ticket
 from psaguard.serving.batching import DynamicBatcher
 from psaguard.serving.config import ServeConfig
@@ -23,8 +23,8 @@ __all__ = ["Judge"]
 
 
 class Judge:
-    """Judges requests for the moderation endpoint and the proxy: every image with the request's text, in the
-    shared batcher; the most severe verdict decides; a request without images follows ``on_text_only``."""
+    """Judges requests for the moderation endpoint and the chats: a request's images with its text, as one
+    request in the shared batcher; a request without images follows ``on_text_only``."""
 
     def __init__(
         self,
@@ -54,15 +54,19 @@ class Judge:
         ``ticket``) and judged with ``text`` in the shared batcher, or the text-only verdict without images.
         While its images decode, the batcher knows the request is coming (an idle worker may wait for it)."""
         if not refs:
-            verdict = text_only_verdict(self.guard, self.config.on_text_only)
+            verdict = self.text_only()
         else:
             self.batcher.expect(1)
             try:
                 images = await self.load_images(refs, param, ticket)
-                pending = self.batcher.submit(images, text, ticket)
+                pending = self.batcher.submit(GuardRequest(images=tuple(images), prompt=text), ticket)
             finally:
                 self.batcher.expect(-1)
             del images  # queued: the batch holds them until it is judged
-            verdict = worst_verdict(await asyncio.gather(*pending))
+            verdict = await pending
         self.metrics.verdict(verdict)
         return verdict
+
+    def text_only(self) -> SafetyVerdict:
+        """The verdict of a request without images (``on_text_only``)."""
+        return text_only_verdict(self.config.on_text_only, self.guard.policy, self.guard.config.taxonomy)

@@ -2,7 +2,7 @@
 
 Requests with images run ``guard.generate`` / ``guard.astream`` (safety tokens, one vision pass; the guard
 judges, hints, refuses or blocks). Requests without an image follow ``on_text_only``: 'allow' answers with
-the plain model (:mod:`psaguard.adapters.plain`), 'refuse' with the refusal, 'block' with an error.
+the plain model (:mod:`psaguard.plain`), 'refuse' with the refusal, 'block' with an error.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from PIL import Image
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from transformers import StoppingCriteriaList
 
-from psaguard.adapters.plain import plain_generate, plain_stream
-from psaguard.adapters.verdicts import text_only_verdict
 from psaguard.conversation import Conversation
 from psaguard.errors import GuardBlocked, PsaGuardError
 from psaguard.guard import SafetyGuard
+from psaguard.plain import plain_generate, plain_stream
 from psaguard.serving.admission import Ticket
 from psaguard.serving.completions import (
     REFUSAL_FINISH_REASON,
@@ -127,11 +126,11 @@ class LocalChat:
         verdict = self._text_only()
         if verdict.action != "allow":
             return _Answer(verdict.refusal or "", verdict, verdict.action)
-        plain = plain_generate(self.guard, conversation, **kwargs)
+        plain = plain_generate(self.guard.classifier, conversation, **kwargs)
         return _Answer(plain.text, verdict, "allow", plain.prompt_tokens, plain.completion_tokens)
 
     def _text_only(self) -> SafetyVerdict:
-        verdict = text_only_verdict(self.guard, self.judge.config.on_text_only)
+        verdict = self.judge.text_only()
         if verdict.action == "block":
             raise GuardBlocked(verdict)
         return verdict
@@ -159,7 +158,7 @@ class LocalChat:
                 self.judge.metrics.verdict(verdict)
                 action, chunks = stream.stream.action, stream
             else:
-                action, chunks = "allow", _threaded(plain_stream(self.guard, conversation, **kwargs))
+                action, chunks = "allow", _threaded(plain_stream(self.guard.classifier, conversation, **kwargs))
         except BaseException:
             ticket.cancellation.cancel()
             ticket.release()

@@ -41,7 +41,7 @@ class ServeMetrics:
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "psaguard_batch_size", "Requests per classify_batch call.", buckets=_BATCH_BUCKETS, registry=self.registry
+            "psaguard_batch_size", "Requests per classify call.", buckets=_BATCH_BUCKETS, registry=self.registry
         )
         self.queue_depth = Gauge("psaguard_queue_depth", "Requests waiting for the classifier.", registry=self.registry)
         self.pixels_in_flight = Gauge(

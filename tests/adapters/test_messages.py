@@ -13,7 +13,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from psaguard import InvalidImageError, InvalidInputError, RemoteImageError, load_image
 from psaguard.adapters import GuardRunnable, request_from_input, request_from_messages
 from psaguard.adapters.messages import decode_image_block
-from psaguard.adapters.verdicts import NO_IMAGE_RULE
+from psaguard.policy import NO_IMAGE_RULE
 
 
 def _pixels(value) -> np.ndarray:

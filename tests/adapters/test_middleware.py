@@ -116,9 +116,11 @@ def test_agent_turns_with_v1_reasoning_and_tool_call_blocks_are_judged_or_passed
     model = _ScriptedToolModel(script=[first, AIMessage(content="cats found")])
     guard = make_guard("allow")
     judged: list[str] = []
-    classify = guard.classify_batch
+    classify = guard.classify_requests
     monkeypatch.setattr(
-        guard, "classify_batch", lambda images, prompts: (judged.extend(prompts), classify(images, prompts))[1]
+        guard,
+        "classify_requests",
+        lambda requests, **kw: (judged.extend(r.prompt for r in requests), classify(requests, **kw))[1],
     )
     agent = create_agent(model, tools=[lookup], middleware=[PsaGuardMiddleware(guard)])
     out = agent.invoke({"messages": [HumanMessage(content=image_message_content)]})

@@ -82,17 +82,17 @@ def _messages(block: dict[str, Any]) -> list[HumanMessage]:
 def image_judge(make_guard, monkeypatch):
     """A guard that allows BENIGN and refuses HARMFUL (a trained guard's behaviour), counting what it judges."""
     guard, refusing = make_guard("allow"), make_guard("refuse")
-    allowing, judged = guard.classify_batch, []
+    allowing, judged = guard.classify_requests, []
 
-    def classify_batch(images, prompts):
-        judged.extend(images)
-        assert all(image in (BENIGN, HARMFUL) for image in images)
+    def classify_requests(requests, **kwargs):
+        judged.extend(image for request in requests for image in request.images)
+        assert all(image in (BENIGN, HARMFUL) for request in requests for image in request.images)
         return [
-            (refusing.classify_batch if image == HARMFUL else allowing)([image], [prompt])[0]
-            for image, prompt in zip(images, prompts)
+            (refusing.classify_requests if HARMFUL in request.images else allowing)([request], **kwargs)[0]
+            for request in requests
         ]
 
-    monkeypatch.setattr(guard, "classify_batch", classify_batch)
+    monkeypatch.setattr(guard, "classify_requests", classify_requests)
     return guard, judged
 
 

@@ -31,13 +31,13 @@ class AsyncEventLog(AsyncCallbackHandler):
 
 def _count_batches(guard, monkeypatch) -> list[int]:
     sizes: list[int] = []
-    original = guard.classify_batch
+    original = guard.classify_requests
 
-    def counting(images, prompts):
-        sizes.append(len(images))
-        return original(images, prompts)
+    def counting(requests, **kwargs):
+        sizes.append(sum(len(request.images) for request in requests))
+        return original(requests, **kwargs)
 
-    monkeypatch.setattr(guard, "classify_batch", counting)
+    monkeypatch.setattr(guard, "classify_requests", counting)
     return sizes
 
 
@@ -50,7 +50,7 @@ def test_verdict_of_a_message_equals_classify_on_the_same_request(guard, images,
 
 
 def test_several_images_give_the_worst_of_their_verdicts(guard, images):
-    from psaguard.generation import worst_verdict
+    from psaguard.policy import worst_verdict
 
     singles = guard.classify_batch(images, ["compare them"] * 3)
     verdict = GuardRunnable(guard).invoke({"image": images, "prompt": "compare them"})

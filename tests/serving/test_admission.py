@@ -36,13 +36,13 @@ def moderation(image: Image.Image, prompt: str) -> dict:
 
 def test_pixels_over_the_in_flight_budget_get_503_with_retry_after(local_guard, requests_by_kind):
     guard = guard_copy(local_guard, max_image_pixels=5000)
-    classify_batch = guard.classify_batch
+    classify_requests = guard.classify_requests
 
-    def slow(images, prompts):
+    def slow(requests, **kwargs):
         time.sleep(1.0)
-        return classify_batch(images, prompts)
+        return classify_requests(requests, **kwargs)
 
-    guard.classify_batch = slow
+    guard.classify_requests = slow
     _, prompt = requests_by_kind["benign"]
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))  # 4,096 px
     config = ServeConfig(limits=LimitsConfig(max_pixels_in_flight=5000))

@@ -1,4 +1,4 @@
-"""Dynamic batching: concurrent requests share one classify_batch; one bad input never fails its batch-mates."""
+"""Dynamic batching: concurrent requests share one classify_requests call; one bad input never fails its batch-mates."""
 
 from __future__ import annotations
 
@@ -8,22 +8,24 @@ import time
 import pytest
 
 from psaguard.errors import InvalidPromptError
+from psaguard.request import GuardRequest
 from psaguard.serving import DynamicBatcher, ServeMetrics
 
 
 class RecordingClassifier:
-    """Wraps ``guard.classify_batch``, recording batch sizes and refusing the prompt 'bad' (as the guard
+    """Wraps ``guard.classify_requests``, recording batch sizes and refusing the prompt 'bad' (as the guard
     refuses a prompt it cannot tokenize, failing the whole call)."""
 
     def __init__(self, guard) -> None:
         self.guard = guard
         self.sizes: list[int] = []
 
-    def __call__(self, images, prompts):
+    def __call__(self, requests):
+        prompts = [request.prompt for request in requests]
         self.sizes.append(len(prompts))
         if "bad" in prompts:
-            raise InvalidPromptError(f"request {list(prompts).index('bad')}: cannot be tokenized")
-        return self.guard.classify_batch(images, prompts)
+            raise InvalidPromptError(f"request {prompts.index('bad')}: cannot be tokenized")
+        return self.guard.classify_requests(requests)
 
 
 def batcher(classify, max_batch=8, max_wait_ms=200.0) -> DynamicBatcher:
@@ -95,8 +97,8 @@ async def test_an_idle_worker_waits_only_for_requests_already_on_their_way(local
     queue.expect(1)  # a request decoding its images
     first = asyncio.ensure_future(queue.classify(image, prompt))
     await asyncio.sleep(0.2)
-    second = queue.submit([image], prompt)  # the announced request arrives
+    second = queue.submit(GuardRequest(images=(image,), prompt=prompt))  # the announced request arrives
     queue.expect(-1)
-    await asyncio.gather(first, *second)
+    await asyncio.gather(first, second)
     await queue.stop()
     assert alone < 1.5 and classify.sizes == [1, 2]

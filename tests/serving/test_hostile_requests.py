@@ -124,10 +124,10 @@ def test_cors_preflight_passes_without_a_key_but_requests_still_need_one(local_g
 def test_internal_errors_are_counted_by_status_in_metrics(local_guard, requests_by_kind):
     broken = local_guard.with_policy(local_guard.policy)
 
-    def classify_batch(images, prompts):
+    def classify_requests(requests, **kwargs):
         raise ValueError("a bug")
 
-    broken.classify_batch = classify_batch
+    broken.classify_requests = classify_requests
     image, prompt = requests_by_kind["benign"]
     body = {"input": image_message(image, prompt)["content"]}
     with BackgroundServer(create_app(broken), log_level="critical") as serving:

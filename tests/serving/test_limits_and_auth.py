@@ -99,15 +99,15 @@ def test_malformed_bodies_are_400s(strict_server):
 
 
 def slow_guard(guard, seconds: float):
-    """A guard of its own whose classify_batch takes ``seconds`` longer."""
+    """A guard of its own whose classify_requests takes ``seconds`` longer."""
     slow = guard.with_policy(guard.policy)
-    classify_batch = slow.classify_batch
+    classify_requests = slow.classify_requests
 
-    def delayed(images, prompts):
+    def delayed(requests, **kwargs):
         time.sleep(seconds)
-        return classify_batch(images, prompts)
+        return classify_requests(requests, **kwargs)
 
-    slow.classify_batch = delayed
+    slow.classify_requests = delayed
     return slow
 
 
@@ -166,10 +166,10 @@ def test_a_guard_that_cannot_judge_fails_closed_with_500(guard, images):
 def test_an_unexpected_error_is_a_500_in_openais_shape(local_guard, requests_by_kind):
     broken = local_guard.with_policy(local_guard.policy)  # a guard of its own, to break
 
-    def classify_batch(images, prompts):
+    def classify_requests(requests, **kwargs):
         raise ValueError("a bug")
 
-    broken.classify_batch = classify_batch
+    broken.classify_requests = classify_requests
     image, prompt = requests_by_kind["benign"]
     body = {"input": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}
     with BackgroundServer(create_app(broken), log_level="critical") as server:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from psaguard.classifier import Classifier
 from psaguard.errors import InvalidPromptError
 from psaguard.generation import chat_token_ids
-from psaguard.guard import SafetyGuard
 from psaguard.streaming import stream_text
 from psaguard.tokenization import eos_token_ids, tokenizer_of, until_eos
 
@@ -35,28 +35,33 @@ class PlainAnswer(BaseModel):
     completion_tokens: int = Field(ge=0, description="Generated tokens, up to and including the first EOS.")
 
 
-def plain_generate(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **generate_kwargs: Any) -> PlainAnswer:
-    """Answer a text-only conversation with the guard's model."""
-    tokenizer, inputs = _inputs(guard, conversation)
+def plain_generate(
+    classifier: Classifier, conversation: Sequence[dict[str, Any]], **generate_kwargs: Any
+) -> PlainAnswer:
+    """Answer a text-only conversation with the classifier's model."""
+    tokenizer, inputs = _inputs(classifier, conversation)
     with torch.inference_mode():
-        sequences = guard.model.generate(**inputs, **generate_kwargs)
+        sequences = classifier.model.generate(**inputs, **generate_kwargs)
     width = inputs["input_ids"].shape[1]
-    new = until_eos(sequences[0, width:].tolist(), eos_token_ids(guard.model, {}))
+    new = until_eos(sequences[0, width:].tolist(), eos_token_ids(classifier.model, {}))
     return PlainAnswer(
         text=tokenizer.decode(new, skip_special_tokens=True), prompt_tokens=width, completion_tokens=len(new)
     )
 
 
-def plain_stream(guard: SafetyGuard, conversation: Sequence[dict[str, Any]], **generate_kwargs: Any) -> Iterator[str]:
+def plain_stream(
+    classifier: Classifier, conversation: Sequence[dict[str, Any]], **generate_kwargs: Any
+) -> Iterator[str]:
     """Stream the answer to a text-only conversation; generation runs in a background thread."""
-    tokenizer, inputs = _inputs(guard, conversation)
-    yield from stream_text(guard.model, tokenizer, inputs, generate_kwargs, thread_name="psaguard-plain-stream")
+    tokenizer, inputs = _inputs(classifier, conversation)
+    yield from stream_text(classifier.model, tokenizer, inputs, generate_kwargs, thread_name="psaguard-plain-stream")
 
 
-def _inputs(guard: SafetyGuard, conversation: Sequence[dict[str, Any]]) -> tuple[Any, dict[str, torch.Tensor]]:
-    tokenizer = tokenizer_of(guard.processor)
-    backbone = guard.backbone
-    ids = chat_token_ids(guard.processor, list(conversation), backbone.placeholder_token_id, 0)
+def _inputs(classifier: Classifier, conversation: Sequence[dict[str, Any]]) -> tuple[Any, dict[str, torch.Tensor]]:
+    classifier.backbone.check_can_generate()
+    tokenizer = tokenizer_of(classifier.processor)
+    backbone = classifier.backbone
+    ids = chat_token_ids(classifier.processor, list(conversation), backbone.placeholder_token_id, 0)
     # A text-only prompt spelling the image token would make the model expect image features it lacks.
     if backbone.image_token_id in ids:
         raise InvalidPromptError("a text-only prompt must not spell the image token")
