@@ -12,8 +12,9 @@ or, for ``None``/``"auto"``, the rule with this machine's flags (:func:`cpu_flag
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,11 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from psaguard.errors import ConfigError
 
 __all__ = [
+    "DTYPE_CHOICES",
     "DTYPE_NAMES",
     "NATIVE_CPU_FLAGS",
     "DtypeChoice",
     "DtypeRequest",
+    "add_dtype_option",
     "choose_dtype",
+    "config_dtype",
     "cpu_flags",
     "dtype_name",
     "parse_dtype",
@@ -34,6 +38,9 @@ __all__ = [
 
 DTYPE_NAMES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """Names of the floating dtypes a guard computes in -> torch dtypes."""
+
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
+"""What ``--dtype`` accepts on the command line."""
 
 NATIVE_CPU_FLAGS: dict[torch.dtype, tuple[str, ...]] = {
     torch.bfloat16: ("amx_bf16", "avx512_bf16"),
@@ -131,3 +138,21 @@ def cpu_flags(cpuinfo: Path = _CPUINFO) -> frozenset[str]:
             if key.strip() in ("flags", "Features"):  # x86 spells it "flags", arm64 "Features"
                 return frozenset(value.lower().split())
     return frozenset(flag for flag, probe in _TORCH_PROBES.items() if getattr(torch.cpu, probe, lambda: False)())
+
+
+def config_dtype(config: Any) -> torch.dtype:
+    """The dtype a transformers config says its checkpoint is stored in (float32 where it says none)."""
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, torch.dtype):
+        return stored
+    return DTYPE_NAMES.get(str(stored), torch.float32)
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    """Give a subcommand ``--dtype`` (default ``auto``: :func:`choose_dtype` on this machine)."""
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="compute dtype (default auto: the checkpoint's, or float32 on a CPU without a native path for it)",
+    )

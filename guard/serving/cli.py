@@ -11,6 +11,7 @@ import os
 from importlib import resources
 
 from psaguard.demo import DEMO_ASSETS
+from psaguard.dtypes import add_dtype_option
 from psaguard.errors import ConfigError
 from psaguard.extras import require_extra
 
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds to judge (and answer) a request")
     serve.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024, help="largest request body")
     serve.add_argument("--max-images", type=int, default=4, help="most images in one request")
+    add_dtype_option(serve)
     serve.set_defaults(func=_run_serve)
 
 
@@ -95,6 +97,6 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         raise ConfigError(f"invalid serve option: {err}") from err
     keys = load_api_keys(args.api_key_file)
-    guard = load_guard(guard_dir, model, classifier_only=classifier_only)
+    guard = load_guard(guard_dir, model, classifier_only=classifier_only, dtype=args.dtype)
     run_server(create_app(guard, config, api_keys=keys), host=args.host, port=args.port)
     return 0
