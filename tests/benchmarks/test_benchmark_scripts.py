@@ -33,11 +33,19 @@ def test_overhead_benchmarks_print_their_ratios(script: str, args: tuple[str, ..
     assert numbers and all(n > 0 for n in numbers), line
 
 
+def test_cpu_dtypes_times_both_dtypes_and_names_the_cpu() -> None:
+    out = run("cpu_dtypes.py", "--tiny", "--repeats", "1", "--threads", "1")
+    assert "(torch: " in out.splitlines()[0] and "psaguard's default here for a bfloat16 checkpoint: " in out
+    ratios = [line for line in out.splitlines() if "bfloat16 / float32 time = " in line]
+    assert len(ratios) == 2 and all(float(line.rsplit("= ", 1)[1]) > 0 for line in ratios), out
+
+
 def test_classifier_only_footprint_counts_llava_7b_shapes() -> None:
     out = run("classifier_only_footprint.py")
     full = next(line for line in out.splitlines() if line.strip().startswith("full model") and "GiB" in line)
     assert "7,063,427,072" in full  # LLaVA-1.5-7B with llava-hf's 32064-token vocabulary
     assert "classifier-only     434,841,600" in out
+    assert "1.62 GiB" in next(line for line in out.splitlines() if "434,841,600" in line)  # in float32
 
 
 def test_family_guard_params_counts_the_released_sizes() -> None:
