@@ -22,9 +22,10 @@ then measures in fresh subprocesses, so that each mode's peak RSS is its own:
 
 The output names the CPU and its instruction sets. Each worker runs in its own process group and session,
 which is killed with it when the driver stops early (``--worker-timeout``, an exception, SIGTERM); a driver
-killed outright takes its worker along (Linux's parent-death signal). The guard's policy allows everything,
-so guarded runs always generate. Prints a table and the ratios; with ``--json`` also writes the raw numbers.
-The checkpoint is deleted afterwards unless ``--keep``.
+killed outright takes its worker along (Linux's parent-death signal). ``--tiny`` runs the workers in the
+driver's process (peak RSS is then the process's, not each mode's) unless ``--spawn``. The guard's policy
+allows everything, so guarded runs always generate. Prints a table and the ratios; with ``--json`` also
+writes the raw numbers. The checkpoint is deleted afterwards unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -245,6 +246,12 @@ def _spawn(args: argparse.Namespace, role: str, *extra: str) -> dict[str, Any]:
         return json.loads(Path(result.name).read_text())
 
 
+def _in_process(args: argparse.Namespace, role: str, *extra: str) -> dict[str, Any]:
+    """Run one worker in this process (``--tiny`` without ``--spawn``: a Python start costs more than the work)."""
+    torch.manual_seed(0)
+    return WORKERS[role](parse_args([*_worker_args(args), *extra]))
+
+
 def _worker_args(args: argparse.Namespace) -> list[str]:
     flags = ["--checkpoint", str(args.checkpoint), "--threads", str(args.threads), "--full-dtype", args.full_dtype]
     for name in ("repeats", "classify_repeats", "new_tokens", "guard_tokens"):
@@ -304,18 +311,19 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     dtypes, notes = plan_dtypes(args.dtypes, cpu_flags())
     fits, full_note = full_mode_fits(args)
     results: dict[str, Any] = {"machine_before": describe_machine(), "notes": [*notes, full_note]}
+    run = _in_process if args.tiny and not args.spawn else _spawn
     try:
-        if owned:  # a tiny checkpoint is written here: one Python start less, the run's largest cost
-            results["build"] = build(args) if args.tiny else _spawn(args, "build")
+        if owned:
+            results["build"] = run(args, "build")
             _save(args, results)
         if "classifier" in args.modes:
             results["classifier_only"] = {dtype: [] for dtype in dtypes}
             for _ in range(args.load_repeats):
                 for dtype in dtypes:  # interleaved, so that background load hits every dtype alike
-                    results["classifier_only"][dtype].append(_spawn(args, "classifier", "--dtype", dtype))
+                    results["classifier_only"][dtype].append(run(args, "classifier", "--dtype", dtype))
                     _save(args, results)
         if "full" in args.modes and fits:
-            results["full"] = _spawn(args, "full")
+            results["full"] = run(args, "full")
     finally:
         if owned and not args.keep:
             shutil.rmtree(args.checkpoint, ignore_errors=True)
@@ -495,6 +503,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=argparse.SUPPRESS)  # of a worker
     parser.add_argument(
         "--worker-timeout", type=float, help="seconds one worker may run before its process group is killed"
+    )
+    parser.add_argument(
+        "--spawn", action="store_true", help="with --tiny: workers in their own processes too (as at real shapes)"
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)

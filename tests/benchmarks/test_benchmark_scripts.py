@@ -117,7 +117,7 @@ def _worker_pid(text: str) -> int:
 
 
 def test_cpu_7b_kills_its_worker_group_on_timeout(tmp_path) -> None:
-    command, env = _cpu_7b(tmp_path, "--worker-timeout", "0.5", "--modes", "classifier")
+    command, env = _cpu_7b(tmp_path, "--spawn", "--worker-timeout", "0.5", "--modes", "classifier")
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode != 0 and "ran past --worker-timeout 0.5 s; killed" in result.stderr
     assert _gone(_worker_pid(result.stderr))
@@ -126,7 +126,7 @@ def test_cpu_7b_kills_its_worker_group_on_timeout(tmp_path) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_cpu_7b_worker_dies_with_a_killed_driver(tmp_path) -> None:
-    command, env = _cpu_7b(tmp_path, "--modes", "classifier")
+    command, env = _cpu_7b(tmp_path, "--spawn", "--modes", "classifier")
     driver = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     try:
         line = next(line for line in driver.stderr if "(pid " in line)  # the worker has just started
