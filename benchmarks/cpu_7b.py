@@ -481,8 +481,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (seconds; what the test runs)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of every worker")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the full-model variants")
-    parser.add_argument("--classify-repeats", type=int, default=5, help="classify rounds per classifier process")
-    parser.add_argument("--load-repeats", type=int, default=3, help="classifier-only processes (one load each)")
+    parser.add_argument("--classify-repeats", type=int, default=3, help="classify rounds per classifier process")
+    parser.add_argument(
+        "--load-repeats", type=int, default=2, help="classifier-only processes per dtype (one load each)"
+    )
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens of the plain and guarded answers")
     parser.add_argument("--guard-tokens", type=int, default=20, help="tokens the separate guard model decodes")
     parser.add_argument("--workdir", help="where the temporary checkpoint goes (default: the temp dir)")
