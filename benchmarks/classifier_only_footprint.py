@@ -4,7 +4,9 @@
 
 The tiny model is saved and loaded for real (parameters, bytes, load time). The 7B shapes are counted on
 the meta device (no weights, no download): the full ``LlavaForConditionalGeneration`` against its CLIP
-ViT-L/336 vision tower plus the 32064 x 4096 token-embedding table (llava-hf/llava-1.5-7b-hf's vocabulary).
+ViT-L/336 vision tower plus the 32064 x 4096 token-embedding table (llava-hf/llava-1.5-7b-hf's vocabulary),
+and the guard's own safety modules (default ``SafetyGuardConfig``), in 16 bits and in float32 (what a CPU
+without a native bf16 path computes in, ``psaguard.dtypes``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from torch import nn
 from transformers import AutoModel, LlavaForConditionalGeneration
 
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
+from psaguard.config import SafetyGuardConfig
+from psaguard.modules import SafetyModules
 from psaguard.tiny import save_tiny_llava
 
 BYTES_FP16 = 2
+BYTES_FP32 = 4
 
 
 def count(module: nn.Module) -> int:
@@ -52,13 +57,21 @@ def llava_7b_shapes() -> None:
     with torch.device("meta"):
         full = LlavaForConditionalGeneration(config)
         tower = AutoModel.from_config(vision)
+        modules = SafetyModules(SafetyGuardConfig(), vision.hidden_size, text.hidden_size)
     embeddings = text.vocab_size * text.hidden_size
     encoder = count(tower) + embeddings
-    print("LLaVA-1.5-7B shapes (meta device, sizes in float16):")
-    print(f"  full model        {count(full):>13,} params {count(full) * BYTES_FP16 / 2**30:>6.2f} GiB")
-    print(f"  vision tower      {count(tower):>13,} params {count(tower) * BYTES_FP16 / 2**30:>6.2f} GiB")
-    print(f"  token embeddings  {embeddings:>13,} params {embeddings * BYTES_FP16 / 2**30:>6.2f} GiB")
-    print(f"  classifier-only   {encoder:>13,} params {encoder * BYTES_FP16 / 2**30:>6.2f} GiB")
+    rows = {
+        "full model": count(full),
+        "vision tower": count(tower),
+        "token embeddings": embeddings,
+        "classifier-only": encoder,
+        "safety modules": count(modules),
+        "classifier+modules": encoder + count(modules),
+    }
+    print("LLaVA-1.5-7B shapes (meta device), sizes in float16/bfloat16 and in float32:")
+    for name, params in rows.items():
+        sizes = f"{params * BYTES_FP16 / 2**30:>6.2f} GiB {params * BYTES_FP32 / 2**30:>6.2f} GiB"
+        print(f"  {name:<18}{params:>13,} params {sizes}")
     print(f"  ratio             {encoder / count(full):.1%}")
 
 

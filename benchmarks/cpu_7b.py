@@ -1,30 +1,42 @@
 """Classifier-only classify against a separate 7B guard model, at real LLaVA-1.5-7B shapes on the CPU.
 
-    python benchmarks/cpu_7b.py --threads 2              # ~14 GB checkpoint in a temp dir, tens of minutes
+    python benchmarks/cpu_7b.py --threads 2              # ~14 GB checkpoint in a temp dir, ~10-15 minutes
     python benchmarks/cpu_7b.py --tiny                   # the same run at tiny shapes, seconds
 
 Writes a LLaVA-1.5-7B-shaped checkpoint with random bf16 weights (``benchmarks/shapes.py``) as sharded
 safetensors, with a guard of the trained shape (default ``SafetyGuardConfig``, random weights) beside it,
 then measures in fresh subprocesses, so that each mode's peak RSS is its own:
 
-- classifier-only (``SafetyGuard.from_pretrained_classifier``, one process per load): load time, peak
-  RSS, ``classify`` latency at batch 1 and throughput at batch 4, preprocessing included; the FLOPs of one
-  classify and this machine's dense bf16 matmul rate, for how far classify is from the CPU's limit;
-- the full model with the guard attached: ``classify``; guarded ``generate`` vs plain ``generate`` of
+- classifier-only (``SafetyGuard.from_pretrained_classifier``, one process per load) in each dtype of
+  ``--dtypes``: load time, peak RSS, ``classify`` latency at batch 1 and throughput at batch 4,
+  preprocessing included; the FLOPs of one classify and this machine's dense matmul rate in that dtype,
+  for how far classify is from the CPU's limit. By default the dtypes this CPU has a native path for
+  (float32, and bfloat16 with AVX-512-BF16 or AMX; ``psaguard.dtypes``): bfloat16 without one runs
+  several times slower and would take most of the run, so it is skipped, and the output says so;
+- the full model with the guard attached, in the dtype ``psaguard.dtypes.choose_dtype`` picks for a bf16
+  checkpoint here (skipped, saying so, when that does not fit in the available memory; float32 doubles the
+  14 GB): ``classify``; guarded ``generate`` vs plain ``generate`` of
   ``--new-tokens`` tokens; a **separate guard model** of the same shape doing what Llama Guard-style
   guards do (prefill of image + prompt, ``--guard-tokens`` greedy tokens). A second 7B model would not fit
   in memory next to the first and costs what the same weights cost, so it runs on the loaded model.
 
-The guard's policy allows everything, so guarded runs always generate. Prints a table and the ratios; with
-``--json`` also writes the raw numbers. The checkpoint is deleted afterwards unless ``--keep``.
+The output names the CPU and its instruction sets. Each worker runs in its own process group and session,
+which is killed with it when the driver stops early (``--worker-timeout``, an exception, SIGTERM); a driver
+killed outright takes its worker along (Linux's parent-death signal). ``--tiny`` runs the workers in the
+driver's process (peak RSS is then the process's, not each mode's) unless ``--spawn``. The guard's policy
+allows everything, so guarded runs always generate. Prints a table and the ratios; with ``--json`` also
+writes the raw numbers. The checkpoint is deleted afterwards unless ``--keep``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,10 +64,12 @@ from workload import (
 )
 
 from psaguard import SafetyGuard
+from psaguard.dtypes import DTYPE_CHOICES, choose_dtype, cpu_flags, resolve_dtype
 
 BATCH = 4
 GiB = 2**30
 CPU = torch.device("cpu")
+MATMUL_SIZE = {True: 256, False: 2048}  # tiny: what a CPU without a bf16 path does in well under a second
 
 
 def _timed(load: Callable[[], Any]) -> tuple[Any, float]:
@@ -76,8 +90,9 @@ def classifier_only(args: argparse.Namespace) -> dict[str, Any]:
     directory = Path(args.checkpoint)
     idle_rss = rss_bytes()
     guard, load_s = _timed(
-        lambda: SafetyGuard.from_pretrained_classifier(directory / GUARD_DIR, directory, dtype=torch.bfloat16)
+        lambda: SafetyGuard.from_pretrained_classifier(directory / GUARD_DIR, directory, dtype=args.dtype)
     )
+    dtype = guard.model.get_input_embeddings().weight.dtype
     into_anonymous_memory(guard.model)
     load_peak_rss, loaded_rss = peak_rss_bytes(), rss_bytes()
     reset_peak_rss()
@@ -90,6 +105,7 @@ def classifier_only(args: argparse.Namespace) -> dict[str, Any]:
         args.classify_repeats,
     )
     return {
+        "dtypes": guard.compute_dtypes,
         "load_s": load_s,
         "idle_rss": idle_rss,
         "loaded_rss": loaded_rss,
@@ -97,7 +113,8 @@ def classifier_only(args: argparse.Namespace) -> dict[str, Any]:
         **{name: list(r.values) for name, r in runs.items()},
         **_parts(guard, pool[0]),
         "classify_flops": _flops(lambda: guard.classify(pool[0], PROMPT)),
-        "matmul_tflops": list(matmul_tflops(torch.bfloat16, CPU).values),
+        "matmul_size": MATMUL_SIZE[args.tiny],
+        "matmul_tflops": list(matmul_tflops(dtype, CPU, MATMUL_SIZE[args.tiny]).values),
         "peak_rss": peak_rss_bytes(),
     }
 
@@ -129,7 +146,8 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
     """Load the whole model with the guard; classify, guarded and plain generate, a separate guard model."""
     directory = Path(args.checkpoint)
     idle_rss = rss_bytes()
-    model, load_s = _timed(lambda: LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.bfloat16))
+    dtype = resolve_dtype(args.full_dtype, CPU, torch.bfloat16).torch_dtype
+    model, load_s = _timed(lambda: LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype))
     processor = AutoProcessor.from_pretrained(directory)
     guard = SafetyGuard.from_pretrained(directory / GUARD_DIR, model.eval(), processor, policy=ALLOW_ALL)
     into_anonymous_memory(model)
@@ -157,6 +175,7 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
         warmups={"plain_generate": generate(PROMPT, 2), "guarded_generate": None, "separate_guard": None},
     )
     return {
+        "dtypes": guard.compute_dtypes,
         "load_s": load_s,
         "idle_rss": idle_rss,
         "loaded_rss": loaded_rss,
@@ -182,18 +201,59 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _spawn(args: argparse.Namespace, role: str) -> dict[str, Any]:
-    """Run one worker in a fresh Python process (its own peak RSS) and return what it measured."""
+class WorkerTimeout(RuntimeError):
+    """A worker ran past ``--worker-timeout``; its process group was killed."""
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: get SIGKILL when the driver dies, however it dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _kill_group(worker: subprocess.Popen) -> None:
+    """Kill the worker's whole process group (it leads its own session) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+
+def _spawn(args: argparse.Namespace, role: str, *extra: str) -> dict[str, Any]:
+    """Run one worker in a fresh Python process (its own peak RSS) and return what it measured.
+
+    The worker leads its own session and process group; on ``--worker-timeout``, an exception or SIGTERM in
+    the driver, the group is killed before the error goes on.
+    """
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        command = [sys.executable, __file__, "--worker", role, "--result", result.name, *_worker_args(args)]
+        command = [sys.executable, __file__, "--worker", role, "--result", result.name, *_worker_args(args), *extra]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        print(f"[{time.strftime('%H:%M:%S')}] {role} ...", file=sys.stderr, flush=True)
-        subprocess.run(command, check=True, env=env)
+        worker = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] {role} {' '.join(extra)} (pid {worker.pid}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            code = worker.wait(timeout=args.worker_timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(worker)
+            raise WorkerTimeout(f"{role} worker ran past --worker-timeout {args.worker_timeout} s; killed") from None
+        except BaseException:
+            _kill_group(worker)
+            raise
+        if code != 0:
+            raise subprocess.CalledProcessError(code, command)
         return json.loads(Path(result.name).read_text())
 
 
+def _in_process(args: argparse.Namespace, role: str, *extra: str) -> dict[str, Any]:
+    """Run one worker in this process (``--tiny`` without ``--spawn``: a Python start costs more than the work)."""
+    torch.manual_seed(0)
+    return WORKERS[role](parse_args([*_worker_args(args), *extra]))
+
+
 def _worker_args(args: argparse.Namespace) -> list[str]:
-    flags = ["--checkpoint", str(args.checkpoint), "--threads", str(args.threads)]
+    flags = ["--checkpoint", str(args.checkpoint), "--threads", str(args.threads), "--full-dtype", args.full_dtype]
     for name in ("repeats", "classify_repeats", "new_tokens", "guard_tokens"):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return flags + (["--tiny"] if args.tiny else [])
@@ -203,6 +263,36 @@ def _check_disk(directory: Path, tiny: bool) -> None:
     need, free = random_checkpoint_bytes(tiny), shutil.disk_usage(directory).free
     if free < need * 1.1 + GiB:
         raise SystemExit(f"{directory} has {free / GiB:.1f} GiB free; the checkpoint needs {need / GiB:.1f} GiB")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new process (Linux's MemAvailable), None where unknown."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return None
+    line = next((line for line in meminfo.read_text().splitlines() if line.startswith("MemAvailable:")), None)
+    return int(line.split()[1]) * 1024 if line else None
+
+
+def plan_dtypes(requested: list[str] | None, flags: frozenset[str]) -> tuple[list[str], list[str]]:
+    """(dtypes to measure classifier-only in, notes on the ones left out) for a CPU with ``flags``."""
+    if requested:
+        return list(dict.fromkeys(requested)), []
+    bf16 = choose_dtype(CPU, torch.bfloat16, flags)
+    if bf16.dtype == "bfloat16":
+        return ["float32", "bfloat16"], []
+    return ["float32"], [f"bfloat16 not measured: {bf16.reason} (--dtypes float32 bfloat16 measures it anyway)"]
+
+
+def full_mode_fits(args: argparse.Namespace) -> tuple[bool, str]:
+    """Whether the full model fits in the available memory in its dtype, and what was compared."""
+    dtype = resolve_dtype(args.full_dtype, CPU, torch.bfloat16)
+    need = random_checkpoint_bytes(args.tiny) // 2 * dtype.torch_dtype.itemsize  # the checkpoint is bf16
+    available = _available_memory()
+    note = f"full model in {dtype.dtype} ({dtype.reason}): {need / GiB:.1f} GiB of weights"
+    if available is None or args.tiny or need * 1.15 < available:
+        return True, note
+    return False, f"{note}, {available / GiB:.1f} GiB available: full mode skipped (--full-dtype bfloat16 halves it)"
 
 
 def _save(args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -218,18 +308,22 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         parent = Path(args.workdir or tempfile.gettempdir())
         _check_disk(parent, args.tiny)
         args.checkpoint = Path(tempfile.mkdtemp(prefix="psaguard-cpu7b-", dir=parent))
-    results: dict[str, Any] = {"machine_before": describe_machine()}
+    dtypes, notes = plan_dtypes(args.dtypes, cpu_flags())
+    fits, full_note = full_mode_fits(args)
+    results: dict[str, Any] = {"machine_before": describe_machine(), "notes": [*notes, full_note]}
+    run = _in_process if args.tiny and not args.spawn else _spawn
     try:
         if owned:
-            results["build"] = _spawn(args, "build")
+            results["build"] = run(args, "build")
             _save(args, results)
         if "classifier" in args.modes:
-            results["classifier_only"] = []
+            results["classifier_only"] = {dtype: [] for dtype in dtypes}
             for _ in range(args.load_repeats):
-                results["classifier_only"].append(_spawn(args, "classifier"))
-                _save(args, results)
-        if "full" in args.modes:
-            results["full"] = _spawn(args, "full")
+                for dtype in dtypes:  # interleaved, so that background load hits every dtype alike
+                    results["classifier_only"][dtype].append(run(args, "classifier", "--dtype", dtype))
+                    _save(args, results)
+        if "full" in args.modes and fits:
+            results["full"] = run(args, "full")
     finally:
         if owned and not args.keep:
             shutil.rmtree(args.checkpoint, ignore_errors=True)
@@ -252,24 +346,39 @@ def _row(name: str, runs: Runs) -> str:
     return f"| {name} | {' | '.join(cells)} | {len(runs.values)} |"
 
 
+def _default_dtype(results: dict[str, Any]) -> str | None:
+    """The classifier-only dtype the ratios use: the one ``dtype=None`` picks here, else the first measured."""
+    measured = results.get("classifier_only") or {}
+    chosen = results["machine_before"]["cpu_bfloat16"]["dtype"]
+    return chosen if chosen in measured else next(iter(measured), None)
+
+
 def summarise(results: dict[str, Any]) -> dict[str, float]:
     """The ratios the run is for, from the raw numbers (those of the modes that ran)."""
-    loads, full = results.get("classifier_only"), results.get("full")
+    by_dtype, full = results.get("classifier_only") or {}, results.get("full")
     ratios: dict[str, float] = {}
-    if loads:
+    for dtype, loads in by_dtype.items():
         b1, batch = _pooled(loads, "classify_b1").median, _pooled(loads, f"classify_b{BATCH}").median
         peak = _runs(loads[0]["matmul_tflops"]).median * 1e12
-        ratios["classify FLOP rate / bf16 matmul rate, batch 1"] = loads[0]["classify_flops"] / b1 / peak
-        ratios[f"classify FLOP rate / bf16 matmul rate, batch {BATCH}"] = (
+        ratios[f"{dtype}: classify FLOP rate / {dtype} matmul rate, batch 1"] = loads[0]["classify_flops"] / b1 / peak
+        ratios[f"{dtype}: classify FLOP rate / {dtype} matmul rate, batch {BATCH}"] = (
             BATCH * loads[0]["classify_flops"] / batch / peak
         )
+    medians = {dtype: _pooled(loads, "classify_b1").median for dtype, loads in by_dtype.items()}
+    if len(medians) > 1:
+        fastest = min(medians.values())
+        for dtype, median in medians.items():
+            ratios[f"classifier-only classify in {dtype} / the fastest dtype (batch 1)"] = median / fastest
+    default = _default_dtype(results)
     if full:
         median = {key: _runs(full[key]).median for key in ("classify_b1", "plain_generate", "guarded_generate")}
         guard = _runs(full["separate_guard"]).median
         ratios["separate guard / full-model classify (latency, batch 1)"] = guard / median["classify_b1"]
         ratios["guarded / plain generate"] = median["guarded_generate"] / median["plain_generate"]
-    if loads and full:
-        ratios["separate guard / classifier-only classify (latency, batch 1)"] = guard / b1
+    if default and full:
+        loads = by_dtype[default]
+        b1, batch = _pooled(loads, "classify_b1").median, _pooled(loads, f"classify_b{BATCH}").median
+        ratios[f"separate guard / classifier-only classify in {default} (latency, batch 1)"] = guard / b1
         ratios[f"classify throughput at batch {BATCH} / separate guard throughput"] = BATCH / batch * guard
         ratios["full-model classify / classifier-only classify"] = median["classify_b1"] / b1
         ratios["classifier-only peak RSS / full-model peak RSS (while measuring)"] = (
@@ -278,27 +387,30 @@ def summarise(results: dict[str, Any]) -> dict[str, float]:
     return ratios
 
 
-def _classifier_lines(loads: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """Rows of the time table, and the note on classify's parts and FLOPs."""
+def _classifier_lines(dtype: str, loads: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Rows of the time table for one dtype, and the note on classify's parts and FLOPs."""
     batch = _pooled(loads, f"classify_b{BATCH}")
+    dtype = dtype if dtype != "auto" else f"auto ({loads[0]['dtypes']['model']})"
     rows = [
-        _row("classifier-only load", _runs([r["load_s"] for r in loads])),
-        _row("classifier-only classify, batch 1", _pooled(loads, "classify_b1")),
-        _row(f"classifier-only classify_batch, batch {BATCH}", batch),
+        _row(f"classifier-only load, {dtype}", _runs([r["load_s"] for r in loads])),
+        _row(f"classifier-only classify, batch 1, {dtype}", _pooled(loads, "classify_b1")),
+        _row(f"classifier-only classify_batch, batch {BATCH}, {dtype}", batch),
     ]
     first = loads[0]
     note = [
-        f"classify parts (median of 3, s): preprocess {first['preprocess_s']:.3f}, vision tower "
+        f"{dtype} classify parts (median of 3, s): preprocess {first['preprocess_s']:.3f}, vision tower "
         f"{first['vision_tower_s']:.3f}, safety modules {first['safety_modules_s']:.3f}; one classify is "
-        f"{first['classify_flops'] / 1e9:.1f} GFLOP; bf16 matmul here {_runs(first['matmul_tflops']).median:.3f} "
-        f"TFLOP/s; classify at batch {BATCH}: {BATCH / batch.median:.2f} images/s",
+        f"{first['classify_flops'] / 1e9:.1f} GFLOP; {first['matmul_size']}² {dtype} matmul here "
+        f"{_runs(first['matmul_tflops']).median:.3f} TFLOP/s; classify at batch {BATCH}: "
+        f"{BATCH / batch.median:.2f} images/s",
     ]
     return rows, note
 
 
 def _full_lines(full: dict[str, Any], args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    dtype = full["dtypes"]["model"]
     rows = [
-        _row("full model load (from_pretrained + guard)", _runs([full["load_s"]])),
+        _row(f"full model load (from_pretrained + guard), {dtype}", _runs([full["load_s"]])),
         _row("full model + guard: classify, batch 1", _runs(full["classify_b1"])),
         _row(f"plain generate, {args.new_tokens} tokens", _runs(full["plain_generate"])),
         _row(f"guarded generate, {args.new_tokens} tokens", _runs(full["guarded_generate"])),
@@ -318,21 +430,28 @@ def _memory_row(name: str, result: dict[str, Any]) -> str:
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     """Markdown tables of the measurements and the ratios."""
-    loads, full = results.get("classifier_only", []), results.get("full")
+    by_dtype, full = results.get("classifier_only") or {}, results.get("full")
     machine = results["machine_before"]
-    rows, notes = [], []
-    for part_rows, part_notes in ([_classifier_lines(loads)] if loads else []) + (
-        [_full_lines(full, args)] if full else []
-    ):
-        rows, notes = rows + part_rows, notes + part_notes
-    memory = [_memory_row(f"classifier-only, process {i + 1}", r) for i, r in enumerate(loads)]
-    memory += [_memory_row("full model + guard", full)] if full else []
+    parts = [_classifier_lines(dtype, loads) for dtype, loads in by_dtype.items()]
+    parts += [_full_lines(full, args)] if full else []
+    rows = [row for part_rows, _ in parts for row in part_rows]
+    notes = [note for _, part_notes in parts for note in part_notes]
+    memory = [
+        _memory_row(f"classifier-only {dtype}, process {i + 1}", r)
+        for dtype, loads in by_dtype.items()
+        for i, r in enumerate(loads)
+    ]
+    memory += [_memory_row(f"full model + guard, {full['dtypes']['model']}", full)] if full else []
     return "\n".join(
         [
-            f"{'tiny' if args.tiny else 'LLaVA-1.5-7B'} shapes, bf16, CPU {machine['cpu']} ({machine['cores']} "
-            f"cores, {machine['memory_gib']:.0f} GiB), torch threads {args.threads}, torch {machine['torch']}, "
-            f"transformers {machine['transformers']}, {machine['date_utc']} UTC; load average before "
-            f"{_load(results['machine_before'])}, after {_load(results['machine_after'])}",
+            f"{'tiny' if args.tiny else 'LLaVA-1.5-7B'} shapes, bf16 checkpoint, CPU {machine['cpu']} "
+            f"({machine['instruction_sets']}; {machine['cores']} cores, {machine['memory_gib']:.0f} GiB), torch "
+            f"threads {args.threads}, torch {machine['torch']}, transformers {machine['transformers']}, "
+            f"{machine['date_utc']} UTC; load average before {_load(results['machine_before'])}, after "
+            f"{_load(results['machine_after'])}",
+            f"default dtype here for a bf16 checkpoint: {machine['cpu_bfloat16']['dtype']} "
+            f"({machine['cpu_bfloat16']['reason']})",
+            *results["notes"],
             "",
             "| measurement (seconds) | median | min | max | runs |",
             "| --- | ---: | ---: | ---: | ---: |",
@@ -362,8 +481,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (seconds; what the test runs)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of every worker")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the full-model variants")
-    parser.add_argument("--classify-repeats", type=int, default=5, help="classify rounds per classifier process")
-    parser.add_argument("--load-repeats", type=int, default=3, help="classifier-only processes (one load each)")
+    parser.add_argument("--classify-repeats", type=int, default=3, help="classify rounds per classifier process")
+    parser.add_argument(
+        "--load-repeats", type=int, default=2, help="classifier-only processes per dtype (one load each)"
+    )
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens of the plain and guarded answers")
     parser.add_argument("--guard-tokens", type=int, default=20, help="tokens the separate guard model decodes")
     parser.add_argument("--workdir", help="where the temporary checkpoint goes (default: the temp dir)")
@@ -372,10 +493,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--modes", nargs="+", choices=["classifier", "full"], default=["classifier", "full"], help="what to measure"
     )
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=DTYPE_CHOICES,
+        help="classifier-only dtypes to measure (default: float32, and bfloat16 where the CPU has a native path)",
+    )
+    parser.add_argument(
+        "--full-dtype", default="auto", choices=DTYPE_CHOICES, help="the full model's dtype (default: auto)"
+    )
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=argparse.SUPPRESS)  # of a worker
+    parser.add_argument(
+        "--worker-timeout", type=float, help="seconds one worker may run before its process group is killed"
+    )
+    parser.add_argument(
+        "--spawn", action="store_true", help="with --tiny: workers in their own processes too (as at real shapes)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
 
 
 def main() -> None:
@@ -385,6 +526,7 @@ def main() -> None:
         torch.manual_seed(0)
         args.result.write_text(json.dumps(WORKERS[args.worker](args)))
         return
+    signal.signal(signal.SIGTERM, _stop)  # a terminated driver still kills its worker and removes the checkpoint
     results = run_all(args)
     print(report(results, args))
     if args.keep:

@@ -17,6 +17,7 @@ from psaguard.adapter_files import ADAPTER_WEIGHTS_NAME
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
 from psaguard.backbones.encoder_only import EncoderOnlyModel
 from psaguard.config import ModelFingerprint
+from psaguard.dtypes import DtypeRequest
 from psaguard.errors import CheckpointError
 
 __all__ = ["check_adapter_leaves_verdicts", "load_classifier_parts"]
@@ -32,13 +33,14 @@ def load_classifier_parts(
     processor: Any | None = None,
     *,
     revision: str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeRequest = None,
     device: str | torch.device | None = None,
     fingerprint: ModelFingerprint | None = None,
 ) -> tuple[EncoderOnlyModel, Any]:
     """The classifier-only model of ``model_path`` and its processor (``processor`` if given, else loaded).
 
-    ``fingerprint`` (the guard's) is checked before any weight is read. Raises
+    ``dtype`` as in :func:`~psaguard.backbones.encoder_checkpoint.load_encoder_only` (None: what ``device``
+    runs fast). ``fingerprint`` (the guard's) is checked before any weight is read. Raises
     :class:`~psaguard.errors.CheckpointError` when the processor cannot be loaded.
     """
     model = load_encoder_only(model_path, revision=revision, dtype=dtype, device=device, fingerprint=fingerprint)

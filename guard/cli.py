@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from psaguard.dtypes import add_dtype_option
 from psaguard.errors import PsaGuardError
 from psaguard.extras import install_hint
 from psaguard.logs import logging_for_command
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read only the vision tower and token embeddings of --model (safetensors), not its language model",
     )
+    add_dtype_option(classify)
     classify.add_argument("image", help="image file")
     classify.add_argument("prompt", help="the user's prompt")
     classify.set_defaults(func=_run_classify)
@@ -83,21 +85,24 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    from psaguard.dtypes import config_dtype, resolve_dtype
     from psaguard.guard import SafetyGuard
 
     if args.classifier_only:
-        guard = SafetyGuard.from_pretrained_classifier(args.guard, args.model)
+        guard = SafetyGuard.from_pretrained_classifier(args.guard, args.model, dtype=args.dtype)
         print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
         return 0
     try:
-        model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
+        dtype = resolve_dtype(args.dtype, "cpu", config_dtype(AutoConfig.from_pretrained(args.model)))
+        logging.getLogger(__name__).info("the model computes in %s (%s)", dtype.dtype, dtype.reason)
+        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype.torch_dtype).eval()
         processor = AutoProcessor.from_pretrained(args.model)
     except OSError as err:
         print(f"psaguard: error: cannot load model {args.model!r}: {err}", file=sys.stderr)
         return 2
-    guard = SafetyGuard.from_pretrained(args.guard, model=model, processor=processor)
+    guard = SafetyGuard.from_pretrained(args.guard, model=model, processor=processor, dtype=args.dtype)
     print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
     return 0
 

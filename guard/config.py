@@ -134,7 +134,9 @@ class SafetyGuardConfig(BaseModel):
     taxonomy: Taxonomy = Field(default=DEFAULT_TAXONOMY, description="Label set of the head.")
     policy: GuardPolicy = Field(default_factory=GuardPolicy, description="Decision policy.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Dtype of the safety modules; 'auto' follows the model's input embeddings."
+        "auto",
+        description="Dtype of the safety modules; 'auto' follows the model's input embeddings, or float32 on a "
+        "CPU without a native path for their 16-bit dtype (psaguard.dtypes.choose_dtype).",
     )
     max_image_pixels: int = Field(
         40_000_000,

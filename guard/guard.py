@@ -17,6 +17,7 @@ from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.conversation import PromptInput
+from psaguard.dtypes import DTYPE_NAMES, DtypeRequest, dtype_name, parse_dtype, resolve_dtype
 from psaguard.errors import CheckpointError, ConfigError
 from psaguard.generation import GuardedGenerator, ImagesInput
 from psaguard.images import ImageInput
@@ -38,8 +39,8 @@ WEIGHTS_NAME = "psaguard_model.safetensors"
 ADAPTER_NAME = "adapter"
 """Subfolder of a guard directory holding a Stage II LoRA adapter in PEFT's format."""
 
-TORCH_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""dtype names used by configs -> torch dtypes."""
+TORCH_DTYPES: dict[str, torch.dtype] = DTYPE_NAMES
+"""dtype names used by configs -> torch dtypes (:data:`psaguard.dtypes.DTYPE_NAMES`)."""
 
 
 class SafetyGuard:
@@ -89,12 +90,23 @@ class SafetyGuard:
 
     # ------------------------------------------------------------------ construction and persistence
     @classmethod
-    def attach(cls, model: torch.nn.Module, processor: Any, config: SafetyGuardConfig | None = None) -> SafetyGuard:
-        """Attach fresh (untrained) safety modules, sized from ``model.config``, to ``model``."""
+    def attach(
+        cls,
+        model: torch.nn.Module,
+        processor: Any,
+        config: SafetyGuardConfig | None = None,
+        *,
+        dtype: DtypeRequest = None,
+    ) -> SafetyGuard:
+        """Attach fresh (untrained) safety modules, sized from ``model.config``, to ``model``.
+
+        ``dtype`` (a torch dtype or its name) is the modules' compute dtype; None takes ``config.dtype``, whose
+        default ``"auto"`` chooses what the model's device runs fast (:func:`psaguard.dtypes.choose_dtype`).
+        """
         backbone = resolve_backbone(model)
         backbone.check_processor(processor)  # before any module is built
         config = (config or SafetyGuardConfig()).model_copy(update={"fingerprint": backbone.fingerprint()})
-        return cls(model, processor, config, cls._build_modules(config, backbone), backbone)
+        return cls(model, processor, config, cls._build_modules(config, backbone, dtype), backbone)
 
     @classmethod
     def from_pretrained(
@@ -108,6 +120,7 @@ class SafetyGuard:
         load_adapter: bool = True,
         allow_unverified: bool = False,
         accept_edited_config: bool = False,
+        dtype: DtypeRequest = None,
     ) -> SafetyGuard:
         """Load a saved guard (a local directory or a hub repo id) onto ``model``.
 
@@ -118,7 +131,8 @@ class SafetyGuard:
         The weights must carry their checksum and the config's digest (both written by
         :meth:`save_pretrained`); ``allow_unverified=True`` loads files lacking them (re-saved by another tool).
         A config edited after saving is refused unless ``accept_edited_config=True``; passing ``policy=`` is
-        the way to change the policy without editing the file.
+        the way to change the policy without editing the file. ``dtype`` is the modules' compute dtype, as in
+        :meth:`attach` (saved weights are cast to it).
 
         Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
         base model, and :class:`~psaguard.errors.CheckpointError` for missing, truncated or tampered files.
@@ -132,7 +146,7 @@ class SafetyGuard:
             raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint")
         config.fingerprint.check(backbone.fingerprint())
         backbone.check_processor(processor)  # before any weight is read
-        modules = cls._build_modules(config, backbone)
+        modules = cls._build_modules(config, backbone, dtype)
         expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
         modules.load_state_dict(tensors)
@@ -151,7 +165,7 @@ class SafetyGuard:
         policy: GuardPolicy | None = None,
         revision: str | None = None,
         model_revision: str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: DtypeRequest = None,
         device: str | torch.device | None = None,
         allow_unverified: bool = False,
         accept_edited_config: bool = False,
@@ -163,15 +177,20 @@ class SafetyGuard:
         holding those tensors are fetched). The guard judges exactly as one loaded onto the full model with
         :meth:`from_pretrained`, so it can front a VLM served elsewhere; ``generate``, ``stream`` and
         ``wrap()`` raise :class:`~psaguard.errors.GenerationUnavailableError` (``wrap(full_model)`` works).
-        ``processor`` defaults to the one saved with the base model; ``dtype`` (default: the checkpoint's)
-        and ``device`` (default: CPU) place the loaded parts. A Stage II LoRA adapter is not loaded, and a
-        guard whose adapter changes the vision tower or embeddings is refused. ``allow_unverified`` and
-        ``accept_edited_config`` are as in :meth:`from_pretrained`.
+        ``processor`` defaults to the one saved with the base model; ``device`` (default: CPU) places the
+        loaded parts, computing in ``dtype`` (a torch dtype or its name), the modules too. The default
+        (None or ``"auto"``) is what ``device`` runs fast (:func:`psaguard.dtypes.choose_dtype`): the
+        checkpoint's dtype on an accelerator or on a CPU with a native path for it (AVX-512-BF16, AMX),
+        float32 on other CPUs, at twice the memory of bfloat16 (see docs/classifier_only.md). A Stage II
+        LoRA adapter is not loaded, and a guard whose adapter changes the vision tower or embeddings is
+        refused. ``allow_unverified`` and ``accept_edited_config`` are as in :meth:`from_pretrained`.
 
         Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
         base model, :class:`~psaguard.errors.UnsupportedModelError` for a non-LLaVA checkpoint, and
         :class:`~psaguard.errors.CheckpointError` for missing or unreadable files.
         """
+        if dtype is not None and dtype != "auto":
+            parse_dtype(dtype)  # an unknown name fails before anything is read
         directory = _resolve_checkpoint(path, revision)
         # A bad or mismatched guard fails before any base-model weight is read (or fetched).
         fingerprint = SafetyGuardConfig.load(directory).fingerprint
@@ -187,6 +206,7 @@ class SafetyGuard:
             load_adapter=False,
             allow_unverified=allow_unverified,
             accept_edited_config=accept_edited_config,
+            dtype=dtype,
         )
 
     def save_pretrained(self, path: str | Path) -> Path:
@@ -210,6 +230,12 @@ class SafetyGuard:
     @property
     def policy(self) -> GuardPolicy:
         return self.config.policy
+
+    @property
+    def compute_dtypes(self) -> dict[str, str]:
+        """The dtypes the guard computes in: ``model`` (its input embeddings) and ``modules`` (the safety modules)."""
+        modules = next(self.modules.parameters()).dtype
+        return {"model": dtype_name(self.backbone.embedding_dtype), "modules": dtype_name(modules)}
 
     # ------------------------------------------------------------------ classification
     def classify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
@@ -346,19 +372,21 @@ class SafetyGuard:
         return GuardedGenerator(self.classifier, options)
 
     @staticmethod
-    def _build_modules(config: SafetyGuardConfig, backbone: Backbone) -> SafetyModules:
+    def _build_modules(config: SafetyGuardConfig, backbone: Backbone, dtype: DtypeRequest = None) -> SafetyModules:
+        """The modules on the model's device, in ``dtype``, else ``config.dtype``, where "auto" follows the model's
+        embeddings unless the device has no fast path for their dtype (a bfloat16 model on most CPUs)."""
+        requested = dtype if dtype is not None else config.dtype
+        choice = resolve_dtype(requested, backbone.device, backbone.embedding_dtype)
+        logger.info("safety modules compute in %s (%s)", choice.dtype, choice.reason)
         modules = SafetyModules(config, backbone.vision_hidden_size, backbone.text_hidden_size)
-        dtype = backbone.embedding_dtype if config.dtype == "auto" else TORCH_DTYPES[config.dtype]
-        if not dtype.is_floating_point:
-            dtype = torch.float32
-        return modules.to(device=backbone.device, dtype=dtype).eval()
+        return modules.to(device=backbone.device, dtype=choice.torch_dtype).eval()
 
     def __repr__(self) -> str:
         fingerprint = self.config.fingerprint
         return (
             f"SafetyGuard(family={fingerprint.family if fingerprint else None!r}, "
             f"pooling={self.config.head.pooling!r}, tokens={self.config.tokens.num_tokens}, "
-            f"params={sum(p.numel() for p in self.modules.parameters()):,})"
+            f"params={sum(p.numel() for p in self.modules.parameters()):,}, dtypes={self.compute_dtypes})"
         )
 
 

@@ -1,5 +1,8 @@
 import json
 
+import pytest
+from dtype_helpers import AVX2_ONLY, fake_cpu, save_bf16_llava
+
 from psaguard.cli import build_parser, main
 from psaguard.guard import SafetyGuard
 
@@ -48,3 +51,36 @@ def test_classify_reports_typed_errors_with_exit_code_2(tiny_dir, tmp_path, caps
 def test_parser_lists_core_subcommands():
     choices = build_parser()._subparsers._group_actions[0].choices
     assert {"demo", "classify"} <= set(choices)
+
+
+@pytest.mark.parametrize(
+    ("mode", "loaded"), [(["--classifier-only"], "classifier-only parts compute in"), ([], "the model computes in")]
+)
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        ([], "float32 (the checkpoint is bfloat16 and this CPU has no"),
+        (["--dtype", "bfloat16"], "bfloat16 (requested)"),
+    ],
+)
+def test_classify_computes_in_the_fast_dtype_unless_told(
+    tmp_path, images, capsys, monkeypatch, mode, loaded, dtype, expected
+):
+    fake_cpu(monkeypatch, AVX2_ONLY)
+    directory = save_bf16_llava(tmp_path / "bf16")
+    images[0].save(tmp_path / "x.png")
+    args = ["classify", "--guard", str(directory / "guard"), "--model", str(directory), *mode, *dtype]
+    assert main(["-v", *args, str(tmp_path / "x.png"), "hi"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["action"] in ("allow", "hint", "refuse", "block")
+    assert f"{loaded} {expected}" in captured.err
+    assert f"safety modules compute in {expected.split()[0]}" in captured.err
+
+
+def test_serve_eval_and_classify_take_dtype():
+    choices = build_parser()._subparsers._group_actions[0].choices
+    for command in ("classify", "serve", "eval"):
+        dtype = next(action for action in choices[command]._actions if action.dest == "dtype")
+        assert dtype.default == "auto" and set(dtype.choices) == {"auto", "float32", "bfloat16", "float16"}
+    with pytest.raises(SystemExit):
+        main(["classify", "--guard", "g", "--model", "m", "--dtype", "float64", "x.png", "hi"])

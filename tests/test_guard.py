@@ -158,7 +158,9 @@ def test_prompt_spelling_the_image_token_is_plain_text(guard, images):
     assert guard.backbone.image_token_id not in ids.tolist()[0]
 
 
-def test_modules_follow_the_model_dtype(tiny_processor, images):
+def test_modules_follow_the_model_dtype(tiny_processor, images, monkeypatch):
+    # A CPU with a native bf16 path (the rule for other CPUs is in tests/test_dtypes.py).
+    monkeypatch.setattr("psaguard.dtypes.cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16"}))
     model = build_tiny_llava(processor=tiny_processor).to(torch.bfloat16)
     guard = SafetyGuard.attach(model, tiny_processor)
     assert guard.modules.head_tokens.dtype == torch.bfloat16

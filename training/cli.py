@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from psaguard.dtypes import add_dtype_option
 from psaguard.errors import PsaGuardError
 from psaguard.extras import require_extra
 from psaguard.logs import add_log_level_option
@@ -200,8 +201,8 @@ def _guard_and_data(args: argparse.Namespace):
     from psaguard.training.data import read_jsonl
 
     model_id = args.model or _recorded_model(args.guard)
-    model, processor = _load(model_id, args.load_in_4bit, args.cpu)
-    guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False)
+    model, processor = _load(model_id, args.load_in_4bit, args.cpu, args.dtype)
+    guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False, dtype=args.dtype)
     examples, dataset = read_jsonl(
         args.data, image_root=args.image_root, taxonomy=guard.config.taxonomy, skip_invalid=args.skip_invalid
     )
@@ -217,6 +218,7 @@ def _add_guard_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-invalid", action="store_true", help="skip and count invalid rows")
     parser.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    add_dtype_option(parser)  # 'auto' loads the model as training does: bfloat16 on CUDA, float32 on the CPU
 
 
 def _recorded_model(guard_dir: Path) -> str:
@@ -230,11 +232,11 @@ def _recorded_model(guard_dir: Path) -> str:
         raise ConfigError(f"pass --model: no base model recorded in {path} ({err})") from err
 
 
-def _load(model_id: str, load_in_4bit: bool, cpu: bool):
+def _load(model_id: str, load_in_4bit: bool, cpu: bool, dtype: str):
     import torch
 
     from psaguard.training.config import QuantConfig
     from psaguard.training.runtime import load_model_from
 
     device = torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
-    return load_model_from(model_id, None, QuantConfig(load_in_4bit=load_in_4bit), "auto", device)
+    return load_model_from(model_id, None, QuantConfig(load_in_4bit=load_in_4bit), dtype, device)

@@ -15,6 +15,7 @@ from psaguard.backbones.encoder_only import EncoderOnlyBackbone, EncoderOnlyMode
 from psaguard.backbones.registry import resolve_backbone
 from psaguard.checkpoint_reader import MODEL_CONFIG_NAME, CheckpointReader
 from psaguard.config import ModelFingerprint
+from psaguard.dtypes import DtypeRequest, resolve_dtype
 from psaguard.errors import CheckpointError, UnsupportedModelError
 
 __all__ = ["load_encoder_only", "load_model_config"]
@@ -33,7 +34,7 @@ def load_encoder_only(
     path: str | Path,
     *,
     revision: str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: DtypeRequest = None,
     device: str | torch.device | None = None,
     fingerprint: ModelFingerprint | None = None,
 ) -> EncoderOnlyModel:
@@ -44,7 +45,8 @@ def load_encoder_only(
             or a hub repo id; a hub checkpoint fetches only its config, index and the shards holding these
             tensors.
         revision: hub revision (branch, tag or commit) of a repo id.
-        dtype: dtype of the loaded parts; None keeps the checkpoint's (as ``dtype="auto"`` in transformers).
+        dtype: dtype of the loaded parts (a torch dtype or its name); None or ``"auto"`` chooses what ``device``
+            runs fast (:func:`psaguard.dtypes.choose_dtype`: on a CPU without a native 16-bit path, float32).
         device: where to put them (default: the CPU).
         fingerprint: if given, checked against the checkpoint's config before any tensor is read, so a guard
             made for another model fails without fetching shards.
@@ -70,7 +72,9 @@ def load_encoder_only(
             f"input embeddings {embedding_key} of {reader.directory} are {tuple(weight.shape)}, but the config "
             f"says ({text.vocab_size}, {text.hidden_size})"
         )
-    dtype = dtype or weight.dtype
+    choice = resolve_dtype(dtype, device or "cpu", weight.dtype)
+    logger.info("classifier-only parts compute in %s (%s)", choice.dtype, choice.reason)
+    dtype = choice.torch_dtype
     tower = _build_tower(meta_tower, config, {name: tensors[key] for name, key in tower_keys.items()}, dtype)
     embed_tokens = nn.Embedding.from_pretrained(weight.to(dtype), freeze=True)
     model = EncoderOnlyModel(config, tower, embed_tokens).eval().requires_grad_(False)

@@ -153,7 +153,8 @@ def _add_routes(app: FastAPI, state: ServeState) -> None:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": state.config.model_name, "object": "model", "owned_by": "psaguard"}]}
+        model = {"id": state.config.model_name, "object": "model", "owned_by": "psaguard"}
+        return {"object": "list", "data": [{**model, "compute_dtypes": state.guard.compute_dtypes}]}
 
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Response:

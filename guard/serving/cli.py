@@ -11,6 +11,7 @@ import os
 from importlib import resources
 
 from psaguard.demo import DEMO_ASSETS
+from psaguard.dtypes import add_dtype_option
 from psaguard.errors import ConfigError
 from psaguard.extras import require_extra
 
@@ -61,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--limit-concurrency", type=int, default=512, help="connections served at once (keep below ulimit -n)"
     )
+    add_dtype_option(serve)
     serve.set_defaults(func=_run_serve)
 
 
@@ -112,7 +114,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValidationError as err:
         raise ConfigError(f"invalid serve option: {err}") from err
     keys = load_api_keys(args.api_key_file)
-    guard = load_guard(guard_dir, model, classifier_only=classifier_only)
+    guard = load_guard(guard_dir, model, classifier_only=classifier_only, dtype=args.dtype)
     app = create_app(guard, config, api_keys=keys)
     run_server(app, host=args.host, port=args.port, limit_concurrency=args.limit_concurrency)
     return 0

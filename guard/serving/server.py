@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from psaguard.dtypes import DtypeRequest, config_dtype, resolve_dtype
 from psaguard.errors import ConfigError
 from psaguard.guard import SafetyGuard
 
@@ -38,20 +39,33 @@ the file descriptors slow clients can hold, to keep below ``ulimit -n`` (docs/se
 
 
 def load_guard(
-    guard_dir: str | Path, model: str | Path, *, classifier_only: bool, device: str | None = None
+    guard_dir: str | Path,
+    model: str | Path,
+    *,
+    classifier_only: bool,
+    device: str | None = None,
+    dtype: DtypeRequest = None,
 ) -> SafetyGuard:
     """The guard in ``guard_dir`` on the base model ``model`` (its vision tower and embeddings only when
-    ``classifier_only``, for proxy mode), on ``device`` (default: CPU)."""
+    ``classifier_only``, for proxy mode), on ``device`` (default: CPU), computing in ``dtype`` (default: what
+    the device runs fast, :func:`psaguard.dtypes.choose_dtype`)."""
     if classifier_only:
-        return SafetyGuard.from_pretrained_classifier(guard_dir, model, device=device)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+        return _logged(SafetyGuard.from_pretrained_classifier(guard_dir, model, device=device, dtype=dtype))
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     try:
-        vlm = AutoModelForImageTextToText.from_pretrained(model).to(device or "cpu").eval()
+        choice = resolve_dtype(dtype, device or "cpu", config_dtype(AutoConfig.from_pretrained(model)))
+        logger.info("the model computes in %s (%s)", choice.dtype, choice.reason)
+        vlm = AutoModelForImageTextToText.from_pretrained(model, dtype=choice.torch_dtype).to(device or "cpu").eval()
         processor = AutoProcessor.from_pretrained(model)
     except OSError as err:
         raise ConfigError(f"cannot load model {str(model)!r}: {err}") from err
-    return SafetyGuard.from_pretrained(guard_dir, model=vlm, processor=processor)
+    return _logged(SafetyGuard.from_pretrained(guard_dir, model=vlm, processor=processor, dtype=dtype))
+
+
+def _logged(guard: SafetyGuard) -> SafetyGuard:
+    logger.info("loaded %r", guard)  # the repr names the dtypes the guard computes in
+    return guard
 
 
 def run_server(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **uvicorn_kwargs: Any) -> None:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from script_runner import run_script
+from script_runner import ROOT, run_script
 
 
 def run(name: str, *args: str) -> str:
@@ -26,11 +33,19 @@ def test_overhead_benchmarks_print_their_ratios(script: str, args: tuple[str, ..
     assert numbers and all(n > 0 for n in numbers), line
 
 
+def test_cpu_dtypes_times_both_dtypes_and_names_the_cpu() -> None:
+    out = run("cpu_dtypes.py", "--tiny", "--repeats", "1", "--threads", "1")
+    assert "(torch: " in out.splitlines()[0] and "psaguard's default here for a bfloat16 checkpoint: " in out
+    ratios = [line for line in out.splitlines() if "bfloat16 / float32 time = " in line]
+    assert len(ratios) == 2 and all(float(line.rsplit("= ", 1)[1]) > 0 for line in ratios), out
+
+
 def test_classifier_only_footprint_counts_llava_7b_shapes() -> None:
     out = run("classifier_only_footprint.py")
     full = next(line for line in out.splitlines() if line.strip().startswith("full model") and "GiB" in line)
     assert "7,063,427,072" in full  # LLaVA-1.5-7B with llava-hf's 32064-token vocabulary
     assert "classifier-only     434,841,600" in out
+    assert "1.62 GiB" in next(line for line in out.splitlines() if "434,841,600" in line)  # in float32
 
 
 def test_family_guard_params_counts_the_released_sizes() -> None:
@@ -62,13 +77,67 @@ def test_cpu_7b_benchmark_runs_every_mode_at_tiny_shapes(tmp_path) -> None:
         "--json",
         str(tmp_path / "raw.json"),
     )
+    header = out.splitlines()[0]
+    assert "CPU " in header and "(torch: " in header  # the CPU and its instruction sets are named
+    assert "default dtype here for a bf16 checkpoint: " in out
     ratios = dict(line.strip("| ").rsplit(" | ", 1) for line in out.splitlines() if " / " in line and "|" in line)
-    assert "separate guard / classifier-only classify (latency, batch 1)" in ratios
+    assert any(name.startswith("separate guard / classifier-only classify in ") for name in ratios), ratios
     assert "classifier-only peak RSS / full-model peak RSS (while measuring)" in ratios
     assert all(float(value) > 0 for value in ratios.values()), ratios
     raw = json.loads((tmp_path / "raw.json").read_text())
+    assert "float32" in raw["classifier_only"]  # the dtype every CPU runs fast is always measured
+    assert raw["classifier_only"]["float32"][0]["matmul_size"] == 256  # --tiny does tiny work
     assert len(raw["full"]["separate_guard"]) == 1 and raw["full"]["peak_rss"] > raw["full"]["idle_rss"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["raw.json"]  # the checkpoint was deleted
+
+
+def _cpu_7b(tmp_path: Path, *args: str) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    work = tmp_path / "work"
+    work.mkdir()
+    return [sys.executable, str(ROOT / "benchmarks" / "cpu_7b.py"), "--tiny", "--workdir", str(work), *args], env
+
+
+def _gone(pid: int, within_s: float = 0.0) -> bool:
+    """Whether process ``pid`` has exited (a zombie waiting for a reaper counts as exited)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        if state == "Z" or time.monotonic() > deadline:
+            return state == "Z"
+        time.sleep(0.1)
+
+
+def _worker_pid(text: str) -> int:
+    return int(re.search(r"\(pid (\d+)\)", text).group(1))
+
+
+def test_cpu_7b_kills_its_worker_group_on_timeout(tmp_path) -> None:
+    command, env = _cpu_7b(tmp_path, "--spawn", "--worker-timeout", "0.5", "--modes", "classifier")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0 and "ran past --worker-timeout 0.5 s; killed" in result.stderr
+    assert _gone(_worker_pid(result.stderr))
+    assert list((tmp_path / "work").iterdir()) == []  # and the checkpoint is removed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_cpu_7b_worker_dies_with_a_killed_driver(tmp_path) -> None:
+    command, env = _cpu_7b(tmp_path, "--spawn", "--modes", "classifier")
+    driver = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        line = next(line for line in driver.stderr if "(pid " in line)  # the worker has just started
+        worker = _worker_pid(line)
+        assert not _gone(worker)
+        driver.send_signal(signal.SIGKILL)  # as a test runner's timeout kills it: no handler runs
+        driver.wait(timeout=30)
+        assert _gone(worker, within_s=10)
+    finally:
+        driver.kill()
+        driver.wait()
 
 
 def _gpu_suite(tmp_path, *skip: str) -> dict:
