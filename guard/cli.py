@@ -7,16 +7,25 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from psaguard.errors import PsaGuardError
+from psaguard.errors import CheckpointError, PsaGuardError
 from psaguard.extras import install_hint
 from psaguard.logs import logging_for_command
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from psaguard.guard import SafetyGuard
+
+__all__ = ["add_guard_arguments", "build_parser", "load_guard", "main"]
 
 # Modules that may add subcommands through `register(subparsers)`; skipped when not importable
 # (e.g. the training extra is not installed).
-_EXTENSIONS = ("psaguard.training.cli", "psaguard.training.world.cli", "psaguard.serving.cli")
+_EXTENSIONS = (
+    "psaguard.training.cli",
+    "psaguard.training.category_cli",
+    "psaguard.training.world.cli",
+    "psaguard.serving.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_run_demo)
 
     classify = subparsers.add_parser("classify", help="judge one (image, prompt) request; prints JSON")
-    classify.add_argument("--guard", required=True, help="saved guard directory (or hub id)")
-    classify.add_argument("--model", required=True, help="base model directory (or hub id)")
-    classify.add_argument(
-        "--classifier-only",
-        action="store_true",
-        help="read only the vision tower and token embeddings of --model (safetensors), not its language model",
-    )
+    add_guard_arguments(classify)
     classify.add_argument("image", help="image file")
     classify.add_argument("prompt", help="the user's prompt")
     classify.set_defaults(func=_run_classify)
@@ -78,23 +81,36 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
+    guard = load_guard(args.guard, args.model, classifier_only=args.classifier_only)
+    print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
+    return 0
+
+
+def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--guard``, ``--model`` and ``--classifier-only``: what :func:`load_guard` reads."""
+    parser.add_argument("--guard", required=True, help="saved guard directory (or hub id)")
+    parser.add_argument("--model", required=True, help="base model directory (or hub id)")
+    parser.add_argument(
+        "--classifier-only",
+        action="store_true",
+        help="read only the vision tower and token embeddings of --model (safetensors), not its language model",
+    )
+
+
+def load_guard(guard: str, model: str, *, classifier_only: bool = False) -> SafetyGuard:
+    """The saved guard ``guard`` on the base model ``model``; :class:`CheckpointError` when the model cannot load."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from psaguard.guard import SafetyGuard
 
-    if args.classifier_only:
-        guard = SafetyGuard.from_pretrained_classifier(args.guard, args.model)
-        print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
-        return 0
+    if classifier_only:
+        return SafetyGuard.from_pretrained_classifier(guard, model)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
-        processor = AutoProcessor.from_pretrained(args.model)
+        loaded = AutoModelForImageTextToText.from_pretrained(model).eval()
+        processor = AutoProcessor.from_pretrained(model)
     except OSError as err:
-        print(f"psaguard: error: cannot load model {args.model!r}: {err}", file=sys.stderr)
-        return 2
-    guard = SafetyGuard.from_pretrained(args.guard, model=model, processor=processor)
-    print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
-    return 0
+        raise CheckpointError(f"cannot load model {model!r}: {err}") from err
+    return SafetyGuard.from_pretrained(guard, model=loaded, processor=processor)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,20 @@ import torch
 
 from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
+from psaguard.categories import (
+    WEIGHT_KEYS,
+    CategoryBank,
+    CategoryMethod,
+    CustomCategory,
+    check_categories,
+    fit_category,
+    new_category,
+)
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.conversation import PromptInput
-from psaguard.errors import CheckpointError, ConfigError
+from psaguard.errors import CategoryError, CheckpointError, ConfigError
 from psaguard.generation import GuardedGenerator, ImagesInput
 from psaguard.images import ImageInput
 from psaguard.modules import HeadLogits, SafetyModules
@@ -26,7 +35,7 @@ from psaguard.policy import GenerationOptions, GuardPolicy
 from psaguard.prompts import PromptEncoder
 from psaguard.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
 from psaguard.streaming import AsyncGuardedStream, GuardedStream
-from psaguard.verdict import SafetyVerdict
+from psaguard.verdict import Action, SafetyVerdict
 from psaguard.wrapped import GuardedModel
 
 __all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
@@ -55,10 +64,11 @@ class SafetyGuard:
         config: SafetyGuardConfig,
         modules: SafetyModules,
         backbone: Backbone | None = None,
+        bank: CategoryBank | None = None,
     ) -> None:
         if backbone is None or backbone.model is not model:
             backbone = resolve_backbone(model)
-        self.classifier = Classifier(backbone, processor, config, modules)
+        self.classifier = Classifier(backbone, processor, config, modules, bank)
         """What judges: the backbone, the safety modules and the prompt encoder (everything below the facade)."""
 
     @property
@@ -132,13 +142,16 @@ class SafetyGuard:
         config.fingerprint.check(backbone.fingerprint())
         backbone.check_processor(processor)  # before any weight is read
         modules = cls._build_modules(config, backbone)
-        expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
+        # The saved bank's shapes follow from the config's categories: a file with more, fewer or resized rows fails.
+        bank_shapes = {name: (torch.Size(shape), torch.float32) for name, shape in _bank_shapes(config, backbone)}
+        expected = {**{name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}, **bank_shapes}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
-        modules.load_state_dict(tensors)
+        bank = CategoryBank.from_tensors(config.categories, tensors) if bank_shapes else None
+        modules.load_state_dict({name: t for name, t in tensors.items() if name not in bank_shapes})
         adapter = directory / ADAPTER_NAME
         if load_adapter and (adapter / "adapter_config.json").is_file():
             model = _load_adapter(model, adapter)
-        return cls(model, processor, config, modules, backbone)
+        return cls(model, processor, config, modules, backbone, bank)
 
     @classmethod
     def from_pretrained_classifier(
@@ -193,7 +206,8 @@ class SafetyGuard:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         metadata = {"format": "pt", CONFIG_DIGEST_KEY: self.config.digest()}
-        save_tensors(path / WEIGHTS_NAME, self.modules.state_dict(), metadata=metadata)
+        tensors = {**self.modules.state_dict(), **self.classifier.bank.tensors()}
+        save_tensors(path / WEIGHTS_NAME, tensors, metadata=metadata)
         self.config.save(path)
         return path
 
@@ -204,11 +218,60 @@ class SafetyGuard:
         except ValueError as err:
             raise ConfigError(str(err)) from err
         config = self.config.model_copy(update={"policy": policy})
-        return type(self)(self.model, self.processor, config, self.modules, self.backbone)
+        return type(self)(self.model, self.processor, config, self.modules, self.backbone, self.classifier.bank)
 
     @property
     def policy(self) -> GuardPolicy:
         return self.config.policy
+
+    # ------------------------------------------------------------------ custom categories (psaguard.categories)
+    @property
+    def categories(self) -> tuple[CustomCategory, ...]:
+        """The custom categories, in the order they were added."""
+        return self.classifier.bank.categories
+
+    def add_category(
+        self,
+        code: str,
+        examples: Sequence[tuple[ImageInput, str]],
+        *,
+        level: int,
+        name: str | None = None,
+        negatives: Sequence[tuple[ImageInput, str]] | None = None,
+        action: Action | None = None,
+        concept: str | None = None,
+        method: CategoryMethod = "prototype",
+    ) -> CustomCategory:
+        """Add a risk category from ``examples`` ((image, prompt) pairs showing it), without retraining.
+
+        The category is judged in every later forward pass from the head's pooled features (no extra model
+        call); when it fires, its code is in ``verdict.rule``, its level and ``action`` (default: the policy's
+        action for ``level``) in the verdict; ``verdict.custom_scores`` holds every category's probability.
+        ``negatives`` (benign pairs, ideally near misses) set the threshold; see :mod:`psaguard.categories`.
+        The guard owns its bank, so this changes this guard (and what it saves) but nothing of the caller's:
+        wrappers, streams and ``with_policy`` copies made earlier keep the categories they had.
+
+        Raises :class:`~psaguard.errors.CategoryError` for a repeated code, a taxonomy type's code, a level the
+        taxonomy lacks, no examples or non-finite features; typed input errors for bad images or prompts.
+        """
+        # Checked before any forward pass: code, level and action, against the taxonomy and the other categories.
+        probe = new_category(code, level=level, name=name, concept=concept, action=action, method=method)
+        check_categories((*self.categories, probe), self.config.taxonomy)
+        positives = self._pooled(examples)
+        negative_features = self._pooled(negatives) if negatives else None
+        category, weight, bias = fit_category(
+            code, positives, negative_features, level=level, name=name, concept=concept, action=action, method=method
+        )
+        self.classifier = self.classifier.with_bank(self.classifier.bank.with_category(category, weight, bias))
+        logger.info("added custom category %r from %d examples", code, category.examples)
+        return category
+
+    def remove_category(self, code: str) -> CustomCategory:
+        """Remove the custom category ``code`` and return it; :class:`~psaguard.errors.CategoryError` if absent."""
+        bank = self.classifier.bank
+        removed = bank.without(code)
+        self.classifier = self.classifier.with_bank(removed)
+        return bank.categories[bank.codes.index(code)]
 
     # ------------------------------------------------------------------ classification
     def classify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
@@ -328,6 +391,12 @@ class SafetyGuard:
         return GuardedModel(self.classifier, model, options=options)
 
     # ------------------------------------------------------------------ helpers
+    def _pooled(self, pairs: Sequence[tuple[ImageInput, str]]) -> torch.Tensor:
+        """Pooled safety features of (image, prompt) pairs."""
+        if any(not isinstance(pair, (tuple, list)) or len(pair) != 2 for pair in pairs):
+            raise CategoryError("category examples and negatives are (image, prompt) pairs")
+        return self.classifier.pooled_features([image for image, _ in pairs], [prompt for _, prompt in pairs])
+
     def _generator(self, options: GenerationOptions | None) -> GuardedGenerator:
         return GuardedGenerator(self.classifier, options)
 
@@ -346,6 +415,12 @@ class SafetyGuard:
             f"pooling={self.config.head.pooling!r}, tokens={self.config.tokens.num_tokens}, "
             f"params={sum(p.numel() for p in self.modules.parameters()):,})"
         )
+
+
+def _bank_shapes(config: SafetyGuardConfig, backbone: Backbone) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes of the category bank's tensors a guard with ``config`` saves (none without categories)."""
+    count = len(config.categories)
+    return list(zip(WEIGHT_KEYS, ((count, backbone.text_hidden_size), (count,)))) if count else []
 
 
 def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:

@@ -1,0 +1,327 @@
+"""Custom risk categories from a few examples: a bank of linear scorers over the head's pooled safety features.
+
+A category is judged in the same forward pass as the safety head, from the vector the head's two linears
+read (:attr:`psaguard.modules.HeadLogits.pooled`), so it costs one small matrix product per batch and no
+extra model call. Every category is one row of a ``(K, D)`` weight matrix and a bias over the L2-normalised
+pooled feature ``z``: its probability is ``sigmoid(w . z + b)`` and it fires at 0.5.
+
+How a row is fitted from ``k`` examples (positives) and optional negatives, both as pooled features:
+
+* ``method="prototype"`` (default): the score is ``s(z) = z . (p - n)`` with ``p`` the normalised mean of the
+  positives and ``n`` that of the negatives (``s(z) = z . p``, a cosine, without negatives). The threshold
+  ``t`` is the midpoint between the mean score of the positives and that of the negatives; the positives'
+  scores are leave-one-out (each scored against the prototype of the others) when ``k >= 2``, so ``k``
+  examples do not vouch for themselves. Without negatives, ``t`` is the lowest leave-one-out cosine of the
+  positives (``k >= 2``) or :data:`SINGLE_EXAMPLE_SIMILARITY` (``k = 1``). The probability is
+  ``sigmoid((s - t) / tau)`` with ``tau`` a quarter of the gap between the positives' mean score and ``t``,
+  so the positives' mean reads about 0.98.
+* ``method="logistic"`` (needs negatives): an L2-regularised logistic regression on ``z`` (standardised on the
+  fitted rows), classes weighted to balance, fitted with L-BFGS; it fires where the fitted probability reaches
+  0.5.
+
+The config part (:class:`CustomCategory`) is saved in the guard's JSON config, the tensors in its safetensors
+file, so both are covered by the integrity checks of :mod:`psaguard.serialization`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch.nn import functional as F
+
+from psaguard.errors import CategoryError
+from psaguard.taxonomy import CODE_PATTERN, Taxonomy
+from psaguard.verdict import Action
+
+__all__ = [
+    "FIRE_AT",
+    "SINGLE_EXAMPLE_SIMILARITY",
+    "WEIGHT_KEYS",
+    "CategoryBank",
+    "CategoryMethod",
+    "CustomCategory",
+    "check_categories",
+    "fit_category",
+    "new_category",
+]
+
+logger = logging.getLogger(__name__)
+
+CategoryMethod = Literal["prototype", "logistic"]
+"""How a category's scorer is fitted: nearest-prototype cosine, or a logistic regression (needs negatives)."""
+
+FIRE_AT = 0.5
+"""A custom category fires when its probability reaches this."""
+
+SINGLE_EXAMPLE_SIMILARITY = 0.9
+"""Cosine to the one example at which a category fitted from a single example and no negatives fires.
+With nothing to compare against, this is a guess; negatives replace it with a threshold fitted on data."""
+
+WEIGHT_KEYS = ("categories.weight", "categories.bias")
+"""Names of the bank's tensors in the guard's safetensors file (absent when the guard has no category)."""
+
+_SHARPNESS = 4.0  # the positives' mean score maps to sigmoid(4) ~ 0.98
+_MIN_GAP = 1e-4  # a smaller gap between positives and threshold cannot be told from noise
+_LOGISTIC_L2 = 1e-2
+_LOGISTIC_STEPS = 200
+
+
+class CustomCategory(BaseModel):
+    """A risk category added to a guard from examples (no retraining); its scorer lives in the bank's tensors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str = Field(pattern=CODE_PATTERN, description="Stable machine name; must not be a taxonomy type code.")
+    name: str = Field(description="Human-readable name (defaults to the code).")
+    concept: str = Field(description="Noun phrase used in hints and refusals, like a risk type's concept.")
+    level: int = Field(ge=1, description="Risk level id a firing category carries (1 or more).")
+    action: Action | None = Field(
+        None, description="Action when it fires; None takes the policy's level_actions for its level."
+    )
+    method: CategoryMethod = Field("prototype", description="How the scorer was fitted (see psaguard.categories).")
+    examples: int = Field(ge=1, description="Number of positive examples it was fitted from.")
+    negatives: int = Field(0, ge=0, description="Number of negative examples it was fitted from.")
+    threshold: float = Field(
+        description="The raw score at which it fires: a cosine (difference) for prototypes, a logit (0) for logistic."
+    )
+
+
+def check_categories(categories: Sequence[CustomCategory], taxonomy: Taxonomy) -> None:
+    """Raise :class:`CategoryError` for duplicate codes, codes of taxonomy types, or levels the taxonomy lacks."""
+    codes = [category.code for category in categories]
+    if duplicates := sorted({code for code in codes if codes.count(code) > 1}):
+        raise CategoryError(f"custom category codes must be unique; repeated: {duplicates}")
+    if clashes := sorted(set(codes) & {risk_type.code for risk_type in taxonomy.types}):
+        raise CategoryError(f"custom category codes {clashes} are risk types of the taxonomy; choose other codes")
+    for category in categories:
+        if category.level >= taxonomy.num_levels:
+            raise CategoryError(
+                f"custom category {category.code!r} has level {category.level}, but the highest level is "
+                f"{taxonomy.num_levels - 1}"
+            )
+
+
+@dataclass(frozen=True)
+class CategoryBank:
+    """The custom categories of a guard: their configs and a ``(K, D)`` weight and ``(K,)`` bias (float32, CPU).
+
+    Immutable: :meth:`with_category` and :meth:`without` return new banks.
+    """
+
+    categories: tuple[CustomCategory, ...]
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def __post_init__(self) -> None:
+        count = len(self.categories)
+        if self.weight.dim() != 2 or self.weight.shape[0] != count or tuple(self.bias.shape) != (count,):
+            raise CategoryError(
+                f"a bank of {count} categories needs a ({count}, D) weight and a ({count},) bias, got "
+                f"{tuple(self.weight.shape)} and {tuple(self.bias.shape)}"
+            )
+
+    @classmethod
+    def empty(cls, dim: int) -> CategoryBank:
+        """A bank without categories for pooled features of width ``dim``."""
+        return cls((), torch.zeros(0, dim), torch.zeros(0))
+
+    @classmethod
+    def from_tensors(cls, categories: Sequence[CustomCategory], tensors: Mapping[str, torch.Tensor]) -> CategoryBank:
+        """The bank saved as ``tensors`` (see :data:`WEIGHT_KEYS`) for ``categories``."""
+        weight, bias = (tensors[key].detach().to("cpu", torch.float32) for key in WEIGHT_KEYS)
+        return cls(tuple(categories), weight, bias)
+
+    @property
+    def dim(self) -> int:
+        """Width of the pooled features the bank reads."""
+        return self.weight.shape[1]
+
+    @property
+    def codes(self) -> list[str]:
+        return [category.code for category in self.categories]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors to save beside the safety modules; empty for an empty bank."""
+        return dict(zip(WEIGHT_KEYS, (self.weight, self.bias))) if self.categories else {}
+
+    def expected_shapes(self) -> dict[str, tuple[torch.Size, torch.dtype]]:
+        """Names, shapes and dtypes of :meth:`tensors`, for checking a file before trusting it."""
+        return {name: (tensor.shape, tensor.dtype) for name, tensor in self.tensors().items()}
+
+    def probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` probabilities of every category for ``(B, D)`` pooled features."""
+        z = F.normalize(pooled.float(), dim=-1)
+        return torch.sigmoid(z @ self.weight.to(z.device).T + self.bias.to(z.device))
+
+    def scores(self, probabilities: Sequence[float]) -> dict[str, float]:
+        """One row of :meth:`probabilities` as ``{code: probability}``."""
+        return {code: float(p) for code, p in zip(self.codes, probabilities)}
+
+    def with_category(self, category: CustomCategory, weight: torch.Tensor, bias: float) -> CategoryBank:
+        """This bank plus ``category`` (a ``(D,)`` weight row); :class:`CategoryError` for a repeated code."""
+        if category.code in self.codes:
+            raise CategoryError(f"the guard already has a custom category {category.code!r}; remove it first")
+        if tuple(weight.shape) != (self.dim,):
+            raise CategoryError(
+                f"a weight row of shape {tuple(weight.shape)} does not fit features of width {self.dim}"
+            )
+        return CategoryBank(
+            (*self.categories, category),
+            torch.cat([self.weight, weight.detach().to("cpu", torch.float32)[None]]),
+            torch.cat([self.bias, torch.tensor([float(bias)])]),
+        )
+
+    def without(self, code: str) -> CategoryBank:
+        """This bank less the category ``code``; :class:`CategoryError` when there is none."""
+        if code not in self.codes:
+            raise CategoryError(f"no custom category {code!r}; the guard has {self.codes}")
+        keep = [index for index, known in enumerate(self.codes) if known != code]
+        return CategoryBank(tuple(self.categories[i] for i in keep), self.weight[keep], self.bias[keep])
+
+
+def fit_category(
+    code: str,
+    positives: torch.Tensor,
+    negatives: torch.Tensor | None = None,
+    *,
+    level: int,
+    name: str | None = None,
+    concept: str | None = None,
+    action: Action | None = None,
+    method: CategoryMethod = "prototype",
+) -> tuple[CustomCategory, torch.Tensor, float]:
+    """Fit one category from pooled features: its config, its ``(D,)`` weight row and its bias.
+
+    Raises :class:`CategoryError` for no positives, non-finite features, a logistic fit without negatives,
+    or positives that score no higher than the negatives.
+    """
+    negatives = None if negatives is None or len(negatives) == 0 else negatives
+    _check_features(positives, "examples")
+    if negatives is not None:
+        _check_features(negatives, "negatives")
+        if negatives.shape[1] != positives.shape[1]:
+            raise CategoryError("examples and negatives have features of different widths")
+    pos = F.normalize(positives.detach().to("cpu", torch.float64), dim=-1)
+    neg = None if negatives is None else F.normalize(negatives.detach().to("cpu", torch.float64), dim=-1)
+    if method == "logistic":
+        if neg is None:
+            raise CategoryError("method='logistic' needs negatives; give negatives or use method='prototype'")
+        weight, bias, threshold = _fit_logistic(pos, neg)
+    else:
+        weight, bias, threshold = _fit_prototype(pos, neg)
+    category = new_category(
+        code,
+        level=level,
+        name=name,
+        concept=concept,
+        action=action,
+        method=method,
+        examples=len(pos),
+        negatives=0 if neg is None else len(neg),
+        threshold=threshold,
+    )
+    return category, weight.float(), bias
+
+
+def new_category(
+    code: str,
+    *,
+    level: int,
+    name: str | None = None,
+    concept: str | None = None,
+    action: Action | None = None,
+    method: CategoryMethod = "prototype",
+    examples: int = 1,
+    negatives: int = 0,
+    threshold: float = 0.0,
+) -> CustomCategory:
+    """A :class:`CustomCategory` (name defaults to the code, concept to the name); :class:`CategoryError` if invalid."""
+    try:
+        return CustomCategory(
+            code=code,
+            name=name or code,
+            concept=concept or name or code,
+            level=level,
+            action=action,
+            method=method,
+            examples=examples,
+            negatives=negatives,
+            threshold=threshold,
+        )
+    except ValidationError as err:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise CategoryError(f"invalid custom category {code!r}: {reasons}") from err
+
+
+def _check_features(features: torch.Tensor, what: str) -> None:
+    if features.dim() != 2 or len(features) == 0:
+        raise CategoryError(f"a custom category needs at least one of its {what}, got none")
+    if not bool(features.isfinite().all()):
+        raise CategoryError(f"the guard produced non-finite features for the category's {what}")
+
+
+def _fit_prototype(pos: torch.Tensor, neg: torch.Tensor | None) -> tuple[torch.Tensor, float, float]:
+    """Direction, bias and threshold of the prototype scorer (see the module docstring)."""
+    reference = torch.zeros_like(pos[0]) if neg is None else F.normalize(neg.mean(0), dim=0)
+    direction = F.normalize(pos.mean(0), dim=0) - reference
+    pos_mean = float(_leave_one_out_scores(pos, reference).mean())
+    if neg is not None:
+        threshold = (pos_mean + float((neg @ direction).mean())) / 2
+        if pos_mean - threshold < _MIN_GAP:
+            raise CategoryError(
+                "the examples do not score above the negatives on the guard's features: the category cannot be "
+                "told apart from them (add clearer examples, or retrain with the category as a risk type)"
+            )
+    elif len(pos) == 1:
+        threshold = SINGLE_EXAMPLE_SIMILARITY
+    else:
+        threshold = float(_leave_one_out_scores(pos, reference).min())
+    gap = pos_mean - threshold
+    if gap < _MIN_GAP:  # no negatives and identical positives: the distance to a perfect match sets the scale
+        gap = max(1.0 - threshold, _MIN_GAP)
+    tau = gap / _SHARPNESS
+    return direction / tau, -threshold / tau, threshold
+
+
+def _leave_one_out_scores(pos: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each positive scored against the normalised mean of the others (against itself when it is alone)."""
+    others = pos if len(pos) == 1 else (pos.sum(0, keepdim=True) - pos) / (len(pos) - 1)
+    return (pos * (F.normalize(others, dim=-1) - reference)).sum(-1)
+
+
+def _fit_logistic(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """Class-balanced, L2-regularised logistic regression on normalised features (L-BFGS, float64).
+
+    The features are standardised first (centred on the fitted rows' mean, scaled by their RMS distance from it),
+    because the pooled features of different requests often share most of their direction; the scaling is
+    folded back into the returned weight and bias, which read the normalised feature as the bank does.
+    """
+    rows = torch.cat([pos, neg])
+    centre = rows.mean(0)
+    scale = (rows - centre).norm(dim=-1).pow(2).mean().sqrt().clamp_min(1e-12)
+    x = (rows - centre) / scale
+    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.dtype)
+    sample_weight = torch.where(y > 0, 0.5 / len(pos), 0.5 / len(neg)).to(x.dtype)
+    weight = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
+    bias = torch.zeros((), dtype=x.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=_LOGISTIC_STEPS, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = x @ weight + bias
+        loss = (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * sample_weight).sum()
+        loss = loss + _LOGISTIC_L2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    if not bool(torch.isfinite(weight).all() and torch.isfinite(bias)):
+        raise CategoryError("the logistic fit of the category diverged")
+    folded = weight.detach() / scale
+    return folded, float(bias.detach() - folded @ centre), 0.0
