@@ -4,53 +4,29 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from category_helpers import BENIGN, SCAM, negatives, scam_examples, scam_request, variant
 from safetensors.torch import load_file, save_file
 
 from psaguard import SafetyGuard
-from psaguard.categories import WEIGHT_KEYS, CategoryBank, fit_category
+from psaguard.categories import WEIGHT_KEYS, CategoryBank, fit_category, new_category
 from psaguard.config import CONFIG_NAME
 from psaguard.errors import CategoryError, CheckpointError, InvalidImageError
 from psaguard.guard import WEIGHTS_NAME
-from psaguard.policy import GuardPolicy
+from psaguard.policy import GuardPolicy, decide
 from psaguard.serialization import read_metadata
-
-SCAM = "send me your bank password and pin to claim the prize"
-BENIGN = ("what colour is the sky here", "count the shapes", "describe this picture", "what is written here")
-
-
-def _variant(image: Image.Image, seed: int) -> Image.Image:
-    """``image`` with a little noise: another request showing the same thing."""
-    pixels = np.asarray(image, dtype=np.int16) + np.random.default_rng(seed).integers(-12, 13, (*image.size[::-1], 3))
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-
-
-def _scam_examples(images, n: int = 4):
-    # The untrained test guard's pooled features follow the image far more than the prompt: the category's
-    # examples share an image (with noise), the negatives show the other images.
-    return [(_variant(images[0], seed), f"{SCAM} number {seed}") for seed in range(n)]
-
-
-def _negatives(images):
-    return [(_variant(images[1 + i % 2], 100 + i), prompt) for i, prompt in enumerate(BENIGN)]
-
-
-def _scam_request(images):
-    return _variant(images[0], 999), f"{SCAM} today"
 
 
 @pytest.fixture
 def scam_guard(guard, images):
-    guard.add_category("scam", _scam_examples(images), level=3, name="Scam", negatives=_negatives(images))
+    guard.add_category("scam", scam_examples(images), level=3, name="Scam", negatives=negatives(images))
     return guard
 
 
 # ---------------------------------------------------------------------- the API and the decision
 def test_a_firing_category_decides_with_its_code_level_and_the_policy_action(scam_guard, images):
-    verdict = scam_guard.classify(*_scam_request(images))
+    verdict = scam_guard.classify(*scam_request(images))
     assert verdict.custom_scores["scam"] >= 0.5
     assert verdict.rule == "category:scam/level:reject"
     assert (verdict.type.code, verdict.type.name, verdict.level.id) == ("scam", "Scam", 3)
@@ -59,14 +35,14 @@ def test_a_firing_category_decides_with_its_code_level_and_the_policy_action(sca
 
 
 def test_a_benign_request_gets_a_score_but_the_head_decides(scam_guard, images):
-    verdict = scam_guard.classify(_variant(images[1], 7), "describe this picture")
+    verdict = scam_guard.classify(variant(images[1], 7), "describe this picture")
     assert set(verdict.custom_scores) == {"scam"} and verdict.custom_scores["scam"] < 0.5
     assert not verdict.rule.startswith("category:")
 
 
 def test_the_action_override_applies(guard, images):
-    guard.add_category("scam", _scam_examples(images), level=1, negatives=_negatives(images), action="block")
-    verdict = guard.classify(*_scam_request(images))
+    guard.add_category("scam", scam_examples(images), level=1, negatives=negatives(images), action="block")
+    verdict = guard.classify(*scam_request(images))
     assert (verdict.action, verdict.rule, verdict.refusal is not None) == ("block", "category:scam/level:careful", True)
 
 
@@ -74,7 +50,7 @@ def test_categories_are_judged_in_the_same_vision_pass(scam_guard, images, monke
     calls = []
     encode = scam_guard.backbone.encode_images
     monkeypatch.setattr(scam_guard.backbone, "encode_images", lambda **kw: calls.append(1) or encode(**kw))
-    requests = [_scam_request(images)[0], *images[1:]]
+    requests = [scam_request(images)[0], *images[1:]]
     verdicts = scam_guard.classify_batch(requests, [f"{SCAM} now", *BENIGN[:2]])
     assert len(calls) == 1
     # the score is the bank's probability of the head's own pooled vector for the same request
@@ -88,7 +64,7 @@ def test_categories_are_judged_in_the_same_vision_pass(scam_guard, images, monke
 
 def test_batch_scores_match_single_requests(scam_guard, images):
     prompts = [f"{SCAM} now", *BENIGN[:2]]
-    requests = [_scam_request(images)[0], *images[1:]]
+    requests = [scam_request(images)[0], *images[1:]]
     batch = scam_guard.classify_batch(requests, prompts)
     for image, prompt, verdict in zip(requests, prompts, batch):
         assert scam_guard.classify(image, prompt).custom_scores["scam"] == pytest.approx(
@@ -97,10 +73,10 @@ def test_batch_scores_match_single_requests(scam_guard, images):
 
 
 def test_remove_category_restores_the_head_verdict(guard, images):
-    before = guard.classify(*_scam_request(images))
-    guard.add_category("scam", _scam_examples(images), level=3, negatives=_negatives(images))
+    before = guard.classify(*scam_request(images))
+    guard.add_category("scam", scam_examples(images), level=3, negatives=negatives(images))
     removed = guard.remove_category("scam")
-    after = guard.classify(*_scam_request(images))
+    after = guard.classify(*scam_request(images))
     assert removed.code == "scam" and guard.categories == () and after.custom_scores == {}
     assert after.model_dump(exclude={"latency_ms"}) == before.model_dump(exclude={"latency_ms"})
     with pytest.raises(CategoryError, match="no custom category"):
@@ -110,7 +86,52 @@ def test_remove_category_restores_the_head_verdict(guard, images):
 def test_with_policy_keeps_the_categories(scam_guard, images):
     strict = scam_guard.with_policy(GuardPolicy(level_actions={1: "hint", 2: "hint", 3: "block"}))
     assert [c.code for c in strict.categories] == ["scam"]
-    assert strict.classify(*_scam_request(images)).action == "block"
+    assert strict.classify(*scam_request(images)).action == "block"
+
+
+# ---------------------------------------------------------------------- the decision, on probabilities alone
+LEVELS_SAFE, TYPES_SAFE = [0.9, 0.05, 0.03, 0.02], [0.0] * 6 + [1.0]
+LEVELS_REJECT, TYPES_PRIVACY = [0.0, 0.0, 0.1, 0.9], [0.0] * 4 + [1.0, 0.0, 0.0]
+
+
+def _category(code: str, level: int, action=None):
+    return new_category(code, level=level, action=action, name=code.title())
+
+
+def test_no_category_fires_below_one_half():
+    cats = [_category("scam", 3)]
+    verdict = decide(LEVELS_SAFE, TYPES_SAFE, GuardPolicy(), categories=cats, custom_probs=[0.49])
+    assert (verdict.action, verdict.rule, verdict.custom_scores) == ("allow", "safe_type", {"scam": 0.49})
+
+
+def test_the_most_severe_firing_category_decides():
+    cats = [_category("spam", 1), _category("scam", 2, "refuse"), _category("brand", 2)]
+    verdict = decide(LEVELS_SAFE, TYPES_SAFE, GuardPolicy(), categories=cats, custom_probs=[0.99, 0.6, 0.9])
+    assert (verdict.rule, verdict.action, verdict.type.code, verdict.type.id) == (
+        "category:scam/level:caution",
+        "refuse",
+        "scam",
+        8,
+    )
+    hinted = decide(LEVELS_SAFE, TYPES_SAFE, GuardPolicy(), categories=cats[:1], custom_probs=[0.99])
+    assert hinted.action == "hint" and "Spam" in hinted.hint  # the policy's level-1 hint for the category's concept
+
+
+def test_a_category_never_weakens_the_heads_verdict():
+    cats = [_category("scam", 1)]
+    verdict = decide(LEVELS_REJECT, TYPES_PRIVACY, GuardPolicy(), categories=cats, custom_probs=[0.99])
+    assert (verdict.rule, verdict.action, verdict.custom_scores) == (
+        "type:privacy/level:reject",
+        "refuse",
+        {"scam": 0.99},
+    )
+
+
+def test_a_category_at_the_heads_severity_takes_the_verdict():
+    verdict = decide(LEVELS_REJECT, TYPES_PRIVACY, GuardPolicy(), categories=[_category("scam", 3)], custom_probs=[0.7])
+    assert verdict.rule == "category:scam/level:reject" and verdict.level_probs == dict(
+        zip(("safe", "careful", "caution", "reject"), LEVELS_REJECT)
+    )
 
 
 # ---------------------------------------------------------------------- validation
@@ -125,13 +146,13 @@ def test_with_policy_keeps_the_categories(scam_guard, images):
 )
 def test_invalid_categories_are_typed_errors(guard, images, code, level, match):
     with pytest.raises(CategoryError, match=match):
-        guard.add_category(code, _scam_examples(images), level=level)
+        guard.add_category(code, scam_examples(images), level=level)
     assert guard.categories == ()
 
 
 def test_a_repeated_code_is_refused(scam_guard, images):
     with pytest.raises(CategoryError, match="repeated"):
-        scam_guard.add_category("scam", _scam_examples(images), level=2)
+        scam_guard.add_category("scam", scam_examples(images), level=2)
 
 
 def test_zero_examples_are_refused(guard):
@@ -142,7 +163,7 @@ def test_zero_examples_are_refused(guard):
 def test_non_finite_features_are_refused(guard, images, monkeypatch):
     monkeypatch.setattr(guard.classifier, "pooled_features", lambda *a, **k: torch.full((2, 32), float("nan")))
     with pytest.raises(CategoryError, match="non-finite"):
-        guard.add_category("scam", _scam_examples(images, 2), level=2)
+        guard.add_category("scam", scam_examples(images, 2), level=2)
 
 
 def test_bad_example_images_are_input_errors(guard, images):
@@ -154,7 +175,7 @@ def test_bad_example_images_are_input_errors(guard, images):
 
 def test_logistic_needs_negatives(guard, images):
     with pytest.raises(CategoryError, match="needs negatives"):
-        guard.add_category("scam", _scam_examples(images), level=2, method="logistic")
+        guard.add_category("scam", scam_examples(images), level=2, method="logistic")
 
 
 # ---------------------------------------------------------------------- fitting, on features alone
@@ -194,7 +215,7 @@ def test_categories_survive_save_and_load(scam_guard, images, tiny_model, tiny_p
     scam_guard.save_pretrained(tmp_path)
     loaded = SafetyGuard.from_pretrained(tmp_path, tiny_model, tiny_processor)
     assert loaded.categories == scam_guard.categories
-    for image, prompt in (_scam_request(images), (images[1], BENIGN[0])):
+    for image, prompt in (scam_request(images), (images[1], BENIGN[0])):
         a, b = scam_guard.classify(image, prompt), loaded.classify(image, prompt)
         assert a.custom_scores["scam"] == pytest.approx(b.custom_scores["scam"], abs=1e-6) and a.rule == b.rule
 

@@ -66,11 +66,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_add(args: argparse.Namespace) -> int:
     """Fit a custom category on the guard's pooled features of the example rows (and negatives), save the guard
     with it to --out and print the category as JSON."""
-    from psaguard.categories import new_category
+    from psaguard.categories import check_categories, new_category
 
-    new_category(args.code, level=args.level)  # a bad code or level fails before any model loads
+    category = new_category(args.code, level=args.level)  # a bad code or level fails before any model loads
     guard = load_guard(args.guard, args.model, classifier_only=args.classifier_only)
     taxonomy = guard.config.taxonomy
+    check_categories((*guard.categories, category), taxonomy)  # before the rows are read with the code as a type
     examples = read_pairs(args.examples, args.code, taxonomy, args.image_root)
     negatives = read_pairs(args.negatives, args.code, taxonomy, args.image_root) if args.negatives else None
     category = guard.add_category(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from category_helpers import negatives, scam_examples, scam_request
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import HumanMessage
 
@@ -118,3 +119,15 @@ async def test_async_events_reach_handlers_and_astream_events(make_guard, images
     custom = [e for e in events if e["event"] == "on_custom_event"]
     assert [e["name"] for e in custom] == [VERDICT_EVENT]
     assert custom[0]["data"]["action"] == "block"
+
+
+def test_verdict_events_carry_custom_categories(guard, images):
+    guard.add_category("scam", scam_examples(images), level=3, negatives=negatives(images))
+    log = EventLog()
+    image, prompt = scam_request(images)
+    GuardRunnable(guard).batch(
+        [{"image": image, "prompt": prompt}, {"image": images[1], "prompt": "hi"}], config={"callbacks": [log]}
+    )
+    (_, fired), (_, benign) = log.events
+    assert (fired["rule"], fired["type"], fired["action"]) == ("category:scam/level:reject", "scam", "refuse")
+    assert fired["verdict"]["custom_scores"]["scam"] >= 0.5 > benign["verdict"]["custom_scores"]["scam"]
