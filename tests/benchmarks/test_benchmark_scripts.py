@@ -99,3 +99,10 @@ def test_gpu_suite_runs_classify_generate_and_nf4_training_at_tiny_shapes_on_the
 def test_gpu_suite_runs_whole_with_pytest_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
     raw = _gpu_suite(tmp_path)
     assert raw["pytest"]["returncode"] in (0, 5), raw["pytest"]  # gpu tests skip without CUDA
+
+
+def test_category_cost_prints_the_add_time_and_the_classify_ratio() -> None:
+    out = run("category_cost.py", "--repeats", "2", "--categories", "2", "--examples", "2")
+    assert "add_category (2 examples + 2 negatives): median" in out
+    ratio = next(line for line in out.splitlines() if line.startswith("classify with 2 categories / without:"))
+    assert float(ratio.split(":")[1].split()[0]) > 0
