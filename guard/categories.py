@@ -5,19 +5,26 @@ read (:attr:`psaguard.modules.HeadLogits.pooled`), so it costs one small matrix 
 extra model call. Every category is one row of a ``(K, D)`` weight matrix and a bias over the L2-normalised
 pooled feature ``z``: its probability is ``sigmoid(w . z + b)`` and it fires at 0.5.
 
-How a row is fitted from ``k`` examples (positives) and optional negatives, both as pooled features:
+How a row is fitted from ``k`` examples (positives) and optional negatives, both as normalised pooled features:
 
-* ``method="prototype"`` (default): the score is ``s(z) = z . (p - n)`` with ``p`` the normalised mean of the
-  positives and ``n`` that of the negatives (``s(z) = z . p``, a cosine, without negatives). The threshold
-  ``t`` is the midpoint between the mean score of the positives and that of the negatives; the positives'
-  scores are leave-one-out (each scored against the prototype of the others) when ``k >= 2``, so ``k``
-  examples do not vouch for themselves. Without negatives, ``t`` is the lowest leave-one-out cosine of the
-  positives (``k >= 2``) or :data:`SINGLE_EXAMPLE_SIMILARITY` (``k = 1``). The probability is
-  ``sigmoid((s - t) / tau)`` with ``tau`` a quarter of the gap between the positives' mean score and ``t``,
-  so the positives' mean reads about 0.98.
-* ``method="logistic"`` (needs negatives): an L2-regularised logistic regression on ``z`` (standardised on the
-  fitted rows), classes weighted to balance, fitted with L-BFGS; it fires where the fitted probability reaches
-  0.5.
+* With negatives, the features are first standardised: centred on the mean of all fitted rows and scaled by
+  their RMS distance from it (pooled features of different requests share most of their direction, so
+  differences only show once that part is taken out); the standardisation is folded into the row's weight
+  and bias, so the bank reads ``z`` itself.
+
+  - ``method="prototype"`` (default): the score is ``s(x) = x . (p - n)``, with ``p`` and ``n`` the means
+    of the standardised positives and negatives (nearest class mean). The threshold ``t`` is the midpoint
+    between the positives' mean score and the negatives' mean score, each row scored leave-one-out (against
+    the mean of the *other* rows of its class, when there are others), so the examples do not vouch for
+    themselves. The probability is ``sigmoid((s - t) / tau)`` with ``tau`` a quarter of the gap between
+    the positives' mean score and ``t``, so the positives' mean reads about 0.98.
+  - ``method="logistic"``: a class-balanced, L2-regularised logistic regression (L-BFGS), firing where
+    its fitted probability reaches 0.5.
+
+* Without negatives (prototype only): the score is the cosine ``z . p`` to the positives' normalised mean,
+  and ``t`` the lowest leave-one-out cosine of the positives (``k >= 2``) or
+  :data:`SINGLE_EXAMPLE_SIMILARITY` (``k = 1``); ``tau`` as above. Nothing tells this threshold what the
+  category is *not*, so negatives (near misses, ideally) are recommended.
 
 The config part (:class:`CustomCategory`) is saved in the guard's JSON config, the tensors in its safetensors
 file, so both are covered by the integrity checks of :mod:`psaguard.serialization`.
@@ -87,7 +94,8 @@ class CustomCategory(BaseModel):
     examples: int = Field(ge=1, description="Number of positive examples it was fitted from.")
     negatives: int = Field(0, ge=0, description="Number of negative examples it was fitted from.")
     threshold: float = Field(
-        description="The raw score at which it fires: a cosine (difference) for prototypes, a logit (0) for logistic."
+        description="The score at which it fires, before the sigmoid: a cosine for prototypes without negatives, a "
+        "score on standardised features with them, 0 (a logit) for logistic."
     )
 
 
@@ -208,12 +216,16 @@ def fit_category(
             raise CategoryError("examples and negatives have features of different widths")
     pos = F.normalize(positives.detach().to("cpu", torch.float64), dim=-1)
     neg = None if negatives is None else F.normalize(negatives.detach().to("cpu", torch.float64), dim=-1)
-    if method == "logistic":
-        if neg is None:
+    if neg is None:
+        if method == "logistic":
             raise CategoryError("method='logistic' needs negatives; give negatives or use method='prototype'")
-        weight, bias, threshold = _fit_logistic(pos, neg)
+        weight, bias, threshold = _fit_cosine(pos)
     else:
-        weight, bias, threshold = _fit_prototype(pos, neg)
+        centre, scale = _standardisation(pos, neg)
+        fit = _fit_logistic if method == "logistic" else _fit_prototype
+        weight, bias, threshold = fit((pos - centre) / scale, (neg - centre) / scale)
+        weight = weight / scale  # folded back: the bank reads the normalised, unstandardised feature
+        bias = bias - float(weight @ centre)
     category = new_category(
         code,
         level=level,
@@ -265,46 +277,53 @@ def _check_features(features: torch.Tensor, what: str) -> None:
         raise CategoryError(f"the guard produced non-finite features for the category's {what}")
 
 
-def _fit_prototype(pos: torch.Tensor, neg: torch.Tensor | None) -> tuple[torch.Tensor, float, float]:
-    """Direction, bias and threshold of the prototype scorer (see the module docstring)."""
-    reference = torch.zeros_like(pos[0]) if neg is None else F.normalize(neg.mean(0), dim=0)
-    direction = F.normalize(pos.mean(0), dim=0) - reference
-    pos_mean = float(_leave_one_out_scores(pos, reference).mean())
-    if neg is not None:
-        threshold = (pos_mean + float((neg @ direction).mean())) / 2
-        if pos_mean - threshold < _MIN_GAP:
-            raise CategoryError(
-                "the examples do not score above the negatives on the guard's features: the category cannot be "
-                "told apart from them (add clearer examples, or retrain with the category as a risk type)"
-            )
-    elif len(pos) == 1:
-        threshold = SINGLE_EXAMPLE_SIMILARITY
-    else:
-        threshold = float(_leave_one_out_scores(pos, reference).min())
-    gap = pos_mean - threshold
-    if gap < _MIN_GAP:  # no negatives and identical positives: the distance to a perfect match sets the scale
+def _fit_cosine(pos: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """Without negatives: the cosine to the positives' normalised mean (see the module docstring)."""
+    prototype = F.normalize(pos.mean(0), dim=0)
+    scores = (pos * F.normalize(_others_mean(pos), dim=-1)).sum(-1)
+    threshold = SINGLE_EXAMPLE_SIMILARITY if len(pos) == 1 else float(scores.min())
+    gap = float(scores.mean()) - threshold
+    if gap < _MIN_GAP:  # one example, or identical ones: the distance to a perfect match sets the scale
         gap = max(1.0 - threshold, _MIN_GAP)
     tau = gap / _SHARPNESS
+    return prototype / tau, -threshold / tau, threshold
+
+
+def _fit_prototype(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """With negatives, on standardised features: the difference of the class means (see the module docstring)."""
+    direction = pos.mean(0) - neg.mean(0)
+    pos_scores = (pos * (_others_mean(pos) - neg.mean(0))).sum(-1)
+    neg_scores = (neg * (pos.mean(0) - _others_mean(neg))).sum(-1)
+    pos_mean = float(pos_scores.mean())
+    threshold = (pos_mean + float(neg_scores.mean())) / 2
+    if pos_mean - threshold < _MIN_GAP:
+        raise CategoryError(
+            "the examples do not score above the negatives on the guard's features: the category cannot be "
+            "told apart from them (add clearer examples, or retrain with the category as a risk type)"
+        )
+    tau = (pos_mean - threshold) / _SHARPNESS
     return direction / tau, -threshold / tau, threshold
 
 
-def _leave_one_out_scores(pos: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Each positive scored against the normalised mean of the others (against itself when it is alone)."""
-    others = pos if len(pos) == 1 else (pos.sum(0, keepdim=True) - pos) / (len(pos) - 1)
-    return (pos * (F.normalize(others, dim=-1) - reference)).sum(-1)
+def _others_mean(rows: torch.Tensor) -> torch.Tensor:
+    """Row ``i``: the mean of the other rows (leave-one-out); the row itself when it is the only one."""
+    return rows if len(rows) == 1 else (rows.sum(0, keepdim=True) - rows) / (len(rows) - 1)
 
 
-def _fit_logistic(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """Class-balanced, L2-regularised logistic regression on normalised features (L-BFGS, float64).
+def _standardisation(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre (the mean of all rows) and scale (their RMS distance from it) that standardise the features.
 
-    The features are standardised first (centred on the fitted rows' mean, scaled by their RMS distance from it),
-    because the pooled features of different requests often share most of their direction; the scaling is
-    folded back into the returned weight and bias, which read the normalised feature as the bank does.
+    The pooled features of different requests often share most of their direction (cosines near 1), so
+    differences only show once that shared part is taken out.
     """
     rows = torch.cat([pos, neg])
     centre = rows.mean(0)
-    scale = (rows - centre).norm(dim=-1).pow(2).mean().sqrt().clamp_min(1e-12)
-    x = (rows - centre) / scale
+    return centre, (rows - centre).norm(dim=-1).pow(2).mean().sqrt().clamp_min(1e-12)
+
+
+def _fit_logistic(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, float, float]:
+    """Class-balanced, L2-regularised logistic regression on standardised features (L-BFGS, float64)."""
+    x = torch.cat([pos, neg])
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.dtype)
     sample_weight = torch.where(y > 0, 0.5 / len(pos), 0.5 / len(neg)).to(x.dtype)
     weight = torch.zeros(x.shape[1], dtype=x.dtype, requires_grad=True)
@@ -323,5 +342,4 @@ def _fit_logistic(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, f
         optimizer.step(closure)
     if not bool(torch.isfinite(weight).all() and torch.isfinite(bias)):
         raise CategoryError("the logistic fit of the category diverged")
-    folded = weight.detach() / scale
-    return folded, float(bias.detach() - folded @ centre), 0.0
+    return weight.detach(), float(bias.detach()), 0.0
