@@ -7,8 +7,8 @@ pooled feature ``z``: its probability is ``sigmoid(w . z + b)`` and it fires at 
 
 How a row is fitted from ``k`` examples (positives) and optional negatives, both as normalised pooled features:
 
-* With negatives, the features are first standardised: centred on the mean of all fitted rows and scaled by
-  their RMS distance from it (pooled features of different requests share most of their direction, so
+* With negatives, the features are first standardised: centred on the mean of all fitted rows and scaled to
+  unit variance per dimension on average (pooled features of different requests share most of their direction, so
   differences only show once that part is taken out); the standardisation is folded into the row's weight
   and bias, so the bank reads ``z`` itself.
 
@@ -311,14 +311,17 @@ def _others_mean(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _standardisation(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre (the mean of all rows) and scale (their RMS distance from it) that standardise the features.
+    """Centre (the mean of all rows) and scale that standardise the features to unit variance per dimension
+    on average (the RMS distance from the centre over the square root of the width).
 
     The pooled features of different requests often share most of their direction (cosines near 1), so
-    differences only show once that shared part is taken out.
+    differences only show once that shared part is taken out; the scale makes the logistic regression's L2
+    penalty mean the same at every width.
     """
     rows = torch.cat([pos, neg])
     centre = rows.mean(0)
-    return centre, (rows - centre).norm(dim=-1).pow(2).mean().sqrt().clamp_min(1e-12)
+    rms = (rows - centre).norm(dim=-1).pow(2).mean().sqrt()
+    return centre, (rms / rows.shape[1] ** 0.5).clamp_min(1e-12)
 
 
 def _fit_logistic(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, float, float]:
