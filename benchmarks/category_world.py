@@ -93,11 +93,13 @@ def _macro_f1_kept(labels: list[str], predicted: list[str], kept: list[str]) -> 
     return statistics.mean(binary_rates(*counts)[2] for counts in one_vs_rest(confusion)[: len(kept)])
 
 
-def _f1(truth: list[bool], fired: list[bool]) -> float:
+def _rates(truth: list[bool], fired: list[bool]) -> dict[str, float]:
+    """Precision, recall and F1 of a category firing on the rows that are ``truth``."""
     tp = sum(t and f for t, f in zip(truth, fired))
     fp = sum(f and not t for t, f in zip(truth, fired))
     fn = sum(t and not f for t, f in zip(truth, fired))
-    return binary_rates(tp, fp, len(truth) - tp - fp - fn, fn)[2]
+    precision, recall, f1, _ = binary_rates(tp, fp, len(truth) - tp - fp - fn, fn)
+    return {"precision": precision, "recall": recall, "f1": f1}
 
 
 def main() -> None:
@@ -189,12 +191,22 @@ def main() -> None:
                     decide_categories(v, bank.categories, p.tolist(), guard.policy, taxonomy)
                     for v, p in zip(base_verdicts, probs)
                 ]
-                f1 = {
-                    code: _f1([labels[i] == code for i in scored[code]], (probs[scored[code], j] >= 0.5).tolist())
+                rates = {
+                    code: _rates([labels[i] == code for i in scored[code]], (probs[scored[code], j] >= 0.5).tolist())
                     for j, code in enumerate(args.hold)
                 }
+                f1 = {code: r["f1"] for code, r in rates.items()}
                 macro = _macro_f1_kept([labels[i] for i in kept_rows], [verdicts[i].type.code for i in kept_rows], kept)
-                results.append({"method": method, "k": k, "draw": draw, "held_out_f1": f1, "kept_macro_f1": macro})
+                results.append(
+                    {
+                        "method": method,
+                        "k": k,
+                        "draw": draw,
+                        "held_out_f1": f1,
+                        "held_out": rates,
+                        "kept_macro_f1": macro,
+                    }
+                )
                 if method == "prototype" and k == max(args.ks) and draw == 0:
                     last = (chosen, negatives, verdicts)
     agreement = _end_to_end(guard, test, last, args.hold)
@@ -208,7 +220,7 @@ def main() -> None:
             category, weight, bias = fit_category(f"new_{code}", positives, kept_pooled, level=2, method=method)
             fired = CategoryBank.empty(weight.shape[0]).with_category(category, weight, bias).probabilities(test_pooled)
             truth = [labels[i] == code for i in scored[code]]
-            probe[f"{method}/{code}"] = _f1(truth, (fired[scored[code], 0] >= 0.5).tolist())
+            probe[f"{method}/{code}"] = _rates(truth, (fired[scored[code], 0] >= 0.5).tolist())
     summary = _summarise(results, args, baseline_macro)
     head_flags = {
         code: statistics.mean(base_verdicts[i].flagged for i in scored[code] if labels[i] == code) for code in args.hold
@@ -225,7 +237,7 @@ def main() -> None:
         "runs": results,
         "end_to_end_identical_verdicts": agreement,
         "refused_categories": refused,
-        "all_rows_probe_f1": probe,
+        "all_rows_probe": probe,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "metrics.json", json.dumps(report, indent=2) + "\n")
@@ -267,6 +279,8 @@ def _summarise(results: list[dict], args: argparse.Namespace, baseline: float) -
             for code in args.hold:
                 values = [r["held_out_f1"][code] for r in runs]
                 row[code] = {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
+                for rate in ("precision", "recall"):
+                    row[code][rate] = statistics.mean(r["held_out"][code][rate] for r in runs)
             rows.append(row)
     return rows
 
@@ -307,12 +321,17 @@ def _print(report: dict) -> None:
     print(f"head alone flags held-out rows: {report['head_flags_held_out_rows_without_categories']}")
     print(f"kept types' macro-F1 without categories: {report['baseline_kept_macro_f1']:.3f}")
     print(f"categories refused by add_category (never fire, F1 0): {len(report['refused_categories'])}")
-    print(f"| method | k | {' | '.join(f'F1 {code} (min-max)' for code in hold)} | kept macro-F1 change |")
+    print(f"| method | k | {' | '.join(f'F1 {code} (min-max) P / R' for code in hold)} | kept macro-F1 change |")
     print("|---|---:|" + "---:|" * len(hold) + "---:|")
     for row in report["summary"]:
-        cells = " | ".join(f"{row[c]['mean']:.3f} ({row[c]['min']:.2f}-{row[c]['max']:.2f})" for c in hold)
+        cells = " | ".join(
+            f"{row[c]['mean']:.3f} ({row[c]['min']:.2f}-{row[c]['max']:.2f}) {row[c]['precision']:.2f} / "
+            f"{row[c]['recall']:.2f}"
+            for c in hold
+        )
         print(f"| {row['method']} | {row['k']} | {cells} | {100 * row['kept_macro_f1_change']:+.1f} pt |")
-    print(f"F1 with every training row of the held-out types (a linear probe's bound): {report['all_rows_probe_f1']}")
+    probe = {name: {k: round(v, 3) for k, v in rates.items()} for name, rates in report["all_rows_probe"].items()}
+    print(f"every training row of the held-out types (a linear probe's bound): {probe}")
     same = report["end_to_end_identical_verdicts"]
     print(f"end-to-end (add_category + classify_batch) verdicts identical to the fast path: {same}")
 
