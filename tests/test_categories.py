@@ -253,3 +253,20 @@ def test_tampered_category_weights_are_refused(scam_guard, tiny_model, tiny_proc
     save_file(tensors, str(weights), metadata=metadata)
     with pytest.raises(CheckpointError, match="checksum"):
         SafetyGuard.from_pretrained(tmp_path, tiny_model, tiny_processor)
+
+
+# ---------------------------------------------------------------------- the other paths that judge
+def test_guarded_generation_refuses_with_the_categorys_refusal(scam_guard, images):
+    result = scam_guard.generate(*scam_request(images), max_new_tokens=4)
+    assert (result.action, result.generated, result.verdict.rule) == ("refuse", False, "category:scam/level:reject")
+    assert result.text == result.verdict.refusal and "Scam" in result.text  # the concept defaults to the name
+
+
+def test_judging_precomputed_features_scores_the_categories(scam_guard, images):
+    image, prompt = scam_request(images)
+    features = scam_guard.backbone.encode_images(**scam_guard.backbone.preprocess(scam_guard.processor, [image]))
+    (verdict,) = scam_guard.judge_features(features, [prompt], start=0.0)
+    assert verdict.rule == "category:scam/level:reject"
+    assert verdict.custom_scores["scam"] == pytest.approx(
+        scam_guard.classify(image, prompt).custom_scores["scam"], abs=1e-5
+    )
