@@ -180,11 +180,9 @@ def main() -> None:
                     chosen[code] = rng.sample(pools[code], k)
                     positives = train_pooled[[row_of[id(e)] for e in chosen[code]]]
                     neg = train_pooled[[row_of[id(e)] for e in negatives]]
-                    try:
-                        category, weight, bias = fit_category(f"new_{code}", positives, neg, level=2, method=method)
-                    except CategoryError as err:  # refused: counted, and the category never fires
-                        refused.append({"method": method, "k": k, "draw": draw, "type": code, "error": str(err)})
-                        category, weight, bias = _never(f"new_{code}", test_pooled.shape[1])
+                    (category, weight, bias), error = _fit(f"new_{code}", positives, neg, method)
+                    if error:
+                        refused.append({"method": method, "k": k, "draw": draw, "type": code, "error": error})
                     bank = bank.with_category(category, weight, bias)
                 probs = bank.probabilities(test_pooled)
                 verdicts = [
@@ -217,7 +215,7 @@ def main() -> None:
     for method in METHODS:
         for code in args.hold:
             positives = train_pooled[[row_of[id(e)] for e in pools[code]]]
-            category, weight, bias = fit_category(f"new_{code}", positives, kept_pooled, level=2, method=method)
+            (category, weight, bias), _ = _fit(f"new_{code}", positives, kept_pooled, method)
             fired = CategoryBank.empty(weight.shape[0]).with_category(category, weight, bias).probabilities(test_pooled)
             truth = [labels[i] == code for i in scored[code]]
             probe[f"{method}/{code}"] = _rates(truth, (fired[scored[code], 0] >= 0.5).tolist())
@@ -247,9 +245,12 @@ def main() -> None:
     _print(report)
 
 
-def _never(code: str, dim: int):
-    """A stand-in for a category add_category refused: it never fires."""
-    return new_category(code, level=2), torch.zeros(dim), -1e4
+def _fit(code: str, positives: torch.Tensor, negatives: torch.Tensor, method: str):
+    """``fit_category``'s result and None; when it refuses, a stand-in that never fires and the reason."""
+    try:
+        return fit_category(code, positives, negatives, level=2, method=method), None
+    except CategoryError as err:  # refused: counted by the caller, and the category never fires
+        return (new_category(code, level=2), torch.zeros(positives.shape[1]), -1e4), str(err)
 
 
 def _end_to_end(guard, test: list[Example], last, hold: list[str]) -> str:
