@@ -123,6 +123,12 @@ def main() -> None:
         "from them and its test positives are its rows of them; its other rows are left out of its F1",
     )
     parser.add_argument("--reuse", action="store_true", help="reuse the world and the Stage I guard in --out")
+    parser.add_argument(
+        "--guard",
+        type=Path,
+        help="judge with this saved guard instead of training one (e.g. the demo guard, which saw every type: "
+        "a reference for how far the categories get where the features know the concept)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     taxonomy = DEFAULT_TAXONOMY
@@ -136,6 +142,9 @@ def main() -> None:
     if not args.reuse:
         spec = WorldSpec(seed=args.seed, image_size=32, n_train=args.n_train, n_val=100, n_test=args.n_test, n_attack=0)
         build_world(world, spec)
+    if args.guard is not None:
+        guard_dir = args.guard
+    elif not args.reuse:
         guard_dir = _train_guard(args, base, world, held)
     train_seconds = time.perf_counter() - clock
     guard = load_trained_guard(base, guard_dir, adapter=False)

@@ -16,8 +16,8 @@ from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwra
 from psaguard.categories import (
     WEIGHT_KEYS,
     CategoryBank,
-    CategoryMethod,
     CustomCategory,
+    FitMethod,
     check_categories,
     fit_category,
     new_category,
@@ -240,14 +240,15 @@ class SafetyGuard:
         negatives: Sequence[tuple[ImageInput, str]] | None = None,
         action: Action | None = None,
         concept: str | None = None,
-        method: CategoryMethod = "prototype",
+        method: FitMethod = "auto",
     ) -> CustomCategory:
         """Add a risk category from ``examples`` ((image, prompt) pairs showing it), without retraining.
 
         The category is judged in every later forward pass from the head's pooled features (no extra model
         call); when it fires, its code is in ``verdict.rule``, its level and ``action`` (default: the policy's
         action for ``level``) in the verdict; ``verdict.custom_scores`` holds every category's probability.
-        ``negatives`` (benign pairs, ideally near misses) set the threshold; see :mod:`psaguard.categories`.
+        ``negatives`` (benign pairs, ideally near misses) set the threshold; ``method`` 'auto' fits a logistic
+        regression with negatives and a prototype without (see :mod:`psaguard.categories`).
         The guard owns its bank, so this changes this guard (and what it saves) but nothing of the caller's:
         wrappers, streams and ``with_policy`` copies made earlier keep the categories they had.
 
@@ -255,7 +256,7 @@ class SafetyGuard:
         taxonomy lacks, no examples or non-finite features; typed input errors for bad images or prompts.
         """
         # Checked before any forward pass: code, level and action, against the taxonomy and the other categories.
-        probe = new_category(code, level=level, name=name, concept=concept, action=action, method=method)
+        probe = new_category(code, level=level, name=name, concept=concept, action=action)
         check_categories((*self.categories, probe), self.config.taxonomy)
         positives = self._pooled(examples)
         negative_features = self._pooled(negatives) if negatives else None

@@ -204,10 +204,17 @@ def test_a_single_example_without_negatives_fires_near_it_only():
     assert category.threshold == pytest.approx(0.9)
 
 
-def test_examples_that_do_not_beat_the_negatives_are_refused():
+@pytest.mark.parametrize("method", ["prototype", "logistic"])
+def test_examples_that_do_not_beat_the_negatives_are_refused(method):
     pos, _ = _clusters(2, 4)
-    with pytest.raises(CategoryError, match="told apart"):
-        fit_category("scam", pos, pos.clone(), level=2)
+    with pytest.raises(CategoryError, match="told apart"):  # a logistic fit of 0.5 everywhere would fire on all
+        fit_category("scam", pos, pos.clone(), level=2, method=method)
+
+
+def test_auto_fits_a_logistic_regression_with_negatives_and_a_prototype_without():
+    pos, neg = _clusters(3, 4)
+    assert fit_category("scam", pos, neg, level=2)[0].method == "logistic"
+    assert fit_category("scam", pos, level=2)[0].method == "prototype"
 
 
 # ---------------------------------------------------------------------- persistence

@@ -23,7 +23,7 @@ from psaguard.training.data import read_jsonl
 from psaguard.verdict import Action
 
 # Heavy modules (torch, the facade) load when a subcommand runs, so that `psaguard --help` stays fast.
-_METHODS = ("prototype", "logistic")  # psaguard.categories.CategoryMethod
+_METHODS = ("auto", "prototype", "logistic")  # psaguard.categories.FitMethod
 
 __all__ = ["read_pairs", "register", "run_add", "run_list", "run_remove"]
 
@@ -44,7 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--name", help="display name (default: the code)")
     add.add_argument("--concept", help="phrase for hints and refusals (default: the name)")
     add.add_argument("--action", choices=get_args(Action), help="action when it fires (default: the level's)")
-    add.add_argument("--method", choices=_METHODS, default="prototype", help="how to fit it")
+    add.add_argument(
+        "--method",
+        choices=_METHODS,
+        default="auto",
+        help="how to fit it (auto: logistic with negatives, else prototype)",
+    )
     add.add_argument("--image-root", type=Path, help="directory image paths are relative to (default: each file's)")
     add.add_argument("--out", type=Path, required=True, help="directory to save the guard with the category")
     add_log_level_option(add)
