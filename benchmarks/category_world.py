@@ -177,7 +177,7 @@ def main() -> None:
     baseline_macro = _macro_f1_kept(
         [labels[i] for i in kept_rows], [base_verdicts[i].type.code for i in kept_rows], kept
     )
-    results, refused, last = [], [], None
+    results, refused, lasts = [], [], {}
     for method in METHODS:
         for k in args.ks:
             for draw in range(args.draws):
@@ -214,9 +214,9 @@ def main() -> None:
                         "kept_macro_f1": macro,
                     }
                 )
-                if method == "prototype" and k == max(args.ks) and draw == 0:
-                    last = (chosen, negatives, verdicts)
-    agreement = _end_to_end(guard, test, last, args.hold)
+                if k == max(args.ks) and draw == 0:
+                    lasts[method] = (chosen, negatives, verdicts)
+    agreement = {method: _end_to_end(guard, test, last, args.hold, method) for method, last in lasts.items()}
     # What a linear scorer on these features reaches with every training row: all the held-out type's rows of
     # the kinds against all the kept types' rows (no few-shot limit; the features are then the bound).
     probe = {}
@@ -262,16 +262,19 @@ def _fit(code: str, positives: torch.Tensor, negatives: torch.Tensor, method: st
         return (new_category(code, level=2), torch.zeros(positives.shape[1]), -1e4), str(err)
 
 
-def _end_to_end(guard, test: list[Example], last, hold: list[str]) -> str:
+def _end_to_end(guard, test: list[Example], last, hold: list[str], method: str) -> str:
     """Verdicts of ``add_category`` + ``classify_batch`` against the fast path's, for one configuration."""
     chosen, negatives, expected = last
+    benign = [(e.images[0], e.prompt) for e in negatives]
     for code in hold:
         examples = [(e.images[0], e.prompt) for e in chosen[code]]
         try:
-            guard.add_category(f"new_{code}", examples, level=2, negatives=[(e.images[0], e.prompt) for e in negatives])
+            guard.add_category(f"new_{code}", examples, level=2, negatives=benign, method=method)
         except CategoryError:
             continue  # refused on the fast path too, where it never fires
     verdicts = [v for start in range(0, len(test), 32) for v in guard.classify_batch(*_pairs(test[start : start + 32]))]
+    for category in guard.categories:
+        guard.remove_category(category.code)
     same = sum(a.rule == b.rule and a.action == b.action for a, b in zip(verdicts, expected))
     return f"{same}/{len(test)}"
 

@@ -121,4 +121,4 @@ def test_category_world_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
     ]
     assert (tmp_path / "f1_vs_k.png").is_file()
     # the script's fast path and add_category + classify_batch give the same verdicts
-    assert "verdicts identical to the fast path: 60/60" in out
+    assert "verdicts identical to the fast path: {'prototype': '60/60', 'logistic': '60/60'}" in out
