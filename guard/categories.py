@@ -167,9 +167,11 @@ class CategoryBank:
         """The tensors to save beside the safety modules; empty for an empty bank."""
         return dict(zip(WEIGHT_KEYS, (self.weight, self.bias))) if self.categories else {}
 
-    def expected_shapes(self) -> dict[str, tuple[torch.Size, torch.dtype]]:
-        """Names, shapes and dtypes of :meth:`tensors`, for checking a file before trusting it."""
-        return {name: (tensor.shape, tensor.dtype) for name, tensor in self.tensors().items()}
+    @staticmethod
+    def expected(count: int, dim: int) -> dict[str, tuple[torch.Size, torch.dtype]]:
+        """Names, shapes and dtypes of :meth:`tensors` for ``count`` categories over width ``dim`` (checked on load)."""
+        shapes = (torch.Size((count, dim)), torch.Size((count,)))
+        return {name: (shape, torch.float32) for name, shape in zip(WEIGHT_KEYS, shapes)} if count else {}
 
     def probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
         """``(B, K)`` probabilities of every category for ``(B, D)`` pooled features."""

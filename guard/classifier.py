@@ -17,7 +17,14 @@ import torch
 from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
-from psaguard.categories import CategoryBank
+from psaguard.categories import (
+    CategoryBank,
+    CustomCategory,
+    FitMethod,
+    check_categories,
+    fit_category,
+    new_category,
+)
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import (
     CategoryError,
@@ -30,7 +37,7 @@ from psaguard.images import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import GuardPolicy, decide, error_verdict
 from psaguard.prompts import PromptEncoder
-from psaguard.verdict import SafetyVerdict
+from psaguard.verdict import Action, SafetyVerdict
 
 __all__ = ["Classifier", "GuardAnalysis"]
 
@@ -93,6 +100,37 @@ class Classifier:
         """The same model and modules with the custom categories of ``bank`` (recorded in the config too)."""
         config = self.config.model_copy(update={"categories": bank.categories})
         return Classifier(self.backbone, self.processor, config, self.modules, bank)
+
+    def with_category(
+        self,
+        code: str,
+        examples: Sequence[tuple[ImageInput, str]],
+        negatives: Sequence[tuple[ImageInput, str]] | None = None,
+        *,
+        level: int,
+        name: str | None = None,
+        concept: str | None = None,
+        action: Action | None = None,
+        method: FitMethod = "auto",
+    ) -> tuple[Classifier, CustomCategory]:
+        """This classifier plus a category fitted on the pooled features of ``examples`` and ``negatives``.
+
+        Code, level and action are checked against the taxonomy and the other categories before any forward
+        pass; :class:`CategoryError` as :meth:`psaguard.guard.SafetyGuard.add_category` says.
+        """
+        probe = new_category(code, level=level, name=name, concept=concept, action=action)
+        check_categories((*self.bank.categories, probe), self.config.taxonomy)
+        positives = self.pooled_features(*_unzip_pairs(examples))
+        negative_features = self.pooled_features(*_unzip_pairs(negatives)) if negatives else None
+        category, weight, bias = fit_category(
+            code, positives, negative_features, level=level, name=name, concept=concept, action=action, method=method
+        )
+        return self.with_bank(self.bank.with_category(category, weight, bias)), category
+
+    def without_category(self, code: str) -> tuple[Classifier, CustomCategory]:
+        """This classifier less the category ``code``, and that category; :class:`CategoryError` if absent."""
+        bank = self.bank.without(code)
+        return self.with_bank(bank), self.bank.categories[self.bank.codes.index(code)]
 
     def for_model(self, model: torch.nn.Module) -> Classifier:
         """The same safety modules on another instance of the same architecture (e.g. the model in 4-bit).
@@ -290,6 +328,12 @@ def _group_sizes(requests: Sequence[int]) -> list[int]:
         else:
             sizes.append(1)
     return sizes
+
+
+def _unzip_pairs(pairs: Sequence[tuple[ImageInput, str]]) -> tuple[list[ImageInput], list[str]]:
+    if any(not isinstance(pair, (tuple, list)) or len(pair) != 2 for pair in pairs):
+        raise CategoryError("category examples and negatives are (image, prompt) pairs")
+    return [image for image, _ in pairs], [prompt for _, prompt in pairs]
 
 
 def _pooled(logits: HeadLogits) -> torch.Tensor:

@@ -13,20 +13,12 @@ import torch
 
 from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
-from psaguard.categories import (
-    WEIGHT_KEYS,
-    CategoryBank,
-    CustomCategory,
-    FitMethod,
-    check_categories,
-    fit_category,
-    new_category,
-)
+from psaguard.categories import CategoryBank, CustomCategory, FitMethod
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.conversation import PromptInput
-from psaguard.errors import CategoryError, CheckpointError, ConfigError
+from psaguard.errors import CheckpointError, ConfigError
 from psaguard.generation import GuardedGenerator, ImagesInput
 from psaguard.images import ImageInput
 from psaguard.modules import HeadLogits, SafetyModules
@@ -143,7 +135,7 @@ class SafetyGuard:
         backbone.check_processor(processor)  # before any weight is read
         modules = cls._build_modules(config, backbone)
         # The saved bank's shapes follow from the config's categories: a file with more, fewer or resized rows fails.
-        bank_shapes = {name: (torch.Size(shape), torch.float32) for name, shape in _bank_shapes(config, backbone)}
+        bank_shapes = CategoryBank.expected(len(config.categories), backbone.text_hidden_size)
         expected = {**{name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}, **bank_shapes}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
         bank = CategoryBank.from_tensors(config.categories, tensors) if bank_shapes else None
@@ -244,35 +236,23 @@ class SafetyGuard:
     ) -> CustomCategory:
         """Add a risk category from ``examples`` ((image, prompt) pairs showing it), without retraining.
 
-        The category is judged in every later forward pass from the head's pooled features (no extra model
-        call); when it fires, its code is in ``verdict.rule``, its level and ``action`` (default: the policy's
-        action for ``level``) in the verdict; ``verdict.custom_scores`` holds every category's probability.
-        ``negatives`` (benign pairs, ideally near misses) set the threshold; ``method`` 'auto' fits a logistic
-        regression with negatives and a prototype without (see :mod:`psaguard.categories`).
-        The guard owns its bank, so this changes this guard (and what it saves) but nothing of the caller's:
-        wrappers, streams and ``with_policy`` copies made earlier keep the categories they had.
-
-        Raises :class:`~psaguard.errors.CategoryError` for a repeated code, a taxonomy type's code, a level the
-        taxonomy lacks, no examples or non-finite features; typed input errors for bad images or prompts.
+        Judged in the same forward pass as the head, from its pooled feature; when it fires, its code is in
+        ``verdict.rule`` and its ``level`` and ``action`` (default: the policy's for the level) in the verdict.
+        ``negatives`` (benign pairs) set the threshold (:mod:`psaguard.categories`, docs/categories.md). This
+        changes this guard (it owns its bank), not wrappers or copies made earlier. Raises
+        :class:`~psaguard.errors.CategoryError` (bad code or level, no examples, non-finite features, examples
+        the features cannot tell from the negatives) and typed input errors for bad images or prompts.
         """
-        # Checked before any forward pass: code, level and action, against the taxonomy and the other categories.
-        probe = new_category(code, level=level, name=name, concept=concept, action=action)
-        check_categories((*self.categories, probe), self.config.taxonomy)
-        positives = self._pooled(examples)
-        negative_features = self._pooled(negatives) if negatives else None
-        category, weight, bias = fit_category(
-            code, positives, negative_features, level=level, name=name, concept=concept, action=action, method=method
+        self.classifier, category = self.classifier.with_category(
+            code, examples, negatives, level=level, name=name, concept=concept, action=action, method=method
         )
-        self.classifier = self.classifier.with_bank(self.classifier.bank.with_category(category, weight, bias))
         logger.info("added custom category %r from %d examples", code, category.examples)
         return category
 
     def remove_category(self, code: str) -> CustomCategory:
         """Remove the custom category ``code`` and return it; :class:`~psaguard.errors.CategoryError` if absent."""
-        bank = self.classifier.bank
-        removed = bank.without(code)
-        self.classifier = self.classifier.with_bank(removed)
-        return bank.categories[bank.codes.index(code)]
+        self.classifier, removed = self.classifier.without_category(code)
+        return removed
 
     # ------------------------------------------------------------------ classification
     def classify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
@@ -392,12 +372,6 @@ class SafetyGuard:
         return GuardedModel(self.classifier, model, options=options)
 
     # ------------------------------------------------------------------ helpers
-    def _pooled(self, pairs: Sequence[tuple[ImageInput, str]]) -> torch.Tensor:
-        """Pooled safety features of (image, prompt) pairs."""
-        if any(not isinstance(pair, (tuple, list)) or len(pair) != 2 for pair in pairs):
-            raise CategoryError("category examples and negatives are (image, prompt) pairs")
-        return self.classifier.pooled_features([image for image, _ in pairs], [prompt for _, prompt in pairs])
-
     def _generator(self, options: GenerationOptions | None) -> GuardedGenerator:
         return GuardedGenerator(self.classifier, options)
 
@@ -416,12 +390,6 @@ class SafetyGuard:
             f"pooling={self.config.head.pooling!r}, tokens={self.config.tokens.num_tokens}, "
             f"params={sum(p.numel() for p in self.modules.parameters()):,})"
         )
-
-
-def _bank_shapes(config: SafetyGuardConfig, backbone: Backbone) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes of the category bank's tensors a guard with ``config`` saves (none without categories)."""
-    count = len(config.categories)
-    return list(zip(WEIGHT_KEYS, ((count, backbone.text_hidden_size), (count,)))) if count else []
 
 
 def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
