@@ -14,9 +14,11 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Action": "psaguard.verdict",
     "AsyncGuardedStream": "psaguard.streaming",
+    "CategoryError": "psaguard.errors",
     "CheckpointError": "psaguard.errors",
     "CheckpointMismatchError": "psaguard.errors",
     "ConfigError": "psaguard.errors",
+    "CustomCategory": "psaguard.categories",
     "DEFAULT_TAXONOMY": "psaguard.taxonomy",
     "DatasetError": "psaguard.errors",
     "GenerationOptions": "psaguard.policy",
@@ -55,8 +57,10 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
+    from psaguard.categories import CustomCategory
     from psaguard.config import HeadConfig, ModelFingerprint, ProjectorConfig, SafetyGuardConfig, TokensConfig
     from psaguard.errors import (
+        CategoryError,
         CheckpointError,
         CheckpointMismatchError,
         ConfigError,

@@ -18,14 +18,28 @@ from PIL import Image
 from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
+from psaguard.categories import (
+    CategoryBank,
+    CustomCategory,
+    FitMethod,
+    check_categories,
+    fit_category,
+    new_category,
+)
 from psaguard.config import SafetyGuardConfig
-from psaguard.errors import CheckpointMismatchError, GuardInternalError, InvalidImageError, InvalidPromptError
+from psaguard.errors import (
+    CategoryError,
+    CheckpointMismatchError,
+    GuardInternalError,
+    InvalidImageError,
+    InvalidPromptError,
+)
 from psaguard.images import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import GuardPolicy, TextOnlyAction, decide, error_verdict, text_only_verdict, worst_verdict
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest, RequestJudgement
-from psaguard.verdict import SafetyVerdict
+from psaguard.verdict import Action, SafetyVerdict
 
 __all__ = ["Classifier", "GuardAnalysis"]
 
@@ -45,17 +59,30 @@ class GuardAnalysis:
 
 
 class Classifier:
-    """Judges requests for one model: its backbone, the guard's safety modules, the prompt encoder.
+    """Judges requests for one model: its backbone, the guard's safety modules, the prompt encoder, and the
+    bank of custom categories (judged from the head's pooled features in the same pass).
 
     Stateless between calls and thread-safe (classification mutates nothing).
     """
 
-    def __init__(self, backbone: Backbone, processor: Any, config: SafetyGuardConfig, modules: SafetyModules) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        processor: Any,
+        config: SafetyGuardConfig,
+        modules: SafetyModules,
+        bank: CategoryBank | None = None,
+    ) -> None:
         backbone.check_processor(processor)  # ProcessorError for a missing processor or one of another family
         self.backbone = backbone
         self.processor = processor
         self.config = config
         self.modules = modules
+        self.bank = bank if bank is not None else CategoryBank.empty(backbone.text_hidden_size)
+        if self.bank.categories != config.categories:
+            raise CategoryError(
+                f"the category bank holds {self.bank.codes}, the config {[c.code for c in config.categories]}"
+            )
         self.prompts = PromptEncoder(processor, config.head.max_prompt_tokens, backbone.vocab_size)
 
     @property
@@ -68,8 +95,44 @@ class Classifier:
         return self.config.policy
 
     def with_config(self, config: SafetyGuardConfig) -> Classifier:
-        """The same model and modules deciding with ``config`` (e.g. another policy)."""
-        return Classifier(self.backbone, self.processor, config, self.modules)
+        """The same model, modules and categories deciding with ``config`` (e.g. another policy)."""
+        return Classifier(self.backbone, self.processor, config, self.modules, self.bank)
+
+    def with_bank(self, bank: CategoryBank) -> Classifier:
+        """The same model and modules with the custom categories of ``bank`` (recorded in the config too)."""
+        config = self.config.model_copy(update={"categories": bank.categories})
+        return Classifier(self.backbone, self.processor, config, self.modules, bank)
+
+    def with_category(
+        self,
+        code: str,
+        examples: Sequence[tuple[ImageInput, str]],
+        negatives: Sequence[tuple[ImageInput, str]] | None = None,
+        *,
+        level: int,
+        name: str | None = None,
+        concept: str | None = None,
+        action: Action | None = None,
+        method: FitMethod = "auto",
+    ) -> tuple[Classifier, CustomCategory]:
+        """This classifier plus a category fitted on the pooled features of ``examples`` and ``negatives``.
+
+        Code, level and action are checked against the taxonomy and the other categories before any forward
+        pass; :class:`CategoryError` as :meth:`psaguard.guard.SafetyGuard.add_category` says.
+        """
+        probe = new_category(code, level=level, name=name, concept=concept, action=action)
+        check_categories((*self.bank.categories, probe), self.config.taxonomy)
+        positives = self.pooled_features(*_unzip_pairs(examples))
+        negative_features = self.pooled_features(*_unzip_pairs(negatives)) if negatives else None
+        category, weight, bias = fit_category(
+            code, positives, negative_features, level=level, name=name, concept=concept, action=action, method=method
+        )
+        return self.with_bank(self.bank.with_category(category, weight, bias)), category
+
+    def without_category(self, code: str) -> tuple[Classifier, CustomCategory]:
+        """This classifier less the category ``code``, and that category; :class:`CategoryError` if absent."""
+        bank = self.bank.without(code)
+        return self.with_bank(bank), self.bank.categories[self.bank.codes.index(code)]
 
     def for_model(self, model: torch.nn.Module) -> Classifier:
         """The same safety modules on another instance of the same architecture (e.g. the model in 4-bit).
@@ -83,7 +146,7 @@ class Classifier:
             self.config.fingerprint.check(backbone.fingerprint())
         elif backbone.fingerprint() != self.backbone.fingerprint():
             raise CheckpointMismatchError("the model differs from the guard's model")
-        return Classifier(backbone, self.processor, self.config, self.modules)
+        return Classifier(backbone, self.processor, self.config, self.modules, self.bank)
 
     # ------------------------------------------------------------------ judging
     def analyze(
@@ -124,7 +187,7 @@ class Classifier:
         if loaded:
             try:
                 grouping = None if requests is None else _group_sizes([requests[index] for index, _, _ in loaded])
-                features, level_probs, type_probs = self._probabilities(
+                features, level_probs, type_probs, custom_probs = self._probabilities(
                     [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded], grouping
                 )
             except GuardInternalError as err:
@@ -133,7 +196,8 @@ class Classifier:
                 errors.update({index: str(err) for index, _, _ in loaded})
                 loaded = []
             else:
-                verdicts = self._decide_rows(level_probs, type_probs, [index for index, _, _ in loaded], start)
+                judged = [index for index, _, _ in loaded]
+                verdicts = self._decide_rows(level_probs, type_probs, custom_probs, judged, start)
         for index, reason in errors.items():
             verdicts[index] = error_verdict(reason, self.policy, self.config.taxonomy)
         return GuardAnalysis(
@@ -178,8 +242,7 @@ class Classifier:
             if self.policy.on_error == "block":
                 raise internal from err
             return [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
-        level_probs, type_probs = self._calibrated(logits)
-        verdicts = self._decide_rows(level_probs, type_probs, list(range(len(prompts))), start)
+        verdicts = self._decide_rows(*self._calibrated(logits), list(range(len(prompts))), start)
         return [verdicts[i] for i in range(len(prompts))]
 
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
@@ -189,10 +252,36 @@ class Classifier:
         query = self.backbone.embed_tokens(ids).to(device)
         return self.modules(features.patches.to(device), query, mask.to(device))
 
+    def pooled_features(
+        self, images: Sequence[ImageInput], prompts: Sequence[str], batch_size: int = 16
+    ) -> torch.Tensor:
+        """``(N, D)`` pooled safety features of (image, prompt) pairs: what custom categories are fitted on.
+
+        Bad inputs raise their typed error whatever ``policy.on_error`` says (this configures the guard, it
+        does not judge a request); a failing forward pass raises :class:`GuardInternalError`.
+        """
+        if len(images) != len(prompts):
+            raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
+        loaded = []
+        for index, (image, prompt) in enumerate(zip(images, prompts)):
+            try:
+                self.prompts.token_ids(prompt)
+                loaded.append(load_image(image, self.config.max_image_pixels, formats=self.config.image_formats))
+            except (InvalidImageError, InvalidPromptError) as err:
+                raise type(err)(f"example {index}: {err}") from err
+        pooled = []
+        for start in range(0, len(loaded), batch_size):
+            try:
+                _, logits = self._forward(loaded[start : start + batch_size], prompts[start : start + batch_size])
+            except RuntimeError as err:
+                raise _internal_error(err) from err
+            pooled.append(_pooled(logits).float().cpu())
+        return torch.cat(pooled) if pooled else torch.zeros(0, self.bank.dim)
+
     # ------------------------------------------------------------------ helpers
     def _probabilities(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
-    ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor]:
+    ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Forward pass and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
         try:
             features, logits = self._forward(images, prompts, grouping)
@@ -220,13 +309,21 @@ class Classifier:
         features = self.backbone.encode_images(**self.preprocess(images, grouping))
         return features, self.head_logits(features, prompts)
 
-    def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor]:
+    def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Level, type and custom-category probabilities; the last is (B, 0) for a guard without categories."""
         level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
         type_probs = F.softmax(logits.type.float() / self.config.head.type_temperature, dim=-1)
-        return level_probs, type_probs
+        if not self.bank.categories:
+            return level_probs, type_probs, level_probs.new_zeros(len(level_probs), 0)
+        return level_probs, type_probs, self.bank.probabilities(_pooled(logits))
 
     def _decide_rows(
-        self, level_probs: torch.Tensor, type_probs: torch.Tensor, indices: Sequence[int], start: float
+        self,
+        level_probs: torch.Tensor,
+        type_probs: torch.Tensor,
+        custom_probs: torch.Tensor,
+        indices: Sequence[int],
+        start: float,
     ) -> dict[int, SafetyVerdict]:
         """Row ``r`` of the probabilities decides request ``indices[r]``; non-finite rows follow on_error.
 
@@ -236,14 +333,21 @@ class Classifier:
         elapsed = (time.perf_counter() - start) * 1000.0
         verdicts: dict[int, SafetyVerdict] = {}
         for row, index in enumerate(indices):
-            if not (level_probs[row].isfinite().all() and type_probs[row].isfinite().all()):
+            rows = (level_probs[row], type_probs[row], custom_probs[row])
+            if not all(bool(probs.isfinite().all()) for probs in rows):
                 err = GuardInternalError(f"request {index}: the safety head produced non-finite scores")
                 if self.policy.on_error == "block":
                     raise err
                 verdicts[index] = error_verdict(str(err), self.policy, self.config.taxonomy)
                 continue
             verdicts[index] = decide(
-                level_probs[row].tolist(), type_probs[row].tolist(), self.policy, self.config.taxonomy, elapsed
+                level_probs[row].tolist(),
+                type_probs[row].tolist(),
+                self.policy,
+                self.config.taxonomy,
+                elapsed,
+                categories=self.bank.categories,
+                custom_probs=custom_probs[row].tolist(),
             )
         return verdicts
 
@@ -257,6 +361,18 @@ def _group_sizes(requests: Sequence[int]) -> list[int]:
         else:
             sizes.append(1)
     return sizes
+
+
+def _unzip_pairs(pairs: Sequence[tuple[ImageInput, str]]) -> tuple[list[ImageInput], list[str]]:
+    if any(not isinstance(pair, (tuple, list)) or len(pair) != 2 for pair in pairs):
+        raise CategoryError("category examples and negatives are (image, prompt) pairs")
+    return [image for image, _ in pairs], [prompt for _, prompt in pairs]
+
+
+def _pooled(logits: HeadLogits) -> torch.Tensor:
+    if logits.pooled is None:
+        raise GuardInternalError("the safety head returned no pooled features, so custom categories cannot be judged")
+    return logits.pooled
 
 
 def _internal_error(err: RuntimeError) -> GuardInternalError:

@@ -7,18 +7,23 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from psaguard.dtypes import add_dtype_option
 from psaguard.errors import PsaGuardError
 from psaguard.extras import install_hint
 from psaguard.logs import logging_for_command
 
-__all__ = ["build_parser", "main"]
+if TYPE_CHECKING:
+    from psaguard.guard import SafetyGuard
+
+__all__ = ["add_guard_arguments", "build_parser", "load_guard", "main"]
 
 # Modules that may add subcommands through `register(subparsers)`; skipped when not importable
 # (e.g. the training extra is not installed).
 _EXTENSIONS = (
     "psaguard.training.cli",
+    "psaguard.training.category_cli",
     "psaguard.training.datasets.cli",
     "psaguard.training.world.cli",
     "psaguard.serving.cli",
@@ -37,14 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_run_demo)
 
     classify = subparsers.add_parser("classify", help="judge one (image, prompt) request; prints JSON")
-    classify.add_argument("--guard", required=True, help="saved guard directory (or hub id)")
-    classify.add_argument("--model", required=True, help="base model directory (or hub id)")
-    classify.add_argument(
-        "--classifier-only",
-        action="store_true",
-        help="read only the vision tower and token embeddings of --model (safetensors), not its language model",
-    )
-    add_dtype_option(classify)
+    add_guard_arguments(classify)
     classify.add_argument("image", help="image file")
     classify.add_argument("prompt", help="the user's prompt")
     classify.set_defaults(func=_run_classify)
@@ -85,26 +83,28 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _run_classify(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-    from psaguard.dtypes import config_dtype, resolve_dtype
-    from psaguard.guard import SafetyGuard
-
-    if args.classifier_only:
-        guard = SafetyGuard.from_pretrained_classifier(args.guard, args.model, dtype=args.dtype)
-        print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
-        return 0
-    try:
-        dtype = resolve_dtype(args.dtype, "cpu", config_dtype(AutoConfig.from_pretrained(args.model)))
-        logging.getLogger(__name__).info("the model computes in %s (%s)", dtype.dtype, dtype.reason)
-        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype.torch_dtype).eval()
-        processor = AutoProcessor.from_pretrained(args.model)
-    except OSError as err:
-        print(f"psaguard: error: cannot load model {args.model!r}: {err}", file=sys.stderr)
-        return 2
-    guard = SafetyGuard.from_pretrained(args.guard, model=model, processor=processor, dtype=args.dtype)
+    guard = load_guard(args.guard, args.model, classifier_only=args.classifier_only, dtype=args.dtype)
     print(guard.classify(args.image, args.prompt).model_dump_json(indent=2))
     return 0
+
+
+def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--guard``, ``--model``, ``--classifier-only`` and ``--dtype``: what :func:`load_guard` reads."""
+    parser.add_argument("--guard", required=True, help="saved guard directory (or hub id)")
+    parser.add_argument("--model", required=True, help="base model directory (or hub id)")
+    parser.add_argument(
+        "--classifier-only",
+        action="store_true",
+        help="read only the vision tower and token embeddings of --model (safetensors), not its language model",
+    )
+    add_dtype_option(parser)
+
+
+def load_guard(guard: str, model: str, *, classifier_only: bool = False, dtype: str | None = None) -> SafetyGuard:
+    """:meth:`SafetyGuard.load` for the command line (imported when a command runs, to start fast)."""
+    from psaguard.guard import SafetyGuard
+
+    return SafetyGuard.load(guard, model, classifier_only=classifier_only, dtype=dtype)
 
 
 if __name__ == "__main__":

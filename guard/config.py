@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from psaguard.categories import CustomCategory, check_categories
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.files import parse_json, read_regular_file
 from psaguard.images import ALLOWED_FORMATS, MAX_IMAGES_PER_REQUEST, ImageFormat
@@ -169,10 +170,16 @@ class SafetyGuardConfig(BaseModel):
     fingerprint: ModelFingerprint | None = Field(
         None, description="Base model the weights were made for; filled in by attach/save."
     )
+    categories: tuple[CustomCategory, ...] = Field(
+        (),
+        description="Custom risk categories added from examples (SafetyGuard.add_category), in bank order; "
+        "their scorers are tensors in the weights file.",
+    )
 
     @model_validator(mode="after")
     def _policy_matches_taxonomy(self) -> SafetyGuardConfig:
         self.policy.validate_against(self.taxonomy)
+        check_categories(self.categories, self.taxonomy)
         return self
 
     def to_json(self) -> str:

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from psaguard.verdict import SafetyVerdict
 
 __all__ = [
+    "CategoryError",
     "CheckpointError",
     "CheckpointMismatchError",
     "ConfigError",
@@ -35,6 +36,11 @@ class PsaGuardError(Exception):
 
 class ConfigError(PsaGuardError, ValueError):
     """A config, policy or label set is invalid."""
+
+
+class CategoryError(ConfigError):
+    """A custom risk category cannot be added, removed or loaded (repeated or clashing code, no examples,
+    non-finite features, examples that the guard's features cannot tell from the negatives)."""
 
 
 class InvalidInputError(PsaGuardError, ValueError):

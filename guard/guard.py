@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
+from psaguard.categories import CategoryBank, CustomCategory, FitMethod
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.conversation import PromptInput
-from psaguard.dtypes import DTYPE_NAMES, DtypeRequest, dtype_name, parse_dtype, resolve_dtype
+from psaguard.dtypes import DTYPE_NAMES, DtypeRequest, config_dtype, dtype_name, parse_dtype, resolve_dtype
 from psaguard.errors import CheckpointError, ConfigError
 from psaguard.generation import GuardedGenerator, ImagesInput
 from psaguard.images import ImageInput
@@ -28,7 +30,7 @@ from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest
 from psaguard.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
 from psaguard.streaming import AsyncGuardedStream, GuardedStream
-from psaguard.verdict import SafetyVerdict
+from psaguard.verdict import Action, SafetyVerdict
 from psaguard.wrapped import GuardedModel
 
 __all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
@@ -57,10 +59,11 @@ class SafetyGuard:
         config: SafetyGuardConfig,
         modules: SafetyModules,
         backbone: Backbone | None = None,
+        bank: CategoryBank | None = None,
     ) -> None:
         if backbone is None or backbone.model is not model:
             backbone = resolve_backbone(model)
-        self.classifier = Classifier(backbone, processor, config, modules)
+        self.classifier = Classifier(backbone, processor, config, modules, bank)
         """What judges: the backbone, the safety modules and the prompt encoder (everything below the facade)."""
 
     @property
@@ -147,13 +150,42 @@ class SafetyGuard:
         config.fingerprint.check(backbone.fingerprint())
         backbone.check_processor(processor)  # before any weight is read
         modules = cls._build_modules(config, backbone, dtype)
-        expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
+        # The saved bank's shapes follow from the config's categories: a file with more, fewer or resized rows fails.
+        bank_shapes = CategoryBank.expected(len(config.categories), backbone.text_hidden_size)
+        expected = {**{name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}, **bank_shapes}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
-        modules.load_state_dict(tensors)
+        bank = CategoryBank.from_tensors(config.categories, tensors) if bank_shapes else None
+        modules.load_state_dict({name: t for name, t in tensors.items() if name not in bank_shapes})
         adapter = directory / ADAPTER_NAME
         if load_adapter and (adapter / "adapter_config.json").is_file():
             model = _load_adapter(model, adapter)
-        return cls(model, processor, config, modules, backbone)
+        return cls(model, processor, config, modules, backbone, bank)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model_path: str | Path,
+        *,
+        classifier_only: bool = False,
+        device: str | torch.device | None = None,
+        dtype: DtypeRequest = None,
+    ) -> SafetyGuard:
+        """The guard saved in ``path`` on the base model at ``model_path`` (a directory or hub id), loaded in the
+        dtype ``device`` (default CPU) runs fast unless ``dtype`` says otherwise; with ``classifier_only``, only
+        the model's vision tower and embeddings are read (:meth:`from_pretrained_classifier`). Raises
+        :class:`ConfigError` when the model cannot be loaded."""
+        if classifier_only:
+            return cls.from_pretrained_classifier(path, model_path, device=device, dtype=dtype)
+        device = torch.device(device or "cpu")
+        try:
+            choice = resolve_dtype(dtype, device.type, config_dtype(AutoConfig.from_pretrained(model_path)))
+            logger.info("the model computes in %s (%s)", choice.dtype, choice.reason)
+            model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=choice.torch_dtype)
+            processor = AutoProcessor.from_pretrained(model_path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot load model {str(model_path)!r}: {err}") from err
+        return cls.from_pretrained(path, model=model.to(device).eval(), processor=processor, dtype=dtype)
 
     @classmethod
     def from_pretrained_classifier(
@@ -214,7 +246,8 @@ class SafetyGuard:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         metadata = {"format": "pt", CONFIG_DIGEST_KEY: self.config.digest()}
-        save_tensors(path / WEIGHTS_NAME, self.modules.state_dict(), metadata=metadata)
+        tensors = {**self.modules.state_dict(), **self.classifier.bank.tensors()}
+        save_tensors(path / WEIGHTS_NAME, tensors, metadata=metadata)
         self.config.save(path)
         return path
 
@@ -225,7 +258,7 @@ class SafetyGuard:
         except ValueError as err:
             raise ConfigError(str(err)) from err
         config = self.config.model_copy(update={"policy": policy})
-        return type(self)(self.model, self.processor, config, self.modules, self.backbone)
+        return type(self)(self.model, self.processor, config, self.modules, self.backbone, self.classifier.bank)
 
     @property
     def policy(self) -> GuardPolicy:
@@ -236,6 +269,44 @@ class SafetyGuard:
         """The dtypes the guard computes in: ``model`` (its input embeddings) and ``modules`` (the safety modules)."""
         modules = next(self.modules.parameters()).dtype
         return {"model": dtype_name(self.backbone.embedding_dtype), "modules": dtype_name(modules)}
+
+    # ------------------------------------------------------------------ custom categories (psaguard.categories)
+    @property
+    def categories(self) -> tuple[CustomCategory, ...]:
+        """The custom categories, in the order they were added."""
+        return self.classifier.bank.categories
+
+    def add_category(
+        self,
+        code: str,
+        examples: Sequence[tuple[ImageInput, str]],
+        *,
+        level: int,
+        name: str | None = None,
+        negatives: Sequence[tuple[ImageInput, str]] | None = None,
+        action: Action | None = None,
+        concept: str | None = None,
+        method: FitMethod = "auto",
+    ) -> CustomCategory:
+        """Add a risk category from ``examples`` ((image, prompt) pairs showing it), without retraining.
+
+        Judged in the same forward pass as the head, from its pooled feature; when it fires, its code is in
+        ``verdict.rule`` and its ``level`` and ``action`` (default: the policy's for the level) in the verdict.
+        ``negatives`` (benign pairs) set the threshold (:mod:`psaguard.categories`, docs/categories.md). This
+        changes this guard (it owns its bank), not wrappers or copies made earlier. Raises
+        :class:`~psaguard.errors.CategoryError` (bad code or level, no examples, non-finite features, examples
+        the features cannot tell from the negatives) and typed input errors for bad images or prompts.
+        """
+        self.classifier, category = self.classifier.with_category(
+            code, examples, negatives, level=level, name=name, concept=concept, action=action, method=method
+        )
+        logger.info("added custom category %r from %d examples", code, category.examples)
+        return category
+
+    def remove_category(self, code: str) -> CustomCategory:
+        """Remove the custom category ``code`` and return it; :class:`~psaguard.errors.CategoryError` if absent."""
+        self.classifier, removed = self.classifier.without_category(code)
+        return removed
 
     # ------------------------------------------------------------------ classification
     def classify(self, image: ImageInput, prompt: str) -> SafetyVerdict:

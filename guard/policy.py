@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from psaguard.categories import FIRE_AT, CustomCategory
 from psaguard.errors import ConfigError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.verdict import Action, LabelRef, SafetyVerdict
@@ -36,6 +37,7 @@ __all__ = [
     "blocked_message",
     "check_template",
     "decide",
+    "decide_categories",
     "error_verdict",
     "fixed_verdict",
     "refusal_text",
@@ -181,8 +183,15 @@ def decide(
     policy: GuardPolicy,
     taxonomy: Taxonomy = DEFAULT_TAXONOMY,
     latency_ms: float = 0.0,
+    *,
+    categories: Sequence[CustomCategory] = (),
+    custom_probs: Sequence[float] = (),
 ) -> SafetyVerdict:
-    """Turn one request's level and type probabilities into a :class:`SafetyVerdict`."""
+    """Turn one request's level and type probabilities into a :class:`SafetyVerdict`.
+
+    With custom ``categories`` (and their probabilities ``custom_probs``, in the same order), see
+    :func:`decide_categories`.
+    """
     if len(level_probs) != taxonomy.num_levels or len(type_probs) != taxonomy.num_types:
         raise ValueError(
             f"got {len(level_probs)} level / {len(type_probs)} type probabilities for a taxonomy of "
@@ -207,25 +216,78 @@ def decide(
         action = rule.actions.get(level_id, policy.level_actions[level_id])
         fired = f"type:{risk_type.code}/level:{taxonomy.levels[level_id].code}"
 
-    hint = refusal = None
-    if action == "hint":
-        template = rule.hints.get(level_id) or policy.hints.get(level_id) or policy.hints[max(policy.hints)]
-        hint = template.format(concept=risk_type.concept)
-    elif action in ("refuse", "block"):
-        refusal = (rule.refusal or policy.refusal).format(concept=risk_type.concept)
-
     level = taxonomy.levels[level_id]
-    return SafetyVerdict(
+    verdict = SafetyVerdict(
         level=LabelRef(id=level.id, code=level.code, name=level.name),
         type=LabelRef(id=risk_type.id, code=risk_type.code, name=risk_type.name),
         level_probs={lv.code: float(p) for lv, p in zip(taxonomy.levels, level_probs)},
         type_probs={t.code: float(p) for t, p in zip(taxonomy.types, type_probs)},
         action=action,
         rule=fired,
-        hint=hint,
-        refusal=refusal,
+        **_texts(action, level_id, risk_type.concept, policy, rule),
         latency_ms=latency_ms,
     )
+    return decide_categories(verdict, categories, custom_probs, policy, taxonomy) if categories else verdict
+
+
+def decide_categories(
+    verdict: SafetyVerdict,
+    categories: Sequence[CustomCategory],
+    probs: Sequence[float],
+    policy: GuardPolicy,
+    taxonomy: Taxonomy = DEFAULT_TAXONOMY,
+) -> SafetyVerdict:
+    """The head's ``verdict`` with the custom categories' probabilities, overridden by a firing category.
+
+    A category fires when its probability reaches :data:`~psaguard.categories.FIRE_AT`; it acts at its own
+    level with its own action (else the policy's ``level_actions`` for that level) and the policy's hint and
+    refusal templates for its concept. Of the firing categories the one with the most severe action, then the
+    highest level, then the highest probability decides; it replaces the head's verdict unless that one is
+    more severe (by action, then level), so a category never weakens what the head decided.
+    """
+    if len(probs) != len(categories):
+        raise ValueError(f"got {len(probs)} probabilities for {len(categories)} custom categories")
+    scores = {category.code: float(p) for category, p in zip(categories, probs)}
+    fired = [
+        (ACTION_SEVERITY[_category_action(category, policy)], category.level, p, index)
+        for index, (category, p) in enumerate(zip(categories, probs))
+        if p >= FIRE_AT
+    ]
+    head_rank = (ACTION_SEVERITY[verdict.action], verdict.level.id)
+    if not fired or max(fired)[:2] < head_rank:
+        return verdict.model_copy(update={"custom_scores": scores})
+    index = max(fired)[3]
+    category = categories[index]
+    action = _category_action(category, policy)
+    level = taxonomy.levels[category.level]
+    return verdict.model_copy(
+        update={
+            "level": LabelRef(id=level.id, code=level.code, name=level.name),
+            "type": LabelRef(id=taxonomy.num_types + index, code=category.code, name=category.name),
+            "custom_scores": scores,
+            "action": action,
+            "rule": f"category:{category.code}/level:{level.code}",
+            **_texts(action, level.id, category.concept, policy),
+        }
+    )
+
+
+def _category_action(category: CustomCategory, policy: GuardPolicy) -> Action:
+    return category.action or policy.level_actions[category.level]
+
+
+def _texts(
+    action: Action, level_id: int, concept: str, policy: GuardPolicy, rule: TypeRule | None = None
+) -> dict[str, str | None]:
+    """The verdict's hint and refusal for ``action``: the type rule's templates, else the policy's."""
+    hint = refusal = None
+    if action == "hint":
+        own = rule.hints.get(level_id) if rule else None
+        template = own or policy.hints.get(level_id) or policy.hints[max(policy.hints)]
+        hint = template.format(concept=concept)
+    elif action in ("refuse", "block"):
+        refusal = ((rule.refusal if rule else None) or policy.refusal).format(concept=concept)
+    return {"hint": hint, "refusal": refusal}
 
 
 def error_verdict(reason: str, policy: GuardPolicy, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> SafetyVerdict:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DEFAULT_TAXONOMY", "RiskLevel", "RiskType", "Taxonomy"]
+__all__ = ["CODE_PATTERN", "DEFAULT_TAXONOMY", "RiskLevel", "RiskType", "Taxonomy"]
 
-_CODE = r"^[a-z][a-z0-9_]*$"
+CODE_PATTERN = r"^[a-z][a-z0-9_]*$"
+"""What a level, type or custom category code looks like: lowercase letters, digits and underscores."""
 
 
 class RiskLevel(BaseModel):
@@ -20,7 +21,7 @@ class RiskLevel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: int = Field(ge=0, description="Class index in the level head; higher is more severe.")
-    code: str = Field(pattern=_CODE, description="Stable machine name, e.g. 'reject'.")
+    code: str = Field(pattern=CODE_PATTERN, description="Stable machine name, e.g. 'reject'.")
     name: str = Field(description="Human-readable name, e.g. 'Reject'.")
     description: str = Field("", description="What the level means for the answer.")
 
@@ -31,7 +32,7 @@ class RiskType(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: int = Field(ge=0, description="Class index in the type head.")
-    code: str = Field(pattern=_CODE, description="Stable machine name, e.g. 'privacy'.")
+    code: str = Field(pattern=CODE_PATTERN, description="Stable machine name, e.g. 'privacy'.")
     name: str = Field(description="Human-readable name, e.g. 'Privacy'.")
     concept: str = Field("", description="Noun phrase used in hints and refusals, e.g. 'personal privacy'.")
     mlcommons: tuple[str, ...] = Field((), description="MLCommons AILuminate v1.0 hazard codes it covers.")

@@ -33,11 +33,21 @@ class SafetyVerdict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     level: LabelRef = Field(description="Risk level the policy acted on.")
-    type: LabelRef = Field(description="Most probable risk type.")
+    type: LabelRef = Field(
+        description="Most probable risk type, or the custom category that fired (its id follows the taxonomy's "
+        "type ids, in the order the categories were added)."
+    )
     level_probs: dict[str, float] = Field(description="Probability of each level, by level code.")
     type_probs: dict[str, float] = Field(description="Probability of each type, by type code.")
+    custom_scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="Probability of each custom category (psaguard.categories), by code; a category fires at 0.5.",
+    )
     action: Action = Field(description="What the policy does with the request.")
-    rule: str = Field(description="Which policy rule fired, e.g. 'type:privacy/level:2'.")
+    rule: str = Field(
+        description="Which policy rule fired, e.g. 'type:privacy/level:2', or 'category:<code>/level:<level>' "
+        "when a custom category decided."
+    )
     hint: str | None = Field(None, description="Safety hint to add to the prompt when action is 'hint'.")
     refusal: str | None = Field(None, description="Refusal text when action is 'refuse' or 'block'.")
     error: str | None = Field(None, description="Why the guard could not judge, when the verdict is a fallback.")

@@ -131,6 +131,11 @@ def run_eval(args: argparse.Namespace) -> int:
         **report.headline(),
         "threshold_sweep (t: flagged risky, flagged safe)": sweep,
         "highest threshold flagging >= 90% of risky": None if point is None else point.threshold,
+        **(
+            {"custom categories: share of each type's rows they fire on": report.custom_fire_rates}
+            if report.custom_fire_rates
+            else {}
+        ),
         "report": str(out / "eval.json"),
     }
     print(json.dumps(summary, indent=2))

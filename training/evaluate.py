@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from psaguard.categories import FIRE_AT
 from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import Taxonomy
@@ -25,6 +27,7 @@ from psaguard.training.data import DatasetReport, Example
 from psaguard.training.metrics import binary_rates, confusion_matrix, macro_f1_of, one_vs_rest
 from psaguard.training.predict import Predictions, predict
 from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_sweep
+from psaguard.verdict import SafetyVerdict
 
 __all__ = [
     "ClassMetrics",
@@ -32,6 +35,7 @@ __all__ = [
     "EvalReport",
     "HeadReport",
     "ReliabilityBin",
+    "custom_fire_rates",
     "detection_metrics",
     "evaluate_guard",
     "evaluate_predictions",
@@ -105,6 +109,11 @@ class EvalReport(BaseModel):
     level_codes: list[str] = Field(description="Level codes, in id order.")
     type_codes: list[str] = Field(description="Type codes, in id order.")
     dataset: DatasetReport | None = Field(None, description="How the data file was read, if from a file.")
+    custom_fire_rates: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="For each custom category of the guard (psaguard.categories): the share of the rows of each "
+        "labelled type on which it fires (probability >= 0.5). Empty for a guard without categories.",
+    )
 
     def headline(self) -> dict[str, float | int]:
         """The numbers a console summary quotes, rounded to 4 places: macro-F1, flagged recall and FPR, ECE
@@ -163,10 +172,13 @@ def evaluate_predictions(
         level=_with_uncalibrated(level, predictions.level_logits, [e.level for e in examples], guard, "level", bins),
         type=_with_uncalibrated(kind, predictions.type_logits, [e.type for e in examples], guard, "type", bins),
         detection=detection_metrics(risky, predictions.flagged),
-        threshold_sweep=threshold_sweep(predictions.verdicts, risky, guard.policy, taxonomy, thresholds),
+        threshold_sweep=threshold_sweep(
+            predictions.verdicts, risky, guard.policy, taxonomy, thresholds, categories=guard.categories
+        ),
         level_codes=level_codes,
         type_codes=type_codes,
         dataset=dataset,
+        custom_fire_rates=custom_fire_rates(predictions.verdicts, [type_codes[e.type] for e in examples]),
     )
 
 
@@ -174,6 +186,17 @@ def risky_labels(examples: Sequence[Example], taxonomy: Taxonomy) -> list[bool]:
     """Whether each example's label calls for an intervention: a level above 0 and a type other than safe."""
     safe_type = taxonomy.safe_type_id
     return [e.level > 0 and e.type != safe_type for e in examples]
+
+
+def custom_fire_rates(verdicts: Sequence[SafetyVerdict], labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """For each custom category in the verdicts' ``custom_scores``: the share of each label's rows it fires on."""
+    rates: dict[str, dict[str, float]] = {}
+    for code in verdicts[0].custom_scores if verdicts else ():
+        rates[code] = {
+            label: statistics.mean(v.custom_scores[code] >= FIRE_AT for v, own in zip(verdicts, labels) if own == label)
+            for label in sorted(set(labels))
+        }
+    return rates
 
 
 def _with_uncalibrated(

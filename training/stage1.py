@@ -48,6 +48,13 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
     model, processor = load_model(cfg, accelerator.device)
     if cfg.init_guard is not None:
         guard = SafetyGuard.from_pretrained(cfg.init_guard, model, processor, load_adapter=False)
+        for category in guard.categories:  # fitted on the features this run retrains: they would be stale
+            logger.warning(
+                "Stage I drops the custom category %r of %s: add it again (add_category) after training",
+                category.code,
+                cfg.init_guard,
+            )
+            guard.remove_category(category.code)
     else:
         guard = SafetyGuard.attach(model, processor, cfg.guard)
     # Trainable modules keep full-precision weights by default (as master weights would), whatever the model's dtype.

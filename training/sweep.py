@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from psaguard.categories import CustomCategory
 from psaguard.policy import GuardPolicy, decide
 from psaguard.taxonomy import Taxonomy
 from psaguard.verdict import SafetyVerdict
@@ -45,13 +46,26 @@ def threshold_sweep(
     policy: GuardPolicy,
     taxonomy: Taxonomy,
     thresholds: Sequence[float] = DEFAULT_SWEEP,
+    categories: Sequence[CustomCategory] = (),
 ) -> list[SweepPoint]:
-    """Shares of the ``unsafe`` and the other requests flagged when every rule's threshold is each of ``thresholds``."""
+    """Shares of the ``unsafe`` and the other requests flagged when every rule's threshold is each of ``thresholds``.
+
+    ``categories`` are the guard's custom categories (their probabilities are in ``verdict.custom_scores``):
+    they keep deciding as they do in the guard, since the type rules' thresholds do not apply to them.
+    """
     points = []
     for t in thresholds:
         changed = policy_with_threshold(policy, t)
         flagged = [
-            decide(list(v.level_probs.values()), list(v.type_probs.values()), changed, taxonomy).action != "allow"
+            decide(
+                list(v.level_probs.values()),
+                list(v.type_probs.values()),
+                changed,
+                taxonomy,
+                categories=categories,
+                custom_probs=[v.custom_scores[c.code] for c in categories],
+            ).action
+            != "allow"
             for v in verdicts
         ]
         on_unsafe = [f for f, u in zip(flagged, unsafe) if u]

@@ -11,10 +11,16 @@ __all__ = ["HeadLogits", "SafetyHead"]
 
 
 class HeadLogits(NamedTuple):
-    """Raw logits of the two heads: (B, num_levels) and (B, num_types)."""
+    """Raw logits of the two heads: (B, num_levels) and (B, num_types), and the pooled vector they read.
+
+    ``pooled`` (B, D) is the head's pooled safety feature, the input of both linears; custom categories
+    (:mod:`psaguard.categories`) are judged from it in the same pass. None where a caller built the logits
+    without it.
+    """
 
     level: torch.Tensor
     type: torch.Tensor
+    pooled: torch.Tensor | None = None
 
 
 class SafetyHead(nn.Module):
@@ -49,4 +55,4 @@ class SafetyHead(nn.Module):
         else:
             weights = query_mask.to(attended.dtype).unsqueeze(-1)
             pooled = (attended * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return HeadLogits(self.level_head(pooled), self.type_head(pooled))
+        return HeadLogits(self.level_head(pooled), self.type_head(pooled), pooled)

@@ -4,7 +4,9 @@ Risk types map to category names: OpenAI's own name where a psaguard type has an
 (:data:`OPENAI_CATEGORIES`), ``psaguard/<type code>`` otherwise. A category is flagged when the policy
 intervenes (any action but 'allow') and it is the verdict's type; its score is the probability of that type
 times the probability of a level above 'safe' (the two heads' outputs, taken as independent). OpenAI
-categories psaguard does not judge are absent rather than reported as zero.
+categories psaguard does not judge are absent rather than reported as zero. A guard's custom categories
+(added from examples) are listed as ``psaguard/<code>`` with their own probability as the score, flagged when
+the category decided the verdict.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def moderation_result(verdict: SafetyVerdict, taxonomy: Taxonomy, input_types: l
         name = category_name(risk_type.code)
         categories[name] = verdict.flagged and verdict.type.code == risk_type.code
         scores[name] = verdict.type_probs.get(risk_type.code, 0.0) * risky
+        applied[name] = list(input_types)
+    for code, probability in verdict.custom_scores.items():  # custom categories (psaguard.categories)
+        name = f"psaguard/{code}"
+        categories[name] = verdict.flagged and verdict.type.code == code
+        scores[name] = probability
         applied[name] = list(input_types)
     return {
         "flagged": verdict.flagged,

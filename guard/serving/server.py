@@ -17,8 +17,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from psaguard.dtypes import DtypeRequest, config_dtype, resolve_dtype
-from psaguard.errors import ConfigError
+from psaguard.dtypes import DtypeRequest
 from psaguard.guard import SafetyGuard
 
 __all__ = ["LIMIT_CONCURRENCY", "BackgroundServer", "load_guard", "run_server"]
@@ -49,21 +48,7 @@ def load_guard(
     """The guard in ``guard_dir`` on the base model ``model`` (its vision tower and embeddings only when
     ``classifier_only``, for proxy mode), on ``device`` (default: CPU), computing in ``dtype`` (default: what
     the device runs fast, :func:`psaguard.dtypes.choose_dtype`)."""
-    if classifier_only:
-        return _logged(SafetyGuard.from_pretrained_classifier(guard_dir, model, device=device, dtype=dtype))
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-    try:
-        choice = resolve_dtype(dtype, device or "cpu", config_dtype(AutoConfig.from_pretrained(model)))
-        logger.info("the model computes in %s (%s)", choice.dtype, choice.reason)
-        vlm = AutoModelForImageTextToText.from_pretrained(model, dtype=choice.torch_dtype).to(device or "cpu").eval()
-        processor = AutoProcessor.from_pretrained(model)
-    except OSError as err:
-        raise ConfigError(f"cannot load model {str(model)!r}: {err}") from err
-    return _logged(SafetyGuard.from_pretrained(guard_dir, model=vlm, processor=processor, dtype=dtype))
-
-
-def _logged(guard: SafetyGuard) -> SafetyGuard:
+    guard = SafetyGuard.load(guard_dir, model, classifier_only=classifier_only, device=device, dtype=dtype)
     logger.info("loaded %r", guard)  # the repr names the dtypes the guard computes in
     return guard
 

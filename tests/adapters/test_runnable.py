@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from category_helpers import negatives, scam_examples, scam_request
 from generation_helpers import count_calls
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.messages import HumanMessage
@@ -133,3 +134,15 @@ def test_requests_over_the_guards_image_cap_are_refused_before_judging(make_guar
     assert calls == [] and recorder.calls == []
     allowed = [image_message_content[0]] * limit + [image_message_content[1]]
     assert GuardRunnable(guard).invoke([HumanMessage(content=allowed)]).action == "allow"
+
+
+def test_verdict_events_carry_custom_categories(guard, images):
+    guard.add_category("scam", scam_examples(images), level=3, negatives=negatives(images))
+    log = EventLog()
+    image, prompt = scam_request(images)
+    GuardRunnable(guard).batch(
+        [{"image": image, "prompt": prompt}, {"image": images[1], "prompt": "hi"}], config={"callbacks": [log]}
+    )
+    (_, fired), (_, benign) = log.events
+    assert (fired["rule"], fired["type"], fired["action"]) == ("category:scam/level:reject", "scam", "refuse")
+    assert fired["verdict"]["custom_scores"]["scam"] >= 0.5 > benign["verdict"]["custom_scores"]["scam"]

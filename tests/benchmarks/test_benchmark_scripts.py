@@ -177,3 +177,26 @@ def test_vision_budget_bounds_the_patches_it_classifies() -> None:
     rows = [line.split() for line in out.splitlines() if line.strip().startswith(("224x", "448x"))]
     assert [(int(row[1]), int(row[2])) for row in rows] == [(256, 100), (1024, 100)]  # processor's; judged
     assert all(float(row[3]) > 0 and float(row[5]) > 0 for row in rows)
+
+
+def test_category_cost_prints_the_add_time_and_the_classify_ratio() -> None:
+    out = run("category_cost.py", "--repeats", "2", "--categories", "2", "--examples", "2")
+    assert "add_category (2 examples + 2 negatives): median" in out
+    ratio = next(line for line in out.splitlines() if line.startswith("classify with 2 categories / without:"))
+    assert float(ratio.split(":")[1].split()[0]) > 0
+
+
+@pytest.mark.slow
+def test_category_world_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
+    args = ["--out", str(tmp_path), "--steps", "4", "--n-train", "120", "--n-test", "60", "--ks", "1", "2"]
+    out = run("category_world.py", *args, "--draws", "1", "--negatives", "4")
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert [(row["method"], row["k"]) for row in report["summary"]] == [
+        ("prototype", 1),
+        ("prototype", 2),
+        ("logistic", 1),
+        ("logistic", 2),
+    ]
+    assert (tmp_path / "f1_vs_k.png").is_file()
+    # the script's fast path and add_category + classify_batch give the same verdicts
+    assert "verdicts identical to the fast path: {'prototype': '60/60', 'logistic': '60/60'}" in out

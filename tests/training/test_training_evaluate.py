@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from psaguard.training.evaluate import detection_metrics, head_report
 
@@ -37,3 +40,32 @@ def test_detection_counts_flagged_risky_requests() -> None:
     metrics = detection_metrics([True, True, False, False, False], [True, False, True, False, False])
     assert (metrics.tp, metrics.fn, metrics.fp, metrics.tn) == (1, 1, 1, 2)
     assert (metrics.precision, metrics.recall, metrics.fpr) == pytest.approx((0.5, 0.5, 1 / 3))
+
+
+def test_eval_reports_custom_categories_and_sweeps_with_them(guard, images, tmp_path) -> None:
+    from category_helpers import negatives, scam_examples, scam_request, variant
+
+    from psaguard.training.data import read_jsonl
+    from psaguard.training.evaluate import evaluate_guard
+
+    guard.add_category("scam", scam_examples(images), level=3, negatives=negatives(images), action="refuse")
+    with torch.no_grad():  # the head says 'safe' to everything, so only the category flags
+        for linear in (guard.modules.head.level_head, guard.modules.head.type_head):
+            linear.weight.zero_()
+            linear.bias.zero_()
+        guard.modules.head.type_head.bias[guard.config.taxonomy.safe_type_id] = 20.0
+    rows = [(scam_request(images)[0], "illegal", 3), (variant(images[0], 5), "illegal", 3)]
+    rows += [(variant(images[1], 6), "safe", 0), (variant(images[2], 7), "safe", 0)]
+    lines = []
+    for index, (image, kind, level) in enumerate(rows):
+        image.save(tmp_path / f"{index}.png")
+        row = {"image": f"{index}.png", "prompt": "claim the prize", "response": "ok", "safe_level": level}
+        lines.append(json.dumps({**row, "safe_type": kind}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines))
+    examples, _ = read_jsonl(tmp_path / "data.jsonl")
+    report = evaluate_guard(guard, examples)
+    assert report.custom_fire_rates == {"scam": {"illegal": 1.0, "safe": 0.0}}
+    # the sweep re-decides with the categories: at the policy's own threshold it flags what the guard flagged
+    at_default = next(point for point in report.threshold_sweep if point.threshold == 0.5)
+    assert (at_default.flagged_unsafe, at_default.flagged_safe) == (report.detection.recall, report.detection.fpr)
+    assert at_default.flagged_unsafe == 1.0

@@ -80,3 +80,19 @@ def test_frozen_4bit_language_model_still_trains_llm_tokens_after_an_evaluation(
     run_training(setup.task, cfg, accelerator)
     assert changed(weights, setup.guard.model) == set()
     assert not torch.equal(tokens, setup.guard.modules.llm_tokens)
+
+
+def test_starting_from_a_guard_with_custom_categories_drops_them(
+    stage1_settings: dict[str, Any], tiny_model, tiny_processor, images, tmp_path, caplog
+) -> None:
+    from category_helpers import negatives, scam_examples
+
+    torch.manual_seed(0)
+    start = SafetyGuard.attach(tiny_model, tiny_processor)
+    start.add_category("scam", scam_examples(images), level=3, negatives=negatives(images))
+    start.save_pretrained(tmp_path / "start")
+    cfg = Stage1Config(**{**stage1_settings, "init_guard": str(tmp_path / "start"), "max_steps": 1})
+    with caplog.at_level("WARNING", logger="psaguard.training.stage1"):
+        setup = build_stage1(cfg, make_accelerator(cfg))
+    assert setup.guard.categories == ()  # fitted on features this run retrains
+    assert "drops the custom category 'scam'" in caplog.text

@@ -1,0 +1,115 @@
+"""What custom categories cost: adding one, and classify with 20 of them next to classify without, side by side.
+
+    python benchmarks/category_cost.py                 # the shipped world demo guard and tiny model, CPU
+    python benchmarks/category_cost.py --repeats 50 --categories 20 --examples 16
+
+Adding a category runs the guard on its examples and negatives (one batched forward pass each) and fits the
+scorer; classify then judges every category from the pooled features it already has (one small matrix
+product and the policy's check per category). Both guards share the model and safety modules and are timed
+round-robin, so background load hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from functools import partial
+from importlib import resources
+
+import numpy as np
+import torch
+from machine import describe_machine
+from measure import round_robin, time_call
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from psaguard import SafetyGuard
+from psaguard.demo import DEMO_ASSETS, demo_requests
+from psaguard.policy import decide_categories
+
+
+def _variants(image: Image.Image, count: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    base = np.asarray(image, dtype=np.int16)
+    return [
+        Image.fromarray((base + rng.integers(-16, 17, base.shape)).clip(0, 255).astype(np.uint8)) for _ in range(count)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30, help="timed classify calls per variant")
+    parser.add_argument("--categories", type=int, default=20, help="custom categories of the second guard")
+    parser.add_argument("--examples", type=int, default=16, help="examples (and as many negatives) per category")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    root = resources.files("psaguard") / DEMO_ASSETS
+    model = AutoModelForImageTextToText.from_pretrained(str(root / "model")).eval()
+    processor = AutoProcessor.from_pretrained(str(root / "model"))
+    plain = SafetyGuard.from_pretrained(str(root / "guard"), model, processor)
+    custom = SafetyGuard.from_pretrained(str(root / "guard"), model, processor)
+    requests = [(image, prompt) for _, image, prompt in demo_requests()]
+    image, prompt = requests[1]
+    negatives = [(picture, text) for picture, text in (requests[0], requests[4]) for _ in range(args.examples // 2)]
+
+    add_seconds = []
+    for index in range(args.categories):
+        examples = [(picture, f"{prompt} {index}") for picture in _variants(image, args.examples, seed=index)]
+        add_seconds.append(
+            time_call(partial(custom.add_category, f"custom_{index}", examples, level=2, negatives=negatives))
+        )
+
+    request = requests[0]
+    runs = round_robin(
+        {"without": lambda: plain.classify(*request), "with": lambda: custom.classify(*request)}, args.repeats
+    )
+    without, with_bank = runs["without"].median, runs["with"].median
+    bank_seconds = _bank_seconds(custom, request, args.repeats * 10)
+    report = {
+        "machine": describe_machine(),
+        "threads": args.threads,
+        "add_category_s": {
+            "median": statistics.median(add_seconds),
+            "max": max(add_seconds),
+            "examples": args.examples,
+        },
+        "classify_ms": {"without": without * 1e3, f"with {args.categories}": with_bank * 1e3},
+        "classify_ratio": with_bank / without,
+        "classify_spread_ms": {name: [r.low * 1e3, r.high * 1e3] for name, r in runs.items()},
+        "categories_alone_ms": bank_seconds * 1e3,
+    }
+    print(json.dumps(report, indent=2))
+    print(
+        f"add_category ({args.examples} examples + {len(negatives)} negatives): median "
+        f"{statistics.median(add_seconds):.3f} s, max {max(add_seconds):.3f} s"
+    )
+    print(
+        f"classify with {args.categories} categories / without: {with_bank / without:.3f} "
+        f"({with_bank * 1e3:.2f} ms vs {without * 1e3:.2f} ms, median of {args.repeats}) on {report['machine']['cpu']}"
+    )
+    print(
+        f"judging the {args.categories} categories alone (scores from pooled features + the policy's decision): "
+        f"{bank_seconds * 1e3:.3f} ms per request = {bank_seconds / without:.4f} of classify without them"
+    )
+
+
+def _bank_seconds(guard: SafetyGuard, request: tuple[Image.Image, str], repeats: int) -> float:
+    """Median seconds of what the categories add to one request: their probabilities and the decision."""
+    features = guard.backbone.encode_images(**guard.backbone.preprocess(guard.processor, [request[0]]))
+    with torch.inference_mode():
+        pooled = guard.head_logits(features, [request[1]]).pooled
+    verdict = guard.classify(*request)
+    bank, policy, taxonomy = guard.classifier.bank, guard.policy, guard.config.taxonomy
+
+    def judge() -> None:
+        probs = bank.probabilities(pooled)[0].tolist()
+        decide_categories(verdict, bank.categories, probs, policy, taxonomy)
+
+    return round_robin({"bank": judge}, repeats)["bank"].median
+
+
+if __name__ == "__main__":
+    main()
