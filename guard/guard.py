@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
@@ -177,6 +176,9 @@ class SafetyGuard:
         :class:`ConfigError` when the model cannot be loaded."""
         if classifier_only:
             return cls.from_pretrained_classifier(path, model_path, device=device, dtype=dtype)
+        # Loaded here: importing transformers' auto classes adds warning filters, and `import psaguard` must not.
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
         device = torch.device(device or "cpu")
         try:
             choice = resolve_dtype(dtype, device.type, config_dtype(AutoConfig.from_pretrained(model_path)))

@@ -272,7 +272,7 @@ def test_guarded_generation_refuses_with_the_categorys_refusal(scam_guard, image
 def test_judging_precomputed_features_scores_the_categories(scam_guard, images):
     image, prompt = scam_request(images)
     features = scam_guard.backbone.encode_images(**scam_guard.backbone.preprocess(scam_guard.processor, [image]))
-    (verdict,) = scam_guard.judge_features(features, [prompt], start=0.0)
+    (verdict,) = scam_guard.classifier.judge(features, [prompt], start=0.0)
     assert verdict.rule == "category:scam/level:reject"
     assert verdict.custom_scores["scam"] == pytest.approx(
         scam_guard.classify(image, prompt).custom_scores["scam"], abs=1e-5
