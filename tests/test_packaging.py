@@ -34,10 +34,11 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
     )
+    assert built.returncode == 0, built.stderr[-3000:]
     # The build must be clean: no deprecated license table, no data folder missing from `packages`.
     assert "Warning" not in built.stdout + built.stderr, built.stdout + built.stderr
     return next(out.glob("psaguard-*.whl"))
