@@ -1,0 +1,441 @@
+"""The generic adapter: every model that follows transformers' multimodal interface, with no family code.
+
+transformers 5 models of the LLaVA style share one interface, which this adapter uses and nothing else:
+
+* ``get_image_features(pixel_values, **image_inputs)`` on the multimodal model returns the projected
+  features per image (``pooler_output``: a list of ``(L_i, D)`` tensors or one stacked tensor) and the
+  tower's per-patch states (``last_hidden_state``), in one vision pass;
+* ``forward(input_ids, ..., mm_encoder_outputs={"image": ...})`` takes those features precomputed, with
+  ``input_ids`` kept, scattering them into the positions where ``input_ids == config.image_token_id``.
+
+Everything else is read from the model's own processor: which token the chat template writes per image
+(the one the processor expands into the image's run), each image's run (the processor's expansion of it,
+wrapper and row-break tokens included), and which extra inputs ride along (``image_grid_thw``,
+``image_sizes``, token types, ...). The guard's K safety tokens are K more image-token ids before each
+image's first image token, paired with K rows in front of that image's features and typed as text where the
+processor writes token types (so M-RoPE families give them text positions). Features are split per image by
+the runs' image-token counts, never by contiguous placeholder runs (row breaks split one image's run).
+
+The safety projector sees the tower's per-patch states of each image, laid out by :meth:`GenericBackbone.
+image_patches` (an adapter's hook for a family's own spatial layout) and pooled onto a square grid; a
+sequence that is not a grid is pooled along its length. Models outside the mechanism (cross-attention,
+encoder-decoders, no image token id) are refused with the reason (:meth:`GenericBackbone.why_unsupported`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
+from psaguard.backbones.llava import image_processor_outputs
+from psaguard.backbones.registry import register_backbone
+from psaguard.errors import InvalidInputError, ProcessorError
+from psaguard.injection import ImageLayout
+
+__all__ = ["GenericBackbone", "GenericFeatures", "pool_sequence_to_square", "unsupported_reason"]
+
+CROSS_ATTENTION_TYPES: frozenset[str] = frozenset({"mllama", "idefics"})
+"""Model types whose language model reads images through cross-attention layers, not image tokens."""
+
+_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "vision")
+_TOKEN_TYPE_NAMES = ("mm_token_type_ids", "token_type_ids")
+_RUNS = "image_runs"
+"""Key of the preprocessed inputs holding each image's run as the processor writes it (padded with -1)."""
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why ``model`` does not follow the interface the generic adapter uses (None: it does)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if config is None:
+        return "it has no transformers config"
+    if model_type in CROSS_ATTENTION_TYPES:
+        return "its language model reads images through cross-attention layers, not image tokens"
+    if getattr(config, "is_encoder_decoder", False):
+        return "it is an encoder-decoder model; images do not enter a decoder's input as tokens"
+    if not isinstance(_image_token_id(config), int):
+        return "its config names no image token id (config.image_token_id) for image positions in input_ids"
+    parts = _parts(model)
+    if not callable(getattr(parts, "get_image_features", None)):
+        return "it has no get_image_features (projected image features from one vision pass)"
+    if "mm_encoder_outputs" not in inspect.signature(parts.forward).parameters:
+        return "its forward takes no precomputed image features (mm_encoder_outputs)"
+    return None
+
+
+def pool_sequence_to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    """One image's (N, C) tower states -> (side * side, C): as a grid where N is square, else along the sequence.
+
+    A sequence with one extra leading token over a square (a CLS token) drops it first.
+    """
+    n = tokens.shape[0]
+    if math.isqrt(n - 1) ** 2 == n - 1 and n > 1:
+        tokens, n = tokens[1:], n - 1
+    root = math.isqrt(n)
+    if root * root == n:
+        return pool_to_square_grid(tokens.reshape(root, root, -1), side)
+    pooled = F.adaptive_avg_pool1d(tokens.transpose(0, 1).unsqueeze(0).float(), side * side)
+    return pooled.squeeze(0).transpose(0, 1).to(tokens.dtype)
+
+
+@dataclass(frozen=True)
+class GenericFeatures(VisionFeatures):
+    """A vision pass of the generic adapter: the patches, each image's projected features, run and inputs.
+
+    ``embeds[i]`` is image ``i``'s ``(L_i, D)`` projected features (``get_image_features``'s own, so the
+    language model never needs a second vision pass); ``runs[i]`` its ids as the processor writes them (None
+    where the features came without the processor, e.g. in ``wrap()``); ``image_inputs`` the per-image
+    inputs the model's forward takes besides the features (first dimension: the images).
+    """
+
+    embeds: tuple[torch.Tensor, ...] = ()
+    runs: tuple[tuple[int, ...], ...] | None = None
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def subset(self, rows: Sequence[int]) -> GenericFeatures:
+        rows = list(rows)
+        return GenericFeatures(
+            patches=self.patches[rows],
+            selected=self.selected[rows],
+            embeds=tuple(self.embeds[r] for r in rows),
+            runs=None if self.runs is None else tuple(self.runs[r] for r in rows),
+            image_inputs={name: value[rows] for name, value in self.image_inputs.items()},
+        )
+
+
+@register_backbone
+class GenericBackbone(Backbone):
+    """Any LLaVA-style model exposing ``get_image_features`` and ``mm_encoder_outputs`` (see the module doc).
+
+    The registry asks it last (``fallback``), so a family adapter, where one exists, wins. Its fingerprint's
+    family is the model's ``model_type``, so a guard trained on one family refuses another.
+    """
+
+    family = "generic"
+    model_types = ("any model following transformers' multimodal interface",)
+    fallback = True
+    image_input_names = ("image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes", _RUNS)
+    derived_input_names = _TOKEN_TYPE_NAMES
+    unjudged_input_names = ("pixel_values_videos", "video_grid_thw")
+    max_grid_side: ClassVar[int] = 24
+    """Largest side of the square grid the safety projector sees (the tower's own grid where smaller)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.family = self.config.model_type
+        self._parts = _parts(self.base_model)
+        self._placeholder: tuple[str, int] | None = None
+        self._token_types: dict[str, str] = {}
+        self._vision_hidden: int | None = None
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        return cls.why_unsupported(model) is None
+
+    @classmethod
+    def why_unsupported(cls, model: nn.Module) -> str | None:
+        return unsupported_reason(unwrap_model(model))
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def vision_tower(self) -> nn.Module:
+        return next(m for name in _TOWER_NAMES if isinstance(m := getattr(self._parts, name, None), nn.Module))
+
+    @property
+    def vision_hidden_size(self) -> int:
+        """Width of the tower's per-patch states (measured on the processor's probe image at attach)."""
+        if self._vision_hidden is None:
+            vision = getattr(self.config, "vision_config", None)
+            return int(getattr(vision, "embed_dim", None) or vision.hidden_size)
+        return self._vision_hidden
+
+    @property
+    def num_patches(self) -> int:
+        vision = getattr(self.config, "vision_config", None)
+        size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+        side = self.max_grid_side
+        if isinstance(size, int) and isinstance(patch, int) and patch > 0:
+            side = max(1, min(side, size // patch))
+        return side * side
+
+    @property
+    def image_token_id(self) -> int:
+        return _image_token_id(self.config)
+
+    @property
+    def placeholder_token_id(self) -> int:
+        return self.image_token_id if self._placeholder is None else self._placeholder[1]
+
+    # ------------------------------------------------------------------ the processor
+    def read_processor(self, processor: Any) -> None:
+        """Find the token the chat template writes per image: the one the processor expands into image tokens."""
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is None or not callable(getattr(processor, "image_processor", None)):
+            raise ProcessorError(f"{type(processor).__name__} is not a {self.family!r} processor (no image processor)")
+        best, most = None, 0
+        for token_id in self._template_tokens(processor, tokenizer):
+            text = tokenizer.convert_ids_to_tokens(token_id)
+            try:
+                ids = processor(text=[text], images=[[Image.new("RGB", (28, 28))]], return_tensors="pt")["input_ids"]
+            except Exception:
+                continue
+            count = int((ids == self.image_token_id).sum())
+            if count > most:
+                best, most = (text, token_id), count
+        if best is None:
+            raise ProcessorError(
+                f"the processor does not expand any image placeholder into image tokens (id {self.image_token_id}): "
+                f"it is not a {self.family!r} processor"
+            )
+        self._placeholder = best
+
+    def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """The processor's image inputs and each image's run, from the processor run on one placeholder per image."""
+        if self._placeholder is None:
+            self.read_processor(processor)
+        text, token_id = self._placeholder
+        tokenizer = processor.tokenizer
+        try:
+            texts, nested = [text] * len(images), [[image] for image in images]
+            out = processor(text=texts, images=nested, return_tensors="pt", padding=True)
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            image_processor_outputs(processor, images, self.family)  # a ProcessorError if it has no image processor
+            raise ProcessorError(f"the processor cannot prepare images for a {self.family!r} model: {err}") from err
+        plain = list(tokenizer(text)["input_ids"])
+        if plain.count(token_id) != 1:
+            raise ProcessorError(f"the tokenizer does not keep the image placeholder {text!r} as one token")
+        before, after = plain.index(token_id), len(plain) - plain.index(token_id) - 1
+        input_ids, mask = out["input_ids"], out["attention_mask"].bool()
+        runs = [row[keep][before : int(keep.sum()) - after].tolist() for row, keep in zip(input_ids, mask)]
+        if any(self.image_token_id not in run for run in runs):
+            raise ProcessorError(f"the processor wrote no image tokens for an image: not a {self.family!r} processor")
+        width = max(len(run) for run in runs)
+        inputs = {"pixel_values": out["pixel_values"], _RUNS: torch.tensor([r + [-1] * (width - len(r)) for r in runs])}
+        for name, value in out.items():
+            if name in ("input_ids", "attention_mask", "pixel_values") or not torch.is_tensor(value):
+                continue
+            if value.shape == input_ids.shape:  # token types: the guard rebuilds them for its own input
+                self._token_types[name] = _token_type_rule(value, input_ids, mask, self.image_token_id)
+            else:
+                inputs[name] = value
+        return inputs
+
+    # ------------------------------------------------------------------ vision
+    def encode_images(self, pixel_values: torch.Tensor, **image_inputs: torch.Tensor) -> GenericFeatures:
+        runs_tensor = image_inputs.pop(_RUNS, None)
+        runs = None if runs_tensor is None else tuple(tuple(t for t in r.tolist() if t >= 0) for r in runs_tensor)
+        tower_inputs = self._accepted(self._parts.get_image_features, image_inputs)
+        param = next(self.vision_tower.parameters())
+        out = self._parts.get_image_features(pixel_values=_to(pixel_values, param), **tower_inputs, return_dict=True)
+        num_images = len(runs) if runs is not None else _num_images(pixel_values, image_inputs)
+        counts = None if runs is None else [run.count(self.image_token_id) for run in runs]
+        embeds = _split_features(out.pooler_output, num_images, counts)
+        hidden = getattr(out, "last_hidden_state", None)
+        per_image = self.image_patches(hidden if hidden is not None else out.pooler_output, image_inputs, num_images)
+        side = math.isqrt(self.num_patches)
+        patches = torch.stack([_to_square(p, side) for p in per_image])
+        if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
+            raise InvalidInputError(f"the tower gives {patches.shape[-1]}-wide states, not {self._vision_hidden}")
+        forward_inputs = self._accepted(self._parts.forward, image_inputs)
+        per_image_inputs = {k: v for k, v in forward_inputs.items() if torch.is_tensor(v) and len(v) == num_images}
+        return GenericFeatures(
+            patches=patches,
+            selected=patches,
+            embeds=tuple(embeds),
+            runs=runs,
+            image_inputs=per_image_inputs,
+        )
+
+    def image_patches(
+        self, hidden: Any, image_inputs: dict[str, torch.Tensor], num_images: int
+    ) -> list[torch.Tensor]:
+        """Each image's tower states: an (H, W, C) grid or an (N, C) sequence. The spatial-layout hook.
+
+        Default: a stacked ``(images, N, C)`` tensor is one sequence per image (tiles of one image, where the
+        first dimension is a multiple of the images, are concatenated); flat ``(sum N_i, C)`` states with
+        ``image_grid_thw`` are each image's first frame, merge-block order undone into its (h, w) grid.
+        Families laid out otherwise override this.
+        """
+        if isinstance(hidden, (list, tuple)):
+            pieces = [h.reshape(-1, h.shape[-1]) for h in hidden]
+            if len(pieces) == num_images:
+                return pieces
+            hidden = torch.cat(pieces)
+        grids = image_inputs.get("image_grid_thw")
+        if hidden.dim() == 2 and grids is not None and int(grids.prod(-1).sum()) == hidden.shape[0]:
+            merge = int(getattr(self.config.vision_config, "spatial_merge_size", 1) or 1)
+            pieces = torch.split(hidden, grids.prod(-1).tolist())
+            return [_unmerge(piece, grid.tolist(), merge) for piece, grid in zip(pieces, grids)]
+        if hidden.dim() == 2:
+            hidden = hidden.unsqueeze(0)
+        if hidden.dim() == 3 and hidden.shape[0] % num_images == 0:
+            return list(hidden.reshape(num_images, -1, hidden.shape[-1]))
+        raise InvalidInputError(
+            f"cannot split tower states of shape {tuple(hidden.shape)} into {num_images} images: a "
+            f"{self.family!r} adapter must override image_patches"
+        )
+
+    def check_processor(self, processor: Any) -> None:
+        super().check_processor(processor)
+        with torch.inference_mode():
+            features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", (28, 28))]))
+        self._vision_hidden = int(features.patches.shape[-1])
+
+    # ------------------------------------------------------------------ the language model's input
+    def project(self, features: VisionFeatures) -> list[torch.Tensor]:
+        return list(_generic(features).embeds)
+
+    def image_runs(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> list[list[int]]:
+        runs = _generic(features).runs
+        return super().image_runs(features, image_embeds) if runs is None else [list(run) for run in runs]
+
+    def image_layout(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> ImageLayout:
+        layout = super().image_layout(features, image_embeds)
+        lengths = [len(e) for e in image_embeds]
+        return ImageLayout(
+            image_token_id=layout.image_token_id,
+            runs=layout.runs,
+            placeholder_id=layout.placeholder_id if _generic(features).runs is not None else self.image_token_id,
+            model_inputs=partial(self._model_inputs, _generic(features), lengths),
+        )
+
+    def _model_inputs(
+        self,
+        features: GenericFeatures,
+        lengths: Sequence[int],
+        image_features: Sequence[torch.Tensor],
+        input_ids: torch.Tensor,
+    ) -> dict[str, Any]:
+        """The features in ``mm_encoder_outputs``, the per-image inputs, and token types (safety rows as text)."""
+        inputs = {
+            **self.model_image_inputs(image_features, input_ids),
+            **{name: value.to(input_ids.device) for name, value in features.image_inputs.items()},
+        }
+        if self._token_types:
+            is_image = _image_positions(input_ids, self.image_token_id, [len(f) for f in image_features], lengths)
+            for name, rule in self._token_types.items():
+                inputs[name] = is_image.long() if rule == "image" else torch.zeros_like(input_ids)
+        return inputs
+
+    # ------------------------------------------------------------------ helpers
+    def _template_tokens(self, processor: Any, tokenizer: Any) -> list[int]:
+        """Special-token ids the chat template writes for an image part (the image token where it has none)."""
+        ids: list[int] = []
+        try:
+            with_image, without = (
+                processor.apply_chat_template(
+                    [{"role": "user", "content": [*parts, {"type": "text", "text": "x"}]}], tokenize=False
+                )
+                for parts in ([{"type": "image"}], [])
+            )
+            extra = set(tokenizer(with_image, add_special_tokens=False)["input_ids"])
+            extra -= set(tokenizer(without, add_special_tokens=False)["input_ids"])
+            special = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
+            ids = sorted(extra & special)
+        except Exception:
+            ids = []
+        return ids or [self.image_token_id]
+
+    @staticmethod
+    def _accepted(function: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        params = inspect.signature(function).parameters
+        return {name: value for name, value in inputs.items() if name in params}
+
+
+def _parts(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(inner, "get_image_features") else model
+
+
+def _image_token_id(config: Any) -> int | None:
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _generic(features: VisionFeatures) -> GenericFeatures:
+    if not isinstance(features, GenericFeatures):
+        raise InvalidInputError("these features come from another adapter's vision pass")
+    return features
+
+
+def _to(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    return tensor.to(param.device, param.dtype) if tensor.is_floating_point() else tensor.to(param.device)
+
+
+def _num_images(pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> int:
+    for name in ("image_grid_thw", "image_sizes", "spatial_shapes"):
+        if (value := image_inputs.get(name)) is not None:
+            return len(value)
+    return len(pixel_values)
+
+
+def _split_features(pooled: Any, num_images: int, counts: Sequence[int] | None) -> list[torch.Tensor]:
+    """One ``(L_i, D)`` tensor per image: by the runs' image-token counts where known, else by the output's shape."""
+    if isinstance(pooled, (list, tuple)):
+        pieces = [p.reshape(-1, p.shape[-1]) for p in pooled]
+        if counts is None and len(pieces) == num_images:
+            return pieces
+        flat = torch.cat(pieces)
+    else:
+        if counts is None and pooled.dim() == 3 and len(pooled) == num_images:
+            return list(pooled)
+        flat = pooled.reshape(-1, pooled.shape[-1])
+    if counts is None or sum(counts) != len(flat):
+        raise InvalidInputError(
+            f"{len(flat)} image features do not split into {num_images} images"
+            + ("" if counts is None else f" of {list(counts)} image tokens")
+        )
+    return list(torch.split(flat, list(counts)))
+
+
+def _unmerge(hidden: torch.Tensor, grid: Sequence[int], merge: int) -> torch.Tensor:
+    """(t * h * w, C) states in merge-block order -> the first frame's (h, w, C) grid."""
+    t, h, w = (int(v) for v in grid)
+    if merge <= 1 or h % merge or w % merge:
+        return hidden.reshape(t, h, w, -1)[0]
+    blocks = hidden.reshape(t, h // merge, w // merge, merge, merge, hidden.shape[-1])
+    return blocks.permute(0, 1, 3, 2, 4, 5).reshape(t, h, w, hidden.shape[-1])[0]
+
+
+def _to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
+    return pool_to_square_grid(tokens, side) if tokens.dim() == 3 else pool_sequence_to_square(tokens, side)
+
+
+def _token_type_rule(value: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, image_token_id: int) -> str:
+    """How the processor types tokens: 1 at image tokens ("image"), or 0 everywhere ("zeros")."""
+    if torch.equal(value[mask].bool(), (input_ids == image_token_id)[mask]):
+        return "image"
+    if not value[mask].any():
+        return "zeros"
+    raise ProcessorError("the processor's token types follow a rule the generic adapter does not know")
+
+
+def _image_positions(
+    input_ids: torch.Tensor, image_token_id: int, widened: Sequence[int], lengths: Sequence[int]
+) -> torch.Tensor:
+    """Image-token positions holding image features (True) rather than the guard's safety rows (False).
+
+    Image ``i`` owns the next ``widened[i]`` image tokens (in order across the rows), the first
+    ``widened[i] - lengths[i]`` of them its safety rows.
+    """
+    is_image = torch.zeros_like(input_ids, dtype=torch.bool)
+    owner = [(image, k < w - n) for image, (w, n) in enumerate(zip(widened, lengths)) for k in range(w)]
+    positions = (input_ids == image_token_id).nonzero().tolist()
+    if len(positions) != len(owner):
+        raise InvalidInputError(f"{len(positions)} image tokens in the rows for {len(owner)} feature rows")
+    for (row, column), (_, safety) in zip(positions, owner):
+        is_image[row, column] = not safety
+    return is_image

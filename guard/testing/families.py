@@ -1,0 +1,362 @@
+"""Tiny random models of any image-text-to-text family of the installed transformers, built from its configs.
+
+:func:`build_tiny_family` takes a ``model_type`` of ``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES`` and builds,
+offline, a model with random weights from the family's own config classes (every sub-config shrunk: few
+layers, narrow widths, the tiny vocabulary) and a processor from the family's own processor class over its
+PIL image processor (torchvision is not needed) and the tiny word-level tokenizer, which learns the
+family's special tokens from the processor itself. Nothing here names a family: a family that a newer
+transformers adds is built the same way. What cannot be built raises :class:`TinyBuildError` saying why.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from psaguard.errors import PsaGuardError
+from psaguard.tiny import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_chat_template, tiny_tokenizer
+
+__all__ = ["TinyBuild", "TinyBuildError", "build_tiny_family", "image_text_to_text_types", "save_tiny_family"]
+
+_WIDTH = 64
+"""Width of every tower and language model (a multiple of 64, as the other tiny models)."""
+
+_SHRINK: dict[str, int] = {
+    "hidden_size": _WIDTH,
+    "embed_dim": _WIDTH,
+    "d_model": _WIDTH,
+    "out_hidden_size": _WIDTH,
+    "projection_dim": _WIDTH,
+    "intermediate_size": 2 * _WIDTH,
+    "moe_intermediate_size": _WIDTH,
+    "shared_expert_intermediate_size": _WIDTH,
+    "num_attention_heads": 4,
+    "num_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": _WIDTH // 4,
+    "num_hidden_layers": 2,
+    "depth": 2,
+    "num_layers": 2,
+    "num_experts": 4,
+    "n_routed_experts": 4,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "first_k_dense_replace": 1,
+}
+"""Config fields set to these values wherever they appear (the model's config and every sub-config)."""
+
+_LAYER_INDEX_LISTS = ("deepstack_visual_indexes", "vision_feature_layer", "fullatt_block_indexes")
+"""Config fields that list layer indices; they are kept within the shrunk depth."""
+
+_TOKEN_SUFFIXES = ("_token",)
+_MISSING_TOKEN = re.compile(r"(?:has no attribute|missing required attribute) '?(\w+?_token)(?:_id)?'?")
+_TEXT_TOKENS = frozenset({"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token"})
+_GRID = 8
+"""Patches per side of a tiny model's image (its tower's patch size is kept: processors derive from it)."""
+_AREA_THRESHOLD = 10_000
+"""Image-processor sizes at or above this are pixel areas (Qwen-VL's min / max pixels), left as they are."""
+_TOKENS_PER_IMAGE = 16
+"""Tokens per image where the config fixes the count (pooling the 8 x 8 grid to 4 x 4)."""
+
+
+class TinyBuildError(PsaGuardError):
+    """A family's tiny model or processor cannot be built here (the message says why)."""
+
+
+@dataclass(frozen=True)
+class TinyBuild:
+    """A family's tiny model and processor (not saved)."""
+
+    model_type: str
+    model: Any
+    processor: Any
+
+
+def image_text_to_text_types() -> list[str]:
+    """Every ``model_type`` of the installed transformers' ``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``, sorted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+
+def save_tiny_family(model_type: str, path: str | Path, seed: int = 1) -> Path:
+    """Build ``model_type``'s tiny pair and save it to ``path`` (Hugging Face format); return the path."""
+    build = build_tiny_family(model_type, seed)
+    return save_pretrained_pair(path, build.model, build.processor)
+
+
+def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
+    """The tiny model and processor of ``model_type``; :class:`TinyBuildError` if they cannot be built here."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    class_name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type)
+    if class_name is None:
+        raise TinyBuildError(f"{model_type!r} is not an image-text-to-text model type of this transformers")
+    model_class = getattr(transformers, class_name, None)
+    if model_class is None:
+        raise TinyBuildError(f"transformers does not export {class_name}")
+    default = _default_config(model_type)
+    processor = _processor(model_type, default)
+    tok = processor.tokenizer
+    config = _config(default, processor, mrope="mrope_section" in inspect.getsource(inspect.getmodule(model_class)))
+    try:
+        model = init_tiny_model(model_class, config, tok, seed)
+    except Exception as err:  # a config this generic shrinking does not fit
+        raise TinyBuildError(f"the model cannot be built from the shrunk config: {type(err).__name__}: {err}") from err
+    return TinyBuild(model_type, model, processor)
+
+
+# ---------------------------------------------------------------------------------------------------- processor
+def _processor(model_type: str, default: Any) -> Any:
+    import transformers
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    processor_name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    processor_class = getattr(transformers, processor_name, None) if processor_name else None
+    if processor_class is None:
+        raise TinyBuildError("the family has no processor class")
+    image_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    pil_name = image_names.get("pil") if isinstance(image_names, dict) else None
+    if pil_name is None:
+        raise TinyBuildError("the family's image processor needs torchvision (no PIL image processor)")
+    image_processor = _image_processor(getattr(transformers, pil_name), _image_side(default))
+    vision = getattr(default, "vision_config", None)
+    for name, source in (
+        ("patch_size", "patch_size"),
+        ("merge_size", "spatial_merge_size"),
+        ("temporal_patch_size", "temporal_patch_size"),
+    ):
+        value = getattr(vision, source, None)
+        if isinstance(getattr(image_processor, name, None), int) and isinstance(value, int):
+            setattr(image_processor, name, value)  # the processor's patch geometry is the tower's
+    images_only = _images_only(processor_class)
+    kwargs = _processor_kwargs(processor_class, default)
+    spec = TinyLlavaSpec()
+    tokens: dict[str, str] = {"image_token": "<image>"}
+    for _ in range(12):  # learn the special tokens the processor reads from its tokenizer, then rebuild
+        try:
+            processor = images_only(image_processor=image_processor, tokenizer=tiny_tokenizer(spec, tokens), **kwargs)
+        except (AttributeError, ValueError) as err:
+            missing = _MISSING_TOKEN.search(str(err))
+            if missing is None or missing.group(1) in tokens:
+                raise TinyBuildError(f"the processor cannot be built: AttributeError: {err}") from err
+            tokens[missing.group(1)] = f"<{missing.group(1)}>"
+            continue
+        except Exception as err:
+            raise TinyBuildError(f"the processor cannot be built: {type(err).__name__}: {err}") from err
+        found = {**_special_tokens(processor), **tokens}  # the tokenizer's names stand (Gemma 3 aliases them)
+        if found == tokens:
+            break
+        tokens = found
+    else:
+        raise TinyBuildError("the processor's special tokens do not settle")
+    processor.chat_template = tiny_chat_template(_placeholder(processor))
+    return processor
+
+
+def _image_side(config: Any) -> int:
+    """Side in pixels of the tiny models' square image inputs: 8 x 8 of the tower's patches."""
+    return _GRID * _patch_size(config)
+
+
+def _patch_size(config: Any) -> int:
+    patch = getattr(getattr(config, "vision_config", None), "patch_size", None) or 14
+    return int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+
+
+def _image_processor(image_processor_class: type, side: int) -> Any:
+    """The family's PIL image processor, resizing to ``side`` px where its sizes are sides (not pixel areas)."""
+    image_processor = image_processor_class()
+    for name in ("size", "crop_size"):
+        size = getattr(image_processor, name, None)
+        if isinstance(size, dict):
+            setattr(image_processor, name, {k: _side_or_area(v, side) for k, v in size.items()})
+        elif size is not None:  # transformers' SizeDict
+            for key in ("height", "width", "shortest_edge", "longest_edge"):
+                if (value := getattr(size, key, None)) is not None:
+                    setattr(size, key, _side_or_area(value, side))
+    if getattr(image_processor, "image_grid_pinpoints", None):
+        image_processor.image_grid_pinpoints = _pinpoints(side)
+    return image_processor
+
+
+def _side_or_area(value: Any, side: int) -> Any:
+    return side if isinstance(value, int) and 0 < value < _AREA_THRESHOLD else value
+
+
+def _pinpoints(side: int) -> list[list[int]]:
+    return [[side, side], [2 * side, side], [side, 2 * side]]
+
+
+def _images_only(processor_class: type) -> type:
+    """``processor_class`` without its video, audio or other parts: images and text only (no torchvision)."""
+
+    kept = ("image_processor", "tokenizer")
+    dropped = [a for a in processor_class.get_attributes() if a not in kept]
+    required = [
+        name
+        for name, param in inspect.signature(processor_class.__init__).parameters.items()
+        if name not in ("self", *kept)
+        and param.default is inspect.Parameter.empty
+        and param.kind is param.POSITIONAL_OR_KEYWORD
+    ]
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+        processor_class.__init__(
+            self, image_processor=image_processor, tokenizer=tokenizer, **dict.fromkeys(required), **kwargs
+        )
+
+    def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
+        return None if arg is None else processor_class.check_argument_for_proper_class(self, attribute_name, arg)
+
+    return type(
+        processor_class.__name__,
+        (processor_class,),
+        {
+            **dict.fromkeys(dropped),
+            "__init__": __init__,
+            "check_argument_for_proper_class": check_argument_for_proper_class,
+            "__module__": __name__,
+        },
+    )
+
+
+def _processor_kwargs(processor_class: type, config: Any) -> dict[str, Any]:
+    """Settings the processor's ``__init__`` takes that a checkpoint's processor config records from its model."""
+    params = inspect.signature(processor_class.__init__).parameters
+    vision = getattr(config, "vision_config", None)
+    known = {
+        "patch_size": getattr(vision, "patch_size", None),
+        "vision_feature_select_strategy": getattr(config, "vision_feature_select_strategy", "default"),
+        "num_additional_image_tokens": 1 if "clip" in str(getattr(vision, "model_type", "")) else 0,
+        "image_seq_length": _TOKENS_PER_IMAGE,
+    }
+    return {k: v for k, v in known.items() if k in params and v is not None}
+
+
+def _special_tokens(processor: Any) -> dict[str, str]:
+    """The processor's named special tokens (``image_token``, ``boi_token``, ...): attribute -> text."""
+    found = {}
+    for name, value in inspect.getmembers(processor):
+        named = name.endswith(_TOKEN_SUFFIXES) and not name.startswith("_") and name not in _TEXT_TOKENS
+        if named and isinstance(value, str) and value and " " not in value.strip():
+            found[name] = value
+    return found
+
+
+def _placeholder(processor: Any) -> str:
+    """What the chat template writes per image: of the processor's named tokens, the one it expands furthest."""
+    from PIL import Image
+
+    image_id = getattr(processor, "image_token_id", None)
+    best, most = None, 0
+    for name, text in sorted(_special_tokens(processor).items()):
+        if not ("image" in name or name in ("boi_token", "start_of_image_token")):
+            continue
+        try:
+            ids = processor(text=[text], images=[[Image.new("RGB", (40, 56))]], return_tensors="pt")["input_ids"]
+        except Exception:  # not a placeholder this processor expands
+            continue
+        count = int((ids == image_id).sum()) if isinstance(image_id, int) else ids.shape[-1]
+        if count > most:
+            best, most = text, count
+    if best is None:
+        raise TinyBuildError("no special token of the processor expands into an image run")
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def _default_config(model_type: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.for_model(model_type)
+    except Exception as err:
+        raise TinyBuildError(f"the default config cannot be built: {type(err).__name__}: {err}") from err
+
+
+def _config(default: Any, processor: Any, mrope: bool) -> Any:
+    """The tiny config; ``mrope``: the model splits rotary frequencies per (t, h, w) axis (M-RoPE)."""
+    tok = processor.tokenizer
+    values = _shrunk(default.to_dict(), vocab=_round_up(len(tok), 64))
+    side = _image_side(default)
+    if isinstance(vision := values.get("vision_config"), dict) and "image_size" in vision:
+        vision["image_size"] = [side, side] if isinstance(vision["image_size"], (list, tuple)) else side
+    if mrope:
+        _add_mrope(values)
+    if "mm_tokens_per_image" in values:
+        values["mm_tokens_per_image"] = _TOKENS_PER_IMAGE
+    if values.get("image_grid_pinpoints"):
+        values["image_grid_pinpoints"] = _pinpoints(side)
+    values.update(_token_ids(values, processor))
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        _set_everywhere(values, key, getattr(tok, key))
+    values["tie_word_embeddings"] = False
+    try:
+        return type(default).from_dict(values)
+    except Exception as err:
+        raise TinyBuildError(f"the shrunk config is refused: {type(err).__name__}: {err}") from err
+
+
+def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    old_depth = values.get("num_hidden_layers") or values.get("depth") or values.get("num_layers")
+    for key, value in values.items():
+        if isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
+            out[key] = _shrunk(value, vocab)
+        elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = min(value, _SHRINK[key]) if key.startswith("num_experts_per") else _SHRINK[key]
+        elif key == "vocab_size" and isinstance(value, int):
+            out[key] = vocab
+        elif isinstance(value, list) and old_depth and len(value) == old_depth and key not in _LAYER_INDEX_LISTS:
+            out[key] = [value[0], value[-1]]  # one entry per layer (layer_types): the first and the last kind
+        elif key in _LAYER_INDEX_LISTS and isinstance(value, list):
+            out[key] = [min(int(i), 1) if int(i) >= 0 else max(int(i), -2) for i in value][:2]
+        else:
+            out[key] = value
+    return out
+
+
+def _token_ids(values: dict[str, Any], processor: Any) -> dict[str, Any]:
+    """The config's ``*_token_id`` / ``*_token_index`` fields, from the tokens the processor names."""
+    tok = processor.tokenizer
+    ids = {}
+    for key in values:
+        for suffix in ("_token_id", "_token_index"):
+            if not key.endswith(suffix):
+                continue
+            base = key[: -len(suffix)]
+            known = getattr(tok, f"{base}_token_id", None)  # the tokenizer's own names first (Gemma 3 aliases them)
+            known = known if isinstance(known, int) else getattr(processor, f"{base}_token_id", None)
+            if isinstance(known, int):
+                ids[key] = known
+            elif isinstance(text := getattr(processor, f"{base}_token", None), str):
+                ids[key] = tok.convert_tokens_to_ids(text)
+    return ids
+
+
+def _add_mrope(values: dict[str, Any]) -> None:
+    """M-RoPE sections summing to the shrunk ``head_dim / 2`` in every sub-config's rotary parameters."""
+    half = _SHRINK["head_dim"] // 2
+    for key, value in values.items():
+        if key in ("rope_parameters", "rope_scaling") and isinstance(value, dict):
+            value["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+        elif isinstance(value, dict):
+            _add_mrope(value)
+
+
+def _set_everywhere(values: dict[str, Any], key: str, value: Any) -> None:
+    if key in values:
+        values[key] = value
+    for sub in values.values():
+        if isinstance(sub, dict) and ("model_type" in sub):
+            _set_everywhere(sub, key, value)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
