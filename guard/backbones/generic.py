@@ -35,12 +35,13 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.nn import functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
 from psaguard.backbones.llava import image_processor_outputs
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
-from psaguard.injection import ImageLayout
+from psaguard.injection import ImageLayout, features_as_tensor
 
 __all__ = ["GenericBackbone", "GenericFeatures", "pool_sequence_to_square", "unsupported_reason"]
 
@@ -49,6 +50,7 @@ CROSS_ATTENTION_TYPES: frozenset[str] = frozenset({"mllama", "idefics"})
 
 _TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "vision")
 _TOKEN_TYPE_NAMES = ("mm_token_type_ids", "token_type_ids")
+_PROBE = (64, 48)  # width, height of the probe image checks run on
 _RUNS = "image_runs"
 """Key of the preprocessed inputs holding each image's run as the processor writes it (padded with -1)."""
 
@@ -101,6 +103,8 @@ class GenericFeatures(VisionFeatures):
     embeds: tuple[torch.Tensor, ...] = ()
     runs: tuple[tuple[int, ...], ...] | None = None
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    side_features: dict[str, tuple[tuple[torch.Tensor, ...], ...]] = field(default_factory=dict)
+    """Per-layer features that travel with the embeddings (DeepStack): name -> per layer, one tensor per image."""
 
     def subset(self, rows: Sequence[int]) -> GenericFeatures:
         rows = list(rows)
@@ -110,6 +114,10 @@ class GenericFeatures(VisionFeatures):
             embeds=tuple(self.embeds[r] for r in rows),
             runs=None if self.runs is None else tuple(self.runs[r] for r in rows),
             image_inputs={name: value[rows] for name, value in self.image_inputs.items()},
+            side_features={
+                name: tuple(tuple(layer[r] for r in rows) for layer in layers)
+                for name, layers in self.side_features.items()
+            },
         )
 
 
@@ -137,6 +145,8 @@ class GenericBackbone(Backbone):
         self._placeholder: tuple[str, int] | None = None
         self._token_types: dict[str, str] = {}
         self._vision_hidden: int | None = None
+        self._stacked = False  # whether get_image_features gives one tensor (the forward then takes one too)
+        self._output_class: type = BaseModelOutputWithPooling
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
@@ -186,7 +196,7 @@ class GenericBackbone(Backbone):
         for token_id in self._template_tokens(processor, tokenizer):
             text = tokenizer.convert_ids_to_tokens(token_id)
             try:
-                ids = processor(text=[text], images=[[Image.new("RGB", (28, 28))]], return_tensors="pt")["input_ids"]
+                ids = processor(text=[text], images=[[Image.new("RGB", _PROBE)]], return_tensors="pt")["input_ids"]
             except Exception:
                 continue
             count = int((ids == self.image_token_id).sum())
@@ -224,7 +234,7 @@ class GenericBackbone(Backbone):
         for name, value in out.items():
             if name in ("input_ids", "attention_mask", "pixel_values") or not torch.is_tensor(value):
                 continue
-            if value.shape == input_ids.shape:  # token types: the guard rebuilds them for its own input
+            if name.endswith("token_type_ids"):  # token types: the guard rebuilds them for its own input
                 self._token_types[name] = _token_type_rule(value, input_ids, mask, self.image_token_id)
             else:
                 inputs[name] = value
@@ -240,8 +250,10 @@ class GenericBackbone(Backbone):
         num_images = len(runs) if runs is not None else _num_images(pixel_values, image_inputs)
         counts = None if runs is None else [run.count(self.image_token_id) for run in runs]
         embeds = _split_features(out.pooler_output, num_images, counts)
+        self._stacked = torch.is_tensor(out.pooler_output)
+        self._output_class = type(out)
         hidden = getattr(out, "last_hidden_state", None)
-        per_image = self.image_patches(hidden if hidden is not None else out.pooler_output, image_inputs, num_images)
+        per_image = self.image_patches(hidden if hidden is not None else out.pooler_output, image_inputs, embeds)
         side = math.isqrt(self.num_patches)
         patches = torch.stack([_to_square(p, side) for p in per_image])
         if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
@@ -254,28 +266,46 @@ class GenericBackbone(Backbone):
             embeds=tuple(embeds),
             runs=runs,
             image_inputs=per_image_inputs,
+            side_features=_side_features(out, embeds),
         )
 
     def image_patches(
-        self, hidden: Any, image_inputs: dict[str, torch.Tensor], num_images: int
+        self, hidden: Any, image_inputs: dict[str, torch.Tensor], embeds: Sequence[torch.Tensor]
     ) -> list[torch.Tensor]:
         """Each image's tower states: an (H, W, C) grid or an (N, C) sequence. The spatial-layout hook.
 
         Default: a stacked ``(images, N, C)`` tensor is one sequence per image (tiles of one image, where the
         first dimension is a multiple of the images, are concatenated); flat ``(sum N_i, C)`` states with
-        ``image_grid_thw`` are each image's first frame, merge-block order undone into its (h, w) grid.
-        Families laid out otherwise override this.
+        ``image_grid_thw`` are each image's first frame, merge-block order undone into its (h, w) grid (or,
+        merged already, one row per embedding on the merged grid); flat states with ``image_sizes`` are each
+        image's (height / patch, width / patch) grid. Families laid out otherwise override this.
         """
+        num_images = len(embeds)
+        lengths = [len(e) for e in embeds]
         if isinstance(hidden, (list, tuple)):
             pieces = [h.reshape(-1, h.shape[-1]) for h in hidden]
             if len(pieces) == num_images:
                 return pieces
             hidden = torch.cat(pieces)
         grids = image_inputs.get("image_grid_thw")
+        sizes = image_inputs.get("image_sizes")
+        if hidden.dim() == 3 and len(hidden) == 1 and (grids is not None or sizes is not None):
+            hidden = hidden[0]  # flat states with a batch dimension of one
+        vision = getattr(self.config, "vision_config", None)
+        merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
         if hidden.dim() == 2 and grids is not None and int(grids.prod(-1).sum()) == hidden.shape[0]:
-            merge = int(getattr(self.config.vision_config, "spatial_merge_size", 1) or 1)
             pieces = torch.split(hidden, grids.prod(-1).tolist())
             return [_unmerge(piece, grid.tolist(), merge) for piece, grid in zip(pieces, grids)]
+        if hidden.dim() == 2 and grids is not None and sum(lengths) == hidden.shape[0]:
+            merged = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in grids.tolist()]
+            pieces = torch.split(hidden, lengths)
+            return [_unmerge(p, g, 1) if g[0] * g[1] * g[2] == len(p) else p for p, g in zip(pieces, merged)]
+        patch = getattr(vision, "patch_size", None)
+        if hidden.dim() == 2 and sizes is not None and isinstance(patch, int) and sizes.dim() == 2:
+            grid_shapes = [(int(h) // patch, int(w) // patch) for h, w in sizes.tolist()]
+            if sum(h * w for h, w in grid_shapes) == hidden.shape[0]:
+                pieces = torch.split(hidden, [h * w for h, w in grid_shapes])
+                return [piece.reshape(h, w, -1) for piece, (h, w) in zip(pieces, grid_shapes)]
         if hidden.dim() == 2:
             hidden = hidden.unsqueeze(0)
         if hidden.dim() == 3 and hidden.shape[0] % num_images == 0:
@@ -288,7 +318,7 @@ class GenericBackbone(Backbone):
     def check_processor(self, processor: Any) -> None:
         super().check_processor(processor)
         with torch.inference_mode():
-            features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", (28, 28))]))
+            features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", _PROBE)]))
         self._vision_hidden = int(features.patches.shape[-1])
 
     # ------------------------------------------------------------------ the language model's input
@@ -317,8 +347,22 @@ class GenericBackbone(Backbone):
         input_ids: torch.Tensor,
     ) -> dict[str, Any]:
         """The features in ``mm_encoder_outputs``, the per-image inputs, and token types (safety rows as text)."""
+        to_model = features_as_tensor if self._stacked else self.model_image_inputs
+        image = to_model(image_features, input_ids)["mm_encoder_outputs"]["image"]
+        if features.side_features:  # zero rows for the safety tokens, in front of each image's own
+            side = {
+                name: [
+                    [
+                        torch.cat([own.new_zeros(len(f) - n, *own.shape[1:]), own])
+                        for own, f, n in zip(layer, image_features, lengths)
+                    ]
+                    for layer in layers
+                ]
+                for name, layers in features.side_features.items()
+            }
+            image = self._output_class(pooler_output=image.pooler_output, **side)
         inputs = {
-            **self.model_image_inputs(image_features, input_ids),
+            "mm_encoder_outputs": {"image": image},
             **{name: value.to(input_ids.device) for name, value in features.image_inputs.items()},
         }
         if self._token_types:
@@ -399,6 +443,29 @@ def _split_features(pooled: Any, num_images: int, counts: Sequence[int] | None) 
             + ("" if counts is None else f" of {list(counts)} image tokens")
         )
     return list(torch.split(flat, list(counts)))
+
+
+def _side_features(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, tuple[tuple[torch.Tensor, ...], ...]]:
+    """Fields of ``get_image_features``'s output that hold, per layer, one tensor per image aligned with its
+    embeddings (DeepStack features); they go back to the model with the embeddings."""
+    skip = {"pooler_output", "last_hidden_state", "hidden_states", "attentions"}
+    found = {}
+    for name, value in out.items():
+        if name in skip or not isinstance(value, (list, tuple)) or not value:
+            continue
+        layers = [_per_image(layer, embeds) for layer in value]
+        if all(layer is not None for layer in layers):
+            found[name] = tuple(layers)
+    return found
+
+
+def _per_image(layer: Any, embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
+    pieces = list(layer) if isinstance(layer, (list, tuple)) else None
+    if pieces is None and torch.is_tensor(layer) and len(layer) == sum(len(e) for e in embeds):
+        pieces = list(torch.split(layer, [len(e) for e in embeds]))
+    if pieces is None or len(pieces) != len(embeds) or any(len(p) != len(e) for p, e in zip(pieces, embeds)):
+        return None
+    return tuple(pieces)
 
 
 def _unmerge(hidden: torch.Tensor, grid: Sequence[int], merge: int) -> torch.Tensor:

@@ -100,9 +100,11 @@ def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
     if model_class is None:
         raise TinyBuildError(f"transformers does not export {class_name}")
     default = _default_config(model_type)
-    processor = _processor(model_type, default)
+    processor, image_id = _processor(model_type, default)
     tok = processor.tokenizer
-    config = _config(default, processor, mrope="mrope_section" in inspect.getsource(inspect.getmodule(model_class)))
+    config = _config(
+        default, processor, image_id, mrope="mrope_section" in inspect.getsource(inspect.getmodule(model_class))
+    )
     try:
         model = init_tiny_model(model_class, config, tok, seed)
     except Exception as err:  # a config this generic shrinking does not fit
@@ -111,7 +113,7 @@ def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
 
 
 # ---------------------------------------------------------------------------------------------------- processor
-def _processor(model_type: str, default: Any) -> Any:
+def _processor(model_type: str, default: Any) -> tuple[Any, int]:
     import transformers
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
@@ -132,8 +134,13 @@ def _processor(model_type: str, default: Any) -> Any:
         ("temporal_patch_size", "temporal_patch_size"),
     ):
         value = getattr(vision, source, None)
-        if isinstance(getattr(image_processor, name, None), int) and isinstance(value, int):
+        current = getattr(image_processor, name, None)
+        if isinstance(value, int) and isinstance(current, int):
             setattr(image_processor, name, value)  # the processor's patch geometry is the tower's
+        elif isinstance(value, int) and isinstance(current, dict) and set(current) == {"height", "width"}:
+            setattr(image_processor, name, {"height": value, "width": value})
+    if hasattr(image_processor, "image_seq_length"):
+        image_processor.image_seq_length = _tokens_per_image(default)
     images_only = _images_only(processor_class)
     kwargs = _processor_kwargs(processor_class, default)
     spec = TinyLlavaSpec()
@@ -155,8 +162,9 @@ def _processor(model_type: str, default: Any) -> Any:
         tokens = found
     else:
         raise TinyBuildError("the processor's special tokens do not settle")
-    processor.chat_template = tiny_chat_template(_placeholder(processor))
-    return processor
+    text, image_id = _placeholder(processor)
+    processor.chat_template = tiny_chat_template(text)
+    return processor, image_id
 
 
 def _image_side(config: Any) -> int:
@@ -167,6 +175,11 @@ def _image_side(config: Any) -> int:
 def _patch_size(config: Any) -> int:
     patch = getattr(getattr(config, "vision_config", None), "patch_size", None) or 14
     return int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+
+
+def _tokens_per_image(config: Any) -> int:
+    """Image tokens per image of a fixed-count family: pooled 4 x 4 where the config pools, else the 8 x 8 grid."""
+    return _TOKENS_PER_IMAGE if hasattr(config, "mm_tokens_per_image") else _GRID * _GRID
 
 
 def _image_processor(image_processor_class: type, side: int) -> Any:
@@ -234,7 +247,8 @@ def _processor_kwargs(processor_class: type, config: Any) -> dict[str, Any]:
         "patch_size": getattr(vision, "patch_size", None),
         "vision_feature_select_strategy": getattr(config, "vision_feature_select_strategy", "default"),
         "num_additional_image_tokens": 1 if "clip" in str(getattr(vision, "model_type", "")) else 0,
-        "image_seq_length": _TOKENS_PER_IMAGE,
+        "image_seq_length": _tokens_per_image(config),
+        "num_image_tokens": _GRID * _GRID,
     }
     return {k: v for k, v in known.items() if k in params and v is not None}
 
@@ -249,24 +263,27 @@ def _special_tokens(processor: Any) -> dict[str, str]:
     return found
 
 
-def _placeholder(processor: Any) -> str:
-    """What the chat template writes per image: of the processor's named tokens, the one it expands furthest."""
+def _placeholder(processor: Any) -> tuple[str, int]:
+    """What the chat template writes per image, and the image token it expands into.
+
+    Of the processor's named tokens, the one whose expansion repeats a token most; that token is the image
+    token (the one the model's features replace).
+    """
     from PIL import Image
 
-    image_id = getattr(processor, "image_token_id", None)
-    best, most = None, 0
+    best, most = None, 1
     for name, text in sorted(_special_tokens(processor).items()):
         if not ("image" in name or name in ("boi_token", "start_of_image_token")):
             continue
         try:
             ids = processor(text=[text], images=[[Image.new("RGB", (40, 56))]], return_tensors="pt")["input_ids"]
-        except Exception:  # not a placeholder this processor expands
+        except Exception:
             continue
-        count = int((ids == image_id).sum()) if isinstance(image_id, int) else ids.shape[-1]
-        if count > most:
-            best, most = text, count
+        values, counts = ids.unique(return_counts=True)
+        if int(counts.max()) > most:
+            best, most = (text, int(values[counts.argmax()])), int(counts.max())
     if best is None:
-        raise TinyBuildError("no special token of the processor expands into an image run")
+        raise TinyBuildError("no special token of the processor expands into a run of image tokens")
     return best
 
 
@@ -280,7 +297,7 @@ def _default_config(model_type: str) -> Any:
         raise TinyBuildError(f"the default config cannot be built: {type(err).__name__}: {err}") from err
 
 
-def _config(default: Any, processor: Any, mrope: bool) -> Any:
+def _config(default: Any, processor: Any, image_id: int, mrope: bool) -> Any:
     """The tiny config; ``mrope``: the model splits rotary frequencies per (t, h, w) axis (M-RoPE)."""
     tok = processor.tokenizer
     values = _shrunk(default.to_dict(), vocab=_round_up(len(tok), 64))
@@ -294,6 +311,9 @@ def _config(default: Any, processor: Any, mrope: bool) -> Any:
     if values.get("image_grid_pinpoints"):
         values["image_grid_pinpoints"] = _pinpoints(side)
     values.update(_token_ids(values, processor))
+    for key in ("image_token_id", "image_token_index"):
+        if key in values:
+            values[key] = image_id
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
         _set_everywhere(values, key, getattr(tok, key))
     values["tie_word_embeddings"] = False
