@@ -43,10 +43,21 @@ from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
 from psaguard.injection import ImageLayout, features_as_tensor
 
-__all__ = ["GenericBackbone", "GenericFeatures", "pool_sequence_to_square", "unsupported_reason"]
+__all__ = [
+    "CROSS_ATTENTION_TYPES",
+    "PREFIX_LM_TYPES",
+    "GenericBackbone",
+    "GenericFeatures",
+    "pool_sequence_to_square",
+    "unsupported_reason",
+]
 
 CROSS_ATTENTION_TYPES: frozenset[str] = frozenset({"mllama", "idefics"})
 """Model types whose language model reads images through cross-attention layers, not image tokens."""
+PREFIX_LM_TYPES: frozenset[str] = frozenset({"paligemma"})
+"""Model types whose ``token_type_ids`` mark the answer (prefix-LM attention): the guard's input builder sees
+the prompt and the features only, so training would let the answer attend ahead; such a family needs its own
+adapter."""
 
 _TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "vision")
 _TOKEN_TYPE_NAMES = ("mm_token_type_ids", "token_type_ids")
@@ -63,6 +74,8 @@ def unsupported_reason(model: nn.Module) -> str | None:
         return "it has no transformers config"
     if model_type in CROSS_ATTENTION_TYPES:
         return "its language model reads images through cross-attention layers, not image tokens"
+    if model_type in PREFIX_LM_TYPES:
+        return "its prefix-LM token_type_ids mark the answer, which the generic input builder does not see"
     if getattr(config, "is_encoder_decoder", False):
         return "it is an encoder-decoder model; images do not enter a decoder's input as tokens"
     if not isinstance(_image_token_id(config), int):

@@ -233,6 +233,7 @@ def _images_only(processor_class: type) -> type:
         {
             **dict.fromkeys(dropped),
             "__init__": __init__,
+            "get_attributes": classmethod(lambda cls: processor_class.get_attributes()),
             "check_argument_for_proper_class": check_argument_for_proper_class,
             "__module__": __name__,
         },
@@ -360,14 +361,15 @@ def _token_ids(values: dict[str, Any], processor: Any) -> dict[str, Any]:
     return ids
 
 
-def _add_mrope(values: dict[str, Any]) -> None:
-    """M-RoPE sections summing to the shrunk ``head_dim / 2`` in every sub-config's rotary parameters."""
-    half = _SHRINK["head_dim"] // 2
+def _add_mrope(values: dict[str, Any], rotary_factor: float = 1.0) -> None:
+    """M-RoPE sections summing to the shrunk rotary ``head_dim / 2`` in every sub-config's rotary parameters."""
+    rotary_factor = values.get("partial_rotary_factor", rotary_factor)
     for key, value in values.items():
         if key in ("rope_parameters", "rope_scaling") and isinstance(value, dict):
+            half = int(_SHRINK["head_dim"] * value.get("partial_rotary_factor", rotary_factor)) // 2
             value["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
         elif isinstance(value, dict):
-            _add_mrope(value)
+            _add_mrope(value, rotary_factor)
 
 
 def _set_everywhere(values: dict[str, Any], key: str, value: Any) -> None:
