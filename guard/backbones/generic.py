@@ -59,7 +59,8 @@ PREFIX_LM_TYPES: frozenset[str] = frozenset({"paligemma"})
 the prompt and the features only, so training would let the answer attend ahead; such a family needs its own
 adapter."""
 
-_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "vision")
+_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision")
+_PIXEL_NAMES = ("pixel_values", "pixel_values_images")
 _TOKEN_TYPE_NAMES = ("mm_token_type_ids", "token_type_ids")
 _PROBE = (64, 48)  # width, height of the probe image checks run on
 _RUNS = "image_runs"
@@ -243,9 +244,12 @@ class GenericBackbone(Backbone):
         if any(self.image_token_id not in run for run in runs):
             raise ProcessorError(f"the processor wrote no image tokens for an image: not a {self.family!r} processor")
         width = max(len(run) for run in runs)
-        inputs = {"pixel_values": out["pixel_values"], _RUNS: torch.tensor([r + [-1] * (width - len(r)) for r in runs])}
+        pixels = next((name for name in _PIXEL_NAMES if name in out), None)
+        if pixels is None:
+            raise ProcessorError(f"the processor gives no pixel values: it is not a {self.family!r} processor")
+        inputs = {"pixel_values": out[pixels], _RUNS: torch.tensor([r + [-1] * (width - len(r)) for r in runs])}
         for name, value in out.items():
-            if name in ("input_ids", "attention_mask", "pixel_values") or not torch.is_tensor(value):
+            if name in ("input_ids", "attention_mask", *_PIXEL_NAMES) or not torch.is_tensor(value):
                 continue
             if name.endswith("token_type_ids"):  # token types: the guard rebuilds them for its own input
                 self._token_types[name] = _token_type_rule(value, input_ids, mask, self.image_token_id)
@@ -352,6 +356,15 @@ class GenericBackbone(Backbone):
             model_inputs=partial(self._model_inputs, _generic(features), lengths),
         )
 
+    def _token_type_rules(self) -> dict[str, str]:
+        """Token types to build: the processor's, and M-RoPE's ``mm_token_type_ids`` wherever ``forward`` takes
+        them with ``image_grid_thw`` (some processors leave them to the caller)."""
+        params = inspect.signature(self._parts.forward).parameters
+        rules = dict(self._token_types)
+        if "mm_token_type_ids" in params and "image_grid_thw" in params:
+            rules.setdefault("mm_token_type_ids", "image")
+        return rules
+
     def _model_inputs(
         self,
         features: GenericFeatures,
@@ -378,9 +391,9 @@ class GenericBackbone(Backbone):
             "mm_encoder_outputs": {"image": image},
             **{name: value.to(input_ids.device) for name, value in features.image_inputs.items()},
         }
-        if self._token_types:
+        if rules := self._token_type_rules():
             is_image = _image_positions(input_ids, self.image_token_id, [len(f) for f in image_features], lengths)
-            for name, rule in self._token_types.items():
+            for name, rule in rules.items():
                 inputs[name] = is_image.long() if rule == "image" else torch.zeros_like(input_ids)
         return inputs
 

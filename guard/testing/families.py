@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from psaguard.errors import PsaGuardError
 from psaguard.tiny import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_chat_template, tiny_tokenizer
 
@@ -100,20 +102,55 @@ def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
     if model_class is None:
         raise TinyBuildError(f"transformers does not export {class_name}")
     default = _default_config(model_type)
-    processor, image_id = _processor(model_type, default)
+    processor, placeholder, image_id = _processor(model_type, default)
     tok = processor.tokenizer
-    config = _config(
-        default, processor, image_id, mrope="mrope_section" in inspect.getsource(inspect.getmodule(model_class))
-    )
+    config = _config(default, processor, image_id, mrope="mrope" in inspect.getsource(inspect.getmodule(model_class)))
     try:
         model = init_tiny_model(model_class, config, tok, seed)
     except Exception as err:  # a config this generic shrinking does not fit
         raise TinyBuildError(f"the model cannot be built from the shrunk config: {type(err).__name__}: {err}") from err
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        processor.return_mm_token_type_ids = True  # M-RoPE positions need them (a checkpoint's processor config)
+    _calibrate(model, processor, placeholder)
     return TinyBuild(model_type, model, processor)
 
 
+_SEQUENCE_LENGTHS = ("image_seq_length", "image_seq_len", "num_image_tokens")
+"""Processor settings holding the image tokens per image (or per tile) that a checkpoint records from its model."""
+
+
+def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
+    """Make the processor write as many image tokens per tile as the shrunk model gives features per tile.
+
+    Families that pool or pixel-shuffle their tiles record the resulting count in the processor's config;
+    the tiny model's count follows from its shrunk sizes, so the processor's is set from one probe image.
+    """
+    from PIL import Image
+
+    try:
+        out = processor(text=[placeholder], images=[[Image.new("RGB", (56, 40))]], return_tensors="pt")
+    except ImportError as err:
+        raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+    name = next((n for n in _SEQUENCE_LENGTHS if isinstance(getattr(processor, n, None), int)), None)
+    if name is None:
+        return
+    tokens = int((out["input_ids"] == getattr(model.config, "image_token_id", None)).sum())
+    image_inputs = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and "token_type" not in k}
+    try:
+        with torch.no_grad():
+            pooled = model.model.get_image_features(**image_inputs, return_dict=True).pooler_output
+    except Exception:
+        return
+    features = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled) if isinstance(pooled, (list, tuple)) else 0
+    if not features and torch.is_tensor(pooled):
+        features = pooled.reshape(-1, pooled.shape[-1]).shape[0]
+    per_tile = getattr(processor, name)
+    if tokens and features and tokens != features and tokens % per_tile == 0 and features % (tokens // per_tile) == 0:
+        setattr(processor, name, features // (tokens // per_tile))
+
+
 # ---------------------------------------------------------------------------------------------------- processor
-def _processor(model_type: str, default: Any) -> tuple[Any, int]:
+def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
     import transformers
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
@@ -141,7 +178,10 @@ def _processor(model_type: str, default: Any) -> tuple[Any, int]:
             setattr(image_processor, name, {"height": value, "width": value})
     if hasattr(image_processor, "image_seq_length"):
         image_processor.image_seq_length = _tokens_per_image(default)
-    images_only = _images_only(processor_class)
+    try:
+        images_only = _images_only(processor_class)
+    except ImportError as err:  # a processor class that is a placeholder for a missing package
+        raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
     kwargs = _processor_kwargs(processor_class, default)
     spec = TinyLlavaSpec()
     tokens: dict[str, str] = {"image_token": "<image>"}
@@ -164,7 +204,7 @@ def _processor(model_type: str, default: Any) -> tuple[Any, int]:
         raise TinyBuildError("the processor's special tokens do not settle")
     text, image_id = _placeholder(processor)
     processor.chat_template = tiny_chat_template(text)
-    return processor, image_id
+    return processor, text, image_id
 
 
 def _image_side(config: Any) -> int:
