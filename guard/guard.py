@@ -129,8 +129,8 @@ class SafetyGuard:
         backbone = resolve_backbone(model)
         if config.fingerprint is None:
             raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint")
+        backbone.check_processor(processor)  # before any weight is read; adapters may measure sizes on it
         config.fingerprint.check(backbone.fingerprint())
-        backbone.check_processor(processor)  # before any weight is read
         modules = cls._build_modules(config, backbone)
         expected = {name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)

@@ -202,42 +202,39 @@ class GenericBackbone(Backbone):
 
     # ------------------------------------------------------------------ the processor
     def read_processor(self, processor: Any) -> None:
-        """Find the token the chat template writes per image: the one the processor expands into image tokens."""
+        """Find what the chat template writes per image, and its placeholder: the token the processor expands.
+
+        The template's text for an image part (e.g. ``<|vision_start|><|image_pad|><|vision_end|>``) is read
+        by rendering a turn with and without an image; its placeholder is the image token where the text holds
+        it, else its one special token (Gemma 3's ``<start_of_image>``, which the processor replaces by the run).
+        """
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None or not callable(getattr(processor, "image_processor", None)):
             raise ProcessorError(f"{type(processor).__name__} is not a {self.family!r} processor (no image processor)")
-        best, most = None, 0
-        for token_id in self._template_tokens(processor, tokenizer):
-            text = tokenizer.convert_ids_to_tokens(token_id)
-            try:
-                ids = processor(text=[text], images=[[Image.new("RGB", _PROBE)]], return_tensors="pt")["input_ids"]
-            except Exception:
-                continue
-            count = int((ids == self.image_token_id).sum())
-            if count > most:
-                best, most = (text, token_id), count
-        if best is None:
+        snippet = _template_image_text(processor)
+        if snippet is None:
+            snippet = tokenizer.convert_ids_to_tokens(self.image_token_id)
+        ids = list(tokenizer(snippet, add_special_tokens=False)["input_ids"])
+        special = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
+        candidates = [self.image_token_id] if self.image_token_id in ids else [t for t in ids if t in special]
+        if len(candidates) != 1 or ids.count(candidates[0]) != 1:
             raise ProcessorError(
-                f"the processor does not expand any image placeholder into image tokens (id {self.image_token_id}): "
-                f"it is not a {self.family!r} processor"
+                f"the chat template writes {snippet!r} per image, with no single image placeholder: it is not a "
+                f"{self.family!r} processor"
             )
-        self._placeholder = best
+        self._placeholder = (snippet, candidates[0])
+        inputs = self.preprocess(processor, [Image.new("RGB", _PROBE)])
+        if not inputs[_RUNS].eq(self.image_token_id).any():
+            raise ProcessorError(f"the processor writes no image tokens (id {self.image_token_id}) for an image")
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-        """The processor's image inputs and each image's run, from the processor run on one placeholder per image."""
+        """The processor's image inputs and each image's run, from the processor run on one image part each."""
         if self._placeholder is None:
             self.read_processor(processor)
         text, token_id = self._placeholder
         tokenizer = processor.tokenizer
-        try:
-            texts, nested = [text] * len(images), [[image] for image in images]
-            out = processor(text=texts, images=nested, return_tensors="pt", padding=True)
-        except (TypeError, ValueError, KeyError, IndexError) as err:
-            image_processor_outputs(processor, images, self.family)  # a ProcessorError if it has no image processor
-            raise ProcessorError(f"the processor cannot prepare images for a {self.family!r} model: {err}") from err
+        out = _process(processor, [text] * len(images), images, self.family)
         plain = list(tokenizer(text)["input_ids"])
-        if plain.count(token_id) != 1:
-            raise ProcessorError(f"the tokenizer does not keep the image placeholder {text!r} as one token")
         before, after = plain.index(token_id), len(plain) - plain.index(token_id) - 1
         input_ids, mask = out["input_ids"], out["attention_mask"].bool()
         runs = [row[keep][before : int(keep.sum()) - after].tolist() for row, keep in zip(input_ids, mask)]
@@ -305,6 +302,11 @@ class GenericBackbone(Backbone):
                 return pieces
             hidden = torch.cat(pieces)
         grids = image_inputs.get("image_grid_thw")
+        if torch.is_tensor(hidden) and hidden.dim() == 4 and len(hidden) % num_images == 0:
+            # feature maps: (B, C, H, W) from convolutional necks, else (B, H, W, C); tiles side by side in width
+            maps = hidden.permute(0, 2, 3, 1) if hidden.shape[2] == hidden.shape[3] != hidden.shape[1] else hidden
+            per = len(maps) // num_images
+            return [torch.cat(list(maps[i * per : (i + 1) * per]), dim=1) for i in range(num_images)]
         sizes = image_inputs.get("image_sizes")
         if hidden.dim() == 3 and len(hidden) == 1 and (grids is not None or sizes is not None):
             hidden = hidden[0]  # flat states with a batch dimension of one
@@ -398,28 +400,42 @@ class GenericBackbone(Backbone):
         return inputs
 
     # ------------------------------------------------------------------ helpers
-    def _template_tokens(self, processor: Any, tokenizer: Any) -> list[int]:
-        """Special-token ids the chat template writes for an image part (the image token where it has none)."""
-        ids: list[int] = []
-        try:
-            with_image, without = (
-                processor.apply_chat_template(
-                    [{"role": "user", "content": [*parts, {"type": "text", "text": "x"}]}], tokenize=False
-                )
-                for parts in ([{"type": "image"}], [])
-            )
-            extra = set(tokenizer(with_image, add_special_tokens=False)["input_ids"])
-            extra -= set(tokenizer(without, add_special_tokens=False)["input_ids"])
-            special = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
-            ids = sorted(extra & special)
-        except Exception:
-            ids = []
-        return ids or [self.image_token_id]
-
     @staticmethod
     def _accepted(function: Any, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         params = inspect.signature(function).parameters
         return {name: value for name, value in inputs.items() if name in params}
+
+
+def _template_image_text(processor: Any) -> str | None:
+    """What the processor's chat template writes for one image part (None without a usable template)."""
+    try:
+        with_image, without = (
+            processor.apply_chat_template(
+                [{"role": "user", "content": [*parts, {"type": "text", "text": "x"}]}], tokenize=False
+            )
+            for parts in ([{"type": "image"}], [])
+        )
+    except Exception:
+        return None
+    start = 0
+    while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
+        start += 1
+    end = 0
+    while end < len(without) - start and with_image[len(with_image) - 1 - end] == without[len(without) - 1 - end]:
+        end += 1
+    return with_image[start : len(with_image) - end] or None
+
+
+def _process(processor: Any, texts: list[str], images: Sequence[Image.Image], family: str) -> Any:
+    """The processor's output for one image per text: images nested per text, or flat where it takes no nesting."""
+    errors = []
+    for batch in ([[image] for image in images], list(images)):
+        try:
+            return processor(text=texts, images=batch, return_tensors="pt", padding=True)
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            errors.append(err)
+    image_processor_outputs(processor, images, family)  # a ProcessorError if it has no image processor
+    raise ProcessorError(f"the processor cannot prepare images for a {family!r} model: {errors[-1]}") from errors[-1]
 
 
 def _parts(model: nn.Module) -> nn.Module:

@@ -127,10 +127,17 @@ def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
     """
     from PIL import Image
 
-    try:
-        out = processor(text=[placeholder], images=[[Image.new("RGB", (56, 40))]], return_tensors="pt")
-    except ImportError as err:
-        raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+    out = None
+    for batch in ([[Image.new("RGB", (56, 40))]], [Image.new("RGB", (56, 40))]):
+        try:
+            out = processor(text=[placeholder], images=batch, return_tensors="pt")
+            break
+        except ImportError as err:
+            raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+        except (TypeError, ValueError):
+            continue
+    if out is None:
+        return
     name = next((n for n in _SEQUENCE_LENGTHS if isinstance(getattr(processor, n, None), int)), None)
     if name is None:
         return
@@ -155,11 +162,13 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    processor_name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    # A mixture-of-experts variant shares its dense sibling's processor (Qwen3-VL-MoE, GLM-4.5V).
+    dense = model_type.removesuffix("_moe")
+    processor_name = PROCESSOR_MAPPING_NAMES.get(model_type) or PROCESSOR_MAPPING_NAMES.get(dense)
     processor_class = getattr(transformers, processor_name, None) if processor_name else None
     if processor_class is None:
         raise TinyBuildError("the family has no processor class")
-    image_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    image_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or IMAGE_PROCESSOR_MAPPING_NAMES.get(dense)
     pil_name = image_names.get("pil") if isinstance(image_names, dict) else None
     if pil_name is None:
         raise TinyBuildError("the family's image processor needs torchvision (no PIL image processor)")
@@ -307,18 +316,29 @@ def _special_tokens(processor: Any) -> dict[str, str]:
 def _placeholder(processor: Any) -> tuple[str, int]:
     """What the chat template writes per image, and the image token it expands into.
 
-    Of the processor's named tokens, the one whose expansion repeats a token most; that token is the image
-    token (the one the model's features replace).
+    Of the processor's named image tokens (alone, or between its image start and end tokens, which some
+    processors require), the text whose expansion repeats a token most; that token is the image token (the
+    one the model's features replace).
     """
     from PIL import Image
 
+    named = _special_tokens(processor)
+    images = [t for n, t in named.items() if "image" in n or "img" in n or n in ("boi_token", "start_of_image_token")]
+    starts = [t for n, t in named.items() if "start" in n and t in images]
+    ends = [t for n, t in named.items() if "end" in n and t in images]
+    texts = [*images, *(s + t + e for t in images for s in starts for e in ends if t not in (s, e))]
     best, most = None, 1
-    for name, text in sorted(_special_tokens(processor).items()):
-        if not ("image" in name or name in ("boi_token", "start_of_image_token")):
-            continue
-        try:
-            ids = processor(text=[text], images=[[Image.new("RGB", (40, 56))]], return_tensors="pt")["input_ids"]
-        except Exception:
+    for text in dict.fromkeys(texts):
+        ids = None
+        for batch in ([[Image.new("RGB", (40, 56))]], [Image.new("RGB", (40, 56))]):
+            try:
+                ids = processor(text=[text], images=batch, return_tensors="pt")["input_ids"]
+                break
+            except ImportError as err:
+                raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+            except Exception:
+                continue
+        if ids is None:
             continue
         values, counts = ids.unique(return_counts=True)
         if int(counts.max()) > most:
