@@ -325,6 +325,9 @@ class GenericBackbone(Backbone):
             if sum(h * w for h, w in grid_shapes) == hidden.shape[0]:
                 pieces = torch.split(hidden, [h * w for h, w in grid_shapes])
                 return [piece.reshape(h, w, -1) for piece, (h, w) in zip(pieces, grid_shapes)]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if hidden.dim() in (2, 3) and len(hidden) != num_images and len(flat) == sum(lengths):
+            return list(torch.split(flat, lengths))  # pooled already: one row per embedding
         if hidden.dim() == 2:
             hidden = hidden.unsqueeze(0)
         if hidden.dim() == 3 and hidden.shape[0] % num_images == 0:

@@ -54,7 +54,9 @@ _LAYER_INDEX_LISTS = ("deepstack_visual_indexes", "vision_feature_layer", "fulla
 """Config fields that list layer indices; they are kept within the shrunk depth."""
 
 _TOKEN_SUFFIXES = ("_token",)
-_MISSING_TOKEN = re.compile(r"(?:has no attribute|missing required attribute) '?(\w+?_token)(?:_id)?'?")
+_MISSING_TOKEN = re.compile(
+    r"(?:has no attribute|missing required attribute|does not have an) [`']?(\w+?_token)(?:_id)?[`']?"
+)
 _TEXT_TOKENS = frozenset({"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token"})
 _GRID = 8
 """Patches per side of a tiny model's image (its tower's patch size is kept: processors derive from it)."""
@@ -224,6 +226,10 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
         except Exception as err:
             raise TinyBuildError(f"the processor cannot be built: {type(err).__name__}: {err}") from err
         found = {**_special_tokens(processor), **tokens}  # the tokenizer's names stand (Gemma 3 aliases them)
+        for name in _unset_tokens(processor):  # tokens it reads from the tokenizer and found none of
+            found.setdefault(name, f"<{name}>")
+        if (missing := _missing_at_call(processor)) and missing not in found:
+            found[missing] = f"<{missing}>"  # a token the processor reads only when called (Gemma 4's audio token)
         if found == tokens:
             break
         tokens = found
@@ -321,6 +327,27 @@ def _processor_kwargs(processor_class: type, config: Any) -> dict[str, Any]:
     return {k: v for k, v in known.items() if k in params and v is not None}
 
 
+def _unset_tokens(processor: Any) -> list[str]:
+    """Names of the processor's ``*_token`` attributes left None (the tokenizer had no such token)."""
+    names = [n for n in vars(processor) if n.endswith(_TOKEN_SUFFIXES) and not n.startswith("_")]
+    return [n for n in names if getattr(processor, n) is None and n not in _TEXT_TOKENS]
+
+
+def _missing_at_call(processor: Any) -> str | None:
+    """The name of a special token the processor asks its tokenizer for when called with an image, if missing."""
+    from PIL import Image
+
+    text = getattr(processor, "image_token", None)
+    if not isinstance(text, str):
+        return None
+    try:
+        processor(text=[text], images=[[Image.new("RGB", (40, 56))]], return_tensors="pt")
+    except Exception as err:
+        missing = _MISSING_TOKEN.search(str(err))
+        return missing.group(1) if missing else None
+    return None
+
+
 def _special_tokens(processor: Any) -> dict[str, str]:
     """The processor's named special tokens (``image_token``, ``boi_token``, ...): attribute -> text."""
     found = {}
@@ -379,7 +406,14 @@ def _default_config(model_type: str) -> Any:
 def _config(default: Any, processor: Any, image_id: int, mrope: bool) -> Any:
     """The tiny config; ``mrope``: the model splits rotary frequencies per (t, h, w) axis (M-RoPE)."""
     tok = processor.tokenizer
-    values = _shrunk(default.to_dict(), vocab=_round_up(len(tok), 64))
+    raw = default.to_dict()
+    for name, sub_config in getattr(default, "sub_configs", {}).items():
+        if raw.get(name) is None and isinstance(sub_config, type):  # a part the default leaves out (a tower)
+            try:
+                raw[name] = sub_config().to_dict()
+            except Exception:
+                continue
+    values = _shrunk(raw, vocab=_round_up(len(tok), 64))
     side = _image_side(default)
     if isinstance(vision := values.get("vision_config"), dict) and "image_size" in vision:
         vision["image_size"] = [side, side] if isinstance(vision["image_size"], (list, tuple)) else side
@@ -406,7 +440,9 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     old_depth = values.get("num_hidden_layers") or values.get("depth") or values.get("num_layers")
     for key, value in values.items():
-        if isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
+        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            out[key] = {str(_SHRINK["num_hidden_layers"] - 1): list(value.values())[-1]}  # per-layer: the last one
+        elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrunk(value, vocab)
         elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
             out[key] = min(value, _SHRINK[key]) if key.startswith("num_experts_per") else _SHRINK[key]
