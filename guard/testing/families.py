@@ -21,7 +21,14 @@ import torch
 from psaguard.errors import PsaGuardError
 from psaguard.tiny import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_chat_template, tiny_tokenizer
 
-__all__ = ["TinyBuild", "TinyBuildError", "build_tiny_family", "image_text_to_text_types", "save_tiny_family"]
+__all__ = [
+    "TinyBuild",
+    "TinyBuildError",
+    "build_meta_model",
+    "build_tiny_family",
+    "image_text_to_text_types",
+    "save_tiny_family",
+]
 
 _WIDTH = 64
 """Width of every tower and language model (a multiple of 64, as the other tiny models)."""
@@ -174,6 +181,26 @@ def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
     per_tile = getattr(processor, name)
     if tokens and features and tokens != features and tokens % per_tile == 0 and features % (tokens // per_tile) == 0:
         setattr(processor, name, features // (tokens // per_tile))
+
+
+def build_meta_model(model_type: str) -> Any:
+    """``model_type``'s model on the meta device from its shrunk default config, without a processor (no
+    weights; for asking an adapter whether it supports the family when no tiny pair can be built)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_class = getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type, ""), None)
+    if model_class is None:
+        raise TinyBuildError(f"transformers does not export the model class of {model_type!r}")
+    default = _default_config(model_type)
+    try:
+        values = _shrunk(default.to_dict(), vocab=_WIDTH * 4)
+        _set_everywhere(values, "pad_token_id", 0)
+        config = type(default).from_dict(values)
+        with torch.device("meta"):
+            return model_class(config)
+    except Exception as err:
+        raise TinyBuildError(f"the model cannot be built from its shrunk config: {type(err).__name__}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------------- processor

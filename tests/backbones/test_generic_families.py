@@ -25,7 +25,7 @@ import psaguard.guard
 from psaguard import SafetyGuard
 from psaguard.backbones import GenericBackbone, resolve_backbone
 from psaguard.errors import UnsupportedModelError
-from psaguard.testing import TinyBuildError, build_tiny_family, image_text_to_text_types
+from psaguard.testing import TinyBuildError, build_meta_model, build_tiny_family, image_text_to_text_types
 
 GREEDY = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
 SIZES = ((32, 32), (40, 56), (64, 48))  # (height, width): square, wide, tall
@@ -56,6 +56,17 @@ def generic_only(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(module, "resolve_backbone", generic)
 
 
+def _skip_unbuilt(model_type: str, err: TinyBuildError) -> None:
+    """Skip a family whose tiny pair cannot be built, saying why: refused by the adapter where it would be."""
+    try:
+        reason = GenericBackbone.why_unsupported(build_meta_model(model_type))
+    except TinyBuildError:
+        reason = None
+    if reason:
+        pytest.skip(f"refused: {reason} (its tiny pair cannot be built here either: {err})")
+    pytest.skip(f"cannot be built here: {err}")
+
+
 @pytest.fixture
 def single_thread():
     threads = torch.get_num_threads()
@@ -69,7 +80,7 @@ def test_family_meets_the_bar_through_the_generic_adapter(model_type, monkeypatc
     try:
         build = build_tiny_family(model_type)
     except TinyBuildError as err:
-        pytest.skip(f"cannot be built here: {err}")
+        _skip_unbuilt(model_type, err)
     model, processor = build.model, build.processor
     if reason := GenericBackbone.why_unsupported(model):
         with pytest.raises(UnsupportedModelError, match=re.escape(reason)):
