@@ -5,7 +5,8 @@
 
 Runs ``tests/backbones/test_generic_families.py`` (one test per model type of transformers'
 ``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``) and turns its outcomes into a table: **works** (the family
-passed the whole bar through the generic adapter), **refused** (the adapter says why the model does not
+passed the whole bar through the generic adapter; "works but wrap()" where only the drop-in wrapper does
+not), **refused** (the adapter says why the model does not
 follow the interface), **not built here** (its tiny model or processor cannot be built offline on this
 machine, with the reason), **fails** (the first line of the failure). Nothing is written by hand.
 """
@@ -25,6 +26,8 @@ import transformers
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = "tests/backbones/test_generic_families.py"
+FAMILY_TEST = "test_family_meets_the_bar"
+WRAP_TEST = "test_wrap_generates_exactly"
 DOC = ROOT / "docs" / "adapters.md"
 BEGIN, END = "<!-- family-support:begin -->", "<!-- family-support:end -->"
 
@@ -42,12 +45,17 @@ def outcomes(report: Path | None = None) -> dict[str, tuple[str, str]]:
 
 
 def _parse(tree: ET.ElementTree) -> dict[str, tuple[str, str]]:
-    found = {}
+    found: dict[str, tuple[str, str]] = {}
+    wrap: dict[str, tuple[str, str]] = {}
     for case in tree.iter("testcase"):
-        model_type = re.search(r"\[(.+)\]$", case.get("name", ""))
-        if model_type is None:
-            continue
-        found[model_type.group(1)] = _outcome(case)
+        name = case.get("name", "")
+        model_type = re.search(r"\[(.+)\]$", name)
+        if model_type is not None and name.startswith((FAMILY_TEST, WRAP_TEST)):
+            (found if name.startswith(FAMILY_TEST) else wrap)[model_type.group(1)] = _outcome(case)
+    for model_type, (result, reason) in found.items():
+        wrap_result, wrap_reason = wrap.get(model_type, ("works", ""))
+        if result == "works" and wrap_result != "works":  # the bar but the drop-in wrapper
+            found[model_type] = ("works but wrap()", f"wrap() {wrap_result}: {wrap_reason}")
     return found
 
 

@@ -146,9 +146,19 @@ class GenericBackbone(Backbone):
     family = "generic"
     model_types = ("any model following transformers' multimodal interface",)
     fallback = True
-    image_input_names = ("image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes", _RUNS)
+    image_input_names = (
+        "image_grid_thw",
+        "image_sizes",
+        "pixel_attention_mask",
+        "spatial_shapes",
+        "image_position_ids",
+        "image_merge_sizes",
+        "batch_num_images",
+        _RUNS,
+    )
     derived_input_names = _TOKEN_TYPE_NAMES
-    unjudged_input_names = ("pixel_values_videos", "video_grid_thw")
+    unjudged_input_names = ("pixel_values_videos", "video_grid_thw", "pixel_values_images")
+    """Videos, and images under another name than ``pixel_values`` (which ``wrap()`` would not judge: refused)."""
     max_grid_side: ClassVar[int] = 24
     """Largest side of the square grid the safety projector sees (the tower's own grid where smaller)."""
 

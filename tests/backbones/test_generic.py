@@ -68,3 +68,16 @@ def test_a_sequence_that_is_no_grid_is_pooled_along_its_length():
     assert pooled.shape == (4, 2)
     torch.testing.assert_close(pooled[0], tokens[:8].mean(0))  # adaptive bins: 30 / 4 rows, rounded out
     assert torch.all(pooled[1:, 0] > pooled[:-1, 0])  # order along the sequence is kept
+
+
+def test_a_tiny_family_saves_and_loads_back_offline(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from psaguard.testing import save_tiny_family
+
+    path = save_tiny_family("llava", tmp_path / "llava")
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    backbone = resolve_backbone(model, [GenericBackbone])
+    backbone.check_processor(processor)
+    assert backbone.placeholder_token_id == model.config.image_token_id == processor.image_token_id
