@@ -52,7 +52,7 @@ def _parse(tree: ET.ElementTree) -> dict[str, tuple[str, str]]:
         model_type = re.search(r"\[(.+)\]$", name)
         if model_type is not None and name.startswith((FAMILY_TEST, WRAP_TEST)):
             (found if name.startswith(FAMILY_TEST) else wrap)[model_type.group(1)] = _outcome(case)
-    for model_type, (result, reason) in found.items():
+    for model_type, (result, _) in list(found.items()):
         wrap_result, wrap_reason = wrap.get(model_type, ("works", ""))
         if result == "works" and wrap_result != "works":  # the bar but the drop-in wrapper
             found[model_type] = ("works but wrap()", f"wrap() {wrap_result}: {wrap_reason}")
