@@ -333,6 +333,8 @@ def _images_only(processor_class: type) -> type:
             self, image_processor=image_processor, tokenizer=tokenizer, **dict.fromkeys(required), **kwargs
         )
 
+    __init__.__signature__ = inspect.signature(processor_class.__init__)  # what save_pretrained serializes
+
     def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
         return None if arg is None else processor_class.check_argument_for_proper_class(self, attribute_name, arg)
 
