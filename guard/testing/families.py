@@ -302,6 +302,9 @@ def _image_processor(image_processor_class: type, side: int) -> Any:
             for key in ("height", "width", "shortest_edge", "longest_edge"):
                 if (value := getattr(size, key, None)) is not None:
                     setattr(size, key, _side_or_area(value, side))
+    for name, value in vars(image_processor).items():  # token budgets per image (Gemma 4's max_soft_tokens)
+        if name.startswith("max_") and name.endswith("tokens") and isinstance(value, int) and value > _GRID * _GRID:
+            setattr(image_processor, name, value // 4)
     if getattr(image_processor, "image_grid_pinpoints", None):
         image_processor.image_grid_pinpoints = _pinpoints(side)
     return image_processor
