@@ -146,8 +146,8 @@ class SafetyGuard:
         backbone = resolve_backbone(model)
         if config.fingerprint is None:
             raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint")
+        backbone.check_processor(processor)  # before any weight is read; adapters may measure sizes on it
         config.fingerprint.check(backbone.fingerprint())
-        backbone.check_processor(processor)  # before any weight is read
         modules = cls._build_modules(config, backbone, dtype)
         # The saved bank's shapes follow from the config's categories: a file with more, fewer or resized rows fails.
         bank_shapes = CategoryBank.expected(len(config.categories), backbone.text_hidden_size)

@@ -155,11 +155,11 @@ class GuardedModel:
             features = backbone.encode_images(pixel_values, **image_inputs)
             image_embeds = backbone.project(features)
         # The processor wrote each image's run as the adapter does: one image token per embedding.
+        layout = backbone.image_layout(features, image_embeds)
         token_rows = collapse_image_runs(
-            [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())],
-            backbone.image_layout(features, image_embeds),
+            [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())], layout
         )
-        placeholder = backbone.placeholder_token_id
+        placeholder = layout.placeholder
         counts = [row.count(placeholder) for row in token_rows]
         if 0 in counts:
             raise InvalidInputError(f"row {counts.index(0)} has no image; batch text-only requests separately")

@@ -18,6 +18,7 @@ from psaguard.backbones.encoder_only import (
     encoder_only_backbones,
 )
 from psaguard.backbones.gemma3 import EncoderOnlyGemma3Backbone, Gemma3Backbone
+from psaguard.backbones.generic import GenericBackbone, GenericFeatures
 from psaguard.backbones.glm4v import EncoderOnlyGlm4vBackbone, Glm4vBackbone
 from psaguard.backbones.idefics3 import (
     EncoderOnlyIdefics3Backbone,
@@ -67,6 +68,8 @@ __all__ = [
     "EncoderOnlySmolVLMBackbone",
     "EncoderOnlyVipLlavaBackbone",
     "Gemma3Backbone",
+    "GenericBackbone",
+    "GenericFeatures",
     "Glm4vBackbone",
     "Idefics3Backbone",
     "InternVLBackbone",

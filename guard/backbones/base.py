@@ -128,6 +128,8 @@ class Backbone(ABC):
     unquantized_modules: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     """Full module names that 4-bit loading (Stage II QLoRA) keeps in full precision: everything but the
     language model (the vision tower and projector the guard reads, and the output layer)."""
+    fallback: ClassVar[bool] = False
+    """Whether the registry asks this adapter only after every non-fallback one (the generic adapter)."""
     language_model_name: ClassVar[str] = "language_model"
     """Name of the module holding the language model in the model's module tree (``model.<name>``): Stage II
     puts its LoRA adapters into the projections under it and nowhere else."""
@@ -142,6 +144,12 @@ class Backbone(ABC):
     def supports(cls, model: nn.Module) -> bool:
         """Whether this adapter handles ``model`` (dispatch on ``config.model_type``, through wrappers)."""
         return getattr(getattr(unwrap_model(model), "config", None), "model_type", None) in cls.model_types
+
+    @classmethod
+    def why_unsupported(cls, model: nn.Module) -> str | None:
+        """Why this adapter refuses ``model``, for the registry's :class:`UnsupportedModelError` (None: no reason
+        to add; family adapters refuse by ``model_type`` alone)."""
+        return None
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -3,7 +3,9 @@
 A family adapter is registered once, when its module is imported (``@register_backbone`` on the class);
 :func:`resolve_backbone` asks the registered adapters, newest first, whether they handle a model, so an
 adapter registered later (an application's own, a more specific layout such as a LLaVA with a Pixtral
-vision tower) takes precedence over the built-in one it refines. See docs/adapters.md.
+vision tower) takes precedence over the built-in one it refines. Adapters marked ``fallback`` (the generic
+adapter of every model following transformers' multimodal interface) are asked only after all the others.
+See docs/adapters.md.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ class BackboneRegistry:
         return adapter
 
     def adapters(self) -> tuple[type[Backbone], ...]:
-        """The registered adapters in the order :meth:`resolve` tries them (newest first)."""
-        return tuple(reversed(self._adapters))
+        """The registered adapters in the order :meth:`resolve` tries them (newest first, fallbacks last)."""
+        newest_first = tuple(reversed(self._adapters))
+        return tuple(a for a in newest_first if not a.fallback) + tuple(a for a in newest_first if a.fallback)
 
     def resolve(self, model: nn.Module) -> Backbone:
         """The adapter for ``model``; :class:`UnsupportedModelError` if no registered adapter handles it."""
@@ -88,8 +91,10 @@ def resolve_backbone(model: nn.Module, backbones: Sequence[type[Backbone]] | Non
 def _unsupported(model: nn.Module, adapters: Sequence[type[Backbone]]) -> UnsupportedModelError:
     model_type = getattr(getattr(unwrap_model(model), "config", None), "model_type", None)
     supported = sorted({t for adapter in adapters for t in adapter.model_types})
+    reasons = [reason for adapter in adapters if (reason := adapter.why_unsupported(model))]
+    why = f" ({'; '.join(reasons)})" if reasons else ""
     return UnsupportedModelError(
-        f"{type(model).__name__} (model_type={model_type!r}) is not a supported vision-language model; "
+        f"{type(model).__name__} (model_type={model_type!r}) is not a supported vision-language model{why}; "
         f"supported model types: {supported}. To add a family, subclass psaguard.backbones.Backbone and "
         f"register it with @psaguard.backbones.register_backbone (see {ADAPTERS_DOC})"
     )

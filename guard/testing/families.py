@@ -1,0 +1,539 @@
+"""Tiny random models of any image-text-to-text family of the installed transformers, built from its configs.
+
+:func:`build_tiny_family` takes a ``model_type`` of ``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES`` and builds,
+offline, a model with random weights from the family's own config classes (every sub-config shrunk: few
+layers, narrow widths, the tiny vocabulary) and a processor from the family's own processor class over its
+PIL image processor (torchvision is not needed) and the tiny word-level tokenizer, which learns the
+family's special tokens from the processor itself. Nothing here names a family: a family that a newer
+transformers adds is built the same way. What cannot be built raises :class:`TinyBuildError` saying why.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psaguard.errors import PsaGuardError
+from psaguard.tiny import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_chat_template, tiny_tokenizer
+
+__all__ = [
+    "TinyBuild",
+    "TinyBuildError",
+    "build_meta_model",
+    "build_tiny_family",
+    "image_text_to_text_types",
+    "save_tiny_family",
+]
+
+_WIDTH = 64
+"""Width of every tower and language model (a multiple of 64, as the other tiny models)."""
+
+_SHRINK: dict[str, int] = {
+    "hidden_size": _WIDTH,
+    "embed_dim": _WIDTH,
+    "d_model": _WIDTH,
+    "out_hidden_size": _WIDTH,
+    "projection_dim": _WIDTH,
+    "intermediate_size": 2 * _WIDTH,
+    "moe_intermediate_size": _WIDTH,
+    "shared_expert_intermediate_size": _WIDTH,
+    "num_attention_heads": 4,
+    "num_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": _WIDTH // 4,
+    "num_hidden_layers": 2,
+    "depth": 2,
+    "num_layers": 2,
+    "num_experts": 4,
+    "n_routed_experts": 4,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "first_k_dense_replace": 1,
+}
+"""Config fields set to these values wherever they appear (the model's config and every sub-config)."""
+
+_LAYER_INDEX_LISTS = ("deepstack_visual_indexes", "vision_feature_layer", "fullatt_block_indexes")
+"""Config fields that list layer indices; they are kept within the shrunk depth."""
+
+_TOKEN_SUFFIXES = ("_token",)
+_MISSING_TOKEN = re.compile(
+    r"(?:has no attribute|missing required attribute|does not have an) [`']?(\w+?_token)(?:_id)?[`']?"
+)
+_TEXT_TOKENS = frozenset({"pad_token", "bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token"})
+_GRID = 8
+"""Patches per side of a tiny model's image (its tower's patch size is kept: processors derive from it)."""
+_AREA_THRESHOLD = 10_000
+"""Image-processor sizes at or above this are pixel areas (Qwen-VL's min / max pixels), left as they are."""
+_TOKENS_PER_IMAGE = 16
+"""Tokens per image where the config fixes the count (pooling the 8 x 8 grid to 4 x 4)."""
+
+
+class TinyBuildError(PsaGuardError):
+    """A family's tiny model or processor cannot be built here (the message says why)."""
+
+
+@dataclass(frozen=True)
+class TinyBuild:
+    """A family's tiny model and processor (not saved)."""
+
+    model_type: str
+    model: Any
+    processor: Any
+
+
+def image_text_to_text_types() -> list[str]:
+    """Every ``model_type`` of the installed transformers' ``MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES``, sorted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+
+def save_tiny_family(model_type: str, path: str | Path, seed: int = 1) -> Path:
+    """Build ``model_type``'s tiny pair and save it to ``path`` (Hugging Face format); return the path.
+
+    :class:`TinyBuildError` where the processor cannot be saved: one whose video or audio parts were left out
+    (they need torchvision) saves only with them. Tests use the in-memory pair of :func:`build_tiny_family`.
+    """
+    build = build_tiny_family(model_type, seed)
+    try:
+        return save_pretrained_pair(path, build.model, build.processor)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise TinyBuildError(
+            f"the tiny processor of {model_type!r} cannot be saved without its left-out parts: {err}"
+        ) from err
+
+
+def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
+    """The tiny model and processor of ``model_type``; :class:`TinyBuildError` if they cannot be built here."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    class_name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type)
+    if class_name is None:
+        raise TinyBuildError(f"{model_type!r} is not an image-text-to-text model type of this transformers")
+    model_class = getattr(transformers, class_name, None)
+    if model_class is None:
+        raise TinyBuildError(f"transformers does not export {class_name}")
+    default = _default_config(model_type)
+    processor, placeholder, image_id = _processor(model_type, default)
+    tok = processor.tokenizer
+    config = _config(default, processor, image_id, mrope="mrope" in inspect.getsource(inspect.getmodule(model_class)))
+    try:
+        model = init_tiny_model(model_class, config, tok, seed)
+    except Exception as err:  # a config this generic shrinking does not fit
+        raise TinyBuildError(f"the model cannot be built from the shrunk config: {type(err).__name__}: {err}") from err
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        processor.return_mm_token_type_ids = True  # M-RoPE positions need them (a checkpoint's processor config)
+    _calibrate(model, processor, placeholder)
+    _check_generates(model, processor)
+    return TinyBuild(model_type, model, processor)
+
+
+def _check_generates(model: Any, processor: Any) -> None:
+    """:class:`TinyBuildError` unless the tiny model generates on its processor's output for a chat prompt."""
+    from PIL import Image
+
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    try:
+        inputs = processor(images=[Image.new("RGB", (56, 40), (200, 30, 30))], text=text, return_tensors="pt")
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    except Exception as err:  # the tiny pair is inconsistent: a shrinking this builder does not get right
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise TinyBuildError(
+            f"the tiny model does not run on its processor's output: {type(err).__name__}: {first}"
+        ) from err
+
+
+_SEQUENCE_LENGTHS = ("image_seq_length", "image_seq_len", "num_image_tokens")
+"""Processor settings holding the image tokens per image (or per tile) that a checkpoint records from its model."""
+
+
+def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
+    """Make the processor write as many image tokens per tile as the shrunk model gives features per tile.
+
+    Families that pool or pixel-shuffle their tiles record the resulting count in the processor's config;
+    the tiny model's count follows from its shrunk sizes, so the processor's is set from one probe image.
+    """
+    from PIL import Image
+
+    out = None
+    for batch in ([[Image.new("RGB", (56, 40))]], [Image.new("RGB", (56, 40))]):
+        try:
+            out = processor(text=[placeholder], images=batch, return_tensors="pt")
+            break
+        except ImportError as err:
+            raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+        except (TypeError, ValueError):
+            continue
+    if out is None:
+        return
+    name = next((n for n in _SEQUENCE_LENGTHS if isinstance(getattr(processor, n, None), int)), None)
+    if name is None:
+        return
+    tokens = int((out["input_ids"] == getattr(model.config, "image_token_id", None)).sum())
+    image_inputs = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and "token_type" not in k}
+    try:
+        with torch.no_grad():
+            pooled = model.model.get_image_features(**image_inputs, return_dict=True).pooler_output
+    except Exception:
+        return
+    features = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled) if isinstance(pooled, (list, tuple)) else 0
+    if not features and torch.is_tensor(pooled):
+        features = pooled.reshape(-1, pooled.shape[-1]).shape[0]
+    per_tile = getattr(processor, name)
+    if tokens and features and tokens != features and tokens % per_tile == 0 and features % (tokens // per_tile) == 0:
+        setattr(processor, name, features // (tokens // per_tile))
+
+
+def build_meta_model(model_type: str) -> Any:
+    """``model_type``'s model on the meta device from its shrunk default config, without a processor (no
+    weights; for asking an adapter whether it supports the family when no tiny pair can be built)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_class = getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type, ""), None)
+    if model_class is None:
+        raise TinyBuildError(f"transformers does not export the model class of {model_type!r}")
+    default = _default_config(model_type)
+    try:
+        values = _shrunk(default.to_dict(), vocab=_WIDTH * 4)
+        _set_everywhere(values, "pad_token_id", 0)
+        config = type(default).from_dict(values)
+        with torch.device("meta"):
+            return model_class(config)
+    except Exception as err:
+        raise TinyBuildError(f"the model cannot be built from its shrunk config: {type(err).__name__}: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------------- processor
+def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
+    import transformers
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    # A mixture-of-experts variant shares its dense sibling's processor (Qwen3-VL-MoE, GLM-4.5V).
+    dense = model_type.removesuffix("_moe")
+    processor_name = PROCESSOR_MAPPING_NAMES.get(model_type) or PROCESSOR_MAPPING_NAMES.get(dense)
+    processor_class = getattr(transformers, processor_name, None) if processor_name else None
+    if processor_class is None:
+        raise TinyBuildError("the family has no processor class")
+    image_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or IMAGE_PROCESSOR_MAPPING_NAMES.get(dense)
+    pil_name = image_names.get("pil") if isinstance(image_names, dict) else None
+    if pil_name is None:
+        raise TinyBuildError("the family's image processor needs torchvision (no PIL image processor)")
+    image_processor = _image_processor(getattr(transformers, pil_name), _image_side(default))
+    vision = getattr(default, "vision_config", None)
+    for name, source in (
+        ("patch_size", "patch_size"),
+        ("merge_size", "spatial_merge_size"),
+        ("temporal_patch_size", "temporal_patch_size"),
+    ):
+        value = getattr(vision, source, None)
+        current = getattr(image_processor, name, None)
+        if isinstance(value, int) and isinstance(current, int):
+            setattr(image_processor, name, value)  # the processor's patch geometry is the tower's
+        elif isinstance(value, int) and isinstance(current, dict) and set(current) == {"height", "width"}:
+            setattr(image_processor, name, {"height": value, "width": value})
+    if hasattr(image_processor, "image_seq_length"):
+        image_processor.image_seq_length = _tokens_per_image(default)
+    try:
+        images_only = _images_only(processor_class)
+    except ImportError as err:  # a processor class that is a placeholder for a missing package
+        raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+    kwargs = _processor_kwargs(processor_class, default)
+    spec = TinyLlavaSpec()
+    tokens: dict[str, str] = {"image_token": "<image>"}
+    for _ in range(12):  # learn the special tokens the processor reads from its tokenizer, then rebuild
+        try:
+            processor = images_only(image_processor=image_processor, tokenizer=tiny_tokenizer(spec, tokens), **kwargs)
+        except (AttributeError, ValueError) as err:
+            missing = _MISSING_TOKEN.search(str(err))
+            if missing is None or missing.group(1) in tokens:
+                raise TinyBuildError(f"the processor cannot be built: AttributeError: {err}") from err
+            tokens[missing.group(1)] = f"<{missing.group(1)}>"
+            continue
+        except Exception as err:
+            raise TinyBuildError(f"the processor cannot be built: {type(err).__name__}: {err}") from err
+        found = {**_special_tokens(processor), **tokens}  # the tokenizer's names stand (Gemma 3 aliases them)
+        for name in _unset_tokens(processor):  # tokens it reads from the tokenizer and found none of
+            found.setdefault(name, f"<{name}>")
+        if (missing := _missing_at_call(processor)) and missing not in found:
+            found[missing] = f"<{missing}>"  # a token the processor reads only when called (Gemma 4's audio token)
+        if found == tokens:
+            break
+        tokens = found
+    else:
+        raise TinyBuildError("the processor's special tokens do not settle")
+    text, image_id = _placeholder(processor)
+    processor.chat_template = tiny_chat_template(text)
+    return processor, text, image_id
+
+
+def _image_side(config: Any) -> int:
+    """Side in pixels of the tiny models' square image inputs: 8 x 8 of the tower's patches."""
+    return _GRID * _patch_size(config)
+
+
+def _patch_size(config: Any) -> int:
+    patch = getattr(getattr(config, "vision_config", None), "patch_size", None) or 14
+    return int(patch[0] if isinstance(patch, (list, tuple)) else patch)
+
+
+def _tokens_per_image(config: Any) -> int:
+    """Image tokens per image of a fixed-count family: pooled 4 x 4 where the config pools, else the 8 x 8 grid."""
+    return _TOKENS_PER_IMAGE if hasattr(config, "mm_tokens_per_image") else _GRID * _GRID
+
+
+def _image_processor(image_processor_class: type, side: int) -> Any:
+    """The family's PIL image processor, resizing to ``side`` px where its sizes are sides (not pixel areas)."""
+    image_processor = image_processor_class()
+    for name in ("size", "crop_size"):
+        size = getattr(image_processor, name, None)
+        if isinstance(size, dict):
+            setattr(image_processor, name, {k: _side_or_area(v, side) for k, v in size.items()})
+        elif size is not None:  # transformers' SizeDict
+            for key in ("height", "width", "shortest_edge", "longest_edge"):
+                if (value := getattr(size, key, None)) is not None:
+                    setattr(size, key, _side_or_area(value, side))
+    for name, value in vars(image_processor).items():  # token budgets per image (Gemma 4's max_soft_tokens)
+        if name.startswith("max_") and name.endswith("tokens") and isinstance(value, int) and value > _GRID * _GRID:
+            setattr(image_processor, name, value // 4)
+    if getattr(image_processor, "image_grid_pinpoints", None):
+        image_processor.image_grid_pinpoints = _pinpoints(side)
+    return image_processor
+
+
+def _side_or_area(value: Any, side: int) -> Any:
+    return side if isinstance(value, int) and 0 < value < _AREA_THRESHOLD else value
+
+
+def _pinpoints(side: int) -> list[list[int]]:
+    return [[side, side], [2 * side, side], [side, 2 * side]]
+
+
+def _images_only(processor_class: type) -> type:
+    """``processor_class`` without its video, audio or other parts: images and text only (no torchvision)."""
+
+    kept = ("image_processor", "tokenizer")
+    dropped = [a for a in processor_class.get_attributes() if a not in kept]
+    required = [
+        name
+        for name, param in inspect.signature(processor_class.__init__).parameters.items()
+        if name not in ("self", *kept)
+        and param.default is inspect.Parameter.empty
+        and param.kind is param.POSITIONAL_OR_KEYWORD
+    ]
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
+        processor_class.__init__(
+            self, image_processor=image_processor, tokenizer=tokenizer, **dict.fromkeys(required), **kwargs
+        )
+
+    __init__.__signature__ = inspect.signature(processor_class.__init__)  # what save_pretrained serializes
+
+    def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
+        return None if arg is None else processor_class.check_argument_for_proper_class(self, attribute_name, arg)
+
+    return type(
+        processor_class.__name__,
+        (processor_class,),
+        {
+            **dict.fromkeys(dropped),
+            "__init__": __init__,
+            "get_attributes": classmethod(lambda cls: processor_class.get_attributes()),
+            "check_argument_for_proper_class": check_argument_for_proper_class,
+            "__module__": __name__,
+        },
+    )
+
+
+def _processor_kwargs(processor_class: type, config: Any) -> dict[str, Any]:
+    """Settings the processor's ``__init__`` takes that a checkpoint's processor config records from its model."""
+    params = inspect.signature(processor_class.__init__).parameters
+    vision = getattr(config, "vision_config", None)
+    known = {
+        "patch_size": getattr(vision, "patch_size", None),
+        "vision_feature_select_strategy": getattr(config, "vision_feature_select_strategy", "default"),
+        "num_additional_image_tokens": 1 if "clip" in str(getattr(vision, "model_type", "")) else 0,
+        "image_seq_length": _tokens_per_image(config),
+        "num_image_tokens": _GRID * _GRID,
+    }
+    return {k: v for k, v in known.items() if k in params and v is not None}
+
+
+def _unset_tokens(processor: Any) -> list[str]:
+    """Names of the processor's ``*_token`` attributes left None (the tokenizer had no such token)."""
+    names = [n for n in vars(processor) if n.endswith(_TOKEN_SUFFIXES) and not n.startswith("_")]
+    return [n for n in names if getattr(processor, n) is None and n not in _TEXT_TOKENS]
+
+
+def _missing_at_call(processor: Any) -> str | None:
+    """The name of a special token the processor asks its tokenizer for when called with an image, if missing."""
+    from PIL import Image
+
+    text = getattr(processor, "image_token", None)
+    if not isinstance(text, str):
+        return None
+    try:
+        processor(text=[text], images=[[Image.new("RGB", (40, 56))]], return_tensors="pt")
+    except Exception as err:
+        missing = _MISSING_TOKEN.search(str(err))
+        return missing.group(1) if missing else None
+    return None
+
+
+def _special_tokens(processor: Any) -> dict[str, str]:
+    """The processor's named special tokens (``image_token``, ``boi_token``, ...): attribute -> text."""
+    found = {}
+    for name, value in inspect.getmembers(processor):
+        named = name.endswith(_TOKEN_SUFFIXES) and not name.startswith("_") and name not in _TEXT_TOKENS
+        if named and isinstance(value, str) and value and " " not in value.strip():
+            found[name] = value
+    return found
+
+
+def _placeholder(processor: Any) -> tuple[str, int]:
+    """What the chat template writes per image, and the image token it expands into.
+
+    Of the processor's named image tokens (alone, or between its image start and end tokens, which some
+    processors require), the text whose expansion repeats a token most; that token is the image token (the
+    one the model's features replace).
+    """
+    from PIL import Image
+
+    named = _special_tokens(processor)
+    images = [t for n, t in named.items() if "image" in n or "img" in n or n in ("boi_token", "start_of_image_token")]
+    starts = [t for n, t in named.items() if "start" in n and t in images]
+    ends = [t for n, t in named.items() if "end" in n and t in images]
+    texts = [*images, *(s + t + e for t in images for s in starts for e in ends if t not in (s, e))]
+    best, most = None, 1
+    for text in dict.fromkeys(texts):
+        ids = None
+        for batch in ([[Image.new("RGB", (40, 56))]], [Image.new("RGB", (40, 56))]):
+            try:
+                ids = processor(text=[text], images=batch, return_tensors="pt")["input_ids"]
+                break
+            except ImportError as err:
+                raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+            except Exception:
+                continue
+        if ids is None:
+            continue
+        values, counts = ids.unique(return_counts=True)
+        if int(counts.max()) > most:
+            best, most = (text, int(values[counts.argmax()])), int(counts.max())
+    if best is None:
+        raise TinyBuildError("no special token of the processor expands into a run of image tokens")
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------- config
+def _default_config(model_type: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.for_model(model_type)
+    except Exception as err:
+        raise TinyBuildError(f"the default config cannot be built: {type(err).__name__}: {err}") from err
+
+
+def _config(default: Any, processor: Any, image_id: int, mrope: bool) -> Any:
+    """The tiny config; ``mrope``: the model splits rotary frequencies per (t, h, w) axis (M-RoPE)."""
+    tok = processor.tokenizer
+    raw = default.to_dict()
+    for name, sub_config in getattr(default, "sub_configs", {}).items():
+        if raw.get(name) is None and isinstance(sub_config, type):  # a part the default leaves out (a tower)
+            try:
+                raw[name] = sub_config().to_dict()
+            except Exception:
+                continue
+    values = _shrunk(raw, vocab=_round_up(len(tok), 64))
+    side = _image_side(default)
+    if isinstance(vision := values.get("vision_config"), dict) and "image_size" in vision:
+        vision["image_size"] = [side, side] if isinstance(vision["image_size"], (list, tuple)) else side
+    if mrope:
+        _add_mrope(values)
+    if "mm_tokens_per_image" in values:
+        values["mm_tokens_per_image"] = _TOKENS_PER_IMAGE
+    if values.get("image_grid_pinpoints"):
+        values["image_grid_pinpoints"] = _pinpoints(side)
+    values.update(_token_ids(values, processor))
+    for key in ("image_token_id", "image_token_index"):
+        if key in values:
+            values[key] = image_id
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        _set_everywhere(values, key, getattr(tok, key))
+    values["tie_word_embeddings"] = False
+    try:
+        return type(default).from_dict(values)
+    except Exception as err:
+        raise TinyBuildError(f"the shrunk config is refused: {type(err).__name__}: {err}") from err
+
+
+def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    old_depth = values.get("num_hidden_layers") or values.get("depth") or values.get("num_layers")
+    for key, value in values.items():
+        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            out[key] = {str(_SHRINK["num_hidden_layers"] - 1): list(value.values())[-1]}  # per-layer: the last one
+        elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
+            out[key] = _shrunk(value, vocab)
+        elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = min(value, _SHRINK[key]) if key.startswith("num_experts_per") else _SHRINK[key]
+        elif key == "vocab_size" and isinstance(value, int):
+            out[key] = vocab
+        elif isinstance(value, list) and old_depth and len(value) == old_depth and key not in _LAYER_INDEX_LISTS:
+            out[key] = [value[0], value[-1]]  # one entry per layer (layer_types): the first and the last kind
+        elif key in _LAYER_INDEX_LISTS and isinstance(value, list):
+            out[key] = [min(int(i), 1) if int(i) >= 0 else max(int(i), -2) for i in value][:2]
+        else:
+            out[key] = value
+    return out
+
+
+def _token_ids(values: dict[str, Any], processor: Any) -> dict[str, Any]:
+    """The config's ``*_token_id`` / ``*_token_index`` fields, from the tokens the processor names."""
+    tok = processor.tokenizer
+    ids = {}
+    for key in values:
+        for suffix in ("_token_id", "_token_index"):
+            if not key.endswith(suffix):
+                continue
+            base = key[: -len(suffix)]
+            known = getattr(tok, f"{base}_token_id", None)  # the tokenizer's own names first (Gemma 3 aliases them)
+            known = known if isinstance(known, int) else getattr(processor, f"{base}_token_id", None)
+            if isinstance(known, int):
+                ids[key] = known
+            elif isinstance(text := getattr(processor, f"{base}_token", None), str):
+                ids[key] = tok.convert_tokens_to_ids(text)
+    return ids
+
+
+def _add_mrope(values: dict[str, Any], rotary_factor: float = 1.0) -> None:
+    """M-RoPE sections summing to the shrunk rotary ``head_dim / 2`` in every sub-config's rotary parameters."""
+    rotary_factor = values.get("partial_rotary_factor", rotary_factor)
+    for key, value in values.items():
+        if key in ("rope_parameters", "rope_scaling") and isinstance(value, dict):
+            half = int(_SHRINK["head_dim"] * value.get("partial_rotary_factor", rotary_factor)) // 2
+            value["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+        elif isinstance(value, dict):
+            _add_mrope(value, rotary_factor)
+
+
+def _set_everywhere(values: dict[str, Any], key: str, value: Any) -> None:
+    if key in values:
+        values[key] = value
+    for sub in values.values():
+        if isinstance(sub, dict) and ("model_type" in sub):
+            _set_everywhere(sub, key, value)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
