@@ -18,7 +18,7 @@ _EXPORTS = {
     "CheckpointError": "psaguard.errors",
     "CheckpointMismatchError": "psaguard.errors",
     "ConfigError": "psaguard.errors",
-    "CustomCategory": "psaguard.categories",
+    "CustomCategory": "psaguard.category_config",
     "DEFAULT_TAXONOMY": "psaguard.taxonomy",
     "DatasetError": "psaguard.errors",
     "GenerationOptions": "psaguard.policy",
@@ -57,7 +57,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
-    from psaguard.categories import CustomCategory
+    from psaguard.category_config import CustomCategory
     from psaguard.config import HeadConfig, ModelFingerprint, ProjectorConfig, SafetyGuardConfig, TokensConfig
     from psaguard.errors import (
         CategoryError,

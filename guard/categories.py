@@ -28,8 +28,8 @@ How a row is fitted from ``k`` examples (positives) and optional negatives, both
   :data:`SINGLE_EXAMPLE_SIMILARITY` (``k = 1``); ``tau`` as above. Nothing tells this threshold what the
   category is *not*, so negatives (near misses, ideally) are recommended.
 
-The config part (:class:`CustomCategory`) is saved in the guard's JSON config, the tensors in its safetensors
-file, so both are covered by the integrity checks of :mod:`psaguard.serialization`.
+The config part (:class:`~psaguard.category_config.CustomCategory`) is saved in the guard's JSON config, the
+tensors in its safetensors file, so both are covered by the integrity checks of :mod:`psaguard.serialization`.
 """
 
 from __future__ import annotations
@@ -37,39 +37,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from torch.nn import functional as F
 
+from psaguard.category_config import CategoryMethod, CustomCategory, FitMethod
 from psaguard.errors import CategoryError
-from psaguard.taxonomy import CODE_PATTERN, Taxonomy
 from psaguard.verdict import Action
 
 __all__ = [
-    "FIRE_AT",
     "SINGLE_EXAMPLE_SIMILARITY",
     "WEIGHT_KEYS",
     "CategoryBank",
-    "CategoryMethod",
-    "CustomCategory",
-    "FitMethod",
-    "check_categories",
     "fit_category",
     "new_category",
 ]
 
 logger = logging.getLogger(__name__)
-
-CategoryMethod = Literal["prototype", "logistic"]
-"""How a category's scorer was fitted: nearest class mean (cosine without negatives), or a logistic regression."""
-
-FitMethod = Literal["auto", "prototype", "logistic"]
-"""How to fit a category's scorer: 'auto' is 'logistic' with negatives and 'prototype' without."""
-
-FIRE_AT = 0.5
-"""A custom category fires when its probability reaches this."""
 
 SINGLE_EXAMPLE_SIMILARITY = 0.9
 """Cosine to the one example at which a category fitted from a single example and no negatives fires.
@@ -86,42 +71,6 @@ _INSEPARABLE = (
     "the examples do not score above the negatives on the guard's features: the category cannot be told apart "
     "from them (add clearer examples, or retrain with the category as a risk type)"
 )
-
-
-class CustomCategory(BaseModel):
-    """A risk category added to a guard from examples (no retraining); its scorer lives in the bank's tensors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    code: str = Field(pattern=CODE_PATTERN, description="Stable machine name; must not be a taxonomy type code.")
-    name: str = Field(description="Human-readable name (defaults to the code).")
-    concept: str = Field(description="Noun phrase used in hints and refusals, like a risk type's concept.")
-    level: int = Field(ge=1, description="Risk level id a firing category carries (1 or more).")
-    action: Action | None = Field(
-        None, description="Action when it fires; None takes the policy's level_actions for its level."
-    )
-    method: CategoryMethod = Field("prototype", description="How the scorer was fitted (see psaguard.categories).")
-    examples: int = Field(ge=1, description="Number of positive examples it was fitted from.")
-    negatives: int = Field(0, ge=0, description="Number of negative examples it was fitted from.")
-    threshold: float = Field(
-        description="The score at which it fires, before the sigmoid: a cosine for prototypes without negatives, a "
-        "score on standardised features with them, 0 (a logit) for logistic."
-    )
-
-
-def check_categories(categories: Sequence[CustomCategory], taxonomy: Taxonomy) -> None:
-    """Raise :class:`CategoryError` for duplicate codes, codes of taxonomy types, or levels the taxonomy lacks."""
-    codes = [category.code for category in categories]
-    if duplicates := sorted({code for code in codes if codes.count(code) > 1}):
-        raise CategoryError(f"custom category codes must be unique; repeated: {duplicates}")
-    if clashes := sorted(set(codes) & {risk_type.code for risk_type in taxonomy.types}):
-        raise CategoryError(f"custom category codes {clashes} are risk types of the taxonomy; choose other codes")
-    for category in categories:
-        if category.level >= taxonomy.num_levels:
-            raise CategoryError(
-                f"custom category {category.code!r} has level {category.level}, but the highest level is "
-                f"{taxonomy.num_levels - 1}"
-            )
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,8 @@ from PIL import Image
 from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
-from psaguard.categories import (
-    CategoryBank,
-    CustomCategory,
-    FitMethod,
-    check_categories,
-    fit_category,
-    new_category,
-)
+from psaguard.categories import CategoryBank, fit_category, new_category
+from psaguard.category_config import CustomCategory, FitMethod, check_categories
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import (
     CategoryError,

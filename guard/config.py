@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from psaguard.categories import CustomCategory, check_categories
+from psaguard.category_config import CustomCategory, check_categories
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.files import parse_json, read_regular_file
 from psaguard.images import ALLOWED_FORMATS, MAX_IMAGES_PER_REQUEST, ImageFormat

@@ -13,7 +13,8 @@ import torch
 
 from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
-from psaguard.categories import CategoryBank, CustomCategory, FitMethod
+from psaguard.categories import CategoryBank
+from psaguard.category_config import CustomCategory, FitMethod
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig

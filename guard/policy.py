@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from psaguard.categories import FIRE_AT, CustomCategory
+from psaguard.category_config import FIRE_AT, CustomCategory
 from psaguard.errors import ConfigError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.verdict import Action, LabelRef, SafetyVerdict

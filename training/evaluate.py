@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from psaguard.categories import FIRE_AT
+from psaguard.category_config import FIRE_AT
 from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import Taxonomy
