@@ -10,7 +10,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "GuardRequest": "psaguard.adapters.messages",
+    "GuardRequest": "psaguard.request",
     "GuardRunnable": "psaguard.adapters.runnable",
     "GuardedChatModel": "psaguard.adapters.chat_model",
     "GuardedRunnable": "psaguard.adapters.gate",
@@ -27,10 +27,11 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from psaguard.adapters.chat_model import GuardedChatModel
     from psaguard.adapters.gate import GuardedRunnable, OnBlock, guarded
-    from psaguard.adapters.messages import GuardRequest, request_from_input, request_from_messages
+    from psaguard.adapters.messages import request_from_input, request_from_messages
     from psaguard.adapters.middleware import PsaGuardMiddleware
     from psaguard.adapters.runnable import GuardRunnable
     from psaguard.adapters.verdicts import VERDICT_EVENT
+    from psaguard.request import GuardRequest
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from transformers import AutoModel, LlavaForConditionalGeneration
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
 from psaguard.config import SafetyGuardConfig
 from psaguard.modules import SafetyModules
-from psaguard.tiny import save_tiny_llava
+from psaguard.testing.llava import save_tiny_llava
 
 BYTES_FP16 = 2
 BYTES_FP32 = 4

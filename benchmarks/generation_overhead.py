@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
-from psaguard.tiny import build_tiny_llava, build_tiny_processor
+from psaguard.testing.llava import build_tiny_llava, build_tiny_processor
 
 QUESTION = "what is in this image ?"
 

@@ -22,7 +22,7 @@ from transformers import LlavaForConditionalGeneration
 
 from psaguard import SafetyGuard
 from psaguard.backbones import LlavaBackbone
-from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
+from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 SHAPES = {
     "tiny": TinyLlavaSpec(),

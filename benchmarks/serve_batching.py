@@ -30,7 +30,7 @@ from transformers import LlavaForConditionalGeneration
 
 from psaguard import SafetyGuard
 from psaguard.serving import BackgroundServer, BatchingConfig, ServeConfig, create_app
-from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
+from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 SHAPES = {"tiny": TinyLlavaSpec(), "llava-1.5-7b": TinyLlavaSpec(image_size=336, patch_size=14)}
 PROMPTS = ("what is shown in this image ?", "describe the colour and the shape please", "is this safe to share ?")

@@ -22,7 +22,7 @@ from transformers import LlavaForConditionalGeneration
 
 from psaguard import GuardPolicy, SafetyGuard
 from psaguard.classifier_only import load_classifier_parts
-from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
+from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 __all__ = [
     "ALLOW_ALL",

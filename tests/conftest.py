@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psaguard.tiny import save_tiny_llava, save_tiny_llava_next
+from psaguard.testing.llava import save_tiny_llava, save_tiny_llava_next
 
 # The CPU flags that decide which kernels torch and bitsandbytes run (and so the last digits of a result).
 _KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_tile")

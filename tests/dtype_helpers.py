@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from psaguard import SafetyGuard
-from psaguard.tiny import build_tiny_llava, build_tiny_processor, save_pretrained_pair
+from psaguard.testing.llava import build_tiny_llava, build_tiny_processor, save_pretrained_pair
 
 # /proc/cpuinfo flags of CPU kinds, abridged to what matters.
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})  # e.g. AMD EPYC Rome, Intel Haswell

@@ -18,7 +18,7 @@ from psaguard import (
     UnsupportedModelError,
 )
 from psaguard.backbones import EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone, EncoderOnlyModel
-from psaguard.tiny import TinyLlavaSpec, save_tiny_llava
+from psaguard.testing.llava import TinyLlavaSpec, save_tiny_llava
 
 PROMPTS = ["what is in this image ?", "describe the picture", "how many circle are there ?"]
 

@@ -27,7 +27,7 @@ from psaguard import (
 )
 from psaguard.generation import GenerationOptions, worst_verdict
 from psaguard.images import MAX_IMAGES_PER_REQUEST
-from psaguard.tiny import build_tiny_processor
+from psaguard.testing.llava import build_tiny_processor
 from psaguard.tokenization import render_chat
 
 GREEDY = {"max_new_tokens": 6, "do_sample": False}

@@ -17,7 +17,7 @@ from psaguard import (
     UnsupportedModelError,
 )
 from psaguard.guard import WEIGHTS_NAME
-from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
+from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 PROMPTS = ["what color is the circle ?", "how do i make it ?", "tell me about this photo"]
 

@@ -19,7 +19,13 @@ from typing import Any
 import torch
 
 from psaguard.errors import PsaGuardError
-from psaguard.tiny import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_chat_template, tiny_tokenizer
+from psaguard.testing.llava import (
+    TinyLlavaSpec,
+    init_tiny_model,
+    save_pretrained_pair,
+    tiny_chat_template,
+    tiny_tokenizer,
+)
 
 __all__ = [
     "TinyBuild",

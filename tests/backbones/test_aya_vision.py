@@ -10,7 +10,7 @@ from transformers import AutoProcessor
 
 from psaguard.backbones import AyaVisionBackbone, EncoderOnlyAyaVisionBackbone, resolve_backbone
 from psaguard.errors import ProcessorError
-from psaguard.tiny_aya_vision import save_tiny_aya_vision
+from psaguard.testing.aya_vision import save_tiny_aya_vision
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from transformers import AutoProcessor
 from psaguard.backbones import EncoderOnlyGemma3Backbone, Gemma3Backbone, resolve_backbone
 from psaguard.errors import ProcessorError
 from psaguard.injection import build_llm_inputs
-from psaguard.tiny_gemma3 import build_tiny_gemma3_processor, save_tiny_gemma3
+from psaguard.testing.gemma3 import build_tiny_gemma3_processor, save_tiny_gemma3
 
 
 @pytest.fixture(scope="module")

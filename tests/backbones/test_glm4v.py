@@ -7,7 +7,7 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, shaped_images
 
 from psaguard.backbones import EncoderOnlyGlm4vBackbone, Glm4vBackbone, resolve_backbone
-from psaguard.tiny_glm4v import TinyGlm4vProcessor, save_tiny_glm4v
+from psaguard.testing.glm4v import TinyGlm4vProcessor, save_tiny_glm4v
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from transformers import AutoProcessor
 
 from psaguard.backbones import EncoderOnlyIdefics3Backbone, Idefics3Backbone, resolve_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
-from psaguard.tiny_idefics3 import save_tiny_idefics3
+from psaguard.testing.idefics3 import save_tiny_idefics3
 
 
 @pytest.fixture(scope="module")

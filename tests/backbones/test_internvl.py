@@ -9,8 +9,8 @@ from generation_helpers import QUESTION, user_turn
 
 from psaguard.backbones import EncoderOnlyInternVLBackbone, InternVLBackbone, resolve_backbone
 from psaguard.errors import InvalidInputError
-from psaguard.tiny import TinyLlavaSpec
-from psaguard.tiny_internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
+from psaguard.testing.internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
+from psaguard.testing.llava import TinyLlavaSpec
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from family_conformance import FamilyConformance, TinyFamily, projections, shape
 from generation_helpers import QUESTION, user_turn
 
 from psaguard.backbones import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone, resolve_backbone
-from psaguard.tiny_families import TinyOnevisionProcessor, save_tiny_llava_onevision
+from psaguard.testing.llava_variants import TinyOnevisionProcessor, save_tiny_llava_onevision
 
 
 @pytest.fixture(scope="module")

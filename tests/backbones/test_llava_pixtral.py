@@ -13,8 +13,8 @@ from psaguard.backbones import (
     LlavaPixtralBackbone,
     resolve_backbone,
 )
-from psaguard.tiny_families import save_tiny_llava_pixtral
-from psaguard.tiny_mistral3 import TinyPixtralProcessor
+from psaguard.testing.llava_variants import save_tiny_llava_pixtral
+from psaguard.testing.mistral3 import TinyPixtralProcessor
 
 
 @pytest.fixture(scope="module")

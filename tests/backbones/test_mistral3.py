@@ -8,7 +8,7 @@ from family_conformance import FamilyConformance, TinyFamily, shaped_images
 
 from psaguard.backbones import EncoderOnlyMistral3Backbone, Mistral3Backbone, resolve_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
-from psaguard.tiny_mistral3 import TinyPixtralProcessor, save_tiny_mistral3
+from psaguard.testing.mistral3 import TinyPixtralProcessor, save_tiny_mistral3
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from transformers import AutoProcessor
 
 from psaguard.backbones import Backbone
 from psaguard.errors import UnsupportedModelError
-from psaguard.tiny_paligemma import save_tiny_paligemma
+from psaguard.testing.paligemma import save_tiny_paligemma
 
 REASON = (
     "no PaliGemma adapter: prefix-LM token_type_ids need the training labels, which model_image_inputs does not "

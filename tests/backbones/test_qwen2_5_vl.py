@@ -7,7 +7,7 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
 
 from psaguard.backbones import EncoderOnlyQwen2_5_VLBackbone, Qwen2_5_VLBackbone
-from psaguard.tiny_qwen2_vl import TinyQwen2_5_VLProcessor, save_tiny_qwen2_5_vl
+from psaguard.testing.qwen2_vl import TinyQwen2_5_VLProcessor, save_tiny_qwen2_5_vl
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from psaguard.backbones import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
 from psaguard.errors import InvalidInputError
 from psaguard.generation import chat_token_ids
 from psaguard.injection import build_llm_inputs
-from psaguard.tiny_qwen2_vl import TinyQwen2VLProcessor, save_tiny_qwen2_vl
+from psaguard.testing.qwen2_vl import TinyQwen2VLProcessor, save_tiny_qwen2_vl
 from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES, fit_patch_budget
 
 

@@ -10,7 +10,7 @@ from generation_helpers import QUESTION, guard_for, user_turn
 from psaguard.backbones import EncoderOnlyQwen3VLBackbone, Qwen3VLBackbone
 from psaguard.generation import chat_token_ids
 from psaguard.injection import build_llm_inputs
-from psaguard.tiny_qwen2_vl import TinyQwen3VLProcessor, save_tiny_qwen3_vl
+from psaguard.testing.qwen2_vl import TinyQwen3VLProcessor, save_tiny_qwen3_vl
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, shaped_images
 
 from psaguard.backbones import EncoderOnlySmolVLMBackbone, SmolVLMBackbone, resolve_backbone
-from psaguard.tiny_idefics3 import TinySmolVLMProcessor, save_tiny_smolvlm
+from psaguard.testing.idefics3 import TinySmolVLMProcessor, save_tiny_smolvlm
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from transformers import LlavaProcessor
 
 from psaguard import ProcessorError, SafetyGuard
 from psaguard.backbones import EncoderOnlyVipLlavaBackbone, VipLlavaBackbone, resolve_backbone
-from psaguard.tiny_families import save_tiny_vipllava
+from psaguard.testing.llava_variants import save_tiny_vipllava
 
 
 @pytest.fixture(scope="module")

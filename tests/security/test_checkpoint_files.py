@@ -17,7 +17,7 @@ from psaguard.config import CONFIG_NAME
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.guard import WEIGHTS_NAME
 from psaguard.serialization import atomic_write, load_tensors, read_metadata, save_tensors
-from psaguard.tiny import build_tiny_llava
+from psaguard.testing.llava import build_tiny_llava
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def saved_with_adapter(guard, tmp_path: Path) -> Path:
 
 
 def test_a_safetensors_adapter_loads(saved_with_adapter: Path, guard) -> None:
-    from psaguard.tiny import build_tiny_llava
+    from psaguard.testing.llava import build_tiny_llava
 
     loaded = SafetyGuard.from_pretrained(
         saved_with_adapter, build_tiny_llava(processor=guard.processor), guard.processor

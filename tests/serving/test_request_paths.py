@@ -19,7 +19,7 @@ from psaguard import GuardRequest, SafetyGuard, SafetyVerdict
 from psaguard.adapters import GuardRunnable
 from psaguard.policy import worst_verdict
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
-from psaguard.tiny_families import TinyOnevisionProcessor, save_tiny_llava_onevision
+from psaguard.testing.llava_variants import TinyOnevisionProcessor, save_tiny_llava_onevision
 
 PROMPT = "compare the two pictures"
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from psaguard.errors import DatasetError
-from psaguard.tiny import build_tiny_processor
+from psaguard.testing.llava import build_tiny_processor
 from psaguard.training.collate import IGNORE_INDEX, Collator
 from psaguard.training.data import Example
 

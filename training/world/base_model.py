@@ -1,6 +1,6 @@
 """A tiny base VLM that can do the world's safe VQA, so the guard has a capability to keep.
 
-:func:`build_base_vlm` makes a tiny LLaVA (:mod:`psaguard.tiny`) whose tokenizer knows every world word;
+:func:`build_base_vlm` makes a tiny LLaVA (:mod:`psaguard.testing.llava`) whose tokenizer knows every world word;
 :func:`train_safe_vqa` teaches it the safe rows of a world with a plain supervised loop (all weights
 trainable, loss on the answer tokens only); :func:`vqa_accuracy` measures exact-match accuracy with
 greedy decoding. Sized to run on a laptop CPU in about a minute.
@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from psaguard.injection import IGNORE_INDEX
-from psaguard.tiny import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
+from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 from psaguard.training.world.build import SPLITS, WorldRow, WorldSpec, read_rows, read_summary
 from psaguard.training.world.concepts import (
     COLOURS,

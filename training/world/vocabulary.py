@@ -19,7 +19,7 @@ from psaguard.training.world.prompts import (
 
 __all__ = ["split_words", "world_texts", "world_vocabulary"]
 
-# psaguard.tiny's pre-tokenizer: split on whitespace, then isolate every punctuation character.
+# psaguard.testing.llava's pre-tokenizer: split on whitespace, then isolate every punctuation character.
 _WORD = re.compile(r"[^\W_]+|[^\w\s]|_")
 
 # psaguard.policy.error_verdict formats the refusal with this phrase.
@@ -27,7 +27,7 @@ _ERROR_CONCEPT = "a request the guard could not judge"
 
 
 def split_words(text: str) -> list[str]:
-    """The words of ``text`` as psaguard.tiny's word-level tokenizer splits them."""
+    """The words of ``text`` as psaguard.testing.llava's word-level tokenizer splits them."""
     return _WORD.findall(text)
 
 

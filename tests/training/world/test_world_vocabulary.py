@@ -4,7 +4,7 @@ import pytest
 
 from psaguard.policy import DEFAULT_HINTS, DEFAULT_REFUSAL
 from psaguard.taxonomy import DEFAULT_TAXONOMY
-from psaguard.tiny import TinyLlavaSpec, build_tiny_processor
+from psaguard.testing.llava import TinyLlavaSpec, build_tiny_processor
 from psaguard.training.world.build import SPLITS, read_rows
 from psaguard.training.world.vocabulary import split_words, world_texts, world_vocabulary
 

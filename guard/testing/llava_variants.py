@@ -1,6 +1,6 @@
 """Tiny random LLaVA-OneVision, VipLLaVA and Pixtral-tower LLaVA models with their own processors, offline.
 
-Each ``build_*`` returns ``(model, processor)`` at the sizes of a :class:`~psaguard.tiny.TinyLlavaSpec`, on
+Each ``build_*`` returns ``(model, processor)`` at the sizes of a :class:`~psaguard.testing.llava.TinyLlavaSpec`, on
 the tiny word-level tokenizer and chat template; ``save_*`` writes both in Hugging Face format. Processors
 whose transformers class needs torchvision (which cannot be installed beside the CPU torch) are rebuilt
 from their PIL parts:
@@ -10,7 +10,7 @@ from their PIL parts:
   :class:`TinyOnevisionProcessor` is the same class without it (images and text are processed by
   transformers' own code);
 * the Pixtral layout's ``PixtralProcessor`` needs torchvision: its processor is
-  :class:`~psaguard.tiny_mistral3.TinyPixtralProcessor` without patch merging (``spatial_merge_size=1``),
+  :class:`~psaguard.testing.mistral3.TinyPixtralProcessor` without patch merging (``spatial_merge_size=1``),
   the pixtral-12b layout.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import LlavaOnevisionProcessor
 
-from psaguard.tiny import (
+from psaguard.testing.llava import (
     TINY_GRID_PINPOINTS,
     TinyLlavaSpec,
     build_tiny_processor,
@@ -32,7 +32,7 @@ from psaguard.tiny import (
     tiny_tokenizer,
     tiny_vision_sizes,
 )
-from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3_processor
+from psaguard.testing.mistral3 import TinyPixtralProcessor, build_tiny_mistral3_processor
 
 __all__ = [
     "TinyOnevisionProcessor",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from psaguard.tiny import (
+from psaguard.testing.llava import (
     TinyLlavaSpec,
     init_tiny_model,
     save_pretrained_pair,

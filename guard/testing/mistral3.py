@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from transformers import ProcessorMixin
 
-from psaguard.tiny import (
+from psaguard.testing.llava import (
     TinyLlavaSpec,
     init_tiny_model,
     save_pretrained_pair,

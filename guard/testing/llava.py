@@ -6,8 +6,8 @@ processor) in a few seconds on the CPU, and a LLaVA-NeXT pair (``LlavaNextForCon
 ``LlavaNextProcessor`` with any-resolution tiles) from the same sizes. Layer widths are multiples of 64
 so that bitsandbytes' 4-bit kernels run on them, also on the CPU.
 
-Other families' tiny pairs live in one module each (:mod:`psaguard.tiny_mistral3`,
-:mod:`psaguard.tiny_internvl`, :mod:`psaguard.tiny_aya_vision`) and share the tokenizer, chat template,
+Other families' tiny pairs live in one module each (:mod:`psaguard.testing.mistral3`,
+:mod:`psaguard.testing.internvl`, :mod:`psaguard.testing.aya_vision`) and share the tokenizer, chat template,
 text config and seeded init defined here.
 """
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from transformers import Glm4vProcessor
 
-from psaguard.tiny import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_vision_sizes
-from psaguard.tiny_qwen2_vl import (
+from psaguard.testing.llava import TinyLlavaSpec, init_tiny_model, save_pretrained_pair, tiny_vision_sizes
+from psaguard.testing.qwen2_vl import (
     init_images_only_processor,
     mrope_section_for,
     tiny_grid_config,

@@ -20,7 +20,7 @@ from typing import Any
 from transformers import SmolVLMProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from psaguard.tiny import (
+from psaguard.testing.llava import (
     TinyLlavaSpec,
     init_tiny_model,
     save_pretrained_pair,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from psaguard.tiny import (
+from psaguard.testing.llava import (
     TinyLlavaSpec,
     init_tiny_model,
     save_pretrained_pair,

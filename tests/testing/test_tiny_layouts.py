@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from psaguard.tiny import TinyLlavaSpec
-from psaguard.tiny_aya_vision import build_tiny_aya_vision_processor
-from psaguard.tiny_internvl import build_tiny_internvl_processor
-from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3_processor
+from psaguard.testing.aya_vision import build_tiny_aya_vision_processor
+from psaguard.testing.internvl import build_tiny_internvl_processor
+from psaguard.testing.llava import TinyLlavaSpec
+from psaguard.testing.mistral3 import TinyPixtralProcessor, build_tiny_mistral3_processor
 
 IMAGE_TURN = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what ?"}]}]
 

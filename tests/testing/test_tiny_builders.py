@@ -1,4 +1,4 @@
-"""The tiny Mistral3, InternVL and Aya Vision builders (psaguard.tiny_mistral3, tiny_internvl, tiny_aya_vision): saved,
+"""The tiny Mistral3, InternVL and Aya Vision builders (psaguard.testing.mistral3, .internvl, .aya_vision): saved,
 reloaded offline, they generate from their own processors."""
 
 from __future__ import annotations
@@ -7,20 +7,20 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from psaguard.tiny import TinyLlavaSpec
-from psaguard.tiny_aya_vision import build_tiny_aya_vision, build_tiny_aya_vision_processor, save_tiny_aya_vision
-from psaguard.tiny_gemma3 import build_tiny_gemma3, save_tiny_gemma3
-from psaguard.tiny_glm4v import TinyGlm4vProcessor, build_tiny_glm4v, save_tiny_glm4v
-from psaguard.tiny_idefics3 import (
+from psaguard.testing.aya_vision import build_tiny_aya_vision, build_tiny_aya_vision_processor, save_tiny_aya_vision
+from psaguard.testing.gemma3 import build_tiny_gemma3, save_tiny_gemma3
+from psaguard.testing.glm4v import TinyGlm4vProcessor, build_tiny_glm4v, save_tiny_glm4v
+from psaguard.testing.idefics3 import (
     TinySmolVLMProcessor,
     build_tiny_idefics3,
     build_tiny_smolvlm,
     save_tiny_idefics3,
     save_tiny_smolvlm,
 )
-from psaguard.tiny_internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
-from psaguard.tiny_mistral3 import TinyPixtralProcessor, build_tiny_mistral3, save_tiny_mistral3
-from psaguard.tiny_qwen2_vl import (
+from psaguard.testing.internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
+from psaguard.testing.llava import TinyLlavaSpec
+from psaguard.testing.mistral3 import TinyPixtralProcessor, build_tiny_mistral3, save_tiny_mistral3
+from psaguard.testing.qwen2_vl import (
     TinyQwen2_5_VLProcessor,
     TinyQwen2VLProcessor,
     TinyQwen3VLProcessor,

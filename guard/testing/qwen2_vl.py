@@ -18,7 +18,7 @@ from typing import Any
 from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from psaguard.tiny import (
+from psaguard.testing.llava import (
     TinyLlavaSpec,
     init_tiny_model,
     save_pretrained_pair,
