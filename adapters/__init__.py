@@ -13,7 +13,7 @@ _EXPORTS = {
     "GuardRequest": "psaguard.request",
     "GuardRunnable": "psaguard.adapters.runnable",
     "GuardedChatModel": "psaguard.adapters.chat_model",
-    "GuardedRunnable": "psaguard.adapters.gate",
+    "GuardGate": "psaguard.adapters.gate",
     "OnBlock": "psaguard.adapters.gate",
     "PsaGuardMiddleware": "psaguard.adapters.middleware",
     "VERDICT_EVENT": "psaguard.adapters.verdicts",
@@ -24,9 +24,12 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# Old names kept for one release (they warn when used; see CHANGELOG.md).
+_DEPRECATED = {"GuardedRunnable": "psaguard.adapters.gate"}
+
 if TYPE_CHECKING:
     from psaguard.adapters.chat_model import GuardedChatModel
-    from psaguard.adapters.gate import GuardedRunnable, OnBlock, guarded
+    from psaguard.adapters.gate import GuardGate, OnBlock, guarded
     from psaguard.adapters.messages import request_from_input, request_from_messages
     from psaguard.adapters.middleware import PsaGuardMiddleware
     from psaguard.adapters.runnable import GuardRunnable
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _EXPORTS.get(name) or _DEPRECATED.get(name)
     if module is None:
         raise AttributeError(f"module 'psaguard.adapters' has no attribute {name!r}")
     try:

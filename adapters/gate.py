@@ -15,6 +15,7 @@ passes the input through unchanged.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ from psaguard.policy import TextOnlyAction, refusal_text
 from psaguard.verdict import SafetyVerdict
 
 __all__ = [
-    "GuardedRunnable",
+    "GuardGate",
     "OnBlock",
     "apply_hint",
     "exit_for",
@@ -52,7 +53,7 @@ OnBlock = Literal["end", "error", "replace"]
 _Route = tuple[Literal["pass", "end"], Any]
 
 
-class GuardedRunnable(RunnableSerializable[Any, Any]):
+class GuardGate(RunnableSerializable[Any, Any]):
     """Runs ``bound`` only on requests the guard lets through; see :func:`guarded`."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -194,7 +195,7 @@ def guarded(
     on_block: OnBlock | None = None,
     on_text_only: TextOnlyAction = "allow",
     allow_local_files: bool = True,
-) -> GuardedRunnable:
+) -> GuardGate:
     """Put ``guard`` in front of ``runnable`` (any chat model or chain, local or hosted).
 
     Args:
@@ -210,7 +211,7 @@ def guarded(
         >>> chain = prompt | guarded(ChatOpenAI(model="gpt-4o"), guard) | StrOutputParser()
     """
     judge = GuardRunnable(guard, on_text_only=on_text_only, allow_local_files=allow_local_files)
-    return GuardedRunnable(bound=runnable, guard_runnable=judge, on_block=on_block)
+    return GuardGate(bound=runnable, guard_runnable=judge, on_block=on_block)
 
 
 # ---------------------------------------------------------------------------------------------- exits
@@ -282,3 +283,15 @@ def _single(values: Iterator[Any]) -> Any:
     if len(items) != 1:
         raise ValueError(f"a guarded runnable streams one input at a time, got {len(items)}")
     return items[0]
+
+
+def __getattr__(name: str) -> Any:
+    # `GuardedRunnable` read as one letter away from `GuardRunnable` (the judge); renamed, kept for one release.
+    if name == "GuardedRunnable":
+        warnings.warn(
+            "psaguard.adapters.GuardedRunnable is now GuardGate; the old name goes in the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return GuardGate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -130,3 +130,12 @@ def test_dict_inputs_get_the_hint_in_the_prompt(make_guard, images):
     echo = RunnableLambda(lambda value: seen.append(value) or "ok")
     assert guarded(echo, make_guard("hint")).invoke({"image": images[0], "prompt": "describe"}) == "ok"
     assert seen[0]["prompt"].startswith("This image contains serious") and seen[0]["prompt"].endswith("describe")
+
+
+def test_the_old_name_of_the_gate_still_works_and_says_it_is_deprecated():
+    import psaguard.adapters as adapters
+    from psaguard.adapters import GuardGate
+
+    with pytest.warns(DeprecationWarning, match="GuardGate"):
+        assert adapters.GuardedRunnable is GuardGate
+    assert "GuardedRunnable" not in adapters.__all__
