@@ -35,6 +35,7 @@ from psaguard.plain import plain_generate, plain_stream
 from psaguard.plan import GuardedGeneration
 from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction, refusal_text
 from psaguard.request import GuardRequest
+from psaguard.tokenization import tokenizer_of
 from psaguard.verdict import Action, SafetyVerdict
 
 __all__ = ["GuardedChatModel"]
@@ -319,7 +320,7 @@ class GuardedChatModel(BaseChatModel):
             kwargs["do_sample"] = False
         if stops:
             # Halts generation at a stop string; the text is cut before it afterwards.
-            tokenizer = getattr(self.guard.processor, "tokenizer", self.guard.processor)
+            tokenizer = tokenizer_of(self.guard.processor)
             criteria = StoppingCriteriaList([*kwargs.get("stopping_criteria", []), StopOnStrings(tokenizer, stops)])
             kwargs["stopping_criteria"] = criteria
         return kwargs

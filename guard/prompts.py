@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from psaguard.errors import InvalidPromptError
+from psaguard.tokenization import tokenizer_of
 
 __all__ = ["MAX_PROMPT_CHARS", "PromptEncoder", "clean_prompt"]
 
@@ -59,7 +60,7 @@ class PromptEncoder:
     """
 
     def __init__(self, processor: Any, max_tokens: int, vocab_size: int) -> None:
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         self.tokenizer = tokenizer
         """The processor's (shared) tokenizer, for its special-token ids; encoding never goes through it."""
         self.max_tokens = max_tokens

@@ -20,6 +20,7 @@ from psaguard.conversation import with_hint
 from psaguard.errors import InvalidImageError
 from psaguard.images import image_size, load_image
 from psaguard.injection import IGNORE_INDEX
+from psaguard.tokenization import tokenizer_of
 from psaguard.training.data import Example
 
 __all__ = ["IGNORE_INDEX", "Batch", "Collator", "combine_images", "load_example_image"]
@@ -80,7 +81,7 @@ class Collator:
         hint: Callable[[Example], str | None] | None = None,
     ) -> None:
         self.processor = processor
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = tokenizer_of(processor)
         self.image_token_id = image_token_id
         self.preprocess = preprocess
         self.max_length = max_length

@@ -24,6 +24,7 @@ from psaguard.backbones.llava import special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.backbones.tiled import TiledBackbone
 from psaguard.errors import ProcessorError
+from psaguard.tokenization import tokenizer_of
 
 __all__ = ["AyaVisionBackbone", "EncoderOnlyAyaVisionBackbone"]
 
@@ -61,7 +62,7 @@ class AyaVisionBackbone(TiledBackbone):
 
     def read_processor(self, processor: Any) -> None:
         """The ids of ``<image>``, the run's start and end tokens, and a tokenizer for the tile markers."""
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         patch = getattr(processor, "img_patch_token", "<|IMG_PATCH|>")
         if special_token_id(tokenizer, patch, self.family) != self.image_token_id:
             raise ProcessorError(f"the processor's {patch!r} is not the model's image token {self.image_token_id}")

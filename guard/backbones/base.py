@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from psaguard.config import ModelFingerprint
 from psaguard.errors import ProcessorError
 from psaguard.injection import ImageLayout, features_as_list
+from psaguard.tokenization import tokenizer_of
 from psaguard.vision_budget import fit_patch_budget
 
 __all__ = ["Backbone", "VisionFeatures", "pool_to_square_grid", "unwrap_model"]
@@ -252,7 +253,7 @@ class Backbone(ABC):
                 f"a processor is required: pass the {self.family!r} model's own processor "
                 "(transformers.AutoProcessor.from_pretrained(<model path>))"
             )
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         if not callable(getattr(tokenizer, "convert_ids_to_tokens", None)):
             raise ProcessorError(f"{type(processor).__name__} has no text tokenizer; pass the model's processor")
         if len(tokenizer) > self.vocab_size:

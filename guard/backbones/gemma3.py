@@ -26,6 +26,7 @@ from psaguard.backbones.llava import image_processor_outputs, special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import ProcessorError
 from psaguard.injection import features_as_tensor
+from psaguard.tokenization import tokenizer_of
 
 __all__ = ["EncoderOnlyGemma3Backbone", "Gemma3Backbone"]
 
@@ -75,7 +76,7 @@ class Gemma3Backbone(Backbone):
 
     def read_processor(self, processor: Any) -> None:
         """The token ids of the processor's ``full_image_sequence`` around its soft tokens."""
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         sequence = getattr(processor, "full_image_sequence", None)
         if not isinstance(sequence, str):
             raise ProcessorError(f"{type(processor).__name__} is not a Gemma 3 processor (no full_image_sequence)")

@@ -27,6 +27,7 @@ from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import image_processor_outputs, special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
+from psaguard.tokenization import tokenizer_of
 
 __all__ = ["EncoderOnlyIdefics3Backbone", "EncoderOnlySmolVLMBackbone", "Idefics3Backbone", "SmolVLMBackbone"]
 
@@ -75,7 +76,7 @@ class Idefics3Backbone(Backbone):
 
     def read_processor(self, processor: Any) -> None:
         """The processor's image run per tile grid (its ``replace_image_token``), and the ids of its tags."""
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         replace = getattr(processor, "replace_image_token", None)
         if not callable(replace) or not hasattr(processor, "image_seq_len"):
             raise ProcessorError(f"{type(processor).__name__} is not an {self.family} processor")

@@ -20,6 +20,7 @@ from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.backbones.tiled import TiledBackbone
+from psaguard.tokenization import tokenizer_of
 
 __all__ = ["EncoderOnlyInternVLBackbone", "InternVLBackbone"]
 
@@ -42,7 +43,7 @@ class InternVLBackbone(TiledBackbone):
 
     def read_processor(self, processor: Any) -> None:
         """The ids of ``<img>`` and ``</img>`` (the config records only ``<IMG_CONTEXT>``)."""
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         texts = (getattr(processor, "start_image_token", "<img>"), getattr(processor, "end_image_token", "</img>"))
         self._processor_ids = tuple(special_token_id(tokenizer, text, self.family) for text in texts)
 

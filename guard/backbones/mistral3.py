@@ -22,6 +22,7 @@ from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import LlavaBackbone, image_processor_outputs, special_token_id
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
+from psaguard.tokenization import tokenizer_of
 
 __all__ = ["EncoderOnlyMistral3Backbone", "Mistral3Backbone"]
 
@@ -62,7 +63,7 @@ class Mistral3Backbone(LlavaBackbone):
 
     def read_processor(self, processor: Any) -> None:
         """The ids of the row-break and end-of-image tokens (the config records only ``[IMG]``)."""
-        tokenizer = getattr(processor, "tokenizer", processor)
+        tokenizer = tokenizer_of(processor)
         texts = (
             getattr(processor, "image_break_token", "[IMG_BREAK]"),
             getattr(processor, "image_end_token", "[IMG_END]"),
