@@ -27,7 +27,9 @@ SMOKE := tests/test_generation.py tests/test_injection.py tests/test_wrapped.py 
 	tests/training/test_training_next.py tests/training/test_training_resume.py tests/test_classifier_only.py \
 	tests/security/test_generation_spoofing.py tests/test_packaging.py tests/serving/test_moderations.py \
 	tests/serving/test_chat_local.py tests/backbones/test_llava_onevision.py tests/backbones/test_qwen2_vl.py \
-	tests/backbones/test_gemma3.py tests/backbones/test_idefics3.py tests/backbones/test_mistral3.py
+	tests/backbones/test_gemma3.py tests/backbones/test_idefics3.py tests/backbones/test_mistral3.py \
+	tests/backbones/test_generic_families.py tests/serving/test_request_paths.py tests/adapters/test_payloads.py \
+	tests/test_dtypes.py tests/test_categories.py tests/training/datasets/test_datasets_convert.py
 
 .PHONY: demo test test-slow test-newest lint install lock
 
