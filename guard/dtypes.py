@@ -13,6 +13,7 @@ or, for ``None``/``"auto"``, the rule with this machine's flags (:func:`cpu_flag
 from __future__ import annotations
 
 import argparse
+import platform
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from psaguard.errors import ConfigError
 __all__ = [
     "DTYPE_CHOICES",
     "DTYPE_NAMES",
+    "INSTRUCTION_SETS",
     "NATIVE_CPU_FLAGS",
     "DtypeChoice",
     "DtypeRequest",
@@ -31,7 +33,10 @@ __all__ = [
     "choose_dtype",
     "config_dtype",
     "cpu_flags",
+    "cpu_model",
+    "describe_cpu",
     "dtype_name",
+    "instruction_sets",
     "parse_dtype",
     "resolve_dtype",
 ]
@@ -138,6 +143,32 @@ def cpu_flags(cpuinfo: Path = _CPUINFO) -> frozenset[str]:
             if key.strip() in ("flags", "Features"):  # x86 spells it "flags", arm64 "Features"
                 return frozenset(value.lower().split())
     return frozenset(flag for flag, probe in _TORCH_PROBES.items() if getattr(torch.cpu, probe, lambda: False)())
+
+
+INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+"""The CPU flags that decide how fast torch's float32 / bfloat16 / float16 kernels are (and so, across
+machines, the last digits of their results)."""
+
+
+def cpu_model(cpuinfo: Path = _CPUINFO) -> str:
+    """This CPU's model name (``model name`` of ``cpuinfo``, else what :mod:`platform` says)."""
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def instruction_sets(flags: frozenset[str]) -> str:
+    """Which of :data:`INSTRUCTION_SETS` ``flags`` has, and torch's CPU capability: ``avx2 avx512f (torch: AVX512)``."""
+    found = " ".join(name for name in INSTRUCTION_SETS if name in flags) or "none of " + " ".join(INSTRUCTION_SETS)
+    return f"{found} (torch: {torch.backends.cpu.get_cpu_capability()})"
+
+
+def describe_cpu() -> str:
+    """``model; instruction sets (torch: kernel level)`` of this CPU, for test headers and benchmark reports."""
+    return f"{cpu_model()}; {instruction_sets(cpu_flags())}"
 
 
 def config_dtype(config: Any) -> torch.dtype:

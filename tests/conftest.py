@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,26 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
+from psaguard.dtypes import describe_cpu
 from psaguard.testing.llava import save_tiny_llava, save_tiny_llava_next
-
-# The CPU flags that decide which kernels torch and bitsandbytes run (and so the last digits of a result).
-_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def describe_cpu() -> str:
-    """``model name; flags that matter; torch's kernel level``, read from /proc/cpuinfo where there is one."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in lines)}
-    model = fields.get("model name") or platform.processor() or platform.machine()
-    flags = set(fields.get("flags", "").split())
-    present = [flag for flag in _KERNEL_FLAGS if flag in flags] or ["none of " + "/".join(_KERNEL_FLAGS)]
-    return f"{model}; {' '.join(present)}; torch kernels: {torch.backends.cpu.get_cpu_capability()}"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The CPU the suite ran on and the instruction sets its kernels pick from, so a failure can be read."""
     return [f"cpu: {describe_cpu()}"]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The same line at the end, where `-q` (which hides the header) still shows it."""
+    terminalreporter.write_line(f"cpu: {describe_cpu()}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
