@@ -37,6 +37,11 @@ _EXPORTS = {
     "ProcessorError": "psaguard.errors",
     "PsaGuardError": "psaguard.errors",
     "RemoteImageError": "psaguard.errors",
+    "ResponseBlocked": "psaguard.errors",
+    "ResponseHeadMissingError": "psaguard.errors",
+    "ResponsePolicy": "psaguard.policy",
+    "ResponseRule": "psaguard.policy",
+    "ResponseVerdict": "psaguard.verdict",
     "RiskLevel": "psaguard.taxonomy",
     "RiskType": "psaguard.taxonomy",
     "SafetyGuard": "psaguard.guard",
@@ -68,15 +73,17 @@ if TYPE_CHECKING:
         ProcessorError,
         PsaGuardError,
         RemoteImageError,
+        ResponseBlocked,
+        ResponseHeadMissingError,
         UnsupportedModelError,
     )
     from psaguard.guard import SafetyGuard
     from psaguard.images import load_image
     from psaguard.plan import GuardedGeneration
-    from psaguard.policy import GenerationOptions, GuardPolicy, TypeRule, decide
+    from psaguard.policy import GenerationOptions, GuardPolicy, ResponsePolicy, ResponseRule, TypeRule, decide
     from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
-    from psaguard.verdict import Action, LabelRef, SafetyVerdict
+    from psaguard.verdict import Action, LabelRef, ResponseVerdict, SafetyVerdict
     from psaguard.wrapped import GuardedModel
 
 
