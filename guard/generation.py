@@ -137,7 +137,7 @@ class GuardedGenerator:
             )
             logger.debug("request %d: %s by rule %s", index, request.action, request.verdict.rule)
             if request.runs_model:
-                request = request.with_tokens(self._prompt_ids(conversation, request))
+                request = request.with_tokens(self._prompt_ids(conversation, request), judged_text(conversation))
             requests.append(request)
         return GenerationPlan(self.classifier, requests, analysis.features)
 
