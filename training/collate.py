@@ -41,6 +41,11 @@ class Batch:
     type: torch.Tensor
     prompts: list[str]
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    responses: list[str] = field(default_factory=list)
+    """Each example's last answer (the response head's query after the prompt)."""
+    response_level: torch.Tensor | None = None
+    """Response-head labels, IGNORE_INDEX on rows that do not label their answer; None when no row does."""
+    response_type: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -53,6 +58,21 @@ class Batch:
         }
         moved["image_inputs"] = {name: tensor.to(device) for name, tensor in self.image_inputs.items()}
         return Batch(**moved)
+
+
+def _response_labels(examples: Sequence[Example]) -> dict[str, Any]:
+    """The batch's response fields: answers and labels (IGNORE_INDEX where a row labels none)."""
+    if not any(e.has_response_labels for e in examples):
+        return {"responses": [e.response for e in examples]}
+
+    def column(values: list[int | None]) -> torch.Tensor:
+        return torch.tensor([IGNORE_INDEX if v is None else v for v in values], dtype=torch.long)
+
+    return {
+        "responses": [e.response for e in examples],
+        "response_level": column([e.response_level for e in examples]),
+        "response_type": column([e.response_type for e in examples]),
+    }
 
 
 class Collator:
@@ -110,6 +130,7 @@ class Collator:
             type=torch.tensor([e.type for e in examples], dtype=torch.long),
             prompts=[e.prompt for e in examples],
             image_inputs=pixels,
+            **_response_labels(examples),
         )
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:

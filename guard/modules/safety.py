@@ -53,7 +53,12 @@ class SafetyModules(nn.Module):
         """Judges an answer: query = prompt then answer, over the same memory (None in guards without one)."""
         if config.head.response_head:
             self.response_head = SafetyHead(
-                text_hidden_size, config.head.num_heads, config.taxonomy.num_levels, config.taxonomy.num_types, "mean"
+                text_hidden_size,
+                config.head.num_heads,
+                config.taxonomy.num_levels,
+                config.taxonomy.num_types,
+                "mean",
+                residual=True,
             )
 
     def forward(self, patches: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> HeadLogits:
