@@ -117,7 +117,8 @@ class Collator:
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, (ids, row_labels) in enumerate(encoded):
             input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(ids)] = torch.tensor(row_labels)
+            if (examples[row].response_level or 0) == 0:  # a harmful answer is never a language-model target
+                labels[row, : len(ids)] = torch.tensor(row_labels)
             attention_mask[row, : len(ids)] = 1
         images = [load_example_image(example, self.max_image_pixels) for example in examples]
         pixels = dict(self.preprocess(images))

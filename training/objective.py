@@ -75,7 +75,7 @@ class GuardObjective(nn.Module):
             if response_loss is not None:
                 head_loss = head_loss + response_loss
         lm_loss = head_loss.new_zeros(())
-        if projected is not None:
+        if projected is not None and bool((batch.labels != IGNORE_INDEX).any()):  # all harmful answers: no target
             lm_loss = self._lm_loss(batch, features, projected)
         loss = self.lm_weight * lm_loss + (self.head_weight * head_loss if self.head_weight > 0 else 0.0)
         level_pred, type_pred = logits.level.argmax(-1).detach(), logits.type.argmax(-1).detach()
