@@ -149,3 +149,17 @@ def test_batches_are_judged_per_answer(tiny_model, tiny_processor, images):
     got = guard.generate_batch(images[:2], prompts, **LONG)
     assert [g.text for g in got] == [w.text for w in want]
     assert all(g.response_verdict is not None and not g.stopped for g in got)
+
+
+def test_the_monitor_and_classify_response_judge_the_same_text_alike(tiny_model, tiny_processor, images):
+    torch.manual_seed(1)
+    allow = {1: "allow", 2: "allow", 3: "allow"}
+    config = SafetyGuardConfig(
+        head=HeadConfig(response_head=True),
+        policy=GuardPolicy(level_actions=allow, response=ResponsePolicy(level_actions=allow, interval=5)),
+    )
+    guard = SafetyGuard.attach(tiny_model, tiny_processor, config)  # random heads: probabilities spread out
+    result = guard.generate(images[0], QUESTION, **LONG)
+    direct = guard.classify_response(images[0], QUESTION, result.text)
+    assert result.response_verdict.level_probs == pytest.approx(direct.level_probs, abs=1e-5)
+    assert result.response_verdict.type_probs == pytest.approx(direct.type_probs, abs=1e-5)
