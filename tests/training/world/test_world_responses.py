@@ -68,7 +68,7 @@ def trained(answer_world: Path, tmp_path_factory: pytest.TempPathFactory):
         grad_accum=1,
         lr=1e-2,
         warmup_steps=4,
-        max_steps=120,
+        max_steps=90,
         lm_loss_weight=0.0,
         log_every=20,
         checkpoint_every=1000,
