@@ -98,6 +98,7 @@ def test_stage1_trains_the_response_head_and_eval_reports_it(stage1_settings: di
     settings = {
         **stage1_settings,
         "train_data": str(answer_data["train"]),
+        "eval_data": str(answer_data["test"]),  # keep-best and calibration, the response head's included
         "epochs": 8,
         "lr": 1e-2,
         "guard": {"tokens": {"num_tokens": 8}, "head": {"response_head": True}},
@@ -119,3 +120,5 @@ def test_stage1_trains_the_response_head_and_eval_reports_it(stage1_settings: di
     assert report.response.detection.f1 >= 0.9, report.response
     assert 0.0 <= report.response.ece <= 1.0
     assert "response_f1" in report.headline()
+    head = guard.config.head
+    assert head.response_level_temperature != 1.0 and head.response_type_temperature != 1.0
