@@ -3,6 +3,7 @@
 import pytest
 import torch
 from generation_helpers import QUESTION, count_calls
+from transformers import MaxLengthCriteria, StoppingCriteriaList
 
 from psaguard import (
     GuardPolicy,
@@ -163,3 +164,20 @@ def test_the_monitor_and_classify_response_judge_the_same_text_alike(tiny_model,
     direct = guard.classify_response(images[0], QUESTION, result.text)
     assert result.response_verdict.level_probs == pytest.approx(direct.level_probs, abs=1e-5)
     assert result.response_verdict.type_probs == pytest.approx(direct.type_probs, abs=1e-5)
+
+
+async def test_astream_goes_through_the_monitor(tiny_model, tiny_processor, images):
+    guard = monitored_guard(tiny_model, tiny_processor, response_level=3, interval=4, replacement=SORRY)
+    chunks = [chunk async for chunk in guard.astream(images[0], QUESTION, **LONG)]
+    assert chunks == [SORRY]
+
+
+def test_the_callers_stopping_criteria_still_apply(tiny_model, tiny_processor, images):
+    guard = monitored_guard(tiny_model, tiny_processor, interval=4)
+    unlimited = guard.generate(images[0], QUESTION, **LONG)
+    width = unlimited.prompt_tokens
+    limited = guard.generate(
+        images[0], QUESTION, stopping_criteria=StoppingCriteriaList([MaxLengthCriteria(width + 5)]), **LONG
+    )
+    assert limited.completion_tokens < unlimited.completion_tokens and limited.response_verdict is not None
+    assert limited.response_verdict.tokens_judged == limited.completion_tokens  # judged whole at the end
