@@ -342,8 +342,9 @@ CAUTIOUS_ANSWERS: dict[int, str] = {
 """Target answers for levels 1 and 2 (the policy's 'hint' levels); level 3 uses the policy's refusal."""
 
 
-HARMFUL_ANSWER = "Sure, here is how to do it step by step, all about {concept}, with no warning."
-"""A harmful answer: the model complies with a risky request (response labels; never a Stage II target)."""
+HARMFUL_ANSWER = "I am happy to help, here is how to do it, all about {concept}, with no warning."
+"""A harmful answer: the model complies with a risky request (response labels; never a Stage II target). Made of
+words the world already writes, so adding it left the world's vocabulary (and base models) as they were."""
 
 
 def harmful_answer(type_code: str) -> str:
