@@ -40,6 +40,11 @@ _EXPORTS = {
     "ProcessorError": "psaguard.errors",
     "PsaGuardError": "psaguard.errors",
     "RemoteImageError": "psaguard.errors",
+    "ResponseBlocked": "psaguard.errors",
+    "ResponseHeadMissingError": "psaguard.errors",
+    "ResponsePolicy": "psaguard.policy",
+    "ResponseRule": "psaguard.policy",
+    "ResponseVerdict": "psaguard.verdict",
     "RiskLevel": "psaguard.taxonomy",
     "RiskType": "psaguard.taxonomy",
     "SafetyGuard": "psaguard.guard",
@@ -74,16 +79,26 @@ if TYPE_CHECKING:
         ProcessorError,
         PsaGuardError,
         RemoteImageError,
+        ResponseBlocked,
+        ResponseHeadMissingError,
         UnsupportedModelError,
     )
     from psaguard.guard import SafetyGuard
     from psaguard.images import load_image
     from psaguard.plan import GuardedGeneration
-    from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction, TypeRule, decide
+    from psaguard.policy import (
+        GenerationOptions,
+        GuardPolicy,
+        ResponsePolicy,
+        ResponseRule,
+        TextOnlyAction,
+        TypeRule,
+        decide,
+    )
     from psaguard.request import GuardRequest
     from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
-    from psaguard.verdict import Action, LabelRef, SafetyVerdict
+    from psaguard.verdict import Action, LabelRef, ResponseVerdict, SafetyVerdict
     from psaguard.wrapped import GuardedModel
 
 

@@ -27,15 +27,25 @@ from psaguard.errors import (
     GuardInternalError,
     InvalidImageError,
     InvalidPromptError,
+    ResponseHeadMissingError,
 )
 from psaguard.images import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
-from psaguard.policy import GuardPolicy, TextOnlyAction, decide, error_verdict, text_only_verdict, worst_verdict
+from psaguard.policy import (
+    GuardPolicy,
+    TextOnlyAction,
+    decide,
+    decide_response,
+    error_verdict,
+    response_error_verdict,
+    text_only_verdict,
+    worst_verdict,
+)
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest, RequestJudgement
-from psaguard.verdict import Action, SafetyVerdict
+from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
 
-__all__ = ["Classifier", "GuardAnalysis"]
+__all__ = ["Classifier", "GuardAnalysis", "RequestContext"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +60,20 @@ class GuardAnalysis:
     verdicts: list[SafetyVerdict]
     features: VisionFeatures | None
     judged: list[int]
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What the response side reuses of one vision pass: the heads' memory and the request-side verdicts.
+
+    Row ``i`` is image ``i``: ``memory`` its safety features, ``image`` its verdict with no text, ``request``
+    its verdict with the prompt (they locate the risk of a harmful answer).
+    """
+
+    memory: torch.Tensor
+    prompts: list[str]
+    image: list[SafetyVerdict]
+    request: list[SafetyVerdict]
 
 
 class Classifier:
@@ -166,16 +190,7 @@ class Classifier:
         if requests is not None and len(requests) != len(images):
             raise InvalidPromptError(f"got {len(requests)} request indices for {len(images)} images")
         start = time.perf_counter()
-        loaded, errors = [], {}
-        for index, (image, prompt) in enumerate(zip(images, prompts)):
-            try:
-                self.prompts.token_ids(prompt)  # validates fully, so a bad prompt fails alone
-                decoded = load_image(image, self.config.max_image_pixels, formats=self.config.image_formats)
-                loaded.append((index, decoded, prompt))
-            except (InvalidImageError, InvalidPromptError) as err:
-                if self.policy.on_error == "block":
-                    raise type(err)(f"request {index}: {err}") from err
-                errors[index] = f"{type(err).__name__}: {err}"
+        loaded, errors = self._load(images, prompts)
         verdicts: dict[int, SafetyVerdict] = {}
         features = None
         if loaded:
@@ -221,6 +236,127 @@ class Classifier:
             else:
                 verdicts.append(text_only_verdict(on_text_only, self.policy, self.config.taxonomy))
         return RequestJudgement(verdicts, image_verdicts, rows, analysis.features)
+
+    # ------------------------------------------------------------------ judging answers
+    @property
+    def has_response_head(self) -> bool:
+        """True when the guard can judge answers (its modules have a response head)."""
+        return self.modules.response_head is not None
+
+    def require_response_head(self) -> None:
+        """Raise :class:`ResponseHeadMissingError` unless the guard has a response head."""
+        if not self.has_response_head:
+            raise ResponseHeadMissingError(
+                "this guard has no response head (saved before response checking existed, or built with "
+                "head.response_head=False); retrain it with response labels (docs/responses.md) to check answers"
+            )
+
+    def analyze_responses(
+        self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]
+    ) -> list[ResponseVerdict]:
+        """Judge answers to (image, prompt) requests: one vision pass, then the request and response heads.
+
+        No text is generated: the response head reads the pooled safety features with the prompt followed
+        by the answer as its query. Bad inputs and internal failures follow ``policy.on_error`` as in
+        :meth:`analyze` ('refuse' replaces the answer). Raises :class:`ResponseHeadMissingError` for a guard
+        without a response head.
+        """
+        self.require_response_head()
+        if isinstance(responses, str):
+            raise InvalidPromptError("classify_response_batch takes a sequence of responses; use classify_response")
+        if isinstance(images, (str, bytes)) or isinstance(prompts, str) or len(images) != len(prompts):
+            raise InvalidPromptError("give sequences of images and prompts of the same length")
+        if len(responses) != len(prompts):
+            raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        start = time.perf_counter()
+        loaded, errors = self._load(images, prompts, responses)
+        verdicts: dict[int, ResponseVerdict] = {}
+        if loaded:
+            try:
+                with torch.inference_mode():
+                    features = self.backbone.encode_images(**self.preprocess([image for _, image, _ in loaded]))
+                    context = self.request_context(features, [prompt for _, _, prompt in loaded], start)
+                    judged = self.judge_responses(context, [responses[index] for index, _, _ in loaded], start)
+            except GuardInternalError:
+                raise  # non-finite scores under on_error='block'
+            except RuntimeError as err:
+                internal = _internal_error(err)
+                if self.policy.on_error == "block":
+                    raise internal from err
+                errors.update({index: str(internal) for index, _, _ in loaded})
+            else:
+                verdicts = {index: verdict for (index, _, _), verdict in zip(loaded, judged)}
+        for index, reason in errors.items():
+            verdicts[index] = response_error_verdict(reason, self.policy, self.config.taxonomy)
+        return [verdicts[i] for i in range(len(prompts))]
+
+    def request_context(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> RequestContext:
+        """The memory of ``features`` (one row per prompt) and each row's verdicts with no text and with its prompt.
+
+        Computed once per vision pass; :meth:`judge_responses` then runs only the response head.
+        """
+        with torch.inference_mode():
+            device = self.modules.head_tokens.device
+            memory = self.modules.memory(features.patches.to(device))
+            prompts = list(prompts)
+            ids, mask = self.prompts.encode([*prompts, *([""] * len(prompts))])
+            query = self.backbone.embed_tokens(ids).to(device)
+            logits = self.modules.request_logits(memory.repeat(2, 1, 1), query, mask.to(device))
+        rows = list(range(2 * len(prompts)))
+        decided = self._decide_rows(*self._calibrated(logits), rows, start)
+        count = len(prompts)
+        return RequestContext(
+            memory=memory,
+            prompts=prompts,
+            request=[decided[i] for i in range(count)],
+            image=[decided[count + i] for i in range(count)],
+        )
+
+    def judge_responses(
+        self,
+        context: RequestContext,
+        responses: Sequence[str],
+        start: float,
+        rows: Sequence[int] | None = None,
+        tokens_judged: int | None = None,
+    ) -> list[ResponseVerdict]:
+        """Verdicts for ``responses`` to the requests of ``context`` (its rows ``rows``, default all, in order).
+
+        Runs the response head only (the streaming monitor calls this every few tokens). Non-finite scores
+        follow ``policy.on_error``.
+        """
+        rows = list(range(len(context.prompts))) if rows is None else list(rows)
+        self.require_response_head()
+        with torch.inference_mode():
+            device = self.modules.head_tokens.device
+            ids, mask = self.prompts.encode_pairs([context.prompts[r] for r in rows], responses)
+            query = self.backbone.embed_tokens(ids).to(device)
+            logits = self.modules.response_logits(context.memory[rows], query, mask.to(device))
+        head = self.config.head
+        level_probs = F.softmax(logits.level.float() / head.response_level_temperature, dim=-1)
+        type_probs = F.softmax(logits.type.float() / head.response_type_temperature, dim=-1)
+        elapsed = (time.perf_counter() - start) * 1000.0
+        verdicts = []
+        for position, row in enumerate(rows):
+            if not (level_probs[position].isfinite().all() and type_probs[position].isfinite().all()):
+                err = GuardInternalError(f"answer {position}: the response head produced non-finite scores")
+                if self.policy.on_error == "block":
+                    raise err
+                verdicts.append(response_error_verdict(str(err), self.policy, self.config.taxonomy, tokens_judged))
+                continue
+            verdicts.append(
+                decide_response(
+                    level_probs[position].tolist(),
+                    type_probs[position].tolist(),
+                    self.policy.response,
+                    self.config.taxonomy,
+                    image=context.image[row],
+                    request=context.request[row],
+                    tokens_judged=tokens_judged,
+                    latency_ms=elapsed,
+                )
+            )
+        return verdicts
 
     def judge(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
         """Verdicts for already encoded images (one per prompt), failing closed exactly like :meth:`analyze`.
@@ -272,7 +408,35 @@ class Classifier:
             pooled.append(_pooled(logits).float().cpu())
         return torch.cat(pooled) if pooled else torch.zeros(0, self.bank.dim)
 
+    def response_head_logits(
+        self, features: VisionFeatures, prompts: Sequence[str], responses: Sequence[str]
+    ) -> HeadLogits:
+        """Response-head logits for already encoded images, their prompts and answers (differentiable)."""
+        ids, mask = self.prompts.encode_pairs(prompts, responses)
+        device = self.modules.head_tokens.device
+        query = self.backbone.embed_tokens(ids).to(device)
+        memory = self.modules.memory(features.patches.to(device))
+        return self.modules.response_logits(memory, query, mask.to(device))
+
     # ------------------------------------------------------------------ helpers
+    def _load(
+        self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str] | None = None
+    ) -> tuple[list[tuple[int, Image.Image, str]], dict[int, str]]:
+        """Decode and validate each request alone: ``(loaded, errors)``; 'block' raises the first bad input."""
+        loaded, errors = [], {}
+        for index, (image, prompt) in enumerate(zip(images, prompts)):
+            try:
+                self.prompts.token_ids(prompt)  # validates fully, so a bad prompt fails alone
+                if responses is not None:
+                    self.prompts.pair_ids(prompt, responses[index])
+                decoded = load_image(image, self.config.max_image_pixels, formats=self.config.image_formats)
+                loaded.append((index, decoded, prompt))
+            except (InvalidImageError, InvalidPromptError) as err:
+                if self.policy.on_error == "block":
+                    raise type(err)(f"request {index}: {err}") from err
+                errors[index] = f"{type(err).__name__}: {err}"
+        return loaded, errors
+
     def _probabilities(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
     ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor, torch.Tensor]:

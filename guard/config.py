@@ -92,6 +92,14 @@ class HeadConfig(BaseModel):
     )
     level_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the level head.")
     type_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the type head.")
+    response_head: bool = Field(
+        False,
+        description="Add a response head: a second cross-attention head over the same safety features whose "
+        "query is the prompt followed by an answer (response checking and the streaming monitor). Guards saved "
+        "before it existed load without one.",
+    )
+    response_level_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the response level head.")
+    response_type_temperature: float = Field(1.0, gt=0, description="Softmax temperature of the response type head.")
 
 
 class ModelFingerprint(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from psaguard.verdict import SafetyVerdict
+    from psaguard.verdict import ResponseVerdict, SafetyVerdict
 
 __all__ = [
     "CategoryError",
@@ -26,6 +26,8 @@ __all__ = [
     "ProcessorError",
     "PsaGuardError",
     "RemoteImageError",
+    "ResponseBlocked",
+    "ResponseHeadMissingError",
     "UnsupportedModelError",
 ]
 
@@ -103,3 +105,16 @@ class GuardBlocked(PsaGuardError):
     def __init__(self, verdict: SafetyVerdict, message: str | None = None) -> None:
         self.verdict = verdict
         super().__init__(message or f"request blocked by psaguard policy (rule {verdict.rule!r})")
+
+
+class ResponseHeadMissingError(ConfigError):
+    """Response checking was asked of a guard without a response head (trained before it existed, or with
+    ``head.response_head=False``): retrain the guard with response labels (docs/responses.md)."""
+
+
+class ResponseBlocked(PsaGuardError):
+    """The response policy blocked an answer while or after it was generated; the response verdict is attached."""
+
+    def __init__(self, verdict: ResponseVerdict, message: str | None = None) -> None:
+        self.verdict = verdict
+        super().__init__(message or f"answer blocked by psaguard response policy (rule {verdict.rule!r})")

@@ -131,7 +131,7 @@ class GuardedGenerator:
             )
             logger.debug("request %d: %s by rule %s", index, plan.action, plan.verdict.rule)
             if plan.runs_model:
-                plan = plan.with_tokens(self._prompt_ids(list(request.conversation), plan))
+                plan = plan.with_tokens(self._prompt_ids(list(request.conversation), plan), request.prompt)
             requests.append(plan)
         return GenerationPlan(self.classifier, requests, judgement.features)
 

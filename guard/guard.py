@@ -30,7 +30,7 @@ from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest
 from psaguard.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
 from psaguard.streaming import AsyncGuardedStream, GuardedStream
-from psaguard.verdict import Action, SafetyVerdict
+from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
 from psaguard.wrapped import GuardedModel
 
 __all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
@@ -348,6 +348,30 @@ class SafetyGuard:
         """Async :meth:`classify_batch` (runs in a worker thread)."""
         return await asyncio.to_thread(self.classify_batch, images, prompts)
 
+    def classify_response(self, image: ImageInput, prompt: str, response: str) -> ResponseVerdict:
+        """Judge an answer to an (image, prompt) request, with no language-model decode (docs/responses.md).
+
+        Works on a classifier-only guard too, so answers of a VLM served elsewhere can be checked. Raises
+        :class:`~psaguard.errors.ResponseHeadMissingError` for a guard without a response head.
+        """
+        return self.classify_response_batch([image], [prompt], [response])[0]
+
+    def classify_response_batch(
+        self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]
+    ) -> list[ResponseVerdict]:
+        """Judge a batch of answers in one vision pass; same verdicts as one by one."""
+        return self.classifier.analyze_responses(images, prompts, responses)
+
+    async def aclassify_response(self, image: ImageInput, prompt: str, response: str) -> ResponseVerdict:
+        """Async :meth:`classify_response` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.classify_response, image, prompt, response)
+
+    async def aclassify_response_batch(
+        self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]
+    ) -> list[ResponseVerdict]:
+        """Async :meth:`classify_response_batch` (runs in a worker thread)."""
+        return await asyncio.to_thread(self.classify_response_batch, images, prompts, responses)
+
     def analyze(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> GuardAnalysis:
         """Judge a batch and keep its vision features for reuse (see :meth:`Classifier.analyze`).
 
@@ -359,6 +383,12 @@ class SafetyGuard:
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
         """Safety-head logits for already encoded images and their prompts (differentiable)."""
         return self.classifier.head_logits(features, prompts)
+
+    def response_head_logits(
+        self, features: VisionFeatures, prompts: Sequence[str], responses: Sequence[str]
+    ) -> HeadLogits:
+        """Response-head logits for already encoded images, prompts and answers (differentiable; training)."""
+        return self.classifier.response_head_logits(features, prompts, responses)
 
     # ------------------------------------------------------------------ guarded generation (psaguard.generation)
     def generate(

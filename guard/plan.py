@@ -22,14 +22,16 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from transformers import StoppingCriteriaList
 
 from psaguard.backbones import VisionFeatures
 from psaguard.classifier import Classifier
-from psaguard.errors import GuardBlocked, InvalidImageError
+from psaguard.errors import GuardBlocked, InvalidImageError, ResponseBlocked
 from psaguard.injection import LlmInputs, build_llm_inputs
+from psaguard.monitor import ReleaseCallback, ResponseMonitor
 from psaguard.policy import GenerationOptions, Resolution, blocked_message, resolve_action, worst_verdict
 from psaguard.tokenization import eos_token_ids, pad_token_id, tokenizer_of, until_eos
-from psaguard.verdict import Action, SafetyVerdict
+from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
 
 __all__ = ["GenerationPlan", "GuardedGeneration", "RequestPlan", "plan_request"]
 
@@ -49,6 +51,18 @@ class GuardedGeneration(BaseModel):
         0, ge=0, description="Language-model input positions (text, image and safety tokens); 0 if it did not run."
     )
     completion_tokens: int = Field(0, ge=0, description="Generated tokens, up to and including the first EOS.")
+    response_verdict: ResponseVerdict | None = Field(
+        None, description="The streaming monitor's last judgement of the answer; None when it did not run."
+    )
+    stopped: bool = Field(
+        False, description="True when the monitor stopped the answer: `text` is the released part plus the replacement."
+    )
+    stopped_at: int | None = Field(
+        None, ge=0, description="Answer tokens judged by the judgement that flagged the answer (stopped answers)."
+    )
+    released_tokens: int | None = Field(
+        None, ge=0, description="Answer tokens whose text was released before the end (monitored answers)."
+    )
     latency_ms: float = Field(0.0, ge=0, description="Wall time of the whole guarded call, in ms.")
 
 
@@ -66,6 +80,8 @@ class RequestPlan:
     resolution: Resolution
     images: list[int]
     tokens: list[int] | None = None
+    prompt: str = ""
+    """The request's text as the head judged it (the streaming monitor's prompt)."""
 
     @property
     def action(self) -> Action:
@@ -84,8 +100,8 @@ class RequestPlan:
     def runs_model(self) -> bool:
         return self.resolution.runs_model
 
-    def with_tokens(self, tokens: list[int]) -> RequestPlan:
-        return dataclasses.replace(self, tokens=tokens)
+    def with_tokens(self, tokens: list[int], prompt: str = "") -> RequestPlan:
+        return dataclasses.replace(self, tokens=tokens, prompt=prompt)
 
 
 def plan_request(
@@ -120,6 +136,16 @@ class GenerationPlan:
         self.requests = requests
         self.answering = [i for i, request in enumerate(requests) if request.tokens is not None]
         self.inputs = self._llm_inputs(features) if self.answering else None
+        self.monitor: ResponseMonitor | None = None
+        """The streaming monitor of the answering requests (after :meth:`generate`), when the policy runs it."""
+        self._features = features
+        if self.inputs is not None and self.monitors:
+            classifier.require_response_head()  # monitor=True on a guard without one: fail before generating
+
+    @property
+    def monitors(self) -> bool:
+        """Whether the streaming monitor judges the answers (``policy.response.monitors``)."""
+        return self.classifier.policy.response.monitors(self.classifier.has_response_head)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -129,12 +155,25 @@ class GenerationPlan:
     def tokenizer(self) -> Any:
         return tokenizer_of(self.classifier.processor)
 
-    def generate(self, generate_kwargs: Mapping[str, Any]) -> torch.Tensor | None:
-        """Run ``model.generate`` once for every answering request (None when none answers)."""
+    def generate(
+        self, generate_kwargs: Mapping[str, Any], on_release: ReleaseCallback | None = None
+    ) -> torch.Tensor | None:
+        """Run ``model.generate`` once for every answering request (None when none answers).
+
+        With the monitor on, answers are judged while they grow (:class:`~psaguard.monitor.ResponseMonitor`),
+        ``on_release`` receives the text as it is released, and the rest is judged before this returns.
+        """
         if self.inputs is None:
             return None
+        kwargs = dict(generate_kwargs)
+        if self.monitors:
+            self.monitor = self._monitor(generate_kwargs, on_release)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([*(kwargs.get("stopping_criteria") or []), self.monitor])
         with torch.inference_mode():
-            return self.model.generate(**self.inputs.model_kwargs(), **generate_kwargs)
+            sequences = self.model.generate(**self.inputs.model_kwargs(), **kwargs)
+        if self.monitor is not None:
+            self.monitor.finish(sequences)
+        return sequences
 
     def answers(self, sequences: torch.Tensor | None, generate_kwargs: Mapping[str, Any]) -> dict[int, list[int]]:
         """``{request: generated ids up to and including the first EOS}`` for the requests that ran."""
@@ -155,11 +194,18 @@ class GenerationPlan:
         tokenizer = self.tokenizer
         latency_ms = (time.perf_counter() - start) * 1000.0
         results = []
+        monitored = {} if self.monitor is None else dict(zip(self.answering, self.monitor.states))
         for index, request in enumerate(self.requests):
             generated = index in answers
+            text = tokenizer.decode(answers[index], skip_special_tokens=True) if generated else request.text
+            state = monitored.get(index)
+            if state is not None and state.stopped and state.verdict is not None:
+                if state.verdict.action == "block":
+                    raise ResponseBlocked(state.verdict, f"answer {index} blocked by psaguard response policy")
+                text = state.text + (state.verdict.replacement or "")
             results.append(
                 GuardedGeneration(
-                    text=tokenizer.decode(answers[index], skip_special_tokens=True) if generated else request.text,
+                    text=text,
                     verdict=request.verdict,
                     verdicts=request.verdicts,
                     action=request.action,
@@ -167,10 +213,35 @@ class GenerationPlan:
                     generated=generated,
                     prompt_tokens=prompt_lengths.get(index, 0),
                     completion_tokens=len(answers[index]) if generated else 0,
+                    response_verdict=None if state is None else state.verdict,
+                    stopped=bool(state and state.stopped),
+                    stopped_at=None if state is None else state.stopped_at,
+                    released_tokens=None if state is None else state.released,
                     latency_ms=latency_ms,
                 )
             )
         return results
+
+    def _monitor(self, generate_kwargs: Mapping[str, Any], on_release: ReleaseCallback | None) -> ResponseMonitor:
+        """The monitor of the answering requests, on the safety features of the plan's one vision pass."""
+        if self._features is None or self.inputs is None:  # unreachable: a plan that runs the model has features
+            raise InvalidImageError("no image features to judge the answers with")
+        requests = [self.requests[i] for i in self.answering]
+        rows = [row for request in requests for row in request.images]
+        prompts = [request.prompt for request in requests for _ in request.images]
+        context = self.classifier.request_context(self._features.subset(rows), prompts, time.perf_counter())
+        image_rows, offset = [], 0
+        for request in requests:
+            image_rows.append(list(range(offset, offset + len(request.images))))
+            offset += len(request.images)
+        return ResponseMonitor(
+            self.classifier,
+            context,
+            image_rows,
+            self.inputs.input_ids.shape[1],
+            eos_token_ids(self.model, generate_kwargs),
+            on_release,
+        )
 
     def _llm_inputs(self, features: VisionFeatures | None) -> LlmInputs:
         classifier = self.classifier

@@ -85,9 +85,36 @@ class PromptEncoder:
     def token_ids(self, prompt: str) -> list[int]:
         """The query ids of one prompt, anchor first, truncated to ``max_tokens``."""
         self.check(prompt)
+        return [self.anchor_id, *self._text_ids(prompt, self.max_tokens - 1)]
+
+    def pair_ids(self, prompt: str, response: str) -> list[int]:
+        """The query ids of a prompt followed by an answer (the response head's query), anchor first.
+
+        The prompt takes at most half of ``max_tokens`` (its head and tail kept), the answer the rest (its
+        head and tail kept), so a long request cannot push the answer out of the judged text nor the reverse.
+        """
+        self.check(prompt)
+        self.check(response)
         budget = self.max_tokens - 1
+        prompt_ids = self._text_ids(prompt, budget // 2)
+        return [self.anchor_id, *prompt_ids, *self._text_ids(response, budget - len(prompt_ids))]
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask) of shape (B, T), right-padded; mask is True on real positions."""
+        return self._pad([self.token_ids(p) for p in prompts])
+
+    def encode_pairs(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` for (prompt, answer) pairs (see :meth:`pair_ids`)."""
+        if len(prompts) != len(responses):
+            raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        return self._pad([self.pair_ids(p, r) for p, r in zip(prompts, responses)])
+
+    def _text_ids(self, text: str, budget: int) -> list[int]:
+        """Ids of cleaned ``text``, at most ``budget`` (head and tail kept), special ids dropped, vocab-checked."""
+        if budget <= 0:
+            return []
         head = budget // 2
-        text = clean_prompt(prompt)
+        text = clean_prompt(text)
         window = budget * _WINDOW_CHARS_PER_TOKEN
         if len(text) > 2 * window:
             # Only head and tail tokens are kept, so only the ends need tokenizing (bounded cost).
@@ -95,17 +122,15 @@ class PromptEncoder:
         else:
             ids = self._encode(text)
         if len(ids) > budget:
-            logger.debug("prompt of %d tokens truncated to its first %d and last %d", len(ids), head, budget - head)
+            logger.debug("text of %d tokens truncated to its first %d and last %d", len(ids), head, budget - head)
             ids = ids[:head] + ids[len(ids) - (budget - head) :]
         ids = [i for i in ids if i not in self._special_ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise InvalidPromptError(f"tokenizer produced ids {bad[:5]} outside the model's vocabulary")
-        return [self.anchor_id, *ids]
+        return ids
 
-    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, mask) of shape (B, T), right-padded; mask is True on real positions."""
-        rows = [self.token_ids(p) for p in prompts]
+    def _pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.bool)

@@ -2,11 +2,15 @@
 
 The request is judged before a stream object exists, so nothing can be streamed before the verdict: a
 blocked request raises at ``guard.stream(...)`` and a refused one streams its refusal text as one chunk.
+With the streaming monitor on (:mod:`psaguard.monitor`), chunks are the text the monitor releases after
+judging it, held back ``policy.response.window`` tokens; a flagged answer stops and ends with the policy's
+replacement (or raises :class:`~psaguard.errors.ResponseBlocked` for a 'block' action).
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from typing import Any
@@ -98,10 +102,39 @@ class GuardedStream(Iterator[str]):
                 yield plan.requests[0].text
             self._result = plan.results(None, self._start, self._kwargs)[0]
             return
-        sequences = yield from stream_text(
-            plan.model, plan.tokenizer, plan.inputs.model_kwargs(), self._kwargs, thread_name="psaguard-stream"
-        )
-        self._result = plan.results(sequences, self._start, self._kwargs)[0]
+        if plan.monitors:
+            sequences = yield from _monitored_chunks(plan, self._kwargs)
+        else:
+            sequences = yield from stream_text(
+                plan.model, plan.tokenizer, plan.inputs.model_kwargs(), self._kwargs, thread_name="psaguard-stream"
+            )
+        result = plan.results(sequences, self._start, self._kwargs)[0]  # raises ResponseBlocked for 'block'
+        if result.stopped and result.response_verdict is not None and result.response_verdict.replacement:
+            yield result.response_verdict.replacement
+        self._result = result
+
+
+def _monitored_chunks(plan: GenerationPlan, generate_kwargs: dict[str, Any]) -> Generator[str, None, Any]:
+    """Yield the text the monitor releases while ``plan.generate`` runs in a daemon thread; return its sequences."""
+    released: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    outcome: dict[str, Any] = {}
+
+    def produce() -> None:
+        try:
+            outcome["sequences"] = plan.generate(generate_kwargs, on_release=lambda _, text: released.put(text))
+        except BaseException as err:  # re-raised in the consumer
+            outcome["error"] = err
+        finally:
+            released.put(_DONE)
+
+    worker = threading.Thread(target=produce, name="psaguard-monitored-stream", daemon=True)
+    worker.start()
+    while (chunk := released.get()) is not _DONE:
+        yield chunk
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["sequences"]
 
 
 class AsyncGuardedStream(AsyncIterator[str]):

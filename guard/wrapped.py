@@ -118,7 +118,9 @@ class GuardedModel:
         eos_ids = eos_token_ids(self.model, generate_kwargs)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else sorted(eos_ids)[:1]
         rows = [
-            answers[index] if index in answers else [*tokenizer(r.text, add_special_tokens=False)["input_ids"], *eos]
+            answers[index]
+            if index in answers and not r.stopped
+            else [*tokenizer(r.text, add_special_tokens=False)["input_ids"], *eos]
             for index, r in enumerate(results)
         ]
         return _join(input_ids, rows, pad_token_id(tokenizer, self.model)), results
@@ -171,7 +173,7 @@ class GuardedModel:
             images = [i for i, owner in enumerate(owners) if owner == index]
             request = plan_request([verdicts[i] for i in images], images, self.options, where=f"row {index}")
             if request.runs_model:
-                request = request.with_tokens(self._with_hint(tokenizer, token_row, request))
+                request = request.with_tokens(self._with_hint(tokenizer, token_row, request), prompts[images[0]])
             requests.append(request)
         return GenerationPlan(classifier, requests, features)
 

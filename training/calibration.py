@@ -4,7 +4,9 @@ The policy's thresholds act on probabilities, so they are only meaningful when t
 calibrated. Temperature scaling (Guo et al., 2017) divides each head's logits by one scalar ``T``, fitted to
 minimise the negative log-likelihood on held-out data; the argmax (so accuracy and F1) does not change,
 the confidence does. The fitted ``T`` of the level and type heads go into ``HeadConfig``'s
-``level_temperature`` / ``type_temperature``, which the guard already divides by.
+``level_temperature`` / ``type_temperature``, which the guard already divides by; a guard with a response
+head gets ``response_level_temperature`` / ``response_type_temperature`` fitted on the examples that label
+their answer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from psaguard.config import SafetyGuardConfig
 from psaguard.errors import DatasetError
 from psaguard.guard import SafetyGuard
 from psaguard.training.data import Example
-from psaguard.training.predict import predict
+from psaguard.training.predict import predict, response_logits
 
 __all__ = [
     "MAX_TEMPERATURE",
@@ -75,6 +77,9 @@ class CalibrationResult(BaseModel):
     examples: int = Field(description="Examples the temperatures were fitted on.")
     level: HeadCalibration = Field(description="Level head.")
     type: HeadCalibration = Field(description="Type head.")
+    response_examples: int = Field(0, description="Examples with response labels the response head was fitted on.")
+    response_level: HeadCalibration | None = Field(None, description="Response level head, when fitted.")
+    response_type: HeadCalibration | None = Field(None, description="Response type head, when fitted.")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -165,9 +170,20 @@ def calibrate_guard(
         level=_fit_head(predictions.level_logits, [e.level for e in examples]),
         type=_fit_head(predictions.type_logits, [e.type for e in examples]),
     )
-    head = guard.config.head.model_copy(
-        update={"level_temperature": result.level.temperature, "type_temperature": result.type.temperature}
-    )
+    update = {"level_temperature": result.level.temperature, "type_temperature": result.type.temperature}
+    labelled = [e for e in examples if e.has_response_labels]
+    if guard.modules.response_head is not None and labelled:
+        level_logits, type_logits = response_logits(guard, labelled, batch_size)
+        result = result.model_copy(
+            update={
+                "response_examples": len(labelled),
+                "response_level": _fit_head(level_logits, [e.response_level or 0 for e in labelled]),
+                "response_type": _fit_head(type_logits, [e.response_type or 0 for e in labelled]),
+            }
+        )
+        update["response_level_temperature"] = result.response_level.temperature  # type: ignore[union-attr]
+        update["response_type_temperature"] = result.response_type.temperature  # type: ignore[union-attr]
+    head = guard.config.head.model_copy(update=update)
     return guard.config.model_copy(update={"head": head}), result
 
 
@@ -179,7 +195,10 @@ def apply_calibration(guard: SafetyGuard, examples: Sequence[Example], batch_siz
     """
     config, result = calibrate_guard(guard, examples, batch_size)
     guard.classifier = guard.classifier.with_config(config)
-    for name, head in (("level", result.level), ("type", result.type)):
+    heads = [("level", result.level), ("type", result.type)]
+    responses = (("response level", result.response_level), ("response type", result.response_type))
+    heads += [(name, head) for name, head in responses if head is not None]
+    for name, head in heads:
         logger.info(
             "calibrated the %s head on %d examples: temperature %.3f, NLL %.3f -> %.3f, ECE %.3f -> %.3f",
             name,

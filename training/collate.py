@@ -42,6 +42,11 @@ class Batch:
     type: torch.Tensor
     prompts: list[str]
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    responses: list[str] = field(default_factory=list)
+    """Each example's last answer (the response head's query after the prompt)."""
+    response_level: torch.Tensor | None = None
+    """Response-head labels, IGNORE_INDEX on rows that do not label their answer; None when no row does."""
+    response_type: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -54,6 +59,21 @@ class Batch:
         }
         moved["image_inputs"] = {name: tensor.to(device) for name, tensor in self.image_inputs.items()}
         return Batch(**moved)
+
+
+def _response_labels(examples: Sequence[Example]) -> dict[str, Any]:
+    """The batch's response fields: answers and labels (IGNORE_INDEX where a row labels none)."""
+    if not any(e.has_response_labels for e in examples):
+        return {"responses": [e.response for e in examples]}
+
+    def column(values: list[int | None]) -> torch.Tensor:
+        return torch.tensor([IGNORE_INDEX if v is None else v for v in values], dtype=torch.long)
+
+    return {
+        "responses": [e.response for e in examples],
+        "response_level": column([e.response_level for e in examples]),
+        "response_type": column([e.response_type for e in examples]),
+    }
 
 
 class Collator:
@@ -98,7 +118,8 @@ class Collator:
         attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
         for row, (ids, row_labels) in enumerate(encoded):
             input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(ids)] = torch.tensor(row_labels)
+            if (examples[row].response_level or 0) == 0:  # a harmful answer is never a language-model target
+                labels[row, : len(ids)] = torch.tensor(row_labels)
             attention_mask[row, : len(ids)] = 1
         images = [load_example_image(example, self.max_image_pixels) for example in examples]
         pixels = dict(self.preprocess(images))
@@ -111,6 +132,7 @@ class Collator:
             type=torch.tensor([e.type for e in examples], dtype=torch.long),
             prompts=[e.prompt for e in examples],
             image_inputs=pixels,
+            **_response_labels(examples),
         )
 
     def encode(self, example: Example) -> tuple[list[int], list[int]]:

@@ -6,7 +6,13 @@ One JSON object a line, in either of two shapes::
     {"image": "a.png", "conversations": [{"from": "USER", "value": "<image>\\nWhat is shown?"},
                                          {"from": "ASSISTANT", "value": "..."}], "safe_level": 3, "safe_type": 4}
 
-The second is the paper's format. A ``prompt`` row may leave out ``response``: such a request-only row (as
+The second is the paper's format. Either shape may label its (last) answer for the response head with
+``response_harmful`` (bool), ``response_level`` (level id) and ``response_type`` (type id or code), all
+optional: ``{"response_harmful": false}`` is a harmless answer (level 0, the safe type); a harmful one gives
+``response_level`` >= 1 and ``response_type``. A safe and an unsafe answer to the same request (the shape
+SPA-VL and BeaverTails-V ship) are two rows with the same image and prompt.
+
+A ``prompt`` row may leave out ``response``: such a request-only row (as
 converted from a benchmark, see :mod:`psaguard.training.datasets`) trains and evaluates the safety head, but
 Stage II, which learns answers, refuses it. ``source_label`` keeps a converted data set's own label verbatim
 beside the mapped ``safe_level``/``safe_type``. Every row is validated; a bad row raises :class:`DatasetError` naming
@@ -23,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 
 from psaguard.conversation import Conversation, judged_text
 from psaguard.errors import DatasetError
@@ -94,7 +100,34 @@ class SampleRow(BaseModel):
     source_label: StrictStr | None = Field(
         None, description="The source data set's own label, verbatim (e.g. 'deception/disinformation'); not trained on."
     )
+    response_harmful: StrictBool | None = Field(
+        None, description="Whether the (last) answer is harmful; trains the response head. Optional."
+    )
+    response_level: StrictInt | None = Field(
+        None, ge=0, description="Risk level id of the answer (0 when harmless); required for a harmful answer."
+    )
+    response_type: StrictInt | StrictStr | None = Field(
+        None, description="Risk type id or code of the answer; required for a harmful answer, else the safe type."
+    )
     meta: dict[str, Any] | None = Field(None, description="Free-form metadata, ignored by training.")
+
+    @model_validator(mode="after")
+    def _check_response_labels(self) -> SampleRow:
+        labelled = (self.response_harmful, self.response_level, self.response_type) != (None, None, None)
+        if not labelled:
+            return self
+        if self.prompt is not None and self.response is None:
+            raise ValueError("response labels need an answer: give 'response'")
+        harmful = self.response_harmful
+        if self.response_level is not None:
+            if harmful is not None and harmful != (self.response_level > 0):
+                raise ValueError("response_harmful disagrees with response_level (harmful means level >= 1)")
+            harmful = self.response_level > 0
+        if harmful is None:
+            raise ValueError("give response_harmful or response_level with response_type")
+        if harmful and (self.response_level is None or self.response_type is None):
+            raise ValueError("a harmful answer needs response_level (>= 1) and response_type")
+        return self
 
     @model_validator(mode="after")
     def _check_shape(self) -> SampleRow:
@@ -164,6 +197,19 @@ class Example:
     line: int
     id: str | None = None
     source_label: str | None = None
+    response_level: int | None = None
+    """Risk level of the last answer for the response head; None when the row does not label its answer."""
+    response_type: int | None = None
+    """Risk type of the last answer; None when the row does not label its answer."""
+
+    @property
+    def response(self) -> str:
+        """The last answer (what the response head judges); empty for a request-only row."""
+        return self.turns[-1][1]
+
+    @property
+    def has_response_labels(self) -> bool:
+        return self.response_level is not None
 
     @property
     def has_response(self) -> bool:
@@ -323,6 +369,7 @@ def _parse_line(line: str, paths: _Paths, taxonomy: Taxonomy, path: str, number:
         raise DatasetError(reasons) from err
     if row.safe_level >= taxonomy.num_levels:
         raise DatasetError(f"safe_level {row.safe_level} is not a level id (0..{taxonomy.num_levels - 1})")
+    response_level, response_type = _response_labels(row, taxonomy)
     images = tuple(paths.resolve(p) for p in row.image_paths)
     if paths.check_images:
         missing = [str(p) for p in images if not p.is_file()]
@@ -337,7 +384,25 @@ def _parse_line(line: str, paths: _Paths, taxonomy: Taxonomy, path: str, number:
         line=number,
         id=row.id,
         source_label=row.source_label,
+        response_level=response_level,
+        response_type=response_type,
     )
+
+
+def _response_labels(row: SampleRow, taxonomy: Taxonomy) -> tuple[int | None, int | None]:
+    """(level, type) of the row's answer for the response head, checked against ``taxonomy``; (None, None)
+    when the row does not label its answer."""
+    if row.response_harmful is None and row.response_level is None:
+        return None, None
+    level = row.response_level if row.response_level is not None else 0
+    if level >= taxonomy.num_levels:
+        raise DatasetError(f"response_level {level} is not a level id (0..{taxonomy.num_levels - 1})")
+    kind = taxonomy.safe_type_id if row.response_type is None else _type_id(row.response_type, taxonomy)
+    if level == 0 and kind != taxonomy.safe_type_id:
+        raise DatasetError("a harmless answer (response_level 0) has the safe response_type")
+    if level > 0 and kind == taxonomy.safe_type_id:
+        raise DatasetError("a harmful answer needs a risk response_type, not the safe type")
+    return level, kind
 
 
 def _type_id(value: int | str, taxonomy: Taxonomy) -> int:

@@ -4,7 +4,10 @@ Predictions are the argmax of each head's probabilities (with the guard's temper
 metrics score the policy's decision: a request counts as risky when its label has a level above 0 and
 a type other than the safe type (the paper's intervention rule), and as flagged when the verdict is.
 Calibration is reported twice, for the raw logits (T = 1) and with the guard's temperatures, and the
-policy-threshold sweep shows the share of risky and safe rows acted on at each threshold.
+policy-threshold sweep shows the share of risky and safe rows acted on at each threshold. Rows that label
+their answer (``response_harmful``/``response_level``) are also judged with ``guard.classify_response_batch``
+when the guard has a response head: the response side's precision, recall, F1, FPR and the ECE of its harm
+probability are in ``EvalReport.response``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from psaguard.guard import SafetyGuard
 from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import Taxonomy
 from psaguard.training.calibration import ReliabilityBin, reliability, softmax
+from psaguard.training.collate import load_example_image
 from psaguard.training.data import DatasetReport, Example
 from psaguard.training.metrics import binary_rates, confusion_matrix, macro_f1_of, one_vs_rest
 from psaguard.training.predict import Predictions, predict
@@ -35,10 +39,12 @@ __all__ = [
     "EvalReport",
     "HeadReport",
     "ReliabilityBin",
+    "ResponseReport",
     "custom_fire_rates",
     "detection_metrics",
     "evaluate_guard",
     "evaluate_predictions",
+    "evaluate_responses",
     "head_report",
     "risky_labels",
     "write_report",
@@ -94,6 +100,17 @@ class DetectionMetrics(BaseModel):
     fpr: float = Field(description="FP / (FP + TN): how often safe requests are flagged.")
 
 
+class ResponseReport(BaseModel):
+    """The response side: harmful-vs-harmless answers by the response policy's decision (flagged = not 'allow')."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    examples: int = Field(description="Rows that label their answer.")
+    detection: DetectionMetrics = Field(description="Harmful answers flagged, harmless ones allowed.")
+    ece: float = Field(description="Expected calibration error of the answer's harm probability (two classes).")
+    type_accuracy: float = Field(description="Of the harmful answers, the share whose type is predicted right.")
+
+
 class EvalReport(BaseModel):
     """Everything ``psaguard eval`` measures; written as ``eval.json``."""
 
@@ -113,6 +130,9 @@ class EvalReport(BaseModel):
         default_factory=dict,
         description="For each custom category of the guard (psaguard.categories): the share of the rows of each "
         "labelled type on which it fires (probability >= 0.5). Empty for a guard without categories.",
+    )
+    response: ResponseReport | None = Field(
+        None, description="The response side, when rows label their answers and the guard has a response head."
     )
 
     def headline(self) -> dict[str, float | int]:
@@ -134,6 +154,14 @@ class EvalReport(BaseModel):
             "type_accuracy": self.type.accuracy,
             "level_accuracy": self.level.accuracy,
         }
+        if self.response is not None:
+            numbers |= {
+                "response_f1": self.response.detection.f1,
+                "response_precision": self.response.detection.precision,
+                "response_recall": self.response.detection.recall,
+                "response_fpr": self.response.detection.fpr,
+                "response_ece": self.response.ece,
+            }
         return {"examples": self.examples, **{key: round(value, 4) for key, value in numbers.items()}}
 
 
@@ -148,7 +176,35 @@ def evaluate_guard(
 ) -> EvalReport:
     """Classify every example with ``guard`` (image + judged text) and score the head and the policy."""
     predictions = predict(guard, examples, batch_size)
-    return evaluate_predictions(guard, examples, predictions, bins=bins, dataset=dataset, thresholds=thresholds)
+    report = evaluate_predictions(guard, examples, predictions, bins=bins, dataset=dataset, thresholds=thresholds)
+    if guard.modules.response_head is None or not any(e.has_response_labels for e in examples):
+        return report
+    return report.model_copy(update={"response": evaluate_responses(guard, examples, batch_size=batch_size, bins=bins)})
+
+
+def evaluate_responses(
+    guard: SafetyGuard, examples: Sequence[Example], *, batch_size: int = 16, bins: int = 10
+) -> ResponseReport:
+    """Judge the answers of the examples that label theirs with ``guard.classify_response_batch`` and score them.
+
+    Raises :class:`~psaguard.errors.ResponseHeadMissingError` for a guard without a response head.
+    """
+    labelled = [e for e in examples if e.has_response_labels]
+    verdicts = []
+    for start in range(0, len(labelled), batch_size):
+        chunk = labelled[start : start + batch_size]
+        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        verdicts += guard.classify_response_batch(images, [e.prompt for e in chunk], [e.response for e in chunk])
+    harmful = [(e.response_level or 0) > 0 for e in labelled]
+    probs = np.asarray([[1.0 - v.harm_prob, v.harm_prob] for v in verdicts], dtype=np.float64).reshape(-1, 2)
+    _, ece = reliability(probs, [int(h) for h in harmful], bins)
+    typed = [v.type.id == e.response_type for v, e, h in zip(verdicts, labelled, harmful) if h]
+    return ResponseReport(
+        examples=len(labelled),
+        detection=detection_metrics(harmful, [v.flagged for v in verdicts]),
+        ece=ece,
+        type_accuracy=sum(typed) / len(typed) if typed else 0.0,
+    )
 
 
 def evaluate_predictions(

@@ -1,5 +1,8 @@
 """The training objective of both stages: LM loss + lambda * (CE(level) + CE(type)).
 
+A guard with a response head adds, on the rows that label their answer, the response head's
+``CE(response level) + CE(response type)`` to the head loss (same lambda): one guard judges both sides.
+
 One ``nn.Module`` holds the base model and the safety modules so that accelerate can wrap it (DDP) and
 checkpoints can name its trainable parameters. The vision tower and the model's own projector run under
 ``no_grad``: they are frozen in both stages and their activations are not needed for backward.
@@ -15,7 +18,7 @@ from torch.nn import functional as F
 
 from psaguard.backbones import VisionFeatures
 from psaguard.guard import SafetyGuard
-from psaguard.injection import build_llm_inputs
+from psaguard.injection import IGNORE_INDEX, build_llm_inputs
 from psaguard.training.collate import Batch
 
 __all__ = ["GuardObjective", "StepOutput"]
@@ -33,6 +36,8 @@ class StepOutput:
     count: int
     level_pred: torch.Tensor
     type_pred: torch.Tensor
+    response_loss: torch.Tensor | None = None
+    """The response head's cross-entropies (part of ``head_loss``); None when no row labels its answer."""
 
 
 class GuardObjective(nn.Module):
@@ -66,8 +71,11 @@ class GuardObjective(nn.Module):
             level = batch.level.to(logits.level.device)
             kind = batch.type.to(logits.type.device)
             head_loss = F.cross_entropy(logits.level.float(), level) + F.cross_entropy(logits.type.float(), kind)
+            response_loss = self._response_loss(batch, features)
+            if response_loss is not None:
+                head_loss = head_loss + response_loss
         lm_loss = head_loss.new_zeros(())
-        if projected is not None:
+        if projected is not None and bool((batch.labels != IGNORE_INDEX).any()):  # all harmful answers: no target
             lm_loss = self._lm_loss(batch, features, projected)
         loss = self.lm_weight * lm_loss + (self.head_weight * head_loss if self.head_weight > 0 else 0.0)
         level_pred, type_pred = logits.level.argmax(-1).detach(), logits.type.argmax(-1).detach()
@@ -80,7 +88,22 @@ class GuardObjective(nn.Module):
             count=len(batch),
             level_pred=level_pred,
             type_pred=type_pred,
+            response_loss=None if response_loss is None else response_loss.detach(),
         )
+
+    def _response_loss(self, batch: Batch, features: VisionFeatures) -> torch.Tensor | None:
+        """The response head's cross-entropies on the rows that label their answer (None when none does)."""
+        if batch.response_level is None or batch.response_type is None or self.safety.response_head is None:
+            return None
+        rows = (batch.response_level != IGNORE_INDEX).nonzero().flatten().tolist()
+        if not rows:
+            return None
+        logits = self.guard.response_head_logits(
+            features.subset(rows), [batch.prompts[r] for r in rows], [batch.responses[r] for r in rows]
+        )
+        level = batch.response_level[rows].to(logits.level.device)
+        kind = batch.response_type[rows].to(logits.type.device)
+        return F.cross_entropy(logits.level.float(), level) + F.cross_entropy(logits.type.float(), kind)
 
     def _lm_loss(self, batch: Batch, features: VisionFeatures, projected: list[torch.Tensor]) -> torch.Tensor:
         # The same placement as guarded generation, so llm_tokens are trained where they are used.

@@ -18,7 +18,7 @@ from psaguard.training.collate import load_example_image
 from psaguard.training.data import Example
 from psaguard.verdict import SafetyVerdict
 
-__all__ = ["Predictions", "predict"]
+__all__ = ["Predictions", "predict", "response_logits"]
 
 
 @dataclass(frozen=True)
@@ -67,4 +67,29 @@ def predict(guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 1
         verdicts=verdicts,
         level_logits=np.concatenate(level).astype(np.float64) if level else np.zeros((0, taxonomy.num_levels)),
         type_logits=np.concatenate(kind).astype(np.float64) if kind else np.zeros((0, taxonomy.num_types)),
+    )
+
+
+def response_logits(
+    guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw response-head logits (level, type) of ``examples`` (image, judged text, last answer), in order.
+
+    Raises :class:`~psaguard.errors.ResponseHeadMissingError` for a guard without a response head.
+    """
+    guard.classifier.require_response_head()
+    guard.modules.eval()
+    level, kind = [], []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        with torch.inference_mode():
+            features = guard.backbone.encode_images(**guard.classifier.preprocess(images))
+            logits = guard.response_head_logits(features, [e.prompt for e in chunk], [e.response for e in chunk])
+        level.append(logits.level.float().cpu().numpy())
+        kind.append(logits.type.float().cpu().numpy())
+    taxonomy = guard.config.taxonomy
+    return (
+        np.concatenate(level).astype(np.float64) if level else np.zeros((0, taxonomy.num_levels)),
+        np.concatenate(kind).astype(np.float64) if kind else np.zeros((0, taxonomy.num_types)),
     )

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from psaguard.errors import ConfigError
 from psaguard.guard import TORCH_DTYPES, SafetyGuard
 from psaguard.training.calibration import apply_calibration
 from psaguard.training.config import Stage1Config
@@ -66,6 +67,11 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
         enable_checkpointing(model)
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
+    if guard.modules.response_head is None and any(e.has_response_labels for e in train_set):
+        raise ConfigError(
+            "the training rows label their answers (response_harmful/level/type) but the guard has no response "
+            "head: set guard.head.response_head: true in the config (or drop the labels)"
+        )
     objective = GuardObjective(guard, model, lm_weight=cfg.lm_loss_weight, head_weight=cfg.head_loss_weight)
     logger.info("stage I: %s", trainable_summary(objective))
     # A head that only learned the label frequencies has this loss (ln 4 + ln 7 on balanced default labels).

@@ -50,6 +50,9 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     guard.modules.requires_grad_(False).eval()
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
+    # Answers labelled harmful train the response head (Stage I); Stage II must never learn to say them.
+    train_set = [e for e in train_set if not (e.response_level or 0) > 0]
+    eval_set = [e for e in eval_set if not (e.response_level or 0) > 0] if eval_set else eval_set
     targets = lora_target_modules(cfg.lora, guard.backbone.language_model_name)
     warn_frozen_untrained_lm_head(model, targets, answer_token_ids(collate, train_set))
     adapted = attach_lora(model, cfg, guard.backbone.language_model_name)

@@ -28,7 +28,9 @@ class SafetyHead(nn.Module):
 
     ``pooling='first'`` reads query position 0 (the paper's code; position 0 is a fixed anchor token, so the
     prompt cannot change the verdict). ``pooling='mean'`` averages the valid prompt positions, so the
-    verdict depends on the prompt as well as the image.
+    verdict depends on the prompt as well as the image. ``residual=True`` adds the pooled query to the pooled
+    attended values, each layer-normalized (the response head: an answer's own words count as much as where
+    they look in the image; token embeddings are far smaller than the attended values).
     """
 
     def __init__(
@@ -38,11 +40,15 @@ class SafetyHead(nn.Module):
         num_levels: int,
         num_types: int,
         pooling: Literal["mean", "first"] = "mean",
+        residual: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not divisible by {num_heads} heads")
         self.pooling = pooling
+        self.residual = residual
+        self.norm = nn.LayerNorm(hidden_size) if residual else None
+        self.query_norm = nn.LayerNorm(hidden_size) if residual else None
         self.attn = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
         self.level_head = nn.Linear(hidden_size, num_levels)
         self.type_head = nn.Linear(hidden_size, num_types)
@@ -50,9 +56,15 @@ class SafetyHead(nn.Module):
     def forward(self, query: torch.Tensor, query_mask: torch.Tensor, memory: torch.Tensor) -> HeadLogits:
         """query (B, T, D) with mask (B, T) True on valid positions; memory (B, M, D)."""
         attended, _ = self.attn(query, memory, memory, need_weights=False)
-        if self.pooling == "first":
-            pooled = attended[:, 0]
-        else:
-            weights = query_mask.to(attended.dtype).unsqueeze(-1)
-            pooled = (attended * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        pooled = self._pool(attended, query_mask)
+        if self.norm is not None and self.query_norm is not None:
+            # The text itself, not only where it looks in the image, reaches the linears; each part normalized,
+            # since token embeddings are far smaller than the attended values.
+            pooled = self.norm(pooled) + self.query_norm(self._pool(query.to(pooled.dtype), query_mask))
         return HeadLogits(self.level_head(pooled), self.type_head(pooled), pooled)
+
+    def _pool(self, values: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "first":
+            return values[:, 0]
+        weights = query_mask.to(values.dtype).unsqueeze(-1)
+        return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)

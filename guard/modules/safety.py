@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from psaguard.config import SafetyGuardConfig
-from psaguard.errors import ConfigError
+from psaguard.errors import ConfigError, ResponseHeadMissingError
 from psaguard.modules.abstractor import CAbstractor
 from psaguard.modules.head import HeadLogits, SafetyHead
 
@@ -49,12 +49,44 @@ class SafetyModules(nn.Module):
             config.taxonomy.num_types,
             config.head.pooling,
         )
+        self.response_head: SafetyHead | None = None
+        """Judges an answer: query = prompt then answer, over the same memory (None in guards without one)."""
+        if config.head.response_head:
+            self.response_head = SafetyHead(
+                text_hidden_size,
+                config.head.num_heads,
+                config.taxonomy.num_levels,
+                config.taxonomy.num_types,
+                "mean",
+                residual=True,
+            )
 
     def forward(self, patches: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> HeadLogits:
         """patches (B, N, C_v) on a square grid; query (B, T, D) prompt embeddings; mask (B, T)."""
-        safety_features = self.projector(patches.to(self.head_tokens.dtype))
-        memory = torch.cat([self.head_tokens.expand(len(safety_features), -1, -1), safety_features], dim=1)
+        memory = self.memory(patches)
         return self.head(query.to(memory.dtype), query_mask, memory)
+
+    def memory(self, patches: torch.Tensor) -> torch.Tensor:
+        """The heads' keys and values, ``[head_tokens; projector(patches)]`` (B, T + N', D): computed once per
+        vision pass and reused by every judgement of the same images (the streaming monitor)."""
+        safety_features = self.projector(patches.to(self.head_tokens.dtype))
+        return torch.cat([self.head_tokens.expand(len(safety_features), -1, -1), safety_features], dim=1)
+
+    def request_logits(self, memory: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> HeadLogits:
+        """The request head on precomputed :meth:`memory`."""
+        return self.head(query.to(memory.dtype), query_mask, memory)
+
+    def response_logits(self, memory: torch.Tensor, query: torch.Tensor, query_mask: torch.Tensor) -> HeadLogits:
+        """The response head on precomputed :meth:`memory`; ``query`` embeds the prompt followed by the answer.
+
+        Raises :class:`ResponseHeadMissingError` for a guard without a response head.
+        """
+        if self.response_head is None:
+            raise ResponseHeadMissingError(
+                "this guard has no response head (saved before response checking existed, or built with "
+                "head.response_head=False); retrain it with response labels to check answers"
+            )
+        return self.response_head(query.to(memory.dtype), query_mask, memory)
 
 
 def _check_sizes(config: SafetyGuardConfig, vision: int, hidden: int, text: int) -> None:
@@ -66,7 +98,8 @@ def _check_sizes(config: SafetyGuardConfig, vision: int, hidden: int, text: int)
         raise ConfigError(f"projector.num_queries={queries} is not a square number")
     # Per bottleneck block about 2.5 * width^2 weights (two 1x1 convolutions and the squeeze-excite).
     blocks = 2 * config.projector.depth * 3 * hidden * hidden + 2 * vision * hidden
-    estimate = blocks + hidden * text + text * text + 2 * config.tokens.num_tokens * text + 4 * text * text
+    heads = 2 if config.head.response_head else 1
+    estimate = blocks + hidden * text + text * text + 2 * config.tokens.num_tokens * text + 4 * heads * text * text
     if estimate > MAX_PARAMETERS:
         raise ConfigError(
             f"the config asks for about {estimate:,} safety-module parameters, over the limit of {MAX_PARAMETERS:,}"

@@ -24,6 +24,7 @@ def run(name: str, *args: str) -> str:
     [
         ("guard_overhead.py", ("--repeats", "1"), "safety modules / vision tower"),
         ("generation_overhead.py", ("--repeats", "1", "--new-tokens", "4", "--threads", "1"), "llm_tokens on"),
+        ("monitor_overhead.py", ("--repeats", "1", "--new-tokens", "8", "--threads", "1"), "monitor every 8"),
     ],
 )
 def test_overhead_benchmarks_print_their_ratios(script: str, args: tuple[str, ...], row: str) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +38,7 @@ from psaguard.training.world.prompts import (
     all_template_ids,
     answer,
     default_held_out_templates,
+    harmful_answer,
     respond,
 )
 
@@ -91,6 +92,14 @@ class WorldSpec(BaseModel):
     held_out_templates: tuple[str, ...] = Field(
         default_factory=default_held_out_templates,
         description="Template ids never used in train or val (default: paraphrase 2 of every template).",
+    )
+    harmful_answers: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of risky requests (train, val, test) that also get a row answering them harmfully. "
+        "Above 0, every row labels its answer for the response head (the safe answers, cautions and refusals "
+        "harmless; the complying answers harmful, at the request's level and type); 0 writes no response labels.",
     )
 
     @model_validator(mode="after")
@@ -148,7 +157,12 @@ class WorldRow(BaseModel):
     id: str = Field(description="Unique row id, '<split>-<n>'.")
     image: str = Field(description="Image path relative to the world directory.")
     prompt: str = Field(description="User text, without an <image> placeholder.")
-    response: str = Field(description="Target assistant response.")
+    response: str = Field(description="Target assistant response (a harmful one when response_harmful is True).")
+    response_harmful: bool | None = Field(
+        None, description="Whether the answer is harmful (response labels; None when the world writes none)."
+    )
+    response_level: int | None = Field(None, ge=0, le=3, description="Risk level of the answer.")
+    response_type: int | None = Field(None, ge=0, le=6, description="Risk type id of the answer.")
     safe_level: int = Field(ge=0, le=3, description="Risk level id in DEFAULT_TAXONOMY.")
     safe_type: int = Field(ge=0, le=6, description="Risk type id in DEFAULT_TAXONOMY.")
     meta: RowMeta = Field(description="How the row was made.")
@@ -180,6 +194,7 @@ class _Draft:
     question: str | None
     answer: str | None
     twin: bool = False
+    harmful_answer: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,6 +309,7 @@ def _split_rows(spec: WorldSpec, split: str, n_rows: int) -> list[tuple[WorldRow
             weights["image_risk"] = 1.0
     out: list[tuple[WorldRow, Scene]] = []
     group = 0
+    labels = spec.harmful_answers > 0 and split != "attack"
     while len(out) < n_rows:
         rng = np.random.default_rng([spec.seed, SPLITS.index(split), group])
         kind = _choose_kind(rng, weights, n_rows - len(out), one_row=split == "attack")
@@ -301,6 +317,12 @@ def _split_rows(spec: WorldSpec, split: str, n_rows: int) -> list[tuple[WorldRow
         if split == "attack":
             drafts = drafts[:1]
             scenes, drafts[0] = _attack(rng, len(out), scenes, drafts[0])
+        elif spec.harmful_answers > 0:  # drawn after the group's own choices, which stay as without it
+            drafts += [
+                replace(d, harmful_answer=True, twin=True)
+                for d in list(drafts)
+                if d.level > 0 and rng.random() < spec.harmful_answers
+            ]
         first_id = len(out)
         image_of: dict[int, str] = {}
         for draft in drafts:
@@ -308,21 +330,31 @@ def _split_rows(spec: WorldSpec, split: str, n_rows: int) -> list[tuple[WorldRow
             image_of.setdefault(draft.scene, f"images/{row_id}.png")
             out.append(
                 (
-                    _row(row_id, image_of[draft.scene], scenes[draft.scene], draft, pool, split, first_id),
+                    _row(row_id, image_of[draft.scene], scenes[draft.scene], draft, pool, split, first_id, labels),
                     scenes[draft.scene],
                 )
             )
         group += 1
-    return out
+    return out[:n_rows]
 
 
-def _row(row_id: str, image: str, scene: Scene, draft: _Draft, pool: _Pool, split: str, first: int) -> WorldRow:
+def _row(
+    row_id: str, image: str, scene: Scene, draft: _Draft, pool: _Pool, split: str, first: int, labels: bool = False
+) -> WorldRow:
     templates = [draft.template] + ([draft.question] if draft.question else [])
+    type_id = DEFAULT_TAXONOMY.type_by_code(draft.type_code).id
+    if draft.harmful_answer:
+        response = harmful_answer(draft.type_code)
+        response_labels = {"response_harmful": True, "response_level": draft.level, "response_type": type_id}
+    else:
+        response = respond(draft.level, draft.type_code, draft.answer)
+        response_labels = {"response_harmful": False} if labels else {}
     return WorldRow(
         id=row_id,
         image=image,
         prompt=draft.prompt,
-        response=respond(draft.level, draft.type_code, draft.answer),
+        response=response,
+        **response_labels,
         safe_level=draft.level,
         safe_type=DEFAULT_TAXONOMY.type_by_code(draft.type_code).id,
         meta=RowMeta(
@@ -367,7 +399,7 @@ def build_world(out_dir: str | Path, spec: WorldSpec | None = None) -> WorldSumm
                 render_scene(scene, spec.image_size).save(png, format="PNG", compress_level=6)
                 written.add(row.image)
         images += len(written)
-        lines = [json.dumps(row.model_dump(mode="json"), ensure_ascii=False) for row, _ in rows]
+        lines = [json.dumps(_row_json(row), ensure_ascii=False) for row, _ in rows]
         _write_atomic(out / f"{split}.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
         counts["kinds"][split] = Counter(row.meta.kind for row, _ in rows)
         counts["types"][split] = Counter(DEFAULT_TAXONOMY.types[row.safe_type].code for row, _ in rows)
@@ -381,6 +413,15 @@ def build_world(out_dir: str | Path, spec: WorldSpec | None = None) -> WorldSumm
     )
     _write_atomic(out / "world.json", summary.model_dump_json(indent=2).encode())
     return summary
+
+
+def _row_json(row: WorldRow) -> dict[str, object]:
+    """The row as written: response labels only where the world labels answers."""
+    data = row.model_dump(mode="json")
+    for key in ("response_harmful", "response_level", "response_type"):
+        if data[key] is None:
+            del data[key]
+    return data
 
 
 def read_rows(world_dir: str | Path, split: str) -> list[WorldRow]:

@@ -29,6 +29,7 @@ from psaguard.training.world.concepts import NUMBER_WORDS, Scene, plural
 __all__ = [
     "ATTACK_SUFFIXES",
     "CAUTIOUS_ANSWERS",
+    "HARMFUL_ANSWER",
     "HARMFUL_INTENTS",
     "JOINT_RULES",
     "QUESTIONS",
@@ -38,6 +39,7 @@ __all__ = [
     "all_template_ids",
     "answer",
     "default_held_out_templates",
+    "harmful_answer",
     "respond",
 ]
 
@@ -338,6 +340,16 @@ CAUTIOUS_ANSWERS: dict[int, str] = {
     "but I am happy to help with something safe.",
 }
 """Target answers for levels 1 and 2 (the policy's 'hint' levels); level 3 uses the policy's refusal."""
+
+
+HARMFUL_ANSWER = "I am happy to help, here is how to do it, all about {concept}, with no warning."
+"""A harmful answer: the model complies with a risky request (response labels; never a Stage II target). Made of
+words the world already writes, so adding it left the world's vocabulary (and base models) as they were."""
+
+
+def harmful_answer(type_code: str) -> str:
+    """The harmful (complying) answer to a risky request of ``type_code``."""
+    return HARMFUL_ANSWER.format(concept=DEFAULT_TAXONOMY.type_by_code(type_code).concept)
 
 
 def answer(asks: Asks, scene: Scene) -> str:

@@ -14,6 +14,7 @@ from psaguard.training.world.prompts import (
     JOINT_RULES,
     QUESTIONS,
     answer,
+    harmful_answer,
     respond,
 )
 
@@ -53,6 +54,7 @@ def world_texts() -> Iterable[str]:
     for risk_type in DEFAULT_TAXONOMY.types:
         if risk_type.code != DEFAULT_TAXONOMY.safe_type:
             yield from (respond(level, risk_type.code, None) for level in (1, 2, 3))
+            yield harmful_answer(risk_type.code)
     for concept in (*concepts, _ERROR_CONCEPT):
         yield from (hint.format(concept=concept) for hint in DEFAULT_HINTS.values())
         yield DEFAULT_REFUSAL.format(concept=concept)

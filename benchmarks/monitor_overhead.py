@@ -1,0 +1,77 @@
+"""Overhead of the streaming monitor on guarded streams of the tiny LLaVA (CPU by default), side by side.
+
+    python benchmarks/monitor_overhead.py [--new-tokens 64] [--repeats 10] [--intervals 1 8 16]
+
+Every variant streams the same answer with greedy decoding and a fixed number of new tokens. The guard has a
+response head (untrained) and its response policy allows every answer, so the monitor judges the answer
+every ``interval`` tokens and never stops it: the numbers measure the monitor's work (decode the answer so
+far, encode prompt + answer, one cross-attention of the response head), not its decisions. Medians of
+``--repeats`` round-robin runs after one warm-up, with the machine they ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from machine import describe_machine
+from PIL import Image
+
+from psaguard import GuardPolicy, HeadConfig, ResponsePolicy, SafetyGuard, SafetyGuardConfig
+from psaguard.tiny import build_tiny_llava, build_tiny_processor
+
+QUESTION = "what is in this image ?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--intervals", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    processor = build_tiny_processor()
+    model = build_tiny_llava(processor=processor)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    allow = {1: "allow", 2: "allow", 3: "allow"}
+    base = SafetyGuard.attach(model, processor, SafetyGuardConfig(head=HeadConfig(response_head=True)))
+    gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+
+    def policy(monitor: bool, interval: int = 8) -> GuardPolicy:
+        response = ResponsePolicy(monitor=monitor, interval=interval, window=interval, level_actions=allow)
+        return GuardPolicy(level_actions=allow, response=response)
+
+    def streamer(guard: SafetyGuard) -> Callable[[], object]:
+        return lambda: "".join(guard.stream(image, QUESTION, **gen))
+
+    variants: dict[str, Callable[[], object]] = {"stream, monitor off": streamer(base.with_policy(policy(False)))}
+    for interval in args.intervals:
+        variants[f"stream, monitor every {interval}"] = streamer(base.with_policy(policy(True, interval)))
+    for run in variants.values():
+        run()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    off = statistics.median(times["stream, monitor off"])
+    print(json.dumps(describe_machine()))
+    print(f"tiny LLaVA, {args.new_tokens} new tokens, {args.repeats} rounds, {torch.get_num_threads()} threads")
+    print(f"{'variant':28} {'median ms':>10} {'x off':>7}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:28} {median:10.1f} {median / off:7.3f}")
+
+
+if __name__ == "__main__":
+    main()
