@@ -23,7 +23,7 @@ from machine import describe_machine
 from PIL import Image
 
 from psaguard import GuardPolicy, HeadConfig, ResponsePolicy, SafetyGuard, SafetyGuardConfig
-from psaguard.tiny import build_tiny_llava, build_tiny_processor
+from psaguard.testing.llava import build_tiny_llava, build_tiny_processor
 
 QUESTION = "what is in this image ?"
 
