@@ -20,6 +20,7 @@ from psaguard.errors import (
     InvalidInputError,
     InvalidPromptError,
     PsaGuardError,
+    ResponseBlocked,
 )
 from psaguard.verdict import SafetyVerdict
 
@@ -179,6 +180,13 @@ def api_error_from(err: PsaGuardError) -> ApiError:
             code="content_policy_violation",
             extra={"psaguard": err.verdict.model_dump(mode="json")},
             headers=verdict_headers(err.verdict),
+        )
+    if isinstance(err, ResponseBlocked):  # the answer was stopped by the response policy: nothing of it is sent
+        return ApiError(
+            400,
+            str(err),
+            code="content_policy_violation",
+            extra={"psaguard_response": err.verdict.model_dump(mode="json")},
         )
     for kind, status, error_type, code in _ERROR_MAP:
         if isinstance(err, kind):
