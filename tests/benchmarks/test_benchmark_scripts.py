@@ -156,6 +156,7 @@ def _gpu_suite(tmp_path, *skip: str) -> dict:
     return raw
 
 
+@pytest.mark.slow  # two fresh processes computing in bfloat16, which CPUs without a native path emulate: ~30 s
 def test_gpu_suite_builds_its_checkpoint_and_runs_a_section_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
     # The driver, the checkpoint build and one section, each in its own process; the slow test runs them all.
     raw = _gpu_suite(tmp_path, "pytest", "nf4", "stage1", "stage2_r256", "stage2_r16")
