@@ -42,8 +42,8 @@ _EXPORTS = {
     "RemoteImageError": "psaguard.errors",
     "ResponseBlocked": "psaguard.errors",
     "ResponseHeadMissingError": "psaguard.errors",
-    "ResponsePolicy": "psaguard.policy",
-    "ResponseRule": "psaguard.policy",
+    "ResponsePolicy": "psaguard.response_policy",
+    "ResponseRule": "psaguard.response_policy",
     "ResponseVerdict": "psaguard.verdict",
     "RiskLevel": "psaguard.taxonomy",
     "RiskType": "psaguard.taxonomy",
@@ -89,13 +89,12 @@ if TYPE_CHECKING:
     from psaguard.policy import (
         GenerationOptions,
         GuardPolicy,
-        ResponsePolicy,
-        ResponseRule,
         TextOnlyAction,
         TypeRule,
         decide,
     )
     from psaguard.request import GuardRequest
+    from psaguard.response_policy import ResponsePolicy, ResponseRule
     from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
     from psaguard.verdict import Action, LabelRef, ResponseVerdict, SafetyVerdict

@@ -35,14 +35,13 @@ from psaguard.policy import (
     GuardPolicy,
     TextOnlyAction,
     decide,
-    decide_response,
     error_verdict,
-    response_error_verdict,
     text_only_verdict,
     worst_verdict,
 )
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest, RequestJudgement
+from psaguard.response_policy import decide_response, response_error_verdict
 from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
 
 __all__ = ["Classifier", "GuardAnalysis", "RequestContext"]
@@ -287,7 +286,9 @@ class Classifier:
             else:
                 verdicts = {index: verdict for (index, _, _), verdict in zip(loaded, judged)}
         for index, reason in errors.items():
-            verdicts[index] = response_error_verdict(reason, self.policy, self.config.taxonomy)
+            verdicts[index] = response_error_verdict(
+                reason, self.policy.on_error, self.policy.response, self.config.taxonomy
+            )
         return [verdicts[i] for i in range(len(prompts))]
 
     def request_context(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> RequestContext:
@@ -342,7 +343,11 @@ class Classifier:
                 err = GuardInternalError(f"answer {position}: the response head produced non-finite scores")
                 if self.policy.on_error == "block":
                     raise err
-                verdicts.append(response_error_verdict(str(err), self.policy, self.config.taxonomy, tokens_judged))
+                verdicts.append(
+                    response_error_verdict(
+                        str(err), self.policy.on_error, self.policy.response, self.config.taxonomy, tokens_judged
+                    )
+                )
                 continue
             verdicts.append(
                 decide_response(

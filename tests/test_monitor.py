@@ -14,7 +14,7 @@ from psaguard import (
     SafetyGuard,
     SafetyGuardConfig,
 )
-from psaguard.policy import decide_response
+from psaguard.response_policy import decide_response
 
 SORRY = "sorry , i cannot help with that ."  # words of the tiny vocabulary, so the wrapper can tokenize them
 LONG = {"max_new_tokens": 24, "min_new_tokens": 24, "do_sample": False}
