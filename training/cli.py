@@ -84,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-plots", action="store_true", help="write the JSON and markdown only")
     bench.add_argument("--load-in-4bit", action="store_true", help="load the language model in 4-bit NF4")
     bench.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    add_dtype_option(bench)  # as eval: 'auto' loads the model as training does
     add_log_level_option(bench)
     bench.set_defaults(func=run_bench)
 
@@ -175,8 +176,8 @@ def run_bench(args: argparse.Namespace) -> int:
         suites = resolve_suites(args.suite, args.data_dir, out, args.image_root, args.world_rows)
         peers = load_peers(args.peers)
         model_id = args.model or _recorded_model(args.guard)
-        model, processor = _load(model_id, args.load_in_4bit, args.cpu)
-        guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False)
+        model, processor = _load(model_id, args.load_in_4bit, args.cpu, args.dtype)
+        guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False, dtype=args.dtype)
         report = bench(
             guard,
             suites,
