@@ -63,13 +63,13 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     saved) are those of the best evaluated step, and the run stops after ``patience`` evaluations without
     improvement.
     """
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world_size, rank = accelerator.num_processes, accelerator.process_index
     per_step = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = len(task.train_set) // world // per_step
+    steps_per_epoch = len(task.train_set) // world_size // per_step
     if steps_per_epoch == 0:
         raise ConfigError(
             f"{len(task.train_set)} training examples do not fill one optimizer step "
-            f"(batch_size x grad_accum x processes = {per_step * world})"
+            f"(batch_size x grad_accum x processes = {per_step * world_size})"
         )
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     trainable = {name: p for name, p in task.objective.named_parameters() if p.requires_grad}
@@ -82,7 +82,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         num_examples=len(task.train_set),
         batch_size=cfg.batch_size,
         grad_accum=cfg.grad_accum,
-        world_size=world,
+        world_size=world_size,
         seed=cfg.seed,
     )
     state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch, data=data)
@@ -97,7 +97,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         len(trainable),
         total,
         steps_per_epoch,
-        per_step * world,
+        per_step * world_size,
     )
     from tqdm.auto import tqdm
 
@@ -111,7 +111,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     meter = _Meter()
     chance = ChanceCheck(task.chance_head_loss, total, cfg.chance_check_share)
     while state.step < total and state.stop_reason is None:
-        batches = _epoch_batches(task, cfg, state, rank, world)
+        batches = _epoch_batches(task, cfg, state, rank, world_size)
         while state.step < total:
             grad_norm = _train_step(objective, batches, trainable, optimizer, scheduler, meter, cfg, accelerator)
             state.step += 1
@@ -219,10 +219,10 @@ def _restore_best(keep: KeepBest | None, state: TrainState) -> None:
     )
 
 
-def _epoch_batches(task: TrainTask, cfg: TrainConfig, state: TrainState, rank: int, world: int) -> Iterator[Batch]:
+def _epoch_batches(task: TrainTask, cfg: TrainConfig, state: TrainState, rank: int, world_size: int) -> Iterator[Batch]:
     """The rest of the current epoch's batches for this process, from the state's position on."""
     per_step = cfg.batch_size * cfg.grad_accum
-    order = epoch_order(len(task.train_set), state.epoch, cfg.seed, rank, world)
+    order = epoch_order(len(task.train_set), state.epoch, cfg.seed, rank, world_size)
     order = order[state.step_in_epoch * per_step : state.steps_per_epoch * per_step]
     loader = DataLoader(
         [task.train_set[i] for i in order],
