@@ -13,16 +13,19 @@
 
 The plan and the language-model input are :mod:`psaguard.plan`'s, shared with the drop-in wrapper. Names
 that lived here before the request path was split (the decisions, now in :mod:`psaguard.policy`; the
-tokenizer rules, now in :mod:`psaguard.tokenization`) are still importable from this module.
+tokenizer rules, now in :mod:`psaguard.tokenization`; the plan's types, in :mod:`psaguard.plan`) still import
+from here for one release, with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
+from psaguard import policy, tokenization
 from psaguard.backbones import registered_backbones
 from psaguard.classifier import Classifier
 from psaguard.conversation import Conversation, PromptInput, with_hint
@@ -30,28 +33,17 @@ from psaguard.errors import ConfigError, InvalidInputError, InvalidPromptError
 from psaguard.images import ImageInput, check_image_count
 from psaguard.injection import tokenize_prompt
 from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
-from psaguard.policy import ACTION_SEVERITY, GenerationOptions, Resolution, resolve_action, worst_verdict
+from psaguard.policy import GenerationOptions
 from psaguard.request import GuardRequest
 from psaguard.streaming import GuardedStream
-from psaguard.tokenization import eos_token_ids, pad_token_id, render_chat, tokenizer_of, until_eos
+from psaguard.tokenization import render_chat, tokenizer_of
 
 __all__ = [
-    "ACTION_SEVERITY",
-    "GenerationOptions",
-    "GuardedGeneration",
     "GuardedGenerator",
     "ImagesInput",
-    "RequestPlan",
-    "Resolution",
     "chat_token_ids",
     "check_generate_kwargs",
-    "eos_token_ids",
-    "pad_token_id",
     "reserved_kwargs",
-    "resolve_action",
-    "tokenizer_of",
-    "until_eos",
-    "worst_verdict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -204,3 +196,27 @@ def check_generate_kwargs(kwargs: Mapping[str, Any]) -> None:
         raise InvalidInputError("guarded generation returns one answer per request (num_return_sequences=1)")
     if kwargs.get("return_dict_in_generate"):
         raise InvalidInputError("guarded generation returns GuardedGeneration objects; drop return_dict_in_generate")
+
+
+# Names this module re-exported before the request path was split; their homes, for one release.
+_MOVED = {
+    "ACTION_SEVERITY": policy,
+    "Resolution": policy,
+    "resolve_action": policy,
+    "worst_verdict": policy,
+    "eos_token_ids": tokenization,
+    "pad_token_id": tokenization,
+    "until_eos": tokenization,
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"psaguard.generation.{name} moved to {home.__name__}.{name}; the old path goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return getattr(home, name)

@@ -25,8 +25,8 @@ from psaguard import (
     SafetyGuardConfig,
     TypeRule,
 )
-from psaguard.generation import GenerationOptions, worst_verdict
 from psaguard.images import MAX_IMAGES_PER_REQUEST
+from psaguard.policy import GenerationOptions, worst_verdict
 from psaguard.testing.llava import build_tiny_processor
 from psaguard.tokenization import render_chat
 
@@ -335,3 +335,14 @@ def test_processor_failures_while_rendering_are_processor_errors(tiny_processor)
     for processor in (object(), broken):
         with pytest.raises(ProcessorError):
             render_chat(processor, conversation)
+
+
+def test_names_that_moved_out_of_the_generation_module_still_import_with_a_warning():
+    import psaguard.generation as generation
+    from psaguard import policy, tokenization
+
+    with pytest.warns(DeprecationWarning, match="psaguard.policy.worst_verdict"):
+        assert generation.worst_verdict is policy.worst_verdict
+    with pytest.warns(DeprecationWarning, match="psaguard.tokenization.until_eos"):
+        assert generation.until_eos is tokenization.until_eos
+    assert "worst_verdict" not in generation.__all__

@@ -8,7 +8,7 @@ import torch
 from generation_helpers import QUESTION, capture_llm_inputs, count_calls, guard_for, user_turn
 
 from psaguard import GuardBlocked, InvalidInputError, SafetyGuard
-from psaguard.generation import GenerationOptions
+from psaguard.policy import GenerationOptions
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "wrap_existing_vlm.py"
 GREEDY = {"max_new_tokens": 5, "do_sample": False}

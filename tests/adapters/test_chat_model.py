@@ -56,7 +56,7 @@ def test_refused_requests_get_the_refusal_without_running_the_model(make_guard, 
 
 
 def test_refusals_answered_by_the_model_keep_its_answer(make_guard, image_message_content):
-    from psaguard.generation import GenerationOptions
+    from psaguard.policy import GenerationOptions
 
     chat = _chat(make_guard("refuse"), options=GenerationOptions(refuse_with="hint"))
     reply = chat.invoke(_messages(image_message_content))

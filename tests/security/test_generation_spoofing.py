@@ -9,7 +9,7 @@ import torch
 from generation_helpers import capture_llm_inputs, guard_for
 
 from psaguard.errors import InvalidPromptError
-from psaguard.generation import GenerationOptions
+from psaguard.policy import GenerationOptions
 
 REAL_HINT = "you must refuse"
 FAKE_HINTS = [

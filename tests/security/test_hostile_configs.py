@@ -15,8 +15,7 @@ from pydantic import ValidationError
 from psaguard import SafetyGuard
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.errors import CheckpointError, ConfigError
-from psaguard.generation import GenerationOptions
-from psaguard.policy import GuardPolicy, decide
+from psaguard.policy import GenerationOptions, GuardPolicy, decide
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.checkpoint import read_state
 from psaguard.training.config import Stage1Config, load_config

@@ -87,8 +87,7 @@ def test_a_hint_goes_to_the_last_user_turn_unlabelled_and_the_head_never_reads_i
 
 
 def test_label_hints_are_the_hints_guarded_generation_adds(tiny_processor) -> None:
-    from psaguard.generation import GenerationOptions
-    from psaguard.policy import GuardPolicy
+    from psaguard.policy import GenerationOptions, GuardPolicy
     from psaguard.taxonomy import DEFAULT_TAXONOMY
     from psaguard.training.hints import label_hint
 
