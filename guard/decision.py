@@ -6,22 +6,70 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Protocol
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from psaguard.errors import ConfigError
 from psaguard.taxonomy import RiskType, Taxonomy
 
-__all__ = ["ErrorAction", "LevelRule", "acted_level", "check_template", "checked_templates", "tail_probabilities"]
+__all__ = [
+    "ErrorAction",
+    "LevelRule",
+    "acted_level",
+    "check_rules_against",
+    "check_template",
+    "checked_templates",
+    "tail_probabilities",
+]
 
 ErrorAction = Literal["block", "refuse", "allow"]
 """What to do when the guard cannot judge: raise (fail closed), refuse, or let the request through."""
 
 
-class LevelRule(Protocol):
-    """What :func:`acted_level` reads of a type rule (request or response side)."""
+class LevelRule(BaseModel):
+    """What a type rule of either side holds for :func:`acted_level`: whether it acts, the tail probability it
+    needs, the lowest level it acts at, and per-level action overrides."""
 
-    enabled: bool
-    threshold: float
-    min_level: int
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="False turns this type's defence off: it is let through.")
+    threshold: float = Field(
+        0.5, gt=0.0, le=1.0, description="Tail probability P(level >= L) needed to act at level L."
+    )
+    min_level: int = Field(1, ge=1, description="Lowest level at which the policy intervenes for this type.")
+    actions: dict[int, str] = Field(default_factory=dict, description="Per-level action overrides.")
+
+
+def check_rules_against(
+    taxonomy: Taxonomy,
+    who: str,
+    prefix: str,
+    default_rule: LevelRule,
+    types: Mapping[str, LevelRule],
+    level_actions: Mapping[int, str],
+    named_levels: set[int],
+) -> None:
+    """The checks both policies make against ``taxonomy``: type codes exist, every level id named (in
+    ``level_actions``, the rules' actions and ``named_levels``) exists, level 0 is always 'allow', and each
+    rule's ``min_level`` is a level. Errors name the policy ``who`` and the field under ``prefix``."""
+    known = [t.code for t in taxonomy.types]
+    if unknown := sorted(set(types) - set(known)):
+        raise ConfigError(f"{who} names unknown risk types {unknown}; known: {known}")
+    rules = {f"{prefix}default_rule": default_rule, **{f"{prefix}types.{code}": r for code, r in types.items()}}
+    levels = set(range(taxonomy.num_levels))
+    named = set(level_actions) | named_levels | {lv for rule in rules.values() for lv in rule.actions}
+    if bad := sorted(named - levels):
+        raise ConfigError(f"{who} names level ids {bad}, but the taxonomy has levels 0..{len(levels) - 1}")
+    for where, actions in (
+        (f"{prefix}level_actions", level_actions),
+        *((f"{name}.actions", rule.actions) for name, rule in rules.items()),
+    ):
+        if actions.get(0, "allow") != "allow":
+            raise ConfigError(f"{where} sets level 0 to {actions[0]!r}; level 0 means safe and is always 'allow'")
+    for name, rule in rules.items():
+        if rule.min_level >= taxonomy.num_levels:
+            raise ConfigError(f"{name}.min_level is {rule.min_level}, but the highest level is {len(levels) - 1}")
 
 
 def check_template(template: str, field: str) -> str:

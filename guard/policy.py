@@ -18,7 +18,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from psaguard.category_config import FIRE_AT, CustomCategory
-from psaguard.decision import ErrorAction, acted_level, check_template, checked_templates
+from psaguard.decision import (
+    ErrorAction,
+    LevelRule,
+    acted_level,
+    check_rules_against,
+    check_template,
+    checked_templates,
+)
 from psaguard.errors import ConfigError
 from psaguard.response_policy import ResponsePolicy
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
@@ -58,16 +65,9 @@ DEFAULT_REFUSAL = "I'm sorry, but I can't help with this request because it invo
 DEFAULT_LEVEL_ACTIONS: dict[int, Action] = {0: "allow", 1: "hint", 2: "hint", 3: "refuse"}
 
 
-class TypeRule(BaseModel):
+class TypeRule(LevelRule):
     """How the policy treats one risk type."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(True, description="False turns this type's defence off: its requests are allowed.")
-    threshold: float = Field(
-        0.5, gt=0.0, le=1.0, description="Tail probability P(level >= L) needed to act at level L."
-    )
-    min_level: int = Field(1, ge=1, description="Lowest level at which the policy intervenes for this type.")
     actions: dict[int, Action] = Field(default_factory=dict, description="Per-level action overrides.")
     hints: dict[int, str] = Field(default_factory=dict, description="Per-level hint overrides ({concept}).")
     refusal: str | None = Field(None, description="Refusal text override for this type ({concept}).")
@@ -114,27 +114,12 @@ class GuardPolicy(BaseModel):
         Every type code and level id must exist, every level above 0 needs an action, level 0 is always
         'allow', each rule's ``min_level`` must be a level, and every 'hint' action needs a hint template.
         """
-        unknown = sorted(set(self.types) - {t.code for t in taxonomy.types})
-        if unknown:
-            raise ConfigError(f"policy names unknown risk types {unknown}; known: {[t.code for t in taxonomy.types]}")
-        levels = set(range(taxonomy.num_levels))
         rules = {"default_rule": self.default_rule, **{f"types.{code}": rule for code, rule in self.types.items()}}
-        named = set(self.level_actions) | set(self.hints)
-        named |= {lv for r in rules.values() for lv in (*r.actions, *r.hints)}
-        if bad := sorted(named - levels):
-            raise ConfigError(f"policy names level ids {bad}, but the taxonomy has levels 0..{len(levels) - 1}")
-        if missing := sorted(levels - {0} - set(self.level_actions)):
+        hinted = set(self.hints) | {lv for rule in rules.values() for lv in rule.hints}
+        check_rules_against(taxonomy, "policy", "", self.default_rule, self.types, self.level_actions, hinted)
+        if missing := sorted(set(range(1, taxonomy.num_levels)) - set(self.level_actions)):
             raise ConfigError(f"level_actions lacks levels {missing}")
-        for where, actions in (
-            ("level_actions", self.level_actions),
-            *((f"{n}.actions", r.actions) for n, r in rules.items()),
-        ):
-            if actions.get(0, "allow") != "allow":
-                raise ConfigError(f"{where} sets level 0 to {actions[0]!r}; level 0 means safe and is always 'allow'")
         for name, rule in rules.items():
-            if rule.min_level >= taxonomy.num_levels:
-                top = taxonomy.num_levels - 1
-                raise ConfigError(f"{name}.min_level is {rule.min_level}, but the highest level is {top}")
             for level in range(1, taxonomy.num_levels):
                 action = rule.actions.get(level, self.level_actions[level])
                 if action == "hint" and not (rule.hints.get(level) or self.hints):

@@ -7,8 +7,14 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from psaguard.decision import ErrorAction, acted_level, check_template, checked_templates
-from psaguard.errors import ConfigError
+from psaguard.decision import (
+    ErrorAction,
+    LevelRule,
+    acted_level,
+    check_rules_against,
+    check_template,
+    checked_templates,
+)
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.verdict import LabelRef, ResponseAction, ResponseVerdict, RiskSource, SafetyVerdict
 
@@ -25,16 +31,9 @@ DEFAULT_REPLACEMENT = "I'm sorry, but I can't continue this answer because it in
 """What replaces an answer the response policy flags ('{concept}' is the type's phrase)."""
 
 
-class ResponseRule(BaseModel):
+class ResponseRule(LevelRule):
     """How the response policy treats one risk type of an answer."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(True, description="False lets answers of this type through.")
-    threshold: float = Field(
-        0.5, gt=0.0, le=1.0, description="Tail probability P(level >= L) of the answer needed to act at level L."
-    )
-    min_level: int = Field(1, ge=1, description="Lowest answer level at which the policy intervenes for this type.")
     actions: dict[int, ResponseAction] = Field(default_factory=dict, description="Per-level action overrides.")
     replacement: str | None = Field(None, description="Replacement text override for this type ({concept}).")
 
@@ -81,28 +80,9 @@ class ResponsePolicy(BaseModel):
 
     def validate_against(self, taxonomy: Taxonomy) -> ResponsePolicy:
         """Check type codes and level ids against ``taxonomy``; raise :class:`ConfigError` naming the problem."""
-        unknown = sorted(set(self.types) - {t.code for t in taxonomy.types})
-        if unknown:
-            raise ConfigError(f"response policy names unknown risk types {unknown}")
-        levels = set(range(taxonomy.num_levels))
-        rules = {
-            "response.default_rule": self.default_rule,
-            **{f"response.types.{c}": r for c, r in self.types.items()},
-        }
-        named = set(self.level_actions) | {lv for r in rules.values() for lv in r.actions}
-        if bad := sorted(named - levels):
-            raise ConfigError(
-                f"response policy names level ids {bad}, but the taxonomy has levels 0..{len(levels) - 1}"
-            )
-        for where, actions in (
-            ("response.level_actions", self.level_actions),
-            *((n, r.actions) for n, r in rules.items()),
-        ):
-            if actions.get(0, "allow") != "allow":
-                raise ConfigError(f"{where} sets level 0 to {actions[0]!r}; level 0 means safe and is always 'allow'")
-        for name, rule in rules.items():
-            if rule.min_level >= taxonomy.num_levels:
-                raise ConfigError(f"{name}.min_level is {rule.min_level}, but the highest level is {len(levels) - 1}")
+        check_rules_against(
+            taxonomy, "response policy", "response.", self.default_rule, self.types, self.level_actions, set()
+        )
         return self
 
     def rule_for(self, type_code: str) -> ResponseRule:
