@@ -397,13 +397,7 @@ class Classifier:
         """
         if len(images) != len(prompts):
             raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
-        loaded = []
-        for index, (image, prompt) in enumerate(zip(images, prompts)):
-            try:
-                self.prompts.token_ids(prompt)
-                loaded.append(load_image(image, self.config.max_image_pixels, formats=self.config.image_formats))
-            except (InvalidImageError, InvalidPromptError) as err:
-                raise type(err)(f"example {index}: {err}") from err
+        loaded = [image for _, image, _ in self._load(images, prompts, strict=True, what="example")[0]]
         pooled = []
         for start in range(0, len(loaded), batch_size):
             try:
@@ -425,9 +419,16 @@ class Classifier:
 
     # ------------------------------------------------------------------ helpers
     def _load(
-        self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str] | None = None
+        self,
+        images: Sequence[ImageInput],
+        prompts: Sequence[str],
+        responses: Sequence[str] | None = None,
+        *,
+        strict: bool = False,
+        what: str = "request",
     ) -> tuple[list[tuple[int, Image.Image, str]], dict[int, str]]:
-        """Decode and validate each request alone: ``(loaded, errors)``; 'block' raises the first bad input."""
+        """Decode and validate each ``what`` alone: ``(loaded, errors)``. The first bad input raises its typed
+        error under ``on_error='block'``, or whatever the policy says when ``strict``."""
         loaded, errors = [], {}
         for index, (image, prompt) in enumerate(zip(images, prompts)):
             try:
@@ -437,8 +438,8 @@ class Classifier:
                 decoded = load_image(image, self.config.max_image_pixels, formats=self.config.image_formats)
                 loaded.append((index, decoded, prompt))
             except (InvalidImageError, InvalidPromptError) as err:
-                if self.policy.on_error == "block":
-                    raise type(err)(f"request {index}: {err}") from err
+                if strict or self.policy.on_error == "block":
+                    raise type(err)(f"{what} {index}: {err}") from err
                 errors[index] = f"{type(err).__name__}: {err}"
         return loaded, errors
 
