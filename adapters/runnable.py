@@ -20,7 +20,6 @@ from psaguard.adapters.messages import request_from_input
 from psaguard.adapters.verdicts import VERDICT_EVENT, verdict_metadata
 from psaguard.errors import InvalidInputError
 from psaguard.guard import SafetyGuard
-from psaguard.images import check_image_count
 from psaguard.policy import TextOnlyAction
 from psaguard.request import GuardRequest
 from psaguard.verdict import SafetyVerdict
@@ -153,13 +152,9 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
 
     # ------------------------------------------------------------------ helpers
     def _parse(self, value: Any) -> GuardRequest:
-        request = (
-            value
-            if isinstance(value, GuardRequest)
-            else request_from_input(value, allow_local_files=self.allow_local_files)
-        )
-        check_image_count(len(request.images), self.guard.config.max_images_per_request)
-        return request
+        if isinstance(value, GuardRequest):
+            return value
+        return request_from_input(value, allow_local_files=self.allow_local_files)
 
     def _parse_all(self, inputs: list[Any]) -> list[GuardRequest | Exception]:
         results: list[GuardRequest | Exception] = []

@@ -29,7 +29,7 @@ from psaguard.errors import (
     InvalidPromptError,
     ResponseHeadMissingError,
 )
-from psaguard.images import ImageInput, load_image
+from psaguard.images import ImageInput, check_image_count, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import (
     GuardPolicy,
@@ -217,7 +217,11 @@ class Classifier:
     def judge_requests(self, requests: Sequence[GuardRequest], on_text_only: TextOnlyAction) -> RequestJudgement:
         """Judge whole requests in one vision pass: each image with its request's text, the images of a
         request preprocessed together; the most severe image verdict decides a request, and a request without
-        images gets ``on_text_only``. Failing closed as :meth:`analyze` does."""
+        images gets ``on_text_only``. Failing closed as :meth:`analyze` does; a request holding more than
+        ``config.max_images_per_request`` images raises :class:`InvalidInputError` before any image is read."""
+        for index, request in enumerate(requests):
+            where = f"request {index}" if len(requests) > 1 else "the request"
+            check_image_count(len(request.images), self.config.max_images_per_request, where)
         flat = [(index, image) for index, request in enumerate(requests) for image in request.images]
         analysis = self.analyze(
             [image for _, image in flat], [requests[index].prompt for index, _ in flat], [index for index, _ in flat]

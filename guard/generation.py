@@ -30,7 +30,7 @@ from psaguard.backbones import registered_backbones
 from psaguard.classifier import Classifier
 from psaguard.conversation import Conversation, PromptInput, with_hint
 from psaguard.errors import ConfigError, InvalidInputError, InvalidPromptError
-from psaguard.images import ImageInput, check_image_count
+from psaguard.images import ImageInput
 from psaguard.injection import tokenize_prompt
 from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.policy import GenerationOptions
@@ -107,8 +107,7 @@ class GuardedGenerator:
             raise InvalidInputError("generate_batch takes sequences of requests; use generate for one")
         if len(images) != len(prompts):
             raise InvalidInputError(f"got {len(images)} image entries but {len(prompts)} prompts")
-        limit = self.classifier.config.max_images_per_request
-        request_images = [_as_image_list(entry, limit) for entry in images]
+        request_images = [_as_image_list(entry) for entry in images]
         batch = [GuardRequest.of(imgs, prompt) for imgs, prompt in zip(request_images, prompts)]
         judgement = self.classifier.judge_requests(batch, on_text_only="block")  # every request has an image
         requests = []
@@ -136,12 +135,11 @@ class GuardedGenerator:
         )
 
 
-def _as_image_list(entry: ImagesInput, limit: int) -> list[ImageInput]:
-    """A request's images: one image, or a list/tuple of at most ``limit`` (arrays and bytes are single images)."""
+def _as_image_list(entry: ImagesInput) -> list[ImageInput]:
+    """A request's images: one image, or a list/tuple of them (arrays and bytes are single images)."""
     images = list(entry) if isinstance(entry, (list, tuple)) else [entry]
     if not images:
         raise InvalidInputError("a request needs at least one image")
-    check_image_count(len(images), limit)
     return images
 
 

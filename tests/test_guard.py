@@ -185,3 +185,12 @@ def test_custom_taxonomy_sizes_the_heads(tiny_model, tiny_processor, images):
     guard = SafetyGuard.attach(tiny_model, tiny_processor, config)
     assert guard.modules.head.level_head.out_features == 2 and guard.modules.head.type_head.out_features == 2
     assert set(guard.classify(images[0], PROMPTS[0]).type_probs) == {"spam", "clean"}
+
+
+def test_whole_requests_over_the_image_cap_are_refused_before_any_image_is_read(guard, images):
+    from psaguard import GuardRequest, InvalidInputError
+
+    limit = guard.config.max_images_per_request
+    too_many = GuardRequest.of([images[0]] * (limit + 1), "compare them")
+    with pytest.raises(InvalidInputError, match=f"request 1 has {limit + 1} images; the limit is {limit}"):
+        guard.classify_requests([GuardRequest.of([images[0]], "one"), too_many])
