@@ -157,8 +157,8 @@ class SafetyGuardConfig(BaseModel):
         MAX_IMAGES_PER_REQUEST,
         ge=1,
         le=_MAX_IMAGES,
-        description="Most images in one guarded generation request or LangChain request (default 4, the "
-        "server's max_images); more is refused with InvalidInputError.",
+        description="Most images in one request (classify_requests, guarded generation, LangChain, the server; "
+        "default 4, the server's max_images); more is refused with InvalidInputError.",
     )
     max_vision_patches: int = Field(
         DEFAULT_MAX_VISION_PATCHES,
