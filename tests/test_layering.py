@@ -13,8 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "guard"
 # The command line imports its subcommands when they run, to start fast; it is the top, not a cycle.
 ENTRY_POINTS = {"cli.py", "demo.py"}
-# Layers above the facade (they serve a SafetyGuard, like the LangChain adapters): they may import it.
-CLIENT_LAYERS = {"serving"}
 
 
 def _modules(*folders: Path) -> list[Path]:
@@ -39,7 +37,7 @@ def test_no_core_module_imports_psaguard_inside_a_function(path: Path):
 def test_nothing_below_the_facade_imports_it():
     importers = []
     for path in _modules(CORE):
-        if path.name in {"guard.py", "__init__.py", *ENTRY_POINTS} or CLIENT_LAYERS & set(path.parts):
+        if path.name in {"guard.py", "__init__.py", *ENTRY_POINTS}:
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module == "psaguard.guard":
@@ -69,3 +67,16 @@ def test_the_design_docs_module_map_names_every_module_of_the_core():
     names = [p.name + ("/" if p.is_dir() else "") for p in entries if p.suffix == ".py" or p.is_dir()]
     missing = [name for name in names if name != "__pycache__/" and name not in mapped]
     assert missing == [], f"docs/design.md does not map {missing}"
+
+
+def test_the_core_imports_no_client_layer():
+    """The server and the LangChain adapters sit above the facade: nothing in ``guard/`` imports them."""
+    importers = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in _modules(CORE)
+        if path.name not in ENTRY_POINTS
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith(("psaguard.serving", "psaguard.adapters"))
+    ]
+    assert importers == []

@@ -8,24 +8,39 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _declared_packages() -> list[str]:
+def _setuptools() -> dict:
     import tomllib
 
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def _declared_packages() -> list[str]:
+    return _setuptools()["packages"]
+
+
+def _package_of(folder: Path) -> str | None:
+    """The import name setuptools gives ``folder``: the deepest ``package-dir`` entry above it, plus the rest."""
+    best = None
+    for package, source in _setuptools()["package-dir"].items():
+        base = ROOT / source
+        if folder == base or base in folder.parents:
+            depth = len(base.parts)
+            if best is None or depth > best[0]:
+                best = (depth, ".".join((package, *folder.relative_to(base).parts)))
+    return None if best is None else best[1]
 
 
 def test_every_source_and_asset_folder_is_a_declared_package():
     declared = set(_declared_packages())
-    roots = {"guard": "psaguard", "adapters": "psaguard.adapters", "training": "psaguard.training"}
-    found = set()
-    for folder, package in roots.items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            relative = init.parent.relative_to(ROOT / folder).parts
-            found.add(".".join((package, *relative)))
+    found = {
+        _package_of(init.parent)
+        for folder in ("guard", "adapters", "training")
+        for init in (ROOT / folder).rglob("__init__.py")
+    }
     assets = ROOT / "guard" / "assets"
     for folder in assets.rglob("*"):
         if folder.is_dir() and any(p.is_file() for p in folder.iterdir()):
-            found.add(".".join(("psaguard", *folder.relative_to(ROOT / "guard").parts)))
+            found.add(_package_of(folder))
     assert found == declared
 
 
