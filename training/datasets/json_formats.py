@@ -50,6 +50,8 @@ class VLGuard(DatasetFormat):
     instruction. Hateful speech is filed under ``discrimination`` in the files (the paper calls it 'Hateful
     Speech'); unsafe instructions on safe images carry no category in the data. The images are looked for
     in ``<split>/``, ``data/<split>/`` and ``src`` itself (the zips' inner folder name was not checked).
+    Every answer is labelled harmless (``response_harmful: false``): VLGuard's answers are the behaviour it
+    fine-tunes towards, refusals to the unsafe requests and helpful answers to the safe ones.
     """
 
     name = "vlguard"
@@ -104,6 +106,7 @@ class VLGuard(DatasetFormat):
                 images=(f"{image_dir}/{image}" if image_dir else image,),
                 prompt=field_of(pair, kind, str, spot),
                 response=field_of(pair, "response", str, spot, optional=True),
+                response_harmful=False,
                 label=key,
                 key=key,
                 meta={"split": split, "safe_image": safe},
