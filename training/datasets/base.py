@@ -131,6 +131,8 @@ LAYOUT_SOURCES = {
     "repository": "checked against the data set's files",
     "loader": "written from the data set's own loading code (the data file itself not read)",
     "card": "written from the columns and splits its data set card declares (the files themselves not read)",
+    "third-party": "checked against public third-party code that reads the files (names, columns, folders and "
+    "label strings agree; the files themselves not read)",
     "documentation": "written from documentation and memory; not checked against the files",
 }
 """What a format's ``verified`` value means."""
@@ -141,8 +143,9 @@ class DatasetFormat:
 
     ``verified`` says what the layout was written from (:data:`LAYOUT_SOURCES`): 'repository' (the data
     set's own files were read and converted), 'loader' (the code that loads it in its repository was read,
-    not the data file), 'card' (its Hugging Face card's declared columns and splits) or 'documentation'
-    (its paper, card or README only; the layout may differ in details).
+    not the data file), 'card' (its Hugging Face card's declared columns and splits), 'third-party' (public
+    code of other projects that reads the files agrees with it) or 'documentation' (its paper, card or
+    README only; the layout may differ in details).
     """
 
     name: ClassVar[str]

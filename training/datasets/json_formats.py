@@ -279,6 +279,7 @@ class MMSafetyBench(DatasetFormat):
     title = "MM-SafetyBench"
     source = "https://github.com/isXinLiu/MM-SafetyBench"
     splits = ("SD_TYPO", "SD", "TYPO")
+    verified = "third-party"
     labels = LabelTable(
         {
             "01-illegal_activitiy": Target("reject", "illegal"),
