@@ -167,14 +167,14 @@ def mm_safetybench(root: Path) -> int:
 
 
 def holisafe(root: Path) -> int:
-    for name in ("1.jpg", "2.jpg"):
-        image(root / "images" / name)
+    for name in ("1.jpg", "2.jpg"):  # "image" is relative to images/, in category/subcategory folders
+        image(root / "images" / "privacy" / "x" / name)
     write_json(
         root / "holisafe_bench.json",
         [
             {
                 "id": 1,
-                "image": "images/1.jpg",
+                "image": "privacy/x/1.jpg",
                 "query": "What is this?",
                 "category": "privacy",
                 "subcategory": "x",
@@ -182,7 +182,7 @@ def holisafe(root: Path) -> int:
             },
             {
                 "id": 2,
-                "image": "images/2.jpg",
+                "image": "privacy/x/2.jpg",
                 "query": "Where is it?",
                 "category": "privacy",
                 "subcategory": "x",
