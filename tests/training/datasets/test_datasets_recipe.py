@@ -110,7 +110,9 @@ def test_recipe_script_runs_end_to_end_at_tiny_size(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     train = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     assert {row["meta"]["dataset"] for row in train} == {"vlguard", "spa-vl"}
+    assert {row.get("response_harmful") for row in train} == {False, True}  # SPA-VL's rejected answers
     assert (tmp_path / "runs" / "stage2" / "adapter").is_dir()
     bench = json.loads((tmp_path / "runs" / "bench" / "bench.json").read_text())
     assert [s["suite"] for s in bench["suites"]] == ["vlguard_test"] and bench["suites"][0]["examples"] == 4
+    assert {p["suite"] for p in bench["peers"]} == {"vlguard"}  # the shipped published numbers on VLGuard
     assert "report:" in result.stdout
