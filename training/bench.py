@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,7 +83,9 @@ class PeerNumber(BaseModel):
     suite: str = Field(
         description="The benchmark it is on: a format name of `psaguard data formats` (e.g. 'vlguard') or a suite name."
     )
-    metric: str = Field(description="A DetectionMetrics field: precision, recall, f1 or fpr.")
+    metric: Literal["precision", "recall", "f1", "fpr"] = Field(
+        description="The DetectionMetrics field it compares with (on the risky/unsafe class; fpr on the safe one)."
+    )
     value: float = Field(ge=0, le=1, description="The number as a fraction (0.853, not 85.3).")
     citation: str = Field(
         min_length=8, description="Paper or report, table (row, column), e.g. 'Helff et al., Table 2'."

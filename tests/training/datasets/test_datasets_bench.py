@@ -134,6 +134,11 @@ def test_peer_numbers_need_a_citation(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"guard": "SingGuard", "suite": "x", "metric": "f1", "value": 0.9}]))
     with pytest.raises(ConfigError, match="citation"):
         load_peers(path)
+    path.write_text(
+        json.dumps([{"guard": "G", "suite": "x", "metric": "accuracy", "value": 0.9, "citation": "P, T 1"}])
+    )
+    with pytest.raises(ConfigError, match="metric"):  # a metric the report has no row for
+        load_peers(path)
     assert load_peers(None, published=False) == []
     assert PeerNumber(guard="g", suite="s", metric="f1", value=0.1, citation="Paper, Table 1").value == 0.1
     mine = tmp_path / "mine.json"
