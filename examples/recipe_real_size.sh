@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Real-size recipe, end to end: convert VLGuard + SPA-VL -> Stage I -> Stage II -> bench.
 #
-#   RECIPE=llava15_7b GPU=80gb examples/recipe_real_size.sh        # or RECIPE=qwen25vl_7b, GPU=24gb_nf4
+#   RECIPE=llava15_7b GPU=80gb examples/recipe_real_size.sh        # or GPU=24gb_nf4
+#
+# Recipes (examples/configs/RECIPE_stage{1,2}_{80gb,24gb_nf4}.yaml): llava15_7b (LLaVA-1.5-7B), qwen25vl_7b
+# (Qwen2.5-VL-7B-Instruct), qwen35_9b (Qwen3.5-9B) and gemma4_e4b (Gemma 4 E4B-it); the last two go through
+# the generic adapter.
 #
 # Put (unpack) the downloads under $DATA first: $DATA/VLGuard (train.json, test.json, train/, test/ from
 # ys-zong/VLGuard) and $DATA/SPA-VL (the parquet files of sqrti/SPA-VL); see docs/datasets.md. Every converted
@@ -23,6 +27,13 @@ CONFIGS=$(cd "$(dirname "$0")" && pwd)/configs
 read -r -a extra <<< "${EXTRA:-}"
 read -r -a extra1 <<< "${EXTRA1:-}"
 read -r -a extra2 <<< "${EXTRA2:-}"
+for stage in stage1 stage2; do
+  if [[ ! -f "$CONFIGS/${RECIPE}_${stage}_${GPU}.yaml" ]]; then
+    echo "error: no config $CONFIGS/${RECIPE}_${stage}_${GPU}.yaml; recipes:" \
+      "$(cd "$CONFIGS" && ls ./*_stage1_80gb.yaml | sed 's|^\./||; s|_stage1_80gb.yaml||' | tr '\n' ' ')" >&2
+    exit 2
+  fi
+done
 model_set=()
 model_arg=()
 if [[ -n "${MODEL:-}" ]]; then model_set=(--set "model=$MODEL"); model_arg=(--model "$MODEL"); fi

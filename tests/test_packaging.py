@@ -65,6 +65,7 @@ def test_wheel_contains_every_subpackage_and_the_type_marker(wheel):
         if not package.startswith("psaguard.assets."):  # data-only folders have no __init__.py
             assert f"{package.replace('.', '/')}/__init__.py" in names, package
     assert "psaguard/py.typed" in names
+    assert "psaguard/training/peers.json" in names  # the peers' published numbers `psaguard bench` shows
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert any(n.endswith("entry_points.txt") for n in names)
 

@@ -9,9 +9,13 @@ categories). With ``generate``, the guarded model also answers every row (greedy
 :mod:`psaguard.training.refusal` judges the answers: refusal rate and attack success rate on risky rows,
 over-refusal on safe ones. The report is ``bench.json`` and ``bench.md``.
 
-Peer numbers: a :class:`PeerNumber` needs a citation (paper and table). psaguard ships none it has not
-checked against the paper (:data:`PUBLISHED` is empty); ``--peers FILE`` adds a user's own, cited numbers.
-Empty peer cells in the markdown say so rather than leave a gap unexplained.
+Peer numbers: a :class:`PeerNumber` needs a citation (paper or report, table, row and column) and says the
+split it was measured on. psaguard ships the published numbers it has read in their source
+(:func:`published_peers`, ``peers.json`` beside this module: each one copied from its table, none computed
+or guessed); ``--peers FILE`` adds a user's own (or replaces the shipped ones). A suite is matched to peer
+numbers by its benchmark: the ``meta.dataset`` of its converted rows (the format name, e.g. ``vlguard``) or
+else its name. Peer numbers are as published, under their authors' protocol: context, not a controlled
+comparison.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,7 +44,6 @@ from psaguard.training.world.build import WorldSpec, build_world
 
 __all__ = [
     "PEER_GUARDS",
-    "PUBLISHED",
     "BenchReport",
     "GenerationMetrics",
     "LabelRates",
@@ -46,6 +52,7 @@ __all__ = [
     "SuiteResult",
     "generation_metrics",
     "load_peers",
+    "published_peers",
     "render_markdown",
     "resolve_suites",
     "run_bench",
@@ -54,8 +61,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WORLD = "world"
-PEER_GUARDS = ("LlavaGuard", "Llama Guard 3 Vision", "Llama Guard 4", "SingGuard", "ShieldGemma 2")
-"""The guards whose published numbers the report has a column for."""
+PEER_GUARDS = (
+    "LlavaGuard",
+    "Llama Guard 3 Vision",
+    "Llama Guard 4",
+    "ShieldGemma 2",
+    "GuardReasoner-VL",
+    "SafeGuard-VL",
+    "LLaVAShield",
+    "SingGuard-8B",
+)
+"""The order of the peer columns; a guard not listed here follows them, in the order of its first number."""
 
 
 class PeerNumber(BaseModel):
@@ -64,14 +80,24 @@ class PeerNumber(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     guard: str = Field(description="The peer guard, e.g. 'LlavaGuard'.")
-    suite: str = Field(description="The suite name it is on, as given to --suite.")
-    metric: str = Field(description="A DetectionMetrics field: precision, recall, f1 or fpr.")
+    suite: str = Field(
+        description="The benchmark it is on: a format name of `psaguard data formats` (e.g. 'vlguard') or a suite name."
+    )
+    metric: Literal["precision", "recall", "f1", "fpr"] = Field(
+        description="The DetectionMetrics field it compares with (on the risky/unsafe class; fpr on the safe one)."
+    )
     value: float = Field(ge=0, le=1, description="The number as a fraction (0.853, not 85.3).")
-    citation: str = Field(min_length=8, description="Paper and table, e.g. 'Helff et al. 2024, Table 2'.")
+    citation: str = Field(
+        min_length=8, description="Paper or report, table (row, column), e.g. 'Helff et al., Table 2'."
+    )
+    split: str = Field("", description="The split and protocol the number was measured on, as the source states.")
 
 
-PUBLISHED: tuple[PeerNumber, ...] = ()
-"""Peer numbers psaguard ships: none yet (each needs checking against its paper's table before it goes here)."""
+@cache
+def published_peers() -> tuple[PeerNumber, ...]:
+    """The peers' published numbers psaguard ships (``peers.json`` of this package), each with its source."""
+    text = resources.files("psaguard.training").joinpath("peers.json").read_text(encoding="utf-8")
+    return tuple(PeerNumber.model_validate(item) for item in json.loads(text))
 
 
 class LabelRates(BaseModel):
@@ -109,6 +135,7 @@ class SuiteResult(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     suite: str = Field(description="The suite name.")
+    benchmark: str = Field(description="What peer numbers it was matched with (its rows' data set, else its name).")
     data: str = Field(description="The JSONL scored.")
     examples: int = Field(description="Rows scored.")
     skipped: int = Field(description="Rows the reader skipped as invalid.")
@@ -137,6 +164,22 @@ class Suite:
     name: str
     path: Path
     image_root: Path | None = None
+
+    @property
+    def benchmark(self) -> str:
+        """What peer numbers it is matched with: the ``meta.dataset`` of its first row (a converted file), else
+        its name."""
+        with self.path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        break  # the reader reports it when it scores the suite
+                    meta = row.get("meta") if isinstance(row, dict) else None
+                    dataset = meta.get("dataset") if isinstance(meta, dict) else None
+                    return dataset if isinstance(dataset, str) and dataset else self.name
+        return self.name
 
 
 def resolve_suites(
@@ -171,13 +214,14 @@ def resolve_suites(
     return suites
 
 
-def load_peers(path: Path | None) -> list[PeerNumber]:
-    """:data:`PUBLISHED` plus the cited numbers in ``path`` (a JSON list of :class:`PeerNumber` objects).
+def load_peers(path: Path | None, *, published: bool = True) -> list[PeerNumber]:
+    """:func:`published_peers` (unless ``published`` is false) plus the cited numbers in ``path`` (a JSON list
+    of :class:`PeerNumber` objects, the shape of the shipped ``peers.json``).
 
     Raises:
         ConfigError: The file is unreadable or a number lacks a field (a citation included).
     """
-    peers = list(PUBLISHED)
+    peers = list(published_peers()) if published else []
     if path is None:
         return peers
     try:
@@ -218,6 +262,7 @@ def run_bench(
         results.append(
             SuiteResult(
                 suite=suite.name,
+                benchmark=suite.benchmark,
                 data=str(suite.path),
                 examples=report.examples,
                 skipped=dataset.skipped,
@@ -229,7 +274,8 @@ def run_bench(
             )
         )
         logger.info("bench %s: %s", suite.name, report.headline())
-    bench = BenchReport(guard=guard_dir, model=model, suites=results, peers=list(peers))
+    shown = [p for p in peers if any(p.suite in (r.suite, r.benchmark) for r in results)]
+    bench = BenchReport(guard=guard_dir, model=model, suites=results, peers=shown)
     atomic_write_text(out / "bench.json", bench.model_dump_json(indent=2) + "\n")
     atomic_write_text(out / "bench.md", render_markdown(bench))
     return bench
@@ -295,6 +341,13 @@ _METRICS = (
 )
 
 
+def _peer_columns(peers: Sequence[PeerNumber]) -> list[str]:
+    """The peer guards with a number here: those of :data:`PEER_GUARDS` in its order, then the others."""
+    named = {p.guard for p in peers}
+    others = [g for g in dict.fromkeys(p.guard for p in peers) if g not in PEER_GUARDS]
+    return [g for g in PEER_GUARDS if g in named] + others
+
+
 def render_markdown(report: BenchReport) -> str:
     """The bench report as markdown: per suite, our detection metrics beside the peers' published ones."""
     lines = [
@@ -306,15 +359,35 @@ def render_markdown(report: BenchReport) -> str:
     ]
     for suite in report.suites:
         lines += [f"## {suite.suite}", "", f"{suite.examples} rows from `{suite.data}` ({suite.skipped} skipped).", ""]
-        lines += ["| metric | psaguard | " + " | ".join(PEER_GUARDS) + " |", "|---" * (2 + len(PEER_GUARDS)) + "|"]
-        empty = False
+        peers = [p for p in report.peers if p.suite in (suite.suite, suite.benchmark)]
+        guards = _peer_columns(peers)
+        lines += ["| " + " | ".join(["metric", "psaguard", *guards]) + " |", "|---" * (2 + len(guards)) + "|"]
+        sources: list[PeerNumber] = []
         for field, title in _METRICS:
             cells = []
-            for guard in PEER_GUARDS:
-                found = [p for p in report.peers if p.guard == guard and p.suite == suite.suite and p.metric == field]
-                cells.append(f"{found[0].value:.3f} [{found[0].citation}]" if found else "")
-                empty |= not found
-            lines.append(f"| {title} | {getattr(suite.detection, field):.3f} | " + " | ".join(cells) + " |")
+            for guard in guards:
+                found = next((p for p in peers if p.guard == guard and p.metric == field), None)
+                if found is not None:
+                    sources.append(found)
+                cells.append(f"{found.value:.3f} [{len(sources)}]" if found else "")
+            lines.append("| " + " | ".join([title, f"{getattr(suite.detection, field):.3f}", *cells]) + " |")
+        if sources:
+            lines += [
+                "",
+                "Peer numbers as published, under their authors' protocol (split, labels, prompt, what is",
+                "judged): context, not a controlled comparison.",
+                "",
+            ]
+            lines += [
+                f"{i}. {p.guard}, {p.metric} {p.value:.4g}: {p.citation}" + (f"; {p.split}" if p.split else "") + "."
+                for i, p in enumerate(sources, 1)
+            ]
+        else:
+            lines += [
+                "",
+                f"No peer number on `{suite.benchmark}` among the shipped published ones and `--peers` (add cited",
+                "numbers with `--peers FILE`).",
+            ]
         if suite.generation is not None:
             g = suite.generation
             lines += ["", f"Guarded answers (greedy, {g.max_new_tokens} new tokens; judge: {g.judge}):", ""]
@@ -330,11 +403,5 @@ def render_markdown(report: BenchReport) -> str:
             f"| {label} | {r.rows} | {r.risky} | {r.flagged} | {r.flag_rate:.3f} |"
             for label, r in suite.per_source_label.items()
         ]
-        if empty:
-            lines += [
-                "",
-                "Empty peer cells: no published number on this suite that psaguard has checked against its paper's",
-                "table (add cited numbers with `--peers FILE`).",
-            ]
         lines += ["", f"Plots and eval.json: `{suite.report_dir}`.", ""]
     return "\n".join(lines)

@@ -74,7 +74,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--model", help="base model; default: the one recorded in the guard's training config")
     bench.add_argument("--image-root", type=Path, help="directory image paths are relative to (default: each file's)")
     bench.add_argument("--out", type=Path, help="report directory (default: <guard>/bench)")
-    bench.add_argument("--peers", type=Path, help="JSON list of cited peer numbers to show beside ours")
+    bench.add_argument(
+        "--peers", type=Path, help="JSON list of cited peer numbers to show beside ours, added to the shipped ones"
+    )
+    bench.add_argument(
+        "--no-published-peers",
+        action="store_true",
+        help="leave out the peers' published numbers psaguard ships (show only those of --peers)",
+    )
     bench.add_argument("--world-rows", type=int, default=64, help="rows of the 'world' suite (default 64)")
     bench.add_argument(
         "--generate", action="store_true", help="also answer every row with the guarded model and judge refusals"
@@ -174,7 +181,7 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         out = args.out or args.guard / "bench"
         suites = resolve_suites(args.suite, args.data_dir, out, args.image_root, args.world_rows)
-        peers = load_peers(args.peers)
+        peers = load_peers(args.peers, published=not args.no_published_peers)
         model_id = args.model or _recorded_model(args.guard)
         model, processor = _load(model_id, args.load_in_4bit, args.cpu, args.dtype)
         guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False, dtype=args.dtype)

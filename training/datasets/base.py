@@ -78,7 +78,10 @@ class SourceRecord:
 
     ``images`` are paths relative to the data set's folder (or absolute, for images a parquet converter
     extracted). ``label`` is the source's label verbatim; ``key`` is the label-table entry it is looked up
-    by (the label normalized, or a combination such as 'category/subcategory').
+    by (the label normalized, or a combination such as 'category/subcategory'). ``response_harmful`` labels
+    the response where the data set does (None: unlabelled): a harmless answer becomes
+    ``"response_harmful": false``; a harmful one takes the request's mapped level and type as its
+    ``response_level``/``response_type`` (the training reader's response-label schema).
     """
 
     where: str
@@ -89,6 +92,7 @@ class SourceRecord:
     key: str
     response: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    response_harmful: bool | None = None
 
 
 class LabelTable:
@@ -127,6 +131,8 @@ LAYOUT_SOURCES = {
     "repository": "checked against the data set's files",
     "loader": "written from the data set's own loading code (the data file itself not read)",
     "card": "written from the columns and splits its data set card declares (the files themselves not read)",
+    "third-party": "checked against public third-party code that reads the files (names, columns, folders and "
+    "label strings agree; the files themselves not read)",
     "documentation": "written from documentation and memory; not checked against the files",
 }
 """What a format's ``verified`` value means."""
@@ -137,8 +143,9 @@ class DatasetFormat:
 
     ``verified`` says what the layout was written from (:data:`LAYOUT_SOURCES`): 'repository' (the data
     set's own files were read and converted), 'loader' (the code that loads it in its repository was read,
-    not the data file), 'card' (its Hugging Face card's declared columns and splits) or 'documentation'
-    (its paper, card or README only; the layout may differ in details).
+    not the data file), 'card' (its Hugging Face card's declared columns and splits), 'third-party' (public
+    code of other projects that reads the files agrees with it) or 'documentation' (its paper, card or
+    README only; the layout may differ in details).
     """
 
     name: ClassVar[str]
@@ -191,6 +198,10 @@ class ConvertReport(BaseModel):
     source_labels: dict[str, int] = Field(default_factory=dict, description="Written rows per source label.")
     level_counts: dict[str, int] = Field(default_factory=dict, description="Written rows per level code.")
     type_counts: dict[str, int] = Field(default_factory=dict, description="Written rows per type code.")
+    response_counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="Written rows by answer: 'none' (request-only), 'unlabelled', 'harmless', 'harmful'.",
+    )
 
 
 def convert(
@@ -256,6 +267,7 @@ class _Writer:
         self.labels: Counter[str] = Counter()
         self.levels: Counter[str] = Counter()
         self.types: Counter[str] = Counter()
+        self.responses: Counter[str] = Counter()
 
     @property
     def skipped(self) -> int:
@@ -290,6 +302,7 @@ class _Writer:
             **({"response": record.response} if record.response else {}),
             "safe_level": self.taxonomy.level_by_code(target.level).id,
             "safe_type": target.type,
+            **(self._response_labels(record, target) if record.response else {}),
             "source_label": record.label,
             "meta": {"dataset": self.fmt.name, **record.meta},
         }
@@ -299,9 +312,25 @@ class _Writer:
             reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in err.errors())
             raise RecordError(f"invalid row: {reasons}", record.where) from err
         self.labels[record.label] += 1
+        self.responses[_response_kind(row)] += 1
         self.levels[target.level] += 1
         self.types[target.type] += 1
         return json.dumps(row, ensure_ascii=False) + "\n"
+
+    def _response_labels(self, record: SourceRecord, target: Target) -> dict[str, Any]:
+        """The row's response labels: none, harmless, or harmful at the request's mapped level and type."""
+        if record.response_harmful is None:
+            return {}
+        if not record.response_harmful:
+            return {"response_harmful": False}
+        level = self.taxonomy.level_by_code(target.level).id
+        if level == 0 or self.taxonomy.type_by_code(target.type).id == self.taxonomy.safe_type_id:
+            raise RecordError(
+                f"unknown label: a harmful answer to a request mapped safe ({record.key!r}) has no risk type"
+                " (map the label with --map)",
+                record.where,
+            )
+        return {"response_harmful": True, "response_level": level, "response_type": target.type}
 
     def report(self, split: str, src: Path, out: Path, root: Path) -> ConvertReport:
         return ConvertReport(
@@ -317,7 +346,16 @@ class _Writer:
             source_labels=dict(sorted(self.labels.items())),
             level_counts=dict(sorted(self.levels.items())),
             type_counts=dict(sorted(self.types.items())),
+            response_counts=dict(sorted(self.responses.items())),
         )
+
+
+def _response_kind(row: Mapping[str, Any]) -> str:
+    if "response" not in row:
+        return "none"
+    if "response_harmful" not in row:
+        return "unlabelled"
+    return "harmful" if row["response_harmful"] else "harmless"
 
 
 def resolve_image(src: Path, path: str, root: Path, where: str) -> str:

@@ -50,6 +50,8 @@ class VLGuard(DatasetFormat):
     instruction. Hateful speech is filed under ``discrimination`` in the files (the paper calls it 'Hateful
     Speech'); unsafe instructions on safe images carry no category in the data. The images are looked for
     in ``<split>/``, ``data/<split>/`` and ``src`` itself (the zips' inner folder name was not checked).
+    Every answer is labelled harmless (``response_harmful: false``): VLGuard's answers are the behaviour it
+    fine-tunes towards, refusals to the unsafe requests and helpful answers to the safe ones.
     """
 
     name = "vlguard"
@@ -104,6 +106,7 @@ class VLGuard(DatasetFormat):
                 images=(f"{image_dir}/{image}" if image_dir else image,),
                 prompt=field_of(pair, kind, str, spot),
                 response=field_of(pair, "response", str, spot, optional=True),
+                response_harmful=False,
                 label=key,
                 key=key,
                 meta={"split": split, "safe_image": safe},
@@ -276,6 +279,7 @@ class MMSafetyBench(DatasetFormat):
     title = "MM-SafetyBench"
     source = "https://github.com/isXinLiu/MM-SafetyBench"
     splits = ("SD_TYPO", "SD", "TYPO")
+    verified = "third-party"
     labels = LabelTable(
         {
             "01-illegal_activitiy": Target("reject", "illegal"),
@@ -323,10 +327,12 @@ class MMSafetyBench(DatasetFormat):
 class HoliSafe(DatasetFormat):
     """HoliSafe-Bench (Lee et al., 2025): a JSON list (``holisafe_bench.json``) + ``images/``.
 
-    A record: ``id``, ``image``, ``query``, ``category``, ``subcategory`` and ``type``: three letters for
-    image, query and combined safety (S safe, U unsafe), e.g. 'SSU' = safe image and query whose
-    combination is unsafe. The last letter decides safe vs risky; the category gives the risk type.
-    Labels are written 'TYPE/category'.
+    A record: ``id``, ``image`` (relative to ``images/``, e.g. 'self_harm/suicide/suicide_8.jpg'),
+    ``query``, ``category``, ``subcategory`` and ``type``: three letters for image, query and combined
+    safety (S safe, U unsafe), e.g. 'SSU' = safe image and query whose combination is unsafe. The last
+    letter decides safe vs risky; the category gives the risk type. Labels are written 'TYPE/category'.
+    The field names and the image root agree with public third-party loaders; the category strings are
+    not checked against the file.
     """
 
     name = "holisafe"
@@ -348,9 +354,11 @@ class HoliSafe(DatasetFormat):
 
     def records(self, src: Path, split: str, images_out: Path) -> Iterator[SourceRecord | RecordError]:
         path = first_existing(src, ["holisafe_bench.json", "data/holisafe_bench.json"], "HoliSafe holisafe_bench.json")
-        return self.parse_each(_items(load_json(path), path), lambda w, item: [self._parse(w, item)])
+        images = path.parent.relative_to(src) / "images"
+        base = f"{images.as_posix()}/" if (src / images).is_dir() else ""
+        return self.parse_each(_items(load_json(path), path), lambda w, item: [self._parse(w, item, base)])
 
-    def _parse(self, where: str, item: Any) -> SourceRecord:
+    def _parse(self, where: str, item: Any, base: str) -> SourceRecord:
         kind = field_of(item, "type", str, where)
         if len(kind) != 3 or set(kind) - {"S", "U"}:
             raise RecordError(f"unknown label: type {kind!r} is not three of S/U", where)
@@ -358,7 +366,7 @@ class HoliSafe(DatasetFormat):
         return SourceRecord(
             where=where,
             id=record_id(item, "id", where),
-            images=(field_of(item, "image", str, where),),
+            images=(base + field_of(item, "image", str, where),),
             prompt=field_of(item, "query", str, where),
             label=f"{kind}/{category}",
             key="safe" if kind[-1] == "S" else category,

@@ -70,11 +70,15 @@ class SPAVL(ParquetFormat):
     ``rejected``, ``image_name``, ``class1``, ``class2``, ``class3`` (harm domain, category, subcategory).
 
     Files: ``data/train-0000N-of-00008.parquet``, ``validation/``, ``test/harm/`` and ``test/help/`` (as the
-    card's file listing shows; the columns are from the paper and not checked). The row's response is
-    ``chosen`` (the preferred, safer answer); ``rejected`` goes to ``meta`` for
-    response-level checks. Every question comes from a harm category; the level is 'caution' (the data
-    set mixes harmful and harmless questions within a category and labels none as safe). Labels are
-    written 'class1/class2/class3'; the table keys on ``class1``.
+    card's file listing shows; the columns are from the paper and not checked). A row with answers gives two
+    rows, a safe/unsafe answer pair on the same request: ``chosen`` labelled harmless and ``rejected``
+    labelled harmful (at the request's mapped level and type). The labels come from the preference (the
+    data set ranks its two answers for harmlessness first; it does not label each answer's harm), so a
+    rejected answer that is merely less helpful is labelled harmful too; ``meta.preference`` says which one
+    a row holds. A row without answers (the test questions) is request-only. Every question comes from a
+    harm category; the level is 'caution' (the data set mixes harmful and harmless questions within a
+    category and labels none as safe). Labels are written 'class1/class2/class3'; the table keys on
+    ``class1``.
     """
 
     name = "spa-vl"
@@ -94,25 +98,33 @@ class SPAVL(ParquetFormat):
 
     def parse(self, where: str, row: dict[str, Any], image: str, split: str) -> Iterator[SourceRecord]:
         classes = [field_of(row, f"class{i}", str, where, optional=i > 1) or "" for i in (1, 2, 3)]
-        yield SourceRecord(
-            where=where,
-            id=f"{split}:{where.rsplit('#', 1)[-1]}:{Path(where.split('#')[0]).stem}",
-            images=(image,),
-            prompt=field_of(row, "question", str, where),
-            response=field_of(row, "chosen", str, where, optional=True),
-            label="/".join(c for c in classes if c),
-            key=classes[0],
-            meta={"rejected": field_of(row, "rejected", str, where, optional=True), "classes": classes},
-        )
+        rid = f"{split}:{where.rsplit('#', 1)[-1]}:{Path(where.split('#')[0]).stem}"
+        question = field_of(row, "question", str, where)
+        answers = [(kind, field_of(row, kind, str, where, optional=True)) for kind in ("chosen", "rejected")]
+        pairs = [(kind, text) for kind, text in answers if text] or [("", None)]
+        for kind, text in pairs:
+            yield SourceRecord(
+                where=where,
+                id=f"{rid}:{kind}" if kind else rid,
+                images=(image,),
+                prompt=question,
+                response=text,
+                response_harmful=None if text is None else kind == "rejected",
+                label="/".join(c for c in classes if c),
+                key=classes[0],
+                meta={"classes": classes, **({"preference": kind} if kind else {})},
+            )
 
 
 class BeaverTailsV(ParquetFormat):
     """BeaverTails-V (PKU-Alignment, 2025): one folder per harm category with parquet splits.
 
-    Both schemas of the repository are read. The current one has one ``response`` per row (and
-    ``is_response_safe``); the earlier pairwise one has ``response_1``/``response_2`` with
-    ``safer_response_id`` ('1'/'2', a string); the safer of the two becomes the response (the safety flags
-    go to ``meta``). Splits: ``train`` and ``evaluation``, one config folder per category. Common columns:
+    Both schemas of the repository are read. The current one has one ``response`` per row, labelled by
+    ``is_response_safe``; the earlier pairwise one has ``response_1``/``response_2`` labelled by
+    ``is_response_1_safe``/``is_response_2_safe``, with ``safer_response_id`` ('1'/'2', a string): each
+    answer becomes a row (a safe/unsafe pair on the same request; ``meta.safer`` marks the safer one). An
+    answer labelled unsafe is harmful at the request's mapped level and type; one without a boolean flag is
+    kept unlabelled. Splits: ``train`` and ``evaluation``, one config folder per category. Common columns:
     ``question``, ``image``, ``category``, ``image_severity`` (kept in ``meta``). The label is ``category``
     verbatim.
     """
@@ -149,28 +161,37 @@ class BeaverTailsV(ParquetFormat):
 
     def parse(self, where: str, row: dict[str, Any], image: str, split: str) -> Iterator[SourceRecord]:
         category = field_of(row, "category", str, where)
-        meta: dict[str, Any] = {"image_severity": row.get("image_severity")}
+        question = field_of(row, "question", str, where)
+        rid = f"{category}:{split}:{where.rsplit('#', 1)[-1]}"
         if "response" in row:
-            response = field_of(row, "response", str, where)
-            meta["is_response_safe"] = row.get("is_response_safe")
+            answers = [("", field_of(row, "response", str, where), row.get("is_response_safe"), {})]
         elif "response_1" in row:
             safer = row.get("safer_response_id")
             if safer not in (1, 2, "1", "2"):
                 raise RecordError(f"wrong type: safer_response_id {safer!r} is not 1 or 2", where)
-            response = field_of(row, f"response_{safer}", str, where)
-            meta.update({f"is_response_{i}_safe": row.get(f"is_response_{i}_safe") for i in (1, 2)})
+            answers = [
+                (
+                    f":{i}",
+                    field_of(row, f"response_{i}", str, where),
+                    row.get(f"is_response_{i}_safe"),
+                    {"safer": str(safer) == str(i)},
+                )
+                for i in (1, 2)
+            ]
         else:
             raise RecordError("missing key: 'response' (or 'response_1'/'response_2')", where)
-        yield SourceRecord(
-            where=where,
-            id=f"{category}:{split}:{where.rsplit('#', 1)[-1]}",
-            images=(image,),
-            prompt=field_of(row, "question", str, where),
-            response=response,
-            label=category,
-            key=category,
-            meta=meta,
-        )
+        for suffix, text, safe, extra in answers:
+            yield SourceRecord(
+                where=where,
+                id=rid + suffix,
+                images=(image,),
+                prompt=question,
+                response=text,
+                response_harmful=(not safe) if isinstance(safe, bool) else None,
+                label=category,
+                key=category,
+                meta={"image_severity": row.get("image_severity"), "is_response_safe": safe, **extra},
+            )
 
 
 class UnsafeBench(ParquetFormat):

@@ -89,13 +89,15 @@ class JailbreakV28K(DatasetFormat):
     ``mini_JailBreakV_28K.csv`` (split 'mini') + the image folders they name.
 
     CSV columns used: ``id``, ``jailbreak_query``, ``redteam_query``, ``format``, ``policy``,
-    ``image_path`` (relative to the CSV's folder). Every row is a jailbreak attempt: risky, typed by policy.
+    ``image_path`` (relative to the CSV's folder). Every row is a jailbreak attempt: risky, typed by policy
+    (16 policies, spelled as the CSV does, e.g. 'Child Abuse Content').
     """
 
     name = "jailbreakv-28k"
     title = "JailBreakV-28K"
     source = "https://huggingface.co/datasets/JailbreakV-28K/JailBreakV-28k"
     splits = ("mini", "28k")
+    verified = "third-party"
     labels = LabelTable(
         {
             "illegal activity": Target("reject", "illegal"),
@@ -105,7 +107,7 @@ class JailbreakV28K(DatasetFormat):
             "physical harm": Target("reject", "illegal"),
             "economic harm": Target("reject", "illegal"),
             "fraud": Target("reject", "illegal"),
-            "child abuse": Target("reject", "illegal"),
+            "child abuse content": Target("reject", "illegal"),
             "animal abuse": Target("reject", "illegal"),
             "political sensitivity": Target("caution", "politics"),
             "privacy violation": Target("reject", "privacy"),

@@ -11,8 +11,8 @@ from dataset_layouts import LAYOUTS
 from psaguard.cli import main
 from psaguard.demo import demo_guard_dir, demo_model_dir
 from psaguard.errors import ConfigError
-from psaguard.training.bench import PeerNumber, load_peers, resolve_suites, run_bench
-from psaguard.training.datasets import convert, get_format
+from psaguard.training.bench import PEER_GUARDS, PeerNumber, load_peers, published_peers, resolve_suites, run_bench
+from psaguard.training.datasets import FORMATS, convert, get_format
 from psaguard.training.refusal import is_refusal
 
 
@@ -34,7 +34,15 @@ def test_bench_scores_the_world_and_a_converted_suite(tmp_path: Path, data_dir: 
     guard = SafetyGuard.from_pretrained(demo_guard_dir(), model, AutoProcessor.from_pretrained(demo_model_dir()))
     suites = resolve_suites("world,vlguard", data_dir, tmp_path, world_rows=6)
     report = run_bench(
-        guard, suites, tmp_path / "b", guard_dir="g", model="m", plots=False, generate=True, max_new_tokens=4
+        guard,
+        suites,
+        tmp_path / "b",
+        guard_dir="g",
+        model="m",
+        plots=False,
+        generate=True,
+        max_new_tokens=4,
+        peers=load_peers(None),
     )
     assert [(s.suite, s.examples) for s in report.suites] == [("world", 6), ("vlguard", 4)]
     answers = [json.loads(line) for line in (tmp_path / "b" / "vlguard" / "answers.jsonl").read_text().splitlines()]
@@ -49,8 +57,19 @@ def test_bench_scores_the_world_and_a_converted_suite(tmp_path: Path, data_dir: 
     assert world.detection.tp + world.detection.fn == sum(r.risky for r in world.per_source_label.values())
     assert all(key.startswith("type:") for key in world.per_source_label)  # world rows carry no source label
     assert json.loads((tmp_path / "b" / "bench.json").read_text())["suites"][1]["suite"] == "vlguard"
+    assert [s.benchmark for s in report.suites] == ["world", "vlguard"]
+    # the shipped peer numbers on VLGuard are shown beside ours, each with its source; none on the world
+    assert {p.suite for p in report.peers} == {"vlguard"} and len(report.peers) == 8
     markdown = (tmp_path / "b" / "bench.md").read_text()
-    assert "## vlguard" in markdown and "Empty peer cells" in markdown and "| attack success rate |" in markdown
+    world, vlguard_md = markdown.split("## vlguard")
+    assert "No peer number on `world`" in world and "| attack success rate |" in vlguard_md
+    header = next(line for line in vlguard_md.splitlines() if line.startswith("| metric |"))
+    assert header == "| " + " | ".join(["metric", "psaguard", *PEER_GUARDS]) + " |"
+    f1_row = next(line for line in vlguard_md.splitlines() if line.startswith("| F1 (risky) |"))
+    assert f1_row.endswith(
+        "| 0.500 [1] | 0.342 [2] | 0.651 [3] | 0.697 [4] | 0.903 [5] | 0.522 [6] | 0.901 [7] | 0.951 [8] |"
+    )
+    assert "8. SingGuard-8B, f1 0.9511: SingGuard Team" in vlguard_md and "Table 4" in vlguard_md
 
 
 def test_the_refusal_judge() -> None:
@@ -68,7 +87,7 @@ def test_bench_cli_writes_markdown_and_json_per_suite_with_eval_plots(tmp_path: 
     peers.write_text(json.dumps([cited]))
     args = ["bench", "--guard", str(demo_guard_dir()), "--model", str(demo_model_dir()), "--cpu"]
     args += ["--suite", "world,vlguard,figstep", "--data-dir", str(data_dir), "--out", str(out), "--world-rows", "12"]
-    assert main([*args, "--peers", str(peers)]) == 0
+    assert main([*args, "--peers", str(peers), "--no-published-peers"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["report"] == str(out / "bench.md")
     report = json.loads((out / "bench.json").read_text())
@@ -90,8 +109,8 @@ def test_bench_cli_writes_markdown_and_json_per_suite_with_eval_plots(tmp_path: 
             p.name for p in (out / name).iterdir()
         }
     markdown = (out / "bench.md").read_text()
-    assert "| F1 (risky) |" in markdown and "0.500 [A test, Table 0]" in markdown
-    assert "Empty peer cells" in markdown
+    assert "| F1 (risky) |" in markdown and "1. LlavaGuard, f1 0.5: A test, Table 0." in markdown
+    assert "No peer number on `figstep`" in markdown and "SingGuard" not in markdown  # --no-published-peers
 
 
 def test_suites_are_resolved_by_name_or_path_and_bad_ones_refused(tmp_path: Path, data_dir: Path) -> None:
@@ -115,5 +134,35 @@ def test_peer_numbers_need_a_citation(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"guard": "SingGuard", "suite": "x", "metric": "f1", "value": 0.9}]))
     with pytest.raises(ConfigError, match="citation"):
         load_peers(path)
-    assert load_peers(None) == []  # psaguard ships no peer number it has not checked
+    path.write_text(
+        json.dumps([{"guard": "G", "suite": "x", "metric": "accuracy", "value": 0.9, "citation": "P, T 1"}])
+    )
+    with pytest.raises(ConfigError, match="metric"):  # a metric the report has no row for
+        load_peers(path)
+    assert load_peers(None, published=False) == []
     assert PeerNumber(guard="g", suite="s", metric="f1", value=0.1, citation="Paper, Table 1").value == 0.1
+    mine = tmp_path / "mine.json"
+    mine.write_text(
+        json.dumps([{"guard": "G", "suite": "s", "metric": "f1", "value": 0.2, "citation": "Paper, Table 1"}])
+    )
+    assert load_peers(mine) == [*published_peers(), PeerNumber.model_validate(json.loads(mine.read_text())[0])]
+
+
+# benchmarks the shipped numbers are on that psaguard has no converter for (MMDS's query and response sides)
+_OTHER_BENCHMARKS = {"mmds-q", "mmds-r"}
+
+
+def test_the_shipped_peer_numbers_parse_and_each_names_its_source() -> None:
+    peers = published_peers()
+    assert peers, "psaguard ships the peers' published numbers"
+    keys = [(p.guard, p.suite, p.metric) for p in peers]
+    assert len(keys) == len(set(keys)), "one number per guard, benchmark and metric"
+    for p in peers:
+        assert p.suite in set(FORMATS) | _OTHER_BENCHMARKS, p.suite
+        assert p.metric in {"precision", "recall", "f1", "fpr"}
+        assert "Table" in p.citation and "row" in p.citation and "column" in p.citation, p.citation
+        assert p.split, f"{p.guard} on {p.suite}: the split it was measured on"
+    # the numbers issue #24 quotes from SingGuard's Table 4 (MMDS-R, response side), as the file holds them
+    mmds_r = {p.guard: p.value for p in peers if p.suite == "mmds-r"}
+    quoted = {"LLaVAShield": 0.965, "SingGuard-8B": 0.896, "Llama Guard 4": 0.357, "Llama Guard 3 Vision": 0.227}
+    assert {g: round(mmds_r[g], 3) for g in quoted} == quoted

@@ -85,8 +85,15 @@ def test_beavertails_v_reads_both_schemas(tmp_path: Path) -> None:
     LAYOUTS["beavertails-v"](tmp_path / "b")
     out = tmp_path / "b.jsonl"
     convert(get_format("beavertails-v"), tmp_path / "b", out)
-    responses = {row["source_label"]: row["response"] for row in map(json.loads, out.read_text().splitlines())}
-    assert responses == {"animal_abuse": "Use kindness.", "privacy_invasion_and_surveillance": "I can't share that."}
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    responses = {(row["source_label"], row["response"], row["response_harmful"]) for row in rows}
+    assert responses == {
+        ("animal_abuse", "Use kindness.", False),  # the current schema: is_response_safe
+        ("animal_abuse", "Beat it until it obeys.", True),
+        ("privacy_invasion_and_surveillance", "The address is ...", True),  # the pairwise one: both answers
+        ("privacy_invasion_and_surveillance", "I can't share that.", False),
+    }
+    assert [row["meta"]["safer"] for row in rows if "safer" in row["meta"]] == [False, True]
     assert sorted(p.name for p in (tmp_path / "b_images").iterdir())  # the extracted images, beside the JSONL
 
 
