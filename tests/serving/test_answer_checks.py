@@ -27,6 +27,7 @@ from psaguard.serving.moderation import category_name
 INTERVAL, WINDOW = 4, 2
 MAX_TOKENS = 24
 BAD = "BADWORD "
+BREAK = "<the upstream breaks here>"
 WORDS = [f"w{index} " for index in range(12)]
 
 
@@ -116,6 +117,8 @@ def upstream(upstream_state):
             yield ": keep-alive comment\n\n"
             yield event({"role": "assistant", "content": ""})
             for text in chunks:
+                if text == BREAK:
+                    raise RuntimeError("the fake upstream breaks its stream")
                 yield event({"content": text})
             yield event({}, "stop")
             yield "data: [DONE]\n\n"
@@ -249,6 +252,16 @@ def test_proxy_judges_the_tail_before_releasing_it(proxy_answers, answer, flags,
     chunks, text = streamed(proxy_answers, images[0])
     assert text == "".join(WORDS[: 8 - WINDOW]) + SORRY and chunks[-1].choices[0].finish_reason == "content_filter"
     assert flags.judged[-1] == "".join(WORDS[:9]) + BAD
+
+
+def test_a_broken_upstream_stream_drops_the_held_text(proxy_answers, answer, flags, images):
+    answer([*WORDS[:6], BREAK])  # judged safe at 4 chunks (2 released), chunks 5-6 held when the stream breaks
+    stream = ask(proxy_answers, images[0], stream=True)
+    received = []
+    with pytest.raises(openai.APIError, match="upstream stream failed"):
+        for piece in stream:
+            received.append(piece.choices[0].delta.content or "")
+    assert "".join(received) == "".join(WORDS[:2])
 
 
 def test_proxy_block_is_a_400_unstreamed_and_a_filtered_end_streamed(proxy_answers, answer, flags, images):
