@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -153,8 +154,8 @@ class ProxyChat:
         # The same checks as guarded generation in local mode: roles, a user turn, no trailing assistant turn
         # (a prefill the upstream would continue after the hint), as many image parts as images.
         to_conversation(prompt.conversation, len(prompt.images))
-        text = judged_text(prompt.conversation)
-        verdict, images = await self.judge.judge_keeping(prompt.images, text, "messages.image_url", ticket)
+        judged = judged_text(prompt.conversation)
+        verdict, images = await self.judge.judge_keeping(prompt.images, judged, "messages.image_url", ticket)
         # Judged: the images leave the in-flight budget while the upstream answers (kept, uncharged, to judge the
         # answer with them).
         ticket.refund()
@@ -176,12 +177,7 @@ class ProxyChat:
         body = forwarded
         if verdict.action == "hint" and verdict.hint:
             body["messages"] = with_hint(body["messages"], self.options.hint_template.format(hint=verdict.hint))
-        judge_answer: AnswerJudge | None = None
-        if checks:
-
-            async def judge_answer(answer: str) -> ResponseVerdict:
-                return await self.judge.judge_response(images, text, answer)
-
+        judge_answer: AnswerJudge | None = partial(self.judge.judge_response, images, judged) if checks else None
         if request.stream:
             return await self._forward_stream(body, verdict, judge_answer, model)
         return await self._forward(body, verdict, judge_answer)
@@ -353,8 +349,9 @@ class _HeldStream:
             yield sse(api_error_from(err).body())
             return
         try:
-            if self.last is None or (not self.last.flagged and self.judged < self.units):
-                await self._judge()  # the tail is judged before it is released
+            flagged = self.last is not None and self.last.flagged
+            if not flagged and self.judged < self.units:
+                await self._judge()  # the tail is judged before it is released (an answer without text: nothing)
         except PsaGuardError as err:
             yield sse(api_error_from(err).body())
             return
