@@ -82,7 +82,7 @@ class ModerationMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    role: str = Field(description="'system', 'developer', 'user', 'assistant' or 'tool'.")
+    role: str = Field(description="'system', 'user', 'assistant' or 'tool' (others: 400 invalid_prompt).")
     content: Union[str, list[ContentPart]] = Field(description="Text or a list of parts.")
 
 
