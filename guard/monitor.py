@@ -21,7 +21,7 @@ import torch
 from transformers import StoppingCriteria
 
 from psaguard.classifier import Classifier, RequestContext
-from psaguard.policy import ACTION_SEVERITY
+from psaguard.response_policy import worst_response
 from psaguard.tokenization import tokenizer_of, until_eos
 from psaguard.verdict import ResponseVerdict
 
@@ -29,8 +29,6 @@ __all__ = ["AnswerState", "ReleaseCallback", "ResponseMonitor"]
 
 ReleaseCallback = Callable[[int, str], None]
 """``(answer index, text)``: called with each piece of text the monitor releases, in order."""
-
-_SEVERITY = {"allow": 0, "replace": ACTION_SEVERITY["refuse"], "block": ACTION_SEVERITY["block"]}
 
 
 @dataclass
@@ -128,7 +126,7 @@ class ResponseMonitor(StoppingCriteria):
         for index, count in zip(answers, counts):
             per_image = verdicts[offset : offset + len(self.image_rows[index])]
             offset += len(per_image)
-            worst = max(per_image, key=lambda v: (_SEVERITY[v.action], v.harm_prob))
+            worst = worst_response(per_image)
             state = self.states[index]
             state.verdict = worst.model_copy(update={"tokens_judged": count})
             if worst.flagged:

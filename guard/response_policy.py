@@ -25,6 +25,7 @@ __all__ = [
     "decide_response",
     "response_error_verdict",
     "risk_source",
+    "worst_response",
 ]
 
 DEFAULT_REPLACEMENT = "I'm sorry, but I can't continue this answer because it involves {concept}."
@@ -92,6 +93,18 @@ class ResponsePolicy(BaseModel):
     def monitors(self, has_response_head: bool) -> bool:
         """Whether guarded generation runs the streaming monitor for a guard with or without a response head."""
         return has_response_head if self.monitor is None else self.monitor
+
+
+_SEVERITY: dict[str, int] = {"allow": 0, "replace": 1, "block": 2}
+"""Order of the response actions, least severe first."""
+
+
+def worst_response(verdicts: Sequence[ResponseVerdict]) -> ResponseVerdict:
+    """The deciding verdict of one answer judged with each of its request's images: the most severe action,
+    then the highest harm probability (as the request side takes its worst image)."""
+    if not verdicts:
+        raise ValueError("worst_response needs at least one verdict")
+    return max(verdicts, key=lambda verdict: (_SEVERITY[verdict.action], verdict.harm_prob))
 
 
 def risk_source(harmful: bool, image: SafetyVerdict | None, request: SafetyVerdict | None) -> RiskSource | None:

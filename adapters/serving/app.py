@@ -69,6 +69,11 @@ def create_app(
     config = config or ServeConfig()
     if config.mode == "proxy" and not config.upstream:
         raise ConfigError("proxy mode needs an upstream URL")
+    if config.mode == "local" and config.check_answers and guard.policy.response.monitor is False:
+        raise ConfigError(
+            "the guard's policy turns the streaming monitor off (response.monitor: false) but the server checks "
+            "answers (check_answers=True); turn one of them off"
+        )
     metrics = metrics or ServeMetrics()
     batcher = DynamicBatcher(
         partial(guard.classify_requests, on_text_only=config.on_text_only),

@@ -133,9 +133,13 @@ def count_chat(body: dict[str, Any], limits: LimitsConfig) -> None:
 
 
 def count_moderation(body: dict[str, Any], limits: LimitsConfig) -> None:
-    """400 when a moderation body's input list is longer than the part limit (before pydantic reads it)."""
-    if isinstance(body.get("input"), list):
-        _check_parts(len(body["input"]), limits, "input")
+    """400 when a moderation body's input list is longer than the part limit, or a conversation has more
+    messages or parts than the chat limits (before pydantic reads it)."""
+    items = body.get("input")
+    if isinstance(items, list):
+        _check_parts(len(items), limits, "input")
+        if any(isinstance(item, dict) and "role" in item for item in items):
+            count_chat({"messages": items}, limits)
 
 
 def _check_parts(parts: int, limits: LimitsConfig, param: str) -> None:

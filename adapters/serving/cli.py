@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--on-text-only", choices=("allow", "refuse", "block"), default="allow", help="requests without an image"
     )
     serve.add_argument(
+        "--no-answer-checks",
+        action="store_true",
+        help="serve answers unjudged (fail open; needed for a guard without a response head, e.g. an older one)",
+    )
+    serve.add_argument(
         "--allow-image-url", action="append", default=[], metavar="PREFIX", help="remote image URL prefix to fetch"
     )
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="allow CORS from ORIGIN")
@@ -101,6 +106,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             upstream_api_key=os.environ.get(UPSTREAM_API_KEY_ENV) or None,
             model_name=args.model_name,
             on_text_only=args.on_text_only,
+            check_answers=not args.no_answer_checks,
             image_url_allowlist=tuple(args.allow_image_url),
             cors_origins=tuple(args.cors_origin),
             batching=BatchingConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),

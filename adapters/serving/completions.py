@@ -13,7 +13,7 @@ from psaguard.conversation import Conversation
 from psaguard.serving.config import LimitsConfig
 from psaguard.serving.inputs import check_text, split_parts
 from psaguard.serving.protocol import ApiError, ChatRequest, ImageUrl
-from psaguard.verdict import SafetyVerdict
+from psaguard.verdict import ResponseVerdict, SafetyVerdict
 
 __all__ = [
     "REFUSAL_FINISH_REASON",
@@ -90,11 +90,13 @@ def completion(
     model: str,
     finish_reason: str,
     verdict: SafetyVerdict,
+    response_verdict: ResponseVerdict | None = None,
     prompt_tokens: int = 0,
     completion_tokens: int = 0,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` object carrying the verdict under ``psaguard``."""
-    return {
+    """A ``chat.completion`` object carrying the verdict under ``psaguard`` (and the answer's verdict, when it
+    was judged, under ``psaguard_response``)."""
+    body = {
         "id": completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -114,6 +116,9 @@ def completion(
         },
         "psaguard": verdict.model_dump(mode="json"),
     }
+    if response_verdict is not None:
+        body["psaguard_response"] = response_verdict.model_dump(mode="json")
+    return body
 
 
 def chunk(
@@ -124,8 +129,10 @@ def chunk(
     role: str | None = None,
     finish_reason: str | None = None,
     verdict: SafetyVerdict | None = None,
+    response_verdict: ResponseVerdict | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion.chunk`` object; the first chunk of a stream carries the verdict."""
+    """A ``chat.completion.chunk`` object; the first chunk of a stream carries the verdict, the last one the
+    answer's verdict when it was judged."""
     delta: dict[str, Any] = {}
     if role is not None:
         delta["role"] = role
@@ -140,6 +147,8 @@ def chunk(
     }
     if verdict is not None:
         body["psaguard"] = verdict.model_dump(mode="json")
+    if response_verdict is not None:
+        body["psaguard_response"] = response_verdict.model_dump(mode="json")
     return body
 
 

@@ -93,6 +93,13 @@ class ServeConfig(BaseModel):
     on_text_only: TextOnlyAction = Field(
         "allow", description="Action for requests without an image, which the image-based guard cannot judge."
     )
+    check_answers: bool = Field(
+        True,
+        description="Judge answers with the guard's response head: chat completions (local: the streaming "
+        "monitor; proxy: the upstream's answer) and moderated conversations ending with the assistant's turn. "
+        "True on a guard without a response head fails those requests closed (500 response_head_missing); False "
+        "is the explicit opt-out that serves answers unjudged (docs/serving.md).",
+    )
     image_url_allowlist: tuple[str, ...] = Field(
         (),
         description="URL prefixes (e.g. 'https://images.example.com/') of remote images the server may fetch; "

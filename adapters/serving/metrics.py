@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from psaguard.verdict import SafetyVerdict
+from psaguard.verdict import ResponseVerdict, SafetyVerdict
 
 __all__ = ["CONTENT_TYPE_LATEST", "ServeMetrics"]
 
@@ -31,10 +31,17 @@ class ServeMetrics:
             ("action", "type"),
             registry=self.registry,
         )
+        self.response_verdicts = Counter(
+            "psaguard_response_verdicts",
+            "Answer verdicts given, by response action and risk type code.",
+            ("action", "type"),
+            registry=self.registry,
+        )
         self.stage_seconds = Histogram(
             "psaguard_stage_seconds",
             "Latency of each stage: decode (images), queue (wait for a batch), classify (the batch's forward "
-            "pass), generate (local mode), upstream (proxy mode), total (until the response starts: the whole "
+            "pass), generate (local mode), upstream (proxy mode), response (judging an answer: proxy mode, moderated "
+            "conversations), total (until the response starts: the whole "
             "request unless streamed).",
             ("stage",),
             buckets=_LATENCY_BUCKETS,
@@ -51,6 +58,9 @@ class ServeMetrics:
 
     def verdict(self, verdict: SafetyVerdict) -> None:
         self.verdicts.labels(action=verdict.action, type=verdict.type.code).inc()
+
+    def response_verdict(self, verdict: ResponseVerdict) -> None:
+        self.response_verdicts.labels(action=verdict.action, type=verdict.type.code).inc()
 
     def observe(self, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(stage=stage).observe(seconds)

@@ -21,6 +21,7 @@ from psaguard.errors import (
     InvalidPromptError,
     PsaGuardError,
     ResponseBlocked,
+    ResponseHeadMissingError,
 )
 from psaguard.verdict import SafetyVerdict
 
@@ -32,6 +33,7 @@ __all__ = [
     "ContentPart",
     "ImageUrl",
     "ImageUrlPart",
+    "ModerationMessage",
     "ModerationRequest",
     "TextPart",
     "api_error_from",
@@ -75,12 +77,22 @@ ContentPart = Union[TextPart, ImageUrlPart]
 """One part of a multimodal input or message."""
 
 
-class ModerationRequest(BaseModel):
-    """``POST /v1/moderations``: one string, a list of strings (one result each), or one multimodal input."""
+class ModerationMessage(BaseModel):
+    """One turn of a conversation given to ``/v1/moderations`` (psaguard's extension of OpenAI's input)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input: Union[str, list[str], list[ContentPart]] = Field(description="What to judge.")
+    role: str = Field(description="'system', 'user', 'assistant' or 'tool' (others: 400 invalid_prompt).")
+    content: Union[str, list[ContentPart]] = Field(description="Text or a list of parts.")
+
+
+class ModerationRequest(BaseModel):
+    """``POST /v1/moderations``: one string, a list of strings (one result each), one multimodal input, or one
+    conversation (a list of messages: judged as an answer when its last turn is the assistant's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Union[str, list[str], list[ContentPart], list[ModerationMessage]] = Field(description="What to judge.")
     model: str | None = Field(None, description="Model name echoed in the response.")
 
 
@@ -165,6 +177,7 @@ _ERROR_MAP: tuple[tuple[type[PsaGuardError], int, str, str], ...] = (
     (InvalidPromptError, 400, "invalid_request_error", "invalid_prompt"),
     (InvalidInputError, 400, "invalid_request_error", "invalid_input"),
     (GenerationUnavailableError, 400, "invalid_request_error", "generation_unavailable"),
+    (ResponseHeadMissingError, 500, "server_error", "response_head_missing"),  # the server's setup, not the input
     (ConfigError, 400, "invalid_request_error", "unsupported_request"),
     (GuardInternalError, 500, "server_error", "guard_internal_error"),
 )

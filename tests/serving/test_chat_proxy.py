@@ -94,7 +94,7 @@ def echo_upstream():
 
 @pytest.fixture(scope="module")
 def echo_proxy(classifier_guard, echo_upstream):
-    config = ServeConfig(mode="proxy", upstream=echo_upstream.base_url)
+    config = ServeConfig(mode="proxy", upstream=echo_upstream.base_url, check_answers=False)
     with BackgroundServer(create_app(classifier_guard, config)) as server:
         yield server
 
@@ -133,7 +133,7 @@ def test_an_image_url_with_a_second_payload_is_refused_before_judging(echo_proxy
 
 
 def test_unreachable_upstream_is_a_502_after_judging(classifier_guard, requests_by_kind):
-    config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5)
+    config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5, check_answers=False)
     image, prompt = requests_by_kind["benign"]
     with (
         BackgroundServer(create_app(classifier_guard, config)) as server,
@@ -209,7 +209,7 @@ def test_an_upstream_line_over_the_cap_ends_the_stream_with_an_error(
 ):
     image, prompt = requests_by_kind["benign"]
     limits = LimitsConfig(max_sse_line_bytes=256 * 1024)
-    config = ServeConfig(mode="proxy", upstream=endless_line_upstream.base_url, limits=limits)
+    config = ServeConfig(mode="proxy", upstream=endless_line_upstream.base_url, limits=limits, check_answers=False)
     body = {"messages": [image_message(image, prompt)], "stream": True}
     with BackgroundServer(create_app(classifier_guard, config)) as server:
         response = post_chat(server, body)
