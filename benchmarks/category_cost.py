@@ -25,6 +25,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from psaguard import SafetyGuard
+from psaguard.categories import category_features
 from psaguard.demo import DEMO_ASSETS, demo_requests
 from psaguard.policy import decide_categories
 
@@ -91,7 +92,7 @@ def main() -> None:
         f"({with_bank * 1e3:.2f} ms vs {without * 1e3:.2f} ms, median of {args.repeats}) on {report['machine']['cpu']}"
     )
     print(
-        f"judging the {args.categories} categories alone (scores from pooled features + the policy's decision): "
+        f"judging the {args.categories} categories alone (scores from their features + the policy's decision): "
         f"{bank_seconds * 1e3:.3f} ms per request = {bank_seconds / without:.4f} of classify without them"
     )
 
@@ -100,12 +101,13 @@ def _bank_seconds(guard: SafetyGuard, request: tuple[Image.Image, str], repeats:
     """Median seconds of what the categories add to one request: their probabilities and the decision."""
     features = guard.backbone.encode_images(**guard.backbone.preprocess(guard.processor, [request[0]]))
     with torch.inference_mode():
-        pooled = guard.head_logits(features, [request[1]]).pooled
+        logits = guard.head_logits(features, [request[1]])
+        inputs = category_features(logits.pooled, logits.prompt, features.patches)
     verdict = guard.classify(*request)
     bank, policy, taxonomy = guard.classifier.bank, guard.policy, guard.config.taxonomy
 
     def judge() -> None:
-        probs = bank.probabilities(pooled)[0].tolist()
+        probs = bank.probabilities(inputs)[0].tolist()
         decide_categories(verdict, bank.categories, probs, policy, taxonomy)
 
     return round_robin({"bank": judge}, repeats)["bank"].median

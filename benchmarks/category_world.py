@@ -163,8 +163,8 @@ def main() -> None:
     base_verdicts = [
         v for start in range(0, len(test), 32) for v in guard.classify_batch(*_pairs(test[start : start + 32]))
     ]
-    test_pooled = guard.classifier.pooled_features(*_pairs(test))
-    train_pooled = guard.classifier.pooled_features(*_pairs(train))
+    test_pooled = guard.classifier.category_features(*_pairs(test))
+    train_pooled = guard.classifier.category_features(*_pairs(train))
     row_of = {id(e): i for i, e in enumerate(train)}
 
     labels = [taxonomy.types[e.type].code for e in test]

@@ -10,7 +10,7 @@ from category_helpers import BENIGN, SCAM, negatives, scam_examples, scam_reques
 from safetensors.torch import load_file, save_file
 
 from psaguard import SafetyGuard
-from psaguard.categories import WEIGHT_KEYS, CategoryBank, fit_category, new_category
+from psaguard.categories import WEIGHT_KEYS, CategoryBank, category_features, fit_category, new_category
 from psaguard.config import CONFIG_NAME
 from psaguard.errors import CategoryError, CheckpointError, InvalidImageError
 from psaguard.guard import WEIGHTS_NAME
@@ -53,12 +53,13 @@ def test_categories_are_judged_in_the_same_vision_pass(scam_guard, images, monke
     requests = [scam_request(images)[0], *images[1:]]
     verdicts = scam_guard.classify_batch(requests, [f"{SCAM} now", *BENIGN[:2]])
     assert len(calls) == 1
-    # the score is the bank's probability of the head's own pooled vector for the same request
+    # the score is the bank's probability of the features of the head's own pass for the same request
     pixels = scam_guard.backbone.preprocess(scam_guard.processor, requests[:1])
     features = scam_guard.backbone.encode_images(**pixels)
     with torch.inference_mode():
-        pooled = scam_guard.head_logits(features, [f"{SCAM} now"]).pooled
-    expected = scam_guard.classifier.bank.probabilities(pooled)[0, 0].item()
+        logits = scam_guard.head_logits(features, [f"{SCAM} now"])
+    inputs = category_features(logits.pooled, logits.prompt, features.patches)
+    expected = scam_guard.classifier.bank.probabilities(inputs)[0, 0].item()
     assert verdicts[0].custom_scores["scam"] == pytest.approx(expected, abs=1e-5)
 
 
@@ -161,7 +162,8 @@ def test_zero_examples_are_refused(guard):
 
 
 def test_non_finite_features_are_refused(guard, images, monkeypatch):
-    monkeypatch.setattr(guard.classifier, "pooled_features", lambda *a, **k: torch.full((2, 32), float("nan")))
+    nan = torch.full((2, guard.classifier.bank.dim), float("nan"))
+    monkeypatch.setattr(guard.classifier, "category_features", lambda *a, **k: nan)
     with pytest.raises(CategoryError, match="non-finite"):
         guard.add_category("scam", scam_examples(images, 2), level=2)
 
