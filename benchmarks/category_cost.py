@@ -4,7 +4,7 @@
     python benchmarks/category_cost.py --repeats 50 --categories 20 --examples 16
 
 Adding a category runs the guard on its examples and negatives (one batched forward pass each) and fits the
-scorer; classify then judges every category from the pooled features it already has (one small matrix
+scorer; classify then judges every category from the features its pass already has (one small matrix
 product and the policy's check per category). Both guards share the model and safety modules and are timed
 round-robin, so background load hits them alike.
 """

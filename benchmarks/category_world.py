@@ -1,6 +1,6 @@
 """Custom categories on the synthetic world: concepts held out of the guard's training, added from k examples.
 
-    python benchmarks/category_world.py --out runs/category_world          # ~4 min on one busy core
+    python benchmarks/category_world.py --out runs/category_world          # ~5 min on one busy core
     python benchmarks/category_world.py --out /tmp/cw --steps 20 --n-train 240 --n-test 120 --ks 1 4 --draws 1
 
 1. Build the world and train a Stage I guard (head loss only) on the shipped world demo base model
@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--hold", nargs="+", default=["privacy", "fairness"], help="risk types held out")
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 4, 16], help="examples per category")
     parser.add_argument("--draws", type=int, default=3, help="random draws of the examples per k")
-    parser.add_argument("--negatives", type=int, default=32, help="negatives per category (kept types' rows)")
+    parser.add_argument(
+        "--negatives", type=int, default=256, help="negatives per category (kept types' rows, as a user's old data)"
+    )
     parser.add_argument("--steps", type=int, default=600, help="Stage I steps")
     parser.add_argument("--n-train", type=int, default=1200, help="world training rows")
     parser.add_argument("--n-test", type=int, default=400, help="world test rows")
