@@ -98,15 +98,15 @@ def main() -> None:
 
 
 def _bank_seconds(guard: SafetyGuard, request: tuple[Image.Image, str], repeats: int) -> float:
-    """Median seconds of what the categories add to one request: their probabilities and the decision."""
+    """Median seconds of what the categories add to one request: their features, probabilities and the decision."""
     features = guard.backbone.encode_images(**guard.backbone.preprocess(guard.processor, [request[0]]))
     with torch.inference_mode():
         logits = guard.head_logits(features, [request[1]])
-        inputs = category_features(logits.pooled, logits.prompt, features.patches)
     verdict = guard.classify(*request)
     bank, policy, taxonomy = guard.classifier.bank, guard.policy, guard.config.taxonomy
 
     def judge() -> None:
+        inputs = category_features(logits.pooled, logits.prompt, features.patches)
         probs = bank.probabilities(inputs)[0].tolist()
         decide_categories(verdict, bank.categories, probs, policy, taxonomy)
 

@@ -234,6 +234,14 @@ def main() -> None:
     head_flags = {
         code: statistics.mean(base_verdicts[i].flagged for i in scored[code] if labels[i] == code) for code in args.hold
     }
+    # The head's own F1 on the held-out types (0 for a guard trained without them; with --guard, what a head
+    # trained on them reaches on the same rows: the bar a category's features are up against)
+    head_f1 = {
+        code: _rates(
+            [labels[i] == code for i in scored[code]], [base_verdicts[i].type.code == code for i in scored[code]]
+        )
+        for code in args.hold
+    }
     report = {
         "machine": describe_machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -241,6 +249,7 @@ def main() -> None:
         "test_rows": len(test),
         "held_out_test_rows": {code: sum(labels[i] == code for i in scored[code]) for code in args.hold},
         "head_flags_held_out_rows_without_categories": head_flags,
+        "head_type_f1_on_held_out_types": head_f1,
         "baseline_kept_macro_f1": baseline_macro,
         "summary": summary,
         "runs": results,
@@ -335,6 +344,8 @@ def _print(report: dict) -> None:
     )
     print(f"head alone flags held-out rows: {report['head_flags_held_out_rows_without_categories']}")
     print(f"kept types' macro-F1 without categories: {report['baseline_kept_macro_f1']:.3f}")
+    head_f1 = {code: round(rates["f1"], 3) for code, rates in report["head_type_f1_on_held_out_types"].items()}
+    print(f"the head's own type F1 on the held-out types (0 when it never saw them): {head_f1}")
     print(f"categories refused by add_category (never fire, F1 0): {len(report['refused_categories'])}")
     print(f"| method | k | {' | '.join(f'F1 {code} (min-max) P / R' for code in hold)} | kept macro-F1 change |")
     print("|---|---:|" + "---:|" * len(hold) + "---:|")

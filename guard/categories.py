@@ -6,7 +6,7 @@ the head's two linears read (:attr:`psaguard.modules.HeadLogits.pooled`), the im
 (:attr:`psaguard.modules.HeadLogits.prompt`), each L2-normalised, side by side. So it costs one small matrix
 product per batch and no extra model call. The head's pooled feature alone, trained to tell the guard's own
 types apart, barely separates a concept the guard never saw; the image and prompt parts carry what the head
-discarded (on the synthetic world they doubled the held-out concepts' F1, docs/categories.md). Every category
+discarded (on the synthetic world they about doubled the held-out concepts' F1, docs/categories.md). Every category
 is one row of a ``(K, W)`` weight matrix and a bias over the L2-normalised features ``z``: its probability
 is ``sigmoid(w . z + b)`` and it fires at 0.5.
 
