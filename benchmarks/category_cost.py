@@ -4,7 +4,7 @@
     python benchmarks/category_cost.py --repeats 50 --categories 20 --examples 16
 
 Adding a category runs the guard on its examples and negatives (one batched forward pass each) and fits the
-scorer; classify then judges every category from the pooled features it already has (one small matrix
+scorer; classify then judges every category from the features its pass already has (one small matrix
 product and the policy's check per category). Both guards share the model and safety modules and are timed
 round-robin, so background load hits them alike.
 """
@@ -25,6 +25,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from psaguard import SafetyGuard
+from psaguard.categories import category_features
 from psaguard.demo import DEMO_ASSETS, demo_requests
 from psaguard.policy import decide_categories
 
@@ -91,21 +92,22 @@ def main() -> None:
         f"({with_bank * 1e3:.2f} ms vs {without * 1e3:.2f} ms, median of {args.repeats}) on {report['machine']['cpu']}"
     )
     print(
-        f"judging the {args.categories} categories alone (scores from pooled features + the policy's decision): "
+        f"judging the {args.categories} categories alone (scores from their features + the policy's decision): "
         f"{bank_seconds * 1e3:.3f} ms per request = {bank_seconds / without:.4f} of classify without them"
     )
 
 
 def _bank_seconds(guard: SafetyGuard, request: tuple[Image.Image, str], repeats: int) -> float:
-    """Median seconds of what the categories add to one request: their probabilities and the decision."""
+    """Median seconds of what the categories add to one request: their features, probabilities and the decision."""
     features = guard.backbone.encode_images(**guard.backbone.preprocess(guard.processor, [request[0]]))
     with torch.inference_mode():
-        pooled = guard.head_logits(features, [request[1]]).pooled
+        logits = guard.head_logits(features, [request[1]])
     verdict = guard.classify(*request)
     bank, policy, taxonomy = guard.classifier.bank, guard.policy, guard.config.taxonomy
 
     def judge() -> None:
-        probs = bank.probabilities(pooled)[0].tolist()
+        inputs = category_features(logits.pooled, logits.prompt, features.patches)
+        probs = bank.probabilities(inputs)[0].tolist()
         decide_categories(verdict, bank.categories, probs, policy, taxonomy)
 
     return round_robin({"bank": judge}, repeats)["bank"].median

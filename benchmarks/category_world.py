@@ -1,6 +1,6 @@
 """Custom categories on the synthetic world: concepts held out of the guard's training, added from k examples.
 
-    python benchmarks/category_world.py --out runs/category_world          # ~4 min on one busy core
+    python benchmarks/category_world.py --out runs/category_world          # ~5 min on one busy core
     python benchmarks/category_world.py --out /tmp/cw --steps 20 --n-train 240 --n-test 120 --ks 1 4 --draws 1
 
 1. Build the world and train a Stage I guard (head loss only) on the shipped world demo base model
@@ -10,7 +10,9 @@
    kept types' training rows, as a user has their old data), fit a category per method, add all held-out
    types' categories together, and judge the test split: F1 of each category (it fires, or not, against the
    row being of that type) and the macro-F1 of the kept types (the verdict's type; a category that takes
-   a kept row's verdict counts as a wrong type) next to the same guard without categories.
+   a kept row's verdict counts as a wrong type) next to the same guard without categories. F1 is also given
+   on the test rows in familiar styles and templates (the test split adds styles and paraphrases no training
+   row uses), and the head's own F1 on the held-out types (with ``--guard``, of a head trained on them).
 3. Check that the fast path (features computed once, categories scored from them with the guard's own
    bank and policy functions) gives the verdicts ``guard.add_category`` + ``classify_batch`` give.
 
@@ -108,7 +110,9 @@ def main() -> None:
     parser.add_argument("--hold", nargs="+", default=["privacy", "fairness"], help="risk types held out")
     parser.add_argument("--ks", nargs="+", type=int, default=[1, 4, 16], help="examples per category")
     parser.add_argument("--draws", type=int, default=3, help="random draws of the examples per k")
-    parser.add_argument("--negatives", type=int, default=32, help="negatives per category (kept types' rows)")
+    parser.add_argument(
+        "--negatives", type=int, default=256, help="negatives per category (kept types' rows, as a user's old data)"
+    )
     parser.add_argument("--steps", type=int, default=600, help="Stage I steps")
     parser.add_argument("--n-train", type=int, default=1200, help="world training rows")
     parser.add_argument("--n-test", type=int, default=400, help="world test rows")
@@ -153,6 +157,9 @@ def main() -> None:
     test, _ = read_jsonl(world / "test.jsonl", taxonomy=taxonomy)
     train_kinds = [row.meta.kind for row in read_rows(world, "train")]
     test_kinds = [row.meta.kind for row in read_rows(world, "test")]
+    # rows in the styles and templates training uses (the test split adds held-out ones): how far the world's
+    # distribution shift, not the category, takes F1 down
+    familiar = {i for i, row in enumerate(read_rows(world, "test")) if not row.meta.held_out}
     pools = {
         code: [
             e for e, kind in zip(train, train_kinds) if e.type == taxonomy.type_by_code(code).id and kind in args.kinds
@@ -163,8 +170,8 @@ def main() -> None:
     base_verdicts = [
         v for start in range(0, len(test), 32) for v in guard.classify_batch(*_pairs(test[start : start + 32]))
     ]
-    test_pooled = guard.classifier.pooled_features(*_pairs(test))
-    train_pooled = guard.classifier.pooled_features(*_pairs(train))
+    test_pooled = guard.classifier.category_features(*_pairs(test))
+    train_pooled = guard.classifier.category_features(*_pairs(train))
     row_of = {id(e): i for i, e in enumerate(train)}
 
     labels = [taxonomy.types[e.type].code for e in test]
@@ -203,6 +210,13 @@ def main() -> None:
                     for j, code in enumerate(args.hold)
                 }
                 f1 = {code: r["f1"] for code, r in rates.items()}
+                familiar_f1 = {
+                    code: _rates(
+                        [labels[i] == code for i in scored[code] if i in familiar],
+                        [bool(probs[i, j] >= 0.5) for i in scored[code] if i in familiar],
+                    )["f1"]
+                    for j, code in enumerate(args.hold)
+                }
                 macro = _macro_f1_kept([labels[i] for i in kept_rows], [verdicts[i].type.code for i in kept_rows], kept)
                 results.append(
                     {
@@ -210,6 +224,7 @@ def main() -> None:
                         "k": k,
                         "draw": draw,
                         "held_out_f1": f1,
+                        "held_out_f1_familiar_rows": familiar_f1,
                         "held_out": rates,
                         "kept_macro_f1": macro,
                     }
@@ -232,6 +247,16 @@ def main() -> None:
     head_flags = {
         code: statistics.mean(base_verdicts[i].flagged for i in scored[code] if labels[i] == code) for code in args.hold
     }
+    # The head's own F1 on the held-out types (0 for a guard trained without them; with --guard, what a head
+    # trained on them reaches on the same rows: the bar a category's features are up against)
+    head_f1 = {
+        f"{code}{part}": _rates(
+            [labels[i] == code for i in scored[code] if i in rows],
+            [base_verdicts[i].type.code == code for i in scored[code] if i in rows],
+        )
+        for code in args.hold
+        for part, rows in (("", set(range(len(test)))), ("/familiar_rows", familiar))
+    }
     report = {
         "machine": describe_machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -239,6 +264,7 @@ def main() -> None:
         "test_rows": len(test),
         "held_out_test_rows": {code: sum(labels[i] == code for i in scored[code]) for code in args.hold},
         "head_flags_held_out_rows_without_categories": head_flags,
+        "head_type_f1_on_held_out_types": head_f1,
         "baseline_kept_macro_f1": baseline_macro,
         "summary": summary,
         "runs": results,
@@ -292,6 +318,7 @@ def _summarise(results: list[dict], args: argparse.Namespace, baseline: float) -
             for code in args.hold:
                 values = [r["held_out_f1"][code] for r in runs]
                 row[code] = {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
+                row[code]["mean_familiar_rows"] = statistics.mean(r["held_out_f1_familiar_rows"][code] for r in runs)
                 for rate in ("precision", "recall"):
                     row[code][rate] = statistics.mean(r["held_out"][code][rate] for r in runs)
             rows.append(row)
@@ -333,13 +360,16 @@ def _print(report: dict) -> None:
     )
     print(f"head alone flags held-out rows: {report['head_flags_held_out_rows_without_categories']}")
     print(f"kept types' macro-F1 without categories: {report['baseline_kept_macro_f1']:.3f}")
+    head_f1 = {code: round(rates["f1"], 3) for code, rates in report["head_type_f1_on_held_out_types"].items()}
+    print(f"the head's own type F1 on the held-out types (0 when it never saw them; all rows, familiar): {head_f1}")
     print(f"categories refused by add_category (never fire, F1 0): {len(report['refused_categories'])}")
-    print(f"| method | k | {' | '.join(f'F1 {code} (min-max) P / R' for code in hold)} | kept macro-F1 change |")
+    columns = " | ".join(f"F1 {code} (min-max) P / R; familiar rows" for code in hold)
+    print(f"| method | k | {columns} | kept macro-F1 change |")
     print("|---|---:|" + "---:|" * len(hold) + "---:|")
     for row in report["summary"]:
         cells = " | ".join(
             f"{row[c]['mean']:.3f} ({row[c]['min']:.2f}-{row[c]['max']:.2f}) {row[c]['precision']:.2f} / "
-            f"{row[c]['recall']:.2f}"
+            f"{row[c]['recall']:.2f}; {row[c]['mean_familiar_rows']:.3f}"
             for c in hold
         )
         print(f"| {row['method']} | {row['k']} | {cells} | {100 * row['kept_macro_f1_change']:+.1f} pt |")

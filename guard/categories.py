@@ -1,11 +1,16 @@
-"""Custom risk categories from a few examples: a bank of linear scorers over the head's pooled safety features.
+"""Custom risk categories from a few examples: a bank of linear scorers over features of the guard's own pass.
 
-A category is judged in the same forward pass as the safety head, from the vector the head's two linears
-read (:attr:`psaguard.modules.HeadLogits.pooled`), so it costs one small matrix product per batch and no
-extra model call. Every category is one row of a ``(K, D)`` weight matrix and a bias over the L2-normalised
-pooled feature ``z``: its probability is ``sigmoid(w . z + b)`` and it fires at 0.5.
+A category is judged in the same forward pass as the safety head, from :func:`category_features`: the vector
+the head's two linears read (:attr:`psaguard.modules.HeadLogits.pooled`), the image's mean vision patch state
+(the tower's output the safety projector reads) and the prompt's mean token embedding
+(:attr:`psaguard.modules.HeadLogits.prompt`), each L2-normalised, side by side. So it costs one small matrix
+product per batch and no extra model call. The head's pooled feature alone, trained to tell the guard's own
+types apart, barely separates a concept the guard never saw; the image and prompt parts carry what the head
+discarded (on the synthetic world they about doubled the held-out concepts' F1, docs/categories.md). Every category
+is one row of a ``(K, W)`` weight matrix and a bias over the L2-normalised features ``z``: its probability
+is ``sigmoid(w . z + b)`` and it fires at 0.5.
 
-How a row is fitted from ``k`` examples (positives) and optional negatives, both as normalised pooled features:
+How a row is fitted from ``k`` examples (positives) and optional negatives, both as normalised features:
 
 * With negatives, the features are first standardised: centred on the mean of all fitted rows and scaled to
   unit variance per dimension on average (pooled features of different requests share most of their direction, so
@@ -42,7 +47,7 @@ import torch
 from pydantic import ValidationError
 from torch.nn import functional as F
 
-from psaguard.category_config import CategoryMethod, CustomCategory, FitMethod
+from psaguard.category_config import FEATURES, CategoryMethod, CustomCategory, FitMethod
 from psaguard.errors import CategoryError
 from psaguard.verdict import Action
 
@@ -50,6 +55,8 @@ __all__ = [
     "SINGLE_EXAMPLE_SIMILARITY",
     "WEIGHT_KEYS",
     "CategoryBank",
+    "category_features",
+    "category_width",
     "fit_category",
     "new_category",
 ]
@@ -73,6 +80,22 @@ _INSEPARABLE = (
 )
 
 
+def category_width(text_hidden_size: int, vision_hidden_size: int) -> int:
+    """Width of :func:`category_features` for a backbone: pooled and prompt parts of the text width, image part
+    of the vision width."""
+    return 2 * text_hidden_size + vision_hidden_size
+
+
+def category_features(pooled: torch.Tensor, prompt: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """``(B, W)`` features custom categories read (:data:`~psaguard.category_config.FEATURES`).
+
+    ``pooled`` (B, D) the head's pooled safety feature, ``prompt`` (B, D) the prompt's mean token embedding,
+    ``patches`` (B, N, C) the vision patch states; each part L2-normalised, the whole of unit norm.
+    """
+    parts = (pooled, patches.mean(1), prompt)
+    return torch.cat([F.normalize(part.float(), dim=-1) for part in parts], dim=-1) / len(parts) ** 0.5
+
+
 @dataclass(frozen=True)
 class CategoryBank:
     """The custom categories of a guard: their configs and a ``(K, D)`` weight and ``(K,)`` bias (float32, CPU).
@@ -94,7 +117,7 @@ class CategoryBank:
 
     @classmethod
     def empty(cls, dim: int) -> CategoryBank:
-        """A bank without categories for pooled features of width ``dim``."""
+        """A bank without categories for features of width ``dim`` (:func:`category_width`)."""
         return cls((), torch.zeros(0, dim), torch.zeros(0))
 
     @classmethod
@@ -105,7 +128,7 @@ class CategoryBank:
 
     @property
     def dim(self) -> int:
-        """Width of the pooled features the bank reads."""
+        """Width of the features the bank reads."""
         return self.weight.shape[1]
 
     @property
@@ -122,9 +145,9 @@ class CategoryBank:
         shapes = (torch.Size((count, dim)), torch.Size((count,)))
         return {name: (shape, torch.float32) for name, shape in zip(WEIGHT_KEYS, shapes)} if count else {}
 
-    def probabilities(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``(B, K)`` probabilities of every category for ``(B, D)`` pooled features."""
-        z = F.normalize(pooled.float(), dim=-1)
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` probabilities of every category for ``(B, W)`` :func:`category_features`."""
+        z = F.normalize(features.float(), dim=-1)
         return torch.sigmoid(z @ self.weight.to(z.device).T + self.bias.to(z.device))
 
     def scores(self, probabilities: Sequence[float]) -> dict[str, float]:
@@ -164,7 +187,7 @@ def fit_category(
     action: Action | None = None,
     method: FitMethod = "auto",
 ) -> tuple[CustomCategory, torch.Tensor, float]:
-    """Fit one category from pooled features: its config, its ``(D,)`` weight row and its bias.
+    """Fit one category from :func:`category_features` rows: its config, its ``(W,)`` weight row and its bias.
 
     Raises :class:`CategoryError` for no positives, non-finite features, a logistic fit without negatives,
     or positives that score no higher than the negatives.
@@ -226,6 +249,7 @@ def new_category(
             method=method,
             examples=examples,
             negatives=negatives,
+            features=FEATURES,
             threshold=threshold,
         )
     except ValidationError as err:

@@ -12,7 +12,7 @@ from psaguard.errors import CategoryError
 from psaguard.taxonomy import CODE_PATTERN, Taxonomy
 from psaguard.verdict import Action
 
-__all__ = ["FIRE_AT", "CategoryMethod", "CustomCategory", "FitMethod", "check_categories"]
+__all__ = ["FEATURES", "FIRE_AT", "CategoryMethod", "CustomCategory", "FitMethod", "check_categories"]
 
 CategoryMethod = Literal["prototype", "logistic"]
 """How a category's scorer was fitted: nearest class mean (cosine without negatives), or a logistic regression."""
@@ -22,6 +22,11 @@ FitMethod = Literal["auto", "prototype", "logistic"]
 
 FIRE_AT = 0.5
 """A custom category fires when its probability reaches this."""
+
+FEATURES = "pooled+image+prompt"
+"""The features a category's scorer reads (:func:`psaguard.categories.category_features`): the head's pooled
+safety feature, the image's mean vision patch state and the prompt's mean token embedding, each L2-normalised.
+Categories saved by an older psaguard read the pooled feature alone (``"pooled"``) and are refused on load."""
 
 
 class CustomCategory(BaseModel):
@@ -39,6 +44,10 @@ class CustomCategory(BaseModel):
     method: CategoryMethod = Field("prototype", description="How the scorer was fitted (see psaguard.categories).")
     examples: int = Field(ge=1, description="Number of positive examples it was fitted from.")
     negatives: int = Field(0, ge=0, description="Number of negative examples it was fitted from.")
+    features: str = Field(
+        "pooled",
+        description=f"The features its scorer reads; {FEATURES!r} (older files, without the field, read 'pooled').",
+    )
     threshold: float = Field(
         description="The score at which it fires, before the sigmoid: a cosine for prototypes without negatives, a "
         "score on standardised features with them, 0 (a logit) for logistic."
@@ -46,7 +55,14 @@ class CustomCategory(BaseModel):
 
 
 def check_categories(categories: Sequence[CustomCategory], taxonomy: Taxonomy) -> None:
-    """Raise :class:`CategoryError` for duplicate codes, codes of taxonomy types, or levels the taxonomy lacks."""
+    """Raise :class:`CategoryError` for categories fitted on other features (older files), duplicate codes, codes
+    of taxonomy types, or levels the taxonomy lacks."""
+    if stale := {category.code: category.features for category in categories if category.features != FEATURES}:
+        raise CategoryError(
+            f"custom categories {sorted(stale)} were fitted on other features ({sorted(set(stale.values()))}) by an "
+            f"older psaguard; this one reads {FEATURES!r}. Load the guard with the psaguard that saved it, remove them "
+            "('psaguard category remove') and add them again from their examples with this version"
+        )
     codes = [category.code for category in categories]
     if duplicates := sorted({code for code in codes if codes.count(code) > 1}):
         raise CategoryError(f"custom category codes must be unique; repeated: {duplicates}")

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
-from psaguard.categories import CategoryBank, fit_category, new_category
+from psaguard.categories import CategoryBank, category_features, category_width, fit_category, new_category
 from psaguard.category_config import CustomCategory, FitMethod, check_categories
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import (
@@ -95,7 +95,8 @@ class Classifier:
         self.processor = processor
         self.config = config
         self.modules = modules
-        self.bank = bank if bank is not None else CategoryBank.empty(backbone.text_hidden_size)
+        width = category_width(backbone.text_hidden_size, backbone.vision_hidden_size)
+        self.bank = bank if bank is not None else CategoryBank.empty(width)
         if self.bank.categories != config.categories:
             raise CategoryError(
                 f"the category bank holds {self.bank.codes}, the config {[c.code for c in config.categories]}"
@@ -139,8 +140,8 @@ class Classifier:
         """
         probe = new_category(code, level=level, name=name, concept=concept, action=action)
         check_categories((*self.bank.categories, probe), self.config.taxonomy)
-        positives = self.pooled_features(*_unzip_pairs(examples))
-        negative_features = self.pooled_features(*_unzip_pairs(negatives)) if negatives else None
+        positives = self.category_features(*_unzip_pairs(examples))
+        negative_features = self.category_features(*_unzip_pairs(negatives)) if negatives else None
         category, weight, bias = fit_category(
             code, positives, negative_features, level=level, name=name, concept=concept, action=action, method=method
         )
@@ -308,7 +309,7 @@ class Classifier:
             query = self.backbone.embed_tokens(ids).to(device)
             logits = self.modules.request_logits(memory.repeat(2, 1, 1), query, mask.to(device))
         rows = list(range(2 * len(prompts)))
-        decided = self._decide_rows(*self._calibrated(logits), rows, start)
+        decided = self._decide_rows(*self._calibrated(logits, features.patches.repeat(2, 1, 1)), rows, start)
         count = len(prompts)
         return RequestContext(
             memory=memory,
@@ -381,7 +382,7 @@ class Classifier:
             if self.policy.on_error == "block":
                 raise internal from err
             return [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
-        verdicts = self._decide_rows(*self._calibrated(logits), list(range(len(prompts))), start)
+        verdicts = self._decide_rows(*self._calibrated(logits, features.patches), list(range(len(prompts))), start)
         return [verdicts[i] for i in range(len(prompts))]
 
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
@@ -391,10 +392,11 @@ class Classifier:
         query = self.backbone.embed_tokens(ids).to(device)
         return self.modules(features.patches.to(device), query, mask.to(device))
 
-    def pooled_features(
+    def category_features(
         self, images: Sequence[ImageInput], prompts: Sequence[str], batch_size: int = 16
     ) -> torch.Tensor:
-        """``(N, D)`` pooled safety features of (image, prompt) pairs: what custom categories are fitted on.
+        """``(N, W)`` :func:`~psaguard.categories.category_features` of (image, prompt) pairs: what custom
+        categories are fitted on and read.
 
         Bad inputs raise their typed error whatever ``policy.on_error`` says (this configures the guard, it
         does not judge a request); a failing forward pass raises :class:`GuardInternalError`.
@@ -402,14 +404,15 @@ class Classifier:
         if len(images) != len(prompts):
             raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
         loaded = [image for _, image, _ in self._load(images, prompts, strict=True, what="example")[0]]
-        pooled = []
+        rows = []
         for start in range(0, len(loaded), batch_size):
             try:
-                _, logits = self._forward(loaded[start : start + batch_size], prompts[start : start + batch_size])
+                batch = slice(start, start + batch_size)
+                features, logits = self._forward(loaded[batch], prompts[batch])
             except RuntimeError as err:
                 raise _internal_error(err) from err
-            pooled.append(_pooled(logits).float().cpu())
-        return torch.cat(pooled) if pooled else torch.zeros(0, self.bank.dim)
+            rows.append(_category_input(logits, features.patches).cpu())
+        return torch.cat(rows) if rows else torch.zeros(0, self.bank.dim)
 
     def response_head_logits(
         self, features: VisionFeatures, prompts: Sequence[str], responses: Sequence[str]
@@ -455,7 +458,7 @@ class Classifier:
             features, logits = self._forward(images, prompts, grouping)
         except RuntimeError as err:
             raise _internal_error(err) from err
-        return (features, *self._calibrated(logits))
+        return (features, *self._calibrated(logits, features.patches))
 
     def preprocess(
         self, images: Sequence[Image.Image], grouping: Sequence[int] | None = None
@@ -477,13 +480,14 @@ class Classifier:
         features = self.backbone.encode_images(**self.preprocess(images, grouping))
         return features, self.head_logits(features, prompts)
 
-    def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Level, type and custom-category probabilities; the last is (B, 0) for a guard without categories."""
+    def _calibrated(self, logits: HeadLogits, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Level, type and custom-category probabilities (the categories also read the vision ``patches``); the
+        last is (B, 0) for a guard without categories."""
         level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
         type_probs = F.softmax(logits.type.float() / self.config.head.type_temperature, dim=-1)
         if not self.bank.categories:
             return level_probs, type_probs, level_probs.new_zeros(len(level_probs), 0)
-        return level_probs, type_probs, self.bank.probabilities(_pooled(logits))
+        return level_probs, type_probs, self.bank.probabilities(_category_input(logits, patches))
 
     def _decide_rows(
         self,
@@ -537,10 +541,10 @@ def _unzip_pairs(pairs: Sequence[tuple[ImageInput, str]]) -> tuple[list[ImageInp
     return [image for image, _ in pairs], [prompt for _, prompt in pairs]
 
 
-def _pooled(logits: HeadLogits) -> torch.Tensor:
-    if logits.pooled is None:
+def _category_input(logits: HeadLogits, patches: torch.Tensor) -> torch.Tensor:
+    if logits.pooled is None or logits.prompt is None:
         raise GuardInternalError("the safety head returned no pooled features, so custom categories cannot be judged")
-    return logits.pooled
+    return category_features(logits.pooled, logits.prompt, patches.to(logits.pooled.device))
 
 
 def _internal_error(err: RuntimeError) -> GuardInternalError:

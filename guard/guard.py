@@ -13,7 +13,7 @@ import torch
 
 from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
-from psaguard.categories import CategoryBank
+from psaguard.categories import CategoryBank, category_width
 from psaguard.category_config import CustomCategory, FitMethod
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
@@ -151,7 +151,8 @@ class SafetyGuard:
         config.fingerprint.check(backbone.fingerprint())
         modules = cls._build_modules(config, backbone, dtype)
         # The saved bank's shapes follow from the config's categories: a file with more, fewer or resized rows fails.
-        bank_shapes = CategoryBank.expected(len(config.categories), backbone.text_hidden_size)
+        width = category_width(backbone.text_hidden_size, backbone.vision_hidden_size)
+        bank_shapes = CategoryBank.expected(len(config.categories), width)
         expected = {**{name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}, **bank_shapes}
         tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
         bank = CategoryBank.from_tensors(config.categories, tensors) if bank_shapes else None
@@ -293,7 +294,8 @@ class SafetyGuard:
     ) -> CustomCategory:
         """Add a risk category from ``examples`` ((image, prompt) pairs showing it), without retraining.
 
-        Judged in the same forward pass as the head, from its pooled feature; when it fires, its code is in
+        Judged in the same forward pass as the head, from its pooled feature, the image's mean patch state and
+        the prompt's mean token embedding (:func:`psaguard.categories.category_features`); when it fires, its code is in
         ``verdict.rule`` and its ``level`` and ``action`` (default: the policy's for the level) in the verdict.
         ``negatives`` (benign pairs) set the threshold (:mod:`psaguard.categories`, docs/categories.md). This
         changes this guard (it owns its bank), not wrappers or copies made earlier. Raises

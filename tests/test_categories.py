@@ -10,9 +10,16 @@ from category_helpers import BENIGN, SCAM, negatives, scam_examples, scam_reques
 from safetensors.torch import load_file, save_file
 
 from psaguard import SafetyGuard
-from psaguard.categories import WEIGHT_KEYS, CategoryBank, fit_category, new_category
+from psaguard.categories import (
+    WEIGHT_KEYS,
+    CategoryBank,
+    category_features,
+    category_width,
+    fit_category,
+    new_category,
+)
 from psaguard.config import CONFIG_NAME
-from psaguard.errors import CategoryError, CheckpointError, InvalidImageError
+from psaguard.errors import CategoryError, CheckpointError, ConfigError, InvalidImageError
 from psaguard.guard import WEIGHTS_NAME
 from psaguard.policy import GuardPolicy, decide
 from psaguard.serialization import read_metadata
@@ -53,12 +60,13 @@ def test_categories_are_judged_in_the_same_vision_pass(scam_guard, images, monke
     requests = [scam_request(images)[0], *images[1:]]
     verdicts = scam_guard.classify_batch(requests, [f"{SCAM} now", *BENIGN[:2]])
     assert len(calls) == 1
-    # the score is the bank's probability of the head's own pooled vector for the same request
+    # the score is the bank's probability of the features of the head's own pass for the same request
     pixels = scam_guard.backbone.preprocess(scam_guard.processor, requests[:1])
     features = scam_guard.backbone.encode_images(**pixels)
     with torch.inference_mode():
-        pooled = scam_guard.head_logits(features, [f"{SCAM} now"]).pooled
-    expected = scam_guard.classifier.bank.probabilities(pooled)[0, 0].item()
+        logits = scam_guard.head_logits(features, [f"{SCAM} now"])
+    inputs = category_features(logits.pooled, logits.prompt, features.patches)
+    expected = scam_guard.classifier.bank.probabilities(inputs)[0, 0].item()
     assert verdicts[0].custom_scores["scam"] == pytest.approx(expected, abs=1e-5)
 
 
@@ -161,7 +169,8 @@ def test_zero_examples_are_refused(guard):
 
 
 def test_non_finite_features_are_refused(guard, images, monkeypatch):
-    monkeypatch.setattr(guard.classifier, "pooled_features", lambda *a, **k: torch.full((2, 32), float("nan")))
+    nan = torch.full((2, guard.classifier.bank.dim), float("nan"))
+    monkeypatch.setattr(guard.classifier, "category_features", lambda *a, **k: nan)
     with pytest.raises(CategoryError, match="non-finite"):
         guard.add_category("scam", scam_examples(images, 2), level=2)
 
@@ -260,6 +269,41 @@ def test_tampered_category_weights_are_refused(scam_guard, tiny_model, tiny_proc
     save_file(tensors, str(weights), metadata=metadata)
     with pytest.raises(CheckpointError, match="checksum"):
         SafetyGuard.from_pretrained(tmp_path, tiny_model, tiny_processor)
+
+
+def test_categories_saved_on_the_pooled_feature_alone_are_refused_with_a_clear_error(
+    scam_guard, tiny_model, tiny_processor, tmp_path
+):
+    # files of the first custom-category format (no 'features' field: the head's pooled feature alone)
+    scam_guard.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del config["categories"][0]["features"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    with pytest.raises(ConfigError, match=r"\['scam'\] were fitted on other features \(\['pooled'\]\).*remove them"):
+        SafetyGuard.from_pretrained(tmp_path, tiny_model, tiny_processor, accept_edited_config=True)
+
+
+# ---------------------------------------------------------------------- what the categories read
+def test_category_features_put_the_pooled_image_and_prompt_parts_side_by_side_each_normalised():
+    g = torch.Generator().manual_seed(0)
+    pooled, prompt, patches = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(3, 4, 5)
+    z = category_features(pooled, prompt, patches)
+    assert z.shape == (3, category_width(8, 5)) == (3, 21)
+    parts = z.split([8, 5, 8], dim=-1)
+    for part, source in zip(parts, (pooled, patches.mean(1), prompt)):
+        assert torch.allclose(part * 3**0.5, torch.nn.functional.normalize(source, dim=-1), atol=1e-6)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(3), atol=1e-6)
+
+
+def test_a_category_told_by_its_prompt_alone_is_learnt(guard, images):
+    # same images for examples and negatives: only the prompt's part of the features tells them apart
+    shown = [variant(images[1 + i % 2], i) for i in range(8)]
+    examples = [(image, f"{SCAM} number {i}") for i, image in enumerate(shown[:4])]
+    benign = [(image, BENIGN[i % len(BENIGN)]) for i, image in enumerate(shown[4:])]
+    guard.add_category("scam", examples, level=2, negatives=benign)
+    scam = guard.classify(variant(images[2], 50), f"{SCAM} today").custom_scores["scam"]
+    plain = guard.classify(variant(images[2], 50), BENIGN[0]).custom_scores["scam"]
+    assert scam > 0.5 > plain
 
 
 # ---------------------------------------------------------------------- the other paths that judge

@@ -11,16 +11,17 @@ __all__ = ["HeadLogits", "SafetyHead"]
 
 
 class HeadLogits(NamedTuple):
-    """Raw logits of the two heads: (B, num_levels) and (B, num_types), and the pooled vector they read.
+    """Raw logits of the two heads: (B, num_levels) and (B, num_types), and the pooled vectors of the pass.
 
-    ``pooled`` (B, D) is the head's pooled safety feature, the input of both linears; custom categories
-    (:mod:`psaguard.categories`) are judged from it in the same pass. None where a caller built the logits
-    without it.
+    ``pooled`` (B, D) is the head's pooled safety feature, the input of both linears; ``prompt`` (B, D) the
+    mean of the prompt embeddings the head attended from. Custom categories (:mod:`psaguard.categories`) read
+    both (with the image's mean patch state) in the same pass. None where a caller built the logits without them.
     """
 
     level: torch.Tensor
     type: torch.Tensor
     pooled: torch.Tensor | None = None
+    prompt: torch.Tensor | None = None
 
 
 class SafetyHead(nn.Module):
@@ -57,14 +58,18 @@ class SafetyHead(nn.Module):
         """query (B, T, D) with mask (B, T) True on valid positions; memory (B, M, D)."""
         attended, _ = self.attn(query, memory, memory, need_weights=False)
         pooled = self._pool(attended, query_mask)
+        prompt = _masked_mean(query.to(pooled.dtype), query_mask)
         if self.norm is not None and self.query_norm is not None:
             # The text itself, not only where it looks in the image, reaches the linears; each part normalized,
             # since token embeddings are far smaller than the attended values.
             pooled = self.norm(pooled) + self.query_norm(self._pool(query.to(pooled.dtype), query_mask))
-        return HeadLogits(self.level_head(pooled), self.type_head(pooled), pooled)
+        return HeadLogits(self.level_head(pooled), self.type_head(pooled), pooled, prompt)
 
     def _pool(self, values: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "first":
-            return values[:, 0]
-        weights = query_mask.to(values.dtype).unsqueeze(-1)
-        return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return values[:, 0] if self.pooling == "first" else _masked_mean(values, query_mask)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) values averaged over the positions where ``mask`` (B, T) is True."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -200,5 +200,11 @@ def test_category_world_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
         ("logistic", 2),
     ]
     assert (tmp_path / "f1_vs_k.png").is_file()
+    assert set(report["head_type_f1_on_held_out_types"]) == {
+        f"{code}{part}" for code in ("privacy", "fairness") for part in ("", "/familiar_rows")
+    }
+    assert all(
+        0 <= row[code]["mean_familiar_rows"] <= 1 for row in report["summary"] for code in ("privacy", "fairness")
+    )
     # the script's fast path and add_category + classify_batch give the same verdicts
     assert "verdicts identical to the fast path: {'prototype': '60/60', 'logistic': '60/60'}" in out
