@@ -20,7 +20,7 @@ from psaguard.conversation import with_hint
 from psaguard.errors import InvalidImageError
 from psaguard.images import image_size, load_image
 from psaguard.injection import IGNORE_INDEX
-from psaguard.tokenization import tokenizer_of
+from psaguard.tokenization import pad_token_id, render_chat, tokenizer_of
 from psaguard.training.data import Example
 
 __all__ = ["IGNORE_INDEX", "Batch", "Collator", "combine_images", "load_example_image"]
@@ -107,8 +107,7 @@ class Collator:
         self.max_length = max_length
         self.max_image_pixels = max_image_pixels
         self.hint = hint
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
 
     def __call__(self, examples: Sequence[Example]) -> Batch:
         encoded = [self.encode(example) for example in examples]
@@ -172,7 +171,7 @@ class Collator:
         return ids, labels
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return render_chat(self.processor, messages, add_generation_prompt=add_generation_prompt)
 
 
 def _last_labelled_run(labels: list[int]) -> int:
