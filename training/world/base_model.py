@@ -199,7 +199,7 @@ def pretrain_vision(model: Any, processor: Any, world: WorldSpec, config: BaseVl
 
 def _probes(width: int, sizes: Sequence[int], generator: torch.Generator) -> torch.nn.ModuleList:
     """Linear probes with PyTorch's default init (uniform in +-1/sqrt(width)) drawn from ``generator``."""
-    probes = torch.nn.ModuleList(torch.nn.Linear(width, k) for k in sizes)
+    probes = torch.nn.ModuleList(torch.nn.utils.skip_init(torch.nn.Linear, width, k) for k in sizes)
     bound = 1 / math.sqrt(width)
     with torch.no_grad():
         for parameter in probes.parameters():

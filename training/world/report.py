@@ -188,17 +188,25 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
     m = metrics if isinstance(metrics, WorldMetrics) else WorldMetrics.model_validate(metrics)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = [
-        f"# {title}",
-        "",
-        "## Goals (held-out test split)",
-        "",
-        "| goal | target | measured | met |",
-        "|---|---|---|---|",
-    ]
+    md = [f"# {title}", *_goals_section(m)]
+    for section in (_heads_section, _pooling_section, _generation_section, _sweep_section, _rates_section):
+        md += section(m, out)
+    if m.notes:
+        md += ["", "## Run", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.notes.items()]
+    path = out / "world_report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def _goals_section(m: WorldMetrics) -> list[str]:
+    md = ["", "## Goals (held-out test split)", "", "| goal | target | measured | met |", "|---|---|---|---|"]
     for goal, target, measured, met in _goal_rows(m):
         md.append(f"| {goal} | {target} | {measured} | {'n/a' if met is None else ('yes' if met else '**no**')} |")
+    return md
 
+
+def _heads_section(m: WorldMetrics, out: Path) -> list[str]:
+    md: list[str] = []
     for variant, head in m.heads.items():
         tag = " (primary)" if variant == m.primary else ""
         md += ["", f"## Safety head: {variant}{tag}", "", "### Risk types", "", *_scores_table(head.types)]
@@ -209,46 +217,53 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
             png = f"confusion_{variant}_{name}.png"
             plot_confusion(matrix.counts, matrix.labels, out / png, f"{variant}: {name}")
             md += ["", f"![{variant} {name} confusion]({png})"]
+    return md
 
-    if m.baseline and all(m.heads[v].joint_types for v in (m.primary, m.baseline)):
-        joint = {v: m.heads[v].joint_types.macro_f1() for v in m.heads if m.heads[v].joint_types}  # type: ignore[union-attr]
-        plot_bars(joint, "Joint risks: macro-F1 by pooling", "macro-F1", out / "pooling_ablation.png")
-        md += ["", "## Pooling ablation (joint risks)", "", "| variant | joint macro-F1 |", "|---|---:|"]
-        md += [f"| {v} | {f:.3f} |" for v, f in joint.items()] + ["", "![pooling ablation](pooling_ablation.png)"]
 
-    if m.generation:
-        g = m.generation
-        md += ["", "## Guarded generation", "", "| metric | value | rows |", "|---|---:|---:|"]
-        md += [f"| refusal on unsafe | {g.refusal_unsafe:.1%} | {g.n_unsafe} |"]
-        md += [f"| over-refusal on safe | {g.over_refusal_safe:.1%} | {g.n_safe} |"]
-        rates = {"refusal (unsafe)": g.refusal_unsafe, "over-refusal (safe)": g.over_refusal_safe}
-        plot_bars(rates, "Refusals", "rate", out / "refusals.png")
-        md += ["", "![refusals](refusals.png)"]
+def _pooling_section(m: WorldMetrics, out: Path) -> list[str]:
+    if not (m.baseline and all(m.heads[v].joint_types for v in (m.primary, m.baseline))):
+        return []
+    joint = {v: m.heads[v].joint_types.macro_f1() for v in m.heads if m.heads[v].joint_types}  # type: ignore[union-attr]
+    plot_bars(joint, "Joint risks: macro-F1 by pooling", "macro-F1", out / "pooling_ablation.png")
+    md = ["", "## Pooling ablation (joint risks)", "", "| variant | joint macro-F1 |", "|---|---:|"]
+    return md + [f"| {v} | {f:.3f} |" for v, f in joint.items()] + ["", "![pooling ablation](pooling_ablation.png)"]
 
-    if m.threshold_sweep:
-        plot_sweep(
-            m.threshold_sweep, out / "threshold_sweep.png", goals=(GOALS["over_refusal_safe"], GOALS["refusal_unsafe"])
-        )
-        md += ["", "## Policy threshold (the head's trade-off)", ""]
-        md += ["Share of test requests the policy acts on (hint, refuse or block) as every rule's level threshold"]
-        md += ["varies; the default is 0.5. Refusal on unsafe can exceed the flagged share: the model also cautions"]
-        md += ["on some requests it was allowed to answer.", ""]
-        md += ["| threshold | flagged unsafe | flagged safe |", "|---:|---:|---:|"]
-        md += [f"| {p.threshold:.2f} | {p.flagged_unsafe:.1%} | {p.flagged_safe:.1%} |" for p in m.threshold_sweep]
-        md += ["", "![threshold sweep](threshold_sweep.png)"]
 
+def _generation_section(m: WorldMetrics, out: Path) -> list[str]:
+    if not m.generation:
+        return []
+    g = m.generation
+    md = ["", "## Guarded generation", "", "| metric | value | rows |", "|---|---:|---:|"]
+    md += [f"| refusal on unsafe | {g.refusal_unsafe:.1%} | {g.n_unsafe} |"]
+    md += [f"| over-refusal on safe | {g.over_refusal_safe:.1%} | {g.n_safe} |"]
+    rates = {"refusal (unsafe)": g.refusal_unsafe, "over-refusal (safe)": g.over_refusal_safe}
+    plot_bars(rates, "Refusals", "rate", out / "refusals.png")
+    return [*md, "", "![refusals](refusals.png)"]
+
+
+def _sweep_section(m: WorldMetrics, out: Path) -> list[str]:
+    if not m.threshold_sweep:
+        return []
+    goals = (GOALS["over_refusal_safe"], GOALS["refusal_unsafe"])
+    plot_sweep(m.threshold_sweep, out / "threshold_sweep.png", goals=goals)
+    md = ["", "## Policy threshold (the head's trade-off)", ""]
+    md += ["Share of test requests the policy acts on (hint, refuse or block) as every rule's level threshold"]
+    md += ["varies; the default is 0.5. Refusal on unsafe can exceed the flagged share: the model also cautions"]
+    md += ["on some requests it was allowed to answer.", ""]
+    md += ["| threshold | flagged unsafe | flagged safe |", "|---:|---:|---:|"]
+    md += [f"| {p.threshold:.2f} | {p.flagged_unsafe:.1%} | {p.flagged_safe:.1%} |" for p in m.threshold_sweep]
+    return [*md, "", "![threshold sweep](threshold_sweep.png)"]
+
+
+def _rates_section(m: WorldMetrics, out: Path) -> list[str]:
+    """VQA accuracy per stage and attack success per attack: a table and a bar plot each."""
+    md: list[str] = []
     if m.vqa:
         plot_bars(dict(m.vqa), "VQA exact-match accuracy (safe test rows)", "accuracy", out / "vqa.png")
         md += ["", "## Capability (VQA accuracy)", "", "| stage | accuracy |", "|---|---:|"]
         md += [f"| {k} | {v:.3f} |" for k, v in m.vqa.items()] + ["", "![vqa](vqa.png)"]
-
     if m.attacks:
         plot_bars(dict(m.attacks), "Attack success (risky requests let through)", "rate", out / "attacks.png")
         md += ["", "## Attacks", "", "| attack | success rate |", "|---|---:|"]
         md += [f"| {k} | {v:.1%} |" for k, v in m.attacks.items()] + ["", "![attacks](attacks.png)"]
-
-    if m.notes:
-        md += ["", "## Run", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.notes.items()]
-    path = out / "world_report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    return md
