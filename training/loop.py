@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -327,7 +327,7 @@ def cosine_schedule(
 
 
 def train_steps(
-    parameters: Sequence[torch.nn.Parameter],
+    parameters: Iterable[torch.nn.Parameter],
     steps: int,
     loss_of: Callable[[int], torch.Tensor],
     *,
