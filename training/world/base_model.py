@@ -333,18 +333,30 @@ def teach_base_vlm(world_dir: str | Path, config: BaseVlmConfig | None = None) -
     probe = pretrain_vision(model, processor, read_summary(world_dir).spec, config)
     sft = train_safe_vqa(model, processor, train, world_dir, config)
     seconds = time.perf_counter() - start
-    n = config.eval_rows
-    safe_test = [r for r in test if r.safe_level == 0][:n]
-    seen = [r for r in safe_test if not r.meta.held_out]
-    held = [r for r in safe_test if r.meta.held_out]
-    result = BaseVlmResult(
-        config=config,
-        vision_probe_accuracy=probe,
-        sft=sft,
-        vqa_train=vqa_accuracy(model, processor, [r for r in train if r.safe_level == 0][:n], world_dir),
-        vqa_test_seen=vqa_accuracy(model, processor, seen, world_dir) if seen else 0.0,
-        vqa_test_held_out=vqa_accuracy(model, processor, held, world_dir) if held else None,
-        vqa_test=vqa_accuracy(model, processor, safe_test, world_dir),
-        seconds=seconds,
-    )
+    vqa = _vqa_by_split(model, processor, train, test, world_dir, config.eval_rows)
+    result = BaseVlmResult(config=config, vision_probe_accuracy=probe, sft=sft, seconds=seconds, **vqa)
     return model, processor, result
+
+
+def _vqa_by_split(
+    model: Any, processor: Any, train: list[WorldRow], test: list[WorldRow], world_dir: str | Path, n: int
+) -> dict[str, float | None]:
+    """:class:`BaseVlmResult`'s VQA fields: accuracy on up to ``n`` safe rows of train and of test (all, seen
+    styles and templates, held-out ones)."""
+    safe_test = _safe_rows(test, n)
+    held = {r.id for r in safe_test if r.meta.held_out}
+
+    def accuracy(rows: list[WorldRow]) -> float | None:
+        return vqa_accuracy(model, processor, rows, world_dir) if rows else None
+
+    return {
+        "vqa_train": vqa_accuracy(model, processor, _safe_rows(train, n), world_dir),
+        "vqa_test_seen": accuracy([r for r in safe_test if r.id not in held]) or 0.0,
+        "vqa_test_held_out": accuracy([r for r in safe_test if r.id in held]),
+        "vqa_test": vqa_accuracy(model, processor, safe_test, world_dir),
+    }
+
+
+def _safe_rows(rows: list[WorldRow], n: int) -> list[WorldRow]:
+    """The first ``n`` safe (level 0) rows."""
+    return [r for r in rows if r.safe_level == 0][:n]
