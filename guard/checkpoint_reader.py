@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from psaguard.errors import CheckpointError
 from psaguard.files import read_json_file
 
-__all__ = ["MODEL_CONFIG_NAME", "SAFE_INDEX_NAME", "SAFE_WEIGHTS_NAME", "CheckpointReader"]
+__all__ = ["MODEL_CONFIG_NAME", "SAFE_INDEX_NAME", "SAFE_WEIGHTS_NAME", "CheckpointReader", "local_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,9 @@ class CheckpointReader:
     @classmethod
     def open(cls, path: str | Path, revision: str | None = None) -> CheckpointReader:
         """A local checkpoint directory, or a hub repo id (then only config and index are fetched now)."""
-        local = Path(path)
-        if local.is_dir():
+        local = local_dir(path, "a saved model")
+        if local is not None:
             return cls(local)
-        if local.exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") > 1:
-            raise CheckpointError(f"{path} is not a directory holding a saved model")
 
         def fetch(files: Sequence[str]) -> None:
             _snapshot(str(path), revision, list(files))
@@ -95,6 +93,20 @@ class CheckpointReader:
                 tensors.update({name: handle.get_tensor(name) for name in wanted})
         logger.debug("read %d tensors from %d of the files of %s", len(tensors), len(files), self.directory)
         return tensors
+
+
+def local_dir(path: str | Path, what: str) -> Path | None:
+    """``path`` as a local directory, or None when it names a hub repo (``owner/name`` or ``name``).
+
+    Raises :class:`CheckpointError` for a path that is neither: an existing file, or a path that looks local
+    (``.``, ``/`` or ``~`` first, or more than one ``/``) but is no directory; the message names ``what``.
+    """
+    local = Path(path)
+    if local.is_dir():
+        return local
+    if local.exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") > 1:
+        raise CheckpointError(f"{path} is not a directory holding {what}")
+    return None
 
 
 @contextmanager

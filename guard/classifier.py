@@ -53,12 +53,14 @@ logger = logging.getLogger(__name__)
 class GuardAnalysis:
     """Verdicts of a batch plus the one vision pass they came from (reused by guarded generation).
 
-    ``features`` is None when no image of the batch could be judged.
+    ``features`` is None when no image of the batch could be judged; ``logits`` are the raw (temperature 1)
+    head logits the verdicts came from, one row per judged request (None with ``features``).
     """
 
     verdicts: list[SafetyVerdict]
     features: VisionFeatures | None
     judged: list[int]
+    logits: HeadLogits | None = None
 
 
 @dataclass(frozen=True)
@@ -192,11 +194,11 @@ class Classifier:
         start = time.perf_counter()
         loaded, errors = self._load(images, prompts)
         verdicts: dict[int, SafetyVerdict] = {}
-        features = None
+        features = logits = None
         if loaded:
             try:
                 grouping = None if requests is None else _group_sizes([requests[index] for index, _, _ in loaded])
-                features, level_probs, type_probs, custom_probs = self._probabilities(
+                features, logits, level_probs, type_probs, custom_probs = self._probabilities(
                     [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded], grouping
                 )
             except GuardInternalError as err:
@@ -213,6 +215,7 @@ class Classifier:
             verdicts=[verdicts[i] for i in range(len(prompts))],
             features=features,
             judged=[index for index, _, _ in loaded],
+            logits=logits,
         )
 
     def judge_requests(self, requests: Sequence[GuardRequest], on_text_only: TextOnlyAction) -> RequestJudgement:
@@ -452,13 +455,13 @@ class Classifier:
 
     def _probabilities(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
-    ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward pass and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
+    ) -> tuple[VisionFeatures, HeadLogits, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward pass, raw logits and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
         try:
             features, logits = self._forward(images, prompts, grouping)
         except RuntimeError as err:
             raise _internal_error(err) from err
-        return (features, *self._calibrated(logits, features.patches))
+        return (features, logits, *self._calibrated(logits, features.patches))
 
     def preprocess(
         self, images: Sequence[Image.Image], grouping: Sequence[int] | None = None

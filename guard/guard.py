@@ -15,6 +15,7 @@ from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
 from psaguard.categories import CategoryBank, category_width
 from psaguard.category_config import CustomCategory, FitMethod
+from psaguard.checkpoint_reader import local_dir
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
@@ -531,11 +532,9 @@ def _load_config(directory: Path, allow_unverified: bool, accept_edited: bool) -
 
 def _resolve_checkpoint(path: str | Path, revision: str | None) -> Path:
     """A local directory as is; otherwise download the guard files of a hub repo."""
-    local = Path(path)
-    if local.is_dir():
+    local = local_dir(path, "a saved guard")
+    if local is not None:
         return local
-    if local.exists() or str(path).startswith((".", "/", "~")) or str(path).count("/") > 1:
-        raise CheckpointError(f"{path} is not a directory holding a saved guard")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

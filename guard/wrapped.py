@@ -24,12 +24,12 @@ import torch
 
 from psaguard.backbones import registered_backbones
 from psaguard.classifier import Classifier
-from psaguard.errors import InvalidInputError
+from psaguard.errors import ConfigError, InvalidInputError, ProcessorError
 from psaguard.generation import check_generate_kwargs
 from psaguard.injection import collapse_image_runs
 from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.policy import GenerationOptions
-from psaguard.tokenization import eos_token_ids, pad_token_id, tokenizer_of
+from psaguard.tokenization import eos_token_ids, pad_token_id, render_chat, tokenizer_of
 
 __all__ = ["GuardedModel"]
 
@@ -195,8 +195,8 @@ def _generation_suffix(processor: Any) -> str | None:
     """What the chat template writes after a user turn's text (end of turn + generation prompt), or None."""
     probe = [{"role": "user", "content": [{"type": "text", "text": _SENTINEL}]}]
     try:
-        rendered = processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
-    except (ValueError, AttributeError, TypeError):
+        rendered = render_chat(processor, probe)
+    except (ConfigError, ProcessorError):
         return None
     return rendered.split(_SENTINEL, 1)[1] if _SENTINEL in rendered else None
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from psaguard import CheckpointError
-from psaguard.checkpoint_reader import SAFE_INDEX_NAME, CheckpointReader
+from psaguard.checkpoint_reader import SAFE_INDEX_NAME, CheckpointReader, local_dir
 
 
 @pytest.fixture
@@ -63,3 +63,13 @@ def test_a_hostile_or_broken_index_raises_checkpoint_error(sharded, index, messa
 def test_a_path_that_is_neither_a_directory_nor_a_repo_id_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a directory"):
         CheckpointReader.open(tmp_path / "missing" / "model")
+
+
+def test_local_dir_tells_a_directory_from_a_repo_id_and_refuses_the_rest(tmp_path):
+    """The one hub-or-local rule of model and guard checkpoints."""
+    assert local_dir(tmp_path, "a saved guard") == tmp_path
+    assert local_dir("owner/name", "a saved guard") is None and local_dir("name", "a saved guard") is None
+    (tmp_path / "file").write_text("x")
+    for path in (tmp_path / "file", "./owner/name", "a/b/c", "~/guard"):
+        with pytest.raises(CheckpointError, match="not a directory holding a saved guard"):
+            local_dir(path, "a saved guard")

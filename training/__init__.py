@@ -26,6 +26,7 @@ _EXPORTS = {
     "build_bnb_config": "psaguard.training.quant",
     "build_lora_config": "psaguard.training.quant",
     "calibrate_guard": "psaguard.training.calibration",
+    "calibrated_guard": "psaguard.training.calibration",
     "evaluate_guard": "psaguard.training.evaluate",
     "load_config": "psaguard.training.config",
     "read_jsonl": "psaguard.training.data",
@@ -37,7 +38,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from psaguard.training.calibration import CalibrationResult, calibrate_guard
+    from psaguard.training.calibration import CalibrationResult, calibrate_guard, calibrated_guard
     from psaguard.training.config import (
         EarlyStopping,
         LoraSettings,

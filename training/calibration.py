@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "ReliabilityBin",
     "apply_calibration",
     "calibrate_guard",
+    "calibrated_guard",
     "fit_temperature",
     "nll",
     "reliability",
@@ -161,8 +163,8 @@ def calibrate_guard(
 ) -> tuple[SafetyGuardConfig, CalibrationResult]:
     """Fit both heads' temperatures on ``examples``; return the guard's config with them, and the fit.
 
-    The guard itself is not changed; :func:`apply_calibration` switches a guard to the returned config, and
-    ``save_pretrained`` then saves it (the weights record the config's digest, so save both).
+    The guard itself is not changed; :func:`calibrated_guard` returns a guard deciding with the returned config,
+    and its ``save_pretrained`` saves it (the weights record the config's digest, so save both).
     """
     predictions = predict(guard, examples, batch_size)
     result = CalibrationResult(
@@ -187,14 +189,17 @@ def calibrate_guard(
     return guard.config.model_copy(update={"head": head}), result
 
 
-def apply_calibration(guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 16) -> CalibrationResult:
-    """Fit ``guard``'s temperatures on ``examples`` and switch ``guard`` to them (same modules); log the fit.
+def calibrated_guard(
+    guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 16
+) -> tuple[SafetyGuard, CalibrationResult]:
+    """A new guard deciding with temperatures fitted on ``examples`` (same model, modules and categories), and
+    the fit; ``guard`` itself is left as it was. Logs the fit.
 
-    For a guard its caller owns (the trainer's, or one loaded to be re-saved): ``guard.save_pretrained``
-    afterwards writes the config with the temperatures and the weights with that config's digest.
+    ``calibrated.save_pretrained(path)`` writes the config with the temperatures and the weights with that
+    config's digest.
     """
     config, result = calibrate_guard(guard, examples, batch_size)
-    guard.classifier = guard.classifier.with_config(config)
+    calibrated = type(guard)(guard.model, guard.processor, config, guard.modules, guard.backbone, guard.classifier.bank)
     heads = [("level", result.level), ("type", result.type)]
     responses = (("response level", result.response_level), ("response type", result.response_type))
     heads += [(name, head) for name, head in responses if head is not None]
@@ -209,4 +214,17 @@ def apply_calibration(guard: SafetyGuard, examples: Sequence[Example], batch_siz
             head.ece_before,
             head.ece_after,
         )
+    return calibrated, result
+
+
+def apply_calibration(guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 16) -> CalibrationResult:
+    """Deprecated: switches ``guard`` itself to the fitted temperatures; use :func:`calibrated_guard`, which
+    returns a new guard and leaves the caller's as it is."""
+    warnings.warn(
+        "apply_calibration changes the guard it is given; use calibrated_guard, which returns a new guard",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    calibrated, result = calibrated_guard(guard, examples, batch_size)
+    guard.classifier = calibrated.classifier
     return result

@@ -155,12 +155,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     scaling, by negative log-likelihood) and save the guard again with them (config and weights; a Stage II
     adapter/ beside them is left as it is)."""
     require_extra("train")
-    from psaguard.training.calibration import apply_calibration
+    from psaguard.training.calibration import calibrated_guard
 
     try:
         guard, examples, _ = _guard_and_data(args)
-        result = apply_calibration(guard, examples, batch_size=args.batch_size)
-        guard.save_pretrained(args.guard)  # the config and the weights that record its digest
+        calibrated, result = calibrated_guard(guard, examples, batch_size=args.batch_size)
+        calibrated.save_pretrained(args.guard)  # the config and the weights that record its digest
     except PsaGuardError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -20,10 +20,10 @@ from psaguard.conversation import with_hint
 from psaguard.errors import InvalidImageError
 from psaguard.images import image_size, load_image
 from psaguard.injection import IGNORE_INDEX
-from psaguard.tokenization import tokenizer_of
+from psaguard.tokenization import pad_token_id, render_chat, tokenizer_of
 from psaguard.training.data import Example
 
-__all__ = ["IGNORE_INDEX", "Batch", "Collator", "combine_images", "load_example_image"]
+__all__ = ["IGNORE_INDEX", "Batch", "Collator", "combine_images", "load_example_image", "pad_batch"]
 
 
 @dataclass
@@ -107,20 +107,13 @@ class Collator:
         self.max_length = max_length
         self.max_image_pixels = max_image_pixels
         self.hint = hint
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
 
     def __call__(self, examples: Sequence[Example]) -> Batch:
         encoded = [self.encode(example) for example in examples]
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, (ids, row_labels) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            if (examples[row].response_level or 0) == 0:  # a harmful answer is never a language-model target
-                labels[row, : len(ids)] = torch.tensor(row_labels)
-            attention_mask[row, : len(ids)] = 1
+        # A harmful answer is never a language-model target.
+        targets = [labels if (e.response_level or 0) == 0 else None for e, (_, labels) in zip(examples, encoded)]
+        input_ids, labels, attention_mask = pad_batch([ids for ids, _ in encoded], targets, self.pad_id)
         images = [load_example_image(example, self.max_image_pixels) for example in examples]
         pixels = dict(self.preprocess(images))
         return Batch(
@@ -172,7 +165,23 @@ class Collator:
         return ids, labels
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return render_chat(self.processor, messages, add_generation_prompt=add_generation_prompt)
+
+
+def pad_batch(
+    ids: Sequence[Sequence[int] | torch.Tensor], labels: Sequence[Sequence[int] | torch.Tensor | None], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``(input_ids, labels, attention_mask)`` of token rows and their labels (None: no target)."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    padded = torch.full((len(ids), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for index, (row, row_labels) in enumerate(zip(ids, labels)):
+        input_ids[index, : len(row)] = torch.as_tensor(row)
+        if row_labels is not None:
+            padded[index, : len(row)] = torch.as_tensor(row_labels)
+        attention_mask[index, : len(row)] = 1
+    return input_ids, padded, attention_mask
 
 
 def _last_labelled_run(labels: list[int]) -> int:

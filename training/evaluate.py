@@ -28,7 +28,13 @@ from psaguard.taxonomy import Taxonomy
 from psaguard.training.calibration import ReliabilityBin, reliability, softmax
 from psaguard.training.collate import load_example_image
 from psaguard.training.data import DatasetReport, Example
-from psaguard.training.metrics import binary_rates, confusion_matrix, macro_f1_of, one_vs_rest
+from psaguard.training.metrics import (
+    ClassMetrics,
+    binary_rates,
+    class_metrics,
+    confusion_matrix,
+    macro_f1_of,
+)
 from psaguard.training.predict import Predictions, predict
 from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_sweep
 from psaguard.verdict import SafetyVerdict
@@ -51,20 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class ClassMetrics(BaseModel):
-    """One-vs-rest metrics of one class."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    code: str = Field(description="Class code.")
-    support: int = Field(description="Examples whose label is this class.")
-    predicted: int = Field(description="Examples predicted as this class.")
-    precision: float = Field(description="TP / (TP + FP); 0 when nothing is predicted as this class.")
-    recall: float = Field(description="TP / (TP + FN); 0 when the class has no example.")
-    f1: float = Field(description="Harmonic mean of precision and recall.")
-    fpr: float = Field(description="False-positive rate FP / (FP + TN).")
 
 
 class HeadReport(BaseModel):
@@ -270,25 +262,11 @@ def head_report(labels: Sequence[int], probs: np.ndarray, codes: Sequence[str], 
     labels_arr = np.asarray(labels, dtype=np.int64)
     predicted = probs.argmax(axis=1)
     confusion = confusion_matrix(labels_arr.tolist(), predicted.tolist(), len(codes))
-    classes = []
-    for code, (tp, fp, tn, fn) in zip(codes, one_vs_rest(confusion)):
-        precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
-        classes.append(
-            ClassMetrics(
-                code=code,
-                support=tp + fn,
-                predicted=tp + fp,
-                precision=precision,
-                recall=recall,
-                f1=f1,
-                fpr=fpr,
-            )
-        )
     bins_cal, ece = reliability(probs, labels_arr, bins)
     return HeadReport(
         accuracy=float((predicted == labels_arr).mean()) if len(labels_arr) else 0.0,
         macro_f1=macro_f1_of(confusion),
-        classes=classes,
+        classes=class_metrics(confusion, codes),
         confusion=confusion,
         ece=ece,
         reliability=bins_cal,

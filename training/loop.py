@@ -10,8 +10,9 @@ uninterrupted run would.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,15 @@ from psaguard.training.keep_best import KeepBest
 from psaguard.training.metrics import macro_f1
 from psaguard.training.objective import GuardObjective, StepOutput
 
-__all__ = ["TrainTask", "epoch_order", "evaluate_objective", "linear_schedule", "run_training"]
+__all__ = [
+    "TrainTask",
+    "cosine_schedule",
+    "epoch_order",
+    "evaluate_objective",
+    "linear_schedule",
+    "run_training",
+    "train_steps",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +310,58 @@ def linear_schedule(
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak over ``warmup_steps``, then cosine decay to 5 % of the peak at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_steps(
+    parameters: Iterable[torch.nn.Parameter],
+    steps: int,
+    loss_of: Callable[[int], torch.Tensor],
+    *,
+    lr: float,
+    warmup_steps: int,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    desc: str = "training",
+    progress_bar: bool = False,
+) -> list[float]:
+    """The plain loop for a model outside a guard (the synthetic world's base VLM): per step, ``loss_of(step)``,
+    backward, clip to ``max_grad_norm``, AdamW step, :func:`cosine_schedule`. Returns each step's loss.
+
+    One process, no accumulation, no checkpoints: runs short enough to be repeated rather than resumed.
+    ``loss_of`` draws its own batch, from its own generator.
+    """
+    from tqdm.auto import tqdm
+
+    params = list(parameters)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = cosine_schedule(optimizer, warmup_steps, steps)
+    losses: list[float] = []
+    # disable=None: no bar when stderr is not a terminal
+    for step in tqdm(range(steps), desc=desc, disable=None if progress_bar else True):
+        loss = loss_of(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            logger.info("%s step %d loss %.4f", desc, step, losses[-1])
+    return losses
 
 
 def epoch_order(num_examples: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:

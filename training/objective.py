@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from psaguard.backbones import VisionFeatures
 from psaguard.guard import SafetyGuard
 from psaguard.injection import IGNORE_INDEX, build_llm_inputs
+from psaguard.tokenization import pad_token_id
 from psaguard.training.collate import Batch
 
 __all__ = ["GuardObjective", "StepOutput"]
@@ -58,8 +59,7 @@ class GuardObjective(nn.Module):
         self.lm_weight = lm_weight
         self.head_weight = head_weight
         self.inject_llm_tokens = guard.config.tokens.inject_llm_tokens
-        tokenizer = guard.prompts.tokenizer
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(guard.prompts.tokenizer)
 
     def forward(self, batch: Batch) -> StepOutput:
         backbone = self.guard.backbone

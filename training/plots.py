@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from psaguard.training.calibration import ReliabilityBin
     from psaguard.training.sweep import SweepPoint
 
-__all__ = ["plot_confusion", "plot_history", "plot_reliability", "plot_sweep"]
+__all__ = ["plot_bars", "plot_confusion", "plot_history", "plot_reliability", "plot_sweep"]
 
 
 def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Path:
@@ -117,6 +117,21 @@ def plot_sweep(points: Sequence[SweepPoint], path: str | Path, goals: tuple[floa
         axes.axhline(goals[1], color="grey", linestyle=":", linewidth=1)
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="flagged safe (over-refusal bound)", ylabel="flagged unsafe")
     axes.set_title("Policy threshold trade-off" + (" (goals dotted)" if goals is not None else ""))
+    return _save(figure, path)
+
+
+def plot_bars(
+    values: Mapping[str, float], title: str, ylabel: str, path: str | Path, limit: float | None = 1.0
+) -> Path:
+    """One labelled bar per value (the y axis up to 1.1 x ``limit``, unless None)."""
+    figure = _figure(max(3.5, 0.9 * len(values) + 1.5), 3.2)
+    axes = figure.subplots()
+    bars = axes.bar(list(values), list(values.values()), color="#4c72b0")
+    axes.bar_label(bars, fmt="%.3f")
+    if limit is not None:
+        axes.set_ylim(0, limit * 1.1)
+    axes.set(ylabel=ylabel, title=title)
+    axes.tick_params(axis="x", rotation=20)
     return _save(figure, path)
 
 

@@ -2,7 +2,8 @@
 
 Evaluation and calibration both start here: every example is judged with ``guard.analyze`` on its image
 and :attr:`~psaguard.training.data.Example.prompt` (the text the guard judges at inference), so the
-verdicts scored are exactly what the policy does; the raw logits come from the same vision pass.
+verdicts scored are exactly what the policy does; the raw logits are the ones those verdicts came from (one
+vision pass and one head pass per batch).
 """
 
 from __future__ import annotations
@@ -54,11 +55,10 @@ def predict(guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 1
         images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
         prompts = [e.prompt for e in chunk]
         analysis = guard.analyze(images, prompts)
-        if analysis.features is None or len(analysis.judged) != len(chunk):
+        logits = analysis.logits
+        if logits is None or len(analysis.judged) != len(chunk):
             bad = next(i for i in range(len(chunk)) if i not in analysis.judged)
             raise chunk[bad].error(f"the guard could not judge this example: {analysis.verdicts[bad].error}")
-        with torch.inference_mode():
-            logits = guard.head_logits(analysis.features, prompts)
         verdicts += analysis.verdicts
         level.append(logits.level.float().cpu().numpy())
         kind.append(logits.type.float().cpu().numpy())

@@ -15,7 +15,7 @@ from typing import Any
 
 from psaguard.errors import ConfigError
 from psaguard.guard import TORCH_DTYPES, SafetyGuard
-from psaguard.training.calibration import apply_calibration
+from psaguard.training.calibration import calibrated_guard
 from psaguard.training.config import Stage1Config
 from psaguard.training.diagnostics import label_entropy, warn_untrained_llm_tokens
 from psaguard.training.loop import TrainTask
@@ -78,9 +78,10 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
     chance = label_entropy(e.level for e in train_set) + label_entropy(e.type for e in train_set)
 
     def save_result(out: Path) -> None:
+        result = guard
         if cfg.calibrate and eval_set and cfg.head_loss_weight > 0:
-            apply_calibration(guard, eval_set, cfg.eval_batch_size or cfg.batch_size)
-        guard.save_pretrained(out)
+            result, _ = calibrated_guard(guard, eval_set, cfg.eval_batch_size or cfg.batch_size)
+        result.save_pretrained(out)
 
     task = TrainTask(objective, train_set, eval_set, collate, save_result=save_result, chance_head_loss=chance)
     return StageSetup(task=task, guard=guard, reports=reports)

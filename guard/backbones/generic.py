@@ -42,6 +42,7 @@ from psaguard.backbones.llava import image_processor_outputs
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
 from psaguard.injection import ImageLayout, features_as_tensor
+from psaguard.tokenization import render_chat
 
 __all__ = [
     "CROSS_ATTENTION_TYPES",
@@ -423,8 +424,10 @@ def _template_image_text(processor: Any) -> str | None:
     """What the processor's chat template writes for one image part (None without a usable template)."""
     try:
         with_image, without = (
-            processor.apply_chat_template(
-                [{"role": "user", "content": [*parts, {"type": "text", "text": "x"}]}], tokenize=False
+            render_chat(
+                processor,
+                [{"role": "user", "content": [*parts, {"type": "text", "text": "x"}]}],
+                add_generation_prompt=False,
             )
             for parts in ([{"type": "image"}], [])
         )

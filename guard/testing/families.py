@@ -26,6 +26,7 @@ from psaguard.testing.llava import (
     tiny_chat_template,
     tiny_tokenizer,
 )
+from psaguard.tokenization import render_chat
 
 __all__ = [
     "TinyBuild",
@@ -145,7 +146,7 @@ def _check_generates(model: Any, processor: Any) -> None:
     from PIL import Image
 
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
-    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    text = render_chat(processor, conversation)
     try:
         inputs = processor(images=[Image.new("RGB", (56, 40), (200, 30, 30))], text=text, return_tensors="pt")
         with torch.inference_mode():

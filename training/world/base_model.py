@@ -3,7 +3,9 @@
 :func:`build_base_vlm` makes a tiny LLaVA (:mod:`psaguard.testing.llava`) whose tokenizer knows every world word;
 :func:`train_safe_vqa` teaches it the safe rows of a world with a plain supervised loop (all weights
 trainable, loss on the answer tokens only); :func:`vqa_accuracy` measures exact-match accuracy with
-greedy decoding. Sized to run on a laptop CPU in about a minute.
+greedy decoding. Both training runs go through the trainer's plain loop
+(:func:`psaguard.training.loop.train_steps`), with batches drawn from their own generators, so nothing here
+touches the global random state. Sized to run on a laptop CPU in about a minute.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from psaguard.injection import IGNORE_INDEX
 from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
+from psaguard.tokenization import pad_token_id, render_chat, tokenizer_of
+from psaguard.training.collate import pad_batch
+from psaguard.training.loop import train_steps
 from psaguard.training.world.build import SPLITS, WorldRow, WorldSpec, read_rows, read_summary
 from psaguard.training.world.concepts import (
     COLOURS,
@@ -162,27 +166,28 @@ def pretrain_vision(model: Any, processor: Any, world: WorldSpec, config: BaseVl
     layer = model.config.vision_feature_layer
     width = tower.config.hidden_size
     sizes = (len(_SUBJECTS), len(COLOURS), 3)
-    probes = torch.nn.ModuleList(torch.nn.Linear(width, k) for k in sizes)
-    params = [*tower.parameters(), *probes.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.01)
-    warmup = min(100, config.vision_steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, warmup, config.vision_steps))
+    probes = _probes(width, sizes, torch.Generator().manual_seed(config.seed + 1))
     generator = torch.Generator().manual_seed(config.seed)
     tower.train()
 
     def features(batch: torch.Tensor) -> torch.Tensor:
         return tower(batch, output_hidden_states=True).hidden_states[layer][:, 1:].mean(dim=1)
 
-    bar = None if config.progress_bar else True  # None: no bar when stderr is not a terminal
-    for _ in tqdm(range(config.vision_steps), desc="vision pre-training", disable=bar):
+    def loss_of(_step: int) -> torch.Tensor:
         idx = torch.randint(len(scenes), (min(config.vision_batch, len(scenes)),), generator=generator)
         pooled = features(pixels[idx])
-        loss = sum(torch.nn.functional.cross_entropy(p(pooled), labels[idx, k]) for k, p in enumerate(probes))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        return sum(torch.nn.functional.cross_entropy(p(pooled), labels[idx, k]) for k, p in enumerate(probes))
+
+    train_steps(
+        [*tower.parameters(), *probes.parameters()],
+        config.vision_steps,
+        loss_of,
+        lr=config.vision_lr,
+        warmup_steps=min(100, config.vision_steps // 10),
+        weight_decay=0.01,
+        desc="vision pre-training",
+        progress_bar=config.progress_bar,
+    )
     tower.eval()
     with torch.no_grad():
         pooled = features(fresh)
@@ -192,14 +197,23 @@ def pretrain_vision(model: Any, processor: Any, world: WorldSpec, config: BaseVl
     return accuracy
 
 
+def _probes(width: int, sizes: Sequence[int], generator: torch.Generator) -> torch.nn.ModuleList:
+    """Linear probes with PyTorch's default init (uniform in +-1/sqrt(width)) drawn from ``generator``."""
+    probes = torch.nn.ModuleList(torch.nn.utils.skip_init(torch.nn.Linear, width, k) for k in sizes)
+    bound = 1 / math.sqrt(width)
+    with torch.no_grad():
+        for parameter in probes.parameters():
+            parameter.uniform_(-bound, bound, generator=generator)
+    return probes
+
+
 def _chat(processor: Any, prompt: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return render_chat(processor, [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}])
 
 
 def encode_rows(processor: Any, rows: Sequence[WorldRow], world_dir: str | Path) -> list[dict[str, torch.Tensor]]:
     """Tokenize rows for SFT: ids of chat prompt + response + EOS, labels masked to the response."""
-    eos = processor.tokenizer.eos_token
+    eos = tokenizer_of(processor).eos_token
     encoded = []
     for row in rows:
         image = Image.open(Path(world_dir) / row.image).convert("RGB")
@@ -214,15 +228,21 @@ def encode_rows(processor: Any, rows: Sequence[WorldRow], world_dir: str | Path)
 
 
 def _collate(items: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(i["input_ids"]) for i in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for k, item in enumerate(items):
-        n = len(item["input_ids"])
-        ids[k, :n], labels[k, :n], mask[k, :n] = item["input_ids"], item["labels"], 1
+    ids, labels, mask = pad_batch([i["input_ids"] for i in items], [i["labels"] for i in items], pad_id)
     pixels = torch.stack([i["pixel_values"] for i in items])
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
+
+
+def _batches(
+    data: Sequence[dict[str, torch.Tensor]], batch_size: int, pad_id: int, generator: torch.Generator
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches of ``data``: a seeded permutation, drawn again when the rest cannot fill a batch."""
+    order, cursor = torch.randperm(len(data), generator=generator), 0
+    while True:
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(len(data), generator=generator), 0
+        yield _collate([data[int(i)] for i in order[cursor : cursor + batch_size]], pad_id)
+        cursor += batch_size
 
 
 def train_safe_vqa(
@@ -238,33 +258,21 @@ def train_safe_vqa(
     if not safe:
         raise ValueError("no safe rows to train on")
     data = encode_rows(processor, safe, world_dir)
-    generator = torch.Generator().manual_seed(config.seed)
     tower = model.model.vision_tower
     tower.requires_grad_(False)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config.warmup, config.steps))
-    pad_id = processor.tokenizer.pad_token_id
-    losses: list[float] = []
     start = time.perf_counter()
     model.train()
     tower.eval()
-    order = torch.randperm(len(data), generator=generator)
-    cursor = 0
-    for step in range(config.steps):
-        if cursor + config.batch_size > len(order):
-            order, cursor = torch.randperm(len(data), generator=generator), 0
-        batch = _collate([data[int(i)] for i in order[cursor : cursor + config.batch_size]], pad_id)
-        cursor += config.batch_size
-        loss = model(**batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            logger.info("base vqa step %d loss %.4f", step, losses[-1])
+    generator = torch.Generator().manual_seed(config.seed)
+    batches = _batches(data, config.batch_size, pad_token_id(tokenizer_of(processor)), generator)
+    losses = train_steps(
+        [p for p in model.parameters() if p.requires_grad],
+        config.steps,
+        lambda _step: model(**next(batches)).loss,
+        lr=config.lr,
+        warmup_steps=config.warmup,
+        desc="base vqa",
+    )
     model.eval()
     tower.requires_grad_(True)
     return SftResult(
@@ -274,14 +282,6 @@ def train_safe_vqa(
         last_loss=sum(losses[-10:]) / len(losses[-10:]),
         seconds=time.perf_counter() - start,
     )
-
-
-def _lr_factor(step: int, warmup: int, steps: int) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
@@ -304,7 +304,7 @@ def vqa_accuracy(
         texts = [_chat(processor, r.prompt) for r in chunk]
         inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers = tokenizer_of(processor).batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         correct += sum(split_words(a) == split_words(r.response) for a, r in zip(answers, chunk))
     return correct / len(safe)
 
@@ -327,25 +327,36 @@ class BaseVlmResult(BaseModel):
 def teach_base_vlm(world_dir: str | Path, config: BaseVlmConfig | None = None) -> tuple[Any, Any, BaseVlmResult]:
     """Build a tiny base VLM and teach it a built world's safe VQA; returns model, processor, result."""
     config = config or BaseVlmConfig()
-    torch.manual_seed(config.seed)
     train, test = read_rows(world_dir, "train"), read_rows(world_dir, "test")
     model, processor = build_base_vlm(config)
     start = time.perf_counter()
     probe = pretrain_vision(model, processor, read_summary(world_dir).spec, config)
     sft = train_safe_vqa(model, processor, train, world_dir, config)
     seconds = time.perf_counter() - start
-    n = config.eval_rows
-    safe_test = [r for r in test if r.safe_level == 0][:n]
-    seen = [r for r in safe_test if not r.meta.held_out]
-    held = [r for r in safe_test if r.meta.held_out]
-    result = BaseVlmResult(
-        config=config,
-        vision_probe_accuracy=probe,
-        sft=sft,
-        vqa_train=vqa_accuracy(model, processor, [r for r in train if r.safe_level == 0][:n], world_dir),
-        vqa_test_seen=vqa_accuracy(model, processor, seen, world_dir) if seen else 0.0,
-        vqa_test_held_out=vqa_accuracy(model, processor, held, world_dir) if held else None,
-        vqa_test=vqa_accuracy(model, processor, safe_test, world_dir),
-        seconds=seconds,
-    )
+    vqa = _vqa_by_split(model, processor, train, test, world_dir, config.eval_rows)
+    result = BaseVlmResult(config=config, vision_probe_accuracy=probe, sft=sft, seconds=seconds, **vqa)
     return model, processor, result
+
+
+def _vqa_by_split(
+    model: Any, processor: Any, train: list[WorldRow], test: list[WorldRow], world_dir: str | Path, n: int
+) -> dict[str, float | None]:
+    """:class:`BaseVlmResult`'s VQA fields: accuracy on up to ``n`` safe rows of train and of test (all, seen
+    styles and templates, held-out ones)."""
+    safe_test = _safe_rows(test, n)
+    held = {r.id for r in safe_test if r.meta.held_out}
+
+    def accuracy(rows: list[WorldRow]) -> float | None:
+        return vqa_accuracy(model, processor, rows, world_dir) if rows else None
+
+    return {
+        "vqa_train": vqa_accuracy(model, processor, _safe_rows(train, n), world_dir),
+        "vqa_test_seen": accuracy([r for r in safe_test if r.id not in held]) or 0.0,
+        "vqa_test_held_out": accuracy([r for r in safe_test if r.id in held]),
+        "vqa_test": vqa_accuracy(model, processor, safe_test, world_dir),
+    }
+
+
+def _safe_rows(rows: list[WorldRow], n: int) -> list[WorldRow]:
+    """The first ``n`` safe (level 0) rows."""
+    return [r for r in rows if r.safe_level == 0][:n]

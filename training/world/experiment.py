@@ -1,13 +1,19 @@
 """The world experiment: build a world, teach a tiny base VLM its safe VQA, train a guard, and report.
 
-:func:`run_experiment` runs every step of ``psaguard world run`` for an :class:`ExperimentSpec`:
+:func:`run_experiment` runs every step of ``psaguard world run`` for an :class:`ExperimentSpec`, each a
+function of its own:
 
 1. build the world (:func:`~psaguard.training.world.build.build_world`) and a tiny base VLM with the world
    vocabulary, taught the world's safe VQA (:mod:`~psaguard.training.world.base_model`);
 2. Stage I twice with the project's trainer, text-aware ``mean`` pooling (the guard) and the paper's
    ``first`` pooling (the ablation), then a short Stage II (LoRA, or QLoRA with ``qlora``) on the first;
-3. score on the held-out test split and the attack split (:mod:`~psaguard.training.world.scoring`);
+3. score on the held-out test split (``psaguard eval``'s report: metrics, calibration, threshold sweep)
+   and the attack split (:mod:`~psaguard.training.world.scoring`);
 4. write the report (:func:`~psaguard.training.world.report.write_report`) and ``metrics.json``.
+
+The run leaves no global state behind: torch's CPU thread count is restored afterwards, and every random
+draw of the world and the base model comes from generators seeded by the spec (the two stages seed as the
+trainer does).
 """
 
 from __future__ import annotations
@@ -15,20 +21,25 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from psaguard.guard import SafetyGuard
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.config import LoraSettings, QuantConfig, Stage1Config, Stage2Config
 from psaguard.training.data import read_jsonl
-from psaguard.training.evaluate import evaluate_guard
+from psaguard.training.evaluate import EvalReport, evaluate_guard
 from psaguard.training.stage1 import train_stage1
 from psaguard.training.stage2 import train_stage2
 from psaguard.training.world.base_model import (
     BaseVlmConfig,
+    SftResult,
     build_base_vlm,
     pretrain_vision,
     train_safe_vqa,
@@ -36,13 +47,13 @@ from psaguard.training.world.base_model import (
 )
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import load_trained_guard
-from psaguard.training.world.report import GenerationEval, WorldMetrics, write_report
+from psaguard.training.world.report import GenerationEval, HeadEval, WorldMetrics, write_report
 from psaguard.training.world.scoring import (
+    GuardedAnswer,
     answer_rows,
     calibration_notes,
     head_eval,
     refusal_rate,
-    threshold_sweep,
     vqa_rate,
 )
 
@@ -51,6 +62,9 @@ __all__ = ["PRESETS", "ExperimentResult", "ExperimentSpec", "StageSettings", "ru
 logger = logging.getLogger(__name__)
 
 Preset = Literal["ci", "cpu", "gpu"]
+
+POOLINGS = ("mean", "first")
+"""Stage I runs: text-aware ``mean`` pooling (the guard) and the paper's ``first`` pooling (the ablation)."""
 
 
 class StageSettings(BaseModel):
@@ -274,110 +288,204 @@ def _joint_ids(rows: list[WorldRow]) -> set[str]:
     return {r.id for r in rows if r.meta.kind == "joint" or r.meta.twin_of is not None}
 
 
+@dataclass(frozen=True)
+class _World:
+    """A built world: its directory and the rows of the splits the experiment reads."""
+
+    directory: Path
+    train: list[WorldRow]
+    test: list[WorldRow]
+    attack: list[WorldRow]
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The trained tiny base VLM: where it is saved and what its training measured."""
+
+    directory: Path
+    probe: float
+    sft: SftResult
+    vqa: float
+
+
+@dataclass(frozen=True)
+class _Generation:
+    """Guarded answers to the test and attack rows and what they score."""
+
+    answers: list[GuardedAnswer]
+    scores: GenerationEval
+    attacks: dict[str, float]
+    vqa: float
+    correct: set[str]
+
+
+class _Clock:
+    """Wall-clock seconds of each step, logged as each ends."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._last, 1)
+        self._last = now
+        logger.info("world run: %s done in %.1f s", name, self.timings[name])
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``threads`` for the run and restored after it (None: left alone)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResult:
-    """Run the whole experiment into ``out_dir`` (world/, base/, stage1-*/, stage2/, report/)."""
+    """Run the whole experiment into ``out_dir`` (world/, base/, stage1-*/, stage2/, report/).
+
+    torch's CPU thread count is ``spec.threads`` during the run and what it was afterwards; every random
+    draw comes from generators seeded by the spec, so the run leaves the global random state alone.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 1)
-        clock = now
-        logger.info("world run: %s done in %.1f s", name, timings[name])
-
-    world_dir = out / "world"
-    build_world(world_dir, spec.world)
-    train_rows, test_rows, attack_rows = (read_rows(world_dir, s) for s in ("train", "test", "attack"))
-    lap("world")
-
-    torch.manual_seed(spec.seed)
-    model, processor = build_base_vlm(spec.base)
-    probe = pretrain_vision(model, processor, spec.world, spec.base)
-    sft = train_safe_vqa(model, processor, capability_rows(train_rows), world_dir, spec.base)
-    base_dir = out / "base"
-    model.save_pretrained(base_dir)
-    processor.save_pretrained(base_dir)
-    vqa_base = vqa_accuracy(model, processor, test_rows, world_dir, max_new_tokens=spec.max_new_tokens)
-    del model
-    lap("base model")
-
-    stage1_dirs = {p: _stage1(spec, base_dir, world_dir, out / f"stage1-{p}", p) for p in ("mean", "first")}
-    lap("stage I (mean + first)")
-    guard_dir = _stage2(spec, base_dir, world_dir, stage1_dirs["mean"], out / "stage2")
-    lap("stage II")
-
-    examples, _ = read_jsonl(world_dir / "test.jsonl")
-    joint = _joint_ids(test_rows)
-    heads = {"mean": None, "first": None}
-    first_guard = load_trained_guard(base_dir, stage1_dirs["first"], adapter=False)
-    heads["first"] = head_eval(first_guard, examples, joint)
-    del first_guard
-    guard = load_trained_guard(base_dir, guard_dir, adapter=True)
-    mean_report = evaluate_guard(guard, examples)
-    heads["mean"] = head_eval(guard, examples, joint, mean_report)
-    sweep = threshold_sweep(guard, test_rows, world_dir)
-    lap("head evaluation")
-
-    answers = answer_rows(guard, test_rows, world_dir, max_new_tokens=spec.max_new_tokens)
-    by_id = {r.id: r for r in test_rows}
-    unsafe = [a for a in answers if by_id[a.row_id].safe_level > 0]
-    safe = [a for a in answers if by_id[a.row_id].safe_level == 0]
-    attacked = answer_rows(guard, attack_rows, world_dir, max_new_tokens=spec.max_new_tokens)
-    attack_kind = {r.id: r.meta.attack for r in attack_rows}
-    attacks = {"none": 1 - refusal_rate(unsafe)}
-    for kind in ("suffix", "typo"):
-        hit = [a for a in attacked if attack_kind[a.row_id] == kind]
-        if hit:
-            attacks[kind] = 1 - refusal_rate(hit)
-    lap("guarded generation")
-
+    clock = _Clock()
+    with _torch_threads(spec.threads):
+        world = _build(spec, out)
+        clock.lap("world")
+        base = _teach_base(spec, world, out / "base")
+        clock.lap("base model")
+        stage1_dirs = {p: _stage1(spec, base.directory, world.directory, out / f"stage1-{p}", p) for p in POOLINGS}
+        clock.lap("stage I (mean + first)")
+        guard_dir = _stage2(spec, base.directory, world.directory, stage1_dirs["mean"], out / "stage2")
+        clock.lap("stage II")
+        heads, report, guard = _evaluate_heads(base.directory, stage1_dirs["first"], guard_dir, world)
+        clock.lap("head evaluation")
+        generation = _generate(guard, world, spec.max_new_tokens)
+        clock.lap("guarded generation")
     stage1_loss = _losses(stage1_dirs["mean"])
     metrics = WorldMetrics(
         heads=heads,
         primary="mean",
         baseline="first",
-        generation=GenerationEval(
-            refusal_unsafe=refusal_rate(unsafe),
-            over_refusal_safe=refusal_rate(safe, count_hints=True),
-            n_unsafe=len(unsafe),
-            n_safe=len(safe),
-        ),
-        vqa={"base": vqa_base, "guarded": vqa_rate(safe)},
+        generation=generation.scores,
+        vqa={"base": base.vqa, "guarded": generation.vqa},
         vqa_reference="base",
         vqa_final="guarded",
-        attacks=attacks,
-        threshold_sweep=sweep,
-        notes={
-            "preset": spec.preset or "custom",
-            "seed": spec.seed,
-            "rows train / test / attack": f"{len(train_rows)} / {len(test_rows)} / {len(attack_rows)}",
-            "image size": spec.world.image_size,
-            "base vision pre-training probe accuracy": f"{probe:.3f}",
-            "base SFT loss first -> last": f"{sft.first_loss:.3f} -> {sft.last_loss:.3f} ({sft.steps} steps)",
-            "stage I head loss first -> last (mean)": f"{stage1_loss[0]:.3f} -> {stage1_loss[1]:.3f}",
-            "stage I / II steps": f"{spec.stage1.steps} / {spec.stage2.steps}",
-            "stage II": f"{'QLoRA (NF4)' if spec.qlora else 'LoRA (fp32)'} r={spec.lora_r}",
-            "safety tokens": spec.num_tokens,
-            **calibration_notes(mean_report, sweep),
-            **{f"time {k} (s)": v for k, v in timings.items()},
-            "time total (s)": round(sum(timings.values()), 1),
-        },
+        attacks=generation.attacks,
+        threshold_sweep=report.threshold_sweep,
+        notes=_notes(spec, world, base, stage1_loss, report, clock.timings),
     )
-    report_dir = out / "report"
-    report = write_report(metrics, report_dir, title=f"Synthetic world report ({spec.preset or 'custom'} preset)")
-    (report_dir / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n")
-    (report_dir / "answers.jsonl").write_text("".join(a.model_dump_json() + "\n" for a in answers))
     return ExperimentResult(
         metrics=metrics,
-        report=report,
-        base_dir=base_dir,
+        report=_write(metrics, generation.answers, out / "report", spec.preset),
+        base_dir=base.directory,
         guard_dir=guard_dir,
-        base_loss=(sft.first_loss, sft.last_loss),
+        base_loss=(base.sft.first_loss, base.sft.last_loss),
         stage1_loss=stage1_loss,
-        correct_ids={a.row_id for a in answers if a.correct or (a.refused and by_id[a.row_id].safe_level == 3)},
+        correct_ids=generation.correct,
     )
+
+
+def _build(spec: ExperimentSpec, out: Path) -> _World:
+    """Step 1: build the world and read the splits the experiment uses."""
+    directory = out / "world"
+    build_world(directory, spec.world)
+    return _World(directory, *(read_rows(directory, s) for s in ("train", "test", "attack")))
+
+
+def _teach_base(spec: ExperimentSpec, world: _World, directory: Path) -> _Base:
+    """Step 2: a tiny base VLM with the world's vocabulary, taught its safe VQA, saved to ``directory``."""
+    model, processor = build_base_vlm(spec.base)
+    probe = pretrain_vision(model, processor, spec.world, spec.base)
+    sft = train_safe_vqa(model, processor, capability_rows(world.train), world.directory, spec.base)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    vqa = vqa_accuracy(model, processor, world.test, world.directory, max_new_tokens=spec.max_new_tokens)
+    return _Base(directory, probe, sft, vqa)
+
+
+def _evaluate_heads(
+    base_dir: Path, first_dir: Path, guard_dir: Path, world: _World
+) -> tuple[dict[str, HeadEval], EvalReport, SafetyGuard]:
+    """Step 4: the confusion matrices of both poolings on the test split, the guard's eval report (its
+    threshold sweep and calibration are the report's), and the guard (loaded after the ablation's is freed)."""
+    examples, _ = read_jsonl(world.directory / "test.jsonl")
+    joint = _joint_ids(world.test)
+    first_guard = load_trained_guard(base_dir, first_dir, adapter=False)
+    first = head_eval(first_guard, examples, joint)
+    del first_guard  # one trained guard in memory at a time
+    guard = load_trained_guard(base_dir, guard_dir, adapter=True)
+    report = evaluate_guard(guard, examples)
+    return {"mean": head_eval(guard, examples, joint, report), "first": first}, report, guard
+
+
+def _generate(guard: SafetyGuard, world: _World, max_new_tokens: int) -> _Generation:
+    """Step 5: guarded answers to the test rows (refusals, over-refusals, VQA) and to the attack rows."""
+    answers = answer_rows(guard, world.test, world.directory, max_new_tokens=max_new_tokens)
+    by_id = {r.id: r for r in world.test}
+    unsafe = [a for a in answers if by_id[a.row_id].safe_level > 0]
+    safe = [a for a in answers if by_id[a.row_id].safe_level == 0]
+    scores = GenerationEval(
+        refusal_unsafe=refusal_rate(unsafe),
+        over_refusal_safe=refusal_rate(safe, count_hints=True),
+        n_unsafe=len(unsafe),
+        n_safe=len(safe),
+    )
+    attacks = {"none": 1 - refusal_rate(unsafe), **_attack_success(guard, world, max_new_tokens)}
+    # Right answers: the target answer, or a refusal of a level-3 request (whose target is the refusal).
+    correct = {a.row_id for a in answers if a.correct or (a.refused and by_id[a.row_id].safe_level == 3)}
+    return _Generation(answers, scores, attacks, vqa_rate(safe), correct)
+
+
+def _attack_success(guard: SafetyGuard, world: _World, max_new_tokens: int) -> dict[str, float]:
+    """Share of the attack rows of each attack that were not refused."""
+    attacked = answer_rows(guard, world.attack, world.directory, max_new_tokens=max_new_tokens)
+    kind_of = {r.id: r.meta.attack for r in world.attack}
+    success = {}
+    for kind in ("suffix", "typo"):
+        hit = [a for a in attacked if kind_of[a.row_id] == kind]
+        if hit:
+            success[kind] = 1 - refusal_rate(hit)
+    return success
+
+
+def _notes(
+    spec: ExperimentSpec,
+    world: _World,
+    base: _Base,
+    stage1_loss: tuple[float, float],
+    report: EvalReport,
+    timings: dict[str, float],
+) -> dict[str, str | float | int]:
+    """The report's run table: sizes, settings, losses, calibration and timings."""
+    sft = base.sft
+    return {
+        "preset": spec.preset or "custom",
+        "seed": spec.seed,
+        "rows train / test / attack": f"{len(world.train)} / {len(world.test)} / {len(world.attack)}",
+        "image size": spec.world.image_size,
+        "base vision pre-training probe accuracy": f"{base.probe:.3f}",
+        "base SFT loss first -> last": f"{sft.first_loss:.3f} -> {sft.last_loss:.3f} ({sft.steps} steps)",
+        "stage I head loss first -> last (mean)": f"{stage1_loss[0]:.3f} -> {stage1_loss[1]:.3f}",
+        "stage I / II steps": f"{spec.stage1.steps} / {spec.stage2.steps}",
+        "stage II": f"{'QLoRA (NF4)' if spec.qlora else 'LoRA (fp32)'} r={spec.lora_r}",
+        "safety tokens": spec.num_tokens,
+        **calibration_notes(report, report.threshold_sweep),
+        **{f"time {k} (s)": v for k, v in timings.items()},
+        "time total (s)": round(sum(timings.values()), 1),
+    }
+
+
+def _write(metrics: WorldMetrics, answers: list[GuardedAnswer], report_dir: Path, preset: str | None) -> Path:
+    """Step 6: the markdown report with its plots, ``metrics.json`` and ``answers.jsonl``; the report's path."""
+    report = write_report(metrics, report_dir, title=f"Synthetic world report ({preset or 'custom'} preset)")
+    (report_dir / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n")
+    (report_dir / "answers.jsonl").write_text("".join(a.model_dump_json() + "\n" for a in answers))
+    return report

@@ -12,13 +12,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from psaguard.training.metrics import binary_rates, one_vs_rest
-from psaguard.training.plots import plot_sweep
+from psaguard.training.metrics import ClassMetrics, class_metrics, macro_f1_of
+from psaguard.training.plots import plot_bars, plot_confusion, plot_sweep
 from psaguard.training.sweep import SweepPoint
 
 __all__ = [
     "GOALS",
-    "ClassScores",
     "ConfusionMatrix",
     "GenerationEval",
     "HeadEval",
@@ -35,19 +34,6 @@ GOALS = {
     "pooling_gap_joint_f1": 0.20,
 }
 """Targets on the held-out test split (the world issue's goals)."""
-
-
-class ClassScores(BaseModel):
-    """One-vs-rest scores of one class."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    label: str = Field(description="Class name.")
-    support: int = Field(description="True rows of the class.")
-    precision: float = Field(description="TP / (TP + FP); 0 when nothing was predicted.")
-    recall: float = Field(description="TP / (TP + FN); 0 without support.")
-    f1: float = Field(description="Harmonic mean of precision and recall.")
-    fpr: float = Field(description="FP / (FP + TN): how often other rows are called this class.")
 
 
 class ConfusionMatrix(BaseModel):
@@ -71,18 +57,13 @@ class ConfusionMatrix(BaseModel):
     def total(self) -> int:
         return sum(map(sum, self.counts))
 
-    def scores(self) -> list[ClassScores]:
-        """Per-class precision, recall, F1 and false-positive rate."""
-        out = []
-        for label, (tp, fp, tn, fn) in zip(self.labels, one_vs_rest(self.counts)):
-            precision, recall, f1, fpr = binary_rates(tp, fp, tn, fn)
-            out.append(ClassScores(label=label, support=tp + fn, precision=precision, recall=recall, f1=f1, fpr=fpr))
-        return out
+    def scores(self) -> list[ClassMetrics]:
+        """Per-class precision, recall, F1 and false-positive rate (the metrics ``psaguard eval`` reports)."""
+        return class_metrics(self.counts, self.labels)
 
     def macro_f1(self) -> float:
         """Mean F1 over classes that have support."""
-        present = [s.f1 for s in self.scores() if s.support]
-        return sum(present) / len(present) if present else 0.0
+        return macro_f1_of(self.counts, supported_only=True)
 
     def accuracy(self) -> float:
         return sum(self.counts[k][k] for k in range(len(self.labels))) / self.total if self.total else 0.0
@@ -197,53 +178,9 @@ def _goal_rows(m: WorldMetrics) -> list[tuple[str, str, str, bool | None]]:
 def _scores_table(matrix: ConfusionMatrix) -> list[str]:
     lines = ["| class | support | precision | recall | F1 | FPR |", "|---|---:|---:|---:|---:|---:|"]
     for s in matrix.scores():
-        lines.append(f"| {s.label} | {s.support} | {s.precision:.3f} | {s.recall:.3f} | {s.f1:.3f} | {s.fpr:.3f} |")
+        lines.append(f"| {s.code} | {s.support} | {s.precision:.3f} | {s.recall:.3f} | {s.f1:.3f} | {s.fpr:.3f} |")
     lines.append(f"| **macro** | {matrix.total} | | | **{matrix.macro_f1():.3f}** | |")
     return lines
-
-
-def _plot_confusion(matrix: ConfusionMatrix, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; safe in CI and threads
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    counts = np.asarray(matrix.counts, dtype=float)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    n = len(matrix.labels)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n), dpi=100)
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), matrix.labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), matrix.labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(counts[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _plot_bars(values: dict[str, float], title: str, ylabel: str, path: Path, limit: float | None = 1.0) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(values) + 1.5), 3.2), dpi=100)
-    bars = ax.bar(list(values), list(values.values()), color="#4c72b0")
-    ax.bar_label(bars, fmt="%.3f")
-    if limit is not None:
-        ax.set_ylim(0, limit * 1.1)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str = "Synthetic world report") -> Path:
@@ -251,17 +188,25 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
     m = metrics if isinstance(metrics, WorldMetrics) else WorldMetrics.model_validate(metrics)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = [
-        f"# {title}",
-        "",
-        "## Goals (held-out test split)",
-        "",
-        "| goal | target | measured | met |",
-        "|---|---|---|---|",
-    ]
+    md = [f"# {title}", *_goals_section(m)]
+    for section in (_heads_section, _pooling_section, _generation_section, _sweep_section, _rates_section):
+        md += section(m, out)
+    if m.notes:
+        md += ["", "## Run", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.notes.items()]
+    path = out / "world_report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def _goals_section(m: WorldMetrics) -> list[str]:
+    md = ["", "## Goals (held-out test split)", "", "| goal | target | measured | met |", "|---|---|---|---|"]
     for goal, target, measured, met in _goal_rows(m):
         md.append(f"| {goal} | {target} | {measured} | {'n/a' if met is None else ('yes' if met else '**no**')} |")
+    return md
 
+
+def _heads_section(m: WorldMetrics, out: Path) -> list[str]:
+    md: list[str] = []
     for variant, head in m.heads.items():
         tag = " (primary)" if variant == m.primary else ""
         md += ["", f"## Safety head: {variant}{tag}", "", "### Risk types", "", *_scores_table(head.types)]
@@ -270,48 +215,55 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
             if matrix is None:
                 continue
             png = f"confusion_{variant}_{name}.png"
-            _plot_confusion(matrix, f"{variant}: {name}", out / png)
+            plot_confusion(matrix.counts, matrix.labels, out / png, f"{variant}: {name}")
             md += ["", f"![{variant} {name} confusion]({png})"]
+    return md
 
-    if m.baseline and all(m.heads[v].joint_types for v in (m.primary, m.baseline)):
-        joint = {v: m.heads[v].joint_types.macro_f1() for v in m.heads if m.heads[v].joint_types}  # type: ignore[union-attr]
-        _plot_bars(joint, "Joint risks: macro-F1 by pooling", "macro-F1", out / "pooling_ablation.png")
-        md += ["", "## Pooling ablation (joint risks)", "", "| variant | joint macro-F1 |", "|---|---:|"]
-        md += [f"| {v} | {f:.3f} |" for v, f in joint.items()] + ["", "![pooling ablation](pooling_ablation.png)"]
 
-    if m.generation:
-        g = m.generation
-        md += ["", "## Guarded generation", "", "| metric | value | rows |", "|---|---:|---:|"]
-        md += [f"| refusal on unsafe | {g.refusal_unsafe:.1%} | {g.n_unsafe} |"]
-        md += [f"| over-refusal on safe | {g.over_refusal_safe:.1%} | {g.n_safe} |"]
-        rates = {"refusal (unsafe)": g.refusal_unsafe, "over-refusal (safe)": g.over_refusal_safe}
-        _plot_bars(rates, "Refusals", "rate", out / "refusals.png")
-        md += ["", "![refusals](refusals.png)"]
+def _pooling_section(m: WorldMetrics, out: Path) -> list[str]:
+    if not (m.baseline and all(m.heads[v].joint_types for v in (m.primary, m.baseline))):
+        return []
+    joint = {v: m.heads[v].joint_types.macro_f1() for v in m.heads if m.heads[v].joint_types}  # type: ignore[union-attr]
+    plot_bars(joint, "Joint risks: macro-F1 by pooling", "macro-F1", out / "pooling_ablation.png")
+    md = ["", "## Pooling ablation (joint risks)", "", "| variant | joint macro-F1 |", "|---|---:|"]
+    return md + [f"| {v} | {f:.3f} |" for v, f in joint.items()] + ["", "![pooling ablation](pooling_ablation.png)"]
 
-    if m.threshold_sweep:
-        plot_sweep(
-            m.threshold_sweep, out / "threshold_sweep.png", goals=(GOALS["over_refusal_safe"], GOALS["refusal_unsafe"])
-        )
-        md += ["", "## Policy threshold (the head's trade-off)", ""]
-        md += ["Share of test requests the policy acts on (hint, refuse or block) as every rule's level threshold"]
-        md += ["varies; the default is 0.5. Refusal on unsafe can exceed the flagged share: the model also cautions"]
-        md += ["on some requests it was allowed to answer.", ""]
-        md += ["| threshold | flagged unsafe | flagged safe |", "|---:|---:|---:|"]
-        md += [f"| {p.threshold:.2f} | {p.flagged_unsafe:.1%} | {p.flagged_safe:.1%} |" for p in m.threshold_sweep]
-        md += ["", "![threshold sweep](threshold_sweep.png)"]
 
+def _generation_section(m: WorldMetrics, out: Path) -> list[str]:
+    if not m.generation:
+        return []
+    g = m.generation
+    md = ["", "## Guarded generation", "", "| metric | value | rows |", "|---|---:|---:|"]
+    md += [f"| refusal on unsafe | {g.refusal_unsafe:.1%} | {g.n_unsafe} |"]
+    md += [f"| over-refusal on safe | {g.over_refusal_safe:.1%} | {g.n_safe} |"]
+    rates = {"refusal (unsafe)": g.refusal_unsafe, "over-refusal (safe)": g.over_refusal_safe}
+    plot_bars(rates, "Refusals", "rate", out / "refusals.png")
+    return [*md, "", "![refusals](refusals.png)"]
+
+
+def _sweep_section(m: WorldMetrics, out: Path) -> list[str]:
+    if not m.threshold_sweep:
+        return []
+    goals = (GOALS["over_refusal_safe"], GOALS["refusal_unsafe"])
+    plot_sweep(m.threshold_sweep, out / "threshold_sweep.png", goals=goals)
+    md = ["", "## Policy threshold (the head's trade-off)", ""]
+    md += ["Share of test requests the policy acts on (hint, refuse or block) as every rule's level threshold"]
+    md += ["varies; the default is 0.5. Refusal on unsafe can exceed the flagged share: the model also cautions"]
+    md += ["on some requests it was allowed to answer.", ""]
+    md += ["| threshold | flagged unsafe | flagged safe |", "|---:|---:|---:|"]
+    md += [f"| {p.threshold:.2f} | {p.flagged_unsafe:.1%} | {p.flagged_safe:.1%} |" for p in m.threshold_sweep]
+    return [*md, "", "![threshold sweep](threshold_sweep.png)"]
+
+
+def _rates_section(m: WorldMetrics, out: Path) -> list[str]:
+    """VQA accuracy per stage and attack success per attack: a table and a bar plot each."""
+    md: list[str] = []
     if m.vqa:
-        _plot_bars(dict(m.vqa), "VQA exact-match accuracy (safe test rows)", "accuracy", out / "vqa.png")
+        plot_bars(dict(m.vqa), "VQA exact-match accuracy (safe test rows)", "accuracy", out / "vqa.png")
         md += ["", "## Capability (VQA accuracy)", "", "| stage | accuracy |", "|---|---:|"]
         md += [f"| {k} | {v:.3f} |" for k, v in m.vqa.items()] + ["", "![vqa](vqa.png)"]
-
     if m.attacks:
-        _plot_bars(dict(m.attacks), "Attack success (risky requests let through)", "rate", out / "attacks.png")
+        plot_bars(dict(m.attacks), "Attack success (risky requests let through)", "rate", out / "attacks.png")
         md += ["", "## Attacks", "", "| attack | success rate |", "|---|---:|"]
         md += [f"| {k} | {v:.1%} |" for k, v in m.attacks.items()] + ["", "![attacks](attacks.png)"]
-
-    if m.notes:
-        md += ["", "## Run", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.notes.items()]
-    path = out / "world_report.md"
-    path.write_text("\n".join(md) + "\n")
-    return path
+    return md

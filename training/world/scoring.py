@@ -12,6 +12,9 @@ Definitions (documented in docs/world.md):
 * **VQA accuracy** = safe requests whose answer equals the target word for word; for the guarded model
   the answer is ``guard.generate``'s text, so refusals and hints of safe requests count as wrong.
 * **Attack success** = share of risky attack rows that were *not* refused.
+* The **threshold sweep** is ``psaguard eval``'s (:func:`psaguard.training.sweep.threshold_sweep`, in
+  :attr:`~psaguard.training.evaluate.EvalReport.threshold_sweep`): in the world a row is risky exactly when
+  it is unsafe (every row above level 0 has a risk type).
 """
 
 from __future__ import annotations
@@ -26,14 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from psaguard.guard import SafetyGuard
 from psaguard.training.data import Example
 from psaguard.training.evaluate import EvalReport, HeadReport, evaluate_guard
-from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_for_recall
-from psaguard.training.sweep import threshold_sweep as sweep_verdicts
+from psaguard.training.sweep import SweepPoint, threshold_for_recall
 from psaguard.training.world.build import WorldRow
 from psaguard.training.world.report import ConfusionMatrix, HeadEval
 from psaguard.training.world.vocabulary import split_words
 
 __all__ = [
-    "DEFAULT_SWEEP",
     "REFUSAL_MARKERS",
     "GuardedAnswer",
     "answer_rows",
@@ -41,7 +42,6 @@ __all__ = [
     "head_eval",
     "is_refusal",
     "refusal_rate",
-    "threshold_sweep",
     "vqa_rate",
 ]
 
@@ -87,26 +87,6 @@ def head_eval(
         levels=_confusion(report.level, report.level_codes),
         joint_types=joint_types,
     )
-
-
-def threshold_sweep(
-    guard: SafetyGuard,
-    rows: Sequence[WorldRow],
-    world_dir: str | Path,
-    thresholds: Sequence[float] = DEFAULT_SWEEP,
-    batch_size: int = 64,
-) -> list[SweepPoint]:
-    """Shares of unsafe and safe ``rows`` the guard's policy acts on, with every rule's level threshold set to t.
-
-    One head pass; :func:`psaguard.training.sweep.threshold_sweep` re-decides the stored probabilities.
-    """
-    verdicts = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        images = [Image.open(Path(world_dir) / r.image).convert("RGB") for r in chunk]
-        verdicts += guard.classify_batch(images, [r.prompt for r in chunk])
-    unsafe = [r.safe_level > 0 for r in rows]
-    return sweep_verdicts(verdicts, unsafe, guard.policy, guard.config.taxonomy, thresholds)
 
 
 def answer_rows(

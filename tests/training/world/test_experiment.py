@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from psaguard.training.world.build import read_rows
-from psaguard.training.world.experiment import ExperimentSpec, capability_rows, run_experiment
+from psaguard.training.world.experiment import ExperimentSpec, _torch_threads, capability_rows, run_experiment
 from psaguard.training.world.scoring import is_refusal
 
 
@@ -118,3 +118,11 @@ def test_demo_assets_hold_model_guard_examples_and_the_runs_numbers(ci_run, tmp_
     assert json.loads((dest / "headline.json").read_text()) == headline
     assert set(headline) == {"type_macro_f1", "refusal_unsafe", "over_refusal_safe"}
     assert f"head type macro-F1 {headline['type_macro_f1']:.2f}" in _headline(dest)
+
+
+def test_the_runs_thread_count_is_restored_afterwards_even_on_error():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), _torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+        raise RuntimeError("a step failed")
+    assert torch.get_num_threads() == before

@@ -54,6 +54,8 @@ def test_vision_pretraining_beats_chance_on_fresh_images(small_world):
         text_hidden=64, vision_hidden=64, vision_layers=2, vision_corpus=256, vision_steps=60, progress_bar=False
     )
     model, processor = build_base_vlm(config)
+    global_state = torch.get_rng_state()
     accuracy = pretrain_vision(model, processor, read_summary(small_world).spec, config)
     # Mean of the subject (29 classes), colour (6) and count (3) probes: chance is about 0.18.
     assert accuracy > 0.4
+    assert torch.equal(torch.get_rng_state(), global_state)  # probes and batches come from local generators

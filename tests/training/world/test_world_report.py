@@ -68,3 +68,18 @@ def test_metrics_reject_an_unknown_primary_variant():
     bad = {**_metrics(), "primary": "cls"}
     with pytest.raises(ValidationError, match="not in heads"):
         WorldMetrics.model_validate(bad)
+
+
+def test_the_world_scores_classes_with_psaguard_evals_metrics():
+    import numpy as np
+
+    from psaguard.training.evaluate import head_report
+
+    labels, predicted = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 0]
+    report = head_report(labels, np.eye(3)[predicted], TYPES)
+    matrix = ConfusionMatrix(labels=TYPES, counts=report.confusion)
+    assert matrix.scores() == report.classes  # one model of per-class metrics, one computation
+    assert matrix.macro_f1() == pytest.approx(report.macro_f1)  # every class has rows: the same macro-F1
+    # A class no row has but the head predicts: eval counts its F1 of 0, the world's macro-F1 leaves it out.
+    unsupported = ConfusionMatrix(labels=TYPES, counts=[[2, 0, 1], [0, 2, 0], [0, 0, 0]])
+    assert unsupported.macro_f1() == pytest.approx((0.8 + 1.0) / 2)
