@@ -38,7 +38,7 @@ from langchain_core.messages.utils import convert_to_messages
 from langchain_core.prompt_values import ChatPromptValue, PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import patch_config
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from psaguard.adapters.answers import AnswerCheck
 from psaguard.adapters.messages import IMAGE_BLOCK_TYPES
@@ -83,11 +83,10 @@ class GuardGate(RunnableSerializable[Any, Any]):
         "judged); False skips answer checks, the only way to use a guard without a response head.",
     )
 
-    @model_validator(mode="after")
-    def _needs_response_head(self) -> GuardGate:
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if self.check_responses:  # fail closed: a guard that cannot judge answers is refused, not bypassed
-            self.guard_runnable.guard.classifier.require_response_head()
-        return self
+            self.guard_runnable.guard.classifier.require_response_head()  # typed error, not a ValidationError
 
     def answer_check(self, request: GuardRequest) -> AnswerCheck | None:
         """The check of the answer to ``request``; None when answers are not checked (``check_responses=False``,
