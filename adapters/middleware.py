@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
+from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_event
 from langchain_core.messages import AIMessage
 
 from psaguard.adapters.answers import AnswerCheck
@@ -35,6 +36,7 @@ from psaguard.adapters.gate import (
     replace_risky,
 )
 from psaguard.adapters.runnable import GuardRunnable
+from psaguard.adapters.verdicts import VERDICT_EVENT, response_verdict_metadata
 from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
 from psaguard.policy import TextOnlyAction
@@ -90,8 +92,9 @@ class PsaGuardMiddleware(AgentMiddleware):
         if check is None or isinstance(response, AIMessage):  # unchecked, or the request's refusal
             return response
         answer = _answer(response)
-        if answer is None or check.judge(answer) is None:
+        if answer is None or (verdict := check.judge(answer)) is None:
             return response
+        dispatch_custom_event(VERDICT_EVENT, response_verdict_metadata(verdict))  # to the agent's model-node run
         return _with_answer(response, answer, check.outcome(answer))
 
     async def awrap_model_call(self, request: ModelRequest, handler: _AsyncHandler) -> ModelResponse | Any:
@@ -103,8 +106,9 @@ class PsaGuardMiddleware(AgentMiddleware):
         if check is None or isinstance(response, AIMessage):
             return response
         answer = _answer(response)
-        if answer is None or await asyncio.to_thread(check.judge, answer) is None:
+        if answer is None or (verdict := await asyncio.to_thread(check.judge, answer)) is None:
             return response
+        await adispatch_custom_event(VERDICT_EVENT, response_verdict_metadata(verdict))
         return _with_answer(response, answer, check.outcome(answer))
 
     def _answer_check(self, request: GuardRequest) -> AnswerCheck | None:

@@ -155,14 +155,14 @@ def _released_before_stop(judged: list[str], window: int) -> str:
     return " ".join(last_safe.split()[:-window])
 
 
-async def _collect(gate, value, astream: bool) -> tuple[list[Any], BaseException | None]:
+async def _collect(gate, value, astream: bool, config: Any = None) -> tuple[list[Any], BaseException | None]:
     chunks: list[Any] = []
     try:
         if astream:
-            async for chunk in gate.astream(value):
+            async for chunk in gate.astream(value, config):
                 chunks.append(chunk)
         else:
-            for chunk in gate.stream(value):
+            for chunk in gate.stream(value, config):
                 chunks.append(chunk)
     except ResponseBlocked as err:
         return chunks, err
@@ -172,9 +172,12 @@ async def _collect(gate, value, astream: bool) -> tuple[list[Any], BaseException
 @pytest.mark.parametrize("astream", [False, True])
 async def test_a_safe_stream_comes_out_whole_in_several_chunks(make_guard, image_message_content, astream):
     guard, judged = word_guard(make_guard)
-    chunks, _ = await _collect(guarded(fake_model(SAFE), guard), _request(image_message_content), astream)
+    events = Events()
+    gate = guarded(fake_model(SAFE), guard)
+    chunks, _ = await _collect(gate, _request(image_message_content), astream, {"callbacks": [events]})
     assert "".join(c.content for c in chunks) == SAFE and len(chunks) > 2
     assert judged[-1] == SAFE  # the final judgement covers the whole answer
+    assert [(e["side"], e["action"]) for e in events.seen] == [("request", "allow"), ("response", "allow")]
 
 
 @pytest.mark.parametrize("astream", [False, True])
@@ -250,7 +253,10 @@ async def test_the_middleware_judges_the_agent_model_answer(make_guard, image_me
             with pytest.raises(ResponseBlocked):
                 await agent.ainvoke(turn) if run == "ainvoke" else agent.invoke(turn)
             continue
-        out = await agent.ainvoke(turn) if run == "ainvoke" else agent.invoke(turn)
+        events = Events()
+        config = {"callbacks": [events]}
+        out = await agent.ainvoke(turn, config) if run == "ainvoke" else agent.invoke(turn, config)
+        assert [(e["side"], e["action"]) for e in events.seen] == [("request", "allow"), ("response", "replace")]
         last = out["messages"][-1]
         assert "personal privacy" in last.content and WORD not in last.content and not last.tool_calls
         assert last.response_metadata["psaguard"]["side"] == "response"
