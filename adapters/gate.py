@@ -47,7 +47,6 @@ from psaguard.adapters.verdicts import VERDICT_EVENT, OnBlock, response_verdict_
 from psaguard.errors import GuardBlocked, PsaGuardError
 from psaguard.guard import SafetyGuard
 from psaguard.policy import TextOnlyAction, refusal_text
-from psaguard.request import GuardRequest
 from psaguard.verdict import SafetyVerdict
 
 __all__ = [
@@ -88,12 +87,14 @@ class GuardGate(RunnableSerializable[Any, Any]):
         if self.check_responses:  # fail closed: a guard that cannot judge answers is refused, not bypassed
             self.guard_runnable.guard.classifier.require_response_head()  # typed error, not a ValidationError
 
-    def answer_check(self, request: GuardRequest) -> AnswerCheck | None:
-        """The check of the answer to ``request``; None when answers are not checked (``check_responses=False``,
-        or a request without images, which the image-based guard cannot judge and ``on_text_only`` let through)."""
-        if not self.check_responses or not request.images:
+    def answer_check(self, value: Any) -> AnswerCheck | None:
+        """The check of the answer to the request ``value`` (as judged, before any hint or replacement); None
+        when answers are not checked (``check_responses=False``, or a request without images, which the
+        image-based guard cannot judge and ``on_text_only`` let through)."""
+        if not self.check_responses:
             return None
-        return AnswerCheck(self.guard_runnable.guard, request, self.on_block)
+        request = self.guard_runnable.parse(value)
+        return AnswerCheck(self.guard_runnable.guard, request, self.on_block) if request.images else None
 
     def route(self, value: Any, verdict: SafetyVerdict) -> _Route:
         """Where a judged request goes: ``("pass", input for bound)`` or ``("end", final output)``."""
@@ -151,30 +152,27 @@ class GuardGate(RunnableSerializable[Any, Any]):
     # ------------------------------------------------------------------ internals
     def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kw: Any) -> Any:
         child = patch_config(config, callbacks=run_manager.get_child())
-        request = self.guard_runnable.parse(value)
-        where, routed = self.route(value, self.guard_runnable.invoke(request, child))
+        where, routed = self.route(value, self.guard_runnable.invoke(value, child))
         if where == "end":
             return routed
-        return self._checked(request, self.bound.invoke(routed, child, **kw), child)
+        return self._checked(value, self.bound.invoke(routed, child, **kw), child)
 
     async def _ainvoke(
         self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **kw: Any
     ) -> Any:
         child = patch_config(config, callbacks=run_manager.get_child())
-        request = self.guard_runnable.parse(value)
-        where, routed = self.route(value, await self.guard_runnable.ainvoke(request, child))
+        where, routed = self.route(value, await self.guard_runnable.ainvoke(value, child))
         if where == "end":
             return routed
-        return await self._achecked(request, await self.bound.ainvoke(routed, child, **kw), child)
+        return await self._achecked(value, await self.bound.ainvoke(routed, child, **kw), child)
 
     def _stream(self, values: Iterator[Any], config: RunnableConfig, **kw: Any) -> Iterator[Any]:
         value = _single(values)
-        request = self.guard_runnable.parse(value)
-        where, routed = self.route(value, self.guard_runnable.invoke(request, config))
+        where, routed = self.route(value, self.guard_runnable.invoke(value, config))
         if where == "end":
             yield AIMessageChunk(content=routed.content, response_metadata=routed.response_metadata)
             return
-        check = self.answer_check(request)
+        check = self.answer_check(value)
         if check is None:
             yield from self.bound.stream(routed, config, **kw)
             return
@@ -194,12 +192,11 @@ class GuardGate(RunnableSerializable[Any, Any]):
     async def _astream(self, values: AsyncIterator[Any], config: RunnableConfig, **kw: Any) -> AsyncIterator[Any]:
         items = [value async for value in values]
         value = _single(iter(items))
-        request = self.guard_runnable.parse(value)
-        where, routed = self.route(value, await self.guard_runnable.ainvoke(request, config))
+        where, routed = self.route(value, await self.guard_runnable.ainvoke(value, config))
         if where == "end":
             yield AIMessageChunk(content=routed.content, response_metadata=routed.response_metadata)
             return
-        check = self.answer_check(request)
+        check = self.answer_check(value)
         if check is None:
             async for chunk in self.bound.astream(routed, config, **kw):
                 yield chunk
@@ -218,16 +215,16 @@ class GuardGate(RunnableSerializable[Any, Any]):
         for released in [*tail, *check.exit_chunks()]:
             yield released
 
-    def _checked(self, request: GuardRequest, output: Any, config: RunnableConfig) -> Any:
+    def _checked(self, value: Any, output: Any, config: RunnableConfig) -> Any:
         """``output`` after the answer check: as is when it passed, else its exit (raises for 'error')."""
-        check = self.answer_check(request)
+        check = self.answer_check(value)
         if check is None or check.judge(output) is None:
             return output
         _send(check, config)
         return check.outcome(output)
 
-    async def _achecked(self, request: GuardRequest, output: Any, config: RunnableConfig) -> Any:
-        check = self.answer_check(request)
+    async def _achecked(self, value: Any, output: Any, config: RunnableConfig) -> Any:
+        check = self.answer_check(value)
         if check is None or await asyncio.to_thread(check.judge, output) is None:
             return output
         await _asend(check, config)
@@ -245,7 +242,7 @@ class GuardGate(RunnableSerializable[Any, Any]):
                 if isinstance(output, Exception):
                     continue
                 try:
-                    results[i] = self._checked(self.guard_runnable.parse(inputs[i]), output, config[i])
+                    results[i] = self._checked(inputs[i], output, config[i])
                 except PsaGuardError as err:
                     results[i] = err
         return results
@@ -261,7 +258,7 @@ class GuardGate(RunnableSerializable[Any, Any]):
                     results[i] = output
                     continue
                 try:
-                    results[i] = await self._achecked(self.guard_runnable.parse(inputs[i]), output, config[i])
+                    results[i] = await self._achecked(inputs[i], output, config[i])
                 except PsaGuardError as err:
                     results[i] = err
         return results

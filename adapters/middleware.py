@@ -40,7 +40,6 @@ from psaguard.adapters.verdicts import VERDICT_EVENT, response_verdict_metadata
 from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
 from psaguard.policy import TextOnlyAction
-from psaguard.request import GuardRequest
 from psaguard.verdict import SafetyVerdict
 
 __all__ = ["PsaGuardMiddleware"]
@@ -85,9 +84,8 @@ class PsaGuardMiddleware(AgentMiddleware):
         self.check_responses = check_responses
 
     def wrap_model_call(self, request: ModelRequest, handler: _Handler) -> ModelResponse | Any:
-        judged = self.judge.parse(request.messages)
-        verdict = self.judge.invoke(judged)
-        check = self._answer_check(judged)
+        verdict = self.judge.invoke(request.messages)
+        check = self._answer_check(request)
         response = self._route(request, verdict, handler)
         if check is None or isinstance(response, AIMessage):  # unchecked, or the request's refusal
             return response
@@ -98,9 +96,8 @@ class PsaGuardMiddleware(AgentMiddleware):
         return _with_answer(response, answer, check.outcome(answer))
 
     async def awrap_model_call(self, request: ModelRequest, handler: _AsyncHandler) -> ModelResponse | Any:
-        judged = self.judge.parse(request.messages)
-        verdict = await self.judge.ainvoke(judged)
-        check = self._answer_check(judged)
+        verdict = await self.judge.ainvoke(request.messages)
+        check = self._answer_check(request)
         routed = self._route(request, verdict, handler)
         response = await routed if isinstance(routed, Awaitable) else routed
         if check is None or isinstance(response, AIMessage):
@@ -111,10 +108,13 @@ class PsaGuardMiddleware(AgentMiddleware):
         await adispatch_custom_event(VERDICT_EVENT, response_verdict_metadata(verdict))
         return _with_answer(response, answer, check.outcome(answer))
 
-    def _answer_check(self, request: GuardRequest) -> AnswerCheck | None:
-        if not self.check_responses or not request.images:
+    def _answer_check(self, request: ModelRequest) -> AnswerCheck | None:
+        """The check of the answer to the conversation as judged (before any hint or replacement); None when
+        answers are not checked (``check_responses=False``, or a conversation without images)."""
+        if not self.check_responses:
             return None
-        return AnswerCheck(self.judge.guard, request, self.on_block)
+        judged = self.judge.parse(request.messages)
+        return AnswerCheck(self.judge.guard, judged, self.on_block) if judged.images else None
 
     def _route(self, request: ModelRequest, verdict: SafetyVerdict, handler: Callable[[ModelRequest], Any]) -> Any:
         """The handler's result on the (possibly changed) request, or the refusal; raises for 'error'."""
