@@ -13,6 +13,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.runnables import RunnableLambda
 
 from psaguard import (
+    ConfigError,
     GuardPolicy,
     InvalidInputError,
     ResponseBlocked,
@@ -301,3 +302,14 @@ def test_guarded_chat_model_streams_through_the_monitor(make_guard, image_messag
     meta = chunks[-1].response_metadata
     assert meta["finish_reason"] == "content_filter"
     assert meta["psaguard_response"]["action"] == "replace" and meta["psaguard_response"]["tokens_judged"] == 6
+
+
+def test_guarded_chat_model_check_responses_false_turns_the_monitor_off(make_guard, image_message_content):
+    guard = with_response(make_guard("allow"), interval=2, window=1)
+    checked = GuardedChatModel(guard=guard, max_tokens=6).invoke(_request(image_message_content))
+    assert checked.response_metadata["psaguard_response"]["action"] == "allow"  # the monitor judged it
+    reply = GuardedChatModel(guard=guard, max_tokens=6, check_responses=False).invoke(_request(image_message_content))
+    assert "psaguard_response" not in reply.response_metadata and reply.content == checked.content
+    assert reply.response_metadata["finish_reason"] != "content_filter"
+    with pytest.raises(ConfigError, match="monitor"):  # answers asked to be checked, the policy switches it off
+        GuardedChatModel(guard=with_response(guard, monitor=False))
