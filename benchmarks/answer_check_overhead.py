@@ -5,10 +5,10 @@
 A fake chat model (langchain-core's ``GenericFakeChatModel``) streams the same ``--words``-word answer
 instantly, so the time is the guard's alone: judging the request, then (answer checks on) one vision pass for
 the answer and one response-head call every ``interval`` tokens of the guard's tokenizer, plus tokenizing the
-answer so far at each chunk. The response policy allows every answer, so nothing stops. Printed: the median
-wall time of one guarded stream per variant and the time it adds to the variant without answer checks
-(a real hosted model's own latency comes on top of both). Medians of ``--repeats`` round-robin runs after one
-warm-up, with the machine they ran on.
+answer so far once ``interval`` new characters have arrived. The response policy allows every answer, so
+nothing stops. Printed: the median wall time of one guarded stream per variant and the time it adds to the
+variant without answer checks (a real hosted model's own latency comes on top of both). Medians of
+``--repeats`` round-robin runs after one warm-up, with the machine they ran on.
 """
 
 from __future__ import annotations

@@ -205,6 +205,8 @@ class AnswerMonitor:
         if self.stopped:
             return ""
         self.text += chunk
+        if len(self.text) - self._judged_chars < self.policy.interval:
+            return ""  # fewer new characters than `interval`: not `interval` new tokens yet (no tokenizing)
         ends = self._token_ends()
         if len(ends) - self._judged_tokens < self.policy.interval:
             return ""
