@@ -8,11 +8,12 @@ least ``policy.response.window`` tokens behind the last judged position. A flagg
 exits as a flagged request (:data:`~psaguard.adapters.verdicts.OnBlock`): ``"end"`` (an ``AIMessage`` holding
 the replacement), ``"replace"`` (the answer, same type, with its text replaced and its tool calls dropped) or
 ``"error"`` (:class:`~psaguard.errors.ResponseBlocked`); None follows the response policy (replace -> replace,
-block -> error). The answer's verdict is in ``response_metadata["psaguard"]`` (``"side": "response"``).
+block -> error). The answer's verdict is in ``response_metadata["psaguard_response"]`` (``"side": "response"``),
+as in the server and ``GuardedChatModel``; ``"psaguard"`` holds request verdicts.
 
 Only text is judged: a message's ``.text`` (text blocks), or a string. An answer without text (tool calls
 only) passes unjudged; any other output (a dict, a parsed object) raises :class:`~psaguard.errors.InvalidInputError`,
-since the guard cannot judge it (pass ``check_responses=False`` to skip answer checks).
+since the guard cannot judge it (pass ``check_answers=False`` to skip answer checks).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def answer_text(output: Any) -> str:
         return output
     raise InvalidInputError(
         f"psaguard judges answers given as messages or strings, and the runnable returned {type(output).__name__}; "
-        "put the guard on the chat model (before any parser), or pass check_responses=False to skip answer checks"
+        "put the guard on the chat model (before any parser), or pass check_answers=False to skip answer checks"
     )
 
 
@@ -110,9 +111,7 @@ class AnswerCheck:
         exit_ = self._exit(verdict)
         if exit_ == "replace" and self._kind is not None and issubclass(self._kind, str):
             return [self.replacement(verdict)]
-        return [
-            AIMessageChunk(content=self.replacement(verdict), response_metadata={"psaguard": self.metadata(verdict)})
-        ]
+        return [AIMessageChunk(content=self.replacement(verdict), response_metadata=self.response_metadata(verdict))]
 
     # ------------------------------------------------------------------ helpers
     def replacement(self, verdict: ResponseVerdict) -> str:
@@ -120,12 +119,16 @@ class AnswerCheck:
         return replacement_text(verdict, self.guard.policy.response, self.guard.config.taxonomy)
 
     def metadata(self, verdict: ResponseVerdict) -> dict[str, Any]:
-        """``response_metadata["psaguard"]`` of a flagged answer: the answer's verdict, with what was released."""
+        """The answer's verdict summary for a flagged answer, with what was released."""
         return response_verdict_metadata(verdict, released_chars=self.monitor.released)
+
+    def response_metadata(self, verdict: ResponseVerdict) -> dict[str, Any]:
+        """``{"psaguard_response": summary}``: what a flagged answer adds to its ``response_metadata``."""
+        return {"psaguard_response": self.metadata(verdict)}
 
     def ended(self, verdict: ResponseVerdict) -> AIMessage:
         """The ``AIMessage`` a flagged answer ends with (no tool calls, so an agent stops)."""
-        return AIMessage(content=self.replacement(verdict), response_metadata={"psaguard": self.metadata(verdict)})
+        return AIMessage(content=self.replacement(verdict), response_metadata=self.response_metadata(verdict))
 
     def _exit(self, verdict: ResponseVerdict) -> OnBlock:
         exit_ = response_exit_for(verdict, self.on_block)
@@ -139,7 +142,7 @@ class AnswerCheck:
             return text
         update: dict[str, Any] = {
             "content": text,
-            "response_metadata": {**output.response_metadata, "psaguard": self.metadata(verdict)},
+            "response_metadata": {**output.response_metadata, **self.response_metadata(verdict)},
         }
         if isinstance(output, AIMessage):
             update.update(tool_calls=[], invalid_tool_calls=[])

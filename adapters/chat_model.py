@@ -5,11 +5,11 @@ requests are answered by the model, refused ones with the policy's refusal, bloc
 chose (``on_block``). The verdict, action and rule are in ``response_metadata["psaguard"]`` and are sent as
 the ``"psaguard_verdict"`` callback event. Async methods run the model in a worker thread.
 
-Answers go through the guard's streaming monitor (``check_responses=True``, the default; docs/responses.md):
+Answers go through the guard's streaming monitor (``check_answers=True``, the default; docs/responses.md):
 judged every ``policy.response.interval`` tokens while the model writes, released ``window`` tokens behind,
 stopped and replaced when flagged (a 'block' action raises :class:`~psaguard.errors.ResponseBlocked`). The
 answer's last verdict is in ``response_metadata["psaguard_response"]``. A guard without a response head
-raises :class:`~psaguard.errors.ResponseHeadMissingError` unless ``check_responses=False``.
+raises :class:`~psaguard.errors.ResponseHeadMissingError` unless ``check_answers=False``.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class GuardedChatModel(BaseChatModel):
     allow_local_files: bool = Field(True, description="Read images given as local paths or file:// URLs.")
     options: GenerationOptions | None = Field(None, description="How hints and refusals are worded.")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra `model.generate` arguments.")
-    check_responses: bool = Field(
+    check_answers: bool = Field(
         True,
         description="Answer through the guard's streaming monitor; True needs a guard with a response head "
         "(ResponseHeadMissingError otherwise), False generates without judging answers.",
@@ -106,10 +106,10 @@ class GuardedChatModel(BaseChatModel):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         response = self.guard.policy.response
-        if self.check_responses:  # fail closed: a guard that cannot judge answers is refused, not bypassed
+        if self.check_answers:  # fail closed: a guard that cannot judge answers is refused, not bypassed
             self.guard.classifier.require_response_head()
             if response.monitor is False:
-                raise ConfigError("check_responses=True, but the guard's policy.response.monitor is false")
+                raise ConfigError("check_answers=True, but the guard's policy.response.monitor is false")
             self._generator = self.guard
         else:
             policy = self.guard.policy.model_copy(update={"response": response.model_copy(update={"monitor": False})})

@@ -12,12 +12,12 @@ By default (``on_block=None``) the policy decides: action ``refuse`` ends with t
 raises. Action ``hint`` prepends the hint to the system message (inserting one if needed); ``allow``
 passes the input through unchanged.
 
-The answer is judged too (``check_responses=True``, the default; :mod:`psaguard.adapters.answers`): a
+The answer is judged too (``check_answers=True``, the default; :mod:`psaguard.adapters.answers`): a
 flagged answer ends by the same exits (``"end"``: an ``AIMessage`` holding the response policy's
 replacement; ``"replace"``: the answer with its text replaced; ``"error"``: raise
 :class:`~psaguard.errors.ResponseBlocked`), and a streamed answer is held back until judged. A guard without
 a response head raises :class:`~psaguard.errors.ResponseHeadMissingError` here unless
-``check_responses=False``.
+``check_answers=False``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class GuardGate(RunnableSerializable[Any, Any]):
         description="Exit for refused/blocked requests and flagged answers; None follows the policy (request: "
         "refuse->end, block->error; answer: replace->replace, block->error).",
     )
-    check_responses: bool = Field(
+    check_answers: bool = Field(
         True,
         description="Judge the answers of `bound` with the guard's response head (streams held back until "
         "judged); False skips answer checks, the only way to use a guard without a response head.",
@@ -84,14 +84,14 @@ class GuardGate(RunnableSerializable[Any, Any]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if self.check_responses:  # fail closed: a guard that cannot judge answers is refused, not bypassed
+        if self.check_answers:  # fail closed: a guard that cannot judge answers is refused, not bypassed
             self.guard_runnable.guard.classifier.require_response_head()  # typed error, not a ValidationError
 
     def answer_check(self, value: Any) -> AnswerCheck | None:
         """The check of the answer to the request ``value`` (as judged, before any hint or replacement); None
-        when answers are not checked (``check_responses=False``, or a request without images, which the
+        when answers are not checked (``check_answers=False``, or a request without images, which the
         image-based guard cannot judge and ``on_text_only`` let through)."""
-        if not self.check_responses:
+        if not self.check_answers:
             return None
         request = self.guard_runnable.parse(value)
         return AnswerCheck(self.guard_runnable.guard, request, self.on_block) if request.images else None
@@ -289,7 +289,7 @@ def guarded(
     on_block: OnBlock | None = None,
     on_text_only: TextOnlyAction = "allow",
     allow_local_files: bool = True,
-    check_responses: bool = True,
+    check_answers: bool = True,
 ) -> GuardGate:
     """Put ``guard`` in front of ``runnable`` (any chat model or chain, local or hosted).
 
@@ -303,7 +303,7 @@ def guarded(
         on_text_only: Action for requests without an image, which the guard cannot judge (their answers are
             not judged either).
         allow_local_files: Read images given as local paths or ``file://`` URLs.
-        check_responses: Judge the answers of ``runnable`` with the guard's response head, streams held back
+        check_answers: Judge the answers of ``runnable`` with the guard's response head, streams held back
             until judged (docs/langchain.md). True on a guard without a response head raises
             :class:`~psaguard.errors.ResponseHeadMissingError`; False skips answer checks.
 
@@ -311,7 +311,7 @@ def guarded(
         >>> chain = prompt | guarded(ChatOpenAI(model="gpt-4o"), guard) | StrOutputParser()
     """
     judge = GuardRunnable(guard, on_text_only=on_text_only, allow_local_files=allow_local_files)
-    return GuardGate(bound=runnable, guard_runnable=judge, on_block=on_block, check_responses=check_responses)
+    return GuardGate(bound=runnable, guard_runnable=judge, on_block=on_block, check_answers=check_answers)
 
 
 # ---------------------------------------------------------------------------------------------- exits

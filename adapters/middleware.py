@@ -6,7 +6,7 @@ user text. Exits mirror LangChain's moderation middleware: ``"end"`` answers wit
 :class:`~psaguard.errors.GuardBlocked`, ``"replace"`` sends the model the refusal notice instead of the
 risky content. A hint is prepended to the agent's system message for that call.
 
-The model's answer is judged too (``check_responses=True``, the default): a flagged answer ends by the same
+The model's answer is judged too (``check_answers=True``, the default): a flagged answer ends by the same
 exits (``"end"``: an ``AIMessage`` holding the response policy's replacement, no tool calls, so the agent
 stops; ``"replace"``: the model's message with its text replaced and its tool calls dropped; ``"error"``:
 :class:`~psaguard.errors.ResponseBlocked`); None follows the response policy (replace -> replace, block ->
@@ -60,7 +60,7 @@ class PsaGuardMiddleware(AgentMiddleware):
             policy (refuse ends with the refusal, block raises).
         on_text_only: Action for conversations without an image (their answers are not judged either).
         allow_local_files: Read images given as local paths or ``file://`` URLs.
-        check_responses: Judge each answer of the model with the guard's response head; True on a guard
+        check_answers: Judge each answer of the model with the guard's response head; True on a guard
             without one raises :class:`~psaguard.errors.ResponseHeadMissingError`, False skips answer checks.
 
     Example:
@@ -74,14 +74,14 @@ class PsaGuardMiddleware(AgentMiddleware):
         on_block: OnBlock | None = None,
         on_text_only: TextOnlyAction = "allow",
         allow_local_files: bool = True,
-        check_responses: bool = True,
+        check_answers: bool = True,
     ) -> None:
         super().__init__()
-        if check_responses:  # fail closed: a guard that cannot judge answers is refused, not bypassed
+        if check_answers:  # fail closed: a guard that cannot judge answers is refused, not bypassed
             guard.classifier.require_response_head()
         self.judge = GuardRunnable(guard, on_text_only=on_text_only, allow_local_files=allow_local_files)
         self.on_block = on_block
-        self.check_responses = check_responses
+        self.check_answers = check_answers
 
     def wrap_model_call(self, request: ModelRequest, handler: _Handler) -> ModelResponse | Any:
         verdict = self.judge.invoke(request.messages)
@@ -110,8 +110,8 @@ class PsaGuardMiddleware(AgentMiddleware):
 
     def _answer_check(self, request: ModelRequest) -> AnswerCheck | None:
         """The check of the answer to the conversation as judged (before any hint or replacement); None when
-        answers are not checked (``check_responses=False``, or a conversation without images)."""
-        if not self.check_responses:
+        answers are not checked (``check_answers=False``, or a conversation without images)."""
+        if not self.check_answers:
             return None
         judged = self.judge.parse(request.messages)
         return AnswerCheck(self.judge.guard, judged, self.on_block) if judged.images else None

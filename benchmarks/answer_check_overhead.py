@@ -64,7 +64,7 @@ def main() -> None:
 
         def run() -> str:
             hosted = GenericFakeChatModel(messages=iter([AIMessage(content=answer_text)]))
-            gate = guarded(hosted, guard, check_responses=interval is not None)
+            gate = guarded(hosted, guard, check_answers=interval is not None)
             return "".join(chunk.content for chunk in gate.stream(request))
 
         return run

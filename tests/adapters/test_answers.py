@@ -85,7 +85,7 @@ def test_a_safe_answer_passes_unchanged_and_its_verdict_is_sent(make_guard, imag
     guard, judged = word_guard(make_guard)
     events = Events()
     reply = guarded(fake_model(SAFE), guard).invoke(_request(image_message_content), {"callbacks": [events]})
-    assert reply.content == SAFE and reply.id == "run-1" and "psaguard" not in reply.response_metadata
+    assert reply.content == SAFE and reply.id == "run-1" and "psaguard_response" not in reply.response_metadata
     assert judged == [SAFE]  # judged once, whole
     assert [e["side"] for e in events.seen] == ["request", "response"]
     assert events.seen[1]["action"] == "allow" and events.seen[1]["tokens_judged"] == len(SAFE.split())
@@ -101,7 +101,7 @@ def test_a_flagged_answer_takes_the_exit(make_guard, image_message_content, on_b
         assert raised.value.verdict.type.code == "privacy"
         return
     reply = gate.invoke(_request(image_message_content))
-    meta = reply.response_metadata["psaguard"]
+    meta = reply.response_metadata["psaguard_response"]
     assert meta["side"] == "response" and meta["action"] == "replace" and meta["type"] == "privacy"
     assert reply.content == meta["verdict"]["replacement"] and "personal privacy" in reply.content
     assert WORD not in reply.content and not reply.tool_calls
@@ -145,7 +145,7 @@ def test_answers_to_text_only_requests_and_non_text_outputs(make_guard, image_me
     guard, judged = word_guard(make_guard)
     # No image: the request is let through (on_text_only='allow') and its answer cannot be judged either.
     assert guarded(fake_model(), guard).invoke("hello").content == ANSWER and judged == []
-    with pytest.raises(InvalidInputError, match="check_responses=False"):
+    with pytest.raises(InvalidInputError, match="check_answers=False"):
         guarded(RunnableLambda(lambda _: {"answer": ANSWER}), guard).invoke(_request(image_message_content))
 
 
@@ -199,8 +199,8 @@ async def test_a_flagged_stream_stops_with_nothing_past_the_judged_part(
         return
     last = chunks[-1]
     assert isinstance(last, AIMessageChunk) and "personal privacy" in last.content
-    assert last.response_metadata["psaguard"]["side"] == "response"
-    assert last.response_metadata["psaguard"]["released_chars"] == len(text)
+    assert last.response_metadata["psaguard_response"]["side"] == "response"
+    assert last.response_metadata["psaguard_response"]["released_chars"] == len(text)
 
 
 @pytest.mark.parametrize("astream", [False, True])
@@ -260,7 +260,7 @@ async def test_the_middleware_judges_the_agent_model_answer(make_guard, image_me
         assert [(e["side"], e["action"]) for e in events.seen] == [("request", "allow"), ("response", "replace")]
         last = out["messages"][-1]
         assert "personal privacy" in last.content and WORD not in last.content and not last.tool_calls
-        assert last.response_metadata["psaguard"]["side"] == "response"
+        assert last.response_metadata["psaguard_response"]["side"] == "response"
 
 
 # ---------------------------------------------------------------------------------------------- no response head
@@ -277,16 +277,16 @@ def test_a_guard_without_a_response_head_fails_closed_unless_told(guard, image_m
         GuardedChatModel(guard=guard)
     lenient = guard.with_policy(GuardPolicy(level_actions={1: "allow", 2: "allow", 3: "allow"}))
     request = _request(image_message_content)
-    assert guarded(fake_model(), lenient, check_responses=False).invoke(request).content == ANSWER  # unchecked
-    PsaGuardMiddleware(guard, check_responses=False)
-    GuardedChatModel(guard=guard, check_responses=False)
+    assert guarded(fake_model(), lenient, check_answers=False).invoke(request).content == ANSWER  # unchecked
+    PsaGuardMiddleware(guard, check_answers=False)
+    GuardedChatModel(guard=guard, check_answers=False)
 
 
 # ---------------------------------------------------------------------------------------------- GuardedChatModel
 def test_guarded_chat_model_streams_through_the_monitor(make_guard, image_message_content):
     guard = with_response(make_guard("allow"), interval=2, window=1)
     kwargs = {"max_tokens": 12, "generate_kwargs": {"min_new_tokens": 12}}
-    whole = GuardedChatModel(guard=guard, check_responses=False, **kwargs).invoke(_request(image_message_content))
+    whole = GuardedChatModel(guard=guard, check_answers=False, **kwargs).invoke(_request(image_message_content))
     judged = flag_answers(guard, lambda _, call: call >= 3)  # judgements 1 and 2 (2 and 4 tokens) pass
     chat = GuardedChatModel(guard=guard, **kwargs)
     chunks = list(chat.stream(_request(image_message_content)))
@@ -304,11 +304,11 @@ def test_guarded_chat_model_streams_through_the_monitor(make_guard, image_messag
     assert meta["psaguard_response"]["action"] == "replace" and meta["psaguard_response"]["tokens_judged"] == 6
 
 
-def test_guarded_chat_model_check_responses_false_turns_the_monitor_off(make_guard, image_message_content):
+def test_guarded_chat_model_check_answers_false_turns_the_monitor_off(make_guard, image_message_content):
     guard = with_response(make_guard("allow"), interval=2, window=1)
     checked = GuardedChatModel(guard=guard, max_tokens=6).invoke(_request(image_message_content))
     assert checked.response_metadata["psaguard_response"]["action"] == "allow"  # the monitor judged it
-    reply = GuardedChatModel(guard=guard, max_tokens=6, check_responses=False).invoke(_request(image_message_content))
+    reply = GuardedChatModel(guard=guard, max_tokens=6, check_answers=False).invoke(_request(image_message_content))
     assert "psaguard_response" not in reply.response_metadata and reply.content == checked.content
     assert reply.response_metadata["finish_reason"] != "content_filter"
     with pytest.raises(ConfigError, match="monitor"):  # answers asked to be checked, the policy switches it off

@@ -20,4 +20,4 @@ class TestGuardedChatModelStandard(ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict:
         # The shared tiny guard has no response head: answers unchecked (the request side is what is tested here).
-        return {"guard": self._guard, "model": "tiny-llava", "check_responses": False}
+        return {"guard": self._guard, "model": "tiny-llava", "check_answers": False}
