@@ -4,6 +4,12 @@ Every request is judged before the model runs (``guard.generate`` / ``guard.stre
 requests are answered by the model, refused ones with the policy's refusal, blocked ones end as the caller
 chose (``on_block``). The verdict, action and rule are in ``response_metadata["psaguard"]`` and are sent as
 the ``"psaguard_verdict"`` callback event. Async methods run the model in a worker thread.
+
+Answers go through the guard's streaming monitor (``check_answers=True``, the default; docs/responses.md):
+judged every ``policy.response.interval`` tokens while the model writes, released ``window`` tokens behind,
+stopped and replaced when flagged (a 'block' action raises :class:`~psaguard.errors.ResponseBlocked`). The
+answer's last verdict is in ``response_metadata["psaguard_response"]``. A guard without a response head
+raises :class:`~psaguard.errors.ResponseHeadMissingError` unless ``check_answers=False``.
 """
 
 from __future__ import annotations
@@ -23,20 +29,20 @@ from langchain_core.callbacks import (
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from transformers import StoppingCriteriaList
 
 from psaguard.adapters.messages import request_from_messages
 from psaguard.adapters.stops import StopBuffer, StopOnStrings, truncate_at_stop
-from psaguard.adapters.verdicts import VERDICT_EVENT, verdict_metadata
-from psaguard.errors import GuardBlocked
+from psaguard.adapters.verdicts import VERDICT_EVENT, response_verdict_metadata, verdict_metadata
+from psaguard.errors import ConfigError, GuardBlocked
 from psaguard.guard import SafetyGuard
 from psaguard.plain import plain_generate, plain_stream
 from psaguard.plan import GuardedGeneration
 from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction, refusal_text
 from psaguard.request import GuardRequest
 from psaguard.tokenization import tokenizer_of
-from psaguard.verdict import Action, SafetyVerdict
+from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
 
 __all__ = ["GuardedChatModel"]
 
@@ -55,6 +61,7 @@ class _Outcome(BaseModel):
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    response_verdict: ResponseVerdict | None = None
 
 
 class GuardedChatModel(BaseChatModel):
@@ -89,6 +96,24 @@ class GuardedChatModel(BaseChatModel):
     allow_local_files: bool = Field(True, description="Read images given as local paths or file:// URLs.")
     options: GenerationOptions | None = Field(None, description="How hints and refusals are worded.")
     generate_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra `model.generate` arguments.")
+    check_answers: bool = Field(
+        True,
+        description="Answer through the guard's streaming monitor; True needs a guard with a response head "
+        "(ResponseHeadMissingError otherwise), False generates without judging answers.",
+    )
+    _generator: SafetyGuard = PrivateAttr()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        response = self.guard.policy.response
+        if self.check_answers:  # fail closed: a guard that cannot judge answers is refused, not bypassed
+            self.guard.classifier.require_response_head()
+            if response.monitor is False:
+                raise ConfigError("check_answers=True, but the guard's policy.response.monitor is false")
+            self._generator = self.guard
+        else:
+            policy = self.guard.policy.model_copy(update={"response": response.model_copy(update={"monitor": False})})
+            self._generator = self.guard.with_policy(policy)
 
     @classmethod
     def from_pretrained(
@@ -243,7 +268,7 @@ class GuardedChatModel(BaseChatModel):
         if not request.images:
             return self._text_only(request, generate_kwargs, stream=False)[0]
         try:
-            result = self.guard.generate(
+            result = self._generator.generate(
                 list(request.images), list(request.conversation), options=self.options, **generate_kwargs
             )
         except GuardBlocked as err:  # action 'block': the model did not run
@@ -258,7 +283,7 @@ class GuardedChatModel(BaseChatModel):
         if not request.images:
             return self._text_only(request, generate_kwargs, stream=True)
         try:
-            stream = self.guard.stream(
+            stream = self._generator.stream(
                 list(request.images), list(request.conversation), options=self.options, **generate_kwargs
             )
         except GuardBlocked as err:
@@ -326,15 +351,18 @@ class GuardedChatModel(BaseChatModel):
         return kwargs
 
     def _metadata(self, outcome: _Outcome, finish_reason: str) -> dict[str, Any]:
-        return {
+        metadata = {
             "model_name": self.model_name,
             "finish_reason": finish_reason,
             "psaguard": verdict_metadata(outcome.verdict, hint=outcome.hint, generated=outcome.generated),
         }
+        if outcome.response_verdict is not None:
+            metadata["psaguard_response"] = response_verdict_metadata(outcome.response_verdict)
+        return metadata
 
     def _finish_reason(self, outcome: _Outcome, stopped: bool, call_kwargs: dict[str, Any]) -> str:
-        if not outcome.generated:
-            return "content_filter"
+        if not outcome.generated or (outcome.response_verdict is not None and outcome.response_verdict.flagged):
+            return "content_filter"  # refused, or stopped by the streaming monitor
         limit = call_kwargs.get("max_tokens", self.max_tokens)
         return "length" if not stopped and limit is not None and outcome.completion_tokens >= limit else "stop"
 
@@ -348,6 +376,7 @@ def _outcome_of(result: GuardedGeneration) -> _Outcome:
         text=result.text,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
+        response_verdict=result.response_verdict,
     )
 
 

@@ -11,15 +11,28 @@ middleware (``exit_behavior``):
 By default (``on_block=None``) the policy decides: action ``refuse`` ends with the refusal and ``block``
 raises. Action ``hint`` prepends the hint to the system message (inserting one if needed); ``allow``
 passes the input through unchanged.
+
+The answer is judged too (``check_answers=True``, the default; :mod:`psaguard.adapters.answers`): a
+flagged answer ends by the same exits (``"end"``: an ``AIMessage`` holding the response policy's
+replacement; ``"replace"``: the answer with its text replaced; ``"error"``: raise
+:class:`~psaguard.errors.ResponseBlocked`), and a streamed answer is held back until judged. A guard without
+a response head raises :class:`~psaguard.errors.ResponseHeadMissingError` here unless
+``check_answers=False``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForChainRun,
+    CallbackManagerForChainRun,
+    adispatch_custom_event,
+    dispatch_custom_event,
+)
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.messages.utils import convert_to_messages
 from langchain_core.prompt_values import ChatPromptValue, PromptValue
@@ -27,10 +40,11 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializa
 from langchain_core.runnables.config import patch_config
 from pydantic import ConfigDict, Field
 
+from psaguard.adapters.answers import AnswerCheck
 from psaguard.adapters.messages import IMAGE_BLOCK_TYPES
 from psaguard.adapters.runnable import GuardRunnable
-from psaguard.adapters.verdicts import verdict_metadata
-from psaguard.errors import GuardBlocked
+from psaguard.adapters.verdicts import VERDICT_EVENT, OnBlock, response_verdict_metadata, verdict_metadata
+from psaguard.errors import GuardBlocked, PsaGuardError
 from psaguard.guard import SafetyGuard
 from psaguard.policy import TextOnlyAction, refusal_text
 from psaguard.verdict import SafetyVerdict
@@ -47,9 +61,6 @@ __all__ = [
     "replace_risky",
 ]
 
-OnBlock = Literal["end", "error", "replace"]
-"""How a refused or blocked request ends: a refusal message, an exception, or replaced content."""
-
 _Route = tuple[Literal["pass", "end"], Any]
 
 
@@ -61,8 +72,29 @@ class GuardGate(RunnableSerializable[Any, Any]):
     bound: Runnable[Any, Any] = Field(description="The chat model or chain that answers allowed requests.")
     guard_runnable: GuardRunnable = Field(description="Judges each request before `bound` sees it.")
     on_block: OnBlock | None = Field(
-        None, description="Exit for refused/blocked requests; None follows the policy (refuse->end, block->error)."
+        None,
+        description="Exit for refused/blocked requests and flagged answers; None follows the policy (request: "
+        "refuse->end, block->error; answer: replace->replace, block->error).",
     )
+    check_answers: bool = Field(
+        True,
+        description="Judge the answers of `bound` with the guard's response head (streams held back until "
+        "judged); False skips answer checks, the only way to use a guard without a response head.",
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.check_answers:  # fail closed: a guard that cannot judge answers is refused, not bypassed
+            self.guard_runnable.guard.classifier.require_response_head()  # typed error, not a ValidationError
+
+    def answer_check(self, value: Any) -> AnswerCheck | None:
+        """The check of the answer to the request ``value`` (as judged, before any hint or replacement); None
+        when answers are not checked (``check_answers=False``, or a request without images, which the
+        image-based guard cannot judge and ``on_text_only`` let through)."""
+        if not self.check_answers:
+            return None
+        request = self.guard_runnable.parse(value)
+        return AnswerCheck(self.guard_runnable.guard, request, self.on_block) if request.images else None
 
     def route(self, value: Any, verdict: SafetyVerdict) -> _Route:
         """Where a judged request goes: ``("pass", input for bound)`` or ``("end", final output)``."""
@@ -121,14 +153,18 @@ class GuardGate(RunnableSerializable[Any, Any]):
     def _invoke(self, value: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig, **kw: Any) -> Any:
         child = patch_config(config, callbacks=run_manager.get_child())
         where, routed = self.route(value, self.guard_runnable.invoke(value, child))
-        return routed if where == "end" else self.bound.invoke(routed, child, **kw)
+        if where == "end":
+            return routed
+        return self._checked(value, self.bound.invoke(routed, child, **kw), child)
 
     async def _ainvoke(
         self, value: Any, run_manager: AsyncCallbackManagerForChainRun, config: RunnableConfig, **kw: Any
     ) -> Any:
         child = patch_config(config, callbacks=run_manager.get_child())
         where, routed = self.route(value, await self.guard_runnable.ainvoke(value, child))
-        return routed if where == "end" else await self.bound.ainvoke(routed, child, **kw)
+        if where == "end":
+            return routed
+        return await self._achecked(value, await self.bound.ainvoke(routed, child, **kw), child)
 
     def _stream(self, values: Iterator[Any], config: RunnableConfig, **kw: Any) -> Iterator[Any]:
         value = _single(values)
@@ -136,7 +172,22 @@ class GuardGate(RunnableSerializable[Any, Any]):
         if where == "end":
             yield AIMessageChunk(content=routed.content, response_metadata=routed.response_metadata)
             return
-        yield from self.bound.stream(routed, config, **kw)
+        check = self.answer_check(value)
+        if check is None:
+            yield from self.bound.stream(routed, config, **kw)
+            return
+        chunks = self.bound.stream(routed, config, **kw)
+        try:
+            for chunk in chunks:
+                yield from check.push(chunk)
+                if check.stopped:
+                    break
+        finally:
+            _close(chunks)  # a stopped answer: the model stops writing
+        tail = check.finish()
+        _send(check, config)
+        yield from tail
+        yield from check.exit_chunks()
 
     async def _astream(self, values: AsyncIterator[Any], config: RunnableConfig, **kw: Any) -> AsyncIterator[Any]:
         items = [value async for value in values]
@@ -145,8 +196,39 @@ class GuardGate(RunnableSerializable[Any, Any]):
         if where == "end":
             yield AIMessageChunk(content=routed.content, response_metadata=routed.response_metadata)
             return
-        async for chunk in self.bound.astream(routed, config, **kw):
-            yield chunk
+        check = self.answer_check(value)
+        if check is None:
+            async for chunk in self.bound.astream(routed, config, **kw):
+                yield chunk
+            return
+        chunks = self.bound.astream(routed, config, **kw)
+        try:
+            async for chunk in chunks:  # judging runs in a worker thread, off the event loop
+                for released in await asyncio.to_thread(check.push, chunk):
+                    yield released
+                if check.stopped:
+                    break
+        finally:
+            await _aclose(chunks)
+        tail = await asyncio.to_thread(check.finish)
+        await _asend(check, config)
+        for released in [*tail, *check.exit_chunks()]:
+            yield released
+
+    def _checked(self, value: Any, output: Any, config: RunnableConfig) -> Any:
+        """``output`` after the answer check: as is when it passed, else its exit (raises for 'error')."""
+        check = self.answer_check(value)
+        if check is None or check.judge(output) is None:
+            return output
+        _send(check, config)
+        return check.outcome(output)
+
+    async def _achecked(self, value: Any, output: Any, config: RunnableConfig) -> Any:
+        check = self.answer_check(value)
+        if check is None or await asyncio.to_thread(check.judge, output) is None:
+            return output
+        await _asend(check, config)
+        return check.outcome(output)
 
     def _batch(self, inputs: list[Any], config: list[RunnableConfig], **kw: Any) -> list[Any]:
         # The guard judges all inputs in one pass; `bound` gets one batch of the requests that pass.
@@ -157,6 +239,12 @@ class GuardGate(RunnableSerializable[Any, Any]):
             outputs = self.bound.batch(values, configs, return_exceptions=True, **kw)
             for (i, _), output in zip(passing, outputs):
                 results[i] = output
+                if isinstance(output, Exception):
+                    continue
+                try:
+                    results[i] = self._checked(inputs[i], output, config[i])
+                except PsaGuardError as err:
+                    results[i] = err
         return results
 
     async def _abatch(self, inputs: list[Any], config: list[RunnableConfig], **kw: Any) -> list[Any]:
@@ -166,7 +254,13 @@ class GuardGate(RunnableSerializable[Any, Any]):
             values, configs = [v for _, v in passing], [config[i] for i, _ in passing]
             outputs = await self.bound.abatch(values, configs, return_exceptions=True, **kw)
             for (i, _), output in zip(passing, outputs):
-                results[i] = output
+                if isinstance(output, Exception):
+                    results[i] = output
+                    continue
+                try:
+                    results[i] = await self._achecked(inputs[i], output, config[i])
+                except PsaGuardError as err:
+                    results[i] = err
         return results
 
     def _route_all(self, inputs: list[Any], verdicts: list[Any]) -> tuple[list[Any], list[tuple[int, Any]]]:
@@ -195,6 +289,7 @@ def guarded(
     on_block: OnBlock | None = None,
     on_text_only: TextOnlyAction = "allow",
     allow_local_files: bool = True,
+    check_answers: bool = True,
 ) -> GuardGate:
     """Put ``guard`` in front of ``runnable`` (any chat model or chain, local or hosted).
 
@@ -202,16 +297,21 @@ def guarded(
         runnable: What answers allowed requests; it receives the input (hinted or replaced when the
             policy says so): chat messages, a ``PromptValue``, a string, or a ``{"image", "prompt"}`` dict.
         guard: The guard that judges every request first.
-        on_block: ``"end"`` (refusal ``AIMessage``), ``"error"`` (raise ``GuardBlocked``) or ``"replace"``
-            (answer on the refusal notice instead of the risky content); None follows the policy.
-        on_text_only: Action for requests without an image, which the guard cannot judge.
+        on_block: ``"end"`` (refusal ``AIMessage``), ``"error"`` (raise ``GuardBlocked``, or ``ResponseBlocked``
+            for an answer) or ``"replace"`` (answer on the refusal notice instead of the risky content; a
+            flagged answer's text replaced); None follows the policy.
+        on_text_only: Action for requests without an image, which the guard cannot judge (their answers are
+            not judged either).
         allow_local_files: Read images given as local paths or ``file://`` URLs.
+        check_answers: Judge the answers of ``runnable`` with the guard's response head, streams held back
+            until judged (docs/langchain.md). True on a guard without a response head raises
+            :class:`~psaguard.errors.ResponseHeadMissingError`; False skips answer checks.
 
     Example:
         >>> chain = prompt | guarded(ChatOpenAI(model="gpt-4o"), guard) | StrOutputParser()
     """
     judge = GuardRunnable(guard, on_text_only=on_text_only, allow_local_files=allow_local_files)
-    return GuardGate(bound=runnable, guard_runnable=judge, on_block=on_block)
+    return GuardGate(bound=runnable, guard_runnable=judge, on_block=on_block, check_answers=check_answers)
 
 
 # ---------------------------------------------------------------------------------------------- exits
@@ -276,6 +376,29 @@ def _has_image(message: BaseMessage) -> bool:
     return not isinstance(message.content, str) and any(
         isinstance(block, Mapping) and block.get("type") in IMAGE_BLOCK_TYPES for block in message.content
     )
+
+
+def _send(check: AnswerCheck, config: RunnableConfig) -> None:
+    """Send the answer's verdict (when it was judged) as the verdict event of this run."""
+    if check.verdict is not None:
+        dispatch_custom_event(VERDICT_EVENT, response_verdict_metadata(check.verdict), config=config)
+
+
+async def _asend(check: AnswerCheck, config: RunnableConfig) -> None:
+    if check.verdict is not None:
+        await adispatch_custom_event(VERDICT_EVENT, response_verdict_metadata(check.verdict), config=config)
+
+
+def _close(chunks: Iterator[Any]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+async def _aclose(chunks: AsyncIterator[Any]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _single(values: Iterator[Any]) -> Any:

@@ -100,7 +100,7 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
         return self._logged(self.guard.classify_requests(requests, on_text_only=self.on_text_only))
 
     def _judge_one(self, input: Any, run_manager: CallbackManagerForChainRun, config: RunnableConfig) -> SafetyVerdict:
-        verdict = self.judge([self._parse(input)])[0]
+        verdict = self.judge([self.parse(input)])[0]
         dispatch_custom_event(VERDICT_EVENT, verdict_metadata(verdict), config=_child(config, run_manager))
         return verdict
 
@@ -131,7 +131,7 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
         run_manager: AsyncCallbackManagerForChainRun,
         config: RunnableConfig,
     ) -> SafetyVerdict:
-        verdict = (await self.ajudge([self._parse(input)]))[0]
+        verdict = (await self.ajudge([self.parse(input)]))[0]
         await adispatch_custom_event(VERDICT_EVENT, verdict_metadata(verdict), config=_child(config, run_manager))
         return verdict
 
@@ -151,7 +151,8 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ helpers
-    def _parse(self, value: Any) -> GuardRequest:
+    def parse(self, value: Any) -> GuardRequest:
+        """The :class:`GuardRequest` of an input (a parsed request is returned as is)."""
         if isinstance(value, GuardRequest):
             return value
         return request_from_input(value, allow_local_files=self.allow_local_files)
@@ -160,7 +161,7 @@ class GuardRunnable(RunnableSerializable[Any, SafetyVerdict]):
         results: list[GuardRequest | Exception] = []
         for value in inputs:
             try:
-                results.append(self._parse(value))
+                results.append(self.parse(value))
             except InvalidInputError as err:
                 results.append(err)
         return results

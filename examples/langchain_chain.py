@@ -56,17 +56,21 @@ async def main(model_dir: Path, guard_dir: Path | None) -> None:
     verdict = (prompt | GuardRunnable(guard)).invoke(inputs)
     print(f"verdict: action={verdict.action} rule={verdict.rule} level={verdict.level.code} type={verdict.type.code}")
 
-    # 2. The guard in front of any chat model (a stand-in for a hosted VLM): risky inputs never reach it.
+    # 2. The guard in front of any chat model (a stand-in for a hosted VLM): risky inputs never reach it, and
+    # (with a guard that has a response head) its answers are judged before they are passed on.
+    checks = guard.has_response_head  # a guard without one is refused unless answer checks are turned off
+    if not checks:
+        print("note: this guard has no response head, so answers are not judged (check_answers=False)")
     hosted = FakeListChatModel(responses=["A purple shape."] * 4)
-    chain = prompt | guarded(hosted, guard, on_block="end") | StrOutputParser()
+    chain = prompt | guarded(hosted, guard, on_block="end", check_answers=checks) | StrOutputParser()
     print("guarded hosted model:", chain.invoke(inputs))
     strict = guard.with_policy(GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"}))
-    strict_chain = prompt | guarded(hosted, strict, on_block="end") | StrOutputParser()
+    strict_chain = prompt | guarded(hosted, strict, on_block="end", check_answers=checks) | StrOutputParser()
     risky = {"image_url": data_url(risky_image), "q": risky_question}
     print("risky request, strict policy:", strict_chain.invoke(risky))
 
     # 3. A guarded local LLaVA as a LangChain chat model: invoke, stream, batch, async.
-    chat = GuardedChatModel(guard=guard, max_tokens=12, on_block="end")
+    chat = GuardedChatModel(guard=guard, max_tokens=12, on_block="end", check_answers=checks)
     reply = (prompt | chat).invoke(inputs)
     meta = reply.response_metadata["psaguard"]
     print(f"local model: {reply.content!r} (action={meta['action']}, rule={meta['rule']})")

@@ -299,6 +299,32 @@ class Classifier:
             )
         return [verdicts[i] for i in range(len(prompts))]
 
+    def response_context(self, request: GuardRequest) -> RequestContext:
+        """The context that judges answers to ``request``: one vision pass over its images (preprocessed
+        together, as :meth:`judge_requests` does), one row per image, each with the request's judged text.
+
+        Raises :class:`ResponseHeadMissingError`, :class:`InvalidImageError` for a request without images (an
+        answer is judged with the images it was given for) or an unreadable one, :class:`InvalidPromptError`
+        for a bad prompt, :class:`GuardInternalError` when the vision pass fails; the caller applies
+        ``policy.on_error`` (:class:`~psaguard.monitor.AnswerMonitor`).
+        """
+        self.require_response_head()
+        count = len(request.images)
+        check_image_count(count, self.config.max_images_per_request, "the request")
+        if not count:
+            raise InvalidImageError("the request holds no image, so its answer cannot be judged")
+        start = time.perf_counter()
+        prompts = [request.prompt] * count
+        loaded, _ = self._load(request.images, prompts, strict=True)
+        try:
+            with torch.inference_mode():
+                features = self.backbone.encode_images(**self.preprocess([image for _, image, _ in loaded], [count]))
+            return self.request_context(features, prompts, start)
+        except GuardInternalError:
+            raise
+        except RuntimeError as err:
+            raise _internal_error(err) from err
+
     def request_context(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> RequestContext:
         """The memory of ``features`` (one row per prompt) and each row's verdicts with no text and with its prompt.
 

@@ -25,6 +25,7 @@ from psaguard.errors import CheckpointError, ConfigError
 from psaguard.generation import GuardedGenerator, ImagesInput
 from psaguard.images import ImageInput
 from psaguard.modules import HeadLogits, SafetyModules
+from psaguard.monitor import AnswerMonitor
 from psaguard.plan import GuardedGeneration
 from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction
 from psaguard.prompts import PromptEncoder
@@ -374,6 +375,19 @@ class SafetyGuard:
     ) -> list[ResponseVerdict]:
         """Async :meth:`classify_response_batch` (runs in a worker thread)."""
         return await asyncio.to_thread(self.classify_response_batch, images, prompts, responses)
+
+    @property
+    def has_response_head(self) -> bool:
+        """True when the guard can judge answers (``classify_response``, the streaming monitors)."""
+        return self.classifier.has_response_head
+
+    def answer_monitor(self, request: GuardRequest) -> AnswerMonitor:
+        """A monitor judging one answer to ``request`` that arrives as text (from a model the guard does not
+        run): ``push(chunk)`` returns the text it releases, ``finish()`` the rest (:class:`AnswerMonitor`).
+
+        Raises :class:`~psaguard.errors.ResponseHeadMissingError` for a guard without a response head.
+        """
+        return AnswerMonitor(self.classifier, request)
 
     def analyze(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> GuardAnalysis:
         """Judge a batch and keep its vision features for reuse (see :meth:`Classifier.analyze`).

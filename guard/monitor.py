@@ -1,5 +1,10 @@
 """The streaming monitor: judge the growing answer while the model decodes, and hold text back until judged.
 
+Two monitors share the response policy's ``interval`` and ``window``: :class:`ResponseMonitor` inside the
+guard's own ``generate`` (tokens of the model), and :class:`AnswerMonitor` for an answer that arrives as text
+from a model the guard does not run (a hosted chat model behind the LangChain adapters), counted in tokens of
+the guard's tokenizer.
+
 :class:`ResponseMonitor` is a transformers ``StoppingCriteria``. ``model.generate`` calls it after every
 decoding step with the sequences so far; every ``policy.response.interval`` generated tokens (and when a row
 reaches EOS) it decodes each row's answer and runs the guard's response head on it, with the safety
@@ -13,6 +18,7 @@ token (``max_new_tokens``), then releases it.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +27,13 @@ import torch
 from transformers import StoppingCriteria
 
 from psaguard.classifier import Classifier, RequestContext
-from psaguard.response_policy import worst_response
+from psaguard.errors import GuardInternalError, InvalidInputError
+from psaguard.request import GuardRequest
+from psaguard.response_policy import response_error_verdict, worst_response
 from psaguard.tokenization import tokenizer_of, until_eos
 from psaguard.verdict import ResponseVerdict
 
-__all__ = ["AnswerState", "ReleaseCallback", "ResponseMonitor"]
+__all__ = ["AnswerMonitor", "AnswerState", "ReleaseCallback", "ResponseMonitor"]
 
 ReleaseCallback = Callable[[int, str], None]
 """``(answer index, text)``: called with each piece of text the monitor releases, in order."""
@@ -151,3 +159,118 @@ class ResponseMonitor(StoppingCriteria):
 
     def _text(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+class AnswerMonitor:
+    """Judges one answer to ``request`` that arrives as text chunks, and says how much of it may be released.
+
+    For answers of a model the guard does not run (``guarded()`` and ``PsaGuardMiddleware`` in
+    :mod:`psaguard.adapters`). ``interval`` and ``window`` of the response policy count tokens of the guard's
+    tokenizer: :meth:`push` appends a chunk and judges the whole answer so far once ``interval`` tokens have
+    arrived since the last judgement; text is released (``released``, in characters) only up to ``window``
+    tokens behind the end of the last text judged safe, so it never runs past a judged prefix.
+    :meth:`finish` judges what is left at the end of the answer and releases it all when it passes. A flagged
+    judgement sets ``stopped``; nothing more is released. ``verdict`` is the last judgement.
+
+    The request's images go through the vision tower once, at the first judgement. When they, the prompt or
+    the answer cannot be judged, ``policy.on_error`` decides: 'block' (the default) raises the typed error,
+    'refuse' flags the answer (replaced), 'allow' lets it through unjudged.
+    """
+
+    def __init__(self, classifier: Classifier, request: GuardRequest) -> None:
+        classifier.require_response_head()
+        self.classifier = classifier
+        self.request = request
+        self.policy = classifier.policy.response
+        self.tokenizer = tokenizer_of(classifier.processor)
+        self.text = ""
+        """The answer so far."""
+        self.released = 0
+        """Characters of ``text`` that may be released."""
+        self.verdict: ResponseVerdict | None = None
+        self.judgements = 0
+        """Response-head calls made."""
+        self._judged_tokens = 0
+        self._judged_chars = 0
+        self._context: RequestContext | None = None
+        self._fallback: ResponseVerdict | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """True once a judgement flagged the answer."""
+        return self.verdict is not None and self.verdict.flagged
+
+    def push(self, chunk: str) -> str:
+        """Add ``chunk`` to the answer; the text newly released (empty while held back or after a stop)."""
+        if self.stopped:
+            return ""
+        self.text += chunk
+        if len(self.text) - self._judged_chars < self.policy.interval:
+            return ""  # fewer new characters than `interval`: not `interval` new tokens yet (no tokenizing)
+        ends = self._token_ends()
+        if len(ends) - self._judged_tokens < self.policy.interval:
+            return ""
+        return self._judge(ends, final=False)
+
+    def finish(self) -> str:
+        """Judge the whole answer (unless its last judgement covered it) and release the rest when it passes."""
+        if self.stopped:
+            return ""
+        if self.verdict is not None and self._judged_chars == len(self.text):  # judged at its last chunk
+            return self._release(len(self.text))
+        return self._judge(self._token_ends(), final=True)
+
+    def judge(self, answer: str) -> ResponseVerdict:
+        """Judge a whole answer at once (one judgement); the verdict."""
+        self.text = answer
+        self._judge(self._token_ends(), final=True)
+        if self.verdict is None:  # unreachable: _judge always sets it
+            raise GuardInternalError("the answer was not judged")
+        return self.verdict
+
+    # ------------------------------------------------------------------ helpers
+    def _judge(self, ends: list[int], *, final: bool) -> str:
+        verdict = self._fallback or self._verdict()
+        self.verdict = verdict.model_copy(update={"tokens_judged": len(ends)})
+        self.judgements += 1
+        self._judged_tokens, self._judged_chars = len(ends), len(self.text)
+        if self.verdict.flagged:
+            return ""
+        if final or self.policy.window == 0:
+            return self._release(len(self.text))
+        keep = len(ends) - self.policy.window
+        return self._release(ends[keep - 1] if keep > 0 else 0)
+
+    def _verdict(self) -> ResponseVerdict:
+        """The response head's verdict on the answer so far (the worst over the request's images); a fallback
+        per ``policy.on_error`` when it cannot be judged (kept for the rest of the answer)."""
+        start = time.perf_counter()
+        try:
+            if self._context is None:
+                self._context = self.classifier.response_context(self.request)
+            rows = len(self._context.prompts)
+            return worst_response(self.classifier.judge_responses(self._context, [self.text] * rows, start))
+        except (InvalidInputError, GuardInternalError) as err:
+            on_error = self.classifier.policy.on_error
+            if on_error == "block":
+                raise
+            reason = f"{type(err).__name__}: {err}"
+            self._fallback = response_error_verdict(reason, on_error, self.policy, self.classifier.config.taxonomy)
+            return self._fallback
+
+    def _release(self, upto: int) -> str:
+        """Release the text up to character ``upto`` (never back, never past the text judged last)."""
+        upto = min(upto, self._judged_chars)
+        if upto <= self.released:
+            return ""
+        delta, self.released = self.text[self.released : upto], upto
+        return delta
+
+    def _token_ends(self) -> list[int]:
+        """Where each token of the answer ends (characters), by the guard's tokenizer; whitespace-separated words
+        for a tokenizer without offsets."""
+        try:
+            encoded = self.tokenizer(self.text, add_special_tokens=False, return_offsets_mapping=True)
+            return [end for begin, end in encoded["offset_mapping"] if end > begin]
+        except (NotImplementedError, TypeError, KeyError, ValueError):
+            return [match.end() for match in re.finditer(r"\S+", self.text)]

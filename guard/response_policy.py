@@ -23,10 +23,14 @@ __all__ = [
     "ResponsePolicy",
     "ResponseRule",
     "decide_response",
+    "replacement_text",
     "response_error_verdict",
     "risk_source",
     "worst_response",
 ]
+
+_SEVERITY: dict[str, int] = {"allow": 0, "replace": 1, "block": 2}
+"""How severe each answer action is (which verdict decides an answer judged once per image)."""
 
 DEFAULT_REPLACEMENT = "I'm sorry, but I can't continue this answer because it involves {concept}."
 """What replaces an answer the response policy flags ('{concept}' is the type's phrase)."""
@@ -186,3 +190,12 @@ def response_error_verdict(
         tokens_judged=tokens_judged,
         error=reason,
     )
+
+
+def replacement_text(verdict: ResponseVerdict, policy: ResponsePolicy, taxonomy: Taxonomy = DEFAULT_TAXONOMY) -> str:
+    """The text that stands for a flagged answer: the verdict's replacement, else (a 'block' verdict ended
+    another way, e.g. by an adapter's ``on_block``) the type's or the policy's template for its type."""
+    if verdict.replacement is not None:
+        return verdict.replacement
+    template = policy.rule_for(verdict.type.code).replacement or policy.replacement
+    return template.format(concept=taxonomy.type_by_code(verdict.type.code).concept)

@@ -14,6 +14,7 @@ from psaguard import (
     CheckpointMismatchError,
     GenerationUnavailableError,
     GuardPolicy,
+    ResponseHeadMissingError,
     SafetyGuard,
     UnsupportedModelError,
 )
@@ -204,11 +205,13 @@ def test_a_classifier_only_guard_gates_a_hosted_model_in_langchain(trained_dir, 
     classifier = SafetyGuard.from_pretrained_classifier(trained_dir, tiny_dir)
     request = {"image": images[0], "prompt": PROMPTS[0]}
     lenient = classifier.with_policy(GuardPolicy(level_actions={1: "allow", 2: "allow", 3: "allow"}))
-    assert guarded(hosted, lenient).invoke(request) == "hosted answer"
+    with pytest.raises(ResponseHeadMissingError):  # it cannot judge answers: refused unless told to skip them
+        guarded(hosted, lenient)
+    assert guarded(hosted, lenient, check_answers=False).invoke(request) == "hosted answer"
     strict_policy = GuardPolicy(level_actions={1: "refuse", 2: "refuse", 3: "refuse"})
     strict = SafetyGuard.from_pretrained_classifier(trained_dir, tiny_dir, policy=strict_policy)
     assert strict.policy == strict_policy
-    refusal = guarded(hosted, strict).invoke(request)
+    refusal = guarded(hosted, strict, check_answers=False).invoke(request)
     assert "hosted answer" not in str(refusal)
     assert len(calls) == 1
 

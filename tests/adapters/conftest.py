@@ -17,7 +17,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig
+from psaguard import GuardPolicy, HeadConfig, ResponsePolicy, SafetyGuard, SafetyGuardConfig
 from psaguard.verdict import Action
 
 
@@ -33,18 +33,33 @@ def force_verdict(guard: SafetyGuard, level: int, type_code: str) -> SafetyGuard
     return guard
 
 
+def force_response(guard: SafetyGuard, level: int, type_code: str = "privacy") -> SafetyGuard:
+    """Make the response head predict ``level`` (type ``type_code``; the safe type at level 0) for every answer."""
+    taxonomy = guard.config.taxonomy
+    type_id = taxonomy.safe_type_id if level == 0 else taxonomy.type_by_code(type_code).id
+    head = guard.modules.response_head
+    with torch.no_grad():  # biases far larger than the random weights' logits pin the verdicts
+        for linear, index in ((head.level_head, level), (head.type_head, type_id)):
+            linear.bias.fill_(-40.0)
+            linear.bias[index] = 40.0
+    return guard
+
+
 @pytest.fixture
 def make_guard(tiny_model, tiny_processor) -> Callable[[Action], SafetyGuard]:
     """``make_guard(action)``: a guard whose policy answers every image request with ``action``.
 
     'allow' predicts the safe type at level 0; the other actions predict 'privacy' at level 3 and map level 3
-    to the action through ``GuardPolicy.level_actions``.
+    to the action through ``GuardPolicy.level_actions``. Its response head lets every answer through.
     """
 
     def make(action: Action) -> SafetyGuard:
-        policy = GuardPolicy(level_actions={1: "hint", 2: "hint", 3: action})
+        # Answers judged every 2 tokens, 1 held back: a short answer still streams in several chunks.
+        response = ResponsePolicy(interval=2, window=1)
+        policy = GuardPolicy(level_actions={1: "hint", 2: "hint", 3: action}, response=response)
         torch.manual_seed(0)  # the random llm_tokens shape the answers: the same whatever ran before
-        guard = SafetyGuard.attach(tiny_model, tiny_processor, SafetyGuardConfig(policy=policy))
+        config = SafetyGuardConfig(policy=policy, head=HeadConfig(response_head=True))
+        guard = force_response(SafetyGuard.attach(tiny_model, tiny_processor, config), 0)
         return force_verdict(guard, 0, "safe") if action == "allow" else force_verdict(guard, 3, "privacy")
 
     return make

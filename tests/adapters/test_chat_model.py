@@ -163,7 +163,7 @@ def test_chat_model_and_guard_runnable_judge_a_conversation_alike(guard, image_m
         HumanMessage(content=[{"type": "image", "url": saved_image}, {"type": "text", "text": "and this one ?"}]),
     ]
     verdict = GuardRunnable(guard, on_text_only="allow").invoke(conversation)
-    meta = _chat(guard, on_block="end").invoke(conversation).response_metadata["psaguard"]
+    meta = _chat(guard, on_block="end", check_answers=False).invoke(conversation).response_metadata["psaguard"]
     assert meta["rule"] == verdict.rule and meta["action"] == verdict.action
     assert meta["verdict"]["level_probs"] == pytest.approx(verdict.level_probs, abs=1e-5)
 
