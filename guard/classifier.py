@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from psaguard.answer_cache import AnswerCache
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.categories import CategoryBank, fit_category, new_category
 from psaguard.category_config import CustomCategory, FitMethod, check_categories
@@ -66,13 +67,15 @@ class RequestContext:
     """What the response side reuses of one vision pass: the heads' memory and the request-side verdicts.
 
     Row ``i`` is image ``i``: ``memory`` its safety features, ``image`` its verdict with no text, ``request``
-    its verdict with the prompt (they locate the risk of a harmful answer).
+    its verdict with the prompt (they locate the risk of a harmful answer). ``answers``, when set, judges the
+    answers incrementally (the streaming monitor judges the same answers again and again as they grow).
     """
 
     memory: torch.Tensor
     prompts: list[str]
     image: list[SafetyVerdict]
     request: list[SafetyVerdict]
+    answers: AnswerCache | None = None
 
 
 class Classifier:
@@ -295,10 +298,14 @@ class Classifier:
             )
         return [verdicts[i] for i in range(len(prompts))]
 
-    def request_context(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> RequestContext:
+    def request_context(
+        self, features: VisionFeatures, prompts: Sequence[str], start: float, *, incremental: bool = False
+    ) -> RequestContext:
         """The memory of ``features`` (one row per prompt) and each row's verdicts with no text and with its prompt.
 
-        Computed once per vision pass; :meth:`judge_responses` then runs only the response head.
+        Computed once per vision pass; :meth:`judge_responses` then runs only the response head, and with
+        ``incremental`` (a guard with a response head) attends only the tokens it has not seen in an earlier
+        judgement of the context (:class:`~psaguard.answer_cache.AnswerCache`).
         """
         with torch.inference_mode():
             device = self.modules.head_tokens.device
@@ -310,11 +317,16 @@ class Classifier:
         rows = list(range(2 * len(prompts)))
         decided = self._decide_rows(*self._calibrated(logits), rows, start)
         count = len(prompts)
+        answers = None
+        if incremental and self.modules.response_head is not None:
+            prompt_parts = [self.prompts.prompt_part(prompt) for prompt in prompts]
+            answers = AnswerCache(self.modules.response_head, memory, prompt_parts, self._embed_on_head)
         return RequestContext(
             memory=memory,
             prompts=prompts,
             request=[decided[i] for i in range(count)],
             image=[decided[count + i] for i in range(count)],
+            answers=answers,
         )
 
     def judge_responses(
@@ -327,23 +339,33 @@ class Classifier:
     ) -> list[ResponseVerdict]:
         """Verdicts for ``responses`` to the requests of ``context`` (its rows ``rows``, default all, in order).
 
-        Runs the response head only (the streaming monitor calls this every few tokens). Non-finite scores
-        follow ``policy.on_error``.
+        Runs the response head only (the streaming monitor calls this every few tokens), through the
+        context's :class:`~psaguard.answer_cache.AnswerCache` when it has one. Non-finite scores follow
+        ``policy.on_error``.
         """
         rows = list(range(len(context.prompts))) if rows is None else list(rows)
         self.require_response_head()
-        with torch.inference_mode():
-            device = self.modules.head_tokens.device
-            ids, mask = self.prompts.encode_pairs([context.prompts[r] for r in rows], responses)
-            query = self.backbone.embed_tokens(ids).to(device)
-            logits = self.modules.response_logits(context.memory[rows], query, mask.to(device))
+        prompts = [context.prompts[r] for r in rows]
+        if context.answers is not None:
+            if len(prompts) != len(responses):
+                raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
+            parts = context.answers.prompt_ids
+            pairs = [self.prompts.answer_ids(parts[row], response) for row, response in zip(rows, responses)]
+            logits = context.answers.logits(rows, pairs)
+        else:
+            with torch.inference_mode():
+                ids, mask = self.prompts.encode_pairs(prompts, responses)
+                device = self.modules.head_tokens.device
+                logits = self.modules.response_logits(context.memory[rows], self._embed_on_head(ids), mask.to(device))
         head = self.config.head
         level_probs = F.softmax(logits.level.float() / head.response_level_temperature, dim=-1)
         type_probs = F.softmax(logits.type.float() / head.response_type_temperature, dim=-1)
         elapsed = (time.perf_counter() - start) * 1000.0
+        finite = (level_probs.isfinite().all(-1) & type_probs.isfinite().all(-1)).tolist()
+        level_rows, type_rows = level_probs.tolist(), type_probs.tolist()  # one copy each, not one per row
         verdicts = []
         for position, row in enumerate(rows):
-            if not (level_probs[position].isfinite().all() and type_probs[position].isfinite().all()):
+            if not finite[position]:
                 err = GuardInternalError(f"answer {position}: the response head produced non-finite scores")
                 if self.policy.on_error == "block":
                     raise err
@@ -355,8 +377,8 @@ class Classifier:
                 continue
             verdicts.append(
                 decide_response(
-                    level_probs[position].tolist(),
-                    type_probs[position].tolist(),
+                    level_rows[position],
+                    type_rows[position],
                     self.policy.response,
                     self.config.taxonomy,
                     image=context.image[row],
@@ -422,6 +444,10 @@ class Classifier:
         return self.modules.response_logits(memory, query, mask.to(device))
 
     # ------------------------------------------------------------------ helpers
+    def _embed_on_head(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ``ids``, on the safety modules' device."""
+        return self.backbone.embed_tokens(ids).to(self.modules.head_tokens.device)
+
     def _load(
         self,
         images: Sequence[ImageInput],

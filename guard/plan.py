@@ -229,7 +229,9 @@ class GenerationPlan:
         requests = [self.requests[i] for i in self.answering]
         rows = [row for request in requests for row in request.images]
         prompts = [request.prompt for request in requests for _ in request.images]
-        context = self.classifier.request_context(self._features.subset(rows), prompts, time.perf_counter())
+        context = self.classifier.request_context(
+            self._features.subset(rows), prompts, time.perf_counter(), incremental=True
+        )
         image_rows, offset = [], 0
         for request in requests:
             image_rows.append(list(range(offset, offset + len(request.images))))
