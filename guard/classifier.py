@@ -54,12 +54,14 @@ logger = logging.getLogger(__name__)
 class GuardAnalysis:
     """Verdicts of a batch plus the one vision pass they came from (reused by guarded generation).
 
-    ``features`` is None when no image of the batch could be judged.
+    ``features`` is None when no image of the batch could be judged; ``memory`` holds the safety heads' keys
+    and values of the same rows (what the response side reuses), None with it.
     """
 
     verdicts: list[SafetyVerdict]
     features: VisionFeatures | None
     judged: list[int]
+    memory: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -194,18 +196,18 @@ class Classifier:
         start = time.perf_counter()
         loaded, errors = self._load(images, prompts)
         verdicts: dict[int, SafetyVerdict] = {}
-        features = None
+        features = memory = None
         if loaded:
             try:
                 grouping = None if requests is None else _group_sizes([requests[index] for index, _, _ in loaded])
-                features, level_probs, type_probs, custom_probs = self._probabilities(
+                features, memory, level_probs, type_probs, custom_probs = self._probabilities(
                     [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded], grouping
                 )
             except GuardInternalError as err:
                 if self.policy.on_error == "block":
                     raise
                 errors.update({index: str(err) for index, _, _ in loaded})
-                loaded = []
+                loaded, memory = [], None
             else:
                 judged = [index for index, _, _ in loaded]
                 verdicts = self._decide_rows(level_probs, type_probs, custom_probs, judged, start)
@@ -215,6 +217,7 @@ class Classifier:
             verdicts=[verdicts[i] for i in range(len(prompts))],
             features=features,
             judged=[index for index, _, _ in loaded],
+            memory=memory,
         )
 
     def judge_requests(self, requests: Sequence[GuardRequest], on_text_only: TextOnlyAction) -> RequestJudgement:
@@ -241,7 +244,7 @@ class Classifier:
                 verdicts.append(worst_verdict(own))
             else:
                 verdicts.append(text_only_verdict(on_text_only, self.policy, self.config.taxonomy))
-        return RequestJudgement(verdicts, image_verdicts, rows, analysis.features)
+        return RequestJudgement(verdicts, image_verdicts, rows, analysis.features, analysis.memory)
 
     # ------------------------------------------------------------------ judging answers
     @property
@@ -299,17 +302,25 @@ class Classifier:
         return [verdicts[i] for i in range(len(prompts))]
 
     def request_context(
-        self, features: VisionFeatures, prompts: Sequence[str], start: float, *, incremental: bool = False
+        self,
+        features: VisionFeatures,
+        prompts: Sequence[str],
+        start: float,
+        *,
+        incremental: bool = False,
+        memory: torch.Tensor | None = None,
     ) -> RequestContext:
         """The memory of ``features`` (one row per prompt) and each row's verdicts with no text and with its prompt.
 
-        Computed once per vision pass; :meth:`judge_responses` then runs only the response head, and with
-        ``incremental`` (a guard with a response head) attends only the tokens it has not seen in an earlier
-        judgement of the context (:class:`~psaguard.answer_cache.AnswerCache`).
+        Computed once per vision pass (``memory``, when given, is that of ``features`` already computed by the
+        request's judgement: the safety projector does not run again); :meth:`judge_responses` then runs only
+        the response head, and with ``incremental`` (a guard with a response head) attends only the tokens it
+        has not seen in an earlier judgement of the context (:class:`~psaguard.answer_cache.AnswerCache`).
         """
         with torch.inference_mode():
             device = self.modules.head_tokens.device
-            memory = self.modules.memory(features.patches.to(device))
+            if memory is None:
+                memory = self.modules.memory(features.patches.to(device))
             prompts = list(prompts)
             ids, mask = self.prompts.encode([*prompts, *([""] * len(prompts))])
             query = self.backbone.embed_tokens(ids).to(device)
@@ -427,7 +438,7 @@ class Classifier:
         pooled = []
         for start in range(0, len(loaded), batch_size):
             try:
-                _, logits = self._forward(loaded[start : start + batch_size], prompts[start : start + batch_size])
+                _, _, logits = self._forward(loaded[start : start + batch_size], prompts[start : start + batch_size])
             except RuntimeError as err:
                 raise _internal_error(err) from err
             pooled.append(_pooled(logits).float().cpu())
@@ -475,13 +486,14 @@ class Classifier:
 
     def _probabilities(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
-    ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward pass and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
+    ) -> tuple[VisionFeatures, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward pass (features, memory) and calibrated probabilities; a RuntimeError inside becomes
+        GuardInternalError."""
         try:
-            features, logits = self._forward(images, prompts, grouping)
+            features, memory, logits = self._forward(images, prompts, grouping)
         except RuntimeError as err:
             raise _internal_error(err) from err
-        return (features, *self._calibrated(logits))
+        return (features, memory, *self._calibrated(logits))
 
     def preprocess(
         self, images: Sequence[Image.Image], grouping: Sequence[int] | None = None
@@ -499,9 +511,14 @@ class Classifier:
     @torch.inference_mode()
     def _forward(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
-    ) -> tuple[VisionFeatures, HeadLogits]:
+    ) -> tuple[VisionFeatures, torch.Tensor, HeadLogits]:
+        """The vision pass, the heads' memory of it, and the request head's logits (what :meth:`head_logits`
+        gives, with the memory kept for the response side)."""
         features = self.backbone.encode_images(**self.preprocess(images, grouping))
-        return features, self.head_logits(features, prompts)
+        ids, mask = self.prompts.encode(prompts)
+        memory = self.modules.memory(features.patches.to(self.modules.head_tokens.device))
+        logits = self.modules.request_logits(memory, self._embed_on_head(ids), mask.to(memory.device))
+        return features, memory, logits
 
     def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Level, type and custom-category probabilities; the last is (B, 0) for a guard without categories."""

@@ -78,9 +78,10 @@ def test_a_safe_answer_comes_out_whole_and_unchanged(tiny_model, tiny_processor,
     guard = monitored_guard(tiny_model, tiny_processor, interval=5, window=3)
     reference = guard.with_policy(GuardPolicy(response=ResponsePolicy(monitor=False)))
     want = reference.generate(images[0], QUESTION, **LONG)
-    with count_calls(guard.backbone.vision_tower) as vision:
+    with count_calls(guard.backbone.vision_tower) as vision, count_calls(guard.modules.projector) as projector:
         got = guard.generate(images[0], QUESTION, **LONG)
     assert len(vision) == 1  # the monitor reuses the request's vision pass
+    assert len(projector) == 1  # and the safety memory the request's judgement computed
     assert got.text == want.text and not got.stopped and got.stopped_at is None
     assert got.released_tokens == got.completion_tokens == want.completion_tokens
     assert got.response_verdict.tokens_judged == got.completion_tokens
