@@ -406,16 +406,23 @@ class Classifier:
         For callers that ran the vision tower themselves (the wrapped model); ``start`` is the
         ``time.perf_counter()`` the latency is measured from.
         """
+        return self.judge_encoded(features, prompts, start).verdicts
+
+    def judge_encoded(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> GuardAnalysis:
+        """:meth:`judge`, keeping the heads' memory of ``features`` for the response side (None, and no row
+        judged, when the forward pass failed under a lenient ``on_error``)."""
         try:
             with torch.inference_mode():
-                logits = self.head_logits(features, prompts)
+                memory, logits = self._memory_and_logits(features, prompts)
         except RuntimeError as err:
             internal = _internal_error(err)
             if self.policy.on_error == "block":
                 raise internal from err
-            return [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
-        verdicts = self._decide_rows(*self._calibrated(logits), list(range(len(prompts))), start)
-        return [verdicts[i] for i in range(len(prompts))]
+            failed = [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
+            return GuardAnalysis(verdicts=failed, features=features, judged=[])
+        rows = list(range(len(prompts)))
+        verdicts = self._decide_rows(*self._calibrated(logits), rows, start)
+        return GuardAnalysis(verdicts=[verdicts[i] for i in rows], features=features, judged=rows, memory=memory)
 
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
         """Safety-head logits for already encoded images and their prompts (differentiable)."""
@@ -515,10 +522,13 @@ class Classifier:
         """The vision pass, the heads' memory of it, and the request head's logits (what :meth:`head_logits`
         gives, with the memory kept for the response side)."""
         features = self.backbone.encode_images(**self.preprocess(images, grouping))
+        return (features, *self._memory_and_logits(features, prompts))
+
+    def _memory_and_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> tuple[torch.Tensor, HeadLogits]:
+        """The heads' memory of ``features`` and the request head's logits on it (:meth:`head_logits`' values)."""
         ids, mask = self.prompts.encode(prompts)
         memory = self.modules.memory(features.patches.to(self.modules.head_tokens.device))
-        logits = self.modules.request_logits(memory, self._embed_on_head(ids), mask.to(memory.device))
-        return features, memory, logits
+        return memory, self.modules.request_logits(memory, self._embed_on_head(ids), mask.to(memory.device))
 
     def _calibrated(self, logits: HeadLogits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Level, type and custom-category probabilities; the last is (B, 0) for a guard without categories."""

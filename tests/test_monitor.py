@@ -133,6 +133,16 @@ def test_an_answer_flagged_at_once_releases_nothing(tiny_model, tiny_processor, 
     assert answer.strip() == SORRY
 
 
+def test_the_wrapped_models_monitor_reuses_the_requests_safety_memory(tiny_model, tiny_processor, images):
+    guard = monitored_guard(tiny_model, tiny_processor, interval=4)
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    text = tiny_processor.apply_chat_template(chat, add_generation_prompt=True)
+    inputs = tiny_processor(images=images[0], text=text, return_tensors="pt")
+    with count_calls(guard.modules.projector) as projector:
+        _, results = guard.wrap().generate_with_results(**inputs, **LONG)
+    assert results[0].response_verdict is not None and len(projector) == 1
+
+
 def test_a_block_action_raises_after_the_released_text(tiny_model, tiny_processor, images):
     blocking = {"level_actions": {1: "block", 2: "block", 3: "block"}}
     guard = monitored_guard(tiny_model, tiny_processor, response_level=3, interval=4, **blocking)
