@@ -163,6 +163,36 @@ def test_batches_are_judged_per_answer(tiny_model, tiny_processor, images):
     assert all(g.response_verdict is not None and not g.stopped for g in got)
 
 
+def test_an_answer_ending_between_judgements_is_judged_at_its_eos(tiny_model, tiny_processor, images):
+    guard = monitored_guard(tiny_model, tiny_processor, interval=4, window=2)
+    tokenizer = tiny_processor.tokenizer
+    eos, vocabulary = tokenizer.eos_token_id, len(tokenizer)
+    width: list[int] = []
+
+    def force(batch_id: int, ids: torch.Tensor) -> list[int]:  # answer 0 ends with its 6th token, answer 1 never
+        width.append(width[0] if width else len(ids))
+        if batch_id == 0 and len(ids) - width[0] == 5:
+            return [eos]
+        return [token for token in range(vocabulary) if token != eos]
+
+    original = guard.classifier.judge_responses
+    judged_rows: list[list[int]] = []
+
+    def recording(context, responses, start, rows=None, tokens_judged=None):
+        judged_rows.append(list(rows))
+        return original(context, responses, start, rows, tokens_judged)
+
+    guard.classifier.judge_responses = recording
+    prompts = [QUESTION, "describe the picture"]
+    results = guard.generate_batch(
+        images[:2], prompts, max_new_tokens=12, do_sample=False, prefix_allowed_tokens_fn=force
+    )
+    assert [r.completion_tokens for r in results] == [6, 12]
+    # Judged at tokens 4 (both), 6 (answer 0, at its EOS, not after the batch ended), 8 and 12 (answer 1).
+    assert judged_rows == [[0, 1], [0], [1], [1]]
+    assert results[0].response_verdict.tokens_judged == 6 and not any(r.stopped for r in results)
+
+
 def test_the_monitor_and_classify_response_judge_the_same_text_alike(tiny_model, tiny_processor, images):
     torch.manual_seed(1)
     allow = {1: "allow", 2: "allow", 3: "allow"}
