@@ -18,7 +18,11 @@ then measures in fresh subprocesses, so that each mode's peak RSS is its own:
   14 GB): ``classify``; guarded ``generate`` vs plain ``generate`` of
   ``--new-tokens`` tokens; a **separate guard model** of the same shape doing what Llama Guard-style
   guards do (prefill of image + prompt, ``--guard-tokens`` greedy tokens). A second 7B model would not fit
-  in memory next to the first and costs what the same weights cost, so it runs on the loaded model.
+  in memory next to the first and costs what the same weights cost, so it runs on the loaded model;
+- the response side, on the same loaded model with a guard of the trained shape plus a response head:
+  guarded ``stream`` of ``--stream-tokens`` tokens with the streaming monitor on (the default policy's
+  interval and window) and off, and ``classify_response`` on a 256-token answer against the separate guard
+  judging the same answer (prefill of image + prompt + answer, ``--guard-tokens`` greedy tokens).
 
 The output names the CPU and its instruction sets. Each worker runs in its own process group and session,
 which is killed with it when the driver stops early (``--worker-timeout``, an exception, SIGTERM); a driver
@@ -53,10 +57,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 from workload import (
     ALLOW_ALL,
+    ANSWER_TOKENS,
     GUARD_DIR,
     GUARD_PROMPT,
     PROMPT,
+    allow_answers,
+    answer,
     chat_text,
+    guard_response_prompt,
     images,
     plain_generate,
     random_checkpoint_bytes,
@@ -67,6 +75,7 @@ from psaguard import SafetyGuard
 from psaguard.dtypes import DTYPE_CHOICES, choose_dtype, cpu_flags, resolve_dtype
 
 BATCH = 4
+RESPONSE_HEAD = {"response_head": True}
 GiB = 2**30
 CPU = torch.device("cpu")
 MATMUL_SIZE = {True: 256, False: 2048}  # tiny: what a CPU without a bf16 path does in well under a second
@@ -150,6 +159,11 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
     model, load_s = _timed(lambda: LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype))
     processor = AutoProcessor.from_pretrained(directory)
     guard = SafetyGuard.from_pretrained(directory / GUARD_DIR, model.eval(), processor, policy=ALLOW_ALL)
+    # The response side: the trained shape plus a response head (random weights; the policy allows every answer).
+    responding = SafetyGuard.attach(
+        model, processor, guard.config.model_copy(update={"head": guard.config.head.model_copy(update=RESPONSE_HEAD)})
+    )
+    monitored, unmonitored = responding.with_policy(allow_answers(True)), responding.with_policy(allow_answers(False))
     into_anonymous_memory(model)
     load_peak_rss, loaded_rss = peak_rss_bytes(), rss_bytes()
     reset_peak_rss()
@@ -161,18 +175,34 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
     def guarded(tokens: int) -> Callable[[], object]:
         return lambda: guard.generate(image, PROMPT, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
 
-    n, g = args.new_tokens, args.guard_tokens
-    # One warm-up answer of 2 tokens runs every kernel of the three generating variants (same model, same
-    # kinds of shapes) without paying three whole answers on a slow CPU.
+    def stream(streaming: SafetyGuard, tokens: int) -> Callable[[], object]:
+        kwargs = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+        return lambda: "".join(streaming.stream(image, PROMPT, **kwargs))
+
+    n, g, s = args.new_tokens, args.guard_tokens, args.stream_tokens
+    text = answer(processor)
+    # One warm-up answer of 2 tokens runs every kernel of the generating variants (same model, same kinds of
+    # shapes) without paying whole answers on a slow CPU; the monitored stream warms the response head too.
     runs = round_robin(
         {
             "classify_b1": lambda: guard.classify(image, PROMPT),
             "plain_generate": generate(PROMPT, n),
             "guarded_generate": guarded(n),
             "separate_guard": generate(GUARD_PROMPT, g),
+            "stream_monitor_off": stream(unmonitored, s),
+            "stream_monitor_on": stream(monitored, s),
+            "classify_response": lambda: monitored.classify_response(image, PROMPT, text),
+            "separate_guard_response": generate(guard_response_prompt(text), g),
         },
         args.repeats,
-        warmups={"plain_generate": generate(PROMPT, 2), "guarded_generate": None, "separate_guard": None},
+        warmups={
+            "plain_generate": generate(PROMPT, 2),
+            "guarded_generate": None,
+            "separate_guard": None,
+            "stream_monitor_off": None,
+            "stream_monitor_on": stream(monitored, 2),
+            "separate_guard_response": None,
+        },
     )
     return {
         "dtypes": guard.compute_dtypes,
@@ -183,6 +213,8 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
         **{name: list(r.values) for name, r in runs.items()},
         "prompt_tokens": _input_length(processor, PROMPT),
         "guard_prompt_tokens": _input_length(processor, GUARD_PROMPT),
+        "guard_response_prompt_tokens": _input_length(processor, guard_response_prompt(text)),
+        "monitor_interval": monitored.policy.response.interval,
         "peak_rss": peak_rss_bytes(),
     }
 
@@ -254,7 +286,7 @@ def _in_process(args: argparse.Namespace, role: str, *extra: str) -> dict[str, A
 
 def _worker_args(args: argparse.Namespace) -> list[str]:
     flags = ["--checkpoint", str(args.checkpoint), "--threads", str(args.threads), "--full-dtype", args.full_dtype]
-    for name in ("repeats", "classify_repeats", "new_tokens", "guard_tokens"):
+    for name in ("repeats", "classify_repeats", "new_tokens", "guard_tokens", "stream_tokens"):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return flags + (["--tiny"] if args.tiny else [])
 
@@ -375,6 +407,13 @@ def summarise(results: dict[str, Any]) -> dict[str, float]:
         guard = _runs(full["separate_guard"]).median
         ratios["separate guard / full-model classify (latency, batch 1)"] = guard / median["classify_b1"]
         ratios["guarded / plain generate"] = median["guarded_generate"] / median["plain_generate"]
+        if "stream_monitor_on" in full:  # raw numbers of runs before the response side have none
+            on, off = _runs(full["stream_monitor_on"]).median, _runs(full["stream_monitor_off"]).median
+            ratios[f"guarded stream, monitor on / off (every {full['monitor_interval']} tokens)"] = on / off
+            judged = _runs(full["classify_response"]).median
+            ratios[f"separate guard judging the answer / classify_response ({ANSWER_TOKENS}-token answer)"] = (
+                _runs(full["separate_guard_response"]).median / judged
+            )
     if default and full:
         loads = by_dtype[default]
         b1, batch = _pooled(loads, "classify_b1").median, _pooled(loads, f"classify_b{BATCH}").median
@@ -420,6 +459,23 @@ def _full_lines(full: dict[str, Any], args: argparse.Namespace) -> tuple[list[st
         f"prefill lengths: user prompt {full['prompt_tokens']} tokens, separate guard's prompt "
         f"{full['guard_prompt_tokens']} tokens (image tokens included)"
     ]
+    if "stream_monitor_on" in full:
+        every = full["monitor_interval"]
+        rows += [
+            _row(f"guarded stream, {args.stream_tokens} tokens, monitor off", _runs(full["stream_monitor_off"])),
+            _row(
+                f"guarded stream, {args.stream_tokens} tokens, monitor every {every}", _runs(full["stream_monitor_on"])
+            ),
+            _row(f"classify_response, {ANSWER_TOKENS}-token answer", _runs(full["classify_response"])),
+            _row(
+                f"separate guard judging the answer: prefill + {args.guard_tokens} tokens",
+                _runs(full["separate_guard_response"]),
+            ),
+        ]
+        note.append(
+            f"separate guard's prompt with the {ANSWER_TOKENS}-token answer: {full['guard_response_prompt_tokens']}"
+            " tokens (image tokens included)"
+        )
     return rows, note
 
 
@@ -487,6 +543,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens of the plain and guarded answers")
     parser.add_argument("--guard-tokens", type=int, default=20, help="tokens the separate guard model decodes")
+    parser.add_argument(
+        "--stream-tokens", type=int, default=16, help="tokens of the guarded streams with the monitor on and off"
+    )
     parser.add_argument("--workdir", help="where the temporary checkpoint goes (default: the temp dir)")
     parser.add_argument("--checkpoint", type=Path, help="reuse a checkpoint written by an earlier --keep run")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoint (prints where)")

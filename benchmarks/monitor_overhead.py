@@ -5,8 +5,9 @@
 Every variant streams the same answer with greedy decoding and a fixed number of new tokens. The guard has a
 response head (untrained) and its response policy allows every answer, so the monitor judges the answer
 every ``interval`` tokens and never stops it: the numbers measure the monitor's work (decode the answer so
-far, encode prompt + answer, one cross-attention of the response head), not its decisions. Medians of
-``--repeats`` round-robin runs after one warm-up, with the machine they ran on.
+far, tokenize it, attend its new tokens with the response head), not its decisions. Medians of
+``--repeats`` round-robin runs after one warm-up, with the machine they ran on: wall-clock time, and the
+process's CPU time (all threads), which other jobs on a shared machine disturb less.
 """
 
 from __future__ import annotations
@@ -58,19 +59,21 @@ def main() -> None:
         variants[f"stream, monitor every {interval}"] = streamer(base.with_policy(policy(True, interval)))
     for run in variants.values():
         run()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, run in variants.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    off = statistics.median(times["stream, monitor off"])
+            wall[name].append((time.perf_counter() - start) * 1000.0)
+            cpu[name].append((time.process_time() - start_cpu) * 1000.0)
+    off, off_cpu = statistics.median(wall["stream, monitor off"]), statistics.median(cpu["stream, monitor off"])
     print(json.dumps(describe_machine()))
     print(f"tiny LLaVA, {args.new_tokens} new tokens, {args.repeats} rounds, {torch.get_num_threads()} threads")
-    print(f"{'variant':28} {'median ms':>10} {'x off':>7}")
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:28} {median:10.1f} {median / off:7.3f}")
+    print(f"{'variant':28} {'median ms':>10} {'x off':>7} {'cpu ms':>8} {'cpu x off':>9}")
+    for name in variants:
+        median, median_cpu = statistics.median(wall[name]), statistics.median(cpu[name])
+        print(f"{name:28} {median:10.1f} {median / off:7.3f} {median_cpu:8.1f} {median_cpu / off_cpu:9.3f}")
 
 
 if __name__ == "__main__":

@@ -20,16 +20,20 @@ from random_checkpoint import checkpoint_bytes, write_random_checkpoint
 from shapes import llava_15_7b_config
 from transformers import LlavaForConditionalGeneration
 
-from psaguard import GuardPolicy, SafetyGuard
+from psaguard import GuardPolicy, ResponsePolicy, SafetyGuard
 from psaguard.classifier_only import load_classifier_parts
 from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 
 __all__ = [
     "ALLOW_ALL",
+    "ANSWER_TOKENS",
     "GUARD_DIR",
     "GUARD_PROMPT",
     "PROMPT",
+    "allow_answers",
+    "answer",
     "chat_text",
+    "guard_response_prompt",
     "images",
     "model_config",
     "plain_generate",
@@ -49,9 +53,39 @@ GUARD_PROMPT = (
 )
 ALLOW_ALL = GuardPolicy(level_actions={1: "allow", 2: "allow", 3: "allow"})
 """Every guarded request generates, so guarded runs time the guard's machinery, not its decisions."""
+ANSWER_TOKENS = 256
+"""Length of the answer the response-side comparison judges."""
+_ANSWER_WORDS = "this image is a photo of a red circle on a white square , there is a blue triangle in it .".split()
 GUARD_DIR = "guard"
 IMAGE_SIDES = (640, 480)  # a typical photo (COCO's size), resized and cropped by the processor
 GiB = 2**30
+
+
+def allow_answers(monitor: bool) -> GuardPolicy:
+    """:data:`ALLOW_ALL` for answers too, with the streaming monitor on or off (default interval and window):
+    monitored runs judge every answer and never stop one."""
+    allow = ALLOW_ALL.level_actions
+    return ALLOW_ALL.model_copy(update={"response": ResponsePolicy(monitor=monitor, level_actions=allow)})
+
+
+def answer(proc: Any, tokens: int = ANSWER_TOKENS) -> str:
+    """An answer of exactly ``tokens`` tokens of ``proc``'s tokenizer (words the tiny vocabulary has too)."""
+    tok = proc.tokenizer
+    words = (_ANSWER_WORDS * (tokens // len(_ANSWER_WORDS) + 2))[: tokens + 8]
+    ids = tok(" ".join(words), add_special_tokens=False)["input_ids"][:tokens]
+    text = tok.decode(ids, skip_special_tokens=True)
+    if len(tok(text, add_special_tokens=False)["input_ids"]) != tokens:
+        raise ValueError(f"could not write an answer of {tokens} tokens with this tokenizer")
+    return text
+
+
+def guard_response_prompt(answer_text: str) -> str:
+    """What a Llama Guard-style guard model is asked about an answer: the request and the answer, short form."""
+    return (
+        "task : check if there is unsafe content in the agent message with the image according to our safety "
+        f"policy . user : {PROMPT} . agent : {answer_text} . provide your safety assessment for the agent : say "
+        "safe or unsafe , and if unsafe the violated categories ."
+    )
 
 
 def processor(tiny: bool):  # -> LlavaProcessor

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from psaguard.answer_cache import AnswerCache
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.categories import CategoryBank, category_features, category_width, fit_category, new_category
 from psaguard.category_config import CustomCategory, FitMethod, check_categories
@@ -54,13 +55,15 @@ class GuardAnalysis:
     """Verdicts of a batch plus the one vision pass they came from (reused by guarded generation).
 
     ``features`` is None when no image of the batch could be judged; ``logits`` are the raw (temperature 1)
-    head logits the verdicts came from, one row per judged request (None with ``features``).
+    head logits the verdicts came from, one row per judged request, and ``memory`` the safety heads' keys and
+    values of the same rows (what the response side reuses); both None with ``features``.
     """
 
     verdicts: list[SafetyVerdict]
     features: VisionFeatures | None
     judged: list[int]
     logits: HeadLogits | None = None
+    memory: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,15 @@ class RequestContext:
     """What the response side reuses of one vision pass: the heads' memory and the request-side verdicts.
 
     Row ``i`` is image ``i``: ``memory`` its safety features, ``image`` its verdict with no text, ``request``
-    its verdict with the prompt (they locate the risk of a harmful answer).
+    its verdict with the prompt (they locate the risk of a harmful answer). ``answers``, when set, judges the
+    answers incrementally (the streaming monitor judges the same answers again and again as they grow).
     """
 
     memory: torch.Tensor
     prompts: list[str]
     image: list[SafetyVerdict]
     request: list[SafetyVerdict]
+    answers: AnswerCache | None = None
 
 
 class Classifier:
@@ -194,18 +199,18 @@ class Classifier:
         start = time.perf_counter()
         loaded, errors = self._load(images, prompts)
         verdicts: dict[int, SafetyVerdict] = {}
-        features = logits = None
+        features = logits = memory = None
         if loaded:
             try:
                 grouping = None if requests is None else _group_sizes([requests[index] for index, _, _ in loaded])
-                features, logits, level_probs, type_probs, custom_probs = self._probabilities(
+                features, memory, logits, level_probs, type_probs, custom_probs = self._probabilities(
                     [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded], grouping
                 )
             except GuardInternalError as err:
                 if self.policy.on_error == "block":
                     raise
                 errors.update({index: str(err) for index, _, _ in loaded})
-                loaded = []
+                loaded, memory = [], None
             else:
                 judged = [index for index, _, _ in loaded]
                 verdicts = self._decide_rows(level_probs, type_probs, custom_probs, judged, start)
@@ -216,6 +221,7 @@ class Classifier:
             features=features,
             judged=[index for index, _, _ in loaded],
             logits=logits,
+            memory=memory,
         )
 
     def judge_requests(self, requests: Sequence[GuardRequest], on_text_only: TextOnlyAction) -> RequestJudgement:
@@ -242,7 +248,7 @@ class Classifier:
                 verdicts.append(worst_verdict(own))
             else:
                 verdicts.append(text_only_verdict(on_text_only, self.policy, self.config.taxonomy))
-        return RequestJudgement(verdicts, image_verdicts, rows, analysis.features)
+        return RequestJudgement(verdicts, image_verdicts, rows, analysis.features, analysis.memory)
 
     # ------------------------------------------------------------------ judging answers
     @property
@@ -319,20 +325,32 @@ class Classifier:
         try:
             with torch.inference_mode():
                 features = self.backbone.encode_images(**self.preprocess([image for _, image, _ in loaded], [count]))
-            return self.request_context(features, prompts, start)
+            return self.request_context(features, prompts, start, incremental=True)
         except GuardInternalError:
             raise
         except RuntimeError as err:
             raise _internal_error(err) from err
 
-    def request_context(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> RequestContext:
+    def request_context(
+        self,
+        features: VisionFeatures,
+        prompts: Sequence[str],
+        start: float,
+        *,
+        incremental: bool = False,
+        memory: torch.Tensor | None = None,
+    ) -> RequestContext:
         """The memory of ``features`` (one row per prompt) and each row's verdicts with no text and with its prompt.
 
-        Computed once per vision pass; :meth:`judge_responses` then runs only the response head.
+        Computed once per vision pass (``memory``, when given, is that of ``features`` already computed by the
+        request's judgement: the safety projector does not run again); :meth:`judge_responses` then runs only
+        the response head, and with ``incremental`` (a guard with a response head) attends only the tokens it
+        has not seen in an earlier judgement of the context (:class:`~psaguard.answer_cache.AnswerCache`).
         """
         with torch.inference_mode():
             device = self.modules.head_tokens.device
-            memory = self.modules.memory(features.patches.to(device))
+            if memory is None:
+                memory = self.modules.memory(features.patches.to(device))
             prompts = list(prompts)
             ids, mask = self.prompts.encode([*prompts, *([""] * len(prompts))])
             query = self.backbone.embed_tokens(ids).to(device)
@@ -340,11 +358,16 @@ class Classifier:
         rows = list(range(2 * len(prompts)))
         decided = self._decide_rows(*self._calibrated(logits, features.patches.repeat(2, 1, 1)), rows, start)
         count = len(prompts)
+        answers = None
+        if incremental and self.modules.response_head is not None:
+            prompt_parts = [self.prompts.prompt_part(prompt) for prompt in prompts]
+            answers = AnswerCache(self.modules.response_head, memory, prompt_parts, self._embed_on_head)
         return RequestContext(
             memory=memory,
             prompts=prompts,
             request=[decided[i] for i in range(count)],
             image=[decided[count + i] for i in range(count)],
+            answers=answers,
         )
 
     def judge_responses(
@@ -357,23 +380,33 @@ class Classifier:
     ) -> list[ResponseVerdict]:
         """Verdicts for ``responses`` to the requests of ``context`` (its rows ``rows``, default all, in order).
 
-        Runs the response head only (the streaming monitor calls this every few tokens). Non-finite scores
-        follow ``policy.on_error``.
+        Runs the response head only (the streaming monitor calls this every few tokens), through the
+        context's :class:`~psaguard.answer_cache.AnswerCache` when it has one. Non-finite scores follow
+        ``policy.on_error``.
         """
         rows = list(range(len(context.prompts))) if rows is None else list(rows)
         self.require_response_head()
-        with torch.inference_mode():
-            device = self.modules.head_tokens.device
-            ids, mask = self.prompts.encode_pairs([context.prompts[r] for r in rows], responses)
-            query = self.backbone.embed_tokens(ids).to(device)
-            logits = self.modules.response_logits(context.memory[rows], query, mask.to(device))
+        prompts = [context.prompts[r] for r in rows]
+        if context.answers is not None:
+            if len(prompts) != len(responses):
+                raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
+            parts = context.answers.prompt_ids
+            pairs = [self.prompts.answer_ids(parts[row], response) for row, response in zip(rows, responses)]
+            logits = context.answers.logits(rows, pairs)
+        else:
+            with torch.inference_mode():
+                ids, mask = self.prompts.encode_pairs(prompts, responses)
+                device = self.modules.head_tokens.device
+                logits = self.modules.response_logits(context.memory[rows], self._embed_on_head(ids), mask.to(device))
         head = self.config.head
         level_probs = F.softmax(logits.level.float() / head.response_level_temperature, dim=-1)
         type_probs = F.softmax(logits.type.float() / head.response_type_temperature, dim=-1)
         elapsed = (time.perf_counter() - start) * 1000.0
+        finite = (level_probs.isfinite().all(-1) & type_probs.isfinite().all(-1)).tolist()
+        level_rows, type_rows = level_probs.tolist(), type_probs.tolist()  # one copy each, not one per row
         verdicts = []
         for position, row in enumerate(rows):
-            if not (level_probs[position].isfinite().all() and type_probs[position].isfinite().all()):
+            if not finite[position]:
                 err = GuardInternalError(f"answer {position}: the response head produced non-finite scores")
                 if self.policy.on_error == "block":
                     raise err
@@ -385,8 +418,8 @@ class Classifier:
                 continue
             verdicts.append(
                 decide_response(
-                    level_probs[position].tolist(),
-                    type_probs[position].tolist(),
+                    level_rows[position],
+                    type_rows[position],
                     self.policy.response,
                     self.config.taxonomy,
                     image=context.image[row],
@@ -403,16 +436,23 @@ class Classifier:
         For callers that ran the vision tower themselves (the wrapped model); ``start`` is the
         ``time.perf_counter()`` the latency is measured from.
         """
+        return self.judge_encoded(features, prompts, start).verdicts
+
+    def judge_encoded(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> GuardAnalysis:
+        """:meth:`judge`, keeping the heads' memory of ``features`` for the response side (None, and no row
+        judged, when the forward pass failed under a lenient ``on_error``)."""
         try:
             with torch.inference_mode():
-                logits = self.head_logits(features, prompts)
+                memory, logits = self._memory_and_logits(features, prompts)
         except RuntimeError as err:
             internal = _internal_error(err)
             if self.policy.on_error == "block":
                 raise internal from err
-            return [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
-        verdicts = self._decide_rows(*self._calibrated(logits, features.patches), list(range(len(prompts))), start)
-        return [verdicts[i] for i in range(len(prompts))]
+            failed = [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
+            return GuardAnalysis(verdicts=failed, features=features, judged=[])
+        rows = list(range(len(prompts)))
+        verdicts = self._decide_rows(*self._calibrated(logits, features.patches), rows, start)
+        return GuardAnalysis(verdicts=[verdicts[i] for i in rows], features=features, judged=rows, memory=memory)
 
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
         """Safety-head logits for already encoded images and their prompts (differentiable)."""
@@ -437,7 +477,7 @@ class Classifier:
         for start in range(0, len(loaded), batch_size):
             try:
                 batch = slice(start, start + batch_size)
-                features, logits = self._forward(loaded[batch], prompts[batch])
+                features, _, logits = self._forward(loaded[batch], prompts[batch])
             except RuntimeError as err:
                 raise _internal_error(err) from err
             rows.append(_category_input(logits, features.patches).cpu())
@@ -454,6 +494,10 @@ class Classifier:
         return self.modules.response_logits(memory, query, mask.to(device))
 
     # ------------------------------------------------------------------ helpers
+    def _embed_on_head(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ``ids``, on the safety modules' device."""
+        return self.backbone.embed_tokens(ids).to(self.modules.head_tokens.device)
+
     def _load(
         self,
         images: Sequence[ImageInput],
@@ -481,13 +525,14 @@ class Classifier:
 
     def _probabilities(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
-    ) -> tuple[VisionFeatures, HeadLogits, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Forward pass, raw logits and calibrated probabilities; a RuntimeError inside becomes GuardInternalError."""
+    ) -> tuple[VisionFeatures, torch.Tensor, HeadLogits, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Forward pass (features, the heads' memory, raw logits) and calibrated probabilities; a RuntimeError
+        inside becomes GuardInternalError."""
         try:
-            features, logits = self._forward(images, prompts, grouping)
+            features, memory, logits = self._forward(images, prompts, grouping)
         except RuntimeError as err:
             raise _internal_error(err) from err
-        return (features, logits, *self._calibrated(logits, features.patches))
+        return (features, memory, logits, *self._calibrated(logits, features.patches))
 
     def preprocess(
         self, images: Sequence[Image.Image], grouping: Sequence[int] | None = None
@@ -505,9 +550,17 @@ class Classifier:
     @torch.inference_mode()
     def _forward(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
-    ) -> tuple[VisionFeatures, HeadLogits]:
+    ) -> tuple[VisionFeatures, torch.Tensor, HeadLogits]:
+        """The vision pass, the heads' memory of it, and the request head's logits (what :meth:`head_logits`
+        gives, with the memory kept for the response side)."""
         features = self.backbone.encode_images(**self.preprocess(images, grouping))
-        return features, self.head_logits(features, prompts)
+        return (features, *self._memory_and_logits(features, prompts))
+
+    def _memory_and_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> tuple[torch.Tensor, HeadLogits]:
+        """The heads' memory of ``features`` and the request head's logits on it (:meth:`head_logits`' values)."""
+        ids, mask = self.prompts.encode(prompts)
+        memory = self.modules.memory(features.patches.to(self.modules.head_tokens.device))
+        return memory, self.modules.request_logits(memory, self._embed_on_head(ids), mask.to(memory.device))
 
     def _calibrated(self, logits: HeadLogits, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Level, type and custom-category probabilities (the categories also read the vision ``patches``); the

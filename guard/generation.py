@@ -124,7 +124,7 @@ class GuardedGenerator:
             if plan.runs_model:
                 plan = plan.with_tokens(self._prompt_ids(list(request.conversation), plan), request.prompt)
             requests.append(plan)
-        return GenerationPlan(self.classifier, requests, judgement.features)
+        return GenerationPlan(self.classifier, requests, judgement.features, judgement.memory)
 
     def _prompt_ids(self, conversation: Conversation, request: RequestPlan) -> list[int]:
         if request.hint is not None:

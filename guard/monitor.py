@@ -89,16 +89,29 @@ class ResponseMonitor(StoppingCriteria):
         self.policy = classifier.policy.response
         self.tokenizer = tokenizer_of(classifier.processor)
         self.states = [AnswerState() for _ in self.image_rows]
+        self._length = 0
+        """Generated tokens at the last call."""
         self.judgements = 0
         """Response-head calls made (each judges every answer due at that step in one batch)."""
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: object) -> torch.Tensor:
         """Per row True when the monitor stops it (the answer was flagged)."""
-        generated = input_ids[:, self.prompt_width :].tolist()
+        length = input_ids.shape[1] - self.prompt_width
+        # One new token per row since the last call (plain decoding): only rows whose new token is EOS or whose
+        # length is a multiple of the interval need looking at; otherwise (several tokens at once) every row.
+        stepwise = length == self._length + 1
+        self._length = length
+        last = input_ids[:, -1].tolist() if stepwise else []
+        generated: list[list[int]] | None = None
         due = []
-        for index, (state, row) in enumerate(zip(self.states, generated)):
+        for index, state in enumerate(self.states):
             if state.stopped or state.ended:
                 continue
+            if stepwise and length % self.policy.interval and last[index] not in self.eos_ids:
+                continue
+            if generated is None:
+                generated = input_ids[:, self.prompt_width :].tolist()
+            row = generated[index]
             state.tokens = until_eos(row, self.eos_ids)
             ended = len(state.tokens) < len(row) or (state.tokens and state.tokens[-1] in self.eos_ids)
             if ended or len(state.tokens) % self.policy.interval == 0:

@@ -131,7 +131,15 @@ def plan_request(
 class GenerationPlan:
     """The plans of a batch and the one language-model input of the requests that generate."""
 
-    def __init__(self, classifier: Classifier, requests: list[RequestPlan], features: VisionFeatures | None) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        requests: list[RequestPlan],
+        features: VisionFeatures | None,
+        memory: torch.Tensor | None = None,
+    ) -> None:
+        """``memory``: the safety heads' memory of ``features`` when the request's judgement kept it (the monitor
+        then does not run the safety projector again)."""
         self.classifier = classifier
         self.requests = requests
         self.answering = [i for i, request in enumerate(requests) if request.tokens is not None]
@@ -139,6 +147,7 @@ class GenerationPlan:
         self.monitor: ResponseMonitor | None = None
         """The streaming monitor of the answering requests (after :meth:`generate`), when the policy runs it."""
         self._features = features
+        self._memory = memory
         if self.inputs is not None and self.monitors:
             classifier.require_response_head()  # monitor=True on a guard without one: fail before generating
 
@@ -229,7 +238,10 @@ class GenerationPlan:
         requests = [self.requests[i] for i in self.answering]
         rows = [row for request in requests for row in request.images]
         prompts = [request.prompt for request in requests for _ in request.images]
-        context = self.classifier.request_context(self._features.subset(rows), prompts, time.perf_counter())
+        memory = None if self._memory is None else self._memory[rows]
+        context = self.classifier.request_context(
+            self._features.subset(rows), prompts, time.perf_counter(), incremental=True, memory=memory
+        )
         image_rows, offset = [], 0
         for request in requests:
             image_rows.append(list(range(offset, offset + len(request.images))))

@@ -36,6 +36,12 @@ the head and the tail tokens are kept; no token of a real vocabulary is this lon
 
 _DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 _WHITESPACE = re.compile(r"\s+")
+_ASCII_DROPPED = {
+    code: None
+    for code in range(128)
+    if not chr(code).isspace() and unicodedata.category(chr(code)) in _DROPPED_CATEGORIES
+}
+"""ASCII characters :func:`clean_prompt` drops (controls that are not whitespace), as a ``str.translate`` table."""
 
 
 def clean_prompt(prompt: str) -> str:
@@ -46,8 +52,11 @@ def clean_prompt(prompt: str) -> str:
     (newlines, tabs, Unicode spaces) becomes one space and the ends are stripped, before the ends of a long
     prompt are chosen: otherwise 16k spaces on each side pushed the request itself out of the judged text.
     """
-    text = unicodedata.normalize("NFKC", "".join(ch for ch in prompt if not 0xD800 <= ord(ch) <= 0xDFFF))
-    kept = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    if prompt.isascii():  # the common case, at C speed: ASCII is NFKC-stable; only its control characters go
+        kept = prompt.translate(_ASCII_DROPPED)
+    else:
+        text = unicodedata.normalize("NFKC", "".join(ch for ch in prompt if not 0xD800 <= ord(ch) <= 0xDFFF))
+        kept = "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) not in _DROPPED_CATEGORIES)
     return _WHITESPACE.sub(" ", kept).strip()
 
 
@@ -93,11 +102,17 @@ class PromptEncoder:
         The prompt takes at most half of ``max_tokens`` (its head and tail kept), the answer the rest (its
         head and tail kept), so a long request cannot push the answer out of the judged text nor the reverse.
         """
+        return self.answer_ids(self.prompt_part(prompt), response)
+
+    def prompt_part(self, prompt: str) -> list[int]:
+        """The prompt's ids in the response head's query (after the anchor): at most half of ``max_tokens``."""
         self.check(prompt)
+        return self._text_ids(prompt, (self.max_tokens - 1) // 2)
+
+    def answer_ids(self, prompt_part: Sequence[int], response: str) -> list[int]:
+        """:meth:`pair_ids` from the prompt's :meth:`prompt_part` (computed once for answers to the same prompt)."""
         self.check(response)
-        budget = self.max_tokens - 1
-        prompt_ids = self._text_ids(prompt, budget // 2)
-        return [self.anchor_id, *prompt_ids, *self._text_ids(response, budget - len(prompt_ids))]
+        return [self.anchor_id, *prompt_part, *self._text_ids(response, self.max_tokens - 1 - len(prompt_part))]
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, mask) of shape (B, T), right-padded; mask is True on real positions."""

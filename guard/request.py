@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.backbones import VisionFeatures
@@ -50,10 +51,12 @@ class RequestJudgement:
 
     ``verdicts[r]`` decides request ``r``: the most severe verdict of its images, or the text-only verdict
     when it holds none. ``image_verdicts[r]`` are its images' own verdicts, in order; ``rows[r]`` are their
-    rows in ``features``, or None when not all of its images could be judged.
+    rows in ``features``, or None when not all of its images could be judged. ``memory`` holds the safety
+    heads' keys and values of the same rows (None with ``features``), reused by the streaming monitor.
     """
 
     verdicts: list[SafetyVerdict]
     image_verdicts: list[list[SafetyVerdict]]
     rows: list[list[int] | None]
     features: VisionFeatures | None
+    memory: torch.Tensor | None = None

@@ -167,7 +167,8 @@ class GuardedModel:
             raise InvalidInputError(f"row {counts.index(0)} has no image; batch text-only requests separately")
         owners = [index for index, count in enumerate(counts) for _ in range(count)]
         prompts = [_visible_text(tokenizer, token_rows[owner], placeholder) for owner in owners]
-        verdicts = classifier.judge(features, prompts, start)
+        judged = classifier.judge_encoded(features, prompts, start)
+        verdicts = judged.verdicts
         requests = []
         for index, token_row in enumerate(token_rows):
             images = [i for i, owner in enumerate(owners) if owner == index]
@@ -175,7 +176,7 @@ class GuardedModel:
             if request.runs_model:
                 request = request.with_tokens(self._with_hint(tokenizer, token_row, request), prompts[images[0]])
             requests.append(request)
-        return GenerationPlan(classifier, requests, features)
+        return GenerationPlan(classifier, requests, features, judged.memory)
 
     def _with_hint(self, tokenizer: Any, row: list[int], request: RequestPlan) -> list[int]:
         """Splice the hint's tokens in before the chat template's generation prompt (end of the user turn)."""

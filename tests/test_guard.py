@@ -127,7 +127,7 @@ def test_non_llava_models_are_refused(tiny_processor):
 
 def _train_head_on_prompts(guard: SafetyGuard, image, prompts_to_types: dict[str, int], steps: int = 60) -> None:
     """Fit the head so that the same image gets a different type depending on the prompt."""
-    features, _ = guard.classifier._forward([image] * len(prompts_to_types), list(prompts_to_types))
+    features, _, _ = guard.classifier._forward([image] * len(prompts_to_types), list(prompts_to_types))
     features = type(features)(patches=features.patches.clone(), selected=features.selected.clone())
     target = torch.tensor(list(prompts_to_types.values()))
     optimizer = torch.optim.Adam(guard.modules.parameters(), lr=3e-3)

@@ -78,9 +78,10 @@ def test_a_safe_answer_comes_out_whole_and_unchanged(tiny_model, tiny_processor,
     guard = monitored_guard(tiny_model, tiny_processor, interval=5, window=3)
     reference = guard.with_policy(GuardPolicy(response=ResponsePolicy(monitor=False)))
     want = reference.generate(images[0], QUESTION, **LONG)
-    with count_calls(guard.backbone.vision_tower) as vision:
+    with count_calls(guard.backbone.vision_tower) as vision, count_calls(guard.modules.projector) as projector:
         got = guard.generate(images[0], QUESTION, **LONG)
     assert len(vision) == 1  # the monitor reuses the request's vision pass
+    assert len(projector) == 1  # and the safety memory the request's judgement computed
     assert got.text == want.text and not got.stopped and got.stopped_at is None
     assert got.released_tokens == got.completion_tokens == want.completion_tokens
     assert got.response_verdict.tokens_judged == got.completion_tokens
@@ -132,6 +133,16 @@ def test_an_answer_flagged_at_once_releases_nothing(tiny_model, tiny_processor, 
     assert answer.strip() == SORRY
 
 
+def test_the_wrapped_models_monitor_reuses_the_requests_safety_memory(tiny_model, tiny_processor, images):
+    guard = monitored_guard(tiny_model, tiny_processor, interval=4)
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    text = tiny_processor.apply_chat_template(chat, add_generation_prompt=True)
+    inputs = tiny_processor(images=images[0], text=text, return_tensors="pt")
+    with count_calls(guard.modules.projector) as projector:
+        _, results = guard.wrap().generate_with_results(**inputs, **LONG)
+    assert results[0].response_verdict is not None and len(projector) == 1
+
+
 def test_a_block_action_raises_after_the_released_text(tiny_model, tiny_processor, images):
     blocking = {"level_actions": {1: "block", 2: "block", 3: "block"}}
     guard = monitored_guard(tiny_model, tiny_processor, response_level=3, interval=4, **blocking)
@@ -150,6 +161,36 @@ def test_batches_are_judged_per_answer(tiny_model, tiny_processor, images):
     got = guard.generate_batch(images[:2], prompts, **LONG)
     assert [g.text for g in got] == [w.text for w in want]
     assert all(g.response_verdict is not None and not g.stopped for g in got)
+
+
+def test_an_answer_ending_between_judgements_is_judged_at_its_eos(tiny_model, tiny_processor, images):
+    guard = monitored_guard(tiny_model, tiny_processor, interval=4, window=2)
+    tokenizer = tiny_processor.tokenizer
+    eos, vocabulary = tokenizer.eos_token_id, len(tokenizer)
+    width: list[int] = []
+
+    def force(batch_id: int, ids: torch.Tensor) -> list[int]:  # answer 0 ends with its 6th token, answer 1 never
+        width.append(width[0] if width else len(ids))
+        if batch_id == 0 and len(ids) - width[0] == 5:
+            return [eos]
+        return [token for token in range(vocabulary) if token != eos]
+
+    original = guard.classifier.judge_responses
+    judged_rows: list[list[int]] = []
+
+    def recording(context, responses, start, rows=None, tokens_judged=None):
+        judged_rows.append(list(rows))
+        return original(context, responses, start, rows, tokens_judged)
+
+    guard.classifier.judge_responses = recording
+    prompts = [QUESTION, "describe the picture"]
+    results = guard.generate_batch(
+        images[:2], prompts, max_new_tokens=12, do_sample=False, prefix_allowed_tokens_fn=force
+    )
+    assert [r.completion_tokens for r in results] == [6, 12]
+    # Judged at tokens 4 (both), 6 (answer 0, at its EOS, not after the batch ended), 8 and 12 (answer 1).
+    assert judged_rows == [[0, 1], [0], [1], [1]]
+    assert results[0].response_verdict.tokens_judged == 6 and not any(r.stopped for r in results)
 
 
 def test_the_monitor_and_classify_response_judge_the_same_text_alike(tiny_model, tiny_processor, images):

@@ -6,6 +6,7 @@ from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["HeadLogits", "SafetyHead"]
 
@@ -59,11 +60,45 @@ class SafetyHead(nn.Module):
         attended, _ = self.attn(query, memory, memory, need_weights=False)
         pooled = self._pool(attended, query_mask)
         prompt = _masked_mean(query.to(pooled.dtype), query_mask)
+        pooled_query = self._pool(query.to(pooled.dtype), query_mask) if self.residual else None
+        return self.read_out(pooled, pooled_query, prompt)
+
+    def read_out(
+        self, pooled: torch.Tensor, pooled_query: torch.Tensor | None = None, prompt: torch.Tensor | None = None
+    ) -> HeadLogits:
+        """The logits from the pooled attended values (B, D) and, for a ``residual`` head, the pooled query (B, D);
+        ``prompt`` (the query's masked mean, B x D) rides along for the category bank."""
         if self.norm is not None and self.query_norm is not None:
+            if pooled_query is None:
+                raise ValueError("a residual head reads the pooled query too")
             # The text itself, not only where it looks in the image, reaches the linears; each part normalized,
             # since token embeddings are far smaller than the attended values.
-            pooled = self.norm(pooled) + self.query_norm(self._pool(query.to(pooled.dtype), query_mask))
+            pooled = self.norm(pooled) + self.query_norm(pooled_query)
         return HeadLogits(self.level_head(pooled), self.type_head(pooled), pooled, prompt)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention's keys and values of ``memory`` (B, M, D), each (B, heads, M, D / heads): computed once
+        per memory by callers that attend to it again and again (the streaming monitor)."""
+        _, weight_k, weight_v = self.attn.in_proj_weight.chunk(3)
+        _, bias_k, bias_v = self.attn.in_proj_bias.chunk(3)
+        return self._split_heads(F.linear(memory, weight_k, bias_k)), self._split_heads(
+            F.linear(memory, weight_v, bias_v)
+        )
+
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The attended values (B, T, D) of ``query`` (B, T, D) over :meth:`keys_values`: what ``forward``'s
+        attention gives. Each position attends on its own (no attention among query positions), so a token's
+        attended value depends only on the token and the memory, and callers may cache it."""
+        weight_q = self.attn.in_proj_weight.chunk(3)[0]
+        bias_q = self.attn.in_proj_bias.chunk(3)[0]
+        heads = F.scaled_dot_product_attention(self._split_heads(F.linear(query, weight_q, bias_q)), keys, values)
+        merged = heads.transpose(1, 2).reshape(query.shape)
+        return self.attn.out_proj(merged)
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        batch, length, width = states.shape
+        heads = self.attn.num_heads
+        return states.view(batch, length, heads, width // heads).transpose(1, 2)
 
     def _pool(self, values: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         return values[:, 0] if self.pooling == "first" else _masked_mean(values, query_mask)

@@ -73,6 +73,8 @@ def test_cpu_7b_benchmark_runs_every_mode_at_tiny_shapes(tmp_path) -> None:
         "3",
         "--guard-tokens",
         "2",
+        "--stream-tokens",
+        "9",
         "--workdir",
         str(tmp_path),
         "--json",
@@ -84,11 +86,18 @@ def test_cpu_7b_benchmark_runs_every_mode_at_tiny_shapes(tmp_path) -> None:
     ratios = dict(line.strip("| ").rsplit(" | ", 1) for line in out.splitlines() if " / " in line and "|" in line)
     assert any(name.startswith("separate guard / classifier-only classify in ") for name in ratios), ratios
     assert "classifier-only peak RSS / full-model peak RSS (while measuring)" in ratios
+    # The response side: the monitored stream against the same stream unmonitored, and classify_response on a
+    # 256-token answer against the separate guard prefilling image + prompt + that answer.
+    assert "guarded stream, monitor on / off (every 8 tokens)" in ratios
+    assert "separate guard judging the answer / classify_response (256-token answer)" in ratios
     assert all(float(value) > 0 for value in ratios.values()), ratios
     raw = json.loads((tmp_path / "raw.json").read_text())
     assert "float32" in raw["classifier_only"]  # the dtype every CPU runs fast is always measured
     assert raw["classifier_only"]["float32"][0]["matmul_size"] == 256  # --tiny does tiny work
     assert len(raw["full"]["separate_guard"]) == 1 and raw["full"]["peak_rss"] > raw["full"]["idle_rss"] > 0
+    full = raw["full"]
+    assert full["guard_response_prompt_tokens"] > full["guard_prompt_tokens"] + 256  # the answer is prefilled
+    assert all(len(full[key]) == 1 for key in ("stream_monitor_on", "stream_monitor_off", "classify_response"))
     assert [p.name for p in tmp_path.iterdir()] == ["raw.json"]  # the checkpoint was deleted
 
 

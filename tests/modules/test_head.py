@@ -28,3 +28,16 @@ def test_first_pooling_reads_only_position_zero():
     mask = torch.ones(1, 5, dtype=torch.bool)
     assert torch.equal(head(query, mask, memory).type, head(other, mask, memory).type)
     assert not torch.allclose(_head("mean")(query, mask, memory).type, _head("mean")(other, mask, memory).type)
+
+
+def test_attend_on_cached_keys_and_values_equals_the_heads_attention():
+    head = _head("mean")
+    memory = torch.randn(2, 10, 16)
+    query = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        want, _ = head.attn(query, memory, memory, need_weights=False)
+        got = head.attend(query, *head.keys_values(memory))
+        # Each position attends on its own: attending one position alone gives the same value.
+        alone = head.attend(query[:1, 2:3], *head.keys_values(memory[:1]))
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(alone[0, 0], want[0, 2], atol=1e-6)

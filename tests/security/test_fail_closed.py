@@ -14,8 +14,9 @@ def _broken_forward(*args, **kwargs):
     raise RuntimeError("CUDA error: device-side assert triggered")
 
 
-def _nan_forward(self_modules, patches, query, mask):
-    batch = len(patches)
+def _nan_logits(self_modules, memory, query, mask):
+    """The request head's logits, all NaN (judging reads them from the memory its vision pass computed)."""
+    batch = len(memory)
     return HeadLogits(torch.full((batch, 4), float("nan")), torch.full((batch, 7), float("nan")))
 
 
@@ -47,7 +48,7 @@ def test_runtime_error_follows_explicit_on_error(guard, images, monkeypatch, on_
 
 def test_nan_scores_never_allow(guard, images, monkeypatch) -> None:
     """A tampered or diverged head gives NaN: argmax of NaN would read as level 0, i.e. 'allow'."""
-    monkeypatch.setattr(type(guard.modules), "forward", _nan_forward)
+    monkeypatch.setattr(type(guard.modules), "request_logits", _nan_logits)
     with pytest.raises(GuardInternalError, match="non-finite"):
         guard.classify(images[0], "what is this")
     refused = guard.with_policy(GuardPolicy(on_error="refuse")).classify(images[0], "what is this")
@@ -89,7 +90,7 @@ def test_wrapped_model_fails_closed_on_nan_scores(guard, tiny_processor, images,
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this ?"}]}]
     text = tiny_processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     inputs = tiny_processor(images=images[:1], text=[text], return_tensors="pt")
-    monkeypatch.setattr(type(guard.modules), "forward", _nan_forward)
+    monkeypatch.setattr(type(guard.modules), "request_logits", _nan_logits)
     with pytest.raises(GuardInternalError, match="non-finite"):
         guard.wrap().generate(**inputs, max_new_tokens=2)
     refusing = guard.with_policy(GuardPolicy(on_error="refuse")).wrap()
