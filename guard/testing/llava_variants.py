@@ -1,11 +1,10 @@
-"""Tiny random LLaVA-OneVision, VipLLaVA and Pixtral-tower LLaVA models with their own processors, offline.
+"""Tiny random LLaVA-OneVision and Pixtral-tower LLaVA models with their own processors, offline.
 
 Each ``build_*`` returns ``(model, processor)`` at the sizes of a :class:`~psaguard.testing.llava.TinyLlavaSpec`, on
 the tiny word-level tokenizer and chat template; ``save_*`` writes both in Hugging Face format. Processors
 whose transformers class needs torchvision (which cannot be installed beside the CPU torch) are rebuilt
 from their PIL parts:
 
-* VipLLaVA uses ``LlavaProcessor`` with ``CLIPImageProcessorPil``, as on the hub;
 * LLaVA-OneVision's ``LlavaOnevisionProcessor`` also takes a video processor, which needs torchvision:
   :class:`TinyOnevisionProcessor` is the same class without it (images and text are processed by
   transformers' own code);
@@ -24,7 +23,6 @@ from transformers import LlavaOnevisionProcessor
 from psaguard.testing.llava import (
     TINY_GRID_PINPOINTS,
     TinyLlavaSpec,
-    build_tiny_processor,
     init_tiny_model,
     save_pretrained_pair,
     tiny_chat_template,
@@ -38,10 +36,8 @@ __all__ = [
     "TinyOnevisionProcessor",
     "build_tiny_llava_onevision",
     "build_tiny_llava_pixtral",
-    "build_tiny_vipllava",
     "save_tiny_llava_onevision",
     "save_tiny_llava_pixtral",
-    "save_tiny_vipllava",
 ]
 
 
@@ -73,23 +69,6 @@ class TinyOnevisionProcessor(LlavaOnevisionProcessor):
             vision_aspect_ratio=vision_aspect_ratio,
             **kwargs,
         )
-
-
-def build_tiny_vipllava(spec: TinyLlavaSpec | None = None) -> tuple[Any, Any]:
-    """A tiny ``VipLlavaForConditionalGeneration`` (features of two CLIP layers) and its ``LlavaProcessor``."""
-    from transformers import CLIPVisionConfig, VipLlavaConfig, VipLlavaForConditionalGeneration
-
-    spec = spec or TinyLlavaSpec()
-    processor = build_tiny_processor(spec)
-    tok = processor.tokenizer
-    config = VipLlavaConfig(
-        vision_config=CLIPVisionConfig(**tiny_vision_sizes(spec), projection_dim=spec.vision_hidden),
-        text_config=tiny_text_config(spec, tok),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=[-2, -1],
-        pad_token_id=tok.pad_token_id,
-    )
-    return init_tiny_model(VipLlavaForConditionalGeneration, config, tok, spec.seed), processor
 
 
 def build_tiny_llava_onevision(spec: TinyLlavaSpec | None = None) -> tuple[Any, Any]:
@@ -148,11 +127,6 @@ def build_tiny_llava_pixtral(spec: TinyLlavaSpec | None = None) -> tuple[Any, Ti
         pad_token_id=tok.pad_token_id,
     )
     return init_tiny_model(LlavaForConditionalGeneration, config, tok, spec.seed), processor
-
-
-def save_tiny_vipllava(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
-    """Build a tiny VipLLaVA and its processor and save both to ``path``."""
-    return save_pretrained_pair(path, *build_tiny_vipllava(spec))
 
 
 def save_tiny_llava_onevision(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
