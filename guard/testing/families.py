@@ -374,16 +374,33 @@ def _images_only(processor_class: type) -> type:
 
     __init__.__signature__ = inspect.signature(processor_class.__init__)  # what save_pretrained serializes
 
+    # Where the kept parts come first, the dropped ones are no attributes: they are neither saved nor loaded
+    # (their loaders need torchvision), and the positional None passed for them is left out.
+    attributes = processor_class.get_attributes()
+    if attributes[: len(kept)] == [a for a in attributes if a in kept]:
+        attributes = attributes[: len(kept)]
+
+    settings = [n for n in inspect.signature(processor_class.__init__).parameters if n not in ("self", *kept)]
+
+    def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """A saved processor's settings by the names of the class's own ``__init__`` (the wrapper's hides them)."""
+        unused = kwargs.pop("return_unused_kwargs", False)
+        processor = cls(*args, **{k: v for k, v in {**processor_dict, **kwargs}.items() if k in settings})
+        return (processor, {}) if unused else processor
+
     def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
         return None if arg is None else processor_class.check_argument_for_proper_class(self, attribute_name, arg)
 
     return type(
-        processor_class.__name__,
+        # With parts left out, not transformers' name (whose class AutoProcessor would load with them): registered
+        # for the model's config class, AutoProcessor finds it by the model type.
+        f"ImagesOnly{processor_class.__name__}" if dropped else processor_class.__name__,
         (processor_class,),
         {
             **dict.fromkeys(dropped),
             "__init__": __init__,
-            "get_attributes": classmethod(lambda cls: processor_class.get_attributes()),
+            "get_attributes": classmethod(lambda cls: attributes),
+            "from_args_and_dict": classmethod(from_args_and_dict),
             "check_argument_for_proper_class": check_argument_for_proper_class,
             "__module__": __name__,
         },

@@ -35,9 +35,19 @@ from psaguard.testing.qwen2_vl import (
 )
 
 
-def _generic(model_type: str):
+class _ImagesOnly:
+    """Loads a generic tiny processor whose family's class has parts left out (video), with the builder's class."""
+
+    def __init__(self, model_type: str) -> None:
+        self.model_type = model_type
+
+    def from_pretrained(self, path):
+        return type(build_tiny_family(self.model_type).processor).from_pretrained(path)
+
+
+def _generic(model_type: str, processor_class=AutoProcessor):
     """The generic builder's (save, processor class, model builder) for ``model_type``."""
-    return (partial(save_tiny_family, model_type), AutoProcessor, lambda: build_tiny_family(model_type).model)
+    return (partial(save_tiny_family, model_type), processor_class, lambda: build_tiny_family(model_type).model)
 
 
 # (save, processor class that loads the saved processor, model builder)
@@ -46,6 +56,7 @@ FAMILIES = {
     "internvl": (save_tiny_internvl, TinyInternVLProcessor, build_tiny_internvl),
     "aya_vision": (save_tiny_aya_vision, AutoProcessor, build_tiny_aya_vision),
     "gemma3": _generic("gemma3"),
+    "llava_onevision": _generic("llava_onevision", _ImagesOnly("llava_onevision")),  # saved without its video part
     "idefics3": (save_tiny_idefics3, AutoProcessor, build_tiny_idefics3),
     "smolvlm": (save_tiny_smolvlm, TinySmolVLMProcessor, build_tiny_smolvlm),
     "qwen2_vl": (save_tiny_qwen2_vl, TinyQwen2VLProcessor, build_tiny_qwen2_vl),
