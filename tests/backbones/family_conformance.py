@@ -29,7 +29,6 @@ from transformers import AutoModelForImageTextToText
 
 from psaguard import CheckpointMismatchError, GenerationUnavailableError, ProcessorError, SafetyGuard, SafetyGuardConfig
 from psaguard.backbones import Backbone, resolve_backbone
-from psaguard.testing import build_tiny_family
 
 PROMPTS = ["what is in this image ?", "describe the picture", "how many circle are there ?"]
 # min_new_tokens keeps EOS away so the comparison covers every step, not just an early stop.
@@ -54,17 +53,6 @@ class TinyFamily:
     ) -> TinyFamily:
         model = AutoModelForImageTextToText.from_pretrained(path).eval()
         return cls(path, model, processor_class.from_pretrained(path), processor_class, adapter, encoder_only)
-
-    @classmethod
-    def generic(
-        cls, model_type: str, path: Path, adapter: type[Backbone], encoder_only: type[Backbone], **build: Any
-    ) -> TinyFamily:
-        """``model_type``'s tiny pair from the generic builder (:func:`psaguard.testing.build_tiny_family`, which
-        ``build`` goes to), saved to ``path`` and loaded back with its processor's class."""
-        pair = build_tiny_family(model_type, **build)
-        pair.model.save_pretrained(path)
-        pair.processor.save_pretrained(path)
-        return cls.load(path, type(pair.processor), adapter, encoder_only)
 
     def backbone(self) -> Backbone:
         """The model's adapter, having read the processor (as a guard's is)."""
