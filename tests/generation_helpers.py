@@ -111,7 +111,10 @@ def spy_generate(model: Any) -> Iterator[list[torch.Tensor]]:
 def plain_generate(model: Any, processor: Any, images: list, conversation: list, **kwargs) -> list[int]:
     """New token ids of the unguarded model on the same chat prompt (the reference)."""
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    inputs = processor(images=images, text=text, return_tensors="pt")
+    try:  # the images of this one prompt, nested: a processor may read a flat list as one sample per image
+        inputs = processor(images=[list(images)], text=[text], return_tensors="pt")
+    except ValueError:  # a processor that takes a flat list only
+        inputs = processor(images=images, text=text, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**inputs, **kwargs)
     return out[0, inputs["input_ids"].shape[1] :].tolist()

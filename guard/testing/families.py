@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,15 @@ def image_text_to_text_types() -> list[str]:
     return sorted(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
 
 
-def save_tiny_family(model_type: str, path: str | Path, seed: int = 1) -> Path:
+def save_tiny_family(
+    model_type: str, path: str | Path, seed: int = 1, overrides: Mapping[str, Any] | None = None
+) -> Path:
     """Build ``model_type``'s tiny pair and save it to ``path`` (Hugging Face format); return the path.
 
     :class:`TinyBuildError` where the processor cannot be saved: one whose video or audio parts were left out
     (they need torchvision) saves only with them. Tests use the in-memory pair of :func:`build_tiny_family`.
     """
-    build = build_tiny_family(model_type, seed)
+    build = build_tiny_family(model_type, seed, overrides)
     try:
         return save_pretrained_pair(path, build.model, build.processor)
     except (AttributeError, TypeError, ValueError) as err:
@@ -115,8 +118,12 @@ def save_tiny_family(model_type: str, path: str | Path, seed: int = 1) -> Path:
         ) from err
 
 
-def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
-    """The tiny model and processor of ``model_type``; :class:`TinyBuildError` if they cannot be built here."""
+def build_tiny_family(model_type: str, seed: int = 1, overrides: Mapping[str, Any] | None = None) -> TinyBuild:
+    """The tiny model and processor of ``model_type``; :class:`TinyBuildError` if they cannot be built here.
+
+    ``overrides``: config values set over the shrunk ones (a dict value updates that sub-config), for a test
+    that needs a property the generic shrinking does not give (e.g. VipLLaVA features of two different layers).
+    """
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
@@ -130,15 +137,38 @@ def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
     processor, placeholder, image_id = _processor(model_type, default)
     tok = processor.tokenizer
     config = _config(default, processor, image_id, mrope="mrope" in inspect.getsource(inspect.getmodule(model_class)))
+    if overrides:
+        config = type(config).from_dict(_updated(config.to_dict(), overrides))
     try:
         model = init_tiny_model(model_class, config, tok, seed)
     except Exception as err:  # a config this generic shrinking does not fit
         raise TinyBuildError(f"the model cannot be built from the shrunk config: {type(err).__name__}: {err}") from err
+    _randomize_zero_projections(model, seed)
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
         processor.return_mm_token_type_ids = True  # M-RoPE positions need them (a checkpoint's processor config)
     _calibrate(model, processor, placeholder)
     _check_generates(model, processor)
     return TinyBuild(model_type, model, processor)
+
+
+def _updated(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with ``overrides`` set over them; a dict override updates the sub-config dict it names."""
+    out = dict(values)
+    for key, value in overrides.items():
+        sub = out.get(key)
+        out[key] = _updated(sub, value) if isinstance(value, Mapping) and isinstance(sub, dict) else value
+    return out
+
+
+def _randomize_zero_projections(model: Any, seed: int) -> None:
+    """Seeded random values for a projector weight its family initializes to zeros (Gemma 3's image projection):
+    at zero every image embeds alike, the answer would not depend on it and parity tests would compare nothing."""
+    scale = 10 * getattr(model.config, "initializer_range", 0.02)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "projector" in name and param.dim() >= 2 and not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
 
 
 def _check_generates(model: Any, processor: Any) -> None:
@@ -345,16 +375,33 @@ def _images_only(processor_class: type) -> type:
 
     __init__.__signature__ = inspect.signature(processor_class.__init__)  # what save_pretrained serializes
 
+    # Where the kept parts come first, the dropped ones are no attributes: they are neither saved nor loaded
+    # (their loaders need torchvision), and the positional None passed for them is left out.
+    attributes = processor_class.get_attributes()
+    if attributes[: len(kept)] == [a for a in attributes if a in kept]:
+        attributes = attributes[: len(kept)]
+
+    settings = [n for n in inspect.signature(processor_class.__init__).parameters if n not in ("self", *kept)]
+
+    def from_args_and_dict(cls, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """A saved processor's settings by the names of the class's own ``__init__`` (the wrapper's hides them)."""
+        unused = kwargs.pop("return_unused_kwargs", False)
+        processor = cls(*args, **{k: v for k, v in {**processor_dict, **kwargs}.items() if k in settings})
+        return (processor, {}) if unused else processor
+
     def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
         return None if arg is None else processor_class.check_argument_for_proper_class(self, attribute_name, arg)
 
     return type(
-        processor_class.__name__,
+        # With parts left out, not transformers' name (whose class AutoProcessor would load with them): registered
+        # for the model's config class, AutoProcessor finds it by the model type.
+        f"ImagesOnly{processor_class.__name__}" if dropped else processor_class.__name__,
         (processor_class,),
         {
             **dict.fromkeys(dropped),
             "__init__": __init__,
-            "get_attributes": classmethod(lambda cls: processor_class.get_attributes()),
+            "get_attributes": classmethod(lambda cls: attributes),
+            "from_args_and_dict": classmethod(from_args_and_dict),
             "check_argument_for_proper_class": check_argument_for_proper_class,
             "__module__": __name__,
         },

@@ -6,6 +6,9 @@ torchvision image processor), and torchvision cannot be installed beside psaguar
 resize to multiples of the merged patch) and the placeholder layout the Pixtral processor writes, one
 ``[IMG]`` per merged patch, ``[IMG_BREAK]`` after each row of the grid and ``[IMG_END]`` in place of the
 last break. Grids are not square: a 40x56 image becomes 3 x 4 merged patches at the default sizes.
+
+The Pixtral-tower LLaVA (the pixtral-12b hub layout, :func:`build_tiny_llava_pixtral`) uses the same processor
+without patch merging (``spatial_merge_size=1``).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from psaguard.testing.llava import (
 __all__ = [
     "MISTRAL3_TOKENS",
     "TinyPixtralProcessor",
+    "build_tiny_llava_pixtral",
     "build_tiny_mistral3",
     "build_tiny_mistral3_processor",
+    "save_tiny_llava_pixtral",
     "save_tiny_mistral3",
 ]
 
@@ -140,3 +145,31 @@ def save_tiny_mistral3(path: str | Path, spec: TinyLlavaSpec | None = None) -> P
     ``TinyPixtralProcessor.from_pretrained``)."""
     processor = build_tiny_mistral3_processor(spec)
     return save_pretrained_pair(path, build_tiny_mistral3(spec, processor), processor)
+
+
+def build_tiny_llava_pixtral(spec: TinyLlavaSpec | None = None) -> tuple[Any, TinyPixtralProcessor]:
+    """A tiny ``LlavaForConditionalGeneration`` with a Pixtral vision tower (the pixtral-12b hub layout).
+
+    Images keep their aspect ratio (longest edge ``spec.image_size``), so patch grids are not square; the
+    processor writes ``[IMG]`` per patch, ``[IMG_BREAK]`` after each row and ``[IMG_END]`` last.
+    """
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, PixtralVisionConfig
+
+    spec = spec or TinyLlavaSpec()
+    processor = build_tiny_mistral3_processor(spec, spatial_merge_size=1)
+    tok = processor.tokenizer
+    vision = PixtralVisionConfig(**tiny_vision_sizes(spec), head_dim=spec.vision_hidden // spec.heads)
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=tiny_text_config(spec, tok),
+        image_token_id=processor.image_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        pad_token_id=tok.pad_token_id,
+    )
+    return init_tiny_model(LlavaForConditionalGeneration, config, tok, spec.seed), processor
+
+
+def save_tiny_llava_pixtral(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
+    """Build a tiny Pixtral-tower LLaVA and save it to ``path`` (load the processor with ``TinyPixtralProcessor``)."""
+    return save_pretrained_pair(path, *build_tiny_llava_pixtral(spec))

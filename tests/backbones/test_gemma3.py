@@ -11,12 +11,12 @@ from transformers import AutoProcessor
 from psaguard.backbones import EncoderOnlyGemma3Backbone, Gemma3Backbone, resolve_backbone
 from psaguard.errors import ProcessorError
 from psaguard.injection import build_llm_inputs
-from psaguard.testing.gemma3 import build_tiny_gemma3_processor, save_tiny_gemma3
+from psaguard.testing import build_tiny_family, save_tiny_family
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_gemma3(tmp_path_factory.mktemp("gemma3"))
+    path = save_tiny_family("gemma3", tmp_path_factory.mktemp("gemma3"))
     return TinyFamily.load(path, AutoProcessor, Gemma3Backbone, EncoderOnlyGemma3Backbone)
 
 
@@ -33,7 +33,7 @@ def test_project_matches_the_models_own_image_features(family):
 def test_the_safety_projector_sees_the_towers_full_patch_grid(family):
     backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()))
-    assert features.patches.shape == (4, 64, backbone.vision_hidden_size)  # 32 px / 4 px patches = 8 x 8
+    assert features.patches.shape == (4, 64, backbone.vision_hidden_size)  # 8 x 8 patches per resized image
     assert [len(e) for e in backbone.project(features)] == [family.model.config.mm_tokens_per_image] * 4
 
 
@@ -44,7 +44,7 @@ def test_the_run_is_the_processors_image_sequence(family):
     tokenizer = family.processor.tokenizer
     expected = tokenizer(family.processor.full_image_sequence, add_special_tokens=False)["input_ids"]
     assert run == expected
-    boi, soft, eoi = tokenizer.convert_tokens_to_ids(["<start_of_image>", "<image_soft_token>", "<end_of_image>"])
+    boi, soft, eoi = tokenizer.convert_tokens_to_ids([tokenizer.boi_token, tokenizer.image_token, tokenizer.eoi_token])
     assert run == [boi, *[soft] * 16, eoi]
     assert backbone.placeholder_token_id == boi != backbone.image_token_id == soft
 
@@ -82,7 +82,7 @@ def test_image_attention_is_bidirectional_so_token_type_ids_matter(family):
 
 
 def test_a_pan_and_scan_processor_is_refused(family):
-    processor = build_tiny_gemma3_processor()
+    processor = build_tiny_family("gemma3").processor
     processor.image_processor.do_pan_and_scan = True
     with pytest.raises(ProcessorError, match="pan-and-scan"):
         resolve_backbone(family.model).check_processor(processor)

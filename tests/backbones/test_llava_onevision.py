@@ -8,13 +8,16 @@ from family_conformance import FamilyConformance, TinyFamily, projections, shape
 from generation_helpers import QUESTION, user_turn
 
 from psaguard.backbones import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone, resolve_backbone
-from psaguard.testing.llava_variants import TinyOnevisionProcessor, save_tiny_llava_onevision
+from psaguard.testing import build_tiny_family
+from psaguard.testing.llava import save_pretrained_pair
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_llava_onevision(tmp_path_factory.mktemp("onevision"))
-    return TinyFamily.load(path, TinyOnevisionProcessor, LlavaOnevisionBackbone, EncoderOnlyLlavaOnevisionBackbone)
+    build = build_tiny_family("llava_onevision")  # its processor's class: LlavaOnevisionProcessor without videos
+    path = save_pretrained_pair(tmp_path_factory.mktemp("onevision"), build.model, build.processor)
+    processor_class = type(build.processor)
+    return TinyFamily.load(path, processor_class, LlavaOnevisionBackbone, EncoderOnlyLlavaOnevisionBackbone)
 
 
 class TestLlavaOnevision(FamilyConformance):

@@ -13,8 +13,7 @@ from psaguard.backbones import (
     LlavaPixtralBackbone,
     resolve_backbone,
 )
-from psaguard.testing.llava_variants import save_tiny_llava_pixtral
-from psaguard.testing.mistral3 import TinyPixtralProcessor
+from psaguard.testing.mistral3 import TinyPixtralProcessor, save_tiny_llava_pixtral
 
 
 @pytest.fixture(scope="module")

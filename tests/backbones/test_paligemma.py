@@ -17,7 +17,7 @@ from transformers import AutoProcessor
 
 from psaguard.backbones import Backbone
 from psaguard.errors import UnsupportedModelError
-from psaguard.testing.paligemma import save_tiny_paligemma
+from psaguard.testing import save_tiny_family
 
 REASON = (
     "no PaliGemma adapter: prefix-LM token_type_ids need the training labels, which model_image_inputs does not "
@@ -27,7 +27,7 @@ REASON = (
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_paligemma(tmp_path_factory.mktemp("paligemma"))
+    path = save_tiny_family("paligemma", tmp_path_factory.mktemp("paligemma"))
     return TinyFamily.load(path, AutoProcessor, Backbone, Backbone)
 
 

@@ -9,12 +9,15 @@ from transformers import LlavaProcessor
 
 from psaguard import ProcessorError, SafetyGuard
 from psaguard.backbones import EncoderOnlyVipLlavaBackbone, VipLlavaBackbone, resolve_backbone
-from psaguard.testing.llava_variants import save_tiny_vipllava
+from psaguard.testing import save_tiny_family
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_vipllava(tmp_path_factory.mktemp("vipllava"))
+    # Two different CLIP layers, as the hub's checkpoints select several (the shrunk default repeats one).
+    path = save_tiny_family(
+        "vipllava", tmp_path_factory.mktemp("vipllava"), overrides={"vision_feature_layers": [-2, -1]}
+    )
     return TinyFamily.load(path, LlavaProcessor, VipLlavaBackbone, EncoderOnlyVipLlavaBackbone)
 
 

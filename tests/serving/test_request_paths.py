@@ -19,17 +19,19 @@ from psaguard import GuardRequest, SafetyGuard, SafetyVerdict
 from psaguard.adapters import GuardRunnable
 from psaguard.policy import worst_verdict
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
-from psaguard.testing.llava_variants import TinyOnevisionProcessor, save_tiny_llava_onevision
+from psaguard.testing import build_tiny_family
+from psaguard.testing.llava import save_pretrained_pair
 
 PROMPT = "compare the two pictures"
 
 
 @pytest.fixture(scope="module")
 def onevision_guard(tmp_path_factory) -> SafetyGuard:
-    path = save_tiny_llava_onevision(tmp_path_factory.mktemp("onevision"))
+    build = build_tiny_family("llava_onevision")
+    path = save_pretrained_pair(tmp_path_factory.mktemp("onevision"), build.model, build.processor)
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(path).eval()
     torch.manual_seed(0)
-    return SafetyGuard.attach(model, TinyOnevisionProcessor.from_pretrained(path))
+    return SafetyGuard.attach(model, type(build.processor).from_pretrained(path))
 
 
 @pytest.fixture(scope="module")

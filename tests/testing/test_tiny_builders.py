@@ -1,14 +1,16 @@
-"""The tiny Mistral3, InternVL and Aya Vision builders (psaguard.testing.mistral3, .internvl, .aya_vision): saved,
+"""The tiny builders (psaguard.testing's generic one, by model type, and the hand-made ones left): saved,
 reloaded offline, they generate from their own processors."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from psaguard.testing import build_tiny_family, save_tiny_family
 from psaguard.testing.aya_vision import build_tiny_aya_vision, build_tiny_aya_vision_processor, save_tiny_aya_vision
-from psaguard.testing.gemma3 import build_tiny_gemma3, save_tiny_gemma3
 from psaguard.testing.glm4v import TinyGlm4vProcessor, build_tiny_glm4v, save_tiny_glm4v
 from psaguard.testing.idefics3 import (
     TinySmolVLMProcessor,
@@ -32,12 +34,29 @@ from psaguard.testing.qwen2_vl import (
     save_tiny_qwen3_vl,
 )
 
+
+class _ImagesOnly:
+    """Loads a generic tiny processor whose family's class has parts left out (video), with the builder's class."""
+
+    def __init__(self, model_type: str) -> None:
+        self.model_type = model_type
+
+    def from_pretrained(self, path):
+        return type(build_tiny_family(self.model_type).processor).from_pretrained(path)
+
+
+def _generic(model_type: str, processor_class=AutoProcessor):
+    """The generic builder's (save, processor class, model builder) for ``model_type``."""
+    return (partial(save_tiny_family, model_type), processor_class, lambda: build_tiny_family(model_type).model)
+
+
 # (save, processor class that loads the saved processor, model builder)
 FAMILIES = {
     "mistral3": (save_tiny_mistral3, TinyPixtralProcessor, build_tiny_mistral3),
     "internvl": (save_tiny_internvl, TinyInternVLProcessor, build_tiny_internvl),
     "aya_vision": (save_tiny_aya_vision, AutoProcessor, build_tiny_aya_vision),
-    "gemma3": (save_tiny_gemma3, AutoProcessor, build_tiny_gemma3),
+    "gemma3": _generic("gemma3"),
+    "llava_onevision": _generic("llava_onevision", _ImagesOnly("llava_onevision")),  # saved without its video part
     "idefics3": (save_tiny_idefics3, AutoProcessor, build_tiny_idefics3),
     "smolvlm": (save_tiny_smolvlm, TinySmolVLMProcessor, build_tiny_smolvlm),
     "qwen2_vl": (save_tiny_qwen2_vl, TinyQwen2VLProcessor, build_tiny_qwen2_vl),
@@ -95,8 +114,12 @@ def test_a_padded_batch_of_different_sizes_generates_as_singles(saved, images):
     assert _generate(model, processor, [[image] for image in images[1:]], [text, text]) == singles
 
 
+def _build_gemma3(spec: TinyLlavaSpec):
+    return build_tiny_family("gemma3", seed=spec.seed).model
+
+
 @pytest.mark.parametrize(
-    "build", [build_tiny_mistral3, build_tiny_internvl, build_tiny_aya_vision, build_tiny_gemma3, build_tiny_idefics3]
+    "build", [build_tiny_mistral3, build_tiny_internvl, build_tiny_aya_vision, _build_gemma3, build_tiny_idefics3]
 )
 def test_building_leaves_the_global_random_state_alone(build):
     state = torch.random.get_rng_state()
