@@ -1,7 +1,8 @@
 """Checking what a guarded chat model or chain answers (``guarded()``, ``PsaGuardMiddleware``).
 
 :class:`AnswerCheck` judges one answer to a judged request with the guard's response head, through
-:class:`~psaguard.monitor.AnswerMonitor` (the same judgement as ``SafetyGuard.classify_response``, the request's
+:class:`~psaguard.generation.monitor.AnswerMonitor` (the same judgement as
+``SafetyGuard.classify_response``, the request's
 images encoded once). A whole answer is judged once; a streamed one every ``policy.response.interval`` tokens of
 the guard's tokenizer, and its chunks are held back until the text they carry has been judged and lies at
 least ``policy.response.window`` tokens behind the last judged position. A flagged answer ends by the same

@@ -36,9 +36,9 @@ from psaguard.adapters.messages import request_from_messages
 from psaguard.adapters.stops import StopBuffer, StopOnStrings, truncate_at_stop
 from psaguard.adapters.verdicts import VERDICT_EVENT, response_verdict_metadata, verdict_metadata
 from psaguard.errors import ConfigError, GuardBlocked
+from psaguard.generation.plain import plain_generate, plain_stream
+from psaguard.generation.plan import GuardedGeneration
 from psaguard.guard import SafetyGuard
-from psaguard.plain import plain_generate, plain_stream
-from psaguard.plan import GuardedGeneration
 from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction, refusal_text
 from psaguard.request import GuardRequest
 from psaguard.tokenization import tokenizer_of

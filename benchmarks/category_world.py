@@ -33,10 +33,10 @@ import torch
 from machine import describe_machine
 
 from psaguard.categories import CategoryBank, fit_category, new_category
+from psaguard.checkpoints.serialization import atomic_write, atomic_write_text
 from psaguard.demo import DEMO_ASSETS
 from psaguard.errors import CategoryError
 from psaguard.policy import decide_categories
-from psaguard.serialization import atomic_write, atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.config import Stage1Config
 from psaguard.training.data import Example, read_jsonl

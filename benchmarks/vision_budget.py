@@ -22,9 +22,9 @@ from PIL import Image
 from transformers import Qwen2VLImageProcessorPil
 
 from psaguard import SafetyGuard, SafetyGuardConfig
+from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES
 from psaguard.testing.llava import TinyLlavaSpec
 from psaguard.testing.qwen2_vl import TinyQwen2VLProcessor, build_tiny_qwen2_vl, build_tiny_qwen2_vl_processor
-from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES
 
 QWEN2_VL_7B_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 12_845_056}
 PATCH = 14

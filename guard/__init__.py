@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Action": "psaguard.verdict",
-    "AsyncGuardedStream": "psaguard.streaming",
+    "AsyncGuardedStream": "psaguard.generation.streaming",
     "CategoryError": "psaguard.errors",
     "CheckpointError": "psaguard.errors",
     "CheckpointMismatchError": "psaguard.errors",
@@ -27,9 +27,9 @@ _EXPORTS = {
     "GuardInternalError": "psaguard.errors",
     "GuardPolicy": "psaguard.policy",
     "GuardRequest": "psaguard.request",
-    "GuardedGeneration": "psaguard.plan",
-    "GuardedModel": "psaguard.wrapped",
-    "GuardedStream": "psaguard.streaming",
+    "GuardedGeneration": "psaguard.generation.plan",
+    "GuardedModel": "psaguard.generation.wrapped",
+    "GuardedStream": "psaguard.generation.streaming",
     "HeadConfig": "psaguard.config",
     "InvalidImageError": "psaguard.errors",
     "InvalidInputError": "psaguard.errors",
@@ -83,9 +83,11 @@ if TYPE_CHECKING:
         ResponseHeadMissingError,
         UnsupportedModelError,
     )
+    from psaguard.generation.plan import GuardedGeneration
+    from psaguard.generation.streaming import AsyncGuardedStream, GuardedStream
+    from psaguard.generation.wrapped import GuardedModel
     from psaguard.guard import SafetyGuard
-    from psaguard.images import load_image
-    from psaguard.plan import GuardedGeneration
+    from psaguard.images.decode import load_image
     from psaguard.policy import (
         GenerationOptions,
         GuardPolicy,
@@ -95,10 +97,8 @@ if TYPE_CHECKING:
     )
     from psaguard.request import GuardRequest
     from psaguard.response_policy import ResponsePolicy, ResponseRule
-    from psaguard.streaming import AsyncGuardedStream, GuardedStream
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
     from psaguard.verdict import Action, LabelRef, ResponseVerdict, SafetyVerdict
-    from psaguard.wrapped import GuardedModel
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -34,7 +34,8 @@ How a row is fitted from ``k`` examples (positives) and optional negatives, both
   category is *not*, so negatives (near misses, ideally) are recommended.
 
 The config part (:class:`~psaguard.category_config.CustomCategory`) is saved in the guard's JSON config, the
-tensors in its safetensors file, so both are covered by the integrity checks of :mod:`psaguard.serialization`.
+tensors in its safetensors file, so both are covered by the integrity checks of
+:mod:`psaguard.checkpoints.serialization`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from psaguard.errors import (
     InvalidPromptError,
     ResponseHeadMissingError,
 )
-from psaguard.images import ImageInput, check_image_count, load_image
+from psaguard.images.decode import ImageInput, check_image_count, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import (
     GuardPolicy,
@@ -312,7 +312,7 @@ class Classifier:
         Raises :class:`ResponseHeadMissingError`, :class:`InvalidImageError` for a request without images (an
         answer is judged with the images it was given for) or an unreadable one, :class:`InvalidPromptError`
         for a bad prompt, :class:`GuardInternalError` when the vision pass fails; the caller applies
-        ``policy.on_error`` (:class:`~psaguard.monitor.AnswerMonitor`).
+        ``policy.on_error`` (:class:`~psaguard.generation.monitor.AnswerMonitor`).
         """
         self.require_response_head()
         count = len(request.images)

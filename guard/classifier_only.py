@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from psaguard.adapter_files import ADAPTER_WEIGHTS_NAME
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
 from psaguard.backbones.encoder_only import EncoderOnlyModel
+from psaguard.checkpoints.adapter_files import ADAPTER_WEIGHTS_NAME
 from psaguard.config import ModelFingerprint
 from psaguard.dtypes import DtypeRequest
 from psaguard.errors import CheckpointError

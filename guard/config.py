@@ -10,13 +10,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from psaguard.category_config import CustomCategory, check_categories
+from psaguard.checkpoints.files import parse_json, read_regular_file
+from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
-from psaguard.files import parse_json, read_regular_file
-from psaguard.images import ALLOWED_FORMATS, MAX_IMAGES_PER_REQUEST, ImageFormat
+from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES, MIN_VISION_PATCHES
+from psaguard.images.decode import ALLOWED_FORMATS, MAX_IMAGES_PER_REQUEST, ImageFormat
 from psaguard.policy import GuardPolicy
-from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
-from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES, MIN_VISION_PATCHES
 
 __all__ = [
     "CONFIG_NAME",

@@ -11,29 +11,29 @@ from typing import Any
 
 import torch
 
-from psaguard.adapter_files import check_adapter_files
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
 from psaguard.categories import CategoryBank, category_width
 from psaguard.category_config import CustomCategory, FitMethod
-from psaguard.checkpoint_reader import local_dir
+from psaguard.checkpoints.adapter_files import check_adapter_files
+from psaguard.checkpoints.reader import local_dir
+from psaguard.checkpoints.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
 from psaguard.config import CONFIG_NAME, SafetyGuardConfig
 from psaguard.conversation import PromptInput
 from psaguard.dtypes import DTYPE_NAMES, DtypeRequest, config_dtype, dtype_name, parse_dtype, resolve_dtype
 from psaguard.errors import CheckpointError, ConfigError
-from psaguard.generation import GuardedGenerator, ImagesInput
-from psaguard.images import ImageInput
+from psaguard.generation.generator import GuardedGenerator, ImagesInput
+from psaguard.generation.monitor import AnswerMonitor
+from psaguard.generation.plan import GuardedGeneration
+from psaguard.generation.streaming import AsyncGuardedStream, GuardedStream
+from psaguard.generation.wrapped import GuardedModel
+from psaguard.images.decode import ImageInput
 from psaguard.modules import HeadLogits, SafetyModules
-from psaguard.monitor import AnswerMonitor
-from psaguard.plan import GuardedGeneration
 from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest
-from psaguard.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
-from psaguard.streaming import AsyncGuardedStream, GuardedStream
 from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
-from psaguard.wrapped import GuardedModel
 
 __all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
 
@@ -469,7 +469,7 @@ class SafetyGuard:
         options: GenerationOptions | None = None,
         **generate_kwargs: Any,
     ) -> GuardedStream:
-        """Judge now, then iterate the answer's text chunks (see :class:`~psaguard.streaming.GuardedStream`)."""
+        """Judge now, then iterate the answer's text chunks (:class:`~psaguard.generation.streaming.GuardedStream`)."""
         return self._generator(options).stream(image, prompt, **generate_kwargs)
 
     def astream(

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.backbones import VisionFeatures
 from psaguard.conversation import PromptInput, judged_text, to_conversation
-from psaguard.images import ImageInput
+from psaguard.images.decode import ImageInput
 from psaguard.verdict import SafetyVerdict
 
 __all__ = ["GuardRequest", "RequestJudgement"]

@@ -11,7 +11,7 @@ from transformers import Cache
 
 from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
 from psaguard.backbones import resolve_backbone
-from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES
+from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES
 
 QUESTION = "what is in this image ?"
 

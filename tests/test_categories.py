@@ -18,11 +18,11 @@ from psaguard.categories import (
     fit_category,
     new_category,
 )
+from psaguard.checkpoints.serialization import read_metadata
 from psaguard.config import CONFIG_NAME
 from psaguard.errors import CategoryError, CheckpointError, ConfigError, InvalidImageError
 from psaguard.guard import WEIGHTS_NAME
 from psaguard.policy import GuardPolicy, decide
-from psaguard.serialization import read_metadata
 
 
 @pytest.fixture

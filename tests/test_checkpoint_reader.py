@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from psaguard import CheckpointError
-from psaguard.checkpoint_reader import SAFE_INDEX_NAME, CheckpointReader, local_dir
+from psaguard.checkpoints.reader import SAFE_INDEX_NAME, CheckpointReader, local_dir
 
 
 @pytest.fixture

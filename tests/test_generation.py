@@ -25,7 +25,7 @@ from psaguard import (
     SafetyGuardConfig,
     TypeRule,
 )
-from psaguard.images import MAX_IMAGES_PER_REQUEST
+from psaguard.images.decode import MAX_IMAGES_PER_REQUEST
 from psaguard.policy import GenerationOptions, worst_verdict
 from psaguard.testing.llava import build_tiny_processor
 from psaguard.tokenization import render_chat
@@ -338,7 +338,7 @@ def test_processor_failures_while_rendering_are_processor_errors(tiny_processor)
 
 
 def test_names_that_moved_out_of_the_generation_module_still_import_with_a_warning():
-    import psaguard.generation as generation
+    import psaguard.generation.generator as generation
     from psaguard import policy, tokenization
 
     with pytest.warns(DeprecationWarning, match="psaguard.policy.worst_verdict"):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, image_size, load_image
+from psaguard.images.decode import ALLOWED_FORMATS, OPT_IN_FORMATS, image_size, load_image
 
 EVERY_FORMAT = ALLOWED_FORMATS + OPT_IN_FORMATS
 

@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from psaguard.vision_budget import fit_patch_budget, patches_after_rounding
+from psaguard.images.budget import fit_patch_budget, patches_after_rounding
 
 GRIDS = st.sampled_from([(14, 28), (16, 32), (14, 14), (4, 8), (16, 16)])  # (patch, unit): Qwen2-VL, Qwen3-VL, ...
 

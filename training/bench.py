@@ -32,9 +32,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import ConfigError
 from psaguard.guard import SafetyGuard
-from psaguard.serialization import atomic_write_text
 from psaguard.training.collate import load_example_image
 from psaguard.training.data import Example, read_jsonl
 from psaguard.training.evaluate import DetectionMetrics, evaluate_predictions, risky_labels, write_report

@@ -22,9 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import safe_open
 
+from psaguard.checkpoints.files import loads_strict_json, open_regular_file, read_json_file
+from psaguard.checkpoints.serialization import atomic_write, atomic_write_text, load_tensors, save_tensors
 from psaguard.errors import CheckpointError
-from psaguard.files import loads_strict_json, open_regular_file, read_json_file
-from psaguard.serialization import atomic_write, atomic_write_text, load_tensors, save_tensors
 from psaguard.training.keep_best import BestStep
 
 __all__ = [

@@ -18,7 +18,7 @@ from PIL import Image
 
 from psaguard.conversation import with_hint
 from psaguard.errors import InvalidImageError
-from psaguard.images import image_size, load_image
+from psaguard.images.decode import image_size, load_image
 from psaguard.injection import IGNORE_INDEX
 from psaguard.tokenization import pad_token_id, render_chat, tokenizer_of
 from psaguard.training.data import Example

@@ -1,12 +1,12 @@
 """Reading training config files and override values as untrusted text: bounded in size, nodes and depth.
 
-* The file is read with :func:`psaguard.files.read_regular_file` (a FIFO or device is refused at once, at
-  most :data:`MAX_CONFIG_BYTES`); ``.json`` is parsed strictly (:func:`psaguard.files.parse_json`).
+* The file is read with :func:`psaguard.checkpoints.files.read_regular_file` (a FIFO or device is refused at once, at
+  most :data:`MAX_CONFIG_BYTES`); ``.json`` is parsed strictly (:func:`psaguard.checkpoints.files.parse_json`).
 * YAML goes through a safe loader that bounds what its aliases expand to before anything is constructed: a
   377-byte "billion laughs" file names 10^9 nodes through nested aliases, cheap as a graph but expanded by
   every consumer that walks it (the overrides' deep copy, pydantic). The composed graph is measured as the
   tree it stands for: at most :data:`MAX_CONFIG_NODES` nodes and :data:`MAX_CONFIG_DEPTH` levels, no alias
-  cycles; integers have at most :data:`~psaguard.files.MAX_JSON_INT_DIGITS` digits.
+  cycles; integers have at most :data:`~psaguard.checkpoints.files.MAX_JSON_INT_DIGITS` digits.
 
 Every failure is a :class:`~psaguard.errors.ConfigError`.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from psaguard.checkpoints.files import MAX_JSON_INT_DIGITS, parse_json, read_regular_file
 from psaguard.errors import ConfigError
-from psaguard.files import MAX_JSON_INT_DIGITS, parse_json, read_regular_file
 
 __all__ = ["MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_NODES", "parse_yaml", "read_config_mapping"]
 

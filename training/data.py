@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 
+from psaguard.checkpoints.files import loads_strict_json, read_regular_file
 from psaguard.conversation import Conversation, judged_text
 from psaguard.errors import DatasetError
-from psaguard.files import loads_strict_json, read_regular_file
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 
 __all__ = [

@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.category_config import FIRE_AT
+from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.guard import SafetyGuard
-from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import Taxonomy
 from psaguard.training.calibration import ReliabilityBin, reliability, softmax
 from psaguard.training.collate import load_example_image

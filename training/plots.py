@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from psaguard.serialization import atomic_write
+from psaguard.checkpoints.serialization import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import ConfigError, DatasetError
 from psaguard.guard import TORCH_DTYPES, SafetyGuard
-from psaguard.serialization import atomic_write_text
 from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
 from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig

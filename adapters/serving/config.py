@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from psaguard.images import MAX_IMAGE_BYTES, MAX_IMAGES_PER_REQUEST
+from psaguard.images.decode import MAX_IMAGE_BYTES, MAX_IMAGES_PER_REQUEST
 from psaguard.policy import TextOnlyAction
 
 __all__ = ["BatchingConfig", "LimitsConfig", "ServeConfig", "ServeMode"]

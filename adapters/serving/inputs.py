@@ -21,8 +21,8 @@ import httpx
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.image_checks import check_structure, sniff_format
-from psaguard.images import ALLOWED_FORMATS, ImageFormat, load_image
+from psaguard.images.checks import check_structure, sniff_format
+from psaguard.images.decode import ALLOWED_FORMATS, ImageFormat, load_image
 from psaguard.serving.admission import Ticket
 from psaguard.serving.config import LimitsConfig
 from psaguard.serving.protocol import ApiError, ContentPart, ImageUrl, ImageUrlPart, TextPart

@@ -2,11 +2,11 @@
 
 Requests with images run ``guard.generate`` / ``guard.astream`` (safety tokens, one vision pass; the guard
 judges, hints, refuses or blocks). With ``check_answers`` (the default) the streaming monitor judges the answer
-while it is generated (:mod:`psaguard.monitor`; a guard without a response head fails the request closed): a
+while it is generated (:mod:`psaguard.generation.monitor`; a guard without a response head fails the request closed): a
 stopped answer ends with the response policy's replacement and ``finish_reason: "content_filter"``; a 'block'
 is a 400 unstreamed and, streamed (the headers are sent), an end with ``content_filter`` and the answer's
 verdict, nothing past the released text. Requests without an image follow ``on_text_only``: 'allow' answers
-with the plain model (:mod:`psaguard.plain`; an answer without an image cannot be judged), 'refuse' with the
+with the plain model (:mod:`psaguard.generation.plain`; an answer without an image cannot be judged), 'refuse' with the
 refusal, 'block' with an error.
 """
 
@@ -24,9 +24,10 @@ from transformers import StoppingCriteriaList
 
 from psaguard.conversation import Conversation
 from psaguard.errors import GuardBlocked, PsaGuardError, ResponseBlocked, ResponseHeadMissingError
+from psaguard.generation.plain import plain_generate, plain_stream
+from psaguard.generation.plan import GuardedGeneration
+from psaguard.generation.streaming import AsyncGuardedStream
 from psaguard.guard import SafetyGuard
-from psaguard.plain import plain_generate, plain_stream
-from psaguard.plan import GuardedGeneration
 from psaguard.serving.admission import Ticket
 from psaguard.serving.completions import (
     REFUSAL_FINISH_REASON,
@@ -41,7 +42,6 @@ from psaguard.serving.completions import (
 )
 from psaguard.serving.judging import Judge, missing_head_error
 from psaguard.serving.protocol import ApiError, ChatRequest, api_error_from, error_body, verdict_headers
-from psaguard.streaming import AsyncGuardedStream
 from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
 
 __all__ = ["UNSUPPORTED_LOCAL_FIELDS", "LocalChat"]

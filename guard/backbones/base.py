@@ -30,9 +30,9 @@ from torch.nn import functional as F
 
 from psaguard.config import ModelFingerprint
 from psaguard.errors import ProcessorError
+from psaguard.images.budget import fit_patch_budget
 from psaguard.injection import ImageLayout, features_as_list
 from psaguard.tokenization import tokenizer_of
-from psaguard.vision_budget import fit_patch_budget
 
 __all__ = ["Backbone", "VisionFeatures", "pool_to_square_grid", "unwrap_model"]
 

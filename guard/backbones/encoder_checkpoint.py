@@ -13,7 +13,7 @@ from torch import nn
 from psaguard.backbones.base import Backbone
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone, EncoderOnlyModel, encoder_only_backbones
 from psaguard.backbones.registry import resolve_backbone
-from psaguard.checkpoint_reader import MODEL_CONFIG_NAME, CheckpointReader
+from psaguard.checkpoints.reader import MODEL_CONFIG_NAME, CheckpointReader
 from psaguard.config import ModelFingerprint
 from psaguard.dtypes import DtypeRequest, resolve_dtype
 from psaguard.errors import CheckpointError, UnsupportedModelError

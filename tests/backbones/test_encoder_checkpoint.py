@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from psaguard import CheckpointError, UnsupportedModelError
 from psaguard.backbones import EncoderOnlyModel
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
-from psaguard.checkpoint_reader import SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME, CheckpointReader
+from psaguard.checkpoints.reader import SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME, CheckpointReader
 
 EMBEDDING = "language_model.model.embed_tokens.weight"  # as transformers 5 saves it
 
@@ -63,7 +63,7 @@ def test_the_loaded_parts_equal_the_full_models(tiny_dir, tiny_model):
 
 
 def test_only_vision_and_embedding_tensors_are_read(tiny_dir, monkeypatch):
-    import psaguard.checkpoint_reader as reader_module
+    import psaguard.checkpoints.reader as reader_module
 
     read: list[str] = []
     real_open = reader_module.safe_open

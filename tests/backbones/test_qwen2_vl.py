@@ -12,10 +12,10 @@ from transformers import Qwen2VLImageProcessorPil
 
 from psaguard.backbones import EncoderOnlyQwen2VLBackbone, Qwen2VLBackbone
 from psaguard.errors import InvalidInputError
-from psaguard.generation import chat_token_ids
+from psaguard.generation.generator import chat_token_ids
+from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES, fit_patch_budget
 from psaguard.injection import build_llm_inputs
 from psaguard.testing.qwen2_vl import TinyQwen2VLProcessor, save_tiny_qwen2_vl
-from psaguard.vision_budget import DEFAULT_MAX_VISION_PATCHES, fit_patch_budget
 
 
 @pytest.fixture(scope="module")

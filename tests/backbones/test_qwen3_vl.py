@@ -8,7 +8,7 @@ from family_conformance import FamilyConformance, TinyFamily, shaped_images
 from generation_helpers import QUESTION, guard_for, user_turn
 
 from psaguard.backbones import EncoderOnlyQwen3VLBackbone, Qwen3VLBackbone
-from psaguard.generation import chat_token_ids
+from psaguard.generation.generator import chat_token_ids
 from psaguard.injection import build_llm_inputs
 from psaguard.testing.qwen2_vl import TinyQwen3VLProcessor, save_tiny_qwen3_vl
 

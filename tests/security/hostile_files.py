@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from psaguard import image_checks as caps
+from psaguard.images.decode import checks as caps
 
 MIB = 1024 * 1024
 

@@ -21,7 +21,7 @@ from hostile_files import AT_THE_CAPS, HOSTILE_FILES
 _CHILD = r"""
 import json, sys, time
 from psaguard.errors import PsaGuardError
-from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
+from psaguard.images.decode import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
 formats = ALLOWED_FORMATS + OPT_IN_FORMATS if sys.argv[2] == "ALL" else ALLOWED_FORMATS
 def status(key):
     with open("/proc/self/status") as handle:

@@ -13,10 +13,10 @@ from fifo_helpers import error_without_blocking
 from safetensors.torch import save_file
 
 from psaguard import GuardPolicy, SafetyGuard
+from psaguard.checkpoints.serialization import atomic_write, load_tensors, read_metadata, save_tensors
 from psaguard.config import CONFIG_NAME
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from psaguard.guard import WEIGHTS_NAME
-from psaguard.serialization import atomic_write, load_tensors, read_metadata, save_tensors
 from psaguard.testing.llava import build_tiny_llava
 
 

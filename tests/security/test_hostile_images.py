@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as npst
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.images import load_image
+from psaguard.images.decode import load_image
 
 FUZZ = settings.get_profile(f"psaguard-{os.environ.get('PSAGUARD_FUZZ', 'ci')}")
 

@@ -11,8 +11,8 @@ from hostile_files import AT_THE_CAPS, HOSTILE_FILES
 from PIL import Image
 
 from psaguard.errors import InvalidImageError
-from psaguard.images import load_image
-from psaguard.isolated_images import IsolatedImageLoader
+from psaguard.images.decode import load_image
+from psaguard.images.isolated import IsolatedImageLoader
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="worker pipes need POSIX")
 

@@ -19,7 +19,7 @@ pytest.importorskip("psaguard.training.stage1")
 # Several fresh processes (torch import, model load, training): ~1 min even on an idle 2-core machine.
 pytestmark = [pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
 
-from psaguard.serialization import load_tensors  # noqa: E402
+from psaguard.checkpoints.serialization import load_tensors  # noqa: E402
 
 CHILD = """
 import json, sys, torch

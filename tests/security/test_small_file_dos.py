@@ -27,9 +27,9 @@ from hostile_files import (
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from psaguard import image_checks as caps
 from psaguard.errors import InvalidImageError
-from psaguard.images import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
+from psaguard.images.decode import checks as caps
+from psaguard.images.decode import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
 
 FUZZ = settings.get_profile(f"psaguard-{os.environ.get('PSAGUARD_FUZZ', 'ci')}")
 CPU_LIMIT_S = 1.0

@@ -17,7 +17,7 @@ from PIL import Image
 from serving_helpers import data_url
 
 from psaguard import SafetyGuardConfig
-from psaguard.images import MAX_IMAGES_PER_REQUEST
+from psaguard.images.decode import MAX_IMAGES_PER_REQUEST
 from psaguard.serving import ApiKeys, BackgroundServer, BatchingConfig, LimitsConfig, ServeConfig, create_app
 from psaguard.serving.auth import load_api_keys
 

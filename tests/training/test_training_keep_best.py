@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
+from psaguard.checkpoints.serialization import load_tensors
 from psaguard.errors import ConfigError
-from psaguard.serialization import load_tensors
 from psaguard.training.config import EarlyStopping, Stage1Config, Stage2Config, load_config
 from psaguard.training.keep_best import KeepBest
 from psaguard.training.stage1 import train_stage1

@@ -14,8 +14,8 @@ import pytest
 import torch
 from fifo_helpers import error_without_blocking
 
+from psaguard.checkpoints.serialization import save_tensors
 from psaguard.errors import CheckpointError
-from psaguard.serialization import save_tensors
 from psaguard.training.checkpoint import DataPosition, TrainState, load_checkpoint, rng_tensors, save_checkpoint
 
 CALLS: list[str] = []

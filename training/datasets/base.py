@@ -26,8 +26,8 @@ from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import DatasetError
-from psaguard.serialization import atomic_write_text
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.training.data import IMAGE_PLACEHOLDER, MAX_REPORTED_ERRORS, SampleRow
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from psaguard.checkpoints.files import read_regular_file
 from psaguard.errors import DatasetError
-from psaguard.files import read_regular_file
 from psaguard.training.datasets.base import IMAGE_SUFFIXES, RecordError
 
 __all__ = [

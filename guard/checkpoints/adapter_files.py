@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from psaguard.checkpoints.files import read_json_file
 from psaguard.errors import CheckpointError
-from psaguard.files import read_json_file
 
 __all__ = ["ADAPTER_CONFIG_NAME", "ADAPTER_WEIGHTS_NAME", "check_adapter_files"]
 

@@ -25,9 +25,9 @@ import torch
 from psaguard.backbones import registered_backbones
 from psaguard.classifier import Classifier
 from psaguard.errors import ConfigError, InvalidInputError, ProcessorError
-from psaguard.generation import check_generate_kwargs
+from psaguard.generation.generator import check_generate_kwargs
+from psaguard.generation.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.injection import collapse_image_runs
-from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.policy import GenerationOptions
 from psaguard.tokenization import eos_token_ids, pad_token_id, render_chat, tokenizer_of
 

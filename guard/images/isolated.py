@@ -36,9 +36,9 @@ try:
 except ImportError:  # Windows: decodes still time out, but have no memory cap
     resource = None  # type: ignore[assignment]
 
+from psaguard.checkpoints.files import read_regular_file
 from psaguard.errors import InvalidImageError
-from psaguard.files import read_regular_file
-from psaguard.images import ALLOWED_FORMATS, MAX_IMAGE_BYTES, ImageFormat, ImageInput, load_image
+from psaguard.images.decode import ALLOWED_FORMATS, MAX_IMAGE_BYTES, ImageFormat, ImageInput, load_image
 
 __all__ = ["IsolatedImageLoader"]
 
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 _START_TIMEOUT_S = 60.0
 _WORKER_CODE = (
     "import json, sys; sys.path[:0] = json.loads(sys.argv[3]); "
-    "from psaguard.isolated_images import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4])"
+    "from psaguard.images.isolated import _worker_main; _worker_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[4])"
 )
 
 

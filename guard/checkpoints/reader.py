@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from psaguard.checkpoints.files import read_json_file
 from psaguard.errors import CheckpointError
-from psaguard.files import read_json_file
 
 __all__ = ["MODEL_CONFIG_NAME", "SAFE_INDEX_NAME", "SAFE_WEIGHTS_NAME", "CheckpointReader", "local_dir"]
 

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.classifier import Classifier
 from psaguard.errors import InvalidPromptError
-from psaguard.generation import chat_token_ids
-from psaguard.streaming import stream_text
+from psaguard.generation.generator import chat_token_ids
+from psaguard.generation.streaming import stream_text
 from psaguard.tokenization import eos_token_ids, tokenizer_of, until_eos
 
 __all__ = ["PlainAnswer", "plain_generate", "plain_stream"]

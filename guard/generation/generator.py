@@ -11,9 +11,9 @@
    answers with the policy's refusal text without running the model (or, with ``refuse_with="hint"``,
    generates with a refusal hint); block raises :class:`~psaguard.errors.GuardBlocked`.
 
-The plan and the language-model input are :mod:`psaguard.plan`'s, shared with the drop-in wrapper. Names
+The plan and the language-model input are :mod:`psaguard.generation.plan`'s, shared with the drop-in wrapper. Names
 that lived here before the request path was split (the decisions, now in :mod:`psaguard.policy`; the
-tokenizer rules, now in :mod:`psaguard.tokenization`; the plan's types, in :mod:`psaguard.plan`) still import
+tokenizer rules, now in :mod:`psaguard.tokenization`; the plan's types, in :mod:`psaguard.generation.plan`) still import
 from here for one release, with a ``DeprecationWarning``.
 """
 
@@ -30,12 +30,12 @@ from psaguard.backbones import registered_backbones
 from psaguard.classifier import Classifier
 from psaguard.conversation import Conversation, PromptInput, with_hint
 from psaguard.errors import ConfigError, InvalidInputError, InvalidPromptError
-from psaguard.images import ImageInput
+from psaguard.generation.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
+from psaguard.generation.streaming import GuardedStream
+from psaguard.images.decode import ImageInput
 from psaguard.injection import tokenize_prompt
-from psaguard.plan import GenerationPlan, GuardedGeneration, RequestPlan, plan_request
 from psaguard.policy import GenerationOptions
 from psaguard.request import GuardRequest
-from psaguard.streaming import GuardedStream
 from psaguard.tokenization import render_chat, tokenizer_of
 
 __all__ = [

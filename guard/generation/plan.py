@@ -27,8 +27,8 @@ from transformers import StoppingCriteriaList
 from psaguard.backbones import VisionFeatures
 from psaguard.classifier import Classifier
 from psaguard.errors import GuardBlocked, InvalidImageError, ResponseBlocked
+from psaguard.generation.monitor import ReleaseCallback, ResponseMonitor
 from psaguard.injection import LlmInputs, build_llm_inputs
-from psaguard.monitor import ReleaseCallback, ResponseMonitor
 from psaguard.policy import GenerationOptions, Resolution, blocked_message, resolve_action, worst_verdict
 from psaguard.tokenization import eos_token_ids, pad_token_id, tokenizer_of, until_eos
 from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
@@ -169,7 +169,7 @@ class GenerationPlan:
     ) -> torch.Tensor | None:
         """Run ``model.generate`` once for every answering request (None when none answers).
 
-        With the monitor on, answers are judged while they grow (:class:`~psaguard.monitor.ResponseMonitor`),
+        With the monitor on, answers are judged while they grow (:class:`~psaguard.generation.monitor.ResponseMonitor`),
         ``on_release`` receives the text as it is released, and the rest is judged before this returns.
         """
         if self.inputs is None:

@@ -2,7 +2,7 @@
 
 The request is judged before a stream object exists, so nothing can be streamed before the verdict: a
 blocked request raises at ``guard.stream(...)`` and a refused one streams its refusal text as one chunk.
-With the streaming monitor on (:mod:`psaguard.monitor`), chunks are the text the monitor releases after
+With the streaming monitor on (:mod:`psaguard.generation.monitor`), chunks are the text the monitor releases after
 judging it, held back ``policy.response.window`` tokens; a flagged answer stops and ends with the policy's
 replacement (or raises :class:`~psaguard.errors.ResponseBlocked` for a 'block' action).
 """
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import TextIteratorStreamer
 
-from psaguard.plan import GenerationPlan, GuardedGeneration
+from psaguard.generation.plan import GenerationPlan, GuardedGeneration
 from psaguard.verdict import Action, SafetyVerdict
 
 __all__ = ["AsyncGuardedStream", "GuardedStream", "stream_text"]
@@ -62,7 +62,7 @@ def stream_text(
 
 class GuardedStream(Iterator[str]):
     """Text chunks of one guarded answer. ``verdict``, ``action`` and ``hint`` are set before the first chunk;
-    ``result`` (a :class:`~psaguard.plan.GuardedGeneration`) once the stream is exhausted.
+    ``result`` (a :class:`~psaguard.generation.plan.GuardedGeneration`) once the stream is exhausted.
 
     Generation starts on the first ``next()`` and runs in a background thread feeding a
     ``TextIteratorStreamer``; an error there is raised from the iterator.

@@ -18,9 +18,9 @@ from typing import Literal, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from psaguard.checkpoints.files import read_regular_file
 from psaguard.errors import InvalidImageError, InvalidInputError
-from psaguard.files import read_regular_file
-from psaguard.image_checks import check_structure, refusal_reason, sniff_format
+from psaguard.images.checks import check_structure, refusal_reason, sniff_format
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -56,7 +56,7 @@ ImageFormat = Literal["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF", "PPM"]
 ALLOWED_FORMATS: tuple[ImageFormat, ...] = ("PNG", "JPEG", "GIF", "WEBP")
 """Formats decoded from bytes and paths by default. Others are refused: EPS would run Ghostscript, and rarer
 parsers are attack surface a guard does not need. MPO (multi-picture JPEG from phones) opens through the
-JPEG plugin. Every file is walked by :mod:`psaguard.image_checks` before Pillow parses it."""
+JPEG plugin. Every file is walked by :mod:`psaguard.images.checks` before Pillow parses it."""
 
 OPT_IN_FORMATS: tuple[ImageFormat, ...] = ("BMP", "TIFF", "PPM")
 """Formats decoded only when the caller lists them (``formats=`` / ``SafetyGuardConfig.image_formats``):
@@ -96,7 +96,7 @@ def load_image(
     """Return ``source`` as an RGB PIL image, or raise :class:`InvalidImageError` saying why.
 
     Size limits (pixels, aspect ratio, encoded bytes) are checked from the header before any pixel is
-    decoded, after a structural pre-check bounded in time (:mod:`psaguard.image_checks`). Only ``formats``
+    decoded, after a structural pre-check bounded in time (:mod:`psaguard.images.checks`). Only ``formats``
     are decoded from bytes and paths. Animated and multi-page files
     give their first frame (a PIL image the caller passes gives the frame it is on, as a processor would
     read it), EXIF orientation is applied, and transparency is composited onto white as Hugging Face
