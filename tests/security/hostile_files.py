@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from psaguard.images.decode import checks as caps
+import psaguard.images.checks as caps
 
 MIB = 1024 * 1024
 

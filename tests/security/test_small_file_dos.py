@@ -27,8 +27,8 @@ from hostile_files import (
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+import psaguard.images.checks as caps
 from psaguard.errors import InvalidImageError
-from psaguard.images.decode import checks as caps
 from psaguard.images.decode import ALLOWED_FORMATS, OPT_IN_FORMATS, load_image
 
 FUZZ = settings.get_profile(f"psaguard-{os.environ.get('PSAGUARD_FUZZ', 'ci')}")
