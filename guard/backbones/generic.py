@@ -59,7 +59,7 @@ PREFIX_LM_TYPES: frozenset[str] = frozenset({"paligemma"})
 the prompt and the features only, so training would let the answer attend ahead; such a family needs its own
 adapter."""
 
-_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision")
+_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision", "embed_vision")
 _PIXEL_NAMES = ("pixel_values", "pixel_values_images")
 _TOKEN_TYPE_NAMES = ("mm_token_type_ids", "token_type_ids")
 _PROBE = (64, 48)  # width, height of the probe image checks run on

@@ -11,6 +11,7 @@ transformers adds is built the same way. What cannot be built raises :class:`Tin
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from psaguard.testing.llava import (
     tiny_chat_template,
     tiny_tokenizer,
 )
+from psaguard.testing.torch_transforms import import_with_torch_transforms
 
 __all__ = [
     "TinyBuild",
@@ -45,6 +47,9 @@ _SHRINK: dict[str, int] = {
     "d_model": _WIDTH,
     "out_hidden_size": _WIDTH,
     "projection_dim": _WIDTH,
+    "projection_hidden_size": _WIDTH,
+    "projector_hidden_size": _WIDTH,
+    "merged_hidden_size": 4 * _WIDTH,  # a 2 x 2 merge of the tower's patches (MiniMax-M3-VL)
     "intermediate_size": 2 * _WIDTH,
     "moe_intermediate_size": _WIDTH,
     "shared_expert_intermediate_size": _WIDTH,
@@ -52,6 +57,12 @@ _SHRINK: dict[str, int] = {
     "num_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": _WIDTH // 4,
+    "qk_rope_head_dim": _WIDTH // 4,  # multi-head latent attention (DeepSeek-V3): rotary part = head_dim
+    "qk_nope_head_dim": _WIDTH // 4,
+    "qk_head_dim": _WIDTH // 2,
+    "v_head_dim": _WIDTH // 4,
+    "kv_lora_rank": _WIDTH // 2,
+    "q_lora_rank": _WIDTH // 2,
     "num_hidden_layers": 2,
     "depth": 2,
     "num_layers": 2,
@@ -60,6 +71,8 @@ _SHRINK: dict[str, int] = {
     "num_local_experts": 4,
     "num_experts_per_tok": 2,
     "first_k_dense_replace": 1,
+    "n_group": 2,  # expert groups (DeepSeek-V3 routing): 2 of 2 experts each
+    "topk_group": 1,
 }
 """Config fields set to these values wherever they appear (the model's config and every sub-config)."""
 
@@ -75,6 +88,8 @@ _GRID = 8
 """Patches per side of a tiny model's image (its tower's patch size is kept: processors derive from it)."""
 _AREA_THRESHOLD = 10_000
 """Image-processor sizes at or above this are pixel areas (Qwen-VL's min / max pixels), left as they are."""
+_CROP_FACTOR = 8
+"""An image processor's ``patch_size`` this many tower patches wide or more is a crop size, not a patch."""
 _TOKENS_PER_IMAGE = 16
 """Tokens per image where the config fixes the count (pooling the 8 x 8 grid to 4 x 4)."""
 
@@ -159,6 +174,8 @@ def _check_generates(model: Any, processor: Any) -> None:
 
 _SEQUENCE_LENGTHS = ("image_seq_length", "image_seq_len", "num_image_tokens")
 """Processor settings holding the image tokens per image (or per tile) that a checkpoint records from its model."""
+_SIDE_LENGTH = "patch_size"
+"""Processor setting that may hold the image tokens per tile side instead (a square tile's tokens are its square)."""
 
 
 def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
@@ -181,7 +198,8 @@ def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
     if out is None:
         return
     name = next((n for n in _SEQUENCE_LENGTHS if isinstance(getattr(processor, n, None), int)), None)
-    if name is None:
+    side = getattr(processor, _SIDE_LENGTH, None)
+    if name is None and not isinstance(side, int):
         return
     tokens = int((out["input_ids"] == getattr(model.config, "image_token_id", None)).sum())
     image_inputs = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and "token_type" not in k}
@@ -193,9 +211,23 @@ def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
     features = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled) if isinstance(pooled, (list, tuple)) else 0
     if not features and torch.is_tensor(pooled):
         features = pooled.reshape(-1, pooled.shape[-1]).shape[0]
+    if name is None:  # tokens per tile side (Cohere2-Vision): tiles of side x side tokens
+        _calibrate_side(processor, tokens, features, side)
+        return
     per_tile = getattr(processor, name)
     if tokens and features and tokens != features and tokens % per_tile == 0 and features % (tokens // per_tile) == 0:
         setattr(processor, name, features // (tokens // per_tile))
+
+
+def _calibrate_side(processor: Any, tokens: int, features: int, side: int) -> None:
+    """Set the processor's tokens per tile side where its tiles of ``side`` x ``side`` tokens do not match the
+    model's features (left as it is where they match: Pixtral's ``patch_size`` is a pixel size)."""
+    if not tokens or not features or tokens == features or tokens % (side * side):
+        return
+    tiles = tokens // (side * side)
+    new_side = math.isqrt(features // tiles) if features % tiles == 0 else 0
+    if new_side and new_side * new_side * tiles == features:
+        setattr(processor, _SIDE_LENGTH, new_side)
 
 
 def build_meta_model(model_type: str) -> Any:
@@ -220,30 +252,36 @@ def build_meta_model(model_type: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- processor
 def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
-    import transformers
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     # A mixture-of-experts variant shares its dense sibling's processor (Qwen3-VL-MoE, GLM-4.5V).
     dense = model_type.removesuffix("_moe")
     processor_name = PROCESSOR_MAPPING_NAMES.get(model_type) or PROCESSOR_MAPPING_NAMES.get(dense)
-    processor_class = getattr(transformers, processor_name, None) if processor_name else None
+    processor_class = _transformers_class(processor_name) if processor_name else None
     if processor_class is None:
         raise TinyBuildError("the family has no processor class")
     image_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or IMAGE_PROCESSOR_MAPPING_NAMES.get(dense)
-    pil_name = image_names.get("pil") if isinstance(image_names, dict) else None
-    if pil_name is None:
-        raise TinyBuildError("the family's image processor needs torchvision (no PIL image processor)")
-    image_processor = _image_processor(getattr(transformers, pil_name), _image_side(default))
+    image_names = image_names if isinstance(image_names, dict) else {}
+    # The PIL image processor where the family has one, else its torchvision one on torch-only ops.
+    image_name = image_names.get("pil") or image_names.get("torchvision")
+    image_processor_class = _transformers_class(image_name) if image_name else None
+    if image_processor_class is None:
+        raise TinyBuildError("the family has no image processor that runs without torchvision")
+    image_processor = _image_processor(image_processor_class, _image_side(default))
     vision = getattr(default, "vision_config", None)
     for name, source in (
         ("patch_size", "patch_size"),
         ("merge_size", "spatial_merge_size"),
+        ("merge_size", "merge_size"),
         ("temporal_patch_size", "temporal_patch_size"),
+        ("temporal_patch_size", "patch_temporal"),
     ):
         value = getattr(vision, source, None)
         current = getattr(image_processor, name, None)
-        if isinstance(value, int) and isinstance(current, int):
+        if isinstance(value, int) and isinstance(current, int) and current >= _CROP_FACTOR * value:
+            setattr(image_processor, name, _image_side(default))  # a crop of many patches (Step3p7's local crops)
+        elif isinstance(value, int) and isinstance(current, int):
             setattr(image_processor, name, value)  # the processor's patch geometry is the tower's
         elif isinstance(value, int) and isinstance(current, dict) and set(current) == {"height", "width"}:
             setattr(image_processor, name, {"height": value, "width": value})
@@ -268,6 +306,8 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
         except Exception as err:
             raise TinyBuildError(f"the processor cannot be built: {type(err).__name__}: {err}") from err
         found = {**_special_tokens(processor), **tokens}  # the tokenizer's names stand (Gemma 3 aliases them)
+        for name, text in _unknown_tokens(processor).items():  # its own text where it does not read the tokenizer's
+            found.setdefault(f"processor_{name}", text)
         for name in _unset_tokens(processor):  # tokens it reads from the tokenizer and found none of
             found.setdefault(name, f"<{name}>")
         if (missing := _missing_at_call(processor)) and missing not in found:
@@ -280,6 +320,23 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
     text, image_id = _placeholder(processor)
     processor.chat_template = tiny_chat_template(text)
     return processor, text, image_id
+
+
+def _transformers_class(name: str) -> type | None:
+    """transformers' class ``name``; one whose module imports torchvision's transforms is imported on the
+    torch-only ops of :mod:`psaguard.testing.torch_transforms` (None where it cannot be imported here)."""
+    import transformers
+
+    found = getattr(transformers, name, None)
+    if isinstance(found, type) and not found.__qualname__.endswith("Placeholder"):
+        return found
+    module = getattr(transformers, "_class_to_module", {}).get(name)
+    if module is None:
+        return None
+    try:
+        return getattr(import_with_torch_transforms(f"transformers.{module}"), name, None)
+    except ImportError:
+        return None
 
 
 def _image_side(config: Any) -> int:
@@ -300,10 +357,12 @@ def _tokens_per_image(config: Any) -> int:
 def _image_processor(image_processor_class: type, side: int) -> Any:
     """The family's PIL image processor, resizing to ``side`` px where its sizes are sides (not pixel areas)."""
     image_processor = image_processor_class()
-    for name in ("size", "crop_size"):
+    for name in ("size", "crop_size", "max_image_size", "min_image_size"):
         size = getattr(image_processor, name, None)
         if isinstance(size, dict):
             setattr(image_processor, name, {k: _side_or_area(v, side) for k, v in size.items()})
+        elif isinstance(size, int):  # a longest or shortest side in pixels (Aria's max_image_size)
+            setattr(image_processor, name, _side_or_area(size, side))
         elif size is not None:  # transformers' SizeDict
             for key in ("height", "width", "shortest_edge", "longest_edge"):
                 if (value := getattr(size, key, None)) is not None:
@@ -366,10 +425,13 @@ def _processor_kwargs(processor_class: type, config: Any) -> dict[str, Any]:
     vision = getattr(config, "vision_config", None)
     known = {
         "patch_size": getattr(vision, "patch_size", None),
+        "img_size": _image_side(config),
+        "downsample_factor": getattr(config, "downsample_factor", None),
         "vision_feature_select_strategy": getattr(config, "vision_feature_select_strategy", "default"),
         "num_additional_image_tokens": 1 if "clip" in str(getattr(vision, "model_type", "")) else 0,
         "image_seq_length": _tokens_per_image(config),
         "num_image_tokens": _GRID * _GRID,
+        "spatial_merge_size": getattr(config, "spatial_merge_size", None),
     }
     return {k: v for k, v in known.items() if k in params and v is not None}
 
@@ -393,6 +455,14 @@ def _missing_at_call(processor: Any) -> str | None:
         missing = _MISSING_TOKEN.search(str(err))
         return missing.group(1) if missing else None
     return None
+
+
+def _unknown_tokens(processor: Any) -> dict[str, str]:
+    """The processor's named special tokens whose text its tokenizer does not know (Pixtral's ``[IMG]``, a
+    processor setting rather than the tokenizer's ``image_token``): name -> text."""
+    tok = processor.tokenizer
+    known = set(tok.get_vocab())
+    return {n: t for n, t in _special_tokens(processor).items() if t not in known}
 
 
 def _special_tokens(processor: Any) -> dict[str, str]:
@@ -487,12 +557,16 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     old_depth = values.get("num_hidden_layers") or values.get("depth") or values.get("num_layers")
     for key, value in values.items():
-        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+        if key.endswith("patch_to_query_dict") and isinstance(value, dict):  # patches per image -> queries
+            out[key] = {str(_GRID * _GRID): _TOKENS_PER_IMAGE}
+        elif key.endswith("patch_to_query_dict"):
+            out[key] = _TOKENS_PER_IMAGE
+        elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
             out[key] = {str(_SHRINK["num_hidden_layers"] - 1): list(value.values())[-1]}  # per-layer: the last one
         elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrunk(value, vocab)
         elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
-            out[key] = min(value, _SHRINK[key]) if key.startswith("num_experts_per") else _SHRINK[key]
+            out[key] = min(value, _SHRINK[key]) if key.startswith(("num_experts_per", "topk_")) else _SHRINK[key]
         elif key == "vocab_size" and isinstance(value, int):
             out[key] = vocab
         elif isinstance(value, list) and old_depth and len(value) == old_depth and key not in _LAYER_INDEX_LISTS:
@@ -501,6 +575,8 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
             out[key] = [min(int(i), 1) if int(i) >= 0 else max(int(i), -2) for i in value][:2]
         else:
             out[key] = value
+    if "kv_lora_rank" in out and "num_key_value_heads" in out:  # latent attention: no grouped key/value heads
+        out["num_key_value_heads"] = out.get("num_attention_heads", out["num_key_value_heads"])
     return out
 
 
