@@ -49,6 +49,8 @@ _SHRINK: dict[str, int] = {
     "projection_dim": _WIDTH,
     "projection_hidden_size": _WIDTH,
     "projector_hidden_size": _WIDTH,
+    "mm_embed_dim": _WIDTH,  # an encoder-free patch embedder (Gemma 4 Unified)
+    "mm_posemb_size": 4 * _WIDTH,
     "merged_hidden_size": 4 * _WIDTH,  # a 2 x 2 merge of the tower's patches (MiniMax-M3-VL)
     "intermediate_size": 2 * _WIDTH,
     "moe_intermediate_size": _WIDTH,
@@ -76,7 +78,12 @@ _SHRINK: dict[str, int] = {
 }
 """Config fields set to these values wherever they appear (the model's config and every sub-config)."""
 
-_LAYER_INDEX_LISTS = ("deepstack_visual_indexes", "vision_feature_layer", "fullatt_block_indexes")
+_LAYER_INDEX_LISTS = (
+    "deepstack_visual_indexes",
+    "vision_feature_layer",
+    "fullatt_block_indexes",
+    "global_attn_indexes",
+)
 """Config fields that list layer indices; they are kept within the shrunk depth."""
 
 _TOKEN_SUFFIXES = ("_token",)
@@ -312,6 +319,9 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
             found.setdefault(name, f"<{name}>")
         if (missing := _missing_at_call(processor)) and missing not in found:
             found[missing] = f"<{missing}>"  # a token the processor reads only when called (Gemma 4's audio token)
+        for index, text in enumerate(_written_tokens(processor)):  # literals its code writes (Ovis2's <IMG_ATOM>)
+            if text not in found.values():
+                found[f"written_{index}_token"] = text
         if found == tokens:
             break
         tokens = found
@@ -442,6 +452,50 @@ def _unset_tokens(processor: Any) -> list[str]:
     return [n for n in names if getattr(processor, n) is None and n not in _TEXT_TOKENS]
 
 
+_WRITTEN_TOKEN = re.compile(r"<\|[\w.-]+\|>|<[A-Za-z][\w.-]*>|\[[A-Z][A-Z0-9_]*\]")
+"""Special-token spellings (``<|image_pad|>``, ``<IMG_ATOM>``, ``[IMG]``) in the text a processor tokenizes."""
+
+
+class _StopProcessing(Exception):
+    """Raised by :class:`_Recorder` once the processor hands its text to the tokenizer."""
+
+
+class _Recorder:
+    """Stands in for a processor's tokenizer: records the text the processor tokenizes, then stops the call."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.texts: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, text: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.texts.extend([text] if isinstance(text, str) else [t for t in text or [] if isinstance(t, str)])
+        raise _StopProcessing
+
+
+def _written_tokens(processor: Any) -> list[str]:
+    """Special-token spellings the processor writes for an image that its tokenizer does not know."""
+    from PIL import Image
+
+    text = getattr(processor, "image_token", None)
+    tokenizer = processor.tokenizer
+    if not isinstance(text, str):
+        return []
+    recorder = _Recorder(tokenizer)
+    processor.tokenizer = recorder
+    try:
+        processor(text=[text], images=[[Image.new("RGB", (40, 56))]], return_tensors="pt")
+    except Exception:  # _StopProcessing, or a processor this probe cannot call: nothing learnt
+        pass
+    finally:
+        processor.tokenizer = tokenizer
+    known = set(tokenizer.get_vocab())
+    written = [t for text in recorder.texts for t in _WRITTEN_TOKEN.findall(text)]
+    return [t for t in dict.fromkeys(written) if t not in known]
+
+
 def _missing_at_call(processor: Any) -> str | None:
     """The name of a special token the processor asks its tokenizer for when called with an image, if missing."""
     from PIL import Image
@@ -562,12 +616,15 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
         elif key.endswith("patch_to_query_dict"):
             out[key] = _TOKENS_PER_IMAGE
         elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
-            out[key] = {str(_SHRINK["num_hidden_layers"] - 1): list(value.values())[-1]}  # per-layer: the last one
+            last = list(value.values())[-1]  # per-layer settings: the last layer's, shrunk
+            out[key] = {str(_SHRINK["num_hidden_layers"] - 1): _shrunk(last, vocab) if isinstance(last, dict) else last}
         elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrunk(value, vocab)
         elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
             out[key] = min(value, _SHRINK[key]) if key.startswith(("num_experts_per", "topk_")) else _SHRINK[key]
-        elif key == "vocab_size" and isinstance(value, int):
+        elif key in _SHRINK and isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            out[key] = [_SHRINK[key]] * len(value)  # one per modality (ERNIE-4.5-VL's text and vision experts)
+        elif key in ("vocab_size", "vocab_size_per_layer_input") and isinstance(value, int):
             out[key] = vocab
         elif isinstance(value, list) and old_depth and len(value) == old_depth and key not in _LAYER_INDEX_LISTS:
             out[key] = [value[0], value[-1]]  # one entry per layer (layer_types): the first and the last kind
@@ -604,7 +661,13 @@ def _add_mrope(values: dict[str, Any], rotary_factor: float = 1.0) -> None:
     for key, value in values.items():
         if key in ("rope_parameters", "rope_scaling") and isinstance(value, dict):
             half = int(_SHRINK["head_dim"] * value.get("partial_rotary_factor", rotary_factor)) // 2
-            value["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+            side = 3 * half // 8
+            default = value.get("mrope_section")
+            if not isinstance(default, list) or default[0] == default[1] != default[2]:
+                # (h, w, t) with h == w as ERNIE-4.5-VL orders them (its default is in the code, not the config)
+                value["mrope_section"] = [side, side, half - 2 * side]
+            else:
+                value["mrope_section"] = [half - 2 * side, side, side]  # (t, h, w)
         elif isinstance(value, dict):
             _add_mrope(value, rotary_factor)
 
