@@ -50,6 +50,7 @@ _SHRINK: dict[str, int] = {
     "projection_hidden_size": _WIDTH,
     "projector_hidden_size": _WIDTH,
     "mm_embed_dim": _WIDTH,  # an encoder-free patch embedder (Gemma 4 Unified)
+    "output_proj_dims": _WIDTH,
     "mm_posemb_size": 4 * _WIDTH,
     "merged_hidden_size": 4 * _WIDTH,  # a 2 x 2 merge of the tower's patches (MiniMax-M3-VL)
     "intermediate_size": 2 * _WIDTH,
