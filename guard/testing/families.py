@@ -54,6 +54,10 @@ _SHRINK: dict[str, int] = {
     "mm_posemb_size": 4 * _WIDTH,
     "merged_hidden_size": 4 * _WIDTH,  # a 2 x 2 merge of the tower's patches (MiniMax-M3-VL)
     "intermediate_size": 2 * _WIDTH,
+    "intermediate_size_mlp": 2 * _WIDTH,
+    "projector_input_dim": _WIDTH,
+    "projector_output_dim": _WIDTH,
+    "vision_output_dim": _WIDTH,
     "moe_intermediate_size": _WIDTH,
     "shared_expert_intermediate_size": _WIDTH,
     "num_attention_heads": 4,
@@ -159,8 +163,24 @@ def build_tiny_family(model_type: str, seed: int = 1) -> TinyBuild:
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
         processor.return_mm_token_type_ids = True  # M-RoPE positions need them (a checkpoint's processor config)
     _calibrate(model, processor, placeholder)
+    if (dtype := _pixel_dtype(processor, placeholder)) is not None and dtype != model.dtype:
+        model = model.to(dtype)  # a processor that gives pixels in the checkpoint's dtype (Llama 4's bfloat16)
     _check_generates(model, processor)
     return TinyBuild(model_type, model, processor)
+
+
+def _pixel_dtype(processor: Any, placeholder: str) -> torch.dtype | None:
+    """The floating dtype of the processor's pixel values for one image (None where it cannot be read)."""
+    from PIL import Image
+
+    for batch in ([[Image.new("RGB", (56, 40))]], [Image.new("RGB", (56, 40))]):
+        try:
+            out = processor(text=[placeholder], images=batch, return_tensors="pt")
+        except Exception:
+            continue
+        pixels = next((v for k, v in out.items() if k.startswith("pixel_values") and torch.is_tensor(v)), None)
+        return pixels.dtype if pixels is not None and pixels.is_floating_point() else None
+    return None
 
 
 def _check_generates(model: Any, processor: Any) -> None:
@@ -586,6 +606,10 @@ def _config(default: Any, processor: Any, image_id: int, mrope: bool) -> Any:
             except Exception:
                 continue
     values = _shrunk(raw, vocab=_round_up(len(tok), 64))
+    vision_width = (raw.get("vision_config") or {}).get("hidden_size")
+    out_width = raw.get("out_hidden_size")  # the model's own (not its tower's): merged patches' width (Muse Spark)
+    if isinstance(vision_width, int) and isinstance(out_width, int) and out_width % vision_width == 0:
+        values["out_hidden_size"] = _WIDTH * (out_width // vision_width)
     side = _image_side(default)
     if isinstance(vision := values.get("vision_config"), dict) and "image_size" in vision:
         vision["image_size"] = [side, side] if isinstance(vision["image_size"], (list, tuple)) else side
@@ -633,6 +657,8 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
             out[key] = [min(int(i), 1) if int(i) >= 0 else max(int(i), -2) for i in value][:2]
         else:
             out[key] = value
+    if isinstance(ratio := out.get("pixel_shuffle_ratio"), float) and "intermediate_size" in out:
+        out["intermediate_size"] = int(out["hidden_size"] / ratio**2)  # the shuffled patches' width (Llama 4)
     if "kv_lora_rank" in out and "num_key_value_heads" in out:  # latent attention: no grouped key/value heads
         out["num_key_value_heads"] = out.get("num_attention_heads", out["num_key_value_heads"])
     return out
