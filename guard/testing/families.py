@@ -646,11 +646,14 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
         elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrunk(value, vocab)
         elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
-            out[key] = min(value, _SHRINK[key]) if key.startswith(("num_experts_per", "topk_")) else _SHRINK[key]
+            keep_smaller = key.startswith(("num_experts_per", "topk_", "qk_rope"))  # (GLM-5's no-RoPE DSA layers: 0)
+            out[key] = min(value, _SHRINK[key]) if keep_smaller else _SHRINK[key]
         elif key in _SHRINK and isinstance(value, list) and value and all(isinstance(v, int) for v in value):
             out[key] = [_SHRINK[key]] * len(value)  # one per modality (ERNIE-4.5-VL's text and vision experts)
         elif key in ("vocab_size", "vocab_size_per_layer_input") and isinstance(value, int):
             out[key] = vocab
+        elif isinstance(value, list) and old_depth and len(value) == old_depth and _layer_sources(value):
+            out[key] = [0, 1 if value[-1] == old_depth - 1 else 0]  # each layer's source layer (shared KV caches)
         elif isinstance(value, list) and old_depth and len(value) == old_depth and key not in _LAYER_INDEX_LISTS:
             out[key] = [value[0], value[-1]]  # one entry per layer (layer_types): the first and the last kind
         elif key in _LAYER_INDEX_LISTS and isinstance(value, list):
@@ -659,9 +662,17 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
             out[key] = value
     if isinstance(ratio := out.get("pixel_shuffle_ratio"), float) and "intermediate_size" in out:
         out["intermediate_size"] = int(out["hidden_size"] / ratio**2)  # the shuffled patches' width (Llama 4)
+    if "qk_head_dim" in out:  # latent attention: the no-RoPE and RoPE parts of each head
+        out["qk_head_dim"] = out.get("qk_nope_head_dim", 0) + out.get("qk_rope_head_dim", 0)
     if "kv_lora_rank" in out and "num_key_value_heads" in out:  # latent attention: no grouped key/value heads
         out["num_key_value_heads"] = out.get("num_attention_heads", out["num_key_value_heads"])
     return out
+
+
+def _layer_sources(values: list[Any]) -> bool:
+    """Whether a per-layer list names, for each layer, itself or an earlier layer (Mistral Large 4's KV sources)."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return ints and all(0 <= v <= i for i, v in enumerate(values)) and values[-1] > 1
 
 
 def _token_ids(values: dict[str, Any], processor: Any) -> dict[str, Any]:
