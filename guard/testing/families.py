@@ -473,8 +473,9 @@ def _unset_tokens(processor: Any) -> list[str]:
     return [n for n in names if getattr(processor, n) is None and n not in _TEXT_TOKENS]
 
 
-_WRITTEN_TOKEN = re.compile(r"<\|[\w.-]+\|>|<[A-Za-z][\w.-]*>|\[[A-Z][A-Z0-9_]*\]")
-"""Special-token spellings (``<|image_pad|>``, ``<IMG_ATOM>``, ``[IMG]``) in the text a processor tokenizes."""
+_WRITTEN_TOKEN = re.compile(r"<\|[\w.-]+\|>|<[A-Za-z][\w.-]*>|\[[A-Z][A-Z0-9_]*\]|\]<\][\w .-]+\[>\[")
+"""Special-token spellings (``<|image_pad|>``, ``<IMG_ATOM>``, ``[IMG]``, ``]<]start of image[>[``) in the text a
+processor tokenizes."""
 
 
 class _StopProcessing(Exception):
@@ -576,6 +577,9 @@ def _placeholder(processor: Any) -> tuple[str, int]:
             except Exception:
                 continue
         if ids is None:
+            continue
+        ids = ids[ids != processor.tokenizer.unk_token_id]  # words the tokenizer does not know are no image token
+        if not len(ids):
             continue
         values, counts = ids.unique(return_counts=True)
         if int(counts.max()) > most:
