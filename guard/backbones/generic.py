@@ -119,6 +119,9 @@ class GenericFeatures(VisionFeatures):
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     side_features: dict[str, tuple[tuple[torch.Tensor, ...], ...]] = field(default_factory=dict)
     """Per-layer features that travel with the embeddings (DeepStack): name -> per layer, one tensor per image."""
+    shared_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors of ``get_image_features``'s output that belong to no image and go back to the model as they are
+    (Ovis2's visual indicator embeddings)."""
 
     def subset(self, rows: Sequence[int]) -> GenericFeatures:
         rows = list(rows)
@@ -132,6 +135,7 @@ class GenericFeatures(VisionFeatures):
                 name: tuple(tuple(layer[r] for r in rows) for layer in layers)
                 for name, layers in self.side_features.items()
             },
+            shared_outputs=self.shared_outputs,
         )
 
 
@@ -154,6 +158,7 @@ class GenericBackbone(Backbone):
         "image_position_ids",
         "image_merge_sizes",
         "batch_num_images",
+        "high_res_pixel_values",
         _RUNS,
     )
     derived_input_names = _TOKEN_TYPE_NAMES
@@ -291,6 +296,7 @@ class GenericBackbone(Backbone):
             runs=runs,
             image_inputs=per_image_inputs,
             side_features=_side_features(out, embeds),
+            shared_outputs=_shared_outputs(out, embeds),
         )
 
     def image_patches(
@@ -390,8 +396,8 @@ class GenericBackbone(Backbone):
         """The features in ``mm_encoder_outputs``, the per-image inputs, and token types (safety rows as text)."""
         to_model = features_as_tensor if self._stacked else self.model_image_inputs
         image = to_model(image_features, input_ids)["mm_encoder_outputs"]["image"]
-        if features.side_features:  # zero rows for the safety tokens, in front of each image's own
-            side = {
+        if features.side_features or features.shared_outputs:
+            side = {  # zero rows for the safety tokens, in front of each image's own
                 name: [
                     [
                         torch.cat([own.new_zeros(len(f) - n, *own.shape[1:]), own])
@@ -401,7 +407,7 @@ class GenericBackbone(Backbone):
                 ]
                 for name, layers in features.side_features.items()
             }
-            image = self._output_class(pooler_output=image.pooler_output, **side)
+            image = self._output_class(pooler_output=image.pooler_output, **side, **features.shared_outputs)
         inputs = {
             "mm_encoder_outputs": {"image": image},
             **{name: value.to(input_ids.device) for name, value in features.image_inputs.items()},
@@ -512,6 +518,18 @@ def _side_features(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, tuple[
         if all(layer is not None for layer in layers):
             found[name] = tuple(layers)
     return found
+
+
+def _shared_outputs(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensor fields of ``get_image_features``'s output beside the features, the tower's states and the per-image
+    side features: they hold no image's rows (their first dimension is not the images' feature rows)."""
+    skip = {"pooler_output", "last_hidden_state", "hidden_states", "attentions"}
+    rows = sum(len(e) for e in embeds)
+    return {
+        name: value
+        for name, value in out.items()
+        if name not in skip and torch.is_tensor(value) and value.dim() == 2 and len(value) != rows
+    }
 
 
 def _per_image(layer: Any, embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:

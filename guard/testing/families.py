@@ -55,6 +55,7 @@ _SHRINK: dict[str, int] = {
     "merged_hidden_size": 4 * _WIDTH,  # a 2 x 2 merge of the tower's patches (MiniMax-M3-VL)
     "intermediate_size": 2 * _WIDTH,
     "intermediate_size_mlp": 2 * _WIDTH,
+    "mlp_dim": 2 * _WIDTH,
     "projector_input_dim": _WIDTH,
     "projector_output_dim": _WIDTH,
     "vision_output_dim": _WIDTH,
