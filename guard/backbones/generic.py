@@ -61,7 +61,8 @@ adapter."""
 
 _TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision", "embed_vision")
 _PIXEL_NAMES = ("pixel_values", "pixel_values_images")
-_TOKEN_TYPE_NAMES = ("mm_token_type_ids", "token_type_ids")
+_TOKEN_TYPE_NAMES = ("mm_token_type_ids", "moe_mm_token_type_ids", "token_type_ids")
+"""Token types the processor writes and the guard rebuilds for its own input (ERNIE-4.5-VL types its experts too)."""
 _PROBE = (64, 48)  # width, height of the probe image checks run on
 _RUNS = "image_runs"
 """Key of the preprocessed inputs holding each image's run as the processor writes it (padded with -1)."""

@@ -55,6 +55,11 @@ _SHRINK: dict[str, int] = {
     "merged_hidden_size": 4 * _WIDTH,  # a 2 x 2 merge of the tower's patches (MiniMax-M3-VL)
     "intermediate_size": 2 * _WIDTH,
     "intermediate_size_mlp": 2 * _WIDTH,
+    "projection_intermediate_size": 2 * _WIDTH,
+    "linear_num_heads": 4,  # linear-attention layers (GLM-5-Next)
+    "linear_head_dim": _WIDTH // 4,
+    "index_n_heads": 4,  # the sparse-attention indexer
+    "index_head_dim": _WIDTH // 4,
     "mlp_dim": 2 * _WIDTH,
     "projector_input_dim": _WIDTH,
     "projector_output_dim": _WIDTH,
