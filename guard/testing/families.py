@@ -391,10 +391,11 @@ def _tokens_per_image(config: Any) -> int:
     return _TOKENS_PER_IMAGE if hasattr(config, "mm_tokens_per_image") else _GRID * _GRID
 
 
-def _image_processor(image_processor_class: type, side: int) -> Any:
-    """The family's PIL image processor, resizing to ``side`` px where its sizes are sides (not pixel areas)."""
+def _image_processor(image_processor_class: type, base_side: int) -> Any:
+    """The family's image processor, resizing to ``base_side`` px where its sizes are sides (not pixel areas)."""
     image_processor = image_processor_class()
-    for name in ("size", "crop_size", "max_image_size", "min_image_size"):
+    for name in ("size", "crop_size", "max_image_size", "min_image_size", "high_res_size"):
+        side = 2 * base_side if name.startswith("high_res") else base_side  # a second, sharper view (DeepSeek-VL)
         size = getattr(image_processor, name, None)
         if isinstance(size, dict):
             setattr(image_processor, name, {k: _side_or_area(v, side) for k, v in size.items()})
@@ -408,7 +409,7 @@ def _image_processor(image_processor_class: type, side: int) -> Any:
         if name.startswith("max_") and name.endswith("tokens") and isinstance(value, int) and value > _GRID * _GRID:
             setattr(image_processor, name, value // 4)
     if getattr(image_processor, "image_grid_pinpoints", None):
-        image_processor.image_grid_pinpoints = _pinpoints(side)
+        image_processor.image_grid_pinpoints = _pinpoints(base_side)
     return image_processor
 
 
@@ -623,6 +624,8 @@ def _config(default: Any, processor: Any, image_id: int, mrope: bool) -> Any:
     side = _image_side(default)
     if isinstance(vision := values.get("vision_config"), dict) and "image_size" in vision:
         vision["image_size"] = [side, side] if isinstance(vision["image_size"], (list, tuple)) else side
+    if isinstance(high := values.get("high_res_vision_config"), dict) and isinstance(high.get("image_size"), int):
+        high["image_size"] = 2 * side  # the sharper view's tower (its features are resized to the other's grid)
     if mrope:
         _add_mrope(values)
     if "mm_tokens_per_image" in values:
