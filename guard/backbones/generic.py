@@ -60,9 +60,10 @@ PREFIX_LM_TYPES: frozenset[str] = frozenset({"paligemma"})
 the prompt and the features only, so training would let the answer attend ahead; such a family needs its own
 adapter."""
 
-_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision")
+_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision", "embed_vision")
 _PIXEL_NAMES = ("pixel_values", "pixel_values_images")
-_TOKEN_TYPE_NAMES = ("mm_token_type_ids", "token_type_ids")
+_TOKEN_TYPE_NAMES = ("mm_token_type_ids", "moe_mm_token_type_ids", "token_type_ids")
+"""Token types the processor writes and the guard rebuilds for its own input (ERNIE-4.5-VL types its experts too)."""
 _PROBE = (64, 48)  # width, height of the probe image checks run on
 _RUNS = "image_runs"
 """Key of the preprocessed inputs holding each image's run as the processor writes it (padded with -1)."""
@@ -120,6 +121,9 @@ class GenericFeatures(VisionFeatures):
     image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     side_features: dict[str, tuple[tuple[torch.Tensor, ...], ...]] = field(default_factory=dict)
     """Per-layer features that travel with the embeddings (DeepStack): name -> per layer, one tensor per image."""
+    shared_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors of ``get_image_features``'s output that belong to no image and go back to the model as they are
+    (Ovis2's visual indicator embeddings)."""
 
     def subset(self, rows: Sequence[int]) -> GenericFeatures:
         rows = list(rows)
@@ -133,6 +137,7 @@ class GenericFeatures(VisionFeatures):
                 name: tuple(tuple(layer[r] for r in rows) for layer in layers)
                 for name, layers in self.side_features.items()
             },
+            shared_outputs=self.shared_outputs,
         )
 
 
@@ -155,6 +160,7 @@ class GenericBackbone(Backbone):
         "image_position_ids",
         "image_merge_sizes",
         "batch_num_images",
+        "high_res_pixel_values",
         _RUNS,
     )
     derived_input_names = _TOKEN_TYPE_NAMES
@@ -292,6 +298,7 @@ class GenericBackbone(Backbone):
             runs=runs,
             image_inputs=per_image_inputs,
             side_features=_side_features(out, embeds),
+            shared_outputs=_shared_outputs(out, embeds),
         )
 
     def image_patches(
@@ -391,8 +398,8 @@ class GenericBackbone(Backbone):
         """The features in ``mm_encoder_outputs``, the per-image inputs, and token types (safety rows as text)."""
         to_model = features_as_tensor if self._stacked else self.model_image_inputs
         image = to_model(image_features, input_ids)["mm_encoder_outputs"]["image"]
-        if features.side_features:  # zero rows for the safety tokens, in front of each image's own
-            side = {
+        if features.side_features or features.shared_outputs:
+            side = {  # zero rows for the safety tokens, in front of each image's own
                 name: [
                     [
                         torch.cat([own.new_zeros(len(f) - n, *own.shape[1:]), own])
@@ -402,7 +409,7 @@ class GenericBackbone(Backbone):
                 ]
                 for name, layers in features.side_features.items()
             }
-            image = self._output_class(pooler_output=image.pooler_output, **side)
+            image = self._output_class(pooler_output=image.pooler_output, **side, **features.shared_outputs)
         inputs = {
             "mm_encoder_outputs": {"image": image},
             **{name: value.to(input_ids.device) for name, value in features.image_inputs.items()},
@@ -515,6 +522,18 @@ def _side_features(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, tuple[
         if all(layer is not None for layer in layers):
             found[name] = tuple(layers)
     return found
+
+
+def _shared_outputs(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensor fields of ``get_image_features``'s output beside the features, the tower's states and the per-image
+    side features: they hold no image's rows (their first dimension is not the images' feature rows)."""
+    skip = {"pooler_output", "last_hidden_state", "hidden_states", "attentions"}
+    rows = sum(len(e) for e in embeds)
+    return {
+        name: value
+        for name, value in out.items()
+        if name not in skip and torch.is_tensor(value) and value.dim() == 2 and len(value) != rows
+    }
 
 
 def _per_image(layer: Any, embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:

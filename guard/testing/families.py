@@ -11,6 +11,7 @@ transformers adds is built the same way. What cannot be built raises :class:`Tin
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from psaguard.testing.llava import (
     tiny_tokenizer,
 )
 from psaguard.tokenization import render_chat
+from psaguard.testing.torch_transforms import import_with_torch_transforms
 
 __all__ = [
     "TinyBuild",
@@ -47,13 +49,35 @@ _SHRINK: dict[str, int] = {
     "d_model": _WIDTH,
     "out_hidden_size": _WIDTH,
     "projection_dim": _WIDTH,
+    "projection_hidden_size": _WIDTH,
+    "projector_hidden_size": _WIDTH,
+    "mm_embed_dim": _WIDTH,  # an encoder-free patch embedder (Gemma 4 Unified)
+    "output_proj_dims": _WIDTH,
+    "mm_posemb_size": 4 * _WIDTH,
+    "merged_hidden_size": 4 * _WIDTH,  # a 2 x 2 merge of the tower's patches (MiniMax-M3-VL)
     "intermediate_size": 2 * _WIDTH,
+    "intermediate_size_mlp": 2 * _WIDTH,
+    "projection_intermediate_size": 2 * _WIDTH,
+    "linear_num_heads": 4,  # linear-attention layers (GLM-5-Next)
+    "linear_head_dim": _WIDTH // 4,
+    "index_n_heads": 4,  # the sparse-attention indexer
+    "index_head_dim": _WIDTH // 4,
+    "mlp_dim": 2 * _WIDTH,
+    "projector_input_dim": _WIDTH,
+    "projector_output_dim": _WIDTH,
+    "vision_output_dim": _WIDTH,
     "moe_intermediate_size": _WIDTH,
     "shared_expert_intermediate_size": _WIDTH,
     "num_attention_heads": 4,
     "num_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": _WIDTH // 4,
+    "qk_rope_head_dim": _WIDTH // 4,  # multi-head latent attention (DeepSeek-V3): rotary part = head_dim
+    "qk_nope_head_dim": _WIDTH // 4,
+    "qk_head_dim": _WIDTH // 2,
+    "v_head_dim": _WIDTH // 4,
+    "kv_lora_rank": _WIDTH // 2,
+    "q_lora_rank": _WIDTH // 2,
     "num_hidden_layers": 2,
     "depth": 2,
     "num_layers": 2,
@@ -62,10 +86,17 @@ _SHRINK: dict[str, int] = {
     "num_local_experts": 4,
     "num_experts_per_tok": 2,
     "first_k_dense_replace": 1,
+    "n_group": 2,  # expert groups (DeepSeek-V3 routing): 2 of 2 experts each
+    "topk_group": 1,
 }
 """Config fields set to these values wherever they appear (the model's config and every sub-config)."""
 
-_LAYER_INDEX_LISTS = ("deepstack_visual_indexes", "vision_feature_layer", "fullatt_block_indexes")
+_LAYER_INDEX_LISTS = (
+    "deepstack_visual_indexes",
+    "vision_feature_layer",
+    "fullatt_block_indexes",
+    "global_attn_indexes",
+)
 """Config fields that list layer indices; they are kept within the shrunk depth."""
 
 _TOKEN_SUFFIXES = ("_token",)
@@ -77,6 +108,8 @@ _GRID = 8
 """Patches per side of a tiny model's image (its tower's patch size is kept: processors derive from it)."""
 _AREA_THRESHOLD = 10_000
 """Image-processor sizes at or above this are pixel areas (Qwen-VL's min / max pixels), left as they are."""
+_CROP_FACTOR = 8
+"""An image processor's ``patch_size`` this many tower patches wide or more is a crop size, not a patch."""
 _TOKENS_PER_IMAGE = 16
 """Tokens per image where the config fixes the count (pooling the 8 x 8 grid to 4 x 4)."""
 
@@ -147,6 +180,8 @@ def build_tiny_family(model_type: str, seed: int = 1, overrides: Mapping[str, An
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
         processor.return_mm_token_type_ids = True  # M-RoPE positions need them (a checkpoint's processor config)
     _calibrate(model, processor, placeholder)
+    if (dtype := _pixel_dtype(processor, placeholder)) is not None and dtype != model.dtype:
+        model = model.to(dtype)  # a processor that gives pixels in the checkpoint's dtype (Llama 4's bfloat16)
     _check_generates(model, processor)
     return TinyBuild(model_type, model, processor)
 
@@ -169,6 +204,18 @@ def _randomize_zero_projections(model: Any, seed: int) -> None:
         for name, param in model.named_parameters():
             if "projector" in name and param.dim() >= 2 and not param.any():
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
+def _pixel_dtype(processor: Any, placeholder: str) -> torch.dtype | None:
+    """The floating dtype of the processor's pixel values for one image (None where it cannot be read)."""
+    from PIL import Image
+
+    for batch in ([[Image.new("RGB", (56, 40))]], [Image.new("RGB", (56, 40))]):
+        try:
+            out = processor(text=[placeholder], images=batch, return_tensors="pt")
+        except Exception:
+            continue
+        pixels = next((v for k, v in out.items() if k.startswith("pixel_values") and torch.is_tensor(v)), None)
+        return pixels.dtype if pixels is not None and pixels.is_floating_point() else None
+    return None
 
 
 def _check_generates(model: Any, processor: Any) -> None:
@@ -190,6 +237,8 @@ def _check_generates(model: Any, processor: Any) -> None:
 
 _SEQUENCE_LENGTHS = ("image_seq_length", "image_seq_len", "num_image_tokens")
 """Processor settings holding the image tokens per image (or per tile) that a checkpoint records from its model."""
+_SIDE_LENGTH = "patch_size"
+"""Processor setting that may hold the image tokens per tile side instead (a square tile's tokens are its square)."""
 
 
 def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
@@ -212,7 +261,8 @@ def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
     if out is None:
         return
     name = next((n for n in _SEQUENCE_LENGTHS if isinstance(getattr(processor, n, None), int)), None)
-    if name is None:
+    side = getattr(processor, _SIDE_LENGTH, None)
+    if name is None and not isinstance(side, int):
         return
     tokens = int((out["input_ids"] == getattr(model.config, "image_token_id", None)).sum())
     image_inputs = {k: v for k, v in out.items() if k not in ("input_ids", "attention_mask") and "token_type" not in k}
@@ -224,9 +274,23 @@ def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
     features = sum(p.reshape(-1, p.shape[-1]).shape[0] for p in pooled) if isinstance(pooled, (list, tuple)) else 0
     if not features and torch.is_tensor(pooled):
         features = pooled.reshape(-1, pooled.shape[-1]).shape[0]
+    if name is None:  # tokens per tile side (Cohere2-Vision): tiles of side x side tokens
+        _calibrate_side(processor, tokens, features, side)
+        return
     per_tile = getattr(processor, name)
     if tokens and features and tokens != features and tokens % per_tile == 0 and features % (tokens // per_tile) == 0:
         setattr(processor, name, features // (tokens // per_tile))
+
+
+def _calibrate_side(processor: Any, tokens: int, features: int, side: int) -> None:
+    """Set the processor's tokens per tile side where its tiles of ``side`` x ``side`` tokens do not match the
+    model's features (left as it is where they match: Pixtral's ``patch_size`` is a pixel size)."""
+    if not tokens or not features or tokens == features or tokens % (side * side):
+        return
+    tiles = tokens // (side * side)
+    new_side = math.isqrt(features // tiles) if features % tiles == 0 else 0
+    if new_side and new_side * new_side * tiles == features:
+        setattr(processor, _SIDE_LENGTH, new_side)
 
 
 def build_meta_model(model_type: str) -> Any:
@@ -251,30 +315,36 @@ def build_meta_model(model_type: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- processor
 def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
-    import transformers
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     # A mixture-of-experts variant shares its dense sibling's processor (Qwen3-VL-MoE, GLM-4.5V).
     dense = model_type.removesuffix("_moe")
     processor_name = PROCESSOR_MAPPING_NAMES.get(model_type) or PROCESSOR_MAPPING_NAMES.get(dense)
-    processor_class = getattr(transformers, processor_name, None) if processor_name else None
+    processor_class = _transformers_class(processor_name) if processor_name else None
     if processor_class is None:
         raise TinyBuildError("the family has no processor class")
     image_names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or IMAGE_PROCESSOR_MAPPING_NAMES.get(dense)
-    pil_name = image_names.get("pil") if isinstance(image_names, dict) else None
-    if pil_name is None:
-        raise TinyBuildError("the family's image processor needs torchvision (no PIL image processor)")
-    image_processor = _image_processor(getattr(transformers, pil_name), _image_side(default))
+    image_names = image_names if isinstance(image_names, dict) else {}
+    # The PIL image processor where the family has one, else its torchvision one on torch-only ops.
+    image_name = image_names.get("pil") or image_names.get("torchvision")
+    image_processor_class = _transformers_class(image_name) if image_name else None
+    if image_processor_class is None:
+        raise TinyBuildError("the family has no image processor that runs without torchvision")
+    image_processor = _image_processor(image_processor_class, _image_side(default))
     vision = getattr(default, "vision_config", None)
     for name, source in (
         ("patch_size", "patch_size"),
         ("merge_size", "spatial_merge_size"),
+        ("merge_size", "merge_size"),
         ("temporal_patch_size", "temporal_patch_size"),
+        ("temporal_patch_size", "patch_temporal"),
     ):
         value = getattr(vision, source, None)
         current = getattr(image_processor, name, None)
-        if isinstance(value, int) and isinstance(current, int):
+        if isinstance(value, int) and isinstance(current, int) and current >= _CROP_FACTOR * value:
+            setattr(image_processor, name, _image_side(default))  # a crop of many patches (Step3p7's local crops)
+        elif isinstance(value, int) and isinstance(current, int):
             setattr(image_processor, name, value)  # the processor's patch geometry is the tower's
         elif isinstance(value, int) and isinstance(current, dict) and set(current) == {"height", "width"}:
             setattr(image_processor, name, {"height": value, "width": value})
@@ -299,10 +369,15 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
         except Exception as err:
             raise TinyBuildError(f"the processor cannot be built: {type(err).__name__}: {err}") from err
         found = {**_special_tokens(processor), **tokens}  # the tokenizer's names stand (Gemma 3 aliases them)
+        for name, text in _unknown_tokens(processor).items():  # its own text where it does not read the tokenizer's
+            found.setdefault(f"processor_{name}", text)
         for name in _unset_tokens(processor):  # tokens it reads from the tokenizer and found none of
             found.setdefault(name, f"<{name}>")
         if (missing := _missing_at_call(processor)) and missing not in found:
             found[missing] = f"<{missing}>"  # a token the processor reads only when called (Gemma 4's audio token)
+        for index, text in enumerate(_written_tokens(processor)):  # literals its code writes (Ovis2's <IMG_ATOM>)
+            if text not in found.values():
+                found[f"written_{index}_token"] = text
         if found == tokens:
             break
         tokens = found
@@ -311,6 +386,23 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
     text, image_id = _placeholder(processor)
     processor.chat_template = tiny_chat_template(text)
     return processor, text, image_id
+
+
+def _transformers_class(name: str) -> type | None:
+    """transformers' class ``name``; one whose module imports torchvision's transforms is imported on the
+    torch-only ops of :mod:`psaguard.testing.torch_transforms` (None where it cannot be imported here)."""
+    import transformers
+
+    found = getattr(transformers, name, None)
+    if isinstance(found, type) and not found.__qualname__.endswith("Placeholder"):
+        return found
+    module = getattr(transformers, "_class_to_module", {}).get(name)
+    if module is None:
+        return None
+    try:
+        return getattr(import_with_torch_transforms(f"transformers.{module}"), name, None)
+    except ImportError:
+        return None
 
 
 def _image_side(config: Any) -> int:
@@ -328,13 +420,16 @@ def _tokens_per_image(config: Any) -> int:
     return _TOKENS_PER_IMAGE if hasattr(config, "mm_tokens_per_image") else _GRID * _GRID
 
 
-def _image_processor(image_processor_class: type, side: int) -> Any:
-    """The family's PIL image processor, resizing to ``side`` px where its sizes are sides (not pixel areas)."""
+def _image_processor(image_processor_class: type, base_side: int) -> Any:
+    """The family's image processor, resizing to ``base_side`` px where its sizes are sides (not pixel areas)."""
     image_processor = image_processor_class()
-    for name in ("size", "crop_size"):
+    for name in ("size", "crop_size", "max_image_size", "min_image_size", "high_res_size"):
+        side = 2 * base_side if name.startswith("high_res") else base_side  # a second, sharper view (DeepSeek-VL)
         size = getattr(image_processor, name, None)
         if isinstance(size, dict):
             setattr(image_processor, name, {k: _side_or_area(v, side) for k, v in size.items()})
+        elif isinstance(size, int):  # a longest or shortest side in pixels (Aria's max_image_size)
+            setattr(image_processor, name, _side_or_area(size, side))
         elif size is not None:  # transformers' SizeDict
             for key in ("height", "width", "shortest_edge", "longest_edge"):
                 if (value := getattr(size, key, None)) is not None:
@@ -343,7 +438,7 @@ def _image_processor(image_processor_class: type, side: int) -> Any:
         if name.startswith("max_") and name.endswith("tokens") and isinstance(value, int) and value > _GRID * _GRID:
             setattr(image_processor, name, value // 4)
     if getattr(image_processor, "image_grid_pinpoints", None):
-        image_processor.image_grid_pinpoints = _pinpoints(side)
+        image_processor.image_grid_pinpoints = _pinpoints(base_side)
     return image_processor
 
 
@@ -414,10 +509,13 @@ def _processor_kwargs(processor_class: type, config: Any) -> dict[str, Any]:
     vision = getattr(config, "vision_config", None)
     known = {
         "patch_size": getattr(vision, "patch_size", None),
+        "img_size": _image_side(config),
+        "downsample_factor": getattr(config, "downsample_factor", None),
         "vision_feature_select_strategy": getattr(config, "vision_feature_select_strategy", "default"),
         "num_additional_image_tokens": 1 if "clip" in str(getattr(vision, "model_type", "")) else 0,
         "image_seq_length": _tokens_per_image(config),
         "num_image_tokens": _GRID * _GRID,
+        "spatial_merge_size": getattr(config, "spatial_merge_size", None),
     }
     return {k: v for k, v in known.items() if k in params and v is not None}
 
@@ -426,6 +524,51 @@ def _unset_tokens(processor: Any) -> list[str]:
     """Names of the processor's ``*_token`` attributes left None (the tokenizer had no such token)."""
     names = [n for n in vars(processor) if n.endswith(_TOKEN_SUFFIXES) and not n.startswith("_")]
     return [n for n in names if getattr(processor, n) is None and n not in _TEXT_TOKENS]
+
+
+_WRITTEN_TOKEN = re.compile(r"<\|[\w.-]+\|>|<[A-Za-z][\w.-]*>|\[[A-Z][A-Z0-9_]*\]|\]<\][\w .-]+\[>\[")
+"""Special-token spellings (``<|image_pad|>``, ``<IMG_ATOM>``, ``[IMG]``, ``]<]start of image[>[``) in the text a
+processor tokenizes."""
+
+
+class _StopProcessing(Exception):
+    """Raised by :class:`_Recorder` once the processor hands its text to the tokenizer."""
+
+
+class _Recorder:
+    """Stands in for a processor's tokenizer: records the text the processor tokenizes, then stops the call."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self.texts: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, text: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self.texts.extend([text] if isinstance(text, str) else [t for t in text or [] if isinstance(t, str)])
+        raise _StopProcessing
+
+
+def _written_tokens(processor: Any) -> list[str]:
+    """Special-token spellings the processor writes for an image that its tokenizer does not know."""
+    from PIL import Image
+
+    text = getattr(processor, "image_token", None)
+    tokenizer = processor.tokenizer
+    if not isinstance(text, str):
+        return []
+    recorder = _Recorder(tokenizer)
+    processor.tokenizer = recorder
+    try:
+        processor(text=[text], images=[[Image.new("RGB", (40, 56))]], return_tensors="pt")
+    except Exception:  # _StopProcessing, or a processor this probe cannot call: nothing learnt
+        pass
+    finally:
+        processor.tokenizer = tokenizer
+    known = set(tokenizer.get_vocab())
+    written = [t for text in recorder.texts for t in _WRITTEN_TOKEN.findall(text)]
+    return [t for t in dict.fromkeys(written) if t not in known]
 
 
 def _missing_at_call(processor: Any) -> str | None:
@@ -441,6 +584,14 @@ def _missing_at_call(processor: Any) -> str | None:
         missing = _MISSING_TOKEN.search(str(err))
         return missing.group(1) if missing else None
     return None
+
+
+def _unknown_tokens(processor: Any) -> dict[str, str]:
+    """The processor's named special tokens whose text its tokenizer does not know (Pixtral's ``[IMG]``, a
+    processor setting rather than the tokenizer's ``image_token``): name -> text."""
+    tok = processor.tokenizer
+    known = set(tok.get_vocab())
+    return {n: t for n, t in _special_tokens(processor).items() if t not in known}
 
 
 def _special_tokens(processor: Any) -> dict[str, str]:
@@ -480,6 +631,9 @@ def _placeholder(processor: Any) -> tuple[str, int]:
                 continue
         if ids is None:
             continue
+        ids = ids[ids != processor.tokenizer.unk_token_id]  # words the tokenizer does not know are no image token
+        if not len(ids):
+            continue
         values, counts = ids.unique(return_counts=True)
         if int(counts.max()) > most:
             best, most = (text, int(values[counts.argmax()])), int(counts.max())
@@ -509,9 +663,15 @@ def _config(default: Any, processor: Any, image_id: int, mrope: bool) -> Any:
             except Exception:
                 continue
     values = _shrunk(raw, vocab=_round_up(len(tok), 64))
+    vision_width = (raw.get("vision_config") or {}).get("hidden_size")
+    out_width = raw.get("out_hidden_size")  # the model's own (not its tower's): merged patches' width (Muse Spark)
+    if isinstance(vision_width, int) and isinstance(out_width, int) and out_width % vision_width == 0:
+        values["out_hidden_size"] = _WIDTH * (out_width // vision_width)
     side = _image_side(default)
     if isinstance(vision := values.get("vision_config"), dict) and "image_size" in vision:
         vision["image_size"] = [side, side] if isinstance(vision["image_size"], (list, tuple)) else side
+    if isinstance(high := values.get("high_res_vision_config"), dict) and isinstance(high.get("image_size"), int):
+        high["image_size"] = 2 * side  # the sharper view's tower (its features are resized to the other's grid)
     if mrope:
         _add_mrope(values)
     if "mm_tokens_per_image" in values:
@@ -535,21 +695,43 @@ def _shrunk(values: dict[str, Any], vocab: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     old_depth = values.get("num_hidden_layers") or values.get("depth") or values.get("num_layers")
     for key, value in values.items():
-        if isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
-            out[key] = {str(_SHRINK["num_hidden_layers"] - 1): list(value.values())[-1]}  # per-layer: the last one
+        if key.endswith("patch_to_query_dict") and isinstance(value, dict):  # patches per image -> queries
+            out[key] = {str(_GRID * _GRID): _TOKENS_PER_IMAGE}
+        elif key.endswith("patch_to_query_dict"):
+            out[key] = _TOKENS_PER_IMAGE
+        elif isinstance(value, dict) and value and all(str(k).isdigit() for k in value):
+            last = list(value.values())[-1]  # per-layer settings: the last layer's, shrunk
+            out[key] = {str(_SHRINK["num_hidden_layers"] - 1): _shrunk(last, vocab) if isinstance(last, dict) else last}
         elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrunk(value, vocab)
         elif key in _SHRINK and isinstance(value, int) and not isinstance(value, bool):
-            out[key] = min(value, _SHRINK[key]) if key.startswith("num_experts_per") else _SHRINK[key]
-        elif key == "vocab_size" and isinstance(value, int):
+            keep_smaller = key.startswith(("num_experts_per", "topk_", "qk_rope"))  # (GLM-5's no-RoPE DSA layers: 0)
+            out[key] = min(value, _SHRINK[key]) if keep_smaller else _SHRINK[key]
+        elif key in _SHRINK and isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+            out[key] = [_SHRINK[key]] * len(value)  # one per modality (ERNIE-4.5-VL's text and vision experts)
+        elif key in ("vocab_size", "vocab_size_per_layer_input") and isinstance(value, int):
             out[key] = vocab
+        elif isinstance(value, list) and old_depth and len(value) == old_depth and _layer_sources(value):
+            out[key] = [0, 1 if value[-1] == old_depth - 1 else 0]  # each layer's source layer (shared KV caches)
         elif isinstance(value, list) and old_depth and len(value) == old_depth and key not in _LAYER_INDEX_LISTS:
             out[key] = [value[0], value[-1]]  # one entry per layer (layer_types): the first and the last kind
         elif key in _LAYER_INDEX_LISTS and isinstance(value, list):
             out[key] = [min(int(i), 1) if int(i) >= 0 else max(int(i), -2) for i in value][:2]
         else:
             out[key] = value
+    if isinstance(ratio := out.get("pixel_shuffle_ratio"), float) and "intermediate_size" in out:
+        out["intermediate_size"] = int(out["hidden_size"] / ratio**2)  # the shuffled patches' width (Llama 4)
+    if "qk_head_dim" in out:  # latent attention: the no-RoPE and RoPE parts of each head
+        out["qk_head_dim"] = out.get("qk_nope_head_dim", 0) + out.get("qk_rope_head_dim", 0)
+    if "kv_lora_rank" in out and "num_key_value_heads" in out:  # latent attention: no grouped key/value heads
+        out["num_key_value_heads"] = out.get("num_attention_heads", out["num_key_value_heads"])
     return out
+
+
+def _layer_sources(values: list[Any]) -> bool:
+    """Whether a per-layer list names, for each layer, itself or an earlier layer (Mistral Large 4's KV sources)."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return ints and all(0 <= v <= i for i, v in enumerate(values)) and values[-1] > 1
 
 
 def _token_ids(values: dict[str, Any], processor: Any) -> dict[str, Any]:
@@ -576,7 +758,13 @@ def _add_mrope(values: dict[str, Any], rotary_factor: float = 1.0) -> None:
     for key, value in values.items():
         if key in ("rope_parameters", "rope_scaling") and isinstance(value, dict):
             half = int(_SHRINK["head_dim"] * value.get("partial_rotary_factor", rotary_factor)) // 2
-            value["mrope_section"] = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+            side = 3 * half // 8
+            default = value.get("mrope_section")
+            if not isinstance(default, list) or default[0] == default[1] != default[2]:
+                # (h, w, t) with h == w as ERNIE-4.5-VL orders them (its default is in the code, not the config)
+                value["mrope_section"] = [side, side, half - 2 * side]
+            else:
+                value["mrope_section"] = [half - 2 * side, side, side]  # (t, h, w)
         elif isinstance(value, dict):
             _add_mrope(value, rotary_factor)
 

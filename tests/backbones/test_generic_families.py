@@ -39,6 +39,10 @@ WRAP_GAPS: dict[str, str] = {
     "processor writes tile separators between one image's tokens, so the run does not match",
     "video_llava": "its processor gives the images as pixel_values_images, which wrap() refuses (it judges "
     "pixel_values), failing closed",
+    "mistral3": "wrap() reads each image's run from the ids as image tokens alone; Pixtral's processor writes "
+    "[IMG_BREAK] row breaks between one image's tokens, so the run does not match (failing closed)",
+    "mistral_large4": "wrap() reads each image's run from the ids as image tokens alone; Pixtral's processor "
+    "writes [IMG_BREAK] row breaks between one image's tokens, so the run does not match (failing closed)",
 }
 """Families whose guarded generate passes but whose drop-in wrap() does not, and why (strict xfail)."""
 
