@@ -28,8 +28,8 @@ from psaguard.testing.llava import (
     tiny_chat_template,
     tiny_tokenizer,
 )
-from psaguard.tokenization import render_chat
 from psaguard.testing.torch_transforms import import_with_torch_transforms
+from psaguard.tokenization import render_chat
 
 __all__ = [
     "TinyBuild",
@@ -204,6 +204,8 @@ def _randomize_zero_projections(model: Any, seed: int) -> None:
         for name, param in model.named_parameters():
             if "projector" in name and param.dim() >= 2 and not param.any():
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
+
+
 def _pixel_dtype(processor: Any, placeholder: str) -> torch.dtype | None:
     """The floating dtype of the processor's pixel values for one image (None where it cannot be read)."""
     from PIL import Image
