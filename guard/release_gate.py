@@ -77,6 +77,8 @@ class ReleaseGate(Generic[Piece]):
         if self.stopped:
             return self.drop()
         self.monitor.push(text)
+        if self.stopped:
+            return self.drop()
         self._held.append((piece, len(self.monitor.text)))
         return self._release(self.monitor.released)
 

@@ -23,7 +23,7 @@ from serving_helpers import image_message, openai_client
 from test_monitor import SORRY, monitored_guard
 
 from psaguard.adapters.answers import AnswerCheck
-from psaguard.errors import ConfigError, ResponseBlocked
+from psaguard.errors import ConfigError, GuardInternalError, ResponseBlocked
 from psaguard.request import GuardRequest
 from psaguard.response_policy import ResponsePolicy, decide_response
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
@@ -312,6 +312,26 @@ def test_a_broken_upstream_stream_drops_the_held_text(proxy_answers, answer, fla
         for piece in stream:
             received.append(piece.choices[0].delta.content or "")
     assert "".join(received) == "".join(WORDS[:1])
+
+
+def test_a_guard_error_on_the_answer_fails_closed(proxy_answers, flags, images):
+    def fail_from(first):
+        def flags_(call, text):
+            if call >= first:
+                raise GuardInternalError("the response head failed")
+            return False
+
+        return {"flags": flags_}
+
+    flags.reset(**fail_from(1))
+    with pytest.raises(openai.InternalServerError):
+        ask(proxy_answers, images[0])  # unstreamed: nothing of the answer is sent
+    flags.reset(**fail_from(2))  # the 2nd judgement (8 tokens) fails: the text held since the 1st is dropped
+    received = []
+    with pytest.raises(openai.APIError, match="response head failed"):
+        for piece in ask(proxy_answers, images[0], stream=True):
+            received.append(piece.choices[0].delta.content or "")
+    assert "".join(received) == "".join(WORDS[:1]) and len(flags.judged) == 2
 
 
 def test_proxy_block_is_a_400_unstreamed_and_a_filtered_end_streamed(proxy_answers, answer, flags, images):
