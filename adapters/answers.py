@@ -4,8 +4,9 @@
 :class:`~psaguard.generation.monitor.AnswerMonitor` (the same judgement as
 ``SafetyGuard.classify_response``, the request's
 images encoded once). A whole answer is judged once; a streamed one every ``policy.response.interval`` tokens of
-the guard's tokenizer, and its chunks are held back until the text they carry has been judged and lies at
-least ``policy.response.window`` tokens behind the last judged position. A flagged answer ends by the same
+the guard's tokenizer, and its chunks are held back (:class:`~psaguard.generation.release_gate.ReleaseGate`, the rule the
+server's proxy mode shares) until the text they carry has been judged and lies at least
+``policy.response.window`` tokens behind the last judged position. A flagged answer ends by the same
 exits as a flagged request (:data:`~psaguard.adapters.verdicts.OnBlock`): ``"end"`` (an ``AIMessage`` holding
 the replacement), ``"replace"`` (the answer, same type, with its text replaced and its tool calls dropped) or
 ``"error"`` (:class:`~psaguard.errors.ResponseBlocked`); None follows the response policy (replace -> replace,
@@ -25,6 +26,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 
 from psaguard.adapters.verdicts import OnBlock, response_verdict_metadata
 from psaguard.errors import InvalidInputError, ResponseBlocked
+from psaguard.generation.release_gate import ReleaseGate
 from psaguard.guard import SafetyGuard
 from psaguard.request import GuardRequest
 from psaguard.response_policy import replacement_text
@@ -59,7 +61,7 @@ class AnswerCheck:
         self.guard = guard
         self.monitor = guard.answer_monitor(request)
         self.on_block = on_block
-        self._held: list[tuple[Any, int]] = []
+        self.gate: ReleaseGate[Any] = ReleaseGate(self.monitor)
         self._kind: type | None = None
 
     @property
@@ -91,17 +93,12 @@ class AnswerCheck:
     def push(self, chunk: Any) -> list[Any]:
         """Add a streamed chunk; the chunks now released (all their text judged), in order."""
         self._kind = self._kind or type(chunk)
-        self.monitor.push(answer_text(chunk))
-        self._held.append((chunk, len(self.monitor.text)))
-        return self._releasable(self.monitor.released)
+        return self.gate.push(chunk, answer_text(chunk))
 
     def finish(self) -> list[Any]:
-        """At the end of the stream: judge the rest; the chunks held back when the answer passed, else none."""
-        if not self.stopped:
-            if not self.monitor.text.strip():  # no text: nothing to judge
-                return self._releasable(len(self.monitor.text))
-            self.monitor.finish()
-        return [] if self.stopped else self._releasable(self.monitor.released)
+        """At the end of the stream: judge the rest (an answer without text is not judged); the chunks held back
+        when the answer passed, else none."""
+        return self.gate.finish()
 
     def exit_chunks(self) -> list[Any]:
         """What a stopped stream ends with: one chunk holding the replacement (a string in a stream of strings
@@ -148,9 +145,3 @@ class AnswerCheck:
         if isinstance(output, AIMessage):
             update.update(tool_calls=[], invalid_tool_calls=[])
         return output.model_copy(update=update)
-
-    def _releasable(self, upto: int) -> list[Any]:
-        released = []
-        while self._held and self._held[0][1] <= upto:
-            released.append(self._held.pop(0)[0])
-        return released

@@ -6,24 +6,26 @@
 back with its status; a stream comes back event by event, the first event carrying the verdict.
 
 With ``check_answers`` (the default) the upstream's answer to a request with images is judged with the
-request's images and judged prompt (:meth:`Judge.judge_response`) before any of it reaches the client: a whole
-answer before it is sent; a stream held back and judged every ``policy.response.interval`` content chunks over
-the growing text, released only ``policy.response.window`` chunks behind the last judged position, and judged
-whole before its tail. A flagged answer is replaced by the response policy's replacement with
-``finish_reason: "content_filter"`` ('block': a 400 unstreamed; streamed, the stream ends with
+request's images and judged prompt before any of it reaches the client, by the guard's
+:class:`~psaguard.generation.monitor.AnswerMonitor` (one per request: the images go through the vision tower once, at the
+first judgement; each judgement after it runs only the incremental response head), in a worker thread off the
+event loop. A whole answer is judged before it is sent; a stream goes through a
+:class:`~psaguard.generation.release_gate.ReleaseGate`, the rule the LangChain adapters and the guard's own generation
+monitor share: judged every ``policy.response.interval`` tokens of the guard's tokenizer, each event released
+once all the answer's text up to its end lies at least ``policy.response.window`` tokens behind the last position
+judged safe, and the whole answer judged before its tail. A flagged answer is replaced by the response policy's
+replacement with ``finish_reason: "content_filter"`` ('block': a 400 unstreamed; streamed, the stream ends with
 ``content_filter`` and no replacement); the answer's verdict is under ``psaguard_response``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from functools import partial
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import httpx
 from starlette.background import BackgroundTask
@@ -31,8 +33,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from psaguard.conversation import judged_text, to_conversation, with_hint
 from psaguard.errors import GuardBlocked, PsaGuardError, ResponseBlocked
+from psaguard.generation.monitor import AnswerMonitor
+from psaguard.generation.release_gate import ReleaseGate
 from psaguard.policy import GenerationOptions
-from psaguard.response_policy import ResponsePolicy, worst_response
+from psaguard.request import GuardRequest
+from psaguard.response_policy import worst_response
 from psaguard.serving.admission import Ticket
 from psaguard.serving.completions import (
     REFUSAL_FINISH_REASON,
@@ -45,11 +50,9 @@ from psaguard.serving.completions import (
     sse_done,
 )
 from psaguard.serving.judging import Judge
+from psaguard.serving.metrics import ServeMetrics
 from psaguard.serving.protocol import ApiError, ChatRequest, api_error_from, verdict_headers
 from psaguard.verdict import ResponseVerdict, SafetyVerdict
-
-AnswerJudge = Callable[[str], Awaitable[ResponseVerdict]]
-"""Judges an answer (so far) to the request being proxied."""
 
 __all__ = ["DROPPED_MESSAGE_FIELDS", "FORWARDED_FIELDS", "FORWARDED_MESSAGE_FIELDS", "ProxyChat", "forwarded_body"]
 
@@ -156,8 +159,8 @@ class ProxyChat:
         to_conversation(prompt.conversation, len(prompt.images))
         judged = judged_text(prompt.conversation)
         verdict, images = await self.judge.judge_keeping(prompt.images, judged, "messages.image_url", ticket)
-        # Judged: the images leave the in-flight budget while the upstream answers (kept, uncharged, to judge the
-        # answer with them).
+        # Judged: the images leave the in-flight budget while the upstream answers (kept, uncharged, by the answer's
+        # monitor, which encodes them once at its first judgement and keeps their features to the answer's end).
         ticket.refund()
         headers = verdict_headers(verdict)
         model = request.model or self.judge.config.model_name
@@ -177,14 +180,12 @@ class ProxyChat:
         body = forwarded
         if verdict.action == "hint" and verdict.hint:
             body["messages"] = with_hint(body["messages"], self.options.hint_template.format(hint=verdict.hint))
-        judge_answer: AnswerJudge | None = partial(self.judge.judge_response, images, judged) if checks else None
+        monitor = self.judge.guard.answer_monitor(GuardRequest(images=tuple(images), prompt=judged)) if checks else None
         if request.stream:
-            return await self._forward_stream(body, verdict, judge_answer, model)
-        return await self._forward(body, verdict, judge_answer)
+            return await self._forward_stream(body, verdict, monitor, model)
+        return await self._forward(body, verdict, monitor)
 
-    async def _forward(
-        self, body: dict[str, Any], verdict: SafetyVerdict, judge_answer: AnswerJudge | None
-    ) -> Response:
+    async def _forward(self, body: dict[str, Any], verdict: SafetyVerdict, monitor: AnswerMonitor | None) -> Response:
         start = time.perf_counter()
         try:
             response = await self.client.post(self.url, json=body, headers=self.headers)
@@ -197,18 +198,18 @@ class ProxyChat:
             answer = response.json()
         except ValueError:
             answer = None
-        if response.is_success and judge_answer is not None and not isinstance(answer, dict):
+        if response.is_success and monitor is not None and not isinstance(answer, dict):
             raise _unreadable(verdict)  # an answer the guard cannot read is not passed on
         if answer is None:
             return Response(response.content, status_code=response.status_code, headers=headers)
         if isinstance(answer, dict) and response.is_success:
             answer["psaguard"] = verdict.model_dump(mode="json")
-            if judge_answer is not None:
-                await _judge_completion(answer, judge_answer)
+            if monitor is not None:
+                await _judge_completion(answer, _Judging(monitor, self.judge.metrics))
         return JSONResponse(answer, status_code=response.status_code, headers=headers)
 
     async def _forward_stream(
-        self, body: dict[str, Any], verdict: SafetyVerdict, judge_answer: AnswerJudge | None, model: str
+        self, body: dict[str, Any], verdict: SafetyVerdict, monitor: AnswerMonitor | None, model: str
     ) -> Response:
         start = time.perf_counter()
         request = self.client.build_request("POST", self.url, json=body, headers=self.headers)
@@ -223,10 +224,10 @@ class ProxyChat:
             return Response(content, status_code=response.status_code, headers=headers, media_type="application/json")
         self.judge.metrics.observe("upstream", time.perf_counter() - start)  # time to the upstream's first byte
         max_line = self.judge.config.limits.max_sse_line_bytes
-        if judge_answer is None:
+        if monitor is None:
             events = _events(response, verdict, max_line)
         else:
-            held = _HeldStream(verdict, judge_answer, self.judge.guard.policy.response, model)
+            held = _HeldStream(verdict, _Judging(monitor, self.judge.metrics), model)
             events = held.events(response, max_line)
         return StreamingResponse(
             events,
@@ -298,37 +299,56 @@ async def _events(response: httpx.Response, verdict: SafetyVerdict, max_line_byt
         yield _stream_error(err, max_line_bytes)
 
 
-@dataclass
-class _Held:
-    """An upstream event held back until the answer up to it has been judged."""
+Step = TypeVar("Step")
 
-    lines: list[str]
-    units: int
-    """Content chunks of the answer up to and including this event."""
+
+class _Judging:
+    """One answer's monitor, run in a worker thread off the event loop, its judgements timed as the 'response'
+    stage and its final verdict counted."""
+
+    def __init__(self, monitor: AnswerMonitor, metrics: ServeMetrics) -> None:
+        self.monitor = monitor
+        self.metrics = metrics
+
+    async def run(self, step: Callable[..., Step], *args: Any) -> Step:
+        """``step(*args)`` (a call that may judge the answer) in a worker thread; its judgements timed."""
+        judgements, start = self.monitor.judgements, time.perf_counter()
+        try:
+            return await asyncio.to_thread(step, *args)
+        finally:
+            if self.monitor.judgements != judgements:
+                self.metrics.observe("response", time.perf_counter() - start)
+
+    async def judge(self, answer: str) -> ResponseVerdict:
+        """The verdict of a whole ``answer`` (counted)."""
+        verdict = await self.run(self.monitor.judge, answer)
+        self.metrics.response_verdict(verdict)
+        return verdict
+
+    def count(self) -> None:
+        """Count the answer's last verdict (a streamed answer's, once it ended or stopped)."""
+        if self.monitor.verdict is not None:
+            self.metrics.response_verdict(self.monitor.verdict)
 
 
 class _HeldStream:
     """An upstream answer stream released only as far as it has been judged (see the module docstring).
 
-    Every ``policy.interval`` content chunks the answer so far is judged; events are released up to
-    ``policy.window`` content chunks behind the last position judged safe; when the upstream ends, the whole
-    answer is judged before the rest is released. A flagged answer ends the stream: the replacement (for
-    'replace'), a last chunk with ``finish_reason: "content_filter"`` and the answer's verdict, ``[DONE]``.
-    Nothing past the released events is ever sent.
+    Each event with answer text goes through the answer's :class:`ReleaseGate` (judged when due, released
+    when all the text up to it is); events without text (the role chunk, tool-call chunks, the finish chunk)
+    wait in the gate for the next release; when the upstream ends, the whole answer is judged before the rest
+    is released. A flagged answer ends the stream: the replacement (for 'replace'), a last chunk with
+    ``finish_reason: "content_filter"`` and the answer's verdict, ``[DONE]``. Nothing past the released events
+    is ever sent; comments and events that are not JSON data are not passed on.
     """
 
-    def __init__(self, verdict: SafetyVerdict, judge_answer: AnswerJudge, policy: ResponsePolicy, model: str) -> None:
+    def __init__(self, verdict: SafetyVerdict, judging: _Judging, model: str) -> None:
         self.verdict = verdict
-        self.judge_answer = judge_answer
-        self.policy = policy
+        self.judging = judging
+        self.gate: ReleaseGate[list[str]] = ReleaseGate(judging.monitor)
         self.model = model
-        self.text = ""
-        self.units = 0
-        self.judged = 0
-        self.held: deque[_Held] = deque()
         self.tagged = False
         self.stream_id: str | None = None
-        self.last: ResponseVerdict | None = None
 
     async def events(self, response: httpx.Response, max_line_bytes: int) -> AsyncIterator[bytes]:
         """The released events, then the end (the upstream's, or the filtered one)."""
@@ -336,73 +356,55 @@ class _HeldStream:
             async for lines in _upstream_events(response, max_line_bytes):
                 if _is_done(lines):
                     break
-                self._hold(lines)
-                if self.units - self.judged >= self.policy.interval:
-                    if not await self._judge():
-                        break
-                    for released in self._release(self.judged - self.policy.window):
-                        yield released
+                payload = _payload(lines)
+                if payload is None:  # comments, keep-alives, anything but a JSON data event: not passed on unread
+                    continue
+                if isinstance(payload.get("id"), str):
+                    self.stream_id = self.stream_id or payload["id"]
+                content = _delta_content(payload)
+                if not content:
+                    self.gate.hold(lines)
+                    continue
+                for released in self._release(await self.judging.run(self.gate.push, lines, content)):
+                    yield released
+                if self.gate.stopped:
+                    break
+            tail = [] if self.gate.stopped else await self.judging.run(self.gate.finish)
         except (httpx.HTTPError, _LineTooLong) as err:
+            self.gate.drop()
             yield _stream_error(err, max_line_bytes)  # unjudged held text is dropped with the stream
             return
         except PsaGuardError as err:  # the guard could not judge the answer: nothing more is released
+            self.gate.drop()
             yield sse(api_error_from(err).body())
             return
-        try:
-            flagged = self.last is not None and self.last.flagged
-            if not flagged and self.judged < self.units:
-                await self._judge()  # the tail is judged before it is released (an answer without text: nothing)
-        except PsaGuardError as err:
-            yield sse(api_error_from(err).body())
-            return
-        if self.last is not None and self.last.flagged:
-            for event in self._filtered(self.last):
+        self.judging.count()
+        last = self.judging.monitor.verdict
+        if last is not None and last.flagged:
+            for event in self._filtered(last):
                 yield event
             return
-        for released in self._release(self.units, final=True):
+        for released in self._release(tail, last):
             yield released
         yield sse_done()
 
-    def _hold(self, lines: list[str]) -> None:
-        payload = _payload(lines)
-        if payload is None:  # comments, keep-alives, anything but a JSON data event: not passed on unread
-            return
-        if isinstance(payload.get("id"), str):
-            self.stream_id = self.stream_id or payload["id"]
-        content = _delta_content(payload)
-        if content:
-            self.text += content
-            self.units += 1
-        self.held.append(_Held(lines, self.units))
-
-    async def _judge(self) -> bool:
-        """Judge the answer so far; True when it passed."""
-        self.last = await self.judge_answer(self.text)
-        if self.last.flagged:
-            return False
-        self.judged = self.units
-        return True
-
-    def _release(self, upto: int, final: bool = False) -> list[bytes]:
-        """The held events covering at most ``upto`` content chunks (all of them when ``final``); the first
-        released data event gets the request's verdict, the last one of a final release the answer's."""
-        out: list[list[str]] = []
-        while self.held and (final or self.held[0].units <= upto):
-            lines = self.held.popleft().lines
+    def _release(self, pieces: list[list[str]], last: ResponseVerdict | None = None) -> list[bytes]:
+        """The released events; the first released data event gets the request's verdict, the last one of the
+        final release (``last``: the answer's verdict) the answer's."""
+        out = []
+        for lines in pieces:
             if not self.tagged:
                 lines, self.tagged = _with_field(lines, "psaguard", self.verdict)
             out.append(lines)
-        if final and out and self.last is not None:
-            tagged = False
+        if out and last is not None:
             for index in range(len(out) - 1, -1, -1):  # the last event with JSON data: usually the finish chunk
-                out[index], tagged = _with_field(out[index], "psaguard_response", self.last)
+                out[index], tagged = _with_field(out[index], "psaguard_response", last)
                 if tagged:
                     break
         return [_event_bytes(lines) for lines in out]
 
     def _filtered(self, verdict: ResponseVerdict) -> list[bytes]:
         """The end of a flagged answer: the replacement ('replace'), the filtered finish, [DONE]."""
-        self.held.clear()
         stream_id = self.stream_id or completion_id()
         first = not self.tagged  # nothing released yet: this end carries the request's verdict too
         events = []
@@ -477,10 +479,10 @@ def _with_field(lines: list[str], key: str, verdict: SafetyVerdict | ResponseVer
     return [tagged if line is data else line for line in lines], True
 
 
-async def _judge_completion(answer: dict[str, Any], judge_answer: AnswerJudge) -> None:
-    """Judge each choice's message text of an upstream completion (in place): a flagged one is replaced by the
-    replacement with ``finish_reason: "content_filter"``, a blocked one raises :class:`ResponseBlocked`; the
-    deciding verdict goes under ``psaguard_response``."""
+async def _judge_completion(answer: dict[str, Any], judging: _Judging) -> None:
+    """Judge each choice's message text of an upstream completion (in place; each whole, by the request's one
+    monitor): a flagged one is replaced by the replacement with ``finish_reason: "content_filter"``, a blocked
+    one raises :class:`ResponseBlocked`; the deciding verdict goes under ``psaguard_response``."""
     choices = answer.get("choices")
     verdicts = []
     for choice in choices if isinstance(choices, list) else []:
@@ -488,7 +490,7 @@ async def _judge_completion(answer: dict[str, Any], judge_answer: AnswerJudge) -
         content = message.get("content") if isinstance(message, dict) else None
         if not isinstance(content, str):
             continue  # tool calls only: no answer text to judge
-        verdict = await judge_answer(content)
+        verdict = await judging.judge(content)
         verdicts.append(verdict)
         if verdict.action == "block":
             raise ResponseBlocked(verdict, "the upstream's answer was blocked by psaguard response policy")

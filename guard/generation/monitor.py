@@ -234,7 +234,8 @@ class AnswerMonitor:
         return self._judge(self._token_ends(), final=True)
 
     def judge(self, answer: str) -> ResponseVerdict:
-        """Judge a whole answer at once (one judgement); the verdict."""
+        """Judge a whole answer at once (one judgement); the verdict. Several answers to the same request (the
+        choices of one completion) may be judged in turn: the request's images are encoded once."""
         self.text = answer
         self._judge(self._token_ends(), final=True)
         if self.verdict is None:  # unreachable: _judge always sets it

@@ -2,24 +2,29 @@
 holding back and judging the upstream's answer, moderations of conversations ending with the assistant's turn.
 
 The guard is the tiny LLaVA with a response head whose verdicts the tests choose (:class:`Flagger`); proxy mode
-talks to a fake upstream on loopback that answers a chosen text. Every assertion checks what the real clients
+talks to a fake upstream on loopback that answers a chosen text, and holds it back by the rule the LangChain
+adapters follow (:func:`adapters_release`: ``interval`` and ``window`` in tokens of the guard's tokenizer, which
+splits these answers one word a token). Every assertion checks what the real clients
 (``openai``, LangChain's ``ChatOpenAI``) received: the refusal, ``finish_reason == "content_filter"``, the text
 released before the stop, and that the flagged text never arrived.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import openai
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from generation_helpers import QUESTION
+from generation_helpers import QUESTION, count_calls
 from serving_helpers import image_message, openai_client
 from test_monitor import SORRY, monitored_guard
 
-from psaguard.errors import ConfigError
+from psaguard.adapters.answers import AnswerCheck
+from psaguard.errors import ConfigError, GuardInternalError, ResponseBlocked
+from psaguard.request import GuardRequest
 from psaguard.response_policy import ResponsePolicy, decide_response
 from psaguard.serving import BackgroundServer, ServeConfig, create_app
 from psaguard.serving.moderation import category_name
@@ -168,6 +173,23 @@ def reference(guard, image, flagger, **flag):
     return result
 
 
+def adapters_release(guard, image, chunks, flagger, **flag):
+    """What the LangChain adapters (``guarded()``'s :class:`AnswerCheck`) release of an answer streamed in
+    ``chunks`` to the same request under the same policy and judgements: (text released, texts judged)."""
+    flagger.reset(**flag)
+    check = AnswerCheck(guard, GuardRequest.of([image], QUESTION), on_block=None)
+    released = []
+    for piece in chunks:
+        released += check.push(piece)
+        if check.stopped:
+            break
+    with contextlib.suppress(ResponseBlocked):  # a blocked answer: what was released before the stop
+        released += check.finish()
+    judged = list(flagger.judged)
+    flagger.reset(**flag)
+    return "".join(released), judged
+
+
 # ---------------------------------------------------------------------------------------------- local mode
 
 
@@ -227,9 +249,35 @@ def test_proxy_safe_answer_is_passed_on_with_its_verdict(proxy_answers, flags, i
     chunks, text = streamed(proxy_answers, images[0])
     assert text == "".join(WORDS) and chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[0].psaguard["action"] == "allow" and chunks[-1].psaguard_response["action"] == "allow"
-    # Judged every INTERVAL chunks over the growing text, then whole before the tail: 12 chunks -> 4, 8, 12.
+    # Judged every INTERVAL tokens (one word each) over the growing text, the last judgement covering it whole.
     judged = flags.judged[-3:]
     assert judged == ["".join(WORDS[:4]), "".join(WORDS[:8]), "".join(WORDS)]
+
+
+def test_a_streamed_proxy_answer_costs_one_vision_pass_and_releases_as_the_adapters_do(
+    proxy_answers, answer_guard, answer, flags, images
+):
+    chunks = [*WORDS[:6], BAD, *WORDS[6:]]
+    answer(chunks)
+    flag = {"flags": lambda call, text: BAD in text}
+    want, want_judged = adapters_release(answer_guard, images[0], chunks, flags, **flag)
+    assert want == "".join(WORDS[:1]) and want_judged == ["".join(WORDS[:4]), "".join(chunks[:8])]
+    with count_calls(answer_guard.backbone.vision_tower) as tower:
+        _, text = streamed(proxy_answers, images[0])
+    assert text == want + SORRY and flags.judged == want_judged
+    # One pass judges the request, one the answer: the answer's second judgement reuses its features.
+    assert len(tower) == 2
+
+    flags.reset()
+    answer(WORDS)
+    want, want_judged = adapters_release(answer_guard, images[0], WORDS, flags)
+    with count_calls(answer_guard.backbone.vision_tower) as tower:
+        _, text = streamed(proxy_answers, images[0])
+    assert text == want == "".join(WORDS) and flags.judged == want_judged and len(want_judged) == 3
+    assert len(tower) == 2
+    with count_calls(answer_guard.backbone.vision_tower) as tower:
+        assert ask(proxy_answers, images[0]).choices[0].message.content == "".join(WORDS)
+    assert len(tower) == 2
 
 
 def test_proxy_flagged_answer_is_replaced_before_the_client_sees_it(proxy_answers, answer, flags, images):
@@ -240,28 +288,50 @@ def test_proxy_flagged_answer_is_replaced_before_the_client_sees_it(proxy_answer
     assert got.psaguard_response["action"] == "replace"
 
     chunks, text = streamed(proxy_answers, images[0])
-    # Judged safe at 4 chunks (released: 4 - WINDOW = 2 chunks), flagged at 8: nothing past the release.
-    assert text == "".join(WORDS[:2]) + SORRY and BAD not in text and "w2" not in text
+    # Judged safe at 4 tokens (released: up to the end of token 4 - WINDOW = 2, "w1", so the chunk "w0 " whole),
+    # flagged at 8: nothing past the release.
+    assert text == "".join(WORDS[:1]) + SORRY and BAD not in text and "w1" not in text
     assert chunks[-1].choices[0].finish_reason == "content_filter"
     assert chunks[-1].psaguard_response["action"] == "replace" and chunks[0].psaguard["action"] == "allow"
 
 
 def test_proxy_judges_the_tail_before_releasing_it(proxy_answers, answer, flags, images):
-    answer([*WORDS[:9], BAD])  # 10 chunks: judged at 4 and 8, then the tail (flagged) at the end
+    answer([*WORDS[:9], BAD])  # 10 tokens: judged at 4 and 8, then the tail (flagged) at the end
     flags.reset(flags=lambda call, text: BAD in text)
     chunks, text = streamed(proxy_answers, images[0])
-    assert text == "".join(WORDS[: 8 - WINDOW]) + SORRY and chunks[-1].choices[0].finish_reason == "content_filter"
+    # Released at 8 tokens up to the end of "w5" (8 - WINDOW tokens): the chunks before it whole.
+    assert text == "".join(WORDS[: 8 - WINDOW - 1]) + SORRY and chunks[-1].choices[0].finish_reason == "content_filter"
     assert flags.judged[-1] == "".join(WORDS[:9]) + BAD
 
 
 def test_a_broken_upstream_stream_drops_the_held_text(proxy_answers, answer, flags, images):
-    answer([*WORDS[:6], BREAK])  # judged safe at 4 chunks (2 released), chunks 5-6 held when the stream breaks
+    answer([*WORDS[:6], BREAK])  # judged safe at 4 tokens ("w0 " released), the rest held when the stream breaks
     stream = ask(proxy_answers, images[0], stream=True)
     received = []
     with pytest.raises(openai.APIError, match="upstream stream failed"):
         for piece in stream:
             received.append(piece.choices[0].delta.content or "")
-    assert "".join(received) == "".join(WORDS[:2])
+    assert "".join(received) == "".join(WORDS[:1])
+
+
+def test_a_guard_error_on_the_answer_fails_closed(proxy_answers, flags, images):
+    def fail_from(first):
+        def flags_(call, text):
+            if call >= first:
+                raise GuardInternalError("the response head failed")
+            return False
+
+        return {"flags": flags_}
+
+    flags.reset(**fail_from(1))
+    with pytest.raises(openai.InternalServerError):
+        ask(proxy_answers, images[0])  # unstreamed: nothing of the answer is sent
+    flags.reset(**fail_from(2))  # the 2nd judgement (8 tokens) fails: the text held since the 1st is dropped
+    received = []
+    with pytest.raises(openai.APIError, match="response head failed"):
+        for piece in ask(proxy_answers, images[0], stream=True):
+            received.append(piece.choices[0].delta.content or "")
+    assert "".join(received) == "".join(WORDS[:1]) and len(flags.judged) == 2
 
 
 def test_proxy_block_is_a_400_unstreamed_and_a_filtered_end_streamed(proxy_answers, answer, flags, images):
@@ -272,7 +342,7 @@ def test_proxy_block_is_a_400_unstreamed_and_a_filtered_end_streamed(proxy_answe
     assert caught.value.code == "content_policy_violation"
     chunks, text = streamed(proxy_answers, images[0])
     assert text == "" and chunks[-1].choices[0].finish_reason == "content_filter"
-    assert chunks[-1].psaguard_response["action"] == "block" and chunks[-1].psaguard["action"] == "allow"
+    assert chunks[-1].psaguard_response["action"] == "block" and chunks[0].psaguard["action"] == "allow"
 
 
 def test_langchain_chat_openai_streams_the_filtered_answer(proxy_answers, answer, flags, images):
@@ -283,7 +353,7 @@ def test_langchain_chat_openai_streams_the_filtered_answer(proxy_answers, answer
     merged = None
     for piece in model.stream([image_message(images[0], QUESTION)]):
         merged = piece if merged is None else merged + piece
-    assert merged.content == "".join(WORDS[:2]) + SORRY and BAD not in merged.content
+    assert merged.content == "".join(WORDS[:1]) + SORRY and BAD not in merged.content
     assert merged.response_metadata["finish_reason"] == "content_filter"
 
 
