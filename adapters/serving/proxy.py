@@ -7,8 +7,8 @@ back with its status; a stream comes back event by event, the first event carryi
 
 With ``check_answers`` (the default) the upstream's answer to a request with images is judged with the
 request's images and judged prompt before any of it reaches the client, by the guard's
-:class:`~psaguard.generation.monitor.AnswerMonitor` (one per request: the images go through the vision tower once, at the
-first judgement; each judgement after it runs only the incremental response head), in a worker thread off the
+:class:`~psaguard.generation.monitor.AnswerMonitor` (one per request: the images go through the vision tower
+once, at the first judgement; each judgement after it runs only the incremental response head), in a worker thread off the
 event loop. A whole answer is judged before it is sent; a stream goes through a
 :class:`~psaguard.generation.release_gate.ReleaseGate`, the rule the LangChain adapters and the guard's own generation
 monitor share: judged every ``policy.response.interval`` tokens of the guard's tokenizer, each event released
