@@ -6,7 +6,8 @@ prompt's input embeddings. :func:`load_generic_classifier_only` builds the model
 device from its config, reads from the (sharded) safetensors checkpoint exactly the tensors of those parts,
 found by the model's own module names (checkpoint keys renamed as transformers renames them on load),
 materialises only them, and replaces the language model by :class:`LanguageModelRemoved` (its input
-embeddings and nothing else) and any other part left (the LM head) by :class:`PartRemoved`. The result is
+embeddings and nothing else) and any other part left (the LM head) by :class:`PartRemoved`; the model's
+``forward`` and ``generate`` raise :class:`~psaguard.errors.GenerationUnavailableError`. The result is
 still the family's model class, so :class:`ClassifierOnlyGenericBackbone` (the generic adapter, minus
 generation) encodes images and embeds prompts exactly as the full model does.
 """
@@ -14,6 +15,7 @@ generation) encodes images and embeds prompts exactly as the full model does.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, NoReturn
 
 import torch
@@ -172,11 +174,18 @@ def _prune(model: nn.Module) -> None:
         for name, child in list(model.named_children()):
             if child is not parts:
                 setattr(model, name, PartRemoved(model.config))
+    for module in {model, parts}:  # the model's own forward and generate refuse before touching a removed part
+        module.register_forward_pre_hook(partial(_refuse, model.config))
+    model.generate = partial(_refuse, model.config)
     if model.get_input_embeddings() is not embedding:
         raise UnsupportedModelError(
             f"a {model.config.model_type!r} model does not reach its input embeddings through its language model's "
             "get_input_embeddings, so it cannot be loaded classifier-only"
         )
+
+
+def _refuse(config: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    raise _cannot_generate(config)
 
 
 def _checkpoint_keys(reader: CheckpointReader, model: nn.Module, expected: dict[str, torch.Tensor]) -> dict[str, str]:
