@@ -184,6 +184,22 @@ def _prune(model: nn.Module) -> None:
         )
 
 
+def _init_non_persistent_buffers(module: nn.Module, owner: Any) -> None:
+    """Give ``module``'s non-persistent buffers (rotary frequencies, position ids) their values with the
+    ``_init_weights`` of the model they belong to (a tower keeps its own), as transformers' loading does; its
+    parameters are still on the meta device, where the init does nothing."""
+    from transformers import PreTrainedModel
+
+    owner = module if isinstance(module, PreTrainedModel) else owner
+    buffers = [b for b in module._non_persistent_buffers_set if module._buffers.get(b) is not None]
+    if any(module._buffers[b].is_meta for b in buffers):
+        for b in buffers:
+            module._buffers[b] = torch.empty_like(module._buffers[b], device="cpu")
+        owner._init_weights(module)
+    for child in module.children():
+        _init_non_persistent_buffers(child, owner)
+
+
 def _refuse(config: Any, *args: Any, **kwargs: Any) -> NoReturn:
     raise _cannot_generate(config)
 
@@ -233,12 +249,7 @@ def _materialise(
     ]
     if wrong:
         raise CheckpointError(f"checkpoint tensors do not match the model's config: {wrong[:3]}")
-    for module in model.modules():  # first, so that the init (a no-op on meta tensors) touches no loaded one
-        buffers = [b for b in module._non_persistent_buffers_set if module._buffers.get(b) is not None]
-        if any(module._buffers[b].is_meta for b in buffers):
-            for b in buffers:
-                module._buffers[b] = torch.empty_like(module._buffers[b], device="cpu")
-            model._init_weights(module)
+    _init_non_persistent_buffers(model, model)  # first, so that no init touches a loaded tensor
     for name, value in tensors.items():
         owner, _, leaf = name.rpartition(".")
         module = model.get_submodule(owner)
