@@ -1,16 +1,16 @@
 """Checking what a guarded chat model or chain answers (``guarded()``, ``PsaGuardMiddleware``).
 
 :class:`AnswerCheck` judges one answer to a judged request with the guard's response head, through
-:class:`~psaguard.generation.monitor.AnswerMonitor` (the same judgement as
-``SafetyGuard.classify_response``, the request's images encoded once). A whole answer is judged once; a
-streamed one every ``policy.response.interval`` tokens of the guard's tokenizer, and its chunks are held back
-(:class:`~psaguard.generation.release_gate.ReleaseGate`, the rule the server's proxy mode shares) until the text they carry has been judged and lies at least
-``policy.response.window`` tokens behind the last judged position. A flagged answer ends by the same
-exits as a flagged request (:data:`~psaguard.adapters.verdicts.OnBlock`): ``"end"`` (an ``AIMessage`` holding
-the replacement), ``"replace"`` (the answer, same type, with its text replaced and its tool calls dropped) or
-``"error"`` (:class:`~psaguard.errors.ResponseBlocked`); None follows the response policy (replace -> replace,
-block -> error). The answer's verdict is in ``response_metadata["psaguard_response"]`` (``"side": "response"``),
-as in the server and ``GuardedChatModel``; ``"psaguard"`` holds request verdicts.
+:class:`~psaguard.generation.monitor.AnswerMonitor` (the same judgement as ``SafetyGuard.classify_response``, the
+request's images encoded once). A whole answer is judged once; a streamed one every ``policy.response.interval``
+tokens of the guard's tokenizer, and its chunks are held back
+(:class:`~psaguard.generation.release_gate.ReleaseGate`, the rule the server's proxy mode shares) until the text
+they carry has been judged and lies at least ``policy.response.window`` tokens behind the last judged position. A
+flagged answer ends by the same exits as a flagged request (:data:`~psaguard.adapters.verdicts.OnBlock`): ``"end"``
+(an ``AIMessage`` holding the replacement), ``"replace"`` (the answer, same type, with its text replaced and its
+tool calls dropped) or ``"error"`` (:class:`~psaguard.errors.ResponseBlocked`); None follows the response policy
+(replace -> replace, block -> error). The answer's verdict is in ``response_metadata["psaguard_response"]``
+(``"side": "response"``), as in the server and ``GuardedChatModel``; ``"psaguard"`` holds request verdicts.
 
 Only text is judged: a message's ``.text`` (text blocks), or a string. An answer without text (tool calls
 only) passes unjudged; any other output (a dict, a parsed object) raises :class:`~psaguard.errors.InvalidInputError`,

@@ -1,7 +1,9 @@
 """Classifier-only guards: what :meth:`SafetyGuard.from_pretrained_classifier` loads besides the guard itself.
 
-The model side is an :class:`~psaguard.backbones.EncoderOnlyModel` (vision tower and token embeddings of the
-base checkpoint) and the base model's processor. A Stage II LoRA adapter saved with the guard is not loaded:
+The model side is what :func:`~psaguard.backbones.encoder_checkpoint.load_encoder_only` reads of the base
+checkpoint (an :class:`~psaguard.backbones.EncoderOnlyModel` with the vision tower and token embeddings, or,
+for a family the generic adapter handles, the model with only its vision tower, projector and input
+embeddings) and the base model's processor. A Stage II LoRA adapter saved with the guard is not loaded:
 it changes the language model's answers, not the verdicts, which is checked from its tensor names.
 """
 
@@ -12,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
-from psaguard.backbones.encoder_only import EncoderOnlyModel
 from psaguard.checkpoints.adapter_files import ADAPTER_WEIGHTS_NAME
 from psaguard.config import ModelFingerprint
 from psaguard.dtypes import DtypeRequest
@@ -36,7 +38,7 @@ def load_classifier_parts(
     dtype: DtypeRequest = None,
     device: str | torch.device | None = None,
     fingerprint: ModelFingerprint | None = None,
-) -> tuple[EncoderOnlyModel, Any]:
+) -> tuple[nn.Module, Any]:
     """The classifier-only model of ``model_path`` and its processor (``processor`` if given, else loaded).
 
     ``dtype`` as in :func:`~psaguard.backbones.encoder_checkpoint.load_encoder_only` (None: what ``device``

@@ -5,18 +5,17 @@
 'content_filter') without calling upstream; 'block' answers 400 with the verdict. The upstream's answer comes
 back with its status; a stream comes back event by event, the first event carrying the verdict.
 
-With ``check_answers`` (the default) the upstream's answer to a request with images is judged with the
-request's images and judged prompt before any of it reaches the client, by the guard's
-:class:`~psaguard.generation.monitor.AnswerMonitor` (one per request: the images go through the vision tower
-once, at the first judgement; each judgement after it runs only the incremental response head), in a worker thread off the
+With ``check_answers`` (the default) the upstream's answer to a request with images is judged with the request's
+images and judged prompt before any of it reaches the client, by the guard's
+:class:`~psaguard.generation.monitor.AnswerMonitor` (one per request: the images go through the vision tower once,
+at the first judgement; each judgement after it runs only the incremental response head), in a worker thread off the
 event loop. A whole answer is judged before it is sent; a stream goes through a
-:class:`~psaguard.generation.release_gate.ReleaseGate`, the rule the LangChain adapters and the guard's own generation
-monitor share: judged every ``policy.response.interval`` tokens of the guard's tokenizer, each event released
-once all the answer's text up to its end lies at least ``policy.response.window`` tokens behind the last position
-judged safe, and the whole answer judged before its tail. A flagged answer is replaced by the response policy's
-replacement with ``finish_reason: "content_filter"`` ('block': a 400 unstreamed; streamed, the stream ends with
-``content_filter`` and no replacement); the answer's verdict is under ``psaguard_response``.
-"""
+:class:`~psaguard.generation.release_gate.ReleaseGate`, the rule the LangChain adapters and the guard's own
+generation monitor share: judged every ``policy.response.interval`` tokens of the guard's tokenizer, each event
+released once all the answer's text up to its end lies at least ``policy.response.window`` tokens behind the last
+position judged safe, and the whole answer judged before its tail. A flagged answer is replaced by the response
+policy's replacement with ``finish_reason: "content_filter"`` ('block': a 400 unstreamed; streamed, the stream ends
+with ``content_filter`` and no replacement); the answer's verdict is under ``psaguard_response``."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from psaguard.backbones.encoder_only import (
 )
 from psaguard.backbones.gemma3 import EncoderOnlyGemma3Backbone, Gemma3Backbone
 from psaguard.backbones.generic import GenericBackbone, GenericFeatures
+from psaguard.backbones.generic_classifier_only import ClassifierOnlyGenericBackbone
 from psaguard.backbones.glm4v import EncoderOnlyGlm4vBackbone, Glm4vBackbone
 from psaguard.backbones.idefics3 import (
     EncoderOnlyIdefics3Backbone,
@@ -50,6 +51,7 @@ __all__ = [
     "AyaVisionBackbone",
     "Backbone",
     "BackboneRegistry",
+    "ClassifierOnlyGenericBackbone",
     "EncoderOnlyAyaVisionBackbone",
     "EncoderOnlyBackbone",
     "EncoderOnlyGemma3Backbone",

@@ -1,4 +1,9 @@
-"""Build an :class:`EncoderOnlyModel` from a saved LLaVA checkpoint, reading only the tensors it needs."""
+"""Build a classifier-only model from a saved checkpoint, reading only the tensors it needs.
+
+A family with a classifier-only adapter (:class:`EncoderOnlyBackbone`) gets an :class:`EncoderOnlyModel`;
+every other model the generic adapter handles gets its own model class with only the vision tower,
+projector and input embeddings loaded (:mod:`psaguard.backbones.generic_classifier_only`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from torch import nn
 
 from psaguard.backbones.base import Backbone
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone, EncoderOnlyModel, encoder_only_backbones
+from psaguard.backbones.generic_classifier_only import load_generic_classifier_only
 from psaguard.backbones.registry import resolve_backbone
 from psaguard.checkpoints.reader import MODEL_CONFIG_NAME, CheckpointReader
 from psaguard.config import ModelFingerprint
@@ -37,8 +43,13 @@ def load_encoder_only(
     dtype: DtypeRequest = None,
     device: str | torch.device | None = None,
     fingerprint: ModelFingerprint | None = None,
-) -> EncoderOnlyModel:
-    """The vision tower and input embeddings of the LLaVA checkpoint at ``path``; no other tensor is read.
+) -> nn.Module:
+    """The parts of the checkpoint at ``path`` the guard's verdicts read; no other tensor is read.
+
+    For a family with a classifier-only adapter, an :class:`EncoderOnlyModel` (vision tower and input
+    embeddings); for any other model the generic adapter handles, the model's own class holding only its
+    vision tower, multimodal projector and input embeddings
+    (:func:`~psaguard.backbones.generic_classifier_only.load_generic_classifier_only`).
 
     Args:
         path: a directory written by ``save_pretrained`` (safetensors, one file or sharded with an index),
@@ -52,12 +63,15 @@ def load_encoder_only(
             made for another model fails without fetching shards.
 
     Raises:
-        UnsupportedModelError: the config is not of a LLaVA family psaguard has a classifier-only adapter for.
+        UnsupportedModelError: the config is of a family that neither has a classifier-only adapter nor follows
+            the interface of the generic adapter.
         CheckpointMismatchError: ``fingerprint`` differs from the checkpoint's.
         CheckpointError: config or weights are missing, unreadable, or of the wrong shapes.
     """
     reader = CheckpointReader.open(path, revision)
     config = load_model_config(reader.directory)
+    if not _has_adapter(config):
+        return load_generic_classifier_only(reader, config, dtype=dtype, device=device, fingerprint=fingerprint)
     meta_tower = _meta_tower(config)
     if fingerprint is not None:
         fingerprint.check(_meta_model(config, meta_tower).fingerprint())
@@ -83,7 +97,7 @@ def load_encoder_only(
 
 
 def load_model_config(directory: Path) -> Any:
-    """The checkpoint's transformers config, if it is of a family with a classifier-only adapter."""
+    """The checkpoint's transformers config, if it is of a vision-language model (one with a vision config)."""
     from transformers import AutoConfig
 
     if not (directory / MODEL_CONFIG_NAME).is_file():
@@ -94,16 +108,20 @@ def load_model_config(directory: Path) -> Any:
         raise UnsupportedModelError(f"{directory / MODEL_CONFIG_NAME} is not a supported model config: {err}") from err
     except OSError as err:
         raise CheckpointError(f"cannot read {directory / MODEL_CONFIG_NAME}: {err}") from err
-    supported = sorted({t for b in encoder_only_backbones() for t in b.model_types})
-    if config.model_type not in supported or getattr(config, "vision_config", None) is None:
+    if getattr(config, "vision_config", None) is None:
         raise UnsupportedModelError(
-            f"{directory} holds a {config.model_type!r} model; classifier-only mode supports model types {supported}"
+            f"{directory} holds a {config.model_type!r} model, which has no vision config: classifier-only mode "
+            "supports vision-language models"
         )
     return config
 
 
+def _has_adapter(config: Any) -> bool:
+    return any(config.model_type in adapter.model_types for adapter in encoder_only_backbones())
+
+
 def _adapter_for(config: Any) -> type[EncoderOnlyBackbone]:
-    """The classifier-only adapter of the checkpoint's family (load_model_config checked there is one)."""
+    """The classifier-only adapter of the checkpoint's family (load_encoder_only checked there is one)."""
     return next(a for a in encoder_only_backbones() if config.model_type in a.model_types)
 
 
