@@ -1,8 +1,8 @@
 """Servers for the serving tests: the shipped demo guard and tiny model, served on 127.0.0.1 on free ports.
 
 The serving tests need the ``serve`` extra and the ``openai`` client, both in the ``dev`` extra. The demo guard
-has no response head, so its servers opt out of answer checks (``check_answers=False``); answer checks are
-tested with guards that have one (test_answer_checks.py).
+has a response head, so its servers check answers (the default); test_answer_checks.py tests answer checks in
+detail, with guards whose response heads are trained to flag chosen answers.
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ def classifier_guard(demo_dirs):
 
 @pytest.fixture(scope="module")
 def local_server(local_guard):
-    with BackgroundServer(create_app(local_guard, ServeConfig(model_name="demo", check_answers=False))) as server:
+    with BackgroundServer(create_app(local_guard, ServeConfig(model_name="demo"))) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def proxy_server(classifier_guard, local_server):
-    config = ServeConfig(mode="proxy", upstream=local_server.base_url, model_name="demo-proxy", check_answers=False)
+    config = ServeConfig(mode="proxy", upstream=local_server.base_url, model_name="demo-proxy")
     with BackgroundServer(create_app(classifier_guard, config)) as server:
         yield server

@@ -133,7 +133,7 @@ def test_an_image_url_with_a_second_payload_is_refused_before_judging(echo_proxy
 
 
 def test_unreachable_upstream_is_a_502_after_judging(classifier_guard, requests_by_kind):
-    config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5, check_answers=False)
+    config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5)
     image, prompt = requests_by_kind["benign"]
     with (
         BackgroundServer(create_app(classifier_guard, config)) as server,

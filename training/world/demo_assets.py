@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,8 @@ __all__ = [
     "export_demo_assets",
     "load_trained_guard",
     "pick_demo_rows",
+    "sample_demo_rows",
+    "write_demo_examples",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,44 @@ def pick_demo_rows(rows: list[WorldRow], answers_ok: set[str] | None = None) -> 
         if preferred or candidates:
             picked.append((preferred or candidates)[0])
     return picked
+
+
+def sample_demo_rows(rows: list[WorldRow], seed: int) -> list[WorldRow]:
+    """One row of each :data:`DEMO_KINDS` drawn at random (seeded: the same rows for the same seed and split),
+    plus one request answered harmfully at level 1 (a request the policy lets through with a hint), for the
+    demo's answer monitor. Rows are drawn whatever the guard makes of them."""
+    rng = random.Random(seed)
+    plain = [r for r in rows if r.response_harmful is not True]
+    picked = []
+    for kind in DEMO_KINDS:
+        if kind == "joint twin":  # the twin of the joint row drawn, so the demo shows the pair
+            twins = [r for r in plain if r.meta.twin_of == picked[-1].id] if picked else []
+            candidates = twins or [r for r in plain if _kind(r) == kind]
+        else:
+            candidates = [r for r in plain if _kind(r) == kind and (kind != "image_risk" or r.safe_level == 3)]
+        if candidates:
+            picked.append(rng.choice(candidates))
+    harmful = [r for r in rows if r.response_harmful is True and r.safe_level == 1]
+    if harmful:
+        picked.append(rng.choice(harmful))
+    return picked
+
+
+def write_demo_examples(rows: list[WorldRow], world_dir: Path, dest: Path, seed: int) -> Path:
+    """Write ``dest/examples.jsonl`` and its images: :func:`sample_demo_rows` of test ``rows``."""
+    if (dest / "images").exists():
+        shutil.rmtree(dest / "images")
+    (dest / "images").mkdir(parents=True)
+    lines = []
+    for row in sample_demo_rows(rows, seed):
+        image = f"images/{Path(row.image).name}"
+        shutil.copyfile(Path(world_dir) / row.image, dest / image)
+        kind = "harmful answer" if row.response_harmful else _kind(row)
+        record = {"id": row.id, "kind": kind, "image": image, "prompt": row.prompt, "expected": row.response}
+        lines.append(json.dumps({**record, "level": row.safe_level, "type": row.safe_type}) + "\n")
+    path = dest / "examples.jsonl"
+    path.write_text("".join(lines))
+    return path
 
 
 def load_trained_guard(base_dir: Path, guard_dir: Path, *, adapter: bool) -> SafetyGuard:
