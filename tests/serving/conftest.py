@@ -24,8 +24,20 @@ def demo_dirs() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def requests_by_kind() -> dict[str, tuple[Image.Image, str]]:
-    """The demo's requests: benign (allow), image_risk (hint), harmful (refuse), joint (hint), 'joint twin'."""
+    """The demo's requests by kind: benign, image_risk, harmful, joint, 'joint twin', 'harmful answer'."""
     return {kind: (image, prompt) for kind, image, prompt in demo_requests()}
+
+
+@pytest.fixture(scope="session")
+def requests_by_action(local_guard, requests_by_kind) -> dict[str, tuple[Image.Image, str]]:
+    """A demo request the demo guard allows and one it refuses (its own verdicts, this run), and one it hints
+    on where there is one (the demo guard hints on none of the shipped requests)."""
+    by_action: dict[str, tuple[Image.Image, str]] = {}
+    for image, prompt in requests_by_kind.values():
+        by_action.setdefault(local_guard.classify(image, prompt).action, (image, prompt))
+    missing = {"allow", "refuse"} - set(by_action)
+    assert not missing, f"the demo's requests lack one the demo guard would {sorted(missing)}"
+    return by_action
 
 
 @pytest.fixture(scope="session")

@@ -134,8 +134,8 @@ def _run(args: argparse.Namespace) -> int:
             result.guard_dir,
             args.out / "world",
             args.export_demo,
-            result.correct_ids,
             headline=result.metrics.headline(),
+            seed=args.seed,
         )
     print(result.report.read_text())
     return 0
