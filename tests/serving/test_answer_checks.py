@@ -18,14 +18,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from generation_helpers import QUESTION
 from serving_helpers import image_message, openai_client
 from test_monitor import SORRY, monitored_guard
-from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from psaguard import SafetyGuard
 from psaguard.demo import demo_guard_dir, demo_model_dir
 from psaguard.errors import ConfigError
 from psaguard.response_policy import ResponsePolicy, decide_response
 from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
 from psaguard.serving.moderation import category_name
+from psaguard.training.world.demo_guard import resave_guard
 
 INTERVAL, WINDOW = 4, 2
 MAX_TOKENS = 24
@@ -297,16 +296,10 @@ def test_langchain_chat_openai_streams_the_filtered_answer(proxy_answers, answer
 def headless_guards(tmp_path_factory):
     """The demo guard saved without its response head (as guards saved before there was one), loaded whole and
     classifier-only."""
-    model_dir, processor = demo_model_dir(), AutoProcessor.from_pretrained(demo_model_dir())
-    demo = SafetyGuard.from_pretrained(
-        demo_guard_dir(), LlavaForConditionalGeneration.from_pretrained(model_dir), processor
+    model_dir = demo_model_dir()
+    saved = resave_guard(
+        model_dir, demo_guard_dir(), tmp_path_factory.mktemp("headless") / "guard", response_head=False
     )
-    head = demo.config.head.model_copy(update={"response_head": False})
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
-    guard = SafetyGuard.attach(model, processor, demo.config.model_copy(update={"head": head}))
-    weights = {k: v for k, v in demo.modules.state_dict().items() if not k.startswith("response_head.")}
-    guard.modules.load_state_dict(weights)
-    saved = guard.save_pretrained(tmp_path_factory.mktemp("headless") / "guard")
     return load_guard(saved, model_dir, classifier_only=False), load_guard(saved, model_dir, classifier_only=True)
 
 

@@ -5,8 +5,8 @@ guard's model fingerprint still matches) and continues the shipped guard with a 
 
 1. build a world with harmful answers (``harmful_answers``) and as many train rows as the run consumes
    (``steps x batch_size``: every step sees fresh rows, none is repeated);
-2. start from the shipped guard's weights plus a fresh response head (its ``llm_tokens``, which the merged
-   Stage II LoRA was trained with, stay as they are: Stage I here has no LM loss);
+2. start from the shipped guard's weights plus a response head (fresh if it has none; its ``llm_tokens``, which
+   the merged Stage II LoRA was trained with, stay as they are: Stage I here has no LM loss);
 3. train the safety modules on request and answer labels, keep the best step on the val split, calibrate;
 4. score the old and the new guard side by side on the same test split (request type macro-F1, response
    F1, refusal and over-refusal of guarded generation) and export the new guard, ``headline.json`` and
@@ -34,7 +34,7 @@ from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read
 from psaguard.training.world.demo_assets import write_demo_examples
 from psaguard.training.world.scoring import answer_rows, refusal_rate
 
-__all__ = ["DemoGuardResult", "DemoGuardSpec", "retrain_demo_guard", "score_guard"]
+__all__ = ["DemoGuardResult", "DemoGuardSpec", "resave_guard", "retrain_demo_guard", "score_guard"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,20 +113,21 @@ def score_guard(guard: SafetyGuard, world_dir: Path, rows: list[WorldRow], max_n
     return GuardScores(**{k: round(v, 4) for k, v in numbers.items()})
 
 
-def _init_guard(model_dir: Path, guard_dir: Path, out: Path) -> Path:
-    """Save the guard of ``guard_dir`` with a fresh response head added (its other weights unchanged)."""
+def resave_guard(model_dir: Path, guard_dir: Path, out: Path, *, response_head: bool) -> Path:
+    """Save the guard of ``guard_dir`` to ``out`` with or without a response head (an added one is fresh, a
+    removed one dropped; every other weight as saved)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    old = SafetyGuard.from_pretrained(guard_dir, model, processor)
-    config = old.config.model_copy(update={"head": old.config.head.model_copy(update={"response_head": True})})
-    guard = SafetyGuard.attach(model, processor, config)
-    missing, unexpected = guard.modules.load_state_dict(old.modules.state_dict(), strict=False)
+    old = SafetyGuard.from_pretrained(guard_dir, LlavaForConditionalGeneration.from_pretrained(model_dir), processor)
+    head = old.config.head.model_copy(update={"response_head": response_head})
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
+    guard = SafetyGuard.attach(model, processor, old.config.model_copy(update={"head": head}))
+    weights = {k: v for k, v in old.modules.state_dict().items() if response_head or not k.startswith("response_head.")}
+    missing, unexpected = guard.modules.load_state_dict(weights, strict=False)
     if unexpected or any(not name.startswith("response_head.") for name in missing):
-        raise RuntimeError(f"demo guard weights do not fit: missing {missing}, unexpected {unexpected}")
-    guard.save_pretrained(out)
-    return out
+        raise RuntimeError(f"guard weights do not fit: missing {missing}, unexpected {unexpected}")
+    return guard.save_pretrained(out)
 
 
 def _head_loss(run_dir: Path) -> tuple[float, float]:
@@ -169,7 +170,7 @@ def retrain_demo_guard(
     summary = build_world(world_dir, world)
     test_rows = read_rows(world_dir, "test")
     lap("world")
-    init = _init_guard(model_dir, guard_dir, out / "init-guard")
+    init = resave_guard(model_dir, guard_dir, out / "init-guard", response_head=True)
     cfg = Stage1Config(
         model=str(model_dir),
         train_data=world_dir / "train.jsonl",

@@ -14,7 +14,7 @@ from psaguard import SafetyGuard
 from psaguard.demo import HARMFUL_ANSWER, demo_guard_dir, demo_model_dir
 from psaguard.training.world.build import WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import DEMO_KINDS, sample_demo_rows
-from psaguard.training.world.demo_guard import DemoGuardSpec, retrain_demo_guard
+from psaguard.training.world.demo_guard import DemoGuardSpec, resave_guard, retrain_demo_guard
 from psaguard.training.world.experiment import ExperimentSpec
 
 
@@ -52,9 +52,11 @@ def test_retraining_adds_a_response_head_keeps_the_model_and_exports_the_demo(tm
     threads = torch.get_num_threads()
     export = tmp_path / "assets"
     shutil.copytree(demo_guard_dir().parent, export)
+    # a guard saved without a response head, as the demo guard was before this retraining
+    headless = resave_guard(demo_model_dir(), demo_guard_dir(), tmp_path / "headless", response_head=False)
     spec = DemoGuardSpec(steps=3, batch_size=4, n_val=16, n_test=60, max_new_tokens=4)
     try:
-        result = retrain_demo_guard(spec, tmp_path / "run", demo_model_dir(), demo_guard_dir(), export=export)
+        result = retrain_demo_guard(spec, tmp_path / "run", demo_model_dir(), headless, export=export)
     finally:
         torch.set_num_threads(threads)
     assert result.rows["train"] == 3 * 4  # one fresh row per example the steps consume
@@ -63,7 +65,7 @@ def test_retraining_adds_a_response_head_keeps_the_model_and_exports_the_demo(tm
     processor = AutoProcessor.from_pretrained(export / "model")
     guard = SafetyGuard.from_pretrained(export / "guard", model, processor)
     assert guard.classifier.has_response_head  # loads on the unchanged model: its fingerprint matches
-    before = SafetyGuard.from_pretrained(demo_guard_dir(), model, processor)
+    before = SafetyGuard.from_pretrained(headless, model, processor)
     # no LM loss: the llm_tokens the merged Stage II LoRA was trained with stay as they were
     assert torch.equal(guard.modules.llm_tokens, before.modules.llm_tokens)
     examples = [json.loads(line) for line in (export / "examples.jsonl").read_text().splitlines()]
