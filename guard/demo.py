@@ -1,9 +1,9 @@
 """``psaguard demo``: a trained tiny guard judging and guarding a few requests from the synthetic world.
 
-The assets in ``psaguard/assets/world_demo`` (a tiny LLaVA that answers questions about the world's
-images, with its Stage II LoRA merged in, and the Stage I guard trained for it) come from a real
-``psaguard world run`` (see docs/world.md for the command that regenerates them). Everything loads
-offline in about a second. The examples are test rows drawn at random (seeded) from the world's test split,
+The assets in ``psaguard/assets/world_demo`` are a tiny LLaVA that answers questions about the world's
+images (from a real ``psaguard world run``, its Stage II LoRA merged in) and the guard trained for it, with
+a response head (``psaguard world demo-guard``; docs/world_experiment.md gives both commands). Everything
+loads offline in about a second. The examples are test rows drawn at random (seeded) from the world's test split,
 one per kind of request, whatever the guard makes of them; the demo quotes the guard's test-split numbers.
 The last example is a request answered harmfully: the tiny model never writes a harmful answer on its own
 (it was never taught one), so the demo forces its decode to that answer token by token and shows the
