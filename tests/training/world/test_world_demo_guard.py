@@ -11,6 +11,7 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from psaguard import SafetyGuard
+from psaguard.cli import build_parser
 from psaguard.demo import HARMFUL_ANSWER, demo_guard_dir, demo_model_dir
 from psaguard.training.world.build import WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import DEMO_KINDS, sample_demo_rows
@@ -72,3 +73,9 @@ def test_retraining_adds_a_response_head_keeps_the_model_and_exports_the_demo(tm
     assert [e["kind"] for e in examples] == [*DEMO_KINDS, HARMFUL_ANSWER]
     assert all((export / e["image"]).is_file() for e in examples)
     assert json.loads((export / "headline.json").read_text())["response_f1"] == round(result.new.response_f1, 3)
+
+
+def test_the_cli_runs_it_as_world_demo_guard() -> None:
+    args = build_parser().parse_args(["world", "demo-guard", "--out", "runs/x", "--steps", "3", "--export", "assets"])
+    assert (args.steps, args.seed, str(args.export)) == (3, 0, "assets")
+    assert args.func.__name__ == "_demo_guard"
