@@ -11,9 +11,13 @@ def test_demo_runs_offline_and_prints_verdicts(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "saved and reloaded: same verdict = True" in out
-    assert out.count("action=") == 5  # one verdict per shipped world example
+    assert out.count(" -> level=") == 5  # one verdict per shipped world request
     assert out.count(" => (") == 5  # and one guarded answer each
     assert "trained on the synthetic safety world" in out
+    assert "drawn at random" in out and "right or wrong" in out  # not picked among the ones it got right
+    # a harmful answer, forced and said to be, stopped by the streaming monitor before it is all released
+    assert "a harmful answer (FORCED" in out and "classify_response: harmful=True" in out
+    assert "stopped by the monitor: the judgement of the first" in out
     assert main(["demo"]) == 0  # fixed assets, greedy decoding: the same output again (but for timings)
     timed = "latency_ms"
     assert [line for line in capsys.readouterr().out.splitlines() if timed not in line] == [

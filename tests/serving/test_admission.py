@@ -34,7 +34,7 @@ def moderation(image: Image.Image, prompt: str) -> dict:
     return {"input": image_message(image, prompt)["content"]}
 
 
-def test_pixels_over_the_in_flight_budget_get_503_with_retry_after(local_guard, requests_by_kind):
+def test_pixels_over_the_in_flight_budget_get_503_with_retry_after(local_guard, requests_by_action):
     guard = guard_copy(local_guard, max_image_pixels=5000)
     classify_requests = guard.classify_requests
 
@@ -43,7 +43,7 @@ def test_pixels_over_the_in_flight_budget_get_503_with_retry_after(local_guard, 
         return classify_requests(requests, **kwargs)
 
     guard.classify_requests = slow
-    _, prompt = requests_by_kind["benign"]
+    _, prompt = requests_by_action["allow"]
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))  # 4,096 px
     config = ServeConfig(limits=LimitsConfig(max_pixels_in_flight=5000))
     with BackgroundServer(create_app(guard, config)) as server, concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -62,7 +62,7 @@ def test_pixels_over_the_in_flight_budget_get_503_with_retry_after(local_guard, 
     assert after.status_code == 200 and left == 0
 
 
-def test_a_timed_out_generation_stops_and_queued_ones_never_start(local_guard, requests_by_kind):
+def test_a_timed_out_generation_stops_and_queued_ones_never_start(local_guard, requests_by_action):
     guard = guard_copy(local_guard)
     generate = guard.generate
     started: list[float] = []
@@ -80,7 +80,7 @@ def test_a_timed_out_generation_stops_and_queued_ones_never_start(local_guard, r
         return generate(images, conversation, **kwargs)
 
     guard.generate = slow_generate
-    image, prompt = requests_by_kind["benign"]
+    image, prompt = requests_by_action["allow"]
     chat = {"messages": [image_message(image, prompt)], "max_tokens": 4}
     config = ServeConfig(limits=LimitsConfig(request_timeout_s=0.3), check_answers=False)  # one generation at a time
     with BackgroundServer(create_app(guard, config)) as server, concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -99,8 +99,8 @@ def test_a_timed_out_generation_stops_and_queued_ones_never_start(local_guard, r
     assert 1 <= len(steps) <= 2 and sum(steps) < 100, steps  # unstopped: 200 steps each, both run
 
 
-def test_a_cancelled_generation_ends_at_its_next_token(local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+def test_a_cancelled_generation_ends_at_its_next_token(local_guard, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     cancelled = Cancellation()
     cancelled.cancel()
     full = local_guard.generate(image, prompt, max_new_tokens=8, do_sample=False)

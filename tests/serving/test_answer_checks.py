@@ -23,11 +23,13 @@ from serving_helpers import image_message, openai_client
 from test_monitor import SORRY, monitored_guard
 
 from psaguard.adapters.answers import AnswerCheck
+from psaguard.demo import demo_guard_dir, demo_model_dir
 from psaguard.errors import ConfigError, GuardInternalError, ResponseBlocked
 from psaguard.request import GuardRequest
 from psaguard.response_policy import ResponsePolicy, decide_response
-from psaguard.serving import BackgroundServer, ServeConfig, create_app
+from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
 from psaguard.serving.moderation import category_name
+from psaguard.training.world.demo_guard import resave_guard
 
 INTERVAL, WINDOW = 4, 2
 MAX_TOKENS = 24
@@ -360,10 +362,21 @@ def test_langchain_chat_openai_streams_the_filtered_answer(proxy_answers, answer
 # ---------------------------------------------------------------------------------------------- fail closed
 
 
-def test_a_guard_without_a_response_head_fails_answered_requests_closed(
-    classifier_guard, local_guard, requests_by_kind
-):
-    message = image_message(*requests_by_kind["benign"])  # allowed: the model would answer
+@pytest.fixture(scope="module")
+def headless_guards(tmp_path_factory):
+    """The demo guard saved without its response head (as guards saved before there was one), loaded whole and
+    classifier-only."""
+    model_dir = demo_model_dir()
+    saved = resave_guard(
+        model_dir, demo_guard_dir(), tmp_path_factory.mktemp("headless") / "guard", response_head=False
+    )
+    return load_guard(saved, model_dir, classifier_only=False), load_guard(saved, model_dir, classifier_only=True)
+
+
+def test_a_guard_without_a_response_head_fails_answered_requests_closed(headless_guards, requests_by_action):
+    local_guard, classifier_guard = headless_guards
+    assert not local_guard.classifier.has_response_head
+    message = image_message(*requests_by_action["allow"])  # allowed: the model would answer
     with BackgroundServer(create_app(local_guard, ServeConfig())) as server:
         with pytest.raises(openai.InternalServerError) as caught:
             openai_client(server).chat.completions.create(model="m", messages=[message], max_tokens=4)

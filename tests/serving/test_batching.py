@@ -46,8 +46,8 @@ async def test_concurrent_requests_coalesce_and_match_serial_verdicts(local_guar
         assert verdict.type_probs == pytest.approx(expected.type_probs, abs=1e-5)
 
 
-async def test_a_bad_input_fails_alone(local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+async def test_a_bad_input_fails_alone(local_guard, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     classify = RecordingClassifier(local_guard)
     queue = batcher(classify)
     await queue.start()
@@ -63,8 +63,8 @@ async def test_a_bad_input_fails_alone(local_guard, requests_by_kind):
     assert classify.sizes == [3, 1, 1, 1]  # the failed batch, then each request alone
 
 
-async def test_max_batch_bounds_each_forward_pass_and_one_disables_batching(local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+async def test_max_batch_bounds_each_forward_pass_and_one_disables_batching(local_guard, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     for max_batch, expected in ((2, [2, 2, 1]), (1, [1, 1, 1, 1, 1])):
         classify = RecordingClassifier(local_guard)
         queue = batcher(classify, max_batch=max_batch)
@@ -74,8 +74,8 @@ async def test_max_batch_bounds_each_forward_pass_and_one_disables_batching(loca
         assert classify.sizes == expected
 
 
-async def test_stop_judges_the_queued_requests_then_refuses_new_ones(local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+async def test_stop_judges_the_queued_requests_then_refuses_new_ones(local_guard, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     queue = batcher(RecordingClassifier(local_guard), max_wait_ms=5000.0)
     await queue.start()
     pending = [asyncio.ensure_future(queue.classify(image, prompt)) for _ in range(3)]
@@ -86,8 +86,8 @@ async def test_stop_judges_the_queued_requests_then_refuses_new_ones(local_guard
         await queue.classify(image, prompt)
 
 
-async def test_an_idle_worker_waits_only_for_requests_already_on_their_way(local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+async def test_an_idle_worker_waits_only_for_requests_already_on_their_way(local_guard, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     classify = RecordingClassifier(local_guard)
     queue = batcher(classify, max_wait_ms=3000.0)
     await queue.start()

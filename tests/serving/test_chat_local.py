@@ -72,8 +72,8 @@ def blocking_server(local_guard):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_blocked_request_is_a_400_carrying_the_verdict(blocking_server, requests_by_kind, stream):
-    image, prompt = requests_by_kind["harmful"]
+def test_blocked_request_is_a_400_carrying_the_verdict(blocking_server, requests_by_action, stream):
+    image, prompt = requests_by_action["refuse"]
     with pytest.raises(openai.BadRequestError) as caught:
         chat(blocking_server, image, prompt, stream=stream)
     assert caught.value.code == "content_policy_violation"
@@ -101,8 +101,10 @@ def test_fields_local_mode_cannot_honour_are_refused(local_server):
 
 
 @pytest.mark.parametrize("with_image", [True, False])
-def test_classifier_only_guard_without_upstream_serves_moderations_only(classifier_guard, requests_by_kind, with_image):
-    image, prompt = requests_by_kind["benign"]
+def test_classifier_only_guard_without_upstream_serves_moderations_only(
+    classifier_guard, requests_by_action, with_image
+):
+    image, prompt = requests_by_action["allow"]
     message = image_message(image, prompt) if with_image else {"role": "user", "content": prompt}
     with BackgroundServer(create_app(classifier_guard)) as server:
         assert openai_client(server).moderations.create(input=prompt).results[0].psaguard["rule"] == "no_image"

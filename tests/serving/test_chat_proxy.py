@@ -15,9 +15,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from serving_helpers import data_url, image_message, openai_client
 
+from psaguard.policy import GuardPolicy
 from psaguard.serving import BackgroundServer, LimitsConfig, ServeConfig, create_app
 
 MAX_TOKENS = 12
+HINT_EVERY_LEVEL = GuardPolicy(level_actions={1: "hint", 2: "hint", 3: "hint"})
+"""A policy under which the demo guard hints on the requests it refuses (it hints on none of the demo's own)."""
 
 
 def ask(server, image, prompt, **kwargs):
@@ -26,17 +29,17 @@ def ask(server, image, prompt, **kwargs):
     )
 
 
-def test_allowed_request_is_forwarded_and_answered_by_the_upstream(proxy_server, local_server, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+def test_allowed_request_is_forwarded_and_answered_by_the_upstream(proxy_server, local_server, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     direct = ask(local_server, image, prompt).parse()
     raw = ask(proxy_server, image, prompt)
     proxied = raw.parse()
     assert proxied.choices[0].message.content == direct.choices[0].message.content
-    assert raw.headers["x-psaguard-action"] == "allow" and proxied.psaguard["rule"] == "safe_type"
+    assert raw.headers["x-psaguard-action"] == "allow" and proxied.psaguard["rule"] == direct.psaguard["rule"]
 
 
-def test_refused_request_never_reaches_the_upstream(proxy_server, local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["harmful"]
+def test_refused_request_never_reaches_the_upstream(proxy_server, local_guard, requests_by_action):
+    image, prompt = requests_by_action["refuse"]
     expected = local_guard.classify(image, prompt)
     answer = ask(proxy_server, image, prompt).parse()
     assert answer.choices[0].finish_reason == "content_filter"
@@ -44,8 +47,8 @@ def test_refused_request_never_reaches_the_upstream(proxy_server, local_guard, r
     assert answer.model == "demo" and answer.psaguard["action"] == "refuse"
 
 
-def test_upstream_stream_is_passed_through_chunk_by_chunk(proxy_server, local_server, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+def test_upstream_stream_is_passed_through_chunk_by_chunk(proxy_server, local_server, requests_by_action):
+    image, prompt = requests_by_action["allow"]
 
     def stream(server):
         return list(
@@ -56,12 +59,12 @@ def test_upstream_stream_is_passed_through_chunk_by_chunk(proxy_server, local_se
 
     direct, proxied = stream(local_server), stream(proxy_server)
     assert [c.choices[0].delta.content for c in proxied] == [c.choices[0].delta.content for c in direct]
-    assert proxied[0].psaguard["action"] == "allow" and proxied[0].psaguard["rule"] == "safe_type"
+    assert proxied[0].psaguard["action"] == "allow" and proxied[0].psaguard["rule"] == direct[0].psaguard["rule"]
     assert proxied[-1].choices[0].finish_reason == direct[-1].choices[0].finish_reason
 
 
-def test_refused_stream_is_answered_by_the_proxy(proxy_server, requests_by_kind):
-    image, prompt = requests_by_kind["harmful"]
+def test_refused_stream_is_answered_by_the_proxy(proxy_server, requests_by_action):
+    image, prompt = requests_by_action["refuse"]
     chunks = list(
         openai_client(proxy_server).chat.completions.create(
             model="demo", messages=[image_message(image, prompt)], stream=True
@@ -99,13 +102,31 @@ def echo_proxy(classifier_guard, echo_upstream):
         yield server
 
 
+@pytest.fixture(scope="module")
+def hinting_guard(classifier_guard):
+    return classifier_guard.with_policy(HINT_EVERY_LEVEL)
+
+
+@pytest.fixture(scope="module")
+def hint_echo_proxy(hinting_guard, echo_upstream):
+    config = ServeConfig(mode="proxy", upstream=echo_upstream.base_url, check_answers=False)
+    with BackgroundServer(create_app(hinting_guard, config)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hint_local_server(local_guard):
+    with BackgroundServer(create_app(local_guard.with_policy(HINT_EVERY_LEVEL), ServeConfig())) as server:
+        yield server
+
+
 def test_hint_is_appended_to_the_last_user_turn_and_the_rest_forwarded_unchanged(
-    echo_proxy, classifier_guard, requests_by_kind
+    hint_echo_proxy, hinting_guard, requests_by_action
 ):
-    image, prompt = requests_by_kind["image_risk"]  # the demo guard hints on it
-    verdict = classifier_guard.classify(image, prompt)
+    image, prompt = requests_by_action["refuse"]  # hinted under HINT_EVERY_LEVEL
+    verdict = hinting_guard.classify(image, prompt)
     assert verdict.action == "hint"
-    answer = ask(echo_proxy, image, prompt, temperature=0.0, user="someone", extra_body={"top_k": 7}).parse()
+    answer = ask(hint_echo_proxy, image, prompt, temperature=0.0, user="someone", extra_body={"top_k": 7}).parse()
     forwarded = json.loads(answer.choices[0].message.content)
     assert forwarded["top_k"] == 7 and forwarded["user"] == "someone" and forwarded["max_tokens"] == MAX_TOKENS
     text_part = forwarded["messages"][0]["content"][1]
@@ -114,16 +135,16 @@ def test_hint_is_appended_to_the_last_user_turn_and_the_rest_forwarded_unchanged
     assert answer.psaguard["action"] == "hint"
 
 
-def test_allowed_request_is_forwarded_byte_for_byte_in_its_fields(echo_proxy, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+def test_allowed_request_is_forwarded_byte_for_byte_in_its_fields(echo_proxy, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     message = image_message(image, prompt)
     answer = openai_client(echo_proxy).chat.completions.create(model="demo", messages=[message], max_tokens=3)
     assert json.loads(answer.choices[0].message.content) == {"model": "demo", "messages": [message], "max_tokens": 3}
 
 
 @pytest.mark.parametrize("extra", ["data", "base64", "image_url", "file_id", "uri"])
-def test_an_image_url_with_a_second_payload_is_refused_before_judging(echo_proxy, requests_by_kind, extra):
-    benign, harmful = requests_by_kind["benign"][0], requests_by_kind["harmful"][0]
+def test_an_image_url_with_a_second_payload_is_refused_before_judging(echo_proxy, requests_by_action, extra):
+    benign, harmful = requests_by_action["allow"][0], requests_by_action["refuse"][0]
     message = image_message(benign, "what is it ?")
     # the guard would judge `url` while an upstream reading the other field would see the harmful image
     message["content"][0]["image_url"][extra] = data_url(harmful)
@@ -132,9 +153,9 @@ def test_an_image_url_with_a_second_payload_is_refused_before_judging(echo_proxy
     assert caught.value.status_code == 400  # before: judged on `url`, forwarded with both (echo answers 200)
 
 
-def test_unreachable_upstream_is_a_502_after_judging(classifier_guard, requests_by_kind):
-    config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5, check_answers=False)
-    image, prompt = requests_by_kind["benign"]
+def test_unreachable_upstream_is_a_502_after_judging(classifier_guard, requests_by_action):
+    config = ServeConfig(mode="proxy", upstream="http://127.0.0.1:9/v1", upstream_timeout_s=5)
+    image, prompt = requests_by_action["allow"]
     with (
         BackgroundServer(create_app(classifier_guard, config)) as server,
         pytest.raises(openai.APIStatusError) as caught,
@@ -147,19 +168,22 @@ def post_chat(server, body: dict) -> httpx.Response:
     return httpx.post(server.base_url + "/chat/completions", json=body, timeout=60)
 
 
-def test_a_trailing_assistant_turn_is_refused_as_in_local_mode(echo_proxy, local_server, requests_by_kind):
-    image, prompt = requests_by_kind["image_risk"]  # judged 'hint': the hint would land before the prefill
+def test_a_trailing_assistant_turn_is_refused_as_in_local_mode(
+    hint_echo_proxy, hint_local_server, hinting_guard, requests_by_action
+):
+    image, prompt = requests_by_action["refuse"]  # judged 'hint' here: the hint would land before the prefill
+    assert hinting_guard.classify(image, prompt).action == "hint"
     messages = [image_message(image, prompt), {"role": "assistant", "content": "Sure, here is"}]
-    local = post_chat(local_server, {"messages": messages, "max_tokens": 3})
-    proxied = post_chat(echo_proxy, {"messages": messages})
+    local = post_chat(hint_local_server, {"messages": messages, "max_tokens": 3})
+    proxied = post_chat(hint_echo_proxy, {"messages": messages})
     assert proxied.status_code == local.status_code == 400, proxied.text
     assert proxied.json()["error"]["code"] == local.json()["error"]["code"] == "invalid_prompt"
-    continued = post_chat(echo_proxy, {"messages": messages, "continue_final_message": True})
+    continued = post_chat(hint_echo_proxy, {"messages": messages, "continue_final_message": True})
     assert continued.status_code == 400 and continued.json()["error"]["code"] == "unsupported_parameter"
 
 
-def test_only_allow_listed_fields_are_forwarded(echo_proxy, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+def test_only_allow_listed_fields_are_forwarded(echo_proxy, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     message = image_message(image, prompt)
     for field, value in (
         ("chat_template", "{{ messages }}"),
@@ -178,10 +202,10 @@ def test_only_allow_listed_fields_are_forwarded(echo_proxy, requests_by_kind):
     assert forwarded == {"messages": [message], "seed": 3, "stop": ["\n"]}  # 'name' dropped
 
 
-def test_a_hinted_request_whose_last_turn_has_no_content_is_a_400(echo_proxy, requests_by_kind):
-    image, prompt = requests_by_kind["image_risk"]
+def test_a_hinted_request_whose_last_turn_has_no_content_is_a_400(hint_echo_proxy, requests_by_action):
+    image, prompt = requests_by_action["refuse"]  # hinted under HINT_EVERY_LEVEL
     for last in ({"role": "user", "content": None}, {"role": "user"}):
-        response = post_chat(echo_proxy, {"messages": [image_message(image, prompt), last]})
+        response = post_chat(hint_echo_proxy, {"messages": [image_message(image, prompt), last]})
         assert response.status_code == 400, response.text
         assert response.json()["error"]["param"] == "messages[1].content"
 
@@ -205,9 +229,9 @@ def endless_line_upstream():
 
 
 def test_an_upstream_line_over_the_cap_ends_the_stream_with_an_error(
-    classifier_guard, endless_line_upstream, requests_by_kind
+    classifier_guard, endless_line_upstream, requests_by_action
 ):
-    image, prompt = requests_by_kind["benign"]
+    image, prompt = requests_by_action["allow"]
     limits = LimitsConfig(max_sse_line_bytes=256 * 1024)
     config = ServeConfig(mode="proxy", upstream=endless_line_upstream.base_url, limits=limits, check_answers=False)
     body = {"messages": [image_message(image, prompt)], "stream": True}

@@ -123,14 +123,14 @@ def test_cors_preflight_passes_without_a_key_but_requests_still_need_one(local_g
     typed_error(unauthorised, 401, "invalid_api_key")
 
 
-def test_internal_errors_are_counted_by_status_in_metrics(local_guard, requests_by_kind):
+def test_internal_errors_are_counted_by_status_in_metrics(local_guard, requests_by_action):
     broken = local_guard.with_policy(local_guard.policy)
 
     def classify_requests(requests, **kwargs):
         raise ValueError("a bug")
 
     broken.classify_requests = classify_requests
-    image, prompt = requests_by_kind["benign"]
+    image, prompt = requests_by_action["allow"]
     body = {"input": image_message(image, prompt)["content"]}
     with BackgroundServer(create_app(broken), log_level="critical") as serving:
         typed_error(httpx.post(serving.root_url + "/v1/moderations", json=body), 500, "internal_error")

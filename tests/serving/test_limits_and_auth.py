@@ -74,8 +74,8 @@ def test_body_over_the_limit_is_413_with_or_without_content_length(strict_server
     openai_error(response, 413, "body_too_large")
 
 
-def test_limits_on_images_image_bytes_and_prompt_length(strict_server, requests_by_kind):
-    image, _ = requests_by_kind["benign"]
+def test_limits_on_images_image_bytes_and_prompt_length(strict_server, requests_by_action):
+    image, _ = requests_by_action["allow"]
     part = {"type": "image_url", "image_url": {"url": data_url(image)}}
     text = {"type": "text", "text": "hi"}
     openai_error(post(strict_server, "/v1/moderations", {"input": [text, part, part]}), 400, "too_many_images")
@@ -111,8 +111,8 @@ def slow_guard(guard, seconds: float):
     return slow
 
 
-def test_request_not_judged_in_time_fails_closed_with_504(local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+def test_request_not_judged_in_time_fails_closed_with_504(local_guard, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     config = ServeConfig(limits=LimitsConfig(request_timeout_s=0.2))
     body = {"input": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}
     with BackgroundServer(create_app(slow_guard(local_guard, 1.0), config)) as server:
@@ -121,8 +121,8 @@ def test_request_not_judged_in_time_fails_closed_with_504(local_guard, requests_
         assert "results" not in response.json() and error["type"] == "server_error"
 
 
-def test_graceful_shutdown_answers_the_requests_in_flight(local_guard, requests_by_kind):
-    image, prompt = requests_by_kind["benign"]
+def test_graceful_shutdown_answers_the_requests_in_flight(local_guard, requests_by_action):
+    image, prompt = requests_by_action["allow"]
     expected = local_guard.classify(image, prompt)
     body = {"input": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}
     config = ServeConfig(batching=BatchingConfig(max_batch=64))
@@ -163,14 +163,14 @@ def test_a_guard_that_cannot_judge_fails_closed_with_500(guard, images):
     assert chat.status_code == 500 and "choices" not in chat.json()
 
 
-def test_an_unexpected_error_is_a_500_in_openais_shape(local_guard, requests_by_kind):
+def test_an_unexpected_error_is_a_500_in_openais_shape(local_guard, requests_by_action):
     broken = local_guard.with_policy(local_guard.policy)  # a guard of its own, to break
 
     def classify_requests(requests, **kwargs):
         raise ValueError("a bug")
 
     broken.classify_requests = classify_requests
-    image, prompt = requests_by_kind["benign"]
+    image, prompt = requests_by_action["allow"]
     body = {"input": [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": data_url(image)}}]}
     with BackgroundServer(create_app(broken), log_level="critical") as server:
         response = post(server, "/v1/moderations", body, key=None)
@@ -178,8 +178,8 @@ def test_an_unexpected_error_is_a_500_in_openais_shape(local_guard, requests_by_
     assert error["type"] == "server_error" and "a bug" not in error["message"]  # no internals leak
 
 
-def test_images_decode_with_the_guards_formats(strict_server, requests_by_kind):
-    image, _ = requests_by_kind["benign"]
+def test_images_decode_with_the_guards_formats(strict_server, requests_by_action):
+    image, _ = requests_by_action["allow"]
     buffer = io.BytesIO()
     image.convert("RGB").resize((8, 8)).save(buffer, format="BMP")  # BMP is opt-in in the guard's config
     url = "data:image/bmp;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -45,10 +45,13 @@ def test_multimodal_input_gets_the_guards_verdict(local_server, local_guard, req
             )
 
 
-def test_refused_request_is_flagged_under_openais_illicit_category(local_server, requests_by_kind):
-    image, prompt = requests_by_kind["harmful"]  # the demo guard judges it illegal/reject -> refuse
+def test_refused_request_is_flagged_under_the_openai_category_of_its_type(
+    local_server, local_guard, requests_by_action
+):
+    image, prompt = requests_by_action["refuse"]
+    code = local_guard.classify(image, prompt).type.code
     (result,) = openai_client(local_server).moderations.create(input=parts(image, prompt)).results
-    assert result.flagged and result.categories.illicit is True
+    assert result.flagged and result.categories.model_dump()[OPENAI_CATEGORIES.get(code, f"psaguard/{code}")]
     assert result.psaguard["refusal"]
 
 
@@ -77,9 +80,9 @@ def test_corrupt_image_is_a_400_naming_the_part(local_server):
 
 
 @pytest.fixture(scope="module")
-def image_host(requests_by_kind):
+def image_host(requests_by_action):
     """A loopback web server with one PNG and redirects."""
-    image, _ = requests_by_kind["harmful"]
+    image, _ = requests_by_action["refuse"]
     png = base64.b64decode(data_url(image).split(",", 1)[1])
     app = FastAPI()
     app.get("/img.png")(lambda: Response(png, media_type="image/png"))
@@ -89,8 +92,8 @@ def image_host(requests_by_kind):
         yield server
 
 
-def test_remote_images_are_fetched_only_under_an_allowed_prefix(local_guard, requests_by_kind, image_host):
-    image, prompt = requests_by_kind["harmful"]
+def test_remote_images_are_fetched_only_under_an_allowed_prefix(local_guard, requests_by_action, image_host):
+    image, prompt = requests_by_action["refuse"]
     config = ServeConfig(image_url_allowlist=(image_host.root_url + "/img",))
     with BackgroundServer(create_app(local_guard, config)) as server:
 
@@ -107,8 +110,8 @@ def test_remote_images_are_fetched_only_under_an_allowed_prefix(local_guard, req
             assert caught.value.code == code
 
 
-def test_dot_segments_never_leave_an_allowed_prefix(local_guard, requests_by_kind, image_host):
-    _, prompt = requests_by_kind["harmful"]
+def test_dot_segments_never_leave_an_allowed_prefix(local_guard, requests_by_action, image_host):
+    _, prompt = requests_by_action["refuse"]
     config = ServeConfig(image_url_allowlist=(image_host.root_url + "/public/",))
     with BackgroundServer(create_app(local_guard, config)) as server:
         for path in ("/public/../img.png", "/public/%2e%2e/img.png", "/public/..%2Fimg.png", "/public/./../img.png"):

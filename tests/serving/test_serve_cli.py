@@ -32,7 +32,11 @@ def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_demo_server_answers_the_openai_client_and_stops_on_sigterm(requests_by_kind, tmp_path):
+def test_demo_server_answers_the_openai_client_and_stops_on_sigterm(local_guard, requests_by_kind, tmp_path):
+    by_action = {}
+    for image, prompt in requests_by_kind.values():
+        by_action.setdefault(local_guard.classify(image, prompt).action, (image, prompt))
+    assert {"allow", "refuse"} <= set(by_action)  # the demo shows requests its guard lets through and refuses
     port = free_port()
     keys = tmp_path / "keys"
     keys.write_text("secret-key-of-the-test\n")
@@ -60,9 +64,15 @@ def test_demo_server_answers_the_openai_client_and_stops_on_sigterm(requests_by_
         else:
             pytest.fail(f"the server did not become ready: {process.communicate(timeout=10)[1][-2000:]}")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="secret-key-of-the-test", max_retries=0)
-        image, prompt = requests_by_kind["harmful"]
-        answer = client.chat.completions.create(model="psaguard", messages=[image_message(image, prompt)])
+        answer = client.chat.completions.create(model="psaguard", messages=[image_message(*by_action["refuse"])])
         assert answer.choices[0].finish_reason == "content_filter"
+        # answers are checked by default: the demo guard has a response head, so an allowed chat is answered
+        # (a guard without one fails it closed with a 500 response_head_missing)
+        answer = client.chat.completions.create(
+            model="psaguard", messages=[image_message(*by_action["allow"])], max_tokens=8
+        )
+        assert answer.choices[0].finish_reason in ("stop", "length") and answer.choices[0].message.content
+        assert answer.psaguard["action"] == "allow"
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=client.base_url, api_key="wrong", max_retries=0).moderations.create(input="hi")
     finally:

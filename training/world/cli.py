@@ -21,7 +21,7 @@ SIZES: dict[str, tuple[int, int, int, int]] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``world`` command (``build``, ``base``, ``samples``, ``run``) to a CLI's subparsers."""
+    """Add the ``world`` command (``build``, ``base``, ``samples``, ``run``, ``demo-guard``) to a CLI's subparsers."""
     world = subparsers.add_parser("world", help="Synthetic safety world: build data, draw samples, run the experiment.")
     commands = world.add_subparsers(dest="world_command", required=True)
 
@@ -60,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--export-demo", type=Path, help="Also export the trained model and guard as demo assets here.")
     add_log_level_option(run)
     run.set_defaults(func=_run)
+
+    demo = commands.add_parser(
+        "demo-guard", help="Retrain the shipped demo guard with a response head on fresh world rows (docs/world.md)."
+    )
+    demo.add_argument("--out", required=True, type=Path, help="Output directory (world, guards, demo_guard.json).")
+    demo.add_argument(
+        "--steps", type=int, default=1500, help="Stage I steps; one fresh row per example (default 1500)."
+    )
+    demo.add_argument("--seed", type=int, default=0, help="Seed of the world, the run and the examples (default 0).")
+    demo.add_argument("--export", type=Path, help="Write the new guard, headline.json and examples here.")
+    add_log_level_option(demo)
+    demo.set_defaults(func=_demo_guard)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -122,8 +134,19 @@ def _run(args: argparse.Namespace) -> int:
             result.guard_dir,
             args.out / "world",
             args.export_demo,
-            result.correct_ids,
             headline=result.metrics.headline(),
+            seed=args.seed,
         )
     print(result.report.read_text())
+    return 0
+
+
+def _demo_guard(args: argparse.Namespace) -> int:
+    require_extra("train")
+    from psaguard.demo import demo_guard_dir, demo_model_dir
+    from psaguard.training.world.demo_guard import DemoGuardSpec, retrain_demo_guard
+
+    spec = DemoGuardSpec(seed=args.seed, steps=args.steps)
+    result = retrain_demo_guard(spec, args.out, demo_model_dir(), demo_guard_dir(), export=args.export)
+    print(result.model_dump_json(indent=2))
     return 0

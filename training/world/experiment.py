@@ -99,6 +99,11 @@ class ExperimentSpec(BaseModel):
     stage1_lm_weight: float = Field(
         1.0, ge=0, description="LM-loss weight of Stage I; 0 skips the LLM (fast, but llm_tokens stay untrained)."
     )
+    fresh_rows: bool = Field(
+        False,
+        description="Give the world at least stage1.steps x stage1.batch_size train rows, so Stage I sees every "
+        "row once instead of repeating world.n_train rows (the generator draws fresh rows at the same cost).",
+    )
     stage2: StageSettings = Field(
         default_factory=lambda: StageSettings(steps=40, lr=1e-3), description="Stage II (LoRA on the LLM)."
     )
@@ -109,6 +114,14 @@ class ExperimentSpec(BaseModel):
     qlora: bool = Field(False, description="Stage II on a 4-bit NF4 language model (QLoRA) instead of fp32 LoRA.")
     max_new_tokens: int = Field(24, ge=1, description="Greedy tokens per answer (refusals are ~20 words).")
     threads: int | None = Field(1, ge=1, description="torch CPU threads; 1 is fastest for tiny models on busy CPUs.")
+
+    @property
+    def built_world(self) -> WorldSpec:
+        """The world the run builds: ``world``, with as many train rows as Stage I consumes under ``fresh_rows``."""
+        if not self.fresh_rows:
+            return self.world
+        n_train = max(self.world.n_train, self.stage1.steps * self.stage1.batch_size)
+        return self.world.model_copy(update={"n_train": n_train})
 
     @classmethod
     def from_preset(cls, preset: Preset, seed: int = 0, **overrides: Any) -> ExperimentSpec:
@@ -244,7 +257,8 @@ def _stage1(spec: ExperimentSpec, base_dir: Path, world_dir: Path, out: Path, po
         train_with_hints=spec.train_with_hints,
         guard={
             "tokens": {"num_tokens": spec.num_tokens, "init_std": spec.token_init_std},
-            "head": {"pooling": pooling},
+            # the world's harmful answers label every answer: the guard gets a response head to learn them
+            "head": {"pooling": pooling, "response_head": spec.world.harmful_answers > 0},
         },
         **_stage_kwargs(spec.stage1, spec.seed),
     )
@@ -396,7 +410,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
 def _build(spec: ExperimentSpec, out: Path) -> _World:
     """Step 1: build the world and read the splits the experiment uses."""
     directory = out / "world"
-    build_world(directory, spec.world)
+    build_world(directory, spec.built_world)
     return _World(directory, *(read_rows(directory, s) for s in ("train", "test", "attack")))
 
 

@@ -109,9 +109,7 @@ def test_demo_assets_hold_model_guard_examples_and_the_runs_numbers(ci_run, tmp_
 
     result, out = ci_run
     headline = result.metrics.headline()
-    dest = export_demo_assets(
-        result.base_dir, result.guard_dir, out / "world", tmp_path / "demo", result.correct_ids, headline=headline
-    )
+    dest = export_demo_assets(result.base_dir, result.guard_dir, out / "world", tmp_path / "demo", headline=headline)
     assert (dest / "model" / "config.json").is_file() and (dest / "guard" / "psaguard_config.json").is_file()
     examples = [json.loads(line) for line in (dest / "examples.jsonl").read_text().splitlines()]
     assert examples and all((dest / e["image"]).is_file() for e in examples)
