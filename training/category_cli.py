@@ -98,7 +98,7 @@ def run_add(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     """Print the custom categories of a saved guard (its config, checked against the digest in its weights)."""
     from psaguard.config import SafetyGuardConfig
-    from psaguard.guard import WEIGHTS_NAME
+    from psaguard.loading import WEIGHTS_NAME
     from psaguard.serialization import CONFIG_DIGEST_KEY, read_metadata
 
     digest = read_metadata(args.guard / WEIGHTS_NAME).get(CONFIG_DIGEST_KEY)

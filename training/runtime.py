@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from psaguard.errors import ConfigError, DatasetError
-from psaguard.guard import TORCH_DTYPES, SafetyGuard
+from psaguard.guard import SafetyGuard
+from psaguard.loading import TORCH_DTYPES
 from psaguard.serialization import atomic_write_text
 from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from psaguard.errors import ConfigError
-from psaguard.guard import TORCH_DTYPES, SafetyGuard
+from psaguard.guard import SafetyGuard
+from psaguard.loading import TORCH_DTYPES
 from psaguard.training.calibration import calibrated_guard
 from psaguard.training.config import Stage1Config
 from psaguard.training.diagnostics import label_entropy, warn_untrained_llm_tokens

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from psaguard.guard import ADAPTER_NAME, SafetyGuard
+from psaguard.guard import SafetyGuard
+from psaguard.loading import ADAPTER_NAME
 from psaguard.training.collate import IGNORE_INDEX, Collator
 from psaguard.training.config import Stage2Config
 from psaguard.training.data import Example
