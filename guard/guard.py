@@ -340,7 +340,7 @@ class SafetyGuard:
         self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]
     ) -> list[ResponseVerdict]:
         """Judge a batch of answers in one vision pass; same verdicts as one by one."""
-        return self.classifier.analyze_responses(images, prompts, responses)
+        return self.classifier.responses.analyze_responses(images, prompts, responses)
 
     async def aclassify_response(self, image: ImageInput, prompt: str, response: str) -> ResponseVerdict:
         """Async :meth:`classify_response` (runs in a worker thread)."""
@@ -381,7 +381,7 @@ class SafetyGuard:
         self, features: VisionFeatures, prompts: Sequence[str], responses: Sequence[str]
     ) -> HeadLogits:
         """Response-head logits for already encoded images, prompts and answers (differentiable; training)."""
-        return self.classifier.response_head_logits(features, prompts, responses)
+        return self.classifier.responses.response_head_logits(features, prompts, responses)
 
     # ------------------------------------------------------------------ guarded generation (psaguard.generation)
     def generate(
