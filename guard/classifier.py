@@ -3,6 +3,8 @@
 Everything that judges goes through :class:`Classifier`: ``SafetyGuard.classify``, guarded generation (which
 reuses the one vision pass for the answer) and the drop-in wrapper (which encodes the app's own
 ``pixel_values`` and calls :meth:`Classifier.judge`). It fails closed per ``policy.on_error`` in one place.
+Answers are judged by its response side, ``classifier.responses`` (:mod:`psaguard.response_judge`); custom
+categories are added and removed by :mod:`psaguard.category_fitting`.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
-from psaguard.categories import CategoryBank, category_features, category_width, fit_category, new_category
-from psaguard.category_config import CustomCategory, FitMethod, check_categories
+from psaguard.categories import CategoryBank, category_features, category_width
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import (
     CategoryError,
@@ -42,7 +43,7 @@ from psaguard.policy import (
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest, RequestJudgement
 from psaguard.response_judge import RequestContext, ResponseJudge
-from psaguard.verdict import Action, SafetyVerdict
+from psaguard.verdict import SafetyVerdict
 
 # RequestContext lives in psaguard.response_judge; re-exported here for old imports.
 __all__ = ["Classifier", "GuardAnalysis", "RequestContext"]
@@ -111,37 +112,6 @@ class Classifier:
         """The same model and modules with the custom categories of ``bank`` (recorded in the config too)."""
         config = self.config.model_copy(update={"categories": bank.categories})
         return Classifier(self.backbone, self.processor, config, self.modules, bank)
-
-    def with_category(
-        self,
-        code: str,
-        examples: Sequence[tuple[ImageInput, str]],
-        negatives: Sequence[tuple[ImageInput, str]] | None = None,
-        *,
-        level: int,
-        name: str | None = None,
-        concept: str | None = None,
-        action: Action | None = None,
-        method: FitMethod = "auto",
-    ) -> tuple[Classifier, CustomCategory]:
-        """This classifier plus a category fitted on the pooled features of ``examples`` and ``negatives``.
-
-        Code, level and action are checked against the taxonomy and the other categories before any forward
-        pass; :class:`CategoryError` as :meth:`psaguard.guard.SafetyGuard.add_category` says.
-        """
-        probe = new_category(code, level=level, name=name, concept=concept, action=action)
-        check_categories((*self.bank.categories, probe), self.config.taxonomy)
-        positives = self.category_features(*_unzip_pairs(examples))
-        negative_features = self.category_features(*_unzip_pairs(negatives)) if negatives else None
-        category, weight, bias = fit_category(
-            code, positives, negative_features, level=level, name=name, concept=concept, action=action, method=method
-        )
-        return self.with_bank(self.bank.with_category(category, weight, bias)), category
-
-    def without_category(self, code: str) -> tuple[Classifier, CustomCategory]:
-        """This classifier less the category ``code``, and that category; :class:`CategoryError` if absent."""
-        bank = self.bank.without(code)
-        return self.with_bank(bank), self.bank.categories[self.bank.codes.index(code)]
 
     def for_model(self, model: torch.nn.Module) -> Classifier:
         """The same safety modules on another instance of the same architecture (e.g. the model in 4-bit).
@@ -422,12 +392,6 @@ def _group_sizes(requests: Sequence[int]) -> list[int]:
         else:
             sizes.append(1)
     return sizes
-
-
-def _unzip_pairs(pairs: Sequence[tuple[ImageInput, str]]) -> tuple[list[ImageInput], list[str]]:
-    if any(not isinstance(pair, (tuple, list)) or len(pair) != 2 for pair in pairs):
-        raise CategoryError("category examples and negatives are (image, prompt) pairs")
-    return [image for image, _ in pairs], [prompt for _, prompt in pairs]
 
 
 def _category_input(logits: HeadLogits, patches: torch.Tensor) -> torch.Tensor:

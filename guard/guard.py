@@ -14,6 +14,7 @@ import torch
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.categories import CategoryBank
 from psaguard.category_config import CustomCategory, FitMethod
+from psaguard.category_fitting import with_category, without_category
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.config import SafetyGuardConfig
 from psaguard.conversation import PromptInput
@@ -280,15 +281,23 @@ class SafetyGuard:
         :class:`~psaguard.errors.CategoryError` (bad code or level, no examples, non-finite features, examples
         the features cannot tell from the negatives) and typed input errors for bad images or prompts.
         """
-        self.classifier, category = self.classifier.with_category(
-            code, examples, negatives, level=level, name=name, concept=concept, action=action, method=method
+        self.classifier, category = with_category(
+            self.classifier,
+            code,
+            examples,
+            negatives,
+            level=level,
+            name=name,
+            concept=concept,
+            action=action,
+            method=method,
         )
         logger.info("added custom category %r from %d examples", code, category.examples)
         return category
 
     def remove_category(self, code: str) -> CustomCategory:
         """Remove the custom category ``code`` and return it; :class:`~psaguard.errors.CategoryError` if absent."""
-        self.classifier, removed = self.classifier.without_category(code)
+        self.classifier, removed = without_category(self.classifier, code)
         return removed
 
     # ------------------------------------------------------------------ classification
