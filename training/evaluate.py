@@ -169,7 +169,7 @@ def evaluate_guard(
     """Classify every example with ``guard`` (image + judged text) and score the head and the policy."""
     predictions = predict(guard, examples, batch_size)
     report = evaluate_predictions(guard, examples, predictions, bins=bins, dataset=dataset, thresholds=thresholds)
-    if guard.modules.response_head is None or not any(e.has_response_labels for e in examples):
+    if not guard.classifier.has_response_head or not any(e.has_response_labels for e in examples):
         return report
     return report.model_copy(update={"response": evaluate_responses(guard, examples, batch_size=batch_size, bins=bins)})
 
@@ -252,7 +252,7 @@ def _with_uncalibrated(
 ) -> HeadReport:
     """``report`` plus the head's temperature and the calibration of its raw logits."""
     bins_raw, ece_raw = reliability(softmax(logits), labels, bins)
-    temperature = getattr(guard.config.head, f"{head}_temperature")
+    temperature = getattr(guard.classifier.config.head, f"{head}_temperature")
     update = {"temperature": temperature, "ece_uncalibrated": ece_raw, "reliability_uncalibrated": bins_raw}
     return report.model_copy(update=update)
 

@@ -174,13 +174,14 @@ def _encodable(
 
 def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
     """The collator of ``guard``'s model, with the guard's image preprocessing (vision budget, then the family's)."""
+    classifier = guard.classifier
     return Collator(
-        guard.processor,
-        guard.backbone.placeholder_token_id,
-        guard.classifier.preprocess,  # within the vision budget, as the guard judges at inference
+        classifier.processor,
+        classifier.backbone.placeholder_token_id,
+        classifier.preprocess,  # within the vision budget, as the guard judges at inference
         cfg.max_length,
-        guard.config.max_image_pixels,
-        hint=label_hinter(guard.policy, guard.config.taxonomy) if cfg.train_with_hints else None,
+        classifier.config.max_image_pixels,
+        hint=label_hinter(classifier.policy, classifier.config.taxonomy) if cfg.train_with_hints else None,
     )
 
 
@@ -234,7 +235,7 @@ def final_evaluation(guard: SafetyGuard, examples: Sequence[Example] | None, cfg
         return
     from psaguard.training.evaluate import evaluate_guard, write_report
 
-    guard.modules.eval()
+    guard.classifier.modules.eval()
     report = evaluate_guard(guard, examples, batch_size=cfg.eval_batch_size or cfg.batch_size)
     write_report(report, cfg.output_dir / "eval", plots=cfg.plots)
     logger.info(
