@@ -76,7 +76,7 @@ def run_add(args: argparse.Namespace) -> int:
 
     category = new_category(args.code, level=args.level)  # a bad code or level fails before any model loads
     guard = load_guard(args.guard, args.model, classifier_only=args.classifier_only, dtype=args.dtype)
-    taxonomy = guard.config.taxonomy
+    taxonomy = guard.classifier.config.taxonomy
     check_categories((*guard.categories, category), taxonomy)  # before the rows are read with the code as a type
     examples = read_pairs(args.examples, args.code, taxonomy, args.image_root)
     negatives = read_pairs(args.negatives, args.code, taxonomy, args.image_root) if args.negatives else None

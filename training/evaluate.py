@@ -185,7 +185,7 @@ def evaluate_responses(
     verdicts = []
     for start in range(0, len(labelled), batch_size):
         chunk = labelled[start : start + batch_size]
-        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        images = [load_example_image(e, guard.classifier.config.max_image_pixels) for e in chunk]
         verdicts += guard.classify_response_batch(images, [e.prompt for e in chunk], [e.response for e in chunk])
     harmful = [(e.response_level or 0) > 0 for e in labelled]
     probs = np.asarray([[1.0 - v.harm_prob, v.harm_prob] for v in verdicts], dtype=np.float64).reshape(-1, 2)
@@ -209,7 +209,7 @@ def evaluate_predictions(
     thresholds: Sequence[float] = DEFAULT_SWEEP,
 ) -> EvalReport:
     """Score ``guard``'s :func:`~psaguard.training.predict.predict` output on ``examples`` (the head and the policy)."""
-    taxonomy = guard.config.taxonomy
+    taxonomy = guard.classifier.config.taxonomy
     risky = risky_labels(examples, taxonomy)
     level_codes = [lv.code for lv in taxonomy.levels]
     type_codes = [t.code for t in taxonomy.types]

@@ -128,7 +128,10 @@ def load_data(
         if path is None:
             continue
         rows, report = read_jsonl(
-            path, image_root=cfg.image_root, taxonomy=guard.config.taxonomy, skip_invalid=cfg.skip_invalid_rows
+            path,
+            image_root=cfg.image_root,
+            taxonomy=guard.classifier.config.taxonomy,
+            skip_invalid=cfg.skip_invalid_rows,
         )
         needs_answers = getattr(cfg, "lm_loss_weight", 1.0) > 0  # Stage II, and Stage I unless its LM loss is off
         examples[split], reports[split] = _encodable(rows, report, collate, cfg.skip_invalid_rows, needs_answers)
@@ -137,7 +140,7 @@ def load_data(
     warn_unknown_tokens(unknown, cfg.max_unknown_token_rate)
     train = examples["train"]
     if cfg.num_safe is not None:
-        train = balance_safe(train, cfg.num_safe, cfg.seed, guard.config.taxonomy)
+        train = balance_safe(train, cfg.num_safe, cfg.seed, guard.classifier.config.taxonomy)
         logger.info(
             "balanced training data: %d of %d examples (num_safe=%d)", len(train), len(examples["train"]), cfg.num_safe
         )
