@@ -65,7 +65,8 @@ class ResponseJudge:
         :meth:`~psaguard.classifier.Classifier.analyze` ('refuse' replaces the answer). Raises
         :class:`ResponseHeadMissingError` for a guard without a response head.
         """
-        self.classifier.require_response_head()
+        classifier = self.classifier
+        classifier.require_response_head()
         if isinstance(responses, str):
             raise InvalidPromptError("classify_response_batch takes a sequence of responses; use classify_response")
         if isinstance(images, (str, bytes)) or isinstance(prompts, str) or len(images) != len(prompts):
@@ -73,13 +74,13 @@ class ResponseJudge:
         if len(responses) != len(prompts):
             raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
         start = time.perf_counter()
-        loaded, errors = self.classifier.load_inputs(images, prompts, responses)
+        loaded, errors = classifier.load_inputs(images, prompts, responses)
         verdicts: dict[int, ResponseVerdict] = {}
         if loaded:
             try:
                 with torch.inference_mode():
-                    features = self.classifier.backbone.encode_images(
-                        **self.classifier.preprocess([image for _, image, _ in loaded])
+                    features = classifier.backbone.encode_images(
+                        **classifier.preprocess([image for _, image, _ in loaded])
                     )
                     context = self.request_context(features, [prompt for _, _, prompt in loaded], start)
                     judged = self.judge_responses(context, [responses[index] for index, _, _ in loaded], start)
@@ -87,7 +88,7 @@ class ResponseJudge:
                 raise  # non-finite scores under on_error='block'
             except RuntimeError as err:
                 internal = internal_error(err)
-                if self.classifier.policy.on_error == "block":
+                if classifier.policy.on_error == "block":
                     raise internal from err
                 errors.update({index: str(internal) for index, _, _ in loaded})
             else:
@@ -95,9 +96,9 @@ class ResponseJudge:
         for index, reason in errors.items():
             verdicts[index] = response_error_verdict(
                 reason,
-                self.classifier.policy.on_error,
-                self.classifier.policy.response,
-                self.classifier.config.taxonomy,
+                classifier.policy.on_error,
+                classifier.policy.response,
+                classifier.config.taxonomy,
             )
         return [verdicts[i] for i in range(len(prompts))]
 
@@ -111,18 +112,19 @@ class ResponseJudge:
         for a bad prompt, :class:`GuardInternalError` when the vision pass fails; the caller applies
         ``policy.on_error`` (:class:`~psaguard.monitor.AnswerMonitor`).
         """
-        self.classifier.require_response_head()
+        classifier = self.classifier
+        classifier.require_response_head()
         count = len(request.images)
-        check_image_count(count, self.classifier.config.max_images_per_request, "the request")
+        check_image_count(count, classifier.config.max_images_per_request, "the request")
         if not count:
             raise InvalidImageError("the request holds no image, so its answer cannot be judged")
         start = time.perf_counter()
         prompts = [request.prompt] * count
-        loaded, _ = self.classifier.load_inputs(request.images, prompts, strict=True)
+        loaded, _ = classifier.load_inputs(request.images, prompts, strict=True)
         try:
             with torch.inference_mode():
-                features = self.classifier.backbone.encode_images(
-                    **self.classifier.preprocess([image for _, image, _ in loaded], [count])
+                features = classifier.backbone.encode_images(
+                    **classifier.preprocess([image for _, image, _ in loaded], [count])
                 )
             return self.request_context(features, prompts, start, incremental=True)
         except GuardInternalError:
@@ -146,25 +148,22 @@ class ResponseJudge:
         the response head, and with ``incremental`` (a guard with a response head) attends only the tokens it
         has not seen in an earlier judgement of the context (:class:`~psaguard.answer_cache.AnswerCache`).
         """
+        classifier = self.classifier
         with torch.inference_mode():
-            device = self.classifier.modules.head_tokens.device
+            device = classifier.modules.head_tokens.device
             if memory is None:
-                memory = self.classifier.modules.memory(features.patches.to(device))
+                memory = classifier.modules.memory(features.patches.to(device))
             prompts = list(prompts)
-            ids, mask = self.classifier.prompts.encode([*prompts, *([""] * len(prompts))])
-            query = self.classifier.backbone.embed_tokens(ids).to(device)
-            logits = self.classifier.modules.request_logits(memory.repeat(2, 1, 1), query, mask.to(device))
+            ids, mask = classifier.prompts.encode([*prompts, *([""] * len(prompts))])
+            query = classifier.backbone.embed_tokens(ids).to(device)
+            logits = classifier.modules.request_logits(memory.repeat(2, 1, 1), query, mask.to(device))
         rows = list(range(2 * len(prompts)))
-        decided = self.classifier.decide_rows(
-            *self.classifier.calibrated(logits, features.patches.repeat(2, 1, 1)), rows, start
-        )
+        decided = classifier.decide_rows(*classifier.calibrated(logits, features.patches.repeat(2, 1, 1)), rows, start)
         count = len(prompts)
         answers = None
-        if incremental and self.classifier.modules.response_head is not None:
-            prompt_parts = [self.classifier.prompts.prompt_part(prompt) for prompt in prompts]
-            answers = AnswerCache(
-                self.classifier.modules.response_head, memory, prompt_parts, self.classifier.embed_on_head
-            )
+        if incremental and classifier.modules.response_head is not None:
+            prompt_parts = [classifier.prompts.prompt_part(prompt) for prompt in prompts]
+            answers = AnswerCache(classifier.modules.response_head, memory, prompt_parts, classifier.embed_on_head)
         return RequestContext(
             memory=memory,
             prompts=prompts,
@@ -187,23 +186,24 @@ class ResponseJudge:
         context's :class:`~psaguard.answer_cache.AnswerCache` when it has one. Non-finite scores follow
         ``policy.on_error``.
         """
+        classifier = self.classifier
         rows = list(range(len(context.prompts))) if rows is None else list(rows)
-        self.classifier.require_response_head()
+        classifier.require_response_head()
         prompts = [context.prompts[r] for r in rows]
         if context.answers is not None:
             if len(prompts) != len(responses):
                 raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
             parts = context.answers.prompt_ids
-            pairs = [self.classifier.prompts.answer_ids(parts[row], response) for row, response in zip(rows, responses)]
+            pairs = [classifier.prompts.answer_ids(parts[row], response) for row, response in zip(rows, responses)]
             logits = context.answers.logits(rows, pairs)
         else:
             with torch.inference_mode():
-                ids, mask = self.classifier.prompts.encode_pairs(prompts, responses)
-                device = self.classifier.modules.head_tokens.device
-                logits = self.classifier.modules.response_logits(
-                    context.memory[rows], self.classifier.embed_on_head(ids), mask.to(device)
+                ids, mask = classifier.prompts.encode_pairs(prompts, responses)
+                device = classifier.modules.head_tokens.device
+                logits = classifier.modules.response_logits(
+                    context.memory[rows], classifier.embed_on_head(ids), mask.to(device)
                 )
-        head = self.classifier.config.head
+        head = classifier.config.head
         level_probs = F.softmax(logits.level.float() / head.response_level_temperature, dim=-1)
         type_probs = F.softmax(logits.type.float() / head.response_type_temperature, dim=-1)
         elapsed = (time.perf_counter() - start) * 1000.0
@@ -213,14 +213,14 @@ class ResponseJudge:
         for position, row in enumerate(rows):
             if not finite[position]:
                 err = GuardInternalError(f"answer {position}: the response head produced non-finite scores")
-                if self.classifier.policy.on_error == "block":
+                if classifier.policy.on_error == "block":
                     raise err
                 verdicts.append(
                     response_error_verdict(
                         str(err),
-                        self.classifier.policy.on_error,
-                        self.classifier.policy.response,
-                        self.classifier.config.taxonomy,
+                        classifier.policy.on_error,
+                        classifier.policy.response,
+                        classifier.config.taxonomy,
                         tokens_judged,
                     )
                 )
@@ -229,8 +229,8 @@ class ResponseJudge:
                 decide_response(
                     level_rows[position],
                     type_rows[position],
-                    self.classifier.policy.response,
-                    self.classifier.config.taxonomy,
+                    classifier.policy.response,
+                    classifier.config.taxonomy,
                     image=context.image[row],
                     request=context.request[row],
                     tokens_judged=tokens_judged,
@@ -243,8 +243,9 @@ class ResponseJudge:
         self, features: VisionFeatures, prompts: Sequence[str], responses: Sequence[str]
     ) -> HeadLogits:
         """Response-head logits for already encoded images, their prompts and answers (differentiable)."""
-        ids, mask = self.classifier.prompts.encode_pairs(prompts, responses)
-        device = self.classifier.modules.head_tokens.device
-        query = self.classifier.backbone.embed_tokens(ids).to(device)
-        memory = self.classifier.modules.memory(features.patches.to(device))
-        return self.classifier.modules.response_logits(memory, query, mask.to(device))
+        classifier = self.classifier
+        ids, mask = classifier.prompts.encode_pairs(prompts, responses)
+        device = classifier.modules.head_tokens.device
+        query = classifier.backbone.embed_tokens(ids).to(device)
+        memory = classifier.modules.memory(features.patches.to(device))
+        return classifier.modules.response_logits(memory, query, mask.to(device))
