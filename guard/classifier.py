@@ -3,11 +3,12 @@
 Everything that judges goes through :class:`Classifier`: ``SafetyGuard.classify``, guarded generation (which
 reuses the one vision pass for the answer) and the drop-in wrapper (which encodes the app's own
 ``pixel_values`` and calls :meth:`Classifier.judge`). It fails closed per ``policy.on_error`` in one place.
+Answers are judged by its response side, ``classifier.responses`` (:mod:`psaguard.response_judge`); custom
+categories are added and removed by :mod:`psaguard.category_fitting`.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from psaguard.answer_cache import AnswerCache
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
-from psaguard.categories import CategoryBank, category_features, category_width, fit_category, new_category
-from psaguard.category_config import CustomCategory, FitMethod, check_categories
+from psaguard.categories import CategoryBank, category_features, category_width
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import (
     CategoryError,
@@ -29,6 +28,7 @@ from psaguard.errors import (
     InvalidImageError,
     InvalidPromptError,
     ResponseHeadMissingError,
+    internal_error,
 )
 from psaguard.images.decode import ImageInput, check_image_count, load_image
 from psaguard.modules import HeadLogits, SafetyModules
@@ -42,12 +42,11 @@ from psaguard.policy import (
 )
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest, RequestJudgement
-from psaguard.response_policy import decide_response, response_error_verdict
-from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
+from psaguard.response_judge import RequestContext, ResponseJudge
+from psaguard.verdict import SafetyVerdict
 
+# RequestContext lives in psaguard.response_judge; re-exported here for old imports.
 __all__ = ["Classifier", "GuardAnalysis", "RequestContext"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,22 +63,6 @@ class GuardAnalysis:
     judged: list[int]
     logits: HeadLogits | None = None
     memory: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class RequestContext:
-    """What the response side reuses of one vision pass: the heads' memory and the request-side verdicts.
-
-    Row ``i`` is image ``i``: ``memory`` its safety features, ``image`` its verdict with no text, ``request``
-    its verdict with the prompt (they locate the risk of a harmful answer). ``answers``, when set, judges the
-    answers incrementally (the streaming monitor judges the same answers again and again as they grow).
-    """
-
-    memory: torch.Tensor
-    prompts: list[str]
-    image: list[SafetyVerdict]
-    request: list[SafetyVerdict]
-    answers: AnswerCache | None = None
 
 
 class Classifier:
@@ -109,6 +92,8 @@ class Classifier:
                 f"the category bank holds {self.bank.codes}, the config {[c.code for c in config.categories]}"
             )
         self.prompts = PromptEncoder(processor, config.head.max_prompt_tokens, backbone.vocab_size)
+        self.responses = ResponseJudge(self)
+        """The response side: judging answers to requests (:class:`~psaguard.response_judge.ResponseJudge`)."""
 
     @property
     def model(self) -> torch.nn.Module:
@@ -127,37 +112,6 @@ class Classifier:
         """The same model and modules with the custom categories of ``bank`` (recorded in the config too)."""
         config = self.config.model_copy(update={"categories": bank.categories})
         return Classifier(self.backbone, self.processor, config, self.modules, bank)
-
-    def with_category(
-        self,
-        code: str,
-        examples: Sequence[tuple[ImageInput, str]],
-        negatives: Sequence[tuple[ImageInput, str]] | None = None,
-        *,
-        level: int,
-        name: str | None = None,
-        concept: str | None = None,
-        action: Action | None = None,
-        method: FitMethod = "auto",
-    ) -> tuple[Classifier, CustomCategory]:
-        """This classifier plus a category fitted on the pooled features of ``examples`` and ``negatives``.
-
-        Code, level and action are checked against the taxonomy and the other categories before any forward
-        pass; :class:`CategoryError` as :meth:`psaguard.guard.SafetyGuard.add_category` says.
-        """
-        probe = new_category(code, level=level, name=name, concept=concept, action=action)
-        check_categories((*self.bank.categories, probe), self.config.taxonomy)
-        positives = self.category_features(*_unzip_pairs(examples))
-        negative_features = self.category_features(*_unzip_pairs(negatives)) if negatives else None
-        category, weight, bias = fit_category(
-            code, positives, negative_features, level=level, name=name, concept=concept, action=action, method=method
-        )
-        return self.with_bank(self.bank.with_category(category, weight, bias)), category
-
-    def without_category(self, code: str) -> tuple[Classifier, CustomCategory]:
-        """This classifier less the category ``code``, and that category; :class:`CategoryError` if absent."""
-        bank = self.bank.without(code)
-        return self.with_bank(bank), self.bank.categories[self.bank.codes.index(code)]
 
     def for_model(self, model: torch.nn.Module) -> Classifier:
         """The same safety modules on another instance of the same architecture (e.g. the model in 4-bit).
@@ -197,7 +151,7 @@ class Classifier:
         if requests is not None and len(requests) != len(images):
             raise InvalidPromptError(f"got {len(requests)} request indices for {len(images)} images")
         start = time.perf_counter()
-        loaded, errors = self._load(images, prompts)
+        loaded, errors = self.load_inputs(images, prompts)
         verdicts: dict[int, SafetyVerdict] = {}
         features = logits = memory = None
         if loaded:
@@ -213,7 +167,7 @@ class Classifier:
                 loaded, memory = [], None
             else:
                 judged = [index for index, _, _ in loaded]
-                verdicts = self._decide_rows(level_probs, type_probs, custom_probs, judged, start)
+                verdicts = self.decide_rows(level_probs, type_probs, custom_probs, judged, start)
         for index, reason in errors.items():
             verdicts[index] = error_verdict(reason, self.policy, self.config.taxonomy)
         return GuardAnalysis(
@@ -250,7 +204,7 @@ class Classifier:
                 verdicts.append(text_only_verdict(on_text_only, self.policy, self.config.taxonomy))
         return RequestJudgement(verdicts, image_verdicts, rows, analysis.features, analysis.memory)
 
-    # ------------------------------------------------------------------ judging answers
+    # ------------------------------------------------------------------ the response side (psaguard.response_judge)
     @property
     def has_response_head(self) -> bool:
         """True when the guard can judge answers (its modules have a response head)."""
@@ -263,172 +217,6 @@ class Classifier:
                 "this guard has no response head (saved before response checking existed, or built with "
                 "head.response_head=False); retrain it with response labels (docs/responses.md) to check answers"
             )
-
-    def analyze_responses(
-        self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]
-    ) -> list[ResponseVerdict]:
-        """Judge answers to (image, prompt) requests: one vision pass, then the request and response heads.
-
-        No text is generated: the response head reads the pooled safety features with the prompt followed
-        by the answer as its query. Bad inputs and internal failures follow ``policy.on_error`` as in
-        :meth:`analyze` ('refuse' replaces the answer). Raises :class:`ResponseHeadMissingError` for a guard
-        without a response head.
-        """
-        self.require_response_head()
-        if isinstance(responses, str):
-            raise InvalidPromptError("classify_response_batch takes a sequence of responses; use classify_response")
-        if isinstance(images, (str, bytes)) or isinstance(prompts, str) or len(images) != len(prompts):
-            raise InvalidPromptError("give sequences of images and prompts of the same length")
-        if len(responses) != len(prompts):
-            raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
-        start = time.perf_counter()
-        loaded, errors = self._load(images, prompts, responses)
-        verdicts: dict[int, ResponseVerdict] = {}
-        if loaded:
-            try:
-                with torch.inference_mode():
-                    features = self.backbone.encode_images(**self.preprocess([image for _, image, _ in loaded]))
-                    context = self.request_context(features, [prompt for _, _, prompt in loaded], start)
-                    judged = self.judge_responses(context, [responses[index] for index, _, _ in loaded], start)
-            except GuardInternalError:
-                raise  # non-finite scores under on_error='block'
-            except RuntimeError as err:
-                internal = _internal_error(err)
-                if self.policy.on_error == "block":
-                    raise internal from err
-                errors.update({index: str(internal) for index, _, _ in loaded})
-            else:
-                verdicts = {index: verdict for (index, _, _), verdict in zip(loaded, judged)}
-        for index, reason in errors.items():
-            verdicts[index] = response_error_verdict(
-                reason, self.policy.on_error, self.policy.response, self.config.taxonomy
-            )
-        return [verdicts[i] for i in range(len(prompts))]
-
-    def response_context(self, request: GuardRequest) -> RequestContext:
-        """The context that judges answers to ``request``: one vision pass over its images (preprocessed
-        together, as :meth:`judge_requests` does), one row per image, each with the request's judged text.
-
-        Raises :class:`ResponseHeadMissingError`, :class:`InvalidImageError` for a request without images (an
-        answer is judged with the images it was given for) or an unreadable one, :class:`InvalidPromptError`
-        for a bad prompt, :class:`GuardInternalError` when the vision pass fails; the caller applies
-        ``policy.on_error`` (:class:`~psaguard.generation.monitor.AnswerMonitor`).
-        """
-        self.require_response_head()
-        count = len(request.images)
-        check_image_count(count, self.config.max_images_per_request, "the request")
-        if not count:
-            raise InvalidImageError("the request holds no image, so its answer cannot be judged")
-        start = time.perf_counter()
-        prompts = [request.prompt] * count
-        loaded, _ = self._load(request.images, prompts, strict=True)
-        try:
-            with torch.inference_mode():
-                features = self.backbone.encode_images(**self.preprocess([image for _, image, _ in loaded], [count]))
-            return self.request_context(features, prompts, start, incremental=True)
-        except GuardInternalError:
-            raise
-        except RuntimeError as err:
-            raise _internal_error(err) from err
-
-    def request_context(
-        self,
-        features: VisionFeatures,
-        prompts: Sequence[str],
-        start: float,
-        *,
-        incremental: bool = False,
-        memory: torch.Tensor | None = None,
-    ) -> RequestContext:
-        """The memory of ``features`` (one row per prompt) and each row's verdicts with no text and with its prompt.
-
-        Computed once per vision pass (``memory``, when given, is that of ``features`` already computed by the
-        request's judgement: the safety projector does not run again); :meth:`judge_responses` then runs only
-        the response head, and with ``incremental`` (a guard with a response head) attends only the tokens it
-        has not seen in an earlier judgement of the context (:class:`~psaguard.answer_cache.AnswerCache`).
-        """
-        with torch.inference_mode():
-            device = self.modules.head_tokens.device
-            if memory is None:
-                memory = self.modules.memory(features.patches.to(device))
-            prompts = list(prompts)
-            ids, mask = self.prompts.encode([*prompts, *([""] * len(prompts))])
-            query = self.backbone.embed_tokens(ids).to(device)
-            logits = self.modules.request_logits(memory.repeat(2, 1, 1), query, mask.to(device))
-        rows = list(range(2 * len(prompts)))
-        decided = self._decide_rows(*self._calibrated(logits, features.patches.repeat(2, 1, 1)), rows, start)
-        count = len(prompts)
-        answers = None
-        if incremental and self.modules.response_head is not None:
-            prompt_parts = [self.prompts.prompt_part(prompt) for prompt in prompts]
-            answers = AnswerCache(self.modules.response_head, memory, prompt_parts, self._embed_on_head)
-        return RequestContext(
-            memory=memory,
-            prompts=prompts,
-            request=[decided[i] for i in range(count)],
-            image=[decided[count + i] for i in range(count)],
-            answers=answers,
-        )
-
-    def judge_responses(
-        self,
-        context: RequestContext,
-        responses: Sequence[str],
-        start: float,
-        rows: Sequence[int] | None = None,
-        tokens_judged: int | None = None,
-    ) -> list[ResponseVerdict]:
-        """Verdicts for ``responses`` to the requests of ``context`` (its rows ``rows``, default all, in order).
-
-        Runs the response head only (the streaming monitor calls this every few tokens), through the
-        context's :class:`~psaguard.answer_cache.AnswerCache` when it has one. Non-finite scores follow
-        ``policy.on_error``.
-        """
-        rows = list(range(len(context.prompts))) if rows is None else list(rows)
-        self.require_response_head()
-        prompts = [context.prompts[r] for r in rows]
-        if context.answers is not None:
-            if len(prompts) != len(responses):
-                raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
-            parts = context.answers.prompt_ids
-            pairs = [self.prompts.answer_ids(parts[row], response) for row, response in zip(rows, responses)]
-            logits = context.answers.logits(rows, pairs)
-        else:
-            with torch.inference_mode():
-                ids, mask = self.prompts.encode_pairs(prompts, responses)
-                device = self.modules.head_tokens.device
-                logits = self.modules.response_logits(context.memory[rows], self._embed_on_head(ids), mask.to(device))
-        head = self.config.head
-        level_probs = F.softmax(logits.level.float() / head.response_level_temperature, dim=-1)
-        type_probs = F.softmax(logits.type.float() / head.response_type_temperature, dim=-1)
-        elapsed = (time.perf_counter() - start) * 1000.0
-        finite = (level_probs.isfinite().all(-1) & type_probs.isfinite().all(-1)).tolist()
-        level_rows, type_rows = level_probs.tolist(), type_probs.tolist()  # one copy each, not one per row
-        verdicts = []
-        for position, row in enumerate(rows):
-            if not finite[position]:
-                err = GuardInternalError(f"answer {position}: the response head produced non-finite scores")
-                if self.policy.on_error == "block":
-                    raise err
-                verdicts.append(
-                    response_error_verdict(
-                        str(err), self.policy.on_error, self.policy.response, self.config.taxonomy, tokens_judged
-                    )
-                )
-                continue
-            verdicts.append(
-                decide_response(
-                    level_rows[position],
-                    type_rows[position],
-                    self.policy.response,
-                    self.config.taxonomy,
-                    image=context.image[row],
-                    request=context.request[row],
-                    tokens_judged=tokens_judged,
-                    latency_ms=elapsed,
-                )
-            )
-        return verdicts
 
     def judge(self, features: VisionFeatures, prompts: Sequence[str], start: float) -> list[SafetyVerdict]:
         """Verdicts for already encoded images (one per prompt), failing closed exactly like :meth:`analyze`.
@@ -445,13 +233,13 @@ class Classifier:
             with torch.inference_mode():
                 memory, logits = self._memory_and_logits(features, prompts)
         except RuntimeError as err:
-            internal = _internal_error(err)
+            internal = internal_error(err)
             if self.policy.on_error == "block":
                 raise internal from err
             failed = [error_verdict(str(internal), self.policy, self.config.taxonomy) for _ in prompts]
             return GuardAnalysis(verdicts=failed, features=features, judged=[])
         rows = list(range(len(prompts)))
-        verdicts = self._decide_rows(*self._calibrated(logits, features.patches), rows, start)
+        verdicts = self.decide_rows(*self.calibrated(logits, features.patches), rows, start)
         return GuardAnalysis(verdicts=[verdicts[i] for i in rows], features=features, judged=rows, memory=memory)
 
     def head_logits(self, features: VisionFeatures, prompts: Sequence[str]) -> HeadLogits:
@@ -472,33 +260,22 @@ class Classifier:
         """
         if len(images) != len(prompts):
             raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
-        loaded = [image for _, image, _ in self._load(images, prompts, strict=True, what="example")[0]]
+        loaded = [image for _, image, _ in self.load_inputs(images, prompts, strict=True, what="example")[0]]
         rows = []
         for start in range(0, len(loaded), batch_size):
             try:
                 batch = slice(start, start + batch_size)
                 features, _, logits = self._forward(loaded[batch], prompts[batch])
             except RuntimeError as err:
-                raise _internal_error(err) from err
+                raise internal_error(err) from err
             rows.append(_category_input(logits, features.patches).cpu())
         return torch.cat(rows) if rows else torch.zeros(0, self.bank.dim)
 
-    def response_head_logits(
-        self, features: VisionFeatures, prompts: Sequence[str], responses: Sequence[str]
-    ) -> HeadLogits:
-        """Response-head logits for already encoded images, their prompts and answers (differentiable)."""
-        ids, mask = self.prompts.encode_pairs(prompts, responses)
-        device = self.modules.head_tokens.device
-        query = self.backbone.embed_tokens(ids).to(device)
-        memory = self.modules.memory(features.patches.to(device))
-        return self.modules.response_logits(memory, query, mask.to(device))
-
-    # ------------------------------------------------------------------ helpers
-    def _embed_on_head(self, ids: torch.Tensor) -> torch.Tensor:
+    def embed_on_head(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ``ids``, on the safety modules' device."""
         return self.backbone.embed_tokens(ids).to(self.modules.head_tokens.device)
 
-    def _load(
+    def load_inputs(
         self,
         images: Sequence[ImageInput],
         prompts: Sequence[str],
@@ -531,8 +308,8 @@ class Classifier:
         try:
             features, memory, logits = self._forward(images, prompts, grouping)
         except RuntimeError as err:
-            raise _internal_error(err) from err
-        return (features, memory, logits, *self._calibrated(logits, features.patches))
+            raise internal_error(err) from err
+        return (features, memory, logits, *self.calibrated(logits, features.patches))
 
     def preprocess(
         self, images: Sequence[Image.Image], grouping: Sequence[int] | None = None
@@ -560,9 +337,9 @@ class Classifier:
         """The heads' memory of ``features`` and the request head's logits on it (:meth:`head_logits`' values)."""
         ids, mask = self.prompts.encode(prompts)
         memory = self.modules.memory(features.patches.to(self.modules.head_tokens.device))
-        return memory, self.modules.request_logits(memory, self._embed_on_head(ids), mask.to(memory.device))
+        return memory, self.modules.request_logits(memory, self.embed_on_head(ids), mask.to(memory.device))
 
-    def _calibrated(self, logits: HeadLogits, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def calibrated(self, logits: HeadLogits, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Level, type and custom-category probabilities (the categories also read the vision ``patches``); the
         last is (B, 0) for a guard without categories."""
         level_probs = F.softmax(logits.level.float() / self.config.head.level_temperature, dim=-1)
@@ -571,7 +348,7 @@ class Classifier:
             return level_probs, type_probs, level_probs.new_zeros(len(level_probs), 0)
         return level_probs, type_probs, self.bank.probabilities(_category_input(logits, patches))
 
-    def _decide_rows(
+    def decide_rows(
         self,
         level_probs: torch.Tensor,
         type_probs: torch.Tensor,
@@ -617,19 +394,7 @@ def _group_sizes(requests: Sequence[int]) -> list[int]:
     return sizes
 
 
-def _unzip_pairs(pairs: Sequence[tuple[ImageInput, str]]) -> tuple[list[ImageInput], list[str]]:
-    if any(not isinstance(pair, (tuple, list)) or len(pair) != 2 for pair in pairs):
-        raise CategoryError("category examples and negatives are (image, prompt) pairs")
-    return [image for image, _ in pairs], [prompt for _, prompt in pairs]
-
-
 def _category_input(logits: HeadLogits, patches: torch.Tensor) -> torch.Tensor:
     if logits.pooled is None or logits.prompt is None:
         raise GuardInternalError("the safety head returned no pooled features, so custom categories cannot be judged")
     return category_features(logits.pooled, logits.prompt, patches.to(logits.pooled.device))
-
-
-def _internal_error(err: RuntimeError) -> GuardInternalError:
-    # torch raises RuntimeError (and OutOfMemoryError, a subclass) for device, memory and kernel failures
-    logger.warning("guard forward pass failed: %s: %s", type(err).__name__, err)
-    return GuardInternalError(f"the guard failed while judging: {type(err).__name__}: {err}")

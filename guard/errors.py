@@ -6,6 +6,7 @@ narrow ``except`` clause. Input problems, checkpoint problems and policy blocks 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,7 +30,10 @@ __all__ = [
     "ResponseBlocked",
     "ResponseHeadMissingError",
     "UnsupportedModelError",
+    "internal_error",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class PsaGuardError(Exception):
@@ -118,3 +122,11 @@ class ResponseBlocked(PsaGuardError):
     def __init__(self, verdict: ResponseVerdict, message: str | None = None) -> None:
         self.verdict = verdict
         super().__init__(message or f"answer blocked by psaguard response policy (rule {verdict.rule!r})")
+
+
+def internal_error(err: RuntimeError) -> GuardInternalError:
+    """The :class:`GuardInternalError` for a failure of the guard's forward pass (logged as a warning); the caller
+    raises it ``from err`` or turns it into an error verdict per ``policy.on_error``."""
+    # torch raises RuntimeError (and OutOfMemoryError, a subclass) for device, memory and kernel failures
+    logger.warning("guard forward pass failed: %s: %s", type(err).__name__, err)
+    return GuardInternalError(f"the guard failed while judging: {type(err).__name__}: {err}")

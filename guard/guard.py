@@ -11,40 +11,41 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone, unwrap_model
-from psaguard.categories import CategoryBank, category_width
+from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
+from psaguard.categories import CategoryBank
 from psaguard.category_config import CustomCategory, FitMethod
-from psaguard.checkpoints.adapter_files import check_adapter_files
-from psaguard.checkpoints.reader import local_dir
-from psaguard.checkpoints.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata, save_tensors
+from psaguard.category_fitting import with_category, without_category
+from psaguard.checkpoints.serialization import CONFIG_DIGEST_KEY, save_tensors
 from psaguard.classifier import Classifier, GuardAnalysis
-from psaguard.classifier_only import check_adapter_leaves_verdicts, load_classifier_parts
-from psaguard.config import CONFIG_NAME, SafetyGuardConfig
+from psaguard.config import SafetyGuardConfig
 from psaguard.conversation import PromptInput
-from psaguard.dtypes import DTYPE_NAMES, DtypeRequest, config_dtype, dtype_name, parse_dtype, resolve_dtype
-from psaguard.errors import CheckpointError, ConfigError
+from psaguard.dtypes import DtypeRequest, dtype_name
+from psaguard.errors import ConfigError
 from psaguard.generation.generator import GuardedGenerator, ImagesInput
 from psaguard.generation.monitor import AnswerMonitor
 from psaguard.generation.plan import GuardedGeneration
 from psaguard.generation.streaming import AsyncGuardedStream, GuardedStream
 from psaguard.generation.wrapped import GuardedModel
 from psaguard.images.decode import ImageInput
+from psaguard.loading import (
+    ADAPTER_NAME,
+    TORCH_DTYPES,
+    WEIGHTS_NAME,
+    build_modules,
+    load_base_model,
+    load_classifier_model,
+    load_guard_parts,
+)
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest
 from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
 
+# ADAPTER_NAME, TORCH_DTYPES and WEIGHTS_NAME live in psaguard.loading; re-exported here for old imports.
 __all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_NAME = "psaguard_model.safetensors"
-ADAPTER_NAME = "adapter"
-"""Subfolder of a guard directory holding a Stage II LoRA adapter in PEFT's format."""
-
-TORCH_DTYPES: dict[str, torch.dtype] = DTYPE_NAMES
-"""dtype names used by configs -> torch dtypes (:data:`psaguard.dtypes.DTYPE_NAMES`)."""
 
 
 class SafetyGuard:
@@ -111,7 +112,7 @@ class SafetyGuard:
         backbone = resolve_backbone(model)
         backbone.check_processor(processor)  # before any module is built
         config = (config or SafetyGuardConfig()).model_copy(update={"fingerprint": backbone.fingerprint()})
-        return cls(model, processor, config, cls._build_modules(config, backbone, dtype), backbone)
+        return cls(model, processor, config, build_modules(config, backbone, dtype), backbone)
 
     @classmethod
     def from_pretrained(
@@ -142,27 +143,19 @@ class SafetyGuard:
         Raises :class:`~psaguard.errors.CheckpointMismatchError` when the guard was trained for a different
         base model, and :class:`~psaguard.errors.CheckpointError` for missing, truncated or tampered files.
         """
-        directory = _resolve_checkpoint(path, revision)
-        config = _load_config(directory, allow_unverified, accept_edited_config)
-        if policy is not None:
-            config = config.model_copy(update={"policy": policy.validate_against(config.taxonomy)})
-        backbone = resolve_backbone(model)
-        if config.fingerprint is None:
-            raise CheckpointError(f"{directory / CONFIG_NAME} has no base-model fingerprint")
-        backbone.check_processor(processor)  # before any weight is read; adapters may measure sizes on it
-        config.fingerprint.check(backbone.fingerprint())
-        modules = cls._build_modules(config, backbone, dtype)
-        # The saved bank's shapes follow from the config's categories: a file with more, fewer or resized rows fails.
-        width = category_width(backbone.text_hidden_size, backbone.vision_hidden_size)
-        bank_shapes = CategoryBank.expected(len(config.categories), width)
-        expected = {**{name: (t.shape, t.dtype) for name, t in modules.state_dict().items()}, **bank_shapes}
-        tensors = load_tensors(directory / WEIGHTS_NAME, expected, allow_unverified=allow_unverified)
-        bank = CategoryBank.from_tensors(config.categories, tensors) if bank_shapes else None
-        modules.load_state_dict({name: t for name, t in tensors.items() if name not in bank_shapes})
-        adapter = directory / ADAPTER_NAME
-        if load_adapter and (adapter / "adapter_config.json").is_file():
-            model = _load_adapter(model, adapter)
-        return cls(model, processor, config, modules, backbone, bank)
+        return cls(
+            *load_guard_parts(
+                path,
+                model,
+                processor,
+                policy=policy,
+                revision=revision,
+                load_adapter=load_adapter,
+                allow_unverified=allow_unverified,
+                accept_edited_config=accept_edited_config,
+                dtype=dtype,
+            )
+        )
 
     @classmethod
     def load(
@@ -180,18 +173,8 @@ class SafetyGuard:
         :class:`ConfigError` when the model cannot be loaded."""
         if classifier_only:
             return cls.from_pretrained_classifier(path, model_path, device=device, dtype=dtype)
-        # Loaded here: importing transformers' auto classes adds warning filters, and `import psaguard` must not.
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-        device = torch.device(device or "cpu")
-        try:
-            choice = resolve_dtype(dtype, device.type, config_dtype(AutoConfig.from_pretrained(model_path)))
-            logger.info("the model computes in %s (%s)", choice.dtype, choice.reason)
-            model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=choice.torch_dtype)
-            processor = AutoProcessor.from_pretrained(model_path)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"cannot load model {str(model_path)!r}: {err}") from err
-        return cls.from_pretrained(path, model=model.to(device).eval(), processor=processor, dtype=dtype)
+        model, processor = load_base_model(model_path, device=device, dtype=dtype)
+        return cls.from_pretrained(path, model=model, processor=processor, dtype=dtype)
 
     @classmethod
     def from_pretrained_classifier(
@@ -227,14 +210,8 @@ class SafetyGuard:
         base model, :class:`~psaguard.errors.UnsupportedModelError` for a non-LLaVA checkpoint, and
         :class:`~psaguard.errors.CheckpointError` for missing or unreadable files.
         """
-        if dtype is not None and dtype != "auto":
-            parse_dtype(dtype)  # an unknown name fails before anything is read
-        directory = _resolve_checkpoint(path, revision)
-        # A bad or mismatched guard fails before any base-model weight is read (or fetched).
-        fingerprint = SafetyGuardConfig.load(directory).fingerprint
-        check_adapter_leaves_verdicts(directory / ADAPTER_NAME)
-        model, processor = load_classifier_parts(
-            model_path, processor, revision=model_revision, dtype=dtype, device=device, fingerprint=fingerprint
+        directory, model, processor = load_classifier_model(
+            path, model_path, processor, revision=revision, model_revision=model_revision, dtype=dtype, device=device
         )
         return cls.from_pretrained(
             directory,
@@ -304,15 +281,23 @@ class SafetyGuard:
         :class:`~psaguard.errors.CategoryError` (bad code or level, no examples, non-finite features, examples
         the features cannot tell from the negatives) and typed input errors for bad images or prompts.
         """
-        self.classifier, category = self.classifier.with_category(
-            code, examples, negatives, level=level, name=name, concept=concept, action=action, method=method
+        self.classifier, category = with_category(
+            self.classifier,
+            code,
+            examples,
+            negatives,
+            level=level,
+            name=name,
+            concept=concept,
+            action=action,
+            method=method,
         )
         logger.info("added custom category %r from %d examples", code, category.examples)
         return category
 
     def remove_category(self, code: str) -> CustomCategory:
         """Remove the custom category ``code`` and return it; :class:`~psaguard.errors.CategoryError` if absent."""
-        self.classifier, removed = self.classifier.without_category(code)
+        self.classifier, removed = without_category(self.classifier, code)
         return removed
 
     # ------------------------------------------------------------------ classification
@@ -364,7 +349,7 @@ class SafetyGuard:
         self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]
     ) -> list[ResponseVerdict]:
         """Judge a batch of answers in one vision pass; same verdicts as one by one."""
-        return self.classifier.analyze_responses(images, prompts, responses)
+        return self.classifier.responses.analyze_responses(images, prompts, responses)
 
     async def aclassify_response(self, image: ImageInput, prompt: str, response: str) -> ResponseVerdict:
         """Async :meth:`classify_response` (runs in a worker thread)."""
@@ -405,7 +390,7 @@ class SafetyGuard:
         self, features: VisionFeatures, prompts: Sequence[str], responses: Sequence[str]
     ) -> HeadLogits:
         """Response-head logits for already encoded images, prompts and answers (differentiable; training)."""
-        return self.classifier.response_head_logits(features, prompts, responses)
+        return self.classifier.responses.response_head_logits(features, prompts, responses)
 
     # ------------------------------------------------------------------ guarded generation (psaguard.generation)
     def generate(
@@ -492,16 +477,6 @@ class SafetyGuard:
     def _generator(self, options: GenerationOptions | None) -> GuardedGenerator:
         return GuardedGenerator(self.classifier, options)
 
-    @staticmethod
-    def _build_modules(config: SafetyGuardConfig, backbone: Backbone, dtype: DtypeRequest = None) -> SafetyModules:
-        """The modules on the model's device, in ``dtype``, else ``config.dtype``, where "auto" follows the model's
-        embeddings unless the device has no fast path for their dtype (a bfloat16 model on most CPUs)."""
-        requested = dtype if dtype is not None else config.dtype
-        choice = resolve_dtype(requested, backbone.device, backbone.embedding_dtype)
-        logger.info("safety modules compute in %s (%s)", choice.dtype, choice.reason)
-        modules = SafetyModules(config, backbone.vision_hidden_size, backbone.text_hidden_size)
-        return modules.to(device=backbone.device, dtype=choice.torch_dtype).eval()
-
     def __repr__(self) -> str:
         fingerprint = self.config.fingerprint
         return (
@@ -509,54 +484,3 @@ class SafetyGuard:
             f"pooling={self.config.head.pooling!r}, tokens={self.config.tokens.num_tokens}, "
             f"params={sum(p.numel() for p in self.modules.parameters()):,}, dtypes={self.compute_dtypes})"
         )
-
-
-def _load_adapter(model: torch.nn.Module, adapter: Path) -> torch.nn.Module:
-    """``model`` wrapped with the PEFT adapter saved in ``adapter``."""
-    if unwrap_model(model) is not model:
-        # PEFT would nest the wrappers, find none of the adapter's keys and load nothing (only a warning).
-        raise CheckpointError(
-            f"{adapter} holds the guard's Stage II LoRA adapter, and the model is already wrapped (PEFT); pass the "
-            "bare model (model.get_base_model(), or merge_and_unload() to keep your adapter's effect), or "
-            "load_adapter=False to keep your adapters and skip the guard's"
-        )
-    try:
-        from peft import PeftModel
-    except ImportError as err:
-        raise CheckpointError(f"{adapter} holds a LoRA adapter; install peft (psaguard[train]) to load it") from err
-    check_adapter_files(adapter)
-    logger.info("loading LoRA adapter %s into the model", adapter)
-    try:
-        return PeftModel.from_pretrained(model, str(adapter))
-    # TypeError: a config value of a type PEFT did not expect, past the checks of check_adapter_files.
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"cannot load the LoRA adapter in {adapter}: {err}") from err
-
-
-def _load_config(directory: Path, allow_unverified: bool, accept_edited: bool) -> SafetyGuardConfig:
-    """The saved config, checked against the digest recorded in the weights beside it."""
-    recorded = read_metadata(directory / WEIGHTS_NAME).get(CONFIG_DIGEST_KEY)
-    if recorded is None and not allow_unverified:
-        raise CheckpointError(
-            f"{directory / WEIGHTS_NAME} records no digest of {CONFIG_NAME}, so an edited config cannot be "
-            "detected; pass allow_unverified=True to load it anyway, then save_pretrained() to record one"
-        )
-    return SafetyGuardConfig.load(directory, digest=recorded, accept_edited=accept_edited)
-
-
-def _resolve_checkpoint(path: str | Path, revision: str | None) -> Path:
-    """A local directory as is; otherwise download the guard files of a hub repo."""
-    local = local_dir(path, "a saved guard")
-    if local is not None:
-        return local
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                str(path), revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, f"{ADAPTER_NAME}/*"]
-            )
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
-        raise CheckpointError(f"cannot fetch guard {path!r} from the hub: {err}") from err

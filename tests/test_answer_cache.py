@@ -37,8 +37,8 @@ def test_incremental_judgements_equal_whole_ones_as_answers_grow_past_truncation
     classifier = guard.classifier
     prompts = [QUESTION, "describe the picture"]
     features = classifier.backbone.encode_images(**classifier.preprocess(images[:2]))
-    whole = classifier.request_context(features, prompts, 0.0)
-    growing = classifier.request_context(features, prompts, 0.0, incremental=True)
+    whole = classifier.responses.request_context(features, prompts, 0.0)
+    growing = classifier.responses.request_context(features, prompts, 0.0, incremental=True)
     assert whole.answers is None and growing.answers is not None
     rng = random.Random(0)
     words: list[list[str]] = [[], []]
@@ -48,15 +48,14 @@ def test_incremental_judgements_equal_whole_ones_as_answers_grow_past_truncation
         texts = [" ".join(answer) for answer in words]
         rows = [0, 1] if step % 3 else [1]  # both rows in one batch, or one alone
         texts = texts if step % 3 else texts[1:]
-        assert_same(
-            classifier.judge_responses(growing, texts, 0.0, rows), classifier.judge_responses(whole, texts, 0.0, rows)
-        )
+        judge = classifier.responses.judge_responses
+        assert_same(judge(growing, texts, 0.0, rows), judge(whole, texts, 0.0, rows))
 
 
 def test_every_judgement_of_the_monitor_equals_classify_response_of_its_text(tiny_model, tiny_processor, images):
     guard = random_guard(tiny_model, tiny_processor, interval=1, window=1)
     classifier = guard.classifier
-    original = classifier.judge_responses
+    original = classifier.responses.judge_responses
     judged: list[tuple[str, object]] = []
 
     def recording(context, responses, start, rows=None, tokens_judged=None):
@@ -64,9 +63,9 @@ def test_every_judgement_of_the_monitor_equals_classify_response_of_its_text(tin
         judged.extend(zip(responses, verdicts))
         return verdicts
 
-    classifier.judge_responses = recording
+    classifier.responses.judge_responses = recording
     result = guard.generate(images[0], QUESTION, max_new_tokens=20, min_new_tokens=20, do_sample=False)
-    del classifier.judge_responses
+    del classifier.responses.judge_responses
     assert result.completion_tokens == 20 and len(judged) >= 20  # judged at every token, then at the end
     fresh = guard.classify_response_batch([images[0]] * len(judged), [QUESTION] * len(judged), [t for t, _ in judged])
     assert_same([verdict for _, verdict in judged], fresh)

@@ -44,7 +44,7 @@ def flag_from_judgement(guard: SafetyGuard, first_flagged: int) -> list[int]:
     """Make the guard's response judgements flag every answer from its ``first_flagged``-th call on; returns the
     lengths (characters) of the answers the monitor judged (the real judgement runs too)."""
     classifier = guard.classifier
-    original = classifier.judge_responses
+    original = classifier.responses.judge_responses
     lengths: list[int] = []
 
     def judge(context, responses, start, rows=None, tokens_judged=None):
@@ -58,7 +58,7 @@ def flag_from_judgement(guard: SafetyGuard, first_flagged: int) -> list[int]:
         flagged = decide_response([0.0, 0.0, 0.0, 1.0], types, classifier.policy.response, taxonomy)
         return [flagged for _ in verdicts]
 
-    classifier.judge_responses = judge
+    classifier.responses.judge_responses = judge
     return lengths
 
 
@@ -106,7 +106,7 @@ def test_a_flagged_answer_stops_and_only_the_judged_prefix_is_released(tiny_mode
     prefix = result.text[: -len("Stopped.")]
     assert prefix and full.startswith(prefix)
     # generate gives the same text as the stream delivered.
-    del guard.classifier.judge_responses  # back to the real method, then patched afresh
+    del guard.classifier.responses.judge_responses  # back to the real method, then patched afresh
     flag_from_judgement(guard, first_flagged=3)
     assert guard.generate(images[0], QUESTION, **LONG).text == result.text
 
@@ -175,14 +175,14 @@ def test_an_answer_ending_between_judgements_is_judged_at_its_eos(tiny_model, ti
             return [eos]
         return [token for token in range(vocabulary) if token != eos]
 
-    original = guard.classifier.judge_responses
+    original = guard.classifier.responses.judge_responses
     judged_rows: list[list[int]] = []
 
     def recording(context, responses, start, rows=None, tokens_judged=None):
         judged_rows.append(list(rows))
         return original(context, responses, start, rows, tokens_judged)
 
-    guard.classifier.judge_responses = recording
+    guard.classifier.responses.judge_responses = recording
     prompts = [QUESTION, "describe the picture"]
     results = guard.generate_batch(
         images[:2], prompts, max_new_tokens=12, do_sample=False, prefix_allowed_tokens_fn=force

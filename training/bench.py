@@ -250,12 +250,12 @@ def run_bench(
     results = []
     for suite in suites:
         examples, dataset = read_jsonl(
-            suite.path, image_root=suite.image_root, taxonomy=guard.config.taxonomy, skip_invalid=True
+            suite.path, image_root=suite.image_root, taxonomy=guard.classifier.config.taxonomy, skip_invalid=True
         )
         predictions = predict(guard, examples, batch_size)
         report = evaluate_predictions(guard, examples, predictions, dataset=dataset)
         write_report(report, out / suite.name, plots=plots)
-        risky = risky_labels(examples, guard.config.taxonomy)
+        risky = risky_labels(examples, guard.classifier.config.taxonomy)
         answers = None
         if generate:
             answers = generation_metrics(guard, examples, risky, out / suite.name, batch_size, max_new_tokens)
@@ -294,7 +294,7 @@ def generation_metrics(
     lines, refused, hinted = [], [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        images = [load_example_image(e, guard.classifier.config.max_image_pixels) for e in chunk]
         prompts = [e.turns[0][0] if len(e.turns) == 1 else e.request() for e in chunk]
         results = guard.generate_batch(
             images, prompts, return_blocked=True, do_sample=False, max_new_tokens=max_new_tokens
@@ -323,7 +323,7 @@ def generation_metrics(
 def _per_label(
     examples: Sequence[Example], risky: Sequence[bool], flagged: Sequence[bool], guard: SafetyGuard
 ) -> dict[str, LabelRates]:
-    codes = [t.code for t in guard.config.taxonomy.types]
+    codes = [t.code for t in guard.classifier.config.taxonomy.types]
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for example, is_risky, is_flagged in zip(examples, risky, flagged):
         key = example.source_label or f"type:{codes[example.type]}"  # rows without a source label: their type

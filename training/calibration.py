@@ -174,7 +174,7 @@ def calibrate_guard(
     )
     update = {"level_temperature": result.level.temperature, "type_temperature": result.type.temperature}
     labelled = [e for e in examples if e.has_response_labels]
-    if guard.modules.response_head is not None and labelled:
+    if guard.classifier.has_response_head and labelled:
         level_logits, type_logits = response_logits(guard, labelled, batch_size)
         result = result.model_copy(
             update={
@@ -185,8 +185,8 @@ def calibrate_guard(
         )
         update["response_level_temperature"] = result.response_level.temperature  # type: ignore[union-attr]
         update["response_type_temperature"] = result.response_type.temperature  # type: ignore[union-attr]
-    head = guard.config.head.model_copy(update=update)
-    return guard.config.model_copy(update={"head": head}), result
+    config = guard.classifier.config
+    return config.model_copy(update={"head": config.head.model_copy(update=update)}), result
 
 
 def calibrated_guard(
@@ -199,7 +199,8 @@ def calibrated_guard(
     config's digest.
     """
     config, result = calibrate_guard(guard, examples, batch_size)
-    calibrated = type(guard)(guard.model, guard.processor, config, guard.modules, guard.backbone, guard.classifier.bank)
+    parts = guard.classifier.with_config(config)
+    calibrated = type(guard)(parts.model, parts.processor, config, parts.modules, parts.backbone, parts.bank)
     heads = [("level", result.level), ("type", result.type)]
     responses = (("response level", result.response_level), ("response type", result.response_type))
     heads += [(name, head) for name, head in responses if head is not None]

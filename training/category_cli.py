@@ -76,7 +76,7 @@ def run_add(args: argparse.Namespace) -> int:
 
     category = new_category(args.code, level=args.level)  # a bad code or level fails before any model loads
     guard = load_guard(args.guard, args.model, classifier_only=args.classifier_only, dtype=args.dtype)
-    taxonomy = guard.config.taxonomy
+    taxonomy = guard.classifier.config.taxonomy
     check_categories((*guard.categories, category), taxonomy)  # before the rows are read with the code as a type
     examples = read_pairs(args.examples, args.code, taxonomy, args.image_root)
     negatives = read_pairs(args.negatives, args.code, taxonomy, args.image_root) if args.negatives else None
@@ -99,7 +99,7 @@ def run_list(args: argparse.Namespace) -> int:
     """Print the custom categories of a saved guard (its config, checked against the digest in its weights)."""
     from psaguard.checkpoints.serialization import CONFIG_DIGEST_KEY, read_metadata
     from psaguard.config import SafetyGuardConfig
-    from psaguard.guard import WEIGHTS_NAME
+    from psaguard.loading import WEIGHTS_NAME
 
     digest = read_metadata(args.guard / WEIGHTS_NAME).get(CONFIG_DIGEST_KEY)
     config = SafetyGuardConfig.load(args.guard, digest=digest)

@@ -217,7 +217,7 @@ def _guard_and_data(args: argparse.Namespace):
     model, processor = _load(model_id, args.load_in_4bit, args.cpu, args.dtype)
     guard = SafetyGuard.from_pretrained(args.guard, model, processor, load_adapter=False, dtype=args.dtype)
     examples, dataset = read_jsonl(
-        args.data, image_root=args.image_root, taxonomy=guard.config.taxonomy, skip_invalid=args.skip_invalid
+        args.data, image_root=args.image_root, taxonomy=guard.classifier.config.taxonomy, skip_invalid=args.skip_invalid
     )
     return guard, examples, dataset
 

@@ -169,7 +169,7 @@ def evaluate_guard(
     """Classify every example with ``guard`` (image + judged text) and score the head and the policy."""
     predictions = predict(guard, examples, batch_size)
     report = evaluate_predictions(guard, examples, predictions, bins=bins, dataset=dataset, thresholds=thresholds)
-    if guard.modules.response_head is None or not any(e.has_response_labels for e in examples):
+    if not guard.classifier.has_response_head or not any(e.has_response_labels for e in examples):
         return report
     return report.model_copy(update={"response": evaluate_responses(guard, examples, batch_size=batch_size, bins=bins)})
 
@@ -185,7 +185,7 @@ def evaluate_responses(
     verdicts = []
     for start in range(0, len(labelled), batch_size):
         chunk = labelled[start : start + batch_size]
-        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        images = [load_example_image(e, guard.classifier.config.max_image_pixels) for e in chunk]
         verdicts += guard.classify_response_batch(images, [e.prompt for e in chunk], [e.response for e in chunk])
     harmful = [(e.response_level or 0) > 0 for e in labelled]
     probs = np.asarray([[1.0 - v.harm_prob, v.harm_prob] for v in verdicts], dtype=np.float64).reshape(-1, 2)
@@ -209,7 +209,7 @@ def evaluate_predictions(
     thresholds: Sequence[float] = DEFAULT_SWEEP,
 ) -> EvalReport:
     """Score ``guard``'s :func:`~psaguard.training.predict.predict` output on ``examples`` (the head and the policy)."""
-    taxonomy = guard.config.taxonomy
+    taxonomy = guard.classifier.config.taxonomy
     risky = risky_labels(examples, taxonomy)
     level_codes = [lv.code for lv in taxonomy.levels]
     type_codes = [t.code for t in taxonomy.types]
@@ -252,7 +252,7 @@ def _with_uncalibrated(
 ) -> HeadReport:
     """``report`` plus the head's temperature and the calibration of its raw logits."""
     bins_raw, ece_raw = reliability(softmax(logits), labels, bins)
-    temperature = getattr(guard.config.head, f"{head}_temperature")
+    temperature = getattr(guard.classifier.config.head, f"{head}_temperature")
     update = {"temperature": temperature, "ece_uncalibrated": ece_raw, "reliability_uncalibrated": bins_raw}
     return report.model_copy(update=update)
 

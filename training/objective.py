@@ -54,20 +54,21 @@ class GuardObjective(nn.Module):
     def __init__(self, guard: SafetyGuard, model: nn.Module, lm_weight: float, head_weight: float) -> None:
         super().__init__()
         self.model = model
-        self.safety = guard.modules
-        self.guard = guard
+        self.classifier = guard.classifier
+        """What the objective trains and calls (the guard's classifier: its backbone, modules and heads)."""
+        self.safety = self.classifier.modules
         self.lm_weight = lm_weight
         self.head_weight = head_weight
-        self.inject_llm_tokens = guard.config.tokens.inject_llm_tokens
-        self.pad_id = pad_token_id(guard.prompts.tokenizer)
+        self.inject_llm_tokens = self.classifier.config.tokens.inject_llm_tokens
+        self.pad_id = pad_token_id(self.classifier.prompts.tokenizer)
 
     def forward(self, batch: Batch) -> StepOutput:
-        backbone = self.guard.backbone
+        backbone = self.classifier.backbone
         with torch.no_grad():
             features = backbone.encode_images(batch.pixel_values, **batch.image_inputs)
             projected = backbone.project(features) if self.lm_weight > 0 else None
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.head_weight > 0):
-            logits = self.guard.head_logits(features, batch.prompts)
+            logits = self.classifier.head_logits(features, batch.prompts)
             level = batch.level.to(logits.level.device)
             kind = batch.type.to(logits.type.device)
             head_loss = F.cross_entropy(logits.level.float(), level) + F.cross_entropy(logits.type.float(), kind)
@@ -98,7 +99,7 @@ class GuardObjective(nn.Module):
         rows = (batch.response_level != IGNORE_INDEX).nonzero().flatten().tolist()
         if not rows:
             return None
-        logits = self.guard.response_head_logits(
+        logits = self.classifier.responses.response_head_logits(
             features.subset(rows), [batch.prompts[r] for r in rows], [batch.responses[r] for r in rows]
         )
         level = batch.response_level[rows].to(logits.level.device)
@@ -110,12 +111,12 @@ class GuardObjective(nn.Module):
         inputs = build_llm_inputs(
             _unpadded(batch.input_ids, batch.attention_mask),
             projected,
-            layout=self.guard.backbone.image_layout(features, projected),
+            layout=self.classifier.backbone.image_layout(features, projected),
             pad_token_id=self.pad_id,
             llm_tokens=self.safety.llm_tokens if self.inject_llm_tokens else None,
             labels=_unpadded(batch.labels, batch.attention_mask),
             padding_side="right",  # as the collator pads: every row's positions start at 0
-            device=self.guard.backbone.device,
+            device=self.classifier.backbone.device,
         )
         return self.model(**inputs.model_kwargs(), use_cache=False).loss.float()
 

@@ -47,14 +47,15 @@ def predict(guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 1
     Raises:
         DatasetError: An example could not be judged (its image or text is invalid), naming its file and line.
     """
-    guard.modules.eval()
+    classifier = guard.classifier
+    classifier.modules.eval()
     verdicts: list[SafetyVerdict] = []
     level, kind = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        images = [load_example_image(e, classifier.config.max_image_pixels) for e in chunk]
         prompts = [e.prompt for e in chunk]
-        analysis = guard.analyze(images, prompts)
+        analysis = classifier.analyze(images, prompts)
         logits = analysis.logits
         if logits is None or len(analysis.judged) != len(chunk):
             bad = next(i for i in range(len(chunk)) if i not in analysis.judged)
@@ -62,7 +63,7 @@ def predict(guard: SafetyGuard, examples: Sequence[Example], batch_size: int = 1
         verdicts += analysis.verdicts
         level.append(logits.level.float().cpu().numpy())
         kind.append(logits.type.float().cpu().numpy())
-    taxonomy = guard.config.taxonomy
+    taxonomy = classifier.config.taxonomy
     return Predictions(
         verdicts=verdicts,
         level_logits=np.concatenate(level).astype(np.float64) if level else np.zeros((0, taxonomy.num_levels)),
@@ -77,18 +78,20 @@ def response_logits(
 
     Raises :class:`~psaguard.errors.ResponseHeadMissingError` for a guard without a response head.
     """
-    guard.classifier.require_response_head()
-    guard.modules.eval()
+    classifier = guard.classifier
+    classifier.require_response_head()
+    classifier.modules.eval()
     level, kind = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        images = [load_example_image(e, guard.config.max_image_pixels) for e in chunk]
+        images = [load_example_image(e, classifier.config.max_image_pixels) for e in chunk]
         with torch.inference_mode():
-            features = guard.backbone.encode_images(**guard.classifier.preprocess(images))
-            logits = guard.response_head_logits(features, [e.prompt for e in chunk], [e.response for e in chunk])
+            features = classifier.backbone.encode_images(**classifier.preprocess(images))
+            answers = [e.response for e in chunk]
+            logits = classifier.responses.response_head_logits(features, [e.prompt for e in chunk], answers)
         level.append(logits.level.float().cpu().numpy())
         kind.append(logits.type.float().cpu().numpy())
-    taxonomy = guard.config.taxonomy
+    taxonomy = classifier.config.taxonomy
     return (
         np.concatenate(level).astype(np.float64) if level else np.zeros((0, taxonomy.num_levels)),
         np.concatenate(kind).astype(np.float64) if kind else np.zeros((0, taxonomy.num_types)),

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from psaguard.backbones import Backbone, registered_backbones
-from psaguard.guard import TORCH_DTYPES
+from psaguard.loading import TORCH_DTYPES
 from psaguard.training.config import LoraSettings, QuantConfig, llm_linear_pattern
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from torch import nn
 
 from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import ConfigError, DatasetError
-from psaguard.guard import TORCH_DTYPES, SafetyGuard
+from psaguard.guard import SafetyGuard
+from psaguard.loading import TORCH_DTYPES
 from psaguard.training.checkpoint import TrainState
 from psaguard.training.collate import Collator
 from psaguard.training.config import CONFIG_FILE_NAME, QuantConfig, TrainConfig
@@ -127,7 +128,10 @@ def load_data(
         if path is None:
             continue
         rows, report = read_jsonl(
-            path, image_root=cfg.image_root, taxonomy=guard.config.taxonomy, skip_invalid=cfg.skip_invalid_rows
+            path,
+            image_root=cfg.image_root,
+            taxonomy=guard.classifier.config.taxonomy,
+            skip_invalid=cfg.skip_invalid_rows,
         )
         needs_answers = getattr(cfg, "lm_loss_weight", 1.0) > 0  # Stage II, and Stage I unless its LM loss is off
         examples[split], reports[split] = _encodable(rows, report, collate, cfg.skip_invalid_rows, needs_answers)
@@ -136,7 +140,7 @@ def load_data(
     warn_unknown_tokens(unknown, cfg.max_unknown_token_rate)
     train = examples["train"]
     if cfg.num_safe is not None:
-        train = balance_safe(train, cfg.num_safe, cfg.seed, guard.config.taxonomy)
+        train = balance_safe(train, cfg.num_safe, cfg.seed, guard.classifier.config.taxonomy)
         logger.info(
             "balanced training data: %d of %d examples (num_safe=%d)", len(train), len(examples["train"]), cfg.num_safe
         )
@@ -173,13 +177,14 @@ def _encodable(
 
 def build_collator(guard: SafetyGuard, cfg: TrainConfig) -> Collator:
     """The collator of ``guard``'s model, with the guard's image preprocessing (vision budget, then the family's)."""
+    classifier = guard.classifier
     return Collator(
-        guard.processor,
-        guard.backbone.placeholder_token_id,
-        guard.classifier.preprocess,  # within the vision budget, as the guard judges at inference
+        classifier.processor,
+        classifier.backbone.placeholder_token_id,
+        classifier.preprocess,  # within the vision budget, as the guard judges at inference
         cfg.max_length,
-        guard.config.max_image_pixels,
-        hint=label_hinter(guard.policy, guard.config.taxonomy) if cfg.train_with_hints else None,
+        classifier.config.max_image_pixels,
+        hint=label_hinter(classifier.policy, classifier.config.taxonomy) if cfg.train_with_hints else None,
     )
 
 
@@ -233,7 +238,7 @@ def final_evaluation(guard: SafetyGuard, examples: Sequence[Example] | None, cfg
         return
     from psaguard.training.evaluate import evaluate_guard, write_report
 
-    guard.modules.eval()
+    guard.classifier.modules.eval()
     report = evaluate_guard(guard, examples, batch_size=cfg.eval_batch_size or cfg.batch_size)
     write_report(report, cfg.output_dir / "eval", plots=cfg.plots)
     logger.info(

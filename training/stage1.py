@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from psaguard.errors import ConfigError
-from psaguard.guard import TORCH_DTYPES, SafetyGuard
+from psaguard.guard import SafetyGuard
+from psaguard.loading import TORCH_DTYPES
 from psaguard.training.calibration import calibrated_guard
 from psaguard.training.config import Stage1Config
 from psaguard.training.diagnostics import label_entropy, warn_untrained_llm_tokens
@@ -59,15 +60,16 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
     else:
         guard = SafetyGuard.attach(model, processor, cfg.guard)
     # Trainable modules keep full-precision weights by default (as master weights would), whatever the model's dtype.
-    guard.modules.to(dtype=TORCH_DTYPES[cfg.modules_dtype]).requires_grad_(True)
-    if cfg.lm_loss_weight == 0 or not guard.config.tokens.inject_llm_tokens:
-        guard.modules.llm_tokens.requires_grad_(False)  # nothing would train them
-    warn_untrained_llm_tokens(guard.config.tokens.inject_llm_tokens, cfg.lm_loss_weight, cfg.init_guard is not None)
+    modules, inject_llm_tokens = guard.classifier.modules, guard.classifier.config.tokens.inject_llm_tokens
+    modules.to(dtype=TORCH_DTYPES[cfg.modules_dtype]).requires_grad_(True)
+    if cfg.lm_loss_weight == 0 or not inject_llm_tokens:
+        modules.llm_tokens.requires_grad_(False)  # nothing would train them
+    warn_untrained_llm_tokens(inject_llm_tokens, cfg.lm_loss_weight, cfg.init_guard is not None)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
-    if guard.modules.response_head is None and any(e.has_response_labels for e in train_set):
+    if not guard.classifier.has_response_head and any(e.has_response_labels for e in train_set):
         raise ConfigError(
             "the training rows label their answers (response_harmful/level/type) but the guard has no response "
             "head: set guard.head.response_head: true in the config (or drop the labels)"

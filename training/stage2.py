@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from psaguard.guard import ADAPTER_NAME, SafetyGuard
+from psaguard.guard import SafetyGuard
+from psaguard.loading import ADAPTER_NAME
 from psaguard.training.collate import IGNORE_INDEX, Collator
 from psaguard.training.config import Stage2Config
 from psaguard.training.data import Example
@@ -47,15 +48,16 @@ def build_stage2(cfg: Stage2Config, accelerator: Any) -> StageSetup:
     """Load the model and the Stage I guard (frozen), add LoRA adapters, and read the data."""
     model, processor = load_model(cfg, accelerator.device)
     guard = SafetyGuard.from_pretrained(cfg.guard, model, processor, load_adapter=False)
-    guard.modules.requires_grad_(False).eval()
+    guard.classifier.modules.requires_grad_(False).eval()
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
     # Answers labelled harmful train the response head (Stage I); Stage II must never learn to say them.
     train_set = [e for e in train_set if not (e.response_level or 0) > 0]
     eval_set = [e for e in eval_set if not (e.response_level or 0) > 0] if eval_set else eval_set
-    targets = lora_target_modules(cfg.lora, guard.backbone.language_model_name)
+    language_model = guard.classifier.backbone.language_model_name
+    targets = lora_target_modules(cfg.lora, language_model)
     warn_frozen_untrained_lm_head(model, targets, answer_token_ids(collate, train_set))
-    adapted = attach_lora(model, cfg, guard.backbone.language_model_name)
+    adapted = attach_lora(model, cfg, language_model)
     objective = GuardObjective(guard, adapted, lm_weight=1.0, head_weight=0.0)
     logger.info("stage II: %s", trainable_summary(objective))
 

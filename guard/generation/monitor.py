@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria
 
-from psaguard.classifier import Classifier, RequestContext
+from psaguard.classifier import Classifier
 from psaguard.errors import GuardInternalError, InvalidInputError
 from psaguard.request import GuardRequest
+from psaguard.response_judge import RequestContext
 from psaguard.response_policy import response_error_verdict, worst_response
 from psaguard.tokenization import tokenizer_of, until_eos
 from psaguard.verdict import ResponseVerdict
@@ -141,7 +142,7 @@ class ResponseMonitor(StoppingCriteria):
         rows = [row for index in answers for row in self.image_rows[index]]
         texts = [self._text(self.states[index].tokens) for index in answers for _ in self.image_rows[index]]
         counts = [len(self.states[index].tokens) for index in answers]
-        verdicts = self.classifier.judge_responses(self.context, texts, start, rows=rows)
+        verdicts = self.classifier.responses.judge_responses(self.context, texts, start, rows=rows)
         self.judgements += 1
         offset = 0
         for index, count in zip(answers, counts):
@@ -261,9 +262,9 @@ class AnswerMonitor:
         start = time.perf_counter()
         try:
             if self._context is None:
-                self._context = self.classifier.response_context(self.request)
+                self._context = self.classifier.responses.response_context(self.request)
             rows = len(self._context.prompts)
-            return worst_response(self.classifier.judge_responses(self._context, [self.text] * rows, start))
+            return worst_response(self.classifier.responses.judge_responses(self._context, [self.text] * rows, start))
         except (InvalidInputError, GuardInternalError) as err:
             on_error = self.classifier.policy.on_error
             if on_error == "block":

@@ -239,7 +239,7 @@ class GenerationPlan:
         rows = [row for request in requests for row in request.images]
         prompts = [request.prompt for request in requests for _ in request.images]
         memory = None if self._memory is None else self._memory[rows]
-        context = self.classifier.request_context(
+        context = self.classifier.responses.request_context(
             self._features.subset(rows), prompts, time.perf_counter(), incremental=True, memory=memory
         )
         image_rows, offset = [], 0

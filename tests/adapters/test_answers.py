@@ -38,7 +38,7 @@ def flag_answers(guard: SafetyGuard, flagged: Any) -> list[str]:
     """Make the guard's response judgements flag (type privacy, level 3) every answer for which
     ``flagged(text, call)`` holds; the real judgement runs too. Returns the answers judged, in order."""
     classifier = guard.classifier
-    original = classifier.judge_responses
+    original = classifier.responses.judge_responses
     judged: list[str] = []
 
     def judge(context, responses, start, rows=None, tokens_judged=None):
@@ -52,7 +52,7 @@ def flag_answers(guard: SafetyGuard, flagged: Any) -> list[str]:
         verdict = decide_response([0.0, 0.0, 0.0, 1.0], types, classifier.policy.response, taxonomy)
         return [verdict for _ in verdicts]
 
-    classifier.judge_responses = judge
+    classifier.responses.judge_responses = judge
     return judged
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 import psaguard.backbones.encoder_checkpoint
 import psaguard.classifier
 import psaguard.guard
+import psaguard.loading
 from psaguard import SafetyGuard
 from psaguard.backbones import ClassifierOnlyGenericBackbone, GenericBackbone, resolve_backbone
 from psaguard.errors import GenerationUnavailableError, UnsupportedModelError
@@ -87,7 +88,7 @@ def generic_only(monkeypatch: pytest.MonkeyPatch) -> None:
     def generic(model, backbones=None):
         return resolve_backbone(model, [GenericBackbone])
 
-    for module in (psaguard.guard, psaguard.classifier):
+    for module in (psaguard.guard, psaguard.loading, psaguard.classifier):
         monkeypatch.setattr(module, "resolve_backbone", generic)
 
 

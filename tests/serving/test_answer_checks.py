@@ -44,8 +44,8 @@ class Flagger:
 
     def __init__(self, guard) -> None:
         self.classifier = guard.classifier
-        self.original = self.classifier.judge_responses
-        self.classifier.judge_responses = self._judge
+        self.original = self.classifier.responses.judge_responses
+        self.classifier.responses.judge_responses = self._judge
         self.reset()
 
     def reset(self, flags=lambda call, text: False, action: str = "replace") -> None:

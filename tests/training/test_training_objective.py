@@ -126,11 +126,11 @@ def test_the_model_sees_right_padded_rows_with_only_the_answers_labelled(
     model.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
     objective(tiny_batch)
     mask, labels, ids = seen["attention_mask"], seen["labels"], seen["input_ids"]
-    slots = 4 + objective.guard.backbone.num_patches  # the placeholder becomes llm_tokens + patches
+    slots = 4 + objective.classifier.backbone.num_patches  # the placeholder becomes llm_tokens + patches
     assert mask.shape == (2, tiny_batch.input_ids.shape[1] - 1 + slots)
     assert torch.equal(mask.sum(1), tiny_batch.attention_mask.sum(1) - 1 + slots)
     assert torch.equal(mask, mask.sort(dim=1, descending=True).values)  # right padding: real tokens first
-    image_id = objective.guard.backbone.image_token_id
+    image_id = objective.classifier.backbone.image_token_id
     assert (ids == image_id).sum(1).tolist() == [slots, slots]
     assert labels[(ids == image_id) | (mask == 0)].eq(IGNORE_INDEX).all()
     assert labels[labels != IGNORE_INDEX].tolist() == tiny_batch.labels[tiny_batch.labels != IGNORE_INDEX].tolist()
