@@ -21,16 +21,14 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from machine import describe_machine
-from PIL import Image
+from workload import add_overhead_arguments, tiny_stream_setup
 
 from psaguard import GuardPolicy, HeadConfig, ResponsePolicy, SafetyGuard, SafetyGuardConfig
 from psaguard.adapters import guarded
-from psaguard.testing.llava import build_tiny_llava, build_tiny_processor
 
 QUESTION = "what is in this image ?"
 
@@ -38,17 +36,9 @@ QUESTION = "what is in this image ?"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--intervals", type=int, nargs="+", default=[1, 8, 16])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_overhead_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    torch.manual_seed(0)
-    processor = build_tiny_processor()
-    model = build_tiny_llava(processor=processor)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    processor, model, image = tiny_stream_setup(args.threads)
     answer = " ".join(["a red circle on a white background"] * (args.words // 7 + 1)).split()[: args.words]
     answer_text = " ".join(answer)
     allow = {1: "allow", 2: "allow", 3: "allow"}

@@ -18,13 +18,11 @@ import statistics
 import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from machine import describe_machine
-from PIL import Image
+from workload import add_overhead_arguments, tiny_stream_setup
 
 from psaguard import GuardPolicy, HeadConfig, ResponsePolicy, SafetyGuard, SafetyGuardConfig
-from psaguard.testing.llava import build_tiny_llava, build_tiny_processor
 
 QUESTION = "what is in this image ?"
 
@@ -32,17 +30,9 @@ QUESTION = "what is in this image ?"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--intervals", type=int, nargs="+", default=[1, 8, 16])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_overhead_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    torch.manual_seed(0)
-    processor = build_tiny_processor()
-    model = build_tiny_llava(processor=processor)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    processor, model, image = tiny_stream_setup(args.threads)
     allow = {1: "allow", 2: "allow", 3: "allow"}
     base = SafetyGuard.attach(model, processor, SafetyGuardConfig(head=HeadConfig(response_head=True)))
     gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}

@@ -30,6 +30,7 @@ __all__ = [
     "GUARD_DIR",
     "GUARD_PROMPT",
     "PROMPT",
+    "add_overhead_arguments",
     "allow_answers",
     "answer",
     "chat_text",
@@ -39,6 +40,7 @@ __all__ = [
     "plain_generate",
     "processor",
     "random_checkpoint_bytes",
+    "tiny_stream_setup",
     "write_train_data",
     "write_workload",
 ]
@@ -66,6 +68,24 @@ def allow_answers(monitor: bool) -> GuardPolicy:
     monitored runs judge every answer and never stop one."""
     allow = ALLOW_ALL.level_actions
     return ALLOW_ALL.model_copy(update={"response": ResponsePolicy(monitor=monitor, level_actions=allow)})
+
+
+def add_overhead_arguments(parser: Any) -> None:
+    """The options the tiny-model overhead scripts share (monitor_overhead.py, answer_check_overhead.py)."""
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--intervals", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def tiny_stream_setup(threads: int | None) -> tuple[Any, Any, Image.Image]:
+    """The tiny LLaVA, its processor and a seeded random 64 x 64 image, after setting torch's ``threads``."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    proc = build_tiny_processor()
+    model = build_tiny_llava(processor=proc)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    return proc, model, image
 
 
 def answer(proc: Any, tokens: int = ANSWER_TOKENS) -> str:

@@ -40,7 +40,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
 from psaguard.backbones.llava import image_processor_outputs
 from psaguard.backbones.registry import register_backbone
-from psaguard.errors import InvalidInputError, ProcessorError
+from psaguard.errors import InvalidInputError, ProcessorError, UnsupportedModelError
 from psaguard.injection import ImageLayout, features_as_tensor
 from psaguard.tokenization import render_chat
 
@@ -197,7 +197,13 @@ class GenericBackbone(Backbone):
         """Width of the tower's per-patch states (measured on the processor's probe image at attach)."""
         if self._vision_hidden is None:
             vision = getattr(self.config, "vision_config", None)
-            return int(getattr(vision, "embed_dim", None) or vision.hidden_size)
+            width = getattr(vision, "embed_dim", None) or getattr(vision, "hidden_size", None)
+            if width is None:
+                raise UnsupportedModelError(
+                    f"{self.config.model_type}: its vision config names no single tower width, which is only "
+                    "measured by a probe pass of the full model (attach), not from the config alone"
+                )
+            return int(width)
         return self._vision_hidden
 
     @property
