@@ -486,6 +486,13 @@ def _images_only(processor_class: type) -> type:
         processor = cls(*args, **{k: v for k, v in {**processor_dict, **kwargs}.items() if k in settings})
         return (processor, {}) if unused else processor
 
+    def from_dict(cls, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """The same by keyword, its parts included (what transformers 5.25 calls instead)."""
+        unused = kwargs.pop("return_unused_kwargs", False)
+        chosen = {k: v for k, v in {**processor_dict, **kwargs}.items() if k in settings or k in kept}
+        processor = cls(**chosen)
+        return (processor, {}) if unused else processor
+
     def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
         return None if arg is None else processor_class.check_argument_for_proper_class(self, attribute_name, arg)
 
@@ -499,6 +506,7 @@ def _images_only(processor_class: type) -> type:
             "__init__": __init__,
             "get_attributes": classmethod(lambda cls: attributes),
             "from_args_and_dict": classmethod(from_args_and_dict),
+            "from_dict": classmethod(from_dict),
             "check_argument_for_proper_class": check_argument_for_proper_class,
             "__module__": __name__,
         },
