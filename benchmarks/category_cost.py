@@ -26,7 +26,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from psaguard import SafetyGuard
 from psaguard.categories import category_features
-from psaguard.demo import DEMO_ASSETS, demo_requests
+from psaguard.cli.demo import DEMO_ASSETS, demo_requests
 from psaguard.policy import decide_categories
 
 

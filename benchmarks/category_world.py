@@ -34,7 +34,7 @@ from machine import describe_machine
 
 from psaguard.categories import CategoryBank, fit_category, new_category
 from psaguard.checkpoints.serialization import atomic_write, atomic_write_text
-from psaguard.demo import DEMO_ASSETS
+from psaguard.cli.demo import DEMO_ASSETS
 from psaguard.errors import CategoryError
 from psaguard.policy import decide_categories
 from psaguard.taxonomy import DEFAULT_TAXONOMY

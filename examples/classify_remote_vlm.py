@@ -19,7 +19,7 @@ import sys
 from PIL import Image
 
 from psaguard import GenerationUnavailableError, GuardPolicy, SafetyGuard, SafetyVerdict
-from psaguard.demo import demo_guard_dir, demo_model_dir, demo_requests
+from psaguard.cli.demo import demo_guard_dir, demo_model_dir, demo_requests
 
 
 def call_hosted_vlm(image: Image.Image, prompt: str) -> str:

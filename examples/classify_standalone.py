@@ -15,7 +15,7 @@ import sys
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from psaguard import GuardPolicy, SafetyGuard, TypeRule
-from psaguard.demo import demo_guard_dir, demo_model_dir, demo_requests
+from psaguard.cli.demo import demo_guard_dir, demo_model_dir, demo_requests
 
 
 def main() -> int:

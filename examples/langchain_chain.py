@@ -23,7 +23,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from psaguard import GuardPolicy, SafetyGuard
 from psaguard.adapters import GuardedChatModel, GuardRunnable, guarded
-from psaguard.demo import demo_guard_dir, demo_model_dir, demo_requests
+from psaguard.cli.demo import demo_guard_dir, demo_model_dir, demo_requests
 
 
 def load_guard(model_dir: Path, guard_dir: Path | None) -> SafetyGuard:

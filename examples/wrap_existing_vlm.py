@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from psaguard import GuardBlocked, GuardPolicy, SafetyGuard
-from psaguard.demo import demo_guard_dir, demo_model_dir, demo_requests
+from psaguard.cli.demo import demo_guard_dir, demo_model_dir, demo_requests
 
 
 def answer(model, processor, image: Image.Image, question: str) -> str:

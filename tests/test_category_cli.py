@@ -10,7 +10,7 @@ import torch
 from category_helpers import negatives, scam_examples, scam_request
 
 from psaguard import SafetyGuard
-from psaguard.cli import main
+from psaguard.cli.main import main
 from psaguard.config import CONFIG_NAME
 
 

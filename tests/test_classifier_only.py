@@ -182,7 +182,7 @@ def test_a_missing_guard_fails_before_the_model_is_read(tmp_path):
 def test_the_cli_classifies_with_only_the_encoder_and_prints_the_full_models_verdict(
     trained_dir, tiny_dir, images, tmp_path, capsys
 ):
-    from psaguard.cli import main
+    from psaguard.cli.main import main
 
     images[0].save(tmp_path / "x.png")
     args = ["classify", "--guard", str(trained_dir), "--model", str(tiny_dir), str(tmp_path / "x.png"), PROMPTS[0]]

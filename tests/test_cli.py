@@ -3,7 +3,7 @@ import json
 import pytest
 from dtype_helpers import AVX2_ONLY, fake_cpu, save_bf16_llava
 
-from psaguard.cli import build_parser, main
+from psaguard.cli.main import build_parser, main
 from psaguard.guard import SafetyGuard
 
 

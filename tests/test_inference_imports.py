@@ -13,7 +13,7 @@ import sys
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 from psaguard import SafetyGuard
-from psaguard.cli import main
+from psaguard.cli.main import main
 
 model_dir, guard_dir, image = sys.argv[1:]
 model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()

@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import get_args
 
-from psaguard.cli import add_guard_arguments, load_guard
-from psaguard.logs import add_log_level_option
+from psaguard.cli.logs import add_log_level_option
+from psaguard.cli.main import add_guard_arguments, load_guard
 from psaguard.taxonomy import RiskType, Taxonomy
 from psaguard.training.data import read_jsonl
 from psaguard.verdict import Action

@@ -14,10 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
+from psaguard.cli.extras import require_extra
+from psaguard.cli.logs import add_log_level_option
 from psaguard.dtypes import add_dtype_option
 from psaguard.errors import PsaGuardError
-from psaguard.extras import require_extra
-from psaguard.logs import add_log_level_option
 
 __all__ = ["register", "run_bench", "run_calibrate", "run_eval", "run_train"]
 

@@ -10,10 +10,10 @@ import argparse
 import os
 from importlib import resources
 
-from psaguard.demo import DEMO_ASSETS
+from psaguard.cli.demo import DEMO_ASSETS
+from psaguard.cli.extras import require_extra
 from psaguard.dtypes import add_dtype_option
 from psaguard.errors import ConfigError
-from psaguard.extras import require_extra
 
 __all__ = ["UPSTREAM_API_KEY_ENV", "register"]
 

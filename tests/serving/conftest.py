@@ -12,7 +12,7 @@ from importlib import resources
 import pytest
 from PIL import Image
 
-from psaguard.demo import DEMO_ASSETS, demo_requests
+from psaguard.cli.demo import DEMO_ASSETS, demo_requests
 from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
 
 

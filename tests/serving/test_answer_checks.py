@@ -23,7 +23,7 @@ from serving_helpers import image_message, openai_client
 from test_monitor import SORRY, monitored_guard
 
 from psaguard.adapters.answers import AnswerCheck
-from psaguard.demo import demo_guard_dir, demo_model_dir
+from psaguard.cli.demo import demo_guard_dir, demo_model_dir
 from psaguard.errors import ConfigError, GuardInternalError, ResponseBlocked
 from psaguard.request import GuardRequest
 from psaguard.response_policy import ResponsePolicy, decide_response

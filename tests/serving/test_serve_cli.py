@@ -13,7 +13,7 @@ import openai
 import pytest
 from serving_helpers import free_port, image_message
 
-from psaguard.cli import main
+from psaguard.cli.main import main
 
 
 @pytest.mark.parametrize(

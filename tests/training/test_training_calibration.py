@@ -54,7 +54,7 @@ def overfit_guard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
 
 
 def test_calibrate_then_eval_lowers_the_ece_on_held_out_rows(overfit_guard, capsys) -> None:
-    from psaguard.cli import main
+    from psaguard.cli.main import main
 
     guard_dir, data = overfit_guard
     missing = str(guard_dir / "missing.jsonl")

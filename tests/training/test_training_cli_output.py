@@ -13,7 +13,7 @@ import yaml
 def _psaguard(*argv: str, block: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real command in a new process (logging starts unconfigured), optionally with a module missing."""
     prelude = f"import sys; sys.modules[{block!r}] = None; " if block else "import sys; "
-    code = prelude + "from psaguard.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    code = prelude + "from psaguard.cli.main import main; raise SystemExit(main(sys.argv[1:]))"
     env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     return subprocess.run(
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, env=env, check=False

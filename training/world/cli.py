@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from psaguard.extras import require_extra
-from psaguard.logs import add_log_level_option
+from psaguard.cli.extras import require_extra
+from psaguard.cli.logs import add_log_level_option
 
 __all__ = ["SIZES", "register"]
 
@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo_guard(args: argparse.Namespace) -> int:
     require_extra("train")
-    from psaguard.demo import demo_guard_dir, demo_model_dir
+    from psaguard.cli.demo import demo_guard_dir, demo_model_dir
     from psaguard.training.world.demo_guard import DemoGuardSpec, retrain_demo_guard
 
     spec = DemoGuardSpec(seed=args.seed, steps=args.steps)

@@ -15,7 +15,7 @@ import random
 import shutil
 from pathlib import Path
 
-from psaguard.demo import HARMFUL_ANSWER
+from psaguard.cli.demo import HARMFUL_ANSWER
 from psaguard.guard import SafetyGuard
 from psaguard.training.world.build import WorldRow, read_rows
 

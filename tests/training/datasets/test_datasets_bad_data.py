@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from dataset_layouts import LAYOUTS, image, write_json
 
-from psaguard.cli import main
+from psaguard.cli.main import main
 from psaguard.errors import DatasetError
 from psaguard.training.datasets import convert, get_format
 

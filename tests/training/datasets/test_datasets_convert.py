@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dataset_layouts import LAYOUTS, SPLITS, image, png_bytes, write_json
 
-from psaguard.cli import main
+from psaguard.cli.main import main
 from psaguard.errors import DatasetError
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.data import read_jsonl

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from dataset_layouts import LAYOUTS
 
-from psaguard.demo import demo_model_dir
+from psaguard.cli.demo import demo_model_dir
 from psaguard.training.config import Stage1Config, Stage2Config, load_config
 
 ROOT = Path(__file__).resolve().parents[3]

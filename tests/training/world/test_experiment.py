@@ -104,7 +104,7 @@ def test_the_gpu_recipe_runs_end_to_end_when_shrunk(tmp_path):
 
 @pytest.mark.slow  # the whole `ci` world run (base SFT, both stages, report): over a minute
 def test_demo_assets_hold_model_guard_examples_and_the_runs_numbers(ci_run, tmp_path):
-    from psaguard.demo import _headline
+    from psaguard.cli.demo import _headline
     from psaguard.training.world.demo_assets import export_demo_assets
 
     result, out = ci_run

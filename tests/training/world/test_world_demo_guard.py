@@ -11,8 +11,8 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from psaguard import SafetyGuard
-from psaguard.cli import build_parser
-from psaguard.demo import HARMFUL_ANSWER, demo_guard_dir, demo_model_dir
+from psaguard.cli.demo import HARMFUL_ANSWER, demo_guard_dir, demo_model_dir
+from psaguard.cli.main import build_parser
 from psaguard.training.world.build import WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import DEMO_KINDS, sample_demo_rows
 from psaguard.training.world.demo_guard import DemoGuardSpec, resave_guard, retrain_demo_guard

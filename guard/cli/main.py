@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from psaguard.cli.extras import install_hint
+from psaguard.cli.logs import logging_for_command
 from psaguard.dtypes import add_dtype_option
 from psaguard.errors import PsaGuardError
-from psaguard.extras import install_hint
-from psaguard.logs import logging_for_command
 
 if TYPE_CHECKING:
     from psaguard.guard import SafetyGuard
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from psaguard.demo import run_demo
+    from psaguard.cli.demo import run_demo
 
     run_demo()
     return 0
@@ -105,7 +105,3 @@ def load_guard(guard: str, model: str, *, classifier_only: bool = False, dtype: 
     from psaguard.guard import SafetyGuard
 
     return SafetyGuard.load(guard, model, classifier_only=classifier_only, dtype=dtype)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""``python -m psaguard.cli`` (what ``accelerate launch -m psaguard.cli`` runs): the ``psaguard`` command."""
+
+from psaguard.cli.main import main
+
+raise SystemExit(main())
