@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-RISKY = {"response": "sorry i can't help with that request", "safe_level": 3, "safe_type": "illegal"}
-SAFE = {"response": "this is a blue square", "safe_level": 0, "safe_type": "safe"}
-PROMPTS = ("what is in this picture ?", "describe this image", "tell me about this photo")
+from toy_rows import write_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -23,24 +17,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def write_dataset(root: Path, name: str, count: int, seed: int) -> Path:
-    """``count`` rows alternating risky (reddish images) and safe (bluish images), with PNGs beside them."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for index in range(count):
-        risky = index % 2 == 0
-        color = np.array([220, 40, 40] if risky else [40, 40, 220])
-        pixels = np.clip(color + rng.integers(-40, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-        image = f"{name}_{index}.png"
-        Image.fromarray(pixels).save(root / image)
-        rows.append(
-            {"id": f"{name}-{index}", "image": image, "prompt": PROMPTS[index % 3], **(RISKY if risky else SAFE)}
-        )
-    path = root / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

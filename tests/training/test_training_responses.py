@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from toy_rows import write_dataset
 
 from psaguard import ConfigError, SafetyGuard
 from psaguard.errors import DatasetError
@@ -27,25 +27,6 @@ ANSWERS = (
     ({"response": "this is a blue square", "response_harmful": False}),
     ({"response": "sorry i can't help with that request", "response_harmful": False}),
 )
-PROMPTS = ("what is in this picture ?", "describe this image", "tell me about this photo")
-
-
-def write_answers(root: Path, name: str, count: int, seed: int) -> Path:
-    """Rows alternating reddish (risky request) and bluish (safe) images, each with a harmful, a harmless or a
-    refusing answer in turn, so the answer's label depends on its text only."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for index in range(count):
-        risky = index % 2 == 0
-        color = np.array([220, 40, 40] if risky else [40, 40, 220])
-        pixels = np.clip(color + rng.integers(-40, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-        image = f"{name}_{index}.png"
-        Image.fromarray(pixels).save(root / image)
-        labels = {"safe_level": 3, "safe_type": "illegal"} if risky else {"safe_level": 0, "safe_type": "safe"}
-        rows.append({"image": image, "prompt": PROMPTS[index % 3], **labels, **ANSWERS[index % 3]})
-    path = root / f"{name}.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 def one_row(tmp_path: Path, **fields: Any) -> Path:
@@ -85,7 +66,10 @@ def test_bad_response_labels_name_the_line(tmp_path: Path, fields: dict[str, Any
 @pytest.fixture(scope="module")
 def answer_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("answers")
-    return {"train": write_answers(root, "train", 36, seed=0), "test": write_answers(root, "test", 12, seed=1)}
+    return {
+        "train": write_dataset(root, "train", 36, seed=0, answers=ANSWERS),
+        "test": write_dataset(root, "test", 12, seed=1, answers=ANSWERS),
+    }
 
 
 def test_response_labels_need_a_response_head(stage1_settings: dict[str, Any], answer_data) -> None:
