@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -12,6 +12,8 @@ from transformers import Cache
 from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
 from psaguard.backbones import resolve_backbone
 from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES
+from psaguard.response_policy import decide_response
+from psaguard.verdict import ResponseVerdict
 
 QUESTION = "what is in this image ?"
 
@@ -125,3 +127,34 @@ def user_turn(text: str, num_images: int = 1) -> dict:
         "role": "user",
         "content": [*({"type": "image"} for _ in range(num_images)), {"type": "text", "text": text}],
     }
+
+
+def flagged_as_privacy(
+    classifier: Any, verdicts: Sequence[ResponseVerdict], block: bool = False
+) -> list[ResponseVerdict]:
+    """``verdicts`` as the guard's response policy decides a certain level-3 privacy answer (with ``block``, a
+    policy that blocks level 3), each keeping its request's verdict."""
+    taxonomy = classifier.config.taxonomy
+    types = [0.0] * taxonomy.num_types
+    types[taxonomy.type_by_code("privacy").id] = 1.0
+    policy = classifier.policy.response
+    if block:
+        policy = policy.model_copy(update={"level_actions": {3: "block"}})
+    return [decide_response([0.0, 0.0, 0.0, 1.0], types, policy, taxonomy, request=v.request) for v in verdicts]
+
+
+def flag_judgements(guard: SafetyGuard, flags: Callable[[int, str], bool]) -> list[str]:
+    """Make the guard's response judgements flag (privacy, level 3) the answers ``flags(call, text)`` picks, the
+    calls counted from 1; the real judgement runs too. Returns the answers judged, in order (``del
+    guard.classifier.responses.judge_responses`` undoes the patch)."""
+    classifier = guard.classifier
+    original = classifier.responses.judge_responses
+    judged: list[str] = []
+
+    def judge(context, responses, start, rows=None, tokens_judged=None):
+        verdicts = original(context, responses, start, rows, tokens_judged)
+        judged.append(responses[0])
+        return flagged_as_privacy(classifier, verdicts) if flags(len(judged), responses[0]) else verdicts
+
+    classifier.responses.judge_responses = judge
+    return judged

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from generation_helpers import QUESTION, count_calls
+from generation_helpers import QUESTION, count_calls, flag_judgements
 from transformers import MaxLengthCriteria, StoppingCriteriaList
 
 from psaguard import (
@@ -14,7 +14,6 @@ from psaguard import (
     SafetyGuard,
     SafetyGuardConfig,
 )
-from psaguard.response_policy import decide_response
 
 SORRY = "sorry , i cannot help with that ."  # words of the tiny vocabulary, so the wrapper can tokenize them
 LONG = {"max_new_tokens": 24, "min_new_tokens": 24, "do_sample": False}
@@ -38,28 +37,6 @@ def monitored_guard(model, processor, *, response_level: int = 0, response_head:
             head.type_head.bias.fill_(-40.0)
             head.type_head.bias[guard.config.taxonomy.safe_type_id if level == 0 else type_id] = 40.0
     return guard
-
-
-def flag_from_judgement(guard: SafetyGuard, first_flagged: int) -> list[int]:
-    """Make the guard's response judgements flag every answer from its ``first_flagged``-th call on; returns the
-    lengths (characters) of the answers the monitor judged (the real judgement runs too)."""
-    classifier = guard.classifier
-    original = classifier.responses.judge_responses
-    lengths: list[int] = []
-
-    def judge(context, responses, start, rows=None, tokens_judged=None):
-        verdicts = original(context, responses, start, rows, tokens_judged)
-        lengths.append(len(responses[0]))
-        if len(lengths) < first_flagged:
-            return verdicts
-        taxonomy = classifier.config.taxonomy
-        types = [0.0] * taxonomy.num_types
-        types[taxonomy.type_by_code("privacy").id] = 1.0
-        flagged = decide_response([0.0, 0.0, 0.0, 1.0], types, classifier.policy.response, taxonomy)
-        return [flagged for _ in verdicts]
-
-    classifier.responses.judge_responses = judge
-    return lengths
 
 
 def test_monitor_is_on_exactly_when_the_guard_has_a_response_head(tiny_model, tiny_processor, images):
@@ -94,11 +71,11 @@ def test_a_flagged_answer_stops_and_only_the_judged_prefix_is_released(tiny_mode
     guard = monitored_guard(tiny_model, tiny_processor, interval=interval, window=window, replacement="Stopped.")
     reference = guard.with_policy(GuardPolicy(response=ResponsePolicy(monitor=False)))
     full = reference.generate(images[0], QUESTION, **LONG).text
-    lengths = flag_from_judgement(guard, first_flagged=3)
+    judged = flag_judgements(guard, lambda call, _: call >= 3)
     stream = guard.stream(images[0], QUESTION, **LONG)
     chunks = list(stream)
     result = stream.result
-    assert result.stopped and result.stopped_at == 3 * interval and len(lengths) == 3
+    assert result.stopped and result.stopped_at == 3 * interval and len(judged) == 3
     assert result.completion_tokens < LONG["max_new_tokens"]  # generation stopped at the flag
     # Released: the tokens judged safe at the 2nd judgement minus the hold-back window, never past the flag.
     assert result.released_tokens == 2 * interval - window <= result.stopped_at - window
@@ -107,7 +84,7 @@ def test_a_flagged_answer_stops_and_only_the_judged_prefix_is_released(tiny_mode
     assert prefix and full.startswith(prefix)
     # generate gives the same text as the stream delivered.
     del guard.classifier.responses.judge_responses  # back to the real method, then patched afresh
-    flag_from_judgement(guard, first_flagged=3)
+    flag_judgements(guard, lambda call, _: call >= 3)
     assert guard.generate(images[0], QUESTION, **LONG).text == result.text
 
 

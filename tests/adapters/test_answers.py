@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from generation_helpers import flag_judgements
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
@@ -22,7 +23,6 @@ from psaguard import (
     SafetyGuard,
 )
 from psaguard.adapters import VERDICT_EVENT, GuardedChatModel, guarded
-from psaguard.response_policy import decide_response
 
 ANSWER = "a red circle on a white background then mix the bleach with the acid and breathe"
 SAFE = "a red circle on a white background"
@@ -34,32 +34,10 @@ def with_response(guard: SafetyGuard, **response: Any) -> SafetyGuard:
     return guard.with_policy(guard.policy.model_copy(update={"response": ResponsePolicy(**response)}))
 
 
-def flag_answers(guard: SafetyGuard, flagged: Any) -> list[str]:
-    """Make the guard's response judgements flag (type privacy, level 3) every answer for which
-    ``flagged(text, call)`` holds; the real judgement runs too. Returns the answers judged, in order."""
-    classifier = guard.classifier
-    original = classifier.responses.judge_responses
-    judged: list[str] = []
-
-    def judge(context, responses, start, rows=None, tokens_judged=None):
-        verdicts = original(context, responses, start, rows, tokens_judged)
-        judged.append(responses[0])
-        if not flagged(responses[0], len(judged)):
-            return verdicts
-        taxonomy = classifier.config.taxonomy
-        types = [0.0] * taxonomy.num_types
-        types[taxonomy.type_by_code("privacy").id] = 1.0
-        verdict = decide_response([0.0, 0.0, 0.0, 1.0], types, classifier.policy.response, taxonomy)
-        return [verdict for _ in verdicts]
-
-    classifier.responses.judge_responses = judge
-    return judged
-
-
 def word_guard(make_guard, **response: Any) -> tuple[SafetyGuard, list[str]]:
     """A guard allowing every request, flagging the answers that hold WORD (judged every 2 tokens, 1 held)."""
     guard = with_response(make_guard("allow"), **{"interval": 2, "window": 1, **response})
-    return guard, flag_answers(guard, lambda text, _: WORD in text)
+    return guard, flag_judgements(guard, lambda _, text: WORD in text)
 
 
 def fake_model(answer: str = ANSWER) -> GenericFakeChatModel:
@@ -287,7 +265,7 @@ def test_guarded_chat_model_streams_through_the_monitor(make_guard, image_messag
     guard = with_response(make_guard("allow"), interval=2, window=1)
     kwargs = {"max_tokens": 12, "generate_kwargs": {"min_new_tokens": 12}}
     whole = GuardedChatModel(guard=guard, check_answers=False, **kwargs).invoke(_request(image_message_content))
-    judged = flag_answers(guard, lambda _, call: call >= 3)  # judgements 1 and 2 (2 and 4 tokens) pass
+    judged = flag_judgements(guard, lambda call, _: call >= 3)  # judgements 1 and 2 (2 and 4 tokens) pass
     chat = GuardedChatModel(guard=guard, **kwargs)
     chunks = list(chat.stream(_request(image_message_content)))
     stop = next(i for i, c in enumerate(chunks) if "personal privacy" in c.content)

@@ -18,7 +18,7 @@ import openai
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from generation_helpers import QUESTION, count_calls
+from generation_helpers import QUESTION, count_calls, flagged_as_privacy
 from serving_helpers import image_message, openai_client
 from test_monitor import SORRY, monitored_guard
 
@@ -26,7 +26,7 @@ from psaguard.adapters.answers import AnswerCheck
 from psaguard.cli.demo import demo_guard_dir, demo_model_dir
 from psaguard.errors import ConfigError, GuardInternalError, ResponseBlocked
 from psaguard.request import GuardRequest
-from psaguard.response_policy import ResponsePolicy, decide_response
+from psaguard.response_policy import ResponsePolicy
 from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
 from psaguard.serving.moderation import category_name
 from psaguard.training.world.demo_guard import resave_guard
@@ -56,16 +56,7 @@ class Flagger:
         self.judged.append(responses[0])
         if not self.flags(len(self.judged), responses[0]):
             return verdicts
-        taxonomy = self.classifier.config.taxonomy
-        types = [0.0] * taxonomy.num_types
-        types[taxonomy.type_by_code("privacy").id] = 1.0
-        policy = self.classifier.policy.response
-        if self.action == "block":
-            policy = policy.model_copy(update={"level_actions": {3: "block"}})
-        return [
-            decide_response([0.0, 0.0, 0.0, 1.0], types, policy, taxonomy, request=verdict.request)
-            for verdict in verdicts
-        ]
+        return flagged_as_privacy(self.classifier, verdicts, block=self.action == "block")
 
 
 @pytest.fixture(scope="module")
