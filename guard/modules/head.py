@@ -59,8 +59,10 @@ class SafetyHead(nn.Module):
         """query (B, T, D) with mask (B, T) True on valid positions; memory (B, M, D)."""
         attended, _ = self.attn(query, memory, memory, need_weights=False)
         pooled = self._pool(attended, query_mask)
-        prompt = _masked_mean(query.to(pooled.dtype), query_mask)
-        pooled_query = self._pool(query.to(pooled.dtype), query_mask) if self.residual else None
+        query = query.to(pooled.dtype)
+        prompt = _masked_mean(query, query_mask)
+        # the residual head's pooled query is the prompt's mean itself under mean pooling: pooled once
+        pooled_query = (prompt if self.pooling == "mean" else self._pool(query, query_mask)) if self.residual else None
         return self.read_out(pooled, pooled_query, prompt)
 
     def read_out(
