@@ -88,11 +88,11 @@ def family_images() -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in SIZES]
 
 
-def generic_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Resolve every model with the generic adapter alone (family adapters have their own tests)."""
+def generic_only(monkeypatch: pytest.MonkeyPatch, adapters: tuple[type, ...] = (GenericBackbone,)) -> None:
+    """Resolve every model with the generic ``adapters`` alone (family adapters have their own tests)."""
 
     def generic(model, backbones=None):
-        return resolve_backbone(model, [GenericBackbone])
+        return resolve_backbone(model, list(adapters))
 
     for module in (psaguard.guard, psaguard.loading, psaguard.classifier):
         monkeypatch.setattr(module, "resolve_backbone", generic)
@@ -197,11 +197,7 @@ def test_classifier_only_judges_as_the_full_model(model_type, monkeypatch, tmp_p
     if reason := GenericBackbone.why_unsupported(model):
         pytest.skip(f"refused: {reason}")
 
-    def generic(model, backbones=None):
-        return resolve_backbone(model, [ClassifierOnlyGenericBackbone, GenericBackbone])
-
-    for module in (psaguard.guard, psaguard.loading, psaguard.classifier):
-        monkeypatch.setattr(module, "resolve_backbone", generic)
+    generic_only(monkeypatch, (ClassifierOnlyGenericBackbone, GenericBackbone))
     monkeypatch.setattr(psaguard.backbones.encoder_checkpoint, "encoder_only_backbones", tuple)  # the generic path
     model.save_pretrained(tmp_path / "model", max_shard_size="200KB")
     images = family_images()
