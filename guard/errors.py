@@ -86,6 +86,15 @@ class ProcessorError(ConfigError):
 class GenerationUnavailableError(UnsupportedModelError):
     """The guard holds no language model (classifier-only mode), so it can classify but not generate."""
 
+    @classmethod
+    def classifier_only(cls, model_type: str, loaded: str, missing: str) -> GenerationUnavailableError:
+        """The error of a classifier-only model that loaded ``loaded`` of a ``model_type`` model but ``missing``."""
+        return cls(
+            f"this guard is classifier-only: it loaded {loaded} of a {model_type!r} model but {missing}, so it can "
+            "classify but not generate; load the full model for guarded generation (SafetyGuard.from_pretrained, "
+            "or guard.wrap(full_model))"
+        )
+
 
 class CheckpointError(PsaGuardError, OSError):
     """A saved guard is missing, truncated, tampered with or unreadable."""

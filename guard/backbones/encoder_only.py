@@ -29,10 +29,8 @@ __all__ = [
 
 
 def _cannot_generate(config: Any) -> GenerationUnavailableError:
-    return GenerationUnavailableError(
-        f"this guard is classifier-only: it loaded the vision tower and token embeddings of a "
-        f"{config.model_type!r} model but no projector or language model, so it can classify but not generate; "
-        "load the full model for guarded generation (SafetyGuard.from_pretrained, or guard.wrap(full_model))"
+    return GenerationUnavailableError.classifier_only(
+        config.model_type, "the vision tower and token embeddings", "no projector or language model"
     )
 
 

@@ -45,10 +45,8 @@ OTHER_MODALITIES: tuple[str, ...] = ("audio", "speech", "sound")
 
 
 def _cannot_generate(config: Any) -> GenerationUnavailableError:
-    return GenerationUnavailableError(
-        f"this guard is classifier-only: it loaded the vision tower, projector and input embeddings of a "
-        f"{config.model_type!r} model but no language model, so it can classify but not generate; load the full "
-        "model for guarded generation (SafetyGuard.from_pretrained, or guard.wrap(full_model))"
+    return GenerationUnavailableError.classifier_only(
+        config.model_type, "the vision tower, projector and input embeddings", "no language model"
     )
 
 
