@@ -18,11 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.guard import SafetyGuard
@@ -32,6 +30,7 @@ from psaguard.training.evaluate import evaluate_guard
 from psaguard.training.stage1 import train_stage1
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import write_demo_examples
+from psaguard.training.world.runs import StepClock, torch_threads, train_losses
 from psaguard.training.world.scoring import answer_rows, refusal_rate
 
 __all__ = ["DemoGuardResult", "DemoGuardSpec", "resave_guard", "retrain_demo_guard", "score_guard"]
@@ -130,12 +129,6 @@ def resave_guard(model_dir: Path, guard_dir: Path, out: Path, *, response_head: 
     return guard.save_pretrained(out)
 
 
-def _head_loss(run_dir: Path) -> tuple[float, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r["head_loss"] for r in records if "head_loss" in r and not any(k.startswith("eval") for k in r)]
-    return train[0], train[-1]
-
-
 def retrain_demo_guard(
     spec: DemoGuardSpec, out_dir: str | Path, model_dir: Path, guard_dir: Path, export: Path | None = None
 ) -> DemoGuardResult:
@@ -146,17 +139,12 @@ def retrain_demo_guard(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    with torch_threads(spec.threads):
+        return _retrain(spec, out, model_dir, guard_dir, export)
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        seconds[name] = round(time.perf_counter() - clock, 1)
-        clock = time.perf_counter()
-        logger.info("demo guard: %s done in %.1f s", name, seconds[name])
 
+def _retrain(spec: DemoGuardSpec, out: Path, model_dir: Path, guard_dir: Path, export: Path | None) -> DemoGuardResult:
+    clock = StepClock("demo guard")
     world = WorldSpec(
         seed=spec.seed,
         image_size=spec.image_size,
@@ -169,7 +157,7 @@ def retrain_demo_guard(
     world_dir = out / "world"
     summary = build_world(world_dir, world)
     test_rows = read_rows(world_dir, "test")
-    lap("world")
+    clock.lap("world")
     init = resave_guard(model_dir, guard_dir, out / "init-guard", response_head=True)
     cfg = Stage1Config(
         model=str(model_dir),
@@ -194,7 +182,7 @@ def retrain_demo_guard(
         cpu=True,
     )
     stage1_dir = train_stage1(cfg)
-    lap("stage I")
+    clock.lap("stage I")
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir).eval()
@@ -204,14 +192,14 @@ def retrain_demo_guard(
     )
     guard = SafetyGuard.from_pretrained(stage1_dir, model, processor)
     new = score_guard(guard, world_dir, test_rows, spec.max_new_tokens)
-    lap("scoring")
+    clock.lap("scoring")
     result = DemoGuardResult(
         spec=spec,
         rows=summary.rows,
         old=old,
         new=new,
-        head_loss=_head_loss(stage1_dir),
-        seconds=seconds,
+        head_loss=train_losses(stage1_dir),
+        seconds=clock.timings,
         guard_dir=stage1_dir,
     )
     (out / "demo_guard.json").write_text(result.model_dump_json(indent=2) + "\n")

@@ -18,11 +18,7 @@ trainer does).
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +44,7 @@ from psaguard.training.world.base_model import (
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import load_trained_guard
 from psaguard.training.world.report import GenerationEval, HeadEval, WorldMetrics, write_report
+from psaguard.training.world.runs import StepClock, torch_threads, train_losses
 from psaguard.training.world.scoring import (
     GuardedAnswer,
     answer_rows,
@@ -236,12 +233,6 @@ def _stage_kwargs(stage: StageSettings, seed: int) -> dict[str, Any]:
     }
 
 
-def _losses(run_dir: Path, key: str = "head_loss") -> tuple[float, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [r[key] for r in records if key in r and not any(k.startswith("eval") for k in r)]
-    return train[0], train[-1]
-
-
 def _stage1(spec: ExperimentSpec, base_dir: Path, world_dir: Path, out: Path, pooling: str) -> Path:
     cfg = Stage1Config(
         model=str(base_dir),
@@ -333,34 +324,6 @@ class _Generation:
     correct: set[str]
 
 
-class _Clock:
-    """Wall-clock seconds of each step, logged as each ends."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = round(now - self._last, 1)
-        self._last = now
-        logger.info("world run: %s done in %.1f s", name, self.timings[name])
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's CPU thread count set to ``threads`` for the run and restored after it (None: left alone)."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResult:
     """Run the whole experiment into ``out_dir`` (world/, base/, stage1-*/, stage2/, report/).
 
@@ -369,8 +332,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clock = _Clock()
-    with _torch_threads(spec.threads):
+    clock = StepClock("world run")
+    with torch_threads(spec.threads):
         world = _build(spec, out)
         clock.lap("world")
         base = _teach_base(spec, world, out / "base")
@@ -383,7 +346,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
         clock.lap("head evaluation")
         generation = _generate(guard, world, spec.max_new_tokens)
         clock.lap("guarded generation")
-    stage1_loss = _losses(stage1_dirs["mean"])
+    stage1_loss = train_losses(stage1_dirs["mean"])
     metrics = WorldMetrics(
         heads=heads,
         primary="mean",

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from psaguard.training.world.build import read_rows
-from psaguard.training.world.experiment import ExperimentSpec, _torch_threads, capability_rows, run_experiment
+from psaguard.training.world.experiment import ExperimentSpec, capability_rows, run_experiment
+from psaguard.training.world.runs import torch_threads
 from psaguard.training.world.scoring import is_refusal
 
 
@@ -120,7 +121,7 @@ def test_demo_assets_hold_model_guard_examples_and_the_runs_numbers(ci_run, tmp_
 
 def test_the_runs_thread_count_is_restored_afterwards_even_on_error():
     before = torch.get_num_threads()
-    with pytest.raises(RuntimeError), _torch_threads(before + 1):
+    with pytest.raises(RuntimeError), torch_threads(before + 1):
         assert torch.get_num_threads() == before + 1
         raise RuntimeError("a step failed")
     assert torch.get_num_threads() == before
