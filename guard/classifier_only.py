@@ -1,9 +1,8 @@
 """Classifier-only guards: what :meth:`SafetyGuard.from_pretrained_classifier` loads besides the guard itself.
 
 The model side is what :func:`~psaguard.backbones.encoder_checkpoint.load_encoder_only` reads of the base
-checkpoint (an :class:`~psaguard.backbones.EncoderOnlyModel` with the vision tower and token embeddings, or,
-for a family the generic adapter handles, the model with only its vision tower, projector and input
-embeddings) and the base model's processor. A Stage II LoRA adapter saved with the guard is not loaded:
+checkpoint (the model with only its vision tower, projector and input embeddings) and the base model's
+processor. A Stage II LoRA adapter saved with the guard is not loaded:
 it changes the language model's answers, not the verdicts, which is checked from its tensor names.
 """
 

@@ -18,7 +18,7 @@ from psaguard import (
     SafetyGuard,
     UnsupportedModelError,
 )
-from psaguard.backbones import EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone, EncoderOnlyModel
+from psaguard.backbones import EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone, is_classifier_only
 from psaguard.testing.llava import TinyLlavaSpec, save_tiny_llava
 
 PROMPTS = ["what is in this image ?", "describe the picture", "how many circle are there ?"]
@@ -77,19 +77,16 @@ def test_llava_next_verdicts_equal_the_full_guards(next_model, next_processor, n
     assert_same_verdicts(full.classify_batch(shaped_images, PROMPTS), classifier.classify_batch(shaped_images, PROMPTS))
 
 
-def test_only_the_vision_tower_and_token_embeddings_are_loaded(trained_dir, tiny_dir, tiny_model):
+def test_only_the_vision_tower_projector_and_token_embeddings_are_loaded(trained_dir, tiny_dir, tiny_model):
     classifier = SafetyGuard.from_pretrained_classifier(trained_dir, tiny_dir)
     model = classifier.model
-    assert isinstance(model, EncoderOnlyModel)
-    assert {name for name, _ in model.named_children()} == {"vision_tower", "embed_tokens"}
+    assert is_classifier_only(model) and type(model) is type(tiny_model)
     parts = tiny_model.model
-    expected = sum(
-        p.numel() for p in [*parts.vision_tower.parameters(), *parts.language_model.embed_tokens.parameters()]
-    )
+    kept = [parts.vision_tower, parts.multi_modal_projector, parts.language_model.embed_tokens]
     loaded = sum(p.numel() for p in model.parameters())
-    assert loaded == expected
-    assert loaded < 0.5 * sum(p.numel() for p in tiny_model.parameters())
-    assert torch.equal(model.embed_tokens.weight, parts.language_model.embed_tokens.weight)
+    assert loaded == sum(p.numel() for part in kept for p in part.parameters())
+    assert loaded < sum(p.numel() for p in tiny_model.parameters())
+    assert torch.equal(model.get_input_embeddings().weight, parts.language_model.embed_tokens.weight)
     assert not any(p.requires_grad for p in model.parameters())
 
 
@@ -105,7 +102,7 @@ def test_generation_methods_raise_a_typed_error(trained_dir, tiny_dir, images):
         lambda: classifier.model.generate(input_ids=torch.ones(1, 3, dtype=torch.long)),
         lambda: classifier.with_policy(GuardPolicy()).generate(images[0], PROMPTS[0]),
     ]
-    with count_calls(classifier.model.vision_tower) as tower_calls:
+    with count_calls(classifier.model.model.vision_tower) as tower_calls:
         for call in calls:
             with pytest.raises(GenerationUnavailableError, match="classifier-only"):
                 call()

@@ -11,15 +11,15 @@ from psaguard.backbones.aya_vision import AyaVisionBackbone, EncoderOnlyAyaVisio
 from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
 from psaguard.backbones.encoder_only import (
     ENCODER_ONLY_BACKBONES,
+    ClassifierOnlyGenericBackbone,
     EncoderOnlyBackbone,
     EncoderOnlyLlavaBackbone,
     EncoderOnlyLlavaNextBackbone,
-    EncoderOnlyModel,
     encoder_only_backbones,
+    is_classifier_only,
 )
 from psaguard.backbones.gemma3 import EncoderOnlyGemma3Backbone, Gemma3Backbone
 from psaguard.backbones.generic import GenericBackbone, GenericFeatures
-from psaguard.backbones.generic_classifier_only import ClassifierOnlyGenericBackbone
 from psaguard.backbones.glm4v import EncoderOnlyGlm4vBackbone, Glm4vBackbone
 from psaguard.backbones.idefics3 import (
     EncoderOnlyIdefics3Backbone,
@@ -63,7 +63,6 @@ __all__ = [
     "EncoderOnlyLlavaOnevisionBackbone",
     "EncoderOnlyLlavaPixtralBackbone",
     "EncoderOnlyMistral3Backbone",
-    "EncoderOnlyModel",
     "EncoderOnlyQwen2VLBackbone",
     "EncoderOnlyQwen2_5_VLBackbone",
     "EncoderOnlyQwen3VLBackbone",
@@ -87,6 +86,7 @@ __all__ = [
     "VipLlavaBackbone",
     "VisionFeatures",
     "encoder_only_backbones",
+    "is_classifier_only",
     "pool_to_square_grid",
     "register_backbone",
     "registered_backbones",

@@ -1,39 +1,42 @@
-"""Build a classifier-only model from a saved checkpoint, reading only the tensors it needs.
+"""Build a classifier-only model from a saved checkpoint, reading only the tensors its verdicts need.
 
-A family with a classifier-only adapter (:class:`EncoderOnlyBackbone`) gets an :class:`EncoderOnlyModel`;
-every other model the generic adapter handles gets its own model class with only the vision tower,
-projector and input embeddings loaded (:mod:`psaguard.backbones.generic_classifier_only`).
+One path for every family, with a classifier-only adapter of its own or the generic one: the model's own
+(image-text-to-text) class is built on the meta device from its config, the parts the verdicts do not read are
+removed (:mod:`psaguard.backbones.encoder_only`: the language model but its input embeddings, the LM head,
+other modalities' towers), the tensors left are found in the (sharded) safetensors checkpoint by the model's
+own names (checkpoint keys renamed as transformers renames them on load, so legacy layouts load too), and only
+they are read and materialised.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
+from transformers import AutoConfig, PreTrainedModel
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-from psaguard.backbones.base import Backbone
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone, EncoderOnlyModel, encoder_only_backbones
-from psaguard.backbones.generic_classifier_only import load_generic_classifier_only
+from psaguard.backbones.encoder_only import LanguageModelRemoved, PartRemoved, refuse_generation
+from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.registry import resolve_backbone
 from psaguard.checkpoints.reader import MODEL_CONFIG_NAME, CheckpointReader
 from psaguard.config import ModelFingerprint
 from psaguard.dtypes import DtypeRequest, resolve_dtype
 from psaguard.errors import CheckpointError, UnsupportedModelError
 
-__all__ = ["load_encoder_only", "load_model_config"]
+__all__ = ["OTHER_MODALITIES", "classifier_only_skeleton", "load_encoder_only", "load_model_config"]
 
 logger = logging.getLogger(__name__)
 
-# Where a checkpoint keeps the two parts is the classifier-only adapter's (EncoderOnlyBackbone's
-# tower_checkpoint_prefixes and embedding_checkpoint_keys); older hub checkpoints also nest the CLIP tower's
-# weights under `vision_model.`, which transformers 5's CLIPVisionModel no longer has.
-_TOWER_NESTING = "vision_model."
-# With tie_word_embeddings, save_pretrained may keep only the output head of the tied pair.
-_TIED_KEYS = ("lm_head.weight", "language_model.lm_head.weight")
+OTHER_MODALITIES: tuple[str, ...] = ("audio", "speech", "sound")
+"""Parts of the multimodal model whose name holds one of these are not read (images do not pass through them)."""
 
 
 def load_encoder_only(
@@ -44,12 +47,7 @@ def load_encoder_only(
     device: str | torch.device | None = None,
     fingerprint: ModelFingerprint | None = None,
 ) -> nn.Module:
-    """The parts of the checkpoint at ``path`` the guard's verdicts read; no other tensor is read.
-
-    For a family with a classifier-only adapter, an :class:`EncoderOnlyModel` (vision tower and input
-    embeddings); for any other model the generic adapter handles, the model's own class holding only its
-    vision tower, multimodal projector and input embeddings
-    (:func:`~psaguard.backbones.generic_classifier_only.load_generic_classifier_only`).
+    """The classifier-only model of the checkpoint at ``path``: vision tower, projector and input embeddings.
 
     Args:
         path: a directory written by ``save_pretrained`` (safetensors, one file or sharded with an index),
@@ -59,47 +57,31 @@ def load_encoder_only(
         dtype: dtype of the loaded parts (a torch dtype or its name); None or ``"auto"`` chooses what ``device``
             runs fast (:func:`psaguard.dtypes.choose_dtype`: on a CPU without a native 16-bit path, float32).
         device: where to put them (default: the CPU).
-        fingerprint: if given, checked against the checkpoint's config before any tensor is read, so a guard
-            made for another model fails without fetching shards.
+        fingerprint: if given, checked against the weightless model before any tensor is read, so a guard made
+            for another model fails without fetching shards (the generic adapter's vision width, measured on
+            the processor's probe image, is checked when the guard attaches).
 
     Raises:
-        UnsupportedModelError: the config is of a family that neither has a classifier-only adapter nor follows
-            the interface of the generic adapter.
+        UnsupportedModelError: no registered adapter handles the config's model (the reason is named).
         CheckpointMismatchError: ``fingerprint`` differs from the checkpoint's.
-        CheckpointError: config or weights are missing, unreadable, or of the wrong shapes.
+        CheckpointError: config or weights are missing, unreadable, held twice, or of the wrong shapes.
     """
     reader = CheckpointReader.open(path, revision)
-    config = load_model_config(reader.directory)
-    if not _has_adapter(config):
-        return load_generic_classifier_only(reader, config, dtype=dtype, device=device, fingerprint=fingerprint)
-    meta_tower = _meta_tower(config)
-    if fingerprint is not None:
-        fingerprint.check(_meta_model(config, meta_tower).fingerprint())
-    adapter = _adapter_for(config)
-    tower_keys = _tower_keys(reader, meta_tower, adapter.tower_checkpoint_prefixes)
-    embedding_key = _embedding_key(reader, config, adapter.embedding_checkpoint_keys)
-    tensors = reader.read([*tower_keys.values(), embedding_key])
-    weight = tensors.pop(embedding_key)
-    text = config.text_config
-    if tuple(weight.shape) != (text.vocab_size, text.hidden_size):
-        raise CheckpointError(
-            f"input embeddings {embedding_key} of {reader.directory} are {tuple(weight.shape)}, but the config "
-            f"says ({text.vocab_size}, {text.hidden_size})"
-        )
-    choice = resolve_dtype(dtype, device or "cpu", weight.dtype)
+    model = classifier_only_skeleton(load_model_config(reader.directory), fingerprint)
+    expected = model.state_dict()  # what is left: exactly the tensors the verdicts read
+    keys = _checkpoint_keys(reader, model, expected)
+    tensors = reader.read(keys.values())
+    embedding = next(name for name, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+    choice = resolve_dtype(dtype, device or "cpu", tensors[keys[embedding]].dtype)
     logger.info("classifier-only parts compute in %s (%s)", choice.dtype, choice.reason)
-    dtype = choice.torch_dtype
-    tower = _build_tower(meta_tower, config, {name: tensors[key] for name, key in tower_keys.items()}, dtype)
-    embed_tokens = nn.Embedding.from_pretrained(weight.to(dtype), freeze=True)
-    model = EncoderOnlyModel(config, tower, embed_tokens).eval().requires_grad_(False)
-    logger.info("loaded %s parameters (vision tower + token embeddings) of %s", f"{_count(model):,}", reader.directory)
+    _materialise(model, {name: tensors[key] for name, key in keys.items()}, expected, choice.torch_dtype)
+    count = sum(p.numel() for p in model.requires_grad_(False).parameters())
+    logger.info("loaded %s parameters (%d tensors) of %s classifier-only", f"{count:,}", len(keys), reader.directory)
     return model.to(device) if device is not None else model
 
 
 def load_model_config(directory: Path) -> Any:
     """The checkpoint's transformers config, if it is of a vision-language model (one with a vision config)."""
-    from transformers import AutoConfig
-
     if not (directory / MODEL_CONFIG_NAME).is_file():
         raise CheckpointError(f"no {MODEL_CONFIG_NAME} in {directory}")
     try:
@@ -116,84 +98,136 @@ def load_model_config(directory: Path) -> Any:
     return config
 
 
-def _has_adapter(config: Any) -> bool:
-    return any(config.model_type in adapter.model_types for adapter in encoder_only_backbones())
+def classifier_only_skeleton(config: Any, fingerprint: ModelFingerprint | None = None) -> nn.Module:
+    """The classifier-only model of ``config`` on the meta device (names and shapes, no memory).
 
-
-def _adapter_for(config: Any) -> type[EncoderOnlyBackbone]:
-    """The classifier-only adapter of the checkpoint's family (load_encoder_only checked there is one)."""
-    return next(a for a in encoder_only_backbones() if config.model_type in a.model_types)
-
-
-def _tower_keys(reader: CheckpointReader, meta_tower: nn.Module, prefixes: tuple[str, ...]) -> dict[str, str]:
-    """Vision-tower parameter and buffer name -> checkpoint key, for every tensor the tower saves."""
-    expected = meta_tower.state_dict()
-    mapping, missing = {}, []
-    for name in expected:
-        bare = name.removeprefix(_TOWER_NESTING)
-        found = [
-            key
-            for prefix in prefixes
-            for key in (prefix + bare, prefix + _TOWER_NESTING + bare)
-            if key in reader.weight_map
-        ]
-        if len(found) > 1:  # two copies of one weight: which the model would use is unclear, so refuse
-            raise CheckpointError(f"checkpoint {reader.directory} holds vision tower weight {name!r} twice: {found}")
-        if found:
-            mapping[name] = found[0]
-        else:
-            missing.append(name)
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {reader.directory} lacks {len(missing)} vision tower tensors, e.g. {missing[:3]} "
-            f"(looked under {list(prefixes)})"
-        )
-    return mapping
-
-
-def _embedding_key(reader: CheckpointReader, config: Any, keys: tuple[str, ...]) -> str:
-    found = [key for key in keys if key in reader.weight_map]
-    tied = bool(getattr(config.text_config, "tie_word_embeddings", False) or config.tie_word_embeddings)
-    if not found and tied:
-        found = [key for key in _TIED_KEYS if key in reader.weight_map][:1]
-    if len(found) > 1:
-        raise CheckpointError(f"checkpoint {reader.directory} holds the input embeddings twice: {found}")
-    if not found:
-        raise CheckpointError(f"checkpoint {reader.directory} has no input embeddings (looked for {list(keys)})")
-    return found[0]
-
-
-def _build_tower(
-    meta_tower: nn.Module, config: Any, state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype
-) -> nn.Module:
-    """The tower as the full model builds it (``AutoModel.from_config``), with exactly ``state_dict`` loaded."""
-    expected = {name: tuple(t.shape) for name, t in meta_tower.state_dict().items()}
-    wrong = [f"{n}: {tuple(t.shape)} != {expected[n]}" for n, t in state_dict.items() if tuple(t.shape) != expected[n]]
-    if wrong:
-        raise CheckpointError(f"vision tower weights do not match config.vision_config: {wrong[:3]}")
-    # from_pretrained(None, config=..., state_dict=...) builds on the meta device and fills non-persistent
-    # buffers (CLIP's position_ids) as a normal load does, without a random init of every weight first.
-    tower, info = type(meta_tower).from_pretrained(
-        None, config=config.vision_config, state_dict=dict(state_dict), dtype=dtype, output_loading_info=True
-    )
-    problems = {k: sorted(v) for k, v in info.items() if k != "error_msgs" and v}
-    if problems or info.get("error_msgs"):
-        raise CheckpointError(f"vision tower did not load cleanly: {problems or info['error_msgs']}")
-    return tower
-
-
-def _meta_tower(config: Any) -> nn.Module:
-    """The vision tower on the meta device: its class, parameter names and shapes, no memory."""
+    Raises :class:`UnsupportedModelError` (with the reason) when no registered adapter handles the model, and
+    :class:`~psaguard.errors.CheckpointMismatchError` when ``fingerprint`` differs.
+    """
+    model_class = getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(config.model_type, ""), None)
+    if model_class is None:
+        raise UnsupportedModelError(f"transformers has no image-text-to-text model for {config.model_type!r}")
     with torch.device("meta"):
-        return _adapter_for(config).tower_from_config(config.vision_config)
+        model = model_class(config).eval()
+    backbone = resolve_backbone(model)  # the full model's adapter: it fingerprints as the classifier-only one
+    if fingerprint is not None:
+        # The generic adapter measures the vision width on the processor's probe image when the guard attaches.
+        measured = type(backbone).vision_hidden_size is GenericBackbone.vision_hidden_size
+        (fingerprint.model_copy(update={"vision_hidden_size": None}) if measured else fingerprint).check(
+            backbone.fingerprint()
+        )
+    _prune(model)
+    return model
 
 
-def _meta_model(config: Any, meta_tower: nn.Module) -> Backbone:
-    """The adapter of a weightless stand-in for the model: everything :meth:`Backbone.fingerprint` reads."""
-    text = config.text_config
-    embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, device="meta")
-    return resolve_backbone(EncoderOnlyModel(config, meta_tower, embed_tokens), encoder_only_backbones())
+def _prune(model: nn.Module) -> None:
+    """Replace the language model by its input embeddings alone (at their own path) and every other part the
+    vision pass does not read by :class:`PartRemoved`; the model's forward and generate then refuse."""
+    embedding = model.get_input_embeddings()
+    parts = getattr(model, "model", model)
+    lm_name = next((n for n, child in parts.named_children() if any(m is embedding for m in child.modules())), None)
+    if lm_name is None:
+        raise UnsupportedModelError(
+            f"no part of a {model.config.model_type!r} model holds its input embeddings, so its language model "
+            "cannot be told apart and it cannot be loaded classifier-only"
+        )
+    path = next(name for name, module in parts.get_submodule(lm_name).named_modules() if module is embedding)
+    setattr(parts, lm_name, LanguageModelRemoved(model.config, path, embedding))
+    for owner, name in _unread_parts(model, parts):
+        setattr(owner, name, PartRemoved(model.config))
+    for module in {model, parts}:  # the model's own forward and generate refuse before touching a removed part
+        module.register_forward_pre_hook(partial(refuse_generation, model.config))
+    model.generate = partial(refuse_generation, model.config)
+    if model.get_input_embeddings() is not embedding:
+        raise UnsupportedModelError(
+            f"a {model.config.model_type!r} model does not reach its input embeddings through its language model's "
+            "get_input_embeddings, so it cannot be loaded classifier-only"
+        )
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def _unread_parts(model: nn.Module, parts: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(owner, name) of the other modalities' towers and of what lies outside the multimodal model (LM head)."""
+    unread = [(parts, name) for name, _ in parts.named_children() if any(w in name.lower() for w in OTHER_MODALITIES)]
+    outside = [] if parts is model else [(model, n) for n, child in model.named_children() if child is not parts]
+    return unread + outside
+
+
+def _checkpoint_keys(reader: CheckpointReader, model: nn.Module, expected: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Model tensor name -> checkpoint key for every tensor of ``expected``; a tensor the checkpoint lacks, holds
+    twice or needs converting is refused. With tied embeddings, the output head's copy stands in for a missing
+    input-embedding table (``save_pretrained`` may keep only one of the pair)."""
+    tied = {t: s for t, s in getattr(model, "all_tied_weights_keys", {}).items() if s in expected}
+    found, converted = _renamed_keys(reader, model, expected.keys() | tied.keys())
+    for target, source in tied.items():
+        if target in found and source not in found:
+            found[source] = found[target]
+        found.pop(target, None)
+    twice = {name: keys for name, keys in found.items() if len(keys) > 1}
+    missing = sorted(expected.keys() - found.keys())
+    problems = [
+        (converted, f"needs converting ({converted[:3]})"),
+        (twice, f"holds weights twice ({dict(list(twice.items())[:3])})"),
+        (missing, f"lacks {len(missing)} of the tensors the guard reads, e.g. {missing[:3]}"),
+    ]
+    if problem := next((text for problem, text in problems if problem), None):
+        raise CheckpointError(f"checkpoint {reader.directory} {problem}")
+    return {name: keys[0] for name, keys in found.items()}
+
+
+def _renamed_keys(reader: CheckpointReader, model: nn.Module, wanted: set[str]) -> tuple[dict[str, list[str]], list]:
+    """Model tensor name -> the checkpoint keys transformers would load into it, for the names in ``wanted``; and
+    the keys among them that a weight converter (not a plain renaming) would produce."""
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta = dict.fromkeys(wanted)
+    found: dict[str, list[str]] = {}
+    converted = []
+    for key in reader.weight_map:
+        name, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+        if name not in wanted and key in wanted:
+            name, pattern = key, None
+        if name in wanted:
+            found.setdefault(name, []).append(key)
+            converted += [key] if pattern is not None else []
+    return found, converted
+
+
+def _materialise(
+    model: nn.Module, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], dtype: torch.dtype
+) -> None:
+    """Put ``tensors`` into the meta model, then give the non-persistent buffers of kept modules their values
+    as transformers' loading does (the model's ``_init_weights``)."""
+    wrong = [
+        f"{n}: {tuple(t.shape)} != {tuple(expected[n].shape)}"
+        for n, t in tensors.items()
+        if t.shape != expected[n].shape
+    ]
+    if wrong:
+        raise CheckpointError(f"checkpoint tensors do not match the model's config: {wrong[:3]}")
+    _init_non_persistent_buffers(model, model)  # first, so that no init touches a loaded tensor
+    for name, value in tensors.items():
+        owner, _, leaf = name.rpartition(".")
+        module = model.get_submodule(owner)
+        value = value.to(dtype) if value.is_floating_point() else value
+        if leaf in module._parameters:
+            module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+        else:
+            module._buffers[leaf] = value
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise UnsupportedModelError(f"classifier-only loading left parts of the model without weights: {left[:3]}")
+
+
+def _init_non_persistent_buffers(module: nn.Module, owner: Any) -> None:
+    """Give ``module``'s non-persistent buffers (rotary frequencies, position ids) their values with the
+    ``_init_weights`` of the model they belong to (a tower keeps its own), as transformers' loading does; its
+    parameters are still on the meta device, where the init does nothing."""
+    owner = module if isinstance(module, PreTrainedModel) else owner
+    buffers = [b for b in module._non_persistent_buffers_set if module._buffers.get(b) is not None]
+    if any(module._buffers[b].is_meta for b in buffers):
+        for b in buffers:
+            module._buffers[b] = torch.empty_like(module._buffers[b], device="cpu")
+        owner._init_weights(module)
+    for child in module.children():
+        _init_non_persistent_buffers(child, owner)

@@ -1,18 +1,23 @@
-"""Classifier-only backbones: a LLaVA model's vision tower and token embeddings, without its language model.
+"""Classifier-only models and adapters: a vision-language model without its language model.
 
-The guard's classification reads only these two parts of the model (the vision features feed the safety
-projector, the prompt's token embeddings feed the safety head), so a guard built on an
-:class:`EncoderOnlyModel` judges requests exactly as one built on the full model while holding a small
-fraction of its weights: it can front a vision-language model served elsewhere. It cannot generate.
+The guard's verdicts read the vision pass (tower and projector) and the prompt's input embeddings, so a guard
+on a classifier-only model judges exactly as on the full model while holding a fraction of its weights: it
+can front a model served elsewhere, but not generate. A classifier-only model is the family's own model class
+(:func:`psaguard.backbones.encoder_checkpoint.load_encoder_only` builds and loads it) whose language model is
+:class:`LanguageModelRemoved` (its input embeddings at their own path, nothing else) and whose other unread
+parts (the LM head, audio towers) are :class:`PartRemoved`; its ``forward`` and ``generate`` raise
+:class:`~psaguard.errors.GenerationUnavailableError`. Its adapter is the family's adapter with
+:class:`EncoderOnlyBackbone` mixed in, so images are encoded and prompts embedded exactly as on the full model.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 
 from torch import nn
 
-from psaguard.backbones.base import Backbone, VisionFeatures
+from psaguard.backbones.base import Backbone, unwrap_model
+from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.registry import register_backbone, registered_backbones
@@ -20,99 +25,92 @@ from psaguard.errors import GenerationUnavailableError
 
 __all__ = [
     "ENCODER_ONLY_BACKBONES",
+    "ClassifierOnlyGenericBackbone",
     "EncoderOnlyBackbone",
     "EncoderOnlyLlavaBackbone",
     "EncoderOnlyLlavaNextBackbone",
-    "EncoderOnlyModel",
+    "LanguageModelRemoved",
+    "PartRemoved",
     "encoder_only_backbones",
+    "is_classifier_only",
+    "refuse_generation",
 ]
 
 
-def _cannot_generate(config: Any) -> GenerationUnavailableError:
-    return GenerationUnavailableError.classifier_only(
-        config.model_type, "the vision tower and token embeddings", "no projector or language model"
+def refuse_generation(config: Any, *args: Any, **kwargs: Any) -> NoReturn:
+    """Raise the classifier-only :class:`~psaguard.errors.GenerationUnavailableError` of ``config``'s model."""
+    raise GenerationUnavailableError.classifier_only(
+        config.model_type, "the vision tower, projector and input embeddings", "no language model"
     )
 
 
-class EncoderOnlyModel(nn.Module):
-    """The vision tower and input-embedding table of a LLaVA-family model, under the full model's ``config``.
+class PartRemoved(nn.Module):
+    """A part of the model classifier-only mode does not load (e.g. the LM head); calling it raises."""
 
-    Build it with :func:`psaguard.backbones.encoder_checkpoint.load_encoder_only`. ``generate`` and
-    ``forward`` raise :class:`~psaguard.errors.GenerationUnavailableError`.
-    """
-
-    def __init__(self, config: Any, vision_tower: nn.Module, embed_tokens: nn.Embedding) -> None:
+    def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
-        self.vision_tower = vision_tower
-        self.embed_tokens = embed_tokens
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        """The language model's input-embedding table (as on a ``PreTrainedModel``)."""
-        return self.embed_tokens
 
     def forward(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise _cannot_generate(self.config)
+        refuse_generation(self.config)
 
-    def generate(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Always raises :class:`~psaguard.errors.GenerationUnavailableError`: there is no language model."""
-        raise _cannot_generate(self.config)
+
+class LanguageModelRemoved(PartRemoved):
+    """The language model of a classifier-only model: its input-embedding table under its own name, no layers."""
+
+    def __init__(self, config: Any, path: str, embeddings: nn.Module) -> None:
+        super().__init__(config)
+        self._embedding_path = path
+        *containers, leaf = path.split(".")
+        owner: nn.Module = self
+        for container in containers:  # the embeddings keep their path, so checkpoint keys name them as before
+            owner.add_module(container, nn.Module())
+            owner = owner.get_submodule(container)
+        owner.add_module(leaf, embeddings)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The input-embedding table (as on the language model it replaces)."""
+        return self.get_submodule(self._embedding_path)
+
+
+def is_classifier_only(model: nn.Module) -> bool:
+    """Whether ``model`` (through wrappers) is a classifier-only model (its language model removed)."""
+    return any(isinstance(module, LanguageModelRemoved) for module in unwrap_model(model).modules())
 
 
 class EncoderOnlyBackbone(Backbone):
     """What a classifier-only adapter changes in its family's adapter: dispatch, and no generation.
 
-    The family adapter reads the tower as ``model.vision_tower`` (an :class:`EncoderOnlyModel` has no
-    ``.model``) and the embeddings through ``get_input_embeddings``, so encoding and sizes are inherited.
     A family gets classifier-only mode by registering ``class EncoderOnlyX(EncoderOnlyBackbone, XBackbone)``
-    after its full adapter ``XBackbone`` (so that it is tried first).
+    after its full adapter ``XBackbone`` (so that it is tried first on a classifier-only model).
     """
-
-    tower_checkpoint_prefixes: ClassVar[tuple[str, ...]] = ("model.vision_tower.", "vision_tower.")
-    """Where the family's checkpoints keep the vision tower's tensors. LLaVA-style: transformers 5 writes the
-    legacy layout (``vision_tower.*``) and reads it and the layout transformers 4.5x wrote
-    (``model.vision_tower.*``)."""
-    embedding_checkpoint_keys: ClassVar[tuple[str, ...]] = (
-        "model.language_model.embed_tokens.weight",
-        "language_model.model.embed_tokens.weight",
-    )
-    """Checkpoint keys of the language model's input-embedding table, in either layout."""
-
-    @classmethod
-    def tower_from_config(cls, vision_config: Any) -> nn.Module:
-        """The family's vision tower built from ``vision_config`` as the full model builds it (random or meta).
-
-        Default: ``transformers.AutoModel.from_config``; families whose tower class AutoModel does not map
-        override this.
-        """
-        from transformers import AutoModel
-
-        return AutoModel.from_config(vision_config)
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        return isinstance(model, EncoderOnlyModel) and super().supports(model)
+        return is_classifier_only(model) and super().supports(model)
 
     def check_can_generate(self) -> NoReturn:
-        raise _cannot_generate(self.config)
-
-    def project(self, features: VisionFeatures) -> NoReturn:
-        raise _cannot_generate(self.config)
+        refuse_generation(self.config)
 
 
 @register_backbone
 class EncoderOnlyLlavaBackbone(EncoderOnlyBackbone, LlavaBackbone):
-    """LLaVA-1.5 without projector and language model; fingerprints as ``'llava'``, like the full model."""
+    """LLaVA-1.5 without its language model; fingerprints as ``'llava'``, like the full model."""
 
 
 @register_backbone
 class EncoderOnlyLlavaNextBackbone(EncoderOnlyBackbone, LlavaNextBackbone):
-    """LLaVA-NeXT without projector and language model; fingerprints as ``'llava_next'``, like the full model."""
+    """LLaVA-NeXT without its language model; fingerprints as ``'llava_next'``, like the full model."""
+
+
+@register_backbone
+class ClassifierOnlyGenericBackbone(EncoderOnlyBackbone, GenericBackbone):
+    """The generic adapter on a classifier-only model: it classifies exactly as on the full model and refuses
+    to generate. Registered after :class:`GenericBackbone`, so it is tried first."""
 
 
 ENCODER_ONLY_BACKBONES: tuple[type[Backbone], ...] = (EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone)
-"""The built-in LLaVA classifier-only adapters. Registered after the full-model ones, so they are tried first:
-an EncoderOnlyModel carries its full model's ``config.model_type``, which the full-model adapters claim too."""
+"""The built-in LLaVA classifier-only adapters, registered after the full-model ones so they are tried first."""
 
 
 def encoder_only_backbones() -> tuple[type[Backbone], ...]:

@@ -11,7 +11,6 @@ tokens of the run, so they join the image's bidirectional block. Pan-and-scan cr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,13 +141,4 @@ class Gemma3Backbone(Backbone):
 
 @register_backbone
 class EncoderOnlyGemma3Backbone(EncoderOnlyBackbone, Gemma3Backbone):
-    """Classifier-only: the tower and token embeddings alone; fingerprints as ``'gemma3'``, like the full model.
-
-    Gemma 3 scales its token embeddings by ``sqrt(hidden_size)`` inside its embedding module, which the
-    classifier-only model's plain table does not, so the scale is applied here.
-    """
-
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        embeddings = super().embed_tokens(input_ids)
-        scale = torch.tensor(math.sqrt(self.text_hidden_size), dtype=torch.float32)  # as the model's buffer
-        return embeddings * scale.to(embeddings.dtype)
+    """Classifier-only (its own scaled embedding module kept); fingerprints as ``'gemma3'``, like the full model."""

@@ -1,4 +1,4 @@
-"""Loading a LLaVA checkpoint's vision tower and token embeddings, and nothing else, from safetensors."""
+"""Loading a LLaVA checkpoint's vision tower, projector and token embeddings, and nothing else, from safetensors."""
 
 import fnmatch
 import json
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from psaguard import CheckpointError, UnsupportedModelError
-from psaguard.backbones import EncoderOnlyModel
+from psaguard.backbones import is_classifier_only
 from psaguard.backbones.encoder_checkpoint import load_encoder_only
 from psaguard.checkpoints.reader import SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME, CheckpointReader
 
@@ -20,20 +20,22 @@ EMBEDDING = "language_model.model.embed_tokens.weight"  # as transformers 5 save
 
 
 def needed(name: str) -> bool:
-    return name.startswith("vision_tower.") or name == EMBEDDING
+    return name.startswith(("vision_tower.", "multi_modal_projector.")) or name == EMBEDDING
 
 
-def assert_matches_full_model(model: EncoderOnlyModel, full) -> None:
-    ours = model.vision_tower.state_dict()
-    theirs = full.model.vision_tower.state_dict()
-    assert ours.keys() == theirs.keys()
+def assert_matches_full_model(model, full) -> None:
+    assert is_classifier_only(model) and type(model) is type(full)
+    ours, theirs = model.state_dict(), full.state_dict()
+    assert {k for k in ours if not k.startswith("model.language_model.")} == {
+        k for k in theirs if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))
+    }
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert torch.equal(model.embed_tokens.weight, full.model.language_model.embed_tokens.weight)
+    assert torch.equal(model.get_input_embeddings().weight, full.get_input_embeddings().weight)
     pixels = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
-        a = model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2]
-        b = full.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2]
-    assert torch.allclose(a, b, atol=1e-6)
+        a = model.model.get_image_features(pixel_values=pixels).pooler_output
+        b = full.model.get_image_features(pixel_values=pixels).pooler_output
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b, strict=True))
 
 
 def rewrite(source: Path, target: Path, rename=lambda name: name, drop=(), replace=None) -> Path:
@@ -62,7 +64,7 @@ def test_the_loaded_parts_equal_the_full_models(tiny_dir, tiny_model):
     assert not model.training
 
 
-def test_only_vision_and_embedding_tensors_are_read(tiny_dir, monkeypatch):
+def test_only_vision_projector_and_embedding_tensors_are_read(tiny_dir, monkeypatch):
     import psaguard.checkpoints.reader as reader_module
 
     read: list[str] = []
@@ -145,12 +147,13 @@ def test_dtype_and_device_are_applied(tiny_dir):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"drop": ["vision_tower.post_layernorm.weight"]}, "lacks 1 vision tower"),
-        ({"drop": [EMBEDDING]}, "no input embeddings"),
-        ({"replace": {EMBEDDING: torch.zeros(7, 64)}}, r"are \(7, 64\)"),
+        ({"drop": ["vision_tower.post_layernorm.weight"]}, r"lacks 1 of the tensors .*post_layernorm\.weight"),
+        ({"drop": ["multi_modal_projector.linear_1.bias"]}, r"lacks 1 of the tensors .*linear_1\.bias"),
+        ({"drop": [EMBEDDING]}, r"lacks 1 of the tensors .*embed_tokens\.weight"),
+        ({"replace": {EMBEDDING: torch.zeros(7, 64)}}, r"do not match .*embed_tokens\.weight: \(7, 64\)"),
         ({"replace": {"vision_tower.pre_layrnorm.weight": torch.zeros(3)}}, "do not match"),
         ({"replace": {"vision_tower.vision_model.pre_layrnorm.weight": torch.zeros(64)}}, "twice"),
-        ({"replace": {"model.language_model.embed_tokens.weight": torch.zeros(128, 64)}}, "embeddings twice"),
+        ({"replace": {"model.language_model.embed_tokens.weight": torch.zeros(128, 64)}}, "twice .*embed_tokens"),
     ],
 )
 def test_broken_checkpoints_raise_checkpoint_error(tiny_dir, tmp_path, change, message):
@@ -185,4 +188,4 @@ def test_tied_embeddings_are_read_from_the_output_head_when_only_it_was_saved(ti
     config = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
     model = load_encoder_only(path)
-    assert torch.equal(model.embed_tokens.weight, tiny_model.lm_head.weight)
+    assert torch.equal(model.get_input_embeddings().weight, tiny_model.lm_head.weight)

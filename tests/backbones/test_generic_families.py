@@ -94,7 +94,7 @@ def generic_only(monkeypatch: pytest.MonkeyPatch, adapters: tuple[type, ...] = (
     def generic(model, backbones=None):
         return resolve_backbone(model, list(adapters))
 
-    for module in (psaguard.guard, psaguard.loading, psaguard.classifier):
+    for module in (psaguard.guard, psaguard.loading, psaguard.classifier, psaguard.backbones.encoder_checkpoint):
         monkeypatch.setattr(module, "resolve_backbone", generic)
 
 
@@ -198,7 +198,6 @@ def test_classifier_only_judges_as_the_full_model(model_type, monkeypatch, tmp_p
         pytest.skip(f"refused: {reason}")
 
     generic_only(monkeypatch, (ClassifierOnlyGenericBackbone, GenericBackbone))
-    monkeypatch.setattr(psaguard.backbones.encoder_checkpoint, "encoder_only_backbones", tuple)  # the generic path
     model.save_pretrained(tmp_path / "model", max_shard_size="200KB")
     images = family_images()
     guard = guard_for(model, processor, inject=False, level=0)
