@@ -3,9 +3,10 @@
     python benchmarks/classifier_only_footprint.py
 
 The tiny model is saved and loaded for real (parameters, bytes, load time). The 7B shapes are counted on
-the meta device (no weights, no download): the full ``LlavaForConditionalGeneration`` against its CLIP
-ViT-L/336 vision tower plus the 32064 x 4096 token-embedding table (llava-hf/llava-1.5-7b-hf's vocabulary),
-and the guard's own safety modules (default ``SafetyGuardConfig``), in 16 bits and in float32 (what a CPU
+the meta device (no weights, no download): the full ``LlavaForConditionalGeneration`` against its classifier-only
+model (:func:`~psaguard.backbones.encoder_checkpoint.classifier_only_skeleton`: the CLIP ViT-L/336 vision tower,
+the projector and the 32064 x 4096 token-embedding table of llava-hf/llava-1.5-7b-hf's vocabulary), and the
+guard's own safety modules (default ``SafetyGuardConfig``), in 16 bits and in float32 (what a CPU
 without a native bf16 path computes in, ``psaguard.dtypes``).
 """
 
@@ -17,9 +18,9 @@ import time
 import torch
 from shapes import llava_15_7b_config
 from torch import nn
-from transformers import AutoModel, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
-from psaguard.backbones.encoder_checkpoint import load_encoder_only
+from psaguard.backbones.encoder_checkpoint import classifier_only_skeleton, load_encoder_only
 from psaguard.config import SafetyGuardConfig
 from psaguard.modules import SafetyModules
 from psaguard.testing.llava import save_tiny_llava
@@ -56,14 +57,14 @@ def llava_7b_shapes() -> None:
     vision, text = config.vision_config, config.text_config
     with torch.device("meta"):
         full = LlavaForConditionalGeneration(config)
-        tower = AutoModel.from_config(vision)
         modules = SafetyModules(SafetyGuardConfig(), vision.hidden_size, text.hidden_size)
-    embeddings = text.vocab_size * text.hidden_size
-    encoder = count(tower) + embeddings
+    light = classifier_only_skeleton(config)
+    encoder = count(light)
     rows = {
         "full model": count(full),
-        "vision tower": count(tower),
-        "token embeddings": embeddings,
+        "vision tower": count(light.model.vision_tower),
+        "projector": count(light.model.multi_modal_projector),
+        "token embeddings": count(light.get_input_embeddings()),
         "classifier-only": encoder,
         "safety modules": count(modules),
         "classifier+modules": encoder + count(modules),

@@ -158,20 +158,24 @@ def _checkpoint_keys(reader: CheckpointReader, model: nn.Module, expected: dict[
     input-embedding table (``save_pretrained`` may keep only one of the pair)."""
     tied = {t: s for t, s in getattr(model, "all_tied_weights_keys", {}).items() if s in expected}
     found, converted = _renamed_keys(reader, model, expected.keys() | tied.keys())
-    for target, source in tied.items():
-        if target in found and source not in found:
-            found[source] = found[target]
-        found.pop(target, None)
+    for target, source in tied.items():  # the tied copy stands in for a missing source, and is not read otherwise
+        keys = found.pop(target, None)
+        if keys and source not in found:
+            found[source] = keys
+    if problem := _key_problem(found, converted, sorted(expected.keys() - found.keys())):
+        raise CheckpointError(f"checkpoint {reader.directory} {problem}")
+    return {name: keys[0] for name, keys in found.items()}
+
+
+def _key_problem(found: dict[str, list[str]], converted: list[str], missing: list[str]) -> str | None:
+    """What is wrong with the checkpoint keys found for the model's tensors (None: nothing)."""
     twice = {name: keys for name, keys in found.items() if len(keys) > 1}
-    missing = sorted(expected.keys() - found.keys())
     problems = [
         (converted, f"needs converting ({converted[:3]})"),
         (twice, f"holds weights twice ({dict(list(twice.items())[:3])})"),
         (missing, f"lacks {len(missing)} of the tensors the guard reads, e.g. {missing[:3]}"),
     ]
-    if problem := next((text for problem, text in problems if problem), None):
-        raise CheckpointError(f"checkpoint {reader.directory} {problem}")
-    return {name: keys[0] for name, keys in found.items()}
+    return next((text for problem, text in problems if problem), None)
 
 
 def _renamed_keys(reader: CheckpointReader, model: nn.Module, wanted: set[str]) -> tuple[dict[str, list[str]], list]:

@@ -128,12 +128,17 @@ def _read_index(path: Path) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CheckpointError(f"{path} has no weight_map of tensor names to file names")
-    for file in set(weight_map.values()):
-        # Shards must lie inside the checkpoint: a hostile index must not make us open other files.
-        parts = PurePosixPath(file).parts
-        if not file or PurePosixPath(file).is_absolute() or ".." in parts or "\\" in file:
-            raise CheckpointError(f"{path} names shard {file!r} outside the checkpoint directory")
+    # Shards must lie inside the checkpoint: a hostile index must not make us open other files.
+    outside = sorted(file for file in set(weight_map.values()) if not _inside(file))
+    if outside:
+        raise CheckpointError(f"{path} names shard {outside[0]!r} outside the checkpoint directory")
     return weight_map
+
+
+def _inside(file: str) -> bool:
+    """Whether the shard name ``file`` (from an index) stays inside the checkpoint directory."""
+    name = PurePosixPath(file)
+    return bool(file) and not name.is_absolute() and ".." not in name.parts and "\\" not in file
 
 
 def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:

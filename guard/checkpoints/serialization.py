@@ -111,7 +111,16 @@ def load_tensors(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"corrupt or truncated weights file {path}: {err}") from err
-    saved = metadata.get(CHECKSUM_KEY)
+    _verify_checksum(path, tensors, metadata.get(CHECKSUM_KEY), allow_unverified)
+    nonfinite = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
+    if nonfinite:
+        raise CheckpointError(f"weights in {path} hold NaN or infinite values: {nonfinite[:5]}")
+    if expected is not None:
+        _check_expected(path, tensors, expected)
+    return tensors
+
+
+def _verify_checksum(path: Path, tensors: dict[str, torch.Tensor], saved: str | None, allow_unverified: bool) -> None:
     if saved is None:
         if not allow_unverified:
             raise CheckpointError(
@@ -121,20 +130,19 @@ def load_tensors(
         logger.warning("loading unverified weights %s (no %s metadata)", path, CHECKSUM_KEY)
     elif saved != tensors_digest(tensors):
         raise CheckpointError(f"weights in {path} do not match their checksum: the file is corrupt or was modified")
-    nonfinite = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
-    if nonfinite:
-        raise CheckpointError(f"weights in {path} hold NaN or infinite values: {nonfinite[:5]}")
-    if expected is not None:
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        wrong = sorted(
-            f"{name}: file {tuple(tensors[name].shape)}, module {tuple(shape)}"
-            for name, (shape, _) in expected.items()
-            if name in tensors and tensors[name].shape != shape
+
+
+def _check_expected(
+    path: Path, tensors: dict[str, torch.Tensor], expected: Mapping[str, tuple[torch.Size, torch.dtype]]
+) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = sorted(
+        f"{name}: file {tuple(tensors[name].shape)}, module {tuple(shape)}"
+        for name, (shape, _) in expected.items()
+        if name in tensors and tensors[name].shape != shape
+    )
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"weights in {path} do not match the config: missing {missing}, unexpected {extra}, wrong shapes {wrong}"
         )
-        if missing or extra or wrong:
-            raise CheckpointError(
-                f"weights in {path} do not match the config: missing {missing}, unexpected {extra}, "
-                f"wrong shapes {wrong}"
-            )
-    return tensors
