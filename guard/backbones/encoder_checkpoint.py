@@ -1,11 +1,8 @@
-"""Build a classifier-only model from a saved checkpoint, reading only the tensors its verdicts need.
+"""The one reader of classifier-only models, for every family (with a classifier-only adapter or the generic one).
 
-One path for every family, with a classifier-only adapter of its own or the generic one: the model's own
-(image-text-to-text) class is built on the meta device from its config, the parts the verdicts do not read are
-removed (:mod:`psaguard.backbones.encoder_only`: the language model but its input embeddings, the LM head,
-other modalities' towers), the tensors left are found in the (sharded) safetensors checkpoint by the model's
-own names (checkpoint keys renamed as transformers renames them on load, so legacy layouts load too), and only
-they are read and materialised.
+The model's own class is built on the meta device from the checkpoint's config, pruned to what the verdicts
+read (:mod:`psaguard.backbones.encoder_only`), and exactly the tensors left are read from the (sharded)
+safetensors checkpoint, found by the model's own names (keys renamed as transformers renames them on load).
 """
 
 from __future__ import annotations
