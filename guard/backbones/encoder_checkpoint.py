@@ -175,7 +175,9 @@ def _key_problem(found: dict[str, list[str]], converted: list[str], missing: lis
     return next((text for problem, text in problems if problem), None)
 
 
-def _renamed_keys(reader: CheckpointReader, model: nn.Module, wanted: set[str]) -> tuple[dict[str, list[str]], list]:
+def _renamed_keys(
+    reader: CheckpointReader, model: nn.Module, wanted: set[str]
+) -> tuple[dict[str, list[str]], list[str]]:
     """Model tensor name -> the checkpoint keys transformers would load into it, for the names in ``wanted``; and
     the keys among them that a weight converter (not a plain renaming) would produce."""
     transforms = get_model_conversion_mapping(model)
@@ -183,7 +185,7 @@ def _renamed_keys(reader: CheckpointReader, model: nn.Module, wanted: set[str]) 
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     meta = dict.fromkeys(wanted)
     found: dict[str, list[str]] = {}
-    converted = []
+    converted: list[str] = []
     for key in reader.weight_map:
         name, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
         if name not in wanted and key in wanted:
