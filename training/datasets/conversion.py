@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import DatasetError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
-from psaguard.training.data import IMAGE_PLACEHOLDER, MAX_REPORTED_ERRORS, SampleRow
+from psaguard.training.data import MAX_REPORTED_ERRORS
 from psaguard.training.datasets.base import DatasetFormat, LabelTable, RecordError, SourceRecord, Target
+from psaguard.training.rows import SampleRow, strip_placeholder
 
 __all__ = ["ConvertReport", "convert", "resolve_image"]
 
@@ -153,7 +154,7 @@ class _Writer:
         row: dict[str, Any] = {
             "id": f"{self.fmt.name}:{record.id}",
             "image": images[0] if len(images) == 1 else images,
-            "prompt": record.prompt.replace(IMAGE_PLACEHOLDER, " ").strip(),  # LLaVA-style sources mark the image
+            "prompt": strip_placeholder(record.prompt),  # LLaVA-style sources mark the image
             **({"response": record.response} if record.response else {}),
             "safe_level": self.taxonomy.level_by_code(target.level).id,
             "safe_type": target.type,
