@@ -1,4 +1,4 @@
-"""Training and evaluation data: a validated JSONL row schema, the reader, and class balancing.
+"""Training and evaluation data: the JSONL reader (rows as in :mod:`psaguard.training.rows`) and class balancing.
 
 One JSON object a line, in either of two shapes::
 

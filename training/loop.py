@@ -87,8 +87,9 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         state, keep = _resume(checkpoints, state, trainable, optimizer, scheduler, rank, keep)
     warn_schedule(cfg.warmup_steps, total)
     _log_plan(trainable, state, cfg.batch_size * cfg.grad_accum * world_size)
-    run = _Run(task, cfg, accelerator, objective, trainable, optimizer, scheduler, checkpoints, keep)
-    run.open_progress(state)
+    progress = _progress_bar(cfg, accelerator, state)
+    chance = ChanceCheck(task.chance_head_loss, total, cfg.chance_check_share)
+    run = _Run(task, cfg, accelerator, objective, trainable, optimizer, scheduler, checkpoints, keep, progress, chance)
     while state.step < total and state.stop_reason is None:
         batches = _epoch_batches(task, cfg, state, rank, world_size)
         while state.step < total:
@@ -96,7 +97,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
             state.step += 1
             if run.after_step(state, grad_norm):
                 break
-    run.progress.close()
+    progress.close()
     _restore_best(keep, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -117,6 +118,15 @@ def _steps_per_epoch(num_examples: int, cfg: TrainConfig, world_size: int) -> in
     return steps
 
 
+def _progress_bar(cfg: TrainConfig, accelerator: Any, state: TrainState) -> Any:
+    """A tqdm bar over the run's steps, on the main process with ``cfg.progress_bar`` only."""
+    from tqdm.auto import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (no carriage-return spam in CI logs)
+    disable = None if cfg.progress_bar and accelerator.is_main_process else True
+    return tqdm(total=state.total_steps, initial=state.step, disable=disable, unit="step")
+
+
 @dataclass
 class _Run:
     """The parts of one run the loop's bookkeeping after each step needs: logging, evaluation, checkpoints."""
@@ -130,21 +140,9 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     checkpoints: Path
     keep: KeepBest | None
+    progress: Any
+    chance: ChanceCheck
     meter: Meter = field(default_factory=Meter)
-    progress: Any = None
-    chance: ChanceCheck | None = None
-
-    def open_progress(self, state: TrainState) -> None:
-        from tqdm.auto import tqdm
-
-        # disable=None: no bar when stderr is not a terminal (no carriage-return spam in CI logs)
-        self.progress = tqdm(
-            total=state.total_steps,
-            initial=state.step,
-            disable=None if self.cfg.progress_bar and self.accelerator.is_main_process else True,
-            unit="step",
-        )
-        self.chance = ChanceCheck(self.task.chance_head_loss, state.total_steps, self.cfg.chance_check_share)
 
     def after_step(self, state: TrainState, grad_norm: float) -> bool:
         """Log, evaluate and checkpoint when due; True when the epoch is over or the run stops."""
@@ -177,7 +175,6 @@ class _Run:
         state.history.append(record)
         self.progress.set_postfix(loss=f"{record['loss']:.4f}", head_acc=f"{record['level_acc']:.3f}")
         logger.info(format_record(record, state.total_steps))
-        assert self.chance is not None
         self.chance.check(record)
 
 
