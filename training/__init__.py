@@ -19,7 +19,7 @@ _EXPORTS = {
     "Example": "psaguard.training.data",
     "LoraSettings": "psaguard.training.config",
     "QuantConfig": "psaguard.training.config",
-    "SampleRow": "psaguard.training.data",
+    "SampleRow": "psaguard.training.rows",
     "Stage1Config": "psaguard.training.config",
     "Stage2Config": "psaguard.training.config",
     "balance_safe": "psaguard.training.data",
@@ -47,9 +47,10 @@ if TYPE_CHECKING:
         Stage2Config,
         load_config,
     )
-    from psaguard.training.data import DatasetReport, Example, SampleRow, balance_safe, read_jsonl
+    from psaguard.training.data import DatasetReport, Example, balance_safe, read_jsonl
     from psaguard.training.evaluate import EvalReport, evaluate_guard
     from psaguard.training.quant import build_bnb_config, build_lora_config
+    from psaguard.training.rows import SampleRow
     from psaguard.training.stage1 import train_stage1
     from psaguard.training.stage2 import train_stage2
     from psaguard.training.sweep import threshold_sweep

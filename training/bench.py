@@ -11,10 +11,10 @@ over-refusal on safe ones. The report is ``bench.json`` and ``bench.md``.
 
 Peer numbers: a :class:`PeerNumber` needs a citation (paper or report, table, row and column) and says the
 split it was measured on. psaguard ships the published numbers it has read in their source
-(:func:`published_peers`, ``peers.json`` beside this module: each one copied from its table, none computed
-or guessed); ``--peers FILE`` adds a user's own (or replaces the shipped ones). A suite is matched to peer
-numbers by its benchmark: the ``meta.dataset`` of its converted rows (the format name, e.g. ``vlguard``) or
-else its name. Peer numbers are as published, under their authors' protocol: context, not a controlled
+(:func:`psaguard.training.peers.published_peers`, ``peers.json`` of this package: each one copied from its
+table, none computed or guessed); ``--peers FILE`` adds a user's own (or replaces the shipped ones). A suite
+is matched to peer numbers by its benchmark: the ``meta.dataset`` of its converted rows (the format name, e.g.
+``vlguard``) or else its name. Peer numbers are as published, under their authors' protocol: context, not a controlled
 comparison.
 """
 
@@ -25,34 +25,29 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import ConfigError
+from psaguard.generation.plan import GuardedGeneration
 from psaguard.guard import SafetyGuard
 from psaguard.training.collate import load_example_image
 from psaguard.training.data import Example, read_jsonl
 from psaguard.training.evaluate import DetectionMetrics, evaluate_predictions, risky_labels, write_report
+from psaguard.training.peers import PeerNumber, peer_columns
 from psaguard.training.predict import predict
 from psaguard.training.refusal import is_refusal
 from psaguard.training.world.build import WorldSpec, build_world
 
 __all__ = [
-    "PEER_GUARDS",
     "BenchReport",
     "GenerationMetrics",
     "LabelRates",
-    "PeerNumber",
     "Suite",
     "SuiteResult",
     "generation_metrics",
-    "load_peers",
-    "published_peers",
     "render_markdown",
     "resolve_suites",
     "run_bench",
@@ -61,43 +56,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 WORLD = "world"
-PEER_GUARDS = (
-    "LlavaGuard",
-    "Llama Guard 3 Vision",
-    "Llama Guard 4",
-    "ShieldGemma 2",
-    "GuardReasoner-VL",
-    "SafeGuard-VL",
-    "LLaVAShield",
-    "SingGuard-8B",
-)
-"""The order of the peer columns; a guard not listed here follows them, in the order of its first number."""
-
-
-class PeerNumber(BaseModel):
-    """One published number of another guard on a benchmark, with where it was published."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    guard: str = Field(description="The peer guard, e.g. 'LlavaGuard'.")
-    suite: str = Field(
-        description="The benchmark it is on: a format name of `psaguard data formats` (e.g. 'vlguard') or a suite name."
-    )
-    metric: Literal["precision", "recall", "f1", "fpr"] = Field(
-        description="The DetectionMetrics field it compares with (on the risky/unsafe class; fpr on the safe one)."
-    )
-    value: float = Field(ge=0, le=1, description="The number as a fraction (0.853, not 85.3).")
-    citation: str = Field(
-        min_length=8, description="Paper or report, table (row, column), e.g. 'Helff et al., Table 2'."
-    )
-    split: str = Field("", description="The split and protocol the number was measured on, as the source states.")
-
-
-@cache
-def published_peers() -> tuple[PeerNumber, ...]:
-    """The peers' published numbers psaguard ships (``peers.json`` of this package), each with its source."""
-    text = resources.files("psaguard.training").joinpath("peers.json").read_text(encoding="utf-8")
-    return tuple(PeerNumber.model_validate(item) for item in json.loads(text))
 
 
 class LabelRates(BaseModel):
@@ -198,13 +156,9 @@ def resolve_suites(
     suites: list[Suite] = []
     for entry in names:
         name, sep, path = (part.strip() for part in entry.partition("="))
-        if not name or "/" in name or "\\" in name or name in {".", ".."}:
-            raise ConfigError(f"suite name {name!r} cannot name a report folder")
-        if any(s.name == name for s in suites):
-            raise ConfigError(f"suite {name!r} is given twice")
+        _check_suite_name(name, suites)
         if name == WORLD and not sep:
-            spec_ = WorldSpec(n_train=0, n_val=0, n_test=world_rows, n_attack=0)
-            build_world(work_dir / WORLD, spec_)
+            build_world(work_dir / WORLD, WorldSpec(n_train=0, n_val=0, n_test=world_rows, n_attack=0))
             suites.append(Suite(WORLD, work_dir / WORLD / "test.jsonl"))
             continue
         file = Path(path) if sep else data_dir / f"{name}.jsonl"
@@ -214,21 +168,12 @@ def resolve_suites(
     return suites
 
 
-def load_peers(path: Path | None, *, published: bool = True) -> list[PeerNumber]:
-    """:func:`published_peers` (unless ``published`` is false) plus the cited numbers in ``path`` (a JSON list
-    of :class:`PeerNumber` objects, the shape of the shipped ``peers.json``).
-
-    Raises:
-        ConfigError: The file is unreadable or a number lacks a field (a citation included).
-    """
-    peers = list(published_peers()) if published else []
-    if path is None:
-        return peers
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-        return peers + [PeerNumber.model_validate(item) for item in items]
-    except (OSError, ValueError, TypeError) as err:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(f"cannot read peer numbers from {path}: {err}") from err
+def _check_suite_name(name: str, suites: Sequence[Suite]) -> None:
+    """A suite's name names its report folder, once."""
+    if not name or "/" in name or "\\" in name or name in {".", ".."}:
+        raise ConfigError(f"suite name {name!r} cannot name a report folder")
+    if any(s.name == name for s in suites):
+        raise ConfigError(f"suite {name!r} is given twice")
 
 
 def run_bench(
@@ -294,12 +239,7 @@ def generation_metrics(
     lines, refused, hinted = [], [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        images = [load_example_image(e, guard.classifier.config.max_image_pixels) for e in chunk]
-        prompts = [e.turns[0][0] if len(e.turns) == 1 else e.request() for e in chunk]
-        results = guard.generate_batch(
-            images, prompts, return_blocked=True, do_sample=False, max_new_tokens=max_new_tokens
-        )
-        for example, result in zip(chunk, results):
+        for example, result in zip(chunk, _guarded_answers(guard, chunk, max_new_tokens)):
             text = result.text or ""
             refused.append(is_refusal(result.action, text))
             hinted.append(result.action == "hint")
@@ -307,17 +247,29 @@ def generation_metrics(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "answers.jsonl", "".join(line + "\n" for line in lines))
     n_risky = sum(risky)
-    n_safe = len(risky) - n_risky
-    refusal = sum(r for r, k in zip(refused, risky) if k) / n_risky if n_risky else 0.0
+    refusal = _share(refused, risky, True)
     return GenerationMetrics(
         risky_rows=n_risky,
-        safe_rows=n_safe,
+        safe_rows=len(risky) - n_risky,
         refusal_rate_risky=refusal,
         attack_success_rate=1.0 - refusal if n_risky else 0.0,
-        over_refusal_safe=sum(r for r, k in zip(refused, risky) if not k) / n_safe if n_safe else 0.0,
-        hinted_safe=sum(h for h, k in zip(hinted, risky) if not k) / n_safe if n_safe else 0.0,
+        over_refusal_safe=_share(refused, risky, False),
+        hinted_safe=_share(hinted, risky, False),
         max_new_tokens=max_new_tokens,
     )
+
+
+def _guarded_answers(guard: SafetyGuard, chunk: Sequence[Example], max_new_tokens: int) -> list[GuardedGeneration]:
+    """The guarded model's greedy answers to ``chunk`` (blocked requests come back as results too)."""
+    images = [load_example_image(e, guard.classifier.config.max_image_pixels) for e in chunk]
+    prompts = [e.turns[0][0] if len(e.turns) == 1 else e.request() for e in chunk]
+    return guard.generate_batch(images, prompts, return_blocked=True, do_sample=False, max_new_tokens=max_new_tokens)
+
+
+def _share(flags: Sequence[bool], risky: Sequence[bool], among_risky: bool) -> float:
+    """The share of ``flags`` set among the risky rows (or the safe ones); 0 when there is none."""
+    chosen = [flag for flag, is_risky in zip(flags, risky) if is_risky == among_risky]
+    return sum(chosen) / len(chosen) if chosen else 0.0
 
 
 def _per_label(
@@ -341,13 +293,6 @@ _METRICS = (
 )
 
 
-def _peer_columns(peers: Sequence[PeerNumber]) -> list[str]:
-    """The peer guards with a number here: those of :data:`PEER_GUARDS` in its order, then the others."""
-    named = {p.guard for p in peers}
-    others = [g for g in dict.fromkeys(p.guard for p in peers) if g not in PEER_GUARDS]
-    return [g for g in PEER_GUARDS if g in named] + others
-
-
 def render_markdown(report: BenchReport) -> str:
     """The bench report as markdown: per suite, our detection metrics beside the peers' published ones."""
     lines = [
@@ -359,43 +304,9 @@ def render_markdown(report: BenchReport) -> str:
     ]
     for suite in report.suites:
         lines += [f"## {suite.suite}", "", f"{suite.examples} rows from `{suite.data}` ({suite.skipped} skipped).", ""]
-        peers = [p for p in report.peers if p.suite in (suite.suite, suite.benchmark)]
-        guards = _peer_columns(peers)
-        lines += ["| " + " | ".join(["metric", "psaguard", *guards]) + " |", "|---" * (2 + len(guards)) + "|"]
-        sources: list[PeerNumber] = []
-        for field, title in _METRICS:
-            cells = []
-            for guard in guards:
-                found = next((p for p in peers if p.guard == guard and p.metric == field), None)
-                if found is not None:
-                    sources.append(found)
-                cells.append(f"{found.value:.3f} [{len(sources)}]" if found else "")
-            lines.append("| " + " | ".join([title, f"{getattr(suite.detection, field):.3f}", *cells]) + " |")
-        if sources:
-            lines += [
-                "",
-                "Peer numbers as published, under their authors' protocol (split, labels, prompt, what is",
-                "judged): context, not a controlled comparison.",
-                "",
-            ]
-            lines += [
-                f"{i}. {p.guard}, {p.metric} {p.value:.4g}: {p.citation}" + (f"; {p.split}" if p.split else "") + "."
-                for i, p in enumerate(sources, 1)
-            ]
-        else:
-            lines += [
-                "",
-                f"No peer number on `{suite.benchmark}` among the shipped published ones and `--peers` (add cited",
-                "numbers with `--peers FILE`).",
-            ]
+        lines += _detection_table(suite, [p for p in report.peers if p.suite in (suite.suite, suite.benchmark)])
         if suite.generation is not None:
-            g = suite.generation
-            lines += ["", f"Guarded answers (greedy, {g.max_new_tokens} new tokens; judge: {g.judge}):", ""]
-            lines += ["| answers | value |", "|---|---|"]
-            lines += [f"| refusal rate on risky ({g.risky_rows} rows) | {g.refusal_rate_risky:.3f} |"]
-            lines += [f"| attack success rate | {g.attack_success_rate:.3f} |"]
-            lines += [f"| over-refusal on safe ({g.safe_rows} rows) | {g.over_refusal_safe:.3f} |"]
-            lines += [f"| hinted safe | {g.hinted_safe:.3f} |"]
+            lines += _generation_table(suite.generation)
         lines += ["", "| headline | value |", "|---|---|"]
         lines += [f"| {key} | {value} |" for key, value in suite.headline.items()]
         lines += ["", "| source label | rows | risky | flagged | flag rate |", "|---|---|---|---|---|"]
@@ -405,3 +316,52 @@ def render_markdown(report: BenchReport) -> str:
         ]
         lines += ["", f"Plots and eval.json: `{suite.report_dir}`.", ""]
     return "\n".join(lines)
+
+
+def _detection_table(suite: SuiteResult, peers: Sequence[PeerNumber]) -> list[str]:
+    """Our detection metrics beside the peers' numbers on the suite's benchmark, with the numbered sources."""
+    guards = peer_columns(peers)
+    lines = ["| " + " | ".join(["metric", "psaguard", *guards]) + " |", "|---" * (2 + len(guards)) + "|"]
+    sources: list[PeerNumber] = []
+    for field, title in _METRICS:
+        cells = []
+        for guard in guards:
+            found = next((p for p in peers if p.guard == guard and p.metric == field), None)
+            if found is not None:
+                sources.append(found)
+            cells.append(f"{found.value:.3f} [{len(sources)}]" if found else "")
+        lines.append("| " + " | ".join([title, f"{getattr(suite.detection, field):.3f}", *cells]) + " |")
+    return lines + _peer_sources(sources, suite.benchmark)
+
+
+def _peer_sources(sources: Sequence[PeerNumber], benchmark: str) -> list[str]:
+    if not sources:
+        return [
+            "",
+            f"No peer number on `{benchmark}` among the shipped published ones and `--peers` (add cited",
+            "numbers with `--peers FILE`).",
+        ]
+    lines = [
+        "",
+        "Peer numbers as published, under their authors' protocol (split, labels, prompt, what is",
+        "judged): context, not a controlled comparison.",
+        "",
+    ]
+    return lines + [
+        f"{i}. {p.guard}, {p.metric} {p.value:.4g}: {p.citation}" + (f"; {p.split}" if p.split else "") + "."
+        for i, p in enumerate(sources, 1)
+    ]
+
+
+def _generation_table(g: GenerationMetrics) -> list[str]:
+    return [
+        "",
+        f"Guarded answers (greedy, {g.max_new_tokens} new tokens; judge: {g.judge}):",
+        "",
+        "| answers | value |",
+        "|---|---|",
+        f"| refusal rate on risky ({g.risky_rows} rows) | {g.refusal_rate_risky:.3f} |",
+        f"| attack success rate | {g.attack_success_rate:.3f} |",
+        f"| over-refusal on safe ({g.safe_rows} rows) | {g.over_refusal_safe:.3f} |",
+        f"| hinted safe | {g.hinted_safe:.3f} |",
+    ]

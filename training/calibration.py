@@ -172,21 +172,37 @@ def calibrate_guard(
         level=_fit_head(predictions.level_logits, [e.level for e in examples]),
         type=_fit_head(predictions.type_logits, [e.type for e in examples]),
     )
-    update = {"level_temperature": result.level.temperature, "type_temperature": result.type.temperature}
-    labelled = [e for e in examples if e.has_response_labels]
-    if guard.classifier.has_response_head and labelled:
-        level_logits, type_logits = response_logits(guard, labelled, batch_size)
-        result = result.model_copy(
-            update={
-                "response_examples": len(labelled),
-                "response_level": _fit_head(level_logits, [e.response_level or 0 for e in labelled]),
-                "response_type": _fit_head(type_logits, [e.response_type or 0 for e in labelled]),
-            }
-        )
-        update["response_level_temperature"] = result.response_level.temperature  # type: ignore[union-attr]
-        update["response_type_temperature"] = result.response_type.temperature  # type: ignore[union-attr]
+    result = _with_response_fit(guard, examples, batch_size, result)
     config = guard.classifier.config
-    return config.model_copy(update={"head": config.head.model_copy(update=update)}), result
+    return config.model_copy(update={"head": config.head.model_copy(update=_temperatures(result))}), result
+
+
+def _with_response_fit(
+    guard: SafetyGuard, examples: Sequence[Example], batch_size: int, result: CalibrationResult
+) -> CalibrationResult:
+    """``result`` with the response head's fit on the examples that label their answers (if the guard has one)."""
+    labelled = [e for e in examples if e.has_response_labels]
+    if not guard.classifier.has_response_head or not labelled:
+        return result
+    level_logits, type_logits = response_logits(guard, labelled, batch_size)
+    return result.model_copy(
+        update={
+            "response_examples": len(labelled),
+            "response_level": _fit_head(level_logits, [e.response_level or 0 for e in labelled]),
+            "response_type": _fit_head(type_logits, [e.response_type or 0 for e in labelled]),
+        }
+    )
+
+
+def _temperatures(result: CalibrationResult) -> dict[str, float]:
+    """The head config's temperature fields of every fitted head."""
+    heads = {
+        "level": result.level,
+        "type": result.type,
+        "response_level": result.response_level,
+        "response_type": result.response_type,
+    }
+    return {f"{name}_temperature": head.temperature for name, head in heads.items() if head is not None}
 
 
 def calibrated_guard(

@@ -4,7 +4,7 @@ psaguard category add --guard G --model M --code scam --level 3 --examples scam.
 psaguard category list --guard G
 psaguard category remove --guard G --model M --code scam --out G2
 
-Rows are in the training JSONL schema (:class:`psaguard.training.data.SampleRow`), one image each. Their
+Rows are in the training JSONL schema (:class:`psaguard.training.rows.SampleRow`), one image each. Their
 labels are not used: every row of ``--examples`` shows the category, every row of ``--negatives`` is benign.
 ``safe_type`` may name the new code (or any type of the guard's taxonomy).
 """

@@ -175,8 +175,9 @@ def run_bench(args: argparse.Namespace) -> int:
     rows, over-refusal on safe ones. A markdown and JSON report puts cited peer numbers beside ours."""
     require_extra("train")
     from psaguard.guard import SafetyGuard
-    from psaguard.training.bench import load_peers, resolve_suites
+    from psaguard.training.bench import resolve_suites
     from psaguard.training.bench import run_bench as bench
+    from psaguard.training.peers import load_peers
 
     try:
         out = args.out or args.guard / "bench"

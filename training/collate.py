@@ -134,6 +134,19 @@ class Collator:
         if self.hint is not None and (hint := self.hint(example)):
             messages = with_hint(messages, hint)
         full = self._render(messages, add_generation_prompt=False)
+        spans = self._answer_spans(example, messages, full)
+        encoding = self.tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)
+        ids = list(encoding["input_ids"])
+        labels = _label_spans(ids, encoding["offset_mapping"], spans)
+        self._append_eos(ids, labels)
+        self._check_placeholder(example, ids)
+        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        if all(label == IGNORE_INDEX for label in labels):
+            raise example.error(f"no answer token is left within max_length={self.max_length}")
+        return ids, labels
+
+    def _answer_spans(self, example: Example, messages: list[dict[str, Any]], full: str) -> list[tuple[int, int]]:
+        """(start, end) character offsets of each answer in the rendered conversation ``full``."""
         spans = []
         for turn in range(len(example.turns)):
             start = self._render(messages[: 2 * turn + 1], add_generation_prompt=True)
@@ -142,27 +155,23 @@ class Collator:
                 # Masking by character offsets needs each turn's text to extend the previous one.
                 raise example.error("the chat template does not render the conversation turn by turn")
             spans.append((len(start), len(end)))
-        encoding = self.tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)
-        ids = list(encoding["input_ids"])
-        labels = [
-            token if stop > begin and any(lo <= begin < hi for lo, hi in spans) else IGNORE_INDEX
-            for token, (begin, stop) in zip(ids, encoding["offset_mapping"])
-        ]
+        return spans
+
+    def _append_eos(self, ids: list[int], labels: list[int]) -> None:
         eos = self.tokenizer.eos_token_id
         if eos is not None and eos not in labels[_last_labelled_run(labels) :]:
             # Templates such as llava-1.5's end the answer without EOS; without it the model never learns to stop.
             ids.append(eos)
             labels.append(eos)
+
+    def _check_placeholder(self, example: Example, ids: list[int]) -> None:
+        """One image placeholder, within ``max_length``."""
         if ids.count(self.image_token_id) != 1:
             raise example.error(
                 f"the chat template produced {ids.count(self.image_token_id)} image placeholders instead of 1"
             )
         if ids.index(self.image_token_id) >= self.max_length:
             raise example.error(f"the image placeholder lies beyond max_length={self.max_length} tokens")
-        ids, labels = ids[: self.max_length], labels[: self.max_length]
-        if all(label == IGNORE_INDEX for label in labels):
-            raise example.error(f"no answer token is left within max_length={self.max_length}")
-        return ids, labels
 
     def _render(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return render_chat(self.processor, messages, add_generation_prompt=add_generation_prompt)
@@ -182,6 +191,14 @@ def pad_batch(
             padded[index, : len(row)] = torch.as_tensor(row_labels)
         attention_mask[index, : len(row)] = 1
     return input_ids, padded, attention_mask
+
+
+def _label_spans(ids: list[int], offsets: Sequence[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Each token's id where it starts inside an answer span (and covers a character), else -100."""
+    return [
+        token if stop > begin and any(lo <= begin < hi for lo, hi in spans) else IGNORE_INDEX
+        for token, (begin, stop) in zip(ids, offsets)
+    ]
 
 
 def _last_labelled_run(labels: list[int]) -> int:

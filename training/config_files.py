@@ -75,12 +75,24 @@ def _expanded_shape(node: Any, shapes: dict[int, tuple[int, int]], open_nodes: s
         raise _LimitError("an alias refers to a node that contains it (a recursive structure)")
     if len(open_nodes) > MAX_CONFIG_DEPTH:
         return MAX_CONFIG_NODES + 1, MAX_CONFIG_DEPTH + 1
-    children: list[Any] = []
-    if isinstance(node, yaml.SequenceNode):
-        children = list(node.value)
-    elif isinstance(node, yaml.MappingNode):
-        children = [part for pair in node.value for part in pair]
     open_nodes.add(key)
+    shape = _shape_over(_children(node), shapes, open_nodes)
+    open_nodes.discard(key)
+    shapes[key] = shape
+    return shape
+
+
+def _children(node: Any) -> list[Any]:
+    """The nodes a sequence or mapping node holds (keys and values); none for a scalar."""
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _shape_over(children: list[Any], shapes: dict[int, tuple[int, int]], open_nodes: set[int]) -> tuple[int, int]:
+    """(nodes, levels) of a node over ``children``, saturated just above the limits."""
     size, height = 1, 1
     for child in children:
         child_size, child_height = _expanded_shape(child, shapes, open_nodes)
@@ -88,8 +100,6 @@ def _expanded_shape(node: Any, shapes: dict[int, tuple[int, int]], open_nodes: s
         height = max(height, min(child_height + 1, MAX_CONFIG_DEPTH + 1))
         if size > MAX_CONFIG_NODES or height > MAX_CONFIG_DEPTH:
             break
-    open_nodes.discard(key)
-    shapes[key] = (size, height)
     return size, height
 
 

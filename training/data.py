@@ -1,4 +1,4 @@
-"""Training and evaluation data: a validated JSONL row schema, the reader, and class balancing.
+"""Training and evaluation data: the JSONL reader (rows as in :mod:`psaguard.training.rows`) and class balancing.
 
 One JSON object a line, in either of two shapes::
 
@@ -27,23 +27,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from psaguard.checkpoints.files import loads_strict_json, read_regular_file
 from psaguard.conversation import Conversation, judged_text
 from psaguard.errors import DatasetError
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
+from psaguard.training.rows import SampleRow
 
 __all__ = [
-    "IMAGE_PLACEHOLDER",
-    "MAX_IMAGES_PER_ROW",
     "MAX_REPORTED_ERRORS",
     "DatasetReport",
     "Example",
-    "SampleRow",
-    "Turn",
     "UnknownTokens",
     "balance_safe",
     "read_jsonl",
@@ -51,133 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PLACEHOLDER = "<image>"
-"""Marks the image in the paper's conversations; not allowed in plain ``prompt`` rows."""
-
-_SPLIT = "<split>"  # the paper's way of putting two images side by side: "a.jpg<split>b.jpg"
-_USER_ROLES = ("USER", "human", "user")
-_ASSISTANT_ROLES = ("ASSISTANT", "gpt", "assistant")
 MAX_REPORTED_ERRORS = 100
 """Skipped rows whose reasons a :class:`DatasetReport` lists (all are counted)."""
-MAX_IMAGES_PER_ROW = 16
-"""Most images one row may place side by side (the paper places two)."""
-
-
-class Turn(BaseModel):
-    """One turn of a conversation in the paper's (LLaVA) format."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    role: Literal["USER", "human", "user", "ASSISTANT", "gpt", "assistant"] = Field(
-        alias="from", description="Who speaks: USER/human/user or ASSISTANT/gpt/assistant."
-    )
-    value: StrictStr = Field(description="The text; the first user turn holds the '<image>' placeholder once.")
-
-    @property
-    def is_user(self) -> bool:
-        return self.role in _USER_ROLES
-
-
-class SampleRow(BaseModel):
-    """One JSONL row as written on disk (before labels are resolved against a taxonomy)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: StrictStr | None = Field(None, description="Optional sample id, kept for reports.")
-    image: StrictStr | list[StrictStr] = Field(
-        description="Image path(s) relative to the image root; several are placed side by side "
-        "(the paper's 'a.jpg<split>b.jpg' is read the same way)."
-    )
-    prompt: StrictStr | None = Field(None, description="User text without '<image>'.")
-    response: StrictStr | None = Field(
-        None, description="Target answer when 'prompt' is used; None for a request-only row (no Stage II)."
-    )
-    conversations: list[Turn] | None = Field(
-        None, description="Paper format: alternating user/assistant turns, starting with the user."
-    )
-    safe_level: StrictInt = Field(ge=0, description="Risk level id (0 = safe to answer).")
-    safe_type: StrictInt | StrictStr = Field(description="Risk type id or taxonomy code, e.g. 4 or 'privacy'.")
-    source_label: StrictStr | None = Field(
-        None, description="The source data set's own label, verbatim (e.g. 'deception/disinformation'); not trained on."
-    )
-    response_harmful: StrictBool | None = Field(
-        None, description="Whether the (last) answer is harmful; trains the response head. Optional."
-    )
-    response_level: StrictInt | None = Field(
-        None, ge=0, description="Risk level id of the answer (0 when harmless); required for a harmful answer."
-    )
-    response_type: StrictInt | StrictStr | None = Field(
-        None, description="Risk type id or code of the answer; required for a harmful answer, else the safe type."
-    )
-    meta: dict[str, Any] | None = Field(None, description="Free-form metadata, ignored by training.")
-
-    @model_validator(mode="after")
-    def _check_response_labels(self) -> SampleRow:
-        labelled = (self.response_harmful, self.response_level, self.response_type) != (None, None, None)
-        if not labelled:
-            return self
-        if self.prompt is not None and self.response is None:
-            raise ValueError("response labels need an answer: give 'response'")
-        harmful = self.response_harmful
-        if self.response_level is not None:
-            if harmful is not None and harmful != (self.response_level > 0):
-                raise ValueError("response_harmful disagrees with response_level (harmful means level >= 1)")
-            harmful = self.response_level > 0
-        if harmful is None:
-            raise ValueError("give response_harmful or response_level with response_type")
-        if harmful and (self.response_level is None or self.response_type is None):
-            raise ValueError("a harmful answer needs response_level (>= 1) and response_type")
-        return self
-
-    @model_validator(mode="after")
-    def _check_shape(self) -> SampleRow:
-        if not self.image_paths or any(not p.strip() for p in self.image_paths):
-            raise ValueError("'image' must name at least one non-empty path")
-        if len(self.image_paths) > MAX_IMAGES_PER_ROW:
-            raise ValueError(f"'image' names {len(self.image_paths)} images; a row places at most {MAX_IMAGES_PER_ROW}")
-        if (self.prompt is None) == (self.conversations is None):
-            raise ValueError("give exactly one of 'prompt' (with 'response') or 'conversations'")
-        if self.prompt is not None:
-            if self.response is not None and not self.response.strip():
-                raise ValueError("'response' is empty; leave it out for a request-only row")
-            if IMAGE_PLACEHOLDER in self.prompt:
-                raise ValueError("'prompt' must not contain '<image>'; the image is placed by the chat template")
-            if not self.prompt.strip():
-                raise ValueError("'prompt' is empty")
-        else:
-            if self.response is not None:
-                raise ValueError("'response' is only used with 'prompt'; put the answer in 'conversations'")
-            _check_conversation(self.conversations or [])
-        return self
-
-    @property
-    def image_paths(self) -> list[str]:
-        paths = [self.image] if isinstance(self.image, str) else list(self.image)
-        return [part for path in paths for part in path.split(_SPLIT)]
-
-    def turns(self) -> tuple[tuple[str, str], ...]:
-        """(user, assistant) pairs, with the image placeholder removed from the user text."""
-        if self.prompt is not None:
-            return ((self.prompt.strip(), (self.response or "").strip()),)
-        turns = self.conversations or []
-        return tuple((_strip_placeholder(turns[i].value), turns[i + 1].value.strip()) for i in range(0, len(turns), 2))
-
-
-def _check_conversation(turns: Sequence[Turn]) -> None:
-    if len(turns) < 2 or len(turns) % 2:
-        raise ValueError("'conversations' needs user/assistant pairs")
-    for index, turn in enumerate(turns):
-        if turn.is_user != (index % 2 == 0):
-            raise ValueError(f"turn {index} should be from the {'user' if index % 2 == 0 else 'assistant'}")
-        if not turn.value.strip() or (turn.is_user and not _strip_placeholder(turn.value)):
-            raise ValueError(f"turn {index} has no text")
-    placeholders = [turn.value.count(IMAGE_PLACEHOLDER) for turn in turns]
-    if placeholders[0] != 1 or sum(placeholders) != 1:
-        raise ValueError("'<image>' must appear exactly once, in the first user turn")
-
-
-def _strip_placeholder(text: str) -> str:
-    return text.replace(IMAGE_PLACEHOLDER, " ").strip()
 
 
 @dataclass(frozen=True)
@@ -298,17 +170,11 @@ def read_jsonl(
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    try:
-        lines = read_regular_file(path, None, DatasetError, "data file").decode("utf-8").split("\n")
-    except UnicodeDecodeError as err:
-        raise DatasetError(f"cannot read data file: {err}", str(path)) from err
     paths = _Paths(root, check_images, allow_outside_root)
     examples: list[Example] = []
     errors: list[str] = []
     rows = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in _numbered_rows(path):
         rows += 1
         try:
             examples.append(_parse_line(line, paths, taxonomy, str(path), number))
@@ -330,6 +196,15 @@ def read_jsonl(
         type_counts=_counts(taxonomy.types[e.type].code for e in examples),
     )
     return examples, report
+
+
+def _numbered_rows(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of the file's non-blank lines, split on ``\n`` only."""
+    try:
+        lines = read_regular_file(path, None, DatasetError, "data file").decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"cannot read data file: {err}", str(path)) from err
+    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
 
 
 @dataclass(frozen=True)
@@ -356,25 +231,13 @@ class _Paths:
 
 
 def _parse_line(line: str, paths: _Paths, taxonomy: Taxonomy, path: str, number: int) -> Example:
-    try:
-        raw = loads_strict_json(line)
-    except (ValueError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the stack
-        raise DatasetError(f"not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise DatasetError(f"expected a JSON object, got {type(raw).__name__}")
-    try:
-        row = SampleRow.model_validate(raw)
-    except ValidationError as err:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in err.errors())
-        raise DatasetError(reasons) from err
+    row = _load_row(line)
     if row.safe_level >= taxonomy.num_levels:
         raise DatasetError(f"safe_level {row.safe_level} is not a level id (0..{taxonomy.num_levels - 1})")
     response_level, response_type = _response_labels(row, taxonomy)
     images = tuple(paths.resolve(p) for p in row.image_paths)
     if paths.check_images:
-        missing = [str(p) for p in images if not p.is_file()]
-        if missing:
-            raise DatasetError(f"image file not found: {', '.join(missing)}")
+        _check_files(images)
     return Example(
         images=images,
         turns=row.turns(),
@@ -387,6 +250,27 @@ def _parse_line(line: str, paths: _Paths, taxonomy: Taxonomy, path: str, number:
         response_level=response_level,
         response_type=response_type,
     )
+
+
+def _load_row(line: str) -> SampleRow:
+    """One line as a validated :class:`SampleRow`; what is wrong with it as a :class:`DatasetError`."""
+    try:
+        raw = loads_strict_json(line)
+    except (ValueError, RecursionError) as err:  # RecursionError: "[[[[..." nested past the stack
+        raise DatasetError(f"not valid JSON: {err}") from err
+    if not isinstance(raw, dict):
+        raise DatasetError(f"expected a JSON object, got {type(raw).__name__}")
+    try:
+        return SampleRow.model_validate(raw)
+    except ValidationError as err:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in err.errors())
+        raise DatasetError(reasons) from err
+
+
+def _check_files(images: Sequence[Path]) -> None:
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise DatasetError(f"image file not found: {', '.join(missing)}")
 
 
 def _response_labels(row: SampleRow, taxonomy: Taxonomy) -> tuple[int | None, int | None]:

@@ -119,22 +119,25 @@ def count_unknown_tokens(tokenizer: Any, examples: Sequence[Example]) -> Unknown
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     tokens = sum(len(ids) for ids in encoded)
     unknown = sum(ids.count(unk) for ids in encoded)
-    words: Counter[str] = Counter()
-    verdict: dict[str, bool] = {}
-    for text, ids in zip(texts, encoded):
-        if unk not in ids:
-            continue
-        for word in text.split():
-            if word not in verdict:
-                verdict[word] = unk in tokenizer(word, add_special_tokens=False)["input_ids"]
-            if verdict[word]:
-                words[word] += 1
+    words = _unknown_words(tokenizer, unk, [text for text, ids in zip(texts, encoded) if unk in ids])
     return UnknownTokens(
         tokens=tokens,
         unknown=unknown,
         rate=unknown / tokens if tokens else 0.0,
         words=dict(words.most_common(_LISTED_WORDS)),
     )
+
+
+def _unknown_words(tokenizer: Any, unk: int, texts: Sequence[str]) -> Counter[str]:
+    """How often each whitespace word of ``texts`` that holds an unknown token occurs (each word tokenized once)."""
+    words: Counter[str] = Counter()
+    verdict: dict[str, bool] = {}
+    for word in (word for text in texts for word in text.split()):
+        if word not in verdict:
+            verdict[word] = unk in tokenizer(word, add_special_tokens=False)["input_ids"]
+        if verdict[word]:
+            words[word] += 1
+    return words
 
 
 def warn_unknown_tokens(stats: UnknownTokens | None, threshold: float) -> bool:
@@ -170,11 +173,8 @@ def warn_frozen_untrained_lm_head(model: nn.Module, target_modules: str, answer_
     ``target_modules`` is the LoRA regex (full match); the output layer counts as targeted when any module
     name ending in ``lm_head`` matches it.
     """
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if output is None or not hasattr(output, "weight"):
-        return False
-    head_names = [name for name, module in model.named_modules() if module is output]
-    if any(re.fullmatch(target_modules, name) for name in head_names):
+    output = _frozen_output_layer(model, target_modules)
+    if output is None:
         return False
     config = getattr(model, "config", None)
     text_config = getattr(config, "text_config", None) or config
@@ -196,3 +196,14 @@ def warn_frozen_untrained_lm_head(model: nn.Module, target_modules: str, answer_
         target_modules,
     )
     return True
+
+
+def _frozen_output_layer(model: nn.Module, target_modules: str) -> nn.Module | None:
+    """The model's output layer when it has weights and no module name of it matches ``target_modules``."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None or not hasattr(output, "weight"):
+        return None
+    head_names = [name for name, module in model.named_modules() if module is output]
+    if any(re.fullmatch(target_modules, name) for name in head_names):
+        return None
+    return output

@@ -37,7 +37,7 @@ from psaguard.training.metrics import (
 )
 from psaguard.training.predict import Predictions, predict
 from psaguard.training.sweep import DEFAULT_SWEEP, SweepPoint, threshold_sweep
-from psaguard.verdict import SafetyVerdict
+from psaguard.verdict import ResponseVerdict, SafetyVerdict
 
 __all__ = [
     "ClassMetrics",
@@ -182,21 +182,31 @@ def evaluate_responses(
     Raises :class:`~psaguard.errors.ResponseHeadMissingError` for a guard without a response head.
     """
     labelled = [e for e in examples if e.has_response_labels]
-    verdicts = []
-    for start in range(0, len(labelled), batch_size):
-        chunk = labelled[start : start + batch_size]
-        images = [load_example_image(e, guard.classifier.config.max_image_pixels) for e in chunk]
-        verdicts += guard.classify_response_batch(images, [e.prompt for e in chunk], [e.response for e in chunk])
+    verdicts = _judge_responses(guard, labelled, batch_size)
     harmful = [(e.response_level or 0) > 0 for e in labelled]
     probs = np.asarray([[1.0 - v.harm_prob, v.harm_prob] for v in verdicts], dtype=np.float64).reshape(-1, 2)
     _, ece = reliability(probs, [int(h) for h in harmful], bins)
-    typed = [v.type.id == e.response_type for v, e, h in zip(verdicts, labelled, harmful) if h]
     return ResponseReport(
         examples=len(labelled),
         detection=detection_metrics(harmful, [v.flagged for v in verdicts]),
         ece=ece,
-        type_accuracy=sum(typed) / len(typed) if typed else 0.0,
+        type_accuracy=_type_accuracy(verdicts, labelled, harmful),
     )
+
+
+def _judge_responses(guard: SafetyGuard, examples: Sequence[Example], batch_size: int) -> list[ResponseVerdict]:
+    verdicts: list[ResponseVerdict] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        images = [load_example_image(e, guard.classifier.config.max_image_pixels) for e in chunk]
+        verdicts += guard.classify_response_batch(images, [e.prompt for e in chunk], [e.response for e in chunk])
+    return verdicts
+
+
+def _type_accuracy(verdicts: Sequence[ResponseVerdict], examples: Sequence[Example], harmful: Sequence[bool]) -> float:
+    """The share of harmful answers whose judged risk type is the labelled one (0 when there is none)."""
+    typed = [v.type.id == e.response_type for v, e, h in zip(verdicts, examples, harmful) if h]
+    return sum(typed) / len(typed) if typed else 0.0
 
 
 def evaluate_predictions(

@@ -10,11 +10,9 @@ uninterrupted run would.
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +34,12 @@ from psaguard.training.config import TrainConfig
 from psaguard.training.data import Example
 from psaguard.training.diagnostics import ChanceCheck, warn_schedule
 from psaguard.training.keep_best import KeepBest
+from psaguard.training.meter import Meter, autocast, format_record
 from psaguard.training.metrics import macro_f1
-from psaguard.training.objective import GuardObjective, StepOutput
+from psaguard.training.objective import GuardObjective
+from psaguard.training.schedules import linear_schedule
 
-__all__ = [
-    "TrainTask",
-    "cosine_schedule",
-    "epoch_order",
-    "evaluate_objective",
-    "linear_schedule",
-    "run_training",
-    "train_steps",
-]
+__all__ = ["TrainTask", "epoch_order", "evaluate_objective", "run_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +65,9 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     improvement.
     """
     world_size, rank = accelerator.num_processes, accelerator.process_index
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = len(task.train_set) // world_size // per_step
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"{len(task.train_set)} training examples do not fill one optimizer step "
-            f"(batch_size x grad_accum x processes = {per_step * world_size})"
-        )
+    steps_per_epoch = _steps_per_epoch(len(task.train_set), cfg, world_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    trainable = {name: p for name, p in task.objective.named_parameters() if p.requires_grad}
+    trainable = _trainable(task.objective)
     optimizer = torch.optim.AdamW(
         list(trainable.values()), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
     )
@@ -96,52 +82,20 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     )
     state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch, data=data)
     checkpoints = cfg.output_dir / "checkpoints"
-    keep = KeepBest(cfg.early_stopping, cfg.stop_metric, trainable) if _keeps_best(task, cfg) else None
+    keep = _keep_best(task, cfg, trainable)
     if resume:
         state, keep = _resume(checkpoints, state, trainable, optimizer, scheduler, rank, keep)
     warn_schedule(cfg.warmup_steps, total)
-    logger.info(
-        "training %s parameters (%s tensors) for %d steps, %d per epoch, %d examples per step",
-        f"{sum(p.numel() for p in trainable.values()):,}",
-        len(trainable),
-        total,
-        steps_per_epoch,
-        per_step * world_size,
-    )
-    from tqdm.auto import tqdm
-
-    # disable=None: no bar when stderr is not a terminal (no carriage-return spam in CI logs)
-    progress = tqdm(
-        total=total,
-        initial=state.step,
-        disable=None if cfg.progress_bar and accelerator.is_main_process else True,
-        unit="step",
-    )
-    meter = _Meter()
+    _log_plan(trainable, state, cfg.batch_size * cfg.grad_accum * world_size)
+    progress = _progress_bar(cfg, accelerator, state)
     chance = ChanceCheck(task.chance_head_loss, total, cfg.chance_check_share)
+    run = _Run(task, cfg, accelerator, objective, trainable, optimizer, scheduler, checkpoints, keep, progress, chance)
     while state.step < total and state.stop_reason is None:
         batches = _epoch_batches(task, cfg, state, rank, world_size)
         while state.step < total:
-            grad_norm = _train_step(objective, batches, trainable, optimizer, scheduler, meter, cfg, accelerator)
+            grad_norm = _train_step(objective, batches, trainable, optimizer, scheduler, run.meter, cfg, accelerator)
             state.step += 1
-            progress.update(1)
-            epoch_done = state.step_in_epoch == 0
-            if state.step % cfg.log_every == 0 or state.step == total:
-                record = meter.flush(accelerator)
-                record.update(step=state.step, epoch=state.step / steps_per_epoch, lr=scheduler.get_last_lr()[0])
-                record["grad_norm"] = grad_norm
-                state.history.append(record)
-                progress.set_postfix(loss=f"{record['loss']:.4f}", head_acc=f"{record['level_acc']:.3f}")
-                logger.info(_format(record, total))
-                chance.check(record)
-            if task.eval_set and _eval_due(cfg, state, epoch_done):
-                _evaluate(task, objective, cfg, accelerator, state, keep)
-                meter.restart_clock()
-            if state.step % cfg.checkpoint_every == 0 and state.step < total and state.stop_reason is None:
-                best_weights = keep.weights if keep is not None else None
-                _checkpoint(checkpoints, state, trainable, optimizer, scheduler, cfg, accelerator, best_weights)
-                meter.restart_clock()
-            if epoch_done or state.stop_reason is not None:
+            if run.after_step(state, grad_norm):
                 break
     progress.close()
     _restore_best(keep, state)
@@ -150,6 +104,83 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
         task.save_result(cfg.output_dir)
     accelerator.wait_for_everyone()
     return state
+
+
+def _steps_per_epoch(num_examples: int, cfg: TrainConfig, world_size: int) -> int:
+    """Optimizer steps in one epoch of this process's share of the data; none is a :class:`ConfigError`."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    steps = num_examples // world_size // per_step
+    if steps == 0:
+        raise ConfigError(
+            f"{num_examples} training examples do not fill one optimizer step "
+            f"(batch_size x grad_accum x processes = {per_step * world_size})"
+        )
+    return steps
+
+
+def _progress_bar(cfg: TrainConfig, accelerator: Any, state: TrainState) -> Any:
+    """A tqdm bar over the run's steps, on the main process with ``cfg.progress_bar`` only."""
+    from tqdm.auto import tqdm
+
+    # disable=None: no bar when stderr is not a terminal (no carriage-return spam in CI logs)
+    disable = None if cfg.progress_bar and accelerator.is_main_process else True
+    return tqdm(total=state.total_steps, initial=state.step, disable=disable, unit="step")
+
+
+@dataclass
+class _Run:
+    """The parts of one run the loop's bookkeeping after each step needs: logging, evaluation, checkpoints."""
+
+    task: TrainTask
+    cfg: TrainConfig
+    accelerator: Any
+    objective: torch.nn.Module
+    trainable: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    checkpoints: Path
+    keep: KeepBest | None
+    progress: Any
+    chance: ChanceCheck
+    meter: Meter = field(default_factory=Meter)
+
+    def after_step(self, state: TrainState, grad_norm: float) -> bool:
+        """Log, evaluate and checkpoint when due; True when the epoch is over or the run stops."""
+        self.progress.update(1)
+        epoch_done = state.step_in_epoch == 0
+        if state.step % self.cfg.log_every == 0 or state.step == state.total_steps:
+            self._log(state, grad_norm)
+        if self.task.eval_set and _eval_due(self.cfg, state, epoch_done):
+            _evaluate(self.task, self.objective, self.cfg, self.accelerator, state, self.keep)
+            self.meter.restart_clock()
+        if _checkpoint_due(self.cfg, state):
+            best_weights = self.keep.weights if self.keep is not None else None
+            _checkpoint(
+                self.checkpoints,
+                state,
+                self.trainable,
+                self.optimizer,
+                self.scheduler,
+                self.cfg,
+                self.accelerator,
+                best_weights,
+            )
+            self.meter.restart_clock()
+        return epoch_done or state.stop_reason is not None
+
+    def _log(self, state: TrainState, grad_norm: float) -> None:
+        record = self.meter.flush(self.accelerator)
+        record.update(step=state.step, epoch=state.step / state.steps_per_epoch, lr=self.scheduler.get_last_lr()[0])
+        record["grad_norm"] = grad_norm
+        state.history.append(record)
+        self.progress.set_postfix(loss=f"{record['loss']:.4f}", head_acc=f"{record['level_acc']:.3f}")
+        logger.info(format_record(record, state.total_steps))
+        self.chance.check(record)
+
+
+def _checkpoint_due(cfg: TrainConfig, state: TrainState) -> bool:
+    """Every ``checkpoint_every`` steps, except at the end (the result is saved then) or when stopping."""
+    return state.step % cfg.checkpoint_every == 0 and state.step < state.total_steps and state.stop_reason is None
 
 
 def _checkpoint(
@@ -177,8 +208,26 @@ def _checkpoint(
     logger.info("saved checkpoint %s", path)
 
 
-def _keeps_best(task: TrainTask, cfg: TrainConfig) -> bool:
-    return bool(task.eval_set) and cfg.early_stopping.enabled
+def _trainable(objective: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p for name, p in objective.named_parameters() if p.requires_grad}
+
+
+def _keep_best(task: TrainTask, cfg: TrainConfig, trainable: dict[str, torch.Tensor]) -> KeepBest | None:
+    """The best-step keeper, with an eval set and early stopping enabled."""
+    if not task.eval_set or not cfg.early_stopping.enabled:
+        return None
+    return KeepBest(cfg.early_stopping, cfg.stop_metric, trainable)
+
+
+def _log_plan(trainable: dict[str, torch.Tensor], state: TrainState, examples_per_step: int) -> None:
+    logger.info(
+        "training %s parameters (%s tensors) for %d steps, %d per epoch, %d examples per step",
+        f"{sum(p.numel() for p in trainable.values()):,}",
+        len(trainable),
+        state.total_steps,
+        state.steps_per_epoch,
+        examples_per_step,
+    )
 
 
 def _eval_due(cfg: TrainConfig, state: TrainState, epoch_done: bool) -> bool:
@@ -200,7 +249,7 @@ def _evaluate(
     record = evaluate_objective(objective, task.eval_set, task.collate, cfg, accelerator)
     record.update(step=state.step, epoch=state.step / state.steps_per_epoch)
     state.history.append(record)
-    logger.info(_format(record, state.total_steps))
+    logger.info(format_record(record, state.total_steps))
     if keep is None:
         return
     if keep.update(record, state.step):
@@ -251,7 +300,7 @@ def _train_step(
     trainable: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    meter: _Meter,
+    meter: Meter,
     cfg: TrainConfig,
     accelerator: Any,
 ) -> float:
@@ -261,7 +310,7 @@ def _train_step(
         batch = next(batches).to(accelerator.device)
         # Gradients are all-reduced once per optimizer step, on the last micro-batch.
         sync = accelerator.no_sync(objective) if micro < cfg.grad_accum - 1 else nullcontext()
-        with sync, _autocast(cfg, accelerator.device):
+        with sync, autocast(cfg, accelerator.device):
             out = objective(batch)
             accelerator.backward(out.loss / cfg.grad_accum)
         meter.add(out)
@@ -299,71 +348,6 @@ def _resume(
     return state, keep
 
 
-def linear_schedule(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 0 to the peak over ``warmup_steps``, then linear decay to 0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def cosine_schedule(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the peak over ``warmup_steps``, then cosine decay to 5 % of the peak at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def train_steps(
-    parameters: Iterable[torch.nn.Parameter],
-    steps: int,
-    loss_of: Callable[[int], torch.Tensor],
-    *,
-    lr: float,
-    warmup_steps: int,
-    weight_decay: float = 0.0,
-    max_grad_norm: float = 1.0,
-    desc: str = "training",
-    progress_bar: bool = False,
-) -> list[float]:
-    """The plain loop for a model outside a guard (the synthetic world's base VLM): per step, ``loss_of(step)``,
-    backward, clip to ``max_grad_norm``, AdamW step, :func:`cosine_schedule`. Returns each step's loss.
-
-    One process, no accumulation, no checkpoints: runs short enough to be repeated rather than resumed.
-    ``loss_of`` draws its own batch, from its own generator.
-    """
-    from tqdm.auto import tqdm
-
-    params = list(parameters)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = cosine_schedule(optimizer, warmup_steps, steps)
-    losses: list[float] = []
-    # disable=None: no bar when stderr is not a terminal
-    for step in tqdm(range(steps), desc=desc, disable=None if progress_bar else True):
-        loss = loss_of(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            logger.info("%s step %d loss %.4f", desc, step, losses[-1])
-    return losses
-
-
 def epoch_order(num_examples: int, epoch: int, seed: int, rank: int, world_size: int) -> list[int]:
     """This process's share of a seeded permutation of the data (as ``DistributedSampler`` with drop_last)."""
     generator = torch.Generator().manual_seed(seed + epoch)
@@ -382,13 +366,13 @@ def evaluate_objective(
     ``eval_type_macro_f1``), over the classes that occur in the labels or the predictions.
     """
     objective.eval()
-    meter = _Meter()
+    meter = Meter()
     shard = list(examples)[accelerator.process_index :: accelerator.num_processes]
     size = cfg.eval_batch_size or cfg.batch_size
     pairs: list[torch.Tensor] = []  # rows of (level label, level prediction, type label, type prediction)
     for start in range(0, len(shard), size):
         batch = collate(shard[start : start + size])
-        with _autocast(cfg, accelerator.device):
+        with autocast(cfg, accelerator.device):
             out = objective(batch.to(accelerator.device))
         meter.add(out)
         pairs.append(torch.stack([batch.level, out.level_pred.cpu(), batch.type, out.type_pred.cpu()], dim=1))
@@ -403,53 +387,3 @@ def evaluate_objective(
     record["type_macro_f1"] = macro_f1([r[2] for r in rows], [r[3] for r in rows])
     record["macro_f1"] = (record["level_macro_f1"] + record["type_macro_f1"]) / 2
     return {f"eval_{key}": value for key, value in record.items()}
-
-
-def _autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
-    # Autocast here rather than through accelerate's mixed_precision, which is process-global and cannot
-    # change between two runs in one process.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16")
-
-
-class _Meter:
-    """Sums over a window of micro-batches, averaged (across processes too) when flushed."""
-
-    # loss, lm_loss, head_loss (per-micro-batch means), level hits, type hits, examples, micro-batches
-    _FIELDS = 7
-
-    def __init__(self) -> None:
-        self.sums = torch.zeros(self._FIELDS, dtype=torch.float64)
-        self.restart_clock()
-
-    def restart_clock(self) -> None:
-        self.started = time.perf_counter()
-
-    def add(self, out: StepOutput) -> None:
-        values = (out.loss, out.lm_loss, out.head_loss, out.level_correct, out.type_correct, out.count, 1)
-        self.sums += torch.tensor(
-            [float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in values], dtype=torch.float64
-        )
-
-    def flush(self, accelerator: Any) -> dict[str, float]:
-        totals = accelerator.reduce(self.sums.to(accelerator.device), reduction="sum").cpu()
-        loss, lm, head, level, kind, count, batches = totals.tolist()
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        batches, count = max(batches, 1.0), max(count, 1.0)
-        record = {
-            "loss": loss / batches,
-            "lm_loss": lm / batches,
-            "head_loss": head / batches,
-            "level_acc": level / count,
-            "type_acc": kind / count,
-            "samples_per_s": count / elapsed,
-        }
-        if torch.cuda.is_available():
-            record["gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        self.sums.zero_()
-        self.restart_clock()
-        return record
-
-
-def _format(record: dict[str, float], total: int) -> str:
-    rest = (f"{key} {value:.4g}" for key, value in record.items() if key != "step")
-    return " | ".join([f"step {int(record['step'])}/{total}", *rest])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psaguard.checkpoints.serialization import atomic_write
 
@@ -28,12 +28,12 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path) -> Pa
     train = [r for r in history if "loss" in r]
     evals = [r for r in history if "eval_loss" in r]
     for key, style in (("loss", "-"), ("lm_loss", "--"), ("head_loss", ":")):
-        losses.plot([r["step"] for r in train], [r[key] for r in train], style, label=f"train {key}")
+        _curve(losses, train, key, style, f"train {key}")
     for key, marker in (("eval_loss", "o"), ("eval_lm_loss", "s"), ("eval_head_loss", "^")):
-        losses.plot([r["step"] for r in evals], [r[key] for r in evals], marker + "-", label=key)
+        _curve(losses, evals, key, marker + "-", key)
     for key in ("level_acc", "type_acc"):
-        accuracy.plot([r["step"] for r in train], [r[key] for r in train], label=f"train {key}")
-        accuracy.plot([r["step"] for r in evals], [r[f"eval_{key}"] for r in evals], "o-", label=f"eval {key}")
+        _curve(accuracy, train, key, "-", f"train {key}")
+        _curve(accuracy, evals, f"eval_{key}", "o-", f"eval {key}")
     losses.set(xlabel="step", ylabel="loss", title="losses")
     accuracy.set(xlabel="step", ylabel="accuracy", title="safety head accuracy", ylim=(0, 1.02))
     for axes in (losses, accuracy):
@@ -71,30 +71,28 @@ def plot_reliability(
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     if before is not None:
-        raw = [b for b in before if b.count]
-        axes.bar(
-            [(b.lower + b.upper) / 2 for b in raw],
-            [b.accuracy for b in raw],
-            width=[b.upper - b.lower for b in raw],
-            fill=False,
-            edgecolor="darkorange",
-            linewidth=1.5,
-            label="accuracy, uncalibrated",
-        )
-        axes.plot([b.confidence for b in raw], [b.accuracy for b in raw], "x", color="darkorange")
-    filled = [b for b in bins if b.count]
-    axes.bar(
-        [(b.lower + b.upper) / 2 for b in filled],
-        [b.accuracy for b in filled],
-        width=[b.upper - b.lower for b in filled],
-        edgecolor="black",
-        alpha=0.7,
-        label="accuracy" if before is None else "accuracy, calibrated",
-    )
-    axes.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o", color="red", label="bin mean")
+        outline = {"fill": False, "edgecolor": "darkorange", "linewidth": 1.5, "label": "accuracy, uncalibrated"}
+        _reliability_bins(axes, before, outline, {"marker": "x", "color": "darkorange"})
+    filled = {"edgecolor": "black", "alpha": 0.7, "label": "accuracy" if before is None else "accuracy, calibrated"}
+    _reliability_bins(axes, bins, filled, {"marker": "o", "color": "red", "label": "bin mean"})
     axes.set(xlabel="confidence", ylabel="accuracy", title=f"reliability: {title}", xlim=(0, 1), ylim=(0, 1))
     axes.legend(fontsize=8)
     return _save(figure, path)
+
+
+def _curve(axes: Any, records: Sequence[Mapping[str, float]], key: str, style: str, label: str) -> None:
+    """``key`` of each record against its step."""
+    axes.plot([r["step"] for r in records], [r[key] for r in records], style, label=label)
+
+
+def _reliability_bins(
+    axes: Any, bins: Sequence[ReliabilityBin], bar_style: dict[str, Any], mean_style: dict[str, Any]
+) -> None:
+    """The non-empty bins as bars of their accuracy, with a marker at each bin's mean confidence."""
+    shown = [b for b in bins if b.count]
+    width = [b.upper - b.lower for b in shown]
+    axes.bar([(b.lower + b.upper) / 2 for b in shown], [b.accuracy for b in shown], width=width, **bar_style)
+    axes.plot([b.confidence for b in shown], [b.accuracy for b in shown], linestyle="none", **mean_style)
 
 
 def plot_sweep(points: Sequence[SweepPoint], path: str | Path, goals: tuple[float, float] | None = None) -> Path:

@@ -10,6 +10,7 @@ the saved guard is the best evaluated step (keep-best), its heads' temperatures 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from psaguard.guard import SafetyGuard
 from psaguard.loading import TORCH_DTYPES
 from psaguard.training.calibration import calibrated_guard
 from psaguard.training.config import Stage1Config
+from psaguard.training.data import Example
 from psaguard.training.diagnostics import label_entropy, warn_untrained_llm_tokens
 from psaguard.training.loop import TrainTask
 from psaguard.training.objective import GuardObjective
@@ -48,17 +50,7 @@ def train_stage1(cfg: Stage1Config, *, resume: bool = False) -> Path:
 def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
     """Load the model, attach (or load) the guard, freeze all but the safety modules, and read the data."""
     model, processor = load_model(cfg, accelerator.device)
-    if cfg.init_guard is not None:
-        guard = SafetyGuard.from_pretrained(cfg.init_guard, model, processor, load_adapter=False)
-        for category in guard.categories:  # fitted on the features this run retrains: they would be stale
-            logger.warning(
-                "Stage I drops the custom category %r of %s: add it again (add_category) after training",
-                category.code,
-                cfg.init_guard,
-            )
-            guard.remove_category(category.code)
-    else:
-        guard = SafetyGuard.attach(model, processor, cfg.guard)
+    guard = _start_guard(cfg, model, processor)
     # Trainable modules keep full-precision weights by default (as master weights would), whatever the model's dtype.
     modules, inject_llm_tokens = guard.classifier.modules, guard.classifier.config.tokens.inject_llm_tokens
     modules.to(dtype=TORCH_DTYPES[cfg.modules_dtype]).requires_grad_(True)
@@ -69,11 +61,7 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
         enable_checkpointing(model)
     collate = build_collator(guard, cfg)
     train_set, eval_set, reports = load_data(cfg, guard, collate)
-    if not guard.classifier.has_response_head and any(e.has_response_labels for e in train_set):
-        raise ConfigError(
-            "the training rows label their answers (response_harmful/level/type) but the guard has no response "
-            "head: set guard.head.response_head: true in the config (or drop the labels)"
-        )
+    _check_response_head(guard, train_set)
     objective = GuardObjective(guard, model, lm_weight=cfg.lm_loss_weight, head_weight=cfg.head_loss_weight)
     logger.info("stage I: %s", trainable_summary(objective))
     # A head that only learned the label frequencies has this loss (ln 4 + ln 7 on balanced default labels).
@@ -87,3 +75,26 @@ def build_stage1(cfg: Stage1Config, accelerator: Any) -> StageSetup:
 
     task = TrainTask(objective, train_set, eval_set, collate, save_result=save_result, chance_head_loss=chance)
     return StageSetup(task=task, guard=guard, reports=reports)
+
+
+def _start_guard(cfg: Stage1Config, model: Any, processor: Any) -> SafetyGuard:
+    """A fresh guard on ``model``, or the one of ``cfg.init_guard`` without its custom categories."""
+    if cfg.init_guard is None:
+        return SafetyGuard.attach(model, processor, cfg.guard)
+    guard = SafetyGuard.from_pretrained(cfg.init_guard, model, processor, load_adapter=False)
+    for category in guard.categories:  # fitted on the features this run retrains: they would be stale
+        logger.warning(
+            "Stage I drops the custom category %r of %s: add it again (add_category) after training",
+            category.code,
+            cfg.init_guard,
+        )
+        guard.remove_category(category.code)
+    return guard
+
+
+def _check_response_head(guard: SafetyGuard, train_set: Sequence[Example]) -> None:
+    if not guard.classifier.has_response_head and any(e.has_response_labels for e in train_set):
+        raise ConfigError(
+            "the training rows label their answers (response_harmful/level/type) but the guard has no response "
+            "head: set guard.head.response_head: true in the config (or drop the labels)"
+        )

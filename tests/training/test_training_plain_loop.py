@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from psaguard.training.loop import cosine_schedule, train_steps
+from psaguard.training.plain_loop import train_steps
+from psaguard.training.schedules import cosine_schedule
 
 
 def test_cosine_schedule_warms_up_linearly_then_decays_to_five_percent() -> None:

@@ -9,17 +9,10 @@ the formats and their label tables. See docs/datasets.md.
 from __future__ import annotations
 
 from psaguard.errors import DatasetError
-from psaguard.training.datasets.base import ConvertReport, DatasetFormat, LabelTable, SourceRecord, Target, convert
-from psaguard.training.datasets.json_formats import (
-    RTVLM,
-    SIUO,
-    HoliSafe,
-    LlavaGuard,
-    MMSafetyBench,
-    MSSBench,
-    VLGuard,
-    VLSBench,
-)
+from psaguard.training.datasets.base import DatasetFormat, LabelTable, SourceRecord, Target
+from psaguard.training.datasets.conversion import ConvertReport, convert
+from psaguard.training.datasets.cross_modal_formats import SIUO, MSSBench, VLSBench
+from psaguard.training.datasets.json_formats import RTVLM, HoliSafe, LlavaGuard, MMSafetyBench, VLGuard
 from psaguard.training.datasets.parquet_formats import SPAVL, BeaverTailsV, UnsafeBench
 from psaguard.training.datasets.table_formats import FigStep, HatefulMemes, JailbreakV28K, MMSafeAware
 

@@ -9,11 +9,14 @@ file whose name starts with it (``train-00000-of-00004.parquet``).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 from psaguard.errors import DatasetError
 from psaguard.training.datasets.base import (
+    MODERATION_PROMPT,
+    SAFE,
     DatasetFormat,
     LabelTable,
     RecordError,
@@ -22,7 +25,6 @@ from psaguard.training.datasets.base import (
     field_of,
     normalize,
 )
-from psaguard.training.datasets.json_formats import MODERATION_PROMPT, SAFE
 from psaguard.training.datasets.sources import iter_parquet, save_image_bytes
 
 __all__ = ["SPAVL", "BeaverTailsV", "ParquetFormat", "UnsafeBench"]
@@ -97,23 +99,37 @@ class SPAVL(ParquetFormat):
     )
 
     def parse(self, where: str, row: dict[str, Any], image: str, split: str) -> Iterator[SourceRecord]:
-        classes = [field_of(row, f"class{i}", str, where, optional=i > 1) or "" for i in (1, 2, 3)]
-        rid = f"{split}:{where.rsplit('#', 1)[-1]}:{Path(where.split('#')[0]).stem}"
-        question = field_of(row, "question", str, where)
+        request = self._request(where, row, image, split)
         answers = [(kind, field_of(row, kind, str, where, optional=True)) for kind in ("chosen", "rejected")]
-        pairs = [(kind, text) for kind, text in answers if text] or [("", None)]
+        pairs = [(kind, text) for kind, text in answers if text]
+        if not pairs:  # the test questions come without answers: request-only
+            yield request
         for kind, text in pairs:
-            yield SourceRecord(
-                where=where,
-                id=f"{rid}:{kind}" if kind else rid,
-                images=(image,),
-                prompt=question,
-                response=text,
-                response_harmful=None if text is None else kind == "rejected",
-                label="/".join(c for c in classes if c),
-                key=classes[0],
-                meta={"classes": classes, **({"preference": kind} if kind else {})},
-            )
+            yield _preference_row(request, kind, text)
+
+    @staticmethod
+    def _request(where: str, row: dict[str, Any], image: str, split: str) -> SourceRecord:
+        classes = [field_of(row, f"class{i}", str, where, optional=i > 1) or "" for i in (1, 2, 3)]
+        return SourceRecord(
+            where=where,
+            id=f"{split}:{where.rsplit('#', 1)[-1]}:{Path(where.split('#')[0]).stem}",
+            images=(image,),
+            prompt=field_of(row, "question", str, where),
+            label="/".join(c for c in classes if c),
+            key=classes[0],
+            meta={"classes": classes},
+        )
+
+
+def _preference_row(request: SourceRecord, kind: str, text: str) -> SourceRecord:
+    """``request`` with one of its ranked answers: 'chosen' labelled harmless, 'rejected' harmful."""
+    return replace(
+        request,
+        id=f"{request.id}:{kind}",
+        response=text,
+        response_harmful=kind == "rejected",
+        meta={**request.meta, "preference": kind},
+    )
 
 
 class BeaverTailsV(ParquetFormat):

@@ -22,10 +22,24 @@ __all__ = [
     "iter_csv",
     "iter_jsonl",
     "iter_parquet",
+    "json_items",
     "load_json",
     "read_text",
     "save_image_bytes",
 ]
+
+
+def json_items(doc: Any, path: Path) -> list[tuple[str, Any]]:
+    """(file#index, item) of a JSON list, or (file#key, item) of a JSON object of items.
+
+    Raises:
+        DatasetError: ``doc`` is neither.
+    """
+    if isinstance(doc, list):
+        return [(f"{path}#{i}", item) for i, item in enumerate(doc)]
+    if isinstance(doc, dict):
+        return [(f"{path}#{key}", item) for key, item in doc.items()]
+    raise DatasetError(f"expected a JSON list or object of records, got {type(doc).__name__}", str(path))
 
 
 def first_existing(src: Path, candidates: Sequence[str], what: str) -> Path:

@@ -10,6 +10,8 @@ from typing import Any
 from psaguard.errors import DatasetError
 from psaguard.training.datasets.base import (
     IMAGE_SUFFIXES,
+    MODERATION_PROMPT,
+    SAFE,
     DatasetFormat,
     LabelTable,
     RecordError,
@@ -18,7 +20,6 @@ from psaguard.training.datasets.base import (
     field_of,
     record_id,
 )
-from psaguard.training.datasets.json_formats import MODERATION_PROMPT, SAFE
 from psaguard.training.datasets.sources import first_existing, iter_csv, iter_jsonl, read_text
 
 __all__ = ["FigStep", "HatefulMemes", "JailbreakV28K", "MMSafeAware"]

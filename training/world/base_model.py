@@ -4,7 +4,7 @@
 :func:`train_safe_vqa` teaches it the safe rows of a world with a plain supervised loop (all weights
 trainable, loss on the answer tokens only); :func:`vqa_accuracy` measures exact-match accuracy with
 greedy decoding. Both training runs go through the trainer's plain loop
-(:func:`psaguard.training.loop.train_steps`), with batches drawn from their own generators, so nothing here
+(:func:`psaguard.training.plain_loop.train_steps`), with batches drawn from their own generators, so nothing here
 touches the global random state. Sized to run on a laptop CPU in about a minute.
 """
 
@@ -26,7 +26,7 @@ from psaguard.injection import IGNORE_INDEX
 from psaguard.testing.llava import TinyLlavaSpec, build_tiny_llava, build_tiny_processor
 from psaguard.tokenization import pad_token_id, render_chat, tokenizer_of
 from psaguard.training.collate import pad_batch
-from psaguard.training.loop import train_steps
+from psaguard.training.plain_loop import train_steps
 from psaguard.training.world.build import SPLITS, WorldRow, WorldSpec, read_rows, read_summary
 from psaguard.training.world.concepts import (
     COLOURS,

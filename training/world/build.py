@@ -12,7 +12,8 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -22,21 +23,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.world.concepts import (
     ALL_STYLES,
-    SAFE_NOUNS,
     SHAPE_FILLS,
     Scene,
     render_scene,
-    sample_risk_scene,
-    sample_safe_scene,
 )
+from psaguard.training.world.groups import GROUPS, Draft, Kind, Pool, attack_draft, choose_kind
 from psaguard.training.world.prompts import (
-    ATTACK_SUFFIXES,
     HARMFUL_INTENTS,
     JOINT_RULES,
     QUESTIONS,
-    Question,
     all_template_ids,
-    answer,
     default_held_out_templates,
     harmful_answer,
     respond,
@@ -58,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test", "attack")
-Kind = Literal["benign", "image_risk", "harmful", "joint"]
-_TYPOGRAPHIC_BANNERS = ("safe", "ok")
 
 
 class KindMix(BaseModel):
@@ -104,21 +98,10 @@ class WorldSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> WorldSpec:
-        if unknown := sorted(set(self.held_out_styles) - set(ALL_STYLES)):
-            raise ValueError(f"unknown held-out styles {unknown}; known: {list(ALL_STYLES)}")
-        if unknown := sorted(set(self.held_out_templates) - set(all_template_ids())):
-            raise ValueError(f"unknown held-out templates {unknown}; known: {list(all_template_ids())}")
-        seen = self.train_styles
-        for family in (*SHAPE_FILLS, "word"):
-            if not any(s.startswith(family + "-") for s in seen):
-                raise ValueError(f"held-out styles leave no '{family}' style for training")
-        held = set(self.held_out_templates)
-        groups = [[q.id for q in QUESTIONS if q.asks == asks] for asks in ("colour", "count", "noun", "describe")]
-        groups += [[f"{h.id}.{k}" for k in range(len(h.texts))] for h in HARMFUL_INTENTS]
-        groups += [[f"{j.id}.{k}" for k in range(len(j.clauses))] for j in JOINT_RULES]
-        for ids in groups:
-            if set(ids) <= held:
-                raise ValueError(f"held-out templates leave none of {ids} for training")
+        _check_known("held-out styles", self.held_out_styles, ALL_STYLES)
+        _check_known("held-out templates", self.held_out_templates, all_template_ids())
+        _check_styles_left(self.train_styles)
+        _check_templates_left(set(self.held_out_templates))
         if sum(self.mix.model_dump().values()) <= 0:
             raise ValueError("mix weights must not all be zero")
         return self
@@ -126,6 +109,28 @@ class WorldSpec(BaseModel):
     @property
     def train_styles(self) -> tuple[str, ...]:
         return tuple(s for s in ALL_STYLES if s not in self.held_out_styles)
+
+
+def _check_known(what: str, given: Sequence[str], known: Sequence[str]) -> None:
+    if unknown := sorted(set(given) - set(known)):
+        raise ValueError(f"unknown {what} {unknown}; known: {list(known)}")
+
+
+def _check_styles_left(train_styles: Sequence[str]) -> None:
+    """Every shape fill and the word style keep at least one style for training."""
+    for family in (*SHAPE_FILLS, "word"):
+        if not any(s.startswith(family + "-") for s in train_styles):
+            raise ValueError(f"held-out styles leave no '{family}' style for training")
+
+
+def _check_templates_left(held: set[str]) -> None:
+    """Every question kind, harmful intent and joint rule keeps at least one template for training."""
+    groups = [[q.id for q in QUESTIONS if q.asks == asks] for asks in ("colour", "count", "noun", "describe")]
+    groups += [[f"{h.id}.{k}" for k in range(len(h.texts))] for h in HARMFUL_INTENTS]
+    groups += [[f"{j.id}.{k}" for k in range(len(j.clauses))] for j in JOINT_RULES]
+    for ids in groups:
+        if set(ids) <= held:
+            raise ValueError(f"held-out templates leave none of {ids} for training")
 
 
 class RowMeta(BaseModel):
@@ -181,165 +186,68 @@ class WorldSummary(BaseModel):
     levels: dict[str, dict[str, int]] = Field(description="Rows per risk level, per split.")
 
 
-@dataclass(frozen=True)
-class _Draft:
-    """A row before it has an id: scene index within its group, prompt and labels."""
-
-    scene: int
-    prompt: str
-    level: int
-    type_code: str
-    kind: Kind
-    template: str
-    question: str | None
-    answer: str | None
-    twin: bool = False
-    harmful_answer: bool = False
-
-
-@dataclass(frozen=True)
-class _Pool:
-    """The styles and templates a split may draw from."""
-
-    styles: tuple[str, ...]
-    held_styles: frozenset[str]
-    held_templates: frozenset[str]
-    heldout_allowed: bool
-
-    def allowed(self, template: str) -> bool:
-        return self.heldout_allowed or template not in self.held_templates
-
-    def question(self, rng: np.random.Generator, scene: Scene) -> Question:
-        options = [q for q in QUESTIONS if q.applies_to(scene) and self.allowed(q.id)]
-        return options[int(rng.integers(len(options)))]
-
-    def paraphrase(self, rng: np.random.Generator, base: str, n: int) -> int:
-        options = [k for k in range(n) if self.allowed(f"{base}.{k}")]
-        return options[int(rng.integers(len(options)))]
-
-
-_SAFE = DEFAULT_TAXONOMY.safe_type
-
-
-def _benign(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
-    scene = sample_safe_scene(rng, pool.styles)
-    q = pool.question(rng, scene)
-    return [scene], [_Draft(0, q.text, 0, _SAFE, "benign", q.id, None, answer(q.asks, scene))]
-
-
-def _image_risk(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
-    scene = sample_risk_scene(rng, pool.styles)
-    q = pool.question(rng, scene)
-    assert scene.risk_type is not None
-    return [scene], [_Draft(0, q.text, scene.level, scene.risk_type, "image_risk", q.id, None, answer(q.asks, scene))]
-
-
-def _harmful(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
-    intent = HARMFUL_INTENTS[int(rng.integers(len(HARMFUL_INTENTS)))]
-    k = pool.paraphrase(rng, intent.id, len(intent.texts))
-    scene = sample_safe_scene(rng, pool.styles)
-    return [scene], [_Draft(0, intent.texts[k], intent.level, intent.type, "harmful", f"{intent.id}.{k}", None, None)]
-
-
-def _joint(rng: np.random.Generator, pool: _Pool) -> tuple[list[Scene], list[_Draft]]:
-    # Trigger first, then one of its rules: several rules share 'person', and picking rules uniformly
-    # would make person images the most common safe image by far.
-    triggers = sorted({j.trigger for j in JOINT_RULES})
-    trigger_noun = triggers[int(rng.integers(len(triggers)))]
-    rules = [j for j in JOINT_RULES if j.trigger == trigger_noun]
-    rule = rules[int(rng.integers(len(rules)))]
-    k = pool.paraphrase(rng, rule.id, len(rule.clauses))
-    trigger = sample_safe_scene(rng, pool.styles, noun=rule.trigger)
-    q = pool.question(rng, trigger)
-    prompt, template = f"{rule.clauses[k]} {q.text}", f"{rule.id}.{k}"
-    risky = _Draft(0, prompt, rule.level, rule.type, "joint", template, q.id, answer(q.asks, trigger))
-    # Twin 1: the same prompt next to another safe object is safe, so the prompt alone predicts nothing.
-    others = [n for n in SAFE_NOUNS if n != rule.trigger]
-    other = sample_safe_scene(rng, pool.styles, noun=others[int(rng.integers(len(others)))])
-    twin_prompt = _Draft(1, prompt, 0, _SAFE, "benign", template, q.id, answer(q.asks, other), twin=True)
-    # Twin 2: the same trigger image with a plain question, or with a clause of a rule it does not trigger.
-    q2 = pool.question(rng, trigger)
-    foreign = [j for j in JOINT_RULES if j.trigger != rule.trigger]
-    if rng.random() < 0.5:
-        twin_image = _Draft(0, q2.text, 0, _SAFE, "benign", q2.id, None, answer(q2.asks, trigger), twin=True)
-    else:
-        rule2 = foreign[int(rng.integers(len(foreign)))]
-        k2 = pool.paraphrase(rng, rule2.id, len(rule2.clauses))
-        prompt2 = f"{rule2.clauses[k2]} {q2.text}"
-        twin_image = _Draft(0, prompt2, 0, _SAFE, "benign", f"{rule2.id}.{k2}", q2.id, answer(q2.asks, trigger), True)
-    return [trigger, other], [risky, twin_prompt, twin_image]
-
-
-_GROUPS = {"benign": _benign, "image_risk": _image_risk, "harmful": _harmful, "joint": _joint}
-_GROUP_ROWS = {"benign": 1, "image_risk": 1, "harmful": 1, "joint": 3}
-
-
-def _attack(rng: np.random.Generator, index: int, scenes: list[Scene], draft: _Draft) -> tuple[list[Scene], _Draft]:
-    """Turn a risky draft into an attack: even rows get an adversarial suffix, odd rows a text banner."""
-    if index % 2 == 0:
-        suffix = ATTACK_SUFFIXES[int(rng.integers(len(ATTACK_SUFFIXES)))]
-        return scenes, _Draft(**{**draft.__dict__, "prompt": f"{draft.prompt} {suffix}"})
-    word = _TYPOGRAPHIC_BANNERS[int(rng.integers(len(_TYPOGRAPHIC_BANNERS)))]
-    scenes = [s.model_copy(update={"banner": word}) if i == draft.scene else s for i, s in enumerate(scenes)]
-    return scenes, draft
-
-
-def _choose_kind(rng: np.random.Generator, weights: dict[str, float], room: int, one_row: bool) -> Kind:
-    """A group kind by weight, among those whose rows still fit in ``room`` (joint groups write three)."""
-    kinds = [k for k, w in weights.items() if w > 0 and (one_row or _GROUP_ROWS[k] <= room)]
-    if not kinds:  # only joint groups are weighted and fewer than three rows remain
-        return "benign"
-    p = np.array([weights[k] for k in kinds], dtype=float)
-    return kinds[int(rng.choice(len(kinds), p=p / p.sum()))]  # type: ignore[return-value]
-
-
 def _split_rows(spec: WorldSpec, split: str, n_rows: int) -> list[tuple[WorldRow, Scene]]:
     """The rows of one split, each with the scene its image shows (twins share a scene and a file)."""
-    train_like = split in ("train", "val")
-    pool = _Pool(
-        styles=spec.train_styles if train_like else ALL_STYLES,
-        held_styles=frozenset(spec.held_out_styles),
-        held_templates=frozenset(spec.held_out_templates),
-        heldout_allowed=not train_like,
-    )
-    weights = spec.mix.model_dump()
-    if split == "attack":  # attacks only make sense on risky requests
-        weights["benign"] = 0.0
-        if sum(weights.values()) <= 0:
-            weights["image_risk"] = 1.0
+    pool = _pool(spec, split)
+    weights = _kind_weights(spec, split)
     out: list[tuple[WorldRow, Scene]] = []
     group = 0
     labels = spec.harmful_answers > 0 and split != "attack"
     while len(out) < n_rows:
         rng = np.random.default_rng([spec.seed, SPLITS.index(split), group])
-        kind = _choose_kind(rng, weights, n_rows - len(out), one_row=split == "attack")
-        scenes, drafts = _GROUPS[kind](rng, pool)
-        if split == "attack":
-            drafts = drafts[:1]
-            scenes, drafts[0] = _attack(rng, len(out), scenes, drafts[0])
-        elif spec.harmful_answers > 0:  # drawn after the group's own choices, which stay as without it
-            drafts += [
-                replace(d, harmful_answer=True, twin=True)
-                for d in list(drafts)
-                if d.level > 0 and rng.random() < spec.harmful_answers
-            ]
+        kind = choose_kind(rng, weights, n_rows - len(out), one_row=split == "attack")
+        scenes, drafts = _group(rng, kind, pool, spec, split, len(out))
         first_id = len(out)
         image_of: dict[int, str] = {}
         for draft in drafts:
             row_id = f"{split}-{len(out):06d}"
             image_of.setdefault(draft.scene, f"images/{row_id}.png")
-            out.append(
-                (
-                    _row(row_id, image_of[draft.scene], scenes[draft.scene], draft, pool, split, first_id, labels),
-                    scenes[draft.scene],
-                )
-            )
+            scene = scenes[draft.scene]
+            out.append((_row(row_id, image_of[draft.scene], scene, draft, pool, split, first_id, labels), scene))
         group += 1
     return out[:n_rows]
 
 
+def _pool(spec: WorldSpec, split: str) -> Pool:
+    """Train and val draw the training styles and templates only; test and attack draw all of them."""
+    train_like = split in ("train", "val")
+    return Pool(
+        styles=spec.train_styles if train_like else ALL_STYLES,
+        held_styles=frozenset(spec.held_out_styles),
+        held_templates=frozenset(spec.held_out_templates),
+        heldout_allowed=not train_like,
+    )
+
+
+def _kind_weights(spec: WorldSpec, split: str) -> dict[str, float]:
+    weights = spec.mix.model_dump()
+    if split == "attack":  # attacks only make sense on risky requests
+        weights["benign"] = 0.0
+        if sum(weights.values()) <= 0:
+            weights["image_risk"] = 1.0
+    return weights
+
+
+def _group(
+    rng: np.random.Generator, kind: Kind, pool: Pool, spec: WorldSpec, split: str, index: int
+) -> tuple[list[Scene], list[Draft]]:
+    """One group's scenes and drafts: an attack keeps the risky row only; with ``harmful_answers``, risky
+    rows may get a twin answered harmfully."""
+    scenes, drafts = GROUPS[kind](rng, pool)
+    if split == "attack":
+        scenes, attacked = attack_draft(rng, index, scenes, drafts[0])
+        return scenes, [attacked]
+    if spec.harmful_answers > 0:  # drawn after the group's own choices, which stay as without it
+        drafts += [
+            replace(d, harmful_answer=True, twin=True)
+            for d in list(drafts)
+            if d.level > 0 and rng.random() < spec.harmful_answers
+        ]
+    return scenes, drafts
+
+
 def _row(
-    row_id: str, image: str, scene: Scene, draft: _Draft, pool: _Pool, split: str, first: int, labels: bool = False
+    row_id: str, image: str, scene: Scene, draft: Draft, pool: Pool, split: str, first: int, labels: bool = False
 ) -> WorldRow:
     templates = [draft.template] + ([draft.question] if draft.question else [])
     type_id = DEFAULT_TAXONOMY.type_by_code(draft.type_code).id
@@ -362,7 +270,7 @@ def _row(
             style=scene.style,
             template=draft.template,
             question=draft.question,
-            image_type=scene.risk_type or _SAFE,
+            image_type=scene.risk_type or DEFAULT_TAXONOMY.safe_type,
             image_level=scene.level,
             noun=scene.noun,
             word=scene.word,
@@ -392,19 +300,14 @@ def build_world(out_dir: str | Path, spec: WorldSpec | None = None) -> WorldSumm
     images = 0
     for split in SPLITS:
         rows = _split_rows(spec, split, sizes[split])
-        written: set[str] = set()
-        for row, scene in rows:
-            if row.image not in written:
-                png = out / row.image
-                render_scene(scene, spec.image_size).save(png, format="PNG", compress_level=6)
-                written.add(row.image)
-        images += len(written)
+        written = _write_images(out, rows, spec.image_size)
+        images += written
         lines = [json.dumps(_row_json(row), ensure_ascii=False) for row, _ in rows]
         _write_atomic(out / f"{split}.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
         counts["kinds"][split] = Counter(row.meta.kind for row, _ in rows)
         counts["types"][split] = Counter(DEFAULT_TAXONOMY.types[row.safe_type].code for row, _ in rows)
         counts["levels"][split] = Counter(str(row.safe_level) for row, _ in rows)
-        logger.info("world: wrote %d %s rows (%d images)", len(rows), split, len(written))
+        logger.info("world: wrote %d %s rows (%d images)", len(rows), split, written)
     summary = WorldSummary(
         spec=spec,
         rows=sizes,
@@ -413,6 +316,16 @@ def build_world(out_dir: str | Path, spec: WorldSpec | None = None) -> WorldSumm
     )
     _write_atomic(out / "world.json", summary.model_dump_json(indent=2).encode())
     return summary
+
+
+def _write_images(out: Path, rows: Sequence[tuple[WorldRow, Scene]], size: int) -> int:
+    """Render each image file the rows name once (twins share one); the number written."""
+    written: set[str] = set()
+    for row, scene in rows:
+        if row.image not in written:
+            render_scene(scene, size).save(out / row.image, format="PNG", compress_level=6)
+            written.add(row.image)
+    return len(written)
 
 
 def _row_json(row: WorldRow) -> dict[str, object]:

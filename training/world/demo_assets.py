@@ -43,19 +43,32 @@ def sample_demo_rows(rows: list[WorldRow], seed: int) -> list[WorldRow]:
     demo's answer monitor. Rows are drawn whatever the guard makes of them."""
     rng = random.Random(seed)
     plain = [r for r in rows if r.response_harmful is not True]
-    picked = []
+    picked: list[WorldRow] = []
     for kind in DEMO_KINDS:
-        if kind == "joint twin":  # the twin of the joint row drawn, so the demo shows the pair
-            twins = [r for r in plain if r.meta.twin_of == picked[-1].id] if picked else []
-            candidates = twins or [r for r in plain if _kind(r) == kind]
-        else:
-            candidates = [r for r in plain if _kind(r) == kind and (kind != "image_risk" or r.safe_level == 3)]
+        candidates = _candidates(plain, kind, picked[-1] if picked else None)
         if candidates:
             picked.append(rng.choice(candidates))
     harmful = [r for r in rows if r.response_harmful is True and r.safe_level == 1]
     if harmful:
         picked.append(rng.choice(harmful))
     return picked
+
+
+def _candidates(plain: list[WorldRow], kind: str, last: WorldRow | None) -> list[WorldRow]:
+    """The rows a demo row of ``kind`` is drawn from; for 'joint twin', the twins of the row drawn ``last``
+    (the joint row), so the demo shows the pair."""
+    if kind == "joint twin":
+        return _twins(plain, last) or _of_kind(plain, kind)
+    return _of_kind(plain, kind)
+
+
+def _twins(plain: list[WorldRow], row: WorldRow | None) -> list[WorldRow]:
+    return [] if row is None else [r for r in plain if r.meta.twin_of == row.id]
+
+
+def _of_kind(plain: list[WorldRow], kind: str) -> list[WorldRow]:
+    """The rows of ``kind``; image-risk ones at level 3 only."""
+    return [r for r in plain if _kind(r) == kind and (kind != "image_risk" or r.safe_level == 3)]
 
 
 def write_demo_examples(rows: list[WorldRow], world_dir: Path, dest: Path, seed: int) -> Path:

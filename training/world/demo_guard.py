@@ -25,13 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from psaguard.guard import SafetyGuard
 from psaguard.training.config import Stage1Config
-from psaguard.training.data import read_jsonl
+from psaguard.training.data import Example, read_jsonl
 from psaguard.training.evaluate import evaluate_guard
 from psaguard.training.stage1 import train_stage1
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import write_demo_examples
 from psaguard.training.world.runs import StepClock, torch_threads, train_losses
-from psaguard.training.world.scoring import answer_rows, refusal_rate
+from psaguard.training.world.scoring import GuardedAnswer, answer_rows, refusal_rate
 
 __all__ = ["DemoGuardResult", "DemoGuardSpec", "resave_guard", "retrain_demo_guard", "score_guard"]
 
@@ -92,24 +92,33 @@ def score_guard(guard: SafetyGuard, world_dir: Path, rows: list[WorldRow], max_n
     report = evaluate_guard(guard, requests)
     plain = [r for r in rows if r.response_harmful is not True]
     answers = answer_rows(guard, plain, world_dir, max_new_tokens=max_new_tokens)
-    level = {r.id: r.safe_level for r in plain}
     numbers: dict[str, Any] = {
         "type_macro_f1": report.type.macro_f1,
         "level_macro_f1": report.level.macro_f1,
+        **_refusal_numbers(answers, plain),
+        **_response_numbers(guard, examples),
+    }
+    return GuardScores(**{k: round(v, 4) for k, v in numbers.items()})
+
+
+def _refusal_numbers(answers: list[GuardedAnswer], rows: list[WorldRow]) -> dict[str, float]:
+    """Refusals of the unsafe requests and over-refusals (hints counted) of the safe ones."""
+    level = {r.id: r.safe_level for r in rows}
+    return {
         "refusal_unsafe": refusal_rate([a for a in answers if level[a.row_id] > 0]),
         "over_refusal_safe": refusal_rate([a for a in answers if level[a.row_id] == 0], count_hints=True),
     }
-    if guard.modules.response_head is not None:
-        response = evaluate_guard(guard, examples).response
-        if response is not None:
-            d = response.detection
-            numbers |= {
-                "response_f1": d.f1,
-                "response_precision": d.precision,
-                "response_recall": d.recall,
-                "response_fpr": d.fpr,
-            }
-    return GuardScores(**{k: round(v, 4) for k, v in numbers.items()})
+
+
+def _response_numbers(guard: SafetyGuard, examples: list[Example]) -> dict[str, float]:
+    """The response head's detection numbers on every example; none for a guard without the head."""
+    if guard.modules.response_head is None:
+        return {}
+    response = evaluate_guard(guard, examples).response
+    if response is None:
+        return {}
+    d = response.detection
+    return {"response_f1": d.f1, "response_precision": d.precision, "response_recall": d.recall, "response_fpr": d.fpr}
 
 
 def resave_guard(model_dir: Path, guard_dir: Path, out: Path, *, response_head: bool) -> Path:

@@ -43,19 +43,33 @@ def _scenes() -> Iterator[Scene]:
 
 def world_texts() -> Iterable[str]:
     """Every template, answer and response text of the world, plus the policy's default hints and refusal."""
+    yield from _template_texts()
+    yield from _answer_texts()
+    yield from _policy_texts()
+
+
+def _template_texts() -> Iterator[str]:
+    """Questions, harmful requests, joint clauses, attack suffixes and colour names."""
     yield from (q.text for q in QUESTIONS)
     yield from (t for h in HARMFUL_INTENTS for t in h.texts)
     yield from (c for j in JOINT_RULES for c in j.clauses)
     yield from ATTACK_SUFFIXES
     yield from COLOURS
+
+
+def _answer_texts() -> Iterator[str]:
+    """The short answers to every question about every scene, then the responses of each risk type."""
     for scene in _scenes():
         yield from (answer(q.asks, scene) for q in QUESTIONS if q.applies_to(scene))
-    concepts = [t.concept for t in DEFAULT_TAXONOMY.types]
     for risk_type in DEFAULT_TAXONOMY.types:
         if risk_type.code != DEFAULT_TAXONOMY.safe_type:
             yield from (respond(level, risk_type.code, None) for level in (1, 2, 3))
             yield harmful_answer(risk_type.code)
-    for concept in (*concepts, _ERROR_CONCEPT):
+
+
+def _policy_texts() -> Iterator[str]:
+    """The policy's default hints and refusal for every concept, the error verdict's included."""
+    for concept in (*(t.concept for t in DEFAULT_TAXONOMY.types), _ERROR_CONCEPT):
         yield from (hint.format(concept=concept) for hint in DEFAULT_HINTS.values())
         yield DEFAULT_REFUSAL.format(concept=concept)
 

@@ -11,8 +11,9 @@ from dataset_layouts import LAYOUTS
 from psaguard.cli.demo import demo_guard_dir, demo_model_dir
 from psaguard.cli.main import main
 from psaguard.errors import ConfigError
-from psaguard.training.bench import PEER_GUARDS, PeerNumber, load_peers, published_peers, resolve_suites, run_bench
+from psaguard.training.bench import resolve_suites, run_bench
 from psaguard.training.datasets import FORMATS, convert, get_format
+from psaguard.training.peers import PEER_GUARDS, PeerNumber, load_peers, published_peers
 from psaguard.training.refusal import is_refusal
 
 
