@@ -18,7 +18,6 @@ IMAGE_PLACEHOLDER = "<image>"
 
 _SPLIT = "<split>"  # the paper's way of putting two images side by side: "a.jpg<split>b.jpg"
 _USER_ROLES = ("USER", "human", "user")
-_ASSISTANT_ROLES = ("ASSISTANT", "gpt", "assistant")
 MAX_IMAGES_PER_ROW = 16
 """Most images one row may place side by side (the paper places two)."""
 
