@@ -111,7 +111,17 @@ def load_tensors(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"corrupt or truncated weights file {path}: {err}") from err
-    saved = metadata.get(CHECKSUM_KEY)
+    _check_checksum(path, metadata.get(CHECKSUM_KEY), tensors, allow_unverified)
+    nonfinite = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
+    if nonfinite:
+        raise CheckpointError(f"weights in {path} hold NaN or infinite values: {nonfinite[:5]}")
+    if expected is not None:
+        _check_expected(path, tensors, expected)
+    return tensors
+
+
+def _check_checksum(path: Path, saved: str | None, tensors: Mapping[str, torch.Tensor], allow_unverified: bool) -> None:
+    """The tensors match the file's saved checksum; a file without one loads only when ``allow_unverified``."""
     if saved is None:
         if not allow_unverified:
             raise CheckpointError(
@@ -121,20 +131,20 @@ def load_tensors(
         logger.warning("loading unverified weights %s (no %s metadata)", path, CHECKSUM_KEY)
     elif saved != tensors_digest(tensors):
         raise CheckpointError(f"weights in {path} do not match their checksum: the file is corrupt or was modified")
-    nonfinite = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
-    if nonfinite:
-        raise CheckpointError(f"weights in {path} hold NaN or infinite values: {nonfinite[:5]}")
-    if expected is not None:
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        wrong = sorted(
-            f"{name}: file {tuple(tensors[name].shape)}, module {tuple(shape)}"
-            for name, (shape, _) in expected.items()
-            if name in tensors and tensors[name].shape != shape
+
+
+def _check_expected(
+    path: Path, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[torch.Size, torch.dtype]]
+) -> None:
+    """The file holds exactly the ``expected`` names, each of its expected shape."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    wrong = sorted(
+        f"{name}: file {tuple(tensors[name].shape)}, module {tuple(shape)}"
+        for name, (shape, _) in expected.items()
+        if name in tensors and tensors[name].shape != shape
+    )
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"weights in {path} do not match the config: missing {missing}, unexpected {extra}, wrong shapes {wrong}"
         )
-        if missing or extra or wrong:
-            raise CheckpointError(
-                f"weights in {path} do not match the config: missing {missing}, unexpected {extra}, "
-                f"wrong shapes {wrong}"
-            )
-    return tensors
