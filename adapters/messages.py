@@ -24,10 +24,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 from urllib.request import url2pathname
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -150,6 +150,27 @@ def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | N
     :class:`~psaguard.errors.InvalidInputError` for audio, video or file blocks the guard cannot judge and
     for block types it does not know (see the module docstring).
     """
+    kind = _block_type(block)
+    if kind is None:
+        return None
+    if kind not in IMAGE_BLOCK_TYPES:
+        _check_non_image_block(kind, block)
+        return None
+    payload = _single_payload(block)
+    if kind == "image_file":
+        raise RemoteImageError("image_file blocks name provider files that cannot be judged locally; pass the bytes")
+    if payload in ("file_id", "file_uri", "id"):
+        raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
+    if kind in ("image_url", "input_image"):
+        return _from_image_url(block.get("image_url"), allow_local_files)
+    if kind == "media":
+        return _from_media(block)
+    return _from_payload(block, payload, allow_local_files)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _block_type(block: Any) -> str | None:
+    """The type of a content block; None for a plain string (text)."""
     if isinstance(block, str):
         return None
     if not isinstance(block, Mapping):
@@ -157,34 +178,37 @@ def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | N
     kind = block.get("type")
     if not isinstance(kind, str):
         raise InvalidInputError(f"content block 'type' must be a string, got {type(kind).__name__}")
+    return kind
+
+
+def _check_non_image_block(kind: str, block: Mapping[str, Any]) -> None:
+    """Refuse a block that is not an image block unless it is text or passes through holding no media."""
     if kind in TEXT_BLOCK_TYPES:
         if payloads := _payloads(block, IMAGE_PAYLOAD_KEYS):
             raise InvalidInputError(f"{kind!r} content block also holds an image payload {payloads}; refused")
-        return None
+        return
     if kind in PASS_THROUGH_BLOCK_TYPES:
         if kind in _SCANNED_BLOCK_TYPES:
             _check_holds_no_media(kind, block)
-        return None
+        return
     if kind in _UNJUDGEABLE_BLOCKS:
         raise InvalidInputError(f"the guard cannot judge {kind!r} content blocks; remove them or judge them elsewhere")
-    if kind not in IMAGE_BLOCK_TYPES:
-        raise InvalidInputError(
-            f"unknown content block type {str(kind)[:40]!r}; the guard refuses blocks it cannot read, since the "
-            f"model might still see them (known: {sorted(_KNOWN_BLOCK_TYPES)})"
-        )
-    payload = _single_payload(block)
-    if kind == "image_file":
-        raise RemoteImageError("image_file blocks name provider files that cannot be judged locally; pass the bytes")
-    if payload in ("file_id", "file_uri", "id"):
-        raise RemoteImageError("image blocks holding provider file ids cannot be judged locally; pass the bytes")
-    if kind in ("image_url", "input_image"):
-        target = block.get("image_url")
-        if isinstance(target, Mapping):
-            _single_payload(target, where="the 'image_url' of an image block")
-            target = target.get("url")
-        return _from_url(target, allow_local_files)
-    if kind == "media":
-        return _from_media(block)
+    raise InvalidInputError(
+        f"unknown content block type {str(kind)[:40]!r}; the guard refuses blocks it cannot read, since the "
+        f"model might still see them (known: {sorted(_KNOWN_BLOCK_TYPES)})"
+    )
+
+
+def _from_image_url(target: Any, allow_local_files: bool) -> bytes | Path:
+    """OpenAI's ``image_url`` field: a URL, or ``{"url": ...}`` holding one payload."""
+    if isinstance(target, Mapping):
+        _single_payload(target, where="the 'image_url' of an image block")
+        target = target.get("url")
+    return _from_url(target, allow_local_files)
+
+
+def _from_payload(block: Mapping[str, Any], payload: str | None, allow_local_files: bool) -> bytes | Path:
+    """The image of an ``image`` block from its one payload field (``source``, ``base64``/``data``, ``url``)."""
     if payload == "source":
         return _from_source(block["source"], allow_local_files)
     if payload == "base64" or (payload == "data" and block.get("source_type") == "base64"):
@@ -194,7 +218,6 @@ def decode_image_block(block: Any, *, allow_local_files: bool = True) -> Any | N
     raise InvalidImageError(f"image block has no 'base64' or 'url' field: keys {sorted(block)}")
 
 
-# ---------------------------------------------------------------------------------------------- helpers
 def _request_from_dict(value: Mapping[str, Any]) -> GuardRequest:
     prompt = value["prompt"]
     if not isinstance(prompt, str):
@@ -266,21 +289,31 @@ def _check_holds_no_media(kind: str, block: Mapping[str, Any]) -> None:
         value, depth = stack.pop()
         if depth > _MAX_NESTING:
             raise InvalidInputError(f"{kind!r} content block is nested deeper than {_MAX_NESTING} levels; refused")
-        if isinstance(value, str):
-            if value[:5].lower() == "data:":
-                raise InvalidInputError(f"{kind!r} content block holds a data URL the guard cannot judge; refused")
-        elif isinstance(value, (bytes, bytearray)):
-            raise InvalidInputError(f"{kind!r} content block holds raw bytes the guard cannot judge; refused")
-        elif isinstance(value, Mapping):
-            mime = value.get("mime_type", value.get("media_type"))
-            media_type = isinstance(mime, str) and mime.lower().startswith(_MEDIA_MIME_PREFIXES)
-            inner_type = value.get("type")
-            media_block = isinstance(inner_type, str) and inner_type in IMAGE_BLOCK_TYPES | _UNJUDGEABLE_BLOCKS
-            if media_block or media_type or _MEDIA_KEYS & set(value):
-                raise InvalidInputError(f"{kind!r} content block holds media the guard cannot judge; refused")
-            stack.extend((inner, depth + 1) for inner in value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend((inner, depth + 1) for inner in value)
+        stack.extend((inner, depth + 1) for inner in _checked_children(kind, value))
+
+
+def _checked_children(kind: str, value: Any) -> Iterable[Any]:
+    """The values nested in ``value`` (a value inside a ``kind`` block), once ``value`` is found to be no media."""
+    if isinstance(value, str):
+        if value[:5].lower() == "data:":
+            raise InvalidInputError(f"{kind!r} content block holds a data URL the guard cannot judge; refused")
+        return ()
+    if isinstance(value, (bytes, bytearray)):
+        raise InvalidInputError(f"{kind!r} content block holds raw bytes the guard cannot judge; refused")
+    if isinstance(value, Mapping):
+        if _is_media_mapping(value):
+            raise InvalidInputError(f"{kind!r} content block holds media the guard cannot judge; refused")
+        return value.values()
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def _is_media_mapping(value: Mapping[str, Any]) -> bool:
+    """Whether a mapping inside a pass-through block looks like media: a media MIME type, block type or key."""
+    mime = value.get("mime_type", value.get("media_type"))
+    media_type = isinstance(mime, str) and mime.lower().startswith(_MEDIA_MIME_PREFIXES)
+    inner_type = value.get("type")
+    media_block = isinstance(inner_type, str) and inner_type in IMAGE_BLOCK_TYPES | _UNJUDGEABLE_BLOCKS
+    return media_block or media_type or bool(_MEDIA_KEYS & set(value))
 
 
 def _from_source(source: Any, allow_local_files: bool) -> bytes | Path:
@@ -329,10 +362,7 @@ def _from_url(url: Any, allow_local_files: bool) -> bytes | Path:
     if not isinstance(url, str) or not url:
         raise InvalidImageError(f"image URL must be a non-empty string, got {url!r}")
     if url.startswith("data:"):
-        match = _DATA_URL.match(url)
-        if match is None:
-            raise InvalidImageError("image data URL is not base64-encoded (expected 'data:<mime>;base64,...')")
-        return _from_base64(match["data"])
+        return _from_data_url(url)
     parsed = urlparse(url)
     # One-letter schemes are Windows drive letters ("C:\\x.png"), i.e. plain paths.
     if parsed.scheme and len(parsed.scheme) > 1 and parsed.scheme != "file":
@@ -342,6 +372,18 @@ def _from_url(url: Any, allow_local_files: bool) -> bytes | Path:
         )
     if not allow_local_files:
         raise InvalidImageError("local image files are not allowed here (allow_local_files=False)")
+    return _local_path(url, parsed)
+
+
+def _from_data_url(url: str) -> bytes:
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise InvalidImageError("image data URL is not base64-encoded (expected 'data:<mime>;base64,...')")
+    return _from_base64(match["data"])
+
+
+def _local_path(url: str, parsed: ParseResult) -> Path:
+    """The local file a ``file://`` URL or a plain path names."""
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise RemoteImageError(f"file URL {url[:80]!r} names a remote host")

@@ -27,19 +27,12 @@ from langchain_core.callbacks import adispatch_custom_event, dispatch_custom_eve
 from langchain_core.messages import AIMessage
 
 from psaguard.adapters.answers import AnswerCheck
-from psaguard.adapters.gate import (
-    OnBlock,
-    exit_for,
-    hinted_system_message,
-    refusal_message,
-    refusal_text,
-    replace_risky,
-)
+from psaguard.adapters.exits import exit_for, hinted_system_message, refusal_message, replace_risky
 from psaguard.adapters.runnable import GuardRunnable
-from psaguard.adapters.verdicts import VERDICT_EVENT, response_verdict_metadata
+from psaguard.adapters.verdicts import VERDICT_EVENT, OnBlock, response_verdict_metadata
 from psaguard.errors import GuardBlocked
 from psaguard.guard import SafetyGuard
-from psaguard.policy import TextOnlyAction
+from psaguard.policy import TextOnlyAction, refusal_text
 from psaguard.verdict import SafetyVerdict
 
 __all__ = ["PsaGuardMiddleware"]

@@ -67,24 +67,29 @@ class AnswerCache:
                 pooled_query.append((weights @ self._embedded[row]) / len(row_ids))
             return self.head.read_out(torch.stack(pooled), torch.stack(pooled_query))
 
-    def _attend_new(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> None:
-        """Attend the ids not seen yet on their rows, all rows in one batch."""
+    def _unseen(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> dict[int, dict[int, None]]:
+        """Per row (first seen first), the ids not attended on it yet, each once, in order; rows with none left out."""
         new: dict[int, dict[int, None]] = {}
         for row, row_ids in zip(rows, ids):
             pending = new.setdefault(row, {})
             pending.update((token, None) for token in row_ids if token not in self._slots[row])
-        new = {row: pending for row, pending in new.items() if pending}
+        return {row: pending for row, pending in new.items() if pending}
+
+    def _memory_of(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The memory keys and values of ``rows`` (one row sliced, not gathered: no copy)."""
+        if len(rows) == 1:
+            return self.keys[rows[0] : rows[0] + 1], self.values[rows[0] : rows[0] + 1]
+        return self.keys[rows], self.values[rows]
+
+    def _attend_new(self, rows: Sequence[int], ids: Sequence[Sequence[int]]) -> None:
+        """Attend the ids not seen yet on their rows, all rows in one batch."""
+        new = self._unseen(rows, ids)
         if not new:
             return
-        new_rows = list(new)
         width = max(len(pending) for pending in new.values())
         padded = [[*pending, *[next(iter(pending))] * (width - len(pending))] for pending in new.values()]
         embedded = self.embed(torch.tensor(padded, device=self.keys.device)).to(self.dtype)
-        if len(new_rows) == 1:
-            keys = self.keys[new_rows[0] : new_rows[0] + 1]
-            values = self.values[new_rows[0] : new_rows[0] + 1]
-        else:
-            keys, values = self.keys[new_rows], self.values[new_rows]
+        keys, values = self._memory_of(list(new))
         attended = self.head.attend(embedded, keys, values)
         for position, (row, pending) in enumerate(new.items()):
             slots, count = self._slots[row], len(pending)

@@ -193,26 +193,10 @@ def fit_category(
     Raises :class:`CategoryError` for no positives, non-finite features, a logistic fit without negatives,
     or positives that score no higher than the negatives.
     """
-    negatives = None if negatives is None or len(negatives) == 0 else negatives
-    _check_features(positives, "examples")
-    if negatives is not None:
-        _check_features(negatives, "negatives")
-        if negatives.shape[1] != positives.shape[1]:
-            raise CategoryError("examples and negatives have features of different widths")
-    pos = F.normalize(positives.detach().to("cpu", torch.float64), dim=-1)
-    neg = None if negatives is None else F.normalize(negatives.detach().to("cpu", torch.float64), dim=-1)
+    pos, neg = _normalised(positives, negatives)
     if method == "auto":
         method = "prototype" if neg is None else "logistic"
-    if neg is None:
-        if method == "logistic":
-            raise CategoryError("method='logistic' needs negatives; give negatives or use method='prototype'")
-        weight, bias, threshold = _fit_cosine(pos)
-    else:
-        centre, scale = _standardisation(pos, neg)
-        fit = _fit_logistic if method == "logistic" else _fit_prototype
-        weight, bias, threshold = fit((pos - centre) / scale, (neg - centre) / scale)
-        weight = weight / scale  # folded back: the bank reads the normalised, unstandardised feature
-        bias = bias - float(weight @ centre)
+    weight, bias, threshold = _fit_rows(pos, neg, method)
     category = new_category(
         code,
         level=level,
@@ -225,6 +209,32 @@ def fit_category(
         threshold=threshold,
     )
     return category, weight.float(), bias
+
+
+def _normalised(positives: torch.Tensor, negatives: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The checked feature rows, unit-normalised in float64 on the CPU (no or empty negatives: None)."""
+    negatives = None if negatives is None or len(negatives) == 0 else negatives
+    _check_features(positives, "examples")
+    if negatives is not None:
+        _check_features(negatives, "negatives")
+        if negatives.shape[1] != positives.shape[1]:
+            raise CategoryError("examples and negatives have features of different widths")
+    pos = F.normalize(positives.detach().to("cpu", torch.float64), dim=-1)
+    neg = None if negatives is None else F.normalize(negatives.detach().to("cpu", torch.float64), dim=-1)
+    return pos, neg
+
+
+def _fit_rows(pos: torch.Tensor, neg: torch.Tensor | None, method: CategoryMethod) -> tuple[torch.Tensor, float, float]:
+    """The weight row, bias and threshold ``method`` fits on normalised rows (cosine to the mean without negatives)."""
+    if neg is None:
+        if method == "logistic":
+            raise CategoryError("method='logistic' needs negatives; give negatives or use method='prototype'")
+        return _fit_cosine(pos)
+    centre, scale = _standardisation(pos, neg)
+    fit = _fit_logistic if method == "logistic" else _fit_prototype
+    weight, bias, threshold = fit((pos - centre) / scale, (neg - centre) / scale)
+    weight = weight / scale  # folded back: the bank reads the normalised, unstandardised feature
+    return weight, bias - float(weight @ centre), threshold
 
 
 def new_category(

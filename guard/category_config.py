@@ -57,20 +57,29 @@ class CustomCategory(BaseModel):
 def check_categories(categories: Sequence[CustomCategory], taxonomy: Taxonomy) -> None:
     """Raise :class:`CategoryError` for categories fitted on other features (older files), duplicate codes, codes
     of taxonomy types, or levels the taxonomy lacks."""
-    if stale := {category.code: category.features for category in categories if category.features != FEATURES}:
-        raise CategoryError(
-            f"custom categories {sorted(stale)} were fitted on other features ({sorted(set(stale.values()))}) by an "
-            f"older psaguard; this one reads {FEATURES!r}. Load the guard with the psaguard that saved it, remove them "
-            "('psaguard category remove') and add them again from their examples with this version"
-        )
-    codes = [category.code for category in categories]
-    if duplicates := sorted({code for code in codes if codes.count(code) > 1}):
-        raise CategoryError(f"custom category codes must be unique; repeated: {duplicates}")
-    if clashes := sorted(set(codes) & {risk_type.code for risk_type in taxonomy.types}):
-        raise CategoryError(f"custom category codes {clashes} are risk types of the taxonomy; choose other codes")
+    _check_current_features(categories)
+    _check_codes([category.code for category in categories], taxonomy)
     for category in categories:
         if category.level >= taxonomy.num_levels:
             raise CategoryError(
                 f"custom category {category.code!r} has level {category.level}, but the highest level is "
                 f"{taxonomy.num_levels - 1}"
             )
+
+
+def _check_current_features(categories: Sequence[CustomCategory]) -> None:
+    """Categories fitted on other features (by an older psaguard) are refused, with the way to refit them."""
+    if stale := {category.code: category.features for category in categories if category.features != FEATURES}:
+        raise CategoryError(
+            f"custom categories {sorted(stale)} were fitted on other features ({sorted(set(stale.values()))}) by an "
+            f"older psaguard; this one reads {FEATURES!r}. Load the guard with the psaguard that saved it, remove them "
+            "('psaguard category remove') and add them again from their examples with this version"
+        )
+
+
+def _check_codes(codes: list[str], taxonomy: Taxonomy) -> None:
+    """Custom category codes are unique and none is a risk type of ``taxonomy``."""
+    if duplicates := sorted({code for code in codes if codes.count(code) > 1}):
+        raise CategoryError(f"custom category codes must be unique; repeated: {duplicates}")
+    if clashes := sorted(set(codes) & {risk_type.code for risk_type in taxonomy.types}):
+        raise CategoryError(f"custom category codes {clashes} are risk types of the taxonomy; choose other codes")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from psaguard.errors import (
     ResponseHeadMissingError,
     internal_error,
 )
-from psaguard.images.decode import ImageInput, check_image_count, load_image
+from psaguard.images.decode import ImageInput, load_image
 from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import (
     GuardPolicy,
@@ -38,10 +39,10 @@ from psaguard.policy import (
     decide,
     error_verdict,
     text_only_verdict,
-    worst_verdict,
 )
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest, RequestJudgement
+from psaguard.request_rows import check_batch, check_request_sizes, flat_images, fold_verdicts, grouping_of
 from psaguard.response_judge import RequestContext, ResponseJudge
 from psaguard.verdict import SafetyVerdict
 
@@ -144,36 +145,30 @@ class Classifier:
         ``features``, in order. ``requests`` (guarded generation) says which request each image belongs
         to, so the backbone preprocesses the images of a multi-image request together.
         """
-        if isinstance(images, (str, bytes)) or isinstance(prompts, str):
-            raise InvalidPromptError("classify_batch takes sequences of images and prompts; use classify for one")
-        if len(images) != len(prompts):
-            raise InvalidPromptError(f"got {len(images)} images but {len(prompts)} prompts")
-        if requests is not None and len(requests) != len(images):
-            raise InvalidPromptError(f"got {len(requests)} request indices for {len(images)} images")
+        check_batch(images, prompts, requests)
         start = time.perf_counter()
         loaded, errors = self.load_inputs(images, prompts)
+        judged = [index for index, _, _ in loaded]
         verdicts: dict[int, SafetyVerdict] = {}
         features = logits = memory = None
         if loaded:
             try:
-                grouping = None if requests is None else _group_sizes([requests[index] for index, _, _ in loaded])
                 features, memory, logits, level_probs, type_probs, custom_probs = self._probabilities(
-                    [image for _, image, _ in loaded], [prompt for _, _, prompt in loaded], grouping
+                    [image for _, image, _ in loaded],
+                    [prompt for _, _, prompt in loaded],
+                    grouping_of(requests, judged),
                 )
             except GuardInternalError as err:
-                if self.policy.on_error == "block":
-                    raise
-                errors.update({index: str(err) for index, _, _ in loaded})
-                loaded, memory = [], None
+                self._fail_judged(err, judged, errors)
+                judged, memory = [], None
             else:
-                judged = [index for index, _, _ in loaded]
                 verdicts = self.decide_rows(level_probs, type_probs, custom_probs, judged, start)
         for index, reason in errors.items():
             verdicts[index] = error_verdict(reason, self.policy, self.config.taxonomy)
         return GuardAnalysis(
             verdicts=[verdicts[i] for i in range(len(prompts))],
             features=features,
-            judged=[index for index, _, _ in loaded],
+            judged=judged,
             logits=logits,
             memory=memory,
         )
@@ -183,25 +178,10 @@ class Classifier:
         request preprocessed together; the most severe image verdict decides a request, and a request without
         images gets ``on_text_only``. Failing closed as :meth:`analyze` does; a request holding more than
         ``config.max_images_per_request`` images raises :class:`InvalidInputError` before any image is read."""
-        for index, request in enumerate(requests):
-            where = f"request {index}" if len(requests) > 1 else "the request"
-            check_image_count(len(request.images), self.config.max_images_per_request, where)
-        flat = [(index, image) for index, request in enumerate(requests) for image in request.images]
-        analysis = self.analyze(
-            [image for _, image in flat], [requests[index].prompt for index, _ in flat], [index for index, _ in flat]
-        )
-        judged_row = {position: row for row, position in enumerate(analysis.judged)}
-        verdicts, image_verdicts, rows, position = [], [], [], 0
-        for request in requests:
-            positions = range(position, position + len(request.images))
-            position += len(request.images)
-            own = [analysis.verdicts[p] for p in positions]
-            image_verdicts.append(own)
-            rows.append([judged_row[p] for p in positions] if all(p in judged_row for p in positions) else None)
-            if own:
-                verdicts.append(worst_verdict(own))
-            else:
-                verdicts.append(text_only_verdict(on_text_only, self.policy, self.config.taxonomy))
+        check_request_sizes(requests, self.config.max_images_per_request)
+        analysis = self.analyze(*flat_images(requests))
+        text_only = partial(text_only_verdict, on_text_only, self.policy, self.config.taxonomy)
+        verdicts, image_verdicts, rows = fold_verdicts(requests, analysis.verdicts, analysis.judged, text_only)
         return RequestJudgement(verdicts, image_verdicts, rows, analysis.features, analysis.memory)
 
     # ------------------------------------------------------------------ the response side (psaguard.response_judge)
@@ -300,6 +280,12 @@ class Classifier:
                 errors[index] = f"{type(err).__name__}: {err}"
         return loaded, errors
 
+    def _fail_judged(self, err: GuardInternalError, indices: Sequence[int], errors: dict[int, str]) -> None:
+        """Fail closed on ``err`` (raise it) under on_error='block', else record it as the error of ``indices``."""
+        if self.policy.on_error == "block":
+            raise err
+        errors.update(dict.fromkeys(indices, str(err)))
+
     def _probabilities(
         self, images: Sequence[Any], prompts: Sequence[str], grouping: Sequence[int] | None = None
     ) -> tuple[VisionFeatures, torch.Tensor, HeadLogits, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -381,17 +367,6 @@ class Classifier:
                 custom_probs=custom_probs[row].tolist(),
             )
         return verdicts
-
-
-def _group_sizes(requests: Sequence[int]) -> list[int]:
-    """Sizes of the runs of equal request indices: ``[0, 0, 1, 2, 2] -> [2, 1, 2]``."""
-    sizes: list[int] = []
-    for position, request in enumerate(requests):
-        if position and request == requests[position - 1]:
-            sizes[-1] += 1
-        else:
-            sizes.append(1)
-    return sizes
 
 
 def _category_input(logits: HeadLogits, patches: torch.Tensor) -> torch.Tensor:

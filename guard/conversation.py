@@ -142,13 +142,19 @@ def _checked_message(index: int, message: Any) -> dict[str, Any]:
     if not isinstance(content, Sequence):
         raise InvalidPromptError(f"message {index} content must be a string or a list of parts")
     for part in content:
-        if not isinstance(part, Mapping) or part.get("type") not in ("image", "text"):
-            raise InvalidPromptError(f"message {index} has a part that is not an image or text part: {part!r}")
-        if part["type"] == "text" and not isinstance(part.get("text"), str):
-            raise InvalidPromptError(f"message {index} has a text part without a string 'text'")
-        if part["type"] == "text":
-            check_text(part["text"], f"message {index}")
+        _check_part(index, part)
     return _copy_message(message)
+
+
+def _check_part(index: int, part: Any) -> None:
+    """A part of message ``index``: an image part, or a text part with checked string ``text``."""
+    if not isinstance(part, Mapping) or part.get("type") not in ("image", "text"):
+        raise InvalidPromptError(f"message {index} has a part that is not an image or text part: {part!r}")
+    if part["type"] == "image":
+        return
+    if not isinstance(part.get("text"), str):
+        raise InvalidPromptError(f"message {index} has a text part without a string 'text'")
+    check_text(part["text"], f"message {index}")
 
 
 def _check_role(index: int, role: Any) -> None:

@@ -61,15 +61,19 @@ def check_rules_against(
     named = set(level_actions) | named_levels | {lv for rule in rules.values() for lv in rule.actions}
     if bad := sorted(named - levels):
         raise ConfigError(f"{who} names level ids {bad}, but the taxonomy has levels 0..{len(levels) - 1}")
-    for where, actions in (
-        (f"{prefix}level_actions", level_actions),
-        *((f"{name}.actions", rule.actions) for name, rule in rules.items()),
-    ):
-        if actions.get(0, "allow") != "allow":
-            raise ConfigError(f"{where} sets level 0 to {actions[0]!r}; level 0 means safe and is always 'allow'")
+    _check_level_zero_allows(
+        {f"{prefix}level_actions": level_actions, **{f"{n}.actions": r.actions for n, r in rules.items()}}
+    )
     for name, rule in rules.items():
         if rule.min_level >= taxonomy.num_levels:
             raise ConfigError(f"{name}.min_level is {rule.min_level}, but the highest level is {len(levels) - 1}")
+
+
+def _check_level_zero_allows(actions_by_field: Mapping[str, Mapping[int, str]]) -> None:
+    """Level 0 (safe) is 'allow' in every action table, named by its field."""
+    for where, actions in actions_by_field.items():
+        if actions.get(0, "allow") != "allow":
+            raise ConfigError(f"{where} sets level 0 to {actions[0]!r}; level 0 means safe and is always 'allow'")
 
 
 def check_template(template: str, field: str) -> str:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +10,6 @@ import torch
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
 from psaguard.categories import CategoryBank
-from psaguard.category_config import CustomCategory, FitMethod
-from psaguard.category_fitting import with_category, without_category
 from psaguard.checkpoints.serialization import CONFIG_DIGEST_KEY, save_tensors
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.config import SafetyGuardConfig
@@ -24,8 +19,10 @@ from psaguard.errors import ConfigError
 from psaguard.generation.generator import GuardedGenerator, ImagesInput
 from psaguard.generation.monitor import AnswerMonitor
 from psaguard.generation.plan import GuardedGeneration
-from psaguard.generation.streaming import AsyncGuardedStream, GuardedStream
+from psaguard.generation.streaming import GuardedStream
 from psaguard.generation.wrapped import GuardedModel
+from psaguard.guard_async import AsyncGuardMethods
+from psaguard.guard_categories import CategoryMethods
 from psaguard.images.decode import ImageInput
 from psaguard.loading import (
     ADAPTER_NAME,
@@ -40,19 +37,19 @@ from psaguard.modules import HeadLogits, SafetyModules
 from psaguard.policy import GenerationOptions, GuardPolicy, TextOnlyAction
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest
-from psaguard.verdict import Action, ResponseVerdict, SafetyVerdict
+from psaguard.verdict import ResponseVerdict, SafetyVerdict
 
 # ADAPTER_NAME, TORCH_DTYPES and WEIGHTS_NAME live in psaguard.loading; re-exported here for old imports.
 __all__ = ["ADAPTER_NAME", "TORCH_DTYPES", "WEIGHTS_NAME", "GuardAnalysis", "SafetyGuard"]
 
-logger = logging.getLogger(__name__)
 
-
-class SafetyGuard:
+class SafetyGuard(CategoryMethods, AsyncGuardMethods):
     """Judges (image, prompt) requests with PSA-VLM safety modules on top of a loaded model.
 
     Build one with :meth:`attach` (fresh modules) or :meth:`from_pretrained` (trained modules); the model
     and processor stay the caller's and are not modified. Thread-safe: classification mutates nothing.
+    Custom categories come from :class:`~psaguard.guard_categories.CategoryMethods`, the async forms
+    (``aclassify``, ``agenerate``, ``astream``, ...) from :class:`~psaguard.guard_async.AsyncGuardMethods`.
     """
 
     def __init__(
@@ -253,53 +250,6 @@ class SafetyGuard:
         modules = next(self.modules.parameters()).dtype
         return {"model": dtype_name(self.backbone.embedding_dtype), "modules": dtype_name(modules)}
 
-    # ------------------------------------------------------------------ custom categories (psaguard.categories)
-    @property
-    def categories(self) -> tuple[CustomCategory, ...]:
-        """The custom categories, in the order they were added."""
-        return self.classifier.bank.categories
-
-    def add_category(
-        self,
-        code: str,
-        examples: Sequence[tuple[ImageInput, str]],
-        *,
-        level: int,
-        name: str | None = None,
-        negatives: Sequence[tuple[ImageInput, str]] | None = None,
-        action: Action | None = None,
-        concept: str | None = None,
-        method: FitMethod = "auto",
-    ) -> CustomCategory:
-        """Add a risk category from ``examples`` ((image, prompt) pairs showing it), without retraining.
-
-        Judged in the same forward pass as the head, from its pooled feature, the image's mean patch state and
-        the prompt's mean token embedding (:func:`psaguard.categories.category_features`); when it fires, its code is in
-        ``verdict.rule`` and its ``level`` and ``action`` (default: the policy's for the level) in the verdict.
-        ``negatives`` (benign pairs) set the threshold (:mod:`psaguard.categories`, docs/categories.md). This
-        changes this guard (it owns its bank), not wrappers or copies made earlier. Raises
-        :class:`~psaguard.errors.CategoryError` (bad code or level, no examples, non-finite features, examples
-        the features cannot tell from the negatives) and typed input errors for bad images or prompts.
-        """
-        self.classifier, category = with_category(
-            self.classifier,
-            code,
-            examples,
-            negatives,
-            level=level,
-            name=name,
-            concept=concept,
-            action=action,
-            method=method,
-        )
-        logger.info("added custom category %r from %d examples", code, category.examples)
-        return category
-
-    def remove_category(self, code: str) -> CustomCategory:
-        """Remove the custom category ``code`` and return it; :class:`~psaguard.errors.CategoryError` if absent."""
-        self.classifier, removed = without_category(self.classifier, code)
-        return removed
-
     # ------------------------------------------------------------------ classification
     def classify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
         """Judge one request without running the language model."""
@@ -323,20 +273,6 @@ class SafetyGuard:
         """
         return self.classifier.judge_requests(requests, on_text_only).verdicts
 
-    async def aclassify_requests(
-        self, requests: Sequence[GuardRequest], *, on_text_only: TextOnlyAction = "block"
-    ) -> list[SafetyVerdict]:
-        """Async :meth:`classify_requests` (runs in a worker thread)."""
-        return await asyncio.to_thread(partial(self.classify_requests, on_text_only=on_text_only), requests)
-
-    async def aclassify(self, image: ImageInput, prompt: str) -> SafetyVerdict:
-        """Async :meth:`classify` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.classify, image, prompt)
-
-    async def aclassify_batch(self, images: Sequence[ImageInput], prompts: Sequence[str]) -> list[SafetyVerdict]:
-        """Async :meth:`classify_batch` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.classify_batch, images, prompts)
-
     def classify_response(self, image: ImageInput, prompt: str, response: str) -> ResponseVerdict:
         """Judge an answer to an (image, prompt) request, with no language-model decode (docs/responses.md).
 
@@ -350,16 +286,6 @@ class SafetyGuard:
     ) -> list[ResponseVerdict]:
         """Judge a batch of answers in one vision pass; same verdicts as one by one."""
         return self.classifier.responses.analyze_responses(images, prompts, responses)
-
-    async def aclassify_response(self, image: ImageInput, prompt: str, response: str) -> ResponseVerdict:
-        """Async :meth:`classify_response` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.classify_response, image, prompt, response)
-
-    async def aclassify_response_batch(
-        self, images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]
-    ) -> list[ResponseVerdict]:
-        """Async :meth:`classify_response_batch` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.classify_response_batch, images, prompts, responses)
 
     @property
     def has_response_head(self) -> bool:
@@ -421,31 +347,6 @@ class SafetyGuard:
             images, prompts, return_blocked=return_blocked, **generate_kwargs
         )
 
-    async def agenerate(
-        self,
-        image: ImagesInput,
-        prompt: PromptInput,
-        *,
-        options: GenerationOptions | None = None,
-        **generate_kwargs: Any,
-    ) -> GuardedGeneration:
-        """Async :meth:`generate` (runs in a worker thread)."""
-        return await asyncio.to_thread(self.generate, image, prompt, options=options, **generate_kwargs)
-
-    async def agenerate_batch(
-        self,
-        images: Sequence[ImagesInput],
-        prompts: Sequence[PromptInput],
-        *,
-        options: GenerationOptions | None = None,
-        return_blocked: bool = False,
-        **generate_kwargs: Any,
-    ) -> list[GuardedGeneration]:
-        """Async :meth:`generate_batch` (runs in a worker thread)."""
-        return await asyncio.to_thread(
-            self.generate_batch, images, prompts, options=options, return_blocked=return_blocked, **generate_kwargs
-        )
-
     def stream(
         self,
         image: ImagesInput,
@@ -456,18 +357,6 @@ class SafetyGuard:
     ) -> GuardedStream:
         """Judge now, then iterate the answer's text chunks (:class:`~psaguard.generation.streaming.GuardedStream`)."""
         return self._generator(options).stream(image, prompt, **generate_kwargs)
-
-    def astream(
-        self,
-        image: ImagesInput,
-        prompt: PromptInput,
-        *,
-        options: GenerationOptions | None = None,
-        **generate_kwargs: Any,
-    ) -> AsyncGuardedStream:
-        """Async :meth:`stream`: ``async for chunk in guard.astream(...)``."""
-        generator = self._generator(options)
-        return AsyncGuardedStream(partial(generator.stream, image, prompt, **generate_kwargs))
 
     def wrap(self, model: torch.nn.Module | None = None, *, options: GenerationOptions | None = None) -> GuardedModel:
         """A drop-in stand-in for ``model`` (default: the guard's) whose ``generate`` is guarded."""

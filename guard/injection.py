@@ -12,7 +12,7 @@ training the scatter keeps the graph, so the LM loss reaches ``llm_tokens`` (the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -148,6 +148,42 @@ def collapse_image_runs(rows: Sequence[Sequence[int]], layout: ImageLayout) -> l
     return collapsed
 
 
+def _check_image_count(
+    rows: Sequence[Sequence[int]], image_embeds: Sequence[torch.Tensor], layout: ImageLayout
+) -> None:
+    """As many image embeddings as image runs and as placeholders in the rows, else :class:`InvalidInputError`."""
+    placeholders = sum(list(row).count(layout.placeholder) for row in rows)
+    if placeholders != len(image_embeds) or len(layout.runs) != len(image_embeds):
+        raise InvalidInputError(
+            f"{len(image_embeds)} image embeddings and {len(layout.runs)} image runs do not match the placeholders "
+            "in the rows"
+        )
+
+
+def _prefixed(image_embeds: Sequence[torch.Tensor], prefix: torch.Tensor | None) -> list[torch.Tensor]:
+    """Each image's features: ``[prefix; embeds]`` (the safety tokens first), or the embeddings alone."""
+    if prefix is None:
+        return list(image_embeds)
+    return [torch.cat([prefix.to(emb.device, emb.dtype), emb]) for emb in image_embeds]
+
+
+def _expanded_row(
+    row: Sequence[int], row_labels: Sequence[int], placeholder: int, runs: Iterator[list[int]]
+) -> tuple[list[int], list[int]]:
+    """One row with each placeholder replaced by the next image's run, and its labels (-100 over the runs)."""
+    ids: list[int] = []
+    targets: list[int] = []
+    for token, label in zip(row, row_labels, strict=True):
+        if token == placeholder:
+            run = next(runs)
+            ids.extend(run)
+            targets.extend([IGNORE_INDEX] * len(run))
+        else:
+            ids.append(token)
+            targets.append(label)
+    return ids, targets
+
+
 def build_llm_inputs(
     rows: Sequence[Sequence[int]],
     image_embeds: Sequence[torch.Tensor],
@@ -177,31 +213,17 @@ def build_llm_inputs(
         device: Where the id, mask and label tensors go.
     """
     placeholder = layout.placeholder
-    if sum(list(row).count(placeholder) for row in rows) != len(image_embeds) or len(layout.runs) != len(image_embeds):
-        raise InvalidInputError(
-            f"{len(image_embeds)} image embeddings and {len(layout.runs)} image runs do not match the placeholders "
-            "in the rows"
-        )
+    _check_image_count(rows, image_embeds, layout)
     prefix = None if llm_tokens is None else llm_tokens.reshape(-1, llm_tokens.shape[-1])
-    features = [emb if prefix is None else torch.cat([prefix.to(emb.device, emb.dtype), emb]) for emb in image_embeds]
-    runs = iter(
-        _widened(run, embeds, layout.image_token_id, 0 if prefix is None else len(prefix))
-        for run, embeds in zip(layout.runs, image_embeds)
-    )
+    features = _prefixed(image_embeds, prefix)
+    extra = 0 if prefix is None else len(prefix)
+    # Lazily, so a run is checked when its placeholder is reached.
+    runs = (_widened(run, embeds, layout.image_token_id, extra) for run, embeds in zip(layout.runs, image_embeds))
     expanded: list[list[int]] = []
     targets: list[list[int]] = []
     # Without labels the ids stand in for them, and the labels built from them are dropped.
     for row, row_labels in zip(rows, rows if labels is None else labels, strict=True):
-        ids: list[int] = []
-        row_targets: list[int] = []
-        for token, label in zip(row, row_labels, strict=True):
-            if token == placeholder:
-                run = next(runs)
-                ids.extend(run)
-                row_targets.extend([IGNORE_INDEX] * len(run))
-            else:
-                ids.append(token)
-                row_targets.append(label)
+        ids, row_targets = _expanded_row(row, row_labels, placeholder, runs)
         expanded.append(ids)
         targets.append(row_targets)
     input_ids = _pad(expanded, pad_token_id, padding_side).to(device)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from psaguard.answer_cache import AnswerCache
@@ -67,32 +68,10 @@ class ResponseJudge:
         """
         classifier = self.classifier
         classifier.require_response_head()
-        if isinstance(responses, str):
-            raise InvalidPromptError("classify_response_batch takes a sequence of responses; use classify_response")
-        if isinstance(images, (str, bytes)) or isinstance(prompts, str) or len(images) != len(prompts):
-            raise InvalidPromptError("give sequences of images and prompts of the same length")
-        if len(responses) != len(prompts):
-            raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        _check_response_batch(images, prompts, responses)
         start = time.perf_counter()
         loaded, errors = classifier.load_inputs(images, prompts, responses)
-        verdicts: dict[int, ResponseVerdict] = {}
-        if loaded:
-            try:
-                with torch.inference_mode():
-                    features = classifier.backbone.encode_images(
-                        **classifier.preprocess([image for _, image, _ in loaded])
-                    )
-                    context = self.request_context(features, [prompt for _, _, prompt in loaded], start)
-                    judged = self.judge_responses(context, [responses[index] for index, _, _ in loaded], start)
-            except GuardInternalError:
-                raise  # non-finite scores under on_error='block'
-            except RuntimeError as err:
-                internal = internal_error(err)
-                if classifier.policy.on_error == "block":
-                    raise internal from err
-                errors.update({index: str(internal) for index, _, _ in loaded})
-            else:
-                verdicts = {index: verdict for (index, _, _), verdict in zip(loaded, judged)}
+        verdicts = self._judge_loaded(loaded, responses, errors, start) if loaded else {}
         for index, reason in errors.items():
             verdicts[index] = response_error_verdict(
                 reason,
@@ -101,6 +80,31 @@ class ResponseJudge:
                 classifier.config.taxonomy,
             )
         return [verdicts[i] for i in range(len(prompts))]
+
+    def _judge_loaded(
+        self,
+        loaded: Sequence[tuple[int, Image.Image, str]],
+        responses: Sequence[str],
+        errors: dict[int, str],
+        start: float,
+    ) -> dict[int, ResponseVerdict]:
+        """The verdicts of the ``loaded`` requests' answers, in one vision pass; a failed pass is recorded in
+        ``errors`` for each of them (raised under on_error='block', as non-finite scores are)."""
+        classifier = self.classifier
+        try:
+            with torch.inference_mode():
+                features = classifier.backbone.encode_images(**classifier.preprocess([image for _, image, _ in loaded]))
+                context = self.request_context(features, [prompt for _, _, prompt in loaded], start)
+                judged = self.judge_responses(context, [responses[index] for index, _, _ in loaded], start)
+        except GuardInternalError:
+            raise  # non-finite scores under on_error='block'
+        except RuntimeError as err:
+            internal = internal_error(err)
+            if classifier.policy.on_error == "block":
+                raise internal from err
+            errors.update({index: str(internal) for index, _, _ in loaded})
+            return {}
+        return {index: verdict for (index, _, _), verdict in zip(loaded, judged)}
 
     def response_context(self, request: GuardRequest) -> RequestContext:
         """The context that judges answers to ``request``: one vision pass over its images (preprocessed
@@ -249,3 +253,13 @@ class ResponseJudge:
         query = classifier.backbone.embed_tokens(ids).to(device)
         memory = classifier.modules.memory(features.patches.to(device))
         return classifier.modules.response_logits(memory, query, mask.to(device))
+
+
+def _check_response_batch(images: Sequence[ImageInput], prompts: Sequence[str], responses: Sequence[str]) -> None:
+    """Sequences (not one response, image or prompt) of equal length."""
+    if isinstance(responses, str):
+        raise InvalidPromptError("classify_response_batch takes a sequence of responses; use classify_response")
+    if isinstance(images, (str, bytes)) or isinstance(prompts, str) or len(images) != len(prompts):
+        raise InvalidPromptError("give sequences of images and prompts of the same length")
+    if len(responses) != len(prompts):
+        raise InvalidPromptError(f"got {len(prompts)} prompts but {len(responses)} responses")

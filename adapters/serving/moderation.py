@@ -23,6 +23,7 @@ from typing import Any
 
 from psaguard.conversation import judged_text
 from psaguard.serving.admission import Ticket
+from psaguard.serving.config import LimitsConfig
 from psaguard.serving.inputs import ParsedInput, check_text, split_parts
 from psaguard.serving.judging import Judge
 from psaguard.serving.protocol import ApiError, ModerationMessage, ModerationRequest
@@ -93,16 +94,19 @@ def _inputs(request: ModerationRequest, judge: Judge) -> list[ParsedInput]:
     if not request.input:
         raise ApiError(400, "input must not be empty", param="input")
     if all(isinstance(item, str) for item in request.input):
-        if len(request.input) > limits.max_inputs:
-            raise ApiError(
-                400, f"{len(request.input)} inputs exceed the limit of {limits.max_inputs}", code="too_many_inputs"
-            )
-        parsed = [split_parts(text, limits, f"input[{index}]") for index, text in enumerate(request.input)]
-        check_text("".join(item.text for item in parsed), limits, "input")
-        return parsed
+        return _string_inputs(request.input, limits)  # type: ignore[arg-type]
     if any(isinstance(item, str) for item in request.input):
         raise ApiError(400, "input mixes strings and content parts", param="input")
     return [split_parts(request.input, limits, "input")]  # one multimodal input, as OpenAI reads it
+
+
+def _string_inputs(texts: list[str], limits: LimitsConfig) -> list[ParsedInput]:
+    """A list of strings: one input each, at most ``limits.max_inputs``, their text together within the limit."""
+    if len(texts) > limits.max_inputs:
+        raise ApiError(400, f"{len(texts)} inputs exceed the limit of {limits.max_inputs}", code="too_many_inputs")
+    parsed = [split_parts(text, limits, f"input[{index}]") for index, text in enumerate(texts)]
+    check_text("".join(item.text for item in parsed), limits, "input")
+    return parsed
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def load_tensors(
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"corrupt or truncated weights file {path}: {err}") from err
-    _verify_checksum(path, tensors, metadata.get(CHECKSUM_KEY), allow_unverified)
+    _check_checksum(path, metadata.get(CHECKSUM_KEY), tensors, allow_unverified)
     nonfinite = sorted(name for name, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all()))
     if nonfinite:
         raise CheckpointError(f"weights in {path} hold NaN or infinite values: {nonfinite[:5]}")
@@ -120,7 +120,8 @@ def load_tensors(
     return tensors
 
 
-def _verify_checksum(path: Path, tensors: dict[str, torch.Tensor], saved: str | None, allow_unverified: bool) -> None:
+def _check_checksum(path: Path, saved: str | None, tensors: Mapping[str, torch.Tensor], allow_unverified: bool) -> None:
+    """The tensors match the file's saved checksum; a file without one loads only when ``allow_unverified``."""
     if saved is None:
         if not allow_unverified:
             raise CheckpointError(
@@ -133,8 +134,9 @@ def _verify_checksum(path: Path, tensors: dict[str, torch.Tensor], saved: str | 
 
 
 def _check_expected(
-    path: Path, tensors: dict[str, torch.Tensor], expected: Mapping[str, tuple[torch.Size, torch.dtype]]
+    path: Path, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[torch.Size, torch.dtype]]
 ) -> None:
+    """The file holds exactly the ``expected`` names, each of its expected shape."""
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     wrong = sorted(

@@ -124,8 +124,33 @@ def run_demo() -> None:
     examples = _examples()
     shown = [e for e in examples if e["kind"] != HARMFUL_ANSWER]
     images, prompts = [e["image"] for e in shown], [e["prompt"] for e in shown]
-    taxonomy = guard.config.taxonomy
     verdicts = guard.classify_batch(images, prompts)
+    _show_verdicts(guard, shown, verdicts)
+    print("\nguarded generation (greedy; the monitor judges each answer as it is written):")
+    answers = guard.generate_batch(images, prompts, return_blocked=True, max_new_tokens=24, do_sample=False)
+    for example, answer in zip(shown, answers):
+        stopped = " [stopped by the monitor]" if answer.stopped else ""
+        print(f"[{example['kind']:10}] {example['prompt']!r:60} => ({answer.action}) {answer.text!r}{stopped}")
+    for example in (e for e in examples if e["kind"] == HARMFUL_ANSWER):
+        _show_stopped_answer(guard, example)
+    print(
+        f"\nsaved and reloaded: same verdict = {_same_after_reload(guard, model, processor, images, prompts, verdicts)}"
+    )
+    print("\nfirst verdict as JSON:\n" + verdicts[0].model_dump_json(indent=2))
+
+
+def _same_after_reload(guard, model, processor, images: list, prompts: list[str], verdicts: list) -> bool:
+    """Whether the guard saved and loaded again onto ``model`` gives the same probabilities as ``verdicts``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        guard.save_pretrained(f"{tmp}/guard")
+        reloaded = type(guard).from_pretrained(f"{tmp}/guard", model=model, processor=processor)
+        again = reloaded.classify_batch(images, prompts)
+    return all(a.type_probs == v.type_probs and a.level_probs == v.level_probs for a, v in zip(again, verdicts))
+
+
+def _show_verdicts(guard, shown: list[dict], verdicts: list) -> None:
+    """One line per example: its verdict (level, type, top type probability, action, rule) beside its label."""
+    taxonomy = guard.config.taxonomy
     for example, verdict in zip(shown, verdicts):
         level, type_id = example["label"]
         top = max(verdict.type_probs, key=verdict.type_probs.get)
@@ -135,20 +160,6 @@ def run_demo() -> None:
             f"type={verdict.type.code!r:12} p({top})={verdict.type_probs[top]:.2f} action={verdict.action} "
             f"rule={verdict.rule} (label {truth})"
         )
-    print("\nguarded generation (greedy; the monitor judges each answer as it is written):")
-    answers = guard.generate_batch(images, prompts, return_blocked=True, max_new_tokens=24, do_sample=False)
-    for example, answer in zip(shown, answers):
-        stopped = " [stopped by the monitor]" if answer.stopped else ""
-        print(f"[{example['kind']:10}] {example['prompt']!r:60} => ({answer.action}) {answer.text!r}{stopped}")
-    for example in (e for e in examples if e["kind"] == HARMFUL_ANSWER):
-        _show_stopped_answer(guard, example)
-    with tempfile.TemporaryDirectory() as tmp:
-        guard.save_pretrained(f"{tmp}/guard")
-        reloaded = SafetyGuard.from_pretrained(f"{tmp}/guard", model=model, processor=processor)
-        again = reloaded.classify_batch(images, prompts)
-    same = all(a.type_probs == v.type_probs and a.level_probs == v.level_probs for a, v in zip(again, verdicts))
-    print(f"\nsaved and reloaded: same verdict = {same}")
-    print("\nfirst verdict as JSON:\n" + verdicts[0].model_dump_json(indent=2))
 
 
 def _show_stopped_answer(guard, example: dict) -> None:

@@ -102,21 +102,15 @@ class ResponseMonitor(StoppingCriteria):
         # length is a multiple of the interval need looking at; otherwise (several tokens at once) every row.
         stepwise = length == self._length + 1
         self._length = length
-        last = input_ids[:, -1].tolist() if stepwise else []
+        lasts = input_ids[:, -1].tolist() if stepwise else [None] * len(self.states)
         generated: list[list[int]] | None = None
         due = []
-        for index, state in enumerate(self.states):
-            if state.stopped or state.ended:
-                continue
-            if stepwise and length % self.policy.interval and last[index] not in self.eos_ids:
+        for index, (state, last) in enumerate(zip(self.states, lasts)):
+            if self._skips(state, length, last):
                 continue
             if generated is None:
                 generated = input_ids[:, self.prompt_width :].tolist()
-            row = generated[index]
-            state.tokens = until_eos(row, self.eos_ids)
-            ended = len(state.tokens) < len(row) or (state.tokens and state.tokens[-1] in self.eos_ids)
-            if ended or len(state.tokens) % self.policy.interval == 0:
-                state.ended = bool(ended)
+            if self._read(state, generated[index]):
                 due.append(index)
         if due:
             self._judge(due)
@@ -125,9 +119,7 @@ class ResponseMonitor(StoppingCriteria):
     def finish(self, sequences: torch.Tensor | None) -> None:
         """After ``generate``: judge every answer not judged at its last token, then release what passed."""
         if sequences is not None:
-            for state, row in zip(self.states, sequences[:, self.prompt_width :].tolist()):
-                if not state.stopped and not state.ended:
-                    state.tokens = until_eos(row, self.eos_ids)
+            self._read_open(sequences)
         due = [i for i, s in enumerate(self.states) if not s.stopped and (s.judged < len(s.tokens) or not s.verdict)]
         if due:
             self._judge(due)
@@ -136,6 +128,29 @@ class ResponseMonitor(StoppingCriteria):
                 self._release(index, len(state.tokens))
 
     # ------------------------------------------------------------------ helpers
+    def _skips(self, state: AnswerState, length: int, last: int | None) -> bool:
+        """Whether a row needs no look: it stopped or ended, or its one new token ``last`` (None: several tokens
+        came at once) is no EOS at a length that is no multiple of the interval."""
+        if state.stopped or state.ended:
+            return True
+        return last is not None and bool(length % self.policy.interval) and last not in self.eos_ids
+
+    def _read(self, state: AnswerState, row: list[int]) -> bool:
+        """Read a row's answer into ``state``; True when it is due for a judgement (it ended, or its length is a
+        multiple of the interval)."""
+        state.tokens = until_eos(row, self.eos_ids)
+        ended = len(state.tokens) < len(row) or (state.tokens and state.tokens[-1] in self.eos_ids)
+        if ended or len(state.tokens) % self.policy.interval == 0:
+            state.ended = bool(ended)
+            return True
+        return False
+
+    def _read_open(self, sequences: torch.Tensor) -> None:
+        """Read the final answer of each row neither stopped nor ended (generation stopped it)."""
+        for state, row in zip(self.states, sequences[:, self.prompt_width :].tolist()):
+            if not state.stopped and not state.ended:
+                state.tokens = until_eos(row, self.eos_ids)
+
     def _judge(self, answers: list[int]) -> None:
         """One response-head call for the answers due; a flagged answer stops, a passed one releases."""
         start = time.perf_counter()

@@ -27,7 +27,7 @@ from transformers import StoppingCriteriaList
 from psaguard.backbones import VisionFeatures
 from psaguard.classifier import Classifier
 from psaguard.errors import GuardBlocked, InvalidImageError, ResponseBlocked
-from psaguard.generation.monitor import ReleaseCallback, ResponseMonitor
+from psaguard.generation.monitor import AnswerState, ReleaseCallback, ResponseMonitor
 from psaguard.injection import LlmInputs, build_llm_inputs
 from psaguard.policy import GenerationOptions, Resolution, blocked_message, resolve_action, worst_verdict
 from psaguard.tokenization import eos_token_ids, pad_token_id, tokenizer_of, until_eos
@@ -208,13 +208,9 @@ class GenerationPlan:
             generated = index in answers
             text = tokenizer.decode(answers[index], skip_special_tokens=True) if generated else request.text
             state = monitored.get(index)
-            if state is not None and state.stopped and state.verdict is not None:
-                if state.verdict.action == "block":
-                    raise ResponseBlocked(state.verdict, f"answer {index} blocked by psaguard response policy")
-                text = state.text + (state.verdict.replacement or "")
             results.append(
                 GuardedGeneration(
-                    text=text,
+                    text=_shown_text(index, text, state),
                     verdict=request.verdict,
                     verdicts=request.verdicts,
                     action=request.action,
@@ -222,11 +218,8 @@ class GenerationPlan:
                     generated=generated,
                     prompt_tokens=prompt_lengths.get(index, 0),
                     completion_tokens=len(answers[index]) if generated else 0,
-                    response_verdict=None if state is None else state.verdict,
-                    stopped=bool(state and state.stopped),
-                    stopped_at=None if state is None else state.stopped_at,
-                    released_tokens=None if state is None else state.released,
                     latency_ms=latency_ms,
+                    **_monitor_fields(state),
                 )
             )
         return results
@@ -273,3 +266,25 @@ class GenerationPlan:
             llm_tokens=classifier.modules.llm_tokens.detach() if inject else None,
             device=backbone.device,
         )
+
+
+def _shown_text(index: int, text: str, state: AnswerState | None) -> str:
+    """The answer ``text``, or, for an answer the monitor stopped, its released text and the replacement; a
+    blocked answer raises :class:`ResponseBlocked`."""
+    if state is None or not state.stopped or state.verdict is None:
+        return text
+    if state.verdict.action == "block":
+        raise ResponseBlocked(state.verdict, f"answer {index} blocked by psaguard response policy")
+    return state.text + (state.verdict.replacement or "")
+
+
+def _monitor_fields(state: AnswerState | None) -> dict[str, Any]:
+    """The :class:`GuardedGeneration` fields the answer's monitor state sets (its defaults without a monitor)."""
+    if state is None:
+        return {"response_verdict": None, "stopped": False, "stopped_at": None, "released_tokens": None}
+    return {
+        "response_verdict": state.verdict,
+        "stopped": bool(state.stopped),
+        "stopped_at": state.stopped_at,
+        "released_tokens": state.released,
+    }

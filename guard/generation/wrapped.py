@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones import registered_backbones
+from psaguard.backbones import Backbone, registered_backbones
 from psaguard.classifier import Classifier
 from psaguard.errors import ConfigError, InvalidInputError, ProcessorError
 from psaguard.generation.generator import check_generate_kwargs
@@ -30,6 +30,7 @@ from psaguard.generation.plan import GenerationPlan, GuardedGeneration, RequestP
 from psaguard.injection import collapse_image_runs
 from psaguard.policy import GenerationOptions
 from psaguard.tokenization import eos_token_ids, pad_token_id, render_chat, tokenizer_of
+from psaguard.verdict import SafetyVerdict
 
 __all__ = ["GuardedModel"]
 
@@ -128,14 +129,7 @@ class GuardedModel:
     def _pop_image_inputs(self, generate_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Take the family's image tensors besides ``pixel_values`` (processor outputs) out of ``generate_kwargs``."""
         backbone = self.classifier.backbone
-        if unjudged := [name for name in backbone.unjudged_input_names if generate_kwargs.get(name) is not None]:
-            raise InvalidInputError(f"{unjudged} cannot be judged by the image guard; send images only")
-        own = {*backbone.image_input_names, *backbone.derived_input_names}
-        every = {n for b in registered_backbones() for n in (*b.image_input_names, *b.derived_input_names)}
-        if stray := [name for name in sorted(every - own) if generate_kwargs.get(name) is not None]:
-            raise InvalidInputError(
-                f"{stray} come from another model family's processor; {backbone.family!r} models do not take them"
-            )
+        _check_image_input_names(backbone, generate_kwargs)
         popped = {name: generate_kwargs.pop(name, None) for name in backbone.image_input_names}
         for name in backbone.derived_input_names:  # rebuilt for the guarded input
             generate_kwargs.pop(name, None)
@@ -161,22 +155,31 @@ class GuardedModel:
         token_rows = collapse_image_runs(
             [ids[mask.bool()].tolist() for ids, mask in zip(input_ids.cpu(), attention_mask.cpu())], layout
         )
-        placeholder = layout.placeholder
-        counts = [row.count(placeholder) for row in token_rows]
-        if 0 in counts:
-            raise InvalidInputError(f"row {counts.index(0)} has no image; batch text-only requests separately")
-        owners = [index for index, count in enumerate(counts) for _ in range(count)]
-        prompts = [_visible_text(tokenizer, token_rows[owner], placeholder) for owner in owners]
+        owners = _image_owners(token_rows, layout.placeholder)
+        prompts = [_visible_text(tokenizer, token_rows[owner], layout.placeholder) for owner in owners]
         judged = classifier.judge_encoded(features, prompts, start)
-        verdicts = judged.verdicts
-        requests = []
-        for index, token_row in enumerate(token_rows):
-            images = [i for i, owner in enumerate(owners) if owner == index]
-            request = plan_request([verdicts[i] for i in images], images, self.options, where=f"row {index}")
-            if request.runs_model:
-                request = request.with_tokens(self._with_hint(tokenizer, token_row, request), prompts[images[0]])
-            requests.append(request)
+        requests = [
+            self._row_request(index, token_row, owners, judged.verdicts, prompts, tokenizer)
+            for index, token_row in enumerate(token_rows)
+        ]
         return GenerationPlan(classifier, requests, features, judged.memory)
+
+    def _row_request(
+        self,
+        index: int,
+        token_row: list[int],
+        owners: list[int],
+        verdicts: list[SafetyVerdict],
+        prompts: list[str],
+        tokenizer: Any,
+    ) -> RequestPlan:
+        """The plan of row ``index`` from its images' verdicts; a row that runs the model gets its prompt ids,
+        the hint spliced in."""
+        images = [i for i, owner in enumerate(owners) if owner == index]
+        request = plan_request([verdicts[i] for i in images], images, self.options, where=f"row {index}")
+        if not request.runs_model:
+            return request
+        return request.with_tokens(self._with_hint(tokenizer, token_row, request), prompts[images[0]])
 
     def _with_hint(self, tokenizer: Any, row: list[int], request: RequestPlan) -> list[int]:
         """Splice the hint's tokens in before the chat template's generation prompt (end of the user turn)."""
@@ -185,6 +188,26 @@ class GuardedModel:
         hint_ids = tokenizer(self.options.hint_text(request.hint), add_special_tokens=False)["input_ids"]
         position = _suffix_start(tokenizer, row, self._generation_suffix)
         return [*row[:position], *hint_ids, *row[position:]]
+
+
+def _check_image_input_names(backbone: Backbone, generate_kwargs: dict[str, Any]) -> None:
+    """Refuse image inputs the guard cannot judge, and those of another model family's processor."""
+    if unjudged := [name for name in backbone.unjudged_input_names if generate_kwargs.get(name) is not None]:
+        raise InvalidInputError(f"{unjudged} cannot be judged by the image guard; send images only")
+    own = {*backbone.image_input_names, *backbone.derived_input_names}
+    every = {n for b in registered_backbones() for n in (*b.image_input_names, *b.derived_input_names)}
+    if stray := [name for name in sorted(every - own) if generate_kwargs.get(name) is not None]:
+        raise InvalidInputError(
+            f"{stray} come from another model family's processor; {backbone.family!r} models do not take them"
+        )
+
+
+def _image_owners(token_rows: list[list[int]], placeholder: int) -> list[int]:
+    """The row of each image, in order (one placeholder per image); a row without an image is refused."""
+    counts = [row.count(placeholder) for row in token_rows]
+    if 0 in counts:
+        raise InvalidInputError(f"row {counts.index(0)} has no image; batch text-only requests separately")
+    return [index for index, count in enumerate(counts) for _ in range(count)]
 
 
 def _visible_text(tokenizer: Any, row: list[int], image_token_id: int) -> str:

@@ -137,18 +137,7 @@ def _check_png(data: bytes) -> None:
 def _check_jpeg(data: bytes) -> None:
     pos, markers, skipped, pixels = 2, 0, 0, 1
     while pos < len(data):
-        if data[pos] != 0xFF:  # junk between markers, skipped byte by byte by Pillow
-            found = data.find(b"\xff", pos, pos + MAX_JPEG_SKIPPED_BYTES + 1)
-            skipped += (found if found >= 0 else MAX_JPEG_SKIPPED_BYTES + 1) - pos
-            if found < 0 or skipped > MAX_JPEG_SKIPPED_BYTES:
-                raise _refuse("JPEG", "bytes of junk between markers", MAX_JPEG_SKIPPED_BYTES)
-            pos = found
-        fill = _FILL.match(data, pos, pos + MAX_JPEG_SKIPPED_BYTES + 2)
-        assert fill is not None  # matches the empty string at least
-        skipped += fill.end() - pos - 1
-        if skipped > MAX_JPEG_SKIPPED_BYTES:
-            raise _refuse("JPEG", "fill bytes between markers", MAX_JPEG_SKIPPED_BYTES)
-        pos = fill.end()
+        pos, skipped = _next_jpeg_marker(data, pos, skipped)
         if pos >= len(data):
             return
         marker = data[pos]
@@ -156,26 +145,52 @@ def _check_jpeg(data: bytes) -> None:
         if markers > MAX_JPEG_MARKERS:
             raise _refuse("JPEG", "markers before the first scan", MAX_JPEG_MARKERS)
         if marker == 0xDA:  # start of scan: count every scan of the file at C speed
-            # In entropy-coded data a 0xFF byte is followed by 0x00 or a restart marker, so every FF DA
-            # pair left in the file starts a scan (of this picture or of a later MPO picture).
-            scans = 1 + data.count(b"\xff\xda", pos)
-            if scans > MAX_JPEG_SCANS:
-                raise _refuse("JPEG", "scans", MAX_JPEG_SCANS)
-            if scans * pixels > MAX_JPEG_SCAN_PIXELS:
-                raise InvalidImageError(
-                    f"JPEG file has {scans} scans of {pixels:,} pixels, over the budget of {MAX_JPEG_SCAN_PIXELS:,} "
-                    "scanned pixels; refused before decoding (see docs/security.md)"
-                )
+            _check_jpeg_scans(data, pos, pixels)
             return
         if marker in _JPEG_FRAMES:
             height, width = struct.unpack_from(">HH", data, pos + 4)
             pixels = max(1, height * width)
         if marker == 0xD9:
             return
-        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
-            pos += 1
-        else:
-            pos += 1 + struct.unpack_from(">H", data, pos + 1)[0]
+        pos += _jpeg_segment_length(data, pos, marker)
+
+
+def _next_jpeg_marker(data: bytes, pos: int, skipped: int) -> tuple[int, int]:
+    """The position of the marker code at or after ``pos`` (past junk and 0xFF fill bytes) and the bytes skipped
+    so far; more than ``MAX_JPEG_SKIPPED_BYTES`` skipped is refused."""
+    if data[pos] != 0xFF:  # junk between markers, skipped byte by byte by Pillow
+        found = data.find(b"\xff", pos, pos + MAX_JPEG_SKIPPED_BYTES + 1)
+        skipped += (found if found >= 0 else MAX_JPEG_SKIPPED_BYTES + 1) - pos
+        if found < 0 or skipped > MAX_JPEG_SKIPPED_BYTES:
+            raise _refuse("JPEG", "bytes of junk between markers", MAX_JPEG_SKIPPED_BYTES)
+        pos = found
+    fill = _FILL.match(data, pos, pos + MAX_JPEG_SKIPPED_BYTES + 2)
+    assert fill is not None  # matches the empty string at least
+    skipped += fill.end() - pos - 1
+    if skipped > MAX_JPEG_SKIPPED_BYTES:
+        raise _refuse("JPEG", "fill bytes between markers", MAX_JPEG_SKIPPED_BYTES)
+    return fill.end(), skipped
+
+
+def _check_jpeg_scans(data: bytes, pos: int, pixels: int) -> None:
+    """The scans from the first one (at ``pos``) on, each of ``pixels`` pixels, within the scan budgets."""
+    # In entropy-coded data a 0xFF byte is followed by 0x00 or a restart marker, so every FF DA
+    # pair left in the file starts a scan (of this picture or of a later MPO picture).
+    scans = 1 + data.count(b"\xff\xda", pos)
+    if scans > MAX_JPEG_SCANS:
+        raise _refuse("JPEG", "scans", MAX_JPEG_SCANS)
+    if scans * pixels > MAX_JPEG_SCAN_PIXELS:
+        raise InvalidImageError(
+            f"JPEG file has {scans} scans of {pixels:,} pixels, over the budget of {MAX_JPEG_SCAN_PIXELS:,} "
+            "scanned pixels; refused before decoding (see docs/security.md)"
+        )
+
+
+def _jpeg_segment_length(data: bytes, pos: int, marker: int) -> int:
+    """The bytes from the marker code at ``pos`` to the next marker: 1 for markers without a length."""
+    if 0xD0 <= marker <= 0xD8 or marker == 0x01:
+        return 1
+    return 1 + struct.unpack_from(">H", data, pos + 1)[0]
 
 
 def _check_gif(data: bytes) -> None:

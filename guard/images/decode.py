@@ -283,29 +283,40 @@ def _from_array(array: np.ndarray, limits: _Limits) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise InvalidImageError(f"array image must be HxW, HxWx1, HxWx3 or HxWx4; got shape {array.shape}")
     limits.check_size((array.shape[1], array.shape[0]))
+    return Image.fromarray(np.ascontiguousarray(_uint8_samples(array)))
+
+
+def _uint8_samples(array: np.ndarray) -> np.ndarray:
+    """An array image's samples as uint8: bools to 0/255, uint16 clipped, other ints and floats in 0..1 checked."""
     kind = array.dtype.kind
     if kind == "b":
-        data = array.astype(np.uint8) * np.uint8(255)
-    elif array.dtype == np.uint8:
-        data = array
-    elif kind == "u" and array.dtype.itemsize == 2:
-        data = np.clip(array, 0, 255).astype(np.uint8)  # as Pillow reads a uint16 array (I;16): clipped
-    elif kind in "iu":
-        if array.min() < 0 or array.max() > 255:
-            raise InvalidImageError(
-                f"{array.dtype} array image must hold values in 0..255 (got {array.min()}..{array.max()}); "
-                "pass uint8, uint16, or floats in 0..1"
-            )
-        data = array.astype(np.uint8)
-    elif kind == "f":
-        if not np.isfinite(array).all():
-            raise InvalidImageError("float array image holds NaN or infinite values")
-        if array.min() < 0.0 or array.max() > 1.0:
-            raise InvalidImageError(f"float array image must hold values in 0..1 (got {array.min()}..{array.max()})")
-        data = (array.astype(np.float32) * 255.0).round().astype(np.uint8)
-    else:
-        raise InvalidImageError(f"unsupported array dtype {array.dtype}; pass uint8, uint16, bool or floats in 0..1")
-    return Image.fromarray(np.ascontiguousarray(data))
+        return array.astype(np.uint8) * np.uint8(255)
+    if array.dtype == np.uint8:
+        return array
+    if kind == "u" and array.dtype.itemsize == 2:
+        return np.clip(array, 0, 255).astype(np.uint8)  # as Pillow reads a uint16 array (I;16): clipped
+    if kind in "iu":
+        return _int_samples(array)
+    if kind == "f":
+        return _float_samples(array)
+    raise InvalidImageError(f"unsupported array dtype {array.dtype}; pass uint8, uint16, bool or floats in 0..1")
+
+
+def _int_samples(array: np.ndarray) -> np.ndarray:
+    if array.min() < 0 or array.max() > 255:
+        raise InvalidImageError(
+            f"{array.dtype} array image must hold values in 0..255 (got {array.min()}..{array.max()}); "
+            "pass uint8, uint16, or floats in 0..1"
+        )
+    return array.astype(np.uint8)
+
+
+def _float_samples(array: np.ndarray) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise InvalidImageError("float array image holds NaN or infinite values")
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise InvalidImageError(f"float array image must hold values in 0..1 (got {array.min()}..{array.max()})")
+    return (array.astype(np.float32) * 255.0).round().astype(np.uint8)
 
 
 def check_image_count(count: int, limit: int, where: str = "the request") -> None:
