@@ -28,7 +28,7 @@ from psaguard.errors import InvalidInputError, ResponseBlocked
 from psaguard.generation.release_gate import ReleaseGate
 from psaguard.guard import SafetyGuard
 from psaguard.request import GuardRequest
-from psaguard.response_policy import replacement_text
+from psaguard.responses.policy import replacement_text
 from psaguard.verdict import ResponseVerdict
 
 __all__ = ["AnswerCheck", "answer_text", "response_exit_for"]

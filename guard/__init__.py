@@ -18,7 +18,7 @@ _EXPORTS = {
     "CheckpointError": "psaguard.errors",
     "CheckpointMismatchError": "psaguard.errors",
     "ConfigError": "psaguard.errors",
-    "CustomCategory": "psaguard.category_config",
+    "CustomCategory": "psaguard.categories.config",
     "DEFAULT_TAXONOMY": "psaguard.taxonomy",
     "DatasetError": "psaguard.errors",
     "GenerationOptions": "psaguard.policy",
@@ -42,8 +42,8 @@ _EXPORTS = {
     "RemoteImageError": "psaguard.errors",
     "ResponseBlocked": "psaguard.errors",
     "ResponseHeadMissingError": "psaguard.errors",
-    "ResponsePolicy": "psaguard.response_policy",
-    "ResponseRule": "psaguard.response_policy",
+    "ResponsePolicy": "psaguard.responses.policy",
+    "ResponseRule": "psaguard.responses.policy",
     "ResponseVerdict": "psaguard.verdict",
     "RiskLevel": "psaguard.taxonomy",
     "RiskType": "psaguard.taxonomy",
@@ -62,7 +62,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 if TYPE_CHECKING:
-    from psaguard.category_config import CustomCategory
+    from psaguard.categories.config import CustomCategory
     from psaguard.config import HeadConfig, ModelFingerprint, ProjectorConfig, SafetyGuardConfig, TokensConfig
     from psaguard.errors import (
         CategoryError,
@@ -96,7 +96,7 @@ if TYPE_CHECKING:
         decide,
     )
     from psaguard.request import GuardRequest
-    from psaguard.response_policy import ResponsePolicy, ResponseRule
+    from psaguard.responses.policy import ResponsePolicy, ResponseRule
     from psaguard.taxonomy import DEFAULT_TAXONOMY, RiskLevel, RiskType, Taxonomy
     from psaguard.verdict import Action, LabelRef, ResponseVerdict, SafetyVerdict
 

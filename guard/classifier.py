@@ -3,8 +3,8 @@
 Everything that judges goes through :class:`Classifier`: ``SafetyGuard.classify``, guarded generation (which
 reuses the one vision pass for the answer) and the drop-in wrapper (which encodes the app's own
 ``pixel_values`` and calls :meth:`Classifier.judge`). It fails closed per ``policy.on_error`` in one place.
-Answers are judged by its response side, ``classifier.responses`` (:mod:`psaguard.response_judge`); custom
-categories are added and removed by :mod:`psaguard.category_fitting`.
+Answers are judged by its response side, ``classifier.responses`` (:mod:`psaguard.responses.judge`); custom
+categories are added and removed by :mod:`psaguard.categories.fitting`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
-from psaguard.categories import CategoryBank, category_features, category_width
+from psaguard.categories.bank import CategoryBank, category_features, category_width
 from psaguard.config import SafetyGuardConfig
 from psaguard.errors import (
     CategoryError,
@@ -43,10 +43,10 @@ from psaguard.policy import (
 from psaguard.prompts import PromptEncoder
 from psaguard.request import GuardRequest, RequestJudgement
 from psaguard.request_rows import check_batch, check_request_sizes, flat_images, fold_verdicts, grouping_of
-from psaguard.response_judge import RequestContext, ResponseJudge
+from psaguard.responses.judge import RequestContext, ResponseJudge
 from psaguard.verdict import SafetyVerdict
 
-# RequestContext lives in psaguard.response_judge; re-exported here for old imports.
+# RequestContext lives in psaguard.responses.judge; re-exported here for old imports.
 __all__ = ["Classifier", "GuardAnalysis", "RequestContext"]
 
 
@@ -94,7 +94,7 @@ class Classifier:
             )
         self.prompts = PromptEncoder(processor, config.head.max_prompt_tokens, backbone.vocab_size)
         self.responses = ResponseJudge(self)
-        """The response side: judging answers to requests (:class:`~psaguard.response_judge.ResponseJudge`)."""
+        """The response side: judging answers to requests (:class:`~psaguard.responses.judge.ResponseJudge`)."""
 
     @property
     def model(self) -> torch.nn.Module:
@@ -184,7 +184,7 @@ class Classifier:
         verdicts, image_verdicts, rows = fold_verdicts(requests, analysis.verdicts, analysis.judged, text_only)
         return RequestJudgement(verdicts, image_verdicts, rows, analysis.features, analysis.memory)
 
-    # ------------------------------------------------------------------ the response side (psaguard.response_judge)
+    # ------------------------------------------------------------------ the response side (psaguard.responses.judge)
     @property
     def has_response_head(self) -> bool:
         """True when the guard can judge answers (its modules have a response head)."""

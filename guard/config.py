@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from psaguard.category_config import CustomCategory, check_categories
+from psaguard.categories.config import CustomCategory, check_categories
 from psaguard.checkpoints.files import parse_json, read_regular_file
 from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.errors import CheckpointError, CheckpointMismatchError, ConfigError

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from psaguard.backbones import Backbone, VisionFeatures, resolve_backbone
-from psaguard.categories import CategoryBank
+from psaguard.categories.bank import CategoryBank
 from psaguard.checkpoints.serialization import CONFIG_DIGEST_KEY, save_tensors
 from psaguard.classifier import Classifier, GuardAnalysis
 from psaguard.config import SafetyGuardConfig

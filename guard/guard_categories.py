@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from psaguard.category_config import CustomCategory, FitMethod
-from psaguard.category_fitting import with_category, without_category
+from psaguard.categories.config import CustomCategory, FitMethod
+from psaguard.categories.fitting import with_category, without_category
 from psaguard.classifier import Classifier
 from psaguard.images.decode import ImageInput
 from psaguard.verdict import Action

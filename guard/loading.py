@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from psaguard.backbones import Backbone, resolve_backbone, unwrap_model
-from psaguard.categories import CategoryBank, category_width
+from psaguard.categories.bank import CategoryBank, category_width
 from psaguard.checkpoints.adapter_files import check_adapter_files
 from psaguard.checkpoints.reader import local_dir
 from psaguard.checkpoints.serialization import CONFIG_DIGEST_KEY, load_tensors, read_metadata

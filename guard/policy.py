@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from psaguard.category_config import FIRE_AT, CustomCategory
+from psaguard.categories.config import FIRE_AT, CustomCategory
 from psaguard.decision import (
     ErrorAction,
     LevelRule,
@@ -27,7 +27,7 @@ from psaguard.decision import (
     checked_templates,
 )
 from psaguard.errors import ConfigError
-from psaguard.response_policy import ResponsePolicy
+from psaguard.responses.policy import ResponsePolicy
 from psaguard.taxonomy import DEFAULT_TAXONOMY, Taxonomy
 from psaguard.verdict import Action, LabelRef, SafetyVerdict
 

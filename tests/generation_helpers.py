@@ -12,7 +12,7 @@ from transformers import Cache
 from psaguard import GuardPolicy, SafetyGuard, SafetyGuardConfig, TokensConfig
 from psaguard.backbones import resolve_backbone
 from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES
-from psaguard.response_policy import decide_response
+from psaguard.responses.policy import decide_response
 from psaguard.verdict import ResponseVerdict
 
 QUESTION = "what is in this image ?"

@@ -20,7 +20,7 @@ from psaguard import (
     SafetyGuardConfig,
     TypeRule,
 )
-from psaguard.response_policy import decide_response, risk_source
+from psaguard.responses.policy import decide_response, risk_source
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 
 PROMPT = "what is in this image ?"

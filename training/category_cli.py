@@ -71,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_add(args: argparse.Namespace) -> int:
     """Fit a custom category on the guard's pooled features of the example rows (and negatives), save the guard
     with it to --out and print the category as JSON."""
-    from psaguard.categories import new_category
-    from psaguard.category_config import check_categories
+    from psaguard.categories.bank import new_category
+    from psaguard.categories.config import check_categories
 
     category = new_category(args.code, level=args.level)  # a bad code or level fails before any model loads
     guard = load_guard(args.guard, args.model, classifier_only=args.classifier_only, dtype=args.dtype)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from psaguard.category_config import FIRE_AT
+from psaguard.categories.config import FIRE_AT
 from psaguard.checkpoints.serialization import atomic_write_text
 from psaguard.guard import SafetyGuard
 from psaguard.taxonomy import Taxonomy

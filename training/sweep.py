@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from psaguard.category_config import CustomCategory
+from psaguard.categories.config import CustomCategory
 from psaguard.policy import GuardPolicy, decide
 from psaguard.taxonomy import Taxonomy
 from psaguard.verdict import SafetyVerdict

@@ -1,6 +1,6 @@
 """One request's verdict: its images decoded and judged as one request in the shared batcher (the classifier's
 request judge applies the worst-verdict and text-only rules); one answer's verdict: judged with each of its
-request's images by the response head, the worst deciding (:func:`psaguard.response_policy.worst_response`)."""
+request's images by the response head, the worst deciding (:func:`psaguard.responses.policy.worst_response`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from psaguard.errors import ResponseHeadMissingError
 from psaguard.guard import SafetyGuard
 from psaguard.policy import text_only_verdict
 from psaguard.request import GuardRequest
-from psaguard.response_policy import worst_response
+from psaguard.responses.policy import worst_response
 from psaguard.serving.admission import Ticket
 from psaguard.serving.batching import DynamicBatcher
 from psaguard.serving.config import ServeConfig

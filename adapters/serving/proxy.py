@@ -32,7 +32,7 @@ from psaguard.errors import GuardBlocked, ResponseBlocked
 from psaguard.generation.monitor import AnswerMonitor
 from psaguard.policy import GenerationOptions
 from psaguard.request import GuardRequest
-from psaguard.response_policy import worst_response
+from psaguard.responses.policy import worst_response
 from psaguard.serving.admission import Ticket
 from psaguard.serving.completions import (
     REFUSAL_FINISH_REASON,

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, PreTrainedModel
-from transformers.conversion_mapping import get_model_conversion_mapping
-from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+from transformers import AutoConfig
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from psaguard.backbones.encoder_only import LanguageModelRemoved, PartRemoved, refuse_generation
@@ -180,14 +179,17 @@ def _renamed_keys(
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Model tensor name -> the checkpoint keys transformers would load into it, for the names in ``wanted``; and
     the keys among them that a weight converter (not a plain renaming) would produce."""
-    transforms = get_model_conversion_mapping(model)
-    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    # transformers' loading API is imported here, on use: importing it loads transformers' modeling stack (and
+    # accelerate), whose import-time warning filters `import psaguard` must not add (tests/test_packaging.py).
+    loading = import_module("transformers.core_model_loading")
+    transforms = import_module("transformers.conversion_mapping").get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, loading.WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, loading.WeightConverter)]
     meta = dict.fromkeys(wanted)
     found: dict[str, list[str]] = {}
     converted: list[str] = []
     for key in reader.weight_map:
-        name, pattern = rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
+        name, pattern = loading.rename_source_key(key, renamings, converters, model.base_model_prefix, meta)
         if name not in wanted and key in wanted:
             name, pattern = key, None
         if name in wanted:
@@ -226,7 +228,7 @@ def _init_non_persistent_buffers(module: nn.Module, owner: Any) -> None:
     """Give ``module``'s non-persistent buffers (rotary frequencies, position ids) their values with the
     ``_init_weights`` of the model they belong to (a tower keeps its own), as transformers' loading does; its
     parameters are still on the meta device, where the init does nothing."""
-    owner = module if isinstance(module, PreTrainedModel) else owner
+    owner = module if isinstance(module, transformers.PreTrainedModel) else owner
     buffers = [b for b in module._non_persistent_buffers_set if module._buffers.get(b) is not None]
     if any(module._buffers[b].is_meta for b in buffers):
         for b in buffers:

@@ -29,8 +29,8 @@ from transformers import StoppingCriteria
 from psaguard.classifier import Classifier
 from psaguard.errors import GuardInternalError, InvalidInputError
 from psaguard.request import GuardRequest
-from psaguard.response_judge import RequestContext
-from psaguard.response_policy import response_error_verdict, worst_response
+from psaguard.responses.judge import RequestContext
+from psaguard.responses.policy import response_error_verdict, worst_response
 from psaguard.tokenization import tokenizer_of, until_eos
 from psaguard.verdict import ResponseVerdict
 

@@ -26,7 +26,7 @@ from psaguard.adapters.answers import AnswerCheck
 from psaguard.cli.demo import demo_guard_dir, demo_model_dir
 from psaguard.errors import ConfigError, GuardInternalError, ResponseBlocked
 from psaguard.request import GuardRequest
-from psaguard.response_policy import ResponsePolicy
+from psaguard.responses.policy import ResponsePolicy
 from psaguard.serving import BackgroundServer, ServeConfig, create_app, load_guard
 from psaguard.serving.moderation import category_name
 from psaguard.training.world.demo_guard import resave_guard

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from psaguard.errors import ResponseBlocked
-from psaguard.response_policy import ResponsePolicy, response_error_verdict
+from psaguard.responses.policy import ResponsePolicy, response_error_verdict
 from psaguard.serving.protocol import api_error_from
 
 

@@ -33,7 +33,7 @@ How a row is fitted from ``k`` examples (positives) and optional negatives, both
   :data:`SINGLE_EXAMPLE_SIMILARITY` (``k = 1``); ``tau`` as above. Nothing tells this threshold what the
   category is *not*, so negatives (near misses, ideally) are recommended.
 
-The config part (:class:`~psaguard.category_config.CustomCategory`) is saved in the guard's JSON config, the
+The config part (:class:`~psaguard.categories.config.CustomCategory`) is saved in the guard's JSON config, the
 tensors in its safetensors file, so both are covered by the integrity checks of
 :mod:`psaguard.checkpoints.serialization`.
 """
@@ -48,7 +48,7 @@ import torch
 from pydantic import ValidationError
 from torch.nn import functional as F
 
-from psaguard.category_config import FEATURES, CategoryMethod, CustomCategory, FitMethod
+from psaguard.categories.config import FEATURES, CategoryMethod, CustomCategory, FitMethod
 from psaguard.errors import CategoryError
 from psaguard.verdict import Action
 
@@ -88,7 +88,7 @@ def category_width(text_hidden_size: int, vision_hidden_size: int) -> int:
 
 
 def category_features(pooled: torch.Tensor, prompt: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-    """``(B, W)`` features custom categories read (:data:`~psaguard.category_config.FEATURES`).
+    """``(B, W)`` features custom categories read (:data:`~psaguard.categories.config.FEATURES`).
 
     ``pooled`` (B, D) the head's pooled safety feature, ``prompt`` (B, D) the prompt's mean token embedding,
     ``patches`` (B, N, C) the vision patch states; each part L2-normalised, the whole of unit norm.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from psaguard.categories import fit_category, new_category
-from psaguard.category_config import CustomCategory, FitMethod, check_categories
+from psaguard.categories.bank import fit_category, new_category
+from psaguard.categories.config import CustomCategory, FitMethod, check_categories
 from psaguard.classifier import Classifier
 from psaguard.errors import CategoryError
 from psaguard.images.decode import ImageInput

@@ -18,13 +18,13 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from psaguard.answer_cache import AnswerCache
 from psaguard.backbones import VisionFeatures
 from psaguard.errors import GuardInternalError, InvalidImageError, InvalidPromptError, internal_error
 from psaguard.images.decode import ImageInput, check_image_count
 from psaguard.modules import HeadLogits
 from psaguard.request import GuardRequest
-from psaguard.response_policy import decide_response, response_error_verdict
+from psaguard.responses.cache import AnswerCache
+from psaguard.responses.policy import decide_response, response_error_verdict
 from psaguard.verdict import ResponseVerdict, SafetyVerdict
 
 if TYPE_CHECKING:  # the classifier builds its ResponseJudge; this module needs its type only
@@ -150,7 +150,7 @@ class ResponseJudge:
         Computed once per vision pass (``memory``, when given, is that of ``features`` already computed by the
         request's judgement: the safety projector does not run again); :meth:`judge_responses` then runs only
         the response head, and with ``incremental`` (a guard with a response head) attends only the tokens it
-        has not seen in an earlier judgement of the context (:class:`~psaguard.answer_cache.AnswerCache`).
+        has not seen in an earlier judgement of the context (:class:`~psaguard.responses.cache.AnswerCache`).
         """
         classifier = self.classifier
         with torch.inference_mode():
@@ -187,7 +187,7 @@ class ResponseJudge:
         """Verdicts for ``responses`` to the requests of ``context`` (its rows ``rows``, default all, in order).
 
         Runs the response head only (the streaming monitor calls this every few tokens), through the
-        context's :class:`~psaguard.answer_cache.AnswerCache` when it has one. Non-finite scores follow
+        context's :class:`~psaguard.responses.cache.AnswerCache` when it has one. Non-finite scores follow
         ``policy.on_error``.
         """
         classifier = self.classifier
