@@ -14,7 +14,7 @@ import inspect
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,52 @@ _TOKENS_PER_IMAGE = 16
 """Tokens per image where the config fixes the count (pooling the 8 x 8 grid to 4 x 4)."""
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What a family adapter's own tests need of its tiny pair beyond the generic shrinking."""
+
+    config: Mapping[str, Any] = field(default_factory=dict)
+    """Set over the family's default config before anything is built (a dict updates that sub-config)."""
+    image_processor: Mapping[str, Any] = field(default_factory=dict)
+    """Set on the image processor after its sizes are shrunk."""
+    words: tuple[str, ...] = ()
+    """Plain words the processor writes (added to the tiny vocabulary)."""
+    tokens: Mapping[str, str] = field(default_factory=dict)
+    """Named tokens the checkpoint's tokenizer has and its template writes around each image (not the processor)."""
+    model_type: str | None = None
+    """The model type built, where the name is a variant of it; ``processor_type``: the one whose processor is used."""
+    processor_type: str | None = None
+
+
+_PATCH_4 = {"vision_config": {"patch_size": 4}}
+_TILES_4 = {"max_patches": 4}
+_TILE_TAGS = {f"row_{i}_col_{j}_token": f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)}
+_IMAGE_MARKS = {"image_start_token": "<|begin_of_image|>", "image_end_token": "<|end_of_image|>"}
+_VISION_MARKS = {"vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+_LAYOUTS: dict[str, _Layout] = {
+    # 4 px patches: the tests' 24 to 64 px images span several merge blocks, windows, rows and tiles.
+    "qwen2_vl": _Layout(_PATCH_4, tokens=_VISION_MARKS),
+    "qwen2_5_vl": _Layout({"vision_config": {"patch_size": 4, "window_size": 16}}, tokens=_VISION_MARKS),
+    "qwen3_vl": _Layout({"vision_config": {"patch_size": 4, "deepstack_visual_indexes": [0]}}),
+    "glm4v": _Layout(_PATCH_4, {"size": {"shortest_edge": 32 * 32}}, tokens=_IMAGE_MARKS),  # min pixels: 32 x 32
+    "mistral3": _Layout(_PATCH_4),
+    "idefics3": _Layout(_PATCH_4, {"size": {"longest_edge": 64}}, tokens=_TILE_TAGS),  # 2 x 2 tiles and a global view
+    "smolvlm": _Layout(_PATCH_4, {"size": {"longest_edge": 64}}, tokens=_TILE_TAGS),
+    "internvl": _Layout({"vision_config": {"patch_size": [4, 4]}}, _TILES_4),
+    "aya_vision": _Layout(_PATCH_4, _TILES_4, words=("TILE", "GLOBAL", "_", *(str(i) for i in range(1, 13)))),
+    "llava_pixtral": _Layout(  # LLaVA with a Pixtral tower (the pixtral-12b layout)
+        {
+            "vision_config": {"model_type": "pixtral", "patch_size": 4},
+            "vision_feature_layer": -1,
+            "vision_feature_select_strategy": "full",
+        },
+        model_type="llava",
+        processor_type="pixtral",
+    ),
+}
+"""Per-family layouts by name; a name that is no model type is a variant (``llava_pixtral``)."""
+
+
 class TinyBuildError(PsaGuardError):
     """A family's tiny model or processor cannot be built here (the message says why)."""
 
@@ -154,12 +200,15 @@ def save_tiny_family(
 def build_tiny_family(model_type: str, seed: int = 1, overrides: Mapping[str, Any] | None = None) -> TinyBuild:
     """The tiny model and processor of ``model_type``; :class:`TinyBuildError` if they cannot be built here.
 
-    ``overrides``: config values set over the shrunk ones (a dict value updates that sub-config), for a test
-    that needs a property the generic shrinking does not give (e.g. VipLLaVA features of two different layers).
+    ``overrides``: config values set over the default and the shrunk ones (a dict value updates that sub-config),
+    for a test that needs a property the generic shrinking does not give (e.g. VipLLaVA features of two different
+    layers). A family's own tests' layout (:data:`_LAYOUTS`) is applied first.
     """
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+    layout = _LAYOUTS.get(model_type, _Layout())
+    model_type = layout.model_type or model_type
     class_name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(model_type)
     if class_name is None:
         raise TinyBuildError(f"{model_type!r} is not an image-text-to-text model type of this transformers")
@@ -167,7 +216,9 @@ def build_tiny_family(model_type: str, seed: int = 1, overrides: Mapping[str, An
     if model_class is None:
         raise TinyBuildError(f"transformers does not export {class_name}")
     default = _default_config(model_type)
-    processor, placeholder, image_id = _processor(model_type, default)
+    if layout.config or overrides:  # before the processor is built: its geometry follows the tower's
+        default = type(default).from_dict(_updated(_updated(default.to_dict(), layout.config), overrides or {}))
+    processor, placeholder, image_id = _processor(layout.processor_type or model_type, default, layout)
     tok = processor.tokenizer
     config = _config(default, processor, image_id, mrope="mrope" in inspect.getsource(inspect.getmodule(model_class)))
     if overrides:
@@ -191,6 +242,12 @@ def _updated(values: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, 
     out = dict(values)
     for key, value in overrides.items():
         sub = out.get(key)
+        if (
+            isinstance(value, Mapping)
+            and isinstance(sub, dict)
+            and value.get("model_type", sub.get("model_type")) != sub.get("model_type")
+        ):
+            sub = _default_config(value["model_type"]).to_dict()  # another tower (LLaVA with Pixtral's)
         out[key] = _updated(sub, value) if isinstance(value, Mapping) and isinstance(sub, dict) else value
     return out
 
@@ -316,7 +373,7 @@ def build_meta_model(model_type: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- processor
-def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
+def _processor(model_type: str, default: Any, layout: _Layout) -> tuple[Any, str, int]:
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
@@ -334,6 +391,8 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
     if image_processor_class is None:
         raise TinyBuildError("the family has no image processor that runs without torchvision")
     image_processor = _image_processor(image_processor_class, _image_side(default))
+    for name, value in layout.image_processor.items():
+        _set_over(image_processor, name, value)
     vision = getattr(default, "vision_config", None)
     for name, source in (
         ("patch_size", "patch_size"),
@@ -357,8 +416,8 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
     except ImportError as err:  # a processor class that is a placeholder for a missing package
         raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
     kwargs = _processor_kwargs(processor_class, default)
-    spec = TinyLlavaSpec()
-    tokens: dict[str, str] = {"image_token": "<image>"}
+    spec = TinyLlavaSpec(extra_words=layout.words)
+    tokens: dict[str, str] = {"image_token": "<image>", **layout.tokens}
     for _ in range(12):  # learn the special tokens the processor reads from its tokenizer, then rebuild
         try:
             processor = images_only(image_processor=image_processor, tokenizer=tiny_tokenizer(spec, tokens), **kwargs)
@@ -385,7 +444,7 @@ def _processor(model_type: str, default: Any) -> tuple[Any, str, int]:
         tokens = found
     else:
         raise TinyBuildError("the processor's special tokens do not settle")
-    text, image_id = _placeholder(processor)
+    text, image_id = _placeholder(processor, tokens)
     processor.chat_template = tiny_chat_template(text)
     return processor, text, image_id
 
@@ -444,6 +503,18 @@ def _image_processor(image_processor_class: type, base_side: int) -> Any:
     return image_processor
 
 
+def _set_over(target: Any, name: str, value: Any) -> None:
+    """Set ``value`` as ``target``'s ``name``; a mapping updates the dict or ``SizeDict`` there key by key."""
+    current = getattr(target, name, None)
+    if isinstance(value, Mapping) and isinstance(current, dict):
+        current.update(value)
+    elif isinstance(value, Mapping) and current is not None:
+        for key, item in value.items():
+            setattr(current, key, item)
+    else:
+        setattr(target, name, value)
+
+
 def _side_or_area(value: Any, side: int) -> Any:
     return side if isinstance(value, int) and 0 < value < _AREA_THRESHOLD else value
 
@@ -454,6 +525,7 @@ def _pinpoints(side: int) -> list[list[int]]:
 
 def _images_only(processor_class: type) -> type:
     """``processor_class`` without its video, audio or other parts: images and text only (no torchvision)."""
+    from transformers.processing_utils import ProcessorMixin
 
     kept = ("image_processor", "tokenizer")
     dropped = [a for a in processor_class.get_attributes() if a not in kept]
@@ -496,10 +568,13 @@ def _images_only(processor_class: type) -> type:
     def check_argument_for_proper_class(self, attribute_name: str, arg: Any) -> Any:
         return None if arg is None else processor_class.check_argument_for_proper_class(self, attribute_name, arg)
 
+    # With parts left out or on torch-only ops, not transformers' name (whose class AutoProcessor would load with
+    # those parts, or as a placeholder needing torchvision): registered for the config class, AutoProcessor finds it.
+    import transformers
+
+    own = not dropped and getattr(transformers, processor_class.__name__, None) is processor_class
     return type(
-        # With parts left out, not transformers' name (whose class AutoProcessor would load with them): registered
-        # for the model's config class, AutoProcessor finds it by the model type.
-        f"ImagesOnly{processor_class.__name__}" if dropped else processor_class.__name__,
+        processor_class.__name__ if own else f"Tiny{processor_class.__name__}",
         (processor_class,),
         {
             **dict.fromkeys(dropped),
@@ -508,9 +583,16 @@ def _images_only(processor_class: type) -> type:
             "from_args_and_dict": classmethod(from_args_and_dict),
             "from_dict": classmethod(from_dict),
             "check_argument_for_proper_class": check_argument_for_proper_class,
+            **({"apply_chat_template": ProcessorMixin.apply_chat_template} if _reads(processor_class, dropped) else {}),
             "__module__": __name__,
         },
     )
+
+
+def _reads(processor_class: type, dropped: list[str]) -> bool:
+    """Whether the class's own chat-template rendering reads a left-out part (SmolVLM's video frame settings)."""
+    own = processor_class.__dict__.get("apply_chat_template")
+    return own is not None and any(f"self.{name}" in inspect.getsource(own) for name in dropped)
 
 
 def _processor_kwargs(processor_class: type, config: Any) -> dict[str, Any]:
@@ -599,57 +681,64 @@ def _missing_at_call(processor: Any) -> str | None:
 def _unknown_tokens(processor: Any) -> dict[str, str]:
     """The processor's named special tokens whose text its tokenizer does not know (Pixtral's ``[IMG]``, a
     processor setting rather than the tokenizer's ``image_token``): name -> text."""
-    tok = processor.tokenizer
-    known = set(tok.get_vocab())
+    known = set(processor.tokenizer.get_vocab())
     return {n: t for n, t in _special_tokens(processor).items() if t not in known}
 
 
 def _special_tokens(processor: Any) -> dict[str, str]:
-    """The processor's named special tokens (``image_token``, ``boi_token``, ...): attribute -> text."""
+    """The processor's named special tokens (``image_token``, ``boi_token``, ...): attribute -> text. A plain word
+    (Aya Vision's ``TILE_GLOBAL``) is none: the tokenizer splits it as any text."""
     found = {}
     for name, value in inspect.getmembers(processor):
         named = name.endswith(_TOKEN_SUFFIXES) and not name.startswith("_") and name not in _TEXT_TOKENS
-        if named and isinstance(value, str) and value and " " not in value.strip():
+        if named and isinstance(value, str) and value and " " not in value.strip() and not re.fullmatch(r"\w+", value):
             found[name] = value
     return found
 
 
-def _placeholder(processor: Any) -> tuple[str, int]:
+def _placeholder(processor: Any, tokens: Mapping[str, str]) -> tuple[str, int]:
     """What the chat template writes per image, and the image token it expands into.
 
-    Of the processor's named image tokens (alone, or between its image start and end tokens, which some
-    processors require), the text whose expansion repeats a token most; that token is the image token (the
-    one the model's features replace).
+    Of the processor's named image tokens (alone, or between its image start and end tokens), the text whose
+    expansion repeats a token most, then holds the most named tokens (Qwen2-VL's template writes the start and
+    end tokens its processor does not add); that token is the image token the model's features replace.
     """
-    from PIL import Image
-
-    named = _special_tokens(processor)
-    images = [t for n, t in named.items() if "image" in n or "img" in n or n in ("boi_token", "start_of_image_token")]
-    starts = [t for n, t in named.items() if "start" in n and t in images]
-    ends = [t for n, t in named.items() if "end" in n and t in images]
+    named = {n: t for n, t in tokens.items() if n not in _TEXT_TOKENS}  # the processor's and the tokenizer's
+    visual = {n: t for n, t in named.items() if re.search("image|img|vision|boi_token", n)}
+    images = list(visual.values())
+    starts = [t for n, t in visual.items() if "start" in n]
+    ends = [t for n, t in visual.items() if "end" in n]
     texts = [*images, *(s + t + e for t in images for s in starts for e in ends if t not in (s, e))]
-    best, most = None, 1
+    marks = set(processor.tokenizer.convert_tokens_to_ids(list(named.values())))
+    best, score = None, (1, 0)
     for text in dict.fromkeys(texts):
-        ids = None
-        for batch in ([[Image.new("RGB", (40, 56))]], [Image.new("RGB", (40, 56))]):
-            try:
-                ids = processor(text=[text], images=batch, return_tensors="pt")["input_ids"]
-                break
-            except ImportError as err:
-                raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
-            except Exception:
-                continue
-        if ids is None:
-            continue
-        ids = ids[ids != processor.tokenizer.unk_token_id]  # words the tokenizer does not know are no image token
-        if not len(ids):
+        out = _probe(processor, text)
+        ids = None if out is None else out["input_ids"]
+        ids = None if ids is None else ids[ids != processor.tokenizer.unk_token_id]  # unknown words: no image token
+        if ids is None or not len(ids):
             continue
         values, counts = ids.unique(return_counts=True)
-        if int(counts.max()) > most:
-            best, most = (text, int(values[counts.argmax()])), int(counts.max())
+        found = (int(counts.max()), len(marks & set(ids.tolist())))
+        if found[0] > 1 and found > score:
+            best, score = (text, int(values[counts.argmax()])), found
     if best is None:
         raise TinyBuildError("no special token of the processor expands into a run of image tokens")
     return best
+
+
+def _probe(processor: Any, text: str, size: tuple[int, int] = (40, 56)) -> Any:
+    """The processor's output for ``text`` and one image of ``size`` (nested per prompt or flat, whichever it
+    takes), or None; :class:`TinyBuildError` where it needs a package not installed here."""
+    from PIL import Image
+
+    for batch in ([[Image.new("RGB", size)]], [Image.new("RGB", size)]):
+        try:
+            return processor(text=[text], images=batch, return_tensors="pt")
+        except ImportError as err:
+            raise TinyBuildError(f"the processor needs a package not installed here: {err}") from err
+        except Exception:
+            continue
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- config
