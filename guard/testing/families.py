@@ -140,14 +140,18 @@ def build_tiny_family(
     processor, placeholder, image_id = build_processor(
         processor_type, default, shape.image_processor, shape.words, shape.tokens
     )
-    mrope = "mrope" in inspect.getsource(inspect.getmodule(model_class))
-    config = tiny_config(default, processor, image_id, mrope)
+    config = tiny_config(default, processor, image_id, "mrope" in inspect.getsource(inspect.getmodule(model_class)))
     if overrides:
         config = type(config).from_dict(updated(config.to_dict(), overrides))
     try:
         model = init_tiny_model(model_class, config, processor.tokenizer, seed)
     except Exception as err:  # a config this generic shrinking does not fit
         raise TinyBuildError(f"the model cannot be built from the shrunk config: {type(err).__name__}: {err}") from err
+    return TinyBuild(model_type, _fitted(model, processor, placeholder, seed), processor)
+
+
+def _fitted(model: Any, processor: Any, placeholder: str, seed: int) -> Any:
+    """``model`` and ``processor`` made consistent (image tokens per tile, pixel dtype), checked to generate."""
     _randomize_zero_projections(model, seed)
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
         processor.return_mm_token_type_ids = True  # M-RoPE positions need them (a checkpoint's processor config)
@@ -155,7 +159,7 @@ def build_tiny_family(
     if (dtype := _pixel_dtype(processor, placeholder)) is not None and dtype != model.dtype:
         model = model.to(dtype)  # a processor that gives pixels in the checkpoint's dtype (Llama 4's bfloat16)
     _check_generates(model, processor)
-    return TinyBuild(model_type, model, processor)
+    return model
 
 
 def build_meta_model(model_type: str) -> Any:
@@ -226,15 +230,18 @@ def _calibrate(model: Any, processor: Any, placeholder: str) -> None:
     """
     name = next((n for n in _SEQUENCE_LENGTHS if isinstance(getattr(processor, n, None), int)), None)
     side = getattr(processor, _SIDE_LENGTH, None)
-    if name is None and not isinstance(side, int):
-        return
-    out = probe(processor, placeholder, _PROBE_SIZE)
+    out = probe(processor, placeholder, _PROBE_SIZE) if name or isinstance(side, int) else None
     if out is None or not (features := _feature_count(model, out)):
         return
     tokens = int((out["input_ids"] == getattr(model.config, "image_token_id", None)).sum())
     if name is None:  # tokens per tile side (Cohere2-Vision): tiles of side x side tokens
         _calibrate_side(processor, tokens, features, side)
-        return
+    else:
+        _calibrate_count(processor, name, tokens, features)
+
+
+def _calibrate_count(processor: Any, name: str, tokens: int, features: int) -> None:
+    """Set the processor's image tokens per tile (its ``name``) where they do not match the model's features."""
     per_tile = getattr(processor, name)
     if tokens and tokens != features and tokens % per_tile == 0 and features % (tokens // per_tile) == 0:
         setattr(processor, name, features // (tokens // per_tile))

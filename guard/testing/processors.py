@@ -8,30 +8,17 @@ the processor until they settle; the chat template writes the text that expands 
 from __future__ import annotations
 
 import inspect
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from psaguard.testing.llava import TinyLlavaSpec, tiny_chat_template, tiny_tokenizer
-from psaguard.testing.shrink import GRID, TinyBuildError, image_side, pinpoints, tokens_per_image
+from psaguard.testing.shrink import GRID, TinyBuildError, image_side, shrunk_image_processor, tokens_per_image
 from psaguard.testing.torch_transforms import import_with_torch_transforms
 
 __all__ = ["build_processor", "probe"]
 
-_AREA_THRESHOLD = 10_000
-"""Image-processor sizes at or above this are pixel areas (Qwen-VL's min / max pixels), left as they are."""
-_CROP_FACTOR = 8
-"""An image processor's ``patch_size`` this many tower patches wide or more is a crop size, not a patch."""
-_SIZE_NAMES = ("size", "crop_size", "max_image_size", "min_image_size", "high_res_size")
-_SIZE_KEYS = ("height", "width", "shortest_edge", "longest_edge")
-_GEOMETRY = (
-    ("patch_size", "patch_size"),
-    ("merge_size", "spatial_merge_size"),
-    ("merge_size", "merge_size"),
-    ("temporal_patch_size", "temporal_patch_size"),
-    ("temporal_patch_size", "patch_temporal"),
-)
-"""(image-processor setting, vision-config field): the processor's patch geometry is the tower's."""
 _KEPT = ("image_processor", "tokenizer")
 _MISSING_TOKEN = re.compile(
     r"(?:has no attribute|missing required attribute|does not have an) [`']?(\w+?_token)(?:_id)?[`']?"
@@ -51,7 +38,7 @@ def build_processor(
     text) given to the tokenizer, beyond what the processor itself asks for.
     """
     processor_class, image_processor_class = _classes(model_type)
-    image_processor = _image_processor(image_processor_class, config, image_settings)
+    image_processor = shrunk_image_processor(image_processor_class, config, image_settings)
     try:
         images_only = _images_only(processor_class)
     except ImportError as err:  # a processor class that is a placeholder for a missing package
@@ -110,67 +97,6 @@ def _transformers_class(name: str | None) -> type | None:
         return getattr(import_with_torch_transforms(f"transformers.{module}"), name, None) if module else None
     except ImportError:
         return None
-
-
-# ---------------------------------------------------------------------------------------------------- images
-def _image_processor(image_processor_class: type, config: Any, settings: Mapping[str, Any]) -> Any:
-    """The family's image processor at the tiny sizes, with ``settings`` and the tower's patch geometry."""
-    image_processor = image_processor_class()
-    side = image_side(config)
-    for name in _SIZE_NAMES:  # a second, sharper view (DeepSeek-VL) at twice the side
-        _set_over(image_processor, name, _shrunk_size(getattr(image_processor, name, None), side, name))
-    for name, value in vars(image_processor).items():  # token budgets per image (Gemma 4's max_soft_tokens)
-        if name.startswith("max_") and name.endswith("tokens") and isinstance(value, int) and value > GRID * GRID:
-            setattr(image_processor, name, value // 4)
-    if getattr(image_processor, "image_grid_pinpoints", None):
-        image_processor.image_grid_pinpoints = pinpoints(side)
-    for name, value in settings.items():
-        _set_over(image_processor, name, value)
-    vision = getattr(config, "vision_config", None)
-    for name, source in _GEOMETRY:
-        if (value := _geometry(getattr(image_processor, name, None), getattr(vision, source, None), side)) is not None:
-            setattr(image_processor, name, value)
-    if hasattr(image_processor, "image_seq_length"):
-        image_processor.image_seq_length = tokens_per_image(config)
-    return image_processor
-
-
-def _shrunk_size(size: Any, side: int, name: str) -> Any:
-    """A size setting with its sides (not its pixel areas) at ``side`` px: a dict, an int or a ``SizeDict``."""
-    side = 2 * side if name.startswith("high_res") else side
-    if size is None or isinstance(size, (dict, int)):
-        return _side_or_area(size, side)
-    return {key: _side_or_area(value, side) for key in _SIZE_KEYS if (value := getattr(size, key, None)) is not None}
-
-
-def _side_or_area(value: Any, side: int) -> Any:
-    if isinstance(value, dict):
-        return {k: _side_or_area(v, side) for k, v in value.items()}
-    return side if isinstance(value, int) and 0 < value < _AREA_THRESHOLD else value
-
-
-def _geometry(current: Any, value: Any, side: int) -> Any:
-    """The image processor's setting for the tower's ``value`` (None: left as it is)."""
-    if not isinstance(value, int):
-        return None
-    if isinstance(current, int):
-        return side if current >= _CROP_FACTOR * value else value  # a crop of many patches (Step3p7's local crops)
-    is_square = isinstance(current, dict) and set(current) == {"height", "width"}
-    return {"height": value, "width": value} if is_square else None
-
-
-def _set_over(target: Any, name: str, value: Any) -> None:
-    """Set ``value`` as ``target``'s ``name``; a mapping updates the dict or ``SizeDict`` there key by key."""
-    current = getattr(target, name, None)
-    if value is None:
-        return
-    if isinstance(value, Mapping) and isinstance(current, dict):
-        current.update(value)
-    elif isinstance(value, Mapping) and current is not None and not isinstance(current, int):
-        for key, item in value.items():
-            setattr(current, key, item)
-    else:
-        setattr(target, name, value)
 
 
 # ---------------------------------------------------------------------------------------------------- processor
@@ -382,21 +308,25 @@ def _placeholder(processor: Any, tokens: Mapping[str, str], marks: Iterable[str]
     a token most, then holds the most ``marks`` (tokens the template writes that the processor does not add: the
     Qwen-VLs' ``<|vision_start|>``); that token is the image token the model's features replace.
     """
-    named = {n: t for n, t in tokens.items() if n not in _TEXT_TOKENS}  # the processor's and the tokenizer's
-    visual = {n: t for n, t in named.items() if re.search("image|img|vision|boi_token", n)}
-    starts = [t for n, t in visual.items() if "start" in n]
-    ends = [t for n, t in visual.items() if "end" in n]
-    images = list(visual.values())
-    texts = [*images, *(s + t + e for t in images for s in starts for e in ends if t not in (s, e))]
-    marks = set(processor.tokenizer.convert_tokens_to_ids(list(marks)))
+    mark_ids = set(processor.tokenizer.convert_tokens_to_ids(list(marks)))
     best, score = None, (1, 0)
-    for text in dict.fromkeys(texts):
-        found = _expansion(processor, text, marks)
+    for text in _candidates(tokens):
+        found = _expansion(processor, text, mark_ids)
         if found is not None and found[0][0] > 1 and found[0] > score:
             best, score = (text, found[1]), found[0]
     if best is None:
         raise TinyBuildError("no special token of the processor expands into a run of image tokens")
     return best
+
+
+def _candidates(tokens: Mapping[str, str]) -> list[str]:
+    """The named image tokens, alone and between each image start and end token."""
+    visual = {n: t for n, t in tokens.items() if n not in _TEXT_TOKENS and re.search("image|img|vision|boi_token", n)}
+    images = list(visual.values())
+    starts = [t for n, t in visual.items() if "start" in n]
+    ends = [t for n, t in visual.items() if "end" in n]
+    wrapped = [s + t + e for s, t, e in itertools.product(starts, images, ends) if t not in (s, e)]
+    return list(dict.fromkeys([*images, *wrapped]))
 
 
 def _expansion(processor: Any, text: str, marks: set[int]) -> tuple[tuple[int, int], int] | None:

@@ -19,8 +19,8 @@ __all__ = [
     "default_config",
     "image_side",
     "meta_config",
-    "pinpoints",
     "shrunk",
+    "shrunk_image_processor",
     "tiny_config",
     "tokens_per_image",
     "updated",
@@ -77,6 +77,20 @@ _LAYER_INDEX_LISTS = (
 )
 """Config fields that list layer indices; they are kept within the shrunk depth."""
 _UNCHANGED = object()
+_AREA_THRESHOLD = 10_000
+"""Image-processor sizes at or above this are pixel areas (Qwen-VL's min / max pixels), left as they are."""
+_CROP_FACTOR = 8
+"""An image processor's ``patch_size`` this many tower patches wide or more is a crop size, not a patch."""
+_SIZE_NAMES = ("size", "crop_size", "max_image_size", "min_image_size", "high_res_size")
+_SIZE_KEYS = ("height", "width", "shortest_edge", "longest_edge")
+_GEOMETRY = (
+    ("patch_size", "patch_size"),
+    ("merge_size", "spatial_merge_size"),
+    ("merge_size", "merge_size"),
+    ("temporal_patch_size", "temporal_patch_size"),
+    ("temporal_patch_size", "patch_temporal"),
+)
+"""(image-processor setting, vision-config field): the processor's patch geometry is the tower's."""
 
 
 class TinyBuildError(PsaGuardError):
@@ -204,7 +218,7 @@ def tokens_per_image(config: Any) -> int:
     return TOKENS_PER_IMAGE if hasattr(config, "mm_tokens_per_image") else GRID * GRID
 
 
-def pinpoints(side: int) -> list[list[int]]:
+def _pinpoints(side: int) -> list[list[int]]:
     """Any-resolution tile layouts (LLaVA-NeXT's): square, tall and wide."""
     return [[side, side], [2 * side, side], [side, 2 * side]]
 
@@ -249,7 +263,7 @@ def _fit_images(values: dict[str, Any], side: int) -> None:
     if "mm_tokens_per_image" in values:
         values["mm_tokens_per_image"] = TOKENS_PER_IMAGE
     if values.get("image_grid_pinpoints"):
-        values["image_grid_pinpoints"] = pinpoints(side)
+        values["image_grid_pinpoints"] = _pinpoints(side)
 
 
 def _set_token_ids(values: dict[str, Any], processor: Any, image_id: int) -> None:
@@ -305,3 +319,68 @@ def meta_config(default: Any) -> Any:
     values = shrunk(default.to_dict(), vocab=4 * _WIDTH)
     _set_everywhere(values, "pad_token_id", 0)
     return type(default).from_dict(values)
+
+
+def shrunk_image_processor(image_processor_class: type, config: Any, settings: Mapping[str, Any]) -> Any:
+    """The family's image processor at the tiny sizes, with ``settings`` and the tower's patch geometry."""
+    image_processor = image_processor_class()
+    side = image_side(config)
+    for name in _SIZE_NAMES:  # a second, sharper view (DeepSeek-VL) at twice the side
+        _set_over(image_processor, name, _shrunk_size(getattr(image_processor, name, None), side, name))
+    for name, value in vars(image_processor).items():  # token budgets per image (Gemma 4's max_soft_tokens)
+        if name.startswith("max_") and name.endswith("tokens") and isinstance(value, int) and value > GRID * GRID:
+            setattr(image_processor, name, value // 4)
+    if getattr(image_processor, "image_grid_pinpoints", None):
+        image_processor.image_grid_pinpoints = _pinpoints(side)
+    for name, value in settings.items():
+        _set_over(image_processor, name, value)
+    _fit_geometry(image_processor, config, side)
+    return image_processor
+
+
+def _fit_geometry(image_processor: Any, config: Any, side: int) -> None:
+    """The image processor's patch geometry and image tokens per image, from the config's."""
+    vision = getattr(config, "vision_config", None)
+    for name, source in _GEOMETRY:
+        if (value := _geometry(getattr(image_processor, name, None), getattr(vision, source, None), side)) is not None:
+            setattr(image_processor, name, value)
+    if hasattr(image_processor, "image_seq_length"):
+        image_processor.image_seq_length = tokens_per_image(config)
+
+
+def _shrunk_size(size: Any, side: int, name: str) -> Any:
+    """A size setting with its sides (not its pixel areas) at ``side`` px: a dict, an int or a ``SizeDict``."""
+    side = 2 * side if name.startswith("high_res") else side
+    if size is None or isinstance(size, (dict, int)):
+        return _side_or_area(size, side)
+    return {key: _side_or_area(value, side) for key in _SIZE_KEYS if (value := getattr(size, key, None)) is not None}
+
+
+def _side_or_area(value: Any, side: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _side_or_area(v, side) for k, v in value.items()}
+    return side if isinstance(value, int) and 0 < value < _AREA_THRESHOLD else value
+
+
+def _geometry(current: Any, value: Any, side: int) -> Any:
+    """The image processor's setting for the tower's ``value`` (None: left as it is)."""
+    if not isinstance(value, int):
+        return None
+    if isinstance(current, int):
+        return side if current >= _CROP_FACTOR * value else value  # a crop of many patches (Step3p7's local crops)
+    is_square = isinstance(current, dict) and set(current) == {"height", "width"}
+    return {"height": value, "width": value} if is_square else None
+
+
+def _set_over(target: Any, name: str, value: Any) -> None:
+    """Set ``value`` as ``target``'s ``name``; a mapping updates the dict or ``SizeDict`` there key by key."""
+    current = getattr(target, name, None)
+    if value is None:
+        return
+    if isinstance(value, Mapping) and isinstance(current, dict):
+        current.update(value)
+    elif isinstance(value, Mapping) and current is not None and not isinstance(current, int):
+        for key, item in value.items():
+            setattr(current, key, item)
+    else:
+        setattr(target, name, value)
