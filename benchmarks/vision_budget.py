@@ -23,8 +23,7 @@ from transformers import Qwen2VLImageProcessorPil
 
 from psaguard import SafetyGuard, SafetyGuardConfig
 from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES
-from psaguard.testing.llava import TinyLlavaSpec
-from psaguard.testing.qwen2_vl import TinyQwen2VLProcessor, build_tiny_qwen2_vl, build_tiny_qwen2_vl_processor
+from psaguard.testing import build_tiny_family
 
 QWEN2_VL_7B_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 12_845_056}
 PATCH = 14
@@ -53,13 +52,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    spec = TinyLlavaSpec(patch_size=PATCH)
-    tiny = build_tiny_qwen2_vl_processor(spec)
+    tiny = build_tiny_family("qwen2_vl", overrides={"vision_config": {"patch_size": PATCH}})
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=PATCH, merge_size=2, temporal_patch_size=2, size=QWEN2_VL_7B_PIXELS
     )
-    processor = TinyQwen2VLProcessor(image_processor, tiny.tokenizer, tiny.chat_template)
-    model = build_tiny_qwen2_vl(spec, processor).eval()
+    tok = tiny.processor.tokenizer
+    processor = type(tiny.processor)(
+        image_processor=image_processor, tokenizer=tok, chat_template=tiny.processor.chat_template
+    )
+    model = tiny.model
     budgeted = SafetyGuard.attach(model, processor, SafetyGuardConfig(max_vision_patches=args.budget))
     unbudgeted = SafetyGuard.attach(model, processor, SafetyGuardConfig(max_vision_patches=UNBUDGETED))
     machine = describe_machine()

@@ -6,9 +6,8 @@ processor) in a few seconds on the CPU, and a LLaVA-NeXT pair (``LlavaNextForCon
 ``LlavaNextProcessor`` with any-resolution tiles) from the same sizes. Layer widths are multiples of 64
 so that bitsandbytes' 4-bit kernels run on them, also on the CPU.
 
-Other families' tiny pairs live in one module each (:mod:`psaguard.testing.mistral3`,
-:mod:`psaguard.testing.internvl`, :mod:`psaguard.testing.aya_vision`) and share the tokenizer, chat template,
-text config and seeded init defined here.
+Every other family's tiny pair is built by :mod:`psaguard.testing.families` from the family's own configs, on the
+tokenizer, chat template and seeded init defined here.
 """
 
 from __future__ import annotations

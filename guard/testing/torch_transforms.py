@@ -19,27 +19,19 @@ import importlib
 import sys
 import types
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "InterpolationMode",
-    "center_crop",
     "crop",
     "grayscale_to_rgb",
     "import_with_torch_transforms",
     "normalize",
     "pad",
-    "pil_to_tensor",
     "resize",
-    "rgb_to_grayscale",
     "to_dtype",
-    "to_dtype_image",
-    "to_image",
-    "to_pil_image",
 ]
 
 
@@ -86,15 +78,7 @@ def resize(
 ) -> torch.Tensor:
     """``image`` (``..., C, H, W``) resized to ``size`` (``[h, w]``, or the shorter side as one int)."""
     height, width = image.shape[-2:]
-    if isinstance(size, int) or len(size) == 1:
-        short = size if isinstance(size, int) else size[0]
-        scale = short / min(height, width)
-        new = (short, int(width * scale)) if height <= width else (int(height * scale), short)
-        if max_size is not None and max(new) > max_size:
-            scale = max_size / max(new)
-            new = (int(new[0] * scale), int(new[1] * scale))
-    else:
-        new = (int(size[0]), int(size[1]))
+    new = _target_size(height, width, size, max_size)
     if tuple(new) == (height, width):
         return image
     if isinstance(interpolation, int):  # a PIL resampling filter
@@ -106,6 +90,19 @@ def resize(
     if not image.is_floating_point():
         out = out.round().clamp(0, torch.iinfo(image.dtype).max)
     return out.to(image.dtype).reshape(*image.shape[:-2], *new)
+
+
+def _target_size(height: int, width: int, size: int | Sequence[int], max_size: int | None) -> tuple[int, int]:
+    """``[h, w]`` as given, or the shorter side ``size``, aspect kept and the longer side within ``max_size``."""
+    if not isinstance(size, int) and len(size) != 1:
+        return int(size[0]), int(size[1])
+    short = size if isinstance(size, int) else size[0]
+    scale = short / min(height, width)
+    new = (short, int(width * scale)) if height <= width else (int(height * scale), short)
+    if max_size is not None and max(new) > max_size:
+        scale = max_size / max(new)
+        new = (int(new[0] * scale), int(new[1] * scale))
+    return new
 
 
 def pad(
@@ -150,25 +147,9 @@ def crop(image: torch.Tensor, top: int, left: int, height: int, width: int) -> t
     return padded[..., top : top + height, left : left + width]
 
 
-def center_crop(image: torch.Tensor, output_size: int | Sequence[int]) -> torch.Tensor:
-    """The centered ``output_size`` window."""
-    height, width = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)[-2:]
-    full_h, full_w = image.shape[-2:]
-    return crop(image, round((full_h - height) / 2.0), round((full_w - width) / 2.0), height, width)
-
-
 def grayscale_to_rgb(image: torch.Tensor) -> torch.Tensor:
     """A one-channel image repeated to three channels (others unchanged)."""
     return image.repeat_interleave(3, dim=-3) if image.shape[-3] == 1 else image
-
-
-def rgb_to_grayscale(image: torch.Tensor, num_output_channels: int = 1) -> torch.Tensor:
-    """ITU-R 601 luma, repeated to ``num_output_channels``."""
-    r, g, b = image.float().unbind(dim=-3)
-    gray = (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
-    if not image.is_floating_point():
-        gray = gray.round()
-    return gray.to(image.dtype).expand(*image.shape[:-3], num_output_channels, *image.shape[-2:]).clone()
 
 
 def to_dtype(image: torch.Tensor, dtype: torch.dtype = torch.float32, scale: bool = False) -> torch.Tensor:
@@ -180,32 +161,6 @@ def to_dtype(image: torch.Tensor, dtype: torch.dtype = torch.float32, scale: boo
     if not image.is_floating_point() and dtype.is_floating_point:
         return image.to(dtype) / torch.iinfo(image.dtype).max
     return image.to(dtype)
-
-
-to_dtype_image = to_dtype
-
-
-def pil_to_tensor(picture: Any) -> torch.Tensor:
-    """A PIL image (or array) as a ``C, H, W`` tensor of its own dtype."""
-    array = np.array(picture)
-    array = array[..., None] if array.ndim == 2 else array
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
-
-
-def to_image(picture: Any) -> torch.Tensor:
-    """A PIL image, array or tensor as a ``C, H, W`` tensor."""
-    return picture if torch.is_tensor(picture) else pil_to_tensor(picture)
-
-
-def to_pil_image(image: torch.Tensor | np.ndarray, mode: str | None = None) -> Any:
-    """A ``C, H, W`` tensor as a PIL image (floats in [0, 1] scaled to bytes)."""
-    from PIL import Image
-
-    tensor = torch.as_tensor(image)
-    if tensor.is_floating_point():
-        tensor = tensor.mul(255).round().clamp(0, 255)
-    array = tensor.to(torch.uint8).permute(1, 2, 0).numpy() if tensor.ndim == 3 else tensor.to(torch.uint8).numpy()
-    return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array, mode=mode)
 
 
 def _modules() -> dict[str, types.ModuleType]:

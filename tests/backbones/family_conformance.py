@@ -29,6 +29,8 @@ from transformers import AutoModelForImageTextToText
 
 from psaguard import CheckpointMismatchError, GenerationUnavailableError, ProcessorError, SafetyGuard, SafetyGuardConfig
 from psaguard.backbones import Backbone, resolve_backbone
+from psaguard.testing import build_tiny_family
+from psaguard.testing.llava import save_pretrained_pair
 
 PROMPTS = ["what is in this image ?", "describe the picture", "how many circle are there ?"]
 # min_new_tokens keeps EOS away so the comparison covers every step, not just an early stop.
@@ -53,6 +55,15 @@ class TinyFamily:
     ) -> TinyFamily:
         model = AutoModelForImageTextToText.from_pretrained(path).eval()
         return cls(path, model, processor_class.from_pretrained(path), processor_class, adapter, encoder_only)
+
+    @classmethod
+    def build(
+        cls, path: Path, name: str, adapter: type[Backbone], encoder_only: type[Backbone], **overrides: Any
+    ) -> TinyFamily:
+        """The generic tiny pair of ``name`` (:func:`~psaguard.testing.build_tiny_family`), saved and loaded back."""
+        build = build_tiny_family(name, overrides=overrides)
+        save_pretrained_pair(path, build.model, build.processor)
+        return cls.load(path, type(build.processor), adapter, encoder_only)
 
     def backbone(self) -> Backbone:
         """The model's adapter, having read the processor (as a guard's is)."""

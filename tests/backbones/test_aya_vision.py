@@ -6,17 +6,16 @@ import pytest
 import torch
 from family_conformance import FamilyConformance, TinyFamily, shaped_images
 from generation_helpers import QUESTION, user_turn
-from transformers import AutoProcessor
 
 from psaguard.backbones import AyaVisionBackbone, EncoderOnlyAyaVisionBackbone, resolve_backbone
 from psaguard.errors import ProcessorError
-from psaguard.testing.aya_vision import save_tiny_aya_vision
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_aya_vision(tmp_path_factory.mktemp("aya_vision"))
-    return TinyFamily.load(path, AutoProcessor, AyaVisionBackbone, EncoderOnlyAyaVisionBackbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("aya_vision"), "aya_vision", AyaVisionBackbone, EncoderOnlyAyaVisionBackbone
+    )
 
 
 class TestAyaVision(FamilyConformance):

@@ -72,10 +72,11 @@ _BUILDS: dict[str, object] = {}
 
 
 def _build(model_type: str):
-    """The family's tiny pair, built once per session (a TinyBuildError is remembered and raised again)."""
+    """The family's generic tiny pair (no per-family layout), built once per session (a TinyBuildError is
+    remembered and raised again)."""
     if model_type not in _BUILDS:
         try:
-            _BUILDS[model_type] = build_tiny_family(model_type)
+            _BUILDS[model_type] = build_tiny_family(model_type, layout=False)
         except TinyBuildError as err:
             _BUILDS[model_type] = err
     if isinstance(built := _BUILDS[model_type], TinyBuildError):

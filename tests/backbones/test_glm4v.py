@@ -7,13 +7,11 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, shaped_images
 
 from psaguard.backbones import EncoderOnlyGlm4vBackbone, Glm4vBackbone, resolve_backbone
-from psaguard.testing.glm4v import TinyGlm4vProcessor, save_tiny_glm4v
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_glm4v(tmp_path_factory.mktemp("glm4v"))
-    return TinyFamily.load(path, TinyGlm4vProcessor, Glm4vBackbone, EncoderOnlyGlm4vBackbone)
+    return TinyFamily.build(tmp_path_factory.mktemp("glm4v"), "glm4v", Glm4vBackbone, EncoderOnlyGlm4vBackbone)
 
 
 class TestGlm4v(FamilyConformance):

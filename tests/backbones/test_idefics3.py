@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from family_conformance import FamilyConformance, TinyFamily, shaped_images
-from transformers import AutoProcessor
 
 from psaguard.backbones import EncoderOnlyIdefics3Backbone, Idefics3Backbone, resolve_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
-from psaguard.testing.idefics3 import save_tiny_idefics3
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_idefics3(tmp_path_factory.mktemp("idefics3"))
-    return TinyFamily.load(path, AutoProcessor, Idefics3Backbone, EncoderOnlyIdefics3Backbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("idefics3"), "idefics3", Idefics3Backbone, EncoderOnlyIdefics3Backbone
+    )
 
 
 class TestIdefics3(FamilyConformance):

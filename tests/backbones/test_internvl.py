@@ -9,14 +9,14 @@ from generation_helpers import QUESTION, user_turn
 
 from psaguard.backbones import EncoderOnlyInternVLBackbone, InternVLBackbone, resolve_backbone
 from psaguard.errors import InvalidInputError
-from psaguard.testing.internvl import TinyInternVLProcessor, build_tiny_internvl, save_tiny_internvl
-from psaguard.testing.llava import TinyLlavaSpec
+from psaguard.testing import build_tiny_family
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_internvl(tmp_path_factory.mktemp("internvl"))
-    return TinyFamily.load(path, TinyInternVLProcessor, InternVLBackbone, EncoderOnlyInternVLBackbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("internvl"), "internvl", InternVLBackbone, EncoderOnlyInternVLBackbone
+    )
 
 
 class TestInternVL(FamilyConformance):
@@ -34,7 +34,10 @@ def _model_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("layer", [-2, -1])
 def test_project_matches_the_models_own_image_features(family, layer):
-    model = family.model if layer == -2 else build_tiny_internvl(TinyLlavaSpec(vision_feature_layer=-1))
+    own = family.model.config.vision_feature_layer
+    model = (
+        family.model if layer == own else build_tiny_family("internvl", overrides={"vision_feature_layer": layer}).model
+    )
     backbone = resolve_backbone(model)
     inputs = backbone.preprocess(family.processor, shaped_images())
     with torch.inference_mode():
@@ -58,7 +61,9 @@ def test_runs_wrap_every_tile_of_an_image_in_img_tags(family):
     backbone = family.backbone()
     features = backbone.encode_images(**backbone.preprocess(family.processor, shaped_images()[:2]))
     runs = backbone.image_runs(features, backbone.project(features))
-    start, context, end = family.processor.tokenizer.convert_tokens_to_ids(["<img>", "<IMG_CONTEXT>", "</img>"])
+    processor = family.processor
+    tags = [processor.start_image_token, processor.image_token, processor.end_image_token]
+    start, context, end = processor.tokenizer.convert_tokens_to_ids(tags)
     assert runs == [[start, *[context] * 16, end], [start, *[context] * 80, end]]
 
 

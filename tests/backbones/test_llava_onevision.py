@@ -8,16 +8,12 @@ from family_conformance import FamilyConformance, TinyFamily, projections, shape
 from generation_helpers import QUESTION, user_turn
 
 from psaguard.backbones import EncoderOnlyLlavaOnevisionBackbone, LlavaOnevisionBackbone, resolve_backbone
-from psaguard.testing import build_tiny_family
-from psaguard.testing.llava import save_pretrained_pair
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    build = build_tiny_family("llava_onevision")  # its processor's class: LlavaOnevisionProcessor without videos
-    path = save_pretrained_pair(tmp_path_factory.mktemp("onevision"), build.model, build.processor)
-    processor_class = type(build.processor)
-    return TinyFamily.load(path, processor_class, LlavaOnevisionBackbone, EncoderOnlyLlavaOnevisionBackbone)
+    path = tmp_path_factory.mktemp("onevision")  # its processor: LlavaOnevisionProcessor without videos
+    return TinyFamily.build(path, "llava_onevision", LlavaOnevisionBackbone, EncoderOnlyLlavaOnevisionBackbone)
 
 
 class TestLlavaOnevision(FamilyConformance):

@@ -13,13 +13,13 @@ from psaguard.backbones import (
     LlavaPixtralBackbone,
     resolve_backbone,
 )
-from psaguard.testing.mistral3 import TinyPixtralProcessor, save_tiny_llava_pixtral
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_llava_pixtral(tmp_path_factory.mktemp("llava_pixtral"))
-    return TinyFamily.load(path, TinyPixtralProcessor, LlavaPixtralBackbone, EncoderOnlyLlavaPixtralBackbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("llava_pixtral"), "llava_pixtral", LlavaPixtralBackbone, EncoderOnlyLlavaPixtralBackbone
+    )
 
 
 class TestLlavaPixtral(FamilyConformance):

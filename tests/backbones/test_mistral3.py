@@ -8,13 +8,13 @@ from family_conformance import FamilyConformance, TinyFamily, shaped_images
 
 from psaguard.backbones import EncoderOnlyMistral3Backbone, Mistral3Backbone, resolve_backbone
 from psaguard.errors import InvalidInputError, ProcessorError
-from psaguard.testing.mistral3 import TinyPixtralProcessor, save_tiny_mistral3
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_mistral3(tmp_path_factory.mktemp("mistral3"))
-    return TinyFamily.load(path, TinyPixtralProcessor, Mistral3Backbone, EncoderOnlyMistral3Backbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("mistral3"), "mistral3", Mistral3Backbone, EncoderOnlyMistral3Backbone
+    )
 
 
 class TestMistral3(FamilyConformance):

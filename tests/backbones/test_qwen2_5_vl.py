@@ -7,13 +7,13 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, projections, shaped_images
 
 from psaguard.backbones import EncoderOnlyQwen2_5_VLBackbone, Qwen2_5_VLBackbone
-from psaguard.testing.qwen2_vl import TinyQwen2_5_VLProcessor, save_tiny_qwen2_5_vl
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_qwen2_5_vl(tmp_path_factory.mktemp("qwen2_5_vl"))
-    return TinyFamily.load(path, TinyQwen2_5_VLProcessor, Qwen2_5_VLBackbone, EncoderOnlyQwen2_5_VLBackbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("qwen2_5_vl"), "qwen2_5_vl", Qwen2_5_VLBackbone, EncoderOnlyQwen2_5_VLBackbone
+    )
 
 
 class TestQwen2_5_VL(FamilyConformance):

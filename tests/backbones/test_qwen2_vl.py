@@ -15,13 +15,13 @@ from psaguard.errors import InvalidInputError
 from psaguard.generation.generator import chat_token_ids
 from psaguard.images.budget import DEFAULT_MAX_VISION_PATCHES, fit_patch_budget
 from psaguard.injection import build_llm_inputs
-from psaguard.testing.qwen2_vl import TinyQwen2VLProcessor, save_tiny_qwen2_vl
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_qwen2_vl(tmp_path_factory.mktemp("qwen2_vl"))
-    return TinyFamily.load(path, TinyQwen2VLProcessor, Qwen2VLBackbone, EncoderOnlyQwen2VLBackbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("qwen2_vl"), "qwen2_vl", Qwen2VLBackbone, EncoderOnlyQwen2VLBackbone
+    )
 
 
 class TestQwen2VL(FamilyConformance):
@@ -145,13 +145,16 @@ QWEN2_VL_7B_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 12_845_056}
 """Qwen2-VL-7B-Instruct's own processor limits (min_pixels, max_pixels): up to 65,536 patches of 14 px."""
 
 
-def _processor_allowing_large_images(family) -> TinyQwen2VLProcessor:
+def _processor_allowing_large_images(family):
     """The tiny processor with Qwen2-VL-7B's pixel limits: it alone would keep a 2688^2 image at full size."""
     patch = family.model.config.vision_config.patch_size
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch, merge_size=2, temporal_patch_size=2, size=QWEN2_VL_7B_PIXELS
     )
-    return TinyQwen2VLProcessor(image_processor, family.processor.tokenizer, family.processor.chat_template)
+    tiny = family.processor
+    return family.processor_class(
+        image_processor=image_processor, tokenizer=tiny.tokenizer, chat_template=tiny.chat_template
+    )
 
 
 def _noise(width: int, height: int) -> Image.Image:

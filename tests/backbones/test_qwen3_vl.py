@@ -10,13 +10,13 @@ from generation_helpers import QUESTION, guard_for, user_turn
 from psaguard.backbones import EncoderOnlyQwen3VLBackbone, Qwen3VLBackbone
 from psaguard.generation.generator import chat_token_ids
 from psaguard.injection import build_llm_inputs
-from psaguard.testing.qwen2_vl import TinyQwen3VLProcessor, save_tiny_qwen3_vl
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_qwen3_vl(tmp_path_factory.mktemp("qwen3_vl"))
-    return TinyFamily.load(path, TinyQwen3VLProcessor, Qwen3VLBackbone, EncoderOnlyQwen3VLBackbone)
+    return TinyFamily.build(
+        tmp_path_factory.mktemp("qwen3_vl"), "qwen3_vl", Qwen3VLBackbone, EncoderOnlyQwen3VLBackbone
+    )
 
 
 class TestQwen3VL(FamilyConformance):

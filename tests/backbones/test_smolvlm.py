@@ -7,13 +7,11 @@ import torch
 from family_conformance import FamilyConformance, TinyFamily, shaped_images
 
 from psaguard.backbones import EncoderOnlySmolVLMBackbone, SmolVLMBackbone, resolve_backbone
-from psaguard.testing.idefics3 import TinySmolVLMProcessor, save_tiny_smolvlm
 
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory) -> TinyFamily:
-    path = save_tiny_smolvlm(tmp_path_factory.mktemp("smolvlm"))
-    return TinyFamily.load(path, TinySmolVLMProcessor, SmolVLMBackbone, EncoderOnlySmolVLMBackbone)
+    return TinyFamily.build(tmp_path_factory.mktemp("smolvlm"), "smolvlm", SmolVLMBackbone, EncoderOnlySmolVLMBackbone)
 
 
 class TestSmolVLM(FamilyConformance):

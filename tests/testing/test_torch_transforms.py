@@ -34,7 +34,7 @@ def test_pad_crop_and_normalize() -> None:
     assert out.shape == (3, 3, 5)
     assert out[:, :2, 1:3].eq(1).all() and out[0, 2, 0] == 5 and out[2, 0, 4] == 7
     assert tt.crop(out, 0, 1, 2, 2).eq(1).all()
-    assert tt.center_crop(torch.arange(16.0).reshape(1, 4, 4), [2, 2]).flatten().tolist() == [5, 6, 9, 10]
+    assert tt.crop(torch.arange(16.0).reshape(1, 4, 4), 1, 1, 2, 2).flatten().tolist() == [5, 6, 9, 10]
     normalized = tt.normalize(torch.full((3, 1, 1), 0.5), [0.5, 0.0, 0.25], [0.5, 0.5, 0.25])
     assert normalized.flatten().tolist() == [0.0, 1.0, 1.0]
 
