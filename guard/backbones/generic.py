@@ -34,10 +34,19 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
+from psaguard.backbones.base import Backbone, VisionFeatures, unwrap_model
+from psaguard.backbones.generic_layout import (
+    image_positions,
+    per_image_outputs,
+    pool_sequence_to_square,
+    shared_outputs,
+    split_features,
+    split_patches,
+    to_square,
+    token_type_rule,
+)
 from psaguard.backbones.llava import image_processor_outputs
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError, UnsupportedModelError
@@ -91,21 +100,6 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def pool_sequence_to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    """One image's (N, C) tower states -> (side * side, C): as a grid where N is square, else along the sequence.
-
-    A sequence with one extra leading token over a square (a CLS token) drops it first.
-    """
-    n = tokens.shape[0]
-    if math.isqrt(n - 1) ** 2 == n - 1 and n > 1:
-        tokens, n = tokens[1:], n - 1
-    root = math.isqrt(n)
-    if root * root == n:
-        return pool_to_square_grid(tokens.reshape(root, root, -1), side)
-    pooled = F.adaptive_avg_pool1d(tokens.transpose(0, 1).unsqueeze(0).float(), side * side)
-    return pooled.squeeze(0).transpose(0, 1).to(tokens.dtype)
-
-
 @dataclass(frozen=True)
 class GenericFeatures(VisionFeatures):
     """A vision pass of the generic adapter: the patches, each image's projected features, run and inputs.
@@ -146,7 +140,10 @@ class GenericBackbone(Backbone):
     """Any LLaVA-style model exposing ``get_image_features`` and ``mm_encoder_outputs`` (see the module doc).
 
     The registry asks it last (``fallback``), so a family adapter, where one exists, wins. Its fingerprint's
-    family is the model's ``model_type``, so a guard trained on one family refuses another.
+    family is the model's ``model_type``, so a guard trained on one family refuses another. A family adapter
+    built on it sets ``fallback = False`` (it then dispatches on ``model_types`` and keeps its ``family``) and
+    overrides only its hooks: :meth:`tower_pass`, :meth:`tower_inputs`, :meth:`image_patches`,
+    :attr:`max_grid_side`, :attr:`safety_token_type` (docs/adapters.md).
     """
 
     family = "generic"
@@ -168,10 +165,13 @@ class GenericBackbone(Backbone):
     """Videos, and images under another name than ``pixel_values`` (which ``wrap()`` would not judge: refused)."""
     max_grid_side: ClassVar[int] = 24
     """Largest side of the square grid the safety projector sees (the tower's own grid where smaller)."""
+    safety_token_type: ClassVar[int] = 0
+    """Type of the guard's safety rows where the processor types image tokens 1 (0: text-like, as M-RoPE needs)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        self.family = self.config.model_type
+        if self.fallback:
+            self.family = self.config.model_type
         self._parts = _parts(self.base_model)
         self._placeholder: tuple[str, int] | None = None
         self._token_types: dict[str, str] = {}
@@ -181,11 +181,11 @@ class GenericBackbone(Backbone):
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        return cls.why_unsupported(model) is None
+        return cls.why_unsupported(model) is None if cls.fallback else super().supports(model)
 
     @classmethod
     def why_unsupported(cls, model: nn.Module) -> str | None:
-        return unsupported_reason(unwrap_model(model))
+        return unsupported_reason(unwrap_model(model)) if cls.fallback else None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -257,109 +257,92 @@ class GenericBackbone(Backbone):
         text, token_id = self._placeholder
         tokenizer = processor.tokenizer
         out = _process(processor, [text] * len(images), images, self.family)
-        plain = list(tokenizer(text)["input_ids"])
-        before, after = plain.index(token_id), len(plain) - plain.index(token_id) - 1
-        input_ids, mask = out["input_ids"], out["attention_mask"].bool()
-        runs = [row[keep][before : int(keep.sum()) - after].tolist() for row, keep in zip(input_ids, mask)]
-        if any(self.image_token_id not in run for run in runs):
-            raise ProcessorError(f"the processor wrote no image tokens for an image: not a {self.family!r} processor")
-        width = max(len(run) for run in runs)
         pixels = next((name for name in _PIXEL_NAMES if name in out), None)
         if pixels is None:
             raise ProcessorError(f"the processor gives no pixel values: it is not a {self.family!r} processor")
-        inputs = {"pixel_values": out[pixels], _RUNS: torch.tensor([r + [-1] * (width - len(r)) for r in runs])}
+        inputs = {"pixel_values": out[pixels], _RUNS: self._runs(out, tokenizer(text)["input_ids"], token_id)}
+        input_ids, mask = out["input_ids"], out["attention_mask"].bool()
         for name, value in out.items():
             if name in ("input_ids", "attention_mask", *_PIXEL_NAMES) or not torch.is_tensor(value):
                 continue
             if name.endswith("token_type_ids"):  # token types: the guard rebuilds them for its own input
-                self._token_types[name] = _token_type_rule(value, input_ids, mask, self.image_token_id)
+                self._token_types[name] = token_type_rule(value, input_ids, mask, self.image_token_id)
             else:
                 inputs[name] = value
         return inputs
 
+    def _runs(self, out: Any, plain: list[int], token_id: int) -> torch.Tensor:
+        """Each image's run in the processor's rows (``plain``: its text alone, tokenized), padded with -1."""
+        before, after = plain.index(token_id), len(plain) - plain.index(token_id) - 1
+        rows = zip(out["input_ids"], out["attention_mask"].bool())
+        runs = [row[keep][before : int(keep.sum()) - after].tolist() for row, keep in rows]
+        if any(self.image_token_id not in run for run in runs):
+            raise ProcessorError(f"the processor wrote no image tokens for an image: not a {self.family!r} processor")
+        width = max(len(run) for run in runs)
+        return torch.tensor([run + [-1] * (width - len(run)) for run in runs])
+
     # ------------------------------------------------------------------ vision
     def encode_images(self, pixel_values: torch.Tensor, **image_inputs: torch.Tensor) -> GenericFeatures:
-        runs_tensor = image_inputs.pop(_RUNS, None)
-        runs = None if runs_tensor is None else tuple(tuple(t for t in r.tolist() if t >= 0) for r in runs_tensor)
-        tower_inputs = self._accepted(self._parts.get_image_features, image_inputs)
-        param = next(self.vision_tower.parameters())
-        out = self._parts.get_image_features(pixel_values=_to(pixel_values, param), **tower_inputs, return_dict=True)
+        runs = _read_runs(image_inputs.pop(_RUNS, None))
         num_images = len(runs) if runs is not None else _num_images(pixel_values, image_inputs)
         counts = None if runs is None else [run.count(self.image_token_id) for run in runs]
-        embeds = _split_features(out.pooler_output, num_images, counts)
-        self._stacked = torch.is_tensor(out.pooler_output)
-        self._output_class = type(out)
-        hidden = getattr(out, "last_hidden_state", None)
-        per_image = self.image_patches(hidden if hidden is not None else out.pooler_output, image_inputs, embeds)
+        out, hidden = self.tower_pass(pixel_values, image_inputs)
+        embeds = () if out.pooler_output is None else tuple(split_features(out.pooler_output, num_images, counts))
+        lengths = counts if counts is not None else [len(e) for e in embeds]
         side = math.isqrt(self.num_patches)
-        patches = torch.stack([_to_square(p, side) for p in per_image])
-        if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
-            raise InvalidInputError(f"the tower gives {patches.shape[-1]}-wide states, not {self._vision_hidden}")
+        patches = torch.stack([to_square(p, side) for p in self.image_patches(hidden, image_inputs, lengths)])
+        self._check_width(patches)
         forward_inputs = self._accepted(self._parts.forward, image_inputs)
-        per_image_inputs = {k: v for k, v in forward_inputs.items() if torch.is_tensor(v) and len(v) == num_images}
         return GenericFeatures(
             patches=patches,
             selected=patches,
-            embeds=tuple(embeds),
+            embeds=embeds,
             runs=runs,
-            image_inputs=per_image_inputs,
-            side_features=_side_features(out, embeds),
-            shared_outputs=_shared_outputs(out, embeds),
+            image_inputs={k: v for k, v in forward_inputs.items() if _per_image(v, num_images)},
+            side_features=per_image_outputs(out, lengths),
+            shared_outputs=shared_outputs(out, lengths),
         )
 
+    def _check_width(self, patches: torch.Tensor) -> None:
+        if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
+            raise InvalidInputError(f"the tower gives {patches.shape[-1]}-wide states, not {self._vision_hidden}")
+
+    def tower_pass(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
+        """The one vision pass: (``get_image_features``'s output, the tower states the safety projector reads).
+
+        Hook: the states default to the output's ``last_hidden_state`` (its ``pooler_output`` without one). A
+        classifier-only model, which holds the tower without ``get_image_features``, runs the tower alone with
+        :meth:`tower_inputs`.
+        """
+        param = next(self.vision_tower.parameters())
+        get_image_features = getattr(self._parts, "get_image_features", None)
+        if callable(get_image_features):
+            inputs = self._accepted(get_image_features, image_inputs)
+            out = get_image_features(pixel_values=_to(pixel_values, param), **inputs, return_dict=True)
+            self._stacked = torch.is_tensor(out.pooler_output)
+            self._output_class = type(out)
+        else:  # features the classifier-only model cannot make: the tower's states alone
+            tower = self.vision_tower(_to(pixel_values, param), **self.tower_inputs(image_inputs), return_dict=True)
+            out = BaseModelOutputWithPooling(last_hidden_state=tower.last_hidden_state)
+        hidden = getattr(out, "last_hidden_state", None)
+        return out, hidden if hidden is not None else out.pooler_output
+
+    def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the vision tower's own forward (a classifier-only model's pass). Hook: the image
+        inputs the tower's ``forward`` names."""
+        return self._accepted(self.vision_tower.forward, image_inputs)
+
     def image_patches(
-        self, hidden: Any, image_inputs: dict[str, torch.Tensor], embeds: Sequence[torch.Tensor]
+        self, hidden: Any, image_inputs: dict[str, torch.Tensor], lengths: Sequence[int]
     ) -> list[torch.Tensor]:
         """Each image's tower states: an (H, W, C) grid or an (N, C) sequence. The spatial-layout hook.
 
-        Default: a stacked ``(images, N, C)`` tensor is one sequence per image (tiles of one image, where the
-        first dimension is a multiple of the images, are concatenated); flat ``(sum N_i, C)`` states with
-        ``image_grid_thw`` are each image's first frame, merge-block order undone into its (h, w) grid (or,
-        merged already, one row per embedding on the merged grid); flat states with ``image_sizes`` are each
-        image's (height / patch, width / patch) grid. Families laid out otherwise override this.
+        ``lengths``: each image's embedding count. Default: the first layout of
+        :func:`~psaguard.backbones.generic_layout.split_patches` that fits (stacked sequences, feature maps, flat
+        states with ``image_grid_thw`` in merge-block order or merged, flat states with ``image_sizes``).
         """
-        num_images = len(embeds)
-        lengths = [len(e) for e in embeds]
-        if isinstance(hidden, (list, tuple)):
-            pieces = [h.reshape(-1, h.shape[-1]) for h in hidden]
-            if len(pieces) == num_images:
-                return pieces
-            hidden = torch.cat(pieces)
-        grids = image_inputs.get("image_grid_thw")
-        if torch.is_tensor(hidden) and hidden.dim() == 4 and len(hidden) % num_images == 0:
-            # feature maps: (B, C, H, W) from convolutional necks, else (B, H, W, C); tiles side by side in width
-            maps = hidden.permute(0, 2, 3, 1) if hidden.shape[2] == hidden.shape[3] != hidden.shape[1] else hidden
-            per = len(maps) // num_images
-            return [torch.cat(list(maps[i * per : (i + 1) * per]), dim=1) for i in range(num_images)]
-        sizes = image_inputs.get("image_sizes")
-        if hidden.dim() == 3 and len(hidden) == 1 and (grids is not None or sizes is not None):
-            hidden = hidden[0]  # flat states with a batch dimension of one
         vision = getattr(self.config, "vision_config", None)
-        merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
-        if hidden.dim() == 2 and grids is not None and int(grids.prod(-1).sum()) == hidden.shape[0]:
-            pieces = torch.split(hidden, grids.prod(-1).tolist())
-            return [_unmerge(piece, grid.tolist(), merge) for piece, grid in zip(pieces, grids)]
-        if hidden.dim() == 2 and grids is not None and sum(lengths) == hidden.shape[0]:
-            merged = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in grids.tolist()]
-            pieces = torch.split(hidden, lengths)
-            return [_unmerge(p, g, 1) if g[0] * g[1] * g[2] == len(p) else p for p, g in zip(pieces, merged)]
-        patch = getattr(vision, "patch_size", None)
-        if hidden.dim() == 2 and sizes is not None and isinstance(patch, int) and sizes.dim() == 2:
-            grid_shapes = [(int(h) // patch, int(w) // patch) for h, w in sizes.tolist()]
-            if sum(h * w for h, w in grid_shapes) == hidden.shape[0]:
-                pieces = torch.split(hidden, [h * w for h, w in grid_shapes])
-                return [piece.reshape(h, w, -1) for piece, (h, w) in zip(pieces, grid_shapes)]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        if hidden.dim() in (2, 3) and len(hidden) != num_images and len(flat) == sum(lengths):
-            return list(torch.split(flat, lengths))  # pooled already: one row per embedding
-        if hidden.dim() == 2:
-            hidden = hidden.unsqueeze(0)
-        if hidden.dim() == 3 and hidden.shape[0] % num_images == 0:
-            return list(hidden.reshape(num_images, -1, hidden.shape[-1]))
-        raise InvalidInputError(
-            f"cannot split tower states of shape {tuple(hidden.shape)} into {num_images} images: a "
-            f"{self.family!r} adapter must override image_patches"
-        )
+        return split_patches(hidden, image_inputs, lengths, vision, self.family)
 
     def check_processor(self, processor: Any) -> None:
         super().check_processor(processor)
@@ -405,26 +388,27 @@ class GenericBackbone(Backbone):
         to_model = features_as_tensor if self._stacked else self.model_image_inputs
         image = to_model(image_features, input_ids)["mm_encoder_outputs"]["image"]
         if features.side_features or features.shared_outputs:
-            side = {  # zero rows for the safety tokens, in front of each image's own
-                name: [
-                    [
-                        torch.cat([own.new_zeros(len(f) - n, *own.shape[1:]), own])
-                        for own, f, n in zip(layer, image_features, lengths)
-                    ]
-                    for layer in layers
-                ]
-                for name, layers in features.side_features.items()
-            }
+            side = {name: _widened(layers, image_features) for name, layers in features.side_features.items()}
             image = self._output_class(pooler_output=image.pooler_output, **side, **features.shared_outputs)
         inputs = {
             "mm_encoder_outputs": {"image": image},
             **{name: value.to(input_ids.device) for name, value in features.image_inputs.items()},
         }
-        if rules := self._token_type_rules():
-            is_image = _image_positions(input_ids, self.image_token_id, [len(f) for f in image_features], lengths)
-            for name, rule in rules.items():
-                inputs[name] = is_image.long() if rule == "image" else torch.zeros_like(input_ids)
-        return inputs
+        return {**inputs, **self._token_type_inputs(input_ids, [len(f) for f in image_features], lengths)}
+
+    def _token_type_inputs(
+        self, input_ids: torch.Tensor, widened: Sequence[int], lengths: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """The token types the model takes: 1 at image features, safety rows typed :attr:`safety_token_type`."""
+        rules = self._token_type_rules()
+        if not rules:
+            return {}
+        is_image = image_positions(input_ids, self.image_token_id, widened, lengths)
+        if self.safety_token_type:
+            is_image = input_ids == self.image_token_id
+        return {
+            name: is_image.long() if rule == "image" else torch.zeros_like(input_ids) for name, rule in rules.items()
+        }
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -497,95 +481,18 @@ def _num_images(pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor
     return len(pixel_values)
 
 
-def _split_features(pooled: Any, num_images: int, counts: Sequence[int] | None) -> list[torch.Tensor]:
-    """One ``(L_i, D)`` tensor per image: by the runs' image-token counts where known, else by the output's shape."""
-    if isinstance(pooled, (list, tuple)):
-        pieces = [p.reshape(-1, p.shape[-1]) for p in pooled]
-        if counts is None and len(pieces) == num_images:
-            return pieces
-        flat = torch.cat(pieces)
-    else:
-        if counts is None and pooled.dim() == 3 and len(pooled) == num_images:
-            return list(pooled)
-        flat = pooled.reshape(-1, pooled.shape[-1])
-    if counts is None or sum(counts) != len(flat):
-        raise InvalidInputError(
-            f"{len(flat)} image features do not split into {num_images} images"
-            + ("" if counts is None else f" of {list(counts)} image tokens")
-        )
-    return list(torch.split(flat, list(counts)))
+def _widened(layers: Sequence[Sequence[torch.Tensor]], image_features: Sequence[torch.Tensor]) -> list:
+    """Per layer, each image's side features behind zero rows for its safety tokens (widened to its features)."""
+    return [
+        [torch.cat([own.new_zeros(len(f) - len(own), *own.shape[1:]), own]) for own, f in zip(layer, image_features)]
+        for layer in layers
+    ]
 
 
-def _side_features(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, tuple[tuple[torch.Tensor, ...], ...]]:
-    """Fields of ``get_image_features``'s output that hold, per layer, one tensor per image aligned with its
-    embeddings (DeepStack features); they go back to the model with the embeddings."""
-    skip = {"pooler_output", "last_hidden_state", "hidden_states", "attentions"}
-    found = {}
-    for name, value in out.items():
-        if name in skip or not isinstance(value, (list, tuple)) or not value:
-            continue
-        layers = [_per_image(layer, embeds) for layer in value]
-        if all(layer is not None for layer in layers):
-            found[name] = tuple(layers)
-    return found
+def _read_runs(runs: torch.Tensor | None) -> tuple[tuple[int, ...], ...] | None:
+    """Each image's run from the preprocessed inputs (its -1 padding dropped); None without runs."""
+    return None if runs is None else tuple(tuple(t for t in run.tolist() if t >= 0) for run in runs)
 
 
-def _shared_outputs(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tensor fields of ``get_image_features``'s output beside the features, the tower's states and the per-image
-    side features: they hold no image's rows (their first dimension is not the images' feature rows)."""
-    skip = {"pooler_output", "last_hidden_state", "hidden_states", "attentions"}
-    rows = sum(len(e) for e in embeds)
-    return {
-        name: value
-        for name, value in out.items()
-        if name not in skip and torch.is_tensor(value) and value.dim() == 2 and len(value) != rows
-    }
-
-
-def _per_image(layer: Any, embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
-    pieces = list(layer) if isinstance(layer, (list, tuple)) else None
-    if pieces is None and torch.is_tensor(layer) and len(layer) == sum(len(e) for e in embeds):
-        pieces = list(torch.split(layer, [len(e) for e in embeds]))
-    if pieces is None or len(pieces) != len(embeds) or any(len(p) != len(e) for p, e in zip(pieces, embeds)):
-        return None
-    return tuple(pieces)
-
-
-def _unmerge(hidden: torch.Tensor, grid: Sequence[int], merge: int) -> torch.Tensor:
-    """(t * h * w, C) states in merge-block order -> the first frame's (h, w, C) grid."""
-    t, h, w = (int(v) for v in grid)
-    if merge <= 1 or h % merge or w % merge:
-        return hidden.reshape(t, h, w, -1)[0]
-    blocks = hidden.reshape(t, h // merge, w // merge, merge, merge, hidden.shape[-1])
-    return blocks.permute(0, 1, 3, 2, 4, 5).reshape(t, h, w, hidden.shape[-1])[0]
-
-
-def _to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    return pool_to_square_grid(tokens, side) if tokens.dim() == 3 else pool_sequence_to_square(tokens, side)
-
-
-def _token_type_rule(value: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, image_token_id: int) -> str:
-    """How the processor types tokens: 1 at image tokens ("image"), or 0 everywhere ("zeros")."""
-    if torch.equal(value[mask].bool(), (input_ids == image_token_id)[mask]):
-        return "image"
-    if not value[mask].any():
-        return "zeros"
-    raise ProcessorError("the processor's token types follow a rule the generic adapter does not know")
-
-
-def _image_positions(
-    input_ids: torch.Tensor, image_token_id: int, widened: Sequence[int], lengths: Sequence[int]
-) -> torch.Tensor:
-    """Image-token positions holding image features (True) rather than the guard's safety rows (False).
-
-    Image ``i`` owns the next ``widened[i]`` image tokens (in order across the rows), the first
-    ``widened[i] - lengths[i]`` of them its safety rows.
-    """
-    is_image = torch.zeros_like(input_ids, dtype=torch.bool)
-    owner = [(image, k < w - n) for image, (w, n) in enumerate(zip(widened, lengths)) for k in range(w)]
-    positions = (input_ids == image_token_id).nonzero().tolist()
-    if len(positions) != len(owner):
-        raise InvalidInputError(f"{len(positions)} image tokens in the rows for {len(owner)} feature rows")
-    for (row, column), (_, safety) in zip(positions, owner):
-        is_image[row, column] = not safety
-    return is_image
+def _per_image(value: Any, num_images: int) -> bool:
+    return torch.is_tensor(value) and len(value) == num_images
