@@ -167,6 +167,8 @@ class GenericBackbone(Backbone):
     """Largest side of the square grid the safety projector sees (the tower's own grid where smaller)."""
     safety_token_type: ClassVar[int] = 0
     """Type of the guard's safety rows where the processor types image tokens 1 (0: text-like, as M-RoPE needs)."""
+    required_image_inputs: ClassVar[tuple[str, ...]] = ()
+    """Image inputs without which the family's vision pass cannot run (refused up front with InvalidInputError)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -283,6 +285,7 @@ class GenericBackbone(Backbone):
 
     # ------------------------------------------------------------------ vision
     def encode_images(self, pixel_values: torch.Tensor, **image_inputs: torch.Tensor) -> GenericFeatures:
+        self._check_inputs(pixel_values, image_inputs)
         runs = _read_runs(image_inputs.pop(_RUNS, None))
         num_images = len(runs) if runs is not None else _num_images(pixel_values, image_inputs)
         counts = None if runs is None else [run.count(self.image_token_id) for run in runs]
@@ -302,6 +305,17 @@ class GenericBackbone(Backbone):
             side_features=per_image_outputs(out, lengths),
             shared_outputs=shared_outputs(out, lengths),
         )
+
+    def _check_inputs(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> None:
+        """:attr:`required_image_inputs` present, and flat patches matching ``image_grid_thw``."""
+        if missing := [name for name in self.required_image_inputs if image_inputs.get(name) is None]:
+            raise InvalidInputError(f"{self.family} needs {missing} with pixel_values")
+        grids = image_inputs.get("image_grid_thw")
+        if grids is not None and pixel_values.dim() == 2 and int(grids.prod(-1).sum()) != len(pixel_values):
+            raise InvalidInputError(
+                f"image_grid_thw {grids.tolist()} does not fit {len(pixel_values)} patches: pixel_values and "
+                "image_grid_thw do not belong together"
+            )
 
     def _check_width(self, patches: torch.Tensor) -> None:
         if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
@@ -346,8 +360,11 @@ class GenericBackbone(Backbone):
 
     def check_processor(self, processor: Any) -> None:
         super().check_processor(processor)
-        with torch.inference_mode():
-            features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", _PROBE)]))
+        try:
+            with torch.inference_mode():
+                features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", _PROBE)]))
+        except (RuntimeError, ValueError, IndexError) as err:  # its inputs do not fit this model's tower
+            raise ProcessorError(f"the processor's image inputs do not fit the {self.family!r} model: {err}") from err
         self._vision_hidden = int(features.patches.shape[-1])
 
     # ------------------------------------------------------------------ the language model's input
