@@ -41,6 +41,7 @@ from psaguard.backbones.generic_layout import (
     image_positions,
     per_image_outputs,
     pool_sequence_to_square,
+    select_feature_layers,
     shared_outputs,
     split_features,
     split_patches,
@@ -58,6 +59,7 @@ __all__ = [
     "PREFIX_LM_TYPES",
     "GenericBackbone",
     "GenericFeatures",
+    "padded_runs",
     "pool_sequence_to_square",
     "unsupported_reason",
 ]
@@ -163,12 +165,20 @@ class GenericBackbone(Backbone):
     derived_input_names = _TOKEN_TYPE_NAMES
     unjudged_input_names = ("pixel_values_videos", "video_grid_thw", "pixel_values_images")
     """Videos, and images under another name than ``pixel_values`` (which ``wrap()`` would not judge: refused)."""
-    max_grid_side: ClassVar[int] = 24
-    """Largest side of the square grid the safety projector sees (the tower's own grid where smaller)."""
+    max_grid_side: ClassVar[int | None] = 24
+    """Largest side of the square grid the safety projector sees (the tower's own grid where smaller); None: the
+    tower's own grid whatever its size (the LLaVA-style adapters, whose guards were trained on it)."""
     safety_token_type: ClassVar[int] = 0
     """Type of the guard's safety rows where the processor types image tokens 1 (0: text-like, as M-RoPE needs)."""
     required_image_inputs: ClassVar[tuple[str, ...]] = ()
     """Image inputs without which the family's vision pass cannot run (refused up front with InvalidInputError)."""
+    feature_layers: ClassVar[bool] = False
+    """Whether the safety projector reads the states the model's projector reads (``config.vision_feature_layer``,
+    CLS dropped per :attr:`feature_strategy`) rather than the tower's last state (LLaVA-style families)."""
+    view_tile: ClassVar[int | None] = None
+    """Where an image is several tiles of one tower pass: the tile the safety projector reads (0: the first,
+    LLaVA-NeXT's base view; -1: the last, a global view); None: the image's states as :meth:`image_patches` lays
+    them out."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
@@ -212,6 +222,8 @@ class GenericBackbone(Backbone):
     def num_patches(self) -> int:
         vision = getattr(self.config, "vision_config", None)
         size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+        if self.max_grid_side is None:  # the tower's own grid; some towers' configs give (height, width) pairs
+            return (_side(size) // _side(patch)) ** 2
         side = self.max_grid_side
         if isinstance(size, int) and isinstance(patch, int) and patch > 0:
             side = max(1, min(side, size // patch))
@@ -280,8 +292,7 @@ class GenericBackbone(Backbone):
         runs = [row[keep][before : int(keep.sum()) - after].tolist() for row, keep in rows]
         if any(self.image_token_id not in run for run in runs):
             raise ProcessorError(f"the processor wrote no image tokens for an image: not a {self.family!r} processor")
-        width = max(len(run) for run in runs)
-        return torch.tensor([run + [-1] * (width - len(run)) for run in runs])
+        return padded_runs(runs)
 
     # ------------------------------------------------------------------ vision
     def encode_images(self, pixel_values: torch.Tensor, **image_inputs: torch.Tensor) -> GenericFeatures:
@@ -329,22 +340,46 @@ class GenericBackbone(Backbone):
         :meth:`tower_inputs`.
         """
         param = next(self.vision_tower.parameters())
-        get_image_features = getattr(self._parts, "get_image_features", None)
-        if callable(get_image_features):
+        if self.has_image_features:
+            get_image_features = self._parts.get_image_features
             inputs = self._accepted(get_image_features, image_inputs)
             out = get_image_features(pixel_values=_to(pixel_values, param), **inputs, return_dict=True)
             self._stacked = torch.is_tensor(out.pooler_output)
             self._output_class = type(out)
         else:  # features the classifier-only model cannot make: the tower's states alone
             tower = self.vision_tower(_to(pixel_values, param), **self.tower_inputs(image_inputs), return_dict=True)
-            out = BaseModelOutputWithPooling(last_hidden_state=tower.last_hidden_state)
+            out = BaseModelOutputWithPooling(
+                last_hidden_state=tower.last_hidden_state, hidden_states=tower.hidden_states
+            )
+        if self.feature_layers:
+            layer, strategy = self.config.vision_feature_layer, self.feature_strategy
+            return out, select_feature_layers(out.hidden_states, layer, strategy)
         hidden = getattr(out, "last_hidden_state", None)
         return out, hidden if hidden is not None else out.pooler_output
 
-    def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    @property
+    def has_image_features(self) -> bool:
+        """Whether the model makes its own image features (a classifier-only model holds the tower alone)."""
+        return callable(getattr(self._parts, "get_image_features", None))
+
+    @property
+    def feature_strategy(self) -> str:
+        """With :attr:`feature_layers`: ``'default'`` drops each layer's CLS token, ``'full'`` keeps it."""
+        return getattr(self.config, "vision_feature_select_strategy", "default")
+
+    def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Keyword arguments of the vision tower's own forward (a classifier-only model's pass). Hook: the image
-        inputs the tower's ``forward`` names."""
-        return self._accepted(self.vision_tower.forward, image_inputs)
+        inputs the tower's ``forward`` names (and every layer's states with :attr:`feature_layers`)."""
+        inputs = self._accepted(self.vision_tower.forward, image_inputs)
+        return {**inputs, "output_hidden_states": True} if self.feature_layers else inputs
+
+    def tile_counts(self, tiles: int, image_inputs: dict[str, torch.Tensor], lengths: Sequence[int]) -> list[int]:
+        """With :attr:`view_tile`: each image's tile count among the pass's ``tiles``. Hook: every tile makes
+        equally many embeddings."""
+        per_tile = sum(lengths) // tiles
+        if per_tile * tiles != sum(lengths) or any(n % per_tile for n in lengths):
+            raise InvalidInputError(f"{list(lengths)} image features do not split into {tiles} equal tiles")
+        return [n // per_tile for n in lengths]
 
     def image_patches(
         self, hidden: Any, image_inputs: dict[str, torch.Tensor], lengths: Sequence[int]
@@ -355,6 +390,10 @@ class GenericBackbone(Backbone):
         :func:`~psaguard.backbones.generic_layout.split_patches` that fits (stacked sequences, feature maps, flat
         states with ``image_grid_thw`` in merge-block order or merged, flat states with ``image_sizes``).
         """
+        if self.view_tile is not None:
+            counts = self.tile_counts(len(hidden), image_inputs, lengths)
+            ends = torch.tensor(counts).cumsum(0)
+            return list(hidden[ends - 1 if self.view_tile == -1 else ends - torch.tensor(counts)])
         vision = getattr(self.config, "vision_config", None)
         return split_patches(hidden, image_inputs, lengths, vision, self.family)
 
@@ -506,6 +545,12 @@ def _widened(layers: Sequence[Sequence[torch.Tensor]], image_features: Sequence[
     ]
 
 
+def padded_runs(runs: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Images' runs as the preprocessed inputs hold them (``image_runs``: one row each, padded with -1)."""
+    width = max(len(run) for run in runs)
+    return torch.tensor([[*run, *[-1] * (width - len(run))] for run in runs])
+
+
 def _read_runs(runs: torch.Tensor | None) -> tuple[tuple[int, ...], ...] | None:
     """Each image's run from the preprocessed inputs (its -1 padding dropped); None without runs."""
     return None if runs is None else tuple(tuple(t for t in run.tolist() if t >= 0) for run in runs)
@@ -513,3 +558,7 @@ def _read_runs(runs: torch.Tensor | None) -> tuple[tuple[int, ...], ...] | None:
 
 def _per_image(value: Any, num_images: int) -> bool:
     return torch.is_tensor(value) and len(value) == num_images
+
+
+def _side(size: Any) -> int:
+    return int(size) if isinstance(size, int) else int(size[0])

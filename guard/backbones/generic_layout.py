@@ -21,6 +21,7 @@ __all__ = [
     "image_positions",
     "per_image_outputs",
     "pool_sequence_to_square",
+    "select_feature_layers",
     "shared_outputs",
     "split_features",
     "split_patches",
@@ -45,6 +46,17 @@ def pool_sequence_to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
         return pool_to_square_grid(tokens.reshape(root, root, -1), side)
     pooled = F.adaptive_avg_pool1d(tokens.transpose(0, 1).unsqueeze(0).float(), side * side)
     return pooled.squeeze(0).transpose(0, 1).to(tokens.dtype)
+
+
+def select_feature_layers(
+    hidden_states: Sequence[torch.Tensor], layer: int | Sequence[int], strategy: str
+) -> torch.Tensor:
+    """The tower states a LLaVA-style projector reads: layer(s) ``layer``, CLS dropped for the ``'default'``
+    strategy, concatenated on channels."""
+    hidden = [hidden_states[i] for i in ([layer] if isinstance(layer, int) else layer)]
+    if strategy == "default":
+        hidden = [h[:, 1:] for h in hidden]
+    return torch.cat(hidden, dim=-1)
 
 
 def to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:

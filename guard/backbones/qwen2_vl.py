@@ -40,7 +40,7 @@ class Qwen2VLBackbone(GenericBackbone):
 
     @property
     def num_patches(self) -> int:
-        return self.max_grid_side**2
+        return 24 * 24
 
     @property
     def resolution_unit(self) -> tuple[int, int]:
