@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
 
@@ -38,103 +37,52 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from psaguard.backbones.base import Backbone, VisionFeatures, unwrap_model
 from psaguard.backbones.generic_layout import (
+    GenericFeatures,
+    features_of,
     image_positions,
+    is_per_image,
+    num_images_of,
     per_image_outputs,
     pool_sequence_to_square,
     select_feature_layers,
     shared_outputs,
     split_features,
     split_patches,
+    square_side,
     to_square,
-    token_type_rule,
+    widened,
 )
-from psaguard.backbones.llava import image_processor_outputs
+from psaguard.backbones.generic_processor import (
+    CROSS_ATTENTION_TYPES,
+    PIXEL_NAMES,
+    PREFIX_LM_TYPES,
+    RUNS,
+    find_placeholder,
+    image_token_id_of,
+    model_parts,
+    process_images,
+    processor_runs,
+    stored_runs,
+    token_type_rule,
+    unsupported_reason,
+)
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError, UnsupportedModelError
 from psaguard.injection import ImageLayout, features_as_tensor
-from psaguard.tokenization import render_chat
 
 __all__ = [
     "CROSS_ATTENTION_TYPES",
     "PREFIX_LM_TYPES",
     "GenericBackbone",
     "GenericFeatures",
-    "padded_runs",
     "pool_sequence_to_square",
     "unsupported_reason",
 ]
 
-CROSS_ATTENTION_TYPES: frozenset[str] = frozenset({"mllama", "idefics"})
-"""Model types whose language model reads images through cross-attention layers, not image tokens."""
-PREFIX_LM_TYPES: frozenset[str] = frozenset({"paligemma"})
-"""Model types whose ``token_type_ids`` mark the answer (prefix-LM attention): the guard's input builder sees
-the prompt and the features only, so training would let the answer attend ahead; such a family needs its own
-adapter."""
-
 _TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision", "embed_vision")
-_PIXEL_NAMES = ("pixel_values", "pixel_values_images")
 _TOKEN_TYPE_NAMES = ("mm_token_type_ids", "moe_mm_token_type_ids", "token_type_ids")
 """Token types the processor writes and the guard rebuilds for its own input (ERNIE-4.5-VL types its experts too)."""
 _PROBE = (64, 48)  # width, height of the probe image checks run on
-_RUNS = "image_runs"
-"""Key of the preprocessed inputs holding each image's run as the processor writes it (padded with -1)."""
-
-
-def unsupported_reason(model: nn.Module) -> str | None:
-    """Why ``model`` does not follow the interface the generic adapter uses (None: it does)."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if config is None:
-        return "it has no transformers config"
-    if model_type in CROSS_ATTENTION_TYPES:
-        return "its language model reads images through cross-attention layers, not image tokens"
-    if model_type in PREFIX_LM_TYPES:
-        return "its prefix-LM token_type_ids mark the answer, which the generic input builder does not see"
-    if getattr(config, "is_encoder_decoder", False):
-        return "it is an encoder-decoder model; images do not enter a decoder's input as tokens"
-    if not isinstance(_image_token_id(config), int):
-        return "its config names no image token id (config.image_token_id) for image positions in input_ids"
-    parts = _parts(model)
-    if not callable(getattr(parts, "get_image_features", None)):
-        return "it has no get_image_features (projected image features from one vision pass)"
-    if "mm_encoder_outputs" not in inspect.signature(parts.forward).parameters:
-        return "its forward takes no precomputed image features (mm_encoder_outputs)"
-    return None
-
-
-@dataclass(frozen=True)
-class GenericFeatures(VisionFeatures):
-    """A vision pass of the generic adapter: the patches, each image's projected features, run and inputs.
-
-    ``embeds[i]`` is image ``i``'s ``(L_i, D)`` projected features (``get_image_features``'s own, so the
-    language model never needs a second vision pass); ``runs[i]`` its ids as the processor writes them (None
-    where the features came without the processor, e.g. in ``wrap()``); ``image_inputs`` the per-image
-    inputs the model's forward takes besides the features (first dimension: the images).
-    """
-
-    embeds: tuple[torch.Tensor, ...] = ()
-    runs: tuple[tuple[int, ...], ...] | None = None
-    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    side_features: dict[str, tuple[tuple[torch.Tensor, ...], ...]] = field(default_factory=dict)
-    """Per-layer features that travel with the embeddings (DeepStack): name -> per layer, one tensor per image."""
-    shared_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Tensors of ``get_image_features``'s output that belong to no image and go back to the model as they are
-    (Ovis2's visual indicator embeddings)."""
-
-    def subset(self, rows: Sequence[int]) -> GenericFeatures:
-        rows = list(rows)
-        return GenericFeatures(
-            patches=self.patches[rows],
-            selected=self.selected[rows],
-            embeds=tuple(self.embeds[r] for r in rows),
-            runs=None if self.runs is None else tuple(self.runs[r] for r in rows),
-            image_inputs={name: value[rows] for name, value in self.image_inputs.items()},
-            side_features={
-                name: tuple(tuple(layer[r] for r in rows) for layer in layers)
-                for name, layers in self.side_features.items()
-            },
-            shared_outputs=self.shared_outputs,
-        )
 
 
 @register_backbone
@@ -160,7 +108,7 @@ class GenericBackbone(Backbone):
         "image_merge_sizes",
         "batch_num_images",
         "high_res_pixel_values",
-        _RUNS,
+        RUNS,
     )
     derived_input_names = _TOKEN_TYPE_NAMES
     unjudged_input_names = ("pixel_values_videos", "video_grid_thw", "pixel_values_images")
@@ -184,7 +132,7 @@ class GenericBackbone(Backbone):
         super().__init__(model)
         if self.fallback:
             self.family = self.config.model_type
-        self._parts = _parts(self.base_model)
+        self._parts = model_parts(self.base_model)
         self._placeholder: tuple[str, int] | None = None
         self._token_types: dict[str, str] = {}
         self._vision_hidden: int | None = None
@@ -223,7 +171,7 @@ class GenericBackbone(Backbone):
         vision = getattr(self.config, "vision_config", None)
         size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
         if self.max_grid_side is None:  # the tower's own grid; some towers' configs give (height, width) pairs
-            return (_side(size) // _side(patch)) ** 2
+            return (square_side(size) // square_side(patch)) ** 2
         side = self.max_grid_side
         if isinstance(size, int) and isinstance(patch, int) and patch > 0:
             side = max(1, min(side, size // patch))
@@ -231,7 +179,7 @@ class GenericBackbone(Backbone):
 
     @property
     def image_token_id(self) -> int:
-        return _image_token_id(self.config)
+        return image_token_id_of(self.config)
 
     @property
     def placeholder_token_id(self) -> int:
@@ -245,23 +193,9 @@ class GenericBackbone(Backbone):
         by rendering a turn with and without an image; its placeholder is the image token where the text holds
         it, else its one special token (Gemma 3's ``<start_of_image>``, which the processor replaces by the run).
         """
-        tokenizer = getattr(processor, "tokenizer", None)
-        if tokenizer is None or not callable(getattr(processor, "image_processor", None)):
-            raise ProcessorError(f"{type(processor).__name__} is not a {self.family!r} processor (no image processor)")
-        snippet = _template_image_text(processor)
-        if snippet is None:
-            snippet = tokenizer.convert_ids_to_tokens(self.image_token_id)
-        ids = list(tokenizer(snippet, add_special_tokens=False)["input_ids"])
-        special = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
-        candidates = [self.image_token_id] if self.image_token_id in ids else [t for t in ids if t in special]
-        if len(candidates) != 1 or ids.count(candidates[0]) != 1:
-            raise ProcessorError(
-                f"the chat template writes {snippet!r} per image, with no single image placeholder: it is not a "
-                f"{self.family!r} processor"
-            )
-        self._placeholder = (snippet, candidates[0])
+        self._placeholder = find_placeholder(processor, self.image_token_id, self.family)
         inputs = self.preprocess(processor, [Image.new("RGB", _PROBE)])
-        if not inputs[_RUNS].eq(self.image_token_id).any():
+        if not inputs[RUNS].eq(self.image_token_id).any():
             raise ProcessorError(f"the processor writes no image tokens (id {self.image_token_id}) for an image")
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
@@ -270,14 +204,15 @@ class GenericBackbone(Backbone):
             self.read_processor(processor)
         text, token_id = self._placeholder
         tokenizer = processor.tokenizer
-        out = _process(processor, [text] * len(images), images, self.family)
-        pixels = next((name for name in _PIXEL_NAMES if name in out), None)
+        out = process_images(processor, [text] * len(images), images, self.family)
+        pixels = next((name for name in PIXEL_NAMES if name in out), None)
         if pixels is None:
             raise ProcessorError(f"the processor gives no pixel values: it is not a {self.family!r} processor")
-        inputs = {"pixel_values": out[pixels], _RUNS: self._runs(out, tokenizer(text)["input_ids"], token_id)}
+        runs = processor_runs(out, tokenizer(text)["input_ids"], token_id, self.image_token_id, self.family)
+        inputs = {"pixel_values": out[pixels], RUNS: runs}
         input_ids, mask = out["input_ids"], out["attention_mask"].bool()
         for name, value in out.items():
-            if name in ("input_ids", "attention_mask", *_PIXEL_NAMES) or not torch.is_tensor(value):
+            if name in ("input_ids", "attention_mask", *PIXEL_NAMES) or not torch.is_tensor(value):
                 continue
             if name.endswith("token_type_ids"):  # token types: the guard rebuilds them for its own input
                 self._token_types[name] = token_type_rule(value, input_ids, mask, self.image_token_id)
@@ -285,20 +220,11 @@ class GenericBackbone(Backbone):
                 inputs[name] = value
         return inputs
 
-    def _runs(self, out: Any, plain: list[int], token_id: int) -> torch.Tensor:
-        """Each image's run in the processor's rows (``plain``: its text alone, tokenized), padded with -1."""
-        before, after = plain.index(token_id), len(plain) - plain.index(token_id) - 1
-        rows = zip(out["input_ids"], out["attention_mask"].bool())
-        runs = [row[keep][before : int(keep.sum()) - after].tolist() for row, keep in rows]
-        if any(self.image_token_id not in run for run in runs):
-            raise ProcessorError(f"the processor wrote no image tokens for an image: not a {self.family!r} processor")
-        return padded_runs(runs)
-
     # ------------------------------------------------------------------ vision
     def encode_images(self, pixel_values: torch.Tensor, **image_inputs: torch.Tensor) -> GenericFeatures:
         self._check_inputs(pixel_values, image_inputs)
-        runs = _read_runs(image_inputs.pop(_RUNS, None))
-        num_images = len(runs) if runs is not None else _num_images(pixel_values, image_inputs)
+        runs = stored_runs(image_inputs.pop(RUNS, None))
+        num_images = len(runs) if runs is not None else num_images_of(pixel_values, image_inputs)
         counts = None if runs is None else [run.count(self.image_token_id) for run in runs]
         out, hidden = self.tower_pass(pixel_values, image_inputs)
         embeds = () if out.pooler_output is None else tuple(split_features(out.pooler_output, num_images, counts))
@@ -312,7 +238,7 @@ class GenericBackbone(Backbone):
             selected=patches,
             embeds=embeds,
             runs=runs,
-            image_inputs={k: v for k, v in forward_inputs.items() if _per_image(v, num_images)},
+            image_inputs={k: v for k, v in forward_inputs.items() if is_per_image(v, num_images)},
             side_features=per_image_outputs(out, lengths),
             shared_outputs=shared_outputs(out, lengths),
         )
@@ -408,10 +334,10 @@ class GenericBackbone(Backbone):
 
     # ------------------------------------------------------------------ the language model's input
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
-        return list(_generic(features).embeds)
+        return list(features_of(features).embeds)
 
     def image_runs(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> list[list[int]]:
-        runs = _generic(features).runs
+        runs = features_of(features).runs
         return super().image_runs(features, image_embeds) if runs is None else [list(run) for run in runs]
 
     def image_layout(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> ImageLayout:
@@ -420,8 +346,8 @@ class GenericBackbone(Backbone):
         return ImageLayout(
             image_token_id=layout.image_token_id,
             runs=layout.runs,
-            placeholder_id=layout.placeholder_id if _generic(features).runs is not None else self.image_token_id,
-            model_inputs=partial(self._model_inputs, _generic(features), lengths),
+            placeholder_id=layout.placeholder_id if features_of(features).runs is not None else self.image_token_id,
+            model_inputs=partial(self._model_inputs, features_of(features), lengths),
         )
 
     def _token_type_rules(self) -> dict[str, str]:
@@ -444,7 +370,7 @@ class GenericBackbone(Backbone):
         to_model = features_as_tensor if self._stacked else self.model_image_inputs
         image = to_model(image_features, input_ids)["mm_encoder_outputs"]["image"]
         if features.side_features or features.shared_outputs:
-            side = {name: _widened(layers, image_features) for name, layers in features.side_features.items()}
+            side = {name: widened(layers, image_features) for name, layers in features.side_features.items()}
             image = self._output_class(pooler_output=image.pooler_output, **side, **features.shared_outputs)
         inputs = {
             "mm_encoder_outputs": {"image": image},
@@ -473,92 +399,5 @@ class GenericBackbone(Backbone):
         return {name: value for name, value in inputs.items() if name in params}
 
 
-def _template_image_text(processor: Any) -> str | None:
-    """What the processor's chat template writes for one image part (None without a usable template)."""
-    try:
-        with_image, without = (
-            render_chat(
-                processor,
-                [{"role": "user", "content": [*parts, {"type": "text", "text": "x"}]}],
-                add_generation_prompt=False,
-            )
-            for parts in ([{"type": "image"}], [])
-        )
-    except Exception:
-        return None
-    start = 0
-    while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
-        start += 1
-    end = 0
-    while end < len(without) - start and with_image[len(with_image) - 1 - end] == without[len(without) - 1 - end]:
-        end += 1
-    return with_image[start : len(with_image) - end] or None
-
-
-def _process(processor: Any, texts: list[str], images: Sequence[Image.Image], family: str) -> Any:
-    """The processor's output for one image per text: images nested per text, or flat where it takes no nesting."""
-    errors = []
-    for batch in ([[image] for image in images], list(images)):
-        try:
-            return processor(text=texts, images=batch, return_tensors="pt", padding=True)
-        except (TypeError, ValueError, KeyError, IndexError) as err:
-            errors.append(err)
-    image_processor_outputs(processor, images, family)  # a ProcessorError if it has no image processor
-    raise ProcessorError(f"the processor cannot prepare images for a {family!r} model: {errors[-1]}") from errors[-1]
-
-
-def _parts(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
-    return inner if isinstance(inner, nn.Module) and hasattr(inner, "get_image_features") else model
-
-
-def _image_token_id(config: Any) -> int | None:
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def _generic(features: VisionFeatures) -> GenericFeatures:
-    if not isinstance(features, GenericFeatures):
-        raise InvalidInputError("these features come from another adapter's vision pass")
-    return features
-
-
 def _to(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return tensor.to(param.device, param.dtype) if tensor.is_floating_point() else tensor.to(param.device)
-
-
-def _num_images(pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> int:
-    for name in ("image_grid_thw", "image_sizes", "spatial_shapes"):
-        if (value := image_inputs.get(name)) is not None:
-            return len(value)
-    return len(pixel_values)
-
-
-def _widened(layers: Sequence[Sequence[torch.Tensor]], image_features: Sequence[torch.Tensor]) -> list:
-    """Per layer, each image's side features behind zero rows for its safety tokens (widened to its features)."""
-    return [
-        [torch.cat([own.new_zeros(len(f) - len(own), *own.shape[1:]), own]) for own, f in zip(layer, image_features)]
-        for layer in layers
-    ]
-
-
-def padded_runs(runs: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Images' runs as the preprocessed inputs hold them (``image_runs``: one row each, padded with -1)."""
-    width = max(len(run) for run in runs)
-    return torch.tensor([[*run, *[-1] * (width - len(run))] for run in runs])
-
-
-def _read_runs(runs: torch.Tensor | None) -> tuple[tuple[int, ...], ...] | None:
-    """Each image's run from the preprocessed inputs (its -1 padding dropped); None without runs."""
-    return None if runs is None else tuple(tuple(t for t in run.tolist() if t >= 0) for run in runs)
-
-
-def _per_image(value: Any, num_images: int) -> bool:
-    return torch.is_tensor(value) and len(value) == num_images
-
-
-def _side(size: Any) -> int:
-    return int(size) if isinstance(size, int) else int(size[0])

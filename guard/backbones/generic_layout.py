@@ -9,28 +9,76 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from psaguard.backbones.base import pool_to_square_grid
-from psaguard.errors import InvalidInputError, ProcessorError
+from psaguard.backbones.base import VisionFeatures, pool_to_square_grid
+from psaguard.errors import InvalidInputError
 
 __all__ = [
+    "GenericFeatures",
+    "features_of",
     "image_positions",
+    "is_per_image",
+    "num_images_of",
     "per_image_outputs",
     "pool_sequence_to_square",
     "select_feature_layers",
     "shared_outputs",
     "split_features",
     "split_patches",
+    "square_side",
     "to_square",
-    "token_type_rule",
+    "widened",
 ]
 
 _NOT_SIDE_OUTPUTS = frozenset({"pooler_output", "last_hidden_state", "hidden_states", "attentions"})
 Layout = Callable[[torch.Tensor, dict[str, torch.Tensor], Sequence[int], Any], list[torch.Tensor] | None]
+
+
+@dataclass(frozen=True)
+class GenericFeatures(VisionFeatures):
+    """A vision pass of the generic adapter: the patches, each image's projected features, run and inputs.
+
+    ``embeds[i]`` is image ``i``'s ``(L_i, D)`` projected features (``get_image_features``'s own, so the
+    language model never needs a second vision pass); ``runs[i]`` its ids as the processor writes them (None
+    where the features came without the processor, e.g. in ``wrap()``); ``image_inputs`` the per-image
+    inputs the model's forward takes besides the features (first dimension: the images).
+    """
+
+    embeds: tuple[torch.Tensor, ...] = ()
+    runs: tuple[tuple[int, ...], ...] | None = None
+    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    side_features: dict[str, tuple[tuple[torch.Tensor, ...], ...]] = field(default_factory=dict)
+    """Per-layer features that travel with the embeddings (DeepStack): name -> per layer, one tensor per image."""
+    shared_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Tensors of ``get_image_features``'s output that belong to no image and go back to the model as they are
+    (Ovis2's visual indicator embeddings)."""
+
+    def subset(self, rows: Sequence[int]) -> GenericFeatures:
+        rows = list(rows)
+        return GenericFeatures(
+            patches=self.patches[rows],
+            selected=self.selected[rows],
+            embeds=tuple(self.embeds[r] for r in rows),
+            runs=None if self.runs is None else tuple(self.runs[r] for r in rows),
+            image_inputs={name: value[rows] for name, value in self.image_inputs.items()},
+            side_features={
+                name: tuple(tuple(layer[r] for r in rows) for layer in layers)
+                for name, layers in self.side_features.items()
+            },
+            shared_outputs=self.shared_outputs,
+        )
+
+
+def features_of(features: VisionFeatures) -> GenericFeatures:
+    """``features`` as the generic adapter's; InvalidInputError if another adapter's vision pass made them."""
+    if not isinstance(features, GenericFeatures):
+        raise InvalidInputError("these features come from another adapter's vision pass")
+    return features
 
 
 def pool_sequence_to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
@@ -208,15 +256,6 @@ def _unmerge(hidden: torch.Tensor, grid: Sequence[int], merge: int) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------- token types
-def token_type_rule(value: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, image_token_id: int) -> str:
-    """How the processor types tokens: 1 at image tokens ("image"), or 0 everywhere ("zeros")."""
-    if torch.equal(value[mask].bool(), (input_ids == image_token_id)[mask]):
-        return "image"
-    if not value[mask].any():
-        return "zeros"
-    raise ProcessorError("the processor's token types follow a rule the generic adapter does not know")
-
-
 def image_positions(
     input_ids: torch.Tensor, image_token_id: int, widened: Sequence[int], lengths: Sequence[int]
 ) -> torch.Tensor:
@@ -233,3 +272,29 @@ def image_positions(
     for (row, column), image in zip(positions, owner):
         is_image[row, column] = image
     return is_image
+
+
+def num_images_of(pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> int:
+    """How many images ``pixel_values`` hold (tiles and flat patches counted by their per-image inputs)."""
+    for name in ("image_grid_thw", "image_sizes", "spatial_shapes"):
+        if (value := image_inputs.get(name)) is not None:
+            return len(value)
+    return len(pixel_values)
+
+
+def widened(layers: Sequence[Sequence[torch.Tensor]], image_features: Sequence[torch.Tensor]) -> list:
+    """Per layer, each image's side features behind zero rows for its safety tokens (widened to its features)."""
+    return [
+        [torch.cat([own.new_zeros(len(f) - len(own), *own.shape[1:]), own]) for own, f in zip(layer, image_features)]
+        for layer in layers
+    ]
+
+
+def is_per_image(value: Any, num_images: int) -> bool:
+    """Whether ``value`` is a tensor with one row per image."""
+    return torch.is_tensor(value) and len(value) == num_images
+
+
+def square_side(size: Any) -> int:
+    """A square side from a config value (some towers' configs give (height, width) pairs)."""
+    return int(size) if isinstance(size, int) else int(size[0])

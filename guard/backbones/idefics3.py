@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
-from psaguard.backbones.generic import GenericBackbone, padded_runs
+from psaguard.backbones.generic import GenericBackbone
+from psaguard.backbones.generic_processor import padded_runs
 from psaguard.backbones.registry import register_backbone
 
 __all__ = ["EncoderOnlyIdefics3Backbone", "EncoderOnlySmolVLMBackbone", "Idefics3Backbone", "SmolVLMBackbone"]
