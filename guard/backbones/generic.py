@@ -16,10 +16,9 @@ image's first image token, paired with K rows in front of that image's features 
 processor writes token types (so M-RoPE families give them text positions). Features are split per image by
 the runs' image-token counts, never by contiguous placeholder runs (row breaks split one image's run).
 
-The safety projector sees the tower's per-patch states of each image, laid out by :meth:`GenericBackbone.
-image_patches` (an adapter's hook for a family's own spatial layout) and pooled onto a square grid; a
-sequence that is not a grid is pooled along its length. Models outside the mechanism (cross-attention,
-encoder-decoders, no image token id) are refused with the reason (:meth:`GenericBackbone.why_unsupported`).
+The safety projector sees the tower's per-patch states of each image (:mod:`~psaguard.backbones.generic_layout`)
+pooled onto a square grid. Family adapters built on this one override only its hooks (docs/adapters.md).
+Models outside the mechanism are refused with the reason (:meth:`GenericBackbone.why_unsupported`).
 """
 
 from __future__ import annotations
@@ -244,7 +243,8 @@ class GenericBackbone(Backbone):
         )
 
     def _check_inputs(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> None:
-        """:attr:`required_image_inputs` present, and flat patches matching ``image_grid_thw``."""
+        """:attr:`required_image_inputs` present, flat patches matching ``image_grid_thw``, native ``image_sizes``
+        on the processor's grid (:attr:`resolution_unit`)."""
         if missing := [name for name in self.required_image_inputs if image_inputs.get(name) is None]:
             raise InvalidInputError(f"{self.family} needs {missing} with pixel_values")
         grids = image_inputs.get("image_grid_thw")
@@ -253,6 +253,9 @@ class GenericBackbone(Backbone):
                 f"image_grid_thw {grids.tolist()} does not fit {len(pixel_values)} patches: pixel_values and "
                 "image_grid_thw do not belong together"
             )
+        sizes, unit = image_inputs.get("image_sizes"), self.resolution_unit
+        if sizes is not None and unit is not None and bool((torch.as_tensor(sizes) % unit[1]).any()):
+            raise InvalidInputError(f"image_sizes {sizes.tolist()} are not multiples of the {unit[1]} px grid")
 
     def _check_width(self, patches: torch.Tensor) -> None:
         if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
