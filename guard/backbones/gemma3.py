@@ -20,6 +20,7 @@ import torch
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
+from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import ProcessorError
 
@@ -33,6 +34,7 @@ class Gemma3Backbone(GenericBackbone):
     family = "gemma3"
     model_types = ("gemma3",)
     fallback = False
+    image_input_names = (RUNS,)
     safety_token_type = 1
 
     def read_processor(self, processor: Any) -> None:

@@ -91,24 +91,14 @@ class GenericBackbone(Backbone):
     The registry asks it last (``fallback``), so a family adapter, where one exists, wins. Its fingerprint's
     family is the model's ``model_type``, so a guard trained on one family refuses another. A family adapter
     built on it sets ``fallback = False`` (it then dispatches on ``model_types`` and keeps its ``family``) and
-    overrides only its hooks: :meth:`tower_pass`, :meth:`tower_inputs`, :meth:`image_patches`,
-    :attr:`max_grid_side`, :attr:`safety_token_type` (docs/adapters.md).
+    overrides only the hooks it needs: the class attributes below and the methods docs/adapters.md lists.
     """
 
     family = "generic"
     model_types = ("any model following transformers' multimodal interface",)
     fallback = True
-    image_input_names = (
-        "image_grid_thw",
-        "image_sizes",
-        "pixel_attention_mask",
-        "spatial_shapes",
-        "image_position_ids",
-        "image_merge_sizes",
-        "batch_num_images",
-        "high_res_pixel_values",
-        RUNS,
-    )
+    image_input_names = ("image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes")
+    image_input_names += ("image_position_ids", "image_merge_sizes", "batch_num_images", "high_res_pixel_values", RUNS)
     derived_input_names = _TOKEN_TYPE_NAMES
     unjudged_input_names = ("pixel_values_videos", "video_grid_thw", "pixel_values_images")
     """Videos, and images under another name than ``pixel_values`` (which ``wrap()`` would not judge: refused)."""
@@ -135,6 +125,7 @@ class GenericBackbone(Backbone):
         self._placeholder: tuple[str, int] | None = None
         self._token_types: dict[str, str] = {}
         self._vision_hidden: int | None = None
+        self._probed: Any = None  # the processor the probe pass ran with
         self._stacked = False  # whether get_image_features gives one tensor (the forward then takes one too)
         self._output_class: type = BaseModelOutputWithPooling
 
@@ -327,6 +318,9 @@ class GenericBackbone(Backbone):
         return split_patches(hidden, image_inputs, lengths, vision, self.family)
 
     def check_processor(self, processor: Any) -> None:
+        """The base checks and a probe pass (its width measured), once per processor (classifiers share it)."""
+        if processor is not None and processor is self._probed:
+            return
         super().check_processor(processor)
         try:
             with torch.inference_mode():
@@ -334,6 +328,7 @@ class GenericBackbone(Backbone):
         except (RuntimeError, ValueError, IndexError) as err:  # its inputs do not fit this model's tower
             raise ProcessorError(f"the processor's image inputs do not fit the {self.family!r} model: {err}") from err
         self._vision_hidden = int(features.patches.shape[-1])
+        self._probed = processor
 
     # ------------------------------------------------------------------ the language model's input
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:

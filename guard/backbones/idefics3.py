@@ -18,7 +18,7 @@ import torch
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
-from psaguard.backbones.generic_processor import padded_runs
+from psaguard.backbones.generic_processor import RUNS, padded_runs
 from psaguard.backbones.registry import register_backbone
 
 __all__ = ["EncoderOnlyIdefics3Backbone", "EncoderOnlySmolVLMBackbone", "Idefics3Backbone", "SmolVLMBackbone"]
@@ -31,6 +31,7 @@ class Idefics3Backbone(GenericBackbone):
     family = "idefics3"
     model_types = ("idefics3",)
     fallback = False
+    image_input_names = ("pixel_attention_mask", RUNS)
     view_tile = -1
     max_grid_side = None
     language_model_name = "text_model"
@@ -80,7 +81,7 @@ class Idefics3Backbone(GenericBackbone):
                 rows = cols = 0
             elif token in tags:
                 rows, cols = max(rows, tags[token][0]), max(cols, tags[token][1])
-        return {"image_runs": padded_runs(runs)} if runs else {}
+        return {RUNS: padded_runs(runs)} if runs else {}
 
 
 @register_backbone

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
+from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.registry import register_backbone
 
 __all__ = ["EncoderOnlyInternVLBackbone", "InternVLBackbone"]
@@ -23,6 +24,7 @@ class InternVLBackbone(GenericBackbone):
     family = "internvl"
     model_types = ("internvl",)
     fallback = False
+    image_input_names = (RUNS,)
     feature_layers = True
     view_tile = -1
     max_grid_side = None

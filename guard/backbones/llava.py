@@ -4,13 +4,15 @@ The generic adapter reads it. The overrides are those of every LLaVA-style adapt
 before the generic adapter existed (the shipped demo guard among them): the safety projector reads the states
 the model's own projector reads (``vision_feature_layer``, CLS dropped per ``vision_feature_select_strategy``:
 :attr:`~LlavaBackbone.feature_layers`) on the tower's own grid (``max_grid_side = None``), and their width is
-known from the config alone (several layers side by side), without a probe pass.
+known from the config alone (several layers side by side), without a probe pass. Like every family adapter,
+it names the image inputs its processor writes (``image_input_names``), so ``wrap()`` refuses another
+family's.
 """
 
 from __future__ import annotations
 
 from psaguard.backbones.generic import GenericBackbone
-from psaguard.backbones.generic_processor import image_processor_outputs, special_token_id
+from psaguard.backbones.generic_processor import RUNS, image_processor_outputs, special_token_id
 from psaguard.backbones.registry import register_backbone
 
 __all__ = ["LlavaBackbone", "image_processor_outputs", "special_token_id"]
@@ -23,6 +25,7 @@ class LlavaBackbone(GenericBackbone):
     family = "llava"
     model_types = ("llava",)
     fallback = False
+    image_input_names = (RUNS,)  # the processor's inputs beside the pixels: another family's are refused
     feature_layers = True
     max_grid_side = None
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.registry import register_backbone
 
@@ -26,6 +27,7 @@ class LlavaNextBackbone(LlavaBackbone):
     """Hugging Face LLaVA-NeXT: CLIP-style tower over tiles, ``multi_modal_projector``, ``image_newline``."""
 
     family = "llava_next"
+    image_input_names = ("image_sizes", RUNS)
     model_types = ("llava_next",)
     view_tile = 0
     required_image_inputs = ("image_sizes",)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
-from psaguard.backbones.generic_processor import image_processor_outputs
+from psaguard.backbones.generic_processor import RUNS, image_processor_outputs
 from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.registry import register_backbone
 
@@ -29,6 +29,7 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
     """Hugging Face LLaVA-OneVision: NeXT-style tiles, ``vision_aspect_ratio`` pooling, multi-image without tiles."""
 
     family = "llava_onevision"
+    image_input_names = ("image_sizes", "batch_num_images", RUNS)
     model_types = ("llava_onevision",)
     unjudged_input_names = ("pixel_values_videos", "image_sizes_videos")  # the PSA-VLM head judges images
 

@@ -32,6 +32,7 @@ class Mistral3Backbone(GenericBackbone):
     family = "mistral3"
     model_types = ("mistral3",)
     fallback = False
+    image_input_names = ("image_sizes", RUNS)
     feature_layers = True
     feature_strategy = "full"  # Pixtral has no CLS token to drop, and Mistral3 configs name no strategy
     required_image_inputs = ("image_sizes",)

@@ -23,6 +23,7 @@ from torch import nn
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
+from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.registry import register_backbone
 
 __all__ = ["EncoderOnlyQwen2VLBackbone", "Qwen2VLBackbone"]
@@ -35,6 +36,7 @@ class Qwen2VLBackbone(GenericBackbone):
     family = "qwen2_vl"
     model_types = ("qwen2_vl",)
     fallback = False
+    image_input_names = ("image_grid_thw", RUNS)
     required_image_inputs = ("image_grid_thw",)
     unquantized_modules = ("model.visual", "lm_head")  # the tower holds the merger
 

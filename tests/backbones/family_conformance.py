@@ -349,6 +349,5 @@ def _tower_patches(features: Any, patch: int) -> int:
     inputs = getattr(features, "image_inputs", {})
     if (grids := inputs.get("image_grid_thw")) is not None:
         return int(grids[0].prod())
-    if (sizes := inputs.get("image_sizes")) is not None:
-        return int(sizes[0][0]) // patch * (int(sizes[0][1]) // patch)
-    return features.tiles[0]
+    sizes = inputs["image_sizes"]
+    return int(sizes[0][0]) // patch * (int(sizes[0][1]) // patch)
