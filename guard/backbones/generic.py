@@ -326,7 +326,9 @@ class GenericBackbone(Backbone):
             with torch.inference_mode():
                 features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", _PROBE)]))
         except (RuntimeError, ValueError, IndexError) as err:  # its inputs do not fit this model's tower
-            raise ProcessorError(f"the processor's image inputs do not fit the {self.family!r} model: {err}") from err
+            raise ProcessorError(
+                f"the processor's images do not fit a {self.family!r} model (another model's?): {err}"
+            ) from err
         self._vision_hidden = int(features.patches.shape[-1])
         self._probed = processor
 
