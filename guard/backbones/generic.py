@@ -97,8 +97,10 @@ class GenericBackbone(Backbone):
     family = "generic"
     model_types = ("any model following transformers' multimodal interface",)
     fallback = True
-    image_input_names = ("image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes")
-    image_input_names += ("image_position_ids", "image_merge_sizes", "batch_num_images", "high_res_pixel_values", RUNS)
+    image_input_names = (
+        *("image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes", "image_position_ids"),
+        *("image_merge_sizes", "batch_num_images", "high_res_pixel_values", RUNS),
+    )
     derived_input_names = _TOKEN_TYPE_NAMES
     unjudged_input_names = ("pixel_values_videos", "video_grid_thw", "pixel_values_images")
     """Videos, and images under another name than ``pixel_values`` (which ``wrap()`` would not judge: refused)."""
