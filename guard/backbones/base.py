@@ -265,9 +265,9 @@ class Backbone(ABC):
     def image_inputs_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Image inputs that a processor records only in the prompt, read back from its ``input_ids``.
 
-        Tiling processors that return the tiles of all images stacked, without the count per image, write
-        that count into each image's run instead; the drop-in wrapper (which receives the processor's output)
-        recovers it here for :meth:`encode_images`. Inputs the caller passes take precedence. Default: none.
+        Where the processor writes other tokens between one image's tokens (Mistral3's row breaks, Idefics3's
+        tile tags), the drop-in wrapper (which receives the processor's output) recovers each image's run here
+        for :meth:`encode_images`. Inputs the caller passes take precedence. Default: none.
         """
         return {}
 

@@ -1,4 +1,4 @@
-"""How the generic adapter lays out what ``get_image_features`` returns: per-image features, patches, token types.
+"""How the generic adapter lays out what ``get_image_features`` returns: its features, patches, token types.
 
 Each rule of :func:`split_patches` recognizes one layout of a tower's per-patch states (stacked sequences,
 feature maps, flat states with ``image_grid_thw`` or ``image_sizes``, states pooled to one row per embedding)
