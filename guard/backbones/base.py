@@ -43,20 +43,13 @@ _PROBE_SIZE = (24, 16)  # a small non-square probe image: checks the processor w
 class VisionFeatures:
     """One vision pass over a batch of images.
 
-    ``patches`` (B, N, C) lie on the safety projector's square grid; ``selected`` are the features exactly
-    as the model's own projector expects them (its layer and selection strategy). Families whose images
-    take several rows of ``selected`` (LLaVA-NeXT's tiles, a Pixtral tower's variable patch counts) stack
-    every image's rows in ``selected`` and say how many per image in ``tiles`` (and the image sizes in
-    ``image_sizes``); single-view families leave both None (row ``i`` of ``selected`` is image ``i``).
-    Families whose image run spells out each image's tile grid record it in ``tile_grids`` ((rows, columns)
-    per image).
+    ``patches`` (B, N, C) lie on the safety projector's square grid; ``selected`` are the features the
+    adapter's :meth:`Backbone.project` reads (row ``i``: image ``i``). Adapters whose images need more (the
+    generic adapter's embeddings, runs and per-image inputs) subclass it.
     """
 
     patches: torch.Tensor
     selected: torch.Tensor
-    tiles: tuple[int, ...] | None = None
-    image_sizes: torch.Tensor | None = None
-    tile_grids: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.patches)
@@ -64,17 +57,7 @@ class VisionFeatures:
     def subset(self, rows: Sequence[int]) -> VisionFeatures:
         """The features of images ``rows`` only, in that order."""
         rows = list(rows)
-        if self.tiles is None:
-            return VisionFeatures(patches=self.patches[rows], selected=self.selected[rows])
-        starts = [sum(self.tiles[:i]) for i in range(len(self.tiles))]
-        pieces = [self.selected[starts[r] : starts[r] + self.tiles[r]] for r in rows]
-        return VisionFeatures(
-            patches=self.patches[rows],
-            selected=torch.cat(pieces) if pieces else self.selected[:0],
-            tiles=tuple(self.tiles[r] for r in rows),
-            image_sizes=None if self.image_sizes is None else self.image_sizes[rows],
-            tile_grids=None if self.tile_grids is None else self.tile_grids[rows],
-        )
+        return VisionFeatures(patches=self.patches[rows], selected=self.selected[rows])
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -282,9 +265,9 @@ class Backbone(ABC):
     def image_inputs_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Image inputs that a processor records only in the prompt, read back from its ``input_ids``.
 
-        Tiling processors that return the tiles of all images stacked, without the count per image, write
-        that count into each image's run instead; the drop-in wrapper (which receives the processor's output)
-        recovers it here for :meth:`encode_images`. Inputs the caller passes take precedence. Default: none.
+        Where the processor writes other tokens between one image's tokens (Mistral3's row breaks, Idefics3's
+        tile tags), the drop-in wrapper (which receives the processor's output) recovers each image's run here
+        for :meth:`encode_images`. Inputs the caller passes take precedence. Default: none.
         """
         return {}
 

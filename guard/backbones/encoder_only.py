@@ -95,12 +95,12 @@ class EncoderOnlyBackbone(Backbone):
 
 @register_backbone
 class EncoderOnlyLlavaBackbone(EncoderOnlyBackbone, LlavaBackbone):
-    """LLaVA-1.5 without its language model; fingerprints as ``'llava'``, like the full model."""
+    """LLaVA-1.5 without its language model; fingerprints as ``'llava'``."""
 
 
 @register_backbone
 class EncoderOnlyLlavaNextBackbone(EncoderOnlyBackbone, LlavaNextBackbone):
-    """LLaVA-NeXT without its language model; fingerprints as ``'llava_next'``, like the full model."""
+    """LLaVA-NeXT without its language model; fingerprints as ``'llava_next'``."""
 
 
 @register_backbone

@@ -16,10 +16,9 @@ image's first image token, paired with K rows in front of that image's features 
 processor writes token types (so M-RoPE families give them text positions). Features are split per image by
 the runs' image-token counts, never by contiguous placeholder runs (row breaks split one image's run).
 
-The safety projector sees the tower's per-patch states of each image, laid out by :meth:`GenericBackbone.
-image_patches` (an adapter's hook for a family's own spatial layout) and pooled onto a square grid; a
-sequence that is not a grid is pooled along its length. Models outside the mechanism (cross-attention,
-encoder-decoders, no image token id) are refused with the reason (:meth:`GenericBackbone.why_unsupported`).
+The safety projector sees the tower's per-patch states of each image (:mod:`~psaguard.backbones.generic_layout`)
+pooled onto a square grid. Family adapters built on this one override only its hooks (docs/adapters.md).
+Models outside the mechanism are refused with the reason (:meth:`GenericBackbone.why_unsupported`).
 """
 
 from __future__ import annotations
@@ -27,22 +26,48 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 from torch import nn
-from torch.nn import functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from psaguard.backbones.base import Backbone, VisionFeatures, pool_to_square_grid, unwrap_model
-from psaguard.backbones.llava import image_processor_outputs
+from psaguard.backbones.base import Backbone, VisionFeatures, unwrap_model
+from psaguard.backbones.generic_layout import (
+    GenericFeatures,
+    features_of,
+    image_positions,
+    is_per_image,
+    num_images_of,
+    per_image_outputs,
+    pool_sequence_to_square,
+    select_feature_layers,
+    shared_outputs,
+    split_features,
+    split_patches,
+    square_side,
+    to_square,
+    widened,
+)
+from psaguard.backbones.generic_processor import (
+    CROSS_ATTENTION_TYPES,
+    PIXEL_NAMES,
+    PREFIX_LM_TYPES,
+    RUNS,
+    find_placeholder,
+    image_token_id_of,
+    model_parts,
+    process_images,
+    processor_runs,
+    stored_runs,
+    token_type_rule,
+    unsupported_reason,
+)
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import InvalidInputError, ProcessorError, UnsupportedModelError
 from psaguard.injection import ImageLayout, features_as_tensor
-from psaguard.tokenization import render_chat
 
 __all__ = [
     "CROSS_ATTENTION_TYPES",
@@ -53,92 +78,10 @@ __all__ = [
     "unsupported_reason",
 ]
 
-CROSS_ATTENTION_TYPES: frozenset[str] = frozenset({"mllama", "idefics"})
-"""Model types whose language model reads images through cross-attention layers, not image tokens."""
-PREFIX_LM_TYPES: frozenset[str] = frozenset({"paligemma"})
-"""Model types whose ``token_type_ids`` mark the answer (prefix-LM attention): the guard's input builder sees
-the prompt and the features only, so training would let the answer attend ahead; such a family needs its own
-adapter."""
-
 _TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_tower", "vision", "embed_vision")
-_PIXEL_NAMES = ("pixel_values", "pixel_values_images")
 _TOKEN_TYPE_NAMES = ("mm_token_type_ids", "moe_mm_token_type_ids", "token_type_ids")
 """Token types the processor writes and the guard rebuilds for its own input (ERNIE-4.5-VL types its experts too)."""
 _PROBE = (64, 48)  # width, height of the probe image checks run on
-_RUNS = "image_runs"
-"""Key of the preprocessed inputs holding each image's run as the processor writes it (padded with -1)."""
-
-
-def unsupported_reason(model: nn.Module) -> str | None:
-    """Why ``model`` does not follow the interface the generic adapter uses (None: it does)."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if config is None:
-        return "it has no transformers config"
-    if model_type in CROSS_ATTENTION_TYPES:
-        return "its language model reads images through cross-attention layers, not image tokens"
-    if model_type in PREFIX_LM_TYPES:
-        return "its prefix-LM token_type_ids mark the answer, which the generic input builder does not see"
-    if getattr(config, "is_encoder_decoder", False):
-        return "it is an encoder-decoder model; images do not enter a decoder's input as tokens"
-    if not isinstance(_image_token_id(config), int):
-        return "its config names no image token id (config.image_token_id) for image positions in input_ids"
-    parts = _parts(model)
-    if not callable(getattr(parts, "get_image_features", None)):
-        return "it has no get_image_features (projected image features from one vision pass)"
-    if "mm_encoder_outputs" not in inspect.signature(parts.forward).parameters:
-        return "its forward takes no precomputed image features (mm_encoder_outputs)"
-    return None
-
-
-def pool_sequence_to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    """One image's (N, C) tower states -> (side * side, C): as a grid where N is square, else along the sequence.
-
-    A sequence with one extra leading token over a square (a CLS token) drops it first.
-    """
-    n = tokens.shape[0]
-    if math.isqrt(n - 1) ** 2 == n - 1 and n > 1:
-        tokens, n = tokens[1:], n - 1
-    root = math.isqrt(n)
-    if root * root == n:
-        return pool_to_square_grid(tokens.reshape(root, root, -1), side)
-    pooled = F.adaptive_avg_pool1d(tokens.transpose(0, 1).unsqueeze(0).float(), side * side)
-    return pooled.squeeze(0).transpose(0, 1).to(tokens.dtype)
-
-
-@dataclass(frozen=True)
-class GenericFeatures(VisionFeatures):
-    """A vision pass of the generic adapter: the patches, each image's projected features, run and inputs.
-
-    ``embeds[i]`` is image ``i``'s ``(L_i, D)`` projected features (``get_image_features``'s own, so the
-    language model never needs a second vision pass); ``runs[i]`` its ids as the processor writes them (None
-    where the features came without the processor, e.g. in ``wrap()``); ``image_inputs`` the per-image
-    inputs the model's forward takes besides the features (first dimension: the images).
-    """
-
-    embeds: tuple[torch.Tensor, ...] = ()
-    runs: tuple[tuple[int, ...], ...] | None = None
-    image_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    side_features: dict[str, tuple[tuple[torch.Tensor, ...], ...]] = field(default_factory=dict)
-    """Per-layer features that travel with the embeddings (DeepStack): name -> per layer, one tensor per image."""
-    shared_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
-    """Tensors of ``get_image_features``'s output that belong to no image and go back to the model as they are
-    (Ovis2's visual indicator embeddings)."""
-
-    def subset(self, rows: Sequence[int]) -> GenericFeatures:
-        rows = list(rows)
-        return GenericFeatures(
-            patches=self.patches[rows],
-            selected=self.selected[rows],
-            embeds=tuple(self.embeds[r] for r in rows),
-            runs=None if self.runs is None else tuple(self.runs[r] for r in rows),
-            image_inputs={name: value[rows] for name, value in self.image_inputs.items()},
-            side_features={
-                name: tuple(tuple(layer[r] for r in rows) for layer in layers)
-                for name, layers in self.side_features.items()
-            },
-            shared_outputs=self.shared_outputs,
-        )
 
 
 @register_backbone
@@ -146,46 +89,55 @@ class GenericBackbone(Backbone):
     """Any LLaVA-style model exposing ``get_image_features`` and ``mm_encoder_outputs`` (see the module doc).
 
     The registry asks it last (``fallback``), so a family adapter, where one exists, wins. Its fingerprint's
-    family is the model's ``model_type``, so a guard trained on one family refuses another.
+    family is the model's ``model_type``, so a guard trained on one family refuses another. A family adapter
+    built on it sets ``fallback = False`` (it then dispatches on ``model_types`` and keeps its ``family``) and
+    overrides only the hooks it needs: the class attributes below and the methods docs/adapters.md lists.
     """
 
     family = "generic"
     model_types = ("any model following transformers' multimodal interface",)
     fallback = True
     image_input_names = (
-        "image_grid_thw",
-        "image_sizes",
-        "pixel_attention_mask",
-        "spatial_shapes",
-        "image_position_ids",
-        "image_merge_sizes",
-        "batch_num_images",
-        "high_res_pixel_values",
-        _RUNS,
+        *("image_grid_thw", "image_sizes", "pixel_attention_mask", "spatial_shapes", "image_position_ids"),
+        *("image_merge_sizes", "batch_num_images", "high_res_pixel_values", RUNS),
     )
     derived_input_names = _TOKEN_TYPE_NAMES
     unjudged_input_names = ("pixel_values_videos", "video_grid_thw", "pixel_values_images")
     """Videos, and images under another name than ``pixel_values`` (which ``wrap()`` would not judge: refused)."""
-    max_grid_side: ClassVar[int] = 24
-    """Largest side of the square grid the safety projector sees (the tower's own grid where smaller)."""
+    max_grid_side: ClassVar[int | None] = 24
+    """Largest side of the square grid the safety projector sees (the tower's own grid where smaller); None: the
+    tower's own grid whatever its size (the LLaVA-style adapters, whose guards were trained on it)."""
+    safety_token_type: ClassVar[int] = 0
+    """Type of the guard's safety rows where the processor types image tokens 1 (0: text-like, as M-RoPE needs)."""
+    required_image_inputs: ClassVar[tuple[str, ...]] = ()
+    """Image inputs without which the family's vision pass cannot run (refused up front with InvalidInputError)."""
+    feature_layers: ClassVar[bool] = False
+    """Whether the safety projector reads the states the model's projector reads (``config.vision_feature_layer``,
+    CLS dropped per :attr:`feature_strategy`) rather than the tower's last state (LLaVA-style families)."""
+    view_tile: ClassVar[int | None] = None
+    """Where an image is several tiles of one tower pass: the tile the safety projector reads (0: the first,
+    LLaVA-NeXT's base view; -1: the last, a global view); None: the image's states as :meth:`image_patches` lays
+    them out."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
-        self.family = self.config.model_type
-        self._parts = _parts(self.base_model)
+        if self.fallback:
+            self.family = self.config.model_type
+        self._parts = model_parts(self.base_model)
         self._placeholder: tuple[str, int] | None = None
         self._token_types: dict[str, str] = {}
         self._vision_hidden: int | None = None
+        self._probed: Any = None  # the processor the probe pass ran with
         self._stacked = False  # whether get_image_features gives one tensor (the forward then takes one too)
         self._output_class: type = BaseModelOutputWithPooling
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
-        return cls.why_unsupported(model) is None
+        return cls.why_unsupported(model) is None if cls.fallback else super().supports(model)
 
     @classmethod
     def why_unsupported(cls, model: nn.Module) -> str | None:
-        return unsupported_reason(unwrap_model(model))
+        return unsupported_reason(unwrap_model(model)) if cls.fallback else None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -210,6 +162,8 @@ class GenericBackbone(Backbone):
     def num_patches(self) -> int:
         vision = getattr(self.config, "vision_config", None)
         size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+        if self.max_grid_side is None:  # the tower's own grid; some towers' configs give (height, width) pairs
+            return (square_side(size) // square_side(patch)) ** 2
         side = self.max_grid_side
         if isinstance(size, int) and isinstance(patch, int) and patch > 0:
             side = max(1, min(side, size // patch))
@@ -217,7 +171,7 @@ class GenericBackbone(Backbone):
 
     @property
     def image_token_id(self) -> int:
-        return _image_token_id(self.config)
+        return image_token_id_of(self.config)
 
     @property
     def placeholder_token_id(self) -> int:
@@ -231,23 +185,9 @@ class GenericBackbone(Backbone):
         by rendering a turn with and without an image; its placeholder is the image token where the text holds
         it, else its one special token (Gemma 3's ``<start_of_image>``, which the processor replaces by the run).
         """
-        tokenizer = getattr(processor, "tokenizer", None)
-        if tokenizer is None or not callable(getattr(processor, "image_processor", None)):
-            raise ProcessorError(f"{type(processor).__name__} is not a {self.family!r} processor (no image processor)")
-        snippet = _template_image_text(processor)
-        if snippet is None:
-            snippet = tokenizer.convert_ids_to_tokens(self.image_token_id)
-        ids = list(tokenizer(snippet, add_special_tokens=False)["input_ids"])
-        special = set(getattr(tokenizer, "all_special_ids", [])) | set(tokenizer.get_added_vocab().values())
-        candidates = [self.image_token_id] if self.image_token_id in ids else [t for t in ids if t in special]
-        if len(candidates) != 1 or ids.count(candidates[0]) != 1:
-            raise ProcessorError(
-                f"the chat template writes {snippet!r} per image, with no single image placeholder: it is not a "
-                f"{self.family!r} processor"
-            )
-        self._placeholder = (snippet, candidates[0])
+        self._placeholder = find_placeholder(processor, self.image_token_id, self.family)
         inputs = self.preprocess(processor, [Image.new("RGB", _PROBE)])
-        if not inputs[_RUNS].eq(self.image_token_id).any():
+        if not inputs[RUNS].eq(self.image_token_id).any():
             raise ProcessorError(f"the processor writes no image tokens (id {self.image_token_id}) for an image")
 
     def preprocess(self, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
@@ -256,123 +196,150 @@ class GenericBackbone(Backbone):
             self.read_processor(processor)
         text, token_id = self._placeholder
         tokenizer = processor.tokenizer
-        out = _process(processor, [text] * len(images), images, self.family)
-        plain = list(tokenizer(text)["input_ids"])
-        before, after = plain.index(token_id), len(plain) - plain.index(token_id) - 1
-        input_ids, mask = out["input_ids"], out["attention_mask"].bool()
-        runs = [row[keep][before : int(keep.sum()) - after].tolist() for row, keep in zip(input_ids, mask)]
-        if any(self.image_token_id not in run for run in runs):
-            raise ProcessorError(f"the processor wrote no image tokens for an image: not a {self.family!r} processor")
-        width = max(len(run) for run in runs)
-        pixels = next((name for name in _PIXEL_NAMES if name in out), None)
+        out = process_images(processor, [text] * len(images), images, self.family)
+        pixels = next((name for name in PIXEL_NAMES if name in out), None)
         if pixels is None:
             raise ProcessorError(f"the processor gives no pixel values: it is not a {self.family!r} processor")
-        inputs = {"pixel_values": out[pixels], _RUNS: torch.tensor([r + [-1] * (width - len(r)) for r in runs])}
+        runs = processor_runs(out, tokenizer(text)["input_ids"], token_id, self.image_token_id, self.family)
+        inputs = {"pixel_values": out[pixels], RUNS: runs}
+        input_ids, mask = out["input_ids"], out["attention_mask"].bool()
         for name, value in out.items():
-            if name in ("input_ids", "attention_mask", *_PIXEL_NAMES) or not torch.is_tensor(value):
+            if name in ("input_ids", "attention_mask", *PIXEL_NAMES) or not torch.is_tensor(value):
                 continue
             if name.endswith("token_type_ids"):  # token types: the guard rebuilds them for its own input
-                self._token_types[name] = _token_type_rule(value, input_ids, mask, self.image_token_id)
+                self._token_types[name] = token_type_rule(value, input_ids, mask, self.image_token_id)
             else:
                 inputs[name] = value
         return inputs
 
     # ------------------------------------------------------------------ vision
     def encode_images(self, pixel_values: torch.Tensor, **image_inputs: torch.Tensor) -> GenericFeatures:
-        runs_tensor = image_inputs.pop(_RUNS, None)
-        runs = None if runs_tensor is None else tuple(tuple(t for t in r.tolist() if t >= 0) for r in runs_tensor)
-        tower_inputs = self._accepted(self._parts.get_image_features, image_inputs)
-        param = next(self.vision_tower.parameters())
-        out = self._parts.get_image_features(pixel_values=_to(pixel_values, param), **tower_inputs, return_dict=True)
-        num_images = len(runs) if runs is not None else _num_images(pixel_values, image_inputs)
+        self._check_inputs(pixel_values, image_inputs)
+        runs = stored_runs(image_inputs.pop(RUNS, None))
+        num_images = len(runs) if runs is not None else num_images_of(pixel_values, image_inputs)
         counts = None if runs is None else [run.count(self.image_token_id) for run in runs]
-        embeds = _split_features(out.pooler_output, num_images, counts)
-        self._stacked = torch.is_tensor(out.pooler_output)
-        self._output_class = type(out)
-        hidden = getattr(out, "last_hidden_state", None)
-        per_image = self.image_patches(hidden if hidden is not None else out.pooler_output, image_inputs, embeds)
+        out, hidden = self.tower_pass(pixel_values, image_inputs)
+        embeds = () if out.pooler_output is None else tuple(split_features(out.pooler_output, num_images, counts))
+        lengths = counts if counts is not None else [len(e) for e in embeds]
         side = math.isqrt(self.num_patches)
-        patches = torch.stack([_to_square(p, side) for p in per_image])
-        if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
-            raise InvalidInputError(f"the tower gives {patches.shape[-1]}-wide states, not {self._vision_hidden}")
+        patches = torch.stack([to_square(p, side) for p in self.image_patches(hidden, image_inputs, lengths)])
+        self._check_width(patches)
         forward_inputs = self._accepted(self._parts.forward, image_inputs)
-        per_image_inputs = {k: v for k, v in forward_inputs.items() if torch.is_tensor(v) and len(v) == num_images}
         return GenericFeatures(
             patches=patches,
             selected=patches,
-            embeds=tuple(embeds),
+            embeds=embeds,
             runs=runs,
-            image_inputs=per_image_inputs,
-            side_features=_side_features(out, embeds),
-            shared_outputs=_shared_outputs(out, embeds),
+            image_inputs={k: v for k, v in forward_inputs.items() if is_per_image(v, num_images)},
+            side_features=per_image_outputs(out, lengths),
+            shared_outputs=shared_outputs(out, lengths),
         )
 
+    def _check_inputs(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> None:
+        """:attr:`required_image_inputs` present, flat patches matching ``image_grid_thw``, native ``image_sizes``
+        on the processor's grid (:attr:`resolution_unit`)."""
+        if missing := [name for name in self.required_image_inputs if image_inputs.get(name) is None]:
+            raise InvalidInputError(f"{self.family} needs {missing} with pixel_values")
+        grids = image_inputs.get("image_grid_thw")
+        if grids is not None and pixel_values.dim() == 2 and int(grids.prod(-1).sum()) != len(pixel_values):
+            raise InvalidInputError(
+                f"image_grid_thw {grids.tolist()} does not fit {len(pixel_values)} patches: pixel_values and "
+                "image_grid_thw do not belong together"
+            )
+        sizes, unit = image_inputs.get("image_sizes"), self.resolution_unit
+        if sizes is not None and unit is not None and bool((torch.as_tensor(sizes) % unit[1]).any()):
+            raise InvalidInputError(f"image_sizes {sizes.tolist()} are not multiples of the {unit[1]} px grid")
+
+    def _check_width(self, patches: torch.Tensor) -> None:
+        if self._vision_hidden is not None and patches.shape[-1] != self._vision_hidden:
+            raise InvalidInputError(f"the tower gives {patches.shape[-1]}-wide states, not {self._vision_hidden}")
+
+    def tower_pass(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
+        """The one vision pass: (``get_image_features``'s output, the tower states the safety projector reads).
+
+        Hook: the states default to the output's ``last_hidden_state`` (its ``pooler_output`` without one). A
+        classifier-only model, which holds the tower without ``get_image_features``, runs the tower alone with
+        :meth:`tower_inputs`.
+        """
+        param = next(self.vision_tower.parameters())
+        if self.has_image_features:
+            get_image_features = self._parts.get_image_features
+            inputs = self._accepted(get_image_features, image_inputs)
+            out = get_image_features(pixel_values=_to(pixel_values, param), **inputs, return_dict=True)
+            self._stacked = torch.is_tensor(out.pooler_output)
+            self._output_class = type(out)
+        else:  # features the classifier-only model cannot make: the tower's states alone
+            tower = self.vision_tower(_to(pixel_values, param), **self.tower_inputs(image_inputs), return_dict=True)
+            out = BaseModelOutputWithPooling(
+                last_hidden_state=tower.last_hidden_state, hidden_states=tower.hidden_states
+            )
+        if self.feature_layers:
+            layer, strategy = self.config.vision_feature_layer, self.feature_strategy
+            return out, select_feature_layers(out.hidden_states, layer, strategy)
+        hidden = getattr(out, "last_hidden_state", None)
+        return out, hidden if hidden is not None else out.pooler_output
+
+    @property
+    def has_image_features(self) -> bool:
+        """Whether the model makes its own image features (a classifier-only model holds the tower alone)."""
+        return callable(getattr(self._parts, "get_image_features", None))
+
+    @property
+    def feature_strategy(self) -> str:
+        """With :attr:`feature_layers`: ``'default'`` drops each layer's CLS token, ``'full'`` keeps it."""
+        return getattr(self.config, "vision_feature_select_strategy", "default")
+
+    def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Keyword arguments of the vision tower's own forward (a classifier-only model's pass). Hook: the image
+        inputs the tower's ``forward`` names (and every layer's states with :attr:`feature_layers`)."""
+        inputs = self._accepted(self.vision_tower.forward, image_inputs)
+        return {**inputs, "output_hidden_states": True} if self.feature_layers else inputs
+
+    def tile_counts(self, tiles: int, image_inputs: dict[str, torch.Tensor], lengths: Sequence[int]) -> list[int]:
+        """With :attr:`view_tile`: each image's tile count among the pass's ``tiles``. Hook: every tile makes
+        equally many embeddings."""
+        per_tile = sum(lengths) // tiles
+        if per_tile * tiles != sum(lengths) or any(n % per_tile for n in lengths):
+            raise InvalidInputError(f"{list(lengths)} image features do not split into {tiles} equal tiles")
+        return [n // per_tile for n in lengths]
+
     def image_patches(
-        self, hidden: Any, image_inputs: dict[str, torch.Tensor], embeds: Sequence[torch.Tensor]
+        self, hidden: Any, image_inputs: dict[str, torch.Tensor], lengths: Sequence[int]
     ) -> list[torch.Tensor]:
         """Each image's tower states: an (H, W, C) grid or an (N, C) sequence. The spatial-layout hook.
 
-        Default: a stacked ``(images, N, C)`` tensor is one sequence per image (tiles of one image, where the
-        first dimension is a multiple of the images, are concatenated); flat ``(sum N_i, C)`` states with
-        ``image_grid_thw`` are each image's first frame, merge-block order undone into its (h, w) grid (or,
-        merged already, one row per embedding on the merged grid); flat states with ``image_sizes`` are each
-        image's (height / patch, width / patch) grid. Families laid out otherwise override this.
+        ``lengths``: each image's embedding count. Default: the first layout of
+        :func:`~psaguard.backbones.generic_layout.split_patches` that fits (stacked sequences, feature maps, flat
+        states with ``image_grid_thw`` in merge-block order or merged, flat states with ``image_sizes``).
         """
-        num_images = len(embeds)
-        lengths = [len(e) for e in embeds]
-        if isinstance(hidden, (list, tuple)):
-            pieces = [h.reshape(-1, h.shape[-1]) for h in hidden]
-            if len(pieces) == num_images:
-                return pieces
-            hidden = torch.cat(pieces)
-        grids = image_inputs.get("image_grid_thw")
-        if torch.is_tensor(hidden) and hidden.dim() == 4 and len(hidden) % num_images == 0:
-            # feature maps: (B, C, H, W) from convolutional necks, else (B, H, W, C); tiles side by side in width
-            maps = hidden.permute(0, 2, 3, 1) if hidden.shape[2] == hidden.shape[3] != hidden.shape[1] else hidden
-            per = len(maps) // num_images
-            return [torch.cat(list(maps[i * per : (i + 1) * per]), dim=1) for i in range(num_images)]
-        sizes = image_inputs.get("image_sizes")
-        if hidden.dim() == 3 and len(hidden) == 1 and (grids is not None or sizes is not None):
-            hidden = hidden[0]  # flat states with a batch dimension of one
+        if self.view_tile is not None:
+            counts = self.tile_counts(len(hidden), image_inputs, lengths)
+            ends = torch.tensor(counts).cumsum(0)
+            return list(hidden[ends - 1 if self.view_tile == -1 else ends - torch.tensor(counts)])
         vision = getattr(self.config, "vision_config", None)
-        merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
-        if hidden.dim() == 2 and grids is not None and int(grids.prod(-1).sum()) == hidden.shape[0]:
-            pieces = torch.split(hidden, grids.prod(-1).tolist())
-            return [_unmerge(piece, grid.tolist(), merge) for piece, grid in zip(pieces, grids)]
-        if hidden.dim() == 2 and grids is not None and sum(lengths) == hidden.shape[0]:
-            merged = [(int(t), int(h) // merge, int(w) // merge) for t, h, w in grids.tolist()]
-            pieces = torch.split(hidden, lengths)
-            return [_unmerge(p, g, 1) if g[0] * g[1] * g[2] == len(p) else p for p, g in zip(pieces, merged)]
-        patch = getattr(vision, "patch_size", None)
-        if hidden.dim() == 2 and sizes is not None and isinstance(patch, int) and sizes.dim() == 2:
-            grid_shapes = [(int(h) // patch, int(w) // patch) for h, w in sizes.tolist()]
-            if sum(h * w for h, w in grid_shapes) == hidden.shape[0]:
-                pieces = torch.split(hidden, [h * w for h, w in grid_shapes])
-                return [piece.reshape(h, w, -1) for piece, (h, w) in zip(pieces, grid_shapes)]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        if hidden.dim() in (2, 3) and len(hidden) != num_images and len(flat) == sum(lengths):
-            return list(torch.split(flat, lengths))  # pooled already: one row per embedding
-        if hidden.dim() == 2:
-            hidden = hidden.unsqueeze(0)
-        if hidden.dim() == 3 and hidden.shape[0] % num_images == 0:
-            return list(hidden.reshape(num_images, -1, hidden.shape[-1]))
-        raise InvalidInputError(
-            f"cannot split tower states of shape {tuple(hidden.shape)} into {num_images} images: a "
-            f"{self.family!r} adapter must override image_patches"
-        )
+        return split_patches(hidden, image_inputs, lengths, vision, self.family)
 
     def check_processor(self, processor: Any) -> None:
+        """The base checks and a probe pass (its width measured), once per processor (classifiers share it)."""
+        if processor is not None and processor is self._probed:
+            return
         super().check_processor(processor)
-        with torch.inference_mode():
-            features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", _PROBE)]))
+        try:
+            with torch.inference_mode():
+                features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", _PROBE)]))
+        except (RuntimeError, ValueError, IndexError) as err:  # its inputs do not fit this model's tower
+            raise ProcessorError(
+                f"the processor's images do not fit a {self.family!r} model (another model's?): {err}"
+            ) from err
         self._vision_hidden = int(features.patches.shape[-1])
+        self._probed = processor
 
     # ------------------------------------------------------------------ the language model's input
     def project(self, features: VisionFeatures) -> list[torch.Tensor]:
-        return list(_generic(features).embeds)
+        return list(features_of(features).embeds)
 
     def image_runs(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> list[list[int]]:
-        runs = _generic(features).runs
+        runs = features_of(features).runs
         return super().image_runs(features, image_embeds) if runs is None else [list(run) for run in runs]
 
     def image_layout(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> ImageLayout:
@@ -381,8 +348,8 @@ class GenericBackbone(Backbone):
         return ImageLayout(
             image_token_id=layout.image_token_id,
             runs=layout.runs,
-            placeholder_id=layout.placeholder_id if _generic(features).runs is not None else self.image_token_id,
-            model_inputs=partial(self._model_inputs, _generic(features), lengths),
+            placeholder_id=layout.placeholder_id if features_of(features).runs is not None else self.image_token_id,
+            model_inputs=partial(self._model_inputs, features_of(features), lengths),
         )
 
     def _token_type_rules(self) -> dict[str, str]:
@@ -405,26 +372,27 @@ class GenericBackbone(Backbone):
         to_model = features_as_tensor if self._stacked else self.model_image_inputs
         image = to_model(image_features, input_ids)["mm_encoder_outputs"]["image"]
         if features.side_features or features.shared_outputs:
-            side = {  # zero rows for the safety tokens, in front of each image's own
-                name: [
-                    [
-                        torch.cat([own.new_zeros(len(f) - n, *own.shape[1:]), own])
-                        for own, f, n in zip(layer, image_features, lengths)
-                    ]
-                    for layer in layers
-                ]
-                for name, layers in features.side_features.items()
-            }
+            side = {name: widened(layers, image_features) for name, layers in features.side_features.items()}
             image = self._output_class(pooler_output=image.pooler_output, **side, **features.shared_outputs)
         inputs = {
             "mm_encoder_outputs": {"image": image},
             **{name: value.to(input_ids.device) for name, value in features.image_inputs.items()},
         }
-        if rules := self._token_type_rules():
-            is_image = _image_positions(input_ids, self.image_token_id, [len(f) for f in image_features], lengths)
-            for name, rule in rules.items():
-                inputs[name] = is_image.long() if rule == "image" else torch.zeros_like(input_ids)
-        return inputs
+        return {**inputs, **self._token_type_inputs(input_ids, [len(f) for f in image_features], lengths)}
+
+    def _token_type_inputs(
+        self, input_ids: torch.Tensor, widened: Sequence[int], lengths: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """The token types the model takes: 1 at image features, safety rows typed :attr:`safety_token_type`."""
+        rules = self._token_type_rules()
+        if not rules:
+            return {}
+        is_image = image_positions(input_ids, self.image_token_id, widened, lengths)
+        if self.safety_token_type:
+            is_image = input_ids == self.image_token_id
+        return {
+            name: is_image.long() if rule == "image" else torch.zeros_like(input_ids) for name, rule in rules.items()
+        }
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -433,159 +401,5 @@ class GenericBackbone(Backbone):
         return {name: value for name, value in inputs.items() if name in params}
 
 
-def _template_image_text(processor: Any) -> str | None:
-    """What the processor's chat template writes for one image part (None without a usable template)."""
-    try:
-        with_image, without = (
-            render_chat(
-                processor,
-                [{"role": "user", "content": [*parts, {"type": "text", "text": "x"}]}],
-                add_generation_prompt=False,
-            )
-            for parts in ([{"type": "image"}], [])
-        )
-    except Exception:
-        return None
-    start = 0
-    while start < min(len(with_image), len(without)) and with_image[start] == without[start]:
-        start += 1
-    end = 0
-    while end < len(without) - start and with_image[len(with_image) - 1 - end] == without[len(without) - 1 - end]:
-        end += 1
-    return with_image[start : len(with_image) - end] or None
-
-
-def _process(processor: Any, texts: list[str], images: Sequence[Image.Image], family: str) -> Any:
-    """The processor's output for one image per text: images nested per text, or flat where it takes no nesting."""
-    errors = []
-    for batch in ([[image] for image in images], list(images)):
-        try:
-            return processor(text=texts, images=batch, return_tensors="pt", padding=True)
-        except (TypeError, ValueError, KeyError, IndexError) as err:
-            errors.append(err)
-    image_processor_outputs(processor, images, family)  # a ProcessorError if it has no image processor
-    raise ProcessorError(f"the processor cannot prepare images for a {family!r} model: {errors[-1]}") from errors[-1]
-
-
-def _parts(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
-    return inner if isinstance(inner, nn.Module) and hasattr(inner, "get_image_features") else model
-
-
-def _image_token_id(config: Any) -> int | None:
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def _generic(features: VisionFeatures) -> GenericFeatures:
-    if not isinstance(features, GenericFeatures):
-        raise InvalidInputError("these features come from another adapter's vision pass")
-    return features
-
-
 def _to(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return tensor.to(param.device, param.dtype) if tensor.is_floating_point() else tensor.to(param.device)
-
-
-def _num_images(pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> int:
-    for name in ("image_grid_thw", "image_sizes", "spatial_shapes"):
-        if (value := image_inputs.get(name)) is not None:
-            return len(value)
-    return len(pixel_values)
-
-
-def _split_features(pooled: Any, num_images: int, counts: Sequence[int] | None) -> list[torch.Tensor]:
-    """One ``(L_i, D)`` tensor per image: by the runs' image-token counts where known, else by the output's shape."""
-    if isinstance(pooled, (list, tuple)):
-        pieces = [p.reshape(-1, p.shape[-1]) for p in pooled]
-        if counts is None and len(pieces) == num_images:
-            return pieces
-        flat = torch.cat(pieces)
-    else:
-        if counts is None and pooled.dim() == 3 and len(pooled) == num_images:
-            return list(pooled)
-        flat = pooled.reshape(-1, pooled.shape[-1])
-    if counts is None or sum(counts) != len(flat):
-        raise InvalidInputError(
-            f"{len(flat)} image features do not split into {num_images} images"
-            + ("" if counts is None else f" of {list(counts)} image tokens")
-        )
-    return list(torch.split(flat, list(counts)))
-
-
-def _side_features(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, tuple[tuple[torch.Tensor, ...], ...]]:
-    """Fields of ``get_image_features``'s output that hold, per layer, one tensor per image aligned with its
-    embeddings (DeepStack features); they go back to the model with the embeddings."""
-    skip = {"pooler_output", "last_hidden_state", "hidden_states", "attentions"}
-    found = {}
-    for name, value in out.items():
-        if name in skip or not isinstance(value, (list, tuple)) or not value:
-            continue
-        layers = [_per_image(layer, embeds) for layer in value]
-        if all(layer is not None for layer in layers):
-            found[name] = tuple(layers)
-    return found
-
-
-def _shared_outputs(out: Any, embeds: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Tensor fields of ``get_image_features``'s output beside the features, the tower's states and the per-image
-    side features: they hold no image's rows (their first dimension is not the images' feature rows)."""
-    skip = {"pooler_output", "last_hidden_state", "hidden_states", "attentions"}
-    rows = sum(len(e) for e in embeds)
-    return {
-        name: value
-        for name, value in out.items()
-        if name not in skip and torch.is_tensor(value) and value.dim() == 2 and len(value) != rows
-    }
-
-
-def _per_image(layer: Any, embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...] | None:
-    pieces = list(layer) if isinstance(layer, (list, tuple)) else None
-    if pieces is None and torch.is_tensor(layer) and len(layer) == sum(len(e) for e in embeds):
-        pieces = list(torch.split(layer, [len(e) for e in embeds]))
-    if pieces is None or len(pieces) != len(embeds) or any(len(p) != len(e) for p, e in zip(pieces, embeds)):
-        return None
-    return tuple(pieces)
-
-
-def _unmerge(hidden: torch.Tensor, grid: Sequence[int], merge: int) -> torch.Tensor:
-    """(t * h * w, C) states in merge-block order -> the first frame's (h, w, C) grid."""
-    t, h, w = (int(v) for v in grid)
-    if merge <= 1 or h % merge or w % merge:
-        return hidden.reshape(t, h, w, -1)[0]
-    blocks = hidden.reshape(t, h // merge, w // merge, merge, merge, hidden.shape[-1])
-    return blocks.permute(0, 1, 3, 2, 4, 5).reshape(t, h, w, hidden.shape[-1])[0]
-
-
-def _to_square(tokens: torch.Tensor, side: int) -> torch.Tensor:
-    return pool_to_square_grid(tokens, side) if tokens.dim() == 3 else pool_sequence_to_square(tokens, side)
-
-
-def _token_type_rule(value: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor, image_token_id: int) -> str:
-    """How the processor types tokens: 1 at image tokens ("image"), or 0 everywhere ("zeros")."""
-    if torch.equal(value[mask].bool(), (input_ids == image_token_id)[mask]):
-        return "image"
-    if not value[mask].any():
-        return "zeros"
-    raise ProcessorError("the processor's token types follow a rule the generic adapter does not know")
-
-
-def _image_positions(
-    input_ids: torch.Tensor, image_token_id: int, widened: Sequence[int], lengths: Sequence[int]
-) -> torch.Tensor:
-    """Image-token positions holding image features (True) rather than the guard's safety rows (False).
-
-    Image ``i`` owns the next ``widened[i]`` image tokens (in order across the rows), the first
-    ``widened[i] - lengths[i]`` of them its safety rows.
-    """
-    is_image = torch.zeros_like(input_ids, dtype=torch.bool)
-    owner = [(image, k < w - n) for image, (w, n) in enumerate(zip(widened, lengths)) for k in range(w)]
-    positions = (input_ids == image_token_id).nonzero().tolist()
-    if len(positions) != len(owner):
-        raise InvalidInputError(f"{len(positions)} image tokens in the rows for {len(owner)} feature rows")
-    for (row, column), (_, safety) in zip(positions, owner):
-        is_image[row, column] = not safety
-    return is_image

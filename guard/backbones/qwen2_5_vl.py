@@ -1,9 +1,9 @@
 """Qwen2.5-VL family: ``Qwen2_5_VLForConditionalGeneration``: Qwen2-VL's layout with window attention in the tower.
 
 The tower regroups the patches window by window (in units of one merge block) before its blocks and
-restores the order only after its merger, so its last hidden state is in window order. The adapter undoes
-that order (the tower's own window index) and then reads the features as Qwen2-VL's adapter does: merge
-blocks -> patch grid -> pooled square safety grid; the merger's embeddings come out in the processor's order.
+restores the order only after its merger, so its last hidden state is in window order. The one override:
+:meth:`Qwen2_5_VLBackbone.tower_pass` undoes that order (the tower's own window index) before the generic
+adapter lays the states out as Qwen2-VL's (merge blocks -> patch grid -> pooled square safety grid).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.qwen2_vl import Qwen2VLBackbone
@@ -27,38 +26,24 @@ class Qwen2_5_VLBackbone(Qwen2VLBackbone):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
 
-    @property
-    def vision_hidden_size(self) -> int:
-        return self.config.vision_config.hidden_size
-
-    def _unmerged(self, tower: nn.Module, pixel_values: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    def tower_pass(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
         """The last hidden state in the processor's patch order: the tower's window order undone."""
         # Imported here: importing transformers' vision utilities installs warning filters (psaguard's
         # import has no global side effects).
         from transformers.vision_utils import get_vision_window_index
 
-        hidden = tower(pixel_values, grid_thw=grids, return_dict=True).last_hidden_state
+        out, hidden = super().tower_pass(pixel_values, image_inputs)
+        tower = self.vision_tower
         window_index, _ = get_vision_window_index(
-            grids,
+            image_inputs["image_grid_thw"].to(hidden.device),
             spatial_merge_size=tower.spatial_merge_size,
             window_size=tower.window_size,
             patch_size=tower.patch_size,
         )
-        unit = tower.spatial_merge_unit
-        units = hidden.reshape(-1, unit, hidden.shape[-1])
-        return units[torch.argsort(window_index.to(hidden.device))].reshape(hidden.shape)
+        units = hidden.reshape(-1, tower.spatial_merge_unit, hidden.shape[-1])
+        return out, units[torch.argsort(window_index.to(hidden.device))].reshape(hidden.shape)
 
 
 @register_backbone
 class EncoderOnlyQwen2_5_VLBackbone(EncoderOnlyBackbone, Qwen2_5_VLBackbone):
-    """Classifier-only: the tower and token embeddings alone; fingerprints as ``'qwen2_5_vl'``, like the full model."""
-
-    tower_checkpoint_prefixes = ("model.visual.", "visual.")
-    embedding_checkpoint_keys = ("model.language_model.embed_tokens.weight", "model.embed_tokens.weight")
-
-    @classmethod
-    def tower_from_config(cls, vision_config: Any) -> nn.Module:
-        """Qwen2.5-VL's vision transformer (which ``AutoModel`` does not map), as ``Qwen2_5_VLModel`` builds it."""
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-
-        return Qwen2_5_VisionTransformerPretrainedModel._from_config(vision_config)
+    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'qwen2_5_vl'``."""

@@ -160,7 +160,7 @@ class FamilyConformance:
             return
         analysis = guard.analyze([image], [QUESTION])
         assert analysis.verdicts[0].error is None
-        assert analysis.features.tiles is not None and analysis.features.tiles[0] <= budget  # patches per image
+        assert _tower_patches(analysis.features, guard.backbone.resolution_unit[0]) <= budget
 
     def test_a_processor_of_another_family_is_refused(self, family: TinyFamily, tiny_processor) -> None:
         with pytest.raises(ProcessorError):
@@ -353,3 +353,12 @@ class FamilyConformance:
         )
         assert isinstance(loaded.model, PeftModel)  # the LoRA loads with the guard, on the full model
         assert loaded.generate(shaped_images()[1], QUESTION, max_new_tokens=2, min_new_tokens=2).generated
+
+
+def _tower_patches(features: Any, patch: int) -> int:
+    """The first image's tower patches, from the per-image inputs its features carry."""
+    inputs = getattr(features, "image_inputs", {})
+    if (grids := inputs.get("image_grid_thw")) is not None:
+        return int(grids[0].prod())
+    sizes = inputs["image_sizes"]
+    return int(sizes[0][0]) // patch * (int(sizes[0][1]) // patch)

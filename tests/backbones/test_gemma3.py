@@ -88,6 +88,6 @@ def test_a_pan_and_scan_processor_is_refused(family):
         resolve_backbone(family.model).check_processor(processor)
 
 
-def test_a_processor_of_another_family_lacks_the_image_sequence(family, tiny_processor):
+def test_a_processor_of_another_family_is_refused_at_check(family, tiny_processor):
     with pytest.raises(ProcessorError):
-        resolve_backbone(family.model).read_processor(tiny_processor)
+        resolve_backbone(family.model).check_processor(tiny_processor)

@@ -26,7 +26,8 @@ def test_project_matches_the_models_own_image_features(family):
         features = backbone.encode_images(**inputs)
         ours = backbone.project(features)
         theirs = family.model.model.get_image_features(**inputs).pooler_output
-    assert features.selected.shape[-1] == backbone.vision_hidden_size  # per patch, before the downsample
-    assert features.selected.shape[0] == int(inputs["image_grid_thw"].prod(-1).sum())
+        _, hidden = backbone.tower_pass(inputs["pixel_values"], {"image_grid_thw": inputs["image_grid_thw"]})
+    assert hidden.shape[-1] == backbone.vision_hidden_size  # per patch, before the downsample
+    assert hidden.shape[0] == int(inputs["image_grid_thw"].prod(-1).sum())
     assert [t.shape for t in ours] == [t.shape for t in theirs]
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours, theirs))

@@ -28,11 +28,15 @@ def test_attach_resolves_the_next_family_and_classifies_every_aspect_ratio(next_
 
 def test_tiles_follow_the_aspect_ratio_and_the_safety_grid_is_the_base_tile(next_model, next_processor, shaped_images):
     backbone = resolve_backbone(next_model)
-    features = backbone.encode_images(**backbone.preprocess(next_processor, shaped_images))
+    inputs = backbone.preprocess(next_processor, shaped_images)
     # Square: base + 1 tile; 80x40 and 40x80: base + 2 tiles, laid out differently.
-    assert features.tiles == (2, 3, 3)
+    assert backbone.tile_counts(8, inputs, ()) == [2, 3, 3]
+    with torch.inference_mode():
+        features = backbone.encode_images(**inputs)
+        hidden = next_model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).hidden_states
     assert features.patches.shape == (3, backbone.num_patches, backbone.vision_hidden_size)
-    assert torch.equal(features.patches[1], features.selected[2])  # image 1's base tile follows image 0's 2 tiles
+    selected = hidden[next_model.config.vision_feature_layer][:, 1:]  # the states the projector reads, every tile
+    assert torch.equal(features.patches[1], selected[2])  # image 1's base tile follows image 0's 2 tiles
 
 
 def test_project_matches_the_models_own_image_features(next_model, next_processor, shaped_images):

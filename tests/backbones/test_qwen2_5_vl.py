@@ -27,15 +27,15 @@ def test_project_matches_the_models_own_image_features(family):
 
 
 def test_the_towers_window_order_is_undone(family):
-    """The tower's last hidden state is in window order; the adapter's selected features are in processor order."""
+    """The tower's last hidden state is in window order; the states the adapter reads are in processor order."""
     backbone = family.backbone()
     inputs = backbone.preprocess(family.processor, shaped_images()[1:2])  # 10 x 14 patches: several windows
     tower = family.model.model.visual
     with torch.inference_mode():
         windowed = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
-        features = backbone.encode_images(**inputs)
-    assert not torch.allclose(windowed, features.selected)  # the orders differ
+        _, ordered = backbone.tower_pass(inputs["pixel_values"], {"image_grid_thw": inputs["image_grid_thw"]})
+    assert not torch.allclose(windowed, ordered)  # the orders differ
     # The first window holds merge blocks 0, 1 (first block row) and 7, 8 (second block row, 7 blocks wide).
-    blocks = features.selected.reshape(-1, 4, features.selected.shape[-1])
+    blocks = ordered.reshape(-1, 4, ordered.shape[-1])
     first_window = windowed.reshape(-1, 4, windowed.shape[-1])[:4]
     torch.testing.assert_close(first_window, blocks[[0, 1, 7, 8]])

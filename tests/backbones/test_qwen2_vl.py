@@ -40,7 +40,8 @@ def test_the_safety_grid_is_the_images_patch_grid_in_raster_order_pooled(family)
     inputs = backbone.preprocess(family.processor, [image])
     assert inputs["image_grid_thw"].tolist() == [[1, 10, 14]]
     features = backbone.encode_images(**inputs)
-    hidden = features.selected  # merge-block order: (h/2, w/2, 2, 2)
+    with torch.inference_mode():  # the tower's states, in merge-block order: (h/2, w/2, 2, 2)
+        hidden = family.model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).last_hidden_state
     grid = hidden.reshape(5, 7, 2, 2, -1).permute(0, 2, 1, 3, 4).reshape(10, 14, -1)
     torch.testing.assert_close(grid[0, 1], hidden[1])  # row 0, column 1: second patch of the first block
     torch.testing.assert_close(grid[1, 0], hidden[2])  # row 1, column 0: third patch of the first block
@@ -167,8 +168,7 @@ def test_an_image_over_the_default_budget_is_judged_within_it(family):
     image = _noise(384, 256)  # 96 x 64 = 6,144 patches of 4 px at its own size
     assert processor.image_processor(images=[image])["image_grid_thw"].tolist() == [[1, 64, 96]]
     analysis = guard.analyze([image], [QUESTION])
-    ((t, h, w),) = analysis.features.image_sizes.tolist()
-    assert analysis.features.tiles == (t * h * w,)
+    ((t, h, w),) = analysis.features.image_inputs["image_grid_thw"].tolist()
     assert t * h * w <= DEFAULT_MAX_VISION_PATCHES == guard.config.max_vision_patches
     assert abs(w / h - 384 / 256) < 0.1  # the aspect ratio is kept
 
@@ -181,8 +181,8 @@ def test_a_huge_image_is_bounded_and_the_model_generates_from_what_the_guard_jud
     patch, unit = guard.backbone.resolution_unit
     judged = fit_patch_budget(image, patch, unit, budget)
     analysis = guard.analyze([image], [QUESTION])
-    grid = analysis.features.image_sizes.tolist()[0]
-    assert analysis.features.tiles[0] <= budget
+    grid = analysis.features.image_inputs["image_grid_thw"].tolist()[0]
+    assert grid[0] * grid[1] * grid[2] <= budget
     assert grid == [1, judged.height // patch, judged.width // patch]
     greedy = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
     with spy_generate(family.model) as outputs, capture_llm_inputs(family.model) as guarded:
