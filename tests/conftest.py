@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from psaguard.dtypes import describe_cpu
-from psaguard.testing.llava import save_tiny_llava, save_tiny_llava_next
+from psaguard.testing import save_tiny_family
+from psaguard.testing.llava import save_tiny_llava
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -74,7 +75,7 @@ def images() -> list[Image.Image]:
 @pytest.fixture(scope="session")
 def next_dir(tmp_path_factory: pytest.TempPathFactory):
     """A tiny LLaVA-NeXT model + processor (any-resolution tiles) saved in Hugging Face format."""
-    return save_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"))
+    return save_tiny_family("llava_next", tmp_path_factory.mktemp("tiny_llava_next"))
 
 
 @pytest.fixture(scope="session")

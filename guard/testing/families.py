@@ -71,6 +71,9 @@ LAYOUTS: dict[str, TinyLayout] = {
     "smolvlm": TinyLayout(_PATCH_4, {"size": {"longest_edge": 64}}, tokens=_TILE_TAGS),
     "internvl": TinyLayout({"vision_config": {"patch_size": [4, 4]}}, _TILES_4),
     "aya_vision": TinyLayout(_PATCH_4, _TILES_4, words=("TILE", "GLOBAL", "_", *(str(i) for i in range(1, 13)))),
+    "llava_next": TinyLayout(  # 32 px tiles of 4 px patches; any-resolution grids of one or two tiles
+        {"vision_config": {"image_size": 32, "patch_size": 4}, "image_grid_pinpoints": [[32, 32], [64, 32], [32, 64]]}
+    ),
     "llava_pixtral": TinyLayout(  # a LLaVA with a Pixtral tower and processor (the pixtral-12b layout)
         {"vision_config": _PIXTRAL_TOWER, "vision_feature_layer": -1, "vision_feature_select_strategy": "full"},
         model_type="llava",

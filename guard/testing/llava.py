@@ -12,7 +12,7 @@ tokenizer, chat template and seeded init defined here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "TINY_GRID_PINPOINTS",
     "TinyLlavaSpec",
     "build_tiny_llava",
-    "build_tiny_llava_next",
-    "build_tiny_llava_next_processor",
     "build_tiny_processor",
     "init_tiny_model",
     "save_pretrained_pair",
     "save_tiny_llava",
-    "save_tiny_llava_next",
     "tiny_chat_template",
     "tiny_text_config",
     "tiny_tokenizer",
@@ -45,9 +41,6 @@ BASE_WORDS = tuple(
     "circle square triangle star word text say read sorry can't cannot help with that request because "
     "involves yes no please answer question safe careful hint you must refuse".split()
 )
-
-# LLaVA-NeXT tile layouts (height, width) in pixels: square, tall and wide, each a multiple of image_size.
-TINY_GRID_PINPOINTS: tuple[tuple[int, int], ...] = ((32, 32), (64, 32), (32, 64))
 
 
 def tiny_chat_template(image_placeholder: str = "<image>") -> str:
@@ -114,53 +107,10 @@ def build_tiny_llava(spec: TinyLlavaSpec | None = None, processor=None):  # -> L
     return _ready(LlavaForConditionalGeneration(config), tok)
 
 
-def build_tiny_llava_next_processor(
-    spec: TinyLlavaSpec | None = None, grid_pinpoints: Sequence[Sequence[int]] = TINY_GRID_PINPOINTS
-):  # -> LlavaNextProcessor
-    """Build a ``LlavaNextProcessor``: the tiny tokenizer and an any-resolution image processor."""
-    from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
-
-    spec = spec or TinyLlavaSpec()
-    image_processor = LlavaNextImageProcessorPil(
-        **_image_sizes(spec), image_grid_pinpoints=[list(p) for p in grid_pinpoints]
-    )
-    return LlavaNextProcessor(image_processor=image_processor, **_processor_parts(spec))
-
-
-def build_tiny_llava_next(
-    spec: TinyLlavaSpec | None = None,
-    processor=None,
-    grid_pinpoints: Sequence[Sequence[int]] = TINY_GRID_PINPOINTS,
-):  # -> LlavaNextForConditionalGeneration
-    """Build a tiny ``LlavaNextForConditionalGeneration`` with random weights, sized by ``spec``."""
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
-
-    spec = spec or TinyLlavaSpec()
-    processor = processor or build_tiny_llava_next_processor(spec, grid_pinpoints)
-    tok = processor.tokenizer
-    config = LlavaNextConfig(
-        vision_config=_vision_config(spec),
-        text_config=tiny_text_config(spec, tok),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=[list(p) for p in grid_pinpoints],
-        vision_feature_layer=spec.vision_feature_layer,
-        vision_feature_select_strategy="default",
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(spec.seed)
-    return _ready(LlavaNextForConditionalGeneration(config), tok)
-
-
 def save_tiny_llava(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
     """Build a tiny model and processor and save both to ``path`` in Hugging Face format."""
     processor = build_tiny_processor(spec)
     return save_pretrained_pair(path, build_tiny_llava(spec, processor), processor)
-
-
-def save_tiny_llava_next(path: str | Path, spec: TinyLlavaSpec | None = None) -> Path:
-    """Build a tiny LLaVA-NeXT model and processor and save both to ``path`` in Hugging Face format."""
-    processor = build_tiny_llava_next_processor(spec)
-    return save_pretrained_pair(path, build_tiny_llava_next(spec, processor), processor)
 
 
 def save_pretrained_pair(path: str | Path, model, processor) -> Path:
