@@ -16,12 +16,11 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.generic_processor import RUNS, padded_runs
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyIdefics3Backbone", "EncoderOnlySmolVLMBackbone", "Idefics3Backbone", "SmolVLMBackbone"]
+__all__ = ["Idefics3Backbone", "SmolVLMBackbone"]
 
 
 @register_backbone
@@ -90,13 +89,3 @@ class SmolVLMBackbone(Idefics3Backbone):
 
     family = "smolvlm"
     model_types = ("smolvlm",)
-
-
-@register_backbone
-class EncoderOnlyIdefics3Backbone(EncoderOnlyBackbone, Idefics3Backbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'idefics3'``."""
-
-
-@register_backbone
-class EncoderOnlySmolVLMBackbone(EncoderOnlyIdefics3Backbone, SmolVLMBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'smolvlm'``."""

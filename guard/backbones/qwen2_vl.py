@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import torch
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyQwen2VLBackbone", "Qwen2VLBackbone"]
+__all__ = ["Qwen2VLBackbone"]
 
 
 @register_backbone
@@ -49,11 +48,3 @@ class Qwen2VLBackbone(GenericBackbone):
 
     def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"grid_thw": image_inputs["image_grid_thw"]}
-
-
-@register_backbone
-class EncoderOnlyQwen2VLBackbone(EncoderOnlyBackbone, Qwen2VLBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'qwen2_vl'``.
-
-    The tower keeps its merger (the classifier reads the features before it).
-    """
