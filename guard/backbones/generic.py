@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
 
@@ -325,13 +326,11 @@ class GenericBackbone(Backbone):
         return super().image_runs(features, image_embeds) if runs is None else [list(run) for run in runs]
 
     def image_layout(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> ImageLayout:
-        layout = super().image_layout(features, image_embeds)
-        lengths = [len(e) for e in image_embeds]
-        return ImageLayout(
-            image_token_id=layout.image_token_id,
-            runs=layout.runs,
-            placeholder_id=layout.placeholder_id if features_of(features).runs is not None else self.image_token_id,
-            model_inputs=partial(self._model_inputs, features_of(features), lengths),
+        generic, lengths = features_of(features), [len(e) for e in image_embeds]
+        placeholder = self.placeholder_token_id if generic.runs is not None else self.image_token_id
+        model_inputs = partial(self._model_inputs, generic, lengths)
+        return replace(
+            super().image_layout(features, image_embeds), placeholder_id=placeholder, model_inputs=model_inputs
         )
 
     def _token_type_rules(self) -> dict[str, str]:
