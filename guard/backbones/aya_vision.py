@@ -9,11 +9,10 @@ tile), the tower's own grid.
 
 from __future__ import annotations
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.internvl import InternVLBackbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["AyaVisionBackbone", "EncoderOnlyAyaVisionBackbone"]
+__all__ = ["AyaVisionBackbone"]
 
 
 @register_backbone
@@ -22,8 +21,3 @@ class AyaVisionBackbone(InternVLBackbone):
 
     family = "aya_vision"
     model_types = ("aya_vision",)
-
-
-@register_backbone
-class EncoderOnlyAyaVisionBackbone(EncoderOnlyBackbone, AyaVisionBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'aya_vision'``."""

@@ -18,17 +18,12 @@ from torch import nn
 
 from psaguard.backbones.base import Backbone, unwrap_model
 from psaguard.backbones.generic import GenericBackbone
-from psaguard.backbones.llava import LlavaBackbone
-from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.registry import register_backbone, registered_backbones
 from psaguard.errors import GenerationUnavailableError
 
 __all__ = [
-    "ENCODER_ONLY_BACKBONES",
     "ClassifierOnlyGenericBackbone",
     "EncoderOnlyBackbone",
-    "EncoderOnlyLlavaBackbone",
-    "EncoderOnlyLlavaNextBackbone",
     "LanguageModelRemoved",
     "PartRemoved",
     "encoder_only_backbones",
@@ -94,23 +89,9 @@ class EncoderOnlyBackbone(Backbone):
 
 
 @register_backbone
-class EncoderOnlyLlavaBackbone(EncoderOnlyBackbone, LlavaBackbone):
-    """LLaVA-1.5 without its language model; fingerprints as ``'llava'``."""
-
-
-@register_backbone
-class EncoderOnlyLlavaNextBackbone(EncoderOnlyBackbone, LlavaNextBackbone):
-    """LLaVA-NeXT without its language model; fingerprints as ``'llava_next'``."""
-
-
-@register_backbone
 class ClassifierOnlyGenericBackbone(EncoderOnlyBackbone, GenericBackbone):
     """The generic adapter on a classifier-only model: it classifies exactly as on the full model and refuses
     to generate. Registered after :class:`GenericBackbone`, so it is tried first."""
-
-
-ENCODER_ONLY_BACKBONES: tuple[type[Backbone], ...] = (EncoderOnlyLlavaBackbone, EncoderOnlyLlavaNextBackbone)
-"""The built-in LLaVA classifier-only adapters, registered after the full-model ones so they are tried first."""
 
 
 def encoder_only_backbones() -> tuple[type[Backbone], ...]:

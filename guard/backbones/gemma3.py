@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.registry import register_backbone
 from psaguard.errors import ProcessorError
 
-__all__ = ["EncoderOnlyGemma3Backbone", "Gemma3Backbone"]
+__all__ = ["Gemma3Backbone"]
 
 
 @register_backbone
@@ -38,8 +37,3 @@ class Gemma3Backbone(GenericBackbone):
         if getattr(getattr(processor, "image_processor", None), "do_pan_and_scan", False):
             raise ProcessorError("Gemma 3 pan-and-scan crops are not supported yet; use do_pan_and_scan=False")
         super().read_processor(processor)
-
-
-@register_backbone
-class EncoderOnlyGemma3Backbone(EncoderOnlyBackbone, Gemma3Backbone):
-    """Classifier-only (its own scaled embedding module kept); fingerprints as ``'gemma3'``."""

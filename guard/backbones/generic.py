@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
 
@@ -258,21 +259,14 @@ class GenericBackbone(Backbone):
         """The one vision pass: (``get_image_features``'s output, the tower states the safety projector reads).
 
         Hook: the states default to the output's ``last_hidden_state`` (its ``pooler_output`` without one). A
-        classifier-only model, which holds the tower without ``get_image_features``, runs the tower alone with
-        :meth:`tower_inputs`.
+        classifier-only model is the family's own model class, so it makes its features the same way.
         """
         param = next(self.vision_tower.parameters())
-        if self.has_image_features:
-            get_image_features = self._parts.get_image_features
-            inputs = self._accepted(get_image_features, image_inputs)
-            out = get_image_features(pixel_values=_to(pixel_values, param), **inputs, return_dict=True)
-            self._stacked = torch.is_tensor(out.pooler_output)
-            self._output_class = type(out)
-        else:  # features the classifier-only model cannot make: the tower's states alone
-            tower = self.vision_tower(_to(pixel_values, param), **self.tower_inputs(image_inputs), return_dict=True)
-            out = BaseModelOutputWithPooling(
-                last_hidden_state=tower.last_hidden_state, hidden_states=tower.hidden_states
-            )
+        get_image_features = self._parts.get_image_features
+        inputs = self._accepted(get_image_features, image_inputs)
+        out = get_image_features(pixel_values=_to(pixel_values, param), **inputs, return_dict=True)
+        self._stacked = torch.is_tensor(out.pooler_output)
+        self._output_class = type(out)
         if self.feature_layers:
             layer, strategy = self.config.vision_feature_layer, self.feature_strategy
             return out, select_feature_layers(out.hidden_states, layer, strategy)
@@ -280,20 +274,9 @@ class GenericBackbone(Backbone):
         return out, hidden if hidden is not None else out.pooler_output
 
     @property
-    def has_image_features(self) -> bool:
-        """Whether the model makes its own image features (a classifier-only model holds the tower alone)."""
-        return callable(getattr(self._parts, "get_image_features", None))
-
-    @property
     def feature_strategy(self) -> str:
         """With :attr:`feature_layers`: ``'default'`` drops each layer's CLS token, ``'full'`` keeps it."""
         return getattr(self.config, "vision_feature_select_strategy", "default")
-
-    def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Keyword arguments of the vision tower's own forward (a classifier-only model's pass). Hook: the image
-        inputs the tower's ``forward`` names (and every layer's states with :attr:`feature_layers`)."""
-        inputs = self._accepted(self.vision_tower.forward, image_inputs)
-        return {**inputs, "output_hidden_states": True} if self.feature_layers else inputs
 
     def tile_counts(self, tiles: int, image_inputs: dict[str, torch.Tensor], lengths: Sequence[int]) -> list[int]:
         """With :attr:`view_tile`: each image's tile count among the pass's ``tiles``. Hook: every tile makes
@@ -343,13 +326,11 @@ class GenericBackbone(Backbone):
         return super().image_runs(features, image_embeds) if runs is None else [list(run) for run in runs]
 
     def image_layout(self, features: VisionFeatures, image_embeds: Sequence[torch.Tensor]) -> ImageLayout:
-        layout = super().image_layout(features, image_embeds)
-        lengths = [len(e) for e in image_embeds]
-        return ImageLayout(
-            image_token_id=layout.image_token_id,
-            runs=layout.runs,
-            placeholder_id=layout.placeholder_id if features_of(features).runs is not None else self.image_token_id,
-            model_inputs=partial(self._model_inputs, features_of(features), lengths),
+        generic, lengths = features_of(features), [len(e) for e in image_embeds]
+        placeholder = self.placeholder_token_id if generic.runs is not None else self.image_token_id
+        model_inputs = partial(self._model_inputs, generic, lengths)
+        return replace(
+            super().image_layout(features, image_embeds), placeholder_id=placeholder, model_inputs=model_inputs
         )
 
     def _token_type_rules(self) -> dict[str, str]:

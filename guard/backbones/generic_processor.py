@@ -89,18 +89,15 @@ def image_token_id_of(config: Any) -> int | None:
     return None
 
 
-def image_processor_outputs(processor: Any, images: Sequence[Image.Image], family: str, **kwargs: Any) -> Any:
-    """Run the processor's image processor on ``images``; :class:`ProcessorError` if it has none or fails.
-
-    ``kwargs`` are the settings the family's processor passes its image processor on every call.
-    """
+def image_processor_outputs(processor: Any, images: Sequence[Image.Image], family: str) -> Any:
+    """Run the processor's image processor on ``images``; :class:`ProcessorError` if it has none or fails."""
     image_processor = getattr(processor, "image_processor", processor)
     if not callable(image_processor):
         raise ProcessorError(
             f"{type(processor).__name__} has no image processor; pass the {family!r} model's processor"
         )
     try:
-        return image_processor(images=list(images), return_tensors="pt", **kwargs)
+        return image_processor(images=list(images), return_tensors="pt")
     except (TypeError, ValueError, KeyError) as err:
         raise ProcessorError(f"the processor cannot prepare images for a {family!r} model: {err}") from err
 

@@ -13,11 +13,10 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.qwen2_vl import Qwen2VLBackbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyGlm4vBackbone", "Glm4vBackbone"]
+__all__ = ["Glm4vBackbone"]
 
 
 @register_backbone
@@ -36,8 +35,3 @@ class Glm4vBackbone(Qwen2VLBackbone):
         finally:
             handle.remove()
         return out, seen[-1]
-
-
-@register_backbone
-class EncoderOnlyGlm4vBackbone(EncoderOnlyBackbone, Glm4vBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'glm4v'``."""

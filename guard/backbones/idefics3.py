@@ -4,9 +4,8 @@ The generic adapter reads them whole: the processor's runs (per tile ``<fake_tok
 + image tokens, then ``<global-img>`` + image tokens for the global view), and ``get_image_features``'
 embeddings (the model drops the all-zero padding tiles of a batch and pixel-shuffles each real tile). The
 overrides: the safety projector reads each image's global view (the last tile, :attr:`view_tile`) on the
-tower's own grid; the language model lives in ``text_model``; and the classifier-only model, which holds the
-tower alone, runs it on the real tiles with their patch mask as ``get_image_features`` does; and ``wrap()``,
-which gets the processor's ids without the runs' tile grids, reads them back from the tile tags.
+tower's own grid; the language model lives in ``text_model``; and ``wrap()``, which gets the processor's ids
+without the runs' tile grids, reads them back from the tile tags.
 """
 
 from __future__ import annotations
@@ -16,12 +15,11 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.generic_processor import RUNS, padded_runs
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyIdefics3Backbone", "EncoderOnlySmolVLMBackbone", "Idefics3Backbone", "SmolVLMBackbone"]
+__all__ = ["Idefics3Backbone", "SmolVLMBackbone"]
 
 
 @register_backbone
@@ -37,22 +35,6 @@ class Idefics3Backbone(GenericBackbone):
     language_model_name = "text_model"
     unquantized_modules = ("model.vision_model", "model.connector", "lm_head")
     _runs_by_grid: Any = None  # (run of a tile grid, tag id -> grid or None for the global view), from the processor
-
-    def tower_pass(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
-        """Without ``get_image_features``: the tower on the real tiles (all-zero padding tiles dropped)."""
-        if self.has_image_features or pixel_values.dim() != 5:
-            return super().tower_pass(pixel_values, image_inputs)
-        flat = pixel_values.flatten(0, 1)
-        real = (flat != 0).flatten(1).any(dim=1)  # padding tiles are all zeros, as the model detects them
-        mask = image_inputs.get("pixel_attention_mask")
-        mask = torch.ones(flat.shape[0], *flat.shape[-2:], dtype=torch.bool) if mask is None else mask.flatten(0, 1)
-        size = int(self.config.vision_config.patch_size)
-        patch_mask = mask[real].bool().unfold(1, size, size).unfold(2, size, size).sum(dim=(-1, -2)) > 0
-        inputs = {"patch_attention_mask": patch_mask.to(self.device)}
-        return super().tower_pass(flat[real], inputs)
-
-    def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return image_inputs
 
     def read_processor(self, processor: Any) -> None:
         """The generic reading, and the processor's run per tile grid (``replace_image_token``) with its tags."""
@@ -90,13 +72,3 @@ class SmolVLMBackbone(Idefics3Backbone):
 
     family = "smolvlm"
     model_types = ("smolvlm",)
-
-
-@register_backbone
-class EncoderOnlyIdefics3Backbone(EncoderOnlyBackbone, Idefics3Backbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'idefics3'``."""
-
-
-@register_backbone
-class EncoderOnlySmolVLMBackbone(EncoderOnlyIdefics3Backbone, SmolVLMBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'smolvlm'``."""

@@ -9,12 +9,11 @@ None: the guard's grid is the tile's, as guards trained before the generic adapt
 
 from __future__ import annotations
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyInternVLBackbone", "InternVLBackbone"]
+__all__ = ["InternVLBackbone"]
 
 
 @register_backbone
@@ -28,8 +27,3 @@ class InternVLBackbone(GenericBackbone):
     feature_layers = True
     view_tile = -1
     max_grid_side = None
-
-
-@register_backbone
-class EncoderOnlyInternVLBackbone(EncoderOnlyBackbone, InternVLBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'internvl'``."""

@@ -4,8 +4,7 @@ An image becomes a base (global) tile plus a grid of high-resolution tiles chose
 ``config.image_grid_pinpoints``; ``get_image_features`` unpads, projects and packs them. LLaVA-1.5's adapter
 (the parent class) with the tiling as overrides: the safety projector reads each image's base tile
 (:attr:`view_tile` 0), the same square grid a LLaVA-1.5 guard sees; an image's tile count follows from its
-size (:meth:`LlavaNextBackbone.tile_counts`; its packed embeddings do not say it); and the classifier-only
-model, which runs the tower alone, drops each image's padding tiles first, as the model does.
+size (:meth:`LlavaNextBackbone.tile_counts`; its packed embeddings do not say it).
 """
 
 from __future__ import annotations
@@ -43,9 +42,3 @@ class LlavaNextBackbone(LlavaBackbone):
 
         pinpoints, side = self.config.image_grid_pinpoints, self.config.vision_config.image_size
         return image_size_to_num_patches(image_size=image_size, grid_pinpoints=pinpoints, patch_size=side)
-
-    def tower_pass(self, pixel_values: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> tuple[Any, Any]:
-        if not self.has_image_features and pixel_values.dim() == 5:  # the tower alone: real tiles only
-            counts = self.tile_counts(0, image_inputs, ())
-            pixel_values = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, counts)])
-        return super().tower_pass(pixel_values, image_inputs)

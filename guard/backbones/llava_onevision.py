@@ -16,12 +16,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic_processor import RUNS, image_processor_outputs
 from psaguard.backbones.llava_next import LlavaNextBackbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyLlavaOnevisionBackbone", "LlavaOnevisionBackbone"]
+__all__ = ["LlavaOnevisionBackbone"]
 
 
 @register_backbone
@@ -50,8 +49,3 @@ class LlavaOnevisionBackbone(LlavaNextBackbone):
         counts = [1] * len(image_inputs["image_sizes"]) if counts is None else [int(n) for n in counts]
         alone = [n == 1 for n in counts for _ in range(n)]
         return [self._tiles(size) if tiled else 1 for size, tiled in zip(image_inputs["image_sizes"], alone)]
-
-
-@register_backbone
-class EncoderOnlyLlavaOnevisionBackbone(EncoderOnlyBackbone, LlavaOnevisionBackbone):
-    """Classifier-only: the SigLIP tower and token embeddings; fingerprints as ``'llava_onevision'``."""

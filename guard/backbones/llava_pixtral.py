@@ -10,11 +10,11 @@ from __future__ import annotations
 from torch import nn
 
 from psaguard.backbones.base import unwrap_model
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
+from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.mistral3 import Mistral3Backbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyLlavaPixtralBackbone", "LlavaPixtralBackbone"]
+__all__ = ["LlavaPixtralBackbone"]
 
 _TOWER_TYPE = "pixtral"
 
@@ -24,14 +24,9 @@ class LlavaPixtralBackbone(Mistral3Backbone):
     """A LLaVA whose vision tower is Pixtral: Mistral3's grids and runs, one ``[IMG]`` per patch, LLaVA's projector."""
 
     family = "llava_pixtral"
-    model_types = ("llava",)
+    model_types = LlavaBackbone.model_types  # registered after LLaVA's adapter (imported first), so tried before it
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:
         vision = getattr(getattr(unwrap_model(model), "config", None), "vision_config", None)
         return super().supports(model) and getattr(vision, "model_type", None) == _TOWER_TYPE
-
-
-@register_backbone
-class EncoderOnlyLlavaPixtralBackbone(EncoderOnlyBackbone, LlavaPixtralBackbone):
-    """Classifier-only: the Pixtral tower and token embeddings; fingerprints as ``'llava_pixtral'``."""

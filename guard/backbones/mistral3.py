@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.generic_processor import RUNS, padded_runs, special_token_id
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyMistral3Backbone", "Mistral3Backbone"]
+__all__ = ["Mistral3Backbone"]
 
 
 @register_backbone
@@ -61,8 +60,3 @@ class Mistral3Backbone(GenericBackbone):
                 runs[-1].append(token)
             inside = inside and token != self._image_end
         return {RUNS: padded_runs(runs)} if runs and self._image_end is not None else {}
-
-
-@register_backbone
-class EncoderOnlyMistral3Backbone(EncoderOnlyBackbone, Mistral3Backbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'mistral3'``."""

@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.qwen2_vl import Qwen2VLBackbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyQwen2_5_VLBackbone", "Qwen2_5_VLBackbone"]
+__all__ = ["Qwen2_5_VLBackbone"]
 
 
 @register_backbone
@@ -42,8 +41,3 @@ class Qwen2_5_VLBackbone(Qwen2VLBackbone):
         )
         units = hidden.reshape(-1, tower.spatial_merge_unit, hidden.shape[-1])
         return out, units[torch.argsort(window_index.to(hidden.device))].reshape(hidden.shape)
-
-
-@register_backbone
-class EncoderOnlyQwen2_5_VLBackbone(EncoderOnlyBackbone, Qwen2_5_VLBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'qwen2_5_vl'``."""

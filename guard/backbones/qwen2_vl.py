@@ -7,8 +7,6 @@ before the image's (t, h, w) grid. This adapter keeps the family's name in finge
 
 * :attr:`Qwen2VLBackbone.resolution_unit`: the processor keeps images near their own size, so the guard
   bounds their patch count (the generic adapter cannot tell a native-resolution processor from its config);
-* :meth:`Qwen2VLBackbone.tower_inputs`: the classifier-only model runs the tower alone, which names the grid
-  ``grid_thw``;
 * :attr:`Qwen2VLBackbone.required_image_inputs`: pixel values without ``image_grid_thw`` are refused up front;
 * :attr:`Qwen2VLBackbone.num_patches`: 24 x 24 whatever ``vision_config.image_size`` says (GLM-4V's is its
   pretraining size, no bound on a native-resolution grid).
@@ -16,14 +14,11 @@ before the image's (t, h, w) grid. This adapter keeps the family's name in finge
 
 from __future__ import annotations
 
-import torch
-
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.generic import GenericBackbone
 from psaguard.backbones.generic_processor import RUNS
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyQwen2VLBackbone", "Qwen2VLBackbone"]
+__all__ = ["Qwen2VLBackbone"]
 
 
 @register_backbone
@@ -46,14 +41,3 @@ class Qwen2VLBackbone(GenericBackbone):
         """The tower's patch and the processor's grid (``patch_size * merge_size``): images keep their size."""
         vision = self.config.vision_config
         return int(vision.patch_size), int(vision.patch_size) * int(vision.spatial_merge_size)
-
-    def tower_inputs(self, image_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"grid_thw": image_inputs["image_grid_thw"]}
-
-
-@register_backbone
-class EncoderOnlyQwen2VLBackbone(EncoderOnlyBackbone, Qwen2VLBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'qwen2_vl'``.
-
-    The tower keeps its merger (the classifier reads the features before it).
-    """

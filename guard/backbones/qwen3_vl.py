@@ -8,11 +8,10 @@ nothing to them. Everything else is Qwen2-VL's adapter (the parent class); only 
 
 from __future__ import annotations
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.qwen2_vl import Qwen2VLBackbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyQwen3VLBackbone", "Qwen3VLBackbone"]
+__all__ = ["Qwen3VLBackbone"]
 
 
 @register_backbone
@@ -21,8 +20,3 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
 
     family = "qwen3_vl"
     model_types = ("qwen3_vl",)
-
-
-@register_backbone
-class EncoderOnlyQwen3VLBackbone(EncoderOnlyBackbone, Qwen3VLBackbone):
-    """Classifier-only (tower, projector, token embeddings); fingerprints as ``'qwen3_vl'``."""

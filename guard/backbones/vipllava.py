@@ -6,11 +6,10 @@ selected layer (:attr:`VipLlavaBackbone.feature_strategy`), as the model does; i
 
 from __future__ import annotations
 
-from psaguard.backbones.encoder_only import EncoderOnlyBackbone
 from psaguard.backbones.llava import LlavaBackbone
 from psaguard.backbones.registry import register_backbone
 
-__all__ = ["EncoderOnlyVipLlavaBackbone", "VipLlavaBackbone"]
+__all__ = ["VipLlavaBackbone"]
 
 
 @register_backbone
@@ -20,8 +19,3 @@ class VipLlavaBackbone(LlavaBackbone):
     family = "vipllava"
     model_types = ("vipllava",)
     feature_strategy = "default"
-
-
-@register_backbone
-class EncoderOnlyVipLlavaBackbone(EncoderOnlyBackbone, VipLlavaBackbone):
-    """Classifier-only: the CLIP tower and token embeddings; fingerprints as ``'vipllava'``."""
