@@ -2,7 +2,7 @@
 #   make demo   -> creates .venv, installs psaguard, runs the demo on an embedded tiny model (no downloads)
 #   make test   -> creates .venv, installs psaguard with its dev extras, runs the test suite on two workers
 # Both install the exact versions CI tests (constraints.txt). `make test-slow` runs the long end-to-end tests
-# (marked `slow`: benchmark scripts at full tiny size, world runs); `make test-newest` runs a smoke subset
+# (marked `slow`: the benchmark scripts, world runs); `make test-newest` runs a smoke subset
 # against the newest releases in a second environment (.venv-newest); `.ci/run` runs all three.
 PYTHON ?= python3
 VENV := .venv

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 from script_runner import ROOT, run_script
 
+# Each test starts the script in a fresh process (~5-15 s apiece): `make test-slow` and CI run them, which keeps
+# `make test` inside its 5-minute budget.
+pytestmark = pytest.mark.slow
+
 
 def run(name: str, *args: str) -> str:
     return run_script("benchmarks", name, *args)
@@ -169,7 +173,7 @@ def _gpu_suite(tmp_path, *skip: str) -> dict:
     return raw
 
 
-@pytest.mark.slow  # two fresh processes computing in bfloat16, which CPUs without a native path emulate: ~30 s
+# two fresh processes computing in bfloat16, which CPUs without a native path emulate: ~30 s
 def test_gpu_suite_builds_its_checkpoint_and_runs_a_section_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
     # The driver, the checkpoint build and one section, each in its own process; the slow test runs them all.
     raw = _gpu_suite(tmp_path, "pytest", "nf4", "stage1", "stage2_r256", "stage2_r16")
@@ -178,7 +182,7 @@ def test_gpu_suite_builds_its_checkpoint_and_runs_a_section_at_tiny_shapes_on_th
     assert {"nf4", "stage1", "stage2_r16"}.isdisjoint(raw)
 
 
-@pytest.mark.slow  # every section (NF4 generation, both training stages) and the GPU tests: minutes on a CPU
+# every section (NF4 generation, both training stages) and the GPU tests: minutes on a CPU
 def test_gpu_suite_runs_whole_with_pytest_at_tiny_shapes_on_the_cpu(tmp_path) -> None:
     raw = _gpu_suite(tmp_path)
     assert raw["pytest"]["returncode"] in (0, 5), raw["pytest"]  # gpu tests skip without CUDA
@@ -201,7 +205,6 @@ def test_category_cost_prints_the_add_time_and_the_classify_ratio() -> None:
     assert float(ratio.split(":")[1].split()[0]) > 0
 
 
-@pytest.mark.slow
 def test_category_world_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
     args = ["--out", str(tmp_path), "--steps", "4", "--n-train", "120", "--n-test", "60", "--ks", "1", "2"]
     out = run("category_world.py", *args, "--draws", "1", "--negatives", "4")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from script_runner import run_script
+
+pytestmark = pytest.mark.slow  # a server and its clients in fresh processes (~16 s): `make test-slow` runs it
 
 
 def test_serve_batching_prints_batching_off_and_on_per_client_count() -> None:
