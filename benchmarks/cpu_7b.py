@@ -181,29 +181,35 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
 
     n, g, s = args.new_tokens, args.guard_tokens, args.stream_tokens
     text = answer(processor)
-    # One warm-up answer of 2 tokens runs every kernel of the generating variants (same model, same kinds of
-    # shapes) without paying whole answers on a slow CPU; the monitored stream warms the response head too.
-    runs = round_robin(
-        {
+    clock = JudgeClock(monitored)
+    judge_s: list[float] = []
+
+    def clocked_stream() -> object:
+        before = clock.seconds
+        out = stream(monitored, s)()
+        judge_s.append(clock.seconds - before)
+        return out
+
+    variants: dict[str, Callable[[], object]] = {}
+    if "request" in args.full_parts:
+        variants |= {
             "classify_b1": lambda: guard.classify(image, PROMPT),
             "plain_generate": generate(PROMPT, n),
             "guarded_generate": guarded(n),
             "separate_guard": generate(GUARD_PROMPT, g),
+        }
+    if "response" in args.full_parts:
+        variants |= {
             "stream_monitor_off": stream(unmonitored, s),
-            "stream_monitor_on": stream(monitored, s),
+            "stream_monitor_on": clocked_stream,
             "classify_response": lambda: monitored.classify_response(image, PROMPT, text),
             "separate_guard_response": generate(guard_response_prompt(text), g),
-        },
-        args.repeats,
-        warmups={
-            "plain_generate": generate(PROMPT, 2),
-            "guarded_generate": None,
-            "separate_guard": None,
-            "stream_monitor_off": None,
-            "stream_monitor_on": stream(monitored, 2),
-            "separate_guard_response": None,
-        },
-    )
+        }
+    # One warm-up answer of 2 tokens runs every kernel of the generating variants (same model, same kinds of
+    # shapes) without paying whole answers on a slow CPU; the monitored stream warms the response head too.
+    warmups = dict.fromkeys(["guarded_generate", "separate_guard", "stream_monitor_off", "separate_guard_response"])
+    warmups |= {"plain_generate": generate(PROMPT, 2), "stream_monitor_on": stream(monitored, 2)}
+    runs = round_robin(variants, args.repeats, warmups=warmups)
     return {
         "dtypes": guard.compute_dtypes,
         "load_s": load_s,
@@ -211,12 +217,34 @@ def full_model(args: argparse.Namespace) -> dict[str, Any]:
         "loaded_rss": loaded_rss,
         "load_peak_rss": load_peak_rss,
         **{name: list(r.values) for name, r in runs.items()},
+        **({"stream_monitor_judge_s": judge_s} if judge_s else {}),
         "prompt_tokens": _input_length(processor, PROMPT),
         "guard_prompt_tokens": _input_length(processor, GUARD_PROMPT),
         "guard_response_prompt_tokens": _input_length(processor, guard_response_prompt(text)),
         "monitor_interval": monitored.policy.response.interval,
         "peak_rss": peak_rss_bytes(),
     }
+
+
+class JudgeClock:
+    """Seconds ``guard``'s response-head calls take (what the streaming monitor runs every few tokens).
+
+    Benchmark instrumentation: shadows ``judge_responses`` on this one guard's response judge.
+    """
+
+    def __init__(self, guard: SafetyGuard) -> None:
+        self.seconds = 0.0
+        judge = guard.classifier.responses
+        original = judge.judge_responses
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        judge.judge_responses = timed
 
 
 def _input_length(processor: Any, prompt: str) -> int:
@@ -288,7 +316,7 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     flags = ["--checkpoint", str(args.checkpoint), "--threads", str(args.threads), "--full-dtype", args.full_dtype]
     for name in ("repeats", "classify_repeats", "new_tokens", "guard_tokens", "stream_tokens"):
         flags += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return flags + (["--tiny"] if args.tiny else [])
+    return flags + ["--full-parts", *args.full_parts] + (["--tiny"] if args.tiny else [])
 
 
 def _check_disk(directory: Path, tiny: bool) -> None:
@@ -402,19 +430,23 @@ def summarise(results: dict[str, Any]) -> dict[str, float]:
         for dtype, median in medians.items():
             ratios[f"classifier-only classify in {dtype} / the fastest dtype (batch 1)"] = median / fastest
     default = _default_dtype(results)
-    if full:
+    requests = bool(full) and "separate_guard" in full  # `--full-parts response` runs no request side
+    if requests:
         median = {key: _runs(full[key]).median for key in ("classify_b1", "plain_generate", "guarded_generate")}
         guard = _runs(full["separate_guard"]).median
         ratios["separate guard / full-model classify (latency, batch 1)"] = guard / median["classify_b1"]
         ratios["guarded / plain generate"] = median["guarded_generate"] / median["plain_generate"]
-        if "stream_monitor_on" in full:  # raw numbers of runs before the response side have none
-            on, off = _runs(full["stream_monitor_on"]).median, _runs(full["stream_monitor_off"]).median
-            ratios[f"guarded stream, monitor on / off (every {full['monitor_interval']} tokens)"] = on / off
-            judged = _runs(full["classify_response"]).median
-            ratios[f"separate guard judging the answer / classify_response ({ANSWER_TOKENS}-token answer)"] = (
-                _runs(full["separate_guard_response"]).median / judged
-            )
-    if default and full:
+    if full and "stream_monitor_on" in full:  # raw numbers of runs before the response side have none
+        on, off = _runs(full["stream_monitor_on"]).median, _runs(full["stream_monitor_off"]).median
+        ratios[f"guarded stream, monitor on / off (every {full['monitor_interval']} tokens)"] = on / off
+        if "stream_monitor_judge_s" in full:
+            shares = [j / t for j, t in zip(full["stream_monitor_judge_s"], full["stream_monitor_on"])]
+            ratios["monitor's response-head time / monitored stream (same runs)"] = _runs(shares).median
+        judged = _runs(full["classify_response"]).median
+        ratios[f"separate guard judging the answer / classify_response ({ANSWER_TOKENS}-token answer)"] = (
+            _runs(full["separate_guard_response"]).median / judged
+        )
+    if default and requests:
         loads = by_dtype[default]
         b1, batch = _pooled(loads, "classify_b1").median, _pooled(loads, f"classify_b{BATCH}").median
         ratios[f"separate guard / classifier-only classify in {default} (latency, batch 1)"] = guard / b1
@@ -448,23 +480,29 @@ def _classifier_lines(dtype: str, loads: list[dict[str, Any]]) -> tuple[list[str
 
 def _full_lines(full: dict[str, Any], args: argparse.Namespace) -> tuple[list[str], list[str]]:
     dtype = full["dtypes"]["model"]
-    rows = [
-        _row(f"full model load (from_pretrained + guard), {dtype}", _runs([full["load_s"]])),
-        _row("full model + guard: classify, batch 1", _runs(full["classify_b1"])),
-        _row(f"plain generate, {args.new_tokens} tokens", _runs(full["plain_generate"])),
-        _row(f"guarded generate, {args.new_tokens} tokens", _runs(full["guarded_generate"])),
-        _row(f"separate guard model: prefill + {args.guard_tokens} tokens", _runs(full["separate_guard"])),
-    ]
+    rows = [_row(f"full model load (from_pretrained + guard), {dtype}", _runs([full["load_s"]]))]
     note = [
         f"prefill lengths: user prompt {full['prompt_tokens']} tokens, separate guard's prompt "
         f"{full['guard_prompt_tokens']} tokens (image tokens included)"
     ]
+    if "separate_guard" in full:
+        rows += [
+            _row("full model + guard: classify, batch 1", _runs(full["classify_b1"])),
+            _row(f"plain generate, {args.new_tokens} tokens", _runs(full["plain_generate"])),
+            _row(f"guarded generate, {args.new_tokens} tokens", _runs(full["guarded_generate"])),
+            _row(f"separate guard model: prefill + {args.guard_tokens} tokens", _runs(full["separate_guard"])),
+        ]
     if "stream_monitor_on" in full:
         every = full["monitor_interval"]
         rows += [
             _row(f"guarded stream, {args.stream_tokens} tokens, monitor off", _runs(full["stream_monitor_off"])),
             _row(
                 f"guarded stream, {args.stream_tokens} tokens, monitor every {every}", _runs(full["stream_monitor_on"])
+            ),
+            *(
+                [_row("monitor's response-head calls within those streams", _runs(full["stream_monitor_judge_s"]))]
+                if "stream_monitor_judge_s" in full
+                else []
             ),
             _row(f"classify_response, {ANSWER_TOKENS}-token answer", _runs(full["classify_response"])),
             _row(
@@ -545,6 +583,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guard-tokens", type=int, default=20, help="tokens the separate guard model decodes")
     parser.add_argument(
         "--stream-tokens", type=int, default=16, help="tokens of the guarded streams with the monitor on and off"
+    )
+    parser.add_argument(
+        "--full-parts",
+        nargs="+",
+        choices=["request", "response"],
+        default=["request", "response"],
+        help="full-model variants: request (classify, generate, separate guard), response (streams, answers)",
     )
     parser.add_argument("--workdir", help="where the temporary checkpoint goes (default: the temp dir)")
     parser.add_argument("--checkpoint", type=Path, help="reuse a checkpoint written by an earlier --keep run")

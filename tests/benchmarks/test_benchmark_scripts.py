@@ -98,6 +98,7 @@ def test_cpu_7b_benchmark_runs_every_mode_at_tiny_shapes(tmp_path) -> None:
     # 256-token answer against the separate guard prefilling image + prompt + that answer.
     assert "guarded stream, monitor on / off (every 8 tokens)" in ratios
     assert "separate guard judging the answer / classify_response (256-token answer)" in ratios
+    assert 0 < float(ratios["monitor's response-head time / monitored stream (same runs)"]) < 1
     assert all(float(value) > 0 for value in ratios.values()), ratios
     raw = json.loads((tmp_path / "raw.json").read_text())
     assert "float32" in raw["classifier_only"]  # the dtype every CPU runs fast is always measured
@@ -106,7 +107,18 @@ def test_cpu_7b_benchmark_runs_every_mode_at_tiny_shapes(tmp_path) -> None:
     full = raw["full"]
     assert full["guard_response_prompt_tokens"] > full["guard_prompt_tokens"] + 256  # the answer is prefilled
     assert all(len(full[key]) == 1 for key in ("stream_monitor_on", "stream_monitor_off", "classify_response"))
+    assert len(full["stream_monitor_judge_s"]) == 1 and full["stream_monitor_judge_s"][0] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["raw.json"]  # the checkpoint was deleted
+
+
+def test_cpu_7b_runs_the_response_side_alone(tmp_path) -> None:
+    # What the monitor-overhead run at 7B shapes uses: the streams and answers only, more rounds.
+    args = ["--tiny", "--modes", "full", "--full-parts", "response", "--repeats", "2", "--stream-tokens", "9"]
+    out = run("cpu_7b.py", *args, "--workdir", str(tmp_path), "--json", str(tmp_path / "raw.json"))
+    full = json.loads((tmp_path / "raw.json").read_text())["full"]
+    assert "separate_guard" not in full and "classify_b1" not in full
+    assert len(full["stream_monitor_on"]) == len(full["stream_monitor_judge_s"]) == 2
+    assert "guarded stream, monitor on / off (every 8 tokens)" in out and "plain generate" not in out
 
 
 def _cpu_7b(tmp_path: Path, *args: str) -> tuple[list[str], dict[str, str]]:
