@@ -231,6 +231,11 @@ class Backbone(ABC):
         :meth:`preprocess` on a small probe image, so a processor of another family fails at attach time
         with a clear message instead of deep inside a vision tower.
         """
+        self.check_tokenizer(processor)
+        self.preprocess(processor, [Image.new("RGB", _PROBE_SIZE)])
+
+    def check_tokenizer(self, processor: Any) -> None:
+        """The text half of :meth:`check_processor`: a tokenizer that fits the model and knows its placeholder."""
         if processor is None:
             raise ProcessorError(
                 f"a processor is required: pass the {self.family!r} model's own processor "
@@ -250,7 +255,6 @@ class Backbone(ABC):
             raise ProcessorError(
                 f"the processor's tokenizer has no image placeholder token (id {self.placeholder_token_id})"
             )
-        self.preprocess(processor, [Image.new("RGB", _PROBE_SIZE)])
 
     def read_processor(self, processor: Any) -> None:
         """Take from the model's processor what the model's config does not record.

@@ -303,10 +303,11 @@ class GenericBackbone(Backbone):
         return split_patches(hidden, image_inputs, lengths, vision, self.family)
 
     def check_processor(self, processor: Any) -> None:
-        """The base checks and a probe pass (its width measured), once per processor (classifiers share it)."""
+        """The tokenizer checks and one probe pass through the tower (its width measured), once per processor
+        (classifiers share it)."""
         if processor is not None and processor is self._probed:
             return
-        super().check_processor(processor)
+        self.check_tokenizer(processor)
         try:
             with torch.inference_mode():
                 features = self.encode_images(**self.preprocess(processor, [Image.new("RGB", _PROBE)]))
