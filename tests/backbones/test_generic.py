@@ -13,7 +13,8 @@ from psaguard.backbones import (
     resolve_backbone,
 )
 from psaguard.backbones.generic import pool_sequence_to_square, unsupported_reason
-from psaguard.errors import UnsupportedModelError
+from psaguard.backbones.generic_layout import split_patches
+from psaguard.errors import InvalidInputError, UnsupportedModelError
 
 
 class _Config:
@@ -81,3 +82,14 @@ def test_a_tiny_family_saves_and_loads_back_offline(tmp_path):
     backbone = resolve_backbone(model, [GenericBackbone])
     backbone.check_processor(processor)
     assert backbone.placeholder_token_id == model.config.image_token_id == processor.image_token_id
+
+
+def test_tower_states_given_per_image_are_split_per_image_or_laid_out_again():
+    # Towers that return a list of states: one tensor per image is taken as it is (flattened to a sequence);
+    # a list that does not match the images is joined and laid out like one tensor of all the states.
+    per_image = [torch.randn(1, 4, 8), torch.randn(1, 9, 8)]
+    pieces = split_patches(per_image, {}, [4, 9], vision=None, family="some_vlm")
+    assert [tuple(p.shape) for p in pieces] == [(4, 8), (9, 8)]
+    assert all(torch.equal(p, s.reshape(-1, 8)) for p, s in zip(pieces, per_image))
+    with pytest.raises(InvalidInputError, match="'some_vlm' adapter must override image_patches"):
+        split_patches([torch.randn(5, 8)], {}, [2, 2], vision=None, family="some_vlm")
