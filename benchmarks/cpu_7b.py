@@ -559,7 +559,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             "",
             "| ratio | value |",
             "| --- | ---: |",
-            *(f"| {name} | {value:.3f} |" for name, value in summarise(results).items()),
+            *(f"| {name} | {value:.4g} |" for name, value in summarise(results).items()),
         ]
     )
 
