@@ -21,8 +21,9 @@ then measures in fresh subprocesses, so that each mode's peak RSS is its own:
   in memory next to the first and costs what the same weights cost, so it runs on the loaded model;
 - the response side, on the same loaded model with a guard of the trained shape plus a response head:
   guarded ``stream`` of ``--stream-tokens`` tokens with the streaming monitor on (the default policy's
-  interval and window) and off, and ``classify_response`` on a 256-token answer against the separate guard
-  judging the same answer (prefill of image + prompt + answer, ``--guard-tokens`` greedy tokens).
+  interval and window) and off, the monitor's own response-head time within the monitored streams, and
+  ``classify_response`` on a 256-token answer against the separate guard judging the same answer (prefill of
+  image + prompt + answer, ``--guard-tokens`` greedy tokens). ``--full-parts response`` runs this side alone.
 
 The output names the CPU and its instruction sets. Each worker runs in its own process group and session,
 which is killed with it when the driver stops early (``--worker-timeout``, an exception, SIGTERM); a driver
