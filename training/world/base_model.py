@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from psaguard.training.collate import pad_batch
 from psaguard.training.plain_loop import train_steps
 from psaguard.training.world.build import SPLITS, WorldRow, WorldSpec, read_rows, read_summary
 from psaguard.training.world.concepts import (
+    ALL_STYLES,
     COLOURS,
     RISK_CONCEPTS,
     SAFE_NOUNS,
@@ -67,8 +68,11 @@ class BaseVlmConfig(BaseModel):
     text_layers: int = Field(2, description="Language model depth.")
     vision_hidden: int = Field(128, description="Vision tower width.")
     vision_layers: int = Field(4, ge=2, description="Vision tower depth (the projector reads the second to last).")
-    vision_corpus: int = Field(
-        20_000, ge=1, description="Fresh images drawn for vision pre-training (training styles)."
+    vision_corpus: int = Field(20_000, ge=1, description="Fresh images drawn for vision pre-training.")
+    vision_styles: Literal["train", "all"] = Field(
+        "train",
+        description="Styles of the vision pre-training images: the world's training styles, or all of them (a "
+        "CLIP has seen every kind of image; the guard's training still leaves the held-out styles out).",
     )
     vision_steps: int = Field(3000, ge=0, description="Steps of vision pre-training (stands in for CLIP's).")
     vision_batch: int = Field(64, ge=1, description="Images per vision pre-training step.")
@@ -122,17 +126,17 @@ _SUBJECTS: tuple[str, ...] = tuple(
 _VISION_EVAL_IMAGES = 512
 
 
-def vision_corpus(world: WorldSpec, n: int, stream: int = 0) -> list[Scene]:
+def vision_corpus(world: WorldSpec, n: int, stream: int = 0, styles: Literal["train", "all"] = "train") -> list[Scene]:
     """``n`` fresh scenes of the world, half of them risk concepts, for vision pre-training.
 
     Stands in for the web-scale data CLIP learns to see from: it is labelled with generic attributes only
     (subject, colour, count; no safety labels), drawn from its own random stream (``stream`` picks one; the
-    world's splits never share it) and only in the world's training styles, so held-out styles stay unseen
-    by every part of the experiment.
+    world's splits never share it) and by default only in the world's training styles, so held-out styles stay
+    unseen by every part of the experiment (``styles="all"``: every style, as a web-scale corpus would have).
     """
     rng = np.random.default_rng([world.seed, len(SPLITS) + 1, stream])
-    styles = world.train_styles
-    return [sample_risk_scene(rng, styles) if rng.random() < 0.5 else sample_safe_scene(rng, styles) for _ in range(n)]
+    drawn = world.train_styles if styles == "train" else ALL_STYLES
+    return [sample_risk_scene(rng, drawn) if rng.random() < 0.5 else sample_safe_scene(rng, drawn) for _ in range(n)]
 
 
 def _attributes(scenes: Sequence[Scene]) -> torch.Tensor:
@@ -159,7 +163,9 @@ def pretrain_vision(model: Any, processor: Any, world: WorldSpec, config: BaseVl
     config = config or BaseVlmConfig()
     if config.vision_steps == 0:
         return 0.0
-    scenes, fresh_scenes = vision_corpus(world, config.vision_corpus), vision_corpus(world, _VISION_EVAL_IMAGES, 1)
+    styles = config.vision_styles
+    scenes = vision_corpus(world, config.vision_corpus, styles=styles)
+    fresh_scenes = vision_corpus(world, _VISION_EVAL_IMAGES, 1, styles=styles)
     pixels, labels = _pixels(processor, scenes, config.image_size), _attributes(scenes)
     fresh, fresh_labels = _pixels(processor, fresh_scenes, config.image_size), _attributes(fresh_scenes)
     tower = model.model.vision_tower

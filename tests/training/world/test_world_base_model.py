@@ -13,6 +13,7 @@ from psaguard.training.world.base_model import (
     vqa_accuracy,
 )
 from psaguard.training.world.build import read_rows, read_summary
+from psaguard.training.world.concepts import ALL_STYLES
 
 
 def test_encoded_rows_supervise_only_the_response(small_world):
@@ -41,12 +42,15 @@ def test_a_few_sft_steps_lower_the_loss_and_accuracy_is_measured(small_world):
     assert 0.0 <= accuracy <= 1.0
 
 
-def test_vision_corpus_is_seeded_and_keeps_held_out_styles_unseen(small_spec):
+def test_vision_corpus_is_seeded_and_keeps_held_out_styles_unseen_unless_told(small_spec):
     scenes = vision_corpus(small_spec, 300)
     assert scenes == vision_corpus(small_spec, 300)
     assert scenes != vision_corpus(small_spec, 300, stream=1)
     assert {s.style for s in scenes} <= set(small_spec.train_styles)
     assert 0.35 < sum(s.risk_type is not None for s in scenes) / len(scenes) < 0.65
+    # styles="all" stands in for a web-scale corpus: every style, held-out ones included (no safety labels).
+    everything = vision_corpus(small_spec, 300, styles="all")
+    assert {s.style for s in everything} == set(ALL_STYLES) and everything != scenes
 
 
 def test_vision_pretraining_beats_chance_on_fresh_images(small_world):
