@@ -45,6 +45,7 @@ __all__ = [
     "BaseVlmConfig",
     "BaseVlmResult",
     "SftResult",
+    "VisionStyles",
     "build_base_vlm",
     "encode_rows",
     "pretrain_vision",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+VisionStyles = Literal["train", "all"]
+"""Styles of the vision pre-training corpus: the world's training styles, or every style."""
 
 
 class BaseVlmConfig(BaseModel):
@@ -69,7 +73,7 @@ class BaseVlmConfig(BaseModel):
     vision_hidden: int = Field(128, description="Vision tower width.")
     vision_layers: int = Field(4, ge=2, description="Vision tower depth (the projector reads the second to last).")
     vision_corpus: int = Field(20_000, ge=1, description="Fresh images drawn for vision pre-training.")
-    vision_styles: Literal["train", "all"] = Field(
+    vision_styles: VisionStyles = Field(
         "train",
         description="Styles of the vision pre-training images: the world's training styles, or all of them (a "
         "CLIP has seen every kind of image; the guard's training still leaves the held-out styles out).",
@@ -126,7 +130,7 @@ _SUBJECTS: tuple[str, ...] = tuple(
 _VISION_EVAL_IMAGES = 512
 
 
-def vision_corpus(world: WorldSpec, n: int, stream: int = 0, styles: Literal["train", "all"] = "train") -> list[Scene]:
+def vision_corpus(world: WorldSpec, n: int, stream: int = 0, styles: VisionStyles = "train") -> list[Scene]:
     """``n`` fresh scenes of the world, half of them risk concepts, for vision pre-training.
 
     Stands in for the web-scale data CLIP learns to see from: it is labelled with generic attributes only
