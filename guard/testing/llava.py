@@ -77,6 +77,9 @@ class TinyLlavaSpec(BaseModel):
     heads: int = Field(4, description="Attention heads in both towers.")
     vision_feature_layer: int = Field(-2, description="Vision layer whose output feeds the projector.")
     extra_words: tuple[str, ...] = Field((), description="Words added to the tokenizer's vocabulary.")
+    tie_embeddings: bool = Field(
+        False, description="Share the language model's input embeddings with its output layer (small LLMs often do)."
+    )
     seed: int = Field(0, description="Seed of the random weights.")
 
 
@@ -97,7 +100,7 @@ def build_tiny_llava(spec: TinyLlavaSpec | None = None, processor=None):  # -> L
     tok = processor.tokenizer
     config = LlavaConfig(
         vision_config=_vision_config(spec),
-        text_config=tiny_text_config(spec, tok),
+        text_config=tiny_text_config(spec, tok, tie_word_embeddings=spec.tie_embeddings),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy="default",

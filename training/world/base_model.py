@@ -39,6 +39,7 @@ from psaguard.training.world.concepts import (
     sample_risk_scene,
     sample_safe_scene,
 )
+from psaguard.training.world.language import LanguageCorpus, encode_pairs, paraphrase_pairs
 from psaguard.training.world.vocabulary import split_words, world_vocabulary
 
 __all__ = [
@@ -82,6 +83,17 @@ class BaseVlmConfig(BaseModel):
     vision_batch: int = Field(64, ge=1, description="Images per vision pre-training step.")
     vision_lr: float = Field(3e-3, gt=0, description="Peak learning rate of vision pre-training (cosine decay).")
     steps: int = Field(500, ge=1, description="Optimizer steps of the VQA fine-tuning.")
+    language: LanguageCorpus = Field(
+        "none",
+        description="Text read beside the VQA rows: none, or every template paraphrase rewritten as another "
+        "(psaguard.training.world.language; no safety labels), so held-out words get a meaning.",
+    )
+    language_batch: int = Field(16, ge=1, description="Paraphrase pairs per step when language is on.")
+    tie_embeddings: bool = Field(
+        False,
+        description="Tie the language model's input and output embeddings (as small LLMs often do): words "
+        "predicted in the same contexts get similar input embeddings, which the guard's head reads.",
+    )
     batch_size: int = Field(32, ge=1, description="Rows per step.")
     # 3e-3 makes the tiny language model ignore the image (attention collapses); 1e-3 does not.
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -100,6 +112,7 @@ class BaseVlmConfig(BaseModel):
             vision_hidden=self.vision_hidden,
             vision_layers=self.vision_layers,
             extra_words=world_vocabulary(),
+            tie_embeddings=self.tie_embeddings,
             seed=self.seed,
         )
 
@@ -238,9 +251,12 @@ def encode_rows(processor: Any, rows: Sequence[WorldRow], world_dir: str | Path)
 
 
 def _collate(items: Sequence[dict[str, torch.Tensor]], pad_id: int) -> dict[str, torch.Tensor]:
+    """A padded batch; ``pixel_values`` stacked when the items have them (text-only items have none)."""
     ids, labels, mask = pad_batch([i["input_ids"] for i in items], [i["labels"] for i in items], pad_id)
-    pixels = torch.stack([i["pixel_values"] for i in items])
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if "pixel_values" in items[0]:
+        batch["pixel_values"] = torch.stack([i["pixel_values"] for i in items])
+    return batch
 
 
 def _batches(
@@ -261,7 +277,9 @@ def train_safe_vqa(
     """Teach ``model`` the safe rows (level 0) of ``rows`` with plain SFT; the model is trained in place.
 
     The vision tower stays frozen, as in LLaVA's own fine-tuning: a few thousand rows would teach it to
-    memorise their images instead of seeing concepts (measured: fresh-image subject accuracy falls).
+    memorise their images instead of seeing concepts (measured: fresh-image subject accuracy falls). With
+    ``config.language="paraphrases"`` every step also takes a batch of paraphrase pairs (text only), and the
+    step's loss is the sum of the two means.
     """
     config = config or BaseVlmConfig()
     safe = [r for r in rows if r.safe_level == 0]
@@ -274,11 +292,20 @@ def train_safe_vqa(
     model.train()
     tower.eval()
     generator = torch.Generator().manual_seed(config.seed)
-    batches = _batches(data, config.batch_size, pad_token_id(tokenizer_of(processor)), generator)
+    pad_id = pad_token_id(tokenizer_of(processor))
+    batches = _batches(data, config.batch_size, pad_id, generator)
+    text = encode_pairs(processor, paraphrase_pairs()) if config.language == "paraphrases" else []
+    text_generator = torch.Generator().manual_seed(config.seed + 1)
+    text_batches = _batches(text, min(config.language_batch, len(text)), pad_id, text_generator) if text else None
+
+    def loss_of(_step: int) -> torch.Tensor:
+        loss = model(**next(batches)).loss
+        return loss + model(**next(text_batches)).loss if text_batches is not None else loss
+
     losses = train_steps(
         [p for p in model.parameters() if p.requires_grad],
         config.steps,
-        lambda _step: model(**next(batches)).loss,
+        loss_of,
         lr=config.lr,
         warmup_steps=config.warmup,
         desc="base vqa",

@@ -42,6 +42,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     base.add_argument("--steps", type=int, default=None, help="VQA fine-tuning steps (default: the config's).")
     base.add_argument("--vision-steps", type=int, default=None, help="Vision pre-training steps (default: config's).")
     base.add_argument("--eval-rows", type=int, default=None, help="Most safe rows evaluated per set (default 400).")
+    base.add_argument(
+        "--vision-styles",
+        choices=("train", "all"),
+        default=None,
+        help="Styles of the vision pre-training corpus (default train: the world's training styles).",
+    )
+    base.add_argument(
+        "--language",
+        choices=("none", "paraphrases"),
+        default=None,
+        help="Text read beside the VQA rows (default none; paraphrases: every template rewritten as another).",
+    )
+    base.add_argument(
+        "--tie-embeddings",
+        action="store_true",
+        default=None,
+        help="Tie the language model's input and output embeddings (default: untied).",
+    )
     base.add_argument("--seed", type=int, default=0, help="Seed (default 0).")
     add_log_level_option(base)
     base.set_defaults(func=_base)
@@ -97,7 +115,14 @@ def _base(args: argparse.Namespace) -> int:
 
     overrides = {
         k: v
-        for k, v in (("steps", args.steps), ("vision_steps", args.vision_steps), ("eval_rows", args.eval_rows))
+        for k, v in (
+            ("steps", args.steps),
+            ("vision_steps", args.vision_steps),
+            ("eval_rows", args.eval_rows),
+            ("vision_styles", args.vision_styles),
+            ("language", args.language),
+            ("tie_embeddings", args.tie_embeddings),
+        )
         if v is not None
     }
     model, processor, result = teach_base_vlm(args.world, BaseVlmConfig(seed=args.seed, **overrides))

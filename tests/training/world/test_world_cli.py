@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import get_args
 
 import pytest
 from PIL import Image
 
+from psaguard.training.world.base_model import VisionStyles
 from psaguard.training.world.build import read_rows
 from psaguard.training.world.cli import register
+from psaguard.training.world.language import LanguageCorpus
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,11 +63,26 @@ def test_world_base_saves_a_loadable_model_and_its_scores(small_world, tmp_path)
             "2",
             "--eval-rows",
             "8",
+            "--vision-styles",
+            "all",
+            "--language",
+            "paraphrases",
+            "--tie-embeddings",
         ]
     )
     assert args.func(args) == 0
     result = json.loads((out / "base_vlm.json").read_text())
     assert result["sft"]["steps"] == 2 and 0.0 <= result["vqa_test"] <= 1.0
+    config = result["config"]
+    assert (config["vision_styles"], config["language"], config["tie_embeddings"]) == ("all", "paraphrases", True)
     assert LlavaForConditionalGeneration.from_pretrained(out).config.vision_config.patch_size == 8
     tokenizer = AutoProcessor.from_pretrained(out).tokenizer
     assert tokenizer.convert_tokens_to_ids("spiral") != tokenizer.unk_token_id
+
+
+def test_world_base_offers_exactly_the_config_choices():
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    world = next(a for a in commands.choices["world"]._actions if isinstance(a, argparse._SubParsersAction))
+    options = {a.dest: a.choices for a in world.choices["base"]._actions}
+    assert tuple(options["vision_styles"]) == get_args(VisionStyles)
+    assert tuple(options["language"]) == get_args(LanguageCorpus)
