@@ -126,6 +126,11 @@ def main() -> None:
         help="row kinds (benign, image_risk, harmful, joint) that make a held-out concept: its examples are drawn "
         "from them and its test positives are its rows of them; its other rows are left out of its F1",
     )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="base VLM directory (default: the shipped demo model), e.g. one saved by 'psaguard world base'",
+    )
     parser.add_argument("--reuse", action="store_true", help="reuse the world and the Stage I guard in --out")
     parser.add_argument(
         "--guard",
@@ -141,7 +146,7 @@ def main() -> None:
     clock = time.perf_counter()
 
     world = args.out / "world"
-    base = Path(str(resources.files("psaguard") / DEMO_ASSETS / "model"))
+    base = args.base or Path(str(resources.files("psaguard") / DEMO_ASSETS / "model"))
     guard_dir = args.out / "stage1"
     if not args.reuse:
         spec = WorldSpec(seed=args.seed, image_size=32, n_train=args.n_train, n_val=100, n_test=args.n_test, n_attack=0)

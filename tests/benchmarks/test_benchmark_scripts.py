@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from script_runner import ROOT, run_script
 
+from psaguard.testing.llava import save_pretrained_pair
+from psaguard.training.world.base_model import BaseVlmConfig, build_base_vlm
+
 # Each test starts the script in a fresh process (~5-15 s apiece): `make test-slow` and CI run them, which keeps
 # `make test` inside its 5-minute budget.
 pytestmark = pytest.mark.slow
@@ -236,3 +239,16 @@ def test_category_world_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
     )
     # the script's fast path and add_category + classify_batch give the same verdicts
     assert "verdicts identical to the fast path: {'prototype': '60/60', 'logistic': '60/60'}" in out
+
+
+def test_category_world_trains_its_guard_on_another_base_model(tmp_path) -> None:
+    # a world base model as 'psaguard world base' saves one (untrained here: only the loading path is at stake)
+    config = BaseVlmConfig(text_hidden=64, vision_hidden=64, vision_layers=2, tie_embeddings=True)
+    model, processor = build_base_vlm(config)
+    save_pretrained_pair(tmp_path / "base", model, processor)
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--base", str(tmp_path / "base"), "--steps", "2", "--n-train", "80", "--n-test", "40"]
+    run("category_world.py", *args, "--ks", "1", "--draws", "1", "--negatives", "4")
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["args"]["base"] == str(tmp_path / "base")
+    assert json.loads((out / "stage1" / "training_config.json").read_text())["model"] == str(tmp_path / "base")
