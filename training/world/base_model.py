@@ -294,9 +294,11 @@ def train_safe_vqa(
     generator = torch.Generator().manual_seed(config.seed)
     pad_id = pad_token_id(tokenizer_of(processor))
     batches = _batches(data, config.batch_size, pad_id, generator)
-    text = encode_pairs(processor, paraphrase_pairs()) if config.language == "paraphrases" else []
-    text_generator = torch.Generator().manual_seed(config.seed + 1)
-    text_batches = _batches(text, min(config.language_batch, len(text)), pad_id, text_generator) if text else None
+    text_batches = None
+    if config.language == "paraphrases":
+        text = encode_pairs(processor, paraphrase_pairs())
+        text_generator = torch.Generator().manual_seed(config.seed + 1)
+        text_batches = _batches(text, min(config.language_batch, len(text)), pad_id, text_generator)
 
     def loss_of(_step: int) -> torch.Tensor:
         loss = model(**next(batches)).loss
