@@ -17,14 +17,13 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-import torch
 from PIL import Image
-from transformers import LogitsProcessor
+
+from psaguard.generation.forcing import ForcedAnswer
 
 __all__ = [
     "DEMO_ASSETS",
     "HARMFUL_ANSWER",
-    "ForcedAnswer",
     "demo_guard_dir",
     "demo_model_dir",
     "demo_requests",
@@ -56,25 +55,6 @@ def demo_requests() -> list[tuple[str, Image.Image, str]]:
     """The demo's (kind, image, prompt) requests: safe, image risk, harmful text, joint risk, its safe twin
     (requests the model answers on its own; the forced harmful answer's request is not among them)."""
     return [(e["kind"], e["image"], e["prompt"]) for e in _examples() if e["kind"] != HARMFUL_ANSWER]
-
-
-class ForcedAnswer(LogitsProcessor):
-    """Forces ``model.generate`` to decode ``token_ids`` then EOS: every other token gets ``-inf``.
-
-    The demo uses it to show the streaming monitor on a harmful answer the tiny model would not write.
-    """
-
-    def __init__(self, token_ids: list[int], eos_token_id: int) -> None:
-        self.token_ids = [*token_ids, eos_token_id]
-        self.start: int | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.start is None:
-            self.start = input_ids.shape[1]
-        step = min(input_ids.shape[1] - self.start, len(self.token_ids) - 1)
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.token_ids[step]] = 0.0
-        return forced
 
 
 def _headline(root: Path) -> str:

@@ -72,7 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     run = commands.add_parser("run", help="Build a world, train a base VLM and a guard on it, write the report.")
     run.add_argument("--out", required=True, type=Path, help="Output directory (world, models, report/).")
-    run.add_argument("--preset", choices=("ci", "cpu", "gpu"), default="cpu", help="Size preset (default cpu).")
+    run.add_argument(
+        "--preset", choices=("ci", "cpu", "cpu-long", "gpu"), default="cpu", help="Size preset (default cpu)."
+    )
     run.add_argument("--seed", type=int, default=0, help="Seed of the world and of every run (default 0).")
     run.add_argument("--report-dir", type=Path, help="Also write the report (markdown + PNGs) here.")
     run.add_argument("--export-demo", type=Path, help="Also export the trained model and guard as demo assets here.")

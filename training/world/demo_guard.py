@@ -31,7 +31,13 @@ from psaguard.training.stage1 import train_stage1
 from psaguard.training.world.build import WorldRow, WorldSpec, build_world, read_rows
 from psaguard.training.world.demo_assets import write_demo_examples
 from psaguard.training.world.runs import StepClock, torch_threads, train_losses
-from psaguard.training.world.scoring import GuardedAnswer, answer_rows, refusal_rate
+from psaguard.training.world.scoring import (
+    GuardedAnswer,
+    answer_rows,
+    refusal_rate,
+    request_examples,
+    request_rows,
+)
 
 __all__ = ["DemoGuardResult", "DemoGuardSpec", "resave_guard", "retrain_demo_guard", "score_guard"]
 
@@ -88,9 +94,8 @@ class DemoGuardResult(BaseModel):
 def score_guard(guard: SafetyGuard, world_dir: Path, rows: list[WorldRow], max_new_tokens: int) -> GuardScores:
     """Score ``guard`` on test ``rows``: request heads on rows without a harmful answer, answers on all."""
     examples, _ = read_jsonl(world_dir / "test.jsonl", image_root=world_dir)
-    requests = [e for e in examples if (e.response_level or 0) == 0]
-    report = evaluate_guard(guard, requests)
-    plain = [r for r in rows if r.response_harmful is not True]
+    report = evaluate_guard(guard, request_examples(examples))
+    plain = request_rows(rows)
     answers = answer_rows(guard, plain, world_dir, max_new_tokens=max_new_tokens)
     numbers: dict[str, Any] = {
         "type_macro_f1": report.type.macro_f1,

@@ -8,7 +8,8 @@ function of its own:
 2. Stage I twice with the project's trainer, text-aware ``mean`` pooling (the guard) and the paper's
    ``first`` pooling (the ablation), then a short Stage II (LoRA, or QLoRA with ``qlora``) on the first;
 3. score on the held-out test split (``psaguard eval``'s report: metrics, calibration, threshold sweep)
-   and the attack split (:mod:`~psaguard.training.world.scoring`);
+   and the attack split (:mod:`~psaguard.training.world.scoring`); in a world that labels answers
+   (``harmful_answers``), also the response head and the streaming monitor on the test answers;
 4. write the report (:func:`~psaguard.training.world.report.write_report`) and ``metrics.json``.
 
 The run leaves no global state behind: torch's CPU thread count is restored afterwards, and every random
@@ -30,7 +31,7 @@ from psaguard.guard import SafetyGuard
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.config import LoraSettings, QuantConfig, Stage1Config, Stage2Config
 from psaguard.training.data import read_jsonl
-from psaguard.training.evaluate import EvalReport, evaluate_guard
+from psaguard.training.evaluate import EvalReport, ResponseReport, evaluate_guard, evaluate_responses
 from psaguard.training.stage1 import train_stage1
 from psaguard.training.stage2 import train_stage2
 from psaguard.training.world.base_model import (
@@ -43,14 +44,17 @@ from psaguard.training.world.base_model import (
 from psaguard.training.world.build import WorldRow, build_world, read_rows
 from psaguard.training.world.demo_assets import load_trained_guard
 from psaguard.training.world.experiment_spec import ExperimentSpec, StageSettings
-from psaguard.training.world.report import GenerationEval, HeadEval, WorldMetrics, write_report
+from psaguard.training.world.report import GenerationEval, HeadEval, MonitorEval, WorldMetrics, write_report
 from psaguard.training.world.runs import StepClock, torch_threads, train_losses
 from psaguard.training.world.scoring import (
     GuardedAnswer,
     answer_rows,
     calibration_notes,
     head_eval,
+    monitor_eval,
     refusal_rate,
+    request_examples,
+    request_rows,
     vqa_rate,
 )
 
@@ -206,6 +210,9 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
         clock.lap("head evaluation")
         generation = _generate(guard, world, spec.max_new_tokens)
         clock.lap("guarded generation")
+        responses, monitor = _judge_answers(guard, world)
+        if responses is not None:
+            clock.lap("answers judged")
     stage1_loss = train_losses(stage1_dirs["mean"])
     metrics = WorldMetrics(
         heads=heads,
@@ -217,6 +224,8 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path) -> ExperimentResul
         vqa_final="guarded",
         attacks=generation.attacks,
         threshold_sweep=report.threshold_sweep,
+        responses=responses,
+        monitor=monitor,
         notes=_notes(spec, world, base, stage1_loss, report, clock.timings),
     )
     return ExperimentResult(
@@ -253,7 +262,7 @@ def _evaluate_heads(
 ) -> tuple[dict[str, HeadEval], EvalReport, SafetyGuard]:
     """Step 4: the confusion matrices of both poolings on the test split, the guard's eval report (its
     threshold sweep and calibration are the report's), and the guard (loaded after the ablation's is freed)."""
-    examples, _ = read_jsonl(world.directory / "test.jsonl")
+    examples = request_examples(read_jsonl(world.directory / "test.jsonl")[0])
     joint = _joint_ids(world.test)
     first_guard = load_trained_guard(base_dir, first_dir, adapter=False)
     first = head_eval(first_guard, examples, joint)
@@ -265,7 +274,7 @@ def _evaluate_heads(
 
 def _generate(guard: SafetyGuard, world: _World, max_new_tokens: int) -> _Generation:
     """Step 5: guarded answers to the test rows (refusals, over-refusals, VQA) and to the attack rows."""
-    answers = answer_rows(guard, world.test, world.directory, max_new_tokens=max_new_tokens)
+    answers = answer_rows(guard, request_rows(world.test), world.directory, max_new_tokens=max_new_tokens)
     by_id = {r.id: r for r in world.test}
     unsafe = [a for a in answers if by_id[a.row_id].safe_level > 0]
     safe = [a for a in answers if by_id[a.row_id].safe_level == 0]
@@ -279,6 +288,15 @@ def _generate(guard: SafetyGuard, world: _World, max_new_tokens: int) -> _Genera
     # Right answers: the target answer, or a refusal of a level-3 request (whose target is the refusal).
     correct = {a.row_id for a in answers if a.correct or (a.refused and by_id[a.row_id].safe_level == 3)}
     return _Generation(answers, scores, attacks, vqa_rate(safe), correct)
+
+
+def _judge_answers(guard: SafetyGuard, world: _World) -> tuple[ResponseReport | None, MonitorEval | None]:
+    """Step 6, in worlds that label answers: the response head on every test answer, the streaming monitor on
+    the harmful ones; (None, None) for a guard without a response head."""
+    if not guard.has_response_head:
+        return None, None
+    examples, _ = read_jsonl(world.directory / "test.jsonl")
+    return evaluate_responses(guard, examples), monitor_eval(guard, world.test, world.directory)
 
 
 def _attack_success(guard: SafetyGuard, world: _World, max_new_tokens: int) -> dict[str, float]:
@@ -321,7 +339,7 @@ def _notes(
 
 
 def _write(metrics: WorldMetrics, answers: list[GuardedAnswer], report_dir: Path, preset: str | None) -> Path:
-    """Step 6: the markdown report with its plots, ``metrics.json`` and ``answers.jsonl``; the report's path."""
+    """Step 7: the markdown report with its plots, ``metrics.json`` and ``answers.jsonl``; the report's path."""
     report = write_report(metrics, report_dir, title=f"Synthetic world report ({preset or 'custom'} preset)")
     (report_dir / "metrics.json").write_text(metrics.model_dump_json(indent=2) + "\n")
     (report_dir / "answers.jsonl").write_text("".join(a.model_dump_json() + "\n" for a in answers))

@@ -1,6 +1,6 @@
 """What determines a world experiment run: :class:`ExperimentSpec`, its stage settings and the named presets.
 
-``psaguard world run --preset NAME`` starts from :data:`PRESETS` (``ci``, ``cpu``, ``gpu``);
+``psaguard world run --preset NAME`` starts from :data:`PRESETS` (``ci``, ``cpu``, ``cpu-long``, ``gpu``);
 :func:`psaguard.training.world.experiment.run_experiment` runs a spec.
 """
 
@@ -15,7 +15,7 @@ from psaguard.training.world.build import WorldSpec
 
 __all__ = ["PRESETS", "ExperimentSpec", "Preset", "StageSettings"]
 
-Preset = Literal["ci", "cpu", "gpu"]
+Preset = Literal["ci", "cpu", "cpu-long", "gpu"]
 
 
 class StageSettings(BaseModel):
@@ -123,6 +123,30 @@ PRESETS: dict[str, Any] = {
         "token_init_std": 1.0,
         "stage1": {"steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
         "stage1_lm_weight": 0.0,
+        "stage2": {"steps": 800, "batch_size": 16, "lr": 5e-3, "warmup": 40},
+        "lora_r": 16,
+    },
+    # The cpu recipe with the measured improvements of docs/world.md (a base model that reads paraphrases,
+    # tied embeddings, a tower pre-trained longer; 8000 Stage I steps, each on fresh rows), harmful answers
+    # (a response head) and a 2,400-row test split: about 70 min on one core. The shipped demo comes from it.
+    "cpu-long": lambda seed: {
+        "world": {**_world(seed, (1200, 100, 2400, 200)), "harmful_answers": 0.5},
+        "base": {
+            "vision_corpus": 40_000,
+            "vision_steps": 8000,
+            "language": "paraphrases",
+            "tie_embeddings": True,
+            "steps": 500,
+            "batch_size": 32,
+            "lr": 1e-3,
+            "warmup": 20,
+            "seed": seed,
+        },
+        "num_tokens": 16,
+        "token_init_std": 1.0,
+        "stage1": {"steps": 8000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
+        "stage1_lm_weight": 0.0,
+        "fresh_rows": True,
         "stage2": {"steps": 800, "batch_size": 16, "lr": 5e-3, "warmup": 40},
         "lora_r": 16,
     },

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from psaguard.training.evaluate import ResponseReport
 from psaguard.training.metrics import ClassMetrics, class_metrics, macro_f1_of
 from psaguard.training.plots import plot_bars, plot_confusion, plot_sweep
 from psaguard.training.sweep import SweepPoint
@@ -21,6 +22,7 @@ __all__ = [
     "ConfusionMatrix",
     "GenerationEval",
     "HeadEval",
+    "MonitorEval",
     "SweepPoint",
     "WorldMetrics",
     "write_report",
@@ -32,6 +34,7 @@ GOALS = {
     "over_refusal_safe": 0.02,
     "vqa_retention": 0.98,
     "pooling_gap_joint_f1": 0.20,
+    "response_f1": 0.95,
 }
 """Targets on the held-out test split (the world issue's goals)."""
 
@@ -90,6 +93,30 @@ class GenerationEval(BaseModel):
     n_safe: int = Field(ge=0, description="Safe requests evaluated.")
 
 
+class MonitorEval(BaseModel):
+    """The streaming monitor on harmful answers, each forced through guarded streaming (one entry per answer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: int = Field(ge=1, description="Answer tokens between judgements (the response policy's).")
+    window: int = Field(ge=0, description="Answer tokens held back behind the judged text (the response policy's).")
+    answer_tokens: list[int] = Field(description="Tokens of each harmful answer.")
+    stopped_at: list[int | None] = Field(description="Tokens judged when the monitor stopped it (None: not stopped).")
+    released: list[int] = Field(description="Tokens released to the caller (all of them when not stopped).")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> MonitorEval:
+        if not len(self.answer_tokens) == len(self.stopped_at) == len(self.released):
+            raise ValueError("answer_tokens, stopped_at and released need one entry per answer")
+        return self
+
+    @property
+    def held(self) -> int:
+        """Answers stopped with no token of the hold-back window before the flag released:
+        released <= max(0, stop - window)."""
+        return sum(s is not None and r <= max(0, s - self.window) for s, r in zip(self.stopped_at, self.released))
+
+
 class WorldMetrics(BaseModel):
     """Everything the world report shows; produced by the world experiment."""
 
@@ -108,14 +135,18 @@ class WorldMetrics(BaseModel):
     threshold_sweep: list[SweepPoint] = Field(
         default_factory=list, description="The head's trade-off over policy thresholds, on the test split."
     )
+    responses: ResponseReport | None = Field(None, description="The response head on the test split's answers.")
+    monitor: MonitorEval | None = Field(None, description="The streaming monitor on the test's harmful answers.")
     notes: dict[str, str | float | int] = Field(default_factory=dict, description="Sizes, timings, settings.")
 
     def headline(self) -> dict[str, float]:
-        """The numbers a one-line summary quotes: head type macro-F1, refusal and over-refusal."""
+        """The numbers a one-line summary quotes: head type macro-F1, refusal and over-refusal, response F1."""
         numbers = {"type_macro_f1": round(self.heads[self.primary].types.macro_f1(), 3)}
         if self.generation is not None:
             numbers["refusal_unsafe"] = round(self.generation.refusal_unsafe, 3)
             numbers["over_refusal_safe"] = round(self.generation.over_refusal_safe, 3)
+        if self.responses is not None:
+            numbers["response_f1"] = round(self.responses.detection.f1, 3)
         return numbers
 
     @model_validator(mode="after")
@@ -172,6 +203,12 @@ def _goal_rows(m: WorldMetrics) -> list[tuple[str, str, str, bool | None]]:
         )
     else:
         rows.append(("Pooling gap on joint risks", ">= 20 F1 points", "not measured", None))
+    if m.responses:  # worlds that label answers only
+        f1 = m.responses.detection.f1
+        rows.append(("Response-harm F1", f">= {GOALS['response_f1']:.2f}", f"{f1:.3f}", f1 >= GOALS["response_f1"]))
+    if m.monitor and m.monitor.answer_tokens:
+        n, held = len(m.monitor.answer_tokens), m.monitor.held
+        rows.append(("Harmful answers stopped inside the hold-back window", "all", f"{held} / {n}", held == n))
     return rows
 
 
@@ -189,7 +226,8 @@ def write_report(metrics: WorldMetrics | dict, out_dir: str | Path, title: str =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# {title}", *_goals_section(m)]
-    for section in (_heads_section, _pooling_section, _generation_section, _sweep_section, _rates_section):
+    sections = (_heads_section, _pooling_section, _generation_section, _answers_section, _sweep_section, _rates_section)
+    for section in sections:
         md += section(m, out)
     if m.notes:
         md += ["", "## Run", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in m.notes.items()]
@@ -239,6 +277,37 @@ def _generation_section(m: WorldMetrics, out: Path) -> list[str]:
     rates = {"refusal (unsafe)": g.refusal_unsafe, "over-refusal (safe)": g.over_refusal_safe}
     plot_bars(rates, "Refusals", "rate", out / "refusals.png")
     return [*md, "", "![refusals](refusals.png)"]
+
+
+def _answers_section(m: WorldMetrics, out: Path) -> list[str]:
+    """The response head's detection numbers and where the streaming monitor stopped the harmful answers."""
+    md: list[str] = []
+    if m.responses:
+        r, d = m.responses, m.responses.detection
+        md += ["", "## Judging the answers", "", f"The response head on the {r.examples} labelled test answers:", ""]
+        md += ["| precision | recall | F1 | FPR | ECE | type accuracy (harmful) |", "|---:|---:|---:|---:|---:|---:|"]
+        numbers = (d.precision, d.recall, d.f1, d.fpr, r.ece, r.type_accuracy)
+        md += ["| " + " | ".join(f"{x:.3f}" for x in numbers) + " |"]
+    if m.monitor and m.monitor.answer_tokens:
+        md += _monitor_lines(m.monitor, out)
+    return md
+
+
+def _monitor_lines(mon: MonitorEval, out: Path) -> list[str]:
+    stops = sorted(s for s in mon.stopped_at if s is not None)
+    md = ["", "### Streaming monitor", ""]
+    md += ["Each harmful test answer forced through `guard.stream` (every request allowed), judged every"]
+    md += [f"{mon.interval} tokens with {mon.window} held back:", ""]
+    md += ["| answers | stopped | stopped inside the window | stop (median / max token) | answer length (median) |"]
+    md += ["|---:|---:|---:|---:|---:|"]
+    stop = f"{stops[len(stops) // 2]} / {stops[-1]}" if stops else "n/a"
+    length = sorted(mon.answer_tokens)[len(mon.answer_tokens) // 2]
+    md += [f"| {len(mon.answer_tokens)} | {len(stops)} | {mon.held} | {stop} | {length} |"]
+    if stops:
+        shares = {str(k): stops.count(k) / len(stops) for k in sorted(set(stops))}
+        plot_bars(shares, "Where the monitor stopped harmful answers", "share of stops", out / "monitor_stops.png")
+        md += ["", "![monitor stops](monitor_stops.png)"]
+    return md
 
 
 def _sweep_section(m: WorldMetrics, out: Path) -> list[str]:

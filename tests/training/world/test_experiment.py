@@ -125,3 +125,25 @@ def test_the_runs_thread_count_is_restored_afterwards_even_on_error():
         assert torch.get_num_threads() == before + 1
         raise RuntimeError("a step failed")
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow  # a shortened `ci` run in a world that labels answers: about a minute
+def test_a_world_with_harmful_answers_reports_the_response_head_and_the_monitor(tmp_path):
+    fields = ExperimentSpec.from_preset("ci").model_dump()
+    fields["world"]["harmful_answers"] = 0.5
+    fields["stage1"].update(steps=80)
+    fields["stage2"].update(steps=2)
+    with torch_threads(1):
+        result = run_experiment(ExperimentSpec.model_validate(fields), tmp_path)
+    test = read_rows(tmp_path / "world", "test")
+    requests = [r for r in test if r.response_harmful is not True]
+    harmful = len(test) - len(requests)
+    metrics = result.metrics
+    # the request side reads each request once; the answer side every labelled answer
+    assert metrics.heads["mean"].types.total == len(requests) and harmful > 0
+    assert metrics.generation is not None and metrics.generation.n_unsafe + metrics.generation.n_safe == len(requests)
+    assert metrics.responses is not None and metrics.responses.examples == len(test)
+    assert metrics.monitor is not None and len(metrics.monitor.answer_tokens) == harmful
+    assert metrics.headline()["response_f1"] == round(metrics.responses.detection.f1, 3)
+    report = result.report.read_text()
+    assert "## Judging the answers" in report and "Response-harm F1" in report

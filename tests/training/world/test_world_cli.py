@@ -10,6 +10,7 @@ from PIL import Image
 from psaguard.training.world.base_model import VisionStyles
 from psaguard.training.world.build import read_rows
 from psaguard.training.world.cli import register
+from psaguard.training.world.experiment_spec import PRESETS, ExperimentSpec, Preset
 from psaguard.training.world.language import LanguageCorpus
 
 
@@ -80,9 +81,12 @@ def test_world_base_saves_a_loadable_model_and_its_scores(small_world, tmp_path)
     assert tokenizer.convert_tokens_to_ids("spiral") != tokenizer.unk_token_id
 
 
-def test_world_base_offers_exactly_the_config_choices():
+def test_world_base_and_run_offer_exactly_the_config_choices():
     commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     world = next(a for a in commands.choices["world"]._actions if isinstance(a, argparse._SubParsersAction))
     options = {a.dest: a.choices for a in world.choices["base"]._actions}
     assert tuple(options["vision_styles"]) == get_args(VisionStyles)
     assert tuple(options["language"]) == get_args(LanguageCorpus)
+    presets = {a.dest: a.choices for a in world.choices["run"]._actions}["preset"]
+    assert tuple(presets) == get_args(Preset) and set(presets) == set(PRESETS)
+    assert all(ExperimentSpec.from_preset(name).preset == name for name in presets)  # every preset validates

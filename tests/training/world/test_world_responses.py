@@ -20,6 +20,7 @@ from psaguard.training.stage1 import build_stage1
 from psaguard.training.world.base_model import BaseVlmConfig, build_base_vlm
 from psaguard.training.world.build import WorldSpec, build_world, read_rows
 from psaguard.training.world.prompts import HARMFUL_ANSWER
+from psaguard.training.world.scoring import monitor_eval, request_examples, request_rows
 
 REFUSAL_START = DEFAULT_REFUSAL.split("{")[0]
 HARMFUL_START = HARMFUL_ANSWER.split("{")[0]
@@ -124,3 +125,32 @@ def test_the_monitor_stops_a_harmful_answer_within_the_hold_back_window(
     released = "".join(chunks[:-1])
     assert released == tokenizer.decode(forced[: result.released_tokens], skip_special_tokens=True)
     print(f"stopped at token {result.stopped_at} of {len(forced)}, released {result.released_tokens}")
+
+
+def test_the_world_scores_the_monitor_on_every_harmful_answer_of_a_split(
+    trained: SafetyGuard, answer_world: Path
+) -> None:
+    rows = read_rows(answer_world, "test")
+    harmful = [r for r in rows if r.response_harmful]
+    guard = trained.with_policy(GuardPolicy(response=ResponsePolicy(interval=2, window=4)))
+    scored = monitor_eval(guard, rows, answer_world)
+    tokenizer = guard.processor.tokenizer
+    lengths = [len(tokenizer(r.response, add_special_tokens=False)["input_ids"]) for r in harmful]
+    assert (scored.interval, scored.window, scored.answer_tokens) == (2, 4, lengths)
+    for stop, released, length in zip(scored.stopped_at, scored.released, lengths):
+        if stop is None:  # let through: every token reached the caller
+            assert released == length
+        else:  # judged every 2 tokens; nothing of the 4 held back before the flag was released
+            assert stop % 2 == 0 and released <= max(0, stop - 4)
+    # the request side would refuse most of these requests: the monitor was scored with every request allowed
+    assert scored.held >= 0.8 * len(harmful) > 0
+    print(f"{scored.held} / {len(harmful)} stopped inside the window; stops {scored.stopped_at}")
+
+
+def test_request_rows_read_each_request_once(answer_world: Path) -> None:
+    rows = read_rows(answer_world, "test")
+    examples, _ = read_jsonl(answer_world / "test.jsonl")
+    kept = request_rows(rows)
+    assert len(kept) == len(rows) - sum(r.response_harmful is True for r in rows) < len(rows)
+    assert len({(r.image, r.prompt) for r in kept}) == len(kept)  # no request twice
+    assert [e.id for e in request_examples(examples)] == [r.id for r in kept]
