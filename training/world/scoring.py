@@ -16,7 +16,7 @@ Definitions (documented in docs/world.md):
   the request-side scores read each request once (:func:`request_examples`), the response head reads every
   labelled answer, and the **streaming monitor** is scored on the harmful answers, each forced through
   ``guard.stream`` with every request allowed (:func:`monitor_eval`): an answer is *stopped inside the window*
-  when the monitor stopped it and released at most ``stop - window`` of its tokens.
+  when the monitor stopped it and released at most ``max(0, stop - window)`` of its tokens.
 * The **threshold sweep** is ``psaguard eval``'s (:func:`psaguard.training.sweep.threshold_sweep`, in
   :attr:`~psaguard.training.evaluate.EvalReport.threshold_sweep`): in the world a row is risky exactly when
   it is unsafe (every row above level 0 has a risk type).
