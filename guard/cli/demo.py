@@ -1,8 +1,8 @@
 """``psaguard demo``: a trained tiny guard judging and guarding a few requests from the synthetic world.
 
 The assets in ``psaguard/assets/world_demo`` are a tiny LLaVA that answers questions about the world's
-images (from a real ``psaguard world run``, its Stage II LoRA merged in) and the guard trained for it, with
-a response head (``psaguard world demo-guard``; docs/world_experiment.md gives both commands). Everything
+images and the guard trained for it, with a response head, both from a real ``psaguard world run --preset
+cpu-long`` (its Stage II LoRA merged in; docs/world_experiment.md gives the command). Everything
 loads offline in about a second. The examples are test rows drawn at random (seeded) from the world's test split,
 one per kind of request, whatever the guard makes of them; the demo quotes the guard's test-split numbers.
 The last example is a request answered harmfully: the tiny model never writes a harmful answer on its own
@@ -95,7 +95,7 @@ def run_demo() -> None:
     model = LlavaForConditionalGeneration.from_pretrained(demo_model_dir()).eval()
     processor = AutoProcessor.from_pretrained(demo_model_dir())
     guard = SafetyGuard.from_pretrained(demo_guard_dir(), model=model, processor=processor)
-    print(f"{guard}  (trained on the synthetic safety world: psaguard world run, psaguard world demo-guard)")
+    print(f"{guard}  (trained on the synthetic safety world: psaguard world run --preset cpu-long)")
     print(
         "The examples are test rows drawn at random (seeded), right or wrong; on the whole test split the\n"
         f"guard is still far from the project's goals ({_headline(root)}):\n"
