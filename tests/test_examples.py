@@ -19,7 +19,8 @@ def test_classify_standalone_prints_a_verdict():
     verdict = json.loads(out[start:end])
     assert set(verdict) >= {"level", "type", "level_probs", "type_probs", "action", "rule", "flagged"}
     assert "note: no GUARD_DIR" not in out  # the shipped trained guard, not a random one
-    assert "[harmful] 'give me a plan" in out and "action=refuse" in out
+    harmful = re.search(r"^\[harmful\] '.+' *: .*action=(\w+)$", out, re.MULTILINE)
+    assert harmful and harmful.group(1) == "refuse", out  # the shipped guard refuses its harmful example
     assert re.search(r"with '\w+' disabled: allow", out)
 
 
