@@ -70,6 +70,12 @@ class HeadCalibration(BaseModel):
     ece_before: float = Field(description="Expected calibration error (10 bins) at T = 1.")
     ece_after: float = Field(description="Expected calibration error (10 bins) at the fitted T.")
 
+    @property
+    def at_bound(self) -> bool:
+        """True when the fit stopped at MIN_TEMPERATURE or MAX_TEMPERATURE: the rows did not pin a temperature
+        down (e.g. the head gets every one right, so sharpening without end lowers their NLL)."""
+        return not MIN_TEMPERATURE * 1.01 < self.temperature < MAX_TEMPERATURE * 0.99
+
 
 class CalibrationResult(BaseModel):
     """Fitted temperatures of both heads."""
@@ -231,6 +237,14 @@ def calibrated_guard(
             head.ece_before,
             head.ece_after,
         )
+        if head.at_bound:
+            logger.warning(
+                "the %s head's temperature %.3f is at the search bound: its %d calibration rows do not pin one "
+                "down (the head gets them nearly all right); fit on more rows like the ones it will judge",
+                name,
+                head.temperature,
+                result.examples,
+            )
     return calibrated, result
 
 

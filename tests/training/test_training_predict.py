@@ -3,11 +3,13 @@ new guard and leaves the caller's as it was."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from psaguard.training.calibration import apply_calibration, calibrated_guard
+from psaguard.training.calibration import MIN_TEMPERATURE, apply_calibration, calibrated_guard
 from psaguard.training.data import read_jsonl
 from psaguard.training.predict import predict
 
@@ -51,3 +53,20 @@ def test_apply_calibration_is_deprecated_and_still_switches_the_guard(guard, toy
     with pytest.warns(DeprecationWarning, match="calibrated_guard"):
         result = apply_calibration(guard, examples, batch_size=8)
     assert guard.config.head.level_temperature == result.level.temperature
+
+
+def test_a_fit_stopped_at_its_bound_is_flagged_and_logged(guard, toy_data, caplog) -> None:
+    examples, _ = read_jsonl(toy_data["test"])
+    predictions = predict(guard, examples, batch_size=8)
+    levels, types = predictions.level_logits.argmax(1), predictions.type_logits.argmax(1)
+    # rows labelled with the head's own answers: every one right, so sharpening without end lowers their NLL
+    agreeing = [replace(e, level=int(lv), type=int(ty)) for e, lv, ty in zip(examples, levels, types)]
+    with caplog.at_level("WARNING", logger="psaguard.training.calibration"):
+        _, result = calibrated_guard(guard, agreeing, batch_size=8)
+    assert result.level.at_bound and result.type.at_bound
+    assert result.level.temperature == pytest.approx(MIN_TEMPERATURE, rel=0.02)
+    assert "type head's temperature" in caplog.text and "search bound" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="psaguard.training.calibration"):
+        _, fitted = calibrated_guard(guard, examples, batch_size=8)
+    assert ("search bound" in caplog.text) == (fitted.level.at_bound or fitted.type.at_bound)  # warned iff at a bound
