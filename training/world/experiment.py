@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from psaguard.guard import SafetyGuard
 from psaguard.taxonomy import DEFAULT_TAXONOMY
 from psaguard.training.config import LoraSettings, QuantConfig, Stage1Config, Stage2Config
-from psaguard.training.data import read_jsonl
+from psaguard.training.data import Example, read_jsonl
 from psaguard.training.evaluate import EvalReport, ResponseReport, evaluate_guard, evaluate_responses
 from psaguard.training.stage1 import train_stage1
 from psaguard.training.stage2 import train_stage2
@@ -159,12 +159,14 @@ def _joint_ids(rows: list[WorldRow]) -> set[str]:
 
 @dataclass(frozen=True)
 class _World:
-    """A built world: its directory and the rows of the splits the experiment reads."""
+    """A built world: its directory, the rows of the splits the experiment reads and the test split as the
+    trainer's examples."""
 
     directory: Path
     train: list[WorldRow]
     test: list[WorldRow]
     attack: list[WorldRow]
+    test_examples: list[Example]
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,8 @@ def _build(spec: ExperimentSpec, out: Path) -> _World:
     """Step 1: build the world and read the splits the experiment uses."""
     directory = out / "world"
     build_world(directory, spec.built_world)
-    return _World(directory, *(read_rows(directory, s) for s in ("train", "test", "attack")))
+    splits = (read_rows(directory, s) for s in ("train", "test", "attack"))
+    return _World(directory, *splits, read_jsonl(directory / "test.jsonl")[0])
 
 
 def _teach_base(spec: ExperimentSpec, world: _World, directory: Path) -> _Base:
@@ -262,7 +265,7 @@ def _evaluate_heads(
 ) -> tuple[dict[str, HeadEval], EvalReport, SafetyGuard]:
     """Step 4: the confusion matrices of both poolings on the test split, the guard's eval report (its
     threshold sweep and calibration are the report's), and the guard (loaded after the ablation's is freed)."""
-    examples = request_examples(read_jsonl(world.directory / "test.jsonl")[0])
+    examples = request_examples(world.test_examples)
     joint = _joint_ids(world.test)
     first_guard = load_trained_guard(base_dir, first_dir, adapter=False)
     first = head_eval(first_guard, examples, joint)
@@ -295,8 +298,7 @@ def _judge_answers(guard: SafetyGuard, world: _World) -> tuple[ResponseReport | 
     the harmful ones; (None, None) for a guard without a response head."""
     if not guard.has_response_head:
         return None, None
-    examples, _ = read_jsonl(world.directory / "test.jsonl")
-    return evaluate_responses(guard, examples), monitor_eval(guard, world.test, world.directory)
+    return evaluate_responses(guard, world.test_examples), monitor_eval(guard, world.test, world.directory)
 
 
 def _attack_success(guard: SafetyGuard, world: _World, max_new_tokens: int) -> dict[str, float]:
