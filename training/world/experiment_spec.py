@@ -92,6 +92,40 @@ def _world(seed: int, n: tuple[int, int, int, int], image_size: int = 32) -> dic
     }
 
 
+def _cpu(seed: int) -> dict[str, Any]:
+    """The ``cpu`` preset: a few minutes on a 2-core CPU."""
+    return {
+        "world": _world(seed, (1200, 100, 400, 200)),
+        "base": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup": 20, "seed": seed},
+        "num_tokens": 16,
+        "token_init_std": 1.0,
+        "stage1": {"steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
+        "stage1_lm_weight": 0.0,
+        "stage2": {"steps": 800, "batch_size": 16, "lr": 5e-3, "warmup": 40},
+        "lora_r": 16,
+    }
+
+
+def _cpu_long(seed: int) -> dict[str, Any]:
+    """The ``cpu`` recipe with the measured improvements of docs/world.md (a base model that reads paraphrases,
+    tied embeddings, a tower pre-trained longer; 8000 Stage I steps, each on fresh rows), harmful answers (a
+    response head) and a 2,400-row test split: about 70 min on one core. The shipped demo comes from it."""
+    cpu = _cpu(seed)
+    return {
+        **cpu,
+        "world": {**_world(seed, (1200, 100, 2400, 200)), "harmful_answers": 0.5},
+        "base": {
+            **cpu["base"],
+            "vision_corpus": 40_000,
+            "vision_steps": 8000,
+            "language": "paraphrases",
+            "tie_embeddings": True,
+        },
+        "stage1": {**cpu["stage1"], "steps": 8000},
+        "fresh_rows": True,
+    }
+
+
 PRESETS: dict[str, Any] = {
     # ~30 s on one busy core: enough to show learning against chance, far from the goals.
     "ci": lambda seed: {
@@ -115,41 +149,8 @@ PRESETS: dict[str, Any] = {
         "stage2": {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup": 1},
         "max_new_tokens": 20,
     },
-    # A few minutes on a 2-core CPU.
-    "cpu": lambda seed: {
-        "world": _world(seed, (1200, 100, 400, 200)),
-        "base": {"steps": 500, "batch_size": 32, "lr": 1e-3, "warmup": 20, "seed": seed},
-        "num_tokens": 16,
-        "token_init_std": 1.0,
-        "stage1": {"steps": 3000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
-        "stage1_lm_weight": 0.0,
-        "stage2": {"steps": 800, "batch_size": 16, "lr": 5e-3, "warmup": 40},
-        "lora_r": 16,
-    },
-    # The cpu recipe with the measured improvements of docs/world.md (a base model that reads paraphrases,
-    # tied embeddings, a tower pre-trained longer; 8000 Stage I steps, each on fresh rows), harmful answers
-    # (a response head) and a 2,400-row test split: about 70 min on one core. The shipped demo comes from it.
-    "cpu-long": lambda seed: {
-        "world": {**_world(seed, (1200, 100, 2400, 200)), "harmful_answers": 0.5},
-        "base": {
-            "vision_corpus": 40_000,
-            "vision_steps": 8000,
-            "language": "paraphrases",
-            "tie_embeddings": True,
-            "steps": 500,
-            "batch_size": 32,
-            "lr": 1e-3,
-            "warmup": 20,
-            "seed": seed,
-        },
-        "num_tokens": 16,
-        "token_init_std": 1.0,
-        "stage1": {"steps": 8000, "batch_size": 16, "lr": 1e-2, "warmup": 20},
-        "stage1_lm_weight": 0.0,
-        "fresh_rows": True,
-        "stage2": {"steps": 800, "batch_size": 16, "lr": 5e-3, "warmup": 40},
-        "lora_r": 16,
-    },
+    "cpu": _cpu,
+    "cpu-long": _cpu_long,
     # The cpu recipe on a larger world, base model and budget for one GPU (untested on a GPU: none was
     # available; a CPU smoke run with every count shrunk runs it end to end, QLoRA included).
     "gpu": lambda seed: {
