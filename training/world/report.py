@@ -9,6 +9,7 @@ missed with its number.
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median_high
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -300,8 +301,8 @@ def _monitor_lines(mon: MonitorEval, out: Path) -> list[str]:
     md += [f"{mon.interval} tokens with {mon.window} held back:", ""]
     md += ["| answers | stopped | stopped inside the window | stop (median / max token) | answer length (median) |"]
     md += ["|---:|---:|---:|---:|---:|"]
-    stop = f"{stops[len(stops) // 2]} / {stops[-1]}" if stops else "n/a"
-    length = sorted(mon.answer_tokens)[len(mon.answer_tokens) // 2]
+    stop = f"{median_high(stops)} / {stops[-1]}" if stops else "n/a"
+    length = median_high(mon.answer_tokens)
     md += [f"| {len(mon.answer_tokens)} | {len(stops)} | {mon.held} | {stop} | {length} |"]
     if stops:
         shares = {str(k): stops.count(k) / len(stops) for k in sorted(set(stops))}
