@@ -89,6 +89,7 @@ def _stage_kwargs(stage: StageSettings, seed: int) -> dict[str, Any]:
         "grad_accum": 1,
         "lr": stage.lr,
         "warmup_steps": stage.warmup,
+        "weight_decay": stage.weight_decay,
         "seed": seed,
         "checkpoint_every": stage.steps + 1,  # runs this short need no resumable checkpoints
         "log_every": max(1, stage.steps // 10),

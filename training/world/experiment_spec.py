@@ -27,6 +27,7 @@ class StageSettings(BaseModel):
     batch_size: int = Field(16, ge=1, description="Examples per step.")
     lr: float = Field(gt=0, description="Peak learning rate.")
     warmup: int = Field(10, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
 
 
 class ExperimentSpec(BaseModel):
@@ -108,8 +109,9 @@ def _cpu(seed: int) -> dict[str, Any]:
 
 def _cpu_long(seed: int) -> dict[str, Any]:
     """The ``cpu`` recipe with the measured improvements of docs/world.md (a base model that reads paraphrases,
-    tied embeddings, a tower pre-trained longer; 8000 Stage I steps, each on fresh rows), harmful answers (a
-    response head) and a 2,400-row test split: about 70 min on one core. The shipped demo comes from it."""
+    tied embeddings, a tower pre-trained longer; 8000 Stage I steps with weight decay, each on fresh rows),
+    harmful answers (a response head) and a 2,400-row test split: about 70 min on one core. The shipped demo
+    comes from it."""
     cpu = _cpu(seed)
     return {
         **cpu,
@@ -121,7 +123,8 @@ def _cpu_long(seed: int) -> dict[str, Any]:
             "language": "paraphrases",
             "tie_embeddings": True,
         },
-        "stage1": {**cpu["stage1"], "steps": 8000},
+        # weight decay: +1.8 points of test type macro-F1 on the held-out templates and styles (docs/world.md)
+        "stage1": {**cpu["stage1"], "steps": 8000, "weight_decay": 0.05},
         "fresh_rows": True,
     }
 
