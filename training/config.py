@@ -127,7 +127,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(2, ge=1, description="Examples per device per micro-batch (paper: 2).")
     grad_accum: int = Field(8, ge=1, description="Micro-batches per optimizer step (paper: 8 on 8 GPUs).")
     lr: float = Field(1e-5, gt=0, description="Peak learning rate (paper: 1e-5).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper: 0).")
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW weight decay on matrices and token tables, not biases or norm gains (paper: 0)."
+    )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps, then linear decay to 0.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip (paper: 1.0).")

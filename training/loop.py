@@ -10,7 +10,7 @@ uninterrupted run would.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from psaguard.training.metrics import macro_f1
 from psaguard.training.objective import GuardObjective
 from psaguard.training.schedules import linear_schedule
 
-__all__ = ["TrainTask", "epoch_order", "evaluate_objective", "run_training"]
+__all__ = ["TrainTask", "decay_groups", "epoch_order", "evaluate_objective", "run_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     steps_per_epoch = _steps_per_epoch(len(task.train_set), cfg, world_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     trainable = _trainable(task.objective)
-    optimizer = torch.optim.AdamW(
-        list(trainable.values()), lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay
-    )
+    optimizer = torch.optim.AdamW(decay_groups(trainable.values(), cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total)
     objective = accelerator.prepare(task.objective)  # DDP when there are several processes
     data = DataPosition(
@@ -206,6 +204,17 @@ def _checkpoint(
     if accelerator.is_main_process:
         prune_checkpoints(checkpoints, cfg.keep_checkpoints)
     logger.info("saved checkpoint %s", path)
+
+
+def decay_groups(params: Iterable[torch.Tensor], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: ``weight_decay`` on matrices, kernels and token tables (2-D and up), none on
+    biases and normalization gains (1-D), which decay would pull towards zero rather than towards the identity
+    (the split transformers' ``Trainer`` and timm make). Always two groups, so checkpoints keep one layout."""
+    params = list(params)
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 def _trainable(objective: torch.nn.Module) -> dict[str, torch.Tensor]:
