@@ -213,11 +213,16 @@ def test_vision_budget_bounds_the_patches_it_classifies() -> None:
     assert all(float(row[3]) > 0 and float(row[5]) > 0 for row in rows)
 
 
-def test_category_cost_prints_the_add_time_and_the_classify_ratio() -> None:
-    out = run("category_cost.py", "--repeats", "2", "--categories", "2", "--examples", "2")
+@pytest.mark.parametrize(
+    ("workload", "guard"),
+    [((), "the world demo guard"), (("--workload", "--tiny"), "classifier-only, random weights, tiny shapes")],
+)
+def test_category_cost_prints_the_add_time_and_the_classify_ratio(workload: tuple[str, ...], guard: str) -> None:
+    out = run("category_cost.py", "--repeats", "2", "--categories", "2", "--examples", "2", *workload)
     assert "add_category (2 examples + 2 negatives): median" in out
     ratio = next(line for line in out.splitlines() if line.startswith("classify with 2 categories / without:"))
     assert float(ratio.split(":")[1].split()[0]) > 0
+    assert guard in ratio
 
 
 def test_category_world_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
