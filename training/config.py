@@ -130,6 +130,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(
         0.0, ge=0, description="AdamW weight decay on matrices and token tables, not biases or norm gains (paper: 0)."
     )
+    decay_norms_and_biases: bool = Field(
+        False, description="Weight decay on biases and normalization gains too (a stronger regularizer)."
+    )
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps, then linear decay to 0.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip (paper: 1.0).")

@@ -68,7 +68,8 @@ def run_training(task: TrainTask, cfg: TrainConfig, accelerator: Any, *, resume:
     steps_per_epoch = _steps_per_epoch(len(task.train_set), cfg, world_size)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     trainable = _trainable(task.objective)
-    optimizer = torch.optim.AdamW(decay_groups(trainable.values(), cfg.weight_decay), lr=cfg.lr, betas=cfg.adam_betas)
+    groups = decay_groups(trainable.values(), cfg.weight_decay, norms_and_biases=cfg.decay_norms_and_biases)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas)
     scheduler = linear_schedule(optimizer, cfg.warmup_steps, total)
     objective = accelerator.prepare(task.objective)  # DDP when there are several processes
     data = DataPosition(
@@ -206,14 +207,17 @@ def _checkpoint(
     logger.info("saved checkpoint %s", path)
 
 
-def decay_groups(params: Iterable[torch.Tensor], weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW's parameter groups: ``weight_decay`` on matrices, kernels and token tables (2-D and up), none on
-    biases and normalization gains (1-D), which decay would pull towards zero rather than towards the identity
-    (the split transformers' ``Trainer`` and timm make). Always two groups, so checkpoints keep one layout."""
+def decay_groups(
+    params: Iterable[torch.Tensor], weight_decay: float, *, norms_and_biases: bool = False
+) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: ``weight_decay`` on matrices, kernels and token tables (2-D and up), and on
+    biases and normalization gains (1-D) only with ``norms_and_biases``: decay pulls a gain towards zero rather
+    than towards the identity, so by default they are left out (the split transformers' ``Trainer`` and timm
+    make). Always two groups, so checkpoints keep one layout."""
     params = list(params)
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": weight_decay if norms_and_biases else 0.0},
     ]
 
 

@@ -49,3 +49,22 @@ def test_without_decay_nothing_moves_and_the_layout_is_the_same() -> None:
     assert [len(g["params"]) for g in groups] == [1, 3]  # the same two groups with or without decay
     moved = one_step_without_gradient(module, weight_decay=0.0)
     assert all(torch.equal(after, before) for before, after in moved.values())
+
+
+def test_decaying_norms_and_biases_too_is_one_group_decaying_everything() -> None:
+    torch.manual_seed(0)
+    modules = [SafetyHead(hidden_size=8, num_heads=2, num_levels=4, num_types=7, residual=True) for _ in range(2)]
+    modules[1].load_state_dict(modules[0].state_dict())
+    optimizers = [
+        torch.optim.AdamW(decay_groups(modules[0].parameters(), 0.5, norms_and_biases=True), lr=0.1),
+        torch.optim.AdamW(modules[1].parameters(), lr=0.1, weight_decay=0.5),
+    ]
+    query, memory = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    for module, optimizer in zip(modules, optimizers):
+        for _ in range(3):
+            logits = module(query, torch.ones(2, 3, dtype=torch.bool), memory)
+            (logits.level.square().sum() + logits.type.sum()).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), b in zip(modules[0].named_parameters(), modules[1].parameters()):
+        assert torch.equal(a, b), name

@@ -90,6 +90,7 @@ def _stage_kwargs(stage: StageSettings, seed: int) -> dict[str, Any]:
         "lr": stage.lr,
         "warmup_steps": stage.warmup,
         "weight_decay": stage.weight_decay,
+        "decay_norms_and_biases": stage.decay_norms_and_biases,
         "seed": seed,
         "checkpoint_every": stage.steps + 1,  # runs this short need no resumable checkpoints
         "log_every": max(1, stage.steps // 10),

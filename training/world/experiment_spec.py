@@ -27,7 +27,8 @@ class StageSettings(BaseModel):
     batch_size: int = Field(16, ge=1, description="Examples per step.")
     lr: float = Field(gt=0, description="Peak learning rate.")
     warmup: int = Field(10, ge=0, description="Linear warm-up steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices and token tables.")
+    decay_norms_and_biases: bool = Field(False, description="Weight decay on biases and normalization gains too.")
 
 
 class ExperimentSpec(BaseModel):
@@ -123,9 +124,10 @@ def _cpu_long(seed: int) -> dict[str, Any]:
             "language": "paraphrases",
             "tie_embeddings": True,
         },
-        # weight decay: type macro-F1 +1.8 / +2.8 points on two Stage I seeds, mostly on held-out rows, for a few
-        # held-out harmful answers the response head passes (docs/world.md)
-        "stage1": {**cpu["stage1"], "steps": 8000, "weight_decay": 0.05},
+        # weight decay on every parameter, norm gains included: type macro-F1 +1.8 / +2.8 points on two Stage I
+        # seeds, mostly on held-out rows, for a few held-out harmful answers the response head passes; on the
+        # matrices alone, -0.5 / +2.5 points and fewer such answers (docs/world.md)
+        "stage1": {**cpu["stage1"], "steps": 8000, "weight_decay": 0.05, "decay_norms_and_biases": True},
         "fresh_rows": True,
     }
 

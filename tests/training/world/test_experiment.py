@@ -131,12 +131,12 @@ def test_the_runs_thread_count_is_restored_afterwards_even_on_error():
 def test_a_world_with_harmful_answers_reports_the_response_head_and_the_monitor(tmp_path):
     fields = ExperimentSpec.from_preset("ci").model_dump()
     fields["world"]["harmful_answers"] = 0.5
-    fields["stage1"].update(steps=80, weight_decay=0.01)
+    fields["stage1"].update(steps=80, weight_decay=0.01, decay_norms_and_biases=True)
     fields["stage2"].update(steps=2)
     with torch_threads(1):
         result = run_experiment(ExperimentSpec.model_validate(fields), tmp_path)
     stage1 = json.loads((tmp_path / "stage1-mean" / "training_config.json").read_text())
-    assert stage1["weight_decay"] == 0.01  # the stage settings reach the trainer
+    assert (stage1["weight_decay"], stage1["decay_norms_and_biases"]) == (0.01, True)  # they reach the trainer
     test = read_rows(tmp_path / "world", "test")
     requests = [r for r in test if r.response_harmful is not True]
     harmful = len(test) - len(requests)
