@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,20 +54,19 @@ Request = tuple[Image.Image, str]
 
 
 @contextmanager
-def _guards(workload: bool, tiny: bool) -> Iterator[tuple[SafetyGuard, SafetyGuard, list[Request]]]:
-    """Two guards sharing one model and safety modules (the second gets the categories) and five requests."""
+def _setup(workload: bool, tiny: bool) -> Iterator[tuple[str, Any, Any, list[Request]]]:
+    """The guard's directory, the model and processor it attaches to, and five requests."""
     if not workload:
         root = resources.files("psaguard") / DEMO_ASSETS
         model = AutoModelForImageTextToText.from_pretrained(str(root / "model")).eval()
         processor = AutoProcessor.from_pretrained(str(root / "model"))
-        requests = [(image, prompt) for _, image, prompt in demo_requests()]
-        yield tuple(SafetyGuard.from_pretrained(str(root / "guard"), model, processor) for _ in range(2)), requests
+        yield str(root / "guard"), model, processor, [(image, prompt) for _, image, prompt in demo_requests()]
         return
     with tempfile.TemporaryDirectory(prefix="psaguard-category-cost-") as tmp:
         directory = write_workload(Path(tmp), tiny)
         model, processor = load_classifier_parts(directory)
         requests = [(image, f"{PROMPT} {index}") for index, image in enumerate(images(5))]
-        yield tuple(SafetyGuard.from_pretrained(directory / GUARD_DIR, model, processor) for _ in range(2)), requests
+        yield str(directory / GUARD_DIR), model, processor, requests
 
 
 def main() -> None:
@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="with --workload: tiny shapes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with _guards(args.workload, args.tiny) as ((plain, custom), requests):
+    with _setup(args.workload, args.tiny) as (guard_dir, model, processor, requests):
+        # two guards sharing the model and safety modules; the second gets the categories
+        plain, custom = (SafetyGuard.from_pretrained(guard_dir, model, processor) for _ in range(2))
         _measure(args, plain, custom, requests)
 
 
