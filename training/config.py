@@ -103,6 +103,12 @@ class EarlyStopping(BaseModel):
         5, ge=1, description="Evaluations without improvement before the run stops; None = never stop early."
     )
     min_delta: float = Field(0.0, ge=0, description="Smallest change of the metric that counts as improvement.")
+    ties: Literal["earliest", "latest"] = Field(
+        "earliest",
+        description="Whose weights to keep when a later evaluation is as good as the best (without improving on "
+        "it by min_delta): the earliest's, or the latest's, which trained longer (e.g. on a val split the model "
+        "soon gets all right). Either way such an evaluation counts towards patience.",
+    )
 
 
 class TrainConfig(BaseModel):

@@ -63,15 +63,22 @@ class KeepBest:
         self.weights = dict(weights) if weights is not None else None
 
     def update(self, record: Mapping[str, float], step: int) -> bool:
-        """Compare an eval record with the best so far; snapshot on improvement. Returns True if improved."""
+        """Compare an eval record with the best so far; snapshot on improvement, or on a tie with
+        ``ties="latest"``. Returns True when this step's weights were kept."""
         value = float(record[f"eval_{self.metric}"])
         sign = 1.0 if higher_is_better(self.metric) else -1.0
         if self.best is None or sign * (value - self.best.value) > self.settings.min_delta:
-            self.best = BestStep(metric=self.metric, value=value, step=step)
-            self.weights = {name: t.detach().to("cpu", copy=True) for name, t in self.trainable.items()}
+            self._snapshot(BestStep(metric=self.metric, value=value, step=step))
             return True
         self.best.evals_since += 1
+        if self.settings.ties == "latest" and sign * (value - self.best.value) >= 0:
+            self._snapshot(self.best.model_copy(update={"value": value, "step": step}))
+            return True
         return False
+
+    def _snapshot(self, best: BestStep) -> None:
+        self.best = best
+        self.weights = {name: t.detach().to("cpu", copy=True) for name, t in self.trainable.items()}
 
     @property
     def should_stop(self) -> bool:

@@ -266,7 +266,7 @@ def _evaluate(
     if keep is None:
         return
     if keep.update(record, state.step):
-        logger.info("new best eval_%s %.4g at step %d", keep.metric, record[f"eval_{keep.metric}"], state.step)
+        logger.info("keeping step %d: eval_%s %.4g", state.step, keep.metric, record[f"eval_{keep.metric}"])
     state.best = keep.best
     if keep.should_stop and state.step < state.total_steps:
         state.stop_reason = keep.stop_reason()

@@ -35,6 +35,19 @@ def test_macro_f1_counts_higher_as_better_and_min_delta_ignores_tiny_gains() -> 
     assert keep.best.step == 2 and not keep.should_stop  # patience None: keep the best, never stop
 
 
+@pytest.mark.parametrize(("ties", "kept"), [("earliest", 2), ("latest", 4)])
+def test_ties_keep_the_earliest_or_the_latest_equal_step_and_count_towards_patience(ties: str, kept: int) -> None:
+    weight = torch.zeros(1)
+    keep = KeepBest(EarlyStopping(patience=3, ties=ties), "macro_f1", {"w": weight})
+    for step, score in enumerate([0.5, 1.0, 0.9, 1.0, 0.95], start=1):
+        weight.fill_(step)
+        keep.update({"eval_macro_f1": score}, step)
+    assert (keep.best.step, keep.best.value, keep.best.evals_since) == (kept, 1.0, 3)
+    assert keep.should_stop  # three evaluations since step 2 without improving on it, ties included
+    keep.restore()
+    assert weight.item() == kept
+
+
 def test_stage_metrics_default_by_stage_and_stage2_refuses_head_metrics(tmp_path: Path) -> None:
     common = ["model=m", f"train_data={tmp_path}/t.jsonl", f"output_dir={tmp_path}"]
     assert load_config(Stage1Config, None, common).stop_metric == "head_loss"
