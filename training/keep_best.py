@@ -1,9 +1,10 @@
 """Keep-best and early stopping: remember the best evaluated step's weights, stop when it stops improving.
 
 After every evaluation the loop hands the eval record to :class:`KeepBest`. An improvement (by more than
-``min_delta``) snapshots the trainable tensors to CPU memory; ``patience`` evaluations in a row without one
-end the run. At the end the loop copies the snapshot back, so the saved result is the best step, not the
-last. The snapshot travels in resumable checkpoints, so a resumed run keeps the same best step.
+``min_delta``) snapshots the trainable tensors to CPU memory, as does an evaluation only as good as the best
+with ``ties="latest"``; ``patience`` evaluations in a row without an improvement end the run. At the end the
+loop copies the snapshot back, so the saved result is the best step, not the last. The snapshot travels in
+resumable checkpoints, so a resumed run keeps the same best step.
 """
 
 from __future__ import annotations
